@@ -1,0 +1,1 @@
+"""Inference backends. Engines are imported inside each backend, never at package import."""

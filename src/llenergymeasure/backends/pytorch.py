@@ -1,0 +1,304 @@
+"""PyTorch / transformers backend: ``generate`` on CPU or CUDA with four batching strategies.
+
+Latency is taken natively: a stopping criterion that never stops records a timestamp after every decoding step
+of a batched ``generate`` (synchronising CUDA first, where ``generate`` synchronises anyway), so each request's
+first-token time, inter-token gaps and end-to-end latency come from real step times, at any batch size.
+Tokens are counted from the attention mask and the position of EOS, never including padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+@dataclass
+class Batch:
+    indices: list[int]  # positions in the prompt list
+    prompt_tokens: list[int]  # unpadded prompt length of each request (after truncation)
+
+    @property
+    def padded_tokens(self) -> int:
+        return len(self.indices) * max(self.prompt_tokens)
+
+
+@dataclass
+class RequestTiming:
+    index: int
+    input_tokens: int
+    output_tokens: int
+    ttft_s: float
+    e2e_s: float
+    itl_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RunOutput:
+    requests: list[RequestTiming]
+    batches: list[dict]
+    generate_s: float  # sum of generate() wall times (tokenisation excluded)
+
+
+def plan_batches(prompt_tokens: list[int], strategy: str, batch_size: int, token_budget: int) -> list[Batch]:
+    """Group prompts into batches.
+
+    static: consecutive prompts, ``batch_size`` at a time. sorted_static: the same after sorting by token length
+    (less padding). dynamic: consecutive prompts packed while the padded batch (rows x longest prompt) stays
+    within ``token_budget`` and ``batch_size``. sorted_dynamic: packing after sorting by token length.
+    """
+    order = list(range(len(prompt_tokens)))
+    if strategy.startswith("sorted"):
+        order.sort(key=lambda i: (prompt_tokens[i], i))
+    batches: list[Batch] = []
+    if strategy in ("static", "sorted_static"):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batches.append(Batch(idx, [prompt_tokens[i] for i in idx]))
+        return batches
+    current: list[int] = []
+    for i in order:
+        candidate = current + [i]
+        padded = len(candidate) * max(prompt_tokens[j] for j in candidate)
+        if current and (len(candidate) > batch_size or padded > token_budget):
+            batches.append(Batch(current, [prompt_tokens[j] for j in current]))
+            candidate = [i]
+        current = candidate
+    if current:
+        batches.append(Batch(current, [prompt_tokens[j] for j in current]))
+    return batches
+
+
+class PyTorchBackend:
+    name = "pytorch"
+
+    def __init__(self, config: dict, model_path: str) -> None:
+        self.config = config
+        self.model_path = model_path
+        self.model = None
+        self.tokenizer = None
+        self.device = None
+
+    # ------------------------------------------------------------------------------------------------ setup
+    @staticmethod
+    def version() -> dict:
+        import torch
+        import transformers
+
+        return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+    def resolve_device(self) -> str:
+        import torch
+
+        wanted = self.config["device"]
+        if wanted == "cuda" and not torch.cuda.is_available():
+            from ..errors import MeasurementError
+
+            raise MeasurementError("device = cuda, but torch sees no CUDA device")
+        if wanted == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return wanted
+
+    def load(self) -> dict:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = self.resolve_device()
+        t0 = time.perf_counter()
+        tok = AutoTokenizer.from_pretrained(self.model_path)
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        dtype = getattr(torch, DTYPES[self.config["fp_precision"]])
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path,
+            dtype=dtype,
+            attn_implementation=self.config["pytorch"]["attn_implementation"],
+        )
+        model.to(self.device)
+        model.eval()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.model, self.tokenizer = model, tok
+        params = sum(p.numel() for p in model.parameters())
+        return {
+            "load_s": time.perf_counter() - t0,
+            "device": self.device,
+            "dtype": str(dtype).replace("torch.", ""),
+            "parameters": params,
+            "model_size_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "architecture": getattr(model.config, "model_type", None),
+        }
+
+    def count_prompt_tokens(self, prompts: list[str]) -> list[int]:
+        enc = self.tokenizer(prompts, truncation=True, max_length=self.config["max_input_tokens"])
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def plan(self, prompts: list[str]) -> list[Batch]:
+        pt = self.config["pytorch"]
+        budget = pt["max_tokens_per_batch"] or pt["batch_size"] * self.config["max_input_tokens"]
+        return plan_batches(self.count_prompt_tokens(prompts), pt["batching_strategy"], pt["batch_size"], budget)
+
+    # ------------------------------------------------------------------------------------------------ generate
+    def _generate_kwargs(self, max_new_tokens: int, min_new_tokens: int) -> dict:
+        dec = self.config["decoder"]
+        pt = self.config["pytorch"]
+        kwargs = {
+            "max_new_tokens": max_new_tokens,
+            "min_new_tokens": min_new_tokens,
+            "do_sample": dec["do_sample"],
+            "use_cache": pt["use_cache"],
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "repetition_penalty": dec["repetition_penalty"],
+        }
+        if dec["do_sample"]:
+            kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])
+            if pt["min_p"]:
+                kwargs["min_p"] = pt["min_p"]
+        else:
+            # Greedy: neutral sampling values, so transformers does not warn about unused ones.
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        if pt["no_repeat_ngram_size"]:
+            kwargs["no_repeat_ngram_size"] = pt["no_repeat_ngram_size"]
+        kwargs.update(pt.get("extra") or {})
+        return kwargs
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def generate_batch(self, prompts: list[str], max_new_tokens: int, min_new_tokens: int, seed: int | None):
+        """One ``generate`` call. Returns (start time, step times, output token count per row, input tokens per row)."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        backend = self
+        steps: list[float] = []
+
+        class StepClock(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                backend._sync()
+                steps.append(time.perf_counter())
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        enc = self.tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.config["max_input_tokens"],
+        ).to(self.device)
+        input_tokens = enc["attention_mask"].sum(dim=1).tolist()
+        if seed is not None:
+            torch.manual_seed(seed)
+        kwargs = self._generate_kwargs(max_new_tokens, min_new_tokens)
+        self._sync()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**enc, stopping_criteria=StoppingCriteriaList([StepClock()]), **kwargs)
+        self._sync()
+        end = time.perf_counter()
+        new = out[:, enc["input_ids"].shape[1] :]
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        counts = []
+        for row in new.tolist():
+            n = len(row)
+            for pos, tok in enumerate(row):
+                if tok in eos_ids:
+                    n = pos + 1  # EOS is a generated token; what follows it is padding
+                    break
+            counts.append(n)
+        return start, end, steps, counts, input_tokens
+
+    def run(self, prompts: list[str], batches: list[Batch], seed: int | None) -> RunOutput:
+        cfg = self.config
+        requests: list[RequestTiming] = []
+        batch_stats = []
+        total = 0.0
+        for b_idx, batch in enumerate(batches):
+            texts = [prompts[i] for i in batch.indices]
+            start, end, steps, counts, in_tokens = self.generate_batch(
+                texts, cfg["max_output_tokens"], cfg["min_output_tokens"], None if seed is None else seed + b_idx
+            )
+            total += end - start
+            for row, idx in enumerate(batch.indices):
+                n = counts[row]
+                times = steps[:n]
+                ttft = (times[0] - start) if times else end - start
+                e2e = (times[-1] - start) if times else end - start
+                itl = [b - a for a, b in zip(times, times[1:])]
+                requests.append(RequestTiming(idx, in_tokens[row], n, ttft, e2e, itl))
+            batch_stats.append(
+                {
+                    "size": len(batch.indices),
+                    "input_tokens": int(sum(in_tokens)),
+                    "padded_input_tokens": batch.padded_tokens,
+                    "output_tokens": int(sum(counts)),
+                    "steps": len(steps),
+                    "latency_s": end - start,
+                }
+            )
+        return RunOutput(requests, batch_stats, total)
+
+    def warmup(self, prompts: list[str], batch: Batch, cfg: dict) -> dict:
+        """Repeat the first batch's shape until latency CV over a sliding window < threshold, or max count.
+
+        CV uses the sample standard deviation (ddof 1) of the last ``window_size`` latencies.
+        """
+        if not cfg["enabled"]:
+            return {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+        texts = [prompts[i] for i in batch.indices]
+        new_tokens = min(32, self.config["max_output_tokens"])
+        latencies: list[float] = []
+        final_cv = None
+        converged = False
+        window = cfg["window_size"]
+        need = max(cfg["min_prompts"], window)
+        t0 = time.perf_counter()
+        for i in range(cfg["max_prompts"]):
+            start, end, *_ = self.generate_batch(texts, new_tokens, 0, self.config["random_seed"])
+            latencies.append(end - start)
+            if cfg["convergence_detection"] and len(latencies) >= need:
+                last = latencies[-window:]
+                final_cv = statistics.stdev(last) / statistics.fmean(last)
+                if final_cv < cfg["cv_threshold"]:
+                    converged = True
+                    break
+        if not cfg["convergence_detection"]:
+            converged = None
+        return {
+            "enabled": True,
+            "converged": converged,
+            "final_cv": final_cv,
+            "target_cv": cfg["cv_threshold"],
+            "iterations_completed": len(latencies),
+            "max_prompts": cfg["max_prompts"],
+            "batch_size": len(texts),
+            "max_new_tokens": new_tokens,
+            "duration_s": time.perf_counter() - t0,
+            "latencies_ms": [round(x * 1000, 3) for x in latencies],
+        }
+
+    # ------------------------------------------------------------------------------------------------ memory
+    def reset_peak_memory(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_memory(self) -> dict:
+        out: dict = {}
+        if self.device == "cuda":
+            import torch
+
+            out["cuda_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+            out["cuda_peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
+        return out

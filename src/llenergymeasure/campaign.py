@@ -1,0 +1,406 @@
+"""Campaign loading and expansion: campaign file -> validated campaign -> experiments -> measurement order.
+
+An experiment is a fully resolved experiment config (every default filled in, decoder preset expanded). Its id
+is derived from that config alone, so the same config gets the same id on any machine, and any edited value
+yields a new id (a new measurement) instead of overwriting a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    DECODER_PRESETS,
+    canonical_json,
+    deep_merge,
+    fill_defaults,
+    load_schema,
+    set_dotted,
+    subschema,
+    validate,
+    validate_value,
+)
+from .errors import ConfigError
+
+SCHEMA = "campaign"
+IMPLEMENTED_BACKENDS = ("pytorch",)
+RESULTS_DIR_ENV = "LLM_ENERGY_RESULTS_DIR"
+USER_CONFIG_FILE = ".lem-config.yaml"
+DEFAULT_CAMPAIGN_FILE = "config/campaign.yaml"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One resolved experiment: ``config`` is plain data and is what the measurement rule gets as params."""
+
+    experiment_id: str
+    config_name: str
+    config: dict = field(hash=False, compare=False)
+    source: str = ""
+
+    @property
+    def backend(self) -> str:
+        return self.config["backend"]
+
+
+@dataclass
+class Expansion:
+    experiments: list[Experiment]
+    dropped: list[tuple[str, str]]  # (config name, reason)
+    duplicates: list[tuple[str, str]]  # (config name, id it duplicates)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_yaml(path: str | Path) -> Any:
+    import yaml
+
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"file '{path}' does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"file '{path}' is not valid YAML{at}: {problem}") from None
+
+
+USER_CONFIG_KEYS = {"verbosity", "results_dir", "thermal_gaps", "notifications"}
+
+
+def load_user_config(workdir: str | Path = ".") -> dict:
+    """Per-machine preferences from ``.lem-config.yaml`` in the working directory ({} if absent)."""
+    path = Path(workdir) / USER_CONFIG_FILE
+    if not path.exists():
+        return {}
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{USER_CONFIG_FILE}: expected a mapping of settings, got {type(data).__name__}")
+    import difflib
+
+    for key in data:
+        if key not in USER_CONFIG_KEYS:
+            close = difflib.get_close_matches(key, USER_CONFIG_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"{USER_CONFIG_FILE}: unknown key '{key}'; allowed keys: {', '.join(sorted(USER_CONFIG_KEYS))}{hint}"
+            )
+    if data.get("verbosity") not in (None, "quiet", "normal", "verbose"):
+        raise ConfigError(
+            f"{USER_CONFIG_FILE}: key 'verbosity' = {data['verbosity']!r} is not allowed; allowed: quiet, normal, verbose"
+        )
+    gaps = data.get("thermal_gaps") or {}
+    for key in gaps:
+        if key not in ("between_experiments", "between_cycles"):
+            raise ConfigError(
+                f"{USER_CONFIG_FILE}: unknown key 'thermal_gaps.{key}'; allowed: between_experiments, between_cycles"
+            )
+    return data
+
+
+def apply_user_config(campaign: dict, user: dict) -> dict:
+    """Fill campaign keys the campaign file leaves unset from the machine's preferences."""
+    defaults: dict = {}
+    if "results_dir" in user:
+        defaults["results_dir"] = user["results_dir"]
+    gaps = user.get("thermal_gaps") or {}
+    execution = {}
+    if "between_experiments" in gaps:
+        execution["config_gap_seconds"] = gaps["between_experiments"]
+    if "between_cycles" in gaps:
+        execution["cycle_gap_seconds"] = gaps["between_cycles"]
+    if execution:
+        defaults["execution"] = execution
+    if user.get("notifications"):
+        defaults["notifications"] = user["notifications"]
+    return deep_merge(defaults, campaign)
+
+
+def resolve_campaign(raw: Any, base_dir: str | Path = ".", workdir: str | Path = ".", env=None) -> dict:
+    """Validate a raw campaign mapping and return it with defaults, preferences and the env override applied.
+
+    ``base_dir`` is the folder of the campaign file (``configs`` paths are relative to it).
+    """
+    env = os.environ if env is None else env
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a campaign must be a mapping of keys, got {type(raw).__name__}")
+    campaign = apply_user_config(raw, load_user_config(workdir))
+    validate(campaign, SCHEMA)
+    resolved = fill_defaults(campaign, load_schema(SCHEMA), load_schema(SCHEMA))
+    if env.get(RESULTS_DIR_ENV):
+        resolved["results_dir"] = env[RESULTS_DIR_ENV]
+    resolved["_base_dir"] = str(Path(base_dir))
+    if not resolved.get("configs") and not raw.get("grid"):
+        raise ConfigError("the campaign defines no experiments: set 'grid' and/or 'configs'")
+    return resolved
+
+
+def load_campaign(path: str | Path, workdir: str | Path = ".", overrides: dict | None = None) -> dict:
+    """Read, merge ``overrides`` (e.g. Snakemake ``--config`` values) and resolve one campaign file."""
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"file '{path}' is empty")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return resolve_campaign(raw, Path(path).parent, workdir)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def campaign_id(name: str) -> str:
+    """Short id of a campaign (md5 of its name, first 8 hex digits), as in the reference tool."""
+    return hashlib.md5(name.encode("utf-8")).hexdigest()[:8]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Experiment resolution
+
+
+def resolve_experiment(config: dict) -> dict:
+    """Expand the decoder preset, fill every default, and apply the greedy rule (temperature 0 = greedy)."""
+    config = dict(config)
+    decoder = dict(config.get("decoder") or {})
+    preset = decoder.get("preset")
+    if preset:
+        decoder = {**DECODER_PRESETS[preset], **decoder}
+    config["decoder"] = decoder
+    root = load_schema(SCHEMA)
+    resolved = fill_defaults(config, root["$defs"]["experiment"], root)
+    if resolved["decoder"]["temperature"] == 0:
+        resolved["decoder"]["do_sample"] = False
+    resolved.pop("config_name", None)
+    return resolved
+
+
+def semantic_problem(config: dict) -> str | None:
+    """Why a schema-valid resolved config cannot run, or None."""
+    if config["backend"] not in IMPLEMENTED_BACKENDS:
+        return f"backend '{config['backend']}' is not available in this version (available: {', '.join(IMPLEMENTED_BACKENDS)})"
+    if config["min_output_tokens"] > config["max_output_tokens"]:
+        return (
+            f"min_output_tokens = {config['min_output_tokens']} is larger than "
+            f"max_output_tokens = {config['max_output_tokens']}"
+        )
+    pt = config["pytorch"]
+    if config["device"] == "cpu" and pt["attn_implementation"] == "flash_attention_2":
+        return "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
+    budget = pt["max_tokens_per_batch"]
+    if budget is not None and pt["batching_strategy"] in ("dynamic", "sorted_dynamic"):
+        if budget < config["max_input_tokens"]:
+            return (
+                f"pytorch.max_tokens_per_batch = {budget} is smaller than max_input_tokens = "
+                f"{config['max_input_tokens']}: a single prompt might not fit in a batch"
+            )
+    if not config["decoder"]["do_sample"] and config["decoder"]["preset"] in ("standard", "creative", "factual"):
+        return f"decoder.preset = {config['decoder']['preset']} samples, but decoder.do_sample = false"
+    return None
+
+
+def _slug(text: str) -> str:
+    text = text.rstrip("/").split("/")[-1].lower()
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:32] or "model"
+
+
+PRECISION_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def experiment_id(config: dict) -> str:
+    """Readable, stable id: ``<backend>-<model>-<precision>-bs<batch>-<10 hex digits of the config hash>``."""
+    digest = hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:10]
+    batch = config.get(config["backend"], {}).get("batch_size", "x")
+    return f"{config['backend']}-{_slug(config['model_name'])}-{PRECISION_SHORT[config['fp_precision']]}-bs{batch}-{digest}"
+
+
+def _auto_name(backend: str, model: str, varied: dict) -> str:
+    parts = [backend, _slug(model)]
+    for key, value in varied.items():
+        short = key.split(".")[-1]
+        parts.append(f"{short}{value}")
+    name = "-".join(str(p) for p in parts)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "", name)[:80]
+
+
+def _axis(values: Any) -> list:
+    return list(values) if isinstance(values, list) else [values]
+
+
+def _campaign_defaults(campaign: dict) -> dict:
+    base: dict = {}
+    if campaign.get("model"):
+        base["model_name"] = campaign["model"]
+    ds = campaign.get("dataset")
+    if ds is not None:
+        base["dataset"] = {"name": ds} if isinstance(ds, str) else dict(ds)
+    if campaign.get("num_samples"):
+        base["num_input_prompts"] = campaign["num_samples"]
+    return base
+
+
+def _grid_candidates(campaign: dict) -> list[tuple[str, dict]]:
+    grid = campaign.get("grid")
+    if not grid:
+        return []
+    shared = grid.get("shared") or {}
+    overrides = grid.get("backend_overrides") or {}
+    for key, values in shared.items():
+        for value in _axis(values):
+            validate_value(value, key, SCHEMA, "experiment", "grid.shared")
+    for backend, axes in overrides.items():
+        for key, values in axes.items():
+            for value in _axis(values):
+                validate_value(value, f"{backend}.{key}", SCHEMA, "experiment", f"grid.backend_overrides")
+    models = grid.get("models") or [campaign.get("model")]
+    if None in models:
+        raise ConfigError("grid: no model: set 'model' or 'grid.models'")
+    candidates = []
+    shared_keys = list(shared)
+    for backend in grid["backends"]:
+        ov = overrides.get(backend, {})
+        ov_keys = list(ov)
+        for model in models:
+            for shared_vals in itertools.product(*(_axis(shared[k]) for k in shared_keys)):
+                for ov_vals in itertools.product(*(_axis(ov[k]) for k in ov_keys)):
+                    config: dict = {"backend": backend, "model_name": model}
+                    varied = {}
+                    for key, value in zip(shared_keys, shared_vals):
+                        set_dotted(config, key, value)
+                        if isinstance(shared[key], list) and len(shared[key]) > 1:
+                            varied[key] = value
+                    for key, value in zip(ov_keys, ov_vals):
+                        set_dotted(config, f"{backend}.{key}", value)
+                        if isinstance(ov[key], list) and len(ov[key]) > 1:
+                            varied[f"{backend}.{key}"] = value
+                    name = config.pop("config_name", None) or _auto_name(backend, model, varied)
+                    candidates.append((name, config))
+    return candidates
+
+
+def _file_candidates(campaign: dict) -> list[tuple[str, dict]]:
+    base_dir = Path(campaign.get("_base_dir", "."))
+    candidates = []
+    for rel in campaign.get("configs") or []:
+        path = base_dir / rel
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"experiment config '{rel}': expected a mapping, got {type(data).__name__}")
+        name = data.get("config_name") or Path(rel).stem
+        candidates.append((name, data, rel))
+    return candidates
+
+
+def expand(campaign: dict) -> Expansion:
+    """Grid x configs -> unique experiments (in campaign order) plus dropped combinations with reasons.
+
+    Errors in an experiment file or a grid value are user errors (ConfigError); combinations that are each valid
+    but cannot run together are dropped with a reason.
+    """
+    defaults = _campaign_defaults(campaign)
+    seen: dict[str, Experiment] = {}
+    experiments: list[Experiment] = []
+    dropped: list[tuple[str, str]] = []
+    duplicates: list[tuple[str, str]] = []
+
+    def add(name: str, raw: dict, source: str, strict: bool) -> None:
+        merged = deep_merge(defaults, raw)
+        try:
+            validate(merged, SCHEMA, prefix=source, ref="experiment")
+        except ConfigError as exc:
+            if strict:
+                raise
+            dropped.append((name, str(exc)))
+            return
+        config = resolve_experiment(merged)
+        problem = semantic_problem(config)
+        if problem:
+            if strict and config["backend"] in IMPLEMENTED_BACKENDS:
+                raise ConfigError(f"{source}: {problem}")
+            dropped.append((name, problem))
+            return
+        exp_id = experiment_id(config)
+        if exp_id in seen:
+            duplicates.append((name, exp_id))
+            return
+        exp = Experiment(exp_id, name, config, source)
+        seen[exp_id] = exp
+        experiments.append(exp)
+
+    for name, data, rel in _file_candidates(campaign):
+        add(name, data, f"configs[{rel}]", strict=True)
+    for name, config in _grid_candidates(campaign):
+        add(name, config, "grid", strict=False)
+    if not experiments:
+        reasons = "; ".join(f"{n}: {r}" for n, r in dropped[:3]) or "nothing to expand"
+        raise ConfigError(f"the campaign expands to no runnable experiment ({reasons})")
+    names: dict[str, int] = {}
+    unique = []
+    for exp in experiments:
+        n = names.get(exp.config_name, 0)
+        names[exp.config_name] = n + 1
+        if n:
+            exp = Experiment(exp.experiment_id, f"{exp.config_name}-{n + 1}", exp.config, exp.source)
+        unique.append(exp)
+    return Expansion(unique, dropped, duplicates)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Order
+
+
+def measurement_order(experiment_ids: list[str], cycles: int, structure: str, seed: int) -> list[tuple[str, int]]:
+    """The planned sequence of (experiment id, cycle) windows; cycles are 1-based.
+
+    interleaved: A1 B1 A2 B2; grouped: A1 A2 B1 B2; shuffled: every cycle in its own seeded random order
+    (``random.Random(seed)``; seed 0 is a seed like any other).
+    """
+    if structure == "grouped":
+        return [(e, c) for e in experiment_ids for c in range(1, cycles + 1)]
+    rng = random.Random(seed)
+    order = []
+    for c in range(1, cycles + 1):
+        ids = list(experiment_ids)
+        if structure == "shuffled":
+            rng.shuffle(ids)
+        order.extend((e, c) for e in ids)
+    return order
+
+
+@dataclass
+class Plan:
+    """Everything the workflow needs from a campaign, computed once at parse time."""
+
+    campaign: dict
+    expansion: Expansion
+    order: list[tuple[str, int]]
+    by_id: dict[str, Experiment]
+    priority: dict[tuple[str, int], int]
+
+    @property
+    def name(self) -> str:
+        return self.campaign["campaign_name"]
+
+    @property
+    def results_root(self) -> str:
+        return f"{self.campaign['results_dir']}/{self.name}"
+
+
+def plan(campaign: dict) -> Plan:
+    expansion = expand(campaign)
+    ex = campaign["execution"]
+    ids = [e.experiment_id for e in expansion.experiments]
+    order = measurement_order(ids, ex["cycles"], ex["structure"], ex["seed"])
+    n = len(order)
+    priority = {key: n - i for i, key in enumerate(order)}
+    return Plan(campaign, expansion, order, {e.experiment_id: e for e in expansion.experiments}, priority)

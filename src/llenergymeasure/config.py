@@ -1,0 +1,214 @@
+"""Schema access, validation with one-line messages, defaults, and small dict helpers.
+
+The JSON schemas in ``llenergymeasure/schemas`` (also visible as ``schemas/`` at the repository root) are the
+single source of truth for keys, allowed values and defaults. ``jsonschema`` is imported only when validating,
+so the measurement step never needs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ConfigError
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+
+#: Decoder presets; explicit decoder fields override the preset's values.
+DECODER_PRESETS: dict[str, dict[str, Any]] = {
+    "deterministic": {"temperature": 0.0, "do_sample": False},
+    "standard": {"temperature": 1.0, "do_sample": True, "top_p": 0.95},
+    "creative": {"temperature": 0.8, "do_sample": True, "top_p": 0.9, "repetition_penalty": 1.1},
+    "factual": {"temperature": 0.3, "do_sample": True},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    """Return the parsed schema ``schemas/<name>.schema.json``."""
+    with open(SCHEMA_DIR / f"{name}.schema.json", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def schema_path(name: str) -> Path:
+    return SCHEMA_DIR / f"{name}.schema.json"
+
+
+def subschema(name: str, ref: str) -> dict:
+    """Return ``$defs/<ref>`` of schema ``name``."""
+    return load_schema(name)["$defs"][ref]
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        target = root
+        for part in ref.lstrip("#/").split("/"):
+            target = target[part]
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        schema = {**target, **rest}
+    return schema
+
+
+def fill_defaults(data: Any, schema: dict, root: dict) -> Any:
+    """Return a copy of ``data`` with every missing property that has a schema default filled in, recursively."""
+    schema = _resolve(schema, root)
+    if not isinstance(data, dict) or "properties" not in schema:
+        return copy.deepcopy(data)
+    out = {}
+    for key, sub in schema["properties"].items():
+        sub_r = _resolve(sub, root)
+        if key in data:
+            out[key] = fill_defaults(data[key], sub_r, root)
+        elif "default" in sub_r:
+            out[key] = fill_defaults(copy.deepcopy(sub_r["default"]), sub_r, root)
+    for key, value in data.items():
+        if key not in out:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def property_schema(dotted: str, schema: dict, root: dict) -> dict | None:
+    """The subschema for a dotted key (``pytorch.batch_size``) inside an object schema, or None if unknown."""
+    current = _resolve(schema, root)
+    for part in dotted.split("."):
+        props = current.get("properties")
+        if not props or part not in props:
+            return None
+        current = _resolve(props[part], root)
+    return current
+
+
+def known_dotted_keys(schema: dict, root: dict, prefix: str = "") -> list[str]:
+    """Every dotted key reachable through ``properties`` (for 'did you mean' hints)."""
+    schema = _resolve(schema, root)
+    keys = []
+    for key, sub in schema.get("properties", {}).items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        keys.extend(known_dotted_keys(sub, root, dotted + "."))
+    return keys
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        data = data.setdefault(part, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"key '{dotted}': '{part}' is not a section")
+    data[parts[-1]] = value
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursive merge; values of ``override`` win; neither input is modified."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _join_path(prefix: str, path: Iterable[Any]) -> str:
+    parts = [prefix] if prefix else []
+    for p in path:
+        parts.append(f"[{p}]" if isinstance(p, int) else str(p))
+    return ".".join(parts).replace(".[", "[")
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def format_validation_error(err: Any, prefix: str = "") -> str:
+    """One line naming the key, the value and what is allowed, from a ``jsonschema.ValidationError``."""
+    # oneOf/anyOf failures: report the branch that got furthest, it is the one the user meant.
+    while err.validator in ("oneOf", "anyOf") and err.context:
+        err = max(err.context, key=lambda e: (len(e.absolute_path), -len(e.schema_path)))
+    where = _join_path(prefix, err.absolute_path)
+    value = err.instance
+    kind = err.validator
+    schema = err.schema
+    if kind == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(k for k in value if k not in schema.get("properties", {}))
+        key = extra[0] if extra else "?"
+        full = f"{where}.{key}" if where else key
+        return (
+            f"unknown key '{full}' (value {short_repr(value.get(key))}); allowed keys here: "
+            f"{', '.join(allowed)}{_hint(key, allowed)}"
+        )
+    if kind == "required":
+        missing = [k for k in err.validator_value if k not in value]
+        key = f"{where}.{missing[0]}" if where else missing[0]
+        return f"missing required key '{key}'"
+    label = f"key '{where}'" if where else "the file"
+    if kind == "enum":
+        allowed = [a for a in err.validator_value]
+        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        return f"{label} = {short_repr(value)} is not allowed; allowed: {shown}{_hint(value, [a for a in allowed if a])}"
+    if kind == "type":
+        expected = err.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"{label} = {short_repr(value)} has the wrong type; allowed: {expected}"
+    bounds = {
+        "minimum": ">=",
+        "maximum": "<=",
+        "exclusiveMinimum": ">",
+        "exclusiveMaximum": "<",
+        "minItems": "at least this many items:",
+        "minLength": "at least this many characters:",
+    }
+    if kind in bounds:
+        return f"{label} = {short_repr(value)} is out of range; allowed: {bounds[kind]} {err.validator_value}"
+    if kind == "pattern":
+        desc = schema.get("description", f"text matching {err.validator_value}")
+        return f"{label} = {short_repr(value)} is not allowed; allowed: {desc}"
+    if kind == "uniqueItems":
+        return f"{label} = {short_repr(value)} is not allowed; allowed: a list without repeated items"
+    if kind == "propertyNames":
+        return f"{label} has a key that is not allowed: {err.message}"
+    return f"{label} = {short_repr(value)} is not allowed: {err.message}"
+
+
+def validate(data: Any, schema_name: str, prefix: str = "", ref: str | None = None) -> None:
+    """Validate ``data`` against a schema (or its ``$defs/<ref>``); raise ConfigError with a one-line message."""
+    import jsonschema
+
+    root = load_schema(schema_name)
+    schema = root if ref is None else {"$ref": f"#/$defs/{ref}", "$defs": root.get("$defs", {})}
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        raise ConfigError(format_validation_error(error, prefix))
+
+
+def validate_value(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> None:
+    """Validate one value against the subschema of a dotted key inside ``$defs/<ref>``."""
+    import jsonschema
+
+    root = load_schema(schema_name)
+    sub = property_schema(dotted, root["$defs"][ref], root)
+    if sub is None:
+        keys = known_dotted_keys(root["$defs"][ref], root)
+        raise ConfigError(f"unknown key '{prefix}.{dotted}'; allowed keys: see config/README.md{_hint(dotted, keys)}")
+    validator = jsonschema.Draft202012Validator({**sub, "$defs": root.get("$defs", {})})
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is not None:
+        raise ConfigError(format_validation_error(error, f"{prefix}.{dotted}"))
+
+
+def canonical_json(data: Any) -> str:
+    """Deterministic JSON text of plain data: the input of every config hash."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

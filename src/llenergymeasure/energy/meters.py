@@ -1,0 +1,143 @@
+"""Choosing meters for an experiment, CodeCarbon's tracker as a meter, the test fake, and CO2 arithmetic."""
+
+from __future__ import annotations
+
+import time
+
+from .base import ComponentEnergy, CounterMeter, MeterSet
+from .cpu import CpuEstimateMeter, RaplMeter, rapl_domains
+from .nvml import NvmlGpuMeter, visible_gpus
+
+
+class CodeCarbonMeter:
+    """CodeCarbon's offline tracker over the window (machine mode): CPU, RAM and GPU energy, method ``codecarbon``.
+
+    CodeCarbon samples power on its own thread every ``measure_power_secs`` and falls back to its own TDP and
+    fixed-RAM estimates where it has no sensor; its values are reported as CodeCarbon's, never as ours.
+    """
+
+    method = "codecarbon"
+    component = "machine"
+    device = "codecarbon"
+    device_key = "codecarbon"
+
+    def __init__(self, country_iso_code: str | None) -> None:
+        from codecarbon import OfflineEmissionsTracker
+
+        self._tracker = OfflineEmissionsTracker(
+            country_iso_code=country_iso_code or "USA",
+            save_to_file=False,
+            log_level="error",
+            measure_power_secs=1,
+            tracking_mode="machine",
+        )
+        self._t0 = None
+
+    def start(self) -> None:
+        self._tracker.start()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> list[ComponentEnergy]:
+        self._tracker.stop()
+        duration = time.perf_counter() - self._t0
+        data = self._tracker.final_emissions_data
+        details = {"cpu_model": getattr(data, "cpu_model", None), "tracking_mode": "machine"}
+        out = []
+        for component, attr in (("cpu", "cpu_energy"), ("ram", "ram_energy"), ("gpu", "gpu_energy")):
+            kwh = getattr(data, attr, None)
+            energy = None if kwh is None else kwh * 3.6e6
+            flags = ["codecarbon_estimate_possible"]
+            if component == "gpu" and not energy:
+                continue  # CodeCarbon reports 0 when it sees no GPU: not a value
+            out.append(ComponentEnergy(component, component, f"codecarbon-{component}", self.method, energy, duration, flags, details))
+        return out
+
+    def describe(self) -> dict:
+        return {"component": "cpu+ram+gpu", "device": "codecarbon", "method": self.method}
+
+
+class CodeCarbonMeterSet(MeterSet):
+    """A MeterSet whose CodeCarbon meter returns several components."""
+
+    def stop(self) -> list[ComponentEnergy]:
+        out: list[ComponentEnergy] = []
+        for m in self.meters:
+            r = m.stop()
+            out.extend(r if isinstance(r, list) else [r])
+        return out
+
+
+class FakeMeter(CounterMeter):
+    """Deterministic meter for tests: constant ``power_w`` over a caller-controlled clock. Method ``fake``."""
+
+    method = "fake"
+
+    def __init__(self, power_w: float, component: str = "cpu", clock=None, device: str = "fake0") -> None:
+        super().__init__()
+        self.power_w_value = power_w
+        self.component = component
+        self.device = device
+        self.device_key = f"fake-{device}"
+        if clock is not None:
+            self.clock = clock
+        self._origin = self.clock()
+
+    def read_j(self) -> float:
+        return (self.clock() - self._origin) * self.power_w_value
+
+    def power_w(self) -> float:
+        return self.power_w_value
+
+
+def select_meters(energy_cfg: dict, use_gpu: bool) -> MeterSet:
+    """Meters for one experiment from its ``energy`` section.
+
+    auto: NVML for the experiment's GPU(s) when it runs on CUDA; RAPL for CPU/DRAM when readable, else the TDP
+    estimate. ``nvml``/``rapl``/``codecarbon`` insist on that source and fail loudly when it is missing, so a
+    campaign never silently falls back to a weaker method than it asked for.
+    """
+    from ..errors import MeasurementError
+
+    backend = energy_cfg.get("backend", "auto")
+    meters: list = []
+    unavailable: list[dict] = []
+    gpus = visible_gpus() if use_gpu else []
+    if use_gpu:
+        gpus = gpus[:1]  # single-process PyTorch: the model instance lives on cuda:0
+    if backend == "nvml" and not gpus:
+        raise MeasurementError("energy.backend = nvml, but no NVIDIA GPU is visible through NVML")
+    if backend in ("auto", "nvml", "rapl", "estimate"):
+        meters.extend(NvmlGpuMeter(g) for g in gpus)
+        if use_gpu and not gpus:
+            unavailable.append({"component": "gpu", "reason": "NVML not available: GPU energy not measured"})
+    if backend == "codecarbon":
+        meters.extend(NvmlGpuMeter(g) for g in gpus)
+        meters.append(CodeCarbonMeter(energy_cfg.get("country_iso_code")))
+        ms = CodeCarbonMeterSet(meters)
+        ms.unavailable = unavailable
+        return ms
+    domains = rapl_domains() if backend in ("auto", "rapl") else []
+    if backend == "rapl" and not domains:
+        raise MeasurementError("energy.backend = rapl, but no readable RAPL domain under /sys/class/powercap")
+    if domains:
+        meters.extend(RaplMeter(d) for d in domains)
+        if not any(d["name"].startswith("dram") for d in domains):
+            unavailable.append({"component": "ram", "reason": "no readable RAPL dram domain"})
+    elif backend in ("auto", "estimate", "nvml"):
+        meters.append(CpuEstimateMeter(energy_cfg.get("cpu_tdp_w")))
+        unavailable.append({"component": "ram", "reason": "no RAPL dram domain; RAM energy not measured"})
+    ms = MeterSet(meters)
+    ms.unavailable = unavailable
+    return ms
+
+
+def carbon_intensity_g_per_kwh(country_iso_code: str) -> tuple[float, str] | None:
+    """Grid carbon intensity of a country from CodeCarbon's energy-mix data, with the data year."""
+    try:
+        from codecarbon.input import DataSource
+    except ImportError:
+        return None
+    mix = DataSource().get_global_energy_mix_data().get(country_iso_code)
+    if not mix or mix.get("carbon_intensity") is None:
+        return None
+    return float(mix["carbon_intensity"]), f"codecarbon global_energy_mix {mix.get('year', '')}".strip()

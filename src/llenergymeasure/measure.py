@@ -1,0 +1,329 @@
+"""One measurement: one experiment x one cycle -> one raw result.
+
+Sequence (the energy window contains only inference):
+
+1. take the host lock (no two measurements of a campaign overlap on a host);
+2. idle baseline per device, from the cache or measured now with nothing loaded;
+3. load prompts and the model, plan batches;
+4. wait what remains of the thermal gap since the previous window;
+5. warm up until latency is stable;
+6. window: counters read, all batches generated, counters read;
+7. record the window end for the next job's gap, release the lock, build, validate and atomically write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import statistics
+import time
+
+from . import __version__
+from .backends.pytorch import PyTorchBackend
+from .config import canonical_json
+from .energy.base import ComponentEnergy
+from .energy.baseline import idle_baselines, utc_now_iso
+from .energy.meters import carbon_intensity_g_per_kwh, select_meters
+from .environment import collect, provenance
+from .errors import MeasurementError
+from .prompts import load_prompts, prompts_sha256
+from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
+from .stats import distribution
+from .thermal import host_lock, record_window, temperatures, wait_gap
+
+log = logging.getLogger(__name__)
+
+
+def _flag(flags: list, code: str, message: str) -> None:
+    if not any(f["code"] == code for f in flags):
+        flags.append({"code": code, "message": message})
+
+
+def energy_section(
+    components: list[ComponentEnergy], baselines: dict, window_s: float, unavailable: list[dict], flags: list
+) -> dict:
+    """Per-component gross/idle/net energy and the totals. Net = gross - idle power x window duration."""
+    rows = []
+    for c in components:
+        base = baselines.get(c.device_key)
+        idle_w = None if base is None else base.get("power_w")
+        idle_j = None if idle_w is None else idle_w * window_s
+        net = None if (c.energy_j is None or idle_j is None) else c.energy_j - idle_j
+        row = {
+            "component": c.component,
+            "device": c.device,
+            "method": c.method,
+            "gross_energy_j": c.energy_j,
+            "mean_power_w": c.mean_power_w,
+            "idle_power_w": idle_w,
+            "idle_energy_j": idle_j,
+            "net_energy_j": net,
+            "counter_duration_s": c.duration_s,
+            "baseline": None
+            if base is None
+            else {
+                "method": base["method"],
+                "from_cache": base["from_cache"],
+                "cache_age_s": base["cache_age_s"],
+                "measured_at": base["measured_at"],
+                "duration_s": base["duration_s"],
+                "settled": base["settle"]["settled"],
+                "flags": base.get("flags", []),
+            },
+            "flags": list(c.flags),
+            "details": c.details,
+        }
+        rows.append(row)
+        if c.energy_j is None:
+            _flag(flags, "energy_unavailable", f"{c.component} ({c.device}): no valid reading ({', '.join(c.flags)})")
+        if "counter_reset" in c.flags:
+            _flag(flags, "counter_reset", f"{c.device}: energy counter went backwards; value withheld")
+        if c.method in ("estimate_tdp", "codecarbon"):
+            _flag(flags, "energy_estimated", f"{c.component} energy is an estimate ({c.method}), not a measurement")
+        if "mig_parent_gpu_energy" in c.flags:
+            _flag(flags, "mig_parent_gpu_energy", f"{c.device} is a MIG instance: energy is the whole parent GPU's")
+        if base is None and c.method != "codecarbon":
+            _flag(flags, "no_idle_baseline", f"{c.device}: no idle baseline, net energy unavailable")
+        elif base is not None and not base["settle"]["settled"]:
+            _flag(flags, "idle_not_settled", f"{c.device}: idle power had not settled when the baseline was taken")
+        if net is not None and net < 0:
+            _flag(flags, "net_energy_negative", f"{c.device}: window energy below idle energy (noise or stale baseline)")
+    for u in unavailable:
+        _flag(flags, f"{u['component']}_energy_unavailable", u["reason"])
+    valid = [r for r in rows if r["gross_energy_j"] is not None]
+    gross = sum(r["gross_energy_j"] for r in valid) if valid and len(valid) == len(rows) else None
+    nets = [r["net_energy_j"] for r in rows]
+    net = sum(nets) if rows and all(n is not None for n in nets) else None
+    method = "+".join(f"{r['component']}:{r['method']}" for r in rows) or "unavailable"
+    return {
+        "window_duration_s": window_s,
+        "components": rows,
+        "unavailable": unavailable,
+        "total": {
+            "gross_energy_j": gross,
+            "net_energy_j": net,
+            "method": method,
+            "components": [r["component"] for r in rows],
+            "includes_estimate": any(r["method"] in ("estimate_tdp", "codecarbon") for r in rows),
+            "mean_power_w": None if gross is None or window_s <= 0 else gross / window_s,
+        },
+    }
+
+
+def emissions_section(total_j: float | None, country: str | None, method: str) -> dict:
+    if not country:
+        return {"co2_kg": None, "method": "unavailable", "reason": "energy.country_iso_code not set"}
+    found = carbon_intensity_g_per_kwh(country)
+    if found is None:
+        return {"co2_kg": None, "method": "unavailable", "reason": f"no carbon intensity for {country} (CodeCarbon data missing)"}
+    intensity, source = found
+    co2 = None if total_j is None else total_j / 3.6e6 * intensity / 1000.0
+    return {
+        "co2_kg": co2,
+        "method": "energy_x_grid_intensity",
+        "energy_method": method,
+        "country_iso_code": country,
+        "carbon_intensity_g_per_kwh": intensity,
+        "intensity_source": source,
+    }
+
+
+def _per(numerator: float | None, denominator: float) -> float | None:
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+def run_experiment(
+    config: dict,
+    experiment_id: str,
+    cycle: int,
+    model_path: str,
+    output: str | None = None,
+    context: dict | None = None,
+) -> dict:
+    """Measure one cycle of one experiment; write the raw result to ``output`` (atomically) and return it.
+
+    ``context`` carries campaign-level facts that are not part of the experiment: ``campaign_name``,
+    ``campaign_id``, ``state_dir`` (thermal state and lock), ``config_gap_s``, ``cycle_gap_s``.
+    """
+    ctx = context or {}
+    job_start = utc_now_iso()
+    t_job = time.perf_counter()
+    parent = os.getppid()
+    if config["backend"] != "pytorch":
+        raise MeasurementError(f"backend '{config['backend']}' is not available in this version")
+    backend = PyTorchBackend(config, model_path)
+    device = backend.resolve_device()
+    meters = select_meters(config["energy"], use_gpu=device == "cuda")
+    flags: list[dict] = []
+    phases: dict[str, float] = {}
+    state_dir = ctx.get("state_dir")
+
+    with host_lock(state_dir) as lock_wait_s:
+        phases["lock_wait_s"] = lock_wait_s or 0.0
+        t = time.perf_counter()
+        baselines = idle_baselines(meters.meters, config["baseline"])
+        phases["baseline_s"] = time.perf_counter() - t
+        if config["baseline"]["enabled"] and config["baseline"]["required"]:
+            missing = [m.device for m in meters.meters if m.method != "codecarbon" and not baselines.get(m.device_key, {}).get("power_w")]
+            if missing:
+                raise MeasurementError(f"baseline.required = true, but no idle baseline for {', '.join(missing)}")
+
+        t = time.perf_counter()
+        prompts = load_prompts(config["dataset"], config["num_input_prompts"], config["random_seed"])
+        load_info = backend.load()
+        batches = backend.plan(prompts)
+        phases["load_s"] = time.perf_counter() - t
+
+        gap = wait_gap(state_dir, cycle, ctx.get("config_gap_s", 0.0), ctx.get("cycle_gap_s", 0.0))
+        phases["gap_s"] = gap["gap_waited_s"]
+
+        t = time.perf_counter()
+        warmup = backend.warmup(prompts, batches[0], config["warmup"])
+        phases["warmup_s"] = time.perf_counter() - t
+
+        temp_start = temperatures(meters.meters)
+        backend.reset_peak_memory()
+        meters.start()
+        window_start = utc_now_iso()
+        w0 = time.perf_counter()
+        run = backend.run(prompts, batches, config["random_seed"])
+        w1 = time.perf_counter()
+        window_end = utc_now_iso()
+        components = meters.stop()
+        temp_end = temperatures(meters.meters)
+        phases["window_s"] = w1 - w0
+        record_window(
+            state_dir,
+            {"experiment_id": experiment_id, "cycle": cycle, "window_end": window_end, "window_end_epoch_s": time.time()},
+        )
+
+    window_s = w1 - w0
+    energy = energy_section(components, baselines, window_s, meters.unavailable, flags)
+    total = energy["total"]
+    energy["emissions"] = emissions_section(total["gross_energy_j"], config["energy"]["country_iso_code"], total["method"])
+
+    reqs = run.requests
+    out_tokens = sum(r.output_tokens for r in reqs)
+    in_tokens = sum(r.input_tokens for r in reqs)
+    n_req = len(reqs)
+    tokens = {
+        "input_tokens": in_tokens,
+        "output_tokens": out_tokens,
+        "total_tokens": in_tokens + out_tokens,
+        "padded_input_tokens": sum(b["padded_input_tokens"] for b in run.batches),
+        "num_requests": n_req,
+        "num_batches": len(run.batches),
+        "mean_batch_size": statistics.fmean(b["size"] for b in run.batches),
+        "requests_at_max_output_tokens": sum(1 for r in reqs if r.output_tokens >= config["max_output_tokens"]),
+        "counting": "attention_mask for inputs; generated tokens up to and including EOS for outputs",
+    }
+    throughput = {
+        "output_tokens_per_s": _per(out_tokens, window_s),
+        "total_tokens_per_s": _per(in_tokens + out_tokens, window_s),
+        "requests_per_s": _per(n_req, window_s),
+        "generate_time_s": run.generate_s,
+        "denominator": "measurement window duration",
+    }
+    efficiency = {
+        "j_per_output_token": _per(total["gross_energy_j"], out_tokens),
+        "net_j_per_output_token": _per(total["net_energy_j"], out_tokens),
+        "j_per_total_token": _per(total["gross_energy_j"], in_tokens + out_tokens),
+        "j_per_request": _per(total["gross_energy_j"], n_req),
+        "method": total["method"],
+    }
+    ms = 1000.0
+    tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) * ms for r in reqs if r.output_tokens > 1]
+    latency = {
+        "method": "per_step_timestamps",
+        "request_start": "submission of the request's batch to generate()",
+        "ttft_ms": distribution([r.ttft_s * ms for r in reqs]),
+        "e2e_ms": distribution([r.e2e_s * ms for r in reqs]),
+        "itl_ms": distribution([x * ms for r in reqs for x in r.itl_s]),
+        "tpot_ms": distribution(tpot),
+        "per_request": {
+            "ttft_ms": [round(r.ttft_s * ms, 4) for r in reqs],
+            "e2e_ms": [round(r.e2e_s * ms, 4) for r in reqs],
+            "output_tokens": [r.output_tokens for r in reqs],
+        },
+        "warmup_excluded": True,
+    }
+
+    # validity checks
+    min_window = config["energy"]["min_window_sec"]
+    if window_s < min_window:
+        _flag(flags, "short_window", f"window {window_s:.3f} s is shorter than energy.min_window_sec = {min_window} s")
+    if warmup["enabled"] and warmup["converged"] is False:
+        _flag(flags, "warmup_not_converged", f"latency CV {warmup['final_cv']} still above {warmup['target_cv']} after {warmup['iterations_completed']} runs")
+    if out_tokens == 0:
+        _flag(flags, "no_output_tokens", "no token was generated")
+    if config["min_output_tokens"] >= config["max_output_tokens"] and tokens["requests_at_max_output_tokens"] < n_req:
+        _flag(flags, "output_length_not_reached", "some requests ended before the forced output length")
+
+    idle_total = [r["idle_power_w"] for r in energy["components"]]
+    mean_power = total["mean_power_w"]
+    if mean_power is not None and all(x is not None for x in idle_total) and idle_total and mean_power < sum(idle_total):
+        _flag(flags, "power_below_idle", f"mean power {mean_power:.2f} W below idle {sum(idle_total):.2f} W")
+    for m in meters.meters:
+        if hasattr(m, "power_limit_w") and mean_power is not None:
+            limit = m.power_limit_w()
+            if limit and mean_power > limit * 1.05:
+                _flag(flags, "power_above_limit", f"{m.device}: mean power above the enforced limit {limit:.0f} W")
+
+    memory = {"peak_rss_bytes": _peak_rss_bytes(), "model_size_bytes": load_info["model_size_bytes"], **backend.peak_memory()}
+    gpus = [m.gpu for m in meters.meters if hasattr(m, "gpu")]
+    from .energy.nvml import driver_info
+
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "experiment_id": experiment_id,
+        "cycle": cycle,
+        "campaign_name": ctx.get("campaign_name"),
+        "campaign_id": ctx.get("campaign_id"),
+        "backend": config["backend"],
+        "backend_version": backend.version(),
+        "model_name": config["model_name"],
+        "process_index": 0,
+        "num_processes": 1,
+        "timestamps": {
+            "job_start": job_start,
+            "window_start": window_start,
+            "window_end": window_end,
+            "window_duration_s": window_s,
+            "job_end": utc_now_iso(),
+        },
+        "phases_s": {**phases, "job_total_s": time.perf_counter() - t_job},
+        "thermal": {**gap, "temperature_start_c": temp_start, "temperature_end_c": temp_end},
+        "tokens": tokens,
+        "energy": energy,
+        "throughput": throughput,
+        "efficiency": efficiency,
+        "latency": latency,
+        "warmup": warmup,
+        "memory": memory,
+        "model": {k: load_info[k] for k in ("device", "dtype", "parameters", "architecture")},
+        "batches": run.batches,
+        "flags": flags,
+        "environment": collect(backend.version(), gpus, driver_info() if gpus else {}),
+        "provenance": {
+            **provenance(),
+            "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
+            "prompts_sha256": prompts_sha256(prompts),
+            "model_path": model_path,
+        },
+        "config": config,
+    }
+    if output:
+        if os.getppid() != parent:
+            raise MeasurementError("the workflow that started this measurement is gone; result not written")
+        write_json_atomic(output, result, RAW_SCHEMA)
+    return result
+
+
+def _peak_rss_bytes() -> int | None:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    except (ImportError, OSError):
+        return None

@@ -1,0 +1,118 @@
+"""Prompt sources: the shipped prompt set, local files, and Hugging Face datasets (by alias or id).
+
+Loading a hub dataset needs the ``datasets`` package and the network; offline it fails with a one-line error
+that says so, before any measurement starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+from .errors import ConfigError
+
+BUILTIN_PATH = Path(__file__).resolve().parent / "data" / "prompts.jsonl"
+
+#: Aliases of the reference tool: HF path, column, split, subset.
+DATASET_ALIASES = {
+    "ai-energy-score": {"path": "AIEnergyScore/text_generation", "column": "text", "split": "train", "subset": None},
+    "alpaca": {"path": "tatsu-lab/alpaca", "column": "instruction", "split": "train", "subset": None},
+    "sharegpt": {
+        "path": "anon8231489123/ShareGPT_Vicuna_unfiltered",
+        "column": "conversations",
+        "split": "train",
+        "subset": None,
+    },
+    "gsm8k": {"path": "gsm8k", "column": "question", "split": "train", "subset": "main"},
+    "mmlu": {"path": "cais/mmlu", "column": "question", "split": "test", "subset": "all"},
+}
+DATASET_ALIASES["ai_energy_score"] = DATASET_ALIASES["ai-energy-score"]
+AUTO_COLUMNS = ("text", "prompt", "question", "instruction", "input", "content")
+
+
+def _first_user_turn(conversation) -> str:
+    for turn in conversation or []:
+        who = str(turn.get("from") or turn.get("role") or "").lower()
+        if who in ("human", "user"):
+            return str(turn.get("value") or turn.get("content") or "")
+    return ""
+
+
+def _from_rows(rows, column: str | None, where: str) -> list[str]:
+    out = []
+    for row in rows:
+        if isinstance(row, str):
+            out.append(row)
+            continue
+        col = column or next((c for c in AUTO_COLUMNS if c in row), None)
+        if col is None or col not in row:
+            raise ConfigError(f"dataset {where}: no prompt column (looked for {column or ', '.join(AUTO_COLUMNS)})")
+        value = row[col]
+        out.append(_first_user_turn(value) if isinstance(value, list) else str(value))
+    return [p for p in out if p.strip()]
+
+
+def _load_file(path: Path, column: str | None) -> list[str]:
+    if not path.exists():
+        raise ConfigError(f"dataset.name = '{path}': file does not exist")
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+        return _from_rows(rows, column or ("prompt" if rows and isinstance(rows[0], dict) and "prompt" in rows[0] else None), str(path))
+    with open(path, encoding="utf-8") as fh:
+        return [line.rstrip("\n") for line in fh if line.strip()]
+
+
+def _load_hub(name: str, split: str | None, subset: str | None, column: str | None) -> list[str]:
+    alias = DATASET_ALIASES.get(name)
+    path = alias["path"] if alias else name
+    split = split or (alias["split"] if alias else "train")
+    subset = subset or (alias["subset"] if alias else None)
+    column = column or (alias["column"] if alias else None)
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(
+            f"dataset.name = '{name}' needs the 'datasets' package (pip install 'llenergymeasure[datasets]')"
+        ) from None
+    try:
+        ds = datasets.load_dataset(path, subset, split=split)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot get the data"
+        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        why = "offline mode is on (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) and it is not cached" if offline else str(exc).splitlines()[0]
+        raise ConfigError(f"dataset.name = '{name}' ({path}, split {split}) cannot be loaded: {why}") from None
+    return _from_rows(ds, column, name)
+
+
+def load_prompts(dataset: dict, num_prompts: int, seed: int | None = None) -> list[str]:
+    """The first ``num_prompts`` prompts of a source (after an optional seeded shuffle).
+
+    ``dataset`` is the resolved experiment ``dataset`` section. Asking for more prompts than the source has is an
+    error: silently measuring fewer prompts than configured would change the workload behind the user's back.
+    """
+    name = dataset.get("name", "builtin")
+    column = dataset.get("column")
+    if name == "builtin":
+        prompts = _load_file(BUILTIN_PATH, "prompt")
+    elif name.endswith((".jsonl", ".txt")) or os.path.sep in name and Path(name).exists():
+        prompts = _load_file(Path(name), column)
+    else:
+        prompts = _load_hub(name, dataset.get("split"), dataset.get("subset"), column)
+    if dataset.get("shuffle"):
+        random.Random(seed if seed is not None else 0).shuffle(prompts)
+    if len(prompts) < num_prompts:
+        raise ConfigError(
+            f"num_input_prompts = {num_prompts} is larger than the {len(prompts)} prompts of dataset '{name}'"
+        )
+    return prompts[:num_prompts]
+
+
+def prompts_sha256(prompts: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()

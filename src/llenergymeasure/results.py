@@ -1,0 +1,66 @@
+"""Reading and writing result files: atomic writes, schema validation on write and on read."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from .config import load_schema
+
+log = logging.getLogger(__name__)
+
+RAW_SCHEMA = "raw_result"
+AGGREGATED_SCHEMA = "aggregated_result"
+SUMMARY_SCHEMA = "summary_row"
+SCHEMA_VERSION = "1.0.0"
+
+
+class ResultValidationError(ValueError):
+    pass
+
+
+def validate_result(data: dict, schema_name: str, where: str = "") -> bool:
+    """Validate against a result schema. Returns False (and logs) only when jsonschema is not installed,
+    which is the case inside stock engine images; the host validates again on read."""
+    try:
+        import jsonschema
+    except ImportError:
+        log.warning("jsonschema not installed: %s not validated on write (it is validated on read)", where or schema_name)
+        return False
+    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ResultValidationError(f"{where or schema_name}: {path}: {error.message}")
+    return True
+
+
+def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = None) -> None:
+    """Validate, then write to a temp file in the same folder, fsync, and rename over ``path``."""
+    path = Path(path)
+    if schema_name:
+        validate_result(data, schema_name, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_result(path: str | Path, schema_name: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    validate_result(data, schema_name, str(path))
+    return data

@@ -1,0 +1,120 @@
+"""Thermal gaps between measurement windows, and temperatures at the window edges.
+
+The gap is enforced inside the measurement job, right before its window (a separate job could be scheduled
+anywhere). Every job on a host shares a small state file with the end time of the last window, under an
+exclusive lock that also keeps two measurements of one campaign from overlapping on that host. The gap before a
+window is ``cycle_gap_seconds`` when the previous window belonged to another cycle, ``config_gap_seconds``
+otherwise; the first window of a run waits for nothing. Time already spent since the last window (loading the
+model, for instance) counts towards the gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+@contextlib.contextmanager
+def host_lock(state_dir: str | Path | None):
+    """Exclusive lock per campaign and host, held from idle baseline to window end (no-op without a state dir)."""
+    if not state_dir:
+        yield None
+        return
+    import fcntl
+
+    path = Path(state_dir) / f"{_host()}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        t0 = time.monotonic()
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield time.monotonic() - t0
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _state_file(state_dir: str | Path) -> Path:
+    return Path(state_dir) / f"{_host()}.last_window.json"
+
+
+def last_window(state_dir: str | Path | None) -> dict | None:
+    if not state_dir:
+        return None
+    try:
+        return json.loads(_state_file(state_dir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def record_window(state_dir: str | Path | None, info: dict) -> None:
+    if not state_dir:
+        return
+    path = _state_file(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp.{os.getpid()}")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def required_gap(previous: dict | None, cycle: int, config_gap_s: float, cycle_gap_s: float) -> tuple[float, str]:
+    if previous is None:
+        return 0.0, "first"
+    if previous.get("cycle") != cycle:
+        return float(cycle_gap_s), "cycle"
+    return float(config_gap_s), "config"
+
+
+def wait_gap(state_dir, cycle: int, config_gap_s: float, cycle_gap_s: float, sleep=time.sleep, now=time.time) -> dict:
+    """Sleep what remains of the required gap since the previous window on this host; report what happened."""
+    previous = last_window(state_dir)
+    required, kind = required_gap(previous, cycle, config_gap_s, cycle_gap_s)
+    since = None if previous is None else max(0.0, now() - previous["window_end_epoch_s"])
+    remaining = 0.0 if since is None else max(0.0, required - since)
+    if remaining > 0:
+        sleep(remaining)
+    return {
+        "gap_kind": kind,
+        "gap_required_s": required,
+        "gap_waited_s": remaining,
+        "since_previous_window_s": None if since is None else since + remaining,
+        "previous_window": None
+        if previous is None
+        else {k: previous.get(k) for k in ("experiment_id", "cycle", "window_end")},
+    }
+
+
+def cpu_temperature_c() -> float | None:
+    """CPU package temperature from /sys/class/thermal (x86_pkg_temp preferred), or None where not exposed."""
+    zones = sorted(Path("/sys/class/thermal").glob("thermal_zone*"))
+    best = None
+    for zone in zones:
+        try:
+            kind = (zone / "type").read_text().strip()
+            value = int((zone / "temp").read_text()) / 1000.0
+        except (OSError, ValueError):
+            continue
+        if kind in ("x86_pkg_temp", "k10temp", "cpu-thermal", "cpu_thermal"):
+            return value
+        if best is None:
+            best = value
+    return best
+
+
+def temperatures(meters) -> dict:
+    """Temperatures readable now: each GPU of the experiment, and the CPU."""
+    out: dict = {}
+    for m in meters:
+        if hasattr(m, "temperature_c"):
+            out[m.device] = m.temperature_c()
+    cpu = cpu_temperature_c()
+    if cpu is not None:
+        out["cpu"] = cpu
+    return out
