@@ -1,0 +1,278 @@
+"""Aggregation across cycles (one file per experiment), the campaign summary CSV, and the thermal-gap audit."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from .results import AGGREGATED_SCHEMA, RAW_SCHEMA, SCHEMA_VERSION, read_result, validate_result, write_json_atomic
+from .stats import distribution, summarise
+
+#: metric name in aggregated/summary -> how to read it from one raw result
+METRICS = {
+    "energy_j": lambda r: r["energy"]["total"]["gross_energy_j"],
+    "energy_net_j": lambda r: r["energy"]["total"]["net_energy_j"],
+    "j_per_output_token": lambda r: r["efficiency"]["j_per_output_token"],
+    "net_j_per_output_token": lambda r: r["efficiency"]["net_j_per_output_token"],
+    "output_tokens_per_s": lambda r: r["throughput"]["output_tokens_per_s"],
+    "output_tokens": lambda r: r["tokens"]["output_tokens"],
+    "mean_power_w": lambda r: r["energy"]["total"]["mean_power_w"],
+    "window_duration_s": lambda r: r["timestamps"]["window_duration_s"],
+    "e2e_latency_mean_ms": lambda r: r["latency"]["e2e_ms"]["mean"],
+    "ttft_mean_ms": lambda r: r["latency"]["ttft_ms"]["mean"],
+    "itl_mean_ms": lambda r: r["latency"]["itl_ms"]["mean"],
+    "co2_kg": lambda r: r["energy"]["emissions"]["co2_kg"],
+}
+
+#: metrics whose CV across cycles decides ``cv_flag``
+CV_METRICS = ("energy_j", "j_per_output_token")
+
+
+class AggregationError(ValueError):
+    pass
+
+
+def aggregate_experiment(raw_paths: list[str], config_name: str, cv_threshold: float, confidence: float) -> dict:
+    """Read and validate every cycle of one experiment and summarise them.
+
+    Refuses inconsistent inputs instead of averaging them: every file must belong to the same experiment id and
+    resolved config, carry the cycle its file name says, and use the same energy method.
+    """
+    raws = []
+    for path in raw_paths:
+        r = read_result(path, RAW_SCHEMA)
+        expected_cycle = int(Path(path).stem.split("_")[-1])
+        if r["cycle"] != expected_cycle:
+            raise AggregationError(f"{path}: holds cycle {r['cycle']}, file name says {expected_cycle}")
+        raws.append(r)
+    if not raws:
+        raise AggregationError("no raw results to aggregate")
+    first = raws[0]
+    for r, path in zip(raws, raw_paths):
+        for key, get in (
+            ("experiment_id", lambda x: x["experiment_id"]),
+            ("config", lambda x: x["provenance"]["config_sha256"]),
+            ("energy method", lambda x: x["energy"]["total"]["method"]),
+        ):
+            if get(r) != get(first):
+                raise AggregationError(f"{path}: {key} differs from {raw_paths[0]} ({get(r)!r} vs {get(first)!r})")
+    raws.sort(key=lambda r: r["cycle"])
+    metrics = {name: summarise([get(r) for r in raws], confidence) for name, get in METRICS.items()}
+    cvs = {m: metrics[m]["cv"] for m in CV_METRICS}
+    cv_flag = any(v is not None and v > cv_threshold for v in cvs.values())
+    flag_counts = Counter(f["code"] for r in raws for f in r["flags"])
+    if cv_flag:
+        flag_counts["high_cv_across_cycles"] = 1
+    pooled = {
+        key: distribution([x for r in raws for x in r["latency"]["per_request"][key]]) for key in ("ttft_ms", "e2e_ms")
+    }
+    cfg = first["config"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "experiment_id": first["experiment_id"],
+        "config_name": config_name,
+        "campaign_name": first.get("campaign_name"),
+        "backend": first["backend"],
+        "backend_version": first["backend_version"],
+        "model_name": first["model_name"],
+        "cycles": len(raws),
+        "cycle_numbers": [r["cycle"] for r in raws],
+        "energy_method": first["energy"]["total"]["method"],
+        "includes_estimate": first["energy"]["total"]["includes_estimate"],
+        "aggregation": {
+            "method": "one value per cycle; mean, sample std (ddof 1), CV, Student-t interval of the mean",
+            "confidence": confidence,
+            "num_processes": first["num_processes"],
+            "cv_threshold": cv_threshold,
+            "cv_metrics": list(CV_METRICS),
+        },
+        "metrics": metrics,
+        "latency_pooled_ms": pooled,
+        "cv_flag": cv_flag,
+        "flags": dict(sorted(flag_counts.items())),
+        "per_cycle": [
+            {
+                "cycle": r["cycle"],
+                "window_start": r["timestamps"]["window_start"],
+                "window_end": r["timestamps"]["window_end"],
+                **{name: get(r) for name, get in METRICS.items()},
+                "flags": [f["code"] for f in r["flags"]],
+            }
+            for r in raws
+        ],
+        "time_span": {"first_window_start": raws[0]["timestamps"]["window_start"], "last_window_end": raws[-1]["timestamps"]["window_end"]},
+        "config": cfg,
+        "environment": first["environment"],
+        "provenance": first["provenance"],
+    }
+
+
+def write_aggregated(raw_paths: list[str], output: str, config_name: str, cv_threshold: float, confidence: float) -> dict:
+    result = aggregate_experiment(raw_paths, config_name, cv_threshold, confidence)
+    write_json_atomic(output, result, AGGREGATED_SCHEMA)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ summary CSV
+
+SUMMARY_COLUMNS = [
+    "experiment_id", "config_name", "backend", "model", "batch_size", "batching_strategy", "fp_precision", "device",
+    "cycles", "output_tokens_mean",
+    "energy_j_mean", "energy_j_std", "energy_j_cv", "energy_j_ci_low", "energy_j_ci_high",
+    "energy_net_j_mean", "energy_net_j_ci_low", "energy_net_j_ci_high",
+    "j_per_output_token_mean", "j_per_output_token_ci_low", "j_per_output_token_ci_high",
+    "net_j_per_output_token_mean",
+    "output_tokens_per_s_mean", "output_tokens_per_s_ci_low", "output_tokens_per_s_ci_high",
+    "mean_power_w_mean", "e2e_latency_mean_ms_mean", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
+    "co2_kg_mean", "window_duration_s_mean",
+    "energy_method", "includes_estimate", "cv_flag", "flags",
+]  # fmt: skip
+
+
+def summary_row(agg: dict) -> dict:
+    m = agg["metrics"]
+    cfg = agg["config"]
+    backend_cfg = cfg.get(agg["backend"], {})
+    row = {
+        "experiment_id": agg["experiment_id"],
+        "config_name": agg["config_name"],
+        "backend": agg["backend"],
+        "model": agg["model_name"],
+        "batch_size": backend_cfg.get("batch_size"),
+        "batching_strategy": backend_cfg.get("batching_strategy"),
+        "fp_precision": cfg["fp_precision"],
+        "device": agg["environment"].get("gpus") and "cuda" or "cpu",
+        "cycles": agg["cycles"],
+        "output_tokens_mean": m["output_tokens"]["mean"],
+        "energy_j_mean": m["energy_j"]["mean"],
+        "energy_j_std": m["energy_j"]["std"],
+        "energy_j_cv": m["energy_j"]["cv"],
+        "energy_j_ci_low": m["energy_j"]["ci_low"],
+        "energy_j_ci_high": m["energy_j"]["ci_high"],
+        "energy_net_j_mean": m["energy_net_j"]["mean"],
+        "energy_net_j_ci_low": m["energy_net_j"]["ci_low"],
+        "energy_net_j_ci_high": m["energy_net_j"]["ci_high"],
+        "j_per_output_token_mean": m["j_per_output_token"]["mean"],
+        "j_per_output_token_ci_low": m["j_per_output_token"]["ci_low"],
+        "j_per_output_token_ci_high": m["j_per_output_token"]["ci_high"],
+        "net_j_per_output_token_mean": m["net_j_per_output_token"]["mean"],
+        "output_tokens_per_s_mean": m["output_tokens_per_s"]["mean"],
+        "output_tokens_per_s_ci_low": m["output_tokens_per_s"]["ci_low"],
+        "output_tokens_per_s_ci_high": m["output_tokens_per_s"]["ci_high"],
+        "mean_power_w_mean": m["mean_power_w"]["mean"],
+        "e2e_latency_mean_ms_mean": m["e2e_latency_mean_ms"]["mean"],
+        "ttft_p50_ms": agg["latency_pooled_ms"]["ttft_ms"]["p50"],
+        "ttft_p99_ms": agg["latency_pooled_ms"]["ttft_ms"]["p99"],
+        "e2e_p50_ms": agg["latency_pooled_ms"]["e2e_ms"]["p50"],
+        "e2e_p99_ms": agg["latency_pooled_ms"]["e2e_ms"]["p99"],
+        "co2_kg_mean": m["co2_kg"]["mean"],
+        "window_duration_s_mean": m["window_duration_s"]["mean"],
+        "energy_method": agg["energy_method"],
+        "includes_estimate": agg["includes_estimate"],
+        "cv_flag": agg["cv_flag"],
+        "flags": ";".join(agg["flags"]),
+    }
+    return row
+
+
+def _csv_value(v):
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def write_summary(aggregated_paths: list[str], output: str) -> list[dict]:
+    rows = []
+    for path in aggregated_paths:
+        row = summary_row(read_result(path, AGGREGATED_SCHEMA))
+        validate_result(row, "summary_row", f"{output} row {row['experiment_id']}")
+        rows.append(row)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row[k]) for k in SUMMARY_COLUMNS})
+    _write_text_atomic(output, buf.getvalue())
+    return rows
+
+
+def read_summary(path: str) -> list[dict]:
+    """Parse summary.csv back into typed rows (types from the summary-row schema) and validate each."""
+    from .config import load_schema
+
+    props = load_schema("summary_row")["properties"]
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            row = {}
+            for key, text in raw.items():
+                types = props[key]["type"]
+                types = types if isinstance(types, list) else [types]
+                if text == "":
+                    row[key] = None if "null" in types else text
+                elif "boolean" in types:
+                    row[key] = text == "true"
+                elif "integer" in types:
+                    row[key] = int(text)
+                elif "number" in types:
+                    row[key] = float(text)
+                else:
+                    row[key] = text
+            validate_result(row, "summary_row", f"{path} row {row.get('experiment_id')}")
+            rows.append(row)
+    return rows
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, p)
+
+
+# ------------------------------------------------------------------------------------------------ thermal audit
+
+
+def thermal_audit(raw_paths: list[str], output: str, tolerance_s: float = 0.5) -> dict:
+    """Chronological list of every window with the gap it asked for and got; flags gaps shorter than asked for
+    (possible when measurements ran in parallel) and overlapping windows."""
+    windows = []
+    for path in raw_paths:
+        r = read_result(path, RAW_SCHEMA)
+        windows.append(
+            {
+                "experiment_id": r["experiment_id"],
+                "cycle": r["cycle"],
+                "host": r["environment"]["host"],
+                "window_start": r["timestamps"]["window_start"],
+                "window_end": r["timestamps"]["window_end"],
+                **{k: r["thermal"].get(k) for k in ("gap_kind", "gap_required_s", "gap_waited_s", "since_previous_window_s")},
+                "temperature_start_c": r["thermal"]["temperature_start_c"],
+                "temperature_end_c": r["thermal"]["temperature_end_c"],
+            }
+        )
+    windows.sort(key=lambda w: w["window_start"])
+    problems = []
+    last_end: dict[str, str] = {}
+    for w in windows:
+        prev = last_end.get(w["host"])
+        if prev is not None and w["window_start"] < prev:
+            problems.append({"experiment_id": w["experiment_id"], "cycle": w["cycle"], "problem": "window overlaps the previous one on this host"})
+        since = w["since_previous_window_s"]
+        if since is not None and since + tolerance_s < w["gap_required_s"]:
+            problems.append({"experiment_id": w["experiment_id"], "cycle": w["cycle"], "problem": f"gap {since:.1f} s shorter than the {w['gap_required_s']} s asked for"})
+        last_end[w["host"]] = max(prev or "", w["window_end"])
+    report = {"schema_version": SCHEMA_VERSION, "windows": windows, "problems": problems, "ok": not problems}
+    write_json_atomic(output, report)
+    return report

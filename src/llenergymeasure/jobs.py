@@ -1,0 +1,154 @@
+"""Entry points of the workflow's scripts: each rule's script unpacks ``snakemake`` and calls one function here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import traceback
+
+from .notify import notify
+
+log = logging.getLogger("llenergymeasure")
+
+
+@contextlib.contextmanager
+def logging_to(path: str | None):
+    """Send the package's logging (and warnings) to the rule's log file for the duration of a job."""
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8") if path else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def measure(config: dict, experiment_id: str, cycle: int, model_path: str, output: str, log_path: str, runtime: dict):
+    """Measurement rule: run one cycle, notify completion or failure, re-raise failures (the job fails)."""
+    from .measure import run_experiment
+
+    name = runtime.get("names", {}).get(experiment_id, experiment_id)
+    settings = runtime.get("notifications")
+    with logging_to(log_path):
+        log.info("experiment %s (%s), cycle %s, model %s", experiment_id, name, cycle, model_path)
+        try:
+            result = run_experiment(
+                config,
+                experiment_id,
+                cycle,
+                model_path,
+                output,
+                {
+                    "campaign_name": runtime.get("campaign_name"),
+                    "campaign_id": runtime.get("campaign_id"),
+                    "state_dir": runtime.get("state_dir"),
+                    "config_gap_s": runtime.get("config_gap_s", 0.0),
+                    "cycle_gap_s": runtime.get("cycle_gap_s", 0.0),
+                },
+            )
+        except BaseException as exc:
+            log.error("measurement failed:\n%s", traceback.format_exc())
+            sent = notify(
+                settings,
+                "failure",
+                runtime.get("campaign_id"),
+                experiment_id,
+                {"config_name": name, "cycle": cycle - 1, "cycle_number": cycle, "exit_code": 1, "error": f"{type(exc).__name__}: {exc}"},
+            )
+            if sent:
+                log.info("failure notification: %s", {k: v for k, v in sent.items() if k != "payload"})
+            raise
+        total = result["energy"]["total"]
+        log.info(
+            "done: window %.3f s, %d output tokens, energy %s J (%s), flags: %s",
+            result["timestamps"]["window_duration_s"],
+            result["tokens"]["output_tokens"],
+            total["gross_energy_j"],
+            total["method"],
+            ", ".join(f["code"] for f in result["flags"]) or "none",
+        )
+        sent = notify(
+            settings,
+            "complete",
+            runtime.get("campaign_id"),
+            experiment_id,
+            {
+                "config_name": name,
+                "cycle": cycle - 1,
+                "cycle_number": cycle,
+                "result_path": output,
+                "energy_j": total["gross_energy_j"],
+                "energy_method": total["method"],
+                "j_per_output_token": result["efficiency"]["j_per_output_token"],
+            },
+        )
+        if sent:
+            log.info("completion notification: %s", {k: v for k, v in sent.items() if k != "payload"})
+
+
+def build_model(output: str, log_path: str) -> None:
+    from .tiny_model import build_tiny_llama
+
+    with logging_to(log_path):
+        build_tiny_llama(output)
+        log.info("built embedded model in %s", output)
+
+
+def aggregate(inputs: list[str], output: str, log_path: str, params: dict) -> None:
+    from .aggregate import write_aggregated
+
+    with logging_to(log_path):
+        write_aggregated(list(inputs), output, params["config_name"], params["cv_threshold"], params["confidence"])
+
+
+def summarise(inputs: list[str], output: str, log_path: str) -> None:
+    from .aggregate import write_summary
+
+    with logging_to(log_path):
+        rows = write_summary(list(inputs), output)
+        log.info("summary of %d experiments written to %s", len(rows), output)
+
+
+def thermal_gaps(inputs: list[str], output: str, log_path: str) -> None:
+    from .aggregate import thermal_audit
+
+    with logging_to(log_path):
+        report = thermal_audit(list(inputs), output)
+        for p in report["problems"]:
+            log.warning("thermal gap: %s cycle %s: %s", p["experiment_id"], p["cycle"], p["problem"])
+
+
+def campaign_complete(summary: str, output: str, log_path: str, runtime: dict) -> None:
+    """Campaign-end notification; writes what was sent (or why nothing was) as the rule's output."""
+    from .aggregate import read_summary
+    from .results import write_json_atomic
+
+    with logging_to(log_path):
+        rows = read_summary(summary)
+        data = {
+            "campaign_name": runtime.get("campaign_name"),
+            "total_experiments": len(rows),
+            "cycles": runtime.get("cycles"),
+            "summary_path": summary,
+            "flagged_experiments": [r["experiment_id"] for r in rows if r["cv_flag"]],
+        }
+        sent = notify(runtime.get("notifications"), "campaign_complete", runtime.get("campaign_id"), None, data)
+        record = {"event_type": "campaign_complete", "data": data, "delivery": sent or {"sent": False, "error": "no webhook_url, or on_complete is false"}}
+        write_json_atomic(output, record)
+
+
+def campaign_failed(runtime: dict, log_text: str | None = None) -> None:
+    """Snakemake ``onerror`` handler: tell the webhook the campaign stopped with failures."""
+    notify(
+        runtime.get("notifications"),
+        "campaign_failure",
+        runtime.get("campaign_id"),
+        None,
+        {"campaign_name": runtime.get("campaign_name"), "log": log_text},
+    )

@@ -1,0 +1,135 @@
+"""What the Snakefile needs at parse time: the campaign, its experiments, paths, params and priorities.
+
+Snakemake deep-merges a Snakefile's ``configfile:`` with ``--configfile``, so the default campaign would leak into
+any other. The Snakefile therefore declares no ``configfile:``; :func:`load` reads ``config/campaign.yaml`` only
+when no ``--configfile`` was given, and otherwise uses exactly what Snakemake read from the given file(s).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan, read_yaml, resolve_campaign
+from .errors import ConfigError
+from .tiny_model import embedded_model_dir, is_embedded
+
+RUNTIME_KEY = "_lem"
+
+_PLAN: Plan | None = None
+
+
+def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: bool = True) -> Plan:
+    """Resolve the campaign into ``config`` (in place) and return its plan; exit with one line on bad input."""
+    global _PLAN
+    try:
+        if RUNTIME_KEY in config:
+            raw, base = {k: v for k, v in config.items() if not k.startswith("_")}, config.get("_base_dir", ".")
+        elif cli_configfiles:
+            raw, base = dict(config), Path(cli_configfiles[-1]).parent
+            where = ", ".join(str(p) for p in cli_configfiles)
+        else:
+            path = Path(workdir) / DEFAULT_CAMPAIGN_FILE
+            raw, base, where = read_yaml(path), path.parent, str(path)
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{path}: a campaign must be a mapping of keys")
+            raw = deep_merge(raw, config)
+        try:
+            resolved = resolve_campaign(raw, base, workdir)
+            the_plan = plan(resolved)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}" if "where" in locals() else str(exc)) from None
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    config.clear()
+    config.update(resolved)
+    config[RUNTIME_KEY] = runtime(the_plan)
+    if announce:
+        describe(the_plan, sys.stderr)
+    _PLAN = the_plan
+    return the_plan
+
+
+def runtime(p: Plan) -> dict:
+    """Campaign-level facts the jobs read from ``snakemake.config`` (deliberately not params: no rerun trigger)."""
+    ex = p.campaign["execution"]
+    return {
+        "campaign_name": p.name,
+        "campaign_id": campaign_id(p.name),
+        "results_root": p.results_root,
+        "state_dir": f"{p.results_root}/.state",
+        "config_gap_s": ex["config_gap_seconds"],
+        "cycle_gap_s": ex["cycle_gap_seconds"],
+        "cycles": ex["cycles"],
+        "notifications": p.campaign["notifications"],
+        "names": {e.experiment_id: e.config_name for e in p.expansion.experiments},
+    }
+
+
+def describe(p: Plan, stream) -> None:
+    exp = p.expansion
+    print(
+        f"Campaign '{p.name}': {len(exp.experiments)} experiments x {p.campaign['execution']['cycles']} cycles, "
+        f"{p.campaign['execution']['structure']} order, results in {p.results_root}/",
+        file=stream,
+    )
+    for name, reason in exp.dropped:
+        print(f"  dropped {name}: {reason}", file=stream)
+    for name, exp_id in exp.duplicates:
+        print(f"  duplicate {name}: same resolved config as {exp_id}, measured once", file=stream)
+
+
+def current() -> Plan:
+    if _PLAN is None:
+        raise RuntimeError("campaign not loaded")
+    return _PLAN
+
+
+# ----------------------------------------------------------------------------------------------- paths and targets
+
+
+def raw_path(root: str, experiment_id: str, cycle: int) -> str:
+    return f"{root}/raw/{experiment_id}/cycle_{cycle}.json"
+
+
+def all_raw(p: Plan) -> list[str]:
+    return [raw_path(p.results_root, e, c) for e, c in p.order]
+
+
+def cycle_inputs(p: Plan, experiment_id: str) -> list[str]:
+    return [raw_path(p.results_root, experiment_id, c) for c in range(1, p.campaign["execution"]["cycles"] + 1)]
+
+
+def aggregated(p: Plan) -> list[str]:
+    return [f"{p.results_root}/aggregated/{e.experiment_id}.json" for e in p.expansion.experiments]
+
+
+def experiment_config(p: Plan, experiment_id: str) -> dict:
+    return p.by_id[experiment_id].config
+
+
+def model_input(p: Plan, experiment_id: str) -> dict:
+    name = p.by_id[experiment_id].config["model_name"]
+    return {"model": str(embedded_model_dir(p.campaign["results_dir"], name))} if is_embedded(name) else {}
+
+
+def embedded_models(p: Plan) -> list[str]:
+    names = sorted({e.config["model_name"] for e in p.expansion.experiments if is_embedded(e.config["model_name"])})
+    return [str(embedded_model_dir(p.campaign["results_dir"], n)) for n in names]
+
+
+def priority(p: Plan, experiment_id: str, cycle: str | int) -> int:
+    return p.priority[(experiment_id, int(cycle))]
+
+
+def aggregate_params(p: Plan, experiment_id: str) -> dict:
+    return {"config_name": p.by_id[experiment_id].config_name, **p.campaign["analysis"]}
+
+
+def campaign_failed(config: dict) -> None:
+    """``onerror`` handler of the Snakefile."""
+    from .jobs import campaign_failed as notify_failed
+
+    if RUNTIME_KEY in config:
+        notify_failed(config[RUNTIME_KEY])

@@ -1,0 +1,38 @@
+# Helper functions of the workflow: each one is a one-liner into the llenergymeasure package.
+import llenergymeasure.workflow as lem
+
+
+def load_plan():
+    return lem.load(config, workflow.overwrite_configfiles, announce=workflow.is_main_process)
+
+
+def models_dir():
+    return f"{config['results_dir']}/models"
+
+
+def measure_inputs(wildcards):
+    return lem.model_input(PLAN, wildcards.experiment)
+
+
+def measure_params(wildcards):
+    return lem.experiment_config(PLAN, wildcards.experiment)
+
+
+def measure_priority(wildcards):
+    return lem.priority(PLAN, wildcards.experiment, wildcards.cycle)
+
+
+def experiment_cycles(wildcards):
+    return lem.cycle_inputs(PLAN, wildcards.experiment)
+
+
+def aggregate_params(wildcards):
+    return lem.aggregate_params(PLAN, wildcards.experiment)
+
+
+def aggregated_results():
+    return lem.aggregated(PLAN)
+
+
+def all_raw_results():
+    return lem.all_raw(PLAN)

@@ -1,0 +1,21 @@
+# One job per experiment x cycle. The resolved experiment config is the job's params (plain data: editing a
+# value gives a new experiment id, so a finished measurement is never overwritten). Priorities follow the
+# campaign's order (interleaved / grouped / shuffled); the thermal gap is waited inside the job, right before
+# its window.
+rule measure:
+    input:
+        unpack(measure_inputs),
+    output:
+        raw=protected(f"{ROOT}/raw/{{experiment}}/cycle_{{cycle}}.json"),
+    params:
+        experiment=measure_params,
+    log:
+        f"{ROOT}/logs/measure/{{experiment}}/cycle_{{cycle}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/measure/{{experiment}}/cycle_{{cycle}}.tsv"
+    priority: measure_priority
+    wildcard_constraints:
+        experiment=r"[a-z0-9][a-z0-9.-]*",
+        cycle=r"[1-9][0-9]*",
+    script:
+        "../scripts/measure.py"
