@@ -4,12 +4,14 @@ rule aggregate:
         experiment_cycles,
     output:
         f"{ROOT}/aggregated/{{experiment}}.json",
-    params:
-        analysis=aggregate_params,
     log:
         f"{ROOT}/logs/aggregate/{{experiment}}.log",
     wildcard_constraints:
         experiment=r"[a-z0-9][a-z0-9.-]*",
+    conda:
+        "../envs/llenergymeasure.yaml"
+    params:
+        analysis=aggregate_params,
     script:
         "../scripts/aggregate.py"
 
@@ -21,6 +23,8 @@ rule summary:
         f"{ROOT}/summary.csv",
     log:
         f"{ROOT}/logs/summary.log",
+    conda:
+        "../envs/llenergymeasure.yaml"
     script:
         "../scripts/summary.py"
 
@@ -32,5 +36,7 @@ rule thermal_gaps:
         f"{ROOT}/thermal_gaps.json",
     log:
         f"{ROOT}/logs/thermal_gaps.log",
+    conda:
+        "../envs/llenergymeasure.yaml"
     script:
         "../scripts/thermal_gaps.py"

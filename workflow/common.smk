@@ -3,7 +3,9 @@ import llenergymeasure.workflow as lem
 
 
 def load_plan():
-    return lem.load(config, workflow.overwrite_configfiles, announce=workflow.is_main_process)
+    return lem.load(
+        config, workflow.overwrite_configfiles, announce=workflow.is_main_process
+    )
 
 
 def models_dir():

@@ -7,15 +7,17 @@ rule measure:
         unpack(measure_inputs),
     output:
         raw=protected(f"{ROOT}/raw/{{experiment}}/cycle_{{cycle}}.json"),
-    params:
-        experiment=measure_params,
     log:
         f"{ROOT}/logs/measure/{{experiment}}/cycle_{{cycle}}.log",
     benchmark:
         f"{ROOT}/benchmarks/measure/{{experiment}}/cycle_{{cycle}}.tsv"
-    priority: measure_priority
     wildcard_constraints:
         experiment=r"[a-z0-9][a-z0-9.-]*",
         cycle=r"[1-9][0-9]*",
+    priority: measure_priority
+    conda:
+        "../envs/llenergymeasure.yaml"
+    params:
+        experiment=measure_params,
     script:
         "../scripts/measure.py"

@@ -2,9 +2,11 @@
 rule build_model:
     output:
         directory(f"{MODELS_DIR}/{{model}}"),
-    wildcard_constraints:
-        model="lem-tiny-llama",
     log:
         f"{MODELS_DIR}/logs/{{model}}.log",
+    wildcard_constraints:
+        model="lem-tiny-llama",
+    conda:
+        "../envs/llenergymeasure.yaml"
     script:
         "../scripts/build_model.py"

@@ -7,6 +7,8 @@ rule notify_campaign:
         f"{ROOT}/notifications/campaign_complete.json",
     log:
         f"{ROOT}/logs/notify_campaign.log",
+    conda:
+        "../envs/llenergymeasure.yaml"
     script:
         "../scripts/notify_campaign.py"
 

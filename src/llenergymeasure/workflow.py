@@ -110,8 +110,12 @@ def experiment_config(p: Plan, experiment_id: str) -> dict:
 
 
 def model_input(p: Plan, experiment_id: str) -> dict:
+    """The embedded model folder as input of a measurement (``ancient``: its timestamp never triggers a rerun,
+    which the protected raw results would refuse anyway)."""
+    from snakemake.io import ancient
+
     name = p.by_id[experiment_id].config["model_name"]
-    return {"model": str(embedded_model_dir(p.campaign["results_dir"], name))} if is_embedded(name) else {}
+    return {"model": ancient(str(embedded_model_dir(p.campaign["results_dir"], name)))} if is_embedded(name) else {}
 
 
 def embedded_models(p: Plan) -> list[str]:

@@ -74,6 +74,19 @@ def plan_batches(prompt_tokens: list[int], strategy: str, batch_size: int, token
     return batches
 
 
+def count_new_tokens(rows: list[list[int]], eos_ids: set[int]) -> list[int]:
+    """Generated tokens per row, up to and including the first EOS; what follows EOS is padding."""
+    counts = []
+    for row in rows:
+        n = len(row)
+        for pos, tok in enumerate(row):
+            if tok in eos_ids:
+                n = pos + 1
+                break
+        counts.append(n)
+    return counts
+
+
 class PyTorchBackend:
     name = "pytorch"
 
@@ -206,17 +219,9 @@ class PyTorchBackend:
         self._sync()
         end = time.perf_counter()
         new = out[:, enc["input_ids"].shape[1] :]
-        eos = self.model.generation_config.eos_token_id
+        eos = kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
         eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-        counts = []
-        for row in new.tolist():
-            n = len(row)
-            for pos, tok in enumerate(row):
-                if tok in eos_ids:
-                    n = pos + 1  # EOS is a generated token; what follows it is padding
-                    break
-            counts.append(n)
-        return start, end, steps, counts, input_tokens
+        return start, end, steps, count_new_tokens(new.tolist(), eos_ids), input_tokens
 
     def run(self, prompts: list[str], batches: list[Batch], seed: int | None) -> RunOutput:
         cfg = self.config

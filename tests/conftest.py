@@ -1,0 +1,74 @@
+"""Shared fixtures. Tests never touch the network or a GPU: hub access is switched off here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Idle baselines are cached per device; tests use their own cache so they never read a user's."""
+    path = tmp_path_factory.mktemp("lem-cache")
+    old = os.environ.get("LEM_CACHE_DIR")
+    os.environ["LEM_CACHE_DIR"] = str(path)
+    os.environ.pop("LLM_ENERGY_RESULTS_DIR", None)
+    yield path
+    if old is None:
+        os.environ.pop("LEM_CACHE_DIR", None)
+    else:
+        os.environ["LEM_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """The embedded model, built once for the test session."""
+    from llenergymeasure.tiny_model import build_tiny_llama
+
+    out = tmp_path_factory.mktemp("models") / "lem-tiny-llama"
+    build_tiny_llama(out)
+    return str(out)
+
+
+def tiny_experiment(**overrides) -> dict:
+    """A resolved experiment small enough for unit tests on 2 CPU cores."""
+    from llenergymeasure.campaign import resolve_experiment
+    from llenergymeasure.config import deep_merge
+
+    base = {
+        "model_name": "lem-tiny-llama",
+        "fp_precision": "float32",
+        "device": "cpu",
+        "max_input_tokens": 64,
+        "max_output_tokens": 8,
+        "min_output_tokens": 8,
+        "num_input_prompts": 6,
+        "decoder": {"preset": "deterministic"},
+        "pytorch": {"batch_size": 2},
+        "warmup": {"max_prompts": 3, "min_prompts": 3, "window_size": 3},
+        "baseline": {"duration_sec": 1},
+        "energy": {"min_window_sec": 0.0},
+    }
+    return resolve_experiment(deep_merge(base, overrides))
+
+
+@pytest.fixture
+def workflow_dir(tmp_path) -> Path:
+    """A copy of the workflow (Snakefile, rules, scripts, envs, default config) in a temp dir."""
+    for name in ("Snakefile", "workflow", "scripts", "envs", "config"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / name)
+        else:
+            shutil.copy2(src, tmp_path / name)
+    (tmp_path / "schemas").symlink_to(REPO / "src" / "llenergymeasure" / "schemas")
+    return tmp_path

@@ -1,0 +1,109 @@
+"""Aggregation across cycles, summary CSV and the thermal audit, on raw results from a real measurement."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from conftest import tiny_experiment
+from llenergymeasure.aggregate import (
+    AggregationError,
+    SUMMARY_COLUMNS,
+    aggregate_experiment,
+    read_summary,
+    thermal_audit,
+    write_aggregated,
+    write_summary,
+)
+from llenergymeasure.measure import run_experiment
+from llenergymeasure.results import ResultValidationError, write_json_atomic
+
+
+@pytest.fixture(scope="module")
+def template(tiny_model):
+    return run_experiment(tiny_experiment(warmup={"enabled": False}), "exp-agg", 1, tiny_model, None, {})
+
+
+def write_cycles(tmp_path, template, energies, exp_id="exp-agg"):
+    paths = []
+    for i, e in enumerate(energies, start=1):
+        r = copy.deepcopy(template)
+        r["experiment_id"] = exp_id
+        r["cycle"] = i
+        r["energy"]["total"]["gross_energy_j"] = e
+        r["efficiency"]["j_per_output_token"] = e / r["tokens"]["output_tokens"]
+        path = tmp_path / "raw" / exp_id / f"cycle_{i}.json"
+        write_json_atomic(path, r, "raw_result")
+        paths.append(str(path))
+    return paths
+
+
+def test_statistics_across_cycles(tmp_path, template):
+    paths = write_cycles(tmp_path, template, [10.0, 12.0, 14.0])
+    agg = aggregate_experiment(paths, "name", cv_threshold=0.5, confidence=0.95)
+    m = agg["metrics"]["energy_j"]
+    assert m["values"] == [10.0, 12.0, 14.0] and m["mean"] == 12.0 and m["std"] == pytest.approx(2.0)
+    assert m["ci_low"] == pytest.approx(12 - 4.303 * 2 / 3**0.5)
+    assert agg["cv_flag"] is False and agg["cycles"] == 3
+    assert agg["latency_pooled_ms"]["e2e_ms"]["n"] == 3 * template["tokens"]["num_requests"]
+    flagged = aggregate_experiment(paths, "name", cv_threshold=0.1, confidence=0.95)
+    assert flagged["cv_flag"] is True and "high_cv_across_cycles" in flagged["flags"]
+
+
+def test_inconsistent_inputs_are_refused(tmp_path, template):
+    paths = write_cycles(tmp_path, template, [1.0, 2.0])
+    other = json.loads(open(paths[1]).read())
+    other["provenance"]["config_sha256"] = "0" * 64
+    write_json_atomic(paths[1], other, "raw_result")
+    with pytest.raises(AggregationError, match="config differs"):
+        aggregate_experiment(paths, "n", 0.1, 0.95)
+    wrong = tmp_path / "raw" / "exp-agg" / "cycle_7.json"
+    wrong.write_text(open(paths[0]).read())
+    with pytest.raises(AggregationError, match="holds cycle 1, file name says 7"):
+        aggregate_experiment([str(wrong)], "n", 0.1, 0.95)
+
+
+def test_invalid_raw_file_is_refused(tmp_path, template):
+    bad = copy.deepcopy(template)
+    bad["energy"]["components"][0]["method"] = "guess"
+    with pytest.raises(ResultValidationError):
+        write_json_atomic(tmp_path / "x.json", bad, "raw_result")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_summary_csv_roundtrip(tmp_path, template):
+    a = write_cycles(tmp_path, template, [10.0, 11.0, 12.0], "exp-a")
+    b = write_cycles(tmp_path, template, [20.0, 21.0, 22.0], "exp-b")
+    write_aggregated(a, str(tmp_path / "agg" / "exp-a.json"), "A", 0.1, 0.95)
+    write_aggregated(b, str(tmp_path / "agg" / "exp-b.json"), "B", 0.1, 0.95)
+    write_summary([str(tmp_path / "agg" / "exp-a.json"), str(tmp_path / "agg" / "exp-b.json")], str(tmp_path / "s.csv"))
+    header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
+    assert header == SUMMARY_COLUMNS
+    required = {"experiment_id", "backend", "model", "batch_size", "fp_precision", "cycles", "output_tokens_mean",
+                "energy_j_mean", "energy_j_ci_low", "energy_j_ci_high", "energy_net_j_mean", "j_per_output_token_mean",
+                "j_per_output_token_ci_low", "j_per_output_token_ci_high", "output_tokens_per_s_mean",
+                "energy_method", "cv_flag"}  # fmt: skip
+    assert required <= set(header)
+    rows = read_summary(str(tmp_path / "s.csv"))
+    assert [r["experiment_id"] for r in rows] == ["exp-a", "exp-b"]
+    assert rows[1]["energy_j_mean"] == pytest.approx(21.0) and rows[0]["batch_size"] == 2 and rows[0]["cycles"] == 3
+    assert rows[0]["energy_method"] == template["energy"]["total"]["method"]
+
+
+def test_thermal_audit_flags_short_gaps(tmp_path, template):
+    r1 = copy.deepcopy(template)
+    r2 = copy.deepcopy(template)
+    r2["cycle"] = 2
+    r2["timestamps"]["window_start"] = "2099-01-01T00:00:00Z"
+    r2["timestamps"]["window_end"] = "2099-01-01T00:00:01Z"
+    r2["thermal"].update(gap_kind="cycle", gap_required_s=300.0, since_previous_window_s=12.0)
+    paths = []
+    for i, r in enumerate((r1, r2), 1):
+        p = tmp_path / f"cycle_{i}.json"
+        write_json_atomic(p, r, "raw_result")
+        paths.append(str(p))
+    report = thermal_audit(paths, str(tmp_path / "thermal.json"))
+    assert report["ok"] is False and "shorter than the 300.0 s" in report["problems"][0]["problem"]
+    assert [w["cycle"] for w in report["windows"]] == [1, 2]

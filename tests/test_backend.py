@@ -1,0 +1,85 @@
+"""The PyTorch backend on the real tiny model: batching, token counting without padding, native latency."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import tiny_experiment
+from llenergymeasure.backends.pytorch import PyTorchBackend, count_new_tokens, plan_batches
+
+
+def test_static_and_sorted_static():
+    lengths = [5, 1, 4, 2, 3]
+    assert [b.indices for b in plan_batches(lengths, "static", 2, 100)] == [[0, 1], [2, 3], [4]]
+    assert [b.indices for b in plan_batches(lengths, "sorted_static", 2, 100)] == [[1, 3], [4, 2], [0]]
+
+
+def test_dynamic_respects_budget_and_batch_size():
+    lengths = [10, 10, 10, 30, 5, 5, 5, 5]
+    batches = plan_batches(lengths, "dynamic", 3, 40)
+    for b in batches:
+        assert len(b.indices) <= 3 and b.padded_tokens <= 40
+    assert [i for b in batches for i in b.indices] == list(range(8))  # order kept, nothing lost or duplicated
+    sorted_batches = plan_batches(lengths, "sorted_dynamic", 3, 40)
+    assert sorted(i for b in sorted_batches for i in b.indices) == list(range(8))
+    flat = [lengths[i] for b in sorted_batches for i in b.indices]
+    assert flat == sorted(lengths)
+    assert [len(b.indices) for b in sorted_batches] == [3, 3, 1, 1]  # 3 x 10 fits in 40; 2 x 30 does not
+
+
+def test_count_new_tokens_stops_at_eos():
+    assert count_new_tokens([[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]], {2}) == [3, 5, 1]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    b = PyTorchBackend(tiny_experiment(), tiny_model)
+    b.load()
+    return b
+
+
+def test_input_tokens_exclude_padding(backend):
+    """B2: token counts come from the attention mask, not the padded tensor."""
+    prompts = ["short", "a much longer prompt with many more words in it than the first one"]
+    unpadded = [len(backend.tokenizer(p)["input_ids"]) for p in prompts]
+    start, end, steps, counts, input_tokens = backend.generate_batch(prompts, 5, 5, 0)
+    assert input_tokens == unpadded and unpadded[0] < unpadded[1]
+    assert counts == [5, 5] and len(steps) == 5 and start < steps[0] <= steps[-1] <= end
+
+
+def test_native_latency_at_batch_size_above_one(backend):
+    """B9: every request gets TTFT, ITL and E2E from real step times, also in batched generate."""
+    prompts = ["one", "two words", "three words here", "and four words here"]
+    batches = plan_batches(backend.count_prompt_tokens(prompts), "static", 2, 10_000)
+    out = backend.run(prompts, batches, seed=0)
+    assert len(out.requests) == 4 and len(out.batches) == 2
+    for r in out.requests:
+        assert 0 < r.ttft_s <= r.e2e_s
+        assert len(r.itl_s) == r.output_tokens - 1 == 7
+        assert r.e2e_s - r.ttft_s == pytest.approx(sum(r.itl_s))
+    first_batch = [r for r in out.requests if r.index in (0, 1)]
+    assert first_batch[0].ttft_s == first_batch[1].ttft_s  # same step, same batch
+
+
+def test_warmup_converges_or_stops_at_max(backend):
+    cfg = {"enabled": True, "convergence_detection": True, "cv_threshold": 1.0, "max_prompts": 10, "window_size": 3, "min_prompts": 3}
+    batches = backend.plan(["a", "b"])
+    w = backend.warmup(["a", "b"], batches[0], cfg)
+    assert w["converged"] is True and w["iterations_completed"] == 3 and len(w["latencies_ms"]) == 3
+    strict = {**cfg, "cv_threshold": 1e-9, "max_prompts": 4}
+    w = backend.warmup(["a", "b"], batches[0], strict)
+    assert w["converged"] is False and w["iterations_completed"] == 4
+
+
+def test_sampling_is_reproducible_with_seed(tiny_model):
+    cfg = tiny_experiment(decoder={"preset": "standard"}, min_output_tokens=0)
+    b = PyTorchBackend(cfg, tiny_model)
+    b.load()
+    import torch
+
+    def tokens(seed):
+        torch.manual_seed(seed)
+        enc = b.tokenizer(["hello"], return_tensors="pt")
+        return b.model.generate(**enc, **b._generate_kwargs(6, 6)).tolist()
+
+    assert tokens(1) == tokens(1)

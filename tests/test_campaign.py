@@ -1,0 +1,143 @@
+"""Expansion of grid x configs, experiment ids, and measurement order."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from llenergymeasure.campaign import (
+    experiment_id,
+    expand,
+    measurement_order,
+    plan,
+    resolve_campaign,
+    resolve_experiment,
+)
+from llenergymeasure.errors import ConfigError
+
+
+def campaign(tmp_path, **raw):
+    base = {"campaign_name": "t", "model": "lem-tiny-llama"}
+    return resolve_campaign({**base, **raw}, tmp_path, tmp_path, env={})
+
+
+def test_grid_product_and_names(tmp_path):
+    c = campaign(
+        tmp_path,
+        grid={
+            "backends": ["pytorch"],
+            "shared": {"fp_precision": ["float32", "bfloat16"], "max_output_tokens": 16},
+            "backend_overrides": {"pytorch": {"batch_size": [1, 4, 8]}},
+        },
+    )
+    exp = expand(c)
+    assert len(exp.experiments) == 6
+    names = [e.config_name for e in exp.experiments]
+    assert len(set(names)) == 6
+    assert "pytorch-lem-tiny-llama-fp_precisionbfloat16-batch_size4" in names
+    assert all(e.config["max_output_tokens"] == 16 for e in exp.experiments)
+    assert {e.config["pytorch"]["batch_size"] for e in exp.experiments} == {1, 4, 8}
+
+
+def test_unimplemented_backend_and_invalid_combination_are_dropped_with_reason(tmp_path):
+    c = campaign(
+        tmp_path,
+        grid={
+            "backends": ["pytorch", "vllm"],
+            "shared": {"max_output_tokens": [4, 16], "min_output_tokens": 8},
+        },
+    )
+    exp = expand(c)
+    assert [e.config["max_output_tokens"] for e in exp.experiments] == [16]
+    reasons = " | ".join(r for _, r in exp.dropped)
+    assert "min_output_tokens = 8 is larger than max_output_tokens = 4" in reasons
+    assert "backend 'vllm' is not available" in reasons
+    assert len(exp.dropped) == 3
+
+
+def test_bad_grid_value_is_an_error_naming_the_key(tmp_path):
+    c = campaign(tmp_path, grid={"backends": ["pytorch"], "shared": {"pytorch.batch_size": [1, 0]}})
+    with pytest.raises(ConfigError, match=r"key 'grid.shared.pytorch.batch_size' = 0 is out of range; allowed: >= 1"):
+        expand(c)
+
+
+def test_unknown_grid_key_has_hint(tmp_path):
+    c = campaign(tmp_path, grid={"backends": ["pytorch"], "shared": {"pytorch.batchsize": [1]}})
+    with pytest.raises(ConfigError, match=r"unknown key 'grid.shared.pytorch.batchsize'.*did you mean 'pytorch.batch_size'"):
+        expand(c)
+
+
+def test_configs_and_grid_are_combined_and_deduplicated(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"config_name": "from-file", "pytorch": {"batch_size": 2}}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"pytorch": {"batch_size": 3}, "fp_precision": "float32"}))
+    c = campaign(
+        tmp_path,
+        configs=["a.yaml", "b.yaml"],
+        grid={"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [2, 5]}}},
+    )
+    exp = expand(c)
+    # a.yaml and the grid's batch_size 2 resolve to the same config: measured once
+    assert [e.config["pytorch"]["batch_size"] for e in exp.experiments] == [2, 3, 5]
+    assert exp.experiments[0].config_name == "from-file"
+    assert exp.experiments[1].config_name == "b"
+    assert len(exp.duplicates) == 1
+
+
+def test_error_in_experiment_file_is_fatal_and_names_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"pytorch": {"batching_strategy": "sorted"}}))
+    c = campaign(tmp_path, configs=["bad.yaml"])
+    with pytest.raises(ConfigError, match=r"key 'configs\[bad.yaml\].pytorch.batching_strategy' = 'sorted' is not allowed; allowed: static, dynamic"):
+        expand(c)
+
+
+def test_missing_config_file(tmp_path):
+    c = campaign(tmp_path, configs=["nope.yaml"])
+    with pytest.raises(ConfigError, match="nope.yaml' does not exist"):
+        expand(c)
+
+
+def test_ids_are_stable_readable_and_config_derived():
+    cfg = resolve_experiment({"model_name": "lem-tiny-llama", "fp_precision": "float32"})
+    same = resolve_experiment({"fp_precision": "float32", "model_name": "lem-tiny-llama", "pytorch": {"batch_size": 1}})
+    other = resolve_experiment({"model_name": "lem-tiny-llama", "fp_precision": "float32", "max_output_tokens": 64})
+    assert experiment_id(cfg) == experiment_id(same)
+    assert experiment_id(cfg) != experiment_id(other)
+    assert experiment_id(cfg).startswith("pytorch-lem-tiny-llama-fp32-bs1-")
+    # The id depends on nothing but the resolved config: this literal holds on any machine. If it changes, the
+    # schema's defaults changed, and every existing result of such a config would be measured again.
+    assert experiment_id(cfg) == "pytorch-lem-tiny-llama-fp32-bs1-1c28c0bdfa"
+
+
+def test_decoder_preset_then_explicit_fields_win():
+    cfg = resolve_experiment({"model_name": "m", "decoder": {"preset": "creative", "top_p": 0.5}})
+    assert cfg["decoder"]["temperature"] == 0.8 and cfg["decoder"]["top_p"] == 0.5
+    assert cfg["decoder"]["repetition_penalty"] == 1.1 and cfg["decoder"]["do_sample"] is True
+    greedy = resolve_experiment({"model_name": "m", "decoder": {"temperature": 0}})
+    assert greedy["decoder"]["do_sample"] is False
+
+
+def test_orders():
+    ids = ["A", "B", "C"]
+    assert measurement_order(ids, 2, "interleaved", 0) == [("A", 1), ("B", 1), ("C", 1), ("A", 2), ("B", 2), ("C", 2)]
+    assert measurement_order(ids, 2, "grouped", 0) == [("A", 1), ("A", 2), ("B", 1), ("B", 2), ("C", 1), ("C", 2)]
+    s0 = measurement_order(ids, 3, "shuffled", 0)
+    assert s0 == measurement_order(ids, 3, "shuffled", 0)  # seeded, seed 0 included
+    for c in (1, 2, 3):  # every cycle holds every experiment once
+        assert sorted(e for e, cy in s0 if cy == c) == ids
+    many = [str(i) for i in range(8)]
+    a = measurement_order(many, 2, "shuffled", 7)
+    assert [e for e, c in a if c == 1] != [e for e, c in a if c == 2]  # each cycle shuffled on its own
+    assert a != measurement_order(many, 2, "shuffled", 8)
+
+
+def test_plan_priorities_follow_order(tmp_path):
+    c = campaign(
+        tmp_path,
+        grid={"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+        execution={"cycles": 2, "structure": "grouped"},
+    )
+    p = plan(c)
+    ranked = sorted(p.priority, key=lambda k: -p.priority[k])
+    assert ranked == p.order
+    a, b = [e.experiment_id for e in p.expansion.experiments]
+    assert p.order == [(a, 1), (a, 2), (b, 1), (b, 2)]

@@ -1,0 +1,95 @@
+"""Campaign validation: every bad input gets one line naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from llenergymeasure.campaign import load_campaign, resolve_campaign
+from llenergymeasure.errors import ConfigError
+
+GOOD = {
+    "campaign_name": "t",
+    "model": "lem-tiny-llama",
+    "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": [1, 2]}},
+}
+
+
+def error_for(raw: dict, tmp_path) -> str:
+    with pytest.raises(ConfigError) as info:
+        resolve_campaign(raw, tmp_path, tmp_path)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def test_defaults_are_filled(tmp_path):
+    c = resolve_campaign(GOOD, tmp_path, tmp_path)
+    assert c["execution"] == {
+        "cycles": 3,
+        "structure": "interleaved",
+        "seed": 42,
+        "config_gap_seconds": 60,
+        "cycle_gap_seconds": 300,
+    }
+    assert c["results_dir"] == "results"
+    assert c["notifications"]["webhook_url"] is None
+
+
+@pytest.mark.parametrize(
+    "patch, expected",
+    [
+        ({"execution": {"structure": "interleave"}}, ["execution.structure", "'interleave'", "interleaved, shuffled, grouped", "did you mean 'interleaved'"]),
+        ({"execution": {"cycles": 0}}, ["execution.cycles", "0", ">= 1"]),
+        ({"execution": {"cycles": "three"}}, ["execution.cycles", "'three'", "integer"]),
+        ({"execution": {"cycle": 3}}, ["unknown key 'execution.cycle'", "did you mean 'cycles'"]),
+        ({"gird": {}}, ["unknown key 'gird'", "did you mean 'grid'"]),
+        ({"notifications": {"webhook_url": "ftp://x"}}, ["notifications.webhook_url", "ftp://x"]),
+        ({"campaign_name": "has space"}, ["campaign_name", "'has space'"]),
+        ({"analysis": {"cv_threshold": 2}}, ["analysis.cv_threshold", "2", "<= 1"]),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(tmp_path, patch, expected):
+    raw = {**GOOD, **{k: ({**GOOD.get(k, {}), **v} if isinstance(v, dict) and k in GOOD else v) for k, v in patch.items()}}
+    msg = error_for(raw, tmp_path)
+    for part in expected:
+        assert part in msg, msg
+
+
+def test_missing_name(tmp_path):
+    raw = dict(GOOD)
+    del raw["campaign_name"]
+    assert "missing required key 'campaign_name'" in error_for(raw, tmp_path)
+
+
+def test_no_experiments(tmp_path):
+    assert "defines no experiments" in error_for({"campaign_name": "x"}, tmp_path)
+
+
+def test_env_overrides_results_dir(tmp_path):
+    c = resolve_campaign({**GOOD, "results_dir": "a"}, tmp_path, tmp_path, env={"LLM_ENERGY_RESULTS_DIR": "/elsewhere"})
+    assert c["results_dir"] == "/elsewhere"
+
+
+def test_user_config_fills_unset_keys_only(tmp_path):
+    (tmp_path / ".lem-config.yaml").write_text(
+        yaml.safe_dump({"results_dir": "mine", "thermal_gaps": {"between_experiments": 7, "between_cycles": 9}})
+    )
+    c = resolve_campaign({**GOOD, "execution": {"cycle_gap_seconds": 1}}, tmp_path, tmp_path, env={})
+    assert c["results_dir"] == "mine"
+    assert c["execution"]["config_gap_seconds"] == 7
+    assert c["execution"]["cycle_gap_seconds"] == 1  # the campaign file wins
+
+
+def test_user_config_unknown_key(tmp_path):
+    (tmp_path / ".lem-config.yaml").write_text("result_dir: x\n")
+    msg = error_for(GOOD, tmp_path)
+    assert "unknown key 'result_dir'" in msg and "did you mean 'results_dir'" in msg
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("campaign_name: x\ngrid: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_campaign(path, tmp_path)
+    assert "not valid YAML at line" in str(info.value) and "\n" not in str(info.value)

@@ -1,0 +1,90 @@
+"""One real measurement on the tiny model: raw result complete, valid and honest."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+
+from conftest import tiny_experiment
+from llenergymeasure.measure import run_experiment
+from llenergymeasure.results import validate_result
+
+
+def ts(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("raw") / "cycle_1.json"
+    state = tmp_path_factory.mktemp("state")
+    result = run_experiment(tiny_experiment(), "exp-test", 1, tiny_model, str(out), {"state_dir": str(state), "campaign_name": "t"})
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    return result
+
+
+def test_raw_result_validates(raw):
+    assert validate_result(raw, "raw_result") is True
+
+
+def test_window_excludes_load_and_warmup(raw):
+    """B5: warm-up and model load happen before the window; warm-up requests are not counted (B10)."""
+    t = raw["timestamps"]
+    assert ts(t["job_start"]) < ts(t["window_start"]) < ts(t["window_end"]) <= ts(t["job_end"])
+    assert raw["warmup"]["iterations_completed"] >= 3
+    assert raw["tokens"]["num_requests"] == 6  # the configured prompts only
+    assert raw["latency"]["ttft_ms"]["n"] == 6 and raw["latency"]["warmup_excluded"] is True
+    phases = raw["phases_s"]
+    assert phases["window_s"] == pytest.approx(t["window_duration_s"])
+    assert phases["job_total_s"] > phases["window_s"] + phases["warmup_s"] + phases["load_s"]
+
+
+def test_tokens_and_efficiency_use_output_tokens(raw):
+    """B2/B3: padding excluded; J/output-token and output tok/s have output tokens as denominator."""
+    tok = raw["tokens"]
+    assert tok["output_tokens"] == 6 * 8
+    assert tok["input_tokens"] < tok["padded_input_tokens"] or tok["input_tokens"] == tok["padded_input_tokens"]
+    assert tok["total_tokens"] == tok["input_tokens"] + tok["output_tokens"]
+    window = raw["timestamps"]["window_duration_s"]
+    gross = raw["energy"]["total"]["gross_energy_j"]
+    assert raw["throughput"]["output_tokens_per_s"] == pytest.approx(48 / window)
+    assert raw["efficiency"]["j_per_output_token"] == pytest.approx(gross / 48)
+    # sanity identity: J/output-token = mean power / output tokens per second
+    assert raw["efficiency"]["j_per_output_token"] == pytest.approx(
+        raw["energy"]["total"]["mean_power_w"] / raw["throughput"]["output_tokens_per_s"], rel=1e-9
+    )
+
+
+def test_every_energy_value_has_a_method_and_estimates_are_labelled(raw):
+    for c in raw["energy"]["components"]:
+        assert c["method"] in ("nvml_counter", "rapl", "estimate_tdp")
+        if c["method"] == "estimate_tdp":
+            assert raw["energy"]["total"]["includes_estimate"] is True
+            assert any(f["code"] == "energy_estimated" for f in raw["flags"])
+    assert raw["energy"]["emissions"]["method"] == "unavailable" and raw["energy"]["emissions"]["co2_kg"] is None
+
+
+def test_net_energy_uses_window_duration(raw):
+    for c in raw["energy"]["components"]:
+        if c["idle_power_w"] is not None:
+            assert c["idle_energy_j"] == pytest.approx(c["idle_power_w"] * raw["timestamps"]["window_duration_s"])
+            assert c["net_energy_j"] == pytest.approx(c["gross_energy_j"] - c["idle_energy_j"])
+
+
+def test_provenance(raw):
+    p = raw["provenance"]
+    assert len(p["config_sha256"]) == 64 and len(p["prompts_sha256"]) == 64
+    assert raw["config"]["pytorch"]["batch_size"] == 2
+    assert raw["environment"]["software"]["torch"]
+    assert raw["memory"]["peak_rss_bytes"] > raw["memory"]["model_size_bytes"] > 0
+
+
+def test_co2_from_grid_intensity(tiny_model, tmp_path):
+    pytest.importorskip("codecarbon")
+    cfg = tiny_experiment(energy={"country_iso_code": "FRA"}, warmup={"enabled": False}, num_input_prompts=2)
+    r = run_experiment(cfg, "exp-co2", 1, tiny_model, None, {})
+    em = r["energy"]["emissions"]
+    assert em["method"] == "energy_x_grid_intensity" and em["country_iso_code"] == "FRA"
+    assert em["co2_kg"] == pytest.approx(r["energy"]["total"]["gross_energy_j"] / 3.6e6 * em["carbon_intensity_g_per_kwh"] / 1000)

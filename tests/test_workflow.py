@@ -1,0 +1,255 @@
+"""Real Snakemake runs in a temporary directory, on the tiny model, CPU only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from llenergymeasure.aggregate import read_summary
+from llenergymeasure.results import read_result
+
+pytestmark = pytest.mark.workflow
+
+SMALL = {
+    "campaign_name": "wf",
+    "model": "lem-tiny-llama",
+    "dataset": "builtin",
+    "num_samples": 4,
+    "grid": {
+        "backends": ["pytorch"],
+        "shared": {
+            "fp_precision": "float32",
+            "device": "cpu",
+            "max_input_tokens": 32,
+            "max_output_tokens": 6,
+            "min_output_tokens": 6,
+            "decoder.preset": "deterministic",
+            "baseline.duration_sec": 1,
+            "warmup.max_prompts": 3,
+            "warmup.min_prompts": 3,
+            "warmup.window_size": 3,
+            "energy.min_window_sec": 0,
+        },
+        "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
+    },
+    "execution": {"cycles": 2, "structure": "interleaved", "config_gap_seconds": 1, "cycle_gap_seconds": 2},
+}
+
+
+def snakemake(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_campaign(path: Path, **changes) -> Path:
+    data = json.loads(json.dumps(SMALL))
+    for key, value in changes.items():
+        data[key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def job_counts(output: str) -> dict[str, int]:
+    counts = {}
+    table = output.split("Job stats:")[-1]
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_full_run_then_edit_one_value(workflow_dir):
+    from test_notify import Hook
+
+    hook = Hook()
+    try:
+        cfg = write_campaign(
+            workflow_dir / "wf.yaml", notifications={"webhook_url": hook.url, "on_complete": True, "on_failure": True}
+        )
+        run = snakemake(workflow_dir, "--configfile", str(cfg))
+        assert run.returncode == 0, run.stderr[-3000:]
+        root = workflow_dir / "results" / "wf"
+        assert not (workflow_dir / "results" / "default").exists()  # nothing of the default campaign leaked in
+
+        raws = sorted(root.glob("raw/*/cycle_*.json"))
+        assert len(raws) == 4
+        results = [read_result(p, "raw_result") for p in raws]
+        for p in raws:
+            assert (p.stat().st_mode & 0o222) == 0, f"{p} is not write-protected"
+        ids = sorted({r["experiment_id"] for r in results})
+        for exp_id in ids:
+            read_result(root / "aggregated" / f"{exp_id}.json", "aggregated_result")
+        rows = read_summary(str(root / "summary.csv"))
+        assert sorted(r["experiment_id"] for r in rows) == ids and all(r["cycles"] == 2 for r in rows)
+
+        # interleaved: A1 B1 A2 B2, and every window kept its gap
+        windows = sorted(results, key=lambda r: r["timestamps"]["window_start"])
+        order = [(r["config"]["pytorch"]["batch_size"], r["cycle"]) for r in windows]
+        assert order == [(1, 1), (2, 1), (1, 2), (2, 2)]
+        for prev, cur in zip(windows, windows[1:]):
+            gap = (utc(cur["timestamps"]["window_start"]) - utc(prev["timestamps"]["window_end"])).total_seconds()
+            assert gap >= cur["thermal"]["gap_required_s"] - 0.05
+        assert [w["thermal"]["gap_kind"] for w in windows] == ["first", "config", "cycle", "config"]
+        audit = json.loads((root / "thermal_gaps.json").read_text())
+        assert audit["ok"] is True and len(audit["windows"]) == 4
+
+        # webhooks: each measurement, then the campaign's end
+        events = [b["event_type"] for b in hook.received]
+        assert events.count("complete") == 4 and events[-1] == "campaign_complete"
+        assert json.loads((root / "notifications" / "campaign_complete.json").read_text())["delivery"]["sent"] is True
+
+        again = snakemake(workflow_dir, "--configfile", str(cfg), "-n")
+        assert "Nothing to be done" in again.stdout + again.stderr
+
+        # Editing one value: only the new experiment is measured, then aggregation downstream.
+        before = {p: (sha(p), p.stat().st_mtime) for p in raws}
+        edited = json.loads(json.dumps(SMALL))
+        edited["grid"]["backend_overrides"]["pytorch"]["batch_size"] = [1, 3]
+        write_campaign(cfg, grid=edited["grid"])
+        dry = snakemake(workflow_dir, "--configfile", str(cfg), "-n")
+        assert dry.returncode == 0, dry.stderr[-2000:]
+        counts = job_counts(dry.stdout + dry.stderr)
+        assert counts.get("measure") == 2 and counts.get("aggregate") == 1, counts
+        scheduled = re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr)
+        assert len(scheduled) == 2 and all("-bs3-" in e for e, _ in scheduled), scheduled
+        assert {p: (sha(p), p.stat().st_mtime) for p in raws} == before
+    finally:
+        hook.close()
+
+
+def test_grouped_order_is_followed(workflow_dir):
+    cfg = write_campaign(
+        workflow_dir / "g.yaml",
+        campaign_name="grouped",
+        execution={"cycles": 2, "structure": "grouped", "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+    )
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [read_result(p, "raw_result") for p in (workflow_dir / "results" / "grouped").glob("raw/*/cycle_*.json")]
+    windows = sorted(results, key=lambda r: r["timestamps"]["window_start"])
+    assert [(r["config"]["pytorch"]["batch_size"], r["cycle"]) for r in windows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+
+def test_kill_and_resume(workflow_dir):
+    cfg = write_campaign(workflow_dir / "k.yaml", campaign_name="kill")
+    raw_dir = workflow_dir / "results" / "kill" / "raw"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
+        cwd=workflow_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    logs = workflow_dir / "results" / "kill" / "logs" / "measure"
+    deadline = time.monotonic() + 300
+    try:
+        # wait until one measurement is finished and the next one has started
+        while time.monotonic() < deadline:
+            done = list(raw_dir.glob("*/cycle_*.json"))
+            started = list(logs.glob("*/cycle_*.log")) if logs.exists() else []
+            if len(done) == 1 and len(started) == 2:
+                break
+            assert proc.poll() is None, "snakemake finished before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the campaign never reached its second measurement")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # like a crash: snakemake and its jobs die at once
+        proc.wait()
+    finished = list(raw_dir.glob("*/cycle_*.json"))
+    assert len(finished) == 1
+    kept = finished[0]
+    kept_state = (sha(kept), kept.stat().st_mtime)
+    assert not [p for p in raw_dir.rglob("*") if p.is_file() and p not in finished]  # no partial file survives
+
+    assert snakemake(workflow_dir, "--configfile", str(cfg), "--unlock").returncode == 0
+    resumed = snakemake(workflow_dir, "--configfile", str(cfg), "--rerun-incomplete")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    counts = job_counts(resumed.stdout + resumed.stderr)
+    assert counts.get("measure") == 3, counts  # only what was missing
+    assert (sha(kept), kept.stat().st_mtime) == kept_state
+    assert len(list(raw_dir.glob("*/cycle_*.json"))) == 4
+
+
+@pytest.mark.parametrize(
+    "patch, expected",
+    [
+        ({"execution": {"cycles": 0}}, "key 'execution.cycles' = 0 is out of range; allowed: >= 1"),
+        ({"execution": {"structure": "random"}}, "key 'execution.structure' = 'random' is not allowed; allowed: interleaved, shuffled, grouped"),
+        ({"grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": ["big"]}}}, "key 'grid.shared.pytorch.batch_size' = 'big' has the wrong type; allowed: integer"),
+        (
+            {"execution": {"cycels": 2}},
+            "unknown key 'execution.cycels' (value 2); allowed keys here: config_gap_seconds, cycle_gap_seconds, "
+            "cycles, seed, structure (did you mean 'cycles'?)",
+        ),
+    ],
+)
+def test_malformed_campaign_fails_before_any_job(workflow_dir, patch, expected):
+    existing = workflow_dir / "results" / "wf" / "raw" / "keep" / "cycle_1.json"
+    existing.parent.mkdir(parents=True)
+    existing.write_text('{"precious": true}')
+    cfg = write_campaign(workflow_dir / "bad.yaml", **patch)
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 1
+    err_lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert err_lines == [f"Configuration error: {cfg}: {expected}"], run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    assert existing.read_text() == '{"precious": true}'
+    assert sorted(p.name for p in (workflow_dir / "results" / "wf").rglob("*") if p.is_file()) == ["cycle_1.json"]
+
+
+def test_configfile_runs_exactly_that_campaign(workflow_dir):
+    other = {
+        "campaign_name": "other",
+        "model": "lem-tiny-llama",
+        "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": 4}},
+        "execution": {"cycles": 1},
+    }
+    path = workflow_dir / "other.yaml"
+    path.write_text(yaml.safe_dump(other))
+    dry = snakemake(workflow_dir, "--configfile", str(path), "-n")
+    assert dry.returncode == 0, dry.stderr
+    out = dry.stdout + dry.stderr
+    assert job_counts(out)["measure"] == 1
+    assert "Campaign 'other': 1 experiments x 1 cycles" in out
+    assert "results/default" not in out and "bs8" not in out and "bs1-" not in out
+
+
+def test_default_campaign_dry_run(workflow_dir):
+    dry = snakemake(workflow_dir, "-n")
+    assert dry.returncode == 0, dry.stderr
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts["measure"] >= 4 and counts["aggregate"] >= 2  # >= 2 configurations x >= 2 cycles
+
+
+def test_lint_and_format():
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--cores", "1"], cwd=REPO, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
