@@ -141,3 +141,47 @@ def test_plan_priorities_follow_order(tmp_path):
     assert ranked == p.order
     a, b = [e.experiment_id for e in p.expansion.experiments]
     assert p.order == [(a, 1), (a, 2), (b, 1), (b, 2)]
+
+
+def test_prompt_sources_checked_before_any_measurement(tmp_path):
+    from llenergymeasure.prompts import check_sources, load_prompts
+
+    base = resolve_experiment({"model_name": "m"})
+    check_sources([base])  # the 100 shipped prompts
+    assert len(load_prompts({"name": "builtin"}, 100)) == 100
+    with pytest.raises(ConfigError, match=r"key 'num_input_prompts' = 101 is out of range; allowed: <= 100"):
+        check_sources([base, {**base, "num_input_prompts": 101}])
+    with pytest.raises(ConfigError, match=r"key 'dataset.name' = '.*missing.jsonl': file does not exist"):
+        check_sources([{**base, "dataset": {"name": str(tmp_path / "missing.jsonl")}}])
+    # hub datasets: offline (set for every test) fails at once, with the reason
+    with pytest.raises(ConfigError, match=r"key 'dataset.name' = 'gsm8k' \(gsm8k, split train\) cannot be loaded: offline"):
+        check_sources([{**base, "dataset": {"name": "gsm8k"}}])
+
+
+def test_local_prompt_files(tmp_path):
+    from llenergymeasure.prompts import load_prompts
+
+    (tmp_path / "p.txt").write_text("first\n\nsecond\n")
+    assert load_prompts({"name": str(tmp_path / "p.txt")}, 2) == ["first", "second"]
+    (tmp_path / "p.jsonl").write_text('{"question": "q1"}\n{"question": "q2"}\n')
+    assert load_prompts({"name": str(tmp_path / "p.jsonl")}, 2) == ["q1", "q2"]
+    shuffled = load_prompts({"name": "builtin", "shuffle": True}, 100, seed=3)
+    assert shuffled != load_prompts({"name": "builtin"}, 100) and sorted(shuffled) == sorted(load_prompts({"name": "builtin"}, 100))
+
+
+def test_describe_verbosity(tmp_path):
+    import io
+
+    from llenergymeasure.workflow import describe
+
+    p = plan(campaign(tmp_path, grid={"backends": ["pytorch", "vllm"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}))
+    out = {}
+    for level in ("quiet", "normal", "verbose"):
+        buf = io.StringIO()
+        describe(p, buf, level)
+        out[level] = buf.getvalue()
+    assert out["quiet"] == ""
+    assert "2 experiments x 3 cycles" in out["normal"] and "dropped pytorch" not in out["normal"]
+    assert "dropped vllm-lem-tiny-llama: backend 'vllm' is not available" in out["normal"]
+    assert all(e.experiment_id in out["verbose"] for e in p.expansion.experiments)
+    assert not any(e.experiment_id in out["normal"] for e in p.expansion.experiments)

@@ -49,7 +49,10 @@ def _from_rows(rows, column: str | None, where: str) -> list[str]:
             continue
         col = column or next((c for c in AUTO_COLUMNS if c in row), None)
         if col is None or col not in row:
-            raise ConfigError(f"dataset {where}: no prompt column (looked for {column or ', '.join(AUTO_COLUMNS)})")
+            raise ConfigError(
+            f"key 'dataset.column' = {column!r} not found in dataset {where}; allowed: a column of it "
+            f"(auto-detected: {', '.join(AUTO_COLUMNS)})"
+        )
         value = row[col]
         out.append(_first_user_turn(value) if isinstance(value, list) else str(value))
     return [p for p in out if p.strip()]
@@ -57,7 +60,7 @@ def _from_rows(rows, column: str | None, where: str) -> list[str]:
 
 def _load_file(path: Path, column: str | None) -> list[str]:
     if not path.exists():
-        raise ConfigError(f"dataset.name = '{path}': file does not exist")
+        raise ConfigError(f"key 'dataset.name' = '{path}': file does not exist")
     if path.suffix == ".jsonl":
         with open(path, encoding="utf-8") as fh:
             rows = [json.loads(line) for line in fh if line.strip()]
@@ -76,14 +79,14 @@ def _load_hub(name: str, split: str | None, subset: str | None, column: str | No
         import datasets
     except ImportError:
         raise ConfigError(
-            f"dataset.name = '{name}' needs the 'datasets' package (pip install 'llenergymeasure[datasets]')"
+            f"key 'dataset.name' = '{name}' needs the 'datasets' package (pip install 'llenergymeasure[datasets]')"
         ) from None
     try:
         ds = datasets.load_dataset(path, subset, split=split)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot get the data"
         offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         why = "offline mode is on (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) and it is not cached" if offline else str(exc).splitlines()[0]
-        raise ConfigError(f"dataset.name = '{name}' ({path}, split {split}) cannot be loaded: {why}") from None
+        raise ConfigError(f"key 'dataset.name' = '{name}' ({path}, split {split}) cannot be loaded: {why}") from None
     return _from_rows(ds, column, name)
 
 
@@ -105,7 +108,8 @@ def load_prompts(dataset: dict, num_prompts: int, seed: int | None = None) -> li
         random.Random(seed if seed is not None else 0).shuffle(prompts)
     if len(prompts) < num_prompts:
         raise ConfigError(
-            f"num_input_prompts = {num_prompts} is larger than the {len(prompts)} prompts of dataset '{name}'"
+            f"key 'num_input_prompts' = {num_prompts} is out of range; allowed: <= {len(prompts)} "
+            f"(the prompts of dataset '{name}')"
         )
     return prompts[:num_prompts]
 
@@ -116,3 +120,16 @@ def prompts_sha256(prompts: list[str]) -> str:
         h.update(p.encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()
+
+
+def check_sources(configs: list[dict]) -> None:
+    """Load every distinct prompt source once, for the largest prompt count asked of it, so that a missing file,
+    an unreachable dataset or too few prompts stop the campaign before its first measurement."""
+    need: dict[str, tuple[dict, int]] = {}
+    for cfg in configs:
+        ds = cfg["dataset"]
+        key = json.dumps(ds, sort_keys=True)
+        n = max(cfg["num_input_prompts"], need.get(key, (ds, 0))[1])
+        need[key] = (ds, n)
+    for ds, n in need.values():
+        load_prompts(ds, n)

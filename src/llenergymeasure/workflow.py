@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan, read_yaml, resolve_campaign
 from .errors import ConfigError
+from .prompts import check_sources
 from .tiny_model import embedded_model_dir, is_embedded
 
 RUNTIME_KEY = "_lem"
@@ -37,6 +38,8 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
         try:
             resolved = resolve_campaign(raw, base, workdir)
             the_plan = plan(resolved)
+            if announce:  # the main process only: jobs re-parse the Snakefile and need not load datasets again
+                check_sources([e.config for e in the_plan.expansion.experiments])
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}" if "where" in locals() else str(exc)) from None
     except ConfigError as exc:
@@ -46,7 +49,7 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
     config.update(resolved)
     config[RUNTIME_KEY] = runtime(the_plan)
     if announce:
-        describe(the_plan, sys.stderr)
+        describe(the_plan, sys.stderr, verbosity(workdir))
     _PLAN = the_plan
     return the_plan
 
@@ -67,7 +70,19 @@ def runtime(p: Plan) -> dict:
     }
 
 
-def describe(p: Plan, stream) -> None:
+def verbosity(workdir: str | Path = ".") -> str:
+    """``LLM_ENERGY_VERBOSITY``, else ``.lem-config.yaml``'s ``verbosity``, else normal."""
+    import os
+
+    from .campaign import load_user_config
+
+    return os.environ.get("LLM_ENERGY_VERBOSITY") or load_user_config(workdir).get("verbosity") or "normal"
+
+
+def describe(p: Plan, stream, level: str = "normal") -> None:
+    """What the campaign expands to: nothing when quiet; every experiment when verbose."""
+    if level == "quiet":
+        return
     exp = p.expansion
     print(
         f"Campaign '{p.name}': {len(exp.experiments)} experiments x {p.campaign['execution']['cycles']} cycles, "
@@ -78,6 +93,9 @@ def describe(p: Plan, stream) -> None:
         print(f"  dropped {name}: {reason}", file=stream)
     for name, exp_id in exp.duplicates:
         print(f"  duplicate {name}: same resolved config as {exp_id}, measured once", file=stream)
+    if level == "verbose":
+        for e in exp.experiments:
+            print(f"  {e.experiment_id}  {e.config_name}", file=stream)
 
 
 def current() -> Plan:

@@ -63,8 +63,9 @@ def write_cache(record: dict) -> None:
     os.replace(tmp, path)
 
 
-def wait_until_settled(meters: list, sleep=time.sleep, clock=time.monotonic) -> dict:
-    """Poll cheap power readings until two consecutive 1 s means agree within 3 % (GPU boards cool slowly)."""
+def wait_until_settled(meters: list, interval_s: float = 0.1, sleep=time.sleep, clock=time.monotonic) -> dict:
+    """Poll cheap power readings every ``interval_s`` until two consecutive 1 s means agree within 3 % (GPU boards
+    cool slowly: 3 s after load an H200 still drew 50 % above its idle power)."""
     with_power = [m for m in meters if hasattr(m, "power_w") and m.method == "nvml_counter"]
     if not with_power:
         return {"waited_s": 0.0, "settled": True, "checked": False}
@@ -75,7 +76,7 @@ def wait_until_settled(meters: list, sleep=time.sleep, clock=time.monotonic) -> 
         t_end = clock() + SETTLE_WINDOW_S
         while clock() < t_end:
             samples.append(sum(m.power_w() for m in with_power))
-            sleep(0.1)
+            sleep(interval_s)
         mean = statistics.fmean(samples)
         if previous is not None and abs(mean - previous) <= SETTLE_TOLERANCE * max(previous, 1e-9):
             return {"waited_s": clock() - start, "settled": True, "checked": True}
@@ -84,9 +85,9 @@ def wait_until_settled(meters: list, sleep=time.sleep, clock=time.monotonic) -> 
         previous = mean
 
 
-def measure_idle(meters: list, duration_s: float, sleep=time.sleep) -> dict[str, dict]:
+def measure_idle(meters: list, duration_s: float, interval_s: float = 0.1, sleep=time.sleep) -> dict[str, dict]:
     """Measure idle power of ``meters`` together over ``duration_s``, through their own energy counters."""
-    settle = wait_until_settled(meters, sleep=sleep)
+    settle = wait_until_settled(meters, interval_s, sleep=sleep)
     for m in meters:
         m.start()
     sleep(duration_s)
@@ -130,7 +131,8 @@ def idle_baselines(meters: list, cfg: dict, sleep=time.sleep) -> dict[str, dict]
             stale.append(m)
     if stale:
         log.info("measuring idle baseline of %s for %.0f s", ", ".join(m.device_key for m in stale), cfg["duration_sec"])
-        fresh = measure_idle(stale, float(cfg["duration_sec"]), sleep=sleep)
+        interval = cfg.get("sample_interval_ms", 100) / 1000.0
+        fresh = measure_idle(stale, float(cfg["duration_sec"]), interval, sleep=sleep)
         for key, record in fresh.items():
             if record["power_w"] is not None:
                 write_cache(record)

@@ -1,0 +1,120 @@
+"""Run one experiment without Snakemake (debugging, GPU checks):
+
+    python -m llenergymeasure.run experiment.yaml [--cycle 1] [--output raw.json] [--set pytorch.batch_size=8]
+
+The experiment file holds experiment fields (as in a campaign's ``configs`` files). The embedded model is built
+into the cache folder on first use. Prints a short JSON summary of the measurement on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .campaign import experiment_id, resolve_experiment, semantic_problem
+from .config import set_dotted
+from .errors import ConfigError
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def load_experiment(path: str | None, sets: list[str]) -> dict:
+    data: dict = {}
+    if path:
+        if path.endswith(".json"):
+            data = json.loads(Path(path).read_text())
+        else:
+            import yaml
+
+            data = yaml.safe_load(Path(path).read_text()) or {}
+    for item in sets:
+        key, _, value = item.partition("=")
+        if not _:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        set_dotted(data, key, _parse_value(value))
+    data.pop("config_name", None)
+    try:
+        from .config import validate
+
+        validate(data, "campaign", prefix=path or "experiment", ref="experiment")
+    except ImportError:  # no jsonschema (e.g. a bare GPU machine): defaults still come from the schema
+        logging.getLogger(__name__).warning("jsonschema not installed: experiment not validated")
+    config = resolve_experiment(data)
+    problem = semantic_problem(config)
+    if problem:
+        raise ConfigError(problem)
+    return config
+
+
+def model_path_for(config: dict) -> str:
+    from .energy.baseline import cache_dir
+    from .tiny_model import build_tiny_llama, is_embedded
+
+    name = config["model_name"]
+    if not is_embedded(name):
+        return name
+    target = cache_dir() / "models" / name
+    if not (target / "config.json").exists():
+        build_tiny_llama(target)
+    return str(target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llenergymeasure.run", description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", nargs="?", help="experiment YAML/JSON file (experiment fields)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a (dotted) field")
+    parser.add_argument("--cycle", type=int, default=1)
+    parser.add_argument("--output", help="write the raw result here (validated, atomic)")
+    parser.add_argument("--state-dir", help="thermal-gap state folder shared by consecutive runs")
+    parser.add_argument("--config-gap", type=float, default=0.0, help="seconds between consecutive windows")
+    parser.add_argument("--cycle-gap", type=float, default=0.0, help="seconds when the cycle changes")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        config = load_experiment(args.experiment, args.set)
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    from .measure import run_experiment
+
+    exp_id = experiment_id(config)
+    result = run_experiment(
+        config,
+        exp_id,
+        args.cycle,
+        model_path_for(config),
+        args.output,
+        {"state_dir": args.state_dir, "config_gap_s": args.config_gap, "cycle_gap_s": args.cycle_gap},
+    )
+    total = result["energy"]["total"]
+    print(
+        json.dumps(
+            {
+                "experiment_id": exp_id,
+                "cycle": args.cycle,
+                "window_duration_s": result["timestamps"]["window_duration_s"],
+                "output_tokens": result["tokens"]["output_tokens"],
+                "output_tokens_per_s": result["throughput"]["output_tokens_per_s"],
+                "energy_j": total["gross_energy_j"],
+                "energy_net_j": total["net_energy_j"],
+                "energy_method": total["method"],
+                "j_per_output_token": result["efficiency"]["j_per_output_token"],
+                "flags": [f["code"] for f in result["flags"]],
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
