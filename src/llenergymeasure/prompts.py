@@ -100,7 +100,7 @@ def load_prompts(dataset: dict, num_prompts: int, seed: int | None = None) -> li
     column = dataset.get("column")
     if name == "builtin":
         prompts = _load_file(BUILTIN_PATH, "prompt")
-    elif name.endswith((".jsonl", ".txt")) or os.path.sep in name and Path(name).exists():
+    elif name.endswith((".jsonl", ".txt")) or Path(name).is_file():
         prompts = _load_file(Path(name), column)
     else:
         prompts = _load_hub(name, dataset.get("split"), dataset.get("subset"), column)
