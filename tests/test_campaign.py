@@ -185,3 +185,23 @@ def test_describe_verbosity(tmp_path):
     assert "dropped vllm-lem-tiny-llama: backend 'vllm' is not available" in out["normal"]
     assert all(e.experiment_id in out["verbose"] for e in p.expansion.experiments)
     assert not any(e.experiment_id in out["normal"] for e in p.expansion.experiments)
+
+
+def test_missing_local_model_folder_is_a_config_error(tmp_path):
+    from llenergymeasure.prompts import check_sources
+
+    base = resolve_experiment({"model_name": str(tmp_path / "no-such-model")})
+    with pytest.raises(ConfigError, match=r"key 'model_name' = '.*no-such-model': folder does not exist"):
+        check_sources([base])
+    check_sources([{**base, "model_name": "some-org/some-model"}])  # a hub id: checked when loaded
+
+
+def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
+    pytest.importorskip("datasets")
+    from llenergymeasure.prompts import load_prompts
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(f'{{"instruction": "task {i}", "other": 1}}\n' for i in range(5)))
+    assert load_prompts({"name": str(folder), "column": "instruction"}, 3) == ["task 0", "task 1", "task 2"]
+    assert load_prompts({"name": str(folder)}, 2) == ["task 0", "task 1"]  # column auto-detected

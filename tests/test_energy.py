@@ -167,3 +167,14 @@ def test_meterset_starts_and_stops_all():
     ms.start()
     clock.sleep(2)
     assert [r.energy_j for r in ms.stop()] == [20.0, 10.0]
+
+
+def test_codecarbon_backend_labels_its_values():
+    pytest.importorskip("codecarbon")
+    ms = select_meters({"backend": "codecarbon", "country_iso_code": "FRA"}, use_gpu=False)
+    ms.start()
+    sum(range(2_000_000))
+    rows = ms.stop()
+    assert {r.component for r in rows} >= {"cpu", "ram"}
+    for r in rows:
+        assert r.method == "codecarbon" and r.energy_j is not None and r.energy_j >= 0

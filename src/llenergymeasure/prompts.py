@@ -122,6 +122,17 @@ def prompts_sha256(prompts: list[str]) -> str:
     return h.hexdigest()
 
 
+def check_models(configs: list[dict]) -> None:
+    """A model named by a filesystem path must exist (hub ids are resolved by the backend when it loads)."""
+    from .tiny_model import is_embedded
+
+    for name in sorted({c["model_name"] for c in configs}):
+        if is_embedded(name) or Path(name).expanduser().exists():
+            continue
+        if name.startswith(("/", "./", "../", "~")):
+            raise ConfigError(f"key 'model_name' = '{name}': folder does not exist; allowed: an existing folder, a Hugging Face id, or lem-tiny-llama")
+
+
 def check_sources(configs: list[dict]) -> None:
     """Load every distinct prompt source once, for the largest prompt count asked of it, so that a missing file,
     an unreachable dataset or too few prompts stop the campaign before its first measurement."""
@@ -133,3 +144,4 @@ def check_sources(configs: list[dict]) -> None:
         need[key] = (ds, n)
     for ds, n in need.values():
         load_prompts(ds, n)
+    check_models(configs)

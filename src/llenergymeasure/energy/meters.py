@@ -26,7 +26,7 @@ class CodeCarbonMeter:
 
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code or "USA",
-            save_to_file=False,
+            output_methods=[],  # nothing written to disk or sent anywhere: the values come back in memory
             log_level="error",
             measure_power_secs=1,
             tracking_mode="machine",
