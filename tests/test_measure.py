@@ -88,3 +88,19 @@ def test_co2_from_grid_intensity(tiny_model, tmp_path):
     em = r["energy"]["emissions"]
     assert em["method"] == "energy_x_grid_intensity" and em["country_iso_code"] == "FRA"
     assert em["co2_kg"] == pytest.approx(r["energy"]["total"]["gross_energy_j"] / 3.6e6 * em["carbon_intensity_g_per_kwh"] / 1000)
+
+
+def test_gpu_check_script_runs_in_cpu_smoke_mode(tmp_path):
+    """The GPU check must not rot between GPU sessions: run it on the CPU with the tiny model."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu", "--cycles", "2",
+         "--batch-sizes", "2", "--prompts", "4", "--gap", "0", "--baseline-sec", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "cpu:" in run.stdout and len(list(tmp_path.glob("raw/*/cycle_*.json"))) == 2

@@ -76,8 +76,27 @@ def _train_tokenizer():
     return fast
 
 
+#: Published shapes for synthetic-weight models (random weights, real architecture and cost per token).
+LLAMA_SHAPES = {
+    "llama-3.2-1b": {
+        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "tie_word_embeddings": True, "vocab_size": 128256,
+    },
+}  # fmt: skip
+
+
 def build_tiny_llama(out_dir: str | Path) -> Path:
     """Build the embedded model into ``out_dir`` (written to a temp folder first, then moved into place)."""
+    return build_random_llama(out_dir, "lem-tiny-llama", TINY_LLAMA_CONFIG)
+
+
+def build_random_llama(out_dir: str | Path, name: str, architecture: dict, dtype: str = "float32") -> Path:
+    """A seeded random-weight Llama of ``architecture`` plus the embedded byte-level tokenizer.
+
+    ``architecture`` may set ``vocab_size`` larger than the tokenizer's (a published shape's embedding and output
+    layer sizes are kept, so the cost per token is that of the real model; prompts use the first token ids only).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -86,26 +105,29 @@ def build_tiny_llama(out_dir: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         tokenizer = _train_tokenizer()
+        arch = dict(architecture)
+        vocab = max(arch.pop("vocab_size", 0), len(tokenizer))
         config = LlamaConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=vocab,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            **TINY_LLAMA_CONFIG,
+            dtype=dtype,
+            **arch,
         )
         torch.manual_seed(SEED)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         with open(tmp / "lem_model.json", "w", encoding="utf-8") as fh:
             json.dump(
                 {
-                    "name": "lem-tiny-llama",
+                    "name": name,
                     "weights": "random (seeded)",
                     "seed": SEED,
                     "parameters": sum(p.numel() for p in model.parameters()),
-                    "architecture": TINY_LLAMA_CONFIG,
+                    "architecture": {**arch, "vocab_size": vocab},
                 },
                 fh,
                 indent=2,
