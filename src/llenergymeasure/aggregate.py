@@ -79,6 +79,7 @@ def aggregate_experiment(raw_paths: list[str], config_name: str, cv_threshold: f
         "backend": first["backend"],
         "backend_version": first["backend_version"],
         "model_name": first["model_name"],
+        "device": first["model"]["device"],
         "cycles": len(raws),
         "cycle_numbers": [r["cycle"] for r in raws],
         "energy_method": first["energy"]["total"]["method"],
@@ -133,10 +134,14 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+STAT_SUFFIXES = ("_mean", "_std", "_cv", "_ci_low", "_ci_high")
+
+
 def summary_row(agg: dict) -> dict:
-    m = agg["metrics"]
+    """One CSV row: identity columns, then ``<metric>_<stat>`` columns read from the aggregated metrics."""
     cfg = agg["config"]
     backend_cfg = cfg.get(agg["backend"], {})
+    pooled = agg["latency_pooled_ms"]
     row = {
         "experiment_id": agg["experiment_id"],
         "config_name": agg["config_name"],
@@ -145,37 +150,25 @@ def summary_row(agg: dict) -> dict:
         "batch_size": backend_cfg.get("batch_size"),
         "batching_strategy": backend_cfg.get("batching_strategy"),
         "fp_precision": cfg["fp_precision"],
-        "device": agg["environment"].get("gpus") and "cuda" or "cpu",
+        "device": agg["device"],
         "cycles": agg["cycles"],
-        "output_tokens_mean": m["output_tokens"]["mean"],
-        "energy_j_mean": m["energy_j"]["mean"],
-        "energy_j_std": m["energy_j"]["std"],
-        "energy_j_cv": m["energy_j"]["cv"],
-        "energy_j_ci_low": m["energy_j"]["ci_low"],
-        "energy_j_ci_high": m["energy_j"]["ci_high"],
-        "energy_net_j_mean": m["energy_net_j"]["mean"],
-        "energy_net_j_ci_low": m["energy_net_j"]["ci_low"],
-        "energy_net_j_ci_high": m["energy_net_j"]["ci_high"],
-        "j_per_output_token_mean": m["j_per_output_token"]["mean"],
-        "j_per_output_token_ci_low": m["j_per_output_token"]["ci_low"],
-        "j_per_output_token_ci_high": m["j_per_output_token"]["ci_high"],
-        "net_j_per_output_token_mean": m["net_j_per_output_token"]["mean"],
-        "output_tokens_per_s_mean": m["output_tokens_per_s"]["mean"],
-        "output_tokens_per_s_ci_low": m["output_tokens_per_s"]["ci_low"],
-        "output_tokens_per_s_ci_high": m["output_tokens_per_s"]["ci_high"],
-        "mean_power_w_mean": m["mean_power_w"]["mean"],
-        "e2e_latency_mean_ms_mean": m["e2e_latency_mean_ms"]["mean"],
-        "ttft_p50_ms": agg["latency_pooled_ms"]["ttft_ms"]["p50"],
-        "ttft_p99_ms": agg["latency_pooled_ms"]["ttft_ms"]["p99"],
-        "e2e_p50_ms": agg["latency_pooled_ms"]["e2e_ms"]["p50"],
-        "e2e_p99_ms": agg["latency_pooled_ms"]["e2e_ms"]["p99"],
-        "co2_kg_mean": m["co2_kg"]["mean"],
-        "window_duration_s_mean": m["window_duration_s"]["mean"],
+        "ttft_p50_ms": pooled["ttft_ms"]["p50"],
+        "ttft_p99_ms": pooled["ttft_ms"]["p99"],
+        "e2e_p50_ms": pooled["e2e_ms"]["p50"],
+        "e2e_p99_ms": pooled["e2e_ms"]["p99"],
         "energy_method": agg["energy_method"],
         "includes_estimate": agg["includes_estimate"],
         "cv_flag": agg["cv_flag"],
         "flags": ";".join(agg["flags"]),
     }
+    for column in SUMMARY_COLUMNS:
+        for suffix in STAT_SUFFIXES:
+            metric = column[: -len(suffix)]
+            if column.endswith(suffix) and metric in agg["metrics"]:
+                row[column] = agg["metrics"][metric][suffix[1:]]
+    missing = [c for c in SUMMARY_COLUMNS if c not in row]
+    if missing:
+        raise AggregationError(f"summary columns without a source: {missing}")
     return row
 
 

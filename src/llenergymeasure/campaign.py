@@ -23,7 +23,6 @@ from .config import (
     fill_defaults,
     load_schema,
     set_dotted,
-    subschema,
     validate,
     validate_value,
 )
@@ -261,7 +260,7 @@ def _grid_candidates(campaign: dict) -> list[tuple[str, dict]]:
     for backend, axes in overrides.items():
         for key, values in axes.items():
             for value in _axis(values):
-                validate_value(value, f"{backend}.{key}", SCHEMA, "experiment", f"grid.backend_overrides")
+                validate_value(value, f"{backend}.{key}", SCHEMA, "experiment", "grid.backend_overrides")
     models = grid.get("models") or [campaign.get("model")]
     if None in models:
         raise ConfigError("grid: no model: set 'model' or 'grid.models'")

@@ -34,15 +34,6 @@ def load_schema(name: str) -> dict:
         return json.load(fh)
 
 
-def schema_path(name: str) -> Path:
-    return SCHEMA_DIR / f"{name}.schema.json"
-
-
-def subschema(name: str, ref: str) -> dict:
-    """Return ``$defs/<ref>`` of schema ``name``."""
-    return load_schema(name)["$defs"][ref]
-
-
 def _resolve(schema: dict, root: dict) -> dict:
     while "$ref" in schema:
         ref = schema["$ref"]

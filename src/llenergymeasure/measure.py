@@ -19,7 +19,6 @@ import os
 import statistics
 import time
 
-from . import __version__
 from .backends.pytorch import PyTorchBackend
 from .config import canonical_json
 from .energy.base import ComponentEnergy

@@ -17,14 +17,11 @@ from .tiny_model import embedded_model_dir, is_embedded
 
 RUNTIME_KEY = "_lem"
 
-_PLAN: Plan | None = None
-
-
 def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: bool = True) -> Plan:
     """Resolve the campaign into ``config`` (in place) and return its plan; exit with one line on bad input."""
-    global _PLAN
+    where = ""
     try:
-        if RUNTIME_KEY in config:
+        if RUNTIME_KEY in config:  # already resolved in this process
             raw, base = {k: v for k, v in config.items() if not k.startswith("_")}, config.get("_base_dir", ".")
         elif cli_configfiles:
             raw, base = dict(config), Path(cli_configfiles[-1]).parent
@@ -33,24 +30,20 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
             path = Path(workdir) / DEFAULT_CAMPAIGN_FILE
             raw, base, where = read_yaml(path), path.parent, str(path)
             if not isinstance(raw, dict):
-                raise ConfigError(f"{path}: a campaign must be a mapping of keys")
-            raw = deep_merge(raw, config)
-        try:
-            resolved = resolve_campaign(raw, base, workdir)
-            the_plan = plan(resolved)
-            if announce:  # the main process only: jobs re-parse the Snakefile and need not load datasets again
-                check_sources([e.config for e in the_plan.expansion.experiments])
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}" if "where" in locals() else str(exc)) from None
+                raise ConfigError("a campaign must be a mapping of keys")
+            raw = deep_merge(raw, config)  # config holds only --config overrides here
+        resolved = resolve_campaign(raw, base, workdir)
+        the_plan = plan(resolved)
+        if announce:  # the main process only: jobs re-parse the Snakefile and need not load datasets again
+            check_sources([e.config for e in the_plan.expansion.experiments])
     except ConfigError as exc:
-        print(f"Configuration error: {exc}", file=sys.stderr)
+        print(f"Configuration error: {where + ': ' if where else ''}{exc}", file=sys.stderr)
         sys.exit(1)
     config.clear()
     config.update(resolved)
     config[RUNTIME_KEY] = runtime(the_plan)
     if announce:
         describe(the_plan, sys.stderr, verbosity(workdir))
-    _PLAN = the_plan
     return the_plan
 
 
@@ -95,13 +88,7 @@ def describe(p: Plan, stream, level: str = "normal") -> None:
         print(f"  duplicate {name}: same resolved config as {exp_id}, measured once", file=stream)
     if level == "verbose":
         for e in exp.experiments:
-            print(f"  {e.experiment_id}  {e.config_name}", file=stream)
-
-
-def current() -> Plan:
-    if _PLAN is None:
-        raise RuntimeError("campaign not loaded")
-    return _PLAN
+            print(f"  {e.experiment_id}  {e.config_name}  ({e.source})", file=stream)
 
 
 # ----------------------------------------------------------------------------------------------- paths and targets
@@ -134,11 +121,6 @@ def model_input(p: Plan, experiment_id: str) -> dict:
 
     name = p.by_id[experiment_id].config["model_name"]
     return {"model": ancient(str(embedded_model_dir(p.campaign["results_dir"], name)))} if is_embedded(name) else {}
-
-
-def embedded_models(p: Plan) -> list[str]:
-    names = sorted({e.config["model_name"] for e in p.expansion.experiments if is_embedded(e.config["model_name"])})
-    return [str(embedded_model_dir(p.campaign["results_dir"], n)) for n in names]
 
 
 def priority(p: Plan, experiment_id: str, cycle: str | int) -> int:

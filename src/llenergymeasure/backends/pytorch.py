@@ -268,7 +268,7 @@ class PyTorchBackend:
         window = cfg["window_size"]
         need = max(cfg["min_prompts"], window)
         t0 = time.perf_counter()
-        for i in range(cfg["max_prompts"]):
+        for _ in range(cfg["max_prompts"]):
             start, end, *_ = self.generate_batch(texts, new_tokens, 0, self.config["random_seed"])
             latencies.append(end - start)
             if cfg["convergence_detection"] and len(latencies) >= need:

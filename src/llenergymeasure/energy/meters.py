@@ -46,10 +46,9 @@ class CodeCarbonMeter:
         for component, attr in (("cpu", "cpu_energy"), ("ram", "ram_energy"), ("gpu", "gpu_energy")):
             kwh = getattr(data, attr, None)
             energy = None if kwh is None else kwh * 3.6e6
-            flags = ["codecarbon_estimate_possible"]
             if component == "gpu" and not energy:
                 continue  # CodeCarbon reports 0 when it sees no GPU: not a value
-            out.append(ComponentEnergy(component, component, f"codecarbon-{component}", self.method, energy, duration, flags, details))
+            out.append(ComponentEnergy(component, component, f"codecarbon-{component}", self.method, energy, duration, [], details))
         return out
 
     def describe(self) -> dict:
