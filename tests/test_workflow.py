@@ -246,6 +246,12 @@ def test_default_campaign_dry_run(workflow_dir):
     assert dry.returncode == 0, dry.stderr
     counts = job_counts(dry.stdout + dry.stderr)
     assert counts["measure"] >= 4 and counts["aggregate"] >= 2  # >= 2 configurations x >= 2 cycles
+    # a measurement takes every core, so nothing else runs beside its window
+    two = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "-n"], cwd=workflow_dir, capture_output=True, text=True
+    )
+    measure_blocks = [b for b in (two.stdout + two.stderr).split("rule ")[1:] if b.startswith("measure:")]
+    assert measure_blocks and all("threads: 2" in b for b in measure_blocks)
 
 
 def test_lint_and_format():

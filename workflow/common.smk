@@ -12,6 +12,10 @@ def models_dir():
     return f"{config['results_dir']}/models"
 
 
+def all_cores():
+    return lem.all_cores(workflow.cores)
+
+
 def measure_inputs(wildcards):
     return lem.model_input(PLAN, wildcards.experiment)
 

@@ -1,7 +1,8 @@
 # One job per experiment x cycle. The resolved experiment config is the job's params (plain data: editing a
 # value gives a new experiment id, so a finished measurement is never overwritten). Priorities follow the
 # campaign's order (interleaved / grouped / shuffled); the thermal gap is waited inside the job, right before
-# its window.
+# its window. A measurement takes every core Snakemake may use, so that no other job (an aggregation, another
+# measurement) shares the CPU with a measurement window.
 rule measure:
     input:
         unpack(measure_inputs),
@@ -15,6 +16,7 @@ rule measure:
         experiment=r"[a-z0-9][a-z0-9.-]*",
         cycle=r"[1-9][0-9]*",
     priority: measure_priority
+    threads: all_cores()
     conda:
         "../envs/llenergymeasure.yaml"
     params:

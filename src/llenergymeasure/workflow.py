@@ -123,6 +123,11 @@ def model_input(p: Plan, experiment_id: str) -> dict:
     return {"model": ancient(str(embedded_model_dir(p.campaign["results_dir"], name)))} if is_embedded(name) else {}
 
 
+def all_cores(cores) -> int:
+    """Threads of a measurement job: all cores given to Snakemake (at least 1)."""
+    return int(cores) if isinstance(cores, (int, float)) and cores >= 1 else 1
+
+
 def priority(p: Plan, experiment_id: str, cycle: str | int) -> int:
     return p.priority[(experiment_id, int(cycle))]
 
