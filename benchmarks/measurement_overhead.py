@@ -1,0 +1,131 @@
+"""Does measuring disturb what is measured? Two ratios from one run, on the same prompts and batches:
+
+1. measurement on vs off: our backend's run with energy meters read at the window edges and per-step
+   timestamps, against the same generate calls with neither (target: <= 1 % slower);
+2. our PyTorch backend vs a bare ``generate`` loop written the obvious way (target: throughput ratio >= 0.98).
+
+The variants are interleaved for ``--reps`` repetitions (>= 5) after a shared warm-up, so drift and thermal state
+hit all of them alike; ratios are of the medians.
+
+    python benchmarks/measurement_overhead.py                         # embedded tiny model, CPU
+    PYTHONPATH=src python benchmarks/measurement_overhead.py --model /path/or/hub-id --device cuda --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+from llenergymeasure.backends.pytorch import PyTorchBackend
+from llenergymeasure.campaign import resolve_experiment
+from llenergymeasure.energy.meters import select_meters
+from llenergymeasure.prompts import load_prompts
+from llenergymeasure.tiny_model import build_tiny_llama
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model path or hub id (default: the embedded tiny model)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="float32")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=7)
+    args = ap.parse_args()
+    if args.reps < 5:
+        ap.error("--reps must be >= 5")
+
+    model = args.model or str(build_tiny_llama(tempfile.mkdtemp(prefix="lem-bench-") + "/lem-tiny-llama"))
+    cfg = resolve_experiment(
+        {
+            "model_name": model,
+            "fp_precision": args.precision,
+            "device": args.device,
+            "max_input_tokens": 128,
+            "max_output_tokens": args.new_tokens,
+            "min_output_tokens": args.new_tokens,
+            "num_input_prompts": args.prompts,
+            "decoder": {"preset": "deterministic"},
+            "pytorch": {"batch_size": args.batch_size},
+        }
+    )
+    backend = PyTorchBackend(cfg, model)
+    backend.load()
+    prompts = load_prompts(cfg["dataset"], args.prompts)
+    batches = backend.plan(prompts)
+    meters = select_meters(cfg["energy"], use_gpu=args.device == "cuda")
+    kwargs = backend._generate_kwargs(args.new_tokens, args.new_tokens)
+    tok, net = backend.tokenizer, backend.model
+
+    import torch
+
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
+    def measured() -> tuple[float, int]:
+        sync()
+        meters.start()
+        t0 = time.perf_counter()
+        out = backend.run(prompts, batches, None)
+        dt = time.perf_counter() - t0
+        meters.stop()
+        return dt, sum(r.output_tokens for r in out.requests)
+
+    def unmeasured() -> tuple[float, int]:
+        """Same generate calls as the backend, without meters and without the per-step clock."""
+        sync()
+        t0 = time.perf_counter()
+        n = 0
+        for b in batches:
+            enc = tok([prompts[i] for i in b.indices], return_tensors="pt", padding=True, truncation=True,
+                      max_length=cfg["max_input_tokens"]).to(backend.device)  # fmt: skip
+            with torch.inference_mode():
+                out = net.generate(**enc, **kwargs)
+            n += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+        sync()
+        return time.perf_counter() - t0, n
+
+    def bare() -> tuple[float, int]:
+        """A bare loop: fixed-size chunks, default padding, plain generate."""
+        sync()
+        t0 = time.perf_counter()
+        n = 0
+        for i in range(0, len(prompts), args.batch_size):
+            enc = tok(prompts[i : i + args.batch_size], return_tensors="pt", padding=True, truncation=True, max_length=128)
+            enc = enc.to(backend.device)
+            with torch.no_grad():
+                out = net.generate(**enc, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                   do_sample=False, pad_token_id=tok.pad_token_id)  # fmt: skip
+            n += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+        sync()
+        return time.perf_counter() - t0, n
+
+    variants = {"measured": measured, "unmeasured": unmeasured, "bare": bare}
+    for fn in variants.values():  # warm-up, outside the comparison
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    tokens: dict[str, int] = {}
+    for rep in range(args.reps):
+        order = list(variants) if rep % 2 == 0 else list(reversed(variants))
+        for name in order:
+            dt, n = variants[name]()
+            times[name].append(dt)
+            tokens[name] = n
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tps = {k: tokens[k] / med[k] for k in variants}
+    print(f"device {args.device}, batch {args.batch_size}, {args.prompts} prompts x {args.new_tokens} new tokens, {args.reps} interleaved reps")
+    for k in variants:
+        spread = (max(times[k]) - min(times[k])) / med[k]
+        print(f"  {k:<11} median {med[k]:.4f} s  {tps[k]:10.1f} output tok/s  (range {spread:.1%} of median)")
+    print(f"measurement on / off time ratio:      {med['measured'] / med['unmeasured']:.4f}  (target <= 1.01)")
+    print(f"backend / bare generate throughput:   {tps['measured'] / tps['bare']:.4f}  (target >= 0.98)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
