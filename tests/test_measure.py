@@ -104,3 +104,16 @@ def test_gpu_check_script_runs_in_cpu_smoke_mode(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert "cpu:" in run.stdout and len(list(tmp_path.glob("raw/*/cycle_*.json"))) == 2
+
+
+def test_flops_are_analytic_per_request(raw):
+    """B6: FLOPs from the architecture and each request's real token counts, prefill and decode separated."""
+    from llenergymeasure.flops import request_flops
+
+    f = raw["flops"]
+    per = raw["latency"]["per_request"]
+    parts = [request_flops(f["model_dims"], i, o) for i, o in zip(per["input_tokens"], per["output_tokens"])]
+    assert f["prefill_flops"] == sum(p for p, _ in parts) and f["decode_flops"] == sum(d for _, d in parts)
+    assert f["total_flops"] == f["prefill_flops"] + f["decode_flops"]
+    assert f["method"] == "analytic_decoder_only" and f["confidence"] == "high"
+    assert f["flops_per_s"] == pytest.approx(f["total_flops"] / raw["timestamps"]["window_duration_s"])

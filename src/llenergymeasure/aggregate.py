@@ -26,6 +26,7 @@ METRICS = {
     "ttft_mean_ms": lambda r: r["latency"]["ttft_ms"]["mean"],
     "itl_mean_ms": lambda r: r["latency"]["itl_ms"]["mean"],
     "co2_kg": lambda r: r["energy"]["emissions"]["co2_kg"],
+    "total_flops": lambda r: r["flops"]["total_flops"],
 }
 
 #: metrics whose CV across cycles decides ``cv_flag``
@@ -83,6 +84,7 @@ def aggregate_experiment(raw_paths: list[str], config_name: str, cv_threshold: f
         "cycles": len(raws),
         "cycle_numbers": [r["cycle"] for r in raws],
         "energy_method": first["energy"]["total"]["method"],
+        "flops_method": f"{first['flops']['method']} ({first['flops']['confidence']} confidence)",
         "includes_estimate": first["energy"]["total"]["includes_estimate"],
         "aggregation": {
             "method": "one value per cycle; mean, sample std (ddof 1), CV, Student-t interval of the mean",
@@ -129,8 +131,8 @@ SUMMARY_COLUMNS = [
     "net_j_per_output_token_mean",
     "output_tokens_per_s_mean", "output_tokens_per_s_ci_low", "output_tokens_per_s_ci_high",
     "mean_power_w_mean", "e2e_latency_mean_ms_mean", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
-    "co2_kg_mean", "window_duration_s_mean",
-    "energy_method", "includes_estimate", "cv_flag", "flags",
+    "co2_kg_mean", "window_duration_s_mean", "total_flops_mean",
+    "energy_method", "includes_estimate", "flops_method", "cv_flag", "flags",
 ]  # fmt: skip
 
 
@@ -160,6 +162,7 @@ def summary_row(agg: dict) -> dict:
         "includes_estimate": agg["includes_estimate"],
         "cv_flag": agg["cv_flag"],
         "flags": ";".join(agg["flags"]),
+        "flops_method": agg["flops_method"],
     }
     for column in SUMMARY_COLUMNS:
         for suffix in STAT_SUFFIXES:

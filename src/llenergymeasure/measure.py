@@ -26,6 +26,7 @@ from .energy.baseline import idle_baselines, utc_now_iso
 from .energy.meters import carbon_intensity_g_per_kwh, select_meters
 from .environment import collect, provenance
 from .errors import MeasurementError
+from .flops import flops_section, model_dims
 from .prompts import load_prompts, prompts_sha256
 from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
 from .stats import distribution
@@ -243,6 +244,7 @@ def run_experiment(
         "per_request": {
             "ttft_ms": [round(r.ttft_s * ms, 4) for r in reqs],
             "e2e_ms": [round(r.e2e_s * ms, 4) for r in reqs],
+            "input_tokens": [r.input_tokens for r in reqs],
             "output_tokens": [r.output_tokens for r in reqs],
         },
         "warmup_excluded": True,
@@ -269,6 +271,11 @@ def run_experiment(
             if limit and mean_power > limit * 1.05:
                 _flag(flags, "power_above_limit", f"{m.device}: mean power above the enforced limit {limit:.0f} W")
 
+    flops = flops_section(
+        model_dims(backend.model.config), [(r.input_tokens, r.output_tokens) for r in reqs], window_s, out_tokens
+    )
+    if flops["confidence"] == "low":
+        _flag(flags, "flops_low_confidence", f"architecture '{flops['model_dims']['model_type']}' not modelled exactly")
     memory = {"peak_rss_bytes": _peak_rss_bytes(), "model_size_bytes": load_info["model_size_bytes"], **backend.peak_memory()}
     gpus = [m.gpu for m in meters.meters if hasattr(m, "gpu")]
     from .energy.nvml import driver_info
@@ -298,6 +305,7 @@ def run_experiment(
         "throughput": throughput,
         "efficiency": efficiency,
         "latency": latency,
+        "flops": flops,
         "warmup": warmup,
         "memory": memory,
         "model": {k: load_info[k] for k in ("device", "dtype", "parameters", "architecture")},
