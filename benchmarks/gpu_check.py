@@ -17,13 +17,12 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from llenergymeasure.aggregate import aggregate_experiment
 from llenergymeasure.campaign import experiment_id, resolve_experiment
 from llenergymeasure.measure import run_experiment
-from llenergymeasure.tiny_model import LLAMA_SHAPES, build_random_llama, build_tiny_llama
+from llenergymeasure.tiny_model import build_tiny_llama
 
 #: H200 reference (methodology notes): batch size -> (output tok/s, gross J per output token)
 REFERENCE_H200 = {1: (91.6, 1.65), 8: (710.0, 0.21), 64: (5316.0, 0.036), 256: (20529.0, 0.0155)}
@@ -42,22 +41,20 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out = Path(args.out or tempfile.mkdtemp(prefix="lem-gpu-check-"))
-    model_dir = out / "model"
-    t0 = time.perf_counter()
     if args.tiny:
-        build_tiny_llama(model_dir)
+        model, no_weights = str(build_tiny_llama(out / "model")), False
         precision, tokens_in, tokens_out = "float32", 64, 32
-    else:
-        build_random_llama(model_dir, "synthetic-llama-3.2-1b", LLAMA_SHAPES["llama-3.2-1b"], dtype="bfloat16")
+    else:  # the reference workload: random weights of the Llama-3.2-1B architecture, built on the GPU
+        model, no_weights = "llama-3.2-1b", True
         precision, tokens_in, tokens_out = "bfloat16", 128, 128
-    print(f"model built in {time.perf_counter() - t0:.1f} s: {model_dir}")
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     experiments = {}
     for bs in batch_sizes:
         cfg = resolve_experiment(
             {
-                "model_name": str(model_dir),
+                "model_name": model,
+                "no_weights": no_weights,
                 "fp_precision": precision,
                 "device": args.device,
                 "max_input_tokens": tokens_in,
@@ -81,7 +78,7 @@ def main() -> int:
                 cfg,
                 exp_id,
                 cycle,
-                str(model_dir),
+                model,
                 str(path),
                 {"state_dir": str(state), "config_gap_s": args.gap, "cycle_gap_s": 2 * args.gap, "campaign_name": "gpu-check"},
             )

@@ -103,9 +103,27 @@ def test_ids_are_stable_readable_and_config_derived():
     assert experiment_id(cfg) == experiment_id(same)
     assert experiment_id(cfg) != experiment_id(other)
     assert experiment_id(cfg).startswith("pytorch-lem-tiny-llama-fp32-bs1-")
-    # The id depends on nothing but the resolved config: this literal holds on any machine. If it changes, the
-    # schema's defaults changed, and every existing result of such a config would be measured again.
-    assert experiment_id(cfg) == "pytorch-lem-tiny-llama-fp32-bs1-1c28c0bdfa"
+    # The id depends on nothing but the resolved config's non-default values: this literal holds on any machine,
+    # and in any later version that adds fields with defaults.
+    assert experiment_id(cfg) == "pytorch-lem-tiny-llama-fp32-bs1-c9b66d6b0a"
+    older = {k: v for k, v in cfg.items() if k != "no_weights"}  # as resolved before that field existed
+    assert experiment_id(older) == experiment_id(cfg)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"model_name": "m"},
+        {"model_name": "m", "decoder": {"preset": "creative", "temperature": 1.0}},  # explicit value = default
+        {"model_name": "m", "pytorch": {"batch_size": 4, "extra": {"a": 1}}, "dataset": {"name": "x.jsonl"}},
+    ],
+)
+def test_sparse_params_complete_back_to_the_resolved_config(raw):
+    from llenergymeasure.campaign import complete_config, sparse_config
+
+    cfg = resolve_experiment(raw)
+    assert complete_config(sparse_config(cfg)) == cfg
+    assert "backend" not in sparse_config(cfg) and "warmup" not in sparse_config(cfg)
 
 
 def test_decoder_preset_then_explicit_fields_win():

@@ -22,6 +22,7 @@ from .config import (
     deep_merge,
     fill_defaults,
     load_schema,
+    prune_defaults,
     set_dotted,
     validate,
     validate_value,
@@ -184,6 +185,20 @@ def resolve_experiment(config: dict) -> dict:
     return resolved
 
 
+def sparse_config(config: dict) -> dict:
+    """A resolved experiment without the values that equal their defaults: what the id is derived from and what
+    the measurement job gets as params. A later version adding a field with a default changes neither, so
+    finished measurements keep their ids."""
+    root = load_schema(SCHEMA)
+    return prune_defaults(config, root["$defs"]["experiment"], root)
+
+
+def complete_config(sparse: dict) -> dict:
+    """The resolved experiment back from :func:`sparse_config` (defaults filled in; presets already expanded)."""
+    root = load_schema(SCHEMA)
+    return fill_defaults(sparse, root["$defs"]["experiment"], root)
+
+
 def semantic_problem(config: dict) -> str | None:
     """Why a schema-valid resolved config cannot run, or None."""
     if config["backend"] not in IMPLEMENTED_BACKENDS:
@@ -193,6 +208,13 @@ def semantic_problem(config: dict) -> str | None:
             f"min_output_tokens = {config['min_output_tokens']} is larger than "
             f"max_output_tokens = {config['max_output_tokens']}"
         )
+    if config["no_weights"]:
+        from .synthetic import resolve_architecture
+
+        try:
+            resolve_architecture(config["model_name"])
+        except ConfigError as exc:
+            return str(exc)
     pt = config["pytorch"]
     if config["device"] == "cpu" and pt["attn_implementation"] == "flash_attention_2":
         return "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
@@ -217,8 +239,9 @@ PRECISION_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def experiment_id(config: dict) -> str:
-    """Readable, stable id: ``<backend>-<model>-<precision>-bs<batch>-<10 hex digits of the config hash>``."""
-    digest = hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:10]
+    """Readable, stable id: ``<backend>-<model>-<precision>-bs<batch>-<10 hex digits>``, the digits hashing the
+    resolved config's non-default values (:func:`sparse_config`)."""
+    digest = hashlib.sha256(canonical_json(sparse_config(config)).encode("utf-8")).hexdigest()[:10]
     batch = config.get(config["backend"], {}).get("batch_size", "x")
     return f"{config['backend']}-{_slug(config['model_name'])}-{PRECISION_SHORT[config['fp_precision']]}-bs{batch}-{digest}"
 

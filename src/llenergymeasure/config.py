@@ -63,6 +63,28 @@ def fill_defaults(data: Any, schema: dict, root: dict) -> Any:
     return out
 
 
+def prune_defaults(data: Any, schema: dict, root: dict) -> Any:
+    """The inverse of :func:`fill_defaults`: drop every property equal to its schema default (recursively; sections
+    left empty are dropped too). ``fill_defaults(prune_defaults(x))`` gives ``x`` back for a filled ``x``."""
+    schema = _resolve(schema, root)
+    if not isinstance(data, dict) or "properties" not in schema:
+        return copy.deepcopy(data)
+    out = {}
+    for key, value in data.items():
+        sub = schema["properties"].get(key)
+        if sub is None:
+            out[key] = copy.deepcopy(value)
+            continue
+        sub = _resolve(sub, root)
+        pruned = prune_defaults(value, sub, root)
+        if isinstance(pruned, dict) and not pruned and "properties" in sub:
+            continue
+        if "default" in sub and pruned == sub["default"]:
+            continue
+        out[key] = pruned
+    return out
+
+
 def property_schema(dotted: str, schema: dict, root: dict) -> dict | None:
     """The subschema for a dotted key (``pytorch.batch_size``) inside an object schema, or None if unknown."""
     current = _resolve(schema, root)

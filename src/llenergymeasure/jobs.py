@@ -30,9 +30,13 @@ def logging_to(path: str | None):
 
 
 def measure(config: dict, experiment_id: str, cycle: int, model_path: str, output: str, log_path: str, runtime: dict):
-    """Measurement rule: run one cycle, notify completion or failure, re-raise failures (the job fails)."""
+    """Measurement rule: run one cycle, notify completion or failure, re-raise failures (the job fails).
+
+    ``config`` is the sparse experiment config (the rule's params); defaults are filled in here."""
+    from .campaign import complete_config
     from .measure import run_experiment
 
+    config = complete_config(config)
     name = runtime.get("names", {}).get(experiment_id, experiment_id)
     settings = runtime.get("notifications")
     with logging_to(log_path):

@@ -308,7 +308,7 @@ def run_experiment(
         "flops": flops,
         "warmup": warmup,
         "memory": memory,
-        "model": {k: load_info[k] for k in ("device", "dtype", "parameters", "architecture")},
+        "model": {k: load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
         "batches": run.batches,
         "flags": flags,
         "environment": collect(backend.version(), gpus, driver_info() if gpus else {}),

@@ -76,16 +76,6 @@ def _train_tokenizer():
     return fast
 
 
-#: Published shapes for synthetic-weight models (random weights, real architecture and cost per token).
-LLAMA_SHAPES = {
-    "llama-3.2-1b": {
-        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "tie_word_embeddings": True, "vocab_size": 128256,
-    },
-}  # fmt: skip
-
-
 def build_tiny_llama(out_dir: str | Path) -> Path:
     """Build the embedded model into ``out_dir`` (written to a temp folder first, then moved into place)."""
     return build_random_llama(out_dir, "lem-tiny-llama", TINY_LLAMA_CONFIG)
@@ -94,8 +84,7 @@ def build_tiny_llama(out_dir: str | Path) -> Path:
 def build_random_llama(out_dir: str | Path, name: str, architecture: dict, dtype: str = "float32") -> Path:
     """A seeded random-weight Llama of ``architecture`` plus the embedded byte-level tokenizer.
 
-    ``architecture`` may set ``vocab_size`` larger than the tokenizer's (a published shape's embedding and output
-    layer sizes are kept, so the cost per token is that of the real model; prompts use the first token ids only).
+    ``architecture`` may set ``vocab_size`` larger than the tokenizer's (prompts then use the first token ids only).
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -111,7 +111,10 @@ def aggregated(p: Plan) -> list[str]:
 
 
 def experiment_config(p: Plan, experiment_id: str) -> dict:
-    return p.by_id[experiment_id].config
+    """The measurement job's params: the experiment's non-default values (plain data; completed in the job)."""
+    from .campaign import sparse_config
+
+    return sparse_config(p.by_id[experiment_id].config)
 
 
 def model_input(p: Plan, experiment_id: str) -> dict:
@@ -119,8 +122,11 @@ def model_input(p: Plan, experiment_id: str) -> dict:
     which the protected raw results would refuse anyway)."""
     from snakemake.io import ancient
 
-    name = p.by_id[experiment_id].config["model_name"]
-    return {"model": ancient(str(embedded_model_dir(p.campaign["results_dir"], name)))} if is_embedded(name) else {}
+    config = p.by_id[experiment_id].config
+    name = config["model_name"]
+    if config["no_weights"] or not is_embedded(name):
+        return {}
+    return {"model": ancient(str(embedded_model_dir(p.campaign["results_dir"], name)))}
 
 
 def all_cores(cores) -> int:

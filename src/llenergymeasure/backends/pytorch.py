@@ -123,17 +123,21 @@ class PyTorchBackend:
 
         self.device = self.resolve_device()
         t0 = time.perf_counter()
-        tok = AutoTokenizer.from_pretrained(self.model_path)
+        dtype = getattr(torch, DTYPES[self.config["fp_precision"]])
+        attn = self.config["pytorch"]["attn_implementation"]
+        if self.config["no_weights"]:
+            from ..synthetic import build, resolve_architecture
+
+            model, tok = build(resolve_architecture(self.config["model_name"]), dtype, self.device, attn)
+            weights = "random (seeded), no_weights"
+        else:
+            tok = AutoTokenizer.from_pretrained(self.model_path)
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation=attn)
+            model.to(self.device)
+            weights = "checkpoint"
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        dtype = getattr(torch, DTYPES[self.config["fp_precision"]])
-        model = AutoModelForCausalLM.from_pretrained(
-            self.model_path,
-            dtype=dtype,
-            attn_implementation=self.config["pytorch"]["attn_implementation"],
-        )
-        model.to(self.device)
         model.eval()
         if self.device == "cuda":
             torch.cuda.synchronize()
@@ -146,6 +150,7 @@ class PyTorchBackend:
             "parameters": params,
             "model_size_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
             "architecture": getattr(model.config, "model_type", None),
+            "weights": weights,
         }
 
     def count_prompt_tokens(self, prompts: list[str]) -> list[int]:
