@@ -117,3 +117,36 @@ def test_flops_are_analytic_per_request(raw):
     assert f["total_flops"] == f["prefill_flops"] + f["decode_flops"]
     assert f["method"] == "analytic_decoder_only" and f["confidence"] == "high"
     assert f["flops_per_s"] == pytest.approx(f["total_flops"] / raw["timestamps"]["window_duration_s"])
+
+
+def test_timeline_summary_phases_and_repeat_to_min_window(tiny_model, tmp_path):
+    cfg = tiny_experiment(
+        warmup={"enabled": False},
+        num_input_prompts=2,
+        energy={"min_window_sec": 0.8, "repeat_to_min_window": True},
+        timeline={"save": True},
+    )
+    out = tmp_path / "cycle_1.json"
+    r = run_experiment(cfg, "exp-tl", 1, tiny_model, str(out), {})
+    validate_result(r, "raw_result")
+    assert r["tokens"]["workload_repetitions"] > 1 and r["timestamps"]["window_duration_s"] >= 0.8
+    assert r["tokens"]["num_requests"] == 2 * r["tokens"]["workload_repetitions"]
+    assert not any(f["code"] == "short_window" for f in r["flags"])
+    tl = r["timeline"]
+    assert tl["summary"]["samples"] >= 5 and tl["sidecar"] == "cycle_1.timeline.json"
+    side = json.loads((tmp_path / "cycle_1.timeline.json").read_text())
+    assert len(side["t_s"]) == tl["summary"]["samples"] and -0.1 < side["t_s"][0] < 0.1  # relative to the window start
+    ph = r["energy"]["phases"]
+    assert ph["component"] == r["energy"]["components"][0]["component"]
+    if ph["method"] != "unavailable":
+        parts = ph["prefill_energy_j"] + ph["decode_energy_j"] + ph["other_energy_j"]
+        assert parts == pytest.approx(r["energy"]["components"][0]["gross_energy_j"])
+    assert r["memory"]["window_peak_rss_bytes"] > 0
+    batches = r["batches"]
+    assert all(0 <= b["start_s"] <= b["first_token_s"] <= b["end_s"] <= r["timestamps"]["window_duration_s"] for b in batches)
+
+
+def test_timeline_can_be_switched_off(tiny_model):
+    r = run_experiment(tiny_experiment(warmup={"enabled": False}, num_input_prompts=2, timeline={"enabled": False}), "x", 1, tiny_model, None, {})
+    assert r["timeline"] == {"enabled": False, "summary": None, "sidecar": None}
+    assert r["energy"]["phases"]["method"] == "unavailable"

@@ -31,6 +31,8 @@ from .prompts import load_prompts, prompts_sha256
 from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
 from .stats import distribution
 from .thermal import host_lock, record_window, temperatures, wait_gap
+from .timeline import TimelineSampler, phase_split
+from .timeline import summarise as summarise_timeline
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,49 @@ def emissions_section(total_j: float | None, country: str | None, method: str) -
     }
 
 
+def timeline_section(samples, cfg, batches, window, components, output, flags) -> dict:
+    """Summary of the window's timeline (always), the sidecar file (when ``timeline.save``), throttling flags and
+    the prefill/decode split of the energy of the device the timeline follows."""
+    if not cfg["enabled"]:
+        return {"enabled": False, "summary": None, "sidecar": None,
+                "phases": {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None,
+                           "other_energy_j": None, "reason": "timeline.enabled = false"}}  # fmt: skip
+    interval = max(cfg["interval_ms"] / 1000.0, 0.1)
+    summary = summarise_timeline(samples, interval)
+    for g in summary["gpus"]:
+        if g["throttle"]["thermal_s"] > 0:
+            _flag(flags, "thermal_throttling", f"{g['device']} throttled for temperature for ~{g['throttle']['thermal_s']:.1f} s")
+        if g["throttle"]["power_cap_s"] > 0:
+            _flag(flags, "power_capped", f"{g['device']} held at its power cap for ~{g['throttle']['power_cap_s']:.1f} s")
+    gpu = [c for c in components if c.component == "gpu"]
+    primary = gpu or [c for c in components if c.component == "cpu"]
+    energy = None if not primary or any(c.energy_j is None for c in primary) else sum(c.energy_j for c in primary)
+    tdp = next((c.details.get("tdp_w") for c in components if c.method == "estimate_tdp"), None)
+    phases = phase_split(samples, batches, window, energy, None if gpu else tdp)
+    phases["component"] = primary[0].component if primary else None
+    sidecar = None
+    if cfg["save"] and output:
+        sidecar = str(output)[: -len(".json")] + ".timeline.json" if str(output).endswith(".json") else f"{output}.timeline.json"
+        w0 = window[0]
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "interval_s": interval,
+            "t_s": [round(x["t"] - w0, 4) for x in samples],
+            "cpu_util_pct": [x["cpu_util_pct"] for x in samples],
+            "rss_bytes": [x["rss_bytes"] for x in samples],
+            "cpu_temperature_c": [x["cpu_temperature_c"] for x in samples],
+            "gpus": [
+                {"device": samples[0]["gpus"][i]["device"],
+                 **{k: [x["gpus"][i][k] for x in samples] for k in ("power_w", "temperature_c", "sm_util_pct",
+                                                                     "mem_util_pct", "sm_clock_mhz", "throttle_reasons")}}
+                for i in range(len(samples[0].get("gpus", [])) if samples else 0)
+            ],  # fmt: skip
+        }
+        write_json_atomic(sidecar, data)
+        sidecar = os.path.basename(sidecar)
+    return {"enabled": True, "summary": summary, "sidecar": sidecar, "phases": phases}
+
+
 def _per(numerator: float | None, denominator: float) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
@@ -184,13 +229,20 @@ def run_experiment(
 
         temp_start = temperatures(meters.meters)
         backend.reset_peak_memory()
+        tl_cfg = config["timeline"]
+        sampler = TimelineSampler(meters.meters, tl_cfg["interval_ms"] / 1000.0) if tl_cfg["enabled"] else None
+        if sampler:
+            sampler.start()
         meters.start()
         window_start = utc_now_iso()
         w0 = time.perf_counter()
-        run = backend.run(prompts, batches, config["random_seed"])
+        runs = [backend.run(prompts, batches, config["random_seed"])]
+        while config["energy"]["repeat_to_min_window"] and time.perf_counter() - w0 < config["energy"]["min_window_sec"]:
+            runs.append(backend.run(prompts, batches, config["random_seed"]))
         w1 = time.perf_counter()
         window_end = utc_now_iso()
         components = meters.stop()
+        samples = sampler.stop() if sampler else []
         temp_end = temperatures(meters.meters)
         phases["window_s"] = w1 - w0
         record_window(
@@ -203,7 +255,10 @@ def run_experiment(
     total = energy["total"]
     energy["emissions"] = emissions_section(total["gross_energy_j"], config["energy"]["country_iso_code"], total["method"])
 
-    reqs = run.requests
+    reqs = [r for run in runs for r in run.requests]
+    run_batches = [b for run in runs for b in run.batches]
+    timeline = timeline_section(samples, tl_cfg, run_batches, (w0, w1), components, output, flags)
+    energy["phases"] = timeline.pop("phases")
     out_tokens = sum(r.output_tokens for r in reqs)
     in_tokens = sum(r.input_tokens for r in reqs)
     n_req = len(reqs)
@@ -211,10 +266,11 @@ def run_experiment(
         "input_tokens": in_tokens,
         "output_tokens": out_tokens,
         "total_tokens": in_tokens + out_tokens,
-        "padded_input_tokens": sum(b["padded_input_tokens"] for b in run.batches),
+        "padded_input_tokens": sum(b["padded_input_tokens"] for b in run_batches),
         "num_requests": n_req,
-        "num_batches": len(run.batches),
-        "mean_batch_size": statistics.fmean(b["size"] for b in run.batches),
+        "num_batches": len(run_batches),
+        "mean_batch_size": statistics.fmean(b["size"] for b in run_batches),
+        "workload_repetitions": len(runs),
         "requests_at_max_output_tokens": sum(1 for r in reqs if r.output_tokens >= config["max_output_tokens"]),
         "counting": "attention_mask for inputs; generated tokens up to and including EOS for outputs",
     }
@@ -222,7 +278,7 @@ def run_experiment(
         "output_tokens_per_s": _per(out_tokens, window_s),
         "total_tokens_per_s": _per(in_tokens + out_tokens, window_s),
         "requests_per_s": _per(n_req, window_s),
-        "generate_time_s": run.generate_s,
+        "generate_time_s": sum(run.generate_s for run in runs),
         "denominator": "measurement window duration",
     }
     efficiency = {
@@ -276,7 +332,12 @@ def run_experiment(
     )
     if flops["confidence"] == "low":
         _flag(flags, "flops_low_confidence", f"architecture '{flops['model_dims']['model_type']}' not modelled exactly")
-    memory = {"peak_rss_bytes": _peak_rss_bytes(), "model_size_bytes": load_info["model_size_bytes"], **backend.peak_memory()}
+    memory = {
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "window_peak_rss_bytes": timeline["summary"]["rss_bytes_max"] if timeline["summary"] else None,
+        "model_size_bytes": load_info["model_size_bytes"],
+        **backend.peak_memory(),
+    }
     gpus = [m.gpu for m in meters.meters if hasattr(m, "gpu")]
     from .energy.nvml import driver_info
 
@@ -309,7 +370,12 @@ def run_experiment(
         "warmup": warmup,
         "memory": memory,
         "model": {k: load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
-        "batches": run.batches,
+        "batches": [
+            {**{k: v for k, v in b.items() if not k.endswith("_t")},
+             **{k[:-2] + "_s": b[k] - w0 for k in ("start_t", "first_token_t", "end_t")}}
+            for b in run_batches
+        ],  # fmt: skip
+        "timeline": timeline,
         "flags": flags,
         "environment": collect(backend.version(), gpus, driver_info() if gpus else {}),
         "provenance": {

@@ -254,6 +254,9 @@ class PyTorchBackend:
                     "output_tokens": int(sum(counts)),
                     "steps": len(steps),
                     "latency_s": end - start,
+                    "start_t": start,
+                    "first_token_t": steps[0] if steps else end,
+                    "end_t": end,
                 }
             )
         return RunOutput(requests, batch_stats, total)

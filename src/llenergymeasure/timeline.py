@@ -1,0 +1,209 @@
+"""Timeline of the measurement window: cheap reads at <= 10 Hz on a background thread.
+
+Per GPU: board power (``nvmlDeviceGetPowerUsage``, a smoothed value that costs microseconds), temperature, SM and
+memory utilisation, SM clock and the clock-event (throttle) reasons. For the CPU: machine-wide utilisation from
+``/proc/stat``, this process's resident memory, and the CPU temperature where exposed. The energy counter is never
+polled (one read takes a driver lock for milliseconds); energy comes from the window-edge counter reads, and the
+timeline only says how it was distributed in time: which share went to prefill and which to decode, whether the
+GPU throttled, how hot it ran.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+
+from .thermal import cpu_temperature_c
+
+MIN_INTERVAL_S = 0.1  # at most 10 Hz
+
+# NVML clock-event reason bits
+THERMAL_BITS = 0x20 | 0x40  # software thermal slowdown, hardware thermal slowdown
+POWER_BITS = 0x04 | 0x80  # software power cap, hardware power brake
+HW_SLOWDOWN_BIT = 0x08
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]
+    return busy, busy + v[3] + v[4]
+
+
+class TimelineSampler:
+    """Samples on a daemon thread between :meth:`start` and :meth:`stop`; times are ``perf_counter`` seconds."""
+
+    def __init__(self, gpu_meters: list, interval_s: float = MIN_INTERVAL_S) -> None:
+        self.interval_s = max(float(interval_s), MIN_INTERVAL_S)
+        self.gpus = [m for m in gpu_meters if hasattr(m, "gpu")]
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._nv = None
+        if self.gpus:
+            import pynvml
+
+            self._nv = pynvml
+
+    def _gpu_sample(self, m) -> dict:
+        nv, h = self._nv, m.gpu["handle"]
+        out: dict = {"device": m.device}
+        for key, fn in (
+            ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),
+            ("temperature_c", lambda: float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))),
+            ("sm_clock_mhz", lambda: float(nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM))),
+        ):
+            try:
+                out[key] = fn()
+            except Exception:
+                out[key] = None
+        try:
+            util = nv.nvmlDeviceGetUtilizationRates(h)
+            out["sm_util_pct"], out["mem_util_pct"] = float(util.gpu), float(util.memory)
+        except Exception:
+            out["sm_util_pct"] = out["mem_util_pct"] = None
+        try:
+            getter = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+            out["throttle_reasons"] = int(getter(h))
+        except Exception:
+            out["throttle_reasons"] = None
+        return out
+
+    def _run(self) -> None:
+        prev = _cpu_times()
+        while True:
+            t = time.perf_counter()
+            cur = _cpu_times()
+            util = None
+            if prev and cur and cur[1] > prev[1]:
+                util = 100.0 * (cur[0] - prev[0]) / (cur[1] - prev[1])
+            prev = cur
+            sample = {"t": t, "cpu_util_pct": util, "rss_bytes": _rss_bytes(), "cpu_temperature_c": cpu_temperature_c()}
+            if self.gpus:
+                sample["gpus"] = [self._gpu_sample(m) for m in self.gpus]
+            self.samples.append(sample)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="lem-timeline", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self.samples
+
+
+def _stats(values: list) -> dict:
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return {"mean": None, "max": None, "min": None}
+    return {"mean": statistics.fmean(xs), "max": max(xs), "min": min(xs)}
+
+
+def summarise(samples: list[dict], interval_s: float) -> dict:
+    """Means and maxima per device, throttle durations (samples with the reason x interval)."""
+    out: dict = {
+        "samples": len(samples),
+        "interval_s": interval_s,
+        "cpu_util_pct": _stats([s["cpu_util_pct"] for s in samples]),
+        "cpu_temperature_c": _stats([s["cpu_temperature_c"] for s in samples]),
+        "rss_bytes_max": max((s["rss_bytes"] for s in samples if s["rss_bytes"] is not None), default=None),
+        "gpus": [],
+    }
+    n_gpus = len(samples[0].get("gpus", [])) if samples else 0
+    for i in range(n_gpus):
+        rows = [s["gpus"][i] for s in samples]
+        reasons = [r["throttle_reasons"] for r in rows if r["throttle_reasons"] is not None]
+        out["gpus"].append(
+            {
+                "device": rows[0]["device"],
+                "power_w": _stats([r["power_w"] for r in rows]),
+                "temperature_c": _stats([r["temperature_c"] for r in rows]),
+                "sm_util_pct": _stats([r["sm_util_pct"] for r in rows]),
+                "mem_util_pct": _stats([r["mem_util_pct"] for r in rows]),
+                "sm_clock_mhz": _stats([r["sm_clock_mhz"] for r in rows]),
+                "throttle": {
+                    "thermal_s": sum(1 for x in reasons if x & THERMAL_BITS) * interval_s,
+                    "power_cap_s": sum(1 for x in reasons if x & POWER_BITS) * interval_s,
+                    "hw_slowdown_s": sum(1 for x in reasons if x & HW_SLOWDOWN_BIT) * interval_s,
+                    "readable": bool(reasons),
+                },
+            }
+        )
+    return out
+
+
+def power_series(samples: list[dict], cpu_tdp_w: float | None = None) -> tuple[list[float], list[float], str] | None:
+    """(times, watts, what) for phase attribution: summed GPU board power where GPUs are sampled, else CPU
+    utilisation x TDP (an estimate); None when neither is available."""
+    if samples and samples[0].get("gpus"):
+        pts = [(s["t"], sum(g["power_w"] or 0.0 for g in s["gpus"])) for s in samples]
+        what = "gpu_board_power"
+    elif cpu_tdp_w and any(s["cpu_util_pct"] is not None for s in samples):
+        pts = [(s["t"], s["cpu_util_pct"] / 100.0 * cpu_tdp_w) for s in samples if s["cpu_util_pct"] is not None]
+        what = "cpu_utilisation_x_tdp"
+    else:
+        return None
+    return [p[0] for p in pts], [p[1] for p in pts], what
+
+
+def integrate(times: list[float], watts: list[float], start: float, end: float) -> float:
+    """Joules of a step-wise power series over [start, end] (each sample holds until the next)."""
+    if end <= start or not times:
+        return 0.0
+    total = 0.0
+    for i, t in enumerate(times):
+        t_next = times[i + 1] if i + 1 < len(times) else max(end, t)
+        lo, hi = max(t, start), min(t_next, end)
+        if hi > lo:
+            total += watts[i] * (hi - lo)
+    # before the first sample, the first value holds
+    if start < times[0]:
+        total += watts[0] * (min(times[0], end) - start)
+    return total
+
+
+def phase_split(samples: list[dict], batches: list[dict], window: tuple[float, float], energy_j: float | None,
+                cpu_tdp_w: float | None = None) -> dict:  # fmt: skip
+    """Split the window's counter energy between prefill (batch start to its first token) and decode (first to
+    last token) in proportion to the power timeline's integral over those intervals."""
+    series = power_series(samples, cpu_tdp_w)
+    if series is None or energy_j is None or len(series[0]) < 2:
+        return {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
+                "reason": "no power timeline" if energy_j is not None else "no window energy"}  # fmt: skip
+    times, watts, what = series
+    w0, w1 = window
+    whole = integrate(times, watts, w0, w1)
+    prefill = sum(integrate(times, watts, b["start_t"], b["first_token_t"]) for b in batches)
+    decode = sum(integrate(times, watts, b["first_token_t"], b["end_t"]) for b in batches)
+    if whole <= 0:
+        return {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
+                "reason": "power timeline integrates to zero"}  # fmt: skip
+    share_p, share_d = prefill / whole, decode / whole
+    return {
+        "method": f"window_counter_energy_split_by_{what}",
+        "prefill_energy_j": energy_j * share_p,
+        "decode_energy_j": energy_j * share_d,
+        "other_energy_j": energy_j * max(0.0, 1 - share_p - share_d),  # tokenisation, host work between batches
+        "prefill_time_s": sum(b["first_token_t"] - b["start_t"] for b in batches),
+        "decode_time_s": sum(b["end_t"] - b["first_token_t"] for b in batches),
+        "timeline_samples": len(times),
+        "note": "shares from a <=10 Hz timeline: phases shorter than a few samples are approximate",
+    }
