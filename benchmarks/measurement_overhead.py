@@ -1,7 +1,7 @@
 """Does measuring disturb what is measured? Two ratios from one run, on the same prompts and batches:
 
-1. measurement on vs off: our backend's run with energy meters read at the window edges and per-step
-   timestamps, against the same generate calls with neither (target: <= 1 % slower);
+1. measurement on vs off: our backend's run with energy meters read at the window edges, the timeline sampler
+   and per-step timestamps, against the same generate calls with none of them (target: <= 1 % slower);
 2. our PyTorch backend vs a bare ``generate`` loop written the obvious way (target: throughput ratio >= 0.98).
 
 The variants are interleaved for ``--reps`` repetitions (>= 5) after a shared warm-up, so drift and thermal state
@@ -24,6 +24,7 @@ from llenergymeasure.campaign import resolve_experiment
 from llenergymeasure.energy.meters import select_meters
 from llenergymeasure.prompts import load_prompts
 from llenergymeasure.tiny_model import build_tiny_llama
+from llenergymeasure.timeline import TimelineSampler
 
 
 def main() -> int:
@@ -69,11 +70,14 @@ def main() -> int:
 
     def measured() -> tuple[float, int]:
         sync()
+        sampler = TimelineSampler(meters.meters)
+        sampler.start()
         meters.start()
         t0 = time.perf_counter()
         out = backend.run(prompts, batches, None)
         dt = time.perf_counter() - t0
         meters.stop()
+        sampler.stop()
         return dt, sum(r.output_tokens for r in out.requests)
 
     def unmeasured() -> tuple[float, int]:

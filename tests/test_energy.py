@@ -178,3 +178,23 @@ def test_codecarbon_backend_labels_its_values():
     assert {r.component for r in rows} >= {"cpu", "ram"}
     for r in rows:
         assert r.method == "codecarbon" and r.energy_j is not None and r.energy_j >= 0
+
+
+def test_nvml_meter_flags_mig_and_withholds_reset_values(monkeypatch):
+    """B20: a MIG instance's value is flagged as the parent GPU's; a counter reset yields no value, never zero."""
+    pynvml = pytest.importorskip("pynvml")
+    from llenergymeasure.energy.nvml import NvmlGpuMeter
+
+    readings = iter([5_000_000, 5_250_000, 9_000_000, 1_000])  # mJ
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption", lambda handle: next(readings))
+    gpu = {"cuda_index": 0, "nvml_index": 3, "uuid": "GPU-x", "name": "test board", "mig": True, "handle": object()}
+    m = NvmlGpuMeter(gpu)
+    m.start()
+    r = m.stop()
+    assert r.energy_j == pytest.approx(250.0) and "mig_parent_gpu_energy" in r.flags and r.method == "nvml_counter"
+    m.start()
+    r = m.stop()
+    assert r.energy_j is None and "counter_reset" in r.flags
+    flags: list = []
+    energy_section([r], {}, 1.0, [], flags)
+    assert {"counter_reset", "mig_parent_gpu_energy", "energy_unavailable"} <= {f["code"] for f in flags}

@@ -150,3 +150,16 @@ def test_timeline_can_be_switched_off(tiny_model):
     r = run_experiment(tiny_experiment(warmup={"enabled": False}, num_input_prompts=2, timeline={"enabled": False}), "x", 1, tiny_model, None, {})
     assert r["timeline"] == {"enabled": False, "summary": None, "sidecar": None}
     assert r["energy"]["phases"]["method"] == "unavailable"
+
+
+def test_throughput_is_over_the_window_wall_clock(raw):
+    """B4: time is the window's wall clock, never a sum of per-batch (or per-process) times."""
+    window = raw["timestamps"]["window_duration_s"]
+    assert raw["throughput"]["generate_time_s"] <= window
+    assert raw["throughput"]["output_tokens_per_s"] == pytest.approx(raw["tokens"]["output_tokens"] / window)
+
+
+def test_unfilled_batches_are_flagged(tiny_model, raw):
+    assert not any(f["code"] == "batch_not_saturated" for f in raw["flags"])  # 6 prompts in batches of 2
+    r = run_experiment(tiny_experiment(warmup={"enabled": False}, num_input_prompts=3, pytorch={"batch_size": 4}), "x", 1, tiny_model, None, {})
+    assert any(f["code"] == "batch_not_saturated" for f in r["flags"])

@@ -312,6 +312,9 @@ def run_experiment(
         _flag(flags, "short_window", f"window {window_s:.3f} s is shorter than energy.min_window_sec = {min_window} s")
     if warmup["enabled"] and warmup["converged"] is False:
         _flag(flags, "warmup_not_converged", f"latency CV {warmup['final_cv']} still above {warmup['target_cv']} after {warmup['iterations_completed']} runs")
+    bs = config["pytorch"]["batch_size"]
+    if tokens["mean_batch_size"] < bs and config["pytorch"]["batching_strategy"] in ("static", "sorted_static"):
+        _flag(flags, "batch_not_saturated", f"mean batch {tokens['mean_batch_size']:.2f} < batch_size {bs}: fewer prompts than a full batch, or a partial last batch")
     if out_tokens == 0:
         _flag(flags, "no_output_tokens", "no token was generated")
     if config["min_output_tokens"] >= config["max_output_tokens"] and tokens["requests_at_max_output_tokens"] < n_req:
