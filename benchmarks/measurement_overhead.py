@@ -8,7 +8,8 @@ The variants are interleaved for ``--reps`` repetitions (>= 5) after a shared wa
 hit all of them alike; ratios are of the medians.
 
     python benchmarks/measurement_overhead.py                         # embedded tiny model, CPU
-    PYTHONPATH=src python benchmarks/measurement_overhead.py --model /path/or/hub-id --device cuda --batch-size 8
+    PYTHONPATH=src python benchmarks/measurement_overhead.py --model llama-3.2-1b --no-weights --device cuda \
+        --precision bfloat16 --batch-size 8
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from llenergymeasure.timeline import TimelineSampler
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model path or hub id (default: the embedded tiny model)")
+    ap.add_argument("--no-weights", action="store_true", help="--model names a shipped architecture (e.g. llama-3.2-1b)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--batch-size", type=int, default=4)
@@ -44,6 +46,7 @@ def main() -> int:
     cfg = resolve_experiment(
         {
             "model_name": model,
+            "no_weights": args.no_weights,
             "fp_precision": args.precision,
             "device": args.device,
             "max_input_tokens": 128,

@@ -308,7 +308,8 @@ class PyTorchBackend:
             torch.cuda.reset_peak_memory_stats()
 
     def peak_memory(self) -> dict:
-        out: dict = {}
+        """CUDA peaks since :meth:`reset_peak_memory` (null on CPU, where the timeline's RSS peak applies)."""
+        out: dict = {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None}
         if self.device == "cuda":
             import torch
 
