@@ -1,4 +1,4 @@
-# One job per experiment x cycle. The resolved experiment config is the job's params (plain data: editing a
+# One job per experiment x cycle. The experiment config's non-default values are the job's params (plain data: editing a
 # value gives a new experiment id, so a finished measurement is never overwritten). Priorities follow the
 # campaign's order (interleaved / grouped / shuffled); the thermal gap is waited inside the job, right before
 # its window. A measurement takes every core Snakemake may use, so that no other job (an aggregation, another
@@ -16,9 +16,9 @@ rule measure:
         experiment=r"[a-z0-9][a-z0-9.-]*",
         cycle=r"[1-9][0-9]*",
     priority: measure_priority
-    threads: all_cores()
     conda:
         "../envs/llenergymeasure.yaml"
+    threads: all_cores()
     params:
         experiment=measure_params,
     script:
