@@ -65,6 +65,18 @@ def test_inconsistent_inputs_are_refused(tmp_path, template):
         aggregate_experiment([str(wrong)], "n", 0.1, 0.95)
 
 
+def test_every_cycle_counted_once(tmp_path, template):
+    """B16: aggregation is over exactly the expected results; a repeated cycle is refused, not averaged in."""
+    paths = write_cycles(tmp_path, template, [1.0, 2.0, 3.0])
+    agg = aggregate_experiment(paths, "n", 0.1, 0.95)
+    assert agg["cycles"] == 3 and agg["cycle_numbers"] == [1, 2, 3]
+    copy_of_first = tmp_path / "elsewhere" / "cycle_1.json"
+    copy_of_first.parent.mkdir()
+    copy_of_first.write_text(open(paths[0]).read())
+    with pytest.raises(AggregationError, match="cycle numbers repeat"):
+        aggregate_experiment(paths + [str(copy_of_first)], "n", 0.1, 0.95)
+
+
 def test_invalid_raw_file_is_refused(tmp_path, template):
     bad = copy.deepcopy(template)
     bad["energy"]["components"][0]["method"] = "guess"

@@ -61,6 +61,9 @@ def aggregate_experiment(raw_paths: list[str], config_name: str, cv_threshold: f
         ):
             if get(r) != get(first):
                 raise AggregationError(f"{path}: {key} differs from {raw_paths[0]} ({get(r)!r} vs {get(first)!r})")
+    cycles = [r["cycle"] for r in raws]
+    if len(set(cycles)) != len(cycles):
+        raise AggregationError(f"cycle numbers repeat across {raw_paths}: {sorted(cycles)}")
     raws.sort(key=lambda r: r["cycle"])
     metrics = {name: summarise([get(r) for r in raws], confidence) for name, get in METRICS.items()}
     cvs = {m: metrics[m]["cv"] for m in CV_METRICS}
