@@ -1,0 +1,424 @@
+"""``lem``: the command-line companion for what Snakemake does not do.
+
+    lem validate [CAMPAIGN]        expansion preview: experiments, dropped combinations, estimated duration
+    lem results [CAMPAIGN]         the summary table in the terminal (--sort COLUMN, --desc, --columns a,b)
+    lem compare A B [CAMPAIGN]     two experiments side by side, with intervals and a significance test
+    lem datasets                   prompt sources: the shipped set and the dataset aliases
+    lem doctor                     what this machine can measure and run
+    lem run EXPERIMENT.yaml        one experiment without Snakemake (same as python -m llenergymeasure.run)
+
+Running a campaign is Snakemake's job: ``snakemake --cores 1 [--configfile CAMPAIGN]``.
+``--json`` (or ``LLM_ENERGY_JSON_OUTPUT=1``) prints machine-readable JSON instead of tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_CAMPAIGN = "config/campaign.yaml"
+
+
+def _json_wanted(args) -> bool:
+    return bool(args.json) or os.environ.get("LLM_ENERGY_JSON_OUTPUT", "").lower() in ("1", "true", "yes")
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
+    return "\n".join(lines)
+
+
+def _load(campaign: str):
+    from .campaign import load_campaign, plan
+
+    return plan(load_campaign(campaign, "."))
+
+
+# --------------------------------------------------------------------------------------------------- validate
+
+
+def estimate_duration(p) -> dict:
+    """Estimated wall time of the measurements still missing: finished jobs' measured times where the campaign
+    has any (per experiment, else their median), a labelled assumption where it has none; plus the gaps."""
+    root = Path(p.results_root)
+    known: dict[str, list[float]] = {}
+    done = set()
+    for path in root.glob("raw/*/cycle_*.json"):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        known.setdefault(r["experiment_id"], []).append(r["phases_s"]["job_total_s"])
+        done.add((r["experiment_id"], r["cycle"]))
+    all_times = [t for ts in known.values() for t in ts]
+    fallback = statistics.median(all_times) if all_times else 60.0
+    basis = "median of this campaign's finished jobs" if all_times else "assumed 60 s per job (no finished job yet)"
+    ex = p.campaign["execution"]
+    todo = [(e, c) for e, c in p.order if (e, c) not in done]
+    seconds = 0.0
+    prev_cycle = None
+    for exp_id, cycle in todo:
+        own = known.get(exp_id)
+        seconds += statistics.median(own) if own else fallback
+        if prev_cycle is not None:
+            seconds += ex["cycle_gap_seconds"] if cycle != prev_cycle else ex["config_gap_seconds"]
+        prev_cycle = cycle
+    return {"jobs_total": len(p.order), "jobs_done": len(done & set(p.order)), "jobs_to_run": len(todo),
+            "estimated_s": seconds, "basis": basis}  # fmt: skip
+
+
+def cmd_validate(args) -> int:
+    from .prompts import check_sources
+
+    p = _load(args.campaign)
+    check_sources([e.config for e in p.expansion.experiments])
+    est = estimate_duration(p)
+    exps = [
+        {
+            "experiment_id": e.experiment_id,
+            "config_name": e.config_name,
+            "model": e.config["model_name"],
+            "batch_size": e.config["pytorch"]["batch_size"],
+            "fp_precision": e.config["fp_precision"],
+            "source": e.source,
+        }
+        for e in p.expansion.experiments
+    ]
+    out = {
+        "campaign_name": p.name,
+        "results": p.results_root,
+        "cycles": p.campaign["execution"]["cycles"],
+        "structure": p.campaign["execution"]["structure"],
+        "experiments": exps,
+        "dropped": [{"config_name": n, "reason": r} for n, r in p.expansion.dropped],
+        "duplicates": [{"config_name": n, "same_as": i} for n, i in p.expansion.duplicates],
+        "duration": est,
+    }
+    if _json_wanted(args):
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {out['cycles']} cycles ({out['structure']}), results in {p.results_root}/")
+    print(_table(exps, ["experiment_id", "config_name", "model", "batch_size", "fp_precision"]))
+    for d in out["dropped"]:
+        print(f"dropped {d['config_name']}: {d['reason']}")
+    for d in out["duplicates"]:
+        print(f"duplicate {d['config_name']}: measured once as {d['same_as']}")
+    hours = est["estimated_s"] / 3600
+    print(f"{est['jobs_to_run']} of {est['jobs_total']} measurements to run, about {est['estimated_s'] / 60:.0f} min"
+          f" ({hours:.1f} h) including gaps; basis: {est['basis']}")  # fmt: skip
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- results
+
+RESULT_COLUMNS = ["config_name", "batch_size", "fp_precision", "cycles", "energy_j_mean", "energy_j_ci_low",
+                  "energy_j_ci_high", "j_per_output_token_mean", "output_tokens_per_s_mean", "energy_method", "cv_flag"]  # fmt: skip
+
+
+def _summary_path(campaign: str) -> Path:
+    p = _load(campaign)
+    return Path(p.results_root) / "summary.csv"
+
+
+def cmd_results(args) -> int:
+    from .aggregate import SUMMARY_COLUMNS, read_summary
+
+    path = Path(args.summary) if args.summary else _summary_path(args.campaign)
+    if not path.exists():
+        raise ConfigError(f"no summary at {path}: run the campaign first (snakemake --cores 1)")
+    rows = read_summary(str(path))
+    columns = args.columns.split(",") if args.columns else RESULT_COLUMNS
+    for c in columns + ([args.sort] if args.sort else []):
+        if c not in SUMMARY_COLUMNS:
+            import difflib
+
+            close = difflib.get_close_matches(c, SUMMARY_COLUMNS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"column '{c}' is not in summary.csv{hint}")
+    if args.sort:
+        present = [r for r in rows if r[args.sort] is not None]
+        absent = [r for r in rows if r[args.sort] is None]
+        rows = sorted(present, key=lambda r: r[args.sort], reverse=args.desc) + absent
+    if _json_wanted(args):
+        print(json.dumps(rows, indent=1))
+    else:
+        print(_table(rows, columns))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- compare
+
+COMPARE_METRICS = ["energy_j", "energy_net_j", "j_per_output_token", "output_tokens_per_s", "e2e_latency_mean_ms", "mean_power_w"]
+
+
+def welch(a: list[float], b: list[float], confidence: float = 0.95) -> dict:
+    """Welch's t-test on per-cycle values: difference of means, its interval, and whether it is significant."""
+    from .stats import t_quantile
+
+    if len(a) < 2 or len(b) < 2:
+        return {"difference": None, "significant": None, "reason": "fewer than 2 cycles on a side"}
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    diff = mb - ma
+    if se == 0:
+        return {"difference": diff, "significant": diff != 0, "t": None, "df": None, "ci_low": diff, "ci_high": diff}
+    df = (va + vb) ** 2 / ((va**2) / (len(a) - 1) + (vb**2) / (len(b) - 1))
+    crit = t_quantile(confidence, max(1, math.floor(df)))  # rounding df down is conservative
+    t = diff / se
+    return {
+        "difference": diff,
+        "relative": diff / ma if ma else None,
+        "t": t,
+        "df": df,
+        "ci_low": diff - crit * se,
+        "ci_high": diff + crit * se,
+        "significant": abs(t) > crit,
+        "confidence": confidence,
+    }
+
+
+def _aggregated(root: Path, ref: str) -> dict:
+    from .results import AGGREGATED_SCHEMA, read_result
+
+    files = sorted((root / "aggregated").glob("*.json"))
+    names = {p: json.loads(p.read_text()).get("config_name", "") for p in files}
+    matches = []
+    for rule in (
+        lambda p: p.stem == ref,
+        lambda p: p.stem.startswith(ref),
+        lambda p: names[p] == ref,
+        lambda p: ref in names[p],
+    ):
+        matches = [p for p in files if rule(p)]
+        if matches:
+            break
+    if len(matches) != 1:
+        what = "no" if not matches else f"{len(matches)}"
+        raise ConfigError(f"experiment '{ref}': {what} aggregated results match in {root}/aggregated (give an id, a unique id prefix, or a unique part of a config name)")
+    return read_result(matches[0], AGGREGATED_SCHEMA)
+
+
+def cmd_compare(args) -> int:
+    p = _load(args.campaign)
+    root = Path(p.results_root)
+    a, b = _aggregated(root, args.a), _aggregated(root, args.b)
+    conf = p.campaign["analysis"]["confidence"]
+    rows = []
+    for m in COMPARE_METRICS:
+        ma, mb = a["metrics"][m], b["metrics"][m]
+        test = welch([v for v in ma["values"] if v is not None], [v for v in mb["values"] if v is not None], conf)
+        rows.append({"metric": m, "a_mean": ma["mean"], "a_ci": [ma["ci_low"], ma["ci_high"]], "b_mean": mb["mean"],
+                     "b_ci": [mb["ci_low"], mb["ci_high"]], **test})  # fmt: skip
+    out = {"a": {"experiment_id": a["experiment_id"], "config_name": a["config_name"], "energy_method": a["energy_method"]},
+           "b": {"experiment_id": b["experiment_id"], "config_name": b["config_name"], "energy_method": b["energy_method"]},
+           "test": "Welch's t-test on per-cycle values", "metrics": rows}  # fmt: skip
+    if a["energy_method"] != b["energy_method"]:
+        out["warning"] = "the two experiments' energy was obtained by different methods: compare with care"
+    if _json_wanted(args):
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"A = {a['config_name']} ({a['experiment_id']}, {a['cycles']} cycles)")
+    print(f"B = {b['config_name']} ({b['experiment_id']}, {b['cycles']} cycles)")
+
+    def span(m, ci):
+        return "-" if m is None else (f"{m:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]" if ci[0] is not None else f"{m:.4g}")
+
+    table = [
+        {"metric": r["metric"], "A (mean [CI])": span(r["a_mean"], r["a_ci"]), "B (mean [CI])": span(r["b_mean"], r["b_ci"]),
+         "B - A": r["difference"], "relative": None if r.get("relative") is None else f"{r['relative']:+.1%}",
+         f"differs at {conf:.0%}": {True: "yes", False: "no", None: "n/a"}[r["significant"]]}
+        for r in rows
+    ]  # fmt: skip
+    print(_table(table, list(table[0])))
+    if "warning" in out:
+        print("warning:", out["warning"])
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- datasets
+
+
+def cmd_datasets(args) -> int:
+    from .prompts import BUILTIN_PATH, DATASET_ALIASES
+
+    try:
+        import datasets  # noqa: F401
+
+        have = True
+    except ImportError:
+        have = False
+    with open(BUILTIN_PATH, encoding="utf-8") as fh:
+        n_builtin = sum(1 for line in fh if line.strip())
+    rows = [{"name": "builtin", "source": "shipped with the package", "column": "prompt", "split": "-", "subset": "-",
+             "needs": f"nothing ({n_builtin} prompts)"}]  # fmt: skip
+    for alias, spec in DATASET_ALIASES.items():
+        if alias == "ai_energy_score":
+            continue
+        rows.append({"name": alias, "source": spec["path"], "column": spec["column"], "split": spec["split"],
+                     "subset": spec["subset"] or "-",
+                     "needs": "network + datasets" + ("" if have else " (datasets NOT installed)")})  # fmt: skip
+    if _json_wanted(args):
+        print(json.dumps(rows, indent=1))
+    else:
+        print(_table(rows, ["name", "source", "column", "split", "subset", "needs"]))
+        print("Also: any Hugging Face dataset id, or a local .jsonl/.txt file or dataset folder (dataset.name).")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- doctor
+
+
+def _version_of(cmd: list[str]) -> str | None:
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def diagnose() -> dict:
+    import importlib.util
+    import platform
+
+    from . import __version__
+    from .energy.baseline import cache_dir
+    from .energy.cpu import cpu_model_name, rapl_domains
+    from .energy.nvml import driver_info, visible_gpus
+
+    report: dict = {"python": sys.version.split()[0], "platform": platform.platform(), "llenergymeasure": __version__}
+    try:
+        import torch
+
+        report["torch"] = {"version": torch.__version__, "cuda_available": torch.cuda.is_available(), "cuda": torch.version.cuda}
+    except ImportError:
+        report["torch"] = None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod in ("transformers", "snakemake", "codecarbon", "datasets", "jsonschema", "accelerate"):
+        try:
+            report[mod] = version(mod)
+        except PackageNotFoundError:
+            report[mod] = None
+    report["engines"] = {name: importlib.util.find_spec(name) is not None for name in ("vllm", "tensorrt_llm")}
+    gpus = visible_gpus()
+    report["nvml"] = {"available": bool(gpus) or importlib.util.find_spec("pynvml") is not None and bool(driver_info()),
+                      "driver": driver_info() or None,
+                      "gpus": [{k: g[k] for k in ("cuda_index", "nvml_index", "uuid", "name", "mig")} for g in gpus]}  # fmt: skip
+    report["cpu"] = {"model": cpu_model_name(), "logical_cpus": os.cpu_count(), "rapl_domains": [d["name"] for d in rapl_domains()]}
+    report["energy_sources"] = {
+        "gpu": "nvml_counter" if gpus else "none (no NVIDIA GPU visible)",
+        "cpu": "rapl" if report["cpu"]["rapl_domains"] else "estimate_tdp (RAPL not readable here)",
+    }
+    runtime = _version_of(["apptainer", "--version"]) or _version_of(["singularity", "--version"])
+    images = sorted(p.name for p in Path(".snakemake/singularity").glob("*.simg")) if Path(".snakemake/singularity").is_dir() else []
+    report["containers"] = {"runtime": runtime, "cached_images": images}
+    report["slurm"] = {"sbatch": shutil.which("sbatch"), "sinfo": _version_of(["sinfo", "--version"]),
+                       "executor_plugin": importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None}  # fmt: skip
+    report["hub"] = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    report["hub"]["HF_TOKEN"] = "set" if os.environ.get("HF_TOKEN") else None  # never print the token
+    report["baseline_cache"] = str(cache_dir())
+    return report
+
+
+def cmd_doctor(args) -> int:
+    report = diagnose()
+    if _json_wanted(args):
+        print(json.dumps(report, indent=1))
+        return 0
+
+    def line(label, value):
+        print(f"{label:<22} {value}")
+
+    line("python", report["python"])
+    line("llenergymeasure", report["llenergymeasure"])
+    t = report["torch"]
+    line("torch", f"{t['version']} (CUDA {'available, ' + str(t['cuda']) if t['cuda_available'] else 'not available'})" if t else "NOT installed")
+    for mod in ("transformers", "snakemake", "codecarbon", "datasets", "jsonschema", "accelerate"):
+        line(mod, report[mod] or "not installed")
+    line("engines", ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in report["engines"].items()))
+    gpus = report["nvml"]["gpus"]
+    line("GPUs (NVML)", "; ".join(f"{g['name']} {g['uuid']}{' (MIG)' if g['mig'] else ''}" for g in gpus) or "none")
+    if report["nvml"]["driver"]:
+        line("driver", report["nvml"]["driver"])
+    line("CPU", f"{report['cpu']['model']}, {report['cpu']['logical_cpus']} logical CPUs")
+    line("energy: GPU", report["energy_sources"]["gpu"])
+    line("energy: CPU", report["energy_sources"]["cpu"])
+    line("container runtime", report["containers"]["runtime"] or "none (apptainer/singularity not on PATH)")
+    line("cached images", ", ".join(report["containers"]["cached_images"]) or "none")
+    s = report["slurm"]
+    line("Slurm", f"{s['sinfo'] or 'sinfo not on PATH'}; executor plugin {'installed' if s['executor_plugin'] else 'not installed'}")
+    line("baseline cache", report["baseline_cache"])
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lem", description=__doc__.splitlines()[0], epilog=None)
+    ap.add_argument("--json", action="store_true", help="JSON output (also LLM_ENERGY_JSON_OUTPUT=1)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="expansion preview of a campaign")
+    v.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN)
+    r = sub.add_parser("results", help="summary table of a campaign")
+    r.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN)
+    r.add_argument("--summary", help="read this summary.csv instead of the campaign's")
+    r.add_argument("--sort", help="sort by this column")
+    r.add_argument("--desc", action="store_true", help="sort descending")
+    r.add_argument("--columns", help="comma-separated columns to show")
+    c = sub.add_parser("compare", help="two experiments side by side")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN)
+    sub.add_parser("datasets", help="prompt sources")
+    sub.add_parser("doctor", help="environment check")
+    run = sub.add_parser("run", help="one experiment without Snakemake", add_help=False)
+    run.add_argument("rest", nargs=argparse.REMAINDER)
+    for p in (v, r, c, sub.choices["datasets"], sub.choices["doctor"]):
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:
+        from .run import main as run_main
+
+        return run_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    handlers = {"validate": cmd_validate, "results": cmd_results, "compare": cmd_compare, "datasets": cmd_datasets, "doctor": cmd_doctor}
+    from .aggregate import AggregationError
+    from .results import ResultValidationError
+
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, ResultValidationError, AggregationError) as exc:
+        print(f"lem {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

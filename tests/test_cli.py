@@ -1,0 +1,129 @@
+"""The lem command: validate, results, compare, datasets, doctor, run."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import yaml
+
+from conftest import tiny_experiment
+from llenergymeasure.aggregate import write_aggregated, write_summary
+from llenergymeasure.cli import main, welch
+from llenergymeasure.measure import run_experiment
+from llenergymeasure.results import write_json_atomic
+
+
+@pytest.fixture(scope="module")
+def campaign_dir(tiny_model, tmp_path_factory):
+    """A campaign file plus finished results for two experiments (3 cycles each, energies chosen)."""
+    root = tmp_path_factory.mktemp("cli")
+    (root / "c.yaml").write_text(yaml.safe_dump({
+        "campaign_name": "cli", "model": "lem-tiny-llama", "results_dir": str(root / "results"),
+        "grid": {"backends": ["pytorch", "vllm"], "backend_overrides": {"pytorch": {"batch_size": [1, 4]}}},
+        "execution": {"cycles": 3, "config_gap_seconds": 10, "cycle_gap_seconds": 20},
+    }))  # fmt: skip
+    template = run_experiment(tiny_experiment(warmup={"enabled": False}), "t", 1, tiny_model, None, {})
+    res = root / "results" / "cli"
+    aggs = []
+    for exp_id, name, energies in (("exp-aaa", "small-batch", [10.0, 10.5, 9.5]), ("exp-bbb", "big-batch", [5.0, 5.2, 4.8])):
+        paths = []
+        for cycle, e in enumerate(energies, 1):
+            r = copy.deepcopy(template)
+            r.update(experiment_id=exp_id, cycle=cycle)
+            r["energy"]["total"]["gross_energy_j"] = e
+            r["efficiency"]["j_per_output_token"] = e / r["tokens"]["output_tokens"]
+            r["phases_s"]["job_total_s"] = 12.0
+            p = res / "raw" / exp_id / f"cycle_{cycle}.json"
+            write_json_atomic(p, r, "raw_result")
+            paths.append(str(p))
+        out = res / "aggregated" / f"{exp_id}.json"
+        write_aggregated(paths, str(out), name, 0.1, 0.95)
+        aggs.append(str(out))
+    write_summary(aggs, str(res / "summary.csv"))
+    return root
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_validate_preview(campaign_dir, capsys):
+    code, out, _ = run(capsys, "validate", str(campaign_dir / "c.yaml"))
+    assert code == 0
+    assert "2 experiments x 3 cycles" in out and "dropped vllm-lem-tiny-llama: backend 'vllm' is not available" in out
+    assert "6 of 6 measurements to run" in out and "median of this campaign's finished jobs" in out
+    code, out, _ = run(capsys, "--json", "validate", str(campaign_dir / "c.yaml"))
+    data = json.loads(out)
+    assert len(data["experiments"]) == 2 and data["duration"]["jobs_to_run"] == 6
+    # 6 jobs x 12 s (median of finished jobs) + 3 config gaps x 10 s + 2 cycle gaps x 20 s
+    assert data["duration"]["estimated_s"] == pytest.approx(6 * 12 + 3 * 10 + 2 * 20)
+
+
+def test_validate_bad_campaign_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("campaign_name: x\ngrid: {backends: [pytorch]}\nexecution: {structure: zigzag}\n")
+    code, out, err = run(capsys, "validate", str(bad))
+    assert code == 2 and err.count("\n") == 1 and "execution.structure' = 'zigzag' is not allowed" in err
+
+
+def test_results_sorting_and_columns(campaign_dir, capsys):
+    c = str(campaign_dir / "c.yaml")
+    code, out, _ = run(capsys, "results", c, "--sort", "energy_j_mean")
+    lines = out.splitlines()
+    assert code == 0 and lines[2].startswith("big-batch") and lines[3].startswith("small-batch")
+    _, out, _ = run(capsys, "results", c, "--sort", "energy_j_mean", "--desc", "--columns", "experiment_id,energy_j_mean")
+    assert out.splitlines()[2].startswith("exp-aaa") and "config_name" not in out
+    code, _, err = run(capsys, "results", c, "--sort", "energy_mean")
+    assert code == 2 and "did you mean 'energy_j_mean'" in err
+    monkey = run(capsys, "--json", "results", c)
+    assert len(json.loads(monkey[1])) == 2
+
+
+def test_compare_with_significance(campaign_dir, capsys):
+    c = str(campaign_dir / "c.yaml")
+    code, out, _ = run(capsys, "compare", "small", "big", c)
+    assert code == 0 and "energy_j" in out and "-50.0%" in out
+    _, out, _ = run(capsys, "--json", "compare", "exp-aaa", "exp-bbb", c)
+    data = json.loads(out)
+    energy = next(m for m in data["metrics"] if m["metric"] == "energy_j")
+    assert energy["difference"] == pytest.approx(-5.0) and energy["significant"] is True
+    code, _, err = run(capsys, "compare", "exp-", "exp-bbb", c)
+    assert code == 2 and "2 aggregated results match" in err
+
+
+def test_welch():
+    same = welch([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert same["difference"] == 0 and same["significant"] is False
+    far = welch([1.0, 1.1, 0.9], [5.0, 5.1, 4.9])
+    assert far["significant"] is True and far["ci_low"] > 0
+    assert welch([1.0], [2.0, 3.0])["significant"] is None
+
+
+def test_datasets_and_doctor(capsys):
+    code, out, _ = run(capsys, "--json", "datasets")
+    names = [d["name"] for d in json.loads(out)]
+    assert code == 0 and names[0] == "builtin" and {"alpaca", "gsm8k", "mmlu", "sharegpt", "ai-energy-score"} <= set(names)
+    code, out, _ = run(capsys, "--json", "doctor")
+    report = json.loads(out)
+    assert code == 0 and report["torch"]["version"] and set(report["engines"]) == {"vllm", "tensorrt_llm"}
+    assert report["energy_sources"]["cpu"] in ("rapl", "estimate_tdp (RAPL not readable here)")
+    assert "HF_TOKEN" in report["hub"] and report["hub"]["HF_TOKEN"] in (None, "set")
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0 and "energy: CPU" in out
+
+
+def test_json_from_environment(monkeypatch, capsys):
+    monkeypatch.setenv("LLM_ENERGY_JSON_OUTPUT", "1")
+    code, out, _ = run(capsys, "datasets")
+    assert code == 0 and isinstance(json.loads(out), list)
+
+
+def test_run_subcommand(tiny_model, capsys, isolated_cache):
+    code, out, _ = run(capsys, "run", "--set", f"model_name={tiny_model}", "--set", "num_input_prompts=2",
+                       "--set", "max_output_tokens=4", "--set", "fp_precision=float32", "--set", "warmup.enabled=false",
+                       "--set", "baseline.duration_sec=1", "--quiet")  # fmt: skip
+    assert code == 0 and json.loads(out[out.index("{"):])["output_tokens"] > 0
