@@ -163,3 +163,14 @@ def test_unfilled_batches_are_flagged(tiny_model, raw):
     assert not any(f["code"] == "batch_not_saturated" for f in raw["flags"])  # 6 prompts in batches of 2
     r = run_experiment(tiny_experiment(warmup={"enabled": False}, num_input_prompts=3, pytorch={"batch_size": 4}), "x", 1, tiny_model, None, {})
     assert any(f["code"] == "batch_not_saturated" for f in r["flags"])
+
+
+def test_progress_is_logged(tiny_model, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="llenergymeasure.progress")
+    cfg = tiny_experiment(warmup={"enabled": False}, num_input_prompts=4, pytorch={"batch_size": 2})
+    run_experiment(cfg, "p", 1, tiny_model, None, {"progress_every_s": 0})
+    lines = [r.getMessage() for r in caplog.records if r.name == "llenergymeasure.progress"]
+    assert lines[0].startswith("p cycle 1: 2/4 prompts") and lines[-1].startswith("p cycle 1: 4/4 prompts")
+    assert "ETA" in lines[0]

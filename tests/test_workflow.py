@@ -116,6 +116,9 @@ def test_full_run_then_edit_one_value(workflow_dir):
             gap = (utc(cur["timestamps"]["window_start"]) - utc(prev["timestamps"]["window_end"])).total_seconds()
             assert gap >= cur["thermal"]["gap_required_s"] - 0.05
         assert [w["thermal"]["gap_kind"] for w in windows] == ["first", "config", "cycle", "config"]
+        log = next((root / "logs" / "measure").glob("*/cycle_1.log")).read_text()
+        assert "prompts" in log and "ETA" in log  # progress in the job's log
+        assert "4/4 prompts" in run.stderr  # ... and on the console
         audit = json.loads((root / "thermal_gaps.json").read_text())
         assert audit["ok"] is True and len(audit["windows"]) == 4
 

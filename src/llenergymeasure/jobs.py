@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import traceback
 
 from .notify import notify
@@ -11,20 +13,36 @@ from .notify import notify
 log = logging.getLogger("llenergymeasure")
 
 
+def verbosity() -> str:
+    level = os.environ.get("LLM_ENERGY_VERBOSITY", "normal")
+    return level if level in ("quiet", "normal", "verbose") else "normal"
+
+
 @contextlib.contextmanager
 def logging_to(path: str | None):
-    """Send the package's logging (and warnings) to the rule's log file for the duration of a job."""
+    """Send the package's logging (and warnings) to the rule's log file for the duration of a job; progress lines
+    also go to the console unless ``LLM_ENERGY_VERBOSITY=quiet`` (verbose: every log line, at DEBUG level)."""
     handler = logging.FileHandler(path, mode="w", encoding="utf-8") if path else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     old_level = root.level
-    root.setLevel(logging.INFO)
+    level = verbosity()
+    root.setLevel(logging.DEBUG if level == "verbose" else logging.INFO)
+    console = None
+    if path and level != "quiet":
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        if level == "normal":
+            console.addFilter(lambda record: record.name == "llenergymeasure.progress")
+        root.addHandler(console)
     logging.captureWarnings(True)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        if console:
+            root.removeHandler(console)
         root.setLevel(old_level)
         handler.close()
 

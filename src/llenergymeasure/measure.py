@@ -174,6 +174,26 @@ def timeline_section(samples, cfg, batches, window, components, output, flags) -
     return {"enabled": True, "summary": summary, "sidecar": sidecar, "phases": phases}
 
 
+class Progress:
+    """Logs prompts done/total, elapsed time and ETA to the ``llenergymeasure.progress`` logger, at most every
+    ``every_s`` seconds (and at the end): cheap enough to run inside the window."""
+
+    def __init__(self, label: str, every_s: float = 10.0) -> None:
+        self.label, self.every_s = label, every_s
+        self.log = logging.getLogger("llenergymeasure.progress")
+        self.t0 = time.perf_counter()
+        self.last = self.t0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < self.every_s:
+            return
+        self.last = now
+        elapsed = now - self.t0
+        eta = elapsed / done * (total - done) if done else float("nan")
+        self.log.info("%s: %d/%d prompts, %.1f s elapsed, ETA %.1f s", self.label, done, total, elapsed, eta)
+
+
 def _per(numerator: float | None, denominator: float) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
@@ -236,9 +256,10 @@ def run_experiment(
         meters.start()
         window_start = utc_now_iso()
         w0 = time.perf_counter()
-        runs = [backend.run(prompts, batches, config["random_seed"])]
+        progress = Progress(f"{experiment_id} cycle {cycle}", ctx.get("progress_every_s", 10.0))
+        runs = [backend.run(prompts, batches, config["random_seed"], progress)]
         while config["energy"]["repeat_to_min_window"] and time.perf_counter() - w0 < config["energy"]["min_window_sec"]:
-            runs.append(backend.run(prompts, batches, config["random_seed"]))
+            runs.append(backend.run(prompts, batches, config["random_seed"], progress))
         w1 = time.perf_counter()
         window_end = utc_now_iso()
         components = meters.stop()

@@ -228,8 +228,10 @@ class PyTorchBackend:
         eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         return start, end, steps, count_new_tokens(new.tolist(), eos_ids), input_tokens
 
-    def run(self, prompts: list[str], batches: list[Batch], seed: int | None) -> RunOutput:
+    def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
+        """Generate every batch. ``progress(done_requests, total_requests)`` is called after each batch."""
         cfg = self.config
+        total_requests = sum(len(b.indices) for b in batches)
         requests: list[RequestTiming] = []
         batch_stats = []
         total = 0.0
@@ -259,6 +261,8 @@ class PyTorchBackend:
                     "end_t": end,
                 }
             )
+            if progress is not None:
+                progress(len(requests), total_requests)
         return RunOutput(requests, batch_stats, total)
 
     def warmup(self, prompts: list[str], batch: Batch, cfg: dict) -> dict:
