@@ -13,13 +13,8 @@ from .notify import notify
 log = logging.getLogger("llenergymeasure")
 
 
-def verbosity() -> str:
-    level = os.environ.get("LLM_ENERGY_VERBOSITY", "normal")
-    return level if level in ("quiet", "normal", "verbose") else "normal"
-
-
 @contextlib.contextmanager
-def logging_to(path: str | None):
+def logging_to(path: str | None, level: str | None = None):
     """Send the package's logging (and warnings) to the rule's log file for the duration of a job; progress lines
     also go to the console unless ``LLM_ENERGY_VERBOSITY=quiet`` (verbose: every log line, at DEBUG level)."""
     handler = logging.FileHandler(path, mode="w", encoding="utf-8") if path else logging.StreamHandler()
@@ -27,7 +22,7 @@ def logging_to(path: str | None):
     root = logging.getLogger()
     root.addHandler(handler)
     old_level = root.level
-    level = verbosity()
+    level = level or os.environ.get("LLM_ENERGY_VERBOSITY", "normal")
     root.setLevel(logging.DEBUG if level == "verbose" else logging.INFO)
     console = None
     if path and level != "quiet":
@@ -57,7 +52,7 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
     config = complete_config(config)
     name = runtime.get("names", {}).get(experiment_id, experiment_id)
     settings = runtime.get("notifications")
-    with logging_to(log_path):
+    with logging_to(log_path, runtime.get("verbosity")):
         log.info("experiment %s (%s), cycle %s, model %s", experiment_id, name, cycle, model_path)
         try:
             result = run_experiment(

@@ -33,6 +33,7 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
                 raise ConfigError("a campaign must be a mapping of keys")
             raw = deep_merge(raw, config)  # config holds only --config overrides here
         resolved = resolve_campaign(raw, base, workdir)
+        level = verbosity(workdir)
         the_plan = plan(resolved)
         if announce:  # the main process only: jobs re-parse the Snakefile and need not load datasets again
             check_sources([e.config for e in the_plan.expansion.experiments])
@@ -41,9 +42,9 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
         sys.exit(1)
     config.clear()
     config.update(resolved)
-    config[RUNTIME_KEY] = runtime(the_plan)
+    config[RUNTIME_KEY] = {**runtime(the_plan), "verbosity": level}
     if announce:
-        describe(the_plan, sys.stderr, verbosity(workdir))
+        describe(the_plan, sys.stderr, level)
     return the_plan
 
 
@@ -69,7 +70,10 @@ def verbosity(workdir: str | Path = ".") -> str:
 
     from .campaign import load_user_config
 
-    return os.environ.get("LLM_ENERGY_VERBOSITY") or load_user_config(workdir).get("verbosity") or "normal"
+    level = os.environ.get("LLM_ENERGY_VERBOSITY")
+    if level is not None and level not in ("quiet", "normal", "verbose"):
+        raise ConfigError(f"environment variable LLM_ENERGY_VERBOSITY = {level!r} is not allowed; allowed: quiet, normal, verbose")
+    return level or load_user_config(workdir).get("verbosity") or "normal"
 
 
 def describe(p: Plan, stream, level: str = "normal") -> None:
