@@ -13,7 +13,11 @@ def models_dir():
 
 
 def all_cores():
-    return lem.all_cores(workflow.cores)
+    return lem.all_cores(workflow)
+
+
+def measure_gpus(wildcards):
+    return lem.gpus(PLAN, wildcards.experiment)
 
 
 def measure_inputs(wildcards):

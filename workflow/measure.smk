@@ -19,6 +19,8 @@ rule measure:
     conda:
         "../envs/llenergymeasure.yaml"
     threads: all_cores()
+    resources:
+        gpu=measure_gpus,
     params:
         experiment=measure_params,
     script:

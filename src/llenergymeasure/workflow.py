@@ -133,9 +133,19 @@ def model_input(p: Plan, experiment_id: str) -> dict:
     return {"model": ancient(str(embedded_model_dir(p.campaign["results_dir"], name)))}
 
 
-def all_cores(cores) -> int:
-    """Threads of a measurement job: all cores given to Snakemake (at least 1)."""
+def all_cores(workflow) -> int:
+    """Threads of a measurement job: every core given to a local Snakemake, so nothing shares the CPU with a
+    window. On a cluster there is no such total: 1, unless the profile sets ``set-threads: {measure: N}``."""
+    try:
+        cores = workflow.cores
+    except Exception:  # WorkflowError: no --cores with a cluster executor
+        return 1
     return int(cores) if isinstance(cores, (int, float)) and cores >= 1 else 1
+
+
+def gpus(p: Plan, experiment_id: str) -> int:
+    """GPUs a measurement job asks the scheduler for (Slurm: --gpus): one for ``device: cuda``, none otherwise."""
+    return 1 if p.by_id[experiment_id].config["device"] == "cuda" else 0
 
 
 def priority(p: Plan, experiment_id: str, cycle: str | int) -> int:

@@ -1,0 +1,166 @@
+"""A campaign through Snakemake's Slurm executor on a real single-node Slurm (munged, slurmctld, slurmd).
+
+Needs Debian's slurm-wlm, snakemake-executor-plugin-slurm and root (the daemons run as root, munged as munge);
+`.ci/run` installs them. Elsewhere the test is skipped; under CI a missing piece is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llenergymeasure.aggregate import read_summary
+from llenergymeasure.results import read_result
+
+pytestmark = pytest.mark.workflow
+
+CONF = Path("/etc/slurm/slurm.conf")
+MARK = "# written by the llenergymeasure test suite\n"
+
+
+def _missing() -> str | None:
+    for tool in ("munged", "slurmctld", "slurmd", "sinfo", "sbatch"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            return f"{tool} not installed (apt-get install slurm-wlm)"
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        return "snakemake-executor-plugin-slurm not installed"
+    if os.geteuid() != 0:
+        return "the Slurm daemons need root"
+    if CONF.exists() and MARK not in CONF.read_text():
+        return f"{CONF} belongs to a real Slurm installation: not touching it"
+    return None
+
+
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    why = _missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"Slurm test cannot run in CI: {why}")
+        pytest.skip(why)
+    base = tmp_path_factory.mktemp("slurm")
+    for d in ("state", "spool", "log"):
+        (base / d).mkdir()
+    host = socket.gethostname()
+    cpus = os.cpu_count() or 1
+    CONF.parent.mkdir(parents=True, exist_ok=True)
+    CONF.write_text(
+        MARK
+        + f"""ClusterName=lemtest
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=root
+AuthType=auth/munge
+StateSaveLocation={base}/state
+SlurmdSpoolDir={base}/spool
+SlurmctldPidFile={base}/slurmctld.pid
+SlurmdPidFile={base}/slurmd.pid
+SlurmctldLogFile={base}/log/slurmctld.log
+SlurmdLogFile={base}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+ReturnToService=2
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/none
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+    )
+    started: list[Path] = []
+    munge_pid = Path("/run/munge/munged.pid")
+    if not _alive(munge_pid):
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+        started.append(munge_pid)
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    subprocess.run(["/usr/sbin/slurmctld"], check=True, env=env)
+    started.append(base / "slurmctld.pid")
+    subprocess.run(["/usr/sbin/slurmd"], check=True, env=env)
+    started.append(base / "slurmd.pid")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env)
+            if out.stdout.strip() == "idle":
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"Slurm never became idle: {out.stdout} {out.stderr}\n{(base / 'log' / 'slurmctld.log').read_text()[-2000:]}")
+        yield env
+    finally:
+        for pidfile in reversed(started):  # stop by the PIDs we started, never by name
+            try:
+                pid = int(pidfile.read_text().strip())
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(50):
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+            except (OSError, ValueError):
+                pass
+        if CONF.exists() and MARK in CONF.read_text():
+            CONF.unlink()
+
+
+def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
+    shutil.copytree(Path(__file__).resolve().parents[1] / "profiles", workflow_dir / "profiles")
+    campaign = {
+        "campaign_name": "slurm",
+        "model": "lem-tiny-llama",
+        "num_samples": 4,
+        "grid": {
+            "backends": ["pytorch"],
+            "shared": {"fp_precision": "float32", "device": "cpu", "max_input_tokens": 32, "max_output_tokens": 6,
+                       "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_sec": 1,
+                       "warmup.max_prompts": 3, "warmup.min_prompts": 3, "warmup.window_size": 3,
+                       "energy.min_window_sec": 0},  # fmt: skip
+            "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
+        },
+        "execution": {"cycles": 2, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+    }
+    (workflow_dir / "c.yaml").write_text(yaml.safe_dump(campaign))
+    env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}  # jobs re-run snakemake from the venv
+    run = subprocess.run(
+        # the profile as shipped, with job sizes for this small machine
+        [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "c.yaml", "--jobs", "2",
+         "--default-resources", "slurm_partition=debug", "mem_mb=2000", "runtime=30"],  # fmt: skip
+        cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert "slurm" in (run.stdout + run.stderr).lower()
+    root = workflow_dir / "results" / "slurm"
+    raws = sorted(root.glob("raw/*/cycle_*.json"))
+    assert len(raws) == 4
+    for p in raws:
+        r = read_result(p, "raw_result")
+        assert r["tokens"]["output_tokens"] == 4 * 6
+    rows = read_summary(str(root / "summary.csv"))
+    assert len(rows) == 2 and all(r["cycles"] == 2 for r in rows)
+    assert json.loads((root / "thermal_gaps.json").read_text())["windows"]
+    # the same files, in the same shape, as a local run produces
+    local = {p.relative_to(root).parts[0] for p in root.rglob("*") if p.is_file()}
+    assert {"raw", "aggregated", "summary.csv", "thermal_gaps.json", "notifications", "logs", "benchmarks"} <= local
