@@ -22,7 +22,6 @@ localrules:
     all,
     build_model,
     aggregate,
-    summary,
     thermal_gaps,
     notify_campaign,
 

@@ -1,7 +1,14 @@
-"""Rule aggregate: every cycle of one experiment -> statistics across cycles."""
+"""Rule aggregate: every experiment across its cycles, and summary.csv."""
+
+from pathlib import Path
 
 from llenergymeasure.jobs import aggregate
 
 aggregate(
-    inputs=snakemake.input, output=snakemake.output[0], log_path=snakemake.log[0], params=snakemake.params.analysis
+    inputs=snakemake.input,
+    out_dir=str(Path(snakemake.output.summary).parent / "aggregated"),
+    summary=snakemake.output.summary,
+    log_path=snakemake.log[0],
+    names=snakemake.params.names,
+    analysis=snakemake.params.analysis,
 )

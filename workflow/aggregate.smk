@@ -1,32 +1,20 @@
-# Per experiment across cycles, the campaign summary, and the thermal-gap audit of every window.
+# Every experiment across its cycles and the campaign summary, in one job (cheap per experiment, so one job keeps
+# big campaigns fast), and the thermal-gap audit of every window.
 rule aggregate:
     input:
-        experiment_cycles,
+        all_raw_results(),
     output:
-        f"{ROOT}/aggregated/{{experiment}}.json",
+        aggregated=aggregated_results(),
+        summary=f"{ROOT}/summary.csv",
     log:
-        f"{ROOT}/logs/aggregate/{{experiment}}.log",
-    wildcard_constraints:
-        experiment=r"[a-z0-9][a-z0-9.-]*",
+        f"{ROOT}/logs/aggregate.log",
     conda:
         "../envs/llenergymeasure.yaml"
     params:
-        analysis=aggregate_params,
+        names=config_names(),
+        analysis=config["analysis"],
     script:
         "../scripts/aggregate.py"
-
-
-rule summary:
-    input:
-        aggregated_results(),
-    output:
-        f"{ROOT}/summary.csv",
-    log:
-        f"{ROOT}/logs/summary.log",
-    conda:
-        "../envs/llenergymeasure.yaml"
-    script:
-        "../scripts/summary.py"
 
 
 rule thermal_gaps:

@@ -32,12 +32,8 @@ def measure_priority(wildcards):
     return lem.priority(PLAN, wildcards.experiment, wildcards.cycle)
 
 
-def experiment_cycles(wildcards):
-    return lem.cycle_inputs(PLAN, wildcards.experiment)
-
-
-def aggregate_params(wildcards):
-    return lem.aggregate_params(PLAN, wildcards.experiment)
+def config_names():
+    return lem.config_names(PLAN)
 
 
 def aggregated_results():

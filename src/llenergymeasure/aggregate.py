@@ -123,6 +123,28 @@ def write_aggregated(raw_paths: list[str], output: str, config_name: str, cv_thr
     return result
 
 
+def write_aggregated_all(
+    raw_paths: dict[str, list[str]], names: dict[str, str], out_dir: str, summary: str, cv_threshold: float, confidence: float
+) -> list[dict]:
+    """Every experiment of a campaign in one pass: ``<out_dir>/<experiment_id>.json`` each, then the summary CSV
+    (rows in ``raw_paths`` order). One job for the whole campaign keeps big campaigns fast: the work is a few
+    milliseconds per experiment, a job per experiment would cost an interpreter start each."""
+    rows = []
+    for exp_id, paths in raw_paths.items():
+        agg = write_aggregated(paths, f"{out_dir}/{exp_id}.json", names.get(exp_id, exp_id), cv_threshold, confidence)
+        rows.append(summary_row(agg))
+    write_summary_rows(rows, summary)
+    return rows
+
+
+def group_by_experiment(raw_paths: list[str]) -> dict[str, list[str]]:
+    """``.../raw/<experiment_id>/cycle_<n>.json`` paths grouped by experiment id, in first-seen order."""
+    grouped: dict[str, list[str]] = {}
+    for p in raw_paths:
+        grouped.setdefault(Path(p).parent.name, []).append(str(p))
+    return grouped
+
+
 # ------------------------------------------------------------------------------------------------ summary CSV
 
 SUMMARY_COLUMNS = [
@@ -189,18 +211,21 @@ def _csv_value(v):
 
 
 def write_summary(aggregated_paths: list[str], output: str) -> list[dict]:
-    rows = []
-    for path in aggregated_paths:
-        row = summary_row(read_result(path, AGGREGATED_SCHEMA))
+    """summary.csv from aggregated result files."""
+    rows = [summary_row(read_result(path, AGGREGATED_SCHEMA)) for path in aggregated_paths]
+    write_summary_rows(rows, output)
+    return rows
+
+
+def write_summary_rows(rows: list[dict], output: str) -> None:
+    for row in rows:
         validate_result(row, "summary_row", f"{output} row {row['experiment_id']}")
-        rows.append(row)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row[k]) for k in SUMMARY_COLUMNS})
     _write_text_atomic(output, buf.getvalue())
-    return rows
 
 
 def read_summary(path: str) -> list[dict]:

@@ -117,19 +117,15 @@ def build_model(output: str, log_path: str) -> None:
         log.info("built embedded model in %s", output)
 
 
-def aggregate(inputs: list[str], output: str, log_path: str, params: dict) -> None:
-    from .aggregate import write_aggregated
+def aggregate(inputs: list[str], out_dir: str, summary: str, log_path: str, names: dict, analysis: dict) -> None:
+    """Aggregation rule: every experiment across its cycles, then the summary, in one job."""
+    from .aggregate import group_by_experiment, write_aggregated_all
 
     with logging_to(log_path):
-        write_aggregated(list(inputs), output, params["config_name"], params["cv_threshold"], params["confidence"])
-
-
-def summarise(inputs: list[str], output: str, log_path: str) -> None:
-    from .aggregate import write_summary
-
-    with logging_to(log_path):
-        rows = write_summary(list(inputs), output)
-        log.info("summary of %d experiments written to %s", len(rows), output)
+        grouped = group_by_experiment(list(inputs))
+        ordered = {e: grouped[e] for e in names if e in grouped}  # campaign order
+        rows = write_aggregated_all(ordered, names, out_dir, summary, analysis["cv_threshold"], analysis["confidence"])
+        log.info("aggregated %d experiments; summary in %s", len(rows), summary)
 
 
 def thermal_gaps(inputs: list[str], output: str, log_path: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -30,12 +31,21 @@ def validate_result(data: dict, schema_name: str, where: str = "") -> bool:
     except ImportError:
         log.warning("jsonschema not installed: %s not validated on write (it is validated on read)", where or schema_name)
         return False
-    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
+    validator = _validator(schema_name)
+    if validator.is_valid(data):
+        return True
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ResultValidationError(f"{where or schema_name}: {path}: {error.message}")
     return True
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(schema_name: str):
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(load_schema(schema_name))
 
 
 def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = None) -> None:

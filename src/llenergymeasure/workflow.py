@@ -106,10 +106,6 @@ def all_raw(p: Plan) -> list[str]:
     return [raw_path(p.results_root, e, c) for e, c in p.order]
 
 
-def cycle_inputs(p: Plan, experiment_id: str) -> list[str]:
-    return [raw_path(p.results_root, experiment_id, c) for c in range(1, p.campaign["execution"]["cycles"] + 1)]
-
-
 def aggregated(p: Plan) -> list[str]:
     return [f"{p.results_root}/aggregated/{e.experiment_id}.json" for e in p.expansion.experiments]
 
@@ -152,8 +148,9 @@ def priority(p: Plan, experiment_id: str, cycle: str | int) -> int:
     return p.priority[(experiment_id, int(cycle))]
 
 
-def aggregate_params(p: Plan, experiment_id: str) -> dict:
-    return {"config_name": p.by_id[experiment_id].config_name, **p.campaign["analysis"]}
+def config_names(p: Plan) -> dict:
+    """Experiment id -> config name, in campaign order (the aggregation's params: a rename re-aggregates only)."""
+    return {e.experiment_id: e.config_name for e in p.expansion.experiments}
 
 
 def campaign_failed(config: dict) -> None:
