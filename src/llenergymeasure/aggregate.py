@@ -119,7 +119,7 @@ def aggregate_experiment(raw_paths: list[str], config_name: str, cv_threshold: f
 
 def write_aggregated(raw_paths: list[str], output: str, config_name: str, cv_threshold: float, confidence: float) -> dict:
     result = aggregate_experiment(raw_paths, config_name, cv_threshold, confidence)
-    write_json_atomic(output, result, AGGREGATED_SCHEMA)
+    write_json_atomic(output, result, AGGREGATED_SCHEMA, durable=False)
     return result
 
 

@@ -31,6 +31,13 @@ def validate_result(data: dict, schema_name: str, where: str = "") -> bool:
     except ImportError:
         log.warning("jsonschema not installed: %s not validated on write (it is validated on read)", where or schema_name)
         return False
+    fast = _fast_validator(schema_name)
+    if fast is not None:
+        try:
+            fast(data)
+            return True
+        except Exception:  # explained below by jsonschema, whose messages are better
+            pass
     validator = _validator(schema_name)
     if validator.is_valid(data):
         return True
@@ -42,14 +49,31 @@ def validate_result(data: dict, schema_name: str, where: str = "") -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def _fast_validator(schema_name: str):
+    """A compiled validator (fastjsonschema, ~10x faster) where installed, else None.
+
+    Our schemas use only keywords that mean the same in draft 7 ($defs are reached by JSON pointer), so they are
+    compiled as draft 7; the relative ``$id`` is dropped because the compiler would try to fetch it."""
+    try:
+        import fastjsonschema
+    except ImportError:
+        return None
+    schema = {k: v for k, v in load_schema(schema_name).items() if k not in ("$id", "$schema")}
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    return fastjsonschema.compile(schema)
+
+
+@functools.lru_cache(maxsize=None)
 def _validator(schema_name: str):
     import jsonschema
 
     return jsonschema.Draft202012Validator(load_schema(schema_name))
 
 
-def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = None) -> None:
-    """Validate, then write to a temp file in the same folder, fsync, and rename over ``path``."""
+def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = None, durable: bool = True) -> None:
+    """Validate, then write to a temp file in the same folder and rename it over ``path``: readers see the old
+    file or the new one, never a part. ``durable`` (measurements) also fsyncs and indents for people; derived
+    files skip both (they can be recomputed, and compact JSON is several times faster to write)."""
     path = Path(path)
     if schema_name:
         validate_result(data, schema_name, str(path))
@@ -57,10 +81,11 @@ def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = No
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, allow_nan=False)
+            fh.write(json.dumps(data, indent=1 if durable else None, allow_nan=False))
             fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
