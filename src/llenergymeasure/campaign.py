@@ -44,6 +44,7 @@ class Experiment:
     config_name: str
     config: dict = field(hash=False, compare=False)
     source: str = ""
+    params: dict = field(default_factory=dict, hash=False, compare=False)  # sparse_config(config), computed once
 
     @property
     def backend(self) -> str:
@@ -238,10 +239,11 @@ def _slug(text: str) -> str:
 PRECISION_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
-def experiment_id(config: dict) -> str:
+def experiment_id(config: dict, sparse: dict | None = None) -> str:
     """Readable, stable id: ``<backend>-<model>-<precision>-bs<batch>-<10 hex digits>``, the digits hashing the
-    resolved config's non-default values (:func:`sparse_config`)."""
-    digest = hashlib.sha256(canonical_json(sparse_config(config)).encode("utf-8")).hexdigest()[:10]
+    resolved config's non-default values (``sparse``, computed with :func:`sparse_config` when not given)."""
+    sparse = sparse_config(config) if sparse is None else sparse
+    digest = hashlib.sha256(canonical_json(sparse).encode("utf-8")).hexdigest()[:10]
     batch = config.get(config["backend"], {}).get("batch_size", "x")
     return f"{config['backend']}-{_slug(config['model_name'])}-{PRECISION_SHORT[config['fp_precision']]}-bs{batch}-{digest}"
 
@@ -351,11 +353,12 @@ def expand(campaign: dict) -> Expansion:
                 raise ConfigError(f"{source}: {problem}")
             dropped.append((name, problem))
             return
-        exp_id = experiment_id(config)
+        sparse = sparse_config(config)
+        exp_id = experiment_id(config, sparse)
         if exp_id in seen:
             duplicates.append((name, exp_id))
             return
-        exp = Experiment(exp_id, name, config, source)
+        exp = Experiment(exp_id, name, config, source, sparse)
         seen[exp_id] = exp
         experiments.append(exp)
 
@@ -372,7 +375,7 @@ def expand(campaign: dict) -> Expansion:
         n = names.get(exp.config_name, 0)
         names[exp.config_name] = n + 1
         if n:
-            exp = Experiment(exp.experiment_id, f"{exp.config_name}-{n + 1}", exp.config, exp.source)
+            exp = Experiment(exp.experiment_id, f"{exp.config_name}-{n + 1}", exp.config, exp.source, exp.params)
         unique.append(exp)
     return Expansion(unique, dropped, duplicates)
 

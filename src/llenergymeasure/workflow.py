@@ -7,6 +7,7 @@ when no ``--configfile`` was given, and otherwise uses exactly what Snakemake re
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -112,21 +113,24 @@ def aggregated(p: Plan) -> list[str]:
 
 def experiment_config(p: Plan, experiment_id: str) -> dict:
     """The measurement job's params: the experiment's non-default values (plain data; completed in the job)."""
-    from .campaign import sparse_config
-
-    return sparse_config(p.by_id[experiment_id].config)
+    return p.by_id[experiment_id].params
 
 
 def model_input(p: Plan, experiment_id: str) -> dict:
     """The embedded model folder as input of a measurement (``ancient``: its timestamp never triggers a rerun,
     which the protected raw results would refuse anyway)."""
-    from snakemake.io import ancient
-
     config = p.by_id[experiment_id].config
     name = config["model_name"]
     if config["no_weights"] or not is_embedded(name):
         return {}
-    return {"model": ancient(str(embedded_model_dir(p.campaign["results_dir"], name)))}
+    return {"model": _ancient_model_dir(p.campaign["results_dir"], name)}
+
+
+@functools.lru_cache(maxsize=64)
+def _ancient_model_dir(results_dir: str, name: str):
+    from snakemake.io import ancient
+
+    return ancient(str(embedded_model_dir(results_dir, name)))
 
 
 def all_cores(workflow) -> int:
