@@ -24,12 +24,14 @@ localrules:
     aggregate,
     thermal_gaps,
     notify_campaign,
+    report_plots,
 
 
 include: "workflow/model.smk"
 include: "workflow/measure.smk"
 include: "workflow/aggregate.smk"
 include: "workflow/notify.smk"
+include: "workflow/report.smk"
 
 
 rule all:
@@ -38,3 +40,4 @@ rule all:
         f"{ROOT}/summary.csv",
         f"{ROOT}/thermal_gaps.json",
         f"{ROOT}/notifications/campaign_complete.json",
+        f"{ROOT}/report/efficiency.svg",

@@ -127,6 +127,16 @@ def test_full_run_then_edit_one_value(workflow_dir):
         assert events.count("complete") == 4 and events[-1] == "campaign_complete"
         assert json.loads((root / "notifications" / "campaign_complete.json").read_text())["delivery"]["sent"] is True
 
+        # the report: plots exist, captions carry methods and flags, the HTML renders
+        for name in ("efficiency", "drift", "latency", "timeline"):
+            assert (root / "report" / f"{name}.svg").stat().st_size > 1000
+        caption = (root / "report" / "efficiency.rst").read_text()
+        assert "Student-t" in caption and ("energy cpu:" in caption or "energy gpu:" in caption)
+        rep = snakemake(workflow_dir, "--configfile", str(cfg), "--report", "report.html")
+        assert rep.returncode == 0, rep.stderr[-2000:]
+        html = (workflow_dir / "report.html").read_text()
+        assert "Pareto front" in html and "Energy per cycle" in html
+
         again = snakemake(workflow_dir, "--configfile", str(cfg), "-n")
         assert "Nothing to be done" in again.stdout + again.stderr
 

@@ -5,7 +5,11 @@ rule aggregate:
         all_raw_results(),
     output:
         aggregated=aggregated_results(),
-        summary=f"{ROOT}/summary.csv",
+        summary=report(
+            f"{ROOT}/summary.csv",
+            caption="report/summary.rst",
+            category="0. Summary",
+        ),
     log:
         f"{ROOT}/logs/aggregate.log",
     conda:

@@ -42,3 +42,7 @@ def aggregated_results():
 
 def all_raw_results():
     return lem.all_raw(PLAN)
+
+
+def report_caption(name):
+    return lem.report_caption(PLAN, name)

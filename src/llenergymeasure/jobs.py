@@ -165,3 +165,11 @@ def campaign_failed(runtime: dict, log_text: str | None = None) -> None:
         None,
         {"campaign_name": runtime.get("campaign_name"), "log": log_text},
     )
+
+
+def report_plots(aggregated: list[str], raw: list[str], out_dir: str, log_path: str) -> None:
+    from .report import write_report_files
+
+    with logging_to(log_path):
+        info = write_report_files(list(aggregated), list(raw), out_dir)
+        log.info("report plots in %s (Pareto front: %s; timeline of %s)", out_dir, info["pareto"], info["timeline_run"])

@@ -163,3 +163,10 @@ def campaign_failed(config: dict) -> None:
 
     if RUNTIME_KEY in config:
         notify_failed(config[RUNTIME_KEY])
+
+
+def report_caption(p: Plan, name: str) -> str:
+    """Absolute path of a caption the report_plots rule writes (captions are read when the report is built)."""
+    import os
+
+    return os.path.abspath(f"{p.results_root}/report/{name}.rst")

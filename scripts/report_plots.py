@@ -1,0 +1,12 @@
+"""Rule report_plots: the report's plots and their captions."""
+
+from pathlib import Path
+
+from llenergymeasure.jobs import report_plots
+
+report_plots(
+    aggregated=snakemake.params.aggregated,
+    raw=snakemake.input.raw,
+    out_dir=str(Path(snakemake.output.efficiency).parent),
+    log_path=snakemake.log[0],
+)

@@ -1,0 +1,198 @@
+"""Plots and captions for ``snakemake --report``: efficiency with intervals and the Pareto front, energy per
+cycle (drift), latency percentiles, and the power/temperature timeline of one run.
+
+Every caption is written next to its plot from the campaign's own results, so it states the energy method of each
+experiment, whether it is an estimate, the interval method, and the flags raised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PLOTS = ("efficiency", "drift", "latency", "timeline")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated when maximising x (tokens/s) and minimising y (J/token)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 >= x and y2 <= y) and (x2 > x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _label(agg: dict) -> str:
+    return agg["config_name"]
+
+
+def plot_efficiency(aggs: list[dict], out: Path) -> dict:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    pts, used = [], []
+    for agg in aggs:
+        m = agg["metrics"]
+        x, y = m["output_tokens_per_s"], m["j_per_output_token"]
+        if x["mean"] is None or y["mean"] is None:
+            continue
+        xerr = [[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]] if x["ci_low"] is not None else None
+        yerr = [[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]] if y["ci_low"] is not None else None
+        marker = "s" if agg["includes_estimate"] else "o"
+        ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt=marker, capsize=3, label=_label(agg))
+        pts.append((x["mean"], y["mean"]))
+        used.append(agg)
+    front = pareto_front(pts)
+    if len(front) > 1:
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel("output tokens per second (mean, CI)")
+    ax.set_ylabel("J per output token, gross (mean, CI)")
+    ax.set_title("Energy efficiency vs throughput")
+    ax.grid(alpha=0.3)
+    if used:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return {"pareto": [_label(used[i]) for i in front]}
+
+
+def plot_drift(aggs: list[dict], out: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for agg in aggs:
+        cycles = [c["cycle"] for c in agg["per_cycle"]]
+        energy = [c["energy_j"] for c in agg["per_cycle"]]
+        if any(e is not None for e in energy):
+            ax.plot(cycles, energy, "o-", label=_label(agg))
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("window energy, gross (J)")
+    ax.set_title("Energy per cycle (drift)")
+    ax.grid(alpha=0.3)
+    if aggs:
+        ax.legend(fontsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def plot_latency(aggs: list[dict], out: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharey=False)
+    names = [_label(a) for a in aggs]
+    for ax, key, title in zip(axes, ("ttft_ms", "e2e_ms"), ("time to first token", "end-to-end latency")):
+        for k, (q, style) in enumerate((("p50", "o"), ("p90", "^"), ("p99", "v"))):
+            ys = [a["latency_pooled_ms"][key][q] for a in aggs]
+            ax.plot(range(len(aggs)), [y if y is not None else float("nan") for y in ys], style, label=q)
+        ax.set_xticks(range(len(aggs)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("ms (pooled over cycles)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def chosen_run(raw_paths: list[str]) -> Path | None:
+    """The first raw result (campaign order) whose timeline was saved."""
+    for p in raw_paths:
+        side = Path(p).with_name(Path(p).stem + ".timeline.json")
+        if side.exists():
+            return Path(p)
+    return None
+
+
+def plot_timeline(raw_paths: list[str], out: Path) -> dict:
+    plt = _plt()
+    run = chosen_run(raw_paths)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    info: dict = {"run": None}
+    if run is None:
+        ax.text(0.5, 0.5, "no saved timeline in this campaign\n(set timeline.save: true)", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        side = json.loads(run.with_name(run.stem + ".timeline.json").read_text())
+        raw = json.loads(run.read_text())
+        t = side["t_s"]
+        if side["gpus"]:
+            for g in side["gpus"]:
+                ax.plot(t, [v if v is not None else float("nan") for v in g["power_w"]], label=f"{g['device']} power (W)")
+            ax2 = ax.twinx()
+            for g in side["gpus"]:
+                ax2.plot(t, [v if v is not None else float("nan") for v in g["temperature_c"]], "r:", label=f"{g['device']} temperature (°C)")
+            ax2.set_ylabel("°C")
+            ax.set_ylabel("board power (W)")
+        else:
+            ax.plot(t, [v if v is not None else float("nan") for v in side["cpu_util_pct"]], label="CPU utilisation (%)")
+            ax.set_ylabel("CPU utilisation (%) — no GPU power on this machine")
+            temps = [v for v in side["cpu_temperature_c"] if v is not None]
+            if temps:
+                ax2 = ax.twinx()
+                ax2.plot(t, side["cpu_temperature_c"], "r:", label="CPU temperature (°C)")
+        for b in raw["batches"]:
+            ax.axvspan(b["start_s"], b["first_token_s"], color="orange", alpha=0.15, lw=0)
+        ax.set_xlabel("seconds since the window started (shaded: prefill)")
+        ax.set_title(f"Timeline: {raw['experiment_id']} cycle {raw['cycle']}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        info = {"run": f"{raw['experiment_id']} cycle {raw['cycle']}", "phases": raw["energy"]["phases"]}
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return info
+
+
+def _methods_text(aggs: list[dict]) -> str:
+    lines = []
+    for a in aggs:
+        est = " (includes estimates)" if a["includes_estimate"] else ""
+        flags = ", ".join(f"{k} ×{v}" for k, v in a["flags"].items()) or "none"
+        lines.append(f"- **{a['config_name']}** (``{a['experiment_id']}``): energy {a['energy_method']}{est}; "
+                     f"FLOPs {a['flops_method']}; {a['cycles']} cycles; flags: {flags}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_dir: str) -> dict:
+    """All plots (SVG) and their captions (RST) into ``out_dir``."""
+    from .results import AGGREGATED_SCHEMA, read_result
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    aggs = [read_result(p, AGGREGATED_SCHEMA) for p in aggregated_paths]
+    eff = plot_efficiency(aggs, out / "efficiency.svg")
+    plot_drift(aggs, out / "drift.svg")
+    plot_latency(aggs, out / "latency.svg")
+    tl = plot_timeline(raw_paths, out / "timeline.svg")
+    conf = aggs[0]["aggregation"]["confidence"] if aggs else 0.95
+    methods = _methods_text(aggs)
+    ci = f"Intervals: {conf:.0%} Student-t intervals of the mean across cycles (sample std, ddof 1)."
+    captions = {
+        "efficiency": (
+            "J per output token against output tokens per second, one point per experiment, with "
+            f"{ci[11:]} Squares mark experiments whose energy includes estimates. The dashed line is the Pareto "
+            f"front (no other experiment is both faster and cheaper): {', '.join(eff['pareto']) or 'n/a'}.\n\n"
+            f"Methods and flags:\n\n{methods}"
+        ),
+        "drift": f"Gross window energy of every cycle, per experiment: a trend across cycles means drift (thermal state, background load) rather than noise. {ci}\n\n{methods}",
+        "latency": "Time to first token and end-to-end latency percentiles (p50, p90, p99), pooled over all requests of all cycles; request start is the submission of its batch; warm-up excluded; from per-step timestamps.",
+        "timeline": (
+            "Board power and temperature (GPU) or CPU utilisation (no GPU) during the measurement window of "
+            f"{tl['run'] or 'no run (no timeline saved)'}, sampled at ≤ 10 Hz without touching the energy counter; "
+            "shaded intervals are prefill."
+            + (f" Energy split: {json.dumps({k: v for k, v in tl['phases'].items() if k.endswith('_j') or k == 'method'})}." if tl.get("phases") else "")
+        ),
+    }
+    for name, text in captions.items():
+        (out / f"{name}.rst").write_text(text + "\n", encoding="utf-8")
+    return {"pareto": eff["pareto"], "timeline_run": tl["run"]}
