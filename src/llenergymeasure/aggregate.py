@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-from .results import AGGREGATED_SCHEMA, RAW_SCHEMA, SCHEMA_VERSION, read_result, validate_result, write_json_atomic
+from .results import (
+    AGGREGATED_SCHEMA,
+    RAW_SCHEMA,
+    SCHEMA_VERSION,
+    read_result,
+    validate_result,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .stats import distribution, summarise
 
 #: metric name in aggregated/summary -> how to read it from one raw result
@@ -225,7 +231,7 @@ def write_summary_rows(rows: list[dict], output: str) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row[k]) for k in SUMMARY_COLUMNS})
-    _write_text_atomic(output, buf.getvalue())
+    write_text_atomic(output, buf.getvalue(), durable=False)
 
 
 def read_summary(path: str) -> list[dict]:
@@ -253,16 +259,6 @@ def read_summary(path: str) -> list[dict]:
             validate_result(row, "summary_row", f"{path} row {row.get('experiment_id')}")
             rows.append(row)
     return rows
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, p)
 
 
 # ------------------------------------------------------------------------------------------------ thermal audit

@@ -70,19 +70,15 @@ def _validator(schema_name: str):
     return jsonschema.Draft202012Validator(load_schema(schema_name))
 
 
-def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = None, durable: bool = True) -> None:
-    """Validate, then write to a temp file in the same folder and rename it over ``path``: readers see the old
-    file or the new one, never a part. ``durable`` (measurements) also fsyncs and indents for people; derived
-    files skip both (they can be recomputed, and compact JSON is several times faster to write)."""
+def write_text_atomic(path: str | Path, text: str, durable: bool = True) -> None:
+    """Write to a temp file in the same folder and rename it over ``path``: readers see the old file or the new
+    one, never a part, and a crash leaves no partial file. ``durable`` also fsyncs before the rename."""
     path = Path(path)
-    if schema_name:
-        validate_result(data, schema_name, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(data, indent=1 if durable else None, allow_nan=False))
-            fh.write("\n")
+            fh.write(text)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -92,6 +88,15 @@ def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = No
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = None, durable: bool = True) -> None:
+    """Validate, then write atomically (:func:`write_text_atomic`). ``durable`` (measurements) also fsyncs and
+    indents for people; derived files skip both (they can be recomputed, and compact JSON is several times faster
+    to write)."""
+    if schema_name:
+        validate_result(data, schema_name, str(path))
+    write_text_atomic(path, json.dumps(data, indent=1 if durable else None, allow_nan=False) + "\n", durable)
 
 
 def read_result(path: str | Path, schema_name: str) -> dict:

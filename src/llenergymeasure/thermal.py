@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -57,11 +56,9 @@ def last_window(state_dir: str | Path | None) -> dict | None:
 def record_window(state_dir: str | Path | None, info: dict) -> None:
     if not state_dir:
         return
-    path = _state_file(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
+    from .results import write_text_atomic
+
+    write_text_atomic(_state_file(state_dir), json.dumps(info))
 
 
 def required_gap(previous: dict | None, cycle: int, config_gap_s: float, cycle_gap_s: float) -> tuple[float, str]:

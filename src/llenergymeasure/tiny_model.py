@@ -78,14 +78,6 @@ def _train_tokenizer():
 
 def build_tiny_llama(out_dir: str | Path) -> Path:
     """Build the embedded model into ``out_dir`` (written to a temp folder first, then moved into place)."""
-    return build_random_llama(out_dir, "lem-tiny-llama", TINY_LLAMA_CONFIG)
-
-
-def build_random_llama(out_dir: str | Path, name: str, architecture: dict, dtype: str = "float32") -> Path:
-    """A seeded random-weight Llama of ``architecture`` plus the embedded byte-level tokenizer.
-
-    ``architecture`` may set ``vocab_size`` larger than the tokenizer's (prompts then use the first token ids only).
-    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -94,29 +86,27 @@ def build_random_llama(out_dir: str | Path, name: str, architecture: dict, dtype
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         tokenizer = _train_tokenizer()
-        arch = dict(architecture)
-        vocab = max(arch.pop("vocab_size", 0), len(tokenizer))
         config = LlamaConfig(
-            vocab_size=vocab,
+            vocab_size=len(tokenizer),
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            dtype=dtype,
-            **arch,
+            dtype="float32",
+            **TINY_LLAMA_CONFIG,
         )
         torch.manual_seed(SEED)
-        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+        model = LlamaForCausalLM(config)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         with open(tmp / "lem_model.json", "w", encoding="utf-8") as fh:
             json.dump(
                 {
-                    "name": name,
+                    "name": "lem-tiny-llama",
                     "weights": "random (seeded)",
                     "seed": SEED,
                     "parameters": sum(p.numel() for p in model.parameters()),
-                    "architecture": {**arch, "vocab_size": vocab},
+                    "architecture": {**TINY_LLAMA_CONFIG, "vocab_size": len(tokenizer)},
                 },
                 fh,
                 indent=2,

@@ -111,7 +111,11 @@ class MeterSet:
             m.start()
 
     def stop(self) -> list[ComponentEnergy]:
-        return [m.stop() for m in self.meters]
+        out: list[ComponentEnergy] = []
+        for m in self.meters:
+            r = m.stop()  # a meter covering several components (CodeCarbon) returns a list
+            out.extend(r if isinstance(r, list) else [r])
+        return out
 
     def describe(self) -> list[dict]:
         return [m.describe() for m in self.meters]

@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .base import ComponentEnergy
+from .base import MeterSet
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,10 @@ def read_cached(device_key: str, method: str, ttl_s: float, now: float | None = 
 
 
 def write_cache(record: dict) -> None:
-    path = _cache_file(record["device_key"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp.{os.getpid()}")
-    tmp.write_text(json.dumps({k: v for k, v in record.items() if k not in ("from_cache", "cache_age_s")}, indent=1))
-    os.replace(tmp, path)
+    from ..results import write_text_atomic
+
+    stored = {k: v for k, v in record.items() if k not in ("from_cache", "cache_age_s")}
+    write_text_atomic(_cache_file(record["device_key"]), json.dumps(stored, indent=1))
 
 
 def wait_until_settled(meters: list, interval_s: float = 0.1, sleep=time.sleep, clock=time.monotonic) -> dict:
@@ -88,13 +87,10 @@ def wait_until_settled(meters: list, interval_s: float = 0.1, sleep=time.sleep, 
 def measure_idle(meters: list, duration_s: float, interval_s: float = 0.1, sleep=time.sleep) -> dict[str, dict]:
     """Measure idle power of ``meters`` together over ``duration_s``, through their own energy counters."""
     settle = wait_until_settled(meters, interval_s, sleep=sleep)
-    for m in meters:
-        m.start()
+    together = MeterSet(meters)
+    together.start()
     sleep(duration_s)
-    results: list[ComponentEnergy] = []
-    for m in meters:
-        r = m.stop()
-        results.extend(r if isinstance(r, list) else [r])
+    results = together.stop()
     out = {}
     now = time.time()
     for r in results:

@@ -55,17 +55,6 @@ class CodeCarbonMeter:
         return {"component": "cpu+ram+gpu", "device": "codecarbon", "method": self.method}
 
 
-class CodeCarbonMeterSet(MeterSet):
-    """A MeterSet whose CodeCarbon meter returns several components."""
-
-    def stop(self) -> list[ComponentEnergy]:
-        out: list[ComponentEnergy] = []
-        for m in self.meters:
-            r = m.stop()
-            out.extend(r if isinstance(r, list) else [r])
-        return out
-
-
 class FakeMeter(CounterMeter):
     """Deterministic meter for tests: constant ``power_w`` over a caller-controlled clock. Method ``fake``."""
 
@@ -112,7 +101,7 @@ def select_meters(energy_cfg: dict, use_gpu: bool) -> MeterSet:
     if backend == "codecarbon":
         meters.extend(NvmlGpuMeter(g) for g in gpus)
         meters.append(CodeCarbonMeter(energy_cfg.get("country_iso_code")))
-        ms = CodeCarbonMeterSet(meters)
+        ms = MeterSet(meters)
         ms.unavailable = unavailable
         return ms
     domains = rapl_domains() if backend in ("auto", "rapl") else []
