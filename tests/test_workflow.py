@@ -169,7 +169,10 @@ def test_grouped_order_is_followed(workflow_dir):
     assert [(r["config"]["pytorch"]["batch_size"], r["cycle"]) for r in windows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
 
-def test_kill_and_resume(workflow_dir):
+@pytest.mark.parametrize("victim", ["process group", "snakemake only"])
+def test_kill_and_resume(workflow_dir, victim):
+    """A crash kills everything at once; a kill -9 of Snakemake alone leaves its running measurement orphaned,
+    which must then stop without writing anything."""
     cfg = write_campaign(workflow_dir / "k.yaml", campaign_name="kill")
     raw_dir = workflow_dir / "results" / "kill" / "raw"
     proc = subprocess.Popen(
@@ -193,8 +196,15 @@ def test_kill_and_resume(workflow_dir):
         else:
             pytest.fail("the campaign never reached its second measurement")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # like a crash: snakemake and its jobs die at once
+        if victim == "process group":
+            os.killpg(proc.pid, signal.SIGKILL)  # like a crash: snakemake and its jobs die at once
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    if victim == "snakemake only":
+        time.sleep(8)  # the orphan would have finished its small window by now
+        with pytest.raises(ProcessLookupError):  # ... but it ended with its parent: nothing is left in the group
+            os.killpg(proc.pid, 0)
     finished = list(raw_dir.glob("*/cycle_*.json"))
     assert len(finished) == 1
     kept = finished[0]

@@ -42,6 +42,24 @@ def logging_to(path: str | None, level: str | None = None):
         handler.close()
 
 
+def die_with_parent() -> None:
+    """If Snakemake dies (crash, kill -9), end this measurement too instead of finishing an orphaned window: on
+    Linux the kernel sends SIGTERM, which becomes SystemExit so that temp files are cleaned up on the way out."""
+    import signal
+
+    def _exit(signum, frame):
+        raise SystemExit(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, _exit)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent check before writing still applies
+
+
 def measure(config: dict, experiment_id: str, cycle: int, model_path: str, output: str, log_path: str, runtime: dict):
     """Measurement rule: run one cycle, notify completion or failure, re-raise failures (the job fails).
 
@@ -49,6 +67,7 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
     from .campaign import complete_config
     from .measure import run_experiment
 
+    die_with_parent()
     config = complete_config(config)
     name = runtime.get("names", {}).get(experiment_id, experiment_id)
     settings = runtime.get("notifications")

@@ -151,7 +151,7 @@ def timeline_section(samples, cfg, batches, window, components, output, flags) -
     tdp = next((c.details.get("tdp_w") for c in components if c.method == "estimate_tdp"), None)
     phases = phase_split(samples, batches, window, energy, None if gpu else tdp)
     phases["component"] = primary[0].component if primary else None
-    sidecar = None
+    sidecar, data = None, None
     if cfg["save"] and output:
         sidecar = str(output)[: -len(".json")] + ".timeline.json" if str(output).endswith(".json") else f"{output}.timeline.json"
         w0 = window[0]
@@ -169,9 +169,8 @@ def timeline_section(samples, cfg, batches, window, components, output, flags) -
                 for i in range(len(samples[0].get("gpus", [])) if samples else 0)
             ],  # fmt: skip
         }
-        write_json_atomic(sidecar, data)
-        sidecar = os.path.basename(sidecar)
-    return {"enabled": True, "summary": summary, "sidecar": sidecar, "phases": phases}
+    return {"enabled": True, "summary": summary, "sidecar": sidecar and os.path.basename(sidecar), "phases": phases,
+            "_sidecar_data": (sidecar, data)}  # fmt: skip
 
 
 class Progress:
@@ -410,9 +409,12 @@ def run_experiment(
         },
         "config": config,
     }
+    sidecar_path, sidecar_data = timeline.pop("_sidecar_data", (None, None))
     if output:
         if os.getppid() != parent:
-            raise MeasurementError("the workflow that started this measurement is gone; result not written")
+            raise MeasurementError("the workflow that started this measurement is gone; nothing written")
+        if sidecar_path:
+            write_json_atomic(sidecar_path, sidecar_data)
         write_json_atomic(output, result, RAW_SCHEMA)
     return result
 
