@@ -14,11 +14,13 @@ import json
 import sys
 from pathlib import Path
 
+from llenergymeasure.results import raw_result_files
+
 
 def main(root: str) -> None:
     root_p = Path(root)
     rows = []
-    for raw_path in sorted(root_p.glob("raw/*/cycle_*.json")):
+    for raw_path in raw_result_files(root_p):
         raw = json.loads(raw_path.read_text())
         bench = root_p / "benchmarks" / "measure" / raw_path.parent.name / f"{raw_path.stem}.tsv"
         with open(bench, newline="") as fh:

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_experiment
 from llenergymeasure.measure import run_experiment
-from llenergymeasure.results import validate_result
+from llenergymeasure.results import raw_result_files, validate_result
 
 
 def ts(text):
@@ -103,7 +103,7 @@ def test_gpu_check_script_runs_in_cpu_smoke_mode(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "cpu:" in run.stdout and len(list(tmp_path.glob("raw/*/cycle_*.json"))) == 2
+    assert "cpu:" in run.stdout and len(raw_result_files(tmp_path)) == 2
 
 
 def test_flops_are_analytic_per_request(raw):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from llenergymeasure.aggregate import read_summary
-from llenergymeasure.results import read_result
+from llenergymeasure.results import raw_result_files, read_result
 
 pytestmark = pytest.mark.workflow
 
@@ -153,7 +153,7 @@ def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert "slurm" in (run.stdout + run.stderr).lower()
     root = workflow_dir / "results" / "slurm"
-    raws = sorted(root.glob("raw/*/cycle_*.json"))
+    raws = raw_result_files(root)
     assert len(raws) == 4
     for p in raws:
         r = read_result(p, "raw_result")

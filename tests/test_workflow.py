@@ -18,7 +18,7 @@ import yaml
 
 from conftest import REPO
 from llenergymeasure.aggregate import read_summary
-from llenergymeasure.results import read_result
+from llenergymeasure.results import raw_result_files, read_result
 
 pytestmark = pytest.mark.workflow
 
@@ -97,7 +97,7 @@ def test_full_run_then_edit_one_value(workflow_dir):
         root = workflow_dir / "results" / "wf"
         assert not (workflow_dir / "results" / "default").exists()  # nothing of the default campaign leaked in
 
-        raws = sorted(root.glob("raw/*/cycle_*.json"))
+        raws = raw_result_files(root)
         assert len(raws) == 4
         results = [read_result(p, "raw_result") for p in raws]
         for p in raws:

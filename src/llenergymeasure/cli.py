@@ -63,7 +63,9 @@ def estimate_duration(p) -> dict:
     root = Path(p.results_root)
     known: dict[str, list[float]] = {}
     done = set()
-    for path in root.glob("raw/*/cycle_*.json"):
+    from .results import raw_result_files
+
+    for path in raw_result_files(root):
         try:
             r = json.loads(path.read_text())
         except (OSError, ValueError):

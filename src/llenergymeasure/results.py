@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -97,6 +98,14 @@ def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = No
     if schema_name:
         validate_result(data, schema_name, str(path))
     write_text_atomic(path, json.dumps(data, indent=1 if durable else None, allow_nan=False) + "\n", durable)
+
+
+RAW_NAME = re.compile(r"^cycle_[1-9][0-9]*\.json$")
+
+
+def raw_result_files(results_root: str | Path) -> list[Path]:
+    """The raw results under ``<results_root>/raw/`` (``cycle_<n>.json``; timeline sidecars excluded), sorted."""
+    return sorted(p for p in Path(results_root).glob("raw/*/cycle_*.json") if RAW_NAME.match(p.name))
 
 
 def read_result(path: str | Path, schema_name: str) -> dict:
