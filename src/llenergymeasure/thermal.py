@@ -88,21 +88,30 @@ def wait_gap(state_dir, cycle: int, config_gap_s: float, cycle_gap_s: float, sle
     }
 
 
-def cpu_temperature_c() -> float | None:
-    """CPU package temperature from /sys/class/thermal (x86_pkg_temp preferred), or None where not exposed."""
-    zones = sorted(Path("/sys/class/thermal").glob("thermal_zone*"))
+def cpu_temperature_file() -> Path | None:
+    """The sysfs file of the CPU package temperature (x86_pkg_temp and the like preferred), or None."""
     best = None
-    for zone in zones:
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
         try:
             kind = (zone / "type").read_text().strip()
-            value = int((zone / "temp").read_text()) / 1000.0
+            int((zone / "temp").read_text())
         except (OSError, ValueError):
             continue
         if kind in ("x86_pkg_temp", "k10temp", "cpu-thermal", "cpu_thermal"):
-            return value
-        if best is None:
-            best = value
+            return zone / "temp"
+        best = best or zone / "temp"
     return best
+
+
+def cpu_temperature_c(path: Path | None = None) -> float | None:
+    """CPU temperature in °C from ``path`` (default: :func:`cpu_temperature_file`), or None where not exposed."""
+    path = path or cpu_temperature_file()
+    if path is None:
+        return None
+    try:
+        return int(path.read_text()) / 1000.0
+    except (OSError, ValueError):
+        return None
 
 
 def temperatures(meters) -> dict:

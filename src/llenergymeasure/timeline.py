@@ -15,7 +15,7 @@ import statistics
 import threading
 import time
 
-from .thermal import cpu_temperature_c
+from .thermal import cpu_temperature_c, cpu_temperature_file
 
 MIN_INTERVAL_S = 0.1  # at most 10 Hz
 
@@ -50,6 +50,7 @@ class TimelineSampler:
         self.interval_s = max(float(interval_s), MIN_INTERVAL_S)
         self.gpus = [m for m in gpu_meters if hasattr(m, "gpu")]
         self.samples: list[dict] = []
+        self._cpu_temp_file = cpu_temperature_file()  # found once: the sampling loop only reads it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._nv = None
@@ -91,7 +92,8 @@ class TimelineSampler:
             if prev and cur and cur[1] > prev[1]:
                 util = 100.0 * (cur[0] - prev[0]) / (cur[1] - prev[1])
             prev = cur
-            sample = {"t": t, "cpu_util_pct": util, "rss_bytes": _rss_bytes(), "cpu_temperature_c": cpu_temperature_c()}
+            temp = cpu_temperature_c(self._cpu_temp_file) if self._cpu_temp_file else None
+            sample = {"t": t, "cpu_util_pct": util, "rss_bytes": _rss_bytes(), "cpu_temperature_c": temp}
             if self.gpus:
                 sample["gpus"] = [self._gpu_sample(m) for m in self.gpus]
             self.samples.append(sample)
