@@ -84,8 +84,8 @@ def main() -> int:
             )
             raws[bs].append(str(path))
 
-    print(f"\n{'bs':>4} {'tok/s':>9} {'E gross J':>10} {'E net J':>9} {'J/tok':>8} {'net J/tok':>9} {'CV(E)':>6} "
-          f"{'window/job':>10} {'method':<22} ref tok/s, J/tok (H200)")
+    print(f"\n{'bs':>4} {'tok/s':>9} {'E gross J':>10} {'E net J':>9} {'J/tok':>8} {'net J/tok':>9} {'GPU J/tok':>9} "
+          f"{'CV(E)':>6} {'window/job':>10} {'method':<34} ref tok/s, GPU J/tok (H200)")
     summary = []
     for bs in batch_sizes:
         agg = aggregate_experiment(raws[bs], f"bs{bs}", cv_threshold=0.1, confidence=0.95)
@@ -96,8 +96,9 @@ def main() -> int:
         print(
             f"{bs:>4} {m['output_tokens_per_s']['mean']:9.1f} {m['energy_j']['mean'] or float('nan'):10.2f} "
             f"{m['energy_net_j']['mean'] or float('nan'):9.2f} {m['j_per_output_token']['mean'] or float('nan'):8.4f} "
-            f"{m['net_j_per_output_token']['mean'] or float('nan'):9.4f} {m['energy_j']['cv'] or 0:6.3f} {share:10.1%} "
-            f"{agg['energy_method']:<22} {ref if ref and not args.tiny else '-'}"
+            f"{m['net_j_per_output_token']['mean'] or float('nan'):9.4f} "
+            f"{m['gpu_j_per_output_token']['mean'] or float('nan'):9.4f} {m['energy_j']['cv'] or 0:6.3f} {share:10.1%} "
+            f"{agg['energy_method']:<34} {ref if ref and not args.tiny else '-'}"
         )
         summary.append({"batch_size": bs, "flags": agg["flags"], "cv_flag": agg["cv_flag"]})
     print("\nflags:", json.dumps(summary))

@@ -119,3 +119,13 @@ def test_thermal_audit_flags_short_gaps(tmp_path, template):
     report = thermal_audit(paths, str(tmp_path / "thermal.json"))
     assert report["ok"] is False and "shorter than the 300.0 s" in report["problems"][0]["problem"]
     assert [w["cycle"] for w in report["windows"]] == [1, 2]
+
+
+def test_per_component_metrics(tmp_path, template):
+    """GPU-only energy and J/token stay separate from totals that may include CPU estimates."""
+    paths = write_cycles(tmp_path, template, [1.0, 2.0])
+    agg = aggregate_experiment(paths, "n", 0.1, 0.95)
+    cpu = sum(c["gross_energy_j"] for c in template["energy"]["components"] if c["component"] == "cpu")
+    assert agg["metrics"]["cpu_energy_j"]["values"] == [cpu, cpu]
+    assert agg["metrics"]["gpu_energy_j"]["values"] == [None, None]  # no GPU here: unavailable, not zero
+    assert agg["metrics"]["gpu_j_per_output_token"]["mean"] is None

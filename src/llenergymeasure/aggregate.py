@@ -18,6 +18,19 @@ from .results import (
 )
 from .stats import distribution, summarise
 
+def _component_j(r: dict, component: str) -> float | None:
+    """Gross window energy of one kind of device (all GPUs, say); None when absent or any value is missing."""
+    rows = [c for c in r["energy"]["components"] if c["component"] == component]
+    if not rows or any(c["gross_energy_j"] is None for c in rows):
+        return None
+    return sum(c["gross_energy_j"] for c in rows)
+
+
+def _per_output_token(value: float | None, r: dict) -> float | None:
+    n = r["tokens"]["output_tokens"]
+    return None if value is None or not n else value / n
+
+
 #: metric name in aggregated/summary -> how to read it from one raw result
 METRICS = {
     "energy_j": lambda r: r["energy"]["total"]["gross_energy_j"],
@@ -33,6 +46,9 @@ METRICS = {
     "itl_mean_ms": lambda r: r["latency"]["itl_ms"]["mean"],
     "co2_kg": lambda r: r["energy"]["emissions"]["co2_kg"],
     "total_flops": lambda r: r["flops"]["total_flops"],
+    "gpu_energy_j": lambda r: _component_j(r, "gpu"),
+    "cpu_energy_j": lambda r: _component_j(r, "cpu"),
+    "gpu_j_per_output_token": lambda r: _per_output_token(_component_j(r, "gpu"), r),
 }
 
 #: metrics whose CV across cycles decides ``cv_flag``
@@ -160,6 +176,7 @@ SUMMARY_COLUMNS = [
     "energy_net_j_mean", "energy_net_j_ci_low", "energy_net_j_ci_high",
     "j_per_output_token_mean", "j_per_output_token_ci_low", "j_per_output_token_ci_high",
     "net_j_per_output_token_mean",
+    "gpu_energy_j_mean", "cpu_energy_j_mean", "gpu_j_per_output_token_mean",
     "output_tokens_per_s_mean", "output_tokens_per_s_ci_low", "output_tokens_per_s_ci_high",
     "mean_power_w_mean", "e2e_latency_mean_ms_mean", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
     "co2_kg_mean", "window_duration_s_mean", "total_flops_mean",
