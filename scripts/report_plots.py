@@ -6,7 +6,7 @@ from llenergymeasure.jobs import report_plots
 
 report_plots(
     aggregated=snakemake.params.aggregated,
-    raw=snakemake.input.raw,
+    raw=snakemake.params.raw,
     out_dir=str(Path(snakemake.output.efficiency).parent),
     log_path=snakemake.log[0],
 )

@@ -2,7 +2,7 @@
 rule report_plots:
     input:
         summary=f"{ROOT}/summary.csv",
-        raw=all_raw_results(),
+        thermal=f"{ROOT}/thermal_gaps.json",
     output:
         efficiency=report(
             f"{ROOT}/report/efficiency.svg",
@@ -30,5 +30,6 @@ rule report_plots:
         "../envs/llenergymeasure.yaml"
     params:
         aggregated=aggregated_results(),
+        raw=all_raw_results(),
     script:
         "../scripts/report_plots.py"
