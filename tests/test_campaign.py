@@ -223,3 +223,23 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
     (folder / "train.jsonl").write_text("".join(f'{{"instruction": "task {i}", "other": 1}}\n' for i in range(5)))
     assert load_prompts({"name": str(folder), "column": "instruction"}, 3) == ["task 0", "task 1", "task 2"]
     assert load_prompts({"name": str(folder)}, 2) == ["task 0", "task 1"]  # column auto-detected
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("timeline.interval_ms", 50, "= 50 is out of range; allowed: >= 100"),
+        ("timeline.save", "yes", "= 'yes' has the wrong type; allowed: boolean"),
+        ("no_weights", 1, "= 1 has the wrong type; allowed: boolean"),
+        ("energy.repeat_to_min_window", "x", "= 'x' has the wrong type; allowed: boolean"),
+        ("energy.backend", "powermeter", "= 'powermeter' is not allowed; allowed: auto, nvml, rapl, estimate, codecarbon"),
+        ("energy.country_iso_code", "FR", "= 'FR' is not allowed; allowed: ISO 3166-1 alpha-3"),
+        ("pytorch.num_processes", 2, "= 2 is out of range; allowed: <= 1"),
+        ("warmup.window_size", 2, "= 2 is out of range; allowed: >= 3"),
+    ],
+)
+def test_bad_experiment_values_in_grid(tmp_path, key, value, expected):
+    c = campaign(tmp_path, grid={"backends": ["pytorch"], "shared": {key: [value]}})
+    with pytest.raises(ConfigError) as info:
+        expand(c)
+    assert f"key 'grid.shared.{key}' {expected}" in str(info.value)
