@@ -1,12 +1,10 @@
 """Rule aggregate: every experiment across its cycles, and summary.csv."""
 
-from pathlib import Path
-
 from llenergymeasure.jobs import aggregate
 
 aggregate(
     inputs=snakemake.input,
-    out_dir=str(Path(snakemake.output.summary).parent / "aggregated"),
+    out_dir=snakemake.output.aggregated,
     summary=snakemake.output.summary,
     log_path=snakemake.log[0],
     names=snakemake.params.names,

@@ -151,6 +151,10 @@ def test_full_run_then_edit_one_value(workflow_dir):
         assert counts.get("measure") == 2 and counts.get("aggregate") == 1, counts
         scheduled = re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr)
         assert len(scheduled) == 2 and all("-bs3-" in e for e, _ in scheduled), scheduled
+        # asking for the summary alone must see the change too (the aggregation job's own provenance)
+        only = snakemake(workflow_dir, "results/wf/summary.csv", "-n", "--configfile", str(cfg))
+        counts = job_counts(only.stdout + only.stderr)
+        assert counts.get("measure") == 2 and counts.get("aggregate") == 1, only.stdout + only.stderr
         assert {p: (sha(p), p.stat().st_mtime) for p in raws} == before
     finally:
         hook.close()

@@ -1,10 +1,12 @@
 # Every experiment across its cycles and the campaign summary, in one job (cheap per experiment, so one job keeps
-# big campaigns fast), and the thermal-gap audit of every window.
+# big campaigns fast), and the thermal-gap audit of every window. The aggregated files are one directory output:
+# a fixed set of outputs keeps Snakemake's provenance (input set, params) in charge of reruns whatever the
+# experiments are, and a rerun clears files of experiments that left the campaign.
 rule aggregate:
     input:
         all_raw_results(),
     output:
-        aggregated=aggregated_results(),
+        aggregated=directory(f"{ROOT}/aggregated"),
         summary=report(
             f"{ROOT}/summary.csv",
             caption="report/summary.rst",
