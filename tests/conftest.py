@@ -63,8 +63,8 @@ def tiny_experiment(**overrides) -> dict:
 
 @pytest.fixture
 def workflow_dir(tmp_path) -> Path:
-    """A copy of the workflow (Snakefile, rules, scripts, envs, default config) in a temp dir."""
-    for name in ("Snakefile", "workflow", "scripts", "envs", "config"):
+    """A copy of the workflow (Snakefile, rules, scripts, envs, default config, profiles) in a temp dir."""
+    for name in ("Snakefile", "workflow", "scripts", "envs", "config", "profiles"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, tmp_path / name)

@@ -127,7 +127,6 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 
 def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
-    shutil.copytree(Path(__file__).resolve().parents[1] / "profiles", workflow_dir / "profiles")
     campaign = {
         "campaign_name": "slurm",
         "model": "lem-tiny-llama",
