@@ -2,4 +2,4 @@
 
 from llenergymeasure.jobs import thermal_gaps
 
-thermal_gaps(inputs=snakemake.input, output=snakemake.output[0], log_path=snakemake.log[0])
+thermal_gaps(aggregated=snakemake.params.aggregated, output=snakemake.output[0], log_path=snakemake.log[0])

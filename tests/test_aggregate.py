@@ -116,9 +116,12 @@ def test_thermal_audit_flags_short_gaps(tmp_path, template):
         p = tmp_path / f"cycle_{i}.json"
         write_json_atomic(p, r, "raw_result")
         paths.append(str(p))
-    report = thermal_audit(paths, str(tmp_path / "thermal.json"))
+    agg = tmp_path / "agg.json"
+    write_aggregated(paths, str(agg), "n", 0.1, 0.95)
+    report = thermal_audit([str(agg)], str(tmp_path / "thermal.json"))
     assert report["ok"] is False and "shorter than the 300.0 s" in report["problems"][0]["problem"]
-    assert [w["cycle"] for w in report["windows"]] == [1, 2]
+    assert [w["cycle"] for w in report["windows"]] == [1, 2] and report["windows"][1]["gap_kind"] == "cycle"
+    assert report["windows"][0]["host"] == template["environment"]["host"]
 
 
 def test_per_component_metrics(tmp_path, template):

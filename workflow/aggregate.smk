@@ -1,5 +1,6 @@
 # Every experiment across its cycles and the campaign summary, in one job (cheap per experiment, so one job keeps
-# big campaigns fast), and the thermal-gap audit of every window. The aggregated files are one directory output:
+# big campaigns fast), and the thermal-gap audit of every window (read from the aggregated per-cycle records, so
+# that only the aggregation job has one DAG edge per raw result). The aggregated files are one directory output:
 # a fixed set of outputs keeps Snakemake's provenance (input set, params) in charge of reruns whatever the
 # experiments are, and a rerun clears files of experiments that left the campaign.
 rule aggregate:
@@ -25,12 +26,15 @@ rule aggregate:
 
 rule thermal_gaps:
     input:
-        all_raw_results(),
+        aggregated=f"{ROOT}/aggregated",
+        summary=f"{ROOT}/summary.csv",
     output:
         f"{ROOT}/thermal_gaps.json",
     log:
         f"{ROOT}/logs/thermal_gaps.log",
     conda:
         "../envs/llenergymeasure.yaml"
+    params:
+        aggregated=aggregated_results(),
     script:
         "../scripts/thermal_gaps.py"

@@ -51,6 +51,9 @@ METRICS = {
     "gpu_j_per_output_token": lambda r: _per_output_token(_component_j(r, "gpu"), r),
 }
 
+THERMAL_KEYS = ("gap_kind", "gap_required_s", "gap_waited_s", "since_previous_window_s", "temperature_start_c",
+                "temperature_end_c")  # fmt: skip
+
 #: metrics whose CV across cycles decides ``cv_flag``
 CV_METRICS = ("energy_j", "j_per_output_token")
 
@@ -129,6 +132,7 @@ def aggregate_experiment(raw_paths: list[str], config_name: str, cv_threshold: f
                 "window_end": r["timestamps"]["window_end"],
                 **{name: get(r) for name, get in METRICS.items()},
                 "flags": [f["code"] for f in r["flags"]],
+                "thermal": {"host": r["environment"]["host"], **{k: r["thermal"].get(k) for k in THERMAL_KEYS}},
             }
             for r in raws
         ],
@@ -281,24 +285,16 @@ def read_summary(path: str) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ thermal audit
 
 
-def thermal_audit(raw_paths: list[str], output: str, tolerance_s: float = 0.5) -> dict:
+def thermal_audit(aggregated_paths: list[str], output: str, tolerance_s: float = 0.5) -> dict:
     """Chronological list of every window with the gap it asked for and got; flags gaps shorter than asked for
-    (possible when measurements ran in parallel) and overlapping windows."""
+    (possible when measurements ran in parallel) and overlapping windows on one host. Reads the per-cycle records
+    of the aggregated results (one file per experiment, not one per cycle)."""
     windows = []
-    for path in raw_paths:
-        r = read_result(path, RAW_SCHEMA)
-        windows.append(
-            {
-                "experiment_id": r["experiment_id"],
-                "cycle": r["cycle"],
-                "host": r["environment"]["host"],
-                "window_start": r["timestamps"]["window_start"],
-                "window_end": r["timestamps"]["window_end"],
-                **{k: r["thermal"].get(k) for k in ("gap_kind", "gap_required_s", "gap_waited_s", "since_previous_window_s")},
-                "temperature_start_c": r["thermal"]["temperature_start_c"],
-                "temperature_end_c": r["thermal"]["temperature_end_c"],
-            }
-        )
+    for path in aggregated_paths:
+        agg = read_result(path, AGGREGATED_SCHEMA)
+        for c in agg["per_cycle"]:
+            windows.append({"experiment_id": agg["experiment_id"], "cycle": c["cycle"], "window_start": c["window_start"],
+                            "window_end": c["window_end"], **c["thermal"]})  # fmt: skip
     windows.sort(key=lambda w: w["window_start"])
     problems = []
     last_end: dict[str, str] = {}
@@ -311,5 +307,5 @@ def thermal_audit(raw_paths: list[str], output: str, tolerance_s: float = 0.5) -
             problems.append({"experiment_id": w["experiment_id"], "cycle": w["cycle"], "problem": f"gap {since:.1f} s shorter than the {w['gap_required_s']} s asked for"})
         last_end[w["host"]] = max(prev or "", w["window_end"])
     report = {"schema_version": SCHEMA_VERSION, "windows": windows, "problems": problems, "ok": not problems}
-    write_json_atomic(output, report)
+    write_json_atomic(output, report, durable=False)
     return report

@@ -147,11 +147,11 @@ def aggregate(inputs: list[str], out_dir: str, summary: str, log_path: str, name
         log.info("aggregated %d experiments; summary in %s", len(rows), summary)
 
 
-def thermal_gaps(inputs: list[str], output: str, log_path: str) -> None:
+def thermal_gaps(aggregated: list[str], output: str, log_path: str) -> None:
     from .aggregate import thermal_audit
 
     with logging_to(log_path):
-        report = thermal_audit(list(inputs), output)
+        report = thermal_audit(list(aggregated), output)
         for p in report["problems"]:
             log.warning("thermal gap: %s cycle %s: %s", p["experiment_id"], p["cycle"], p["problem"])
 
