@@ -11,6 +11,7 @@ from .results import (
     AGGREGATED_SCHEMA,
     RAW_SCHEMA,
     SCHEMA_VERSION,
+    SUMMARY_SCHEMA,
     read_result,
     validate_result,
     write_json_atomic,
@@ -246,7 +247,7 @@ def write_summary(aggregated_paths: list[str], output: str) -> list[dict]:
 
 def write_summary_rows(rows: list[dict], output: str) -> None:
     for row in rows:
-        validate_result(row, "summary_row", f"{output} row {row['experiment_id']}")
+        validate_result(row, SUMMARY_SCHEMA, f"{output} row {row['experiment_id']}")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -259,7 +260,7 @@ def read_summary(path: str) -> list[dict]:
     """Parse summary.csv back into typed rows (types from the summary-row schema) and validate each."""
     from .config import load_schema
 
-    props = load_schema("summary_row")["properties"]
+    props = load_schema(SUMMARY_SCHEMA)["properties"]
     rows = []
     with open(path, newline="", encoding="utf-8") as fh:
         for raw in csv.DictReader(fh):
@@ -277,7 +278,7 @@ def read_summary(path: str) -> list[dict]:
                     row[key] = float(text)
                 else:
                     row[key] = text
-            validate_result(row, "summary_row", f"{path} row {row.get('experiment_id')}")
+            validate_result(row, SUMMARY_SCHEMA, f"{path} row {row.get('experiment_id')}")
             rows.append(row)
     return rows
 

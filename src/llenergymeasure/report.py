@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PLOTS = ("efficiency", "drift", "latency", "timeline")
-
-
 def _plt():
     import matplotlib
 

@@ -61,7 +61,7 @@ def runtime(p: Plan) -> dict:
         "cycle_gap_s": ex["cycle_gap_seconds"],
         "cycles": ex["cycles"],
         "notifications": p.campaign["notifications"],
-        "names": {e.experiment_id: e.config_name for e in p.expansion.experiments},
+        "names": config_names(p),
     }
 
 

@@ -8,7 +8,7 @@ the value. An unavailable or untrustworthy value is ``None`` plus a flag, never 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -31,10 +31,6 @@ class ComponentEnergy:
             return None
         return self.energy_j / self.duration_s
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["mean_power_w"] = self.mean_power_w
-        return out
 
 
 class Meter(Protocol):
