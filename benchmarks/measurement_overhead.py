@@ -61,7 +61,7 @@ def main() -> int:
     backend.load()
     prompts = load_prompts(cfg["dataset"], args.prompts)
     batches = backend.plan(prompts)
-    meters = select_meters(cfg["energy"], use_gpu=args.device == "cuda")
+    meters = select_meters(cfg["energy"], gpu_count=1 if args.device == "cuda" else 0)
     kwargs = backend._generate_kwargs(args.new_tokens, args.new_tokens)
     tok, net = backend.tokenizer, backend.model
 

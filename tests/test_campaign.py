@@ -39,20 +39,61 @@ def test_grid_product_and_names(tmp_path):
     assert {e.config["pytorch"]["batch_size"] for e in exp.experiments} == {1, 4, 8}
 
 
-def test_unimplemented_backend_and_invalid_combination_are_dropped_with_reason(tmp_path):
+def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
     c = campaign(
         tmp_path,
         grid={
-            "backends": ["pytorch", "vllm"],
-            "shared": {"max_output_tokens": [4, 16], "min_output_tokens": 8},
+            "backends": ["pytorch", "vllm", "tensorrt"],
+            "shared": {"fp_precision": ["float32", "float16"], "max_output_tokens": [4, 16], "min_output_tokens": 8},
         },
     )
     exp = expand(c)
-    assert [e.config["max_output_tokens"] for e in exp.experiments] == [16]
-    reasons = " | ".join(r for _, r in exp.dropped)
-    assert "min_output_tokens = 8 is larger than max_output_tokens = 4" in reasons
-    assert "backend 'vllm' is not available" in reasons
-    assert len(exp.dropped) == 3
+    kept = sorted((e.backend, e.config["fp_precision"]) for e in exp.experiments)
+    assert kept == [("pytorch", "float16"), ("pytorch", "float32"), ("tensorrt", "float16"), ("vllm", "float16"), ("vllm", "float32")]
+    assert all(e.config["max_output_tokens"] == 16 for e in exp.experiments)
+    reasons = [r for _, r in exp.dropped]
+    assert sum("min_output_tokens = 8 is larger than max_output_tokens = 4" in r for r in reasons) == 5
+    assert reasons.count("TensorRT-LLM builds float16/bfloat16 engines: fp_precision = float32 is not supported") == 2
+    assert len(exp.dropped) == 7
+    ids = {e.backend: e.experiment_id for e in exp.experiments if e.config["fp_precision"] == "float16"}
+    assert "-seqs256-" in ids["vllm"] and "-bs8-" in ids["tensorrt"] and "-bs1-" in ids["pytorch"]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "reason"),
+    [
+        ({"backend": "vllm", "device": "cpu"}, "backend = vllm runs on CUDA GPUs only, but device = cpu"),
+        ({"backend": "tensorrt", "device": "cpu"}, "backend = tensorrt runs on CUDA GPUs only"),
+        ({"backend": "vllm", "pytorch": {"load_in_4bit": True}}, "pytorch.load_in_4bit is set, but backend = vllm"),
+        ({"backend": "pytorch", "vllm": {"max_num_seqs": 8}}, "vllm.max_num_seqs is set, but backend = pytorch"),
+        ({"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}, "vllm.tensor_parallel_size x pipeline_parallel_size = 2, but gpus lists 1 GPU(s) [0]"),
+        ({"backend": "vllm", "vllm": {"tensor_parallel_size": 2}, "gpus": [0, 1, 2]}, "= 2, but gpus lists 3 GPU(s)"),
+        ({"backend": "tensorrt", "tensorrt": {"tp_size": 2, "pp_size": 2}, "gpus": [0, 1]}, "tensorrt.tp_size x pp_size = 4, but gpus lists 2"),
+        ({"backend": "pytorch", "device": "cuda", "pytorch": {"num_processes": 2}}, "pytorch.num_processes = 2, but gpus lists 1"),
+        ({"backend": "pytorch", "device": "cpu", "pytorch": {"load_in_8bit": True}}, "needs a CUDA device, but device = cpu"),
+        ({"backend": "pytorch", "device": "cuda", "pytorch": {"load_in_8bit": True, "load_in_4bit": True}}, "mutually exclusive"),
+        ({"backend": "pytorch", "adapter": "some/lora"}, "adapter (LoRA) is supported on backend vllm only"),
+        ({"backend": "vllm", "adapter": "some/lora"}, "adapter is set, but vllm.lora.enabled = false"),
+        ({"backend": "vllm", "vllm": {"speculative": {"method": "eagle"}}}, "vllm.speculative.method = eagle needs vllm.speculative.model"),
+        ({"backend": "vllm", "vllm": {"speculative": {"method": "ngram"}}}, "needs vllm.speculative.prompt_lookup_max"),
+        ({"backend": "vllm", "vllm": {"max_model_len": 100}}, "vllm.max_model_len = 100 is smaller than max_input_tokens + max_output_tokens = 640"),
+        ({"backend": "vllm", "vllm": {"max_num_batched_tokens": 100}}, "chunked prefill is off"),
+        ({"backend": "tensorrt", "tensorrt": {"max_input_len": 100}}, "tensorrt.max_input_len = 100 is smaller than max_input_tokens = 512"),
+        ({"backend": "vllm", "no_weights": True, "model_name": "llama-3.2-1b"}, "backend vllm loads checkpoints only"),
+    ],
+)
+def test_capability_checks_give_the_reason(experiment, reason):
+    from llenergymeasure.campaign import resolve_experiment, semantic_problem
+
+    problem = semantic_problem(resolve_experiment({"model_name": "some/model", **experiment}))
+    assert problem is not None and reason in problem
+
+
+def test_a_capability_problem_in_an_experiment_file_stops_the_campaign(tmp_path):
+    (tmp_path / "trt.yaml").write_text("model_name: some/model\nbackend: tensorrt\nfp_precision: float32\n")
+    c = campaign(tmp_path, configs=["trt.yaml"])
+    with pytest.raises(ConfigError, match=r"configs\[trt.yaml\].*fp_precision = float32 is not supported"):
+        expand(c)
 
 
 def test_bad_grid_value_is_an_error_naming_the_key(tmp_path):
@@ -192,7 +233,8 @@ def test_describe_verbosity(tmp_path):
 
     from llenergymeasure.workflow import describe
 
-    p = plan(campaign(tmp_path, grid={"backends": ["pytorch", "vllm"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}))
+    grid = {"backends": ["pytorch", "tensorrt"], "shared": {"fp_precision": "float32"}, "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
+    p = plan(campaign(tmp_path, grid=grid))
     out = {}
     for level in ("quiet", "normal", "verbose"):
         buf = io.StringIO()
@@ -200,7 +242,7 @@ def test_describe_verbosity(tmp_path):
         out[level] = buf.getvalue()
     assert out["quiet"] == ""
     assert "2 experiments x 3 cycles" in out["normal"] and "dropped pytorch" not in out["normal"]
-    assert "dropped vllm-lem-tiny-llama: backend 'vllm' is not available" in out["normal"]
+    assert "dropped tensorrt-lem-tiny-llama: TensorRT-LLM builds float16/bfloat16 engines" in out["normal"]
     assert all(e.experiment_id in out["verbose"] for e in p.expansion.experiments)
     assert not any(e.experiment_id in out["normal"] for e in p.expansion.experiments)
 
@@ -234,7 +276,7 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("energy.repeat_to_min_window", "x", "= 'x' has the wrong type; allowed: boolean"),
         ("energy.backend", "powermeter", "= 'powermeter' is not allowed; allowed: auto, nvml, rapl, estimate, codecarbon"),
         ("energy.country_iso_code", "FR", "= 'FR' is not allowed; allowed: ISO 3166-1 alpha-3"),
-        ("pytorch.num_processes", 2, "= 2 is out of range; allowed: <= 1"),
+        ("pytorch.num_processes", 65, "= 65 is out of range; allowed: <= 64"),
         ("warmup.window_size", 2, "= 2 is out of range; allowed: >= 3"),
     ],
 )

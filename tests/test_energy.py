@@ -118,7 +118,7 @@ def test_cpu_estimate_from_busy_time(tmp_path):
 
 
 def test_select_meters_without_gpu_or_rapl_estimates_and_says_so():
-    ms = select_meters({"backend": "auto", "cpu_tdp_w": None}, use_gpu=False)
+    ms = select_meters({"backend": "auto", "cpu_tdp_w": None}, gpu_count=0)
     assert [m.method for m in ms.meters] in (["estimate_tdp"], ["rapl"], ["rapl", "rapl"])
     if ms.meters[0].method == "estimate_tdp":
         assert any(u["component"] == "ram" for u in ms.unavailable)
@@ -128,7 +128,7 @@ def test_select_meters_insists_on_requested_source():
     from llenergymeasure.errors import MeasurementError
 
     with pytest.raises(MeasurementError, match="no NVIDIA GPU"):
-        select_meters({"backend": "nvml"}, use_gpu=True)
+        select_meters({"backend": "nvml"}, gpu_count=1)
 
 
 def test_idle_baseline_cached_with_ttl(isolated_cache):
@@ -171,7 +171,7 @@ def test_meterset_starts_and_stops_all():
 
 def test_codecarbon_backend_labels_its_values():
     pytest.importorskip("codecarbon")
-    ms = select_meters({"backend": "codecarbon", "country_iso_code": "FRA"}, use_gpu=False)
+    ms = select_meters({"backend": "codecarbon", "country_iso_code": "FRA"}, gpu_count=0)
     ms.start()
     sum(range(2_000_000))
     rows = ms.stop()

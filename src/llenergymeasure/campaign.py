@@ -7,6 +7,7 @@ yields a new id (a new measurement) instead of overwriting a finished one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -30,7 +31,8 @@ from .config import (
 from .errors import ConfigError
 
 SCHEMA = "campaign"
-IMPLEMENTED_BACKENDS = ("pytorch",)
+IMPLEMENTED_BACKENDS = ("pytorch", "vllm", "tensorrt")
+BACKEND_SECTIONS = ("pytorch", "vllm", "tensorrt")
 RESULTS_DIR_ENV = "LLM_ENERGY_RESULTS_DIR"
 USER_CONFIG_FILE = ".lem-config.yaml"
 DEFAULT_CAMPAIGN_FILE = "config/campaign.yaml"
@@ -204,6 +206,9 @@ def semantic_problem(config: dict) -> str | None:
     """Why a schema-valid resolved config cannot run, or None."""
     if config["backend"] not in IMPLEMENTED_BACKENDS:
         return f"backend '{config['backend']}' is not available in this version (available: {', '.join(IMPLEMENTED_BACKENDS)})"
+    problem = capability_problem(config)
+    if problem:
+        return problem
     if config["min_output_tokens"] > config["max_output_tokens"]:
         return (
             f"min_output_tokens = {config['min_output_tokens']} is larger than "
@@ -231,6 +236,111 @@ def semantic_problem(config: dict) -> str | None:
     return None
 
 
+def parallel_gpus(config: dict) -> int:
+    """GPUs one experiment occupies: tensor x pipeline parallel for the engines, data-parallel processes for
+    PyTorch (one GPU each), 0 on CPU."""
+    backend = config["backend"]
+    if backend == "vllm":
+        return config["vllm"]["tensor_parallel_size"] * config["vllm"]["pipeline_parallel_size"]
+    if backend == "tensorrt":
+        return config["tensorrt"]["tp_size"] * config["tensorrt"]["pp_size"]
+    return 0 if config["device"] == "cpu" else config["pytorch"]["num_processes"]
+
+
+def capability_problem(config: dict) -> str | None:
+    """Combinations the chosen engine cannot run, known before anything starts."""
+    backend = config["backend"]
+    for other in BACKEND_SECTIONS:
+        if other != backend and config[other] != _default_section(other):
+            root = load_schema(SCHEMA)
+            set_here = prune_defaults({other: config[other]}, root["$defs"]["experiment"], root).get(other)
+            key = next(iter(_dotted(set_here, other)))
+            return f"{key} is set, but backend = {backend}: a {other} section applies to backend {other} only"
+    engine = {"vllm": "vLLM", "tensorrt": "TensorRT-LLM"}.get(backend)
+    if engine and config["device"] == "cpu":
+        return f"backend = {backend} runs on CUDA GPUs only, but device = cpu"
+    if engine and config["no_weights"]:
+        return f"no_weights builds random weights in PyTorch; backend {backend} loads checkpoints only"
+    pt = config["pytorch"]
+    if backend == "pytorch":
+        if pt["load_in_4bit"] and pt["load_in_8bit"]:
+            return "pytorch.load_in_4bit and pytorch.load_in_8bit are mutually exclusive"
+        if (pt["load_in_4bit"] or pt["load_in_8bit"]) and config["device"] == "cpu":
+            return "BitsAndBytes quantisation (pytorch.load_in_4bit/8bit) needs a CUDA device, but device = cpu"
+        if (pt["load_in_4bit"] or pt["load_in_8bit"]) and (config["no_weights"] or pt["num_processes"] > 1):
+            return "BitsAndBytes quantisation is supported for a single process loading a checkpoint"
+        if config["adapter"]:
+            return "adapter (LoRA) is supported on backend vllm only in this version"
+    if backend == "tensorrt":
+        trt = config["tensorrt"]
+        if config["fp_precision"] == "float32":
+            return "TensorRT-LLM builds float16/bfloat16 engines: fp_precision = float32 is not supported"
+        if config["adapter"]:
+            return "adapter (LoRA) is supported on backend vllm only in this version"
+        if trt["max_input_len"] is not None and trt["max_input_len"] < config["max_input_tokens"]:
+            return f"tensorrt.max_input_len = {trt['max_input_len']} is smaller than max_input_tokens = {config['max_input_tokens']}"
+        if trt["max_output_len"] is not None and trt["max_output_len"] < config["max_output_tokens"]:
+            return f"tensorrt.max_output_len = {trt['max_output_len']} is smaller than max_output_tokens = {config['max_output_tokens']}"
+        if trt["engine_path"] and trt["force_rebuild"]:
+            return "tensorrt.engine_path names a prebuilt engine; tensorrt.force_rebuild cannot rebuild it"
+        if trt["quantization"] in ("int4_awq", "int4_gptq", "int8_sq", "fp8") and trt["engine_path"]:
+            return f"tensorrt.quantization = {trt['quantization']} is applied while building; a prebuilt engine_path is used as built"
+    if backend == "vllm":
+        v = config["vllm"]
+        if config["adapter"] and not v["lora"]["enabled"]:
+            return "adapter is set, but vllm.lora.enabled = false"
+        if v["lora"]["enabled"] and not config["adapter"]:
+            return "vllm.lora.enabled = true, but no adapter is set"
+        spec = v["speculative"]
+        if spec["method"] == "ngram" and spec["model"]:
+            return "vllm.speculative.method = ngram looks tokens up in the prompt; it takes no draft model"
+        if spec["method"] == "ngram" and spec["prompt_lookup_max"] is None:
+            return "vllm.speculative.method = ngram needs vllm.speculative.prompt_lookup_max"
+        if spec["method"] not in (None, "ngram") and not spec["model"]:
+            return f"vllm.speculative.method = {spec['method']} needs vllm.speculative.model"
+        if spec["prompt_lookup_max"] is not None and spec["prompt_lookup_max"] < spec["prompt_lookup_min"]:
+            return "vllm.speculative.prompt_lookup_max is smaller than prompt_lookup_min"
+        if v["max_model_len"] is not None and v["max_model_len"] < config["max_input_tokens"] + config["max_output_tokens"]:
+            return (f"vllm.max_model_len = {v['max_model_len']} is smaller than max_input_tokens + max_output_tokens = "
+                    f"{config['max_input_tokens'] + config['max_output_tokens']}")  # fmt: skip
+        budget = v["max_num_batched_tokens"]
+        if budget is not None and not v["enable_chunked_prefill"] and budget < config["max_input_tokens"]:
+            return (f"vllm.max_num_batched_tokens = {budget} is smaller than max_input_tokens = {config['max_input_tokens']} "
+                    "and chunked prefill is off: a long prompt could never be scheduled")  # fmt: skip
+        if v["kv_cache_dtype"] == "fp8" and config["fp_precision"] == "float32":
+            return "vllm.kv_cache_dtype = fp8 with fp_precision = float32 is not supported by vLLM"
+        if v["attention"]["flash_version"] is not None and v["attention"]["backend"] != "FLASH_ATTN":
+            return "vllm.attention.flash_version applies to vllm.attention.backend = FLASH_ATTN only"
+    needed = parallel_gpus(config)
+    if engine or config["device"] == "cuda" or needed > 1:
+        if config["device"] != "cpu" and needed != len(config["gpus"]):
+            what = {"vllm": "vllm.tensor_parallel_size x pipeline_parallel_size", "tensorrt": "tensorrt.tp_size x pp_size"}.get(
+                backend, "pytorch.num_processes")  # fmt: skip
+            return (f"{what} = {needed}, but gpus lists {len(config['gpus'])} GPU(s) {config['gpus']}: list exactly the GPUs "
+                    "the experiment uses, so that its energy covers them all and no other" + (" (or device: cpu)" if backend == "pytorch" else ""))  # fmt: skip
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _default_section_json(name: str) -> str:
+    root = load_schema(SCHEMA)
+    return canonical_json(fill_defaults({}, root["$defs"][name], root))
+
+
+def _default_section(name: str) -> dict:
+    import json
+
+    return json.loads(_default_section_json(name))
+
+
+def _dotted(tree: dict, prefix: str):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _dotted(value, f"{prefix}.{key}")
+        else:
+            yield f"{prefix}.{key}"
+
+
 def _slug(text: str) -> str:
     text = text.rstrip("/").split("/")[-1].lower()
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:32] or "model"
@@ -240,12 +350,22 @@ PRECISION_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def experiment_id(config: dict, sparse: dict | None = None) -> str:
-    """Readable, stable id: ``<backend>-<model>-<precision>-bs<batch>-<10 hex digits>``, the digits hashing the
+    """Readable, stable id: ``<backend>-<model>-<precision>-<batch token>-<10 hex digits>``, the digits hashing the
     resolved config's non-default values (``sparse``, computed with :func:`sparse_config` when not given)."""
     sparse = sparse_config(config) if sparse is None else sparse
     digest = hashlib.sha256(canonical_json(sparse).encode("utf-8")).hexdigest()[:10]
-    batch = config.get(config["backend"], {}).get("batch_size", "x")
-    return f"{config['backend']}-{_slug(config['model_name'])}-{PRECISION_SHORT[config['fp_precision']]}-bs{batch}-{digest}"
+    return f"{config['backend']}-{_slug(config['model_name'])}-{PRECISION_SHORT[config['fp_precision']]}-{batch_token(config)}-{digest}"
+
+
+def batch_token(config: dict) -> str:
+    """The batching knob in an experiment id: bs<N> (PyTorch static/dynamic batch, TensorRT-LLM engine batch
+    limit) or seqs<N> (vLLM's continuous-batch limit)."""
+    backend = config["backend"]
+    if backend == "vllm":
+        return f"seqs{config['vllm']['max_num_seqs']}"
+    if backend == "tensorrt":
+        return f"bs{config['tensorrt']['max_batch_size']}"
+    return f"bs{config['pytorch']['batch_size']}"
 
 
 def _auto_name(backend: str, model: str, varied: dict) -> str:

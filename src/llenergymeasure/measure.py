@@ -19,7 +19,7 @@ import os
 import statistics
 import time
 
-from .backends.pytorch import PyTorchBackend
+from .backends.base import create as create_backend
 from .config import canonical_json
 from .energy.base import ComponentEnergy
 from .energy.baseline import idle_baselines, utc_now_iso
@@ -214,11 +214,9 @@ def run_experiment(
     job_start = utc_now_iso()
     t_job = time.perf_counter()
     parent = os.getppid()
-    if config["backend"] != "pytorch":
-        raise MeasurementError(f"backend '{config['backend']}' is not available in this version")
-    backend = PyTorchBackend(config, model_path)
+    backend = create_backend(config, model_path)
     device = backend.resolve_device()
-    meters = select_meters(config["energy"], use_gpu=device == "cuda")
+    meters = select_meters(config["energy"], gpu_count=backend.gpu_count() if device == "cuda" else 0)
     flags: list[dict] = []
     phases: dict[str, float] = {}
     state_dir = ctx.get("state_dir")
@@ -279,6 +277,9 @@ def run_experiment(
     run_batches = [b for run in runs for b in run.batches]
     timeline = timeline_section(samples, tl_cfg, run_batches, (w0, w1), components, output, flags)
     energy["phases"] = timeline.pop("phases")
+    if runs[0].scheduling != "static" and energy["phases"]["method"] != "unavailable":
+        energy["phases"] = {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
+                            "reason": "continuous batching interleaves prefills and decodes of different requests: no time split exists"}  # fmt: skip
     out_tokens = sum(r.output_tokens for r in reqs)
     in_tokens = sum(r.input_tokens for r in reqs)
     n_req = len(reqs)
@@ -291,6 +292,7 @@ def run_experiment(
         "num_batches": len(run_batches),
         "mean_batch_size": statistics.fmean(b["size"] for b in run_batches),
         "workload_repetitions": len(runs),
+        "scheduling": runs[0].scheduling,
         "requests_at_max_output_tokens": sum(1 for r in reqs if r.output_tokens >= config["max_output_tokens"]),
         "counting": "attention_mask for inputs; generated tokens up to and including EOS for outputs",
     }
@@ -311,8 +313,8 @@ def run_experiment(
     ms = 1000.0
     tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) * ms for r in reqs if r.output_tokens > 1]
     latency = {
-        "method": "per_step_timestamps",
-        "request_start": "submission of the request's batch to generate()",
+        "method": runs[0].latency_method,
+        "request_start": "submission of the request's batch to the engine",
         "ttft_ms": distribution([r.ttft_s * ms for r in reqs]),
         "e2e_ms": distribution([r.e2e_s * ms for r in reqs]),
         "itl_ms": distribution([x * ms for r in reqs for x in r.itl_s]),
@@ -332,9 +334,8 @@ def run_experiment(
         _flag(flags, "short_window", f"window {window_s:.3f} s is shorter than energy.min_window_sec = {min_window} s")
     if warmup["enabled"] and warmup["converged"] is False:
         _flag(flags, "warmup_not_converged", f"latency CV {warmup['final_cv']} still above {warmup['target_cv']} after {warmup['iterations_completed']} runs")
-    bs = config["pytorch"]["batch_size"]
-    if tokens["mean_batch_size"] < bs and config["pytorch"]["batching_strategy"] in ("static", "sorted_static"):
-        _flag(flags, "batch_not_saturated", f"mean batch {tokens['mean_batch_size']:.2f} < batch_size {bs}: fewer prompts than a full batch, or a partial last batch")
+    for code, message in backend.validity_flags(run_batches):
+        _flag(flags, code, message)
     if out_tokens == 0:
         _flag(flags, "no_output_tokens", "no token was generated")
     if config["min_output_tokens"] >= config["max_output_tokens"] and tokens["requests_at_max_output_tokens"] < n_req:
@@ -351,7 +352,7 @@ def run_experiment(
                 _flag(flags, "power_above_limit", f"{m.device}: mean power above the enforced limit {limit:.0f} W")
 
     flops = flops_section(
-        model_dims(backend.model.config), [(r.input_tokens, r.output_tokens) for r in reqs], window_s, out_tokens
+        model_dims(backend.model_config()), [(r.input_tokens, r.output_tokens) for r in reqs], window_s, out_tokens
     )
     if flops["confidence"] == "low":
         _flag(flags, "flops_low_confidence", f"architecture '{flops['model_dims']['model_type']}' not modelled exactly")
@@ -373,8 +374,8 @@ def run_experiment(
         "backend": config["backend"],
         "backend_version": backend.version(),
         "model_name": config["model_name"],
-        "process_index": 0,
-        "num_processes": 1,
+        "num_processes": max(1, len(runs[0].processes)),
+        "processes": runs[0].processes,
         "timestamps": {
             "job_start": job_start,
             "window_start": window_start,
@@ -392,7 +393,8 @@ def run_experiment(
         "flops": flops,
         "warmup": warmup,
         "memory": memory,
-        "model": {k: load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
+        "model": {**{k: load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
+                  "details": {k: v for k, v in load_info.items() if k not in _MODEL_KEYS}},  # fmt: skip
         "batches": [
             {**{k: v for k, v in b.items() if not k.endswith("_t")},
              **{k[:-2] + "_s": b[k] - w0 for k in ("start_t", "first_token_t", "end_t")}}
@@ -417,6 +419,9 @@ def run_experiment(
             write_json_atomic(sidecar_path, sidecar_data)
         write_json_atomic(output, result, RAW_SCHEMA)
     return result
+
+
+_MODEL_KEYS = ("load_s", "device", "dtype", "parameters", "model_size_bytes", "architecture", "weights")
 
 
 def _peak_rss_bytes() -> int | None:

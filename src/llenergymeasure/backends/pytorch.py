@@ -11,38 +11,13 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from dataclasses import dataclass, field
+from .base import Batch, RequestTiming, RunOutput
+
+__all__ = ["Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
-
-@dataclass
-class Batch:
-    indices: list[int]  # positions in the prompt list
-    prompt_tokens: list[int]  # unpadded prompt length of each request (after truncation)
-
-    @property
-    def padded_tokens(self) -> int:
-        return len(self.indices) * max(self.prompt_tokens)
-
-
-@dataclass
-class RequestTiming:
-    index: int
-    input_tokens: int
-    output_tokens: int
-    ttft_s: float
-    e2e_s: float
-    itl_s: list[float] = field(default_factory=list)
-
-
-@dataclass
-class RunOutput:
-    requests: list[RequestTiming]
-    batches: list[dict]
-    generate_s: float  # sum of generate() wall times (tokenisation excluded)
 
 
 def plan_batches(prompt_tokens: list[int], strategy: str, batch_size: int, token_budget: int) -> list[Batch]:
@@ -117,6 +92,40 @@ class PyTorchBackend:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return wanted
 
+    def gpu_count(self) -> int:
+        return 1 if self.resolve_device() == "cuda" else 0
+
+    def model_config(self):
+        return self.model.config
+
+    def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
+        pt = self.config["pytorch"]
+        sizes = [b["size"] for b in run_batches]
+        mean = statistics.fmean(sizes) if sizes else 0.0
+        if mean < pt["batch_size"] and pt["batching_strategy"] in ("static", "sorted_static"):
+            return [("batch_not_saturated", f"mean batch {mean:.2f} < batch_size {pt['batch_size']}: fewer prompts than a full batch, or a partial last batch")]
+        return []
+
+    def close(self) -> None:
+        self.model = None
+
+    def quantization_config(self):
+        """BitsAndBytes settings from the ``pytorch`` section, or None."""
+        pt = self.config["pytorch"]
+        if not (pt["load_in_4bit"] or pt["load_in_8bit"]):
+            return None
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        if pt["load_in_8bit"]:
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=getattr(torch, pt["bnb_4bit_compute_dtype"]),
+            bnb_4bit_quant_type=pt["bnb_4bit_quant_type"],
+            bnb_4bit_use_double_quant=pt["bnb_4bit_use_double_quant"],
+        )
+
     def load(self) -> dict:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -132,9 +141,15 @@ class PyTorchBackend:
             weights = "random (seeded), no_weights"
         else:
             tok = AutoTokenizer.from_pretrained(self.model_path)
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation=attn)
-            model.to(self.device)
-            weights = "checkpoint"
+            quant = self.quantization_config()
+            if quant is None:
+                model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation=attn)
+                model.to(self.device)
+            else:  # quantised weights are placed on the GPU while loading and cannot be moved afterwards
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.model_path, dtype=dtype, attn_implementation=attn, quantization_config=quant, device_map={"": 0}
+                )
+            weights = "checkpoint" if quant is None else f"checkpoint, bitsandbytes {'8-bit' if self.config['pytorch']['load_in_8bit'] else '4-bit'}"
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token

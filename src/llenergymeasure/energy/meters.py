@@ -77,9 +77,11 @@ class FakeMeter(CounterMeter):
         return self.power_w_value
 
 
-def select_meters(energy_cfg: dict, use_gpu: bool) -> MeterSet:
+def select_meters(energy_cfg: dict, gpu_count: int) -> MeterSet:
     """Meters for one experiment from its ``energy`` section.
 
+    ``gpu_count``: CUDA devices the experiment occupies (0 on CPU); each physical GPU gets one meter, whatever
+    the number of processes or MIG instances on it.
     auto: NVML for the experiment's GPU(s) when it runs on CUDA; RAPL for CPU/DRAM when readable, else the TDP
     estimate. ``nvml``/``rapl``/``codecarbon`` insist on that source and fail loudly when it is missing, so a
     campaign never silently falls back to a weaker method than it asked for.
@@ -89,9 +91,11 @@ def select_meters(energy_cfg: dict, use_gpu: bool) -> MeterSet:
     backend = energy_cfg.get("backend", "auto")
     meters: list = []
     unavailable: list[dict] = []
-    gpus = visible_gpus() if use_gpu else []
-    if use_gpu:
-        gpus = gpus[:1]  # single-process PyTorch: the model instance lives on cuda:0
+    use_gpu = gpu_count > 0
+    gpus = []
+    for g in visible_gpus()[:gpu_count] if use_gpu else []:  # the first gpu_count CUDA devices are the experiment's
+        if all(g["uuid"] != seen["uuid"] for seen in gpus):  # MIG instances of one board: its counter is read once
+            gpus.append(g)
     if backend == "nvml" and not gpus:
         raise MeasurementError("energy.backend = nvml, but no NVIDIA GPU is visible through NVML")
     if backend in ("auto", "nvml", "rapl", "estimate"):

@@ -1,0 +1,89 @@
+"""What every backend gives the measurement, and the records it returns.
+
+A backend is constructed with the resolved experiment config and the model location, and is driven by
+:func:`llenergymeasure.measure.run_experiment` in this order (the energy window brackets ``run`` only)::
+
+    resolve_device() -> "cuda" | "cpu"       before anything is loaded; picks the energy meters
+    gpu_count() -> int                       physical GPUs the experiment occupies (energy is read once per GPU)
+    load() -> dict                           load_s, device, dtype, parameters, model_size_bytes, architecture, weights
+                                             (+ backend-specific facts, kept under model.details)
+    plan(prompts) -> list[Batch]             how the prompts are submitted (static batches, or one continuous batch)
+    warmup(prompts, batch, cfg) -> dict      CV-converged warm-up, outside the window
+    reset_peak_memory(); run(prompts, batches, seed, progress) -> RunOutput; peak_memory() -> dict
+    model_config()                           the HF config object the analytic FLOP count reads
+    validity_flags(run_batches) -> list[(code, message)]
+    version() -> dict                        engine and library versions, recorded in the raw result
+    close()                                  free the engine (GPU memory, worker processes)
+
+Engines are imported inside the backend modules only: the package imports with none of them installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Batch:
+    """A group of prompts submitted together. Continuous-batching engines get one Batch holding every prompt:
+    the engine's scheduler, not this list, decides which sequences run together."""
+
+    indices: list[int]  # positions in the prompt list
+    prompt_tokens: list[int]  # unpadded prompt length of each request (after truncation)
+
+    @property
+    def padded_tokens(self) -> int:
+        return len(self.indices) * max(self.prompt_tokens)
+
+
+@dataclass
+class RequestTiming:
+    """One request's tokens and its latencies in seconds, all from observed token arrival times."""
+
+    index: int
+    input_tokens: int
+    output_tokens: int
+    ttft_s: float
+    e2e_s: float
+    itl_s: list[float] = field(default_factory=list)
+    process_index: int = 0
+
+
+@dataclass
+class RunOutput:
+    """One pass over the workload.
+
+    ``batches`` holds one dict per submitted batch with size, input_tokens, padded_input_tokens, output_tokens,
+    steps, latency_s and the perf_counter times start_t, first_token_t, end_t. ``scheduling`` is "static" when a
+    batch's prefill and decode are separate intervals (batch start to first token, first to last token), and
+    "continuous" when the engine interleaves prefills and decodes of different requests (no time split exists).
+    """
+
+    requests: list[RequestTiming]
+    batches: list[dict]
+    generate_s: float  # engine time, tokenisation excluded where the engine allows
+    scheduling: str = "static"
+    latency_method: str = "per_step_timestamps"
+    processes: list[dict] = field(default_factory=list)  # data parallel: each process's share
+
+
+def create(config: dict, model_path: str):
+    """The backend object for ``config['backend']`` (its engine is imported lazily, on first use)."""
+    name = config["backend"]
+    if name == "pytorch":
+        if config["pytorch"]["num_processes"] > 1:
+            from .data_parallel import DataParallelPyTorch
+
+            return DataParallelPyTorch(config, model_path)
+        from .pytorch import PyTorchBackend
+
+        return PyTorchBackend(config, model_path)
+    if name == "vllm":
+        from .vllm import VllmBackend
+
+        return VllmBackend(config, model_path)
+    if name == "tensorrt":
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(config, model_path)
+    raise ValueError(f"unknown backend {name!r}")
