@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+
 from .base import Batch, RequestTiming, RunOutput
 
 __all__ = ["Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
