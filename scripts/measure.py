@@ -1,5 +1,15 @@
 """Rule measure: one experiment x one cycle -> one raw result."""
 
+import os
+import sys
+
+try:
+    import llenergymeasure  # noqa: F401
+except ModuleNotFoundError:
+    # In a stock engine image the package is not installed: use this checkout's copy (the container sees the
+    # working directory). Only the standard library, nvidia-ml-py and the engine are needed from the image.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "src"))
+
 from llenergymeasure.jobs import measure
 
 measure(

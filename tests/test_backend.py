@@ -83,3 +83,27 @@ def test_sampling_is_reproducible_with_seed(tiny_model):
         return b.model.generate(**enc, **b._generate_kwargs(6, 6)).tolist()
 
     assert tokens(1) == tokens(1)
+
+
+def test_data_parallel_shards_prompts_across_processes(tiny_model, tmp_path):
+    """Two real processes on the CPU: each generates its own half of the prompts (none twice), one raw result
+    pools both parts, and the energy is one reading for the window (not one per process)."""
+    from conftest import tiny_experiment
+    from llenergymeasure.measure import run_experiment
+
+    config = tiny_experiment(num_input_prompts=6, pytorch={"batch_size": 2, "num_processes": 2})
+    result = run_experiment(config, "dp", 1, tiny_model, str(tmp_path / "raw.json"), {"state_dir": str(tmp_path / "s")})
+    assert result["num_processes"] == 2
+    parts = result["processes"]
+    assert [p["process_index"] for p in parts] == [0, 1]
+    assert [p["num_requests"] for p in parts] == [3, 3]
+    assert result["tokens"]["num_requests"] == 6  # sharded, not duplicated
+    assert sum(p["output_tokens"] for p in parts) == result["tokens"]["output_tokens"] == 6 * 8
+    assert len(result["latency"]["per_request"]["ttft_ms"]) == 6  # latencies pooled from both processes
+    assert {b["process_index"] for b in result["batches"]} == {0, 1}
+    cpu = [c for c in result["energy"]["components"] if c["component"] == "cpu"]
+    assert len(cpu) >= 1 and len({c["device"] for c in cpu}) == len(cpu)  # each device read once
+    w0, w1 = 0.0, result["timestamps"]["window_duration_s"]
+    for b in result["batches"]:  # both processes' batches lie inside the one energy window
+        assert w0 <= b["start_s"] <= b["end_s"] <= w1 + 1e-6
+    assert result["model"]["details"]["data_parallel"]["num_processes"] == 2

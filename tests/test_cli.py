@@ -21,7 +21,7 @@ def campaign_dir(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     (root / "c.yaml").write_text(yaml.safe_dump({
         "campaign_name": "cli", "model": "lem-tiny-llama", "results_dir": str(root / "results"),
-        "grid": {"backends": ["pytorch", "vllm"], "backend_overrides": {"pytorch": {"batch_size": [1, 4]}}},
+        "grid": {"backends": ["pytorch", "tensorrt"], "shared": {"fp_precision": "float32"}, "backend_overrides": {"pytorch": {"batch_size": [1, 4]}}},
         "execution": {"cycles": 3, "config_gap_seconds": 10, "cycle_gap_seconds": 20},
     }))  # fmt: skip
     template = run_experiment(tiny_experiment(warmup={"enabled": False}), "t", 1, tiny_model, None, {})
@@ -54,7 +54,7 @@ def run(capsys, *argv):
 def test_validate_preview(campaign_dir, capsys):
     code, out, _ = run(capsys, "validate", str(campaign_dir / "c.yaml"))
     assert code == 0
-    assert "2 experiments x 3 cycles" in out and "dropped vllm-lem-tiny-llama: backend 'vllm' is not available" in out
+    assert "2 experiments x 3 cycles" in out and "dropped tensorrt-lem-tiny-llama: TensorRT-LLM builds float16/bfloat16 engines" in out
     assert "6 of 6 measurements to run" in out and "median of this campaign's finished jobs" in out
     code, out, _ = run(capsys, "--json", "validate", str(campaign_dir / "c.yaml"))
     data = json.loads(out)

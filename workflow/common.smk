@@ -20,6 +20,10 @@ def measure_gpus(wildcards):
     return lem.gpus(PLAN, wildcards.experiment)
 
 
+def measure_container(wildcards):
+    return lem.container(PLAN, wildcards.experiment)
+
+
 def measure_inputs(wildcards):
     return lem.model_input(PLAN, wildcards.experiment)
 

@@ -2,7 +2,8 @@
 # value gives a new experiment id, so a finished measurement is never overwritten). Priorities follow the
 # campaign's order (interleaved / grouped / shuffled); the thermal gap is waited inside the job, right before
 # its window. A measurement takes every core Snakemake may use, so that no other job (an aggregation, another
-# measurement) shares the CPU with a measurement window.
+# measurement) shares the CPU with a measurement window. With --use-singularity the job runs in its backend's image
+# (the campaign's `containers:`); the conda environment is the alternative for --use-conda.
 rule measure:
     input:
         unpack(measure_inputs),
@@ -18,6 +19,8 @@ rule measure:
     priority: measure_priority
     conda:
         "../envs/llenergymeasure.yaml"
+    container:
+        measure_container
     threads: all_cores()
     resources:
         gpu=measure_gpus,

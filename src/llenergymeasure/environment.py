@@ -36,7 +36,16 @@ def in_container() -> str | None:
     return None
 
 
-def collect(backend_versions: dict, gpus: list[dict], driver: dict) -> dict:
+def container_image(uri: str | None = None) -> dict | None:
+    """The Apptainer image this process runs in: its file (Apptainer sets APPTAINER_CONTAINER inside) and the URI
+    the campaign asked for (``containers:``), or None outside Apptainer."""
+    path = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
+    if not path:
+        return None
+    return {"file": path, "uri": uri}
+
+
+def collect(backend_versions: dict, gpus: list[dict], driver: dict, image_uri: str | None = None) -> dict:
     from .energy.cpu import cpu_model_name
 
     env = {
@@ -46,6 +55,7 @@ def collect(backend_versions: dict, gpus: list[dict], driver: dict) -> dict:
         "cpu_model": cpu_model_name(),
         "logical_cpus": os.cpu_count(),
         "container": in_container(),
+        "container_image": container_image(image_uri),
         "software": dict(backend_versions),
         "gpus": [{k: g[k] for k in ("cuda_index", "nvml_index", "uuid", "name", "mig")} for g in gpus],
         "nvidia_driver": driver or None,

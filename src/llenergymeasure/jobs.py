@@ -60,6 +60,23 @@ def die_with_parent() -> None:
         pass  # not Linux: the parent check before writing still applies
 
 
+def select_gpus(config: dict, environ=os.environ) -> str | None:
+    """Make the experiment's ``gpus`` the only CUDA devices this job sees (physical indices, NVML order).
+
+    A scheduler that already assigned GPUs to the job (Slurm sets ``SLURM_JOB_GPUS``/``CUDA_VISIBLE_DEVICES``) wins:
+    ``gpus`` then only says how many the job needs. Nothing is set for CPU experiments.
+    """
+    from .campaign import parallel_gpus
+
+    if config["device"] == "cpu" or (config["backend"] == "pytorch" and parallel_gpus(config) == 0):
+        return None
+    if environ.get("SLURM_JOB_GPUS") or environ.get("SLURM_STEP_GPUS"):
+        return f"assigned by Slurm: CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')}"
+    environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's default order (fastest first) is not nvidia-smi's
+    environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in config["gpus"])
+    return f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']} (CUDA_DEVICE_ORDER=PCI_BUS_ID)"
+
+
 def measure(config: dict, experiment_id: str, cycle: int, model_path: str, output: str, log_path: str, runtime: dict):
     """Measurement rule: run one cycle, notify completion or failure, re-raise failures (the job fails).
 
@@ -69,10 +86,13 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
 
     die_with_parent()
     config = complete_config(config)
+    gpu_env = select_gpus(config)
     name = runtime.get("names", {}).get(experiment_id, experiment_id)
     settings = runtime.get("notifications")
     with logging_to(log_path, runtime.get("verbosity")):
         log.info("experiment %s (%s), cycle %s, model %s", experiment_id, name, cycle, model_path)
+        if gpu_env:
+            log.info("GPUs: %s", gpu_env)
         try:
             result = run_experiment(
                 config,
@@ -86,6 +106,7 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
                     "state_dir": runtime.get("state_dir"),
                     "config_gap_s": runtime.get("config_gap_s", 0.0),
                     "cycle_gap_s": runtime.get("cycle_gap_s", 0.0),
+                    "container_uri": runtime.get("containers", {}).get(config["backend"]),
                 },
             )
         except BaseException as exc:

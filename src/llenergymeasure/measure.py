@@ -208,13 +208,20 @@ def run_experiment(
     """Measure one cycle of one experiment; write the raw result to ``output`` (atomically) and return it.
 
     ``context`` carries campaign-level facts that are not part of the experiment: ``campaign_name``,
-    ``campaign_id``, ``state_dir`` (thermal state and lock), ``config_gap_s``, ``cycle_gap_s``.
+    ``campaign_id``, ``state_dir`` (thermal state and lock), ``config_gap_s``, ``cycle_gap_s``, ``container_uri``
+    (the image the campaign maps this backend to, recorded when the job runs under Apptainer).
     """
-    ctx = context or {}
     job_start = utc_now_iso()
+    backend = create_backend(config, model_path)
+    try:
+        return _measure(backend, config, experiment_id, cycle, model_path, output, context or {}, job_start)
+    finally:
+        backend.close()  # engines and data-parallel processes end with the job, also when it fails
+
+
+def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dict, job_start: str) -> dict:
     t_job = time.perf_counter()
     parent = os.getppid()
-    backend = create_backend(config, model_path)
     device = backend.resolve_device()
     meters = select_meters(config["energy"], gpu_count=backend.gpu_count() if device == "cuda" else 0)
     flags: list[dict] = []
@@ -402,7 +409,7 @@ def run_experiment(
         ],  # fmt: skip
         "timeline": timeline,
         "flags": flags,
-        "environment": collect(backend.version(), gpus, driver_info() if gpus else {}),
+        "environment": collect(backend.version(), gpus, driver_info() if gpus else {}, ctx.get("container_uri")),
         "provenance": {
             **provenance(),
             "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),

@@ -62,6 +62,7 @@ def runtime(p: Plan) -> dict:
         "cycles": ex["cycles"],
         "notifications": p.campaign["notifications"],
         "names": config_names(p),
+        "containers": p.campaign["containers"],
     }
 
 
@@ -144,8 +145,17 @@ def all_cores(workflow) -> int:
 
 
 def gpus(p: Plan, experiment_id: str) -> int:
-    """GPUs a measurement job asks the scheduler for (Slurm: --gpus): one for ``device: cuda``, none otherwise."""
-    return 1 if p.by_id[experiment_id].config["device"] == "cuda" else 0
+    """GPUs a measurement job asks the scheduler for (the ``gpu`` resource; Slurm: --gpus): every GPU the experiment
+    lists when it runs on CUDA (vLLM and TensorRT-LLM always do; PyTorch with ``device: cuda``), none otherwise.
+    With ``--resources gpu=N`` a local Snakemake never starts measurements needing more GPUs than the host has."""
+    config = p.by_id[experiment_id].config
+    on_gpu = config["backend"] != "pytorch" or config["device"] == "cuda"
+    return len(config["gpus"]) if on_gpu else 0
+
+
+def container(p: Plan, experiment_id: str) -> str:
+    """Image of a measurement job (used with ``--use-singularity``): the campaign's image for the experiment's backend."""
+    return p.campaign["containers"][p.by_id[experiment_id].backend]
 
 
 def priority(p: Plan, experiment_id: str, cycle: str | int) -> int:

@@ -1,0 +1,141 @@
+"""Backend images under Snakemake's --use-singularity, with a test double of the `apptainer` command
+(tests/fakes/bin/apptainer): each backend's jobs run in its image, the command line is Snakemake's, jobs complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from llenergymeasure.results import raw_result_files, read_result
+
+pytestmark = pytest.mark.workflow
+
+FAKE_BIN = REPO / "tests" / "fakes" / "bin"
+IMAGES = {
+    "pytorch": "docker://example.org/lem/pytorch:1",
+    "vllm": "docker://vllm/vllm-openai:v0.0.0-test",
+    "tensorrt": "docker://nvcr.io/nvidia/tensorrt-llm/release:0.0.0-test",
+}
+SHARED = {
+    "max_input_tokens": 32,
+    "max_output_tokens": 6,
+    "min_output_tokens": 6,
+    "decoder.preset": "deterministic",
+    "baseline.duration_sec": 1,
+    "warmup.max_prompts": 3,
+    "warmup.min_prompts": 3,
+    "warmup.window_size": 3,
+    "energy.min_window_sec": 0,
+}
+
+
+def campaign(backends: list[str], **extra) -> dict:
+    return {
+        "campaign_name": "images",
+        "model": "lem-tiny-llama",
+        "dataset": "builtin",
+        "num_samples": 4,
+        "grid": {"backends": backends, "shared": SHARED},
+        "execution": {"cycles": 1, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+        "containers": IMAGES,
+        **extra,
+    }
+
+
+def run_with_double(workflow_dir: Path, data: dict, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    (workflow_dir / "c.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    calls = workflow_dir / "apptainer-calls.jsonl"
+    env = {**os.environ, "PATH": f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}", "LEM_FAKE_APPTAINER_LOG": str(calls)}
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml", "--use-singularity",
+         "--apptainer-args=--nv", *args],
+        cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    log = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return run, log
+
+
+def image_file(uri: str) -> str:
+    return hashlib.md5(uri.encode()).hexdigest() + ".simg"
+
+
+def test_mixed_backends_run_each_in_its_image(workflow_dir):
+    for engine in ("vllm", "tensorrt_llm"):
+        if not (REPO / "tests" / "fakes" / "engines" / engine).is_dir():
+            pytest.fail(f"test fake of {engine} missing")
+    run, log = run_with_double(workflow_dir, campaign(["pytorch", "vllm", "tensorrt"]))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+
+    assert ["--version"] in [c["argv"] for c in log]
+    pulls = [c for c in log if c["argv"][:1] == ["pull"]]
+    assert sorted(c["argv"][-1] for c in pulls) == sorted(IMAGES.values())  # one pull per image, none twice
+    for c in pulls:
+        assert c["argv"][c["argv"].index("--name") + 1] == image_file(c["argv"][-1])
+        assert Path(c["cwd"]).name == "singularity"  # Snakemake's image cache, .snakemake/singularity
+    execs = [c["argv"] for c in log if c["argv"][:1] == ["exec"]]
+    assert len(execs) == 3  # the three measurements, nothing else: only the measurement rule has a container
+    for argv in execs:
+        assert "--nv" in argv  # --apptainer-args reach every job
+        assert argv[argv.index("--home") + 1] == str(workflow_dir)
+        assert argv[-2] == "-c" and ".snakemake/scripts/" in argv[-1]  # the rule's script, with Snakemake's preamble
+
+    root = workflow_dir / "results" / "images"
+    raws = [read_result(p) for p in raw_result_files(root)]
+    assert sorted(r["backend"] for r in raws) == ["pytorch", "tensorrt", "vllm"]
+    for r in raws:
+        image = r["environment"]["container_image"]
+        assert r["environment"]["container"] == "apptainer"
+        assert image["uri"] == IMAGES[r["backend"]]
+        assert Path(image["file"]).name == image_file(IMAGES[r["backend"]])
+        assert r["tokens"]["output_tokens"] > 0
+    engines = {r["backend"]: r["backend_version"] for r in raws}
+    assert "vllm" in engines["vllm"] and "tensorrt_llm" in engines["tensorrt"]
+    assert (root / "summary.csv").exists()
+
+
+def test_an_engine_missing_from_its_image_fails_that_job_only(workflow_dir):
+    images = {**IMAGES, "vllm": "docker://example.org/not-vllm:1"}  # an image without the engine
+    run, _ = run_with_double(workflow_dir, campaign(["pytorch", "vllm"], containers=images), "--keep-going")
+    assert run.returncode != 0
+    root = workflow_dir / "results" / "images"
+    raws = [read_result(p) for p in raw_result_files(root)]
+    assert [r["backend"] for r in raws] == ["pytorch"]  # the other experiment's result is complete
+    logs = list((root / "logs" / "measure").glob("vllm-*/cycle_1.log"))
+    assert logs and "vllm is not importable" in logs[0].read_text()
+
+
+def test_dry_run_names_each_jobs_image(workflow_dir):
+    run, log = run_with_double(workflow_dir, campaign(["pytorch"]), "-n")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "docker://example.org/lem/pytorch:1" in run.stdout + run.stderr
+    assert not [c for c in log if c["argv"][:1] in (["pull"], ["exec"])]  # a dry run pulls and runs nothing
+
+
+def test_measurement_step_imports_only_what_engine_images_have(tiny_model, tmp_path):
+    """Inside a stock engine image there is no jsonschema, httpx, pandas, datasets, codecarbon or snakemake
+    (besides what Snakemake mounts for its own preamble): the measurement must run without them."""
+    code = f"""
+import sys
+for name in ("jsonschema", "fastjsonschema", "httpx", "pandas", "datasets", "codecarbon", "matplotlib", "snakemake"):
+    sys.modules[name] = None  # import fails, importlib.util.find_spec says "not installed"
+sys.path.insert(0, {str(REPO / "tests")!r})
+from conftest import tiny_experiment
+from llenergymeasure.jobs import measure
+from llenergymeasure.campaign import sparse_config
+cfg = tiny_experiment()
+measure(sparse_config(cfg), "pytorch-x", 1, {tiny_model!r}, {str(tmp_path / "raw.json")!r}, {str(tmp_path / "m.log")!r},
+        {{"state_dir": {str(tmp_path / "state")!r}}})
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False,
+                         env={**os.environ, "LEM_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+    assert run.returncode == 0 and "ok" in run.stdout, (run.stdout + run.stderr)[-3000:] + (tmp_path / "m.log").read_text()[-3000:]
+    assert json.loads((tmp_path / "raw.json").read_text())["tokens"]["output_tokens"] > 0
