@@ -139,3 +139,18 @@ print("ok")
                          env={**os.environ, "LEM_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
     assert run.returncode == 0 and "ok" in run.stdout, (run.stdout + run.stderr)[-3000:] + (tmp_path / "m.log").read_text()[-3000:]
     assert json.loads((tmp_path / "raw.json").read_text())["tokens"]["output_tokens"] > 0
+
+
+def test_definition_files_build_on_the_default_images():
+    """envs/<backend>.def adds our needs on top of the campaign's default image for that backend (pytorch's
+    default is vLLM's image, which ships PyTorch and transformers; its .def starts from PyTorch's own image)."""
+    from llenergymeasure.config import load_schema
+
+    defaults = {k: v["default"] for k, v in load_schema("campaign")["properties"]["containers"]["properties"].items()}
+    for backend in ("vllm", "tensorrt"):
+        text = (REPO / "envs" / f"{backend}.def").read_text()
+        base = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("From:"))
+        assert "Bootstrap: docker" in text and defaults[backend] == f"docker://{base}"
+        assert "nvidia-ml-py" in text
+    assert defaults["pytorch"] == defaults["vllm"]
+    assert "transformers" in (REPO / "envs" / "pytorch.def").read_text()
