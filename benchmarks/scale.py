@@ -40,7 +40,7 @@ def grid_for(n: int) -> dict:
 
 
 def dry_run(n: int, cycles: int, work: Path) -> float:
-    for name in ("Snakefile", "workflow", "scripts", "envs", "config"):
+    for name in ("Snakefile", "workflow", "scripts", "envs", "config", "profiles"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
     campaign = {"campaign_name": "scale", "model": "lem-tiny-llama", "num_samples": 10,

@@ -50,3 +50,8 @@ def all_raw_results():
 
 def report_caption(name):
     return lem.report_caption(PLAN, name)
+
+
+lem.fixed_signatures(
+    measure_container, measure_gpus, measure_inputs, measure_params, measure_priority
+)

@@ -7,6 +7,7 @@ import io
 from collections import Counter
 from pathlib import Path
 
+from .campaign import nominal_batch
 from .results import (
     AGGREGATED_SCHEMA,
     RAW_SCHEMA,
@@ -195,15 +196,15 @@ STAT_SUFFIXES = ("_mean", "_std", "_cv", "_ci_low", "_ci_high")
 def summary_row(agg: dict) -> dict:
     """One CSV row: identity columns, then ``<metric>_<stat>`` columns read from the aggregated metrics."""
     cfg = agg["config"]
-    backend_cfg = cfg.get(agg["backend"], {})
+    batch_size, strategy = nominal_batch(cfg)
     pooled = agg["latency_pooled_ms"]
     row = {
         "experiment_id": agg["experiment_id"],
         "config_name": agg["config_name"],
         "backend": agg["backend"],
         "model": agg["model_name"],
-        "batch_size": backend_cfg.get("batch_size"),
-        "batching_strategy": backend_cfg.get("batching_strategy"),
+        "batch_size": batch_size,
+        "batching_strategy": strategy,
         "fp_precision": cfg["fp_precision"],
         "device": agg["device"],
         "cycles": agg["cycles"],

@@ -181,7 +181,7 @@ def resolve_experiment(config: dict) -> dict:
         decoder = {**DECODER_PRESETS[preset], **decoder}
     config["decoder"] = decoder
     root = load_schema(SCHEMA)
-    resolved = fill_defaults(config, root["$defs"]["experiment"], root)
+    resolved = fill_defaults(config, experiment_schema(config.get("backend", "pytorch")), root)
     if resolved["decoder"]["temperature"] == 0:
         resolved["decoder"]["do_sample"] = False
     resolved.pop("config_name", None)
@@ -192,14 +192,33 @@ def sparse_config(config: dict) -> dict:
     """A resolved experiment without the values that equal their defaults: what the id is derived from and what
     the measurement job gets as params. A later version adding a field with a default changes neither, so
     finished measurements keep their ids."""
-    root = load_schema(SCHEMA)
-    return prune_defaults(config, root["$defs"]["experiment"], root)
+    return prune_defaults(config, experiment_schema(config["backend"]), load_schema(SCHEMA))
 
 
 def complete_config(sparse: dict) -> dict:
     """The resolved experiment back from :func:`sparse_config` (defaults filled in; presets already expanded)."""
-    root = load_schema(SCHEMA)
-    return fill_defaults(sparse, root["$defs"]["experiment"], root)
+    return fill_defaults(sparse, experiment_schema(sparse.get("backend", "pytorch")), load_schema(SCHEMA))
+
+
+@functools.cache
+def experiment_schema(backend: str) -> dict:
+    """The experiment schema as it applies to one backend: the other backends' sections are left out, so a resolved
+    config carries only its own engine's settings (a section written for another backend is kept as given, and
+    :func:`capability_problem` rejects it)."""
+    schema = dict(load_schema(SCHEMA)["$defs"]["experiment"])
+    schema["properties"] = {k: v for k, v in schema["properties"].items() if k == backend or k not in BACKEND_SECTIONS}
+    return schema
+
+
+def nominal_batch(config: dict) -> tuple[int, str]:
+    """The batching knob and how batches form: (batch_size, strategy) for PyTorch, (max_num_seqs, "continuous")
+    for vLLM, (max_batch_size, "inflight") for TensorRT-LLM."""
+    backend = config["backend"]
+    if backend == "vllm":
+        return config["vllm"]["max_num_seqs"], "continuous"
+    if backend == "tensorrt":
+        return config["tensorrt"]["max_batch_size"], "inflight"
+    return config["pytorch"]["batch_size"], config["pytorch"]["batching_strategy"]
 
 
 def semantic_problem(config: dict) -> str | None:
@@ -221,6 +240,14 @@ def semantic_problem(config: dict) -> str | None:
             resolve_architecture(config["model_name"])
         except ConfigError as exc:
             return str(exc)
+    if not config["decoder"]["do_sample"] and config["decoder"]["preset"] in ("standard", "creative", "factual"):
+        return f"decoder.preset = {config['decoder']['preset']} samples, but decoder.do_sample = false"
+    if config["backend"] == "pytorch":
+        return _pytorch_problem(config)
+    return None
+
+
+def _pytorch_problem(config: dict) -> str | None:
     pt = config["pytorch"]
     if config["device"] == "cpu" and pt["attn_implementation"] == "flash_attention_2":
         return "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
@@ -231,8 +258,6 @@ def semantic_problem(config: dict) -> str | None:
                 f"pytorch.max_tokens_per_batch = {budget} is smaller than max_input_tokens = "
                 f"{config['max_input_tokens']}: a single prompt might not fit in a batch"
             )
-    if not config["decoder"]["do_sample"] and config["decoder"]["preset"] in ("standard", "creative", "factual"):
-        return f"decoder.preset = {config['decoder']['preset']} samples, but decoder.do_sample = false"
     return None
 
 
@@ -251,18 +276,16 @@ def capability_problem(config: dict) -> str | None:
     """Combinations the chosen engine cannot run, known before anything starts."""
     backend = config["backend"]
     for other in BACKEND_SECTIONS:
-        if other != backend and config[other] != _default_section(other):
-            root = load_schema(SCHEMA)
-            set_here = prune_defaults({other: config[other]}, root["$defs"]["experiment"], root).get(other)
-            key = next(iter(_dotted(set_here, other)))
+        if other != backend and config.get(other):
+            key = next(iter(_dotted(config[other], other)))
             return f"{key} is set, but backend = {backend}: a {other} section applies to backend {other} only"
     engine = {"vllm": "vLLM", "tensorrt": "TensorRT-LLM"}.get(backend)
     if engine and config["device"] == "cpu":
         return f"backend = {backend} runs on CUDA GPUs only, but device = cpu"
     if engine and config["no_weights"]:
         return f"no_weights builds random weights in PyTorch; backend {backend} loads checkpoints only"
-    pt = config["pytorch"]
     if backend == "pytorch":
+        pt = config["pytorch"]
         if pt["load_in_4bit"] and pt["load_in_8bit"]:
             return "pytorch.load_in_4bit and pytorch.load_in_8bit are mutually exclusive"
         if (pt["load_in_4bit"] or pt["load_in_8bit"]) and config["device"] == "cpu":
@@ -321,18 +344,6 @@ def capability_problem(config: dict) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def _default_section_json(name: str) -> str:
-    root = load_schema(SCHEMA)
-    return canonical_json(fill_defaults({}, root["$defs"][name], root))
-
-
-def _default_section(name: str) -> dict:
-    import json
-
-    return json.loads(_default_section_json(name))
-
-
 def _dotted(tree: dict, prefix: str):
     for key, value in tree.items():
         if isinstance(value, dict) and value:
@@ -360,12 +371,8 @@ def experiment_id(config: dict, sparse: dict | None = None) -> str:
 def batch_token(config: dict) -> str:
     """The batching knob in an experiment id: bs<N> (PyTorch static/dynamic batch, TensorRT-LLM engine batch
     limit) or seqs<N> (vLLM's continuous-batch limit)."""
-    backend = config["backend"]
-    if backend == "vllm":
-        return f"seqs{config['vllm']['max_num_seqs']}"
-    if backend == "tensorrt":
-        return f"bs{config['tensorrt']['max_batch_size']}"
-    return f"bs{config['pytorch']['batch_size']}"
+    size, _ = nominal_batch(config)
+    return f"seqs{size}" if config["backend"] == "vllm" else f"bs{size}"
 
 
 def _auto_name(backend: str, model: str, varied: dict) -> str:

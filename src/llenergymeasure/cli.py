@@ -90,6 +90,7 @@ def estimate_duration(p) -> dict:
 
 
 def cmd_validate(args) -> int:
+    from .campaign import nominal_batch
     from .prompts import check_sources
 
     p = _load(args.campaign)
@@ -100,7 +101,7 @@ def cmd_validate(args) -> int:
             "experiment_id": e.experiment_id,
             "config_name": e.config_name,
             "model": e.config["model_name"],
-            "batch_size": e.config["pytorch"]["batch_size"],
+            "batch_size": nominal_batch(e.config)[0],
             "fp_precision": e.config["fp_precision"],
             "source": e.source,
         }

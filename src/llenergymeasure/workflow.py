@@ -134,6 +134,16 @@ def _ancient_model_dir(results_dir: str, name: str):
     return ancient(str(embedded_model_dir(results_dir, name)))
 
 
+def fixed_signatures(*functions) -> None:
+    """Let Snakemake read each per-job function's signature once instead of once per job and directive (it calls
+    ``inspect.signature`` every time otherwise: seconds on a 30,000-job campaign). Snakemake takes a function's
+    parameters from this attribute when present; were that to change, the attribute is simply ignored."""
+    import inspect
+
+    for func in functions:
+        func._overwrite_params = inspect.signature(func).parameters
+
+
 def all_cores(workflow) -> int:
     """Threads of a measurement job: every core given to a local Snakemake, so nothing shares the CPU with a
     window. On a cluster there is no such total: 1, unless the profile sets ``set-threads: {measure: N}``."""

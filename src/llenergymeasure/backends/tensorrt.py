@@ -1,0 +1,660 @@
+"""TensorRT-LLM backend: the LLM API over a compiled TensorRT engine (``tensorrt_llm._tensorrt_engine.LLM``).
+
+Pinned to TensorRT-LLM 1.0.0 (container ``nvcr.io/nvidia/tensorrt-llm/release:1.0.0``). In that release the
+default ``tensorrt_llm.LLM`` is the PyTorch flow; the engine flow used here lives in ``tensorrt_llm._tensorrt_engine``.
+
+Engine source, in order: ``tensorrt.engine_path`` (a prebuilt engine folder, used as built); else an engine from
+the cache, keyed by everything that changes the compiled engine (:func:`engine_cache_key`); else a build from the
+checkpoint, saved into a temporary folder beside the cache entry and renamed into place only once complete, so an
+interrupted build never leaves a folder that looks like a valid engine.
+
+Prompts are tokenised here (the checkpoint's tokenizer, truncated to ``max_input_tokens``) and submitted as token
+ids, all at once: the runtime's in-flight batching decides which requests run together, up to the engine's
+``max_batch_size``. Latency comes from the engine's own streamed responses: every request is consumed as an
+asyncio stream and each response's arrival on the host is timestamped with ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from ..config import canonical_json
+from ..errors import MeasurementError
+from .base import Batch, RequestTiming, RunOutput
+
+log = logging.getLogger(__name__)
+
+PINNED_VERSION = "1.0.0"
+CONTAINER_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.0.0"
+
+#: tensorrt.quantization -> (QuantAlgo name, KV cache QuantAlgo name or None), in the pinned release's names
+QUANT_ALGOS = {
+    "fp8": ("FP8", "FP8"),
+    "int8_sq": ("W8A8_SQ_PER_CHANNEL", None),
+    "int8_weight_only": ("W8A16", None),
+    "int4_awq": ("W4A16_AWQ", None),
+    "int4_gptq": ("W4A16_GPTQ", None),
+}
+#: modes whose scales come from calibration data (the others quantise weights alone, or read a quantised checkpoint)
+CALIBRATED = ("fp8", "int8_sq", "int4_awq")
+#: TensorRT's own builder optimisation level when none is set
+TENSORRT_DEFAULT_OPT_LEVEL = 3
+#: the calibration split the pinned release's loader reads (CalibConfig has no split field)
+DEFAULT_CALIB_SPLIT = "train"
+MARKER = "lem-engine.json"
+DTYPES = ("float16", "bfloat16")
+
+
+def _not_importable(reason: str) -> MeasurementError:
+    return MeasurementError(
+        f"tensorrt_llm is not importable here ({reason}); run TensorRT-LLM experiments in their container: "
+        f"snakemake --use-singularity (image {CONTAINER_IMAGE}, TensorRT-LLM {PINNED_VERSION})"
+    )
+
+
+def _import_engine():
+    """(tensorrt_llm module, engine-flow LLM class, tensorrt_llm.llmapi module), or a MeasurementError."""
+    try:
+        import tensorrt_llm
+        from tensorrt_llm import llmapi
+        from tensorrt_llm._tensorrt_engine import LLM
+    except (ImportError, OSError) as exc:  # OSError: the package is there but its CUDA/TensorRT libraries are not
+        raise _not_importable(f"{type(exc).__name__}: {exc}") from exc
+    return tensorrt_llm, LLM, llmapi
+
+
+def engine_cache_root(config: dict) -> Path:
+    trt = config["tensorrt"]
+    if trt["engine_cache_dir"]:
+        return Path(trt["engine_cache_dir"])
+    from ..energy.baseline import cache_dir
+
+    return cache_dir() / "tensorrt-engines"
+
+
+def gpu_architecture() -> str:
+    """Compute capability of the first visible GPU ("sm_90"): torch.cuda, else NVML, else "unknown"."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return f"sm_{major}{minor}"
+    except Exception:  # a torch without CUDA support still lets NVML answer
+        pass
+    try:
+        from ..energy.nvml import visible_gpus
+
+        gpus = visible_gpus()
+        if gpus:
+            import pynvml
+
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(gpus[0]["handle"])
+            return f"sm_{major}{minor}"
+    except Exception:
+        pass
+    return "unknown"
+
+
+def resolved_lengths(config: dict) -> tuple[int, int]:
+    """(max input length, max output length) the engine is built for, in tokens."""
+    trt = config["tensorrt"]
+    max_in = trt["max_input_len"] if trt["max_input_len"] is not None else config["max_input_tokens"]
+    max_out = trt["max_output_len"] if trt["max_output_len"] is not None else config["max_output_tokens"]
+    return max_in, max_out
+
+
+def engine_key_fields(config: dict, model: str, gpu_arch: str, trt_llm_version: str) -> dict:
+    """Everything that changes the compiled engine. Runtime settings (KV cache fraction and reuse, chunked
+    context, extra_runtime_args) and sampling are absent: they apply to any engine at load time."""
+    trt = config["tensorrt"]
+    max_in, max_out = resolved_lengths(config)
+    quant = trt["quantization"]
+    return {
+        "model": model,
+        "dtype": config["fp_precision"],
+        "gpu_arch": gpu_arch,
+        "tensorrt_llm": trt_llm_version,
+        "max_input_len": max_in,
+        "max_output_len": max_out,
+        "max_seq_len": max_in + max_out,
+        "max_batch_size": trt["max_batch_size"],
+        "tp_size": trt["tp_size"],
+        "pp_size": trt["pp_size"],
+        "quantization": quant,
+        "calibration": trt["calibration"] if quant in CALIBRATED else None,
+        "builder_opt_level": trt["builder_opt_level"],
+        "strongly_typed": trt["strongly_typed"],
+        "multiple_profiles": trt["multiple_profiles"],
+        "max_num_tokens": trt["max_num_tokens"],
+        "kv_cache_type": trt["kv_cache_type"],
+        "extra_build_args": trt["extra_build_args"],
+    }
+
+
+def engine_cache_key(fields: dict) -> str:
+    """First 16 hex digits of the sha256 of the fields' canonical JSON."""
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:16]
+
+
+def is_complete_engine(folder: Path) -> bool:
+    return (folder / MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def _has_hf_config(path) -> bool:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        with open(cfg, encoding="utf-8") as fh:
+            return "model_type" in json.load(fh)
+    except (OSError, ValueError):
+        return False
+
+
+def _has_tokenizer(path) -> bool:
+    return any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, config: dict, model_path: str) -> None:
+        self.config = config
+        self.model_path = model_path
+        self.llm = None
+        self.tokenizer = None
+        self.engine_dir: Path | None = None
+        self.end_id: int | None = None
+        self.pad_id: int | None = None
+        self._hf_config = None
+        self._engine_config: dict | None = None
+        self._encoded: tuple[list[str], list[list[int]]] | None = None
+        self._llmapi = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------------------------------------ setup
+    @staticmethod
+    def version() -> dict:
+        import torch
+        import transformers
+
+        out = {"tensorrt_llm": None, "tensorrt": None, "torch": torch.__version__, "transformers": transformers.__version__}
+        try:
+            import tensorrt_llm
+
+            out["tensorrt_llm"] = str(tensorrt_llm.__version__)
+        except (ImportError, OSError):
+            pass
+        try:
+            import tensorrt
+
+            out["tensorrt"] = str(tensorrt.__version__)
+        except (ImportError, OSError):
+            pass
+        return out
+
+    def resolve_device(self) -> str:
+        """Always CUDA. Checks that the engine is importable before the idle baseline is measured, so a job in the
+        wrong environment fails in seconds."""
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("tensorrt_llm") is not None
+        except (ImportError, ValueError):  # ValueError: a module entry without a spec
+            found = False
+        if not found:
+            raise _not_importable("no module named 'tensorrt_llm'")
+        return "cuda"
+
+    def gpu_count(self) -> int:
+        return self.config["tensorrt"]["tp_size"] * self.config["tensorrt"]["pp_size"]
+
+    def model_config(self):
+        """The checkpoint's transformers config; with only an engine folder, a dict built from the engine's
+        ``pretrained_config`` (the names the analytic FLOP count reads)."""
+        if self._hf_config is not None:
+            return self._hf_config
+        if self._engine_config is not None:
+            return self._engine_model_config()
+        from transformers import AutoConfig
+
+        self._hf_config = AutoConfig.from_pretrained(self.model_path)
+        return self._hf_config
+
+    def _engine_model_config(self) -> dict:
+        pc = self._engine_config["pretrained_config"]
+        arch = str(pc.get("architecture") or "")
+        model_type = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                      "Qwen3ForCausalLM": "qwen3", "GPT2LMHeadModel": "gpt2", "GPTNeoXForCausalLM": "gpt_neox",
+                      "PhiForCausalLM": "phi", "Phi3ForCausalLM": "phi3"}.get(arch, arch.lower() or "unknown")  # fmt: skip
+        return {
+            "model_type": model_type,
+            "hidden_size": pc.get("hidden_size"),
+            "num_hidden_layers": pc.get("num_hidden_layers"),
+            "num_attention_heads": pc.get("num_attention_heads"),
+            "num_key_value_heads": pc.get("num_key_value_heads"),
+            "head_dim": pc.get("head_size"),
+            "intermediate_size": pc.get("intermediate_size"),
+            "vocab_size": pc.get("vocab_size"),
+            "tie_word_embeddings": False,  # not recorded in the engine's config: the output layer is counted separately
+        }
+
+    def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
+        limit = self.config["tensorrt"]["max_batch_size"]
+        sizes = [b["size"] for b in run_batches]
+        if sizes and max(sizes) < limit:
+            return [("batch_not_saturated", f"{max(sizes)} requests submitted < tensorrt.max_batch_size {limit}: the engine never had a full batch in flight")]
+        return []
+
+    def close(self) -> None:
+        try:
+            if self.llm is not None:
+                self.llm.shutdown()
+        finally:
+            self.llm = None
+            if self._loop is not None:
+                self._loop.close()
+                self._loop = None
+
+    # ------------------------------------------------------------------------------------------------ engine arguments
+    def check_supported(self) -> None:
+        """Settings the pinned release cannot honour in the engine flow: refused before anything is built."""
+        trt = self.config["tensorrt"]
+        if self.config["fp_precision"] not in DTYPES:
+            raise MeasurementError(f"TensorRT-LLM builds float16/bfloat16 engines: fp_precision = {self.config['fp_precision']} is not supported")
+        if trt["draft_model"]:
+            raise MeasurementError(
+                f"tensorrt.draft_model = {trt['draft_model']} (num_draft_tokens = {trt['num_draft_tokens']}): TensorRT-LLM "
+                f"{PINNED_VERSION} runs draft-target speculative decoding (DraftTargetDecodingConfig) on its PyTorch "
+                "backend only; the TensorRT-engine flow rejects it"
+            )
+        if trt["builder_opt_level"] != TENSORRT_DEFAULT_OPT_LEVEL and not trt["engine_path"]:
+            raise MeasurementError(
+                f"tensorrt.builder_opt_level = {trt['builder_opt_level']}: the BuildConfig of TensorRT-LLM {PINNED_VERSION} has "
+                f"no builder optimisation level, so engines are built at TensorRT's default ({TENSORRT_DEFAULT_OPT_LEVEL})"
+            )
+        if trt["kv_cache_type"] == "continuous" and (trt["enable_chunked_context"] or trt["enable_kv_cache_reuse"]):
+            raise MeasurementError(
+                "tensorrt.kv_cache_type = continuous: chunked context and KV cache reuse need a paged KV cache; set "
+                "tensorrt.enable_chunked_context and tensorrt.enable_kv_cache_reuse to false"
+            )
+        if trt["quantization"] in CALIBRATED and trt["calibration"]["split"] != DEFAULT_CALIB_SPLIT and not trt["engine_path"]:
+            raise MeasurementError(
+                f"tensorrt.calibration.split = {trt['calibration']['split']}: the CalibConfig of TensorRT-LLM {PINNED_VERSION} "
+                f"has no split; its calibration loader reads the '{DEFAULT_CALIB_SPLIT}' split"
+            )
+
+    def build_config(self, llmapi):
+        """The BuildConfig for a build from the checkpoint (TypeError from the engine for an unknown extra key)."""
+        from tensorrt_llm.bindings import KVCacheType
+
+        trt = self.config["tensorrt"]
+        max_in, max_out = resolved_lengths(self.config)
+        extra = dict(trt["extra_build_args"])
+        plugin_extra = extra.pop("plugin_config", None) or {}
+        kwargs = {
+            "max_batch_size": trt["max_batch_size"],
+            "max_input_len": max_in,
+            "max_seq_len": max_in + max_out,  # the pinned BuildConfig bounds prompt + generation, not generation alone
+            "strongly_typed": trt["strongly_typed"],
+            "kv_cache_type": KVCacheType.PAGED if trt["kv_cache_type"] == "paged" else KVCacheType.CONTINUOUS,
+        }
+        if trt["max_num_tokens"] is not None:
+            kwargs["max_num_tokens"] = trt["max_num_tokens"]
+        kwargs.update(extra)
+        try:
+            bc = llmapi.BuildConfig(**kwargs)
+        except TypeError as exc:
+            raise MeasurementError(f"tensorrt.extra_build_args: BuildConfig of TensorRT-LLM {PINNED_VERSION} refused them ({exc})") from exc
+        bc.plugin_config.multiple_profiles = trt["multiple_profiles"]
+        # Chunked context and KV block reuse are runtime switches, but the executor refuses both unless the engine
+        # has paged context attention: every paged engine gets it, so one cached engine serves either setting.
+        bc.plugin_config.paged_kv_cache = trt["kv_cache_type"] == "paged"
+        bc.plugin_config.use_paged_context_fmha = trt["kv_cache_type"] == "paged"
+        for name, value in plugin_extra.items():
+            try:
+                setattr(bc.plugin_config, name, value)
+            except AttributeError as exc:
+                raise MeasurementError(f"tensorrt.extra_build_args.plugin_config.{name}: {exc}") from exc
+        return bc
+
+    def quant_args(self, llmapi) -> dict:
+        """quant_config (and calib_config for the calibrating modes), or nothing for quantization = none."""
+        trt = self.config["tensorrt"]
+        mode = trt["quantization"]
+        if mode == "none":
+            return {}
+        algo, kv_algo = QUANT_ALGOS[mode]
+        out = {
+            "quant_config": llmapi.QuantConfig(
+                quant_algo=llmapi.QuantAlgo[algo], kv_cache_quant_algo=llmapi.QuantAlgo[kv_algo] if kv_algo else None
+            )
+        }
+        if mode in CALIBRATED:
+            cal = trt["calibration"]
+            out["calib_config"] = llmapi.CalibConfig(
+                calib_dataset=cal["dataset"],
+                calib_batches=cal["num_samples"],  # one sample per batch (calib_batch_size keeps its default, 1)
+                calib_max_seq_length=cal["max_length"],
+                tokenizer_max_seq_length=max(2048, cal["max_length"]),
+            )
+        return out
+
+    def runtime_args(self, llmapi) -> dict:
+        """LLM(...) arguments that apply to any engine, built now or loaded; extra_runtime_args go last."""
+        trt = self.config["tensorrt"]
+        args = {
+            "tensor_parallel_size": trt["tp_size"],
+            "pipeline_parallel_size": trt["pp_size"],
+            "kv_cache_config": llmapi.KvCacheConfig(
+                free_gpu_memory_fraction=trt["gpu_memory_utilization"], enable_block_reuse=trt["enable_kv_cache_reuse"]
+            ),
+            "enable_chunked_prefill": trt["enable_chunked_context"],
+        }
+        args.update(trt["extra_runtime_args"])
+        return args
+
+    def _construct(self, LLM, **kwargs):
+        try:
+            return LLM(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise MeasurementError(f"TensorRT-LLM {PINNED_VERSION} refused the engine arguments: {exc}") from exc
+
+    # ------------------------------------------------------------------------------------------------ load
+    def load(self) -> dict:
+        trt_llm, LLM, llmapi = _import_engine()
+        self._llmapi = llmapi
+        self.check_supported()
+        trt = self.config["tensorrt"]
+        t0 = time.perf_counter()
+        details: dict = {"tensorrt_llm_pinned": PINNED_VERSION, "engine_flow": "tensorrt_llm._tensorrt_engine.LLM"}
+        checkpoint = _has_hf_config(self.model_path)
+        tokenizer_src = self.model_path if _has_tokenizer(self.model_path) else None
+        if trt["engine_path"]:
+            folder = Path(trt["engine_path"])
+            if not (folder / "config.json").is_file():
+                raise MeasurementError(f"tensorrt.engine_path = {folder}: no engine there (config.json missing)")
+            self.llm = self._construct(LLM, model=str(folder), tokenizer=tokenizer_src or str(folder), **self.runtime_args(llmapi))
+            details.update(engine_source="engine_path", engine_dir=str(folder), engine_cache_key=None, build_s=None)
+            self.engine_dir = folder
+        else:
+            arch = gpu_architecture()
+            fields = engine_key_fields(self.config, self.model_path, arch, str(trt_llm.__version__))
+            key = engine_cache_key(fields)
+            root = engine_cache_root(self.config)
+            folder = root / key
+            details.update(engine_cache_key=key, gpu_arch=arch, engine_dir=str(folder))
+            if is_complete_engine(folder) and not trt["force_rebuild"]:
+                self.llm = self._construct(LLM, model=str(folder), tokenizer=tokenizer_src or str(folder), **self.runtime_args(llmapi))
+                details.update(engine_source="cache_hit", build_s=None)
+            else:
+                build_s = self._build(LLM, llmapi, root, folder, fields, tokenizer_src)
+                details.update(engine_source="rebuilt" if trt["force_rebuild"] else "built", build_s=build_s)
+            self.engine_dir = folder
+        with open(self.engine_dir / "config.json", encoding="utf-8") as fh:
+            self._engine_config = json.load(fh)
+        self._load_tokenizer(tokenizer_src)
+        load_s = time.perf_counter() - t0
+
+        if checkpoint:
+            from transformers import AutoConfig
+
+            self._hf_config = AutoConfig.from_pretrained(self.model_path)
+            details["model_config_source"] = "checkpoint config.json (transformers AutoConfig)"
+        else:
+            details["model_config_source"] = "engine config.json pretrained_config (no checkpoint config beside it)"
+        parameters = self._analytic_parameters()
+        details["parameters_source"] = "analytic from the model config (linear layers + embeddings; norms excluded): the engine does not report them"
+        engine_bytes = sum(p.stat().st_size for p in self.engine_dir.glob("rank*.engine"))
+        details["model_size_source"] = "size of the engine files (rank*.engine) on disk"
+        bc = self._engine_config.get("build_config", {})
+        details["engine_build_config"] = {k: bc.get(k) for k in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "kv_cache_type", "strongly_typed")}
+        quant = self._engine_config.get("pretrained_config", {}).get("quantization") or {}
+        details["quant_algo"] = quant.get("quant_algo")
+        details["kv_cache_quant_algo"] = quant.get("kv_cache_quant_algo")
+        dtype = self._engine_config.get("pretrained_config", {}).get("dtype") or self.config["fp_precision"]
+        weights = {"engine_path": "prebuilt TensorRT engine (tensorrt.engine_path)", "cache_hit": "TensorRT engine from the cache",
+                   "built": "TensorRT engine built now from the checkpoint", "rebuilt": "TensorRT engine rebuilt now from the checkpoint (force_rebuild)"}[details["engine_source"]]  # fmt: skip
+        if trt["quantization"] != "none" and details["engine_source"] != "engine_path":
+            weights += f", quantization {trt['quantization']}"
+        return {
+            "load_s": load_s,
+            "device": "cuda",
+            "dtype": str(dtype),
+            "parameters": parameters,
+            "model_size_bytes": engine_bytes,
+            "architecture": (self.model_config().get("model_type") if isinstance(self.model_config(), dict) else getattr(self.model_config(), "model_type", None)),
+            "weights": weights,
+            **details,
+        }
+
+    def _build(self, LLM, llmapi, root: Path, folder: Path, fields: dict, tokenizer_src) -> float:
+        """Build from the checkpoint, save into a temp folder next to the cache entry, then rename it into place.
+        Returns the build time in seconds (LLM construction from the checkpoint: conversion, compilation and the
+        runtime's start)."""
+        root.mkdir(parents=True, exist_ok=True)
+        kwargs = {
+            "model": self.model_path,
+            "tokenizer": tokenizer_src or self.model_path,
+            "dtype": self.config["fp_precision"],
+            "build_config": self.build_config(llmapi),
+            **self.quant_args(llmapi),
+            **self.runtime_args(llmapi),
+        }
+        t0 = time.perf_counter()
+        self.llm = self._construct(LLM, **kwargs)
+        build_s = time.perf_counter() - t0
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=root))
+        old = None
+        try:
+            self.llm.save(str(tmp))
+            with open(tmp / MARKER, "w", encoding="utf-8") as fh:
+                json.dump({"key": folder.name, "fields": fields, "build_s": build_s, "built_at_epoch_s": time.time()}, fh, indent=2)
+            if folder.exists():  # force_rebuild: the old engine is moved aside, never half-overwritten
+                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=root))
+                os.rmdir(old)
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+        log.info("TensorRT engine %s built in %.1f s and saved to %s", folder.name, build_s, folder)
+        return build_s
+
+    def _load_tokenizer(self, tokenizer_src) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_src or self.engine_dir))
+        self.end_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+
+    def _analytic_parameters(self) -> int:
+        from ..flops import linear_per_position, model_dims
+
+        cfg = self.model_config()
+        d = model_dims(cfg)
+        tied = cfg.get("tie_word_embeddings", False) if isinstance(cfg, dict) else getattr(cfg, "tie_word_embeddings", False)
+        embeddings = d["vocab_size"] * d["hidden_size"] * (1 if tied else 2)
+        return linear_per_position(d) // 2 + embeddings
+
+    # ------------------------------------------------------------------------------------------------ prompts
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids per prompt, truncated to max_input_tokens (tokenised once per prompt list)."""
+        if self._encoded is None or self._encoded[0] != prompts:
+            enc = self.tokenizer(list(prompts), truncation=True, max_length=self.config["max_input_tokens"])
+            self._encoded = (list(prompts), [list(ids) for ids in enc["input_ids"]])
+        return self._encoded[1]
+
+    def plan(self, prompts: list[str]) -> list[Batch]:
+        """One batch with every prompt: in-flight batching, not this list, decides what runs together."""
+        ids = self.encode(prompts)
+        return [Batch(list(range(len(prompts))), [len(x) for x in ids])]
+
+    def sampling_params(self, max_tokens: int, min_tokens: int, seed: int | None):
+        dec = self.config["decoder"]
+        kwargs = {
+            "max_tokens": max_tokens,
+            "min_tokens": min_tokens,
+            "end_id": self.end_id,
+            "pad_id": self.pad_id,
+            "seed": seed,
+            "repetition_penalty": dec["repetition_penalty"],
+            "ignore_eos": min_tokens >= max_tokens,
+            "detokenize": False,  # text is never read; detokenising every streamed step would cost host time in the window
+        }
+        if dec["do_sample"]:
+            kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])
+        else:
+            # The release treats top_k = 1 (top_p unset) as greedy; temperature is then irrelevant.
+            kwargs.update(temperature=None, top_k=1, top_p=None)
+        return self._llmapi.SamplingParams(**kwargs)
+
+    # ------------------------------------------------------------------------------------------------ generate
+    async def _stream(self, idx: int, ids: list[int], params, on_done) -> dict:
+        """Submit one request and consume its stream. Arrival times are host perf_counter readings."""
+        submitted = time.perf_counter()
+        result = self.llm.generate_async(ids, sampling_params=params, streaming=True)
+        arrivals: list[tuple[float, int]] = []  # (arrival time, tokens that response added)
+        seen = 0
+        chunks = 0
+        async for out in result:
+            now = time.perf_counter()
+            n = len(out.outputs[0].token_ids)
+            if n > seen:
+                arrivals.append((now, n - seen))
+                seen = n
+                chunks += 1
+        end = time.perf_counter()
+        on_done()
+        return {"index": idx, "input_tokens": len(ids), "output_tokens": len(result.outputs[0].token_ids),
+                "submitted": submitted, "arrivals": arrivals, "chunks": chunks, "end": end}  # fmt: skip
+
+    async def _generate(self, ids_list: list[list[int]], indices: list[int], params, progress) -> list[dict]:
+        done = [0]
+        total = len(indices)
+
+        def on_done():
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        tasks = [asyncio.ensure_future(self._stream(i, ids_list[i], params, on_done)) for i in indices]
+        return list(await asyncio.gather(*tasks))
+
+    @staticmethod
+    def timing(stream: dict) -> RequestTiming:
+        """TTFT from submission to the first response carrying tokens; ITL from response arrivals. A response
+        carrying k > 1 tokens gives its gap to the first of them and 0 to the other k - 1 (they arrived together),
+        so a request with n tokens has n - 1 gaps; E2E from submission to the last token's arrival."""
+        t0, arrivals = stream["submitted"], stream["arrivals"]
+        if not arrivals:
+            return RequestTiming(stream["index"], stream["input_tokens"], 0, stream["end"] - t0, stream["end"] - t0, [])
+        itl: list[float] = [0.0] * (arrivals[0][1] - 1)
+        for (prev, _), (now, k) in itertools.pairwise(arrivals):
+            itl.append(now - prev)
+            itl.extend([0.0] * (k - 1))
+        return RequestTiming(stream["index"], stream["input_tokens"], stream["output_tokens"], arrivals[0][0] - t0, arrivals[-1][0] - t0, itl)
+
+    def _run_streams(self, prompts: list[str], indices: list[int], params, progress=None) -> tuple[float, float, list[dict]]:
+        ids = self.encode(prompts)
+        start = time.perf_counter()
+        if self._loop is None:
+            # One loop for the backend's life: each result is bound to the loop that submitted it, and reusing one
+            # avoids creating and tearing down a loop around every run inside the measurement window.
+            self._loop = asyncio.new_event_loop()
+        streams = self._loop.run_until_complete(self._generate(ids, indices, params, progress))
+        end = time.perf_counter()
+        return start, end, streams
+
+    def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
+        """Submit every request at once and consume all streams concurrently. ``progress(done, total)`` is called
+        as requests finish."""
+        cfg = self.config
+        params = self.sampling_params(cfg["max_output_tokens"], cfg["min_output_tokens"], seed)
+        indices = [i for b in batches for i in b.indices]
+        start, end, streams = self._run_streams(prompts, indices, params, progress)
+        requests = [self.timing(s) for s in streams]
+        first = [s["arrivals"][0][0] for s in streams if s["arrivals"]]
+        batch = {
+            "size": len(indices),
+            "input_tokens": sum(r.input_tokens for r in requests),
+            "padded_input_tokens": sum(r.input_tokens for r in requests),  # token ids go in unpadded
+            "output_tokens": sum(r.output_tokens for r in requests),
+            "steps": sum(s["chunks"] for s in streams),  # streamed responses that carried tokens, all requests
+            "latency_s": end - start,
+            "start_t": start,
+            "first_token_t": min(first) if first else end,
+            "end_t": end,
+        }
+        return RunOutput(requests, [batch], end - start, scheduling="continuous", latency_method="engine_stream_token_arrival")
+
+    def warmup(self, prompts: list[str], batch: Batch, cfg: dict) -> dict:
+        """Repeat a small workload (the first max_batch_size prompts, up to 32 new tokens) until the latency CV over
+        a sliding window < threshold, or max count. CV uses the sample standard deviation (ddof 1)."""
+        if not cfg["enabled"]:
+            return {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+        indices = batch.indices[: self.config["tensorrt"]["max_batch_size"]]
+        new_tokens = min(32, self.config["max_output_tokens"])
+        params = self.sampling_params(new_tokens, 0, self.config["random_seed"])
+        latencies: list[float] = []
+        final_cv = None
+        converged = False
+        window = cfg["window_size"]
+        need = max(cfg["min_prompts"], window)
+        t0 = time.perf_counter()
+        for _ in range(cfg["max_prompts"]):
+            start, end, _streams = self._run_streams(prompts, indices, params)
+            latencies.append(end - start)
+            if cfg["convergence_detection"] and len(latencies) >= need:
+                last = latencies[-window:]
+                final_cv = statistics.stdev(last) / statistics.fmean(last)
+                if final_cv < cfg["cv_threshold"]:
+                    converged = True
+                    break
+        if not cfg["convergence_detection"]:
+            converged = None
+        return {
+            "enabled": True,
+            "converged": converged,
+            "final_cv": final_cv,
+            "target_cv": cfg["cv_threshold"],
+            "iterations_completed": len(latencies),
+            "max_prompts": cfg["max_prompts"],
+            "batch_size": len(indices),
+            "max_new_tokens": new_tokens,
+            "duration_s": time.perf_counter() - t0,
+            "latencies_ms": [round(x * 1000, 3) for x in latencies],
+        }
+
+    # ------------------------------------------------------------------------------------------------ memory
+    def reset_peak_memory(self) -> None:
+        """Nothing to reset: the runtime allocates its own GPU memory, outside torch's allocator."""
+
+    def peak_memory(self) -> dict:
+        """torch's CUDA peaks do not see the runtime's allocations (null); NVML's memory in use on the experiment's
+        GPUs at the end of the window is added when NVML is available (it includes the preallocated KV cache)."""
+        out: dict = {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None}
+        try:
+            from ..energy.nvml import visible_gpus
+
+            gpus = visible_gpus()[: self.gpu_count()]
+            if gpus:
+                import pynvml
+
+                out["nvml_gpu_memory_used_bytes"] = int(sum(pynvml.nvmlDeviceGetMemoryInfo(g["handle"]).used for g in gpus))
+        except Exception:  # NVML facts are context, never a reason to lose the measurement
+            pass
+        return out

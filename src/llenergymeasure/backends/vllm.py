@@ -1,0 +1,607 @@
+"""vLLM backend: vLLM's offline engine (``vllm.LLM``, V1 engine) driven one scheduler step at a time.
+
+Coded against vLLM 0.11.0 (:data:`PINNED_VERSION`), the release of the official image
+``vllm/vllm-openai:v0.11.0`` that the campaign's ``containers.vllm`` names by default.
+
+Workload: every prompt is tokenised with the engine's own tokenizer, truncated to ``max_input_tokens`` and submitted
+as token ids, all at once; the engine's scheduler decides which sequences run together (continuous batching, at
+most ``vllm.max_num_seqs`` at a time). :meth:`VllmBackend.run` then calls ``llm_engine.step()`` until no request is
+left and timestamps on the host (``time.perf_counter``) the new tokens each step returns, per request:
+
+- TTFT: submission of the workload to the arrival of the request's first token (seconds);
+- ITL: gaps between consecutive token arrivals (seconds). A step can return several tokens of one request
+  (speculative decoding accepts drafts): they arrive together, so the first of them gets the gap since the
+  previous arrival and the others a gap of 0, and the gaps still sum to E2E - TTFT;
+- E2E: submission to the arrival of the request's last token (seconds).
+
+Output tokens are the length of the final output's token ids (EOS included when generated), input tokens the
+number of prompt token ids submitted. Nothing is padded. Sampling seeds are per request (run seed + prompt index),
+so a request's tokens do not depend on which other requests shared its steps.
+
+The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so each ``step()`` is one scheduler
+iteration; with speculative decoding it stays in its own process, because vLLM 0.11.0's in-process core drops the
+drafter's proposals (vLLM issue #27287: speculation silently never happens). Energy, memory and everything else
+the engine does in worker processes is measured from outside (NVML), not through this process.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import importlib.util
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+
+from ..errors import MeasurementError
+from .base import Batch, RequestTiming, RunOutput
+
+log = logging.getLogger(__name__)
+
+#: The vLLM release this module is written against (engine arguments, module paths, environment variables).
+PINNED_VERSION = "0.11.0"
+#: Official image of that release (what ``containers.vllm`` defaults to).
+PINNED_IMAGE = "docker://vllm/vllm-openai:v0.11.0"
+
+#: Schema ``decoder.top_k`` = 0 means "no top-k"; vLLM 0.11.0 spells that 0 as well (-1 is also accepted).
+TOP_K_DISABLED = 0
+#: Schema speculative methods -> vLLM 0.11.0 ``speculative_config["method"]`` names.
+SPEC_METHODS = {"ngram": "ngram", "eagle": "eagle", "eagle3": "eagle3", "medusa": "medusa", "mlp": "mlp_speculator",
+                "draft_model": "draft_model"}  # fmt: skip
+#: Methods vLLM 0.11.0 accepts in its config but its V1 engine cannot run (it raises, or its model runner does).
+SPEC_UNSUPPORTED = {"draft_model", "mlp_speculator"}
+#: Schema quantisation names that are not quantisation methods of vLLM 0.11.0.
+QUANT_UNSUPPORTED = {"marlin", "squeezellm"}
+#: LoRA limits vLLM 0.11.0 checks when LoRA is enabled.
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+LORA_EXTRA_VOCAB = (256, 512)
+#: Environment variables read while the engine starts, recorded with the result.
+ENGINE_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_ATTENTION_BACKEND", "VLLM_FLASH_ATTN_VERSION",
+              "TORCH_COMPILE_DISABLE", "NCCL_P2P_DISABLE")  # fmt: skip
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def missing_engine(exc: BaseException | None = None) -> MeasurementError:
+    why = f"{type(exc).__name__}: {exc}" if exc is not None else "no module named 'vllm'"
+    return MeasurementError(
+        f"vllm is not importable here ({why}); run vLLM experiments in their container: snakemake --use-singularity "
+        f"(containers.vllm, default {PINNED_IMAGE})"
+    )
+
+
+def unsupported_setting(config: dict) -> str | None:
+    """Why vLLM 0.11.0 cannot run this experiment although the schema allows it, or None."""
+    v = config["vllm"]
+    if v["quantization"] in QUANT_UNSUPPORTED:
+        return (f"vllm.quantization = {v['quantization']} is not a quantisation method of vLLM {PINNED_VERSION} "
+                "(it picks Marlin kernels itself for gptq/awq checkpoints; use awq, gptq, fp8 or bitsandbytes)")  # fmt: skip
+    spec = v["speculative"]
+    if spec["method"] is not None or spec["model"] is not None:
+        method = SPEC_METHODS[spec["method"] or "draft_model"]
+        if method in SPEC_UNSUPPORTED:
+            how = f"vllm.speculative.method = {spec['method']}" if spec["method"] else "vllm.speculative.model without a method (draft_model)"
+            return f"{how} is not supported by vLLM {PINNED_VERSION}'s V1 engine (use ngram, eagle, eagle3 or medusa)"
+    lora = v["lora"]
+    if lora["enabled"]:
+        if lora["max_rank"] not in LORA_RANKS:
+            return f"vllm.lora.max_rank = {lora['max_rank']}: vLLM {PINNED_VERSION} accepts {', '.join(map(str, LORA_RANKS))}"
+        if lora["extra_vocab_size"] not in LORA_EXTRA_VOCAB:
+            return f"vllm.lora.extra_vocab_size = {lora['extra_vocab_size']}: vLLM {PINNED_VERSION} accepts 256 or 512"
+    budget = v["max_num_batched_tokens"]
+    if budget is not None and budget < v["max_num_seqs"]:
+        return (f"vllm.max_num_batched_tokens = {budget} is smaller than vllm.max_num_seqs = {v['max_num_seqs']}: "
+                f"vLLM {PINNED_VERSION} rejects that")  # fmt: skip
+    return None
+
+
+def speculative_config(spec: dict) -> dict | None:
+    """The ``speculative_config`` engine argument from the schema's ``vllm.speculative`` (None: no speculation)."""
+    if spec["method"] is None and spec["model"] is None:
+        return None
+    out = {
+        "method": SPEC_METHODS[spec["method"] or "draft_model"],
+        "model": spec["model"],
+        "num_speculative_tokens": spec["num_tokens"],
+        "prompt_lookup_min": spec["prompt_lookup_min"],
+        "prompt_lookup_max": spec["prompt_lookup_max"],
+        "draft_tensor_parallel_size": spec["draft_tp_size"],
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def engine_kwargs(config: dict, model_path: str) -> dict:
+    """Keyword arguments of ``vllm.LLM`` for an experiment. Values that are null in the config are left out (the
+    engine decides them); ``vllm.extra`` is applied last and wins."""
+    v = config["vllm"]
+    world = v["tensor_parallel_size"] * v["pipeline_parallel_size"]
+    kw = {
+        "model": model_path,
+        "tokenizer": model_path,
+        "dtype": config["fp_precision"],
+        "seed": config["random_seed"],
+        "max_num_seqs": v["max_num_seqs"],
+        "max_num_batched_tokens": v["max_num_batched_tokens"],
+        "gpu_memory_utilization": v["gpu_memory_utilization"],
+        "swap_space": v["swap_space"],
+        "cpu_offload_gb": v["cpu_offload_gb"],
+        "tensor_parallel_size": v["tensor_parallel_size"],
+        "pipeline_parallel_size": v["pipeline_parallel_size"],
+        # vLLM uses its in-process executor for one GPU when this is unset; "mp" would move the single worker
+        # into a second process, which no vLLM default does, so the choice is passed for multi-GPU engines only.
+        "distributed_executor_backend": v["distributed_backend"] if world > 1 else None,
+        "disable_custom_all_reduce": v["disable_custom_all_reduce"],
+        "enable_prefix_caching": v["enable_prefix_caching"],
+        "enable_chunked_prefill": v["enable_chunked_prefill"],
+        "block_size": v["block_size"],
+        "max_model_len": v["max_model_len"] or config["max_input_tokens"] + config["max_output_tokens"],
+        "enforce_eager": v["enforce_eager"],
+        "quantization": v["quantization"],
+        "load_format": v["load_format"],
+        "kv_cache_dtype": v["kv_cache_dtype"],
+        "disable_sliding_window": v["attention"]["disable_sliding_window"],
+        "speculative_config": speculative_config(v["speculative"]),
+        "enable_lora": v["lora"]["enabled"],
+        "max_loras": v["lora"]["max_loras"],
+        "max_lora_rank": v["lora"]["max_rank"],
+        "lora_extra_vocab_size": v["lora"]["extra_vocab_size"],  # deprecated in 0.11.0, removed in 0.12.0
+    }
+    kw = {k: val for k, val in kw.items() if val is not None}
+    kw.update(v["extra"] or {})
+    return kw
+
+
+def engine_environment(config: dict, environ=None) -> dict[str, str]:
+    """Environment variables to set before the engine starts (name -> value); variables already set by the user
+    are kept, except the attention choices, which the experiment names explicitly."""
+    environ = os.environ if environ is None else environ
+    v = config["vllm"]
+    out: dict[str, str] = {}
+    speculative = speculative_config(v["speculative"]) is not None
+    if "VLLM_ENABLE_V1_MULTIPROCESSING" not in environ and not speculative:
+        out["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if v["enforce_eager"] and "TORCH_COMPILE_DISABLE" not in environ:
+        out["TORCH_COMPILE_DISABLE"] = "1"
+    if v["attention"]["backend"] != "auto":
+        out["VLLM_ATTENTION_BACKEND"] = v["attention"]["backend"]
+    if v["attention"]["flash_version"] is not None:
+        out["VLLM_FLASH_ATTN_VERSION"] = str(v["attention"]["flash_version"])
+    return out
+
+
+def analytic_parameters(hf_config) -> int | None:
+    """Weights of a decoder-only model from its config: the projections and MLPs that
+    :func:`llenergymeasure.flops.linear_per_position` counts (one weight per multiply-accumulate), the embedding,
+    an untied output layer and the RMS/LayerNorm scales. None when the config lacks a dimension."""
+    from ..flops import linear_per_position, model_dims
+
+    d = model_dims(hf_config)
+    if any(d[k] is None for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "vocab_size")):
+        return None
+    tied = getattr(hf_config, "tie_word_embeddings", False)
+    embed = d["vocab_size"] * d["hidden_size"]
+    norms = (2 * d["num_layers"] + 1) * d["hidden_size"]
+    return linear_per_position(d) // 2 + embed * (1 if tied else 2) + norms
+
+
+def _weights(model) -> tuple[int, int]:
+    """(parameters, bytes) of a torch module; runs inside the engine's worker via ``LLM.apply_model``."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
+
+
+def _checkpoint_bytes(model_path: str) -> int | None:
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return None
+    files = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file()]
+    return sum(f.stat().st_size for f in files) or None
+
+
+def _plain(value):
+    """A JSON-friendly copy (engine configs hold enums, dtypes and classes)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+class VllmBackend:
+    name = "vllm"
+
+    def __init__(self, config: dict, model_path: str) -> None:
+        self.config = config
+        self.model_path = model_path
+        self.llm = None
+        self.tokenizer = None
+        self._hf_config = None
+        self._saved_env: dict[str, str | None] = {}
+        self._prompts: list[str] | None = None
+        self._token_ids: list[list[int]] = []
+        self._lora = None
+        self._effective: dict = {}
+        self._request_counter = 0
+
+    # ------------------------------------------------------------------------------------------------ setup
+    @staticmethod
+    def version() -> dict:
+        out: dict = {}
+        for name in ("vllm", "torch", "transformers"):
+            try:
+                out[name] = str(importlib.import_module(name).__version__)
+            except Exception:  # not installed here, or broken: recorded as unknown
+                out[name] = None
+        return out
+
+    def resolve_device(self) -> str:
+        """Always "cuda": vLLM runs on NVIDIA GPUs here (device = cpu is rejected when the campaign is expanded).
+        Checks that vLLM can be found, so a missing engine fails before the idle baseline is measured."""
+        if self.config["device"] == "cpu":
+            raise MeasurementError("backend = vllm runs on CUDA GPUs only, but device = cpu")
+        try:
+            found = importlib.util.find_spec("vllm") is not None
+        except (ImportError, ValueError) as exc:
+            raise missing_engine(exc) from None
+        if not found:
+            raise missing_engine()
+        return "cuda"
+
+    def gpu_count(self) -> int:
+        v = self.config["vllm"]
+        return v["tensor_parallel_size"] * v["pipeline_parallel_size"]
+
+    def model_config(self):
+        if self._hf_config is None:
+            from transformers import AutoConfig
+
+            self._hf_config = AutoConfig.from_pretrained(self.model_path)
+        return self._hf_config
+
+    def _set_environment(self) -> dict[str, str]:
+        wanted = engine_environment(self.config)
+        for name, value in wanted.items():
+            previous = os.environ.get(name)
+            if previous is not None and previous != value:
+                log.warning("%s=%s from the environment replaced by %s (the experiment's setting)", name, previous, value)
+            self._saved_env.setdefault(name, previous)
+            os.environ[name] = value
+        speculative = speculative_config(self.config["vllm"]["speculative"]) is not None
+        if speculative and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+            log.warning("VLLM_ENABLE_V1_MULTIPROCESSING=0 with speculative decoding: vLLM %s then never uses the "
+                            "drafts (vLLM issue #27287)", PINNED_VERSION)  # fmt: skip
+        return wanted
+
+    def _restore_environment(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
+
+    def load(self) -> dict:
+        problem = unsupported_setting(self.config)
+        if problem:
+            raise MeasurementError(problem)
+        try:
+            import vllm
+            from vllm import LLM
+        except ImportError as exc:
+            raise missing_engine(exc) from None
+        if not str(vllm.__version__).startswith(PINNED_VERSION):
+            log.warning("vLLM %s is installed; this backend was written for %s", vllm.__version__, PINNED_VERSION)
+        v = self.config["vllm"]
+        kwargs = engine_kwargs(self.config, self.model_path)
+        env_set = self._set_environment()
+        t0 = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        load_s = time.perf_counter() - t0
+        self.tokenizer = self.llm.get_tokenizer()
+        if v["lora"]["enabled"]:
+            from vllm.lora.request import LoRARequest
+
+            adapter = self.config["adapter"]
+            self._lora = LoRARequest(lora_name=Path(adapter).name or "adapter", lora_int_id=1, lora_path=adapter)
+        self._effective = self._read_effective()
+        params, size, method = self._count_weights(env_set)
+        quant = v["quantization"]
+        return {
+            "load_s": load_s,
+            "device": "cuda",
+            "dtype": self.config["fp_precision"],
+            "parameters": params,
+            "model_size_bytes": size,
+            "architecture": getattr(self.model_config(), "model_type", None),
+            "weights": "checkpoint" if quant is None else f"checkpoint, {quant} quantisation",
+            "engine": "vllm.LLM, stepped through llm_engine.add_request/step",
+            "vllm_version": str(vllm.__version__),
+            "pinned_version": PINNED_VERSION,
+            "engine_args": _plain(kwargs),
+            "engine_effective": self._effective,
+            "environment": {name: os.environ.get(name) for name in ENGINE_ENV},
+            "environment_set": sorted(env_set),
+            "parameters_method": method,
+            "lora_adapter": self.config["adapter"] if self._lora is not None else None,
+        }
+
+    def _read_effective(self) -> dict:
+        """Settings the engine actually uses (it may override or fill in what it was given)."""
+        cfg = getattr(self.llm.llm_engine, "vllm_config", None)
+
+        def get(*path):
+            obj = cfg
+            for part in path:
+                obj = getattr(obj, part, None)
+                if obj is None:
+                    return None
+            return _plain(obj)
+
+        return {
+            "max_num_seqs": get("scheduler_config", "max_num_seqs"),
+            "max_num_batched_tokens": get("scheduler_config", "max_num_batched_tokens"),
+            "chunked_prefill": get("scheduler_config", "chunked_prefill_enabled"),
+            "prefix_caching": get("cache_config", "enable_prefix_caching"),
+            "block_size": get("cache_config", "block_size"),
+            "kv_cache_dtype": get("cache_config", "cache_dtype"),
+            "num_gpu_blocks": get("cache_config", "num_gpu_blocks"),
+            "max_model_len": get("model_config", "max_model_len"),
+            "executor": get("parallel_config", "distributed_executor_backend"),
+            "speculative_method": get("speculative_config", "method"),
+        }
+
+    def _count_weights(self, env_set: dict) -> tuple[int | None, int | None, str]:
+        """(parameters, bytes, method). The engine's model is asked when it lives in this process on one GPU;
+        otherwise (tensor/pipeline shards in worker processes) the count comes from the HF config."""
+        in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        if self.gpu_count() == 1 and in_process:
+            try:
+                (params, size), *_ = self.llm.apply_model(_weights)
+                return int(params), int(size), "engine_model"
+            except Exception as exc:  # the count is context; the measurement does not depend on it
+                log.info("parameter count from the engine's model failed (%s); using the HF config", exc)
+        params = analytic_parameters(self.model_config())
+        if self.config["vllm"]["quantization"] is None and params is not None:
+            size = params * DTYPE_BYTES[self.config["fp_precision"]]
+        else:
+            size = _checkpoint_bytes(self.model_path)
+        return params, size, "analytic_from_hf_config"
+
+    # ------------------------------------------------------------------------------------------------ workload
+    def _tokens(self, prompts: list[str]) -> list[list[int]]:
+        if self._prompts is not prompts and self._prompts != prompts:
+            limit = self.config["max_input_tokens"]
+            self._token_ids = [self.tokenizer(p, truncation=True, max_length=limit)["input_ids"] for p in prompts]
+            self._prompts = prompts
+        return self._token_ids
+
+    def plan(self, prompts: list[str]) -> list[Batch]:
+        """One batch holding every prompt: the engine's scheduler forms the running batch."""
+        tokens = self._tokens(prompts)
+        return [Batch(list(range(len(prompts))), [len(t) for t in tokens])]
+
+    def sampling_params(self, max_tokens: int, min_tokens: int, seed: int | None):
+        from vllm import SamplingParams
+
+        dec, v = self.config["decoder"], self.config["vllm"]
+        kwargs = {
+            "n": 1,
+            "max_tokens": max_tokens,
+            "min_tokens": min_tokens,
+            "temperature": dec["temperature"] if dec["do_sample"] else 0.0,  # 0 = greedy in vLLM
+            "top_p": dec["top_p"],
+            "top_k": dec["top_k"] if dec["top_k"] > 0 else TOP_K_DISABLED,
+            "repetition_penalty": dec["repetition_penalty"],
+            "min_p": v["min_p"],
+            "ignore_eos": min_tokens >= max_tokens,  # forced output length: EOS must not end a request early
+            "seed": seed,
+        }
+        if v["logprobs"] is not None:
+            kwargs["logprobs"] = v["logprobs"]
+        if v["logit_bias"]:
+            kwargs["logit_bias"] = {int(token): float(bias) for token, bias in v["logit_bias"].items()}
+        return SamplingParams(**kwargs)
+
+    def _stream(self, indices: list[int], tokens: list[list[int]], max_tokens: int, min_tokens: int,
+                seed: int | None, progress=None) -> tuple[list[RequestTiming], dict]:  # fmt: skip
+        """Submit the requests, step the engine until all are finished, timestamp every token arrival."""
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        n = len(indices)
+        slot: dict[str, int] = {}
+        params = [self.sampling_params(max_tokens, min_tokens, None if seed is None else seed + i) for i in indices]
+        prompts = [TokensPrompt(prompt_token_ids=list(tokens[i])) for i in indices]
+        seen = [0] * n
+        first: list[float | None] = [None] * n
+        last: list[float | None] = [None] * n
+        final = [0] * n
+        gaps: list[list[float]] = [[] for _ in range(n)]
+        done = 0
+        steps = 0
+        peak = 0
+        decoding_steps: list[int] = []
+        start = time.perf_counter()
+        for k in range(n):
+            self._request_counter += 1
+            rid = f"lem-{self._request_counter}"
+            slot[rid] = k
+            engine.add_request(rid, prompts[k], params[k], lora_request=self._lora)
+        while engine.has_unfinished_requests():
+            outputs = engine.step()
+            now = time.perf_counter()
+            steps += 1
+            decoding = 0
+            finished_now = 0
+            for out in outputs:
+                k = slot.get(out.request_id)
+                if k is None:
+                    continue
+                count = len(out.outputs[0].token_ids)
+                new = count - seen[k]
+                if new > 0:
+                    decoding += 1
+                    if first[k] is None:
+                        first[k] = now
+                    else:
+                        gaps[k].append(now - last[k])
+                    gaps[k].extend([0.0] * (new - 1))  # tokens of one step arrive together
+                    last[k] = now
+                    seen[k] = count
+                if out.finished:
+                    final[k] = count
+                    if last[k] is None:  # finished without a token
+                        first[k] = last[k] = now
+                    finished_now += 1
+            if decoding:
+                decoding_steps.append(decoding)
+                peak = max(peak, decoding)
+            if finished_now:
+                done += finished_now
+                if progress is not None:
+                    progress(done, n)
+        end = time.perf_counter()
+        requests = [
+            RequestTiming(idx, len(tokens[idx]), final[k], first[k] - start, last[k] - start, gaps[k])
+            for k, idx in enumerate(indices)
+        ]
+        input_tokens = sum(len(tokens[i]) for i in indices)
+        batch = {
+            "size": n,
+            "input_tokens": input_tokens,
+            "padded_input_tokens": input_tokens,
+            "output_tokens": sum(final),
+            "steps": steps,
+            "latency_s": end - start,
+            "start_t": start,
+            "first_token_t": min((t for t in first if t is not None), default=end),
+            "end_t": end,
+            "peak_decoding_seqs": peak,
+            "mean_decoding_seqs": statistics.fmean(decoding_steps) if decoding_steps else 0.0,
+        }
+        return requests, batch
+
+    def _reset_prefix_cache(self) -> None:
+        """Cached prefixes from an earlier pass would make a repeated workload cheaper than a fresh one."""
+        if self._effective.get("prefix_caching"):
+            self.llm.reset_prefix_cache()
+
+    def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
+        """Submit every prompt at once and stream the engine. ``progress(done, total)`` as requests finish."""
+        tokens = self._tokens(prompts)
+        self._reset_prefix_cache()
+        requests: list[RequestTiming] = []
+        stats = []
+        for batch in batches:
+            reqs, stat = self._stream(batch.indices, tokens, self.config["max_output_tokens"],
+                                      self.config["min_output_tokens"], seed, progress)  # fmt: skip
+            requests.extend(reqs)
+            stats.append(stat)
+        return RunOutput(requests, stats, sum(s["latency_s"] for s in stats), scheduling="continuous",
+                         latency_method="engine_step_token_arrival")  # fmt: skip
+
+    def warmup(self, prompts: list[str], batch: Batch, cfg: dict) -> dict:
+        """Repeat a small workload (the first ``max_num_seqs`` prompts, up to 32 forced tokens each) until the
+        latency CV over the last ``window_size`` repetitions (sample standard deviation, ddof 1) is below
+        ``cv_threshold``, or ``max_prompts`` repetitions. The output length is forced so that the CV reflects the
+        engine's state, not how early the model happens to stop."""
+        if not cfg["enabled"]:
+            return {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+        tokens = self._tokens(prompts)
+        indices = batch.indices[: self.config["vllm"]["max_num_seqs"]]
+        new_tokens = min(32, self.config["max_output_tokens"])
+        latencies: list[float] = []
+        final_cv = None
+        converged = False
+        window = cfg["window_size"]
+        need = max(cfg["min_prompts"], window)
+        t0 = time.perf_counter()
+        for _ in range(cfg["max_prompts"]):
+            _, stat = self._stream(indices, tokens, new_tokens, new_tokens, self.config["random_seed"])
+            latencies.append(stat["latency_s"])
+            if cfg["convergence_detection"] and len(latencies) >= need:
+                last = latencies[-window:]
+                final_cv = statistics.stdev(last) / statistics.fmean(last)
+                if final_cv < cfg["cv_threshold"]:
+                    converged = True
+                    break
+        if not cfg["convergence_detection"]:
+            converged = None
+        self._reset_prefix_cache()
+        return {
+            "enabled": True,
+            "converged": converged,
+            "final_cv": final_cv,
+            "target_cv": cfg["cv_threshold"],
+            "iterations_completed": len(latencies),
+            "max_prompts": cfg["max_prompts"],
+            "batch_size": len(indices),
+            "max_new_tokens": new_tokens,
+            "duration_s": time.perf_counter() - t0,
+            "latencies_ms": [round(x * 1000, 3) for x in latencies],
+        }
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
+        flags = []
+        limit = self.config["vllm"]["max_num_seqs"]
+        peak = max((b.get("peak_decoding_seqs", 0) for b in run_batches), default=0)
+        if run_batches and peak < limit:
+            message = (f"at most {peak} sequences got a token in one engine step, below vllm.max_num_seqs = {limit}: "
+                       "fewer prompts than max_num_seqs, or the KV cache or token budget kept the running batch smaller")  # fmt: skip
+            flags.append(("batch_not_saturated", message))
+        if not self.config["vllm"]["enable_chunked_prefill"] and self._effective.get("chunked_prefill"):
+            message = (f"vllm.enable_chunked_prefill = false, but vLLM {PINNED_VERSION} chunks prefills of generation "
+                       "models regardless (the engine reports chunked prefill on)")  # fmt: skip
+            flags.append(("chunked_prefill_forced", message))
+        return flags
+
+    # ------------------------------------------------------------------------------------------------ memory
+    def reset_peak_memory(self) -> None:
+        """Nothing to reset: the engine's allocations live in its worker(s), and vLLM reserves its memory up front."""
+
+    def peak_memory(self) -> dict:
+        """``cuda_peak_*`` are null (this process does not allocate the engine's memory). ``gpu_memory_used_bytes``:
+        NVML's used memory summed over the experiment's GPUs after the run (whole devices, other processes
+        included; vLLM reserves ``gpu_memory_utilization`` of each at load, so this is also its peak);
+        ``kv_cache_capacity_tokens``: KV cache blocks x block size, where the engine reports its blocks."""
+        out: dict = {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None,
+                     "gpu_memory_used_bytes": None, "kv_cache_capacity_tokens": None}  # fmt: skip
+        try:
+            import pynvml
+
+            from ..energy.nvml import visible_gpus
+
+            gpus = visible_gpus()[: self.gpu_count()]
+            if gpus:
+                out["gpu_memory_used_bytes"] = sum(int(pynvml.nvmlDeviceGetMemoryInfo(g["handle"]).used) for g in gpus)
+        except Exception as exc:  # no NVML here: memory is context, not a measured quantity of the window
+            log.debug("GPU memory through NVML unavailable: %s", exc)
+        blocks, size = self._effective.get("num_gpu_blocks"), self._effective.get("block_size")
+        if isinstance(blocks, int) and isinstance(size, int):
+            out["kv_cache_capacity_tokens"] = blocks * size
+        return out
+
+    def close(self) -> None:
+        """Shut the engine core (and its workers) down, release distributed state and cached GPU memory, and put
+        back the environment variables set for the engine."""
+        llm, self.llm = self.llm, None
+        self.tokenizer = None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception as exc:  # a half-started engine: cleaning up what exists is all that is left to do
+                log.warning("vLLM engine shutdown: %s", exc)
+            del llm
+            gc.collect()
+            try:
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                ray = self.config["vllm"]["distributed_backend"] == "ray" and self.gpu_count() > 1
+                cleanup_dist_env_and_memory(shutdown_ray=ray)
+            except Exception as exc:
+                log.warning("vLLM cleanup: %s", exc)
+        self._restore_environment()
