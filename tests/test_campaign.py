@@ -80,6 +80,11 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
         ({"backend": "vllm", "vllm": {"max_num_batched_tokens": 100}}, "chunked prefill is off"),
         ({"backend": "tensorrt", "tensorrt": {"max_input_len": 100}}, "tensorrt.max_input_len = 100 is smaller than max_input_tokens = 512"),
         ({"backend": "vllm", "no_weights": True, "model_name": "llama-3.2-1b"}, "backend vllm loads checkpoints only"),
+        ({"backend": "tensorrt", "tensorrt": {"kv_cache_type": "continuous"}}, "chunked context and KV cache reuse need a paged KV cache"),
+        ({"backend": "tensorrt", "tensorrt": {"draft_model": "x/y"}}, "draft-target speculative decoding on its PyTorch flow only"),
+        ({"backend": "tensorrt", "tensorrt": {"builder_opt_level": 5}}, "BuildConfig has no optimisation level"),
+        ({"backend": "tensorrt", "tensorrt": {"quantization": "int8_weight_only", "engine_path": "/e"}}, "is applied while building"),
+        ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"split": "validation"}}}, "CalibConfig has no split"),
     ],
 )
 def test_capability_checks_give_the_reason(experiment, reason):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 import yaml
@@ -114,6 +115,25 @@ def test_datasets_and_doctor(capsys):
     assert "HF_TOKEN" in report["hub"] and report["hub"]["HF_TOKEN"] in (None, "set")
     code, out, _ = run(capsys, "doctor")
     assert code == 0 and "energy: CPU" in out
+
+
+def test_doctor_reports_runtime_and_pulled_images(tmp_path, monkeypatch, capsys):
+    import hashlib
+
+    from conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{REPO / 'tests' / 'fakes' / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "campaign.yaml").write_text("campaign_name: x\ncontainers: {vllm: docker://example.org/v:1}\n")
+    cache = tmp_path / ".snakemake" / "singularity"
+    cache.mkdir(parents=True)
+    (cache / (hashlib.md5(b"docker://example.org/v:1").hexdigest() + ".simg")).write_text("{}")
+    code, out, _ = run(capsys, "--json", "doctor")
+    report = json.loads(out)["containers"]
+    assert code == 0 and report["runtime"].startswith("apptainer version")
+    assert report["images"]["vllm"] == {"uri": "docker://example.org/v:1", "cached": True}
+    assert report["images"]["tensorrt"]["cached"] is False
 
 
 def test_json_from_environment(monkeypatch, capsys):

@@ -306,8 +306,19 @@ def capability_problem(config: dict) -> str | None:
             return f"tensorrt.max_output_len = {trt['max_output_len']} is smaller than max_output_tokens = {config['max_output_tokens']}"
         if trt["engine_path"] and trt["force_rebuild"]:
             return "tensorrt.engine_path names a prebuilt engine; tensorrt.force_rebuild cannot rebuild it"
-        if trt["quantization"] in ("int4_awq", "int4_gptq", "int8_sq", "fp8") and trt["engine_path"]:
+        if trt["quantization"] != "none" and trt["engine_path"]:
             return f"tensorrt.quantization = {trt['quantization']} is applied while building; a prebuilt engine_path is used as built"
+        if trt["draft_model"]:
+            return ("tensorrt.draft_model: TensorRT-LLM 1.0.0 runs draft-target speculative decoding on its PyTorch flow only, "
+                    "not on a TensorRT engine")  # fmt: skip
+        if trt["builder_opt_level"] != 3 and not trt["engine_path"]:
+            return ("tensorrt.builder_opt_level: TensorRT-LLM 1.0.0's BuildConfig has no optimisation level; engines are built "
+                    "at TensorRT's default (3)")  # fmt: skip
+        if trt["quantization"] in ("fp8", "int8_sq", "int4_awq") and trt["calibration"]["split"] != "train":
+            return "tensorrt.calibration.split: TensorRT-LLM 1.0.0's CalibConfig has no split; calibration reads 'train'"
+        if trt["kv_cache_type"] == "continuous" and (trt["enable_chunked_context"] or trt["enable_kv_cache_reuse"]):
+            return ("tensorrt.kv_cache_type = continuous: chunked context and KV cache reuse need a paged KV cache "
+                    "(set tensorrt.enable_chunked_context and enable_kv_cache_reuse to false)")  # fmt: skip
     if backend == "vllm":
         v = config["vllm"]
         if config["adapter"] and not v["lora"]["enabled"]:

@@ -336,14 +336,37 @@ def diagnose() -> dict:
         "cpu": "rapl" if report["cpu"]["rapl_domains"] else "estimate_tdp (RAPL not readable here)",
     }
     runtime = _version_of(["apptainer", "--version"]) or _version_of(["singularity", "--version"])
-    images = sorted(p.name for p in Path(".snakemake/singularity").glob("*.simg")) if Path(".snakemake/singularity").is_dir() else []
-    report["containers"] = {"runtime": runtime, "cached_images": images}
+    report["containers"] = {"runtime": runtime, "images": _campaign_images()}
     report["slurm"] = {"sbatch": shutil.which("sbatch"), "sinfo": _version_of(["sinfo", "--version"]),
                        "executor_plugin": importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None}  # fmt: skip
     report["hub"] = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     report["hub"]["HF_TOKEN"] = "set" if os.environ.get("HF_TOKEN") else None  # never print the token
     report["baseline_cache"] = str(cache_dir())
     return report
+
+
+def _campaign_images() -> dict:
+    """Each backend's image in the default campaign (or the schema's defaults) and whether Snakemake has pulled it
+    here (``.snakemake/singularity/<md5 of the URI>.simg``; a local .sif counts when the file exists)."""
+    import hashlib
+
+    from .config import load_schema
+
+    images = {k: v["default"] for k, v in load_schema("campaign")["properties"]["containers"]["properties"].items()}
+    try:
+        from .campaign import read_yaml
+
+        images.update((read_yaml(Path("config/campaign.yaml")) or {}).get("containers") or {})
+    except Exception:  # noqa: BLE001 - no or unreadable default campaign: the schema's images
+        pass
+    out = {}
+    for backend, uri in images.items():
+        if "://" in uri:
+            cached = (Path(".snakemake/singularity") / (hashlib.md5(uri.encode()).hexdigest() + ".simg")).exists()  # noqa: S324
+        else:
+            cached = Path(uri).exists()
+        out[backend] = {"uri": uri, "cached": cached}
+    return out
 
 
 def cmd_doctor(args) -> int:
@@ -370,7 +393,8 @@ def cmd_doctor(args) -> int:
     line("energy: GPU", report["energy_sources"]["gpu"])
     line("energy: CPU", report["energy_sources"]["cpu"])
     line("container runtime", report["containers"]["runtime"] or "none (apptainer/singularity not on PATH)")
-    line("cached images", ", ".join(report["containers"]["cached_images"]) or "none")
+    for backend, image in report["containers"]["images"].items():
+        line(f"image ({backend})", f"{image['uri']} ({'pulled' if image['cached'] else 'not pulled yet'})")
     s = report["slurm"]
     line("Slurm", f"{s['sinfo'] or 'sinfo not on PATH'}; executor plugin {'installed' if s['executor_plugin'] else 'not installed'}")
     line("baseline cache", report["baseline_cache"])

@@ -1,0 +1,3 @@
+from .result import CompletionOutput, GenerationResult
+
+__all__ = ["CompletionOutput", "GenerationResult"]

@@ -1,0 +1,3 @@
+from .modeling_utils import QuantConfig
+
+__all__ = ["QuantConfig"]
