@@ -53,7 +53,9 @@ def campaign(backends: list[str], **extra) -> dict:
 def run_with_double(workflow_dir: Path, data: dict, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     calls = workflow_dir / "apptainer-calls.jsonl"
-    env = {**os.environ, "PATH": f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}", "LEM_FAKE_APPTAINER_LOG": str(calls)}
+    # the double runs the job's `python` on the host: this interpreter stands in for the image's
+    path = os.pathsep.join([str(FAKE_BIN), str(Path(sys.executable).parent), os.environ["PATH"]])
+    env = {**os.environ, "PATH": path, "LEM_FAKE_APPTAINER_LOG": str(calls)}
     run = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml", "--use-singularity",
          "--apptainer-args=--nv", *args],
@@ -88,7 +90,7 @@ def test_mixed_backends_run_each_in_its_image(workflow_dir):
         assert argv[-2] == "-c" and ".snakemake/scripts/" in argv[-1]  # the rule's script, with Snakemake's preamble
 
     root = workflow_dir / "results" / "images"
-    raws = [read_result(p) for p in raw_result_files(root)]
+    raws = [read_result(p, "raw_result") for p in raw_result_files(root)]
     assert sorted(r["backend"] for r in raws) == ["pytorch", "tensorrt", "vllm"]
     for r in raws:
         image = r["environment"]["container_image"]
@@ -106,7 +108,7 @@ def test_an_engine_missing_from_its_image_fails_that_job_only(workflow_dir):
     run, _ = run_with_double(workflow_dir, campaign(["pytorch", "vllm"], containers=images), "--keep-going")
     assert run.returncode != 0
     root = workflow_dir / "results" / "images"
-    raws = [read_result(p) for p in raw_result_files(root)]
+    raws = [read_result(p, "raw_result") for p in raw_result_files(root)]
     assert [r["backend"] for r in raws] == ["pytorch"]  # the other experiment's result is complete
     logs = list((root / "logs" / "measure").glob("vllm-*/cycle_1.log"))
     assert logs and "vllm is not importable" in logs[0].read_text()

@@ -337,14 +337,15 @@ def capability_problem(config: dict) -> str | None:
         if v["max_model_len"] is not None and v["max_model_len"] < config["max_input_tokens"] + config["max_output_tokens"]:
             return (f"vllm.max_model_len = {v['max_model_len']} is smaller than max_input_tokens + max_output_tokens = "
                     f"{config['max_input_tokens'] + config['max_output_tokens']}")  # fmt: skip
-        budget = v["max_num_batched_tokens"]
-        if budget is not None and not v["enable_chunked_prefill"] and budget < config["max_input_tokens"]:
-            return (f"vllm.max_num_batched_tokens = {budget} is smaller than max_input_tokens = {config['max_input_tokens']} "
-                    "and chunked prefill is off: a long prompt could never be scheduled")  # fmt: skip
         if v["kv_cache_dtype"] == "fp8" and config["fp_precision"] == "float32":
             return "vllm.kv_cache_dtype = fp8 with fp_precision = float32 is not supported by vLLM"
         if v["attention"]["flash_version"] is not None and v["attention"]["backend"] != "FLASH_ATTN":
             return "vllm.attention.flash_version applies to vllm.attention.backend = FLASH_ATTN only"
+        from .backends.vllm import unsupported_setting  # what the pinned vLLM release cannot do (no engine import)
+
+        problem = unsupported_setting(config)
+        if problem:
+            return problem
     needed = parallel_gpus(config)
     if engine or config["device"] == "cuda" or needed > 1:
         if config["device"] != "cpu" and needed != len(config["gpus"]):

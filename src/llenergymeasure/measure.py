@@ -301,7 +301,7 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
         "workload_repetitions": len(runs),
         "scheduling": runs[0].scheduling,
         "requests_at_max_output_tokens": sum(1 for r in reqs if r.output_tokens >= config["max_output_tokens"]),
-        "counting": "attention_mask for inputs; generated tokens up to and including EOS for outputs",
+        "counting": backend.token_counting,
     }
     throughput = {
         "output_tokens_per_s": _per(out_tokens, window_s),

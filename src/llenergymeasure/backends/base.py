@@ -13,6 +13,7 @@ A backend is constructed with the resolved experiment config and the model locat
     model_config()                           the HF config object the analytic FLOP count reads
     validity_flags(run_batches) -> list[(code, message)]
     version() -> dict                        engine and library versions, recorded in the raw result
+    token_counting: str                      how input and output tokens are counted (recorded beside the counts)
     close()                                  free the engine (GPU memory, worker processes)
 
 Engines are imported inside the backend modules only: the package imports with none of them installed.

@@ -114,6 +114,7 @@ class DataParallelPyTorch:
     """The backend contract over N processes (see backends/base.py); process 0 lives in this object."""
 
     name = "pytorch"
+    token_counting = PyTorchBackend.token_counting
 
     def __init__(self, config: dict, model_path: str) -> None:
         self.config = config

@@ -64,6 +64,7 @@ def count_new_tokens(rows: list[list[int]], eos_ids: set[int]) -> list[int]:
 
 
 class PyTorchBackend:
+    token_counting = "attention_mask for inputs; generated tokens up to and including EOS for outputs"
     name = "pytorch"
 
     def __init__(self, config: dict, model_path: str) -> None:

@@ -167,6 +167,7 @@ def _has_tokenizer(path) -> bool:
 
 
 class TensorRTBackend:
+    token_counting = "submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs"
     name = "tensorrt"
 
     def __init__(self, config: dict, model_path: str) -> None:

@@ -53,7 +53,6 @@ SPEC_METHODS = {"ngram": "ngram", "eagle": "eagle", "eagle3": "eagle3", "medusa"
 #: Methods vLLM 0.11.0 accepts in its config but its V1 engine cannot run (it raises, or its model runner does).
 SPEC_UNSUPPORTED = {"draft_model", "mlp_speculator"}
 #: Schema quantisation names that are not quantisation methods of vLLM 0.11.0.
-QUANT_UNSUPPORTED = {"marlin", "squeezellm"}
 #: LoRA limits vLLM 0.11.0 checks when LoRA is enabled.
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 LORA_EXTRA_VOCAB = (256, 512)
@@ -74,9 +73,6 @@ def missing_engine(exc: BaseException | None = None) -> MeasurementError:
 def unsupported_setting(config: dict) -> str | None:
     """Why vLLM 0.11.0 cannot run this experiment although the schema allows it, or None."""
     v = config["vllm"]
-    if v["quantization"] in QUANT_UNSUPPORTED:
-        return (f"vllm.quantization = {v['quantization']} is not a quantisation method of vLLM {PINNED_VERSION} "
-                "(it picks Marlin kernels itself for gptq/awq checkpoints; use awq, gptq, fp8 or bitsandbytes)")  # fmt: skip
     spec = v["speculative"]
     if spec["method"] is not None or spec["model"] is not None:
         method = SPEC_METHODS[spec["method"] or "draft_model"]
@@ -211,6 +207,7 @@ def _plain(value):
 
 
 class VllmBackend:
+    token_counting = "submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs"
     name = "vllm"
 
     def __init__(self, config: dict, model_path: str) -> None:

@@ -1,0 +1,481 @@
+"""The vLLM backend against a faithful CPU stand-in of vLLM 0.11.0's offline API (tests/fakes/engines/vllm) on
+the real tiny model: every schema field reaches the engine as the pinned release expects it, latency comes from
+streamed token arrivals, and a missing engine says where measurements must run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from llenergymeasure.backends import vllm as backend_module
+from llenergymeasure.backends.vllm import (
+    ENGINE_ENV,
+    PINNED_VERSION,
+    VllmBackend,
+    analytic_parameters,
+)
+from llenergymeasure.campaign import resolve_experiment, semantic_problem
+from llenergymeasure.config import deep_merge
+from llenergymeasure.errors import MeasurementError
+
+FAKES = Path(__file__).resolve().parent / "fakes" / "engines"
+LATENCY_METHOD = "engine_step_token_arrival"
+
+
+def vllm_experiment(**overrides) -> dict:
+    """A resolved vLLM experiment small enough for 2 CPU cores."""
+    base = {
+        "backend": "vllm",
+        "model_name": "lem-tiny-llama",
+        "fp_precision": "float32",
+        "max_input_tokens": 64,
+        "max_output_tokens": 8,
+        "min_output_tokens": 8,
+        "num_input_prompts": 6,
+        "decoder": {"preset": "deterministic"},
+        "warmup": {"max_prompts": 3, "min_prompts": 3, "window_size": 3},
+        "baseline": {"duration_sec": 1},
+        "energy": {"min_window_sec": 0.0},
+    }
+    return resolve_experiment(deep_merge(base, overrides))
+
+
+def _forget_engine() -> None:
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """The stand-in importable as ``vllm`` for one test, with the engine's environment variables unset."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    for name in ENGINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    _forget_engine()
+    import vllm
+
+    yield vllm
+    _forget_engine()
+
+
+@pytest.fixture
+def loaded(fake_vllm, tiny_model):
+    """Build and load a backend; closes every backend it built."""
+    built = []
+
+    def make(**overrides):
+        b = VllmBackend(vllm_experiment(**overrides), tiny_model)
+        built.append(b)
+        b.load()
+        return b, fake_vllm.LLM.instances[-1]
+
+    yield make
+    for b in built:
+        b.close()
+
+
+PROMPTS = ["hello world", "What is the capital of France?", "tell me why the sky is blue " * 20, "add 17 and 25",
+           "x y z", "the quick brown fox"]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- engine arguments
+def test_default_engine_arguments(loaded, tiny_model):
+    _backend, llm = loaded()
+    assert llm.given == {
+        "model": tiny_model,
+        "tokenizer": tiny_model,
+        "dtype": "float32",
+        "seed": 42,
+        "max_num_seqs": 256,
+        "gpu_memory_utilization": 0.9,
+        "swap_space": 4,
+        "cpu_offload_gb": 0,
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 1,
+        "disable_custom_all_reduce": False,
+        "enable_prefix_caching": False,
+        "enable_chunked_prefill": True,
+        "block_size": 16,
+        "max_model_len": 64 + 8,  # null -> max_input_tokens + max_output_tokens
+        "enforce_eager": False,
+        "load_format": "auto",
+        "kv_cache_dtype": "auto",
+        "disable_sliding_window": False,
+        "enable_lora": False,
+        "max_loras": 1,
+        "max_lora_rank": 16,
+        "lora_extra_vocab_size": 256,
+    }
+    # null in the schema: left to the engine (max_num_batched_tokens, quantization, speculative_config), and the
+    # executor is vLLM's own single-GPU choice
+    assert llm.engine_args["max_num_batched_tokens"] is None and llm.engine_args["quantization"] is None
+    assert llm.engine_args["speculative_config"] is None and llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend == "uni"
+    assert llm.environment == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_ATTENTION_BACKEND": None,
+                               "VLLM_FLASH_ATTN_VERSION": None, "TORCH_COMPILE_DISABLE": None, "NCCL_P2P_DISABLE": None}  # fmt: skip
+
+
+def test_every_engine_field_reaches_the_engine(loaded, tiny_model):
+    overrides = {
+        "fp_precision": "float16",
+        "gpus": [0, 1, 2, 3],
+        "adapter": "/adapters/my-lora",
+        "vllm": {
+            "max_num_seqs": 4,
+            "max_num_batched_tokens": 512,
+            "gpu_memory_utilization": 0.5,
+            "swap_space": 2,
+            "cpu_offload_gb": 1.5,
+            "tensor_parallel_size": 2,
+            "pipeline_parallel_size": 2,
+            "distributed_backend": "ray",
+            "disable_custom_all_reduce": True,
+            "enable_prefix_caching": True,
+            "enable_chunked_prefill": False,
+            "block_size": 32,
+            "max_model_len": 100,
+            "enforce_eager": True,
+            "quantization": "fp8",
+            "load_format": "safetensors",
+            "kv_cache_dtype": "fp8",
+            "attention": {"backend": "FLASH_ATTN", "flash_version": 3, "disable_sliding_window": True},
+            "speculative": {"method": "eagle", "model": "org/eagle-head", "num_tokens": 3, "draft_tp_size": 2},
+            "lora": {"enabled": True, "max_loras": 2, "max_rank": 32, "extra_vocab_size": 512},
+            "extra": {"max_logprobs": 30, "swap_space": 3},
+        },
+    }
+    assert semantic_problem(vllm_experiment(**overrides)) is None
+    backend, llm = loaded(**overrides)
+    assert llm.given == {
+        "model": tiny_model,
+        "tokenizer": tiny_model,
+        "dtype": "float16",
+        "seed": 42,
+        "max_num_seqs": 4,
+        "max_num_batched_tokens": 512,
+        "gpu_memory_utilization": 0.5,
+        "swap_space": 3,  # extra is merged last
+        "cpu_offload_gb": 1.5,
+        "tensor_parallel_size": 2,
+        "pipeline_parallel_size": 2,
+        "distributed_executor_backend": "ray",
+        "disable_custom_all_reduce": True,
+        "enable_prefix_caching": True,
+        "enable_chunked_prefill": False,
+        "block_size": 32,
+        "max_model_len": 100,
+        "enforce_eager": True,
+        "quantization": "fp8",
+        "load_format": "safetensors",
+        "kv_cache_dtype": "fp8",
+        "disable_sliding_window": True,
+        "speculative_config": {"method": "eagle", "model": "org/eagle-head", "num_speculative_tokens": 3,
+                               "prompt_lookup_min": 1, "draft_tensor_parallel_size": 2},  # fmt: skip
+        "enable_lora": True,
+        "max_loras": 2,
+        "max_lora_rank": 32,
+        "lora_extra_vocab_size": 512,
+        "max_logprobs": 30,
+    }
+    # attention is chosen through the environment in 0.11.0 (no engine argument); speculative decoding keeps the
+    # engine core in its own process (the in-process core of 0.11.0 drops drafts)
+    assert llm.environment == {"VLLM_ENABLE_V1_MULTIPROCESSING": None, "VLLM_ATTENTION_BACKEND": "FLASH_ATTN",
+                               "VLLM_FLASH_ATTN_VERSION": "3", "TORCH_COMPILE_DISABLE": "1", "NCCL_P2P_DISABLE": None}  # fmt: skip
+    assert backend.gpu_count() == 4
+
+
+def test_other_attention_and_speculative_choices(loaded):
+    _, llm = loaded(vllm={"attention": {"backend": "FLASHINFER"},
+                          "speculative": {"method": "ngram", "num_tokens": 5, "prompt_lookup_min": 2, "prompt_lookup_max": 4}})  # fmt: skip
+    assert llm.environment["VLLM_ATTENTION_BACKEND"] == "FLASHINFER" and llm.environment["VLLM_FLASH_ATTN_VERSION"] is None
+    assert llm.given["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 2,
+                                               "prompt_lookup_max": 4, "draft_tensor_parallel_size": 1}  # fmt: skip
+    assert "distributed_executor_backend" not in llm.given  # one GPU: vLLM's in-process executor
+
+
+def test_user_environment_is_kept_and_restored(fake_vllm, tiny_model, monkeypatch):
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.setenv("VLLM_ATTENTION_BACKEND", "TRITON_ATTN")
+    b = VllmBackend(vllm_experiment(vllm={"attention": {"backend": "FLASHINFER"}}), tiny_model)
+    info = b.load()
+    llm = fake_vllm.LLM.instances[-1]
+    assert llm.environment["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"  # the user's choice
+    assert llm.environment["VLLM_ATTENTION_BACKEND"] == "FLASHINFER"  # the experiment names it explicitly
+    assert info["environment_set"] == ["VLLM_ATTENTION_BACKEND"]
+    assert info["parameters_method"] == "analytic_from_hf_config"  # engine core in another process
+    b.close()
+    import os
+
+    assert os.environ["VLLM_ATTENTION_BACKEND"] == "TRITON_ATTN" and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+
+
+def test_load_record(fake_vllm, tiny_model):
+    b = VllmBackend(vllm_experiment(), tiny_model)
+    record = b.load()
+    try:
+        assert record["device"] == "cuda" and record["dtype"] == "float32" and record["architecture"] == "llama"
+        assert record["parameters"] == 2940672 and record["parameters_method"] == "engine_model"
+        assert record["model_size_bytes"] == 2940672 * 4  # the stand-in computes in float32
+        assert analytic_parameters(b.model_config()) == 2940672  # the count used when the model is out of reach
+        assert record["vllm_version"] == PINNED_VERSION and record["weights"] == "checkpoint"
+        assert record["engine_effective"]["chunked_prefill"] is True and record["engine_effective"]["max_model_len"] == 72
+        assert record["environment_set"] == ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+        json.dumps(record)
+        assert VllmBackend.version()["vllm"] == PINNED_VERSION
+    finally:
+        b.close()
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def test_greedy_sampling_parameters(loaded):
+    backend, llm = loaded()
+    backend.run(PROMPTS[:2], backend.plan(PROMPTS[:2]), seed=7)
+    given = [params.given for _, _, params, _ in llm.llm_engine.requests]
+    assert given == [
+        {"n": 1, "max_tokens": 8, "min_tokens": 8, "temperature": 0.0, "top_p": 1.0, "top_k": 50,
+         "repetition_penalty": 1.0, "min_p": 0.0, "ignore_eos": True, "seed": 7 + i}
+        for i in range(2)
+    ]  # fmt: skip
+    assert llm.llm_engine.requests[0][2].top_k == 0  # temperature 0: the engine itself turns top-k off
+
+
+def test_sampled_parameters(loaded):
+    backend, llm = loaded(min_output_tokens=0,
+                          decoder={"preset": None, "do_sample": True, "temperature": 0.7, "top_k": 0, "top_p": 0.9,
+                                   "repetition_penalty": 1.1},
+                          vllm={"min_p": 0.05, "logprobs": 2, "logit_bias": {"5": 2.5, "7": -100}})  # fmt: skip
+    backend.run(PROMPTS[:1], backend.plan(PROMPTS[:1]), seed=None)
+    (_, _, params, _), = llm.llm_engine.requests
+    assert params.given == {"n": 1, "max_tokens": 8, "min_tokens": 0, "temperature": 0.7, "top_p": 0.9,
+                            "top_k": 0, "repetition_penalty": 1.1, "min_p": 0.05, "ignore_eos": False, "seed": None,
+                            "logprobs": 2, "logit_bias": {5: 2.5, 7: -100.0}}  # fmt: skip
+    assert backend.sampling_params(8, 0, 1).top_k == 0
+    backend.config["decoder"]["top_k"] = 20
+    assert backend.sampling_params(8, 0, 1).top_k == 20
+
+
+def test_prompts_go_in_as_truncated_token_ids(loaded):
+    backend, llm = loaded()
+    out = backend.run(PROMPTS, backend.plan(PROMPTS), seed=0)
+    tok = llm.get_tokenizer()
+    for rid, prompt, _, lora in llm.llm_engine.requests:
+        assert set(prompt) == {"prompt_token_ids"} and lora is None
+    submitted = [p["prompt_token_ids"] for _, p, _, _ in llm.llm_engine.requests]
+    assert submitted == [tok(p, truncation=True, max_length=64)["input_ids"] for p in PROMPTS]
+    assert len(submitted[2]) == 64  # the long prompt was truncated
+    assert [r.input_tokens for r in out.requests] == [len(s) for s in submitted]
+    assert out.batches[0]["input_tokens"] == out.batches[0]["padded_input_tokens"] == sum(map(len, submitted))
+
+
+def test_lora_adapter_goes_with_every_request(loaded):
+    backend, llm = loaded(adapter="/adapters/my-lora", vllm={"lora": {"enabled": True}})
+    backend.run(PROMPTS[:3], backend.plan(PROMPTS[:3]), seed=0)
+    loras = [lora for _, _, _, lora in llm.llm_engine.requests]
+    assert all(lr is loras[0] for lr in loras) and len(loras) == 3
+    assert (loras[0].lora_path, loras[0].lora_int_id, loras[0].lora_name) == ("/adapters/my-lora", 1, "my-lora")
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+def test_streamed_latency_under_continuous_batching(loaded):
+    """Six requests, at most two running: later requests are admitted as earlier ones finish, and every latency
+    comes from the step at which each token arrived."""
+    backend, llm = loaded(vllm={"max_num_seqs": 2})
+    calls = []
+    batches = backend.plan(PROMPTS)
+    assert len(batches) == 1 and batches[0].indices == list(range(6))
+    out = backend.run(PROMPTS, batches, seed=0, progress=lambda done, total: calls.append((done, total)))
+    assert out.scheduling == "continuous" and out.latency_method == LATENCY_METHOD
+    assert [r.index for r in out.requests] == list(range(6))
+    for r in out.requests:
+        assert r.output_tokens == 8 and len(r.itl_s) == 7
+        assert 0 < r.ttft_s <= r.e2e_s <= out.generate_s
+        assert r.e2e_s - r.ttft_s == pytest.approx(sum(r.itl_s))
+        assert all(g > 0 for g in r.itl_s)  # one token per step without speculation
+    first, later = out.requests[:2], out.requests[2:]
+    assert min(r.ttft_s for r in later) >= max(r.e2e_s for r in first)  # queued until a slot was free
+    b = out.batches[0]
+    assert b["steps"] == llm.llm_engine.steps and b["peak_decoding_seqs"] == 2 == llm.llm_engine.max_decoding
+    assert b["output_tokens"] == 48 and b["size"] == 6
+    assert b["start_t"] < b["first_token_t"] <= b["end_t"] and b["latency_s"] == pytest.approx(b["end_t"] - b["start_t"])
+    assert calls[-1] == (6, 6) and len(calls) >= 3
+
+
+def test_speculative_tokens_of_one_step_share_an_arrival(loaded):
+    """N-gram drafts accepted in one step arrive together: one gap for the step, zeros for the rest."""
+    spec = {"method": "ngram", "num_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 2}
+    backend, llm = loaded(max_output_tokens=16, min_output_tokens=16, vllm={"speculative": spec})
+    out = backend.run(PROMPTS[:2], backend.plan(PROMPTS[:2]), seed=0)
+    assert llm.llm_engine.engine_core.multiprocess and llm.llm_engine.drafts_used
+    for r in out.requests:
+        assert r.output_tokens == 16 and len(r.itl_s) == 15
+        assert r.e2e_s - r.ttft_s == pytest.approx(sum(r.itl_s))
+    assert out.batches[0]["steps"] < 16  # drafts were accepted: fewer steps than tokens
+    assert any(g == 0.0 for r in out.requests for g in r.itl_s)
+
+
+def test_speculation_is_inert_with_an_in_process_core(fake_vllm, tiny_model, monkeypatch):
+    """Why the backend leaves multiprocessing on for speculative decoding: vLLM 0.11.0 (and the stand-in) never
+    uses drafts when the engine core runs in-process."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    spec = {"method": "ngram", "num_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 2}
+    b = VllmBackend(vllm_experiment(max_output_tokens=16, min_output_tokens=16, vllm={"speculative": spec}), tiny_model)
+    b.load()
+    try:
+        out = b.run(PROMPTS[:1], b.plan(PROMPTS[:1]), seed=0)
+        assert out.batches[0]["steps"] == 16 and not fake_vllm.LLM.instances[-1].llm_engine.drafts_used
+    finally:
+        b.close()
+
+
+def test_warmup_contract(loaded):
+    backend, llm = loaded(vllm={"max_num_seqs": 2, "enable_prefix_caching": True})
+    batches = backend.plan(PROMPTS)
+    cfg = {"enabled": True, "convergence_detection": True, "cv_threshold": 0.99, "max_prompts": 5, "window_size": 3,
+           "min_prompts": 3}  # fmt: skip
+    w = backend.warmup(PROMPTS, batches[0], cfg)
+    assert set(w) == {"enabled", "converged", "final_cv", "target_cv", "iterations_completed", "max_prompts",
+                      "batch_size", "max_new_tokens", "duration_s", "latencies_ms"}  # fmt: skip
+    assert 3 <= w["iterations_completed"] <= 5 and w["batch_size"] == 2 and w["max_new_tokens"] == 8
+    assert len(w["latencies_ms"]) == w["iterations_completed"] and w["final_cv"] is not None
+    assert llm.prefix_cache_resets == 1  # warm-up prompts do not stay cached for the measured run
+    backend.run(PROMPTS[:2], backend.plan(PROMPTS[:2]), seed=0)
+    assert llm.prefix_cache_resets == 2
+    off = backend.warmup(PROMPTS, batches[0], {**cfg, "enabled": False})
+    assert off == {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+
+
+def test_validity_flags(loaded):
+    backend, _ = loaded(vllm={"max_num_seqs": 8, "enable_chunked_prefill": False})
+    out = backend.run(PROMPTS, backend.plan(PROMPTS), seed=0)
+    codes = dict(backend.validity_flags(out.batches))
+    assert "batch_not_saturated" in codes and "at most 6 sequences" in codes["batch_not_saturated"]
+    assert "chunked_prefill_forced" in codes
+    backend, _ = loaded(vllm={"max_num_seqs": 2, "enable_chunked_prefill": True})
+    out = backend.run(PROMPTS, backend.plan(PROMPTS), seed=0)
+    assert backend.validity_flags(out.batches) == []
+
+
+def test_memory_and_close(fake_vllm, tiny_model):
+    import os
+
+    b = VllmBackend(vllm_experiment(), tiny_model)
+    b.load()
+    llm = fake_vllm.LLM.instances[-1]
+    b.reset_peak_memory()
+    assert b.peak_memory() == {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None,
+                               "gpu_memory_used_bytes": None, "kv_cache_capacity_tokens": None}  # fmt: skip
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    b.close()
+    from vllm.distributed import parallel_state
+
+    assert llm.llm_engine.engine_core.is_shut_down and parallel_state.calls == [False]
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ and b.llm is None
+    b.close()  # twice is harmless (run_experiment closes also after a failed load)
+
+
+# ---------------------------------------------------------------------------------------------- one measurement
+@pytest.fixture
+def raw_schema_names_engine_latency(monkeypatch):
+    """The raw-result schema must accept this backend's latency method. Until the schema lists it, the test extends
+    the enum in memory (the needed schema change is one value in latency.method)."""
+    from llenergymeasure import results
+
+    schema = results.load_schema(results.RAW_SCHEMA)
+    if LATENCY_METHOD not in schema["properties"]["latency"]["properties"]["method"]["enum"]:
+        original = results.load_schema
+
+        def extended(name):
+            loaded_schema = original(name)
+            if name == results.RAW_SCHEMA:
+                loaded_schema["properties"]["latency"]["properties"]["method"]["enum"].append(LATENCY_METHOD)
+            return loaded_schema
+
+        monkeypatch.setattr(results, "load_schema", extended)
+    results._fast_validator.cache_clear()
+    results._validator.cache_clear()
+    yield
+    results._fast_validator.cache_clear()
+    results._validator.cache_clear()
+
+
+def test_one_measured_cycle(fake_vllm, tiny_model, tmp_path, raw_schema_names_engine_latency):
+    from llenergymeasure.measure import run_experiment
+    from llenergymeasure.results import validate_result
+
+    cfg = vllm_experiment(vllm={"max_num_seqs": 4})
+    assert semantic_problem(cfg) is None
+    out = tmp_path / "cycle_1.json"
+    result = run_experiment(cfg, "vllm-exp", 1, tiny_model, str(out), {"state_dir": str(tmp_path / "state")})
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert validate_result(result, "raw_result") is True
+    assert result["backend"] == "vllm" and result["backend_version"]["vllm"] == PINNED_VERSION
+    tok = result["tokens"]
+    assert tok["output_tokens"] == 6 * 8 and tok["num_requests"] == 6 and tok["scheduling"] == "continuous"
+    assert tok["input_tokens"] == tok["padded_input_tokens"] > 0 and tok["num_batches"] == 1
+    lat = result["latency"]
+    assert lat["method"] == LATENCY_METHOD
+    assert lat["ttft_ms"]["n"] == 6 and lat["itl_ms"]["n"] == 6 * 7 and lat["tpot_ms"]["n"] == 6
+    assert 0 < lat["ttft_ms"]["p50"] <= lat["e2e_ms"]["p50"]
+    energy = result["energy"]
+    assert energy["phases"]["method"] == "unavailable"  # continuous batching: no prefill/decode time split
+    assert any(u["component"] == "gpu" for u in energy["unavailable"])  # no NVML on this machine
+    assert result["model"]["details"]["pinned_version"] == PINNED_VERSION
+    assert result["memory"]["cuda_peak_allocated_bytes"] is None and result["warmup"]["iterations_completed"] >= 3
+    assert result["batches"][0]["steps"] > 0 and "start_s" in result["batches"][0]
+    llm = fake_vllm.LLM.instances[-1]
+    assert llm.llm_engine.engine_core.is_shut_down  # run_experiment closed the engine
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_missing_engine_is_a_clear_error(monkeypatch, tiny_model, tmp_path):
+    _forget_engine()
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError, as where it is not installed
+    b = VllmBackend(vllm_experiment(), tiny_model)
+    for call in (b.resolve_device, b.load):
+        with pytest.raises(MeasurementError) as err:
+            call()
+        text = str(err.value)
+        assert "vllm is not importable here" in text and "snakemake --use-singularity" in text
+    from llenergymeasure.measure import run_experiment
+
+    with pytest.raises(MeasurementError, match="run vLLM experiments in their container"):
+        run_experiment(vllm_experiment(), "x", 1, tiny_model, None, {"state_dir": str(tmp_path)})
+    assert VllmBackend.version()["vllm"] is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"vllm": {"speculative": {"model": "org/draft"}}}, "without a method (draft_model) is not supported"),
+        ({"vllm": {"speculative": {"method": "draft_model", "model": "org/draft"}}}, "draft_model is not supported"),
+        ({"vllm": {"speculative": {"method": "mlp", "model": "org/mlp"}}}, "mlp is not supported"),
+        ({"adapter": "/a", "vllm": {"lora": {"enabled": True, "max_rank": 12}}}, "max_rank = 12"),
+        ({"adapter": "/a", "vllm": {"lora": {"enabled": True, "extra_vocab_size": 100}}}, "extra_vocab_size = 100"),
+        ({"vllm": {"max_num_batched_tokens": 128}}, "smaller than vllm.max_num_seqs = 256"),
+    ],
+)
+def test_settings_the_pinned_release_cannot_run(fake_vllm, tiny_model, overrides, message):
+    b = VllmBackend(vllm_experiment(**overrides), tiny_model)
+    with pytest.raises(MeasurementError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        b.load()
+    assert fake_vllm.LLM.instances == []  # rejected before the engine was built
+    b.close()
+
+
+def test_device_and_gpu_count(fake_vllm, tiny_model):
+    b = VllmBackend(vllm_experiment(gpus=[0, 1, 2, 3, 4, 5], vllm={"tensor_parallel_size": 3, "pipeline_parallel_size": 2}), tiny_model)
+    assert b.resolve_device() == "cuda" and b.gpu_count() == 6
+    cpu = VllmBackend({**vllm_experiment(), "device": "cpu"}, tiny_model)
+    with pytest.raises(MeasurementError, match="CUDA GPUs only"):
+        cpu.resolve_device()
+
+
+def test_module_imports_without_the_engine():
+    import subprocess
+
+    code = "import sys, llenergymeasure.backends.vllm as m; assert 'vllm' not in sys.modules; print(m.PINNED_VERSION)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == PINNED_VERSION
+    assert backend_module.PINNED_IMAGE == f"docker://vllm/vllm-openai:v{PINNED_VERSION}"
