@@ -68,6 +68,51 @@ class RunOutput:
     processes: list[dict] = field(default_factory=list)  # data parallel: each process's share
 
 
+def warmup_off() -> dict:
+    return {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+
+
+def elapsed(timed: tuple) -> float:
+    """Seconds between the first two items of ``(start, end, ...)`` as the backends' timed calls return them."""
+    return timed[1] - timed[0]
+
+
+def converge(repeat, cfg: dict, batch_size: int, new_tokens: int) -> dict:
+    """The warm-up loop every backend shares: call ``repeat()`` (one run of a small fixed workload, returning its
+    latency in seconds) until the coefficient of variation of the last ``window_size`` latencies (sample standard
+    deviation, ddof 1) is below ``cv_threshold`` (after at least ``min_prompts`` runs), or ``max_prompts`` runs;
+    with ``convergence_detection`` off, exactly ``max_prompts`` runs. Returns the record kept in the raw result."""
+    import statistics
+    import time
+
+    latencies: list[float] = []
+    final_cv = None
+    converged = False
+    window = cfg["window_size"]
+    need = max(cfg["min_prompts"], window)
+    t0 = time.perf_counter()
+    for _ in range(cfg["max_prompts"]):
+        latencies.append(repeat())
+        if cfg["convergence_detection"] and len(latencies) >= need:
+            last = latencies[-window:]
+            final_cv = statistics.stdev(last) / statistics.fmean(last)
+            if final_cv < cfg["cv_threshold"]:
+                converged = True
+                break
+    return {
+        "enabled": True,
+        "converged": converged if cfg["convergence_detection"] else None,
+        "final_cv": final_cv,
+        "target_cv": cfg["cv_threshold"],
+        "iterations_completed": len(latencies),
+        "max_prompts": cfg["max_prompts"],
+        "batch_size": batch_size,
+        "max_new_tokens": new_tokens,
+        "duration_s": time.perf_counter() - t0,
+        "latencies_ms": [round(x * 1000, 3) for x in latencies],
+    }
+
+
 def create(config: dict, model_path: str):
     """The backend object for ``config['backend']`` (its engine is imported lazily, on first use)."""
     name = config["backend"]

@@ -12,7 +12,7 @@ import logging
 import statistics
 import time
 
-from .base import Batch, RequestTiming, RunOutput
+from .base import Batch, RequestTiming, RunOutput, converge, elapsed, warmup_off
 
 __all__ = ["Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
 
@@ -288,38 +288,11 @@ class PyTorchBackend:
         CV uses the sample standard deviation (ddof 1) of the last ``window_size`` latencies.
         """
         if not cfg["enabled"]:
-            return {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+            return warmup_off()
         texts = [prompts[i] for i in batch.indices]
         new_tokens = min(32, self.config["max_output_tokens"])
-        latencies: list[float] = []
-        final_cv = None
-        converged = False
-        window = cfg["window_size"]
-        need = max(cfg["min_prompts"], window)
-        t0 = time.perf_counter()
-        for _ in range(cfg["max_prompts"]):
-            start, end, *_ = self.generate_batch(texts, new_tokens, 0, self.config["random_seed"])
-            latencies.append(end - start)
-            if cfg["convergence_detection"] and len(latencies) >= need:
-                last = latencies[-window:]
-                final_cv = statistics.stdev(last) / statistics.fmean(last)
-                if final_cv < cfg["cv_threshold"]:
-                    converged = True
-                    break
-        if not cfg["convergence_detection"]:
-            converged = None
-        return {
-            "enabled": True,
-            "converged": converged,
-            "final_cv": final_cv,
-            "target_cv": cfg["cv_threshold"],
-            "iterations_completed": len(latencies),
-            "max_prompts": cfg["max_prompts"],
-            "batch_size": len(texts),
-            "max_new_tokens": new_tokens,
-            "duration_s": time.perf_counter() - t0,
-            "latencies_ms": [round(x * 1000, 3) for x in latencies],
-        }
+        seed = self.config["random_seed"]
+        return converge(lambda: elapsed(self.generate_batch(texts, new_tokens, 0, seed)), cfg, len(texts), new_tokens)
 
     # ------------------------------------------------------------------------------------------------ memory
     def reset_peak_memory(self) -> None:

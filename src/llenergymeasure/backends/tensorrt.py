@@ -23,14 +23,13 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from ..config import canonical_json
 from ..errors import MeasurementError
-from .base import Batch, RequestTiming, RunOutput
+from .base import Batch, RequestTiming, RunOutput, converge, elapsed, warmup_off
 
 log = logging.getLogger(__name__)
 
@@ -606,39 +605,11 @@ class TensorRTBackend:
         """Repeat a small workload (the first max_batch_size prompts, up to 32 new tokens) until the latency CV over
         a sliding window < threshold, or max count. CV uses the sample standard deviation (ddof 1)."""
         if not cfg["enabled"]:
-            return {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+            return warmup_off()
         indices = batch.indices[: self.config["tensorrt"]["max_batch_size"]]
         new_tokens = min(32, self.config["max_output_tokens"])
         params = self.sampling_params(new_tokens, 0, self.config["random_seed"])
-        latencies: list[float] = []
-        final_cv = None
-        converged = False
-        window = cfg["window_size"]
-        need = max(cfg["min_prompts"], window)
-        t0 = time.perf_counter()
-        for _ in range(cfg["max_prompts"]):
-            start, end, _streams = self._run_streams(prompts, indices, params)
-            latencies.append(end - start)
-            if cfg["convergence_detection"] and len(latencies) >= need:
-                last = latencies[-window:]
-                final_cv = statistics.stdev(last) / statistics.fmean(last)
-                if final_cv < cfg["cv_threshold"]:
-                    converged = True
-                    break
-        if not cfg["convergence_detection"]:
-            converged = None
-        return {
-            "enabled": True,
-            "converged": converged,
-            "final_cv": final_cv,
-            "target_cv": cfg["cv_threshold"],
-            "iterations_completed": len(latencies),
-            "max_prompts": cfg["max_prompts"],
-            "batch_size": len(indices),
-            "max_new_tokens": new_tokens,
-            "duration_s": time.perf_counter() - t0,
-            "latencies_ms": [round(x * 1000, 3) for x in latencies],
-        }
+        return converge(lambda: elapsed(self._run_streams(prompts, indices, params)), cfg, len(indices), new_tokens)
 
     # ------------------------------------------------------------------------------------------------ memory
     def reset_peak_memory(self) -> None:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from ..errors import MeasurementError
-from .base import Batch, RequestTiming, RunOutput
+from .base import Batch, RequestTiming, RunOutput, converge, warmup_off
 
 log = logging.getLogger(__name__)
 
@@ -506,40 +506,14 @@ class VllmBackend:
         ``cv_threshold``, or ``max_prompts`` repetitions. The output length is forced so that the CV reflects the
         engine's state, not how early the model happens to stop."""
         if not cfg["enabled"]:
-            return {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+            return warmup_off()
         tokens = self._tokens(prompts)
         indices = batch.indices[: self.config["vllm"]["max_num_seqs"]]
         new_tokens = min(32, self.config["max_output_tokens"])
-        latencies: list[float] = []
-        final_cv = None
-        converged = False
-        window = cfg["window_size"]
-        need = max(cfg["min_prompts"], window)
-        t0 = time.perf_counter()
-        for _ in range(cfg["max_prompts"]):
-            _, stat = self._stream(indices, tokens, new_tokens, new_tokens, self.config["random_seed"])
-            latencies.append(stat["latency_s"])
-            if cfg["convergence_detection"] and len(latencies) >= need:
-                last = latencies[-window:]
-                final_cv = statistics.stdev(last) / statistics.fmean(last)
-                if final_cv < cfg["cv_threshold"]:
-                    converged = True
-                    break
-        if not cfg["convergence_detection"]:
-            converged = None
+        seed = self.config["random_seed"]
+        result = converge(lambda: self._stream(indices, tokens, new_tokens, new_tokens, seed)[1]["latency_s"], cfg, len(indices), new_tokens)
         self._reset_prefix_cache()
-        return {
-            "enabled": True,
-            "converged": converged,
-            "final_cv": final_cv,
-            "target_cv": cfg["cv_threshold"],
-            "iterations_completed": len(latencies),
-            "max_prompts": cfg["max_prompts"],
-            "batch_size": len(indices),
-            "max_new_tokens": new_tokens,
-            "duration_s": time.perf_counter() - t0,
-            "latencies_ms": [round(x * 1000, 3) for x in latencies],
-        }
+        return result
 
     # ------------------------------------------------------------------------------------------------ checks
     def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
