@@ -93,3 +93,38 @@ def test_yaml_syntax_error_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_campaign(path, tmp_path)
     assert "not valid YAML at line" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_compiled_and_reference_validators_agree_on_experiments():
+    """The compiled validator answers first for every expanded experiment: it must accept exactly what jsonschema
+    accepts (a disagreement would let a bad value through or reject a good one)."""
+    import jsonschema
+
+    from llenergymeasure.config import _compiled, load_schema
+
+    fast = _compiled("campaign", "experiment")
+    root = load_schema("campaign")
+    ref = jsonschema.Draft202012Validator({"$ref": "#/$defs/experiment", "$defs": root["$defs"]})
+    cases = [
+        {"model_name": "m"},
+        {"model_name": "m", "backend": "vllm", "vllm": {"max_num_seqs": 8, "speculative": {"method": "ngram", "prompt_lookup_max": 4}}},
+        {"model_name": "m", "gpus": [0, 1]},
+        {"model_name": "m", "gpus": [0, 0]},
+        {"model_name": "m", "gpus": []},
+        {"model_name": "m", "vllm": {"logit_bias": {"12": 1.5}}},
+        {"model_name": "m", "vllm": {"logit_bias": {"x": 1.5}}},
+        {"model_name": "m", "vllm": {"block_size": 24}},
+        {"model_name": "m", "tensorrt": {"calibration": {"num_samples": 10}}},
+        {"model_name": "m", "pytorch": {"batch_size": 0}},
+        {"model_name": "m", "energy": {"cpu_tdp_w": 0}},
+        {"model_name": "m", "extra": 1},
+        {"model_name": "", "backend": "onnx"},
+        {"model_name": "m", "random_seed": None, "dataset": {"name": "builtin"}},
+    ]
+    for case in cases:
+        try:
+            fast(case)
+            fast_ok = True
+        except Exception:  # noqa: BLE001
+            fast_ok = False
+        assert fast_ok == ref.is_valid(case), case

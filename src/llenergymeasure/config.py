@@ -196,15 +196,39 @@ def format_validation_error(err: Any, prefix: str = "") -> str:
 
 
 def validate(data: Any, schema_name: str, prefix: str = "", ref: str | None = None) -> None:
-    """Validate ``data`` against a schema (or its ``$defs/<ref>``); raise ConfigError with a one-line message."""
+    """Validate ``data`` against a schema (or its ``$defs/<ref>``); raise ConfigError with a one-line message.
+
+    A compiled validator answers first (a campaign validates every expanded experiment: 10,000 of them in a big
+    grid); jsonschema explains what is wrong when it says no."""
     import jsonschema
 
+    fast = _compiled(schema_name, ref)
+    if fast is not None:
+        try:
+            fast(data)
+            return
+        except Exception:  # noqa: BLE001 - any refusal is explained by jsonschema below
+            pass
     root = load_schema(schema_name)
     schema = root if ref is None else {"$ref": f"#/$defs/{ref}", "$defs": root.get("$defs", {})}
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         raise ConfigError(format_validation_error(error, prefix))
+
+
+@functools.cache
+def _compiled(schema_name: str, ref: str | None):
+    """fastjsonschema's compiled validator where installed, else None. The schemas use only keywords that mean the
+    same in draft 7 ($defs are reached by JSON pointer), so they compile as draft 7 (without the relative $id,
+    which the compiler would try to fetch)."""
+    try:
+        import fastjsonschema
+    except ImportError:
+        return None
+    root = {k: v for k, v in load_schema(schema_name).items() if k not in ("$id", "$schema")}
+    schema = root if ref is None else {"$ref": f"#/$defs/{ref}", "$defs": root.get("$defs", {})}
+    return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
 
 
 def validate_value(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> None:
