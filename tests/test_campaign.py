@@ -292,3 +292,24 @@ def test_bad_experiment_values_in_grid(tmp_path, key, value, expected):
     with pytest.raises(ConfigError) as info:
         expand(c)
     assert f"key 'grid.shared.{key}' {expected}" in str(info.value)
+
+
+def test_measurement_jobs_declare_gpus_and_their_backends_image(tmp_path):
+    from llenergymeasure.workflow import container, gpus
+
+    grid = {"backends": ["pytorch", "vllm"], "shared": {"gpus": [0, 1]},
+            "backend_overrides": {"vllm": {"tensor_parallel_size": 2}, "pytorch": {"num_processes": 2}}}  # fmt: skip
+    p = plan(campaign(tmp_path, grid=grid, containers={"vllm": "docker://example.org/v:1"}))
+    by_backend = {e.backend: e.experiment_id for e in p.expansion.experiments}
+    assert gpus(p, by_backend["vllm"]) == 2  # vLLM always runs on CUDA
+    assert gpus(p, by_backend["pytorch"]) == 0  # device auto: nothing asked of a scheduler unless device: cuda
+    assert container(p, by_backend["vllm"]) == "docker://example.org/v:1"
+    assert container(p, by_backend["pytorch"]) == "docker://vllm/vllm-openai:v0.11.0"  # the default
+
+
+def test_a_list_valued_field_in_the_grid_is_one_value_unless_a_list_of_lists(tmp_path):
+    one = expand(campaign(tmp_path, grid={"backends": ["vllm"], "shared": {"gpus": [0, 1]},
+                                          "backend_overrides": {"vllm": {"tensor_parallel_size": 2}}}))  # fmt: skip
+    assert [e.config["gpus"] for e in one.experiments] == [[0, 1]]
+    axis = expand(campaign(tmp_path, grid={"backends": ["vllm"], "shared": {"gpus": [[0], [1]]}}))
+    assert sorted(e.config["gpus"] for e in axis.experiments) == [[0], [1]]

@@ -174,3 +174,17 @@ def test_progress_is_logged(tiny_model, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "llenergymeasure.progress"]
     assert lines[0].startswith("p cycle 1: 2/4 prompts") and lines[-1].startswith("p cycle 1: 4/4 prompts")
     assert "ETA" in lines[0]
+
+
+def test_gpus_select_the_jobs_cuda_devices():
+    from llenergymeasure.campaign import resolve_experiment
+    from llenergymeasure.jobs import select_gpus
+
+    env: dict = {}
+    config = resolve_experiment({"model_name": "m", "backend": "vllm", "gpus": [2, 3], "vllm": {"tensor_parallel_size": 2}})
+    assert select_gpus(config, env) == "CUDA_VISIBLE_DEVICES=2,3 (CUDA_DEVICE_ORDER=PCI_BUS_ID)"
+    assert env == {"CUDA_VISIBLE_DEVICES": "2,3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    slurm = {"SLURM_JOB_GPUS": "5,6", "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert select_gpus(config, slurm).startswith("assigned by Slurm") and slurm["CUDA_VISIBLE_DEVICES"] == "0,1"
+    cpu: dict = {}
+    assert select_gpus(resolve_experiment({"model_name": "m", "device": "cpu"}), cpu) is None and cpu == {}

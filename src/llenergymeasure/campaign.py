@@ -396,8 +396,24 @@ def _auto_name(backend: str, model: str, varied: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "", name)[:80]
 
 
-def _axis(values: Any) -> list:
-    return list(values) if isinstance(values, list) else [values]
+def _axis(values: Any, dotted: str = "") -> list:
+    """A grid entry's values: a list is an axis, anything else one fixed value. For a list-valued field (``gpus``)
+    a flat list is one value and a list of lists the axis: ``gpus: [0, 1]`` means both GPUs, ``[[0], [1]]`` either."""
+    if not isinstance(values, list):
+        return [values]
+    if dotted and _is_array_field(dotted) and not all(isinstance(v, list) for v in values):
+        return [values]
+    return list(values)
+
+
+@functools.cache
+def _is_array_field(dotted: str) -> bool:
+    from .config import property_schema
+
+    root = load_schema(SCHEMA)
+    sub = property_schema(dotted, root["$defs"]["experiment"], root)
+    kind = (sub or {}).get("type")
+    return kind == "array" or (isinstance(kind, list) and "array" in kind)
 
 
 def _campaign_defaults(campaign: dict) -> dict:
@@ -419,11 +435,11 @@ def _grid_candidates(campaign: dict) -> list[tuple[str, dict]]:
     shared = grid.get("shared") or {}
     overrides = grid.get("backend_overrides") or {}
     for key, values in shared.items():
-        for value in _axis(values):
+        for value in _axis(values, key):
             validate_value(value, key, SCHEMA, "experiment", "grid.shared")
     for backend, axes in overrides.items():
         for key, values in axes.items():
-            for value in _axis(values):
+            for value in _axis(values, f"{backend}.{key}"):
                 validate_value(value, f"{backend}.{key}", SCHEMA, "experiment", "grid.backend_overrides")
     models = grid.get("models") or [campaign.get("model")]
     if None in models:
@@ -434,8 +450,8 @@ def _grid_candidates(campaign: dict) -> list[tuple[str, dict]]:
         ov = overrides.get(backend, {})
         ov_keys = list(ov)
         for model in models:
-            for shared_vals in itertools.product(*(_axis(shared[k]) for k in shared_keys)):
-                for ov_vals in itertools.product(*(_axis(ov[k]) for k in ov_keys)):
+            for shared_vals in itertools.product(*(_axis(shared[k], k) for k in shared_keys)):
+                for ov_vals in itertools.product(*(_axis(ov[k], f"{backend}.{k}") for k in ov_keys)):
                     config: dict = {"backend": backend, "model_name": model}
                     varied = {}
                     for key, value in zip(shared_keys, shared_vals):
