@@ -156,12 +156,14 @@ class DataParallelPyTorch:
             "WORLD_SIZE": str(self.n),
             "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
         }
+        if config["device"] == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # a share of the cores each
+            base["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n))
         for rank in range(1, self.n):
             env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(self.n)}
             self.workers.append(
                 subprocess.Popen([sys.executable, "-m", __name__, self._config_file], env=env)  # noqa: S603
             )
-        os.environ.update({k: base[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")})
+        os.environ.update({k: base[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "OMP_NUM_THREADS") if k in base})
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": str(self.n)})
         self.member = _Member(config, self.model_path)
 
