@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .campaign import experiment_id, resolve_experiment, semantic_problem
 from .config import set_dotted
-from .errors import ConfigError
+from .errors import ConfigError, MeasurementError
 
 
 def _parse_value(text: str):
@@ -87,14 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     from .measure import run_experiment
 
     exp_id = experiment_id(config)
-    result = run_experiment(
-        config,
-        exp_id,
-        args.cycle,
-        model_path_for(config),
-        args.output,
-        {"state_dir": args.state_dir, "config_gap_s": args.config_gap, "cycle_gap_s": args.cycle_gap},
-    )
+    try:
+        result = run_experiment(
+            config,
+            exp_id,
+            args.cycle,
+            model_path_for(config),
+            args.output,
+            {"state_dir": args.state_dir, "config_gap_s": args.config_gap, "cycle_gap_s": args.cycle_gap},
+        )
+    except MeasurementError as exc:  # a known cause, stated in one line (anything else keeps its traceback)
+        print(f"Measurement error: {exc}", file=sys.stderr)
+        return 1
     total = result["energy"]["total"]
     print(
         json.dumps(
