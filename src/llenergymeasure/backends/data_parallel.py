@@ -154,7 +154,9 @@ class DataParallelPyTorch:
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
             "WORLD_SIZE": str(self.n),
-            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+            # the processes import what this one imports, in the same order: inside an image, Snakemake appends the
+            # host's search paths to a job's sys.path, and Accelerate may come from there
+            "PYTHONPATH": os.pathsep.join(dict.fromkeys([package_root, *(p for p in sys.path if p and os.path.isdir(p))])),
         }
         if config["device"] == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # a share of the cores each
             base["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n))
