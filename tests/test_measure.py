@@ -91,7 +91,7 @@ def test_co2_from_grid_intensity(tiny_model, tmp_path):
 
 
 def test_gpu_check_script_runs_in_cpu_smoke_mode(tmp_path):
-    """The GPU check must not rot between GPU sessions: run it on the CPU with the tiny model."""
+    """The GPU check must keep working between runs on GPU machines: run it on the CPU with the tiny model."""
     import subprocess
     import sys
 
