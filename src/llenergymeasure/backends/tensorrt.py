@@ -617,16 +617,9 @@ class TensorRTBackend:
 
     def peak_memory(self) -> dict:
         """torch's CUDA peaks do not see the runtime's allocations (null); NVML's memory in use on the experiment's
-        GPUs at the end of the window is added when NVML is available (it includes the preallocated KV cache)."""
-        out: dict = {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None}
-        try:
-            from ..energy.nvml import visible_gpus
+        GPUs at the end of the window (``gpu_memory_used_bytes``; null without NVML), which includes the preallocated
+        KV cache."""
+        from ..energy.nvml import memory_used_bytes
 
-            gpus = visible_gpus()[: self.gpu_count()]
-            if gpus:
-                import pynvml
-
-                out["nvml_gpu_memory_used_bytes"] = int(sum(pynvml.nvmlDeviceGetMemoryInfo(g["handle"]).used for g in gpus))
-        except Exception:  # NVML facts are context, never a reason to lose the measurement
-            pass
-        return out
+        return {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None,
+                "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count())}  # fmt: skip

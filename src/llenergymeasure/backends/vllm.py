@@ -539,22 +539,12 @@ class VllmBackend:
         NVML's used memory summed over the experiment's GPUs after the run (whole devices, other processes
         included; vLLM reserves ``gpu_memory_utilization`` of each at load, so this is also its peak);
         ``kv_cache_capacity_tokens``: KV cache blocks x block size, where the engine reports its blocks."""
-        out: dict = {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None,
-                     "gpu_memory_used_bytes": None, "kv_cache_capacity_tokens": None}  # fmt: skip
-        try:
-            import pynvml
+        from ..energy.nvml import memory_used_bytes
 
-            from ..energy.nvml import visible_gpus
-
-            gpus = visible_gpus()[: self.gpu_count()]
-            if gpus:
-                out["gpu_memory_used_bytes"] = sum(int(pynvml.nvmlDeviceGetMemoryInfo(g["handle"]).used) for g in gpus)
-        except Exception as exc:  # no NVML here: memory is context, not a measured quantity of the window
-            log.debug("GPU memory through NVML unavailable: %s", exc)
         blocks, size = self._effective.get("num_gpu_blocks"), self._effective.get("block_size")
-        if isinstance(blocks, int) and isinstance(size, int):
-            out["kv_cache_capacity_tokens"] = blocks * size
-        return out
+        return {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None,
+                "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count()),
+                "kv_cache_capacity_tokens": blocks * size if isinstance(blocks, int) and isinstance(size, int) else None}  # fmt: skip
 
     def close(self) -> None:
         """Shut the engine core (and its workers) down, release distributed state and cached GPU memory, and put

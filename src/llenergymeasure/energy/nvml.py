@@ -118,6 +118,19 @@ class NvmlGpuMeter(CounterMeter):
         return result
 
 
+def memory_used_bytes(gpu_count: int) -> int | None:
+    """NVML's used memory summed over the first ``gpu_count`` CUDA devices (whole devices: every process's
+    allocations, an engine's preallocated KV cache included), or None without NVML or GPUs."""
+    nv = _nvml()
+    gpus = visible_gpus()[:gpu_count] if nv is not None else []
+    if not gpus:
+        return None
+    try:
+        return int(sum(nv.nvmlDeviceGetMemoryInfo(g["handle"]).used for g in gpus))
+    except Exception:  # memory is context, never a reason to lose a measurement
+        return None
+
+
 def driver_info() -> dict:
     nv = _nvml()
     if nv is None:
