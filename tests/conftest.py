@@ -39,11 +39,26 @@ def tiny_model(tmp_path_factory) -> str:
     return str(out)
 
 
-def tiny_experiment(**overrides) -> dict:
-    """A resolved experiment small enough for unit tests on 2 CPU cores."""
+# What makes a measurement quick on 2 CPU cores, whatever the backend: greedy decoding, a 3-run warm-up, a 1 s
+# idle baseline, no minimum window.
+QUICK_MEASUREMENT = {
+    "decoder": {"preset": "deterministic"},
+    "warmup": {"max_prompts": 3, "min_prompts": 3, "window_size": 3},
+    "baseline": {"duration_sec": 1},
+    "energy": {"min_window_sec": 0.0},
+}
+
+
+def small_experiment(base: dict, overrides: dict) -> dict:
+    """``base`` + :data:`QUICK_MEASUREMENT` + ``overrides``, resolved (every default filled in)."""
     from llenergymeasure.campaign import resolve_experiment
     from llenergymeasure.config import deep_merge
 
+    return resolve_experiment(deep_merge(deep_merge(QUICK_MEASUREMENT, base), overrides))
+
+
+def tiny_experiment(**overrides) -> dict:
+    """A resolved PyTorch experiment small enough for unit tests on 2 CPU cores."""
     base = {
         "model_name": "lem-tiny-llama",
         "fp_precision": "float32",
@@ -52,13 +67,9 @@ def tiny_experiment(**overrides) -> dict:
         "max_output_tokens": 8,
         "min_output_tokens": 8,
         "num_input_prompts": 6,
-        "decoder": {"preset": "deterministic"},
         "pytorch": {"batch_size": 2},
-        "warmup": {"max_prompts": 3, "min_prompts": 3, "window_size": 3},
-        "baseline": {"duration_sec": 1},
-        "energy": {"min_window_sec": 0.0},
     }
-    return resolve_experiment(deep_merge(base, overrides))
+    return small_experiment(base, overrides)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import yaml
 
 from conftest import REPO
 from llenergymeasure.results import raw_result_files, read_result
+from test_workflow import SMALL
 
 pytestmark = pytest.mark.workflow
 
@@ -24,17 +25,8 @@ IMAGES = {
     "vllm": "docker://vllm/vllm-openai:v0.0.0-test",
     "tensorrt": "docker://nvcr.io/nvidia/tensorrt-llm/release:0.0.0-test",
 }
-SHARED = {
-    "max_input_tokens": 32,
-    "max_output_tokens": 6,
-    "min_output_tokens": 6,
-    "decoder.preset": "deterministic",
-    "baseline.duration_sec": 1,
-    "warmup.max_prompts": 3,
-    "warmup.min_prompts": 3,
-    "warmup.window_size": 3,
-    "energy.min_window_sec": 0,
-}
+# the workflow tests' small workload, on each backend's own device and precision
+SHARED = {k: v for k, v in SMALL["grid"]["shared"].items() if k not in ("fp_precision", "device")}
 
 
 def campaign(backends: list[str], **extra) -> dict:

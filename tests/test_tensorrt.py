@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import small_experiment
 from llenergymeasure.backends import tensorrt as trt_backend
 from llenergymeasure.backends.base import Batch, create
-from llenergymeasure.backends.tensorrt import TensorRTBackend, engine_cache_key, engine_key_fields
-from llenergymeasure.campaign import resolve_experiment
-from llenergymeasure.config import deep_merge, load_schema
+from llenergymeasure.backends.tensorrt import (
+    TensorRTBackend,
+    engine_cache_key,
+    engine_key_fields,
+)
+from llenergymeasure.config import load_schema
 from llenergymeasure.errors import MeasurementError
 
 FAKES = Path(__file__).resolve().parent / "fakes" / "engines"
@@ -55,15 +59,11 @@ def trt_experiment(tmp_path=None, **overrides) -> dict:
         "max_output_tokens": 6,
         "min_output_tokens": 6,
         "num_input_prompts": 5,
-        "decoder": {"preset": "deterministic"},
-        "warmup": {"max_prompts": 3, "min_prompts": 3, "window_size": 3},
-        "baseline": {"duration_sec": 1},
-        "energy": {"min_window_sec": 0.0},
         "tensorrt": {"max_batch_size": 2},
     }
     if tmp_path is not None:
         base["tensorrt"]["engine_cache_dir"] = str(tmp_path / "engines")
-    return resolve_experiment(deep_merge(base, overrides))
+    return small_experiment(base, overrides)
 
 
 def loaded(config: dict, model: str) -> TensorRTBackend:

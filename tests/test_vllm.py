@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import small_experiment
 from llenergymeasure.backends import vllm as backend_module
 from llenergymeasure.backends.vllm import (
     ENGINE_ENV,
@@ -17,8 +18,7 @@ from llenergymeasure.backends.vllm import (
     VllmBackend,
     analytic_parameters,
 )
-from llenergymeasure.campaign import resolve_experiment, semantic_problem
-from llenergymeasure.config import deep_merge
+from llenergymeasure.campaign import semantic_problem
 from llenergymeasure.errors import MeasurementError
 
 FAKES = Path(__file__).resolve().parent / "fakes" / "engines"
@@ -35,12 +35,8 @@ def vllm_experiment(**overrides) -> dict:
         "max_output_tokens": 8,
         "min_output_tokens": 8,
         "num_input_prompts": 6,
-        "decoder": {"preset": "deterministic"},
-        "warmup": {"max_prompts": 3, "min_prompts": 3, "window_size": 3},
-        "baseline": {"duration_sec": 1},
-        "energy": {"min_window_sec": 0.0},
     }
-    return resolve_experiment(deep_merge(base, overrides))
+    return small_experiment(base, overrides)
 
 
 def _forget_engine() -> None:
