@@ -66,9 +66,7 @@ def select_gpus(config: dict, environ=os.environ) -> str | None:
     A scheduler that already assigned GPUs to the job (Slurm sets ``SLURM_JOB_GPUS``/``CUDA_VISIBLE_DEVICES``) wins:
     ``gpus`` then only says how many the job needs. Nothing is set for CPU experiments.
     """
-    from .campaign import parallel_gpus
-
-    if config["device"] == "cpu" or (config["backend"] == "pytorch" and parallel_gpus(config) == 0):
+    if config["device"] == "cpu":
         return None
     if environ.get("SLURM_JOB_GPUS") or environ.get("SLURM_STEP_GPUS"):
         return f"assigned by Slurm: CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')}"

@@ -89,13 +89,13 @@ class _Member:
 
             dist.barrier(group=self.control)  # every process starts generating together
             if not self.batches:
-                return RunOutput([], [], 0.0), None
+                return RunOutput([], [], 0.0)
             out = self.local.run(self.prompts, self.batches, payload)
             for r in out.requests:
                 r.index, r.process_index = self.indices[r.index], self.rank
             for b in out.batches:
                 b["process_index"] = self.rank
-            return out, None
+            return out
         if command == "reset_peak_memory":
             self.local.reset_peak_memory()
             return None
@@ -196,7 +196,6 @@ class DataParallelPyTorch:
 
     def plan(self, prompts: list[str]) -> list[Batch]:
         parts = self._all("plan", prompts)
-        self._plans = parts
         return [Batch(idx, toks) for part in parts for idx, toks in zip(*part)]
 
     def warmup(self, prompts: list[str], batch: Batch, cfg: dict) -> dict:
@@ -215,7 +214,7 @@ class DataParallelPyTorch:
         return out
 
     def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
-        parts = [p[0] for p in self._all("run", seed)]
+        parts = self._all("run", seed)
         requests: list[RequestTiming] = sorted((r for p in parts for r in p.requests), key=lambda r: r.index)
         out_batches = [b for p in parts for b in p.batches]
         if progress is not None:
