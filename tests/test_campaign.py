@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -285,6 +287,19 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("energy.country_iso_code", "FR", "= 'FR' is not allowed; allowed: ISO 3166-1 alpha-3"),
         ("pytorch.num_processes", 65, "= 65 is out of range; allowed: <= 64"),
         ("warmup.window_size", 2, "= 2 is out of range; allowed: >= 3"),
+        ("gpus", [0, 0], "= [0, 0] is not allowed; allowed: a list without repeated items"),
+        ("gpus", [], "= [] is out of range; allowed: at least this many items: 1"),
+        ("adapter", 3, "= 3 has the wrong type"),
+        ("vllm.max_num_seqs", 0, "= 0 is out of range; allowed: >= 1"),
+        ("vllm.block_size", 24, "= 24 is not allowed; allowed: 16, 32"),
+        ("vllm.quantization", "marlin", "= 'marlin' is not allowed"),
+        ("vllm.gpu_memory_utilization", 1.5, "= 1.5 is out of range; allowed: <= 0.99"),
+        ("vllm.speculative.method", "lookahead", "= 'lookahead' is not allowed"),
+        ("vllm.logit_bias", {"x": 1}, "= 'x' is not allowed; allowed: text matching ^[0-9]+$"),
+        ("tensorrt.quantization", "int2", "= 'int2' is not allowed"),
+        ("tensorrt.max_batch_size", 512, "= 512 is out of range; allowed: <= 256"),
+        ("tensorrt.calibration.num_samples", 10, "= 10 is out of range; allowed: >= 64"),
+        ("pytorch.bnb_4bit_quant_type", "int4", "= 'int4' is not allowed; allowed: nf4, fp4"),
     ],
 )
 def test_bad_experiment_values_in_grid(tmp_path, key, value, expected):
@@ -292,6 +307,24 @@ def test_bad_experiment_values_in_grid(tmp_path, key, value, expected):
     with pytest.raises(ConfigError) as info:
         expand(c)
     assert f"key 'grid.shared.{key}' {expected}" in str(info.value)
+
+
+def test_bad_gpu_index_names_the_item(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'grid.shared.gpus\[0\]' = -1 is out of range; allowed: >= 0"):
+        expand(campaign(tmp_path, grid={"backends": ["pytorch"], "shared": {"gpus": [-1]}}))
+
+
+@pytest.mark.parametrize(
+    ("containers", "expected"),
+    [
+        ({"onnx": "docker://x"}, "unknown key 'containers.onnx'"),
+        ({"vllm": "docker://x y"}, "key 'containers.vllm' = 'docker://x y' is not allowed"),
+        ({"vllm": ""}, "key 'containers.vllm' = ''"),
+    ],
+)
+def test_bad_container_images_are_one_line_errors(tmp_path, containers, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        campaign(tmp_path, grid={"backends": ["pytorch"]}, containers=containers)
 
 
 def test_measurement_jobs_declare_gpus_and_their_backends_image(tmp_path):
