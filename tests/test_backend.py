@@ -107,3 +107,5 @@ def test_data_parallel_shards_prompts_across_processes(tiny_model, tmp_path):
     for b in result["batches"]:  # both processes' batches lie inside the one energy window
         assert w0 <= b["start_s"] <= b["end_s"] <= w1 + 1e-6
     assert result["model"]["details"]["data_parallel"]["num_processes"] == 2
+    for p in parts:  # each process's span, in seconds since the window opened
+        assert w0 <= p["start_s"] <= p["end_s"] <= w1 + 1e-6

@@ -382,7 +382,7 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
         "backend_version": backend.version(),
         "model_name": config["model_name"],
         "num_processes": max(1, len(runs[0].processes)),
-        "processes": runs[0].processes,
+        "processes": [_window_relative(p, w0) for p in runs[0].processes],
         "timestamps": {
             "job_start": job_start,
             "window_start": window_start,
@@ -402,11 +402,7 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
         "memory": memory,
         "model": {**{k: load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
                   "details": {k: v for k, v in load_info.items() if k not in _MODEL_KEYS}},  # fmt: skip
-        "batches": [
-            {**{k: v for k, v in b.items() if not k.endswith("_t")},
-             **{k[:-2] + "_s": b[k] - w0 for k in ("start_t", "first_token_t", "end_t")}}
-            for b in run_batches
-        ],  # fmt: skip
+        "batches": [_window_relative(b, w0) for b in run_batches],
         "timeline": timeline,
         "flags": flags,
         "environment": collect(backend.version(), gpus, driver_info() if gpus else {}, ctx.get("container_uri")),
@@ -426,6 +422,12 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
             write_json_atomic(sidecar_path, sidecar_data)
         write_json_atomic(output, result, RAW_SCHEMA)
     return result
+
+
+def _window_relative(record: dict, w0: float) -> dict:
+    """``<name>_t`` perf_counter times -> ``<name>_s`` seconds since the window opened (null stays null)."""
+    return {(k[:-2] + "_s" if k.endswith("_t") else k): (v - w0 if k.endswith("_t") and v is not None else v)
+            for k, v in record.items()}  # fmt: skip
 
 
 _MODEL_KEYS = ("load_s", "device", "dtype", "parameters", "model_size_bytes", "architecture", "weights")

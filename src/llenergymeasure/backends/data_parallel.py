@@ -228,8 +228,8 @@ class DataParallelPyTorch:
                 "num_batches": len(p.batches),
                 "generate_s": p.generate_s,
                 "device": self._load[i]["device"],
-                "start_s": min((b["start_t"] for b in p.batches), default=None),
-                "end_s": max((b["end_t"] for b in p.batches), default=None),
+                "start_t": min((b["start_t"] for b in p.batches), default=None),
+                "end_t": max((b["end_t"] for b in p.batches), default=None),
             }
             for i, p in enumerate(parts)
         ]
