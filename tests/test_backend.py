@@ -42,7 +42,7 @@ def test_input_tokens_exclude_padding(backend):
     """B2: token counts come from the attention mask, not the padded tensor."""
     prompts = ["short", "a much longer prompt with many more words in it than the first one"]
     unpadded = [len(backend.tokenizer(p)["input_ids"]) for p in prompts]
-    start, end, steps, counts, input_tokens = backend.generate_batch(prompts, 5, 5, 0)
+    start, end, steps, counts, input_tokens = backend.generate_batch(backend.encode(prompts), 5, 5, 0)
     assert input_tokens == unpadded and unpadded[0] < unpadded[1]
     assert counts == [5, 5] and len(steps) == 5 and start < steps[0] <= steps[-1] <= end
 
@@ -62,13 +62,78 @@ def test_native_latency_at_batch_size_above_one(backend):
 
 
 def test_warmup_converges_or_stops_at_max(backend):
-    cfg = {"enabled": True, "convergence_detection": True, "cv_threshold": 1.0, "max_prompts": 10, "window_size": 3, "min_prompts": 3}
+    cfg = {"enabled": True, "mode": "cv", "convergence_detection": True, "cv_threshold": 1.0, "max_prompts": 10,
+           "window_size": 3, "min_prompts": 3}  # fmt: skip
     batches = backend.plan(["a", "b"])
-    w = backend.warmup(["a", "b"], batches[0], cfg)
+    w = backend.warmup(["a", "b"], batches, cfg)
     assert w["converged"] is True and w["iterations_completed"] == 3 and len(w["latencies_ms"]) == 3
+    assert w["mode"] == "cv" and w["shapes"] == []
     strict = {**cfg, "cv_threshold": 1e-9, "max_prompts": 4}
-    w = backend.warmup(["a", "b"], batches[0], strict)
+    w = backend.warmup(["a", "b"], batches, strict)
     assert w["converged"] is False and w["iterations_completed"] == 4
+    assert backend.warmup(["a", "b"], batches, {**cfg, "enabled": False})["iterations_completed"] == 0
+    assert backend.warmup(["a", "b"], batches, {**cfg, "mode": "off"})["mode"] == "off"
+
+
+def test_full_warmup_runs_every_window_shape_before_the_window(backend):
+    """Every distinct (batch size, padded prompt length) the window will run is generated once, at the full
+    output length, before the CV loop: the window meets no shape for the first time."""
+    prompts = ["one", "two words", "three words here", "and four words here", "five words are in here", "six"]
+    batches = backend.plan(prompts)
+    calls = []
+    real = backend.generate_batch
+
+    def recording(enc, max_new, min_new, seed):
+        calls.append((tuple(enc["input_ids"].shape), max_new, min_new, seed))
+        return real(enc, max_new, min_new, seed)
+
+    backend.generate_batch = recording
+    try:
+        cfg = {"enabled": True, "mode": "full", "convergence_detection": True, "cv_threshold": 1.0, "max_prompts": 3,
+               "window_size": 3, "min_prompts": 3}  # fmt: skip
+        w = backend.warmup(prompts, batches, cfg)
+        warm_calls = list(calls)
+        calls.clear()
+        out = backend.run(prompts, batches, backend.config["random_seed"])
+    finally:
+        del backend.generate_batch
+    window_shapes = {(b["size"], b["padded_input_tokens"]) for b in out.batches}
+    assert {(s["batch_size"], s["padded_input_tokens"]) for s in w["shapes"]} == window_shapes
+    assert all(s["new_tokens"] == backend.config["max_output_tokens"] for s in w["shapes"])
+    assert w["mode"] == "full" and w["full_pass_s"] > 0 and w["iterations_completed"] == 3
+    # the pass used the window's exact calls: tensor shapes, output lengths and per-batch seeds
+    full_pass = warm_calls[: len(w["shapes"])]
+    assert set(full_pass) <= set(calls) and {c[0] for c in full_pass} == {c[0] for c in calls}
+
+
+def test_forced_output_length_adds_no_logits_processor(backend, monkeypatch):
+    """A forced length switches EOS stopping off instead of masking EOS at every step; the way is recorded, and
+    every generated token counts (EOS included, wherever it falls)."""
+    from transformers.generation import logits_process
+
+    masked = []
+    original = logits_process.MinNewTokensLengthLogitsProcessor.__call__
+
+    def spy(self, input_ids, scores):
+        masked.append(input_ids.shape[1])
+        return original(self, input_ids, scores)
+
+    monkeypatch.setattr(logits_process.MinNewTokensLengthLogitsProcessor, "__call__", spy)
+    enc = backend.encode(["hello", "a longer prompt here"])
+    _, _, steps, counts, _ = backend.generate_batch(enc, 6, 6, 0)
+    assert counts == [6, 6] and len(steps) == 6 and masked == []  # no per-step EOS mask
+    assert backend.length_forcing() == "eos_stopping_off"
+    backend.generate_batch(enc, 6, 2, 0)  # a minimum below the maximum needs the mask: it runs at every step
+    assert len(masked) >= 2
+
+
+def test_tokenisation_happens_when_planning(backend, monkeypatch):
+    """Inside the window the backend only generates: prompts were tokenised and placed on the device by plan()."""
+    prompts = ["alpha", "beta gamma", "delta"]
+    batches = backend.plan(prompts)
+    monkeypatch.setattr(backend, "tokenizer", None)  # any tokenisation now would fail
+    out = backend.run(prompts, batches, 0)
+    assert len(out.requests) == 3 and len(out.steps) == sum(b["steps"] for b in out.batches)
 
 
 def test_sampling_is_reproducible_with_seed(tiny_model):
@@ -79,7 +144,7 @@ def test_sampling_is_reproducible_with_seed(tiny_model):
 
     def tokens(seed):
         torch.manual_seed(seed)
-        enc = b.tokenizer(["hello"], return_tensors="pt")
+        enc = b.encode(["hello"])
         return b.model.generate(**enc, **b._generate_kwargs(6, 6)).tolist()
 
     assert tokens(1) == tokens(1)
@@ -109,3 +174,54 @@ def test_data_parallel_shards_prompts_across_processes(tiny_model, tmp_path):
     assert result["model"]["details"]["data_parallel"]["num_processes"] == 2
     for p in parts:  # each process's span, in seconds since the window opened
         assert w0 <= p["start_s"] <= p["end_s"] <= w1 + 1e-6
+
+
+def test_torch_compile_compiles_the_forward_and_records_it(tiny_model):
+    """pytorch.torch_compile reaches torch.compile (aot_eager here: no code generation on the CPU test machine),
+    the compiled model generates the same tokens as the eager one, and the raw result's model details say so."""
+    eager = PyTorchBackend(tiny_experiment(), tiny_model)
+    eager.load()
+    compiled = PyTorchBackend(tiny_experiment(pytorch={"batch_size": 2, "torch_compile": True, "torch_compile_backend": "aot_eager"}), tiny_model)
+    info = compiled.load()
+    assert info["torch_compile"] == {"mode": "default", "backend": "aot_eager", "target": "model.forward", "compiled_during": "warm-up"}
+    assert eager.load()["torch_compile"] is None
+    assert hasattr(compiled.model.forward, "_torchdynamo_orig_callable") and not hasattr(eager.model.forward, "_torchdynamo_orig_callable")
+    prompts = ["hello there", "a longer prompt here"]
+    assert compiled.model.generate(**compiled.encode(prompts), **compiled._generate_kwargs(4, 4)).tolist() == \
+        eager.model.generate(**eager.encode(prompts), **eager._generate_kwargs(4, 4)).tolist()  # fmt: skip
+
+
+def test_static_cache_reaches_generate(tiny_model, monkeypatch):
+    b = PyTorchBackend(tiny_experiment(pytorch={"batch_size": 2, "cache_implementation": "static"}), tiny_model)
+    info = b.load()
+    seen = {}
+    real = b.model.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(b.model, "generate", spy)
+    _, _, steps, counts, _ = b.generate_batch(b.encode(["one", "two words"]), 5, 5, 0)
+    assert seen["cache_implementation"] == "static" and seen["disable_compile"] is True and counts == [5, 5]
+    assert info["cache_implementation"] == "static"
+    if hasattr(b.model.generation_config, "max_cache_len"):  # one cache size for every batch of the experiment
+        assert seen["max_cache_len"] == b.config["max_input_tokens"] + b.config["max_output_tokens"]
+    dynamic = PyTorchBackend(tiny_experiment(), tiny_model)
+    dynamic.load()
+    assert dynamic._generate_kwargs(5, 5)["cache_implementation"] == "dynamic"
+
+
+def test_cuda_graph_compile_modes_are_refused_on_the_cpu(tiny_model):
+    import torch
+
+    from llenergymeasure.errors import MeasurementError
+
+    if torch.cuda.is_available():
+        pytest.skip("device auto resolves to CUDA here")
+
+    cfg = tiny_experiment()
+    cfg["device"] = "auto"  # resolved to the CPU at load: refused then, with the reason
+    cfg["pytorch"]["torch_compile"] = "reduce-overhead"
+    with pytest.raises(MeasurementError, match="records CUDA graphs, but the experiment runs on the CPU"):
+        PyTorchBackend(cfg, tiny_model).load()

@@ -89,6 +89,13 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
         ({"backend": "tensorrt", "tensorrt": {"builder_opt_level": 5}}, "BuildConfig has no optimisation level"),
         ({"backend": "tensorrt", "tensorrt": {"quantization": "int8_weight_only", "engine_path": "/e"}}, "is applied while building"),
         ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"split": "validation"}}}, "CalibConfig has no split"),
+        ({"pytorch": {"torch_compile_backend": "cudagraphs"}}, "has no effect while pytorch.torch_compile = false"),
+        ({"pytorch": {"torch_compile": "max-autotune", "torch_compile_backend": "aot_eager"}}, "is a mode of the inductor backend"),
+        ({"device": "cpu", "pytorch": {"torch_compile": "reduce-overhead"}}, "need a CUDA device, but device = cpu"),
+        ({"device": "cpu", "pytorch": {"torch_compile": True, "torch_compile_backend": "cudagraphs"}}, "need a CUDA device"),
+        ({"device": "cuda", "pytorch": {"torch_compile": True, "load_in_4bit": True}}, "does not compile BitsAndBytes"),
+        ({"pytorch": {"cache_implementation": "static", "use_cache": False}}, "has no effect with pytorch.use_cache = false"),
+        ({"warmup": {"enabled": False, "mode": "cv"}}, "warmup.mode = cv has no effect with warmup.enabled = false"),
     ],
 )
 def test_capability_checks_give_the_reason(experiment, reason):
@@ -300,6 +307,10 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("tensorrt.max_batch_size", 512, "= 512 is out of range; allowed: <= 256"),
         ("tensorrt.calibration.num_samples", 10, "= 10 is out of range; allowed: >= 64"),
         ("pytorch.bnb_4bit_quant_type", "int4", "= 'int4' is not allowed; allowed: nf4, fp4"),
+        ("warmup.mode", "partial", "= 'partial' is not allowed; allowed: full, cv, off"),
+        ("pytorch.torch_compile", "fast", "= 'fast' is not allowed; allowed: false, true, default, reduce-overhead, max-autotune"),
+        ("pytorch.torch_compile_backend", "onnxrt", "= 'onnxrt' is not allowed; allowed: inductor, cudagraphs, aot_eager"),
+        ("pytorch.cache_implementation", "hybrid", "= 'hybrid' is not allowed; allowed: dynamic, static"),
     ],
 )
 def test_bad_experiment_values_in_grid(tmp_path, key, value, expected):
@@ -346,3 +357,12 @@ def test_a_list_valued_field_in_the_grid_is_one_value_unless_a_list_of_lists(tmp
     assert [e.config["gpus"] for e in one.experiments] == [[0, 1]]
     axis = expand(campaign(tmp_path, grid={"backends": ["vllm"], "shared": {"gpus": [[0], [1]]}}))
     assert sorted(e.config["gpus"] for e in axis.experiments) == [[0], [1]]
+
+
+def test_torch_compile_true_and_default_are_one_experiment():
+    from llenergymeasure.campaign import experiment_id, resolve_experiment
+
+    on = resolve_experiment({"model_name": "m", "pytorch": {"torch_compile": True}})
+    default = resolve_experiment({"model_name": "m", "pytorch": {"torch_compile": "default"}})
+    assert on["pytorch"]["torch_compile"] == "default" and experiment_id(on) == experiment_id(default)
+    assert experiment_id(on) != experiment_id(resolve_experiment({"model_name": "m"}))

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from llenergymeasure.energy.base import ComponentEnergy, MeterSet
-from llenergymeasure.energy.baseline import idle_baselines, read_cached
+from llenergymeasure.energy.baseline import idle_baselines, measure_idle, read_cached
 from llenergymeasure.energy.cpu import CpuEstimateMeter, RaplMeter, rapl_domains
 from llenergymeasure.energy.meters import FakeMeter, select_meters
 from llenergymeasure.measure import energy_section
@@ -198,3 +198,96 @@ def test_nvml_meter_flags_mig_and_withholds_reset_values(monkeypatch):
     flags: list = []
     energy_section([r], {}, 1.0, [], flags)
     assert {"counter_reset", "mig_parent_gpu_energy", "energy_unavailable"} <= {f["code"] for f in flags}
+
+
+class SteppedCounter(FakeMeter):
+    """A counter that, like NVML's, changes only every ``period`` seconds; power optionally ramps with time."""
+
+    def __init__(self, power_w, clock, period=0.1, ramp_w_per_s=0.0, component="gpu", device="stepped"):
+        super().__init__(power_w, component=component, clock=clock, device=device)
+        self.period, self.ramp = period, ramp_w_per_s
+        self.edge_resolution_s = period
+
+    def _energy(self, t):
+        t -= self._origin
+        return self.power_w_value * t + 0.5 * self.ramp * t * t
+
+    def read_j(self):
+        t = self.clock()
+        return self._energy(self.period * int(t / self.period + 1e-9))  # the value of the last tick
+
+    def power_w(self):
+        return self.power_w_value + self.ramp * (self.clock() - self._origin)
+
+
+def test_counter_edges_are_synchronised_to_its_ticks():
+    """A plain read of a 100 ms counter lags by up to 100 ms; a synchronised read returns at a tick, so the
+    idle power from two synchronised edges is exact even over a short baseline."""
+    clock = Clock()
+    m = SteppedCounter(80.0, clock)
+    clock.t = 0.05  # between two ticks
+    value, t, resolution = m.synchronised_read_j(sleep=clock.sleep)
+    assert t == pytest.approx(0.1, abs=0.003) and value == pytest.approx(8.0) and resolution <= 0.003
+    rec = measure_idle([m], 2.0, sleep=clock.sleep)[m.device_key]
+    assert rec["power_w"] == pytest.approx(80.0, rel=1e-3)
+    assert rec["checks"]["edge_resolution_s"] <= 0.003
+    assert rec["uncertainty_w"] < 0.005 * 80.0 and rec["flags"] == []
+
+
+def test_baseline_uncertainty_reflects_drift_and_is_carried_into_net_energy():
+    clock = Clock()
+    m = SteppedCounter(80.0, clock, ramp_w_per_s=1.0)  # warming up: +1 W/s
+    rec = measure_idle([m], 10.0, sleep=clock.sleep)[m.device_key]
+    assert "idle_power_drifting" in rec["flags"] and rec["checks"]["drift_w"] == pytest.approx(5.0, rel=0.1)
+    assert rec["uncertainty_w"] >= 2.4  # at least half the drift between the halves
+    gross = ComponentEnergy("gpu", "gpu0", m.device_key, "nvml_counter", 2000.0, 10.0)
+    flags: list = []
+    e = energy_section([gross], {m.device_key: rec}, 10.0, [], flags)
+    row = e["components"][0]
+    assert row["net_energy_uncertainty_j"] == pytest.approx(rec["uncertainty_w"] * 10.0)
+    assert e["total"]["net_energy_uncertainty_j"] == pytest.approx(row["net_energy_uncertainty_j"])
+    assert "idle_power_drifting" in {f["code"] for f in flags}
+
+
+def test_net_uncertainty_of_several_devices_adds_in_quadrature():
+    base = {"method": "nvml_counter", "from_cache": False, "cache_age_s": 0.0, "measured_at": "x", "duration_s": 30.0,
+            "settle": {"settled": True}, "flags": []}  # fmt: skip
+    rows = [ComponentEnergy("gpu", f"gpu{i}", f"k{i}", "nvml_counter", 1000.0, 10.0) for i in range(2)]
+    baselines = {"k0": {**base, "power_w": 80.0, "uncertainty_w": 0.3}, "k1": {**base, "power_w": 80.0, "uncertainty_w": 0.4}}
+    e = energy_section(rows, baselines, 10.0, [], [])
+    assert e["total"]["net_energy_uncertainty_j"] == pytest.approx(5.0)  # sqrt(3^2 + 4^2)
+
+
+def test_busy_machine_baseline_is_flagged_and_never_cached(isolated_cache, monkeypatch):
+    """A CPU baseline taken while other processes keep the CPUs busy is used once, flagged, and not cached: the
+    next experiment measures again instead of inheriting an inflated idle power."""
+    import os
+
+    from llenergymeasure.energy import baseline as bl
+
+    clock = Clock()
+    busy = iter([100.0, 100.0 + 0.9 * 3.0 * (os.cpu_count() or 1)])  # 90 % of every CPU over the 3 s baseline
+    monkeypatch.setattr(bl, "_machine_busy_s", lambda: next(busy))
+    m = FakeMeter(12.0, component="cpu", clock=clock, device="busy-cpu")
+    rec = idle_baselines([m], {"enabled": True, "duration_sec": 3, "cache_ttl_sec": 600}, sleep=clock.sleep)[m.device_key]
+    assert "baseline_not_idle" in rec["flags"] and rec["checks"]["machine_cpu_busy_fraction"] == pytest.approx(0.9, rel=0.05)
+    assert read_cached(m.device_key, "fake", ttl_s=600) is None
+    flags: list = []
+    energy_section([ComponentEnergy("cpu", "cpu", m.device_key, "fake", 100.0, 5.0)], {m.device_key: rec}, 5.0, [], flags)
+    assert "baseline_not_idle" in {f["code"] for f in flags}
+
+
+def test_baseline_cache_names_host_and_device_and_is_not_reused_when_shorter(isolated_cache, monkeypatch):
+    from llenergymeasure.energy import baseline as bl
+
+    clock = Clock()
+    m = FakeMeter(30.0, clock=clock, device="cache-key")
+    short = {"enabled": True, "duration_sec": 2, "cache_ttl_sec": 600}
+    idle_baselines([m], short, sleep=clock.sleep)
+    path = bl._cache_file(m.device_key)
+    assert path.exists() and bl._host() in path.name and m.device_key in path.name
+    assert idle_baselines([m], short, sleep=clock.sleep)[m.device_key]["from_cache"] is True
+    longer = idle_baselines([m], {**short, "duration_sec": 10}, sleep=clock.sleep)[m.device_key]
+    assert longer["from_cache"] is False and longer["duration_s"] == pytest.approx(10.0)  # a 2 s baseline is not enough
+    monkeypatch.setattr(bl, "_host", lambda: "another-host")
+    assert read_cached(m.device_key, "fake", ttl_s=600) is None  # another host's file is another host's

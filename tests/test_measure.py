@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_experiment
 from llenergymeasure.measure import run_experiment
-from llenergymeasure.results import raw_result_files, validate_result
+from llenergymeasure.results import validate_result
 
 
 def ts(text):
@@ -39,6 +39,34 @@ def test_window_excludes_load_and_warmup(raw):
     phases = raw["phases_s"]
     assert phases["window_s"] == pytest.approx(t["window_duration_s"])
     assert phases["job_total_s"] > phases["window_s"] + phases["warmup_s"] + phases["load_s"]
+
+
+def test_warmup_covers_every_shape_of_the_window(raw):
+    """The window meets no batch shape for the first time: each (batch size, padded prompt tokens) it ran was
+    generated before, at the full output length, and the record says so."""
+    w = raw["warmup"]
+    assert w["mode"] == "full" and w["duration_s"] >= w["full_pass_s"] > 0
+    warmed = {(s["batch_size"], s["padded_input_tokens"]): s["new_tokens"] for s in w["shapes"]}
+    window = {(b["size"], b["padded_input_tokens"]) for b in raw["batches"]}
+    assert window <= set(warmed) and all(warmed[k] == raw["config"]["max_output_tokens"] for k in window)
+    assert w["iterations_completed"] >= 3  # then the CV loop
+
+
+def test_window_quality_checks_are_recorded(raw):
+    s = raw["steady_state"]
+    assert s["method"] == "per_batch_step_time" and s["items"] == raw["tokens"]["num_batches"]
+    assert 0.0 <= s["cold_excess_share"] <= 1.0 and s["reference_step_s"] > 0
+    assert (s["cold_items"] > 0) == s["cold_start_in_window"] == any(f["code"] == "cold_start_in_window" for f in raw["flags"])
+    assert raw["energy"]["cross_check"]["method"] == "unavailable"  # no GPU here: nothing to cross-check
+    total, (cpu,) = raw["energy"]["total"], raw["energy"]["components"]
+    assert cpu["idle_power_uncertainty_w"] >= 0
+    assert total["net_energy_uncertainty_j"] == pytest.approx(cpu["idle_power_uncertainty_w"] * raw["timestamps"]["window_duration_s"])
+    assert raw["model"]["details"]["output_length_forcing"] == "eos_stopping_off"
+
+
+def test_half_precision_on_a_cpu_is_flagged(tiny_model):
+    r = run_experiment(tiny_experiment(fp_precision="bfloat16", warmup={"enabled": False}, num_input_prompts=2), "h", 1, tiny_model, None, {})
+    assert any(f["code"] == "half_precision_on_cpu" for f in r["flags"]) and r["model"]["dtype"] == "bfloat16"
 
 
 def test_tokens_and_efficiency_use_output_tokens(raw):
@@ -91,7 +119,8 @@ def test_co2_from_grid_intensity(tiny_model, tmp_path):
 
 
 def test_gpu_check_script_runs_in_cpu_smoke_mode(tmp_path):
-    """The GPU check must keep working between runs on GPU machines: run it on the CPU with the tiny model."""
+    """The GPU check must keep working between runs on GPU machines: run it on the CPU with the tiny model. Every
+    cycle is its own process, everything lands in one flat folder, and each ratio is printed."""
     import subprocess
     import sys
 
@@ -99,11 +128,19 @@ def test_gpu_check_script_runs_in_cpu_smoke_mode(tmp_path):
 
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu", "--cycles", "2",
-         "--batch-sizes", "2", "--prompts", "4", "--gap", "0", "--baseline-sec", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+         "--batch-sizes", "2", "--prompts", "4", "--gap", "0", "--baseline-sec", "1", "--reference-sec", "1",
+         "--min-window", "0", "--overhead-prompts", "4", "--overhead-batch", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "cpu:" in run.stdout and len(raw_result_files(tmp_path)) == 2
+    assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-2000:]
+    out = run.stdout
+    assert "idle baseline" in out and "vs reference" in out
+    assert out.count("cold share") == 2 and "power integral / counter n/a" in out  # no GPU: nothing to cross-check
+    assert "backend / bare generate throughput" in out and "measurement on / off time" in out
+    assert sorted(p.name for p in tmp_path.glob("raw_*.json")) == ["raw_bs2_cycle1.json", "raw_bs2_cycle2.json"]
+    assert all(p.is_file() for p in tmp_path.iterdir())  # one folder, no subfolders
+    summary = json.loads((tmp_path / "gpu_check_summary.json").read_text())
+    assert summary["experiments"][0]["cycles"] == 2 and summary["overhead"]["backend_vs_bare"] > 0
 
 
 def test_flops_are_analytic_per_request(raw):
@@ -172,8 +209,31 @@ def test_progress_is_logged(tiny_model, caplog):
     cfg = tiny_experiment(warmup={"enabled": False}, num_input_prompts=4, pytorch={"batch_size": 2})
     run_experiment(cfg, "p", 1, tiny_model, None, {"progress_every_s": 0})
     lines = [r.getMessage() for r in caplog.records if r.name == "llenergymeasure.progress"]
-    assert lines[0].startswith("p cycle 1: 2/4 prompts") and lines[-1].startswith("p cycle 1: 4/4 prompts")
-    assert "ETA" in lines[0]
+    window = [x for x in lines if "/4 prompts" in x]
+    assert window[0].startswith("p cycle 1: 2/4 prompts") and window[-1].startswith("p cycle 1: 4/4 prompts")
+    assert "ETA" in window[0]
+
+
+def test_every_phase_of_a_job_says_what_it_is_doing(tiny_model, caplog, tmp_path, monkeypatch):
+    """Idle baseline (with its duration as ETA), model load, thermal gap, warm-up and window each announce
+    themselves, in that order, so a job is never silent for long."""
+    import logging
+    import time
+
+    from llenergymeasure.thermal import record_window
+
+    monkeypatch.setenv("LEM_CACHE_DIR", str(tmp_path / "cache"))  # no cached baseline: it is measured now
+    state = tmp_path / "state"
+    record_window(state, {"experiment_id": "other", "cycle": 1, "window_end": "x", "window_end_epoch_s": time.time()})
+    caplog.set_level(logging.INFO, logger="llenergymeasure.progress")
+    cfg = tiny_experiment(num_input_prompts=4, pytorch={"batch_size": 2})
+    run_experiment(cfg, "p", 1, tiny_model, None, {"state_dir": str(state), "config_gap_s": 3.0})
+    lines = [r.getMessage() for r in caplog.records if r.name == "llenergymeasure.progress"]
+    expected = ["measuring the idle baseline", "idle baseline", "loading prompts and model", "model loaded",
+                "thermal gap: waiting", "warm-up: one untimed pass", "warm-up: repeating", "warm-up done", "measuring (window open)"]  # fmt: skip
+    positions = [next(i for i, x in enumerate(lines) if e in x) for e in expected]
+    assert positions == sorted(positions), lines
+    assert "ETA 1 s" in lines[positions[0]]
 
 
 def test_gpus_select_the_jobs_cuda_devices():

@@ -504,14 +504,17 @@ def test_warmup_contract(fake_trt, tiny_model, tmp_path):
     backend = loaded(trt_experiment(tmp_path), tiny_model)
     try:
         prompts = ["a", "b c", "d e f", "g"]
-        batch = Batch([0, 1, 2, 3], [2, 3, 4, 2])
-        w = backend.warmup(prompts, batch, {"enabled": True, "convergence_detection": True, "cv_threshold": 1.0,
-                                            "max_prompts": 4, "window_size": 3, "min_prompts": 3})  # fmt: skip
+        batches = [Batch([0, 1, 2, 3], [2, 3, 4, 2])]
+        cfg = {"enabled": True, "mode": "full", "convergence_detection": True, "cv_threshold": 1.0, "max_prompts": 4,
+               "window_size": 3, "min_prompts": 3}  # fmt: skip
+        w = backend.warmup(prompts, batches, cfg)
         assert w["enabled"] and w["converged"] is True and w["iterations_completed"] == 3
         assert w["batch_size"] == 2 and w["max_new_tokens"] == 6 and len(w["latencies_ms"]) == 3
-        assert set(w) >= {"final_cv", "target_cv", "max_prompts", "duration_s"}
-        off = backend.warmup(prompts, batch, {"enabled": False})
-        assert off == {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+        assert set(w) >= {"final_cv", "target_cv", "max_prompts", "duration_s", "shapes", "full_pass_s"}
+        (whole,) = w["shapes"]  # the whole workload, submitted at once as the window submits it
+        assert whole["batch_size"] == 4 and whole["new_tokens"] == 6
+        off = backend.warmup(prompts, batches, {"enabled": False})
+        assert off["enabled"] is False and off["iterations_completed"] == 0 and off["shapes"] == []
     finally:
         backend.close()
 

@@ -328,18 +328,32 @@ def test_speculation_is_inert_with_an_in_process_core(fake_vllm, tiny_model, mon
 def test_warmup_contract(loaded):
     backend, llm = loaded(vllm={"max_num_seqs": 2, "enable_prefix_caching": True})
     batches = backend.plan(PROMPTS)
-    cfg = {"enabled": True, "convergence_detection": True, "cv_threshold": 0.99, "max_prompts": 5, "window_size": 3,
-           "min_prompts": 3}  # fmt: skip
-    w = backend.warmup(PROMPTS, batches[0], cfg)
-    assert set(w) == {"enabled", "converged", "final_cv", "target_cv", "iterations_completed", "max_prompts",
-                      "batch_size", "max_new_tokens", "duration_s", "latencies_ms"}  # fmt: skip
+    cfg = {"enabled": True, "mode": "cv", "convergence_detection": True, "cv_threshold": 0.99, "max_prompts": 5,
+           "window_size": 3, "min_prompts": 3}  # fmt: skip
+    w = backend.warmup(PROMPTS, batches, cfg)
+    assert set(w) == {"enabled", "mode", "converged", "final_cv", "target_cv", "iterations_completed", "max_prompts",
+                      "batch_size", "max_new_tokens", "cv_loop_s", "latencies_ms", "shapes", "full_pass_s",
+                      "duration_s"}  # fmt: skip
     assert 3 <= w["iterations_completed"] <= 5 and w["batch_size"] == 2 and w["max_new_tokens"] == 8
     assert len(w["latencies_ms"]) == w["iterations_completed"] and w["final_cv"] is not None
-    assert llm.prefix_cache_resets == 1  # warm-up prompts do not stay cached for the measured run
+    resets = llm.prefix_cache_resets
+    assert resets == w["iterations_completed"] + 1  # no run of the loop finds the previous run's prefixes; none stay
     backend.run(PROMPTS[:2], backend.plan(PROMPTS[:2]), seed=0)
-    assert llm.prefix_cache_resets == 2
-    off = backend.warmup(PROMPTS, batches[0], {**cfg, "enabled": False})
-    assert off == {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+    assert llm.prefix_cache_resets == resets + 1
+    off = backend.warmup(PROMPTS, batches, {**cfg, "enabled": False})
+    assert off["enabled"] is False and off["iterations_completed"] == 0 and off["shapes"] == []
+
+
+def test_full_warmup_runs_the_whole_workload_before_the_window(loaded):
+    """Mode full submits every prompt once, with the window's output lengths, before the CV loop."""
+    backend, llm = loaded(vllm={"max_num_seqs": 2, "enable_prefix_caching": True})
+    batches = backend.plan(PROMPTS)
+    cfg = {"enabled": True, "mode": "full", "convergence_detection": True, "cv_threshold": 0.99, "max_prompts": 3,
+           "window_size": 3, "min_prompts": 3}  # fmt: skip
+    w = backend.warmup(PROMPTS, batches, cfg)
+    (whole,) = w["shapes"]
+    assert whole["batch_size"] == len(PROMPTS) and whole["new_tokens"] == backend.config["max_output_tokens"]
+    assert whole["padded_input_tokens"] == sum(batches[0].prompt_tokens) and w["full_pass_s"] > 0
 
 
 def test_validity_flags(loaded):

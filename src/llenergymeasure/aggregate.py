@@ -51,6 +51,10 @@ METRICS = {
     "gpu_energy_j": lambda r: _component_j(r, "gpu"),
     "cpu_energy_j": lambda r: _component_j(r, "cpu"),
     "gpu_j_per_output_token": lambda r: _per_output_token(_component_j(r, "gpu"), r),
+    # measurement quality (absent from results written before these checks existed: None)
+    "energy_net_uncertainty_j": lambda r: r["energy"]["total"].get("net_energy_uncertainty_j"),
+    "energy_cross_check_ratio": lambda r: (r["energy"].get("cross_check") or {}).get("ratio"),
+    "cold_excess_share": lambda r: (r.get("steady_state") or {}).get("cold_excess_share"),
 }
 
 THERMAL_KEYS = ("gap_kind", "gap_required_s", "gap_waited_s", "since_previous_window_s", "temperature_start_c",
@@ -186,6 +190,7 @@ SUMMARY_COLUMNS = [
     "output_tokens_per_s_mean", "output_tokens_per_s_ci_low", "output_tokens_per_s_ci_high",
     "mean_power_w_mean", "e2e_latency_mean_ms_mean", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
     "co2_kg_mean", "window_duration_s_mean", "total_flops_mean",
+    "energy_net_uncertainty_j_mean", "energy_cross_check_ratio_mean", "cold_excess_share_mean",
     "energy_method", "includes_estimate", "flops_method", "cv_flag", "flags",
 ]  # fmt: skip
 

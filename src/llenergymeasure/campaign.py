@@ -184,6 +184,9 @@ def resolve_experiment(config: dict) -> dict:
     resolved = fill_defaults(config, experiment_schema(config.get("backend", "pytorch")), root)
     if resolved["decoder"]["temperature"] == 0:
         resolved["decoder"]["do_sample"] = False
+    pt = resolved.get("pytorch")
+    if pt and pt.get("torch_compile") is True:
+        pt["torch_compile"] = "default"  # one spelling per behaviour: true and "default" are the same experiment
     resolved.pop("config_name", None)
     return resolved
 
@@ -240,6 +243,8 @@ def semantic_problem(config: dict) -> str | None:
             resolve_architecture(config["model_name"])
         except ConfigError as exc:
             return str(exc)
+    if not config["warmup"]["enabled"] and config["warmup"]["mode"] == "cv":
+        return "warmup.mode = cv has no effect with warmup.enabled = false (set warmup.mode: off, or enable the warm-up)"
     if not config["decoder"]["do_sample"] and config["decoder"]["preset"] in ("standard", "creative", "factual"):
         return f"decoder.preset = {config['decoder']['preset']} samples, but decoder.do_sample = false"
     if config["backend"] == "pytorch":
@@ -251,6 +256,18 @@ def _pytorch_problem(config: dict) -> str | None:
     pt = config["pytorch"]
     if config["device"] == "cpu" and pt["attn_implementation"] == "flash_attention_2":
         return "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
+    compile_mode, compile_backend = pt["torch_compile"], pt["torch_compile_backend"]
+    if compile_mode is False and compile_backend != "inductor":
+        return f"pytorch.torch_compile_backend = {compile_backend} has no effect while pytorch.torch_compile = false"
+    if compile_mode not in (False, True, "default") and compile_backend != "inductor":
+        return (f"pytorch.torch_compile = {compile_mode} is a mode of the inductor backend; torch_compile_backend = "
+                f"{compile_backend} takes none (use torch_compile: true)")  # fmt: skip
+    if config["device"] == "cpu" and (compile_mode == "reduce-overhead" or (compile_mode and compile_backend == "cudagraphs")):
+        return "pytorch.torch_compile: CUDA graphs (mode reduce-overhead, backend cudagraphs) need a CUDA device, but device = cpu"
+    if compile_mode and (pt["load_in_4bit"] or pt["load_in_8bit"]):
+        return "pytorch.torch_compile: transformers does not compile BitsAndBytes-quantised models"
+    if pt["cache_implementation"] == "static" and not pt["use_cache"]:
+        return "pytorch.cache_implementation = static has no effect with pytorch.use_cache = false"
     budget = pt["max_tokens_per_batch"]
     if budget is not None and pt["batching_strategy"] in ("dynamic", "sorted_dynamic"):
         if budget < config["max_input_tokens"]:

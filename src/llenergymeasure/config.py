@@ -169,7 +169,7 @@ def format_validation_error(err: Any, prefix: str = "") -> str:
     label = f"key '{where}'" if where else "the file"
     if kind == "enum":
         allowed = [a for a in err.validator_value]
-        shown = ", ".join("null" if a is None else str(a) for a in allowed)
+        shown = ", ".join(a if isinstance(a, str) else json.dumps(a) for a in allowed)  # false/null as written in YAML
         return f"{label} = {short_repr(value)} is not allowed; allowed: {shown}{_hint(value, [a for a in allowed if a])}"
     if kind == "type":
         expected = err.validator_value

@@ -6,9 +6,13 @@ Sequence (the energy window contains only inference):
 2. idle baseline per device, from the cache or measured now with nothing loaded;
 3. load prompts and the model, plan batches;
 4. wait what remains of the thermal gap since the previous window;
-5. warm up until latency is stable;
+5. warm up: every batch shape of the window once, then until latency is stable;
 6. window: counters read, all batches generated, counters read;
-7. record the window end for the next job's gap, release the lock, build, validate and atomically write.
+7. record the window end for the next job's gap, release the lock;
+8. build the result: energy (gross, idle, net with its uncertainty), a steady-state check of the window's step
+   times, a cross-check of the GPU counter against integrated board power, the validity flags; validate and write.
+
+Every phase that can take more than a moment says so on the ``llenergymeasure.progress`` logger.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import statistics
 import time
 
+from . import validity
 from .backends.base import create as create_backend
 from .config import canonical_json
 from .energy.base import ComponentEnergy
@@ -30,28 +35,29 @@ from .flops import flops_section, model_dims
 from .prompts import load_prompts, prompts_sha256
 from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
 from .stats import distribution
+from .steady import steady_state
 from .thermal import host_lock, record_window, temperatures, wait_gap
-from .timeline import TimelineSampler, phase_split
+from .timeline import TimelineSampler, energy_cross_check, phase_split
 from .timeline import summarise as summarise_timeline
 
 log = logging.getLogger(__name__)
-
-
-def _flag(flags: list, code: str, message: str) -> None:
-    if not any(f["code"] == code for f in flags):
-        flags.append({"code": code, "message": message})
+say = logging.getLogger("llenergymeasure.progress")
+_flag = validity.add
 
 
 def energy_section(
     components: list[ComponentEnergy], baselines: dict, window_s: float, unavailable: list[dict], flags: list
 ) -> dict:
-    """Per-component gross/idle/net energy and the totals. Net = gross - idle power x window duration."""
+    """Per-component gross/idle/net energy and the totals. Net = gross - idle power x window duration; its standard
+    uncertainty is the idle power's x the window duration (components added in quadrature: independent devices)."""
     rows = []
     for c in components:
         base = baselines.get(c.device_key)
         idle_w = None if base is None else base.get("power_w")
+        idle_u = None if base is None else base.get("uncertainty_w")
         idle_j = None if idle_w is None else idle_w * window_s
         net = None if (c.energy_j is None or idle_j is None) else c.energy_j - idle_j
+        net_u = None if net is None or idle_u is None else idle_u * window_s
         row = {
             "component": c.component,
             "device": c.device,
@@ -59,8 +65,10 @@ def energy_section(
             "gross_energy_j": c.energy_j,
             "mean_power_w": c.mean_power_w,
             "idle_power_w": idle_w,
+            "idle_power_uncertainty_w": idle_u,
             "idle_energy_j": idle_j,
             "net_energy_j": net,
+            "net_energy_uncertainty_j": net_u,
             "counter_duration_s": c.duration_s,
             "baseline": None
             if base is None
@@ -71,6 +79,7 @@ def energy_section(
                 "measured_at": base["measured_at"],
                 "duration_s": base["duration_s"],
                 "settled": base["settle"]["settled"],
+                "checks": base.get("checks", {}),
                 "flags": base.get("flags", []),
             },
             "flags": list(c.flags),
@@ -91,12 +100,16 @@ def energy_section(
             _flag(flags, "idle_not_settled", f"{c.device}: idle power had not settled when the baseline was taken")
         if net is not None and net < 0:
             _flag(flags, "net_energy_negative", f"{c.device}: window energy below idle energy (noise or stale baseline)")
+        for code, message in validity.baseline_quality(c.device, base):
+            _flag(flags, code, message)
     for u in unavailable:
         _flag(flags, f"{u['component']}_energy_unavailable", u["reason"])
     valid = [r for r in rows if r["gross_energy_j"] is not None]
     gross = sum(r["gross_energy_j"] for r in valid) if valid and len(valid) == len(rows) else None
     nets = [r["net_energy_j"] for r in rows]
     net = sum(nets) if rows and all(n is not None for n in nets) else None
+    net_us = [r["net_energy_uncertainty_j"] for r in rows]
+    net_u = sum(u * u for u in net_us) ** 0.5 if net is not None and all(u is not None for u in net_us) else None
     method = "+".join(f"{r['component']}:{r['method']}" for r in rows) or "unavailable"
     return {
         "window_duration_s": window_s,
@@ -105,6 +118,7 @@ def energy_section(
         "total": {
             "gross_energy_j": gross,
             "net_energy_j": net,
+            "net_energy_uncertainty_j": net_u,
             "method": method,
             "components": [r["component"] for r in rows],
             "includes_estimate": any(r["method"] in ("estimate_tdp", "codecarbon") for r in rows),
@@ -131,20 +145,15 @@ def emissions_section(total_j: float | None, country: str | None, method: str) -
     }
 
 
-def timeline_section(samples, cfg, batches, window, components, output, flags) -> dict:
-    """Summary of the window's timeline (always), the sidecar file (when ``timeline.save``), throttling flags and
-    the prefill/decode split of the energy of the device the timeline follows."""
+def timeline_section(samples, cfg, batches, window, components, output) -> tuple[dict, tuple[str, dict] | None]:
+    """Summary of the window's timeline (always), the prefill/decode split of the energy of the device the timeline
+    follows, and the sidecar to write beside the raw result (path and data, when ``timeline.save``)."""
     if not cfg["enabled"]:
         return {"enabled": False, "summary": None, "sidecar": None,
                 "phases": {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None,
-                           "other_energy_j": None, "reason": "timeline.enabled = false"}}  # fmt: skip
+                           "other_energy_j": None, "reason": "timeline.enabled = false"}}, None  # fmt: skip
     interval = max(cfg["interval_ms"] / 1000.0, 0.1)
     summary = summarise_timeline(samples, interval)
-    for g in summary["gpus"]:
-        if g["throttle"]["thermal_s"] > 0:
-            _flag(flags, "thermal_throttling", f"{g['device']} throttled for temperature for ~{g['throttle']['thermal_s']:.1f} s")
-        if g["throttle"]["power_cap_s"] > 0:
-            _flag(flags, "power_capped", f"{g['device']} held at its power cap for ~{g['throttle']['power_cap_s']:.1f} s")
     gpu = [c for c in components if c.component == "gpu"]
     primary = gpu or [c for c in components if c.component == "cpu"]
     energy = None if not primary or any(c.energy_j is None for c in primary) else sum(c.energy_j for c in primary)
@@ -169,8 +178,8 @@ def timeline_section(samples, cfg, batches, window, components, output, flags) -
                 for i in range(len(samples[0].get("gpus", [])) if samples else 0)
             ],  # fmt: skip
         }
-    return {"enabled": True, "summary": summary, "sidecar": sidecar and os.path.basename(sidecar), "phases": phases,
-            "_sidecar_data": (sidecar, data)}  # fmt: skip
+    section = {"enabled": True, "summary": summary, "sidecar": sidecar and os.path.basename(sidecar), "phases": phases}
+    return section, ((sidecar, data) if sidecar else None)
 
 
 class Progress:
@@ -227,9 +236,12 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
     flags: list[dict] = []
     phases: dict[str, float] = {}
     state_dir = ctx.get("state_dir")
+    label = f"{experiment_id} cycle {cycle}"
 
     with host_lock(state_dir) as lock_wait_s:
         phases["lock_wait_s"] = lock_wait_s or 0.0
+        if phases["lock_wait_s"] > 1.0:
+            say.info("%s: waited %.1f s for another measurement on this host to finish", label, phases["lock_wait_s"])
         t = time.perf_counter()
         baselines = idle_baselines(meters.meters, config["baseline"])
         phases["baseline_s"] = time.perf_counter() - t
@@ -239,16 +251,18 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
                 raise MeasurementError(f"baseline.required = true, but no idle baseline for {', '.join(missing)}")
 
         t = time.perf_counter()
+        say.info("%s: loading prompts and model %s", label, config["model_name"])
         prompts = load_prompts(config["dataset"], config["num_input_prompts"], config["random_seed"])
         load_info = backend.load()
         batches = backend.plan(prompts)
         phases["load_s"] = time.perf_counter() - t
+        say.info("%s: model loaded in %.1f s; %d prompts in %d batch(es)", label, phases["load_s"], len(prompts), len(batches))
 
-        gap = wait_gap(state_dir, cycle, ctx.get("config_gap_s", 0.0), ctx.get("cycle_gap_s", 0.0))
+        gap = wait_gap(state_dir, cycle, ctx.get("config_gap_s", 0.0), ctx.get("cycle_gap_s", 0.0), sleep=_announced_sleep(label))
         phases["gap_s"] = gap["gap_waited_s"]
 
         t = time.perf_counter()
-        warmup = backend.warmup(prompts, batches[0], config["warmup"])
+        warmup = backend.warmup(prompts, batches, config["warmup"])
         phases["warmup_s"] = time.perf_counter() - t
 
         temp_start = temperatures(meters.meters)
@@ -257,14 +271,17 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
         sampler = TimelineSampler(meters.meters, tl_cfg["interval_ms"] / 1000.0) if tl_cfg["enabled"] else None
         if sampler:
             sampler.start()
+        say.info("%s: measuring (window open)", label)
         meters.start()
         window_start = utc_now_iso()
+        e0 = time.time()
         w0 = time.perf_counter()
-        progress = Progress(f"{experiment_id} cycle {cycle}", ctx.get("progress_every_s", 10.0))
+        progress = Progress(label, ctx.get("progress_every_s", 10.0))
         runs = [backend.run(prompts, batches, config["random_seed"], progress)]
         while config["energy"]["repeat_to_min_window"] and time.perf_counter() - w0 < config["energy"]["min_window_sec"]:
             runs.append(backend.run(prompts, batches, config["random_seed"], progress))
         w1 = time.perf_counter()
+        e1 = time.time()
         window_end = utc_now_iso()
         components = meters.stop()
         samples = sampler.stop() if sampler else []
@@ -282,11 +299,19 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
 
     reqs = [r for run in runs for r in run.requests]
     run_batches = [b for run in runs for b in run.batches]
-    timeline = timeline_section(samples, tl_cfg, run_batches, (w0, w1), components, output, flags)
+    timeline, sidecar = timeline_section(samples, tl_cfg, run_batches, (w0, w1), components, output)
     energy["phases"] = timeline.pop("phases")
     if runs[0].scheduling != "static" and energy["phases"]["method"] != "unavailable":
         energy["phases"] = {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
                             "reason": "continuous batching interleaves prefills and decodes of different requests: no time split exists"}  # fmt: skip
+    gpu_rows = [c for c in components if c.component == "gpu"]
+    gpu_j = None if not gpu_rows or any(c.energy_j is None for c in gpu_rows) else sum(c.energy_j for c in gpu_rows)
+    energy["cross_check"] = (
+        energy_cross_check(gpu_j, sampler.power_buffer if sampler else {}, (e0, e1), samples, (w0, w1))
+        if gpu_rows
+        else {"method": "unavailable", "ratio": None, "judged": False, "reason": "no GPU in the experiment"}
+    )
+    steady = steady_state(runs[0].scheduling, run_batches, [s for run in runs for s in run.steps], (w0, w1))
     out_tokens = sum(r.output_tokens for r in reqs)
     in_tokens = sum(r.input_tokens for r in reqs)
     n_req = len(reqs)
@@ -335,28 +360,23 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
         "warmup_excluded": True,
     }
 
-    # validity checks
-    min_window = config["energy"]["min_window_sec"]
-    if window_s < min_window:
-        _flag(flags, "short_window", f"window {window_s:.3f} s is shorter than energy.min_window_sec = {min_window} s")
-    if warmup["enabled"] and warmup["converged"] is False:
-        _flag(flags, "warmup_not_converged", f"latency CV {warmup['final_cv']} still above {warmup['target_cv']} after {warmup['iterations_completed']} runs")
-    for code, message in backend.validity_flags(run_batches):
-        _flag(flags, code, message)
-    if out_tokens == 0:
-        _flag(flags, "no_output_tokens", "no token was generated")
-    if config["min_output_tokens"] >= config["max_output_tokens"] and tokens["requests_at_max_output_tokens"] < n_req:
-        _flag(flags, "output_length_not_reached", "some requests ended before the forced output length")
-
-    idle_total = [r["idle_power_w"] for r in energy["components"]]
     mean_power = total["mean_power_w"]
-    if mean_power is not None and all(x is not None for x in idle_total) and idle_total and mean_power < sum(idle_total):
-        _flag(flags, "power_below_idle", f"mean power {mean_power:.2f} W below idle {sum(idle_total):.2f} W")
-    for m in meters.meters:
-        if hasattr(m, "power_limit_w") and mean_power is not None:
-            limit = m.power_limit_w()
-            if limit and mean_power > limit * 1.05:
-                _flag(flags, "power_above_limit", f"{m.device}: mean power above the enforced limit {limit:.0f} W")
+    findings = [
+        *validity.short_window(window_s, config["energy"]["min_window_sec"]),
+        *validity.warmup_not_converged(warmup),
+        *backend.validity_flags(run_batches),
+        *validity.no_output_tokens(out_tokens),
+        *validity.output_length_not_reached(config["min_output_tokens"], config["max_output_tokens"],
+                                            tokens["requests_at_max_output_tokens"], n_req),  # fmt: skip
+        *validity.power_below_idle(mean_power, [r["idle_power_w"] for r in energy["components"]]),
+        *validity.power_above_limit(meters.meters, mean_power),
+        *validity.throttling(timeline["summary"]),
+        *validity.host_bound(timeline["summary"]),
+        *validity.cold_start_in_window(steady),
+        *validity.energy_cross_check_mismatch(energy["cross_check"]),
+    ]
+    for code, message in findings:
+        _flag(flags, code, message)
 
     flops = flops_section(
         model_dims(backend.model_config()), [(r.input_tokens, r.output_tokens) for r in reqs], window_s, out_tokens
@@ -369,7 +389,7 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
         "model_size_bytes": load_info["model_size_bytes"],
         **backend.peak_memory(),
     }
-    gpus = [m.gpu for m in meters.meters if hasattr(m, "gpu")]
+    gpus = [m.gpu for m in meters.meters if m.gpu is not None]
     from .energy.nvml import driver_info
 
     result = {
@@ -399,6 +419,7 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
         "latency": latency,
         "flops": flops,
         "warmup": warmup,
+        "steady_state": steady,
         "memory": memory,
         "model": {**{k: load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
                   "details": {k: v for k, v in load_info.items() if k not in _MODEL_KEYS}},  # fmt: skip
@@ -414,14 +435,21 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
         },
         "config": config,
     }
-    sidecar_path, sidecar_data = timeline.pop("_sidecar_data", (None, None))
     if output:
         if os.getppid() != parent:
             raise MeasurementError("the workflow that started this measurement is gone; nothing written")
-        if sidecar_path:
-            write_json_atomic(sidecar_path, sidecar_data)
+        if sidecar:
+            write_json_atomic(*sidecar)
         write_json_atomic(output, result, RAW_SCHEMA)
     return result
+
+
+def _announced_sleep(label: str):
+    def sleep(seconds: float) -> None:
+        say.info("%s: thermal gap: waiting %.1f s before the window", label, seconds)
+        time.sleep(seconds)
+
+    return sleep
 
 
 def _window_relative(record: dict, w0: float) -> dict:

@@ -118,7 +118,7 @@ def temperatures(meters) -> dict:
     """Temperatures readable now: each GPU of the experiment, and the CPU."""
     out: dict = {}
     for m in meters:
-        if hasattr(m, "temperature_c"):
+        if m.gpu is not None:
             out[m.device] = m.temperature_c()
     cpu = cpu_temperature_c()
     if cpu is not None:

@@ -6,6 +6,10 @@ memory utilisation, SM clock and the clock-event (throttle) reasons. For the CPU
 polled (one read takes a driver lock for milliseconds); energy comes from the window-edge counter reads, and the
 timeline only says how it was distributed in time: which share went to prefill and which to decode, whether the
 GPU throttled, how hot it ran.
+
+Each tick also drains the driver's buffer of board-power samples (``nvmlDeviceGetSamples``, one sample every
+20 ms on an H200, a ring of about 2.4 s: a 10 Hz drain never loses one). Integrated over the window they give an
+independent estimate of its GPU energy, which :func:`energy_cross_check` compares with the counter.
 """
 
 from __future__ import annotations
@@ -48,8 +52,11 @@ class TimelineSampler:
 
     def __init__(self, gpu_meters: list, interval_s: float = MIN_INTERVAL_S) -> None:
         self.interval_s = max(float(interval_s), MIN_INTERVAL_S)
-        self.gpus = [m for m in gpu_meters if hasattr(m, "gpu")]
+        self.gpus = [m for m in gpu_meters if m.gpu is not None]
         self.samples: list[dict] = []
+        #: per GPU device: the driver's buffered power samples, (epoch seconds, watts)
+        self.power_buffer: dict[str, list[tuple[float, float]]] = {m.device: [] for m in self.gpus}
+        self._buffer_seen: dict[str, int] = {m.device: 0 for m in self.gpus}
         self._cpu_temp_file = cpu_temperature_file()  # found once: the sampling loop only reads it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,6 +90,22 @@ class TimelineSampler:
             out["throttle_reasons"] = None
         return out
 
+    def _drain_power_buffer(self, m) -> None:
+        """Append the driver's power samples newer than the last one seen (none where the driver keeps none)."""
+        nv = self._nv
+        try:
+            kind, samples = nv.nvmlDeviceGetSamples(m.gpu["handle"], nv.NVML_TOTAL_POWER_SAMPLES, self._buffer_seen[m.device])
+        except Exception:  # NVML_ERROR_NOT_FOUND: nothing new; NOT_SUPPORTED: no buffer on this board
+            return
+        out = self.power_buffer[m.device]
+        for s in samples:
+            if s.timeStamp <= self._buffer_seen[m.device]:
+                continue
+            self._buffer_seen[m.device] = s.timeStamp
+            value = _sample_value(nv, kind, s.sampleValue)
+            if value is not None:
+                out.append((s.timeStamp / 1e6, value / 1000.0))  # microseconds, milliwatts
+
     def _run(self) -> None:
         prev = _cpu_times()
         while True:
@@ -96,6 +119,8 @@ class TimelineSampler:
             sample = {"t": t, "cpu_util_pct": util, "rss_bytes": _rss_bytes(), "cpu_temperature_c": temp}
             if self.gpus:
                 sample["gpus"] = [self._gpu_sample(m) for m in self.gpus]
+                for m in self.gpus:
+                    self._drain_power_buffer(m)
             self.samples.append(sample)
             if self._stop.wait(self.interval_s):
                 return
@@ -110,6 +135,14 @@ class TimelineSampler:
         if self._thread is not None:
             self._thread.join()
         return self.samples
+
+
+def _sample_value(nv, kind: int, value) -> float | None:
+    """The number in an NVML sample's value union, by its declared type."""
+    field = {nv.NVML_VALUE_TYPE_DOUBLE: "dVal", nv.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+             nv.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal", nv.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+             nv.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal"}.get(kind)  # fmt: skip
+    return None if field is None else float(getattr(value, field))
 
 
 def _stats(values: list) -> dict:
@@ -209,3 +242,56 @@ def phase_split(samples: list[dict], batches: list[dict], window: tuple[float, f
         "timeline_samples": len(times),
         "note": "shares from a <=10 Hz timeline: phases shorter than a few samples are approximate",
     }
+
+
+#: Counter vs power-integral disagreement that is flagged, and the shortest window it is judged on: the power
+#: sensor is a smoothed average, so a short window's integral lags its edges (1-15 % low on 1.6 s windows).
+CROSS_CHECK_TOLERANCE = 0.03
+CROSS_CHECK_MIN_WINDOW_S = 10.0
+#: Largest gap between buffered samples that still counts as covered (the driver samples every 20 ms).
+BUFFER_MAX_GAP_S = 0.1
+
+
+def _coverage(times: list[float], start: float, end: float, max_gap: float) -> float:
+    """Fraction of [start, end] lying within ``max_gap`` after some sample (the step integral holds a value that
+    long at most)."""
+    if end <= start or not times:
+        return 0.0
+    covered = 0.0
+    for i, t in enumerate(times):
+        hold_end = min(t + max_gap, times[i + 1] if i + 1 < len(times) else t + max_gap)
+        lo, hi = max(t, start), min(hold_end, end)
+        if hi > lo:
+            covered += hi - lo
+    return covered / (end - start)
+
+
+def energy_cross_check(counter_j: float | None, buffered: dict[str, list[tuple[float, float]]], window_epoch: tuple[float, float],
+                       samples: list[dict], window: tuple[float, float]) -> dict:  # fmt: skip
+    """GPU window energy from integrated board power, beside the counter's: the driver's buffered 50 Hz samples when
+    they cover the window, else the timeline's 10 Hz readings. ``ratio`` = power integral / counter energy;
+    ``judged`` says whether the window is long enough for the tolerance to apply."""
+    out = {"method": "unavailable", "counter_energy_j": counter_j, "power_integral_j": None, "ratio": None,
+           "samples": 0, "coverage": 0.0, "tolerance": CROSS_CHECK_TOLERANCE, "min_window_s": CROSS_CHECK_MIN_WINDOW_S,
+           "judged": False}  # fmt: skip
+    duration = window[1] - window[0]
+    if counter_j is None or counter_j <= 0:
+        out["reason"] = "no GPU counter energy for the window"
+        return out
+    t0, t1 = window_epoch
+    series = [sorted(v) for v in buffered.values() if v]
+    if series and len(series) == len(buffered) and all(_coverage([t for t, _ in s], t0, t1, BUFFER_MAX_GAP_S) >= 0.95 for s in series):
+        integral = sum(integrate([t for t, _ in s], [w for _, w in s], t0, t1) for s in series)
+        out.update(method="nvml_buffered_power_samples_integral", samples=sum(len(s) for s in series),
+                   coverage=min(_coverage([t for t, _ in s], t0, t1, BUFFER_MAX_GAP_S) for s in series))  # fmt: skip
+    else:
+        ps = power_series(samples)
+        if ps is None or len(ps[0]) < 2:
+            out["reason"] = "no power samples of the GPUs"
+            return out
+        times, watts, _ = ps
+        integral = integrate(times, watts, window[0], window[1])
+        out.update(method="timeline_power_integral", samples=len(times),
+                   coverage=_coverage(times, window[0], window[1], 2 * MIN_INTERVAL_S))  # fmt: skip
+    out.update(power_integral_j=integral, ratio=integral / counter_j, judged=duration >= CROSS_CHECK_MIN_WINDOW_S)
+    return out

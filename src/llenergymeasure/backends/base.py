@@ -7,8 +7,10 @@ A backend is constructed with the resolved experiment config and the model locat
     gpu_count() -> int                       physical GPUs the experiment occupies (energy is read once per GPU)
     load() -> dict                           load_s, device, dtype, parameters, model_size_bytes, architecture, weights
                                              (+ backend-specific facts, kept under model.details)
-    plan(prompts) -> list[Batch]             how the prompts are submitted (static batches, or one continuous batch)
-    warmup(prompts, batch, cfg) -> dict      CV-converged warm-up, outside the window
+    plan(prompts) -> list[Batch]             how the prompts are submitted (static batches, or one continuous batch);
+                                             tokenisation happens here, before the window
+    warmup(prompts, batches, cfg) -> dict    outside the window: every shape the window will run, then the CV loop
+                                             (:func:`warm_up`)
     reset_peak_memory(); run(prompts, batches, seed, progress) -> RunOutput; peak_memory() -> dict
     model_config()                           the HF config object the analytic FLOP count reads
     validity_flags(run_batches) -> list[(code, message)]
@@ -22,6 +24,10 @@ Engines are imported inside the backend modules only: the package imports with n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ..steady import Step
+
+__all__ = ["Batch", "RequestTiming", "RunOutput", "Step", "converge", "warm_up", "warmup_mode", "warmup_off"]
 
 
 @dataclass
@@ -66,10 +72,47 @@ class RunOutput:
     scheduling: str = "static"
     latency_method: str = "per_step_timestamps"
     processes: list[dict] = field(default_factory=list)  # data parallel: each process's share
+    steps: list[Step] = field(default_factory=list)  # every generation step, for the steady-state check
+
+
+def warmup_mode(cfg: dict) -> str:
+    """full | cv | off (``enabled: false`` is off whatever the mode)."""
+    return cfg.get("mode", "full") if cfg["enabled"] else "off"
 
 
 def warmup_off() -> dict:
-    return {"enabled": False, "converged": None, "iterations_completed": 0, "latencies_ms": []}
+    return {"enabled": False, "mode": "off", "converged": None, "iterations_completed": 0, "latencies_ms": [],
+            "shapes": [], "full_pass_s": 0.0, "duration_s": 0.0}  # fmt: skip
+
+
+def shape(batch_size: int, padded_input_tokens: int, new_tokens: int, duration_s: float) -> dict:
+    """One entry of ``warmup.shapes``: a batch shape the warm-up ran once, untimed."""
+    return {"batch_size": batch_size, "padded_input_tokens": padded_input_tokens, "new_tokens": new_tokens,
+            "duration_s": duration_s}  # fmt: skip
+
+
+def warm_up(cfg: dict, full_pass, repeat, batch_size: int, new_tokens: int) -> dict:
+    """The warm-up every backend runs before the window. ``full_pass()`` runs each shape the window will run once
+    (mode full) and returns their :func:`shape` records; ``repeat()`` runs one real batch and returns its latency
+    in seconds, for the CV loop (:func:`converge`)."""
+    import logging
+    import time
+
+    mode = warmup_mode(cfg)
+    if mode == "off":
+        return warmup_off()
+    say = logging.getLogger("llenergymeasure.progress")
+    t0 = time.perf_counter()
+    shapes: list[dict] = []
+    if mode == "full":
+        say.info("warm-up: one untimed pass over every batch shape of the window")
+        shapes = full_pass()
+    full_s = time.perf_counter() - t0
+    say.info("warm-up: repeating a batch until its latency is stable (CV < %s, at most %d runs)", cfg["cv_threshold"], cfg["max_prompts"])
+    record = converge(repeat, cfg, batch_size, new_tokens)
+    say.info("warm-up done: %d shape(s), %d CV runs (final CV %s) in %.1f s", len(shapes), record["iterations_completed"],
+             "n/a" if record["final_cv"] is None else f"{record['final_cv']:.3f}", time.perf_counter() - t0)  # fmt: skip
+    return {**record, "mode": mode, "shapes": shapes, "full_pass_s": full_s, "duration_s": time.perf_counter() - t0}
 
 
 def elapsed(timed: tuple) -> float:
@@ -78,8 +121,8 @@ def elapsed(timed: tuple) -> float:
 
 
 def converge(repeat, cfg: dict, batch_size: int, new_tokens: int) -> dict:
-    """The warm-up loop every backend shares: call ``repeat()`` (one run of a small fixed workload, returning its
-    latency in seconds) until the coefficient of variation of the last ``window_size`` latencies (sample standard
+    """The CV loop of the warm-up: call ``repeat()`` (one run of a real batch, returning its latency in seconds)
+    until the coefficient of variation of the last ``window_size`` latencies (sample standard
     deviation, ddof 1) is below ``cv_threshold`` (after at least ``min_prompts`` runs), or ``max_prompts`` runs;
     with ``convergence_detection`` off, exactly ``max_prompts`` runs. Returns the record kept in the raw result."""
     import statistics
@@ -108,7 +151,7 @@ def converge(repeat, cfg: dict, batch_size: int, new_tokens: int) -> dict:
         "max_prompts": cfg["max_prompts"],
         "batch_size": batch_size,
         "max_new_tokens": new_tokens,
-        "duration_s": time.perf_counter() - t0,
+        "cv_loop_s": time.perf_counter() - t0,
         "latencies_ms": [round(x * 1000, 3) for x in latencies],
     }
 

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from .base import Batch, RequestTiming, RunOutput
+from .base import Batch, RequestTiming, RunOutput, warmup_off
 from .pytorch import PyTorchBackend
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ class _Member:
             return [[self.indices[i] for i in b.indices] for b in self.batches], [b.prompt_tokens for b in self.batches]
         if command == "warmup":
             if not self.batches:
-                return {"enabled": payload["enabled"], "converged": None, "iterations_completed": 0, "latencies_ms": []}
-            return self.local.warmup(self.prompts, self.batches[0], payload)
+                return warmup_off()
+            return self.local.warmup(self.prompts, self.batches, payload)
         if command == "run":
             import torch.distributed as dist
 
@@ -198,9 +198,10 @@ class DataParallelPyTorch:
         parts = self._all("plan", prompts)
         return [Batch(idx, toks) for part in parts for idx, toks in zip(*part)]
 
-    def warmup(self, prompts: list[str], batch: Batch, cfg: dict) -> dict:
+    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
+        """Every process warms up on its own shard's batches (its shapes are the ones it will run)."""
         parts = self._all("warmup", cfg)
-        return {**parts[0], "per_process": [{k: p.get(k) for k in ("converged", "final_cv", "iterations_completed")} for p in parts]}
+        return {**parts[0], "per_process": [{k: p.get(k) for k in ("converged", "final_cv", "iterations_completed", "shapes")} for p in parts]}
 
     def reset_peak_memory(self) -> None:
         self._all("reset_peak_memory")
@@ -233,7 +234,8 @@ class DataParallelPyTorch:
             }
             for i, p in enumerate(parts)
         ]
-        return RunOutput(requests, out_batches, max(p.generate_s for p in parts), processes=processes)
+        steps = [s for p in parts for s in p.steps]
+        return RunOutput(requests, out_batches, max(p.generate_s for p in parts), processes=processes, steps=steps)
 
     def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
         flags = self.member.local.validity_flags(run_batches)

@@ -4,6 +4,12 @@ Latency is taken natively: a stopping criterion that never stops records a times
 of a batched ``generate`` (synchronising CUDA first, where ``generate`` synchronises anyway), so each request's
 first-token time, inter-token gaps and end-to-end latency come from real step times, at any batch size.
 Tokens are counted from the attention mask and the position of EOS, never including padding.
+
+Host work inside the window is kept to ``generate`` itself: prompts are tokenised, padded and moved to the device
+when the batches are planned, before the window; a forced output length (``min_output_tokens`` >=
+``max_output_tokens``) switches EOS stopping off instead of adding a logits processor that masks EOS at every step.
+``pytorch.torch_compile`` compiles the model's forward (compilation happens in the warm-up, which runs every shape
+of the window once); ``pytorch.cache_implementation`` picks generate's KV cache.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import logging
 import statistics
 import time
 
-from .base import Batch, RequestTiming, RunOutput, converge, elapsed, warmup_off
+from .base import Batch, RequestTiming, RunOutput, Step, elapsed, shape, warm_up
 
 __all__ = ["Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+#: How a forced output length is obtained (recorded in the raw result's model details).
+LENGTH_EOS_OFF = "eos_stopping_off"  # no EOS: generate runs to max_new_tokens, no per-step logits processor
+LENGTH_MIN_NEW_TOKENS = "min_new_tokens_logits_processor"  # EOS masked until min_new_tokens (a processor per step)
+LENGTH_FREE = "eos_or_max_new_tokens"  # the model stops at EOS or max_new_tokens
 
 
 def plan_batches(prompt_tokens: list[int], strategy: str, batch_size: int, token_budget: int) -> list[Batch]:
@@ -73,6 +83,9 @@ class PyTorchBackend:
         self.model = None
         self.tokenizer = None
         self.device = None
+        self._inputs: dict[tuple[int, ...], object] = {}  # planned batch -> its encoded, padded inputs on the device
+        self._never_stop = None  # the step clock's constant answer, allocated once per batch size
+        self.pad_token_id = None
 
     # ------------------------------------------------------------------------------------------------ setup
     @staticmethod
@@ -102,11 +115,15 @@ class PyTorchBackend:
 
     def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
         pt = self.config["pytorch"]
+        flags = []
         sizes = [b["size"] for b in run_batches]
         mean = statistics.fmean(sizes) if sizes else 0.0
         if mean < pt["batch_size"] and pt["batching_strategy"] in ("static", "sorted_static"):
-            return [("batch_not_saturated", f"mean batch {mean:.2f} < batch_size {pt['batch_size']}: fewer prompts than a full batch, or a partial last batch")]
-        return []
+            flags.append(("batch_not_saturated", f"mean batch {mean:.2f} < batch_size {pt['batch_size']}: fewer prompts than a full batch, or a partial last batch"))
+        if self.device == "cpu" and self.config["fp_precision"] != "float32":
+            flags.append(("half_precision_on_cpu", f"fp_precision = {self.config['fp_precision']} on a CPU: most CPUs emulate it, "
+                          "several times slower than float32; the numbers describe that"))  # fmt: skip
+        return flags
 
     def close(self) -> None:
         self.model = None
@@ -133,6 +150,9 @@ class PyTorchBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = self.resolve_device()
+        if self.device == "cpu" and self.config["fp_precision"] != "float32":
+            log.warning("fp_precision = %s on a CPU: most CPUs emulate it, several times slower than float32 "
+                        "(the result is flagged half_precision_on_cpu)", self.config["fp_precision"])  # fmt: skip
         t0 = time.perf_counter()
         dtype = getattr(torch, DTYPES[self.config["fp_precision"]])
         attn = self.config["pytorch"]["attn_implementation"]
@@ -156,10 +176,14 @@ class PyTorchBackend:
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         model.eval()
+        compiled = self._compile(model)
+        self._check_cache_implementation(model)
         if self.device == "cuda":
             torch.cuda.synchronize()
         self.model, self.tokenizer = model, tok
+        self.pad_token_id = tok.pad_token_id
         params = sum(p.numel() for p in model.parameters())
+        pt = self.config["pytorch"]
         return {
             "load_s": time.perf_counter() - t0,
             "device": self.device,
@@ -168,16 +192,66 @@ class PyTorchBackend:
             "model_size_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
             "architecture": getattr(model.config, "model_type", None),
             "weights": weights,
+            "output_length_forcing": self.length_forcing(),
+            "cache_implementation": pt["cache_implementation"] if pt["use_cache"] else "none (use_cache = false)",
+            "torch_compile": compiled,
         }
+
+    def _compile(self, model) -> dict | None:
+        """``pytorch.torch_compile``: compile the model's forward (generate calls it for every step). Compilation
+        itself happens on the first call of each shape, in the warm-up."""
+        pt = self.config["pytorch"]
+        mode = pt["torch_compile"]
+        if mode is False:
+            return None
+        mode = "default" if mode is True else mode
+        if self.device == "cpu" and (mode == "reduce-overhead" or pt["torch_compile_backend"] == "cudagraphs"):
+            from ..errors import MeasurementError
+
+            raise MeasurementError(f"pytorch.torch_compile = {mode} with backend {pt['torch_compile_backend']} records CUDA "
+                                   "graphs, but the experiment runs on the CPU")  # fmt: skip
+        import torch
+
+        model.forward = torch.compile(model.forward, mode=None if mode == "default" else mode, backend=pt["torch_compile_backend"])
+        return {"mode": mode, "backend": pt["torch_compile_backend"], "target": "model.forward", "compiled_during": "warm-up"}
+
+    def _check_cache_implementation(self, model) -> None:
+        """A static cache on a model that cannot hold one would be ignored by generate (with a warning only)."""
+        pt = self.config["pytorch"]
+        if pt["cache_implementation"] == "static" and pt["use_cache"]:
+            supports = getattr(model, "_supports_default_dynamic_cache", None)
+            if supports is not None and not supports():
+                from ..errors import MeasurementError
+
+                raise MeasurementError(f"pytorch.cache_implementation = static: {type(model).__name__} does not use "
+                                       "transformers' cache classes, so generate would ignore the setting")  # fmt: skip
+
+    def length_forcing(self) -> str:
+        if self.config["min_output_tokens"] >= self.config["max_output_tokens"]:
+            return LENGTH_EOS_OFF
+        return LENGTH_MIN_NEW_TOKENS if self.config["min_output_tokens"] > 0 else LENGTH_FREE
 
     def count_prompt_tokens(self, prompts: list[str]) -> list[int]:
         enc = self.tokenizer(prompts, truncation=True, max_length=self.config["max_input_tokens"])
         return [len(ids) for ids in enc["input_ids"]]
 
+    def encode(self, texts: list[str]):
+        """Tokenised, left-padded and truncated inputs of one batch, on the model's device."""
+        return self.tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=self.config["max_input_tokens"]
+        ).to(self.device)
+
     def plan(self, prompts: list[str]) -> list[Batch]:
+        """Batches of the workload, each tokenised and moved to the device here, before the window."""
         pt = self.config["pytorch"]
         budget = pt["max_tokens_per_batch"] or pt["batch_size"] * self.config["max_input_tokens"]
-        return plan_batches(self.count_prompt_tokens(prompts), pt["batching_strategy"], pt["batch_size"], budget)
+        batches = plan_batches(self.count_prompt_tokens(prompts), pt["batching_strategy"], pt["batch_size"], budget)
+        self._inputs = {tuple(b.indices): self.encode([prompts[i] for i in b.indices]) for b in batches}
+        return batches
+
+    def _batch_inputs(self, prompts: list[str], batch: Batch):
+        enc = self._inputs.get(tuple(batch.indices))
+        return enc if enc is not None else self.encode([prompts[i] for i in batch.indices])
 
     # ------------------------------------------------------------------------------------------------ generate
     def _generate_kwargs(self, max_new_tokens: int, min_new_tokens: int) -> dict:
@@ -185,12 +259,22 @@ class PyTorchBackend:
         pt = self.config["pytorch"]
         kwargs = {
             "max_new_tokens": max_new_tokens,
-            "min_new_tokens": min_new_tokens,
             "do_sample": dec["do_sample"],
             "use_cache": pt["use_cache"],
-            "pad_token_id": self.tokenizer.pad_token_id,
+            "pad_token_id": self.pad_token_id,
             "repetition_penalty": dec["repetition_penalty"],
         }
+        if min_new_tokens >= max_new_tokens:
+            kwargs["eos_token_id"] = None  # a forced length: no EOS stopping, so no EOS mask at every step
+        elif min_new_tokens:
+            kwargs["min_new_tokens"] = min_new_tokens
+        if pt["use_cache"]:
+            kwargs["cache_implementation"] = pt["cache_implementation"]
+            if pt["cache_implementation"] == "static" and hasattr(self.model.generation_config, "max_cache_len"):
+                # one cache size for every batch: no reallocation (and no recompilation) when prompt lengths differ
+                kwargs["max_cache_len"] = self.config["max_input_tokens"] + self.config["max_output_tokens"]
+        if hasattr(self.model.generation_config, "disable_compile"):
+            kwargs["disable_compile"] = True  # no compilation but pytorch.torch_compile's (generate would add its own for a static cache)
         if dec["do_sample"]:
             kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])
             if pt["min_p"]:
@@ -209,27 +293,25 @@ class PyTorchBackend:
 
             torch.cuda.synchronize()
 
-    def generate_batch(self, prompts: list[str], max_new_tokens: int, min_new_tokens: int, seed: int | None):
-        """One ``generate`` call. Returns (start time, step times, output token count per row, input tokens per row)."""
+    def generate_batch(self, enc, max_new_tokens: int, min_new_tokens: int, seed: int | None):
+        """One ``generate`` call on encoded inputs (:meth:`encode`). Returns (start time, end time, step times,
+        output token count per row, input tokens per row)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         backend = self
         steps: list[float] = []
+        rows = enc["input_ids"].shape[0]
+        if self._never_stop is None or self._never_stop.shape[0] != rows:
+            self._never_stop = torch.zeros(rows, dtype=torch.bool, device=enc["input_ids"].device)
+        never_stop = self._never_stop
 
         class StepClock(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 backend._sync()
                 steps.append(time.perf_counter())
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+                return never_stop
 
-        enc = self.tokenizer(
-            prompts,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.config["max_input_tokens"],
-        ).to(self.device)
         input_tokens = enc["attention_mask"].sum(dim=1).tolist()
         if seed is not None:
             torch.manual_seed(seed)
@@ -241,8 +323,11 @@ class PyTorchBackend:
         self._sync()
         end = time.perf_counter()
         new = out[:, enc["input_ids"].shape[1] :]
-        eos = kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        if "eos_token_id" in kwargs and kwargs["eos_token_id"] is None:
+            eos_ids: set[int] = set()  # nothing stopped the rows: every generated token counts
+        else:
+            eos = kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
+            eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         return start, end, steps, count_new_tokens(new.tolist(), eos_ids), input_tokens
 
     def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
@@ -251,12 +336,13 @@ class PyTorchBackend:
         total_requests = sum(len(b.indices) for b in batches)
         requests: list[RequestTiming] = []
         batch_stats = []
+        step_log: list[Step] = []
         total = 0.0
         for b_idx, batch in enumerate(batches):
-            texts = [prompts[i] for i in batch.indices]
             start, end, steps, counts, in_tokens = self.generate_batch(
-                texts, cfg["max_output_tokens"], cfg["min_output_tokens"], None if seed is None else seed + b_idx
-            )
+                self._batch_inputs(prompts, batch), cfg["max_output_tokens"], cfg["min_output_tokens"],
+                None if seed is None else seed + b_idx,
+            )  # fmt: skip
             total += end - start
             for row, idx in enumerate(batch.indices):
                 n = counts[row]
@@ -265,6 +351,7 @@ class PyTorchBackend:
                 e2e = (times[-1] - start) if times else end - start
                 itl = [b - a for a, b in zip(times, times[1:])]
                 requests.append(RequestTiming(idx, in_tokens[row], n, ttft, e2e, itl))
+            step_log.extend(Step(a, b, prefill=(k == 0)) for k, (a, b) in enumerate(zip([start, *steps], steps)))
             batch_stats.append(
                 {
                     "size": len(batch.indices),
@@ -280,19 +367,30 @@ class PyTorchBackend:
             )
             if progress is not None:
                 progress(len(requests), total_requests)
-        return RunOutput(requests, batch_stats, total)
+        return RunOutput(requests, batch_stats, total, steps=step_log)
 
-    def warmup(self, prompts: list[str], batch: Batch, cfg: dict) -> dict:
-        """Repeat the first batch's shape until latency CV over a sliding window < threshold, or max count.
-
-        CV uses the sample standard deviation (ddof 1) of the last ``window_size`` latencies.
-        """
-        if not cfg["enabled"]:
-            return warmup_off()
-        texts = [prompts[i] for i in batch.indices]
-        new_tokens = min(32, self.config["max_output_tokens"])
+    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
+        """Before the window: each distinct batch shape (batch size, padded prompt length) of ``batches`` once, with
+        the window's generate arguments, seeds and output lengths (mode full); then the first planned batch repeated
+        until the latency CV over a sliding window (sample standard deviation, ddof 1) is below the threshold, or
+        the maximum number of runs."""
+        max_new, min_new = self.config["max_output_tokens"], self.config["min_output_tokens"]
         seed = self.config["random_seed"]
-        return converge(lambda: elapsed(self.generate_batch(texts, new_tokens, 0, seed)), cfg, len(texts), new_tokens)
+
+        def full_pass() -> list[dict]:
+            seen: dict[tuple[int, int], dict] = {}
+            for b_idx, batch in enumerate(batches):
+                key = (len(batch.indices), batch.padded_tokens)
+                if key in seen:
+                    continue
+                start, end, steps, _, _ = self.generate_batch(self._batch_inputs(prompts, batch), max_new, min_new,
+                                                              None if seed is None else seed + b_idx)  # fmt: skip
+                seen[key] = shape(key[0], key[1], len(steps), end - start)
+            return list(seen.values())
+
+        first = batches[0]
+        return warm_up(cfg, full_pass, lambda: elapsed(self.generate_batch(self._batch_inputs(prompts, first), max_new, min_new, seed)),
+                       len(first.indices), max_new)  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ memory
     def reset_peak_memory(self) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..config import canonical_json
 from ..errors import MeasurementError
-from .base import Batch, RequestTiming, RunOutput, converge, elapsed, warmup_off
+from .base import Batch, RequestTiming, RunOutput, Step, elapsed, shape, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -599,17 +599,36 @@ class TensorRTBackend:
             "first_token_t": min(first) if first else end,
             "end_t": end,
         }
-        return RunOutput(requests, [batch], end - start, scheduling="continuous", latency_method="engine_stream_token_arrival")
+        return RunOutput(requests, [batch], end - start, scheduling="continuous", latency_method="engine_stream_token_arrival",
+                         steps=self.stream_steps(streams))  # fmt: skip
 
-    def warmup(self, prompts: list[str], batch: Batch, cfg: dict) -> dict:
-        """Repeat a small workload (the first max_batch_size prompts, up to 32 new tokens) until the latency CV over
-        a sliding window < threshold, or max count. CV uses the sample standard deviation (ddof 1)."""
-        if not cfg["enabled"]:
-            return warmup_off()
-        indices = batch.indices[: self.config["tensorrt"]["max_batch_size"]]
-        new_tokens = min(32, self.config["max_output_tokens"])
-        params = self.sampling_params(new_tokens, 0, self.config["random_seed"])
-        return converge(lambda: elapsed(self._run_streams(prompts, indices, params)), cfg, len(indices), new_tokens)
+    @staticmethod
+    def stream_steps(streams: list[dict]) -> list[Step]:
+        """The engine's iterations as each request saw them: submission to its first response (a prefill), then
+        from one response to the next."""
+        steps = []
+        for s in streams:
+            previous, prefill = s["submitted"], True
+            for arrival, _ in s["arrivals"]:
+                steps.append(Step(previous, arrival, prefill))
+                previous, prefill = arrival, False
+        return steps
+
+    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
+        """Before the window: the whole workload once, submitted as the window submits it (mode full); then the
+        first ``max_batch_size`` prompts repeated, at the full output length, until the latency CV over the last
+        ``window_size`` runs (sample standard deviation, ddof 1) is below ``cv_threshold``, or ``max_prompts`` runs."""
+        params = self.sampling_params(self.config["max_output_tokens"], self.config["min_output_tokens"], self.config["random_seed"])
+        everything = [i for b in batches for i in b.indices]
+
+        def full_pass() -> list[dict]:
+            start, end, streams = self._run_streams(prompts, everything, params)
+            return [shape(len(everything), sum(s["input_tokens"] for s in streams),
+                          max((s["output_tokens"] for s in streams), default=0), end - start)]  # fmt: skip
+
+        indices = batches[0].indices[: self.config["tensorrt"]["max_batch_size"]]
+        return warm_up(cfg, full_pass, lambda: elapsed(self._run_streams(prompts, indices, params)), len(indices),
+                       self.config["max_output_tokens"])  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ memory
     def reset_peak_memory(self) -> None:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from ..errors import MeasurementError
-from .base import Batch, RequestTiming, RunOutput, converge, warmup_off
+from .base import Batch, RequestTiming, RunOutput, Step, shape, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -403,8 +403,10 @@ class VllmBackend:
         return SamplingParams(**kwargs)
 
     def _stream(self, indices: list[int], tokens: list[list[int]], max_tokens: int, min_tokens: int,
-                seed: int | None, progress=None) -> tuple[list[RequestTiming], dict]:  # fmt: skip
-        """Submit the requests, step the engine until all are finished, timestamp every token arrival."""
+                seed: int | None, progress=None) -> tuple[list[RequestTiming], dict, list[Step]]:  # fmt: skip
+        """Submit the requests, step the engine until all are finished, timestamp every token arrival. Returns the
+        requests' timings, the batch record and every engine step (a prefill step completes some request's first
+        token)."""
         from vllm.inputs import TokensPrompt
 
         engine = self.llm.llm_engine
@@ -421,18 +423,21 @@ class VllmBackend:
         steps = 0
         peak = 0
         decoding_steps: list[int] = []
+        step_log: list[Step] = []
         start = time.perf_counter()
         for k in range(n):
             self._request_counter += 1
             rid = f"lem-{self._request_counter}"
             slot[rid] = k
             engine.add_request(rid, prompts[k], params[k], lora_request=self._lora)
+        previous = time.perf_counter()
         while engine.has_unfinished_requests():
             outputs = engine.step()
             now = time.perf_counter()
             steps += 1
             decoding = 0
             finished_now = 0
+            prefill = False
             for out in outputs:
                 k = slot.get(out.request_id)
                 if k is None:
@@ -443,6 +448,7 @@ class VllmBackend:
                     decoding += 1
                     if first[k] is None:
                         first[k] = now
+                        prefill = True
                     else:
                         gaps[k].append(now - last[k])
                     gaps[k].extend([0.0] * (new - 1))  # tokens of one step arrive together
@@ -453,6 +459,8 @@ class VllmBackend:
                     if last[k] is None:  # finished without a token
                         first[k] = last[k] = now
                     finished_now += 1
+            step_log.append(Step(previous, now, prefill))
+            previous = now
             if decoding:
                 decoding_steps.append(decoding)
                 peak = max(peak, decoding)
@@ -479,7 +487,7 @@ class VllmBackend:
             "peak_decoding_seqs": peak,
             "mean_decoding_seqs": statistics.fmean(decoding_steps) if decoding_steps else 0.0,
         }
-        return requests, batch
+        return requests, batch, step_log
 
     def _reset_prefix_cache(self) -> None:
         """Cached prefixes from an earlier pass would make a repeated workload cheaper than a fresh one."""
@@ -492,26 +500,40 @@ class VllmBackend:
         self._reset_prefix_cache()
         requests: list[RequestTiming] = []
         stats = []
+        step_log: list[Step] = []
         for batch in batches:
-            reqs, stat = self._stream(batch.indices, tokens, self.config["max_output_tokens"],
-                                      self.config["min_output_tokens"], seed, progress)  # fmt: skip
+            reqs, stat, steps = self._stream(batch.indices, tokens, self.config["max_output_tokens"],
+                                             self.config["min_output_tokens"], seed, progress)  # fmt: skip
             requests.extend(reqs)
             stats.append(stat)
+            step_log.extend(steps)
         return RunOutput(requests, stats, sum(s["latency_s"] for s in stats), scheduling="continuous",
-                         latency_method="engine_step_token_arrival")  # fmt: skip
+                         latency_method="engine_step_token_arrival", steps=step_log)  # fmt: skip
 
-    def warmup(self, prompts: list[str], batch: Batch, cfg: dict) -> dict:
-        """Repeat a small workload (the first ``max_num_seqs`` prompts, up to 32 forced tokens each) until the
-        latency CV over the last ``window_size`` repetitions (sample standard deviation, ddof 1) is below
-        ``cv_threshold``, or ``max_prompts`` repetitions. The output length is forced so that the CV reflects the
-        engine's state, not how early the model happens to stop."""
-        if not cfg["enabled"]:
-            return warmup_off()
+    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
+        """Before the window: the whole workload once, exactly as the window submits it (mode full); then the first
+        ``max_num_seqs`` prompts repeated, at the full output length, until the latency CV over the last
+        ``window_size`` runs (sample standard deviation, ddof 1) is below ``cv_threshold``, or ``max_prompts`` runs.
+        The prefix cache is cleared afterwards, so the window never finds prefixes the warm-up left."""
         tokens = self._tokens(prompts)
-        indices = batch.indices[: self.config["vllm"]["max_num_seqs"]]
-        new_tokens = min(32, self.config["max_output_tokens"])
+        max_new, min_new = self.config["max_output_tokens"], self.config["min_output_tokens"]
         seed = self.config["random_seed"]
-        result = converge(lambda: self._stream(indices, tokens, new_tokens, new_tokens, seed)[1]["latency_s"], cfg, len(indices), new_tokens)
+
+        def full_pass() -> list[dict]:
+            shapes = []
+            for batch in batches:
+                self._reset_prefix_cache()
+                reqs, stat, _ = self._stream(batch.indices, tokens, max_new, min_new, seed)
+                shapes.append(shape(stat["size"], stat["padded_input_tokens"], max((r.output_tokens for r in reqs), default=0), stat["latency_s"]))
+            return shapes
+
+        indices = batches[0].indices[: self.config["vllm"]["max_num_seqs"]]
+
+        def repeat() -> float:
+            self._reset_prefix_cache()  # each run as the window will see it: no prefixes left by the run before
+            return self._stream(indices, tokens, max_new, min_new, seed)[1]["latency_s"]
+
+        result = warm_up(cfg, full_pass, repeat, len(indices), max_new)
         self._reset_prefix_cache()
         return result
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 
 @dataclass
@@ -33,32 +33,59 @@ class ComponentEnergy:
 
 
 
-class Meter(Protocol):
-    component: str
-    device: str
-    device_key: str
-    method: str
+class Meter:
+    """What every meter offers. ``start``/``stop`` bracket a window; the optional readings below return None where
+    the device has no such sensor, so callers never need to ask a meter what it is.
 
-    def start(self) -> None: ...
-
-    def stop(self) -> ComponentEnergy: ...
-
-    def describe(self) -> dict: ...
-
-
-class CounterMeter:
-    """A meter over a cumulative counter in joules. Subclasses implement :meth:`read_j`.
-
-    ``wrap_j`` is the counter's range when it wraps (RAPL); a negative difference without a known range is a
-    counter reset and makes the value unavailable.
-    """
+    ``edge_resolution_s`` is how far a counter reading may lag the moment it is taken (an NVML energy counter
+    changes every 100 ms); :meth:`synchronised_read_j` waits for the counter to tick, which removes that lag where
+    it matters (the idle baseline)."""
 
     component = "cpu"
     device = "cpu"
     device_key = "cpu"
     method = "counter"
+    gpu: dict | None = None  # the NVML device of a GPU meter
+    edge_resolution_s = 0.0
     wrap_j: float | None = None
     clock = staticmethod(time.perf_counter)
+
+    def start(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def stop(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"component": self.component, "device": self.device, "method": self.method}
+
+    def power_w(self) -> float | None:
+        """Current power from a cheap sensor (never the energy counter), or None."""
+        return None
+
+    def read_uncertainty_j(self, power_w: float, edge_resolution_s: float) -> float:
+        """Standard uncertainty of one edge reading, in joules, at ``power_w`` when the reading is known to lag by
+        at most ``edge_resolution_s`` (a uniform lag: resolution / sqrt(12) would be the standard deviation; the
+        whole resolution is kept, to err on the side of a wider interval)."""
+        return power_w * edge_resolution_s
+
+    def utilization_pct(self) -> float | None:
+        """How busy the device is now (GPU SM utilisation), or None."""
+        return None
+
+    def temperature_c(self) -> float | None:
+        return None
+
+    def power_limit_w(self) -> float | None:
+        return None
+
+
+class CounterMeter(Meter):
+    """A meter over a cumulative counter in joules. Subclasses implement :meth:`read_j`.
+
+    ``wrap_j`` is the counter's range when it wraps (RAPL); a negative difference without a known range is a
+    counter reset and makes the value unavailable.
+    """
 
     def __init__(self) -> None:
         self._start: tuple[float, float] | None = None
@@ -66,11 +93,28 @@ class CounterMeter:
     def read_j(self) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def synchronised_read_j(self, timeout_s: float = 0.3, sleep=time.sleep) -> tuple[float, float, float]:
+        """(joules, time, resolution in s): for a counter that updates in steps (``edge_resolution_s`` > 0), poll
+        until its value changes and take the time of the change; otherwise one plain read (resolution 0)."""
+        first = self.read_j()
+        if not self.edge_resolution_s:
+            return first, self.clock(), 0.0
+        t_prev = self.clock()
+        deadline = t_prev + timeout_s
+        while True:
+            sleep(0.002)
+            value, now = self.read_j(), self.clock()
+            if value != first:
+                return value, now, now - t_prev  # the tick happened between the last two reads
+            if now > deadline:
+                return value, now, self.edge_resolution_s  # an idle counter may not tick: unsynchronised
+            t_prev = now
+
     def details(self) -> dict:
         return {}
 
     def describe(self) -> dict:
-        return {"component": self.component, "device": self.device, "method": self.method, **self.details()}
+        return {**super().describe(), **self.details()}
 
     def start(self) -> None:
         self._start = (self.read_j(), self.clock())

@@ -46,6 +46,7 @@ def rapl_domains(root: Path = POWERCAP) -> list[dict]:
 
 class RaplMeter(CounterMeter):
     method = "rapl"
+    edge_resolution_s = 0.001  # RAPL counters update about every millisecond
 
     def __init__(self, domain: dict) -> None:
         super().__init__()
@@ -139,6 +140,11 @@ class CpuEstimateMeter(CounterMeter):
         else:
             busy = time.process_time()
         return busy * self.tdp_w / self.n_cpus
+
+    def read_uncertainty_j(self, power_w: float, edge_resolution_s: float) -> float:
+        """Busy time is counted in clock ticks per CPU: one tick of each CPU, added in quadrature."""
+        tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
+        return tick_s * self.n_cpus**0.5 * self.tdp_w / self.n_cpus
 
     def details(self) -> dict:
         return {

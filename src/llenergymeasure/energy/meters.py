@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from .base import ComponentEnergy, CounterMeter, MeterSet
+from .base import ComponentEnergy, CounterMeter, Meter, MeterSet
 from .cpu import CpuEstimateMeter, RaplMeter, rapl_domains
 from .nvml import NvmlGpuMeter, visible_gpus
 
 
-class CodeCarbonMeter:
+class CodeCarbonMeter(Meter):
     """CodeCarbon's offline tracker over the window (machine mode): CPU, RAM and GPU energy, method ``codecarbon``.
 
     CodeCarbon samples power on its own thread every ``measure_power_secs`` and falls back to its own TDP and

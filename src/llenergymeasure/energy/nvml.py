@@ -77,6 +77,7 @@ def visible_gpus() -> list[dict]:
 class NvmlGpuMeter(CounterMeter):
     component = "gpu"
     method = "nvml_counter"
+    edge_resolution_s = 0.1  # the energy counter changes every 100 ms (measured on an H200)
 
     def __init__(self, gpu: dict) -> None:
         super().__init__()
@@ -90,8 +91,17 @@ class NvmlGpuMeter(CounterMeter):
     def read_j(self) -> float:
         return self._nv.nvmlDeviceGetTotalEnergyConsumption(self.gpu["handle"]) / 1000.0
 
-    def power_w(self) -> float:
-        return self._nv.nvmlDeviceGetPowerUsage(self.gpu["handle"]) / 1000.0
+    def power_w(self) -> float | None:
+        try:
+            return self._nv.nvmlDeviceGetPowerUsage(self.gpu["handle"]) / 1000.0
+        except Exception:
+            return None
+
+    def utilization_pct(self) -> float | None:
+        try:
+            return float(self._nv.nvmlDeviceGetUtilizationRates(self.gpu["handle"]).gpu)
+        except Exception:
+            return None
 
     def temperature_c(self) -> float | None:
         try:

@@ -1,0 +1,117 @@
+"""Validity checks of one measurement: each rule looks at one aspect of a finished window and says what is wrong.
+
+A rule returns ``(code, message)`` pairs (none when the window passes). The codes become the raw result's
+``flags`` and travel into the aggregated results and the summary; a flag never changes a number, it says how far
+to trust it.
+"""
+
+from __future__ import annotations
+
+Finding = tuple[str, str]
+
+#: Mean SM utilisation (percent) below which a GPU spent most of the window waiting for the host.
+HOST_BOUND_SM_UTIL_PCT = 30.0
+
+
+def add(flags: list[dict], code: str, message: str) -> None:
+    """Append a flag unless one with that code is already there."""
+    if not any(f["code"] == code for f in flags):
+        flags.append({"code": code, "message": message})
+
+
+def short_window(window_s: float, min_window_s: float) -> list[Finding]:
+    if window_s < min_window_s:
+        return [("short_window", f"window {window_s:.3f} s is shorter than energy.min_window_sec = {min_window_s} s")]
+    return []
+
+
+def warmup_not_converged(warmup: dict) -> list[Finding]:
+    if warmup["enabled"] and warmup["converged"] is False:
+        return [("warmup_not_converged", f"latency CV {warmup['final_cv']} still above {warmup['target_cv']} after "
+                 f"{warmup['iterations_completed']} runs")]  # fmt: skip
+    return []
+
+
+def no_output_tokens(output_tokens: int) -> list[Finding]:
+    return [("no_output_tokens", "no token was generated")] if output_tokens == 0 else []
+
+
+def output_length_not_reached(min_output_tokens: int, max_output_tokens: int, at_max: int, requests: int) -> list[Finding]:
+    if min_output_tokens >= max_output_tokens and at_max < requests:
+        return [("output_length_not_reached", "some requests ended before the forced output length")]
+    return []
+
+
+def power_below_idle(mean_power_w: float | None, idle_powers_w: list[float | None]) -> list[Finding]:
+    if mean_power_w is None or not idle_powers_w or any(p is None for p in idle_powers_w):
+        return []
+    idle = sum(idle_powers_w)
+    if mean_power_w < idle:
+        return [("power_below_idle", f"mean power {mean_power_w:.2f} W below idle {idle:.2f} W")]
+    return []
+
+
+def power_above_limit(meters: list, mean_power_w: float | None) -> list[Finding]:
+    out = []
+    for m in meters:
+        limit = m.power_limit_w()
+        if limit and mean_power_w is not None and mean_power_w > limit * 1.05:
+            out.append(("power_above_limit", f"{m.device}: mean power above the enforced limit {limit:.0f} W"))
+    return out
+
+
+def cold_start_in_window(steady: dict) -> list[Finding]:
+    if steady.get("cold_start_in_window"):
+        return [("cold_start_in_window", f"{steady['cold_items']} early part(s) of the window ran slower than "
+                 f"{steady['cold_ratio']}x the window's steady pace ({steady['reference_step_s'] * 1000:.2f} ms/step); "
+                 f"one-time cost ~{steady['cold_excess_share']:.1%} of the window (warm-up too short, or off)")]  # fmt: skip
+    return []
+
+
+def energy_cross_check_mismatch(cross: dict) -> list[Finding]:
+    ratio = cross.get("ratio")
+    if cross.get("judged") and ratio is not None and abs(ratio - 1) > cross["tolerance"]:
+        return [("energy_cross_check_mismatch", f"GPU energy from integrated board power ({cross['method']}) is "
+                 f"{ratio:.3f}x the counter's, beyond ±{cross['tolerance']:.0%}")]  # fmt: skip
+    return []
+
+
+def host_bound(timeline_summary: dict | None) -> list[Finding]:
+    """A GPU whose SM utilisation stayed low spent the window waiting for the host: its energy follows the host's
+    speed (Python, the CPU, other load), not the GPU's."""
+    if not timeline_summary:
+        return []
+    out = []
+    for g in timeline_summary["gpus"]:
+        util = g["sm_util_pct"]["mean"]
+        if util is not None and util < HOST_BOUND_SM_UTIL_PCT:
+            out.append(("host_bound", f"{g['device']}: mean SM utilisation {util:.0f} % < {HOST_BOUND_SM_UTIL_PCT:.0f} % "
+                        "during the window: the host, not the GPU, set the pace"))  # fmt: skip
+    return out
+
+
+def throttling(timeline_summary: dict | None) -> list[Finding]:
+    if not timeline_summary:
+        return []
+    out = []
+    for g in timeline_summary["gpus"]:
+        if g["throttle"]["thermal_s"] > 0:
+            out.append(("thermal_throttling", f"{g['device']} throttled for temperature for ~{g['throttle']['thermal_s']:.1f} s"))
+        if g["throttle"]["power_cap_s"] > 0:
+            out.append(("power_capped", f"{g['device']} held at its power cap for ~{g['throttle']['power_cap_s']:.1f} s"))
+    return out
+
+
+#: Flags a baseline record can carry -> the measurement flag and what it means.
+BASELINE_FLAGS = {
+    "baseline_not_idle": "the device was busy while the idle baseline was taken (not cached): net energy is understated",
+    "idle_power_drifting": "idle power drifted during the baseline",
+    "idle_baseline_uncertain": "the idle power's standard uncertainty exceeds 1 %",
+    "baseline_counter_samples_disagree": "the baseline's counter and power samples disagree by more than 5 %",
+}
+
+
+def baseline_quality(device: str, baseline: dict | None) -> list[Finding]:
+    if baseline is None:
+        return []
+    return [(code, f"{device}: {text}") for code, text in BASELINE_FLAGS.items() if code in baseline.get("flags", [])]

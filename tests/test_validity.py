@@ -1,0 +1,100 @@
+"""Validity checks on synthetic windows: steady state, the energy cross-check, host-bound GPUs."""
+
+from __future__ import annotations
+
+import pytest
+
+from llenergymeasure import validity
+from llenergymeasure.steady import Step, steady_state
+from llenergymeasure.timeline import energy_cross_check
+
+
+def static_batches(paces_s: list[float], steps: int = 11, prefill_s: float = 0.05) -> list[dict]:
+    """Consecutive static batches on one clock, each: a prefill, then ``steps - 1`` decode steps at its pace."""
+    out, t = [], 0.0
+    for pace in paces_s:
+        first = t + prefill_s
+        end = first + pace * (steps - 1)
+        out.append({"start_t": t, "first_token_t": first, "end_t": end, "steps": steps, "latency_s": end - t})
+        t = end
+    return out
+
+
+def test_steady_window_is_not_flagged():
+    batches = static_batches([0.012, 0.0125, 0.0118, 0.012, 0.0121, 0.0119])
+    s = steady_state("static", batches, [], (0.0, batches[-1]["end_t"]))
+    assert s["method"] == "per_batch_step_time" and s["cold_start_in_window"] is False and s["cold_excess_share"] == 0.0
+    assert validity.cold_start_in_window(s) == []
+
+
+def test_cold_batches_at_the_start_are_flagged_with_their_share():
+    """Two first batches at 50 ms per decode step against a steady 12 ms: their extra time is the one-time cost."""
+    batches = static_batches([0.05, 0.05, 0.012, 0.012, 0.012, 0.012, 0.012, 0.012])
+    window = (0.0, batches[-1]["end_t"])
+    s = steady_state("static", batches, [], window)
+    assert s["cold_start_in_window"] is True and s["cold_items"] == 2
+    assert s["reference_step_s"] == pytest.approx(0.012)
+    expected = 2 * (0.05 - 0.012) * 10 / (window[1] - window[0])
+    assert s["cold_excess_share"] == pytest.approx(expected)
+    (code, message), = validity.cold_start_in_window(s)
+    assert code == "cold_start_in_window" and "%" in message
+
+
+def test_prompt_length_alone_does_not_look_cold():
+    """Batches with longer prompts take longer to prefill: that is the workload, not a cold start."""
+    batches = static_batches([0.012] * 6)
+    batches[0]["first_token_t"] += 0.3  # a long first prompt: slow prefill, same decode pace
+    batches[0]["latency_s"] += 0.3
+    assert steady_state("static", batches, [], (0.0, batches[-1]["end_t"] + 0.3))["cold_start_in_window"] is False
+
+
+def test_continuous_batching_uses_decode_step_blocks():
+    steps, t = [], 0.0
+    for k in range(200):
+        dur = 0.06 if k < 20 else 0.012  # the first 20 engine steps are cold
+        steps.append(Step(t, t + dur, prefill=(k % 50 == 0)))
+        t += dur
+    s = steady_state("continuous", [], steps, (0.0, t))
+    assert s["method"] == "decode_step_blocks" and s["cold_start_in_window"] is True
+    warm = [Step(i * 0.012, (i + 1) * 0.012) for i in range(200)]
+    assert steady_state("continuous", [], warm, (0.0, 2.4))["cold_start_in_window"] is False
+    assert steady_state("continuous", [], [], (0.0, 1.0))["method"] == "unavailable"
+
+
+def buffered(power_w: float, start: float, end: float, dt: float = 0.02) -> list[tuple[float, float]]:
+    n = int((end - start) / dt) + 2
+    return [(start - dt + i * dt, power_w) for i in range(n)]
+
+
+def test_cross_check_agrees_on_consistent_power():
+    t0, t1 = 1_700_000_000.0, 1_700_000_012.0  # a 12 s window
+    c = energy_cross_check(300.0 * 12, {"gpu0": buffered(300.0, t0, t1)}, (t0, t1), [], (5.0, 17.0))
+    assert c["method"] == "nvml_buffered_power_samples_integral" and c["judged"] is True
+    assert c["ratio"] == pytest.approx(1.0, abs=0.01) and validity.energy_cross_check_mismatch(c) == []
+
+
+def test_cross_check_flags_a_counter_that_disagrees_on_a_long_window():
+    t0, t1 = 1_700_000_000.0, 1_700_000_012.0
+    c = energy_cross_check(300.0 * 12 * 1.1, {"gpu0": buffered(300.0, t0, t1)}, (t0, t1), [], (5.0, 17.0))
+    (code, _), = validity.energy_cross_check_mismatch(c)
+    assert code == "energy_cross_check_mismatch" and c["ratio"] == pytest.approx(1 / 1.1, rel=0.01)
+
+
+def test_cross_check_is_not_judged_on_short_windows_and_falls_back_to_the_timeline():
+    t0, t1 = 1_700_000_000.0, 1_700_000_002.0  # 2 s: the smoothed sensor lags the edges, no verdict
+    c = energy_cross_check(300.0 * 2 * 1.2, {"gpu0": buffered(300.0, t0, t1)}, (t0, t1), [], (0.0, 2.0))
+    assert c["judged"] is False and validity.energy_cross_check_mismatch(c) == []
+    samples = [{"t": 0.1 * i, "cpu_util_pct": 1.0, "gpus": [{"power_w": 250.0}]} for i in range(121)]
+    c = energy_cross_check(250.0 * 12, {"gpu0": []}, (t0, t0 + 12), samples, (0.0, 12.0))  # no driver buffer
+    assert c["method"] == "timeline_power_integral" and c["ratio"] == pytest.approx(1.0, abs=0.01)
+    assert energy_cross_check(None, {}, (t0, t1), samples, (0.0, 2.0))["method"] == "unavailable"
+
+
+def test_host_bound_gpu_is_flagged():
+    def summary(util):
+        return {"gpus": [{"device": "gpu0", "sm_util_pct": {"mean": util, "max": util, "min": util},
+                          "throttle": {"thermal_s": 0, "power_cap_s": 0}}]}  # fmt: skip
+
+    (code, message), = validity.host_bound(summary(22.0))
+    assert code == "host_bound" and "22 %" in message
+    assert validity.host_bound(summary(85.0)) == [] and validity.host_bound(None) == []
