@@ -62,7 +62,7 @@ def experiment(args, batch_size: int) -> dict:
         "decoder": {"preset": "deterministic"},
         "pytorch": {"batch_size": batch_size},
         "baseline": {"duration_sec": args.baseline_sec},
-        "warmup": {"mode": "full", "min_prompts": 3, "window_size": 3, "max_prompts": 10},
+        "warmup": {"mode": "full", "min_prompts": 3, "window_size": 3, "max_prompts": 6},
         # a window of at least min_window_sec: the energy cross-check is judged on windows of 10 s or more
         "energy": {"min_window_sec": args.min_window, "repeat_to_min_window": True},
     }
@@ -78,7 +78,8 @@ def idle_check(args) -> dict:
     meter = next((m for m in meters.meters if m.gpu is not None), None) if on_gpu else meters.meters[0]
     if meter is None:
         return {"available": False, "reason": "no GPU visible through NVML"}
-    record = idle_baselines([meter], {"enabled": True, "duration_sec": args.baseline_sec, "cache_ttl_sec": 3600})[meter.device_key]
+    # every meter an experiment will use (GPU and CPU), so that the experiments' processes find them all cached
+    record = idle_baselines(meters.meters, {"enabled": True, "duration_sec": args.baseline_sec, "cache_ttl_sec": 3600})[meter.device_key]
     e0, t0 = meter.read_j(), time.perf_counter()
     powers = []
     while time.perf_counter() - t0 < args.reference_sec:
@@ -218,7 +219,7 @@ def main() -> int:
     ap.add_argument("--reference-sec", type=float, default=30.0)
     ap.add_argument("--min-window", type=float, default=10.0, help="repeat the workload inside a window up to this long")
     ap.add_argument("--overhead-batch", type=int, default=8)
-    ap.add_argument("--overhead-prompts", type=int, default=16)
+    ap.add_argument("--overhead-prompts", type=int, default=8)
     ap.add_argument("--skip-overhead", action="store_true")
     args = ap.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
