@@ -23,6 +23,9 @@ Engines are imported inside the backend modules only: the package imports with n
 
 from __future__ import annotations
 
+import logging
+import statistics
+import time
 from dataclasses import dataclass, field
 
 from ..steady import Step
@@ -95,9 +98,6 @@ def warm_up(cfg: dict, full_pass, repeat, batch_size: int, new_tokens: int) -> d
     """The warm-up every backend runs before the window. ``full_pass()`` runs each shape the window will run once
     (mode full) and returns their :func:`shape` records; ``repeat()`` runs one real batch and returns its latency
     in seconds, for the CV loop (:func:`converge`)."""
-    import logging
-    import time
-
     mode = warmup_mode(cfg)
     if mode == "off":
         return warmup_off()
@@ -125,9 +125,6 @@ def converge(repeat, cfg: dict, batch_size: int, new_tokens: int) -> dict:
     until the coefficient of variation of the last ``window_size`` latencies (sample standard
     deviation, ddof 1) is below ``cv_threshold`` (after at least ``min_prompts`` runs), or ``max_prompts`` runs;
     with ``convergence_detection`` off, exactly ``max_prompts`` runs. Returns the record kept in the raw result."""
-    import statistics
-    import time
-
     latencies: list[float] = []
     final_cv = None
     converged = False

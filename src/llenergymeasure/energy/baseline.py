@@ -196,7 +196,7 @@ def measure_idle(meters: list, duration_s: float, interval_s: float = 0.1, sleep
     """Measure idle power of ``meters`` together over ``duration_s`` (see the module docstring)."""
     clock = clock or (meters[0].clock if meters else time.perf_counter)  # the meters' own time base
     settle = wait_until_settled(meters, interval_s, sleep=sleep)
-    busy0 = _machine_busy_s()
+    busy0, t_busy0 = _machine_busy_s(), clock()
     starts = {}
     for m in meters:
         starts[m.device_key] = m.synchronised_read_j(sleep=sleep)
@@ -220,16 +220,16 @@ def measure_idle(meters: list, duration_s: float, interval_s: float = 0.1, sleep
             if util is not None:
                 utilization[m.device_key].append(util)
     ends = {m.device_key: m.synchronised_read_j(sleep=sleep) for m in meters}
-    busy1 = _machine_busy_s()
+    busy1, t_busy1 = _machine_busy_s(), clock()
     busy_fraction = None
+    if busy0 is not None and busy1 is not None and t_busy1 > t_busy0:
+        busy_fraction = (busy1 - busy0) / ((t_busy1 - t_busy0) * (os.cpu_count() or 1))
     out = {}
     now_epoch = time.time()
     for m in meters:
         e0, t0, r0 = starts[m.device_key]
         e1, t1, r1 = ends[m.device_key]
         elapsed = t1 - t0
-        if busy0 is not None and busy1 is not None and elapsed > 0:
-            busy_fraction = (busy1 - busy0) / (elapsed * (os.cpu_count() or 1))
         delta = e1 - e0
         flags = []
         if delta < 0:
