@@ -149,9 +149,9 @@ def test_run_subcommand(tiny_model, capsys, isolated_cache):
     assert code == 0 and json.loads(out[out.index("{"):])["output_tokens"] > 0
 
 
-def test_run_states_a_missing_engine_in_one_line(tmp_path, capsys):
+def test_run_states_a_missing_engine_in_one_line(tmp_path, capsys, tiny_model):
     exp = tmp_path / "v.yaml"
-    exp.write_text("model_name: some/model\nbackend: vllm\n")
+    exp.write_text(f"model_name: {tiny_model}\nbackend: vllm\n")
     code, _, err = run(capsys, "run", str(exp))
     assert code == 1 and err.count("\n") == 1
     assert "vllm is not importable here" in err and "--use-singularity" in err

@@ -48,13 +48,14 @@ SMALL = {
 }
 
 
-def snakemake(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def snakemake(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "1", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -293,15 +294,20 @@ def test_lint_and_format():
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
-def test_failed_experiment_is_isolated_and_notified(workflow_dir):
-    """One experiment fails (a hub model that cannot be had offline): the others complete and keep their raw
+def test_failed_experiment_is_isolated_and_notified(workflow_dir, tiny_model):
+    """One experiment fails (its model folder's weights are cut short): the others complete and keep their raw
     results, the webhook hears of the failure and of the failed campaign, and nothing partial is left behind."""
+    import shutil
+
     from test_notify import Hook
 
     hook = Hook()
     try:
+        broken = workflow_dir / "no-such-model"
+        shutil.copytree(tiny_model, broken)
+        (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:1000])
         grid = json.loads(json.dumps(SMALL["grid"]))
-        grid["models"] = ["lem-tiny-llama", "no-such-org/no-such-model"]
+        grid["models"] = ["lem-tiny-llama", str(broken)]
         grid["backend_overrides"] = {"pytorch": {"batch_size": 2}}
         cfg = write_campaign(
             workflow_dir / "f.yaml",

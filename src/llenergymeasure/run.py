@@ -29,12 +29,13 @@ def _parse_value(text: str):
 def load_experiment(path: str | None, sets: list[str]) -> dict:
     data: dict = {}
     if path:
-        if path.endswith(".json"):
-            data = json.loads(Path(path).read_text())
-        else:
-            import yaml
+        from .campaign import read_yaml
 
-            data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_yaml(path)  # YAML or JSON, checked (size, encoding, duplicate keys, ...)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"file '{path}': an experiment must be a mapping of fields, got {type(data).__name__}")
     for item in sets:
         key, _, value = item.partition("=")
         if not _:

@@ -1,8 +1,9 @@
 """What the Snakefile needs at parse time: the campaign, its experiments, paths, params and priorities.
 
 Snakemake deep-merges a Snakefile's ``configfile:`` with ``--configfile``, so the default campaign would leak into
-any other. The Snakefile therefore declares no ``configfile:``; :func:`load` reads ``config/campaign.yaml`` only
-when no ``--configfile`` was given, and otherwise uses exactly what Snakemake read from the given file(s).
+any other. The Snakefile therefore declares no ``configfile:``; :func:`load` reads the file named by
+``--config campaign=FILE`` (else ``config/campaign.yaml``) itself, and otherwise uses exactly what Snakemake read
+from the ``--configfile`` file(s).
 """
 
 from __future__ import annotations
@@ -17,29 +18,47 @@ from .prompts import check_sources
 from .tiny_model import embedded_model_dir, is_embedded
 
 RUNTIME_KEY = "_lem"
+CAMPAIGN_KEY = "campaign"  # --config campaign=FILE
+
 
 def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: bool = True) -> Plan:
-    """Resolve the campaign into ``config`` (in place) and return its plan; exit with one line on bad input."""
+    """Resolve the campaign into ``config`` (in place) and return its plan; exit with one line on bad input.
+
+    The campaign is ``--config campaign=FILE`` (read here, checked before anything in it is used), else the
+    ``--configfile`` file(s) Snakemake has read (re-read here with the same checks: Snakemake itself keeps the last
+    of duplicate keys and evaluates YTE templates), else ``config/campaign.yaml``. Other ``--config`` values
+    override the file's."""
     where = ""
     try:
         if RUNTIME_KEY in config:  # already resolved in this process
             raw, base = {k: v for k, v in config.items() if not k.startswith("_")}, config.get("_base_dir", ".")
         elif cli_configfiles:
+            if CAMPAIGN_KEY in config:
+                raise ConfigError(f"give the campaign either as --configfile or as --config {CAMPAIGN_KEY}=FILE, not both")
+            for path in cli_configfiles:
+                _recheck(path)
             raw, base = dict(config), Path(cli_configfiles[-1]).parent
             where = ", ".join(str(p) for p in cli_configfiles)
         else:
-            path = Path(workdir) / DEFAULT_CAMPAIGN_FILE
-            raw, base, where = read_yaml(path), path.parent, str(path)
+            overrides = dict(config)  # --config values
+            name = overrides.pop(CAMPAIGN_KEY, None) or DEFAULT_CAMPAIGN_FILE
+            if not isinstance(name, str):
+                raise ConfigError(f"--config {CAMPAIGN_KEY} = {name!r}: expected the path of a campaign file")
+            path = Path(workdir) / name
+            raw, base = read_yaml(path), path.parent
             if not isinstance(raw, dict):
-                raise ConfigError("a campaign must be a mapping of keys")
-            raw = deep_merge(raw, config)  # config holds only --config overrides here
+                raise ConfigError(f"file '{path}': a campaign must be a mapping of keys, got {type(raw).__name__}")
+            where = str(path)
+            raw = deep_merge(raw, overrides)
         resolved = resolve_campaign(raw, base, workdir)
         level = verbosity(workdir)
         the_plan = plan(resolved)
         if announce:  # the main process only: jobs re-parse the Snakefile and need not load datasets again
             check_sources([e.config for e in the_plan.expansion.experiments])
     except ConfigError as exc:
-        print(f"Configuration error: {where + ': ' if where else ''}{exc}", file=sys.stderr)
+        text = str(exc)
+        prefix = "" if not where or text.startswith("file '") else f"{where}: "
+        print(f"Configuration error: {prefix}{text}", file=sys.stderr)
         sys.exit(1)
     config.clear()
     config.update(resolved)
@@ -47,6 +66,21 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
     if announce:
         describe(the_plan, sys.stderr, level)
     return the_plan
+
+
+def _recheck(path) -> None:
+    """The checks of :func:`read_yaml` on a file Snakemake has already read as ``--configfile``."""
+    from .yamlfile import YTE_KEY
+
+    try:
+        read_yaml(path)
+    except ConfigError as exc:
+        if YTE_KEY in str(exc):  # too late to stop Snakemake: say so, and how to avoid it
+            raise ConfigError(
+                f"{exc} (Snakemake evaluated the template while reading --configfile, before this check; a campaign "
+                f"given as --config {CAMPAIGN_KEY}=FILE is checked before anything in it is evaluated)"
+            ) from None
+        raise
 
 
 def runtime(p: Plan) -> dict:
