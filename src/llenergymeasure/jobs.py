@@ -14,11 +14,16 @@ log = logging.getLogger("llenergymeasure")
 
 
 @contextlib.contextmanager
-def logging_to(path: str | None, level: str | None = None):
+def logging_to(path: str | None, level: str | None = None, notifications: dict | None = None):
     """Send the package's logging (and warnings) to the rule's log file for the duration of a job; progress lines
-    also go to the console unless ``LLM_ENERGY_VERBOSITY=quiet`` (verbose: every log line, at DEBUG level)."""
+    also go to the console unless ``LLM_ENERGY_VERBOSITY=quiet`` (verbose: every log line, at DEBUG level). Secret
+    values (the webhook URL's credentials in ``notifications``, ``HF_TOKEN``) are replaced by ``***`` in both."""
+    from .redaction import SecretFilter, secrets
+
+    hide = SecretFilter(secrets(notifications))
     handler = logging.FileHandler(path, mode="w", encoding="utf-8") if path else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(hide)
     root = logging.getLogger()
     root.addHandler(handler)
     old_level = root.level
@@ -30,6 +35,7 @@ def logging_to(path: str | None, level: str | None = None):
         console.setFormatter(logging.Formatter("%(message)s"))
         if level == "normal":
             console.addFilter(lambda record: record.name == "llenergymeasure.progress")
+        console.addFilter(hide)
         root.addHandler(console)
     logging.captureWarnings(True)
     try:
