@@ -32,6 +32,7 @@ include: "workflow/measure.smk"
 include: "workflow/aggregate.smk"
 include: "workflow/notify.smk"
 include: "workflow/report.smk"
+include: "workflow/campaign.smk"
 
 
 rule all:

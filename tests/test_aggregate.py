@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 
@@ -56,6 +57,7 @@ def test_inconsistent_inputs_are_refused(tmp_path, template):
     paths = write_cycles(tmp_path, template, [1.0, 2.0])
     other = json.loads(open(paths[1]).read())
     other["provenance"]["config_sha256"] = "0" * 64
+    os.unlink(paths[1])  # a finished raw result is never written over
     write_json_atomic(paths[1], other, "raw_result")
     with pytest.raises(AggregationError, match="config differs"):
         aggregate_experiment(paths, "n", 0.1, 0.95)

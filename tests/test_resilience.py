@@ -54,6 +54,69 @@ def test_results_dir_that_cannot_be_a_folder_stops_before_any_job(workflow_dir, 
     assert len(lines) == 1 and lines[0].startswith("Configuration error: ") and expected in lines[0], run.stderr
 
 
+def test_a_second_run_on_one_results_folder_is_refused(workflow_dir, tmp_path):
+    """Two checkouts whose campaigns write one results folder: the second run is refused while the first runs,
+    and nothing of the first is touched."""
+    other = tmp_path / "checkout-2"
+    shutil.copytree(workflow_dir, other, symlinks=True)
+    shared = tmp_path / "shared-results"
+    for wd in (workflow_dir, other):
+        write_campaign(wd / "c.yaml", campaign_name="shared", results_dir=str(shared))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml"],
+        cwd=workflow_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        logs = shared / "shared" / "logs" / "measure"
+        while not (logs.exists() and list(logs.glob("*/cycle_1.log"))):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never started measuring"
+            time.sleep(0.1)
+        second = snakemake(other, "--configfile", "c.yaml")
+        assert first.poll() is None, "the first run ended before the second one was tried"
+    finally:
+        out, err = first.communicate(timeout=600)
+    assert second.returncode == 1
+    lines = [x for x in second.stderr.splitlines() if x.startswith("Refused: ")]
+    assert len(lines) == 1 and f"results folder {shared}/shared is in use by another campaign run" in lines[0]
+    assert f"pid {first.pid}" in lines[0] and str(workflow_dir) in lines[0]
+    assert not list((other / ".snakemake" / "metadata").glob("*")), "the second run ran a job"
+    assert first.returncode == 0, err[-3000:]
+    assert len(raw_result_files(shared / "shared")) == 4
+    again = snakemake(other, "--configfile", "c.yaml")  # once the first run is over, the folder is free
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_two_campaigns_on_one_host_take_turns(workflow_dir, tmp_path):
+    """Two campaigns in two working directories, started together: their measurement windows never overlap, and
+    a window that follows the other campaign's keeps the longer gap."""
+    other = tmp_path / "wd-b"
+    shutil.copytree(workflow_dir, other, symlinks=True)
+    runs = []
+    env = {**os.environ, "LEM_CACHE_DIR": str(tmp_path / "host-cache")}  # this host's state, fresh for the test
+    for wd, name in ((workflow_dir, "alpha"), (other, "beta")):
+        write_campaign(wd / "c.yaml", campaign_name=name, grid={**SMALL["grid"], "backend_overrides": {"pytorch": {"batch_size": 2}}},
+                       execution={"cycles": 2, "config_gap_seconds": 1, "cycle_gap_seconds": 2})  # fmt: skip
+        runs.append(subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml"],
+                                     cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    for proc in runs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    windows = []
+    for wd, name in ((workflow_dir, "alpha"), (other, "beta")):
+        windows += [read_result(p, "raw_result") for p in raw_result_files(wd / "results" / name)]
+    assert len(windows) == 4
+    windows.sort(key=lambda r: r["timestamps"]["window_start"])
+    for prev, cur in zip(windows, windows[1:]):
+        gap = (utc(cur["timestamps"]["window_start"]) - utc(prev["timestamps"]["window_end"])).total_seconds()
+        assert gap > 0, "two measurement windows overlapped"
+        assert gap >= cur["thermal"]["gap_required_s"] - 0.05
+        if cur["campaign_name"] != prev["campaign_name"]:
+            assert cur["thermal"]["gap_kind"] == "other_campaign" and cur["thermal"]["gap_required_s"] == 2
+    assert {r["campaign_name"] for r in windows} == {"alpha", "beta"}
+    assert windows[0]["thermal"]["gap_kind"] == "first"
+
+
 YTE = """__use_yte__: true
 campaign_name: ?__import__("pathlib").Path("EVALUATED").touch() or "yte"
 model: lem-tiny-llama
@@ -97,6 +160,55 @@ def test_config_campaign_runs_exactly_that_campaign(workflow_dir):
     assert "results/default" not in out and "bs8" not in out
     both = snakemake(workflow_dir, "--configfile", "other.yaml", "--config", "campaign=other.yaml", "-n")
     assert both.returncode == 1 and "either as --configfile or as --config campaign=FILE" in both.stderr
+
+
+def test_a_job_keeps_a_result_another_run_wrote_meanwhile(tiny_model, tmp_path, capsys):
+    """The measurement job of a second run that got past every lock (another host, a filesystem without locks)
+    finds the raw result written when its window ends: it keeps that result, says so, and succeeds (failing would
+    make Snakemake delete the job's output, which is the other run's result)."""
+    from conftest import tiny_experiment
+    from llenergymeasure.campaign import sparse_config
+    from llenergymeasure.jobs import measure
+
+    out = tmp_path / "raw" / "pytorch-x" / "cycle_1.json"
+    out.parent.mkdir(parents=True)
+    out.write_text('{"written": "by the other run"}')
+    out.chmod(0o444)
+    log = tmp_path / "m.log"
+    runtime = {"state_dir": str(tmp_path / ".state"), "results_root": str(tmp_path)}
+    measure(sparse_config(tiny_experiment(warmup={"enabled": False})), "pytorch-x", 1, tiny_model, str(out), str(log), runtime)
+    assert out.read_text() == '{"written": "by the other run"}'
+    assert "already exists: a finished measurement is never replaced" in log.read_text()
+    assert "this measurement was discarded" in capsys.readouterr().err
+    assert not (tmp_path / ".state" / "failures").exists()
+
+
+def test_the_host_lock_and_gap_are_shared_by_campaigns(tmp_path, monkeypatch):
+    import threading
+
+    from llenergymeasure.thermal import host_lock, record_window, wait_gap
+
+    monkeypatch.setenv("LEM_CACHE_DIR", str(tmp_path / "cache"))
+    held = threading.Event()
+
+    def other_campaign():
+        with host_lock(tmp_path / "a" / ".state"):
+            held.set()
+            time.sleep(0.6)
+
+    t = threading.Thread(target=other_campaign)
+    t.start()
+    held.wait(5)
+    with host_lock(tmp_path / "b" / ".state") as waited:
+        assert waited >= 0.4  # another campaign's measurement held the host
+    t.join()
+
+    record_window(tmp_path / "a" / ".state", {"experiment_id": "x", "cycle": 1, "window_end": "t", "window_end_epoch_s": 1000.0})
+    slept = []
+    info = wait_gap(tmp_path / "b" / ".state", 1, 10, 30, sleep=slept.append, now=lambda: 1005.0)
+    assert info["gap_kind"] == "other_campaign" and info["gap_required_s"] == 30 and slept == [25.0]
+    info = wait_gap(tmp_path / "a" / ".state", 1, 10, 30, sleep=slept.append, now=lambda: 1005.0)
+    assert info["gap_kind"] == "config" and info["gap_required_s"] == 10
 
 
 @pytest.mark.parametrize(

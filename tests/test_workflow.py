@@ -93,7 +93,9 @@ def test_full_run_then_edit_one_value(workflow_dir):
         cfg = write_campaign(
             workflow_dir / "wf.yaml", notifications={"webhook_url": hook.url, "on_complete": True, "on_failure": True}
         )
-        run = snakemake(workflow_dir, "--configfile", str(cfg))
+        # a host whose last measurement window is this campaign's first (the host's state lives in the cache folder)
+        host = {**os.environ, "LEM_CACHE_DIR": str(workflow_dir / "fresh-cache")}
+        run = snakemake(workflow_dir, "--configfile", str(cfg), env=host)
         assert run.returncode == 0, run.stderr[-3000:]
         root = workflow_dir / "results" / "wf"
         assert not (workflow_dir / "results" / "default").exists()  # nothing of the default campaign leaked in

@@ -87,8 +87,10 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
     ``config`` is the sparse experiment config (the rule's params); defaults are filled in here."""
     from .campaign import complete_config
     from .measure import run_experiment
+    from .results import ResultExistsError
 
     die_with_parent()
+    _share_host_cache(runtime)
     config = complete_config(config)
     gpu_env = select_gpus(config)
     name = runtime.get("names", {}).get(experiment_id, experiment_id)
@@ -113,6 +115,10 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
                     "container_uri": runtime.get("containers", {}).get(config["backend"]),
                 },
             )
+        except ResultExistsError as exc:
+            log.warning("%s; this measurement was discarded", exc)
+            print(f"{experiment_id} cycle {cycle}: {exc}; this measurement was discarded", file=sys.stderr)
+            return
         except BaseException as exc:
             log.error("measurement failed:\n%s", traceback.format_exc())
             sent = notify(
@@ -151,6 +157,15 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
         )
         if sent:
             log.info("completion notification: %s", {k: v for k, v in sent.items() if k != "payload"})
+
+
+def _share_host_cache(runtime: dict) -> None:
+    """Use the cache folder of the host that planned the campaign (idle baselines, the host's measurement lock and
+    last window) when this job sees it: inside an Apptainer image ``~`` is the working directory, and the lock
+    must be the one every campaign on the host takes."""
+    folder = runtime.get("cache_dir")
+    if folder and not os.environ.get("LEM_CACHE_DIR") and os.path.isdir(folder) and os.access(folder, os.W_OK):
+        os.environ["LEM_CACHE_DIR"] = folder
 
 
 def build_model(output: str, log_path: str) -> None:

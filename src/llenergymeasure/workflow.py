@@ -97,7 +97,15 @@ def runtime(p: Plan) -> dict:
         "notifications": p.campaign["notifications"],
         "names": config_names(p),
         "containers": p.campaign["containers"],
+        "cache_dir": str(host_cache_dir()),
     }
+
+
+def host_cache_dir() -> Path:
+    """The cache folder of the planning host (absolute): measurement jobs use it where they can see it."""
+    from .thermal import host_state_dir
+
+    return host_state_dir().parent.absolute()
 
 
 def verbosity(workdir: str | Path = ".") -> str:
@@ -209,6 +217,28 @@ def priority(p: Plan, experiment_id: str, cycle: str | int) -> int:
 def config_names(p: Plan) -> dict:
     """Experiment id -> config name, in campaign order (the aggregation's params: a rename re-aggregates only)."""
     return {e.experiment_id: e.config_name for e in p.expansion.experiments}
+
+
+_STARTED_AT: float | None = None
+
+
+def campaign_started(config: dict) -> None:
+    """``onstart`` handler: hold the campaign's results folder for this run (another run on it, from any working
+    directory, is refused in one line before any job starts) and note when the run started."""
+    import time
+
+    from .results import ResultsFolderBusy, hold_results_folder
+
+    global _STARTED_AT
+    _STARTED_AT = time.time()
+    runtime_ = config.get(RUNTIME_KEY)
+    if not runtime_:
+        return
+    try:
+        hold_results_folder(runtime_["results_root"])
+    except ResultsFolderBusy as exc:
+        print(f"Refused: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def campaign_failed(config: dict) -> None:
