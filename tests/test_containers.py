@@ -97,17 +97,20 @@ def test_mixed_backends_run_each_in_its_image(workflow_dir):
 
 def test_an_engine_missing_from_its_image_fails_that_job_only(workflow_dir):
     images = {**IMAGES, "vllm": "docker://example.org/not-vllm:1"}  # an image without the engine
-    run, _ = run_with_double(workflow_dir, campaign(["pytorch", "vllm"], containers=images), "--keep-going")
+    run, _ = run_with_double(workflow_dir, campaign(["pytorch", "vllm"], containers=images))
     assert run.returncode != 0
     root = workflow_dir / "results" / "images"
     raws = [read_result(p, "raw_result") for p in raw_result_files(root)]
     assert [r["backend"] for r in raws] == ["pytorch"]  # the other experiment's result is complete
     logs = list((root / "logs" / "measure").glob("vllm-*/cycle_1.log"))
     assert logs and "vllm is not importable" in logs[0].read_text()
+    failed = json.loads((root / "failures.json").read_text())["failures"]  # what completed was aggregated
+    assert [f["experiment_id"].split("-")[0] for f in failed] == ["vllm"] and "vllm is not importable" in failed[0]["error"]
 
 
-def test_dry_run_names_each_jobs_image(workflow_dir):
-    run, log = run_with_double(workflow_dir, campaign(["pytorch"]), "-n")
+@pytest.mark.parametrize("sdm", [("--sdm", "apptainer"), ("--use-singularity",)])  # the current spelling, the legacy alias
+def test_dry_run_names_each_jobs_image(workflow_dir, sdm):
+    run, log = run_with_double(workflow_dir, campaign(["pytorch"]), "-n", sdm=sdm)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "docker://example.org/lem/pytorch:1" in run.stdout + run.stderr
     assert not [c for c in log if c["argv"][:1] in (["pull"], ["exec"])]  # a dry run pulls and runs nothing

@@ -26,6 +26,138 @@ pytestmark = pytest.mark.workflow
 SECRETS = ("s3cret-pw", "t0ken-value", "hf_SECRETtoken1234")
 
 
+def broken_model(tiny_model: str, where: Path) -> Path:
+    """A model folder that passes every check before the run (it has a config.json) but whose weights are cut
+    short, as after an interrupted copy: loading it fails inside the measurement job."""
+    folder = where / "broken-model"
+    shutil.copytree(tiny_model, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return folder
+
+
+def all_text(root: Path, skip: set[Path]) -> str:
+    out = []
+    for p in root.rglob("*"):
+        if p.is_file() and p not in skip:
+            try:
+                out.append(p.read_bytes().decode("utf-8", "replace"))
+            except OSError:
+                pass
+    return "\n".join(out)
+
+
+def test_failed_measurements_are_isolated_recorded_and_retried(workflow_dir, tiny_model):
+    """A plain `snakemake --cores 1 --config campaign=FILE` (no --keep-going): one experiment's model folder is broken. Every other
+    measurement runs, what completed is aggregated (summary, gap audit, report), each failed experiment x cycle is
+    recorded with its error and log, the webhook hears of it, no secret shows anywhere, and a rerun retries exactly
+    the failed measurements."""
+    from test_notify import Hook
+
+    hook = Hook()
+    try:
+        broken = broken_model(tiny_model, workflow_dir)
+        grid = json.loads(json.dumps(SMALL["grid"]))
+        grid["models"] = ["lem-tiny-llama", str(broken)]
+        grid["backend_overrides"] = {"pytorch": {"batch_size": 2}}
+        port = hook.url.split(":")[2].split("/")[0]
+        url = f"http://bob:{SECRETS[0]}@127.0.0.1:{port}/hook?token={SECRETS[1]}"
+        cfg = write_campaign(
+            workflow_dir / "f.yaml",
+            campaign_name="fail",
+            grid=grid,
+            notifications={"webhook_url": url, "on_complete": True, "on_failure": True},
+            execution={"cycles": 2, "structure": "interleaved", "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+        )
+        env = {**os.environ, "HF_TOKEN": SECRETS[2]}
+        run = snakemake(workflow_dir, "--config", f"campaign={cfg}", env=env)
+        assert run.returncode == 1, run.stderr[-3000:]
+        console = run.stdout + run.stderr
+        root = workflow_dir / "results" / "fail"
+
+        # everything that could be measured was, and is aggregated
+        good = sorted(root.glob("raw/pytorch-lem-tiny-llama-*/cycle_*.json"))
+        assert len(good) == 2 and all(read_result(p, "raw_result") for p in good)
+        assert not list(root.glob("raw/pytorch-broken-model-*/*"))  # no partial or temp file
+        rows = read_summary(str(root / "summary.csv"))
+        assert [r["config_name"] for r in rows] == ["pytorch-lem-tiny-llama"] and rows[0]["cycles"] == 2
+        assert [p.name for p in (root / "aggregated").glob("*.json")] == [f"{rows[0]['experiment_id']}.json"]
+        assert json.loads((root / "thermal_gaps.json").read_text())["windows"]
+        assert (root / "report" / "efficiency.svg").exists()
+
+        # a machine-readable record of each failed experiment x cycle
+        failures = json.loads((root / "failures.json").read_text())
+        assert failures["planned_measurements"] == 4 and failures["failed_measurements"] == 2
+        assert [(f["config_name"], f["cycle"]) for f in failures["failures"]] == [("pytorch-broken-model", 1), ("pytorch-broken-model", 2)]
+        for f in failures["failures"]:
+            assert f["experiment_id"].startswith("pytorch-broken-model-") and "SafetensorError" in f["error"]
+            assert "Traceback" in (workflow_dir / f["log"]).read_text()  # the whole story is in the job's log
+            assert f"Measurement failed: {f['experiment_id']} cycle {f['cycle']}: SafetensorError" in console
+        assert "Traceback" not in console  # one line per failure on the console
+        assert "failures.json" in console and "Rerun to retry exactly those" in console
+
+        events = [b["event_type"] for b in hook.received]
+        assert events.count("complete") == 2 and events.count("failure") == 2 and events[-1] == "campaign_failure"
+        end = hook.received[-1]["data"]
+        assert end["completed_experiments"] == 1 and len(end["failed_measurements"]) == 2
+        assert f"Basic {base64.b64encode(f'bob:{SECRETS[0]}'.encode()).decode()}" in hook.authorizations
+
+        # secrets: in no result, log, report, Snakemake file or console line
+        text = all_text(workflow_dir, skip={cfg}) + console
+        assert not [s for s in SECRETS if s in text]
+        assert "http://***@127.0.0.1" not in text or "token=***" in text
+
+        # a rerun retries exactly the failed measurements
+        dry = snakemake(workflow_dir, "--config", f"campaign={cfg}", "-n")
+        scheduled = sorted(re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr))
+        assert scheduled == [(f["experiment_id"], str(f["cycle"])) for f in failures["failures"]]
+        assert job_counts(dry.stdout + dry.stderr)["measure"] == 2
+
+        before = {p: (sha(p), p.stat().st_mtime) for p in good}
+        shutil.copy2(Path(tiny_model) / "model.safetensors", broken / "model.safetensors")  # the copy is repaired
+        again = snakemake(workflow_dir, "--config", f"campaign={cfg}")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert job_counts(again.stdout + again.stderr)["measure"] == 2
+        assert {p: (sha(p), p.stat().st_mtime) for p in good} == before
+        assert len(read_summary(str(root / "summary.csv"))) == 2
+        assert json.loads((root / "failures.json").read_text())["failures"] == []
+        assert hook.received[-1]["event_type"] == "campaign_complete"
+    finally:
+        hook.close()
+
+
+def test_a_damaged_raw_result_is_named_and_the_summary_kept(workflow_dir):
+    cfg = write_campaign(
+        workflow_dir / "d.yaml",
+        campaign_name="damaged",
+        grid={**SMALL["grid"], "backend_overrides": {"pytorch": {"batch_size": 2}}},
+        execution={"cycles": 2, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+    )
+    first = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert first.returncode == 0, first.stderr[-3000:]
+    root = workflow_dir / "results" / "damaged"
+    derived = [root / "summary.csv", *sorted((root / "aggregated").glob("*.json"))]
+    kept = {p: p.read_bytes() for p in derived}
+    victim = sorted(root.glob("raw/*/cycle_2.json"))[0]
+    victim.chmod(0o644)
+    victim.write_bytes(victim.read_bytes()[:2000])  # a disk or copy accident
+
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 1
+    rel = victim.relative_to(workflow_dir)
+    line = f"Aggregation error: {rel} is not complete JSON"
+    assert line in run.stderr and "delete it and rerun the campaign to measure that cycle again" in run.stderr
+    assert "JSONDecodeError" not in run.stderr and "Traceback" not in run.stderr
+    assert line.split(": ", 1)[1] in (root / "logs" / "aggregate.log").read_text()  # the log says it too
+    assert {p: p.read_bytes() for p in derived} == kept  # the previous summary and aggregated files are intact
+
+    victim.unlink()  # what the message says to do
+    fixed = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert job_counts(fixed.stdout + fixed.stderr)["measure"] == 1
+    assert read_summary(str(root / "summary.csv"))[0]["cycles"] == 2
+
+
 @pytest.mark.parametrize("spelling", ["results/", "./results", "./results//", "~/lem-results"])
 def test_results_dir_spellings(workflow_dir, spelling, monkeypatch, tmp_path):
     """A trailing slash, ./ or ~ in LLM_ENERGY_RESULTS_DIR: the campaign plans into the normalised folder."""

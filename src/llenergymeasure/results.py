@@ -156,9 +156,27 @@ def raw_result_files(results_root: str | Path) -> list[Path]:
 
 
 def read_result(path: str | Path, schema_name: str) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    validate_result(data, schema_name, str(path))
+    """A result file, validated against its schema; :class:`ResultValidationError` naming the file (and, for a raw
+    result, what to do) when it cannot be read, is not complete JSON, or does not match the schema."""
+    fix = "; delete it and rerun the campaign to measure that cycle again" if schema_name == RAW_SCHEMA else ""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ResultValidationError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ResultValidationError(f"{path} is not a result file (not UTF-8 text){fix}") from None
+    except ValueError as exc:
+        what = "is empty" if not raw.strip() else f"is not complete JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})"
+        raise ResultValidationError(f"{path} {what}: truncated or damaged (a disk or copy accident?){fix}") from None
+    if not isinstance(data, dict):
+        raise ResultValidationError(f"{path} holds a JSON {type(data).__name__}, not a result{fix}")
+    try:
+        validate_result(data, schema_name, str(path))
+    except ResultValidationError as exc:
+        raise ResultValidationError(f"{exc} (the file does not match the {schema_name} schema){fix}") from None
     return data
 
 

@@ -9,11 +9,13 @@ from the ``--configfile`` file(s).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan, read_yaml, resolve_campaign
 from .errors import ConfigError
+from .failures import completed_only
 from .prompts import check_sources
 from .tiny_model import embedded_model_dir, is_embedded
 
@@ -110,8 +112,6 @@ def host_cache_dir() -> Path:
 
 def verbosity(workdir: str | Path = ".") -> str:
     """``LLM_ENERGY_VERBOSITY``, else ``.lem-config.yaml``'s ``verbosity``, else normal."""
-    import os
-
     from .campaign import load_user_config
 
     level = os.environ.get("LLM_ENERGY_VERBOSITY")
@@ -147,11 +147,18 @@ def raw_path(root: str, experiment_id: str, cycle: int) -> str:
 
 
 def all_raw(p: Plan) -> list[str]:
-    return [raw_path(p.results_root, e, c) for e, c in p.order]
+    """Every planned raw result; in the pass over what completed (see :mod:`.failures`), those that exist."""
+    paths = [raw_path(p.results_root, e, c) for e, c in p.order]
+    return [x for x in paths if os.path.exists(x)] if completed_only() else paths
 
 
 def aggregated(p: Plan) -> list[str]:
-    return [f"{p.results_root}/aggregated/{e.experiment_id}.json" for e in p.expansion.experiments]
+    """The aggregated file of every experiment (in the pass over what completed: of those with a raw result)."""
+    ids = [e.experiment_id for e in p.expansion.experiments]
+    if completed_only():
+        done = {Path(x).parent.name for x in all_raw(p)}
+        ids = [e for e in ids if e in done]
+    return [f"{p.results_root}/aggregated/{e}.json" for e in ids]
 
 
 def experiment_config(p: Plan, experiment_id: str) -> dict:
@@ -241,16 +248,40 @@ def campaign_started(config: dict) -> None:
         sys.exit(1)
 
 
-def campaign_failed(config: dict) -> None:
-    """``onerror`` handler of the Snakefile."""
+def campaign_failed(config: dict, workflow=None) -> None:
+    """``onerror`` handler: after failed measurements, aggregate (summary, gap audit, report, campaign notification)
+    what completed, in a second invocation whose jobs list the failures (:mod:`.failures`); otherwise (an
+    interruption, a failed aggregation) tell the webhook that the campaign failed."""
+    from .failures import aggregate_completed, failed_in_this_run
     from .jobs import campaign_failed as notify_failed
 
-    if RUNTIME_KEY in config:
-        notify_failed(config[RUNTIME_KEY])
+    runtime_ = config.get(RUNTIME_KEY)
+    if not runtime_:
+        return
+    root, names, cycles = runtime_["results_root"], runtime_["names"], runtime_["cycles"]
+    failed = set(failed_in_this_run(root, names, cycles, _STARTED_AT or 0.0))
+    scheduler = getattr(workflow, "scheduler", None)
+    for job in getattr(scheduler, "failed", ()) or ():  # also jobs killed before they could record anything
+        if getattr(getattr(job, "rule", None), "name", None) == "measure":
+            wc = job.wildcards
+            if not os.path.exists(raw_path(root, wc.experiment, int(wc.cycle))):
+                failed.add((wc.experiment, int(wc.cycle)))
+    if failed and workflow is not None:
+        print(f"{len(failed)} measurement(s) failed; aggregating the measurements that completed ...", file=sys.stderr)
+        try:
+            code = aggregate_completed(
+                workflow.main_snakefile, workflow.overwrite_configfiles, workflow.config_settings.config_args, os.getcwd()
+            )
+        except Exception as exc:  # noqa: BLE001 - the handler must not hide the failure it reports
+            print(f"Could not aggregate the completed measurements: {type(exc).__name__}: {exc}", file=sys.stderr)
+            code = 1
+        if code == 0:
+            print(f"Results of every completed measurement: {root}/summary.csv; the {len(failed)} failed ones (error, log) "
+                  f"are in {root}/failures.json. Rerun to retry exactly those.", file=sys.stderr)  # fmt: skip
+            return
+    notify_failed(runtime_, {"failed_measurements": [{"experiment_id": e, "cycle": c} for e, c in sorted(failed)]})
 
 
 def report_caption(p: Plan, name: str) -> str:
     """Absolute path of a caption the report_plots rule writes (captions are read when the report is built)."""
-    import os
-
     return os.path.abspath(f"{p.results_root}/report/{name}.rst")
