@@ -182,6 +182,16 @@ def test_no_weights_architecture_typo_suggests_the_shipped_name(tmp_path):
         expand(c)
 
 
+def test_validate_checks_models_before_any_job(tmp_path, monkeypatch, capsys):
+    from llenergymeasure.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("campaign_name: t\nmodel: lem-tiny-lama\ngrid: {backends: [pytorch]}\n")
+    assert main(["validate", "c.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean 'lem-tiny-llama'?" in err
+
+
 # ------------------------------------------------------------------------------------------------ results folder
 
 

@@ -272,7 +272,7 @@ def test_a_campaign_that_asks_to_be_evaluated_is_refused(workflow_dir, capsys):
     cwd = os.getcwd()
     os.chdir(workflow_dir)
     try:
-        assert main(["validate", "yte.yaml"]) != 0 and not marker.exists()
+        assert main(["validate", "yte.yaml"]) == 1 and not marker.exists()
     finally:
         os.chdir(cwd)
     assert "__use_yte__" in capsys.readouterr().err

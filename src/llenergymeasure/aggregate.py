@@ -290,29 +290,57 @@ def write_summary_rows(rows: list[dict], output: str) -> None:
 
 
 def read_summary(path: str) -> list[dict]:
-    """Parse summary.csv back into typed rows (types from the summary-row schema) and validate each."""
+    """Parse summary.csv back into typed rows (types from the summary-row schema) and validate each; a file that is
+    not such a summary (missing, a folder, binary, other columns, a truncated row) is a one-line
+    :class:`AggregationError` naming it."""
     from .config import load_schema
 
     props = load_schema(SUMMARY_SCHEMA)["properties"]
-    rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for raw in csv.DictReader(fh):
+    what = f"{path} is not a summary.csv of this tool"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise AggregationError(f"{path} does not exist: run the campaign first (snakemake --cores 1)") from None
+    except OSError as exc:
+        raise AggregationError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if b"\x00" in data[:8192]:
+        raise AggregationError(f"{what} (a binary file)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AggregationError(f"{what} (not UTF-8 text)") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        unknown = [c for c in header if c not in props]
+        if not header or unknown:
+            raise AggregationError(f"{what} (unknown column {unknown[0]!r})" if unknown else f"{what} (it is empty)")
+        rows = []
+        for n, raw in enumerate(reader, 2):
+            if None in raw or any(v is None for v in raw.values()):
+                raise AggregationError(f"{what}: line {n} has {'more' if None in raw else 'fewer'} fields than the header (truncated or damaged?)")
             row = {}
-            for key, text in raw.items():
+            for key, text_value in raw.items():
                 types = props[key]["type"]
                 types = types if isinstance(types, list) else [types]
-                if text == "":
-                    row[key] = None if "null" in types else text
-                elif "boolean" in types:
-                    row[key] = text == "true"
-                elif "integer" in types:
-                    row[key] = int(text)
-                elif "number" in types:
-                    row[key] = float(text)
-                else:
-                    row[key] = text
-            validate_result(row, SUMMARY_SCHEMA, f"{path} row {row.get('experiment_id')}")
+                try:
+                    if text_value == "":
+                        row[key] = None if "null" in types else text_value
+                    elif "boolean" in types:
+                        row[key] = text_value == "true"
+                    elif "integer" in types:
+                        row[key] = int(text_value)
+                    elif "number" in types:
+                        row[key] = float(text_value)
+                    else:
+                        row[key] = text_value
+                except ValueError:
+                    raise AggregationError(f"{what}: line {n}, column {key} = {text_value!r} is not a number") from None
+            validate_result(row, SUMMARY_SCHEMA, f"{path} line {n} ({row.get('experiment_id')})")
             rows.append(row)
+    except csv.Error as exc:
+        raise AggregationError(f"{what} ({exc})") from None
     return rows
 
 
