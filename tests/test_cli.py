@@ -154,7 +154,7 @@ def test_run_states_a_missing_engine_in_one_line(tmp_path, capsys, tiny_model):
     exp.write_text(f"model_name: {tiny_model}\nbackend: vllm\n")
     code, _, err = run(capsys, "run", str(exp))
     assert code == 1 and err.count("\n") == 1
-    assert "vllm is not importable here" in err and "--use-singularity" in err
+    assert "vllm is not importable here" in err and "--sdm apptainer" in err
 
 
 def _bad_file(path, kind: str, summary_header: str) -> None:
@@ -239,3 +239,15 @@ def test_run_refuses_to_replace_an_existing_output(tmp_path, capsys):
     assert out.read_text() == "{}"
 
 
+def test_the_example_experiment_runs(tmp_path, capsys):
+    """The shipped example for `lem run` is a valid experiment and measures (shortened here with --set)."""
+    from conftest import REPO
+
+    example = REPO / "config" / "experiments" / "example.yaml"
+    code, out, err = run(capsys, "run", str(example), "--set", "num_input_prompts=2", "--set", "max_output_tokens=4",
+                         "--set", "min_output_tokens=4", "--set", "warmup.enabled=false", "--set", "baseline.duration_sec=1",
+                         "--output", str(tmp_path / "raw.json"), "--quiet")  # fmt: skip
+    assert code == 0, err
+    result = json.loads((tmp_path / "raw.json").read_text())
+    assert result["config"]["device"] == "cpu" and result["config"]["fp_precision"] == "float32"
+    assert result["tokens"]["output_tokens"] == 2 * 4

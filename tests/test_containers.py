@@ -1,4 +1,4 @@
-"""Backend images under Snakemake's --use-singularity, with a test double of the `apptainer` command
+"""Backend images under Snakemake's --sdm apptainer, with a test double of the `apptainer` command
 (tests/fakes/bin/apptainer): each backend's jobs run in its image, the command line is Snakemake's, jobs complete."""
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ def campaign(backends: list[str], **extra) -> dict:
     }
 
 
-def run_with_double(workflow_dir: Path, data: dict, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def run_with_double(
+    workflow_dir: Path, data: dict, *args: str, sdm: tuple[str, ...] = ("--sdm", "apptainer")
+) -> tuple[subprocess.CompletedProcess, list[dict]]:
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     calls = workflow_dir / "apptainer-calls.jsonl"
     # the double runs the job's `python` on the host: this interpreter stands in for the image's
     path = os.pathsep.join([str(FAKE_BIN), str(Path(sys.executable).parent), os.environ["PATH"]])
     env = {**os.environ, "PATH": path, "LEM_FAKE_APPTAINER_LOG": str(calls)}
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml", "--use-singularity",
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml", *sdm,
          "--apptainer-args=--nv", *args],
         cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip

@@ -247,3 +247,28 @@ def test_prompt_and_campaign_errors_keep_existing_results(tmp_path):
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == ["c.yaml", os.path.join("results", "t", "raw", "e", "cycle_1.json")]
 
 
+def test_the_default_campaign_describes_the_backends_as_they_are():
+    """Its comment once said vLLM and TensorRT-LLM were dropped; they run (on CUDA GPUs, in their images)."""
+    from conftest import REPO
+    from llenergymeasure.campaign import IMPLEMENTED_BACKENDS
+
+    text = (REPO / "config" / "campaign.yaml").read_text()
+    line = next(x for x in text.splitlines() if x.strip().startswith("backends:"))
+    assert "dropped" not in line and all(b in line for b in IMPLEMENTED_BACKENDS) and "--sdm apptainer" in line
+
+
+def test_docs_and_messages_use_snakemakes_current_spelling():
+    """`--sdm apptainer` everywhere; `--use-singularity` only where it is named as the legacy alias."""
+    from conftest import REPO
+
+    files = [REPO / "README.md", REPO / "config" / "README.md", REPO / "config" / "campaign.yaml", REPO / "Snakefile",
+             *(REPO / "workflow").glob("*.smk"), *(REPO / "src" / "llenergymeasure").rglob("*.py"),
+             *(REPO / "src" / "llenergymeasure" / "schemas").glob("*.json"), *(REPO / "profiles").rglob("*.yaml")]  # fmt: skip
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if "--use-singularity" in line:
+                assert "still works" in line or "legacy" in line, f"{path}: {line}"
+    assert "--sdm apptainer" in (REPO / "README.md").read_text()
+    from llenergymeasure.backends.vllm import missing_engine
+
+    assert "snakemake --sdm apptainer" in str(missing_engine())

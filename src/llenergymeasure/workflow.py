@@ -213,7 +213,7 @@ def gpus(p: Plan, experiment_id: str) -> int:
 
 
 def container(p: Plan, experiment_id: str) -> str:
-    """Image of a measurement job (used with ``--use-singularity``): the campaign's image for the experiment's backend."""
+    """Image of a measurement job (used with ``--sdm apptainer``): the campaign's image for the experiment's backend."""
     return p.campaign["containers"][p.by_id[experiment_id].backend]
 
 
