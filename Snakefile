@@ -1,9 +1,10 @@
 # llenergymeasure: measure the energy, throughput and latency of LLM inference.
 #
-#   snakemake --cores 1                          the campaign in config/campaign.yaml
-#   snakemake --cores 1 --configfile other.yaml  exactly that campaign (nothing of the default leaks in)
+#   snakemake --cores 1                               the campaign in config/campaign.yaml
+#   snakemake --cores 1 --config campaign=other.yaml  exactly that campaign (nothing of the default leaks in)
 #
-# Every experiment x cycle is one job writing results/<campaign>/raw/<experiment_id>/cycle_<n>.json.
+# Every experiment x cycle is one job writing results/<campaign>/raw/<experiment_id>/cycle_<n>.json. A failed
+# measurement stops no other; what completed is aggregated, the failures are listed in failures.json.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -32,11 +33,16 @@ include: "workflow/measure.smk"
 include: "workflow/aggregate.smk"
 include: "workflow/notify.smk"
 include: "workflow/report.smk"
+include: "workflow/campaign.smk"
 
 
+# Every raw result is an input of the target too: a raw result that is missing while the summary is up to date (a
+# deleted damaged file, say) is then measured again (Snakemake looks for missing files of a job that is not
+# itself rerun only among the inputs of the targets: snakemake/dag.py, update_needrun).
 rule all:
     default_target: True
     input:
+        all_raw_results(),
         f"{ROOT}/summary.csv",
         f"{ROOT}/thermal_gaps.json",
         f"{ROOT}/notifications/campaign_complete.json",

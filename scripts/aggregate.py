@@ -9,4 +9,6 @@ aggregate(
     log_path=snakemake.log[0],
     names=snakemake.params.names,
     analysis=snakemake.params.analysis,
+    failures=snakemake.output.failures,
+    runtime=snakemake.config["_lem"],
 )

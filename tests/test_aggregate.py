@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 
@@ -56,6 +57,7 @@ def test_inconsistent_inputs_are_refused(tmp_path, template):
     paths = write_cycles(tmp_path, template, [1.0, 2.0])
     other = json.loads(open(paths[1]).read())
     other["provenance"]["config_sha256"] = "0" * 64
+    os.unlink(paths[1])  # a finished raw result is never written over
     write_json_atomic(paths[1], other, "raw_result")
     with pytest.raises(AggregationError, match="config differs"):
         aggregate_experiment(paths, "n", 0.1, 0.95)
@@ -132,3 +134,30 @@ def test_per_component_metrics(tmp_path, template):
     assert agg["metrics"]["cpu_energy_j"]["values"] == [cpu, cpu]
     assert agg["metrics"]["gpu_energy_j"]["values"] == [None, None]  # no GPU here: unavailable, not zero
     assert agg["metrics"]["gpu_j_per_output_token"]["mean"] is None
+
+
+def test_a_damaged_raw_result_leaves_the_previous_derived_files(tmp_path, template):
+    """The error names the file and what to do; nothing derived is replaced or removed before every input is read."""
+    from llenergymeasure.aggregate import write_aggregated_all
+
+    a = write_cycles(tmp_path, template, [1.0, 2.0], "exp-a")
+    b = write_cycles(tmp_path, template, [3.0, 4.0], "exp-b")
+    out, summary = tmp_path / "aggregated", tmp_path / "summary.csv"
+    write_aggregated_all({"exp-a": a, "exp-b": b}, {"exp-a": "A", "exp-b": "B"}, str(out), str(summary), 0.1, 0.95)
+    before = {p: p.read_bytes() for p in [summary, *out.iterdir()]}
+    os.chmod(b[1], 0o644)
+    with open(b[1], "r+b") as fh:
+        fh.truncate(1500)
+    with pytest.raises(ResultValidationError) as info:
+        write_aggregated_all({"exp-a": a, "exp-b": b}, {"exp-a": "A", "exp-b": "B"}, str(out), str(summary), 0.1, 0.95)
+    text = str(info.value)
+    assert text.startswith(f"{b[1]} is not complete JSON") and "delete it and rerun the campaign to measure that cycle again" in text
+    assert {p: p.read_bytes() for p in [summary, *out.iterdir()]} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aggregated", "raw", "summary.csv"]  # no staging left
+
+
+def test_fewer_cycles_than_planned_are_flagged(tmp_path, template):
+    paths = write_cycles(tmp_path, template, [1.0, 2.0])
+    agg = aggregate_experiment(paths, "name", cv_threshold=0.5, confidence=0.95, planned_cycles=3)
+    assert agg["cycles"] == 2 and agg["flags"]["missing_cycles"] == 1
+    assert "missing_cycles" not in aggregate_experiment(paths, "name", 0.5, 0.95, planned_cycles=2)["flags"]

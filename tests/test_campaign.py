@@ -221,7 +221,7 @@ def test_plan_priorities_follow_order(tmp_path):
 def test_prompt_sources_checked_before_any_measurement(tmp_path):
     from llenergymeasure.prompts import check_sources, load_prompts
 
-    base = resolve_experiment({"model_name": "m"})
+    base = resolve_experiment({"model_name": "lem-tiny-llama"})
     check_sources([base])  # the 100 shipped prompts
     assert len(load_prompts({"name": "builtin"}, 100)) == 100
     with pytest.raises(ConfigError, match=r"key 'num_input_prompts' = 101 is out of range; allowed: <= 100"):
@@ -269,7 +269,6 @@ def test_missing_local_model_folder_is_a_config_error(tmp_path):
     base = resolve_experiment({"model_name": str(tmp_path / "no-such-model")})
     with pytest.raises(ConfigError, match=r"key 'model_name' = '.*no-such-model': folder does not exist"):
         check_sources([base])
-    check_sources([{**base, "model_name": "some-org/some-model"}])  # a hub id: checked when loaded
 
 
 def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):

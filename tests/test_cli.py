@@ -68,7 +68,7 @@ def test_validate_bad_campaign_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("campaign_name: x\ngrid: {backends: [pytorch]}\nexecution: {structure: zigzag}\n")
     code, out, err = run(capsys, "validate", str(bad))
-    assert code == 2 and err.count("\n") == 1 and "execution.structure' = 'zigzag' is not allowed" in err
+    assert code == 1 and err.count("\n") == 1 and "execution.structure' = 'zigzag' is not allowed" in err
 
 
 def test_results_sorting_and_columns(campaign_dir, capsys):
@@ -79,7 +79,7 @@ def test_results_sorting_and_columns(campaign_dir, capsys):
     _, out, _ = run(capsys, "results", c, "--sort", "energy_j_mean", "--desc", "--columns", "experiment_id,energy_j_mean")
     assert out.splitlines()[2].startswith("exp-aaa") and "config_name" not in out
     code, _, err = run(capsys, "results", c, "--sort", "energy_mean")
-    assert code == 2 and "did you mean 'energy_j_mean'" in err
+    assert code == 1 and "did you mean 'energy_j_mean'" in err
     monkey = run(capsys, "--json", "results", c)
     assert len(json.loads(monkey[1])) == 2
 
@@ -93,7 +93,7 @@ def test_compare_with_significance(campaign_dir, capsys):
     energy = next(m for m in data["metrics"] if m["metric"] == "energy_j")
     assert energy["difference"] == pytest.approx(-5.0) and energy["significant"] is True
     code, _, err = run(capsys, "compare", "exp-", "exp-bbb", c)
-    assert code == 2 and "2 aggregated results match" in err
+    assert code == 1 and "experiment 'exp-' is ambiguous: 2 experiments match" in err
 
 
 def test_welch():
@@ -149,9 +149,105 @@ def test_run_subcommand(tiny_model, capsys, isolated_cache):
     assert code == 0 and json.loads(out[out.index("{"):])["output_tokens"] > 0
 
 
-def test_run_states_a_missing_engine_in_one_line(tmp_path, capsys):
+def test_run_states_a_missing_engine_in_one_line(tmp_path, capsys, tiny_model):
     exp = tmp_path / "v.yaml"
-    exp.write_text("model_name: some/model\nbackend: vllm\n")
+    exp.write_text(f"model_name: {tiny_model}\nbackend: vllm\n")
     code, _, err = run(capsys, "run", str(exp))
     assert code == 1 and err.count("\n") == 1
-    assert "vllm is not importable here" in err and "--use-singularity" in err
+    assert "vllm is not importable here" in err and "--sdm apptainer" in err
+
+
+def _bad_file(path, kind: str, summary_header: str) -> None:
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "binary":
+        path.write_bytes(b"\x7fELF\x02\x01\x00\x00\xff\xfe\x00binary")
+    elif kind == "random-csv":
+        path.write_text("city,population\nParis,2100000\nLyon,520000\n")
+    elif kind == "truncated-row":
+        path.write_text(summary_header + "\nexp-aaa,small-batch,pytorch,lem-tiny")
+    elif kind == "garbage-json":
+        path.write_text('{"campaign_name": "x", "grid": [1, 2')
+    # "missing": nothing written
+
+
+BAD_KINDS = ["directory", "binary", "random-csv", "truncated-row", "missing", "garbage-json"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+@pytest.mark.parametrize("command", ["results --summary", "results", "validate", "compare", "run"])
+def test_bad_files_are_one_line_and_exit_1(campaign_dir, tmp_path, capsys, command, kind):
+    header = (campaign_dir / "results" / "cli" / "summary.csv").read_text().splitlines()[0]
+    bad = tmp_path / "bad.file"
+    _bad_file(bad, kind, header)
+    argv = {
+        "results --summary": ["results", "--summary", str(bad)],
+        "results": ["results", str(bad)],
+        "validate": ["validate", str(bad)],
+        "compare": ["compare", "a", "b", str(bad)],
+        "run": ["run", str(bad)],
+    }[command]
+    code, out, err = run(capsys, *argv)
+    assert code == 1, (out, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(bad) in err or "bad.file" in err, err
+
+
+def test_compare_with_a_damaged_aggregated_file_is_one_line(campaign_dir, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(campaign_dir, root)
+    (root / "c.yaml").write_text((campaign_dir / "c.yaml").read_text().replace(str(campaign_dir), str(root)))
+    damaged = root / "results" / "cli" / "aggregated" / "exp-aaa.json"
+    damaged.write_text(damaged.read_text()[:300])
+    code, _, err = run(capsys, "compare", "exp-aaa", "exp-bbb", str(root / "c.yaml"))
+    assert code == 1 and err.count("\n") == 1 and "exp-aaa.json is not complete JSON" in err
+
+
+def test_compare_matches_the_parts_of_an_id(campaign_dir, tmp_path, capsys):
+    """`lem compare bs1 bs8` takes what a user reads in the ids; an ambiguous name lists its candidates."""
+    import shutil
+
+    root = tmp_path / "ids"
+    shutil.copytree(campaign_dir, root)
+    (root / "c.yaml").write_text((campaign_dir / "c.yaml").read_text().replace(str(campaign_dir), str(root)))
+    agg_dir = root / "results" / "cli" / "aggregated"
+    template = json.loads((agg_dir / "exp-aaa.json").read_text())
+    for p in agg_dir.glob("*.json"):
+        p.unlink()
+    (root / "results" / "cli" / "summary.csv").unlink()
+    for bs, digest in ((1, "1111111111"), (8, "8888888888"), (16, "1616161616")):
+        doc = {**template, "experiment_id": f"pytorch-lem-tiny-llama-fp32-bs{bs}-{digest}", "config_name": f"batch-{bs}"}
+        (agg_dir / f"{doc['experiment_id']}.json").write_text(json.dumps(doc))
+    code, out, err = run(capsys, "--json", "compare", "bs1", "bs8", str(root / "c.yaml"))
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["a"]["experiment_id"].endswith("-bs1-1111111111") and data["b"]["experiment_id"].endswith("-bs8-8888888888")
+    code, _, err = run(capsys, "compare", "fp32", "bs8", str(root / "c.yaml"))
+    assert code == 1 and err.count("\n") == 1 and "experiment 'fp32' is ambiguous: 3 experiments match" in err
+    assert "-bs16-1616161616 (batch-16)" in err and "-bs1-1111111111 (batch-1)" in err
+    code, _, err = run(capsys, "compare", "bs4", "bs8", str(root / "c.yaml"))
+    assert code == 1 and "experiment 'bs4': no aggregated result matches; the campaign has:" in err and "(batch-8)" in err
+
+
+def test_run_refuses_to_replace_an_existing_output(tmp_path, capsys):
+    out = tmp_path / "raw.json"
+    out.write_text("{}")
+    code, _, err = run(capsys, "run", "--set", "model_name=lem-tiny-llama", "--output", str(out))
+    assert code == 1 and err.count("\n") == 1 and "already exists: a finished measurement is never replaced" in err
+    assert out.read_text() == "{}"
+
+
+def test_the_example_experiment_runs(tmp_path, capsys):
+    """The shipped example for `lem run` is a valid experiment and measures (shortened here with --set)."""
+    from conftest import REPO
+
+    example = REPO / "config" / "experiments" / "example.yaml"
+    code, out, err = run(capsys, "run", str(example), "--set", "num_input_prompts=2", "--set", "max_output_tokens=4",
+                         "--set", "min_output_tokens=4", "--set", "warmup.enabled=false", "--set", "baseline.duration_sec=1",
+                         "--output", str(tmp_path / "raw.json"), "--quiet")  # fmt: skip
+    assert code == 0, err
+    result = json.loads((tmp_path / "raw.json").read_text())
+    assert result["config"]["device"] == "cpu" and result["config"]["fp_precision"] == "float32"
+    assert result["tokens"]["output_tokens"] == 2 * 4

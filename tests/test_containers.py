@@ -1,4 +1,4 @@
-"""Backend images under Snakemake's --use-singularity, with a test double of the `apptainer` command
+"""Backend images under Snakemake's --sdm apptainer, with a test double of the `apptainer` command
 (tests/fakes/bin/apptainer): each backend's jobs run in its image, the command line is Snakemake's, jobs complete."""
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ def campaign(backends: list[str], **extra) -> dict:
     }
 
 
-def run_with_double(workflow_dir: Path, data: dict, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def run_with_double(
+    workflow_dir: Path, data: dict, *args: str, sdm: tuple[str, ...] = ("--sdm", "apptainer")
+) -> tuple[subprocess.CompletedProcess, list[dict]]:
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     calls = workflow_dir / "apptainer-calls.jsonl"
     # the double runs the job's `python` on the host: this interpreter stands in for the image's
     path = os.pathsep.join([str(FAKE_BIN), str(Path(sys.executable).parent), os.environ["PATH"]])
     env = {**os.environ, "PATH": path, "LEM_FAKE_APPTAINER_LOG": str(calls)}
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml", "--use-singularity",
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml", *sdm,
          "--apptainer-args=--nv", *args],
         cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
@@ -97,17 +99,20 @@ def test_mixed_backends_run_each_in_its_image(workflow_dir):
 
 def test_an_engine_missing_from_its_image_fails_that_job_only(workflow_dir):
     images = {**IMAGES, "vllm": "docker://example.org/not-vllm:1"}  # an image without the engine
-    run, _ = run_with_double(workflow_dir, campaign(["pytorch", "vllm"], containers=images), "--keep-going")
+    run, _ = run_with_double(workflow_dir, campaign(["pytorch", "vllm"], containers=images))
     assert run.returncode != 0
     root = workflow_dir / "results" / "images"
     raws = [read_result(p, "raw_result") for p in raw_result_files(root)]
     assert [r["backend"] for r in raws] == ["pytorch"]  # the other experiment's result is complete
     logs = list((root / "logs" / "measure").glob("vllm-*/cycle_1.log"))
     assert logs and "vllm is not importable" in logs[0].read_text()
+    failed = json.loads((root / "failures.json").read_text())["failures"]  # what completed was aggregated
+    assert [f["experiment_id"].split("-")[0] for f in failed] == ["vllm"] and "vllm is not importable" in failed[0]["error"]
 
 
-def test_dry_run_names_each_jobs_image(workflow_dir):
-    run, log = run_with_double(workflow_dir, campaign(["pytorch"]), "-n")
+@pytest.mark.parametrize("sdm", [("--sdm", "apptainer"), ("--use-singularity",)])  # the current spelling, the legacy alias
+def test_dry_run_names_each_jobs_image(workflow_dir, sdm):
+    run, log = run_with_double(workflow_dir, campaign(["pytorch"]), "-n", sdm=sdm)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "docker://example.org/lem/pytorch:1" in run.stdout + run.stderr
     assert not [c for c in log if c["argv"][:1] in (["pull"], ["exec"])]  # a dry run pulls and runs nothing

@@ -10,3 +10,83 @@ def test_pareto_front_maximises_throughput_and_minimises_energy():
     # (150, 0.8) is dominated by (200, 0.5); the rest each win somewhere
     assert pareto_front(pts) == [4, 1, 3]
     assert pareto_front([(1, 1)]) == [0]
+
+
+import copy  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def svg_texts(path) -> list[str]:
+    """The texts of a matplotlib SVG (it writes each text element's string as a comment before its glyphs)."""
+    return re.findall(r"<!-- (.*?) -->", path.read_text())
+
+
+@pytest.fixture(scope="module")
+def one_run(tiny_model, tmp_path_factory):
+    """One real measurement with its timeline saved, and its aggregation (3 copies as cycles)."""
+    from conftest import tiny_experiment
+    from llenergymeasure.aggregate import write_aggregated
+    from llenergymeasure.measure import run_experiment
+
+    root = tmp_path_factory.mktemp("report")
+    cfg = tiny_experiment(warmup={"enabled": False}, timeline={"save": True, "interval_ms": 100})
+    raw = root / "raw" / "pytorch-x" / "cycle_1.json"
+    result = run_experiment(cfg, "pytorch-x", 1, tiny_model, str(raw), {})
+    paths = [str(raw)]
+    for cycle in (2, 3):
+        other = copy.deepcopy(result)
+        other["cycle"] = cycle
+        path = raw.with_name(f"cycle_{cycle}.json")
+        path.write_text(json.dumps(other))
+        paths.append(str(path))
+    agg = root / "aggregated" / "pytorch-x.json"
+    write_aggregated(paths, str(agg), "only-one", 0.1, 0.95)
+    return root, str(raw), str(agg)
+
+
+def test_one_point_on_the_front_is_drawn_and_the_legend_explains_markers(one_run):
+    from llenergymeasure.report import write_report_files
+
+    root, raw, agg = one_run
+    out = root / "report-one"
+    info = write_report_files([agg], [raw], str(out))
+    assert info["pareto"] == ["only-one"]
+    texts = svg_texts(out / "efficiency.svg")
+    assert "Pareto front (one experiment)" in texts  # drawn, not only promised by the caption
+    assert "square: energy includes estimates" in texts  # the CPU energy here is a TDP estimate
+    caption = (out / "efficiency.rst").read_text()
+    assert "is one experiment, ringed: only-one" in caption and "dashed line" not in caption
+    assert "Squares: energy that includes estimates." in caption
+
+
+def test_cpu_timeline_axis_spans_the_whole_scale(one_run):
+    from llenergymeasure.report import plot_timeline
+
+    root, raw, _ = one_run
+    side = raw.replace(".json", ".timeline.json")
+    data = json.loads(open(side).read())
+    data["cpu_util_pct"] = [100.0] * len(data["cpu_util_pct"])  # a flat line: matplotlib would zoom to 95-105 %
+    flat_root = root / "flat" / "raw" / "pytorch-x"
+    flat_root.mkdir(parents=True)
+    (flat_root / "cycle_1.json").write_text(open(raw).read())
+    (flat_root / "cycle_1.timeline.json").write_text(json.dumps(data))
+    out = root / "flat.svg"
+    plot_timeline([str(flat_root / "cycle_1.json")], out)
+    ticks = svg_texts(out)
+    assert "0" in ticks and "100" in ticks and "96" not in ticks and "104" not in ticks
+
+
+def test_captions_have_readable_numbers_and_no_raw_json(one_run):
+    from llenergymeasure.report import write_report_files
+
+    root, raw, agg = one_run
+    out = root / "report-captions"
+    write_report_files([agg], [raw], str(out))
+    for name in ("efficiency", "drift", "latency", "timeline"):
+        text = (out / f"{name}.rst").read_text()
+        assert not re.search(r"\d\.\d{5,}", text), (name, text)  # no 15-digit floats
+        assert "{" not in text and '"' not in text, (name, text)  # no JSON
+    assert "split" in (out / "timeline.rst").read_text()

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import tiny_experiment
 from llenergymeasure.measure import run_experiment
-from llenergymeasure.results import ResultValidationError, _fast_validator, _validator, write_json_atomic
+from llenergymeasure.results import ResultExistsError, ResultValidationError, _fast_validator, _validator, write_json_atomic
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,61 @@ def test_atomic_write_leaves_nothing_on_invalid_data(tmp_path, raw):
     bad = copy.deepcopy(raw)
     bad["tokens"]["output_tokens"] = -3
     target = tmp_path / "cycle_1.json"
-    target.write_text("previous content")
     with pytest.raises(ResultValidationError, match="tokens/output_tokens"):
         write_json_atomic(target, bad, "raw_result")
-    assert target.read_text() == "previous content" and os.listdir(tmp_path) == ["cycle_1.json"]
+    assert os.listdir(tmp_path) == []
     write_json_atomic(target, raw, "raw_result")
     assert json.loads(target.read_text())["experiment_id"] == "r"
+    summary = tmp_path / "summary.json"  # a derived file is replaced atomically
+    summary.write_text("previous content")
+    with pytest.raises(ResultValidationError):
+        write_json_atomic(summary, bad, "aggregated_result")
+    assert summary.read_text() == "previous content" and sorted(os.listdir(tmp_path)) == ["cycle_1.json", "summary.json"]
+
+
+def test_a_finished_raw_result_is_never_replaced(tmp_path, raw):
+    """The writer refuses when the target exists, even when the target is write-protected (a rename would ignore
+    that) and when the new result is valid; the finished file keeps its bytes. Its timeline sidecar is refused too,
+    while a sidecar left without its raw result (an attempt that failed after writing it) is replaced."""
+    target = tmp_path / "raw" / "e" / "cycle_1.json"
+    write_json_atomic(target, raw, "raw_result")
+    target.chmod(0o444)
+    before = target.read_bytes()
+    other = copy.deepcopy(raw)
+    other["experiment_id"] = "someone-else"
+    with pytest.raises(ResultExistsError, match=r"cycle_1.json already exists: a finished measurement is never replaced"):
+        write_json_atomic(target, other, "raw_result")
+    assert target.read_bytes() == before and sorted(os.listdir(target.parent)) == ["cycle_1.json"]
+    with pytest.raises(ResultExistsError):
+        write_json_atomic(target.with_name("cycle_1.timeline.json"), {"t_s": []})
+    orphan = target.with_name("cycle_2.timeline.json")
+    orphan.write_text("left over")
+    write_json_atomic(orphan, {"t_s": [1]})
+    assert json.loads(orphan.read_text()) == {"t_s": [1]}
+
+
+def test_two_writers_race_for_one_raw_result(tmp_path, raw):
+    """Writers started together: exactly one result lands, every other writer is refused."""
+    import threading
+
+    target = tmp_path / "cycle_1.json"
+    outcomes = []
+
+    def write(i):
+        doc = copy.deepcopy(raw)
+        doc["campaign_name"] = f"writer-{i}"
+        try:
+            write_json_atomic(target, doc, "raw_result")
+            outcomes.append(("ok", i))
+        except ResultExistsError:
+            outcomes.append(("refused", i))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for kind, i in outcomes if kind == "ok"]
+    assert len(winners) == 1 and len(outcomes) == 8
+    assert json.loads(target.read_text())["campaign_name"] == f"writer-{winners[0]}"
+    assert os.listdir(tmp_path) == ["cycle_1.json"]  # no temp file left

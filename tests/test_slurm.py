@@ -163,3 +163,43 @@ def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
     # the same files, in the same shape, as a local run produces
     local = {p.relative_to(root).parts[0] for p in root.rglob("*") if p.is_file()}
     assert {"raw", "aggregated", "summary.csv", "thermal_gaps.json", "notifications", "logs", "benchmarks"} <= local
+
+
+def test_a_failed_measurement_on_slurm_is_isolated_and_recorded(slurm, workflow_dir, tiny_model):
+    """As locally: a broken model folder fails its Slurm job only; what completed is aggregated on the submitting
+    host, the failure is recorded, and a rerun would retry exactly it."""
+    import re
+    import shutil
+
+    broken = workflow_dir / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:1000])
+    campaign = {
+        "campaign_name": "slurmfail",
+        "model": "lem-tiny-llama",
+        "num_samples": 4,
+        "grid": {
+            "backends": ["pytorch"],
+            "models": ["lem-tiny-llama", str(broken)],
+            "shared": {"fp_precision": "float32", "device": "cpu", "max_input_tokens": 32, "max_output_tokens": 6,
+                       "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_sec": 1,
+                       "warmup.enabled": False, "energy.min_window_sec": 0},  # fmt: skip
+        },
+        "execution": {"cycles": 1, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+    }
+    (workflow_dir / "c.yaml").write_text(yaml.safe_dump(campaign))
+    env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}
+    args = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "c.yaml", "--jobs", "2",
+            "--default-resources", "slurm_partition=debug", "mem_mb=2000", "runtime=30"]  # fmt: skip
+    run = subprocess.run(args, cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, (run.stdout + run.stderr)[-4000:]
+    root = workflow_dir / "results" / "slurmfail"
+    assert len(raw_result_files(root)) == 1
+    rows = read_summary(str(root / "summary.csv"))
+    assert [r["config_name"] for r in rows] == ["pytorch-lem-tiny-llama"]
+    failures = json.loads((root / "failures.json").read_text())["failures"]
+    assert [(f["config_name"], f["cycle"]) for f in failures] == [("pytorch-broken-model", 1)]
+    assert "SafetensorError" in failures[0]["error"] and (workflow_dir / failures[0]["log"]).exists()
+    dry = subprocess.run(args + ["-n"], cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=300)
+    scheduled = re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr)
+    assert scheduled == [(failures[0]["experiment_id"], "1")]

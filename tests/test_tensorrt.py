@@ -86,7 +86,7 @@ def test_missing_engine_says_which_and_where_to_run(no_trt, tiny_model):
             call()
         text = str(err.value)
         assert "tensorrt_llm is not importable" in text
-        assert "snakemake --use-singularity" in text and "nvcr.io/nvidia/tensorrt-llm/release:1.0.0" in text
+        assert "snakemake --sdm apptainer" in text and "nvcr.io/nvidia/tensorrt-llm/release:1.0.0" in text
     backend.close()  # nothing loaded: closing is a no-op
 
 

@@ -447,7 +447,7 @@ def test_missing_engine_is_a_clear_error(monkeypatch, tiny_model, tmp_path):
         with pytest.raises(MeasurementError) as err:
             call()
         text = str(err.value)
-        assert "vllm is not importable here" in text and "snakemake --use-singularity" in text
+        assert "vllm is not importable here" in text and "snakemake --sdm apptainer" in text
     from llenergymeasure.measure import run_experiment
 
     with pytest.raises(MeasurementError, match="run vLLM experiments in their container"):

@@ -2,17 +2,25 @@
 # big campaigns fast), and the thermal-gap audit of every window (read from the aggregated per-cycle records, so
 # that only the aggregation job has one DAG edge per raw result). The aggregated files are one directory output:
 # a fixed set of outputs keeps Snakemake's provenance (input set, params) in charge of reruns whatever the
-# experiments are, and a rerun clears files of experiments that left the campaign.
+# experiments are, and a rerun clears files of experiments that left the campaign. The outputs are update():
+# Snakemake then neither deletes them before the job nor after a failed one, and restores its backup of them
+# when the job fails (snakemake/jobs.py: remove_existing_output skips "update" outputs, postprocess restores
+# them), so a bad raw result never costs the previous summary. failures.json lists every planned measurement
+# without a raw result (see llenergymeasure/failures.py: after failed measurements the workflow's onerror
+# handler aggregates what completed).
 rule aggregate:
     input:
         all_raw_results(),
     output:
-        aggregated=directory(f"{ROOT}/aggregated"),
-        summary=report(
-            f"{ROOT}/summary.csv",
-            caption="report/summary.rst",
-            category="0. Summary",
+        aggregated=update(directory(f"{ROOT}/aggregated")),
+        summary=update(
+            report(
+                f"{ROOT}/summary.csv",
+                caption="report/summary.rst",
+                category="0. Summary",
+            )
         ),
+        failures=update(f"{ROOT}/failures.json"),
     log:
         f"{ROOT}/logs/aggregate.log",
     conda:

@@ -2,7 +2,7 @@
 # value gives a new experiment id, so a finished measurement is never overwritten). Priorities follow the
 # campaign's order (interleaved / grouped / shuffled); the thermal gap is waited inside the job, right before
 # its window. A measurement takes every core Snakemake may use, so that no other job (an aggregation, another
-# measurement) shares the CPU with a measurement window. With --use-singularity the job runs in its backend's image
+# measurement) shares the CPU with a measurement window. With --sdm apptainer the job runs in its backend's image
 # (the campaign's `containers:`); the conda environment is the alternative for --use-conda.
 rule measure:
     input:

@@ -11,7 +11,3 @@ rule notify_campaign:
         "../envs/llenergymeasure.yaml"
     script:
         "../scripts/notify_campaign.py"
-
-
-onerror:
-    lem.campaign_failed(config)

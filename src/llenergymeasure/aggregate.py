@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -68,11 +69,14 @@ class AggregationError(ValueError):
     pass
 
 
-def aggregate_experiment(raw_paths: list[str], config_name: str, cv_threshold: float, confidence: float) -> dict:
+def aggregate_experiment(
+    raw_paths: list[str], config_name: str, cv_threshold: float, confidence: float, planned_cycles: int | None = None
+) -> dict:
     """Read and validate every cycle of one experiment and summarise them.
 
     Refuses inconsistent inputs instead of averaging them: every file must belong to the same experiment id and
-    resolved config, carry the cycle its file name says, and use the same energy method.
+    resolved config, carry the cycle its file name says, and use the same energy method. Fewer cycles than
+    ``planned_cycles`` (some failed) are summarised as they are and flagged ``missing_cycles``.
     """
     raws = []
     for path in raw_paths:
@@ -102,6 +106,8 @@ def aggregate_experiment(raw_paths: list[str], config_name: str, cv_threshold: f
     flag_counts = Counter(f["code"] for r in raws for f in r["flags"])
     if cv_flag:
         flag_counts["high_cv_across_cycles"] = 1
+    if planned_cycles and len(raws) < planned_cycles:
+        flag_counts["missing_cycles"] = planned_cycles - len(raws)
     pooled = {
         key: distribution([x for r in raws for x in r["latency"]["per_request"][key]]) for key in ("ttft_ms", "e2e_ms")
     }
@@ -156,16 +162,42 @@ def write_aggregated(raw_paths: list[str], output: str, config_name: str, cv_thr
 
 
 def write_aggregated_all(
-    raw_paths: dict[str, list[str]], names: dict[str, str], out_dir: str, summary: str, cv_threshold: float, confidence: float
+    raw_paths: dict[str, list[str]],
+    names: dict[str, str],
+    out_dir: str,
+    summary: str,
+    cv_threshold: float,
+    confidence: float,
+    planned_cycles: int | None = None,
 ) -> list[dict]:
     """Every experiment of a campaign in one pass: ``<out_dir>/<experiment_id>.json`` each, then the summary CSV
     (rows in ``raw_paths`` order). One job for the whole campaign keeps big campaigns fast: the work is a few
-    milliseconds per experiment, a job per experiment would cost an interpreter start each."""
-    rows = []
-    for exp_id, paths in raw_paths.items():
-        agg = write_aggregated(paths, f"{out_dir}/{exp_id}.json", names.get(exp_id, exp_id), cv_threshold, confidence)
-        rows.append(summary_row(agg))
-    write_summary_rows(rows, summary)
+    milliseconds per experiment, a job per experiment would cost an interpreter start each.
+
+    Every raw result is read and checked before any derived file is replaced (the new per-experiment files are
+    written to a staging folder beside ``out_dir`` first), so that a bad one, named in the error, leaves the previous
+    derived files as they were. Files of experiments that left the campaign are removed last."""
+    import shutil
+    import tempfile
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        rows = []
+        for exp_id, paths in raw_paths.items():
+            agg = aggregate_experiment(paths, names.get(exp_id, exp_id), cv_threshold, confidence, planned_cycles)
+            rows.append(summary_row(agg))
+            write_json_atomic(staging / f"{exp_id}.json", agg, AGGREGATED_SCHEMA, durable=False)
+        out.mkdir(exist_ok=True)
+        for path in staging.iterdir():
+            os.replace(path, out / path.name)
+        write_summary_rows(rows, summary)
+        for stale in out.glob("*.json"):
+            if stale.stem not in raw_paths:
+                stale.unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return rows
 
 
@@ -263,29 +295,57 @@ def write_summary_rows(rows: list[dict], output: str) -> None:
 
 
 def read_summary(path: str) -> list[dict]:
-    """Parse summary.csv back into typed rows (types from the summary-row schema) and validate each."""
+    """Parse summary.csv back into typed rows (types from the summary-row schema) and validate each; a file that is
+    not such a summary (missing, a folder, binary, other columns, a truncated row) is a one-line
+    :class:`AggregationError` naming it."""
     from .config import load_schema
 
     props = load_schema(SUMMARY_SCHEMA)["properties"]
-    rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for raw in csv.DictReader(fh):
+    what = f"{path} is not a summary.csv of this tool"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise AggregationError(f"{path} does not exist: run the campaign first (snakemake --cores 1)") from None
+    except OSError as exc:
+        raise AggregationError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    if b"\x00" in data[:8192]:
+        raise AggregationError(f"{what} (a binary file)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AggregationError(f"{what} (not UTF-8 text)") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        unknown = [c for c in header if c not in props]
+        if not header or unknown:
+            raise AggregationError(f"{what} (unknown column {unknown[0]!r})" if unknown else f"{what} (it is empty)")
+        rows = []
+        for n, raw in enumerate(reader, 2):
+            if None in raw or any(v is None for v in raw.values()):
+                raise AggregationError(f"{what}: line {n} has {'more' if None in raw else 'fewer'} fields than the header (truncated or damaged?)")
             row = {}
-            for key, text in raw.items():
+            for key, text_value in raw.items():
                 types = props[key]["type"]
                 types = types if isinstance(types, list) else [types]
-                if text == "":
-                    row[key] = None if "null" in types else text
-                elif "boolean" in types:
-                    row[key] = text == "true"
-                elif "integer" in types:
-                    row[key] = int(text)
-                elif "number" in types:
-                    row[key] = float(text)
-                else:
-                    row[key] = text
-            validate_result(row, SUMMARY_SCHEMA, f"{path} row {row.get('experiment_id')}")
+                try:
+                    if text_value == "":
+                        row[key] = None if "null" in types else text_value
+                    elif "boolean" in types:
+                        row[key] = text_value == "true"
+                    elif "integer" in types:
+                        row[key] = int(text_value)
+                    elif "number" in types:
+                        row[key] = float(text_value)
+                    else:
+                        row[key] = text_value
+                except ValueError:
+                    raise AggregationError(f"{what}: line {n}, column {key} = {text_value!r} is not a number") from None
+            validate_result(row, SUMMARY_SCHEMA, f"{path} line {n} ({row.get('experiment_id')})")
             rows.append(row)
+    except csv.Error as exc:
+        raise AggregationError(f"{what} ({exc})") from None
     return rows
 
 

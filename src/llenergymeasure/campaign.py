@@ -65,19 +65,10 @@ class Expansion:
 
 
 def read_yaml(path: str | Path) -> Any:
-    import yaml
+    """A campaign, experiment or preferences file as data (see :mod:`llenergymeasure.yamlfile` for the checks)."""
+    from .yamlfile import read
 
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"file '{path}' does not exist") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"file '{path}' is not valid YAML{at}: {problem}") from None
+    return read(path)
 
 
 USER_CONFIG_KEYS = {"verbosity", "results_dir", "thermal_gaps", "notifications"}
@@ -143,11 +134,36 @@ def resolve_campaign(raw: Any, base_dir: str | Path = ".", workdir: str | Path =
     validate(campaign, SCHEMA)
     resolved = fill_defaults(campaign, load_schema(SCHEMA), load_schema(SCHEMA))
     if env.get(RESULTS_DIR_ENV):
-        resolved["results_dir"] = env[RESULTS_DIR_ENV]
+        resolved["results_dir"] = results_dir(env[RESULTS_DIR_ENV], f"environment variable {RESULTS_DIR_ENV}")
+    else:
+        resolved["results_dir"] = results_dir(resolved["results_dir"], "key 'results_dir'")
     resolved["_base_dir"] = str(Path(base_dir))
     if not resolved.get("configs") and not raw.get("grid"):
         raise ConfigError("the campaign defines no experiments: set 'grid' and/or 'configs'")
     return resolved
+
+
+def results_dir(value: str, where: str) -> str:
+    """``results_dir`` as the workflow uses it: ``~`` expanded, ``./``, doubled and trailing slashes removed
+    (Snakemake refuses ``//`` in a path and reads braces as wildcards). Refused in one line: what cannot be a folder
+    (a file, or a path through a file), braces, surrounding whitespace, control characters."""
+    allowed = "allowed: a folder path"
+    if not value or value != value.strip():
+        raise ConfigError(f"{where} = {value!r} starts or ends with whitespace (or is empty); {allowed} without surrounding spaces")
+    if any(ch in value for ch in "{}"):
+        raise ConfigError(f"{where} = {value!r} contains '{{' or '}}', which Snakemake reads as wildcards; {allowed} without braces")
+    if any(ord(ch) < 32 for ch in value):
+        raise ConfigError(f"{where} = {value!r} contains a control character; {allowed}")
+    path = os.path.normpath(os.path.expanduser(value))
+    if path.startswith("//"):  # POSIX keeps a leading '//' as it is
+        path = "/" + path.lstrip("/")
+    for ancestor in (Path(path), *Path(path).parents):
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                what = "is a file" if ancestor == Path(path) else f"lies under '{ancestor}', which is a file"
+                raise ConfigError(f"{where} = {value!r} {what}, not a folder; {allowed}")
+            break
+    return path
 
 
 def load_campaign(path: str | Path, workdir: str | Path = ".", overrides: dict | None = None) -> dict:

@@ -147,7 +147,7 @@ def cmd_results(args) -> int:
     from .aggregate import SUMMARY_COLUMNS, read_summary
 
     path = Path(args.summary) if args.summary else _summary_path(args.campaign)
-    if not path.exists():
+    if not args.summary and not path.exists():
         raise ConfigError(f"no summary at {path}: run the campaign first (snakemake --cores 1)")
     rows = read_summary(str(path))
     columns = args.columns.split(",") if args.columns else RESULT_COLUMNS
@@ -201,25 +201,62 @@ def welch(a: list[float], b: list[float], confidence: float = 0.95) -> dict:
     }
 
 
+def _id_tokens_match(ref: str, exp_id: str) -> bool:
+    """``ref`` is a run of whole dash-separated parts of the id: ``bs1`` or ``fp32-bs8`` (never ``bs1`` for ``bs16``)."""
+    want, have = ref.lower().split("-"), exp_id.split("-")
+    return any(have[i : i + len(want)] == want for i in range(len(have) - len(want) + 1))
+
+
+def find_experiment(ref: str, ids: list[str], names: dict[str, str]) -> str:
+    """The one experiment ``ref`` designates: its id, an id prefix, its config name, a run of whole parts of its id
+    as printed (``bs8``, ``fp32-bs8``), or part of its config name, tried in that order. ConfigError listing the
+    candidates when none or several match."""
+    rules = (
+        lambda e: e == ref,
+        lambda e: e.startswith(ref),
+        lambda e: names.get(e) == ref,
+        lambda e: _id_tokens_match(ref, e),
+        lambda e: ref in names.get(e, ""),
+    )
+    for rule in rules:
+        matches = [e for e in ids if rule(e)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = ", ".join(f"{e} ({names.get(e, '?')})" for e in matches[:10]) + (" ..." if len(matches) > 10 else "")
+            raise ConfigError(f"experiment '{ref}' is ambiguous: {len(matches)} experiments match: {shown}; give more of the id")
+    listed = ", ".join(f"{e} ({names.get(e, '?')})" for e in ids[:10]) + (" ..." if len(ids) > 10 else "")
+    raise ConfigError(f"experiment '{ref}': no aggregated result matches; the campaign has: {listed or 'none'}")
+
+
 def _aggregated(root: Path, ref: str) -> dict:
     from .results import AGGREGATED_SCHEMA, read_result
 
-    files = sorted((root / "aggregated").glob("*.json"))
-    names = {p: json.loads(p.read_text()).get("config_name", "") for p in files}
-    matches = []
-    for rule in (
-        lambda p: p.stem == ref,
-        lambda p: p.stem.startswith(ref),
-        lambda p: names[p] == ref,
-        lambda p: ref in names[p],
-    ):
-        matches = [p for p in files if rule(p)]
-        if matches:
-            break
-    if len(matches) != 1:
-        what = "no" if not matches else f"{len(matches)}"
-        raise ConfigError(f"experiment '{ref}': {what} aggregated results match in {root}/aggregated (give an id, a unique id prefix, or a unique part of a config name)")
-    return read_result(matches[0], AGGREGATED_SCHEMA)
+    files = {p.stem: p for p in sorted((root / "aggregated").glob("*.json"))}
+    if not files:
+        raise ConfigError(f"no aggregated results in {root}/aggregated: run the campaign first (snakemake --cores 1)")
+    names = _config_names(root, files)
+    return read_result(files[find_experiment(ref, list(files), names)], AGGREGATED_SCHEMA)
+
+
+def _config_names(root: Path, files: dict[str, Path]) -> dict[str, str]:
+    """Experiment id -> config name, from summary.csv when it is readable (one file), else from each aggregated file."""
+    import csv
+
+    try:
+        with open(root / "summary.csv", newline="", encoding="utf-8") as fh:
+            names = {r["experiment_id"]: r["config_name"] for r in csv.DictReader(fh)}
+        if set(files) <= set(names):
+            return names
+    except (OSError, ValueError, KeyError, csv.Error):
+        pass
+    names = {}
+    for exp_id, path in files.items():
+        try:
+            names[exp_id] = str(json.loads(path.read_text(encoding="utf-8")).get("config_name", ""))
+        except (OSError, ValueError, AttributeError):
+            names[exp_id] = ""
+    return names
 
 
 def cmd_compare(args) -> int:
@@ -444,7 +481,11 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except (ConfigError, ResultValidationError, AggregationError) as exc:
         print(f"lem {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return 1
+    except OSError as exc:  # a path that is a folder, unreadable, ...: one line, no traceback
+        where = f"'{exc.filename}': " if exc.filename else ""
+        print(f"lem {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

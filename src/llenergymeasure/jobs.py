@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from .notify import notify
 
@@ -14,11 +15,16 @@ log = logging.getLogger("llenergymeasure")
 
 
 @contextlib.contextmanager
-def logging_to(path: str | None, level: str | None = None):
+def logging_to(path: str | None, level: str | None = None, notifications: dict | None = None):
     """Send the package's logging (and warnings) to the rule's log file for the duration of a job; progress lines
-    also go to the console unless ``LLM_ENERGY_VERBOSITY=quiet`` (verbose: every log line, at DEBUG level)."""
+    also go to the console unless ``LLM_ENERGY_VERBOSITY=quiet`` (verbose: every log line, at DEBUG level). Secret
+    values (the webhook URL's credentials in ``notifications``, ``HF_TOKEN``) are replaced by ``***`` in both."""
+    from .redaction import SecretFilter, secrets
+
+    hide = SecretFilter(secrets(notifications))
     handler = logging.FileHandler(path, mode="w", encoding="utf-8") if path else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(hide)
     root = logging.getLogger()
     root.addHandler(handler)
     old_level = root.level
@@ -30,6 +36,7 @@ def logging_to(path: str | None, level: str | None = None):
         console.setFormatter(logging.Formatter("%(message)s"))
         if level == "normal":
             console.addFilter(lambda record: record.name == "llenergymeasure.progress")
+        console.addFilter(hide)
         root.addHandler(console)
     logging.captureWarnings(True)
     try:
@@ -76,18 +83,28 @@ def select_gpus(config: dict, environ=os.environ) -> str | None:
 
 
 def measure(config: dict, experiment_id: str, cycle: int, model_path: str, output: str, log_path: str, runtime: dict):
-    """Measurement rule: run one cycle, notify completion or failure, re-raise failures (the job fails).
+    """Measurement rule: run one cycle, notify completion or failure.
+
+    A failure is logged with its traceback, recorded for the campaign's ``failures.json`` (error and log path),
+    stated on the console in one line, and ends the job with exit code 1 (no raw result: a rerun retries it). A raw
+    result that another run wrote meanwhile is kept and this job's measurement discarded, saying so: the job then
+    succeeds (were it to fail, Snakemake would delete the output of the failed job, the other run's result).
 
     ``config`` is the sparse experiment config (the rule's params); defaults are filled in here."""
     from .campaign import complete_config
+    from .failures import clear_record, write_record
     from .measure import run_experiment
+    from .redaction import scrub, secrets
+    from .results import ResultExistsError
 
     die_with_parent()
+    _share_host_cache(runtime)
     config = complete_config(config)
     gpu_env = select_gpus(config)
     name = runtime.get("names", {}).get(experiment_id, experiment_id)
     settings = runtime.get("notifications")
-    with logging_to(log_path, runtime.get("verbosity")):
+    root = runtime.get("results_root")
+    with logging_to(log_path, runtime.get("verbosity"), settings):
         log.info("experiment %s (%s), cycle %s, model %s", experiment_id, name, cycle, model_path)
         if gpu_env:
             log.info("GPUs: %s", gpu_env)
@@ -107,18 +124,31 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
                     "container_uri": runtime.get("containers", {}).get(config["backend"]),
                 },
             )
-        except BaseException as exc:
+        except ResultExistsError as exc:
+            log.warning("%s; this measurement was discarded", exc)
+            print(f"{experiment_id} cycle {cycle}: {exc}; this measurement was discarded", file=sys.stderr)
+            return
+        except Exception as exc:
+            error = scrub(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", secrets(settings))
             log.error("measurement failed:\n%s", traceback.format_exc())
+            if root:
+                write_record(root, experiment_id, name, cycle, error, log_path)
             sent = notify(
                 settings,
                 "failure",
                 runtime.get("campaign_id"),
                 experiment_id,
-                {"config_name": name, "cycle": cycle - 1, "cycle_number": cycle, "exit_code": 1, "error": f"{type(exc).__name__}: {exc}"},
+                {"config_name": name, "cycle": cycle - 1, "cycle_number": cycle, "exit_code": 1, "error": error, "log": log_path},
             )
             if sent:
                 log.info("failure notification: %s", {k: v for k, v in sent.items() if k != "payload"})
+            print(f"Measurement failed: {experiment_id} cycle {cycle}: {error} (log: {log_path})", file=sys.stderr)
+            raise SystemExit(1) from None
+        except BaseException:  # interrupted (SIGTERM from Snakemake, Ctrl-C): not a failure of the experiment
+            log.error("measurement interrupted:\n%s", traceback.format_exc())
             raise
+        if root:
+            clear_record(root, experiment_id, cycle)
         total = result["energy"]["total"]
         log.info(
             "done: window %.3f s, %d output tokens, energy %s J (%s), flags: %s",
@@ -147,6 +177,15 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
             log.info("completion notification: %s", {k: v for k, v in sent.items() if k != "payload"})
 
 
+def _share_host_cache(runtime: dict) -> None:
+    """Use the cache folder of the host that planned the campaign (idle baselines, the host's measurement lock and
+    last window) when this job sees it: inside an Apptainer image ``~`` is the working directory, and the lock
+    must be the one every campaign on the host takes."""
+    folder = runtime.get("cache_dir")
+    if folder and not os.environ.get("LEM_CACHE_DIR") and os.path.isdir(folder) and os.access(folder, os.W_OK):
+        os.environ["LEM_CACHE_DIR"] = folder
+
+
 def build_model(output: str, log_path: str) -> None:
     from .tiny_model import build_tiny_llama
 
@@ -155,15 +194,46 @@ def build_model(output: str, log_path: str) -> None:
         log.info("built embedded model in %s", output)
 
 
-def aggregate(inputs: list[str], out_dir: str, summary: str, log_path: str, names: dict, analysis: dict) -> None:
-    """Aggregation rule: every experiment across its cycles, then the summary, in one job."""
-    from .aggregate import group_by_experiment, write_aggregated_all
+def aggregate(
+    inputs: list[str],
+    out_dir: str,
+    summary: str,
+    log_path: str,
+    names: dict,
+    analysis: dict,
+    failures: str | None = None,
+    runtime: dict | None = None,
+) -> None:
+    """Aggregation rule: every experiment across its cycles, then the summary, in one job; and ``failures.json``,
+    every planned measurement without a raw result (none, unless this is the pass over what completed).
 
+    A raw result that cannot be read ends the job with one line naming it (and what to do); the previous derived
+    files stay as they were (nothing is written before every input has been read, and Snakemake restores the
+    outputs it backed up: they are ``update()`` outputs)."""
+    from .aggregate import AggregationError, group_by_experiment, write_aggregated_all
+    from .failures import report
+    from .results import ResultValidationError, write_json_atomic
+
+    runtime = runtime or {}
+    cycles = runtime.get("cycles")
     with logging_to(log_path):
         grouped = group_by_experiment(list(inputs))
         ordered = {e: grouped[e] for e in names if e in grouped}  # campaign order
-        rows = write_aggregated_all(ordered, names, out_dir, summary, analysis["cv_threshold"], analysis["confidence"])
+        try:
+            rows = write_aggregated_all(
+                ordered, names, out_dir, summary, analysis["cv_threshold"], analysis["confidence"], cycles
+            )
+        except (AggregationError, ResultValidationError) as exc:
+            log.error("aggregation failed: %s", exc)
+            print(f"Aggregation error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
         log.info("aggregated %d experiments; summary in %s", len(rows), summary)
+        if failures:
+            present = {(Path(p).parent.name, int(Path(p).stem.split("_")[-1])) for p in inputs}
+            record = report(runtime.get("results_root", str(Path(summary).parent)), names, cycles or 0, present)
+            write_json_atomic(failures, record, durable=False)
+            for f in record["failures"]:
+                log.warning("failed: %s cycle %s: %s (log: %s)", f["experiment_id"], f["cycle"], f["error"], f["log"])
 
 
 def thermal_gaps(aggregated: list[str], output: str, log_path: str) -> None:
@@ -176,32 +246,47 @@ def thermal_gaps(aggregated: list[str], output: str, log_path: str) -> None:
 
 
 def campaign_complete(summary: str, output: str, log_path: str, runtime: dict) -> None:
-    """Campaign-end notification; writes what was sent (or why nothing was) as the rule's output."""
+    """Campaign-end notification; writes what was sent (or why nothing was) as the rule's output. After a campaign
+    with failed measurements (the pass over what completed), the event is ``campaign_failure`` and lists them."""
+    import json
+
     from .aggregate import read_summary
     from .results import write_json_atomic
 
-    with logging_to(log_path):
+    with logging_to(log_path, notifications=runtime.get("notifications")):
         rows = read_summary(summary)
+        failures_path = str(Path(summary).parent / "failures.json")
+        try:
+            failed = json.loads(Path(failures_path).read_text(encoding="utf-8"))["failures"]
+        except (OSError, ValueError, KeyError, TypeError):
+            failed = []
         data = {
             "campaign_name": runtime.get("campaign_name"),
-            "total_experiments": len(rows),
+            "total_experiments": len(runtime.get("names") or rows),
+            "completed_experiments": len(rows),
             "cycles": runtime.get("cycles"),
             "summary_path": summary,
             "flagged_experiments": [r["experiment_id"] for r in rows if r["cv_flag"]],
         }
-        sent = notify(runtime.get("notifications"), "campaign_complete", runtime.get("campaign_id"), None, data)
-        record = {"event_type": "campaign_complete", "data": data, "delivery": sent or {"sent": False, "error": "no webhook_url, or on_complete is false"}}
+        event = "campaign_complete"
+        if failed:
+            event = "campaign_failure"
+            data.update(failures_path=failures_path, failed_measurements=[
+                {k: f[k] for k in ("experiment_id", "config_name", "cycle", "error", "log")} for f in failed])  # fmt: skip
+        sent = notify(runtime.get("notifications"), event, runtime.get("campaign_id"), None, data)
+        gate = "on_failure" if failed else "on_complete"
+        record = {"event_type": event, "data": data, "delivery": sent or {"sent": False, "error": f"no webhook_url, or {gate} is false"}}
         write_json_atomic(output, record)
 
 
-def campaign_failed(runtime: dict, log_text: str | None = None) -> None:
-    """Snakemake ``onerror`` handler: tell the webhook the campaign stopped with failures."""
+def campaign_failed(runtime: dict, data: dict | None = None) -> None:
+    """A campaign that stopped with failures, when no aggregation pass could report them: tell the webhook."""
     notify(
         runtime.get("notifications"),
         "campaign_failure",
         runtime.get("campaign_id"),
         None,
-        {"campaign_name": runtime.get("campaign_name"), "log": log_text},
+        {"campaign_name": runtime.get("campaign_name"), **(data or {})},
     )
 
 

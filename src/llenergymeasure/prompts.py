@@ -43,30 +43,65 @@ def _first_user_turn(conversation) -> str:
 
 def _from_rows(rows, column: str | None, where: str) -> list[str]:
     out = []
-    for row in rows:
+    for n, row in enumerate(rows, 1):
         if isinstance(row, str):
             out.append(row)
             continue
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"key 'dataset.name' = '{where}': row {n} is a {_json_kind(row)}; allowed: a JSON object with a "
+                f"prompt column ({', '.join(AUTO_COLUMNS)}) or a JSON string per line"
+            )
         col = column or next((c for c in AUTO_COLUMNS if c in row), None)
         if col is None or col not in row:
             raise ConfigError(
-            f"key 'dataset.column' = {column!r} not found in dataset {where}; allowed: a column of it "
-            f"(auto-detected: {', '.join(AUTO_COLUMNS)})"
-        )
+                f"key 'dataset.column' = {column!r} not found in dataset {where}; allowed: a column of it "
+                f"(auto-detected: {', '.join(AUTO_COLUMNS)})"
+            )
         value = row[col]
         out.append(_first_user_turn(value) if isinstance(value, list) else str(value))
     return [p for p in out if p.strip()]
 
 
-def _load_file(path: Path, column: str | None) -> list[str]:
+def _json_kind(value) -> str:
+    return {bool: "boolean", int: "number", float: "number", list: "list", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+#: A prompt file larger than this is refused (the largest public prompt sets are a few hundred MB as JSONL).
+MAX_PROMPT_FILE_BYTES = 1 << 30
+
+
+def _read_text(path: Path) -> str:
+    """A local prompt file's text, or a one-line ConfigError: missing, a folder, binary, or not UTF-8."""
+    from .yamlfile import decode, read_bytes
+
     if not path.exists():
         raise ConfigError(f"key 'dataset.name' = '{path}': file does not exist")
+    try:
+        return decode(read_bytes(path, MAX_PROMPT_FILE_BYTES, "prompt file"))
+    except ConfigError as exc:
+        text = str(exc)
+        text = text if text.startswith("prompt file") else f"the file {text}"
+        raise ConfigError(f"key 'dataset.name' = '{path}': {text}; allowed: a UTF-8 .jsonl or .txt file") from None
+
+
+def _load_file(path: Path, column: str | None) -> list[str]:
+    text = _read_text(path)
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-        return _from_rows(rows, column or ("prompt" if rows and isinstance(rows[0], dict) and "prompt" in rows[0] else None), str(path))
-    with open(path, encoding="utf-8") as fh:
-        return [line.rstrip("\n") for line in fh if line.strip()]
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"key 'dataset.name' = '{path}': line {n} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                    "allowed: one JSON object or string per line"
+                ) from None
+        first = rows[0] if rows else None
+        return _from_rows(rows, column or ("prompt" if isinstance(first, dict) and "prompt" in first else None), str(path))
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def _load_hub(name: str, split: str | None, subset: str | None, column: str | None) -> list[str]:
@@ -122,15 +157,83 @@ def prompts_sha256(prompts: list[str]) -> str:
     return h.hexdigest()
 
 
-def check_models(configs: list[dict]) -> None:
-    """A model named by a filesystem path must exist (hub ids are resolved by the backend when it loads)."""
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _known_model_names() -> list[str]:
+    from .synthetic import architectures
+    from .tiny_model import EMBEDDED_MODELS
+
+    names = list(EMBEDDED_MODELS)
+    for spec in architectures().values():
+        names += [spec["name"], *spec.get("aliases", [])]
+    return names
+
+
+def _did_you_mean(name: str) -> str:
+    import difflib
+
+    known = _known_model_names()
+    lowered = {k.lower(): k for k in known}
+    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.75)
+    return f" (did you mean '{lowered[match[0]]}'?)" if match else ""
+
+
+def model_problem(name: str, timeout_s: float = 15.0) -> str | None:
+    """Why ``model_name`` cannot be loaded, known without loading it; None when it looks loadable.
+
+    A local folder must hold a ``config.json``; a Hugging Face id must be in the local cache or, when online, exist
+    on the hub (its ``config.json`` is looked up; a gated model needs ``HF_TOKEN``)."""
     from .tiny_model import is_embedded
 
+    if is_embedded(name):
+        return None
+    path = Path(name).expanduser()
+    allowed = "allowed: a model folder, a Hugging Face id, or lem-tiny-llama"
+    if path.exists():
+        if not path.is_dir():
+            return f"key 'model_name' = '{name}' is a file, not a model folder; {allowed}"
+        if not (path / "config.json").is_file():
+            return f"key 'model_name' = '{name}': the folder has no config.json, so it is not a model folder; {allowed}"
+        return None
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or not name.strip():
+        return f"key 'model_name' = '{name}': folder does not exist{_did_you_mean(name)}; {allowed}"
+    try:
+        import huggingface_hub
+    except ImportError:  # the backend will say what it cannot load
+        return None
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - an id the hub library rejects (bad characters, ...)
+        return f"key 'model_name' = '{name}' is neither a folder nor a valid Hugging Face id{_did_you_mean(name)}; {allowed}"
+    if isinstance(cached, str):
+        return None
+    if _offline():
+        return (f"key 'model_name' = '{name}' is not a folder, and no Hugging Face model of that id is in the local "
+                f"cache while offline mode is on (HF_HUB_OFFLINE){_did_you_mean(name)}; {allowed}")  # fmt: skip
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        huggingface_hub.model_info(name, timeout=timeout_s, token=os.environ.get("HF_TOKEN") or None)
+    except GatedRepoError:
+        return f"key 'model_name' = '{name}' is a gated Hugging Face model: set HF_TOKEN to a token with access to it"
+    except RepositoryNotFoundError:
+        return (f"key 'model_name' = '{name}' is not a folder and not a Hugging Face model (or a private one: set "
+                f"HF_TOKEN){_did_you_mean(name)}; {allowed}")  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - network trouble: the first job could not download it either
+        return (f"key 'model_name' = '{name}' is not in the local Hugging Face cache and the hub cannot be reached "
+                f"({type(exc).__name__}); download it first (hf download {name}) or fix the network")  # fmt: skip
+    return None
+
+
+def check_models(configs: list[dict]) -> None:
+    """Every model an experiment loads must be loadable: see :func:`model_problem` (``no_weights`` architectures
+    are checked when the campaign is expanded)."""
     for name in sorted({c["model_name"] for c in configs if not c.get("no_weights")}):
-        if is_embedded(name) or Path(name).expanduser().exists():
-            continue
-        if name.startswith(("/", "./", "../", "~")):
-            raise ConfigError(f"key 'model_name' = '{name}': folder does not exist; allowed: an existing folder, a Hugging Face id, or lem-tiny-llama")
+        problem = model_problem(name)
+        if problem:
+            raise ConfigError(problem)
 
 
 def check_sources(configs: list[dict]) -> None:

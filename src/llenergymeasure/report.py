@@ -33,7 +33,12 @@ def _label(agg: dict) -> str:
 
 
 def plot_efficiency(aggs: list[dict], out: Path) -> dict:
+    """J/output-token against output tokens/s with intervals; circles are measured energy, squares energy that
+    includes estimates (the legend says so); the Pareto front is a dashed line through its points, or a ring
+    around its only point."""
     plt = _plt()
+    from matplotlib.lines import Line2D
+
     fig, ax = plt.subplots(figsize=(7.5, 5))
     pts, used = [], []
     for agg in aggs:
@@ -48,18 +53,30 @@ def plot_efficiency(aggs: list[dict], out: Path) -> dict:
         pts.append((x["mean"], y["mean"]))
         used.append(agg)
     front = pareto_front(pts)
+    handles, labels = ax.get_legend_handles_labels()
     if len(front) > 1:
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, label="Pareto front")
+        (line,) = ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1)
+        handles.append(line)
+        labels.append("Pareto front")
+    elif front:
+        (ring,) = ax.plot([pts[front[0]][0]], [pts[front[0]][1]], "o", ms=16, mfc="none", mec="k", lw=1)
+        handles.append(ring)
+        labels.append("Pareto front (one experiment)")
+    kinds = {a["includes_estimate"] for a in used}
+    for estimate, text in ((False, "energy measured"), (True, "energy includes estimates")):
+        if estimate in kinds:
+            handles.append(Line2D([], [], ls="none", marker="s" if estimate else "o", color="grey"))
+            labels.append(f"{'square' if estimate else 'circle'}: {text}")
     ax.set_xlabel("output tokens per second (mean, CI)")
     ax.set_ylabel("J per output token, gross (mean, CI)")
     ax.set_title("Energy efficiency vs throughput")
     ax.grid(alpha=0.3)
     if used:
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(handles, labels, fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
-    return {"pareto": [_label(used[i]) for i in front]}
+    return {"pareto": [_label(used[i]) for i in front], "marker_kinds": sorted(kinds)}
 
 
 def plot_drift(aggs: list[dict], out: Path) -> None:
@@ -131,8 +148,11 @@ def plot_timeline(raw_paths: list[str], out: Path) -> dict:
             ax2.set_ylabel("°C")
             ax.set_ylabel("board power (W)")
         else:
-            ax.plot(t, [v if v is not None else float("nan") for v in side["cpu_util_pct"]], label="CPU utilisation (%)")
+            util = [v if v is not None else float("nan") for v in side["cpu_util_pct"]]
+            ax.plot(t, util, label="CPU utilisation (%)")
             ax.set_ylabel("CPU utilisation (%) — no GPU power on this machine")
+            # the whole 0-100 % scale: matplotlib would zoom a flat line to 95-105 %
+            ax.set_ylim(0, max([100.0] + [v for v in util if v == v]) * 1.05)
             temps = [v for v in side["cpu_temperature_c"] if v is not None]
             if temps:
                 ax2 = ax.twinx()
@@ -148,6 +168,24 @@ def plot_timeline(raw_paths: list[str], out: Path) -> dict:
     fig.savefig(out)
     plt.close(fig)
     return info
+
+
+def _num(value, unit: str = "") -> str:
+    """A number for a caption: 4 significant digits (a reader never needs 15)."""
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}{' ' + unit if unit else ''}"
+
+
+def _phases_text(phases: dict | None) -> str:
+    """The window's prefill/decode energy split in words."""
+    if not phases:
+        return ""
+    if phases.get("method") == "unavailable":
+        return f" Prefill/decode energy split: unavailable ({phases.get('reason', 'no reason recorded')})."
+    parts = [f"{label} {_num(phases.get(key), 'J')}" for key, label in
+             (("prefill_energy_j", "prefill"), ("decode_energy_j", "decode"), ("other_energy_j", "other"))]  # fmt: skip
+    return f" Energy split: {', '.join(parts)} (method: {phases['method']})."
 
 
 def _methods_text(aggs: list[dict]) -> str:
@@ -174,11 +212,19 @@ def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_di
     conf = aggs[0]["aggregation"]["confidence"] if aggs else 0.95
     methods = _methods_text(aggs)
     ci = f"Intervals: {conf:.0%} Student-t intervals of the mean across cycles (sample std, ddof 1)."
+    front = eff["pareto"]
+    if len(front) > 1:
+        pareto = f"The dashed line is the Pareto front (no other experiment is both faster and cheaper): {', '.join(front)}."
+    elif front:
+        pareto = f"The Pareto front (no other experiment is both faster and cheaper) is one experiment, ringed: {front[0]}."
+    else:
+        pareto = "No experiment has both a throughput and an energy figure, so there is no Pareto front."
+    markers = {frozenset([False]): "Circles: measured energy.", frozenset([True]): "Squares: energy that includes estimates.",
+               frozenset([False, True]): "Circles: measured energy; squares: energy that includes estimates."}  # fmt: skip
     captions = {
         "efficiency": (
             "J per output token against output tokens per second, one point per experiment, with "
-            f"{ci[11:]} Squares mark experiments whose energy includes estimates. The dashed line is the Pareto "
-            f"front (no other experiment is both faster and cheaper): {', '.join(eff['pareto']) or 'n/a'}.\n\n"
+            f"{ci[11:]} {markers.get(frozenset(eff['marker_kinds']), '')} {pareto}\n\n"
             f"Methods and flags:\n\n{methods}"
         ),
         "drift": f"Gross window energy of every cycle, per experiment: a trend across cycles means drift (thermal state, background load) rather than noise. {ci}\n\n{methods}",
@@ -186,8 +232,7 @@ def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_di
         "timeline": (
             "Board power and temperature (GPU) or CPU utilisation (no GPU) during the measurement window of "
             f"{tl['run'] or 'no run (no timeline saved)'}, sampled at ≤ 10 Hz without touching the energy counter; "
-            "shaded intervals are prefill."
-            + (f" Energy split: {json.dumps({k: v for k, v in tl['phases'].items() if k.endswith('_j') or k == 'method'})}." if tl.get("phases") else "")
+            "shaded intervals are prefill." + _phases_text(tl.get("phases"))
         ),
     }
     for name, text in captions.items():

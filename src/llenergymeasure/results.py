@@ -71,9 +71,16 @@ def _validator(schema_name: str):
     return jsonschema.Draft202012Validator(load_schema(schema_name))
 
 
-def write_text_atomic(path: str | Path, text: str, durable: bool = True) -> None:
+class ResultExistsError(FileExistsError):
+    """A finished measurement is where a new one was about to be written: it is kept, the new one is not written."""
+
+
+def write_text_atomic(path: str | Path, text: str, durable: bool = True, replace: bool = True) -> None:
     """Write to a temp file in the same folder and rename it over ``path``: readers see the old file or the new
-    one, never a part, and a crash leaves no partial file. ``durable`` also fsyncs before the rename."""
+    one, never a part, and a crash leaves no partial file. ``durable`` also fsyncs before the rename.
+
+    ``replace=False`` never replaces an existing ``path`` (:class:`ResultExistsError`): the temp file is hard-linked
+    into place, which fails if the target exists, where a rename would replace it whatever its permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -84,23 +91,63 @@ def write_text_atomic(path: str | Path, text: str, durable: bool = True) -> None
                 fh.flush()
                 os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
+def _link_new(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ResultExistsError(
+            f"{path} already exists: a finished measurement is never replaced (delete it to measure that cycle again)"
+        ) from None
+    except OSError:  # a filesystem without hard links: check, then rename (a narrow race instead of none)
+        if os.path.lexists(path):
+            raise ResultExistsError(f"{path} already exists: a finished measurement is never replaced") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def _finished_measurement(path: Path, schema_name: str | None) -> Path | None:
+    """The finished raw result that writing ``path`` would overwrite or contradict: the raw result itself, or, for
+    a timeline sidecar, the raw result it belongs to. (A sidecar without its raw result is a left-over of an attempt
+    that failed after writing it, and is replaced.)"""
+    if schema_name == RAW_SCHEMA:
+        return path if os.path.lexists(path) else None
+    match = SIDECAR_NAME.match(path.name)
+    if match:
+        raw = path.parent / f"cycle_{match.group(1)}.json"
+        return raw if os.path.lexists(raw) else None
+    return None
+
+
 def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = None, durable: bool = True) -> None:
     """Validate, then write atomically (:func:`write_text_atomic`). ``durable`` (measurements) also fsyncs and
     indents for people; derived files skip both (they can be recomputed, and compact JSON is several times faster
-    to write)."""
+    to write). A raw result is never written over an existing one, nor a timeline sidecar beside a finished raw
+    result (:class:`ResultExistsError`)."""
+    path = Path(path)
+    finished = _finished_measurement(path, schema_name)
+    if finished is not None:
+        raise ResultExistsError(
+            f"{finished} already exists: a finished measurement is never replaced (delete it to measure that cycle again)"
+        )
     if schema_name:
         validate_result(data, schema_name, str(path))
-    write_text_atomic(path, json.dumps(data, indent=1 if durable else None, allow_nan=False) + "\n", durable)
+    text = json.dumps(data, indent=1 if durable else None, allow_nan=False) + "\n"
+    write_text_atomic(path, text, durable, replace=schema_name != RAW_SCHEMA)
 
 
 RAW_NAME = re.compile(r"^cycle_[1-9][0-9]*\.json$")
+SIDECAR_NAME = re.compile(r"^cycle_([1-9][0-9]*)\.timeline\.json$")
 
 
 def raw_result_files(results_root: str | Path) -> list[Path]:
@@ -109,7 +156,73 @@ def raw_result_files(results_root: str | Path) -> list[Path]:
 
 
 def read_result(path: str | Path, schema_name: str) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    validate_result(data, schema_name, str(path))
+    """A result file, validated against its schema; :class:`ResultValidationError` naming the file (and, for a raw
+    result, what to do) when it cannot be read, is not complete JSON, or does not match the schema."""
+    fix = "; delete it and rerun the campaign to measure that cycle again" if schema_name == RAW_SCHEMA else ""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ResultValidationError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ResultValidationError(f"{path} is not a result file (not UTF-8 text){fix}") from None
+    except ValueError as exc:
+        what = "is empty" if not raw.strip() else f"is not complete JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})"
+        raise ResultValidationError(f"{path} {what}: truncated or damaged (a disk or copy accident?){fix}") from None
+    if not isinstance(data, dict):
+        raise ResultValidationError(f"{path} holds a JSON {type(data).__name__}, not a result{fix}")
+    try:
+        validate_result(data, schema_name, str(path))
+    except ResultValidationError as exc:
+        raise ResultValidationError(f"{exc} (the file does not match the {schema_name} schema){fix}") from None
     return data
+
+
+# ------------------------------------------------------------------------------------------------ results folder
+
+
+class ResultsFolderBusy(RuntimeError):
+    """Another campaign run holds the results folder."""
+
+
+_HELD: dict[str, int] = {}
+
+
+def hold_results_folder(root: str | Path) -> None:
+    """Hold ``<root>/.state/campaign.lock`` for the rest of this process, or raise :class:`ResultsFolderBusy`.
+
+    Snakemake's own lock lives in the working directory's ``.snakemake/``, so two checkouts (or two working
+    directories) writing one results folder never see each other's lock; this one lives in the results folder.
+    It is a ``flock`` (advisory, released by the kernel when the process ends, however it ends), so a crash leaves
+    nothing to unlock. The holder's host, pid, working directory and start time are written into the file for the
+    message the second run gets."""
+    import datetime
+    import fcntl
+    import socket
+
+    key = str(Path(root).resolve())
+    if key in _HELD:
+        return
+    path = Path(root) / ".state" / "campaign.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            owner = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except ValueError:
+            owner = {}
+        os.close(fd)
+        who = ", ".join(f"{k} {owner[k]}" for k in ("host", "pid", "workdir", "since") if owner.get(k)) or "unknown"
+        raise ResultsFolderBusy(
+            f"results folder {root} is in use by another campaign run ({who}); wait for it to finish, or give this "
+            "run another results_dir or campaign_name"
+        ) from None
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "workdir": os.getcwd(),
+             "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(owner).encode(), 0)
+    _HELD[key] = fd

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from pathlib import Path
 
 from .campaign import experiment_id, resolve_experiment, semantic_problem
 from .config import set_dotted
@@ -29,12 +29,13 @@ def _parse_value(text: str):
 def load_experiment(path: str | None, sets: list[str]) -> dict:
     data: dict = {}
     if path:
-        if path.endswith(".json"):
-            data = json.loads(Path(path).read_text())
-        else:
-            import yaml
+        from .campaign import read_yaml
 
-            data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_yaml(path)  # YAML or JSON, checked (size, encoding, duplicate keys, ...)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"file '{path}': an experiment must be a mapping of fields, got {type(data).__name__}")
     for item in sets:
         key, _, value = item.partition("=")
         if not _:
@@ -81,12 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     try:
         config = load_experiment(args.experiment, args.set)
+        from .prompts import check_sources
+
+        check_sources([config])  # the prompts and the model, before anything is loaded
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     from .measure import run_experiment
+    from .results import ResultExistsError
 
     exp_id = experiment_id(config)
+    if args.output and os.path.lexists(args.output):
+        print(f"Refused: {args.output} already exists: a finished measurement is never replaced (choose another --output)", file=sys.stderr)
+        return 1
     try:
         result = run_experiment(
             config,
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output,
             {"state_dir": args.state_dir, "config_gap_s": args.config_gap, "cycle_gap_s": args.cycle_gap},
         )
-    except MeasurementError as exc:  # a known cause, stated in one line (anything else keeps its traceback)
+    except (MeasurementError, ConfigError, ResultExistsError) as exc:  # a known cause, stated in one line
         print(f"Measurement error: {exc}", file=sys.stderr)
         return 1
     total = result["energy"]["total"]

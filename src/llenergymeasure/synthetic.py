@@ -41,15 +41,25 @@ def resolve_architecture(model_name: str) -> dict:
             return spec
     path = Path(model_name).expanduser()
     if path.suffix == ".json" and path.is_file():
-        data = json.loads(path.read_text())
-        config = data.get("config", data)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
+            raise ConfigError(f"key 'model_name' = '{model_name}': the file is not readable JSON ({exc})") from None
+        config = data.get("config", data) if isinstance(data, dict) else None
+        if not isinstance(config, dict):
+            raise ConfigError(f"key 'model_name' = '{model_name}': the JSON file holds no transformers config (a mapping)")
         if "model_type" not in config:
             raise ConfigError(f"key 'model_name' = '{model_name}': the JSON file has no 'model_type'")
         return {"name": data.get("name", path.stem), "aliases": [], "config": config}
+    import difflib
+
     known = ", ".join(sorted(specs))
+    names = {n.lower(): n for spec in specs.values() for n in (spec["name"], *spec.get("aliases", []))}
+    close = difflib.get_close_matches(model_name.lower(), list(names), n=1, cutoff=0.75)
+    hint = f" (did you mean '{names[close[0]]}'?)" if close else ""
     raise ConfigError(
         f"key 'model_name' = '{model_name}' with no_weights = true; allowed: {known}, their Hugging Face ids, "
-        "or a JSON file with a transformers config"
+        f"or a JSON file with a transformers config{hint}"
     )
 
 

@@ -1,17 +1,24 @@
 """Thermal gaps between measurement windows, and temperatures at the window edges.
 
 The gap is enforced inside the measurement job, right before its window (a separate job could be scheduled
-anywhere). Every job on a host shares a small state file with the end time of the last window, under an
-exclusive lock that also keeps two measurements of one campaign from overlapping on that host. The gap before a
-window is ``cycle_gap_seconds`` when the previous window belonged to another cycle, ``config_gap_seconds``
-otherwise; the first window of a run waits for nothing. Time already spent since the last window (loading the
-model, for instance) counts towards the gap.
+anywhere). Every measurement on a host, whatever campaign (or ``lem run``) it belongs to, shares two small files in
+the host's state folder: an exclusive lock held from idle baseline to window end, so that no two measurement
+windows on a host overlap, and the end time of the last window. The gap before a window is ``cycle_gap_seconds``
+when the previous window belonged to another cycle, ``config_gap_seconds`` otherwise, and the longer of the two
+when it belonged to another campaign; a host's first window waits for nothing. Time already spent since the last
+window (loading the model, for instance) counts towards the gap.
+
+The host's state folder is ``<cache folder>/host`` (``$LEM_CACHE_DIR``, else ``~/.cache/llenergymeasure``: the
+folder that also holds the idle baselines, which are host facts too); files are named after the host, so a cache
+folder on a shared home directory serves every node of a cluster. A campaign is told apart by its own state folder
+(``state_dir``: ``<results>/<campaign>/.state``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -21,15 +28,26 @@ def _host() -> str:
     return socket.gethostname()
 
 
+def host_state_dir() -> Path:
+    """Where this host's lock and last-window record live (see the module docstring)."""
+    base = os.environ.get("LEM_CACHE_DIR")
+    if not base:
+        home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(home, "llenergymeasure")
+    return Path(base) / "host"
+
+
+def _campaign_key(state_dir) -> str | None:
+    return None if not state_dir else str(Path(state_dir).resolve())
+
+
 @contextlib.contextmanager
 def host_lock(state_dir: str | Path | None):
-    """Exclusive lock per campaign and host, held from idle baseline to window end (no-op without a state dir)."""
-    if not state_dir:
-        yield None
-        return
+    """Exclusive lock of this host, held from idle baseline to window end; yields the seconds waited for it. Every
+    measurement takes it, whatever its campaign (``state_dir``, which may be None for a lone measurement)."""
     import fcntl
 
-    path = Path(state_dir) / f"{_host()}.lock"
+    path = host_state_dir() / f"{_host()}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         t0 = time.monotonic()
@@ -40,30 +58,32 @@ def host_lock(state_dir: str | Path | None):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _state_file(state_dir: str | Path) -> Path:
-    return Path(state_dir) / f"{_host()}.last_window.json"
+def _state_file() -> Path:
+    return host_state_dir() / f"{_host()}.last_window.json"
 
 
-def last_window(state_dir: str | Path | None) -> dict | None:
-    if not state_dir:
-        return None
+def last_window(state_dir: str | Path | None = None) -> dict | None:
+    """The last measurement window on this host (any campaign), or None."""
     try:
-        return json.loads(_state_file(state_dir).read_text())
+        return json.loads(_state_file().read_text())
     except (OSError, ValueError):
         return None
 
 
 def record_window(state_dir: str | Path | None, info: dict) -> None:
-    if not state_dir:
-        return
+    """Record the window that just ended as this host's last one (with the campaign it belongs to)."""
     from .results import write_text_atomic
 
-    write_text_atomic(_state_file(state_dir), json.dumps(info))
+    write_text_atomic(_state_file(), json.dumps({**info, "campaign": _campaign_key(state_dir)}))
 
 
-def required_gap(previous: dict | None, cycle: int, config_gap_s: float, cycle_gap_s: float) -> tuple[float, str]:
+def required_gap(
+    previous: dict | None, cycle: int, config_gap_s: float, cycle_gap_s: float, campaign: str | None = None
+) -> tuple[float, str]:
     if previous is None:
         return 0.0, "first"
+    if previous.get("campaign") != campaign:
+        return float(max(config_gap_s, cycle_gap_s)), "other_campaign"
     if previous.get("cycle") != cycle:
         return float(cycle_gap_s), "cycle"
     return float(config_gap_s), "config"
@@ -72,7 +92,7 @@ def required_gap(previous: dict | None, cycle: int, config_gap_s: float, cycle_g
 def wait_gap(state_dir, cycle: int, config_gap_s: float, cycle_gap_s: float, sleep=time.sleep, now=time.time) -> dict:
     """Sleep what remains of the required gap since the previous window on this host; report what happened."""
     previous = last_window(state_dir)
-    required, kind = required_gap(previous, cycle, config_gap_s, cycle_gap_s)
+    required, kind = required_gap(previous, cycle, config_gap_s, cycle_gap_s, _campaign_key(state_dir))
     since = None if previous is None else max(0.0, now() - previous["window_end_epoch_s"])
     remaining = 0.0 if since is None else max(0.0, required - since)
     if remaining > 0:

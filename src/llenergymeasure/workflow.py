@@ -1,45 +1,66 @@
 """What the Snakefile needs at parse time: the campaign, its experiments, paths, params and priorities.
 
 Snakemake deep-merges a Snakefile's ``configfile:`` with ``--configfile``, so the default campaign would leak into
-any other. The Snakefile therefore declares no ``configfile:``; :func:`load` reads ``config/campaign.yaml`` only
-when no ``--configfile`` was given, and otherwise uses exactly what Snakemake read from the given file(s).
+any other. The Snakefile therefore declares no ``configfile:``; :func:`load` reads the file named by
+``--config campaign=FILE`` (else ``config/campaign.yaml``) itself, and otherwise uses exactly what Snakemake read
+from the ``--configfile`` file(s).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan, read_yaml, resolve_campaign
 from .errors import ConfigError
+from .failures import completed_only
 from .prompts import check_sources
 from .tiny_model import embedded_model_dir, is_embedded
 
 RUNTIME_KEY = "_lem"
+CAMPAIGN_KEY = "campaign"  # --config campaign=FILE
+
 
 def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: bool = True) -> Plan:
-    """Resolve the campaign into ``config`` (in place) and return its plan; exit with one line on bad input."""
+    """Resolve the campaign into ``config`` (in place) and return its plan; exit with one line on bad input.
+
+    The campaign is ``--config campaign=FILE`` (read here, checked before anything in it is used), else the
+    ``--configfile`` file(s) Snakemake has read (re-read here with the same checks: Snakemake itself keeps the last
+    of duplicate keys and evaluates YTE templates), else ``config/campaign.yaml``. Other ``--config`` values
+    override the file's."""
     where = ""
     try:
         if RUNTIME_KEY in config:  # already resolved in this process
             raw, base = {k: v for k, v in config.items() if not k.startswith("_")}, config.get("_base_dir", ".")
         elif cli_configfiles:
+            if CAMPAIGN_KEY in config:
+                raise ConfigError(f"give the campaign either as --configfile or as --config {CAMPAIGN_KEY}=FILE, not both")
+            for path in cli_configfiles:
+                _recheck(path)
             raw, base = dict(config), Path(cli_configfiles[-1]).parent
             where = ", ".join(str(p) for p in cli_configfiles)
         else:
-            path = Path(workdir) / DEFAULT_CAMPAIGN_FILE
-            raw, base, where = read_yaml(path), path.parent, str(path)
+            overrides = dict(config)  # --config values
+            name = overrides.pop(CAMPAIGN_KEY, None) or DEFAULT_CAMPAIGN_FILE
+            if not isinstance(name, str):
+                raise ConfigError(f"--config {CAMPAIGN_KEY} = {name!r}: expected the path of a campaign file")
+            path = Path(workdir) / name
+            raw, base = read_yaml(path), path.parent
             if not isinstance(raw, dict):
-                raise ConfigError("a campaign must be a mapping of keys")
-            raw = deep_merge(raw, config)  # config holds only --config overrides here
+                raise ConfigError(f"file '{path}': a campaign must be a mapping of keys, got {type(raw).__name__}")
+            where = str(path)
+            raw = deep_merge(raw, overrides)
         resolved = resolve_campaign(raw, base, workdir)
         level = verbosity(workdir)
         the_plan = plan(resolved)
         if announce:  # the main process only: jobs re-parse the Snakefile and need not load datasets again
             check_sources([e.config for e in the_plan.expansion.experiments])
     except ConfigError as exc:
-        print(f"Configuration error: {where + ': ' if where else ''}{exc}", file=sys.stderr)
+        text = str(exc)
+        prefix = "" if not where or text.startswith("file '") else f"{where}: "
+        print(f"Configuration error: {prefix}{text}", file=sys.stderr)
         sys.exit(1)
     config.clear()
     config.update(resolved)
@@ -47,6 +68,21 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
     if announce:
         describe(the_plan, sys.stderr, level)
     return the_plan
+
+
+def _recheck(path) -> None:
+    """The checks of :func:`read_yaml` on a file Snakemake has already read as ``--configfile``."""
+    from .yamlfile import YTE_KEY
+
+    try:
+        read_yaml(path)
+    except ConfigError as exc:
+        if YTE_KEY in str(exc):  # too late to stop Snakemake: say so, and how to avoid it
+            raise ConfigError(
+                f"{exc} (Snakemake evaluated the template while reading --configfile, before this check; a campaign "
+                f"given as --config {CAMPAIGN_KEY}=FILE is checked before anything in it is evaluated)"
+            ) from None
+        raise
 
 
 def runtime(p: Plan) -> dict:
@@ -63,13 +99,19 @@ def runtime(p: Plan) -> dict:
         "notifications": p.campaign["notifications"],
         "names": config_names(p),
         "containers": p.campaign["containers"],
+        "cache_dir": str(host_cache_dir()),
     }
+
+
+def host_cache_dir() -> Path:
+    """The cache folder of the planning host (absolute): measurement jobs use it where they can see it."""
+    from .thermal import host_state_dir
+
+    return host_state_dir().parent.absolute()
 
 
 def verbosity(workdir: str | Path = ".") -> str:
     """``LLM_ENERGY_VERBOSITY``, else ``.lem-config.yaml``'s ``verbosity``, else normal."""
-    import os
-
     from .campaign import load_user_config
 
     level = os.environ.get("LLM_ENERGY_VERBOSITY")
@@ -105,11 +147,18 @@ def raw_path(root: str, experiment_id: str, cycle: int) -> str:
 
 
 def all_raw(p: Plan) -> list[str]:
-    return [raw_path(p.results_root, e, c) for e, c in p.order]
+    """Every planned raw result; in the pass over what completed (see :mod:`.failures`), those that exist."""
+    paths = [raw_path(p.results_root, e, c) for e, c in p.order]
+    return [x for x in paths if os.path.exists(x)] if completed_only() else paths
 
 
 def aggregated(p: Plan) -> list[str]:
-    return [f"{p.results_root}/aggregated/{e.experiment_id}.json" for e in p.expansion.experiments]
+    """The aggregated file of every experiment (in the pass over what completed: of those with a raw result)."""
+    ids = [e.experiment_id for e in p.expansion.experiments]
+    if completed_only():
+        done = {Path(x).parent.name for x in all_raw(p)}
+        ids = [e for e in ids if e in done]
+    return [f"{p.results_root}/aggregated/{e}.json" for e in ids]
 
 
 def experiment_config(p: Plan, experiment_id: str) -> dict:
@@ -164,7 +213,7 @@ def gpus(p: Plan, experiment_id: str) -> int:
 
 
 def container(p: Plan, experiment_id: str) -> str:
-    """Image of a measurement job (used with ``--use-singularity``): the campaign's image for the experiment's backend."""
+    """Image of a measurement job (used with ``--sdm apptainer``): the campaign's image for the experiment's backend."""
     return p.campaign["containers"][p.by_id[experiment_id].backend]
 
 
@@ -177,16 +226,62 @@ def config_names(p: Plan) -> dict:
     return {e.experiment_id: e.config_name for e in p.expansion.experiments}
 
 
-def campaign_failed(config: dict) -> None:
-    """``onerror`` handler of the Snakefile."""
+_STARTED_AT: float | None = None
+
+
+def campaign_started(config: dict) -> None:
+    """``onstart`` handler: hold the campaign's results folder for this run (another run on it, from any working
+    directory, is refused in one line before any job starts) and note when the run started."""
+    import time
+
+    from .results import ResultsFolderBusy, hold_results_folder
+
+    global _STARTED_AT
+    _STARTED_AT = time.time()
+    runtime_ = config.get(RUNTIME_KEY)
+    if not runtime_:
+        return
+    try:
+        hold_results_folder(runtime_["results_root"])
+    except ResultsFolderBusy as exc:
+        print(f"Refused: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def campaign_failed(config: dict, workflow=None) -> None:
+    """``onerror`` handler: after failed measurements, aggregate (summary, gap audit, report, campaign notification)
+    what completed, in a second invocation whose jobs list the failures (:mod:`.failures`); otherwise (an
+    interruption, a failed aggregation) tell the webhook that the campaign failed."""
+    from .failures import aggregate_completed, failed_in_this_run
     from .jobs import campaign_failed as notify_failed
 
-    if RUNTIME_KEY in config:
-        notify_failed(config[RUNTIME_KEY])
+    runtime_ = config.get(RUNTIME_KEY)
+    if not runtime_:
+        return
+    root, names, cycles = runtime_["results_root"], runtime_["names"], runtime_["cycles"]
+    failed = set(failed_in_this_run(root, names, cycles, _STARTED_AT or 0.0))
+    scheduler = getattr(workflow, "scheduler", None)
+    for job in getattr(scheduler, "failed", ()) or ():  # also jobs killed before they could record anything
+        if getattr(getattr(job, "rule", None), "name", None) == "measure":
+            wc = job.wildcards
+            if not os.path.exists(raw_path(root, wc.experiment, int(wc.cycle))):
+                failed.add((wc.experiment, int(wc.cycle)))
+    if failed and workflow is not None:
+        print(f"{len(failed)} measurement(s) failed; aggregating the measurements that completed ...", file=sys.stderr)
+        try:
+            code = aggregate_completed(
+                workflow.main_snakefile, workflow.overwrite_configfiles, workflow.config_settings.config_args, os.getcwd()
+            )
+        except Exception as exc:  # noqa: BLE001 - the handler must not hide the failure it reports
+            print(f"Could not aggregate the completed measurements: {type(exc).__name__}: {exc}", file=sys.stderr)
+            code = 1
+        if code == 0:
+            print(f"Results of every completed measurement: {root}/summary.csv; the {len(failed)} failed ones (error, log) "
+                  f"are in {root}/failures.json. Rerun to retry exactly those.", file=sys.stderr)  # fmt: skip
+            return
+    notify_failed(runtime_, {"failed_measurements": [{"experiment_id": e, "cycle": c} for e, c in sorted(failed)]})
 
 
 def report_caption(p: Plan, name: str) -> str:
     """Absolute path of a caption the report_plots rule writes (captions are read when the report is built)."""
-    import os
-
     return os.path.abspath(f"{p.results_root}/report/{name}.rst")

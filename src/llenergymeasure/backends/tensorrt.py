@@ -57,7 +57,7 @@ DTYPES = ("float16", "bfloat16")
 def _not_importable(reason: str) -> MeasurementError:
     return MeasurementError(
         f"tensorrt_llm is not importable here ({reason}); run TensorRT-LLM experiments in their container: "
-        f"snakemake --use-singularity (image {CONTAINER_IMAGE}, TensorRT-LLM {PINNED_VERSION})"
+        f"snakemake --sdm apptainer (image {CONTAINER_IMAGE}, TensorRT-LLM {PINNED_VERSION})"
     )
 
 

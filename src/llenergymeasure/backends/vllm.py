@@ -65,7 +65,7 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 def missing_engine(exc: BaseException | None = None) -> MeasurementError:
     why = f"{type(exc).__name__}: {exc}" if exc is not None else "no module named 'vllm'"
     return MeasurementError(
-        f"vllm is not importable here ({why}); run vLLM experiments in their container: snakemake --use-singularity "
+        f"vllm is not importable here ({why}); run vLLM experiments in their container: snakemake --sdm apptainer "
         f"(containers.vllm, default {PINNED_IMAGE})"
     )
 

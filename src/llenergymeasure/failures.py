@@ -1,0 +1,118 @@
+"""Failed measurements: the record each failing job leaves, the campaign's ``failures.json``, and the pass that
+aggregates what completed once a campaign has failures.
+
+A failed measurement job fails in Snakemake's sense too, and writes no raw result: a rerun therefore retries
+exactly the failed experiment x cycle pairs (their raw results are the missing outputs), locally as on Slurm. Its
+downstream jobs (aggregation, summary, gap audit, report, campaign notification) cannot run in that invocation:
+Snakemake never runs a job whose input failed, even with ``--keep-going`` (which the workflow profiles set, so that
+every other measurement still runs). So the workflow's ``onerror`` handler runs them once more in a second,
+local Snakemake invocation over the raw results that exist (``LLM_ENERGY_COMPLETED_ONLY=1``): its jobs are real
+jobs, so Snakemake records what they were built from, and the next full run, whose input set differs, builds them
+again. ``failures.json`` (written by every aggregation) lists each planned measurement without a raw result: its
+experiment id, config name, cycle, the error the job recorded, and the job's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from .results import SCHEMA_VERSION
+
+#: Set in the second invocation: the workflow then plans only the raw results that exist.
+COMPLETED_ONLY_ENV = "LLM_ENERGY_COMPLETED_ONLY"
+
+
+def completed_only() -> bool:
+    return os.environ.get(COMPLETED_ONLY_ENV, "") not in ("", "0")
+
+
+def record_path(root: str | Path, experiment_id: str, cycle: int) -> Path:
+    return Path(root) / ".state" / "failures" / experiment_id / f"cycle_{cycle}.json"
+
+
+def log_path(root: str | Path, experiment_id: str, cycle: int) -> str:
+    """The measurement job's log (the rule's ``log:``)."""
+    return f"{root}/logs/measure/{experiment_id}/cycle_{cycle}.log"
+
+
+def write_record(root: str | Path, experiment_id: str, config_name: str, cycle: int, error: str, log: str) -> None:
+    """What a failing measurement job leaves behind for ``failures.json`` (replaced by the next attempt)."""
+    from .energy.baseline import utc_now_iso
+    from .results import write_text_atomic
+
+    record = {"experiment_id": experiment_id, "config_name": config_name, "cycle": cycle, "error": error, "log": log,
+              "host": socket.gethostname(), "failed_at": utc_now_iso(), "failed_at_epoch_s": time.time()}  # fmt: skip
+    write_text_atomic(record_path(root, experiment_id, cycle), json.dumps(record, indent=1))
+
+
+def clear_record(root: str | Path, experiment_id: str, cycle: int) -> None:
+    try:
+        record_path(root, experiment_id, cycle).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def read_record(root: str | Path, experiment_id: str, cycle: int) -> dict | None:
+    try:
+        data = json.loads(record_path(root, experiment_id, cycle).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def report(root: str | Path, names: dict[str, str], cycles: int, present: set[tuple[str, int]]) -> dict:
+    """``failures.json``: every planned measurement (``names`` x 1..``cycles``) that has no raw result."""
+    failures = []
+    for exp_id, name in names.items():
+        for cycle in range(1, cycles + 1):
+            if (exp_id, cycle) in present:
+                continue
+            rec = read_record(root, exp_id, cycle) or {}
+            failures.append({
+                "experiment_id": exp_id,
+                "config_name": name,
+                "cycle": cycle,
+                "error": rec.get("error") or "no raw result and no error recorded: the job did not run to its end "
+                                             "(stopped, killed, or out of time or memory); see its log",
+                "log": rec.get("log") or log_path(root, exp_id, cycle),
+                "failed_at": rec.get("failed_at"),
+                "host": rec.get("host"),
+            })  # fmt: skip
+    planned = len(names) * cycles
+    return {"schema_version": SCHEMA_VERSION, "planned_measurements": planned, "completed_measurements": planned - len(failures),
+            "failed_measurements": len(failures), "failures": failures,
+            "retry": "rerun the campaign: exactly these measurements run again" if failures else None}  # fmt: skip
+
+
+def failed_in_this_run(root: str | Path, names: dict[str, str], cycles: int, since_epoch_s: float) -> list[tuple[str, int]]:
+    """Planned measurements without a raw result whose failure was recorded after ``since_epoch_s``."""
+    out = []
+    for exp_id in names:
+        for cycle in range(1, cycles + 1):
+            rec = read_record(root, exp_id, cycle)
+            if rec and rec.get("failed_at_epoch_s", 0) >= since_epoch_s and not os.path.exists(f"{root}/raw/{exp_id}/cycle_{cycle}.json"):
+                out.append((exp_id, cycle))
+    return out
+
+
+def aggregate_completed(snakefile: str, configfiles, config_args, workdir: str) -> int:
+    """Run the workflow's derived rules over the raw results that exist, in a second Snakemake invocation (local,
+    one core, without Snakemake's lock: the first invocation still holds it and runs no more jobs). ``config_args``
+    are the first invocation's ``--config`` values as ``key=value`` strings (what Snakemake passes its own job
+    processes: ``workflow.config_settings.config_args``). Returns its exit code; its output goes to the console
+    like the first one's."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir), "--cores", "1",
+           "--nolock", "--no-hooks", "--quiet", "rules", "host"]  # fmt: skip
+    if configfiles:
+        cmd += ["--configfiles", *map(str, configfiles)]
+    if config_args:
+        cmd += ["--config", *config_args]
+    env = {**os.environ, COMPLETED_ONLY_ENV: "1", "LLM_ENERGY_VERBOSITY": "quiet"}
+    return subprocess.run(cmd, env=env, cwd=workdir, check=False).returncode
