@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import small_experiment
+from conftest import forget_engine, small_experiment
 from llenergymeasure.backends import tensorrt as trt_backend
-from llenergymeasure.backends.base import Batch, create
+from llenergymeasure.backends import create
+from llenergymeasure.backends.base import Batch
 from llenergymeasure.backends.tensorrt import (
     TensorRTBackend,
     engine_cache_key,
@@ -21,24 +22,8 @@ from llenergymeasure.backends.tensorrt import (
 from llenergymeasure.config import load_schema
 from llenergymeasure.errors import MeasurementError
 
-FAKES = Path(__file__).resolve().parent / "fakes" / "engines"
-
-
 def _drop_engine_modules() -> None:
-    for name in list(sys.modules):
-        if name == "tensorrt_llm" or name.startswith("tensorrt_llm."):
-            del sys.modules[name]
-
-
-@pytest.fixture
-def fake_trt(monkeypatch):
-    """The fake engine importable as ``tensorrt_llm`` for one test, and forgotten afterwards."""
-    _drop_engine_modules()
-    monkeypatch.syspath_prepend(str(FAKES))
-    import tensorrt_llm
-
-    yield tensorrt_llm
-    _drop_engine_modules()
+    forget_engine("tensorrt_llm")
 
 
 @pytest.fixture
@@ -179,6 +164,15 @@ def test_kv_reuse_and_chunked_context_are_runtime_switches(fake_trt, tiny_model,
         backend.close()
 
 
+def calibration_folder(tmp_path, column: str = "text") -> str:
+    """A local calibration set as TensorRT-LLM 1.0.0 reads one: a dataset folder with a train split."""
+    folder = tmp_path / "calib"
+    folder.mkdir(exist_ok=True)
+    rows = [{column: f"calibration sentence number {i} about engines and energy"} for i in range(8)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(folder)
+
+
 @pytest.mark.parametrize(
     "mode, algo, kv_algo, calibrated",
     [
@@ -186,20 +180,20 @@ def test_kv_reuse_and_chunked_context_are_runtime_switches(fake_trt, tiny_model,
         ("int8_sq", "W8A8_SQ_PER_CHANNEL", None, True),
         ("int8_weight_only", "W8A16", None, False),
         ("int4_awq", "W4A16_AWQ", None, True),
-        ("int4_gptq", "W4A16_GPTQ", None, False),
     ],
 )
 def test_quantization_and_calibration(fake_trt, tiny_model, tmp_path, mode, algo, kv_algo, calibrated):
     from tensorrt_llm.llmapi import CalibConfig, QuantAlgo, QuantConfig
 
-    cal = {"dataset": "/data/calib.jsonl", "num_samples": 128, "max_length": 4096}
+    data = calibration_folder(tmp_path)
+    cal = {"dataset": data, "num_samples": 128, "max_length": 4096} if calibrated else {}
     backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": mode, "calibration": cal}), tiny_model)
     try:
         kw = backend.llm.init_kwargs
         assert kw["quant_config"] == QuantConfig(quant_algo=QuantAlgo[algo], kv_cache_quant_algo=QuantAlgo[kv_algo] if kv_algo else None)
         if calibrated:
             assert kw["calib_config"] == CalibConfig(
-                calib_dataset="/data/calib.jsonl", calib_batches=128, calib_max_seq_length=4096, tokenizer_max_seq_length=4096
+                calib_dataset=data, calib_batches=128, calib_max_seq_length=4096, tokenizer_max_seq_length=4096
             )
             assert builds(fake_trt)[0]["calib_config"] is kw["calib_config"]
         else:
@@ -212,10 +206,11 @@ def test_quantization_and_calibration(fake_trt, tiny_model, tmp_path, mode, algo
 def test_default_calibration_values(fake_trt, tiny_model, tmp_path):
     from tensorrt_llm.llmapi import CalibConfig
 
-    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "int4_awq"}), tiny_model)
+    data = calibration_folder(tmp_path)
+    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "int4_awq", "calibration": {"dataset": data}}), tiny_model)
     try:
         assert backend.llm.init_kwargs["calib_config"] == CalibConfig(
-            calib_dataset="cnn_dailymail", calib_batches=512, calib_max_seq_length=2048, tokenizer_max_seq_length=2048
+            calib_dataset=data, calib_batches=512, calib_max_seq_length=2048, tokenizer_max_seq_length=2048
         )
     finally:
         backend.close()
@@ -227,7 +222,7 @@ def test_default_calibration_values(fake_trt, tiny_model, tmp_path):
         ({"calibration": {"split": "validation"}, "quantization": "fp8"}, "calibration.split = validation"),
         ({"builder_opt_level": 5}, "builder_opt_level = 5"),
         ({"kv_cache_type": "continuous"}, "need a paged KV cache"),
-        ({"draft_model": "/models/draft", "num_draft_tokens": 7}, "num_draft_tokens = 7"),
+        ({"draft_model": "/models/draft", "num_draft_tokens": 7}, "draft-target speculative decoding on its PyTorch flow only"),
         ({"extra_build_args": {"no_such_field": 1}}, "extra_build_args"),
         ({"extra_runtime_args": {"no_such_arg": 1}}, "got invalid argument: no_such_arg"),
     ],
@@ -241,7 +236,8 @@ def test_settings_the_pinned_engine_flow_cannot_take_are_refused(fake_trt, tiny_
 
 
 def test_split_and_opt_level_defaults_pass(fake_trt, tiny_model, tmp_path):
-    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "fp8", "builder_opt_level": 3}), tiny_model)
+    cal = {"dataset": calibration_folder(tmp_path), "split": "train"}
+    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "fp8", "builder_opt_level": 3, "calibration": cal}), tiny_model)
     backend.close()
     assert len(builds(fake_trt)) == 1
 
@@ -456,8 +452,8 @@ def test_contract_facts(fake_trt, tiny_model, tmp_path):
         info = backend.info
         assert info["device"] == "cuda" and info["dtype"] == "float16" and info["architecture"] == "llama"
         meta = json.loads((Path(tiny_model) / "lem_model.json").read_text())
-        norms = 2 * meta["architecture"]["num_hidden_layers"] + 1  # the analytic count leaves out RMSNorm weights
-        assert meta["parameters"] - info["parameters"] == norms * meta["architecture"]["hidden_size"]
+        assert info["parameters"] == meta["parameters"]  # the analytic count from the config is exact here
+        assert info["parameters_source"].startswith("analytic_from_model_config")
         assert info["model_size_bytes"] == (Path(info["engine_dir"]) / "rank0.engine").stat().st_size
         assert info["load_s"] > 0 and "parameters_source" in info
         mem = backend.peak_memory()

@@ -19,7 +19,7 @@ import os
 import statistics
 import time
 
-from .backends.base import create as create_backend
+from .backends import create as create_backend
 from .config import canonical_json
 from .energy.base import ComponentEnergy
 from .energy.baseline import idle_baselines, utc_now_iso

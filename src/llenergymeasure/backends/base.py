@@ -16,7 +16,9 @@ A backend is constructed with the resolved experiment config and the model locat
     token_counting: str                      how input and output tokens are counted (recorded beside the counts)
     close()                                  free the engine (GPU memory, worker processes)
 
-Engines are imported inside the backend modules only: the package imports with none of them installed.
+Engines are imported inside the backend modules only: the package imports with none of them installed. Which class
+measures an experiment, and each backend's engine-free rules, come from the registry in
+:mod:`llenergymeasure.backends`.
 """
 
 from __future__ import annotations
@@ -111,25 +113,3 @@ def converge(repeat, cfg: dict, batch_size: int, new_tokens: int) -> dict:
         "duration_s": time.perf_counter() - t0,
         "latencies_ms": [round(x * 1000, 3) for x in latencies],
     }
-
-
-def create(config: dict, model_path: str):
-    """The backend object for ``config['backend']`` (its engine is imported lazily, on first use)."""
-    name = config["backend"]
-    if name == "pytorch":
-        if config["pytorch"]["num_processes"] > 1:
-            from .data_parallel import DataParallelPyTorch
-
-            return DataParallelPyTorch(config, model_path)
-        from .pytorch import PyTorchBackend
-
-        return PyTorchBackend(config, model_path)
-    if name == "vllm":
-        from .vllm import VllmBackend
-
-        return VllmBackend(config, model_path)
-    if name == "tensorrt":
-        from .tensorrt import TensorRTBackend
-
-        return TensorRTBackend(config, model_path)
-    raise ValueError(f"unknown backend {name!r}")

@@ -12,13 +12,93 @@ import logging
 import statistics
 import time
 
+from . import BackendRules
 from .base import Batch, RequestTiming, RunOutput, converge, elapsed, warmup_off
 
-__all__ = ["Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
+__all__ = ["RULES", "Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+# ---------------------------------------------------------------------------------------------------- rules
+# What this backend refuses and why, the GPUs it occupies, its batching knob and how it counts parameters: read
+# at campaign expansion without importing torch (see llenergymeasure.backends).
+
+
+def problem(config: dict) -> str | None:
+    """Why PyTorch/transformers cannot run this experiment as configured, or None."""
+    pt = config["pytorch"]
+    bnb = pt["load_in_4bit"] or pt["load_in_8bit"]
+    if pt["load_in_4bit"] and pt["load_in_8bit"]:
+        return "pytorch.load_in_4bit and pytorch.load_in_8bit are mutually exclusive"
+    if bnb and config["device"] == "cpu":
+        return "BitsAndBytes quantisation (pytorch.load_in_4bit/8bit) needs a CUDA device, but device = cpu"
+    if bnb and (config["no_weights"] or pt["num_processes"] > 1):
+        return "BitsAndBytes quantisation is supported for a single process loading a checkpoint"
+    if not pt["load_in_4bit"]:
+        changed = [k for k, default in BNB_4BIT_DEFAULTS.items() if pt[k] != default]
+        if changed:
+            return f"pytorch.{changed[0]} = {pt[changed[0]]} applies to 4-bit BitsAndBytes weights only, but pytorch.load_in_4bit = false"
+    if config["adapter"]:
+        return "adapter (LoRA) is supported on backend vllm only in this version"
+    if config["device"] == "cpu" and pt["attn_implementation"] == "flash_attention_2":
+        return "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
+    budget = pt["max_tokens_per_batch"]
+    if budget is not None and pt["batching_strategy"] not in ("dynamic", "sorted_dynamic"):
+        return (f"pytorch.max_tokens_per_batch is the token budget of dynamic batches; batching_strategy = "
+                f"{pt['batching_strategy']} forms batches of batch_size prompts and never reads it")  # fmt: skip
+    if budget is not None and budget < config["max_input_tokens"]:
+        return (
+            f"pytorch.max_tokens_per_batch = {budget} is smaller than max_input_tokens = "
+            f"{config['max_input_tokens']}: a single prompt might not fit in a batch"
+        )
+    return None
+
+
+#: 4-bit BitsAndBytes settings and their defaults (read by transformers only with load_in_4bit)
+BNB_4BIT_DEFAULTS = {"bnb_4bit_compute_dtype": "float16", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False}
+
+
+def gpus(config: dict) -> int:
+    """One GPU per data-parallel process on CUDA, none on CPU."""
+    return 0 if config["device"] == "cpu" else config["pytorch"]["num_processes"]
+
+
+def nominal_batch(config: dict) -> tuple[int, str]:
+    return config["pytorch"]["batch_size"], config["pytorch"]["batching_strategy"]
+
+
+def count_parameters(config: dict, counted: int | None, hf_config) -> tuple[int | None, str]:
+    """``counted`` is the sum of ``numel()`` over the model's tensors. 4-bit BitsAndBytes stores two weights per
+    uint8 element, so there the count comes from the model config instead."""
+    if config["pytorch"]["load_in_4bit"]:
+        from ..flops import analytic_parameters
+
+        return analytic_parameters(hf_config), "analytic_from_hf_config (4-bit weights are packed two per byte)"
+    return counted, "numel"
+
+
+def implementation(config: dict) -> str:
+    if config["pytorch"]["num_processes"] > 1:
+        return "llenergymeasure.backends.data_parallel:DataParallelPyTorch"
+    return "llenergymeasure.backends.pytorch:PyTorchBackend"
+
+
+RULES = BackendRules(
+    name="pytorch",
+    engine="PyTorch/transformers",
+    batch_knob="pytorch.batch_size",
+    batch_label="bs",
+    gpus_knob="pytorch.num_processes",
+    gpu_only=False,
+    problem=problem,
+    gpus=gpus,
+    nominal_batch=nominal_batch,
+    count_parameters=count_parameters,
+    implementation=implementation,
+)
 
 
 def plan_batches(prompt_tokens: list[int], strategy: str, batch_size: int, token_budget: int) -> list[Batch]:
@@ -159,7 +239,7 @@ class PyTorchBackend:
         if self.device == "cuda":
             torch.cuda.synchronize()
         self.model, self.tokenizer = model, tok
-        params = sum(p.numel() for p in model.parameters())
+        params, params_method = RULES.count_parameters(self.config, sum(p.numel() for p in model.parameters()), model.config)
         return {
             "load_s": time.perf_counter() - t0,
             "device": self.device,
@@ -168,6 +248,7 @@ class PyTorchBackend:
             "model_size_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
             "architecture": getattr(model.config, "model_type", None),
             "weights": weights,
+            "parameters_method": params_method,
         }
 
     def count_prompt_tokens(self, prompts: list[str]) -> list[int]:
