@@ -113,3 +113,28 @@ def converge(repeat, cfg: dict, batch_size: int, new_tokens: int) -> dict:
         "duration_s": time.perf_counter() - t0,
         "latencies_ms": [round(x * 1000, 3) for x in latencies],
     }
+
+
+def stop_token_ids(primary: int | None, generation_eos) -> list[int]:
+    """Every token id that ends a request: ``primary`` (the tokenizer's EOS) first, then the other ``eos_token_id``
+    values of the checkpoint's generation config, ascending. vLLM 0.11.0 stops on all of them by itself
+    (``SamplingParams.update_from_generation_config``, vllm/sampling_params.py:460-484); the other backends are
+    given the same set, so output lengths and energy per token compare across backends."""
+    extra = generation_eos if isinstance(generation_eos, (list, tuple, set)) else [generation_eos]
+    ids = [] if primary is None else [int(primary)]
+    ids += sorted({int(t) for t in extra if t is not None and int(t) != primary})
+    return ids
+
+
+def generation_eos(model_path: str):
+    """The ``eos_token_id`` of a checkpoint's generation config (an int, a list or None), read as vLLM 0.11.0 reads
+    it (vllm/transformers_utils/config.py:950-969): ``generation_config.json``, else derived from ``config.json``."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:
+        try:
+            return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path)).eos_token_id
+        except (OSError, ValueError):
+            return None

@@ -13,7 +13,7 @@ import statistics
 import time
 
 from . import BackendRules
-from .base import Batch, RequestTiming, RunOutput, converge, elapsed, warmup_off
+from .base import Batch, RequestTiming, RunOutput, converge, elapsed, stop_token_ids, warmup_off
 
 __all__ = ["RULES", "Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
 
@@ -153,6 +153,7 @@ class PyTorchBackend:
         self.model = None
         self.tokenizer = None
         self.device = None
+        self.stop_token_ids: list[int] = []
 
     # ------------------------------------------------------------------------------------------------ setup
     @staticmethod
@@ -239,6 +240,7 @@ class PyTorchBackend:
         if self.device == "cuda":
             torch.cuda.synchronize()
         self.model, self.tokenizer = model, tok
+        self.stop_token_ids = stop_token_ids(tok.eos_token_id, model.generation_config.eos_token_id)
         params, params_method = RULES.count_parameters(self.config, sum(p.numel() for p in model.parameters()), model.config)
         return {
             "load_s": time.perf_counter() - t0,
@@ -249,6 +251,7 @@ class PyTorchBackend:
             "architecture": getattr(model.config, "model_type", None),
             "weights": weights,
             "parameters_method": params_method,
+            "stop_token_ids": self.stop_token_ids,
         }
 
     def count_prompt_tokens(self, prompts: list[str]) -> list[int]:
@@ -270,6 +273,7 @@ class PyTorchBackend:
             "do_sample": dec["do_sample"],
             "use_cache": pt["use_cache"],
             "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.stop_token_ids,  # the tokenizer's EOS and the generation config's: vLLM's stop set
             "repetition_penalty": dec["repetition_penalty"],
         }
         if dec["do_sample"]:

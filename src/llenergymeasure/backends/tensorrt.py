@@ -30,7 +30,7 @@ from pathlib import Path
 from ..config import canonical_json
 from ..errors import MeasurementError
 from . import BackendRules
-from .base import Batch, RequestTiming, RunOutput, converge, elapsed, warmup_off
+from .base import Batch, RequestTiming, RunOutput, converge, elapsed, generation_eos, stop_token_ids, warmup_off
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,8 @@ def _has_tokenizer(path) -> bool:
 
 
 class TensorRTBackend:
-    token_counting = "submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs"
+    token_counting = ("submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs, "
+                      "plus the end token where a request ended on it (generated, but not returned by the engine)")  # fmt: skip
     name = "tensorrt"
 
     def __init__(self, config: dict, model_path: str) -> None:
@@ -361,6 +362,7 @@ class TensorRTBackend:
         self._llmapi = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._saved_env: dict[str, str | None] = {}
+        self.stop_token_ids: list[int] = []
 
     # ------------------------------------------------------------------------------------------------ setup
     @staticmethod
@@ -576,6 +578,7 @@ class TensorRTBackend:
             details["model_config_source"] = "engine config.json pretrained_config (no checkpoint config beside it)"
         parameters, details["parameters_source"] = RULES.count_parameters(self.config, None, self.model_config())
         details["environment_set"] = env_set
+        details["stop_token_ids"] = self.stop_token_ids
         engine_bytes = sum(p.stat().st_size for p in self.engine_dir.glob("rank*.engine"))
         details["model_size_source"] = "size of the engine files (rank*.engine) on disk"
         bc = self._engine_config.get("build_config", {})
@@ -640,6 +643,12 @@ class TensorRTBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_src or self.engine_dir))
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+        try:
+            eos = generation_eos(str(tokenizer_src or self.engine_dir))
+        except Exception as exc:  # an engine folder without a readable generation config: EOS alone ends requests
+            log.info("no generation config beside the engine (%s): stopping on the tokenizer's EOS only", exc)
+            eos = None
+        self.stop_token_ids = stop_token_ids(self.end_id, eos)
 
     def _set_environment(self) -> dict[str, str]:
         """Set :func:`engine_environment` for the engine's life (put back by :meth:`close`); a different value
@@ -678,8 +687,14 @@ class TensorRTBackend:
         return self._llmapi.SamplingParams(**self.sampling_kwargs(max_tokens, min_tokens, seed))
 
     def sampling_kwargs(self, max_tokens: int, min_tokens: int, seed: int | None) -> dict:
-        """The ``SamplingParams`` arguments of one request."""
+        """The ``SamplingParams`` arguments of one request. Given an ``end_id``, the release adds no stop token of its
+        own (sampling_params.py, SamplingParams._setup), so the generation config's other EOS ids go in as
+        ``stop_token_ids``: the stop set vLLM uses. Stop tokens end a request even under ``ignore_eos`` (the
+        worker passes them as stop words and only replaces end_id by -1, executor/worker.py,
+        GenerationExecutorWorker._enqueue_request), so a forced output length gets none. The runtime holds back
+        only end_id below ``min_tokens`` (its stop-word check, kernels/stopCriteriaKernels.cu, has no minimum)."""
         dec = self.config["decoder"]
+        forced = min_tokens >= max_tokens
         kwargs = {
             "max_tokens": max_tokens,
             "min_tokens": min_tokens,
@@ -687,9 +702,13 @@ class TensorRTBackend:
             "pad_id": self.pad_id,
             "seed": seed,
             "repetition_penalty": dec["repetition_penalty"],
-            "ignore_eos": min_tokens >= max_tokens,
+            "ignore_eos": forced,
             "detokenize": False,  # text is never read; detokenising every streamed step would cost host time in the window
         }
+        extra_stops = [t for t in self.stop_token_ids if t != self.end_id]
+        if extra_stops and not forced:
+            # kept in the output (the release trims stop tokens otherwise, executor/result.py _handle_sequence)
+            kwargs.update(stop_token_ids=extra_stops, include_stop_str_in_output=True)
         if dec["do_sample"]:
             kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])
         else:
@@ -705,6 +724,7 @@ class TensorRTBackend:
         arrivals: list[tuple[float, int]] = []  # (arrival time, tokens that response added)
         seen = 0
         chunks = 0
+        now = submitted
         async for out in result:
             now = time.perf_counter()
             n = len(out.outputs[0].token_ids)
@@ -713,8 +733,14 @@ class TensorRTBackend:
                 seen = n
                 chunks += 1
         end = time.perf_counter()
+        final = result.outputs[0]
+        if final.finish_reason == "stop" and final.stop_reason is None and not params.ignore_eos:
+            # ended on end_id, which the engine generated but does not return: counted, as vLLM and PyTorch count
+            # their EOS, arriving with the response that ended the request
+            arrivals.append((now, 1))
+            seen += 1
         on_done()
-        return {"index": idx, "input_tokens": len(ids), "output_tokens": len(result.outputs[0].token_ids),
+        return {"index": idx, "input_tokens": len(ids), "output_tokens": seen,
                 "submitted": submitted, "arrivals": arrivals, "chunks": chunks, "end": end}  # fmt: skip
 
     async def _generate(self, ids_list: list[list[int]], indices: list[int], params, progress) -> list[dict]:

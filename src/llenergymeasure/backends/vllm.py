@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ..errors import MeasurementError
 from . import BackendRules
-from .base import Batch, RequestTiming, RunOutput, converge, warmup_off
+from .base import Batch, RequestTiming, RunOutput, converge, generation_eos, stop_token_ids, warmup_off
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +437,7 @@ class VllmBackend:
             self._lora = LoRARequest(lora_name=Path(adapter).name or "adapter", lora_int_id=1, lora_path=adapter)
         self._effective = self._read_effective()
         params, size, method = self._count_weights(env_set)
+        self.stop_token_ids = stop_token_ids(self.tokenizer.eos_token_id, generation_eos(self.model_path))
         quant = self._effective.get("quantization")
         return {
             "load_s": load_s,
@@ -447,6 +448,7 @@ class VllmBackend:
             "architecture": getattr(self.model_config(), "model_type", None),
             "weights": "checkpoint" if quant is None else f"checkpoint, {quant} quantisation",  # the engine's choice
             "quantization": {"requested": v["quantization"], "given": kwargs.get("quantization"), "effective": quant},
+            "stop_token_ids": self.stop_token_ids,
             "engine": "vllm.LLM, stepped through llm_engine.add_request/step",
             "vllm_version": str(vllm.__version__),
             "pinned_version": PINNED_VERSION,
@@ -521,7 +523,8 @@ class VllmBackend:
         return SamplingParams(**self.sampling_kwargs(max_tokens, min_tokens, seed))
 
     def sampling_kwargs(self, max_tokens: int, min_tokens: int, seed: int | None) -> dict:
-        """The ``SamplingParams`` arguments of one request. Detokenisation is off:
+        """The ``SamplingParams`` arguments of one request. Stop tokens are vLLM's own: the tokenizer's EOS and every
+        ``eos_token_id`` of the generation config (the set recorded as ``stop_token_ids``). Detokenisation is off:
         token ids are all the measurement reads, and text would be built inside the window at every step
         (v1/engine/output_processor.py:138-147 skips the detokenizer when ``detokenize`` is false)."""
         dec, v = self.config["decoder"], self.config["vllm"]

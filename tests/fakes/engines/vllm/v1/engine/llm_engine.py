@@ -44,6 +44,21 @@ def _gptq_marlin_compatible(cfg: dict) -> bool:
             and cfg.get("group_size") in (-1, 32, 64, 128))  # fmt: skip
 
 
+def _generation_config_fields(model: str) -> dict:
+    """ModelConfig.try_get_generation_config (config/model.py:1315-1342, transformers_utils/config.py:950-969):
+    generation_config.json, else one derived from config.json, as its non-default fields."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(model)
+    except OSError:
+        try:
+            config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model))
+        except OSError:
+            return {}
+    return config.to_diff_dict()
+
+
 class _Request:
     def __init__(self, request_id: str, prompt_ids: list[int], params: SamplingParams, lora: Any, generator) -> None:
         self.request_id = request_id
@@ -93,6 +108,8 @@ class LLMEngine:
         load_format = args["load_format"]
         if quantization == "bitsandbytes":  # engine/arg_utils.py:1058-1059 and 1398-1400
             load_format = "bitsandbytes"
+        #: the generation config's non-default fields, as Processor reads them (v1/engine/processor.py:52-53)
+        self.generation_config_fields = _generation_config_fields(args["model"])
 
         max_model_len = args["max_model_len"] or hf.max_position_embeddings
         budget = args["max_num_batched_tokens"] or _DEFAULT_BATCHED_TOKENS
@@ -269,6 +286,7 @@ class LLMEngine:
         params = params.clone()
         if params.max_tokens is None:
             params.max_tokens = max_len - len(ids)
+        params.update_from_generation_config(self.generation_config_fields, self.eos_token_id)  # processor.py:416-417
         generator = None
         if params.seed is not None:
             generator = self._torch.Generator().manual_seed(params.seed)
@@ -366,8 +384,9 @@ class LLMEngine:
             seen = torch.tensor(sorted(set(seq)))
             picked = logits[seen]
             logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
-        if len(req.out) < p.min_tokens and self.eos_token_id is not None:
-            logits[self.eos_token_id] = -math.inf
+        if len(req.out) < p.min_tokens:  # every stop token is held back below min_tokens
+            for stop in p.all_stop_token_ids:
+                logits[stop] = -math.inf
         logprobs = torch.log_softmax(logits, dim=-1)
         if p.temperature < 1e-5:
             token = int(torch.argmax(logits))
@@ -397,7 +416,7 @@ class LLMEngine:
         p = req.params
         if not p.ignore_eos and token == self.eos_token_id and len(req.out) >= p.min_tokens:
             req.finish_reason, req.stop_reason = "stop", None
-        elif token in p.stop_token_ids and len(req.out) >= p.min_tokens:
+        elif token in p.stop_token_ids:  # checked whatever ignore_eos says (v1/core/sched/utils.py:59-67)
             req.finish_reason, req.stop_reason = "stop", token
         elif len(req.out) >= p.max_tokens or len(req.prompt_ids) + len(req.out) >= self.vllm_config.model_config.max_model_len:
             req.finish_reason = "length"
