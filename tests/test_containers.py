@@ -148,3 +148,14 @@ def test_definition_files_build_on_the_default_images():
         assert "nvidia-ml-py" in text
     assert defaults["pytorch"] == defaults["vllm"]
     assert "transformers" in (REPO / "envs" / "pytorch.def").read_text()
+
+
+def test_tensorrt_measurements_survive_the_engines_spawned_worker(workflow_dir):
+    """tensorrt.single_process = false: TensorRT-LLM starts its executor in an MPI worker, which re-runs the job's
+    main file (the measurement script, as Snakemake ran it); the job must still complete."""
+    data = campaign(["tensorrt"])
+    data["grid"]["backend_overrides"] = {"tensorrt": {"single_process": False}}
+    run, _ = run_with_double(workflow_dir, data)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    (raw,) = [read_result(p, "raw_result") for p in raw_result_files(workflow_dir / "results" / "images")]
+    assert raw["backend"] == "tensorrt" and raw["model"]["details"]["environment_set"] == {"TLLM_WORKER_USE_SINGLE_PROCESS": "0"}

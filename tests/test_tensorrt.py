@@ -5,12 +5,14 @@ correctly, and one real measurement cycle runs through the fake's in-flight batc
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import forget_engine, small_experiment
+from conftest import FAKES, REPO, forget_engine, small_experiment
 from llenergymeasure.backends import tensorrt as trt_backend
 from llenergymeasure.backends import create
 from llenergymeasure.backends.base import Batch
@@ -567,3 +569,73 @@ def test_run_experiment_writes_a_valid_raw_result(fake_trt, tiny_model, tmp_path
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert validate_result(result, "raw_result") is True
     _check_cycle(result, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------- worker processes
+def _as_snakemake_runs(script: Path, tmp_path: Path, config: dict, model: str) -> subprocess.CompletedProcess:
+    """Run a workflow script as Snakemake does: a temporary file with a preamble that defines ``snakemake`` and sets
+    ``__file__`` to the script's own path (snakemake/script/__init__.py, PythonScript.get_preamble), followed by the
+    script's text, executed as ``python <file>``."""
+    from llenergymeasure.campaign import sparse_config
+
+    raw = tmp_path / "raw.json"
+    preamble = f"""
+import types
+__real_file__ = __file__; __file__ = {str(script)!r}
+snakemake = types.SimpleNamespace(
+    params=types.SimpleNamespace(experiment={sparse_config(config)!r}),
+    wildcards=types.SimpleNamespace(experiment="trt-exp", cycle="1"),
+    input={{"model": {model!r}}}, output=types.SimpleNamespace(raw={str(raw)!r}), log=[{str(tmp_path / "m.log")!r}],
+    config={{"_lem": {{"state_dir": {str(tmp_path / "state")!r}}}}},
+)
+"""
+    wrapper = tmp_path / "tmp_snakemake_script.py"
+    wrapper.write_text(preamble + script.read_text())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]),
+           "LEM_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    env.pop("TLLM_WORKER_USE_SINGLE_PROCESS", None)
+    return subprocess.run([sys.executable, str(wrapper)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_measure_script_survives_tensorrt_llms_spawned_worker(tiny_model, tmp_path):
+    """With its MPI worker (tensorrt.single_process = false), TensorRT-LLM 1.0.0 makes mpi4py re-run the job's main
+    file in the worker; the measurement script must do nothing there, or the worker dies (no ``snakemake`` in it)
+    and the engine never starts."""
+    cfg = trt_experiment(tmp_path, tensorrt={"single_process": False})
+    run = _as_snakemake_runs(REPO / "scripts" / "measure.py", tmp_path, cfg, tiny_model)
+    log = (tmp_path / "m.log").read_text() if (tmp_path / "m.log").exists() else ""
+    assert run.returncode == 0, (run.stderr + log)[-4000:]
+    result = json.loads((tmp_path / "raw.json").read_text())
+    assert result["model"]["details"]["environment_set"] == {"TLLM_WORKER_USE_SINGLE_PROCESS": "0"}
+    assert result["tokens"]["output_tokens"] > 0
+
+
+def test_an_unguarded_script_fails_like_the_real_worker(tiny_model, tmp_path):
+    """The fake re-runs the main file as mpi4py does: a script that works at import time fails the engine's start."""
+    unguarded = tmp_path / "unguarded.py"
+    unguarded.write_text("from llenergymeasure.jobs import measure\n\nmeasure(config=snakemake.params.experiment, experiment_id='x',"
+                         " cycle=1, model_path=snakemake.input['model'], output=snakemake.output.raw,"
+                         " log_path=snakemake.log[0], runtime=snakemake.config['_lem'])\n")  # fmt: skip
+    run = _as_snakemake_runs(unguarded, tmp_path, trt_experiment(tmp_path, tensorrt={"single_process": False}), tiny_model)
+    log = (tmp_path / "m.log").read_text()
+    assert run.returncode != 0 and "NameError: name 'snakemake' is not defined" in log
+    assert "MPI worker aborted while mpi4py re-ran the main module" in log
+
+
+def test_one_gpu_engines_run_their_executor_in_process_by_default(fake_trt, tiny_model, tmp_path):
+    from tensorrt_llm.llmapi import mpi_session
+
+    backend = loaded(trt_experiment(tmp_path), tiny_model)
+    try:
+        assert backend.llm.executor_process == "single_process" and mpi_session.STARTS == []
+        assert backend.info["environment_set"] == {"TLLM_WORKER_USE_SINGLE_PROCESS": "1"}
+        assert os.environ["TLLM_WORKER_USE_SINGLE_PROCESS"] == "1"
+    finally:
+        backend.close()
+    assert "TLLM_WORKER_USE_SINGLE_PROCESS" not in os.environ  # put back as it was
+    several = loaded(trt_experiment(tmp_path, gpus=[0, 1], tensorrt={"tp_size": 2}), tiny_model)
+    try:  # several ranks: always MPI workers, whatever the switch says
+        assert several.llm.executor_process == "mpi_worker" and several.info["environment_set"] == {}
+        assert mpi_session.STARTS[-1]["n_workers"] == 2
+    finally:
+        several.close()

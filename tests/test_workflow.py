@@ -322,3 +322,13 @@ def test_failed_experiment_is_isolated_and_notified(workflow_dir):
         assert failure["data"]["config_name"] == "pytorch-no-such-model" and failure["data"]["error"]
     finally:
         hook.close()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.py")))
+def test_scripts_do_nothing_when_an_engine_reimports_them(script):
+    """mpi4py (TensorRT-LLM's MPI workers) and multiprocessing's spawn re-run the parent's main file under another
+    name, without Snakemake's preamble: every workflow script must then do nothing (and not fail)."""
+    code = f"import runpy; g = runpy.run_path({str(REPO / 'scripts' / script)!r}, run_name='__worker__'); print(sorted(k for k in g if not k.startswith('__')))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"  # not even an import happened
