@@ -84,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2
+    from .jobs import select_gpus
     from .measure import run_experiment
 
+    gpus = select_gpus(config)  # the experiment's GPUs only, in PCI order, as in a workflow job
+    if gpus and not args.quiet:
+        logging.getLogger(__name__).info("GPUs: %s", gpus)
     exp_id = experiment_id(config)
     try:
         result = run_experiment(
