@@ -173,7 +173,8 @@ def campaign_id(name: str) -> str:
 
 
 def resolve_experiment(config: dict) -> dict:
-    """Expand the decoder preset, fill every default, and apply the greedy rule (temperature 0 = greedy)."""
+    """Expand the decoder preset, fill every default, and apply the greedy rule (temperature 0 = greedy); a CUDA-only
+    backend's ``device: cuda`` is its default ``auto``."""
     config = dict(config)
     decoder = dict(config.get("decoder") or {})
     preset = decoder.get("preset")
@@ -184,6 +185,8 @@ def resolve_experiment(config: dict) -> dict:
     resolved = fill_defaults(config, experiment_schema(config.get("backend", "pytorch")), root)
     if resolved["decoder"]["temperature"] == 0:
         resolved["decoder"]["do_sample"] = False
+    if resolved.get("backend") in BACKENDS and resolved["device"] == "cuda" and backend_rules(resolved["backend"]).gpu_only:
+        resolved["device"] = "auto"  # the same thing for a CUDA-only engine: one experiment id, not two
     resolved.pop("config_name", None)
     return resolved
 
@@ -254,10 +257,38 @@ def semantic_problem(config: dict) -> str | None:
         return problem
     if config["device"] == "cpu" and config["gpus"] != [0]:
         return f"gpus = {config['gpus']} selects CUDA devices, but device = cpu"
+    problem = measurement_problem(config)
+    if problem:
+        return problem
     needed = rules.gpus(config)
     if (rules.gpu_only or config["device"] == "cuda" or needed > 1) and config["device"] != "cpu" and needed != len(config["gpus"]):
         return (f"{rules.gpus_knob} = {needed}, but gpus lists {len(config['gpus'])} GPU(s) {config['gpus']}: list exactly the GPUs "
                 "the experiment uses, so that its energy covers them all and no other" + ("" if rules.gpu_only else " (or device: cpu)"))  # fmt: skip
+    return None
+
+
+def _defaults(section: str) -> dict:
+    return fill_defaults({}, load_schema(SCHEMA)["$defs"][section], load_schema(SCHEMA))
+
+
+def measurement_problem(config: dict) -> str | None:
+    """Settings of the measurement itself (prompts, idle baseline, timeline, energy meters) that would change
+    nothing as combined: the rules that hold whatever the backend."""
+    from .prompts import source_problem
+
+    problem = source_problem(config["dataset"])
+    if problem:
+        return problem
+    for section in ("baseline", "timeline"):
+        if not config[section]["enabled"]:
+            for key, default in _defaults(section).items():
+                if key != "enabled" and config[section][key] != default:
+                    return f"{section}.{key} = {config[section][key]} has no effect: {section}.enabled = false"
+    energy = config["energy"]
+    if energy["backend"] == "nvml" and config["device"] == "cpu":
+        return "energy.backend = nvml reads GPU energy counters, but device = cpu"
+    if energy["cpu_tdp_w"] is not None and energy["backend"] in ("rapl", "codecarbon"):
+        return f"energy.cpu_tdp_w sets the TDP of the CPU estimate, which energy.backend = {energy['backend']} never uses"
     return None
 
 

@@ -43,9 +43,16 @@ def problem(config: dict) -> str | None:
             return f"pytorch.{changed[0]} = {pt[changed[0]]} applies to 4-bit BitsAndBytes weights only, but pytorch.load_in_4bit = false"
     if config["adapter"]:
         return "adapter (LoRA) is supported on backend vllm only in this version"
+    if not config["decoder"]["do_sample"] and pt["min_p"] != 0:
+        return f"pytorch.min_p = {pt['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false)"
     if config["device"] == "cpu" and pt["attn_implementation"] == "flash_attention_2":
         return "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
     budget = pt["max_tokens_per_batch"]
+    if budget is None and pt["batching_strategy"] in ("dynamic", "sorted_dynamic"):
+        static = pt["batching_strategy"].replace("dynamic", "static")
+        return (f"pytorch.batching_strategy = {pt['batching_strategy']} packs prompts up to pytorch.max_tokens_per_batch; "
+                f"without one the budget is batch_size x max_input_tokens, which every batch fits, so it would batch "
+                f"as {static}: set pytorch.max_tokens_per_batch")  # fmt: skip
     if budget is not None and pt["batching_strategy"] not in ("dynamic", "sorted_dynamic"):
         return (f"pytorch.max_tokens_per_batch is the token budget of dynamic batches; batching_strategy = "
                 f"{pt['batching_strategy']} forms batches of batch_size prompts and never reads it")  # fmt: skip
@@ -192,22 +199,27 @@ class PyTorchBackend:
     def close(self) -> None:
         self.model = None
 
+    def bnb_kwargs(self) -> dict | None:
+        """The ``BitsAndBytesConfig`` arguments from the ``pytorch`` section (dtype by name), or None."""
+        pt = self.config["pytorch"]
+        if pt["load_in_8bit"]:
+            return {"load_in_8bit": True}
+        if not pt["load_in_4bit"]:
+            return None
+        return {"load_in_4bit": True, "bnb_4bit_compute_dtype": pt["bnb_4bit_compute_dtype"],
+                "bnb_4bit_quant_type": pt["bnb_4bit_quant_type"], "bnb_4bit_use_double_quant": pt["bnb_4bit_use_double_quant"]}  # fmt: skip
+
     def quantization_config(self):
         """BitsAndBytes settings from the ``pytorch`` section, or None."""
-        pt = self.config["pytorch"]
-        if not (pt["load_in_4bit"] or pt["load_in_8bit"]):
+        kwargs = self.bnb_kwargs()
+        if kwargs is None:
             return None
         import torch
         from transformers import BitsAndBytesConfig
 
-        if pt["load_in_8bit"]:
-            return BitsAndBytesConfig(load_in_8bit=True)
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_compute_dtype=getattr(torch, pt["bnb_4bit_compute_dtype"]),
-            bnb_4bit_quant_type=pt["bnb_4bit_quant_type"],
-            bnb_4bit_use_double_quant=pt["bnb_4bit_use_double_quant"],
-        )
+        if "bnb_4bit_compute_dtype" in kwargs:
+            kwargs["bnb_4bit_compute_dtype"] = getattr(torch, kwargs["bnb_4bit_compute_dtype"])
+        return BitsAndBytesConfig(**kwargs)
 
     def load(self) -> dict:
         import torch

@@ -430,11 +430,11 @@ class VllmBackend:
         self.llm = LLM(**kwargs)
         load_s = time.perf_counter() - t0
         self.tokenizer = self.llm.get_tokenizer()
-        if v["lora"]["enabled"]:
+        lora = self.lora_kwargs()
+        if lora is not None:
             from vllm.lora.request import LoRARequest
 
-            adapter = self.config["adapter"]
-            self._lora = LoRARequest(lora_name=Path(adapter).name or "adapter", lora_int_id=1, lora_path=adapter)
+            self._lora = LoRARequest(**lora)
         self._effective = self._read_effective()
         params, size, method = self._count_weights(env_set)
         self.stop_token_ids = stop_token_ids(self.tokenizer.eos_token_id, generation_eos(self.model_path))
@@ -459,6 +459,13 @@ class VllmBackend:
             "parameters_method": method,
             "lora_adapter": self.config["adapter"] if self._lora is not None else None,
         }
+
+    def lora_kwargs(self) -> dict | None:
+        """The ``LoRARequest`` every request carries (the adapter), or None without LoRA."""
+        if not self.config["vllm"]["lora"]["enabled"]:
+            return None
+        adapter = self.config["adapter"]
+        return {"lora_name": Path(adapter).name or "adapter", "lora_int_id": 1, "lora_path": adapter}
 
     def _read_effective(self) -> dict:
         """Settings the engine actually uses (it may override or fill in what it was given)."""
