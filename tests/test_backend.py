@@ -109,3 +109,18 @@ def test_data_parallel_shards_prompts_across_processes(tiny_model, tmp_path):
     assert result["model"]["details"]["data_parallel"]["num_processes"] == 2
     for p in parts:  # each process's span, in seconds since the window opened
         assert w0 <= p["start_s"] <= p["end_s"] <= w1 + 1e-6
+
+
+def test_four_bit_weights_are_counted_from_the_model_config(tiny_model):
+    """BitsAndBytes stores two 4-bit weights per uint8 element: numel() would count half of them."""
+    from transformers import AutoConfig
+
+    from llenergymeasure.backends.pytorch import count_parameters
+    from llenergymeasure.flops import analytic_parameters
+
+    hf = AutoConfig.from_pretrained(tiny_model)
+    four = tiny_experiment(device="cuda", pytorch={"load_in_4bit": True})
+    params, method = count_parameters(four, 1_000, hf)
+    assert params == analytic_parameters(hf) and method.startswith("analytic_from_hf_config")
+    assert count_parameters(tiny_experiment(), 1_000, hf) == (1_000, "numel")
+    assert count_parameters(tiny_experiment(device="cuda", pytorch={"load_in_8bit": True}), 1_000, hf) == (1_000, "numel")

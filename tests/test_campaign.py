@@ -89,6 +89,23 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
         ({"backend": "tensorrt", "tensorrt": {"builder_opt_level": 5}}, "BuildConfig has no optimisation level"),
         ({"backend": "tensorrt", "tensorrt": {"quantization": "int8_weight_only", "engine_path": "/e"}}, "is applied while building"),
         ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"split": "validation"}}}, "CalibConfig has no split"),
+        ({"backend": "tensorrt", "tensorrt": {"quantization": "int4_gptq"}}, "int4_gptq: TensorRT-LLM 1.0.0 cannot build it"),
+        ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"dataset": "wikitext"}}}, "calibrates from cnn_dailymail, pileval"),
+        ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8"}}, "cnn_dailymail is downloaded while the engine builds"),
+        ({"backend": "tensorrt", "tensorrt": {"num_draft_tokens": 3}}, "num_draft_tokens = 3 applies to speculative decoding"),
+        ({"backend": "tensorrt", "tensorrt": {"engine_path": "/e", "strongly_typed": False}}, "is applied while building"),
+        ({"backend": "vllm", "vllm": {"swap_space": 8}}, "vLLM 0.11.0's V1 engine allocates no CPU swap blocks"),
+        ({"backend": "vllm", "vllm": {"enable_chunked_prefill": False}}, "chunks the prefills of every generation model"),
+        ({"backend": "vllm", "vllm": {"lora": {"max_rank": 32}}}, "vllm.lora.max_rank = 32 applies to LoRA adapters"),
+        ({"backend": "vllm", "vllm": {"distributed_backend": "ray"}}, "with one GPU vLLM runs its single worker in process"),
+        ({"backend": "pytorch", "pytorch": {"batching_strategy": "dynamic"}}, "set pytorch.max_tokens_per_batch"),
+        ({"backend": "pytorch", "pytorch": {"max_tokens_per_batch": 600}}, "forms batches of batch_size prompts"),
+        ({"backend": "pytorch", "pytorch": {"bnb_4bit_quant_type": "fp4"}}, "applies to 4-bit BitsAndBytes weights only"),
+        ({"backend": "pytorch", "decoder": {"preset": "deterministic", "top_p": 0.9}}, "decoder.top_p = 0.9 shapes sampling"),
+        ({"backend": "pytorch", "device": "cpu", "gpus": [1]}, "gpus = [1] selects CUDA devices, but device = cpu"),
+        ({"backend": "pytorch", "baseline": {"enabled": False, "duration_sec": 5}}, "baseline.duration_sec = 5 has no effect"),
+        ({"backend": "pytorch", "dataset": {"split": "test"}}, "dataset.split = test chooses part of a Hugging Face dataset"),
+        ({"backend": "pytorch", "device": "cpu", "energy": {"backend": "nvml"}}, "energy.backend = nvml reads GPU energy counters"),
     ],
 )
 def test_capability_checks_give_the_reason(experiment, reason):
@@ -300,6 +317,7 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("tensorrt.max_batch_size", 512, "= 512 is out of range; allowed: <= 256"),
         ("tensorrt.calibration.num_samples", 10, "= 10 is out of range; allowed: >= 64"),
         ("pytorch.bnb_4bit_quant_type", "int4", "= 'int4' is not allowed; allowed: nf4, fp4"),
+        ("decoder.top_p", 0, "= 0 is out of range; allowed: > 0"),  # vLLM rejects it, TensorRT-LLM reads it as off
     ],
 )
 def test_bad_experiment_values_in_grid(tmp_path, key, value, expected):

@@ -639,3 +639,81 @@ def test_one_gpu_engines_run_their_executor_in_process_by_default(fake_trt, tiny
         assert mpi_session.STARTS[-1]["n_workers"] == 2
     finally:
         several.close()
+
+
+# ---------------------------------------------------------------------------------------------------- release facts
+def _checkpoint_with(tiny_model, tmp_path, quant: dict) -> str:
+    import shutil
+
+    folder = tmp_path / f"{quant['quant_method']}-checkpoint"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = quant
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return str(folder)
+
+
+def test_int4_gptq_is_refused_and_the_release_cannot_build_it(fake_trt, tiny_model, tmp_path):
+    """W4A16_GPTQ counts as calibrated but is no ModelOpt recipe, so 1.0.0's build takes the SmoothQuant path and
+    asserts: refused at expansion, naming the release; the fake fails the same way when asked anyway."""
+    from llenergymeasure.campaign import semantic_problem
+    from tensorrt_llm._tensorrt_engine import LLM
+    from tensorrt_llm.llmapi import QuantAlgo, QuantConfig
+
+    problem = semantic_problem(trt_experiment(tmp_path, tensorrt={"quantization": "int4_gptq"}))
+    assert problem.startswith("tensorrt.quantization = int4_gptq: TensorRT-LLM 1.0.0 cannot build it")
+    with pytest.raises(AssertionError, match="Call from_hugging_face when there is no quantization"):
+        LLM(model=tiny_model, quant_config=QuantConfig(quant_algo=QuantAlgo.W4A16_GPTQ))
+
+
+@pytest.mark.parametrize("quant", [{"quant_method": "gptq", "bits": 4}, {"quant_method": "awq", "bits": 4}, {"quant_method": "bitsandbytes"}])
+def test_a_prequantised_checkpoint_is_refused(fake_trt, tiny_model, tmp_path, quant):
+    from llenergymeasure.campaign import semantic_problem
+    from tensorrt_llm._tensorrt_engine import LLM
+
+    model = _checkpoint_with(tiny_model, tmp_path, quant)
+    problem = semantic_problem(trt_experiment(tmp_path, model_name=model))
+    assert f"carries a quantization_config (quant_method = {quant['quant_method']})" in problem and "1.0.0" in problem
+    with pytest.raises(NotImplementedError, match="Unsupported quantization_config"):  # the release's loader
+        LLM(model=model)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "env", "needle"),
+    [
+        ("wikitext", {}, "calibrates from cnn_dailymail, pileval, scienceqa or a local dataset folder"),
+        ("cnn_dailymail", {"HF_DATASETS_OFFLINE": "1"}, "is downloaded while the engine builds, but HF_DATASETS_OFFLINE is set"),
+        ("pileval", {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    ],
+)
+def test_calibration_sets_the_release_cannot_read_are_refused(dataset, env, needle):
+    from llenergymeasure.backends.tensorrt import calibration_dataset_problem
+
+    problem = calibration_dataset_problem(dataset, env)
+    assert problem is not None and needle in problem
+
+
+def test_calibration_sets_the_release_reads_pass(tmp_path):
+    from llenergymeasure.backends.tensorrt import calibration_dataset_problem
+
+    for name in ("cnn_dailymail", "abisee/cnn_dailymail", "pileval", "derek-thomas/ScienceQA"):
+        assert calibration_dataset_problem(name, {}) is None, name
+    assert calibration_dataset_problem(calibration_folder(tmp_path), {"HF_HUB_OFFLINE": "1"}) is None
+    no_text = tmp_path / "no-text"
+    no_text.mkdir()
+    (no_text / "train.jsonl").write_text(json.dumps({"article": "x"}) + "\n")
+    assert "has no 'text' column" in calibration_dataset_problem(str(no_text), {})
+
+
+def test_the_fake_builds_only_from_calibration_sets_the_release_reads(fake_trt, tiny_model, tmp_path):
+    from tensorrt_llm._tensorrt_engine import LLM
+    from tensorrt_llm.llmapi import CalibConfig, KvCacheConfig, QuantAlgo, QuantConfig
+
+    fp8 = QuantConfig(quant_algo=QuantAlgo.FP8)
+    with pytest.raises(NotImplementedError, match="Unsupported dataset name or local repo directory: wikitext"):
+        LLM(model=tiny_model, quant_config=fp8, calib_config=CalibConfig(calib_dataset="wikitext"))
+    with pytest.raises(ConnectionError):  # cnn_dailymail comes from the hub while building
+        LLM(model=tiny_model, quant_config=fp8, calib_config=CalibConfig(calib_dataset="cnn_dailymail"))
+    llm = LLM(model=tiny_model, quant_config=fp8, calib_config=CalibConfig(calib_dataset=calibration_folder(tmp_path)),
+              kv_cache_config=KvCacheConfig(enable_block_reuse=False))  # fmt: skip
+    llm.shutdown()

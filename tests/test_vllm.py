@@ -444,3 +444,101 @@ def test_module_imports_without_the_engine():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == PINNED_VERSION
     assert backend_module.PINNED_IMAGE == f"docker://vllm/vllm-openai:v{PINNED_VERSION}"
+
+
+# ---------------------------------------------------------------------------------------------- release facts
+def _quantised_copy(tiny_model, tmp_path, quant: dict) -> str:
+    """The tiny model's folder with a quantization_config, as a pre-quantised checkpoint carries one (the stand-in
+    runs the weights unquantised; what it checks is what the engine is told and picks)."""
+    import shutil
+
+    folder = tmp_path / f"{quant['quant_method']}-model"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = quant
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return str(folder)
+
+
+AWQ = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
+
+
+@pytest.mark.parametrize("requested", [None, "awq"])
+def test_awq_runs_the_marlin_kernels_and_the_effective_method_is_recorded(fake_vllm, tiny_model, tmp_path, requested):
+    """Naming quantization=awq makes vLLM 0.11.0 keep the legacy AWQ kernels ("forcing awq"); the backend asks for
+    awq_marlin instead, which is what vLLM picks by itself when the method is left open."""
+    model = _quantised_copy(tiny_model, tmp_path, AWQ)
+    cfg = vllm_experiment(model_name=model, fp_precision="float16", vllm={"quantization": requested})
+    assert semantic_problem(cfg) is None
+    b = VllmBackend(cfg, model)
+    info = b.load()
+    try:
+        llm = fake_vllm.LLM.instances[-1]
+        assert llm.given.get("quantization") == ("awq_marlin" if requested else None)
+        assert info["quantization"] == {"requested": requested, "given": llm.given.get("quantization"), "effective": "awq_marlin"}
+        assert not any("forcing awq" in m for m in llm.llm_engine.log_messages)
+        assert info["weights"] == "checkpoint, awq_marlin quantisation"
+        # int4 weights are packed eight to an int32: the count comes from the model config, not from numel()
+        assert info["parameters"] == analytic_parameters(b.model_config())
+        assert info["parameters_method"].startswith("analytic_from_hf_config (quantised weights")
+    finally:
+        b.close()
+
+
+def test_the_stand_in_keeps_legacy_kernels_when_awq_is_named(fake_vllm, tiny_model, tmp_path):
+    """What the backend avoids, as 0.11.0 does it (model_executor/layers/quantization/awq_marlin.py:122-127)."""
+    from vllm import LLM
+
+    model = _quantised_copy(tiny_model, tmp_path, AWQ)
+    llm = LLM(model=model, quantization="awq")
+    assert llm.llm_engine.vllm_config.model_config.quantization == "awq"
+    assert any("so forcing awq" in m for m in llm.llm_engine.log_messages)
+
+
+def test_a_checkpoint_contradicting_the_quantization_is_refused(tiny_model, tmp_path):
+    model = _quantised_copy(tiny_model, tmp_path, AWQ)
+    problem = semantic_problem(vllm_experiment(model_name=model, fp_precision="float16", vllm={"quantization": "gptq"}))
+    assert "vllm.quantization = gptq, but" in problem and "quantised with awq" in problem
+    plain = semantic_problem(vllm_experiment(model_name=tiny_model, fp_precision="float16", vllm={"quantization": "awq"}))
+    assert "needs a checkpoint quantised with AWQ" in plain
+
+
+def test_bitsandbytes_loads_with_its_own_loader(fake_vllm, tiny_model):
+    """vLLM 0.11.0 forces load_format=bitsandbytes for BitsAndBytes (engine/arg_utils.py:1058-1059): recorded as
+    effective, and an explicit load_format beside it is refused as having no effect."""
+    b = VllmBackend(vllm_experiment(fp_precision="float16", vllm={"quantization": "bitsandbytes"}), tiny_model)
+    info = b.load()
+    try:
+        assert info["engine_effective"]["load_format"] == "bitsandbytes" and info["engine_args"]["load_format"] == "auto"
+    finally:
+        b.close()
+    refused = semantic_problem(vllm_experiment(vllm={"quantization": "bitsandbytes", "load_format": "safetensors"}))
+    assert "vllm.load_format = safetensors" in refused and "bitsandbytes loader" in refused
+
+
+def test_outputs_carry_no_text(loaded):
+    """Detokenisation is off inside the window: token ids are what the measurement reads, and without a
+    detokenizer the engine builds no text (v1/engine/output_processor.py:138-147)."""
+    from vllm.inputs import TokensPrompt
+
+    backend, llm = loaded()
+    engine = llm.llm_engine
+    engine.add_request("text-check", TokensPrompt(prompt_token_ids=[5, 6, 7]), backend.sampling_params(3, 3, 0))
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += engine.step()
+    assert outputs and all(o.outputs[0].text == "" and o.outputs[0].token_ids for o in outputs)
+
+
+@pytest.mark.parametrize(
+    ("section", "needle"),
+    [
+        ({"swap_space": 8}, "allocates no CPU swap blocks (v1/engine/core.py:204)"),
+        ({"enable_chunked_prefill": False}, "engine/arg_utils.py:1547-1548"),
+        ({"speculative": {"method": "eagle", "model": "org/eagle", "draft_tp_size": 2}}, "config/speculative.py:466-490"),
+        ({"min_p": 0.1}, "resets min_p for greedy requests"),
+    ],
+)
+def test_settings_vllm_0_11_0_ignores_are_refused_naming_the_release(section, needle):
+    problem = semantic_problem(vllm_experiment(vllm=section))
+    assert problem is not None and needle in problem and "vLLM 0.11.0" in problem
