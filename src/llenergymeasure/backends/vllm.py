@@ -195,7 +195,7 @@ def _quantization_problem(config: dict) -> str | None:
         return f"vllm.quantization = {method} needs a checkpoint quantised with {method.upper()}; {config['model_name']} has no quantization_config"
     if found_method is not None and found_method != CHECKPOINT_METHOD[method]:
         return (f"vllm.quantization = {method}, but {config['model_name']} is quantised with {found_method} "
-                f"(vLLM {PINNED_VERSION} refuses the mismatch, config/model.py:945-951)")  # fmt: skip
+                f"(vLLM {PINNED_VERSION} refuses the mismatch, config/model.py:952-957)")  # fmt: skip
     return None
 
 

@@ -187,7 +187,7 @@ class LLMEngine:
                 raise ValueError(f"max_loras ({args['max_loras']}) must be >= 1.")
 
     def _verify_quantization(self, given: str | None, hf) -> str | None:
-        """ModelConfig._verify_quantization of 0.11.0 (config/model.py:878-962) for the methods measured here: the
+        """ModelConfig._verify_quantization of 0.11.0 (config/model.py:879-962) for the methods measured here: the
         checkpoint's quantization_config decides unless the caller names a method; AWQ and GPTQ checkpoints that
         Marlin can run get the Marlin kernels unless awq/gptq is named explicitly, which keeps the legacy kernels
         (awq_marlin.py:110-127, gptq_marlin.py:181-199); a named method other than the checkpoint's is an error."""
