@@ -124,3 +124,13 @@ def test_four_bit_weights_are_counted_from_the_model_config(tiny_model):
     assert params == analytic_parameters(hf) and method.startswith("analytic_from_hf_config")
     assert count_parameters(tiny_experiment(), 1_000, hf) == (1_000, "numel")
     assert count_parameters(tiny_experiment(device="cuda", pytorch={"load_in_8bit": True}), 1_000, hf) == (1_000, "numel")
+
+
+def test_load_refuses_what_expansion_refuses(tiny_model):
+    """A config that did not come through campaign expansion meets the same rules when the backend loads."""
+    from llenergymeasure.errors import MeasurementError
+
+    backend = PyTorchBackend(tiny_experiment(pytorch={"batch_size": 2, "batching_strategy": "dynamic"}), tiny_model)
+    with pytest.raises(MeasurementError, match="set pytorch.max_tokens_per_batch"):
+        backend.load()
+    assert backend.model is None

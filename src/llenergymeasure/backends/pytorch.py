@@ -222,6 +222,11 @@ class PyTorchBackend:
         return BitsAndBytesConfig(**kwargs)
 
     def load(self) -> dict:
+        problem = RULES.problem(self.config)
+        if problem:  # a config that did not come through campaign expansion
+            from ..errors import MeasurementError
+
+            raise MeasurementError(problem)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
