@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backends import BACKENDS
+from .backends import rules as backend_rules
 from .config import (
     DECODER_PRESETS,
     canonical_json,
@@ -28,8 +30,6 @@ from .config import (
     validate,
     validate_value,
 )
-from .backends import BACKENDS
-from .backends import rules as backend_rules
 from .errors import ConfigError
 
 SCHEMA = "campaign"
@@ -217,11 +217,6 @@ def nominal_batch(config: dict) -> tuple[int, str]:
     """The batching knob and how batches form, from the experiment's backend: (batch_size, strategy) for PyTorch,
     (max_num_seqs, "continuous") for vLLM, (max_batch_size, "inflight") for TensorRT-LLM."""
     return backend_rules(config["backend"]).nominal_batch(config)
-
-
-def parallel_gpus(config: dict) -> int:
-    """GPUs one experiment occupies, from the experiment's backend (0 on CPU)."""
-    return backend_rules(config["backend"]).gpus(config)
 
 
 def semantic_problem(config: dict) -> str | None:

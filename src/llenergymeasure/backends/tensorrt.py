@@ -11,7 +11,10 @@ interrupted build never leaves a folder that looks like a valid engine.
 Prompts are tokenised here (the checkpoint's tokenizer, truncated to ``max_input_tokens``) and submitted as token
 ids, all at once: the runtime's in-flight batching decides which requests run together, up to the engine's
 ``max_batch_size``. Latency comes from the engine's own streamed responses: every request is consumed as an
-asyncio stream and each response's arrival on the host is timestamped with ``time.perf_counter``.
+asyncio stream and each response's arrival on the host is timestamped with ``time.perf_counter``. Requests stop on
+the tokenizer's EOS (``end_id``) and on the generation config's other EOS ids (``stop_token_ids``), the set the other
+backends stop on. A one-GPU engine runs its executor in this process unless ``tensorrt.single_process`` is false
+(see :func:`engine_environment`).
 """
 
 from __future__ import annotations
