@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,43 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+#: the test fakes of the engines (importable as ``vllm`` and ``tensorrt_llm`` through the fixtures below)
+FAKES = REPO / "tests" / "fakes" / "engines"
+#: environment variables the engines read while they start (unset for every test that uses a fake)
+ENGINE_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_ATTENTION_BACKEND", "VLLM_FLASH_ATTN_VERSION", "TORCH_COMPILE_DISABLE",
+              "NCCL_P2P_DISABLE", "TLLM_WORKER_USE_SINGLE_PROCESS")  # fmt: skip
+
+
+def forget_engine(name: str) -> None:
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """The fake of vLLM 0.11.0 importable as ``vllm`` for one test, with the engines' variables unset."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    for name in ENGINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    forget_engine("vllm")
+    import vllm
+
+    yield vllm
+    forget_engine("vllm")
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """The fake of TensorRT-LLM 1.0.0 importable as ``tensorrt_llm`` for one test, and forgotten afterwards (so its
+    once-per-process reads, like TLLM_WORKER_USE_SINGLE_PROCESS, start afresh)."""
+    forget_engine("tensorrt_llm")
+    monkeypatch.syspath_prepend(str(FAKES))
+    for name in ENGINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    import tensorrt_llm
+
+    yield tensorrt_llm
+    forget_engine("tensorrt_llm")
 
 
 @pytest.fixture(scope="session", autouse=True)

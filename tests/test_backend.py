@@ -225,3 +225,26 @@ def test_cuda_graph_compile_modes_are_refused_on_the_cpu(tiny_model):
     cfg["pytorch"]["torch_compile"] = "reduce-overhead"
     with pytest.raises(MeasurementError, match="records CUDA graphs, but the experiment runs on the CPU"):
         PyTorchBackend(cfg, tiny_model).load()
+def test_four_bit_weights_are_counted_from_the_model_config(tiny_model):
+    """BitsAndBytes stores two 4-bit weights per uint8 element: numel() would count half of them."""
+    from transformers import AutoConfig
+
+    from llenergymeasure.backends.pytorch import count_parameters
+    from llenergymeasure.flops import analytic_parameters
+
+    hf = AutoConfig.from_pretrained(tiny_model)
+    four = tiny_experiment(device="cuda", pytorch={"load_in_4bit": True})
+    params, method = count_parameters(four, 1_000, hf)
+    assert params == analytic_parameters(hf) and method.startswith("analytic_from_hf_config")
+    assert count_parameters(tiny_experiment(), 1_000, hf) == (1_000, "numel")
+    assert count_parameters(tiny_experiment(device="cuda", pytorch={"load_in_8bit": True}), 1_000, hf) == (1_000, "numel")
+
+
+def test_load_refuses_what_expansion_refuses(tiny_model):
+    """A config that did not come through campaign expansion meets the same rules when the backend loads."""
+    from llenergymeasure.errors import MeasurementError
+
+    backend = PyTorchBackend(tiny_experiment(pytorch={"batch_size": 2, "batching_strategy": "dynamic"}), tiny_model)
+    with pytest.raises(MeasurementError, match="set pytorch.max_tokens_per_batch"):
+        backend.load()
+    assert backend.model is None

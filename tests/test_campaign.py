@@ -95,7 +95,24 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
         ({"device": "cpu", "pytorch": {"torch_compile": True, "torch_compile_backend": "cudagraphs"}}, "need a CUDA device"),
         ({"device": "cuda", "pytorch": {"torch_compile": True, "load_in_4bit": True}}, "does not compile BitsAndBytes"),
         ({"pytorch": {"cache_implementation": "static", "use_cache": False}}, "has no effect with pytorch.use_cache = false"),
-        ({"warmup": {"enabled": False, "mode": "cv"}}, "warmup.mode = cv has no effect with warmup.enabled = false"),
+        ({"warmup": {"enabled": False, "mode": "cv"}}, "warmup.mode = cv, but warmup.enabled = false"),
+        ({"backend": "tensorrt", "tensorrt": {"quantization": "int4_gptq"}}, "int4_gptq: TensorRT-LLM 1.0.0 cannot build it"),
+        ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"dataset": "wikitext"}}}, "calibrates from cnn_dailymail, pileval"),
+        ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8"}}, "cnn_dailymail is downloaded while the engine builds"),
+        ({"backend": "tensorrt", "tensorrt": {"num_draft_tokens": 3}}, "num_draft_tokens = 3 applies to speculative decoding"),
+        ({"backend": "tensorrt", "tensorrt": {"engine_path": "/e", "strongly_typed": False}}, "is applied while building"),
+        ({"backend": "vllm", "vllm": {"swap_space": 8}}, "vLLM 0.11.0's V1 engine allocates no CPU swap blocks"),
+        ({"backend": "vllm", "vllm": {"enable_chunked_prefill": False}}, "chunks the prefills of every generation model"),
+        ({"backend": "vllm", "vllm": {"lora": {"max_rank": 32}}}, "vllm.lora.max_rank = 32 applies to LoRA adapters"),
+        ({"backend": "vllm", "vllm": {"distributed_backend": "ray"}}, "with one GPU vLLM runs its single worker in process"),
+        ({"backend": "pytorch", "pytorch": {"batching_strategy": "dynamic"}}, "set pytorch.max_tokens_per_batch"),
+        ({"backend": "pytorch", "pytorch": {"max_tokens_per_batch": 600}}, "forms batches of batch_size prompts"),
+        ({"backend": "pytorch", "pytorch": {"bnb_4bit_quant_type": "fp4"}}, "applies to 4-bit BitsAndBytes weights only"),
+        ({"backend": "pytorch", "decoder": {"preset": "deterministic", "top_p": 0.9}}, "decoder.top_p = 0.9 shapes sampling"),
+        ({"backend": "pytorch", "device": "cpu", "gpus": [1]}, "gpus = [1] selects CUDA devices, but device = cpu"),
+        ({"backend": "pytorch", "baseline": {"enabled": False, "duration_sec": 5}}, "baseline.duration_sec = 5 has no effect"),
+        ({"backend": "pytorch", "dataset": {"split": "test"}}, "dataset.split = test chooses part of a Hugging Face dataset"),
+        ({"backend": "pytorch", "device": "cpu", "energy": {"backend": "nvml"}}, "energy.backend = nvml reads GPU energy counters"),
     ],
 )
 def test_capability_checks_give_the_reason(experiment, reason):
@@ -310,6 +327,7 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("pytorch.torch_compile", "fast", "= 'fast' is not allowed; allowed: false, true, default, reduce-overhead, max-autotune"),
         ("pytorch.torch_compile_backend", "onnxrt", "= 'onnxrt' is not allowed; allowed: inductor, cudagraphs, aot_eager"),
         ("pytorch.cache_implementation", "hybrid", "= 'hybrid' is not allowed; allowed: dynamic, static"),
+        ("decoder.top_p", 0, "= 0 is out of range; allowed: > 0"),  # vLLM rejects it, TensorRT-LLM reads it as off
     ],
 )
 def test_bad_experiment_values_in_grid(tmp_path, key, value, expected):

@@ -245,7 +245,7 @@ def test_the_example_experiment_runs(tmp_path, capsys):
 
     example = REPO / "config" / "experiments" / "example.yaml"
     code, out, err = run(capsys, "run", str(example), "--set", "num_input_prompts=2", "--set", "max_output_tokens=4",
-                         "--set", "min_output_tokens=4", "--set", "warmup.enabled=false", "--set", "baseline.duration_sec=1",
+                         "--set", "min_output_tokens=4", "--set", "warmup.mode=cv", "--set", "warmup.max_prompts=1", "--set", "baseline.duration_sec=1",
                          "--output", str(tmp_path / "raw.json"), "--quiet")  # fmt: skip
     assert code == 0, err
     result = json.loads((tmp_path / "raw.json").read_text())

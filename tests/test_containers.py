@@ -153,3 +153,42 @@ def test_definition_files_build_on_the_default_images():
         assert "nvidia-ml-py" in text
     assert defaults["pytorch"] == defaults["vllm"]
     assert "transformers" in (REPO / "envs" / "pytorch.def").read_text()
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "vllm", "tensorrt"])
+def test_every_definition_provides_what_snakemake_and_the_options_need(backend, tmp_path):
+    """Snakemake runs a rule's script as `python` in the container (vLLM's image has only python3), and the PyTorch
+    backend's options need BitsAndBytes (load_in_4bit/8bit) and datasets (Hugging Face prompt sets)."""
+    text = (REPO / "envs" / f"{backend}.def").read_text()
+    post = text.split("%post", 1)[1].split("\n%", 1)[0]
+    # run the definition's python provision in a sandbox folder that has python3 only, as vLLM's image does
+    import shutil
+
+    bin_dir, tools = tmp_path / "bin", tmp_path / "tools"
+    bin_dir.mkdir()
+    tools.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    (tools / "ln").symlink_to(shutil.which("ln"))
+    line = next(ln.strip() for ln in post.splitlines() if "command -v python " in ln)
+    line = line.replace("/usr/local/bin/python", str(bin_dir / "python"))
+    env = {"PATH": os.pathsep.join([str(bin_dir), str(tools)])}
+    sh = shutil.which("sh")
+    assert subprocess.run([sh, "-c", "command -v python"], env=env, capture_output=True, check=False).returncode != 0
+    subprocess.run([sh, "-c", line], env=env, check=True)
+    done = subprocess.run([sh, "-c", "python -c 'print(42)'"], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "42"
+    if backend in ("pytorch", "vllm"):
+        assert "bitsandbytes" in post
+    if backend == "pytorch":
+        assert "datasets" in post
+
+
+def test_tensorrt_measurements_survive_the_engines_spawned_worker(workflow_dir):
+    """tensorrt.single_process = false: TensorRT-LLM starts its executor in an MPI worker, which re-runs the job's
+    main file (the measurement script, as Snakemake ran it); the job must still complete."""
+    data = campaign(["tensorrt"])
+    data["grid"]["backend_overrides"] = {"tensorrt": {"single_process": False}}
+    run, _ = run_with_double(workflow_dir, data)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    (raw,) = [read_result(p, "raw_result") for p in raw_result_files(workflow_dir / "results" / "images")]
+    assert raw["backend"] == "tensorrt" and raw["model"]["details"]["environment_set"] == {"TLLM_WORKER_USE_SINGLE_PROCESS": "0"}

@@ -291,3 +291,41 @@ def test_baseline_cache_names_host_and_device_and_is_not_reused_when_shorter(iso
     assert longer["from_cache"] is False and longer["duration_s"] == pytest.approx(10.0)  # a 2 s baseline is not enough
     monkeypatch.setattr(bl, "_host", lambda: "another-host")
     assert read_cached(m.device_key, "fake", ttl_s=600) is None  # another host's file is another host's
+def test_codecarbon_on_a_gpu_host_counts_each_gpu_once(monkeypatch):
+    """energy.backend = codecarbon with NVML present: the experiment's GPUs come from their energy counters, CPU
+    and RAM from CodeCarbon, whose GPU figure (every GPU of the machine) is left out and said to be."""
+    pytest.importorskip("codecarbon")
+    pynvml = pytest.importorskip("pynvml")
+    from types import SimpleNamespace
+
+    from llenergymeasure.energy import meters as meters_module
+
+    gpu = {"cuda_index": 0, "nvml_index": 0, "uuid": "GPU-a", "name": "test board", "mig": False, "handle": object()}
+    monkeypatch.setattr(meters_module, "visible_gpus", lambda: [gpu])
+    readings = iter([1_000_000, 1_300_000])  # mJ: 300 J in the window
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption", lambda handle: next(readings))
+    ms = select_meters({"backend": "codecarbon", "country_iso_code": "FRA"}, gpu_count=1)
+    tracker = SimpleNamespace(start=lambda: None, stop=lambda: None,
+                              final_emissions_data=SimpleNamespace(cpu_energy=1e-5, ram_energy=2e-5, gpu_energy=9e-5, cpu_model="x"))  # fmt: skip
+    codecarbon = next(m for m in ms.meters if m.method == "codecarbon")
+    codecarbon._tracker = tracker
+    ms.start()
+    rows = ms.stop()
+    assert sorted((r.component, r.method) for r in rows) == [("cpu", "codecarbon"), ("gpu", "nvml_counter"), ("ram", "codecarbon")]
+    gpu_row = next(r for r in rows if r.component == "gpu")
+    assert gpu_row.energy_j == pytest.approx(300.0)
+    assert codecarbon.describe()["gpu_energy_source"] == "nvml_counter"
+    assert all(r.details["gpu_energy_source"] == "nvml_counter" for r in rows if r.method == "codecarbon")
+    flags: list = []
+    total = energy_section(rows, {}, 1.0, ms.unavailable, flags)["total"]
+    assert total["gross_energy_j"] == pytest.approx(300.0 + 36.0 + 72.0)  # 9e-5 kWh of CodeCarbon's GPU is not in it
+
+
+def test_two_sources_for_one_component_are_never_summed():
+    clock = Clock()
+    ms = MeterSet([FakeMeter(10.0, "gpu", clock, "g"), FakeMeter(5.0, "cpu", clock, "c")])
+    ms.meters[1].component = "gpu"
+    ms.meters[1].method = "other"
+    ms.start()
+    with pytest.raises(RuntimeError, match="more than one energy source per component"):
+        ms.stop()

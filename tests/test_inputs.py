@@ -250,7 +250,7 @@ def test_prompt_and_campaign_errors_keep_existing_results(tmp_path):
 def test_the_default_campaign_describes_the_backends_as_they_are():
     """Its comment once said vLLM and TensorRT-LLM were dropped; they run (on CUDA GPUs, in their images)."""
     from conftest import REPO
-    from llenergymeasure.campaign import IMPLEMENTED_BACKENDS
+    from llenergymeasure.backends import BACKENDS as IMPLEMENTED_BACKENDS
 
     text = (REPO / "config" / "campaign.yaml").read_text()
     line = next(x for x in text.splitlines() if x.strip().startswith("backends:"))

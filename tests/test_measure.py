@@ -258,5 +258,26 @@ def test_gpus_select_the_jobs_cuda_devices():
     assert env == {"CUDA_VISIBLE_DEVICES": "2,3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     slurm = {"SLURM_JOB_GPUS": "5,6", "CUDA_VISIBLE_DEVICES": "0,1"}
     assert select_gpus(config, slurm).startswith("assigned by Slurm") and slurm["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert slurm["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # Slurm's indices are PCI-ordered too: CUDA must agree
     cpu: dict = {}
     assert select_gpus(resolve_experiment({"model_name": "m", "device": "cpu"}), cpu) is None and cpu == {}
+
+
+def test_lem_run_gives_the_experiment_its_gpus_in_pci_order(monkeypatch, tmp_path, tiny_model):
+    """``lem run`` (no Snakemake) selects the experiment's GPUs the way a workflow job does."""
+    from llenergymeasure import measure, run
+
+    for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        monkeypatch.setenv(name, "")  # recorded, so that the test's own setting is undone afterwards
+        monkeypatch.delenv(name)
+    seen = {}
+
+    def fake_run(config, exp_id, cycle, model_path, output, context):
+        import os
+
+        seen.update({k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")})
+        raise measure.MeasurementError("stop here")
+
+    monkeypatch.setattr(measure, "run_experiment", fake_run)
+    code = run.main(["--set", f"model_name={tiny_model}", "--set", "device=cuda", "--set", "gpus=[1]", "--quiet"])
+    assert code == 1 and seen == {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}

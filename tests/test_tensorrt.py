@@ -5,14 +5,17 @@ correctly, and one real measurement cycle runs through the fake's in-flight batc
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import small_experiment
+from conftest import FAKES, REPO, forget_engine, small_experiment
 from llenergymeasure.backends import tensorrt as trt_backend
-from llenergymeasure.backends.base import Batch, create
+from llenergymeasure.backends import create
+from llenergymeasure.backends.base import Batch
 from llenergymeasure.backends.tensorrt import (
     TensorRTBackend,
     engine_cache_key,
@@ -21,24 +24,8 @@ from llenergymeasure.backends.tensorrt import (
 from llenergymeasure.config import load_schema
 from llenergymeasure.errors import MeasurementError
 
-FAKES = Path(__file__).resolve().parent / "fakes" / "engines"
-
-
 def _drop_engine_modules() -> None:
-    for name in list(sys.modules):
-        if name == "tensorrt_llm" or name.startswith("tensorrt_llm."):
-            del sys.modules[name]
-
-
-@pytest.fixture
-def fake_trt(monkeypatch):
-    """The fake engine importable as ``tensorrt_llm`` for one test, and forgotten afterwards."""
-    _drop_engine_modules()
-    monkeypatch.syspath_prepend(str(FAKES))
-    import tensorrt_llm
-
-    yield tensorrt_llm
-    _drop_engine_modules()
+    forget_engine("tensorrt_llm")
 
 
 @pytest.fixture
@@ -179,6 +166,15 @@ def test_kv_reuse_and_chunked_context_are_runtime_switches(fake_trt, tiny_model,
         backend.close()
 
 
+def calibration_folder(tmp_path, column: str = "text") -> str:
+    """A local calibration set as TensorRT-LLM 1.0.0 reads one: a dataset folder with a train split."""
+    folder = tmp_path / "calib"
+    folder.mkdir(exist_ok=True)
+    rows = [{column: f"calibration sentence number {i} about engines and energy"} for i in range(8)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(folder)
+
+
 @pytest.mark.parametrize(
     "mode, algo, kv_algo, calibrated",
     [
@@ -186,20 +182,20 @@ def test_kv_reuse_and_chunked_context_are_runtime_switches(fake_trt, tiny_model,
         ("int8_sq", "W8A8_SQ_PER_CHANNEL", None, True),
         ("int8_weight_only", "W8A16", None, False),
         ("int4_awq", "W4A16_AWQ", None, True),
-        ("int4_gptq", "W4A16_GPTQ", None, False),
     ],
 )
 def test_quantization_and_calibration(fake_trt, tiny_model, tmp_path, mode, algo, kv_algo, calibrated):
     from tensorrt_llm.llmapi import CalibConfig, QuantAlgo, QuantConfig
 
-    cal = {"dataset": "/data/calib.jsonl", "num_samples": 128, "max_length": 4096}
+    data = calibration_folder(tmp_path)
+    cal = {"dataset": data, "num_samples": 128, "max_length": 4096} if calibrated else {}
     backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": mode, "calibration": cal}), tiny_model)
     try:
         kw = backend.llm.init_kwargs
         assert kw["quant_config"] == QuantConfig(quant_algo=QuantAlgo[algo], kv_cache_quant_algo=QuantAlgo[kv_algo] if kv_algo else None)
         if calibrated:
             assert kw["calib_config"] == CalibConfig(
-                calib_dataset="/data/calib.jsonl", calib_batches=128, calib_max_seq_length=4096, tokenizer_max_seq_length=4096
+                calib_dataset=data, calib_batches=128, calib_max_seq_length=4096, tokenizer_max_seq_length=4096
             )
             assert builds(fake_trt)[0]["calib_config"] is kw["calib_config"]
         else:
@@ -212,10 +208,11 @@ def test_quantization_and_calibration(fake_trt, tiny_model, tmp_path, mode, algo
 def test_default_calibration_values(fake_trt, tiny_model, tmp_path):
     from tensorrt_llm.llmapi import CalibConfig
 
-    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "int4_awq"}), tiny_model)
+    data = calibration_folder(tmp_path)
+    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "int4_awq", "calibration": {"dataset": data}}), tiny_model)
     try:
         assert backend.llm.init_kwargs["calib_config"] == CalibConfig(
-            calib_dataset="cnn_dailymail", calib_batches=512, calib_max_seq_length=2048, tokenizer_max_seq_length=2048
+            calib_dataset=data, calib_batches=512, calib_max_seq_length=2048, tokenizer_max_seq_length=2048
         )
     finally:
         backend.close()
@@ -227,7 +224,7 @@ def test_default_calibration_values(fake_trt, tiny_model, tmp_path):
         ({"calibration": {"split": "validation"}, "quantization": "fp8"}, "calibration.split = validation"),
         ({"builder_opt_level": 5}, "builder_opt_level = 5"),
         ({"kv_cache_type": "continuous"}, "need a paged KV cache"),
-        ({"draft_model": "/models/draft", "num_draft_tokens": 7}, "num_draft_tokens = 7"),
+        ({"draft_model": "/models/draft", "num_draft_tokens": 7}, "draft-target speculative decoding on its PyTorch flow only"),
         ({"extra_build_args": {"no_such_field": 1}}, "extra_build_args"),
         ({"extra_runtime_args": {"no_such_arg": 1}}, "got invalid argument: no_such_arg"),
     ],
@@ -241,7 +238,8 @@ def test_settings_the_pinned_engine_flow_cannot_take_are_refused(fake_trt, tiny_
 
 
 def test_split_and_opt_level_defaults_pass(fake_trt, tiny_model, tmp_path):
-    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "fp8", "builder_opt_level": 3}), tiny_model)
+    cal = {"dataset": calibration_folder(tmp_path), "split": "train"}
+    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "fp8", "builder_opt_level": 3, "calibration": cal}), tiny_model)
     backend.close()
     assert len(builds(fake_trt)) == 1
 
@@ -456,8 +454,8 @@ def test_contract_facts(fake_trt, tiny_model, tmp_path):
         info = backend.info
         assert info["device"] == "cuda" and info["dtype"] == "float16" and info["architecture"] == "llama"
         meta = json.loads((Path(tiny_model) / "lem_model.json").read_text())
-        norms = 2 * meta["architecture"]["num_hidden_layers"] + 1  # the analytic count leaves out RMSNorm weights
-        assert meta["parameters"] - info["parameters"] == norms * meta["architecture"]["hidden_size"]
+        assert info["parameters"] == meta["parameters"]  # the analytic count from the config is exact here
+        assert info["parameters_source"].startswith("analytic_from_model_config")
         assert info["model_size_bytes"] == (Path(info["engine_dir"]) / "rank0.engine").stat().st_size
         assert info["load_s"] > 0 and "parameters_source" in info
         mem = backend.peak_memory()
@@ -574,3 +572,151 @@ def test_run_experiment_writes_a_valid_raw_result(fake_trt, tiny_model, tmp_path
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert validate_result(result, "raw_result") is True
     _check_cycle(result, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------- worker processes
+def _as_snakemake_runs(script: Path, tmp_path: Path, config: dict, model: str) -> subprocess.CompletedProcess:
+    """Run a workflow script as Snakemake does: a temporary file with a preamble that defines ``snakemake`` and sets
+    ``__file__`` to the script's own path (snakemake/script/__init__.py, PythonScript.get_preamble), followed by the
+    script's text, executed as ``python <file>``."""
+    from llenergymeasure.campaign import sparse_config
+
+    raw = tmp_path / "raw.json"
+    preamble = f"""
+import types
+__real_file__ = __file__; __file__ = {str(script)!r}
+snakemake = types.SimpleNamespace(
+    params=types.SimpleNamespace(experiment={sparse_config(config)!r}),
+    wildcards=types.SimpleNamespace(experiment="trt-exp", cycle="1"),
+    input={{"model": {model!r}}}, output=types.SimpleNamespace(raw={str(raw)!r}), log=[{str(tmp_path / "m.log")!r}],
+    config={{"_lem": {{"state_dir": {str(tmp_path / "state")!r}}}}},
+)
+"""
+    wrapper = tmp_path / "tmp_snakemake_script.py"
+    wrapper.write_text(preamble + script.read_text())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]),
+           "LEM_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    env.pop("TLLM_WORKER_USE_SINGLE_PROCESS", None)
+    return subprocess.run([sys.executable, str(wrapper)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_measure_script_survives_tensorrt_llms_spawned_worker(tiny_model, tmp_path):
+    """With its MPI worker (tensorrt.single_process = false), TensorRT-LLM 1.0.0 makes mpi4py re-run the job's main
+    file in the worker; the measurement script must do nothing there, or the worker dies (no ``snakemake`` in it)
+    and the engine never starts."""
+    cfg = trt_experiment(tmp_path, tensorrt={"single_process": False})
+    run = _as_snakemake_runs(REPO / "scripts" / "measure.py", tmp_path, cfg, tiny_model)
+    log = (tmp_path / "m.log").read_text() if (tmp_path / "m.log").exists() else ""
+    assert run.returncode == 0, (run.stderr + log)[-4000:]
+    result = json.loads((tmp_path / "raw.json").read_text())
+    assert result["model"]["details"]["environment_set"] == {"TLLM_WORKER_USE_SINGLE_PROCESS": "0"}
+    assert result["tokens"]["output_tokens"] > 0
+
+
+def test_an_unguarded_script_fails_like_the_real_worker(tiny_model, tmp_path):
+    """The fake re-runs the main file as mpi4py does: a script that works at import time fails the engine's start."""
+    unguarded = tmp_path / "unguarded.py"
+    unguarded.write_text("from llenergymeasure.jobs import measure\n\nmeasure(config=snakemake.params.experiment, experiment_id='x',"
+                         " cycle=1, model_path=snakemake.input['model'], output=snakemake.output.raw,"
+                         " log_path=snakemake.log[0], runtime=snakemake.config['_lem'])\n")  # fmt: skip
+    run = _as_snakemake_runs(unguarded, tmp_path, trt_experiment(tmp_path, tensorrt={"single_process": False}), tiny_model)
+    log = (tmp_path / "m.log").read_text()
+    assert run.returncode != 0 and "NameError: name 'snakemake' is not defined" in log
+    assert "MPI worker aborted while mpi4py re-ran the main module" in log
+
+
+def test_one_gpu_engines_run_their_executor_in_process_by_default(fake_trt, tiny_model, tmp_path):
+    from tensorrt_llm.llmapi import mpi_session
+
+    backend = loaded(trt_experiment(tmp_path), tiny_model)
+    try:
+        assert backend.llm.executor_process == "single_process" and mpi_session.STARTS == []
+        assert backend.info["environment_set"] == {"TLLM_WORKER_USE_SINGLE_PROCESS": "1"}
+        assert os.environ["TLLM_WORKER_USE_SINGLE_PROCESS"] == "1"
+    finally:
+        backend.close()
+    assert "TLLM_WORKER_USE_SINGLE_PROCESS" not in os.environ  # put back as it was
+    several = loaded(trt_experiment(tmp_path, gpus=[0, 1], tensorrt={"tp_size": 2}), tiny_model)
+    try:  # several ranks: always MPI workers, whatever the switch says
+        assert several.llm.executor_process == "mpi_worker" and several.info["environment_set"] == {}
+        assert mpi_session.STARTS[-1]["n_workers"] == 2
+    finally:
+        several.close()
+
+
+# ---------------------------------------------------------------------------------------------------- release facts
+def _checkpoint_with(tiny_model, tmp_path, quant: dict) -> str:
+    import shutil
+
+    folder = tmp_path / f"{quant['quant_method']}-checkpoint"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = quant
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return str(folder)
+
+
+def test_int4_gptq_is_refused_and_the_release_cannot_build_it(fake_trt, tiny_model, tmp_path):
+    """W4A16_GPTQ counts as calibrated but is no ModelOpt recipe, so 1.0.0's build takes the SmoothQuant path and
+    asserts: refused at expansion, naming the release; the fake fails the same way when asked anyway."""
+    from llenergymeasure.campaign import semantic_problem
+    from tensorrt_llm._tensorrt_engine import LLM
+    from tensorrt_llm.llmapi import QuantAlgo, QuantConfig
+
+    problem = semantic_problem(trt_experiment(tmp_path, tensorrt={"quantization": "int4_gptq"}))
+    assert problem.startswith("tensorrt.quantization = int4_gptq: TensorRT-LLM 1.0.0 cannot build it")
+    with pytest.raises(AssertionError, match="Call from_hugging_face when there is no quantization"):
+        LLM(model=tiny_model, quant_config=QuantConfig(quant_algo=QuantAlgo.W4A16_GPTQ))
+
+
+@pytest.mark.parametrize("quant", [{"quant_method": "gptq", "bits": 4}, {"quant_method": "awq", "bits": 4}, {"quant_method": "bitsandbytes"}])
+def test_a_prequantised_checkpoint_is_refused(fake_trt, tiny_model, tmp_path, quant):
+    from llenergymeasure.campaign import semantic_problem
+    from tensorrt_llm._tensorrt_engine import LLM
+
+    model = _checkpoint_with(tiny_model, tmp_path, quant)
+    problem = semantic_problem(trt_experiment(tmp_path, model_name=model))
+    assert f"carries a quantization_config (quant_method = {quant['quant_method']})" in problem and "1.0.0" in problem
+    with pytest.raises(NotImplementedError, match="Unsupported quantization_config"):  # the release's loader
+        LLM(model=model)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "env", "needle"),
+    [
+        ("wikitext", {}, "calibrates from cnn_dailymail, pileval, scienceqa or a local dataset folder"),
+        ("cnn_dailymail", {"HF_DATASETS_OFFLINE": "1"}, "is downloaded while the engine builds, but HF_DATASETS_OFFLINE is set"),
+        ("pileval", {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    ],
+)
+def test_calibration_sets_the_release_cannot_read_are_refused(dataset, env, needle):
+    from llenergymeasure.backends.tensorrt import calibration_dataset_problem
+
+    problem = calibration_dataset_problem(dataset, env)
+    assert problem is not None and needle in problem
+
+
+def test_calibration_sets_the_release_reads_pass(tmp_path):
+    from llenergymeasure.backends.tensorrt import calibration_dataset_problem
+
+    for name in ("cnn_dailymail", "abisee/cnn_dailymail", "pileval", "derek-thomas/ScienceQA"):
+        assert calibration_dataset_problem(name, {}) is None, name
+    assert calibration_dataset_problem(calibration_folder(tmp_path), {"HF_HUB_OFFLINE": "1"}) is None
+    no_text = tmp_path / "no-text"
+    no_text.mkdir()
+    (no_text / "train.jsonl").write_text(json.dumps({"article": "x"}) + "\n")
+    assert "has no 'text' column" in calibration_dataset_problem(str(no_text), {})
+
+
+def test_the_fake_builds_only_from_calibration_sets_the_release_reads(fake_trt, tiny_model, tmp_path):
+    from tensorrt_llm._tensorrt_engine import LLM
+    from tensorrt_llm.llmapi import CalibConfig, KvCacheConfig, QuantAlgo, QuantConfig
+
+    fp8 = QuantConfig(quant_algo=QuantAlgo.FP8)
+    with pytest.raises(NotImplementedError, match="Unsupported dataset name or local repo directory: wikitext"):
+        LLM(model=tiny_model, quant_config=fp8, calib_config=CalibConfig(calib_dataset="wikitext"))
+    with pytest.raises(ConnectionError):  # cnn_dailymail comes from the hub while building
+        LLM(model=tiny_model, quant_config=fp8, calib_config=CalibConfig(calib_dataset="cnn_dailymail"))
+    llm = LLM(model=tiny_model, quant_config=fp8, calib_config=CalibConfig(calib_dataset=calibration_folder(tmp_path)),
+              kv_cache_config=KvCacheConfig(enable_block_reuse=False))  # fmt: skip
+    llm.shutdown()

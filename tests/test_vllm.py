@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import small_experiment
+from conftest import forget_engine, small_experiment
 from llenergymeasure.backends import vllm as backend_module
-from llenergymeasure.backends.vllm import (
-    ENGINE_ENV,
-    PINNED_VERSION,
-    VllmBackend,
-    analytic_parameters,
-)
+from llenergymeasure.backends.vllm import PINNED_VERSION, VllmBackend
 from llenergymeasure.campaign import semantic_problem
 from llenergymeasure.errors import MeasurementError
+from llenergymeasure.flops import analytic_parameters
 
-FAKES = Path(__file__).resolve().parent / "fakes" / "engines"
 LATENCY_METHOD = "engine_step_token_arrival"
 
 
@@ -40,21 +34,7 @@ def vllm_experiment(**overrides) -> dict:
 
 
 def _forget_engine() -> None:
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        del sys.modules[name]
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    """The stand-in importable as ``vllm`` for one test, with the engine's environment variables unset."""
-    monkeypatch.syspath_prepend(str(FAKES))
-    for name in ENGINE_ENV:
-        monkeypatch.delenv(name, raising=False)
-    _forget_engine()
-    import vllm
-
-    yield vllm
-    _forget_engine()
+    forget_engine("vllm")
 
 
 @pytest.fixture
@@ -87,13 +67,10 @@ def test_default_engine_arguments(loaded, tiny_model):
         "seed": 42,
         "max_num_seqs": 256,
         "gpu_memory_utilization": 0.9,
-        "swap_space": 4,
         "cpu_offload_gb": 0,
         "tensor_parallel_size": 1,
         "pipeline_parallel_size": 1,
-        "disable_custom_all_reduce": False,
         "enable_prefix_caching": False,
-        "enable_chunked_prefill": True,
         "block_size": 16,
         "max_model_len": 64 + 8,  # null -> max_input_tokens + max_output_tokens
         "enforce_eager": False,
@@ -101,9 +78,6 @@ def test_default_engine_arguments(loaded, tiny_model):
         "kv_cache_dtype": "auto",
         "disable_sliding_window": False,
         "enable_lora": False,
-        "max_loras": 1,
-        "max_lora_rank": 16,
-        "lora_extra_vocab_size": 256,
     }
     # null in the schema: left to the engine (max_num_batched_tokens, quantization, speculative_config), and the
     # executor is vLLM's own single-GPU choice
@@ -122,14 +96,12 @@ def test_every_engine_field_reaches_the_engine(loaded, tiny_model):
             "max_num_seqs": 4,
             "max_num_batched_tokens": 512,
             "gpu_memory_utilization": 0.5,
-            "swap_space": 2,
             "cpu_offload_gb": 1.5,
             "tensor_parallel_size": 2,
             "pipeline_parallel_size": 2,
             "distributed_backend": "ray",
             "disable_custom_all_reduce": True,
             "enable_prefix_caching": True,
-            "enable_chunked_prefill": False,
             "block_size": 32,
             "max_model_len": 100,
             "enforce_eager": True,
@@ -137,7 +109,7 @@ def test_every_engine_field_reaches_the_engine(loaded, tiny_model):
             "load_format": "safetensors",
             "kv_cache_dtype": "fp8",
             "attention": {"backend": "FLASH_ATTN", "flash_version": 3, "disable_sliding_window": True},
-            "speculative": {"method": "eagle", "model": "org/eagle-head", "num_tokens": 3, "draft_tp_size": 2},
+            "speculative": {"method": "eagle", "model": "org/eagle-head", "num_tokens": 3},
             "lora": {"enabled": True, "max_loras": 2, "max_rank": 32, "extra_vocab_size": 512},
             "extra": {"max_logprobs": 30, "swap_space": 3},
         },
@@ -159,7 +131,6 @@ def test_every_engine_field_reaches_the_engine(loaded, tiny_model):
         "distributed_executor_backend": "ray",
         "disable_custom_all_reduce": True,
         "enable_prefix_caching": True,
-        "enable_chunked_prefill": False,
         "block_size": 32,
         "max_model_len": 100,
         "enforce_eager": True,
@@ -167,8 +138,7 @@ def test_every_engine_field_reaches_the_engine(loaded, tiny_model):
         "load_format": "safetensors",
         "kv_cache_dtype": "fp8",
         "disable_sliding_window": True,
-        "speculative_config": {"method": "eagle", "model": "org/eagle-head", "num_speculative_tokens": 3,
-                               "prompt_lookup_min": 1, "draft_tensor_parallel_size": 2},  # fmt: skip
+        "speculative_config": {"method": "eagle", "model": "org/eagle-head", "num_speculative_tokens": 3},
         "enable_lora": True,
         "max_loras": 2,
         "max_lora_rank": 32,
@@ -187,7 +157,7 @@ def test_other_attention_and_speculative_choices(loaded):
                           "speculative": {"method": "ngram", "num_tokens": 5, "prompt_lookup_min": 2, "prompt_lookup_max": 4}})  # fmt: skip
     assert llm.environment["VLLM_ATTENTION_BACKEND"] == "FLASHINFER" and llm.environment["VLLM_FLASH_ATTN_VERSION"] is None
     assert llm.given["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 2,
-                                               "prompt_lookup_max": 4, "draft_tensor_parallel_size": 1}  # fmt: skip
+                                               "prompt_lookup_max": 4}  # fmt: skip
     assert "distributed_executor_backend" not in llm.given  # one GPU: vLLM's in-process executor
 
 
@@ -200,7 +170,7 @@ def test_user_environment_is_kept_and_restored(fake_vllm, tiny_model, monkeypatc
     assert llm.environment["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"  # the user's choice
     assert llm.environment["VLLM_ATTENTION_BACKEND"] == "FLASHINFER"  # the experiment names it explicitly
     assert info["environment_set"] == ["VLLM_ATTENTION_BACKEND"]
-    assert info["parameters_method"] == "analytic_from_hf_config"  # engine core in another process
+    assert info["parameters_method"].startswith("analytic_from_hf_config")  # engine core in another process
     b.close()
     import os
 
@@ -212,7 +182,7 @@ def test_load_record(fake_vllm, tiny_model):
     record = b.load()
     try:
         assert record["device"] == "cuda" and record["dtype"] == "float32" and record["architecture"] == "llama"
-        assert record["parameters"] == 2940672 and record["parameters_method"] == "engine_model"
+        assert record["parameters"] == 2940672 and record["parameters_method"] == "engine_model_numel"
         assert record["model_size_bytes"] == 2940672 * 4  # the stand-in computes in float32
         assert analytic_parameters(b.model_config()) == 2940672  # the count used when the model is out of reach
         assert record["vllm_version"] == PINNED_VERSION and record["weights"] == "checkpoint"
@@ -231,7 +201,7 @@ def test_greedy_sampling_parameters(loaded):
     given = [params.given for _, _, params, _ in llm.llm_engine.requests]
     assert given == [
         {"n": 1, "max_tokens": 8, "min_tokens": 8, "temperature": 0.0, "top_p": 1.0, "top_k": 50,
-         "repetition_penalty": 1.0, "min_p": 0.0, "ignore_eos": True, "seed": 7 + i}
+         "repetition_penalty": 1.0, "min_p": 0.0, "ignore_eos": True, "seed": 7 + i, "detokenize": False}
         for i in range(2)
     ]  # fmt: skip
     assert llm.llm_engine.requests[0][2].top_k == 0  # temperature 0: the engine itself turns top-k off
@@ -246,7 +216,7 @@ def test_sampled_parameters(loaded):
     (_, _, params, _), = llm.llm_engine.requests
     assert params.given == {"n": 1, "max_tokens": 8, "min_tokens": 0, "temperature": 0.7, "top_p": 0.9,
                             "top_k": 0, "repetition_penalty": 1.1, "min_p": 0.05, "ignore_eos": False, "seed": None,
-                            "logprobs": 2, "logit_bias": {5: 2.5, 7: -100.0}}  # fmt: skip
+                            "detokenize": False, "logprobs": 2, "logit_bias": {5: 2.5, 7: -100.0}}  # fmt: skip
     assert backend.sampling_params(8, 0, 1).top_k == 0
     backend.config["decoder"]["top_k"] = 20
     assert backend.sampling_params(8, 0, 1).top_k == 20
@@ -357,12 +327,11 @@ def test_full_warmup_runs_the_whole_workload_before_the_window(loaded):
 
 
 def test_validity_flags(loaded):
-    backend, _ = loaded(vllm={"max_num_seqs": 8, "enable_chunked_prefill": False})
+    backend, _ = loaded(vllm={"max_num_seqs": 8})
     out = backend.run(PROMPTS, backend.plan(PROMPTS), seed=0)
     codes = dict(backend.validity_flags(out.batches))
     assert "batch_not_saturated" in codes and "at most 6 sequences" in codes["batch_not_saturated"]
-    assert "chunked_prefill_forced" in codes
-    backend, _ = loaded(vllm={"max_num_seqs": 2, "enable_chunked_prefill": True})
+    backend, _ = loaded(vllm={"max_num_seqs": 2})
     out = backend.run(PROMPTS, backend.plan(PROMPTS), seed=0)
     assert backend.validity_flags(out.batches) == []
 
@@ -489,3 +458,101 @@ def test_module_imports_without_the_engine():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == PINNED_VERSION
     assert backend_module.PINNED_IMAGE == f"docker://vllm/vllm-openai:v{PINNED_VERSION}"
+
+
+# ---------------------------------------------------------------------------------------------- release facts
+def _quantised_copy(tiny_model, tmp_path, quant: dict) -> str:
+    """The tiny model's folder with a quantization_config, as a pre-quantised checkpoint carries one (the stand-in
+    runs the weights unquantised; what it checks is what the engine is told and picks)."""
+    import shutil
+
+    folder = tmp_path / f"{quant['quant_method']}-model"
+    shutil.copytree(tiny_model, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = quant
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return str(folder)
+
+
+AWQ = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
+
+
+@pytest.mark.parametrize("requested", [None, "awq"])
+def test_awq_runs_the_marlin_kernels_and_the_effective_method_is_recorded(fake_vllm, tiny_model, tmp_path, requested):
+    """Naming quantization=awq makes vLLM 0.11.0 keep the legacy AWQ kernels ("forcing awq"); the backend asks for
+    awq_marlin instead, which is what vLLM picks by itself when the method is left open."""
+    model = _quantised_copy(tiny_model, tmp_path, AWQ)
+    cfg = vllm_experiment(model_name=model, fp_precision="float16", vllm={"quantization": requested})
+    assert semantic_problem(cfg) is None
+    b = VllmBackend(cfg, model)
+    info = b.load()
+    try:
+        llm = fake_vllm.LLM.instances[-1]
+        assert llm.given.get("quantization") == ("awq_marlin" if requested else None)
+        assert info["quantization"] == {"requested": requested, "given": llm.given.get("quantization"), "effective": "awq_marlin"}
+        assert not any("forcing awq" in m for m in llm.llm_engine.log_messages)
+        assert info["weights"] == "checkpoint, awq_marlin quantisation"
+        # int4 weights are packed eight to an int32: the count comes from the model config, not from numel()
+        assert info["parameters"] == analytic_parameters(b.model_config())
+        assert info["parameters_method"].startswith("analytic_from_hf_config (quantised weights")
+    finally:
+        b.close()
+
+
+def test_the_stand_in_keeps_legacy_kernels_when_awq_is_named(fake_vllm, tiny_model, tmp_path):
+    """What the backend avoids, as 0.11.0 does it (model_executor/layers/quantization/awq_marlin.py:122-127)."""
+    from vllm import LLM
+
+    model = _quantised_copy(tiny_model, tmp_path, AWQ)
+    llm = LLM(model=model, quantization="awq")
+    assert llm.llm_engine.vllm_config.model_config.quantization == "awq"
+    assert any("so forcing awq" in m for m in llm.llm_engine.log_messages)
+
+
+def test_a_checkpoint_contradicting_the_quantization_is_refused(tiny_model, tmp_path):
+    model = _quantised_copy(tiny_model, tmp_path, AWQ)
+    problem = semantic_problem(vllm_experiment(model_name=model, fp_precision="float16", vllm={"quantization": "gptq"}))
+    assert "vllm.quantization = gptq, but" in problem and "quantised with awq" in problem
+    plain = semantic_problem(vllm_experiment(model_name=tiny_model, fp_precision="float16", vllm={"quantization": "awq"}))
+    assert "needs a checkpoint quantised with AWQ" in plain
+
+
+def test_bitsandbytes_loads_with_its_own_loader(fake_vllm, tiny_model):
+    """vLLM 0.11.0 forces load_format=bitsandbytes for BitsAndBytes (engine/arg_utils.py:1058-1059): recorded as
+    effective, and an explicit load_format beside it is refused as having no effect."""
+    b = VllmBackend(vllm_experiment(fp_precision="float16", vllm={"quantization": "bitsandbytes"}), tiny_model)
+    info = b.load()
+    try:
+        assert info["engine_effective"]["load_format"] == "bitsandbytes" and info["engine_args"]["load_format"] == "auto"
+    finally:
+        b.close()
+    refused = semantic_problem(vllm_experiment(vllm={"quantization": "bitsandbytes", "load_format": "safetensors"}))
+    assert "vllm.load_format = safetensors" in refused and "bitsandbytes loader" in refused
+
+
+def test_outputs_carry_no_text(loaded):
+    """Detokenisation is off inside the window: token ids are what the measurement reads, and without a
+    detokenizer the engine builds no text (v1/engine/output_processor.py:138-147)."""
+    from vllm.inputs import TokensPrompt
+
+    backend, llm = loaded()
+    engine = llm.llm_engine
+    engine.add_request("text-check", TokensPrompt(prompt_token_ids=[5, 6, 7]), backend.sampling_params(3, 3, 0))
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += engine.step()
+    assert outputs and all(o.outputs[0].text == "" and o.outputs[0].token_ids for o in outputs)
+
+
+@pytest.mark.parametrize(
+    ("section", "needle"),
+    [
+        ({"swap_space": 8}, "allocates no CPU swap blocks (v1/engine/core.py:204)"),
+        ({"enable_chunked_prefill": False}, "engine/arg_utils.py:1547-1548"),
+        ({"speculative": {"method": "eagle", "model": "org/eagle", "draft_tp_size": 2}}, "config/speculative.py:466-490"),
+        ({"min_p": 0.1}, "resets min_p for greedy requests"),
+    ],
+)
+def test_settings_vllm_0_11_0_ignores_are_refused_naming_the_release(section, needle):
+    problem = semantic_problem(vllm_experiment(vllm=section))
+    assert problem is not None and needle in problem and "vLLM 0.11.0" in problem

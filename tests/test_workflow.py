@@ -294,3 +294,13 @@ def test_lint_and_format():
     assert lint.returncode == 0, lint.stdout + lint.stderr
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.py")))
+def test_scripts_do_nothing_when_an_engine_reimports_them(script):
+    """mpi4py (TensorRT-LLM's MPI workers) and multiprocessing's spawn re-run the parent's main file under another
+    name, without Snakemake's preamble: every workflow script must then do nothing (and not fail)."""
+    code = f"import runpy; g = runpy.run_path({str(REPO / 'scripts' / script)!r}, run_name='__worker__'); print(sorted(k for k in g if not k.startswith('__')))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"  # not even an import happened

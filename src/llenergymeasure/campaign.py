@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backends import BACKENDS
+from .backends import rules as backend_rules
 from .config import (
     DECODER_PRESETS,
     canonical_json,
@@ -31,8 +33,6 @@ from .config import (
 from .errors import ConfigError
 
 SCHEMA = "campaign"
-IMPLEMENTED_BACKENDS = ("pytorch", "vllm", "tensorrt")
-BACKEND_SECTIONS = ("pytorch", "vllm", "tensorrt")
 RESULTS_DIR_ENV = "LLM_ENERGY_RESULTS_DIR"
 USER_CONFIG_FILE = ".lem-config.yaml"
 DEFAULT_CAMPAIGN_FILE = "config/campaign.yaml"
@@ -189,7 +189,8 @@ def campaign_id(name: str) -> str:
 
 
 def resolve_experiment(config: dict) -> dict:
-    """Expand the decoder preset, fill every default, and apply the greedy rule (temperature 0 = greedy)."""
+    """Expand the decoder preset, fill every default, and apply the greedy rule (temperature 0 = greedy); a CUDA-only
+    backend's ``device: cuda`` is its default ``auto``."""
     config = dict(config)
     decoder = dict(config.get("decoder") or {})
     preset = decoder.get("preset")
@@ -200,9 +201,15 @@ def resolve_experiment(config: dict) -> dict:
     resolved = fill_defaults(config, experiment_schema(config.get("backend", "pytorch")), root)
     if resolved["decoder"]["temperature"] == 0:
         resolved["decoder"]["do_sample"] = False
+    # one spelling per behaviour, so that two spellings never make two ids for one measurement
     pt = resolved.get("pytorch")
     if pt and pt.get("torch_compile") is True:
-        pt["torch_compile"] = "default"  # one spelling per behaviour: true and "default" are the same experiment
+        pt["torch_compile"] = "default"
+    warm = resolved.get("warmup")
+    if warm and (warm.get("enabled") is False and warm.get("mode") == "full" or warm.get("mode") == "off"):
+        warm["enabled"], warm["mode"] = False, "off"  # enabled: false and mode: off are the same warm-up (none)
+    if resolved.get("backend") in BACKENDS and resolved["device"] == "cuda" and backend_rules(resolved["backend"]).gpu_only:
+        resolved["device"] = "auto"  # the same thing for a CUDA-only engine: one experiment id, not two
     resolved.pop("config_name", None)
     return resolved
 
@@ -223,28 +230,32 @@ def complete_config(sparse: dict) -> dict:
 def experiment_schema(backend: str) -> dict:
     """The experiment schema as it applies to one backend: the other backends' sections are left out, so a resolved
     config carries only its own engine's settings (a section written for another backend is kept as given, and
-    :func:`capability_problem` rejects it)."""
+    :func:`semantic_problem` rejects it)."""
     schema = dict(load_schema(SCHEMA)["$defs"]["experiment"])
-    schema["properties"] = {k: v for k, v in schema["properties"].items() if k == backend or k not in BACKEND_SECTIONS}
+    schema["properties"] = {k: v for k, v in schema["properties"].items() if k == backend or k not in BACKENDS}
     return schema
 
 
 def nominal_batch(config: dict) -> tuple[int, str]:
-    """The batching knob and how batches form: (batch_size, strategy) for PyTorch, (max_num_seqs, "continuous")
-    for vLLM, (max_batch_size, "inflight") for TensorRT-LLM."""
-    backend = config["backend"]
-    if backend == "vllm":
-        return config["vllm"]["max_num_seqs"], "continuous"
-    if backend == "tensorrt":
-        return config["tensorrt"]["max_batch_size"], "inflight"
-    return config["pytorch"]["batch_size"], config["pytorch"]["batching_strategy"]
+    """The batching knob and how batches form, from the experiment's backend: (batch_size, strategy) for PyTorch,
+    (max_num_seqs, "continuous") for vLLM, (max_batch_size, "inflight") for TensorRT-LLM."""
+    return backend_rules(config["backend"]).nominal_batch(config)
 
 
 def semantic_problem(config: dict) -> str | None:
-    """Why a schema-valid resolved config cannot run, or None."""
-    if config["backend"] not in IMPLEMENTED_BACKENDS:
-        return f"backend '{config['backend']}' is not available in this version (available: {', '.join(IMPLEMENTED_BACKENDS)})"
-    problem = capability_problem(config)
+    """Why a schema-valid resolved config cannot run, or None: the rules that span backends (here), then the
+    experiment's backend's own rules (``problem`` in its module, found through :mod:`llenergymeasure.backends`)."""
+    backend = config["backend"]
+    if backend not in BACKENDS:
+        return f"backend '{backend}' is not available in this version (available: {', '.join(BACKENDS)})"
+    for other in BACKENDS:
+        if other != backend and config.get(other):
+            key = next(iter(_dotted(config[other], other)))
+            return f"{key} is set, but backend = {backend}: a {other} section applies to backend {other} only"
+    rules = backend_rules(backend)
+    if rules.gpu_only and config["device"] == "cpu":
+        return f"backend = {backend} runs on CUDA GPUs only, but device = cpu"
+    problem = rules.problem(config)
     if problem:
         return problem
     if config["min_output_tokens"] > config["max_output_tokens"]:
@@ -259,133 +270,69 @@ def semantic_problem(config: dict) -> str | None:
             resolve_architecture(config["model_name"])
         except ConfigError as exc:
             return str(exc)
-    if not config["warmup"]["enabled"] and config["warmup"]["mode"] == "cv":
-        return "warmup.mode = cv has no effect with warmup.enabled = false (set warmup.mode: off, or enable the warm-up)"
-    if not config["decoder"]["do_sample"] and config["decoder"]["preset"] in ("standard", "creative", "factual"):
-        return f"decoder.preset = {config['decoder']['preset']} samples, but decoder.do_sample = false"
-    if config["backend"] == "pytorch":
-        return _pytorch_problem(config)
+    problem = decoder_problem(config["decoder"])
+    if problem:
+        return problem
+    if config["device"] == "cpu" and config["gpus"] != [0]:
+        return f"gpus = {config['gpus']} selects CUDA devices, but device = cpu"
+    problem = measurement_problem(config)
+    if problem:
+        return problem
+    needed = rules.gpus(config)
+    if (rules.gpu_only or config["device"] == "cuda" or needed > 1) and config["device"] != "cpu" and needed != len(config["gpus"]):
+        return (f"{rules.gpus_knob} = {needed}, but gpus lists {len(config['gpus'])} GPU(s) {config['gpus']}: list exactly the GPUs "
+                "the experiment uses, so that its energy covers them all and no other" + ("" if rules.gpu_only else " (or device: cpu)"))  # fmt: skip
     return None
 
 
-def _pytorch_problem(config: dict) -> str | None:
-    pt = config["pytorch"]
-    if config["device"] == "cpu" and pt["attn_implementation"] == "flash_attention_2":
-        return "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
-    compile_mode, compile_backend = pt["torch_compile"], pt["torch_compile_backend"]
-    if compile_mode is False and compile_backend != "inductor":
-        return f"pytorch.torch_compile_backend = {compile_backend} has no effect while pytorch.torch_compile = false"
-    if compile_mode not in (False, True, "default") and compile_backend != "inductor":
-        return (f"pytorch.torch_compile = {compile_mode} is a mode of the inductor backend; torch_compile_backend = "
-                f"{compile_backend} takes none (use torch_compile: true)")  # fmt: skip
-    if config["device"] == "cpu" and (compile_mode == "reduce-overhead" or (compile_mode and compile_backend == "cudagraphs")):
-        return "pytorch.torch_compile: CUDA graphs (mode reduce-overhead, backend cudagraphs) need a CUDA device, but device = cpu"
-    if compile_mode and (pt["load_in_4bit"] or pt["load_in_8bit"]):
-        return "pytorch.torch_compile: transformers does not compile BitsAndBytes-quantised models"
-    if pt["cache_implementation"] == "static" and not pt["use_cache"]:
-        return "pytorch.cache_implementation = static has no effect with pytorch.use_cache = false"
-    budget = pt["max_tokens_per_batch"]
-    if budget is not None and pt["batching_strategy"] in ("dynamic", "sorted_dynamic"):
-        if budget < config["max_input_tokens"]:
-            return (
-                f"pytorch.max_tokens_per_batch = {budget} is smaller than max_input_tokens = "
-                f"{config['max_input_tokens']}: a single prompt might not fit in a batch"
-            )
+def _defaults(section: str) -> dict:
+    return fill_defaults({}, load_schema(SCHEMA)["$defs"][section], load_schema(SCHEMA))
+
+
+def measurement_problem(config: dict) -> str | None:
+    """Settings of the measurement itself (prompts, idle baseline, timeline, energy meters) that would change
+    nothing as combined: the rules that hold whatever the backend."""
+    from .prompts import source_problem
+
+    problem = source_problem(config["dataset"])
+    if problem:
+        return problem
+    for section in ("baseline", "timeline"):
+        if not config[section]["enabled"]:
+            for key, default in _defaults(section).items():
+                if key != "enabled" and config[section][key] != default:
+                    return f"{section}.{key} = {config[section][key]} has no effect: {section}.enabled = false"
+    warm = config["warmup"]
+    if not warm["enabled"] and warm["mode"] == "cv":
+        return "warmup.mode = cv, but warmup.enabled = false: the warm-up is off (set warmup.mode: off, or enable the warm-up)"
+    if warm["mode"] == "off":
+        for key, default in _defaults("warmup").items():
+            if key not in ("enabled", "mode") and warm[key] != default:
+                return f"warmup.{key} = {warm[key]} has no effect: the warm-up is off"
+    energy = config["energy"]
+    if energy["backend"] == "nvml" and config["device"] == "cpu":
+        return "energy.backend = nvml reads GPU energy counters, but device = cpu"
+    if energy["cpu_tdp_w"] is not None and energy["backend"] in ("rapl", "codecarbon"):
+        return f"energy.cpu_tdp_w sets the TDP of the CPU estimate, which energy.backend = {energy['backend']} never uses"
     return None
 
 
-def parallel_gpus(config: dict) -> int:
-    """GPUs one experiment occupies: tensor x pipeline parallel for the engines, data-parallel processes for
-    PyTorch (one GPU each), 0 on CPU."""
-    backend = config["backend"]
-    if backend == "vllm":
-        return config["vllm"]["tensor_parallel_size"] * config["vllm"]["pipeline_parallel_size"]
-    if backend == "tensorrt":
-        return config["tensorrt"]["tp_size"] * config["tensorrt"]["pp_size"]
-    return 0 if config["device"] == "cpu" else config["pytorch"]["num_processes"]
+#: decoder fields that only shape sampling, with their schema defaults
+SAMPLING_FIELDS = {"top_k": 50, "top_p": 1.0}
 
 
-def capability_problem(config: dict) -> str | None:
-    """Combinations the chosen engine cannot run, known before anything starts."""
-    backend = config["backend"]
-    for other in BACKEND_SECTIONS:
-        if other != backend and config.get(other):
-            key = next(iter(_dotted(config[other], other)))
-            return f"{key} is set, but backend = {backend}: a {other} section applies to backend {other} only"
-    engine = {"vllm": "vLLM", "tensorrt": "TensorRT-LLM"}.get(backend)
-    if engine and config["device"] == "cpu":
-        return f"backend = {backend} runs on CUDA GPUs only, but device = cpu"
-    if engine and config["no_weights"]:
-        return f"no_weights builds random weights in PyTorch; backend {backend} loads checkpoints only"
-    if backend == "pytorch":
-        pt = config["pytorch"]
-        if pt["load_in_4bit"] and pt["load_in_8bit"]:
-            return "pytorch.load_in_4bit and pytorch.load_in_8bit are mutually exclusive"
-        if (pt["load_in_4bit"] or pt["load_in_8bit"]) and config["device"] == "cpu":
-            return "BitsAndBytes quantisation (pytorch.load_in_4bit/8bit) needs a CUDA device, but device = cpu"
-        if (pt["load_in_4bit"] or pt["load_in_8bit"]) and (config["no_weights"] or pt["num_processes"] > 1):
-            return "BitsAndBytes quantisation is supported for a single process loading a checkpoint"
-        if config["adapter"]:
-            return "adapter (LoRA) is supported on backend vllm only in this version"
-    if backend == "tensorrt":
-        trt = config["tensorrt"]
-        if config["fp_precision"] == "float32":
-            return "TensorRT-LLM builds float16/bfloat16 engines: fp_precision = float32 is not supported"
-        if config["adapter"]:
-            return "adapter (LoRA) is supported on backend vllm only in this version"
-        if trt["max_input_len"] is not None and trt["max_input_len"] < config["max_input_tokens"]:
-            return f"tensorrt.max_input_len = {trt['max_input_len']} is smaller than max_input_tokens = {config['max_input_tokens']}"
-        if trt["max_output_len"] is not None and trt["max_output_len"] < config["max_output_tokens"]:
-            return f"tensorrt.max_output_len = {trt['max_output_len']} is smaller than max_output_tokens = {config['max_output_tokens']}"
-        if trt["engine_path"] and trt["force_rebuild"]:
-            return "tensorrt.engine_path names a prebuilt engine; tensorrt.force_rebuild cannot rebuild it"
-        if trt["quantization"] != "none" and trt["engine_path"]:
-            return f"tensorrt.quantization = {trt['quantization']} is applied while building; a prebuilt engine_path is used as built"
-        if trt["draft_model"]:
-            return ("tensorrt.draft_model: TensorRT-LLM 1.0.0 runs draft-target speculative decoding on its PyTorch flow only, "
-                    "not on a TensorRT engine")  # fmt: skip
-        if trt["builder_opt_level"] != 3 and not trt["engine_path"]:
-            return ("tensorrt.builder_opt_level: TensorRT-LLM 1.0.0's BuildConfig has no optimisation level; engines are built "
-                    "at TensorRT's default (3)")  # fmt: skip
-        if trt["quantization"] in ("fp8", "int8_sq", "int4_awq") and trt["calibration"]["split"] != "train":
-            return "tensorrt.calibration.split: TensorRT-LLM 1.0.0's CalibConfig has no split; calibration reads 'train'"
-        if trt["kv_cache_type"] == "continuous" and (trt["enable_chunked_context"] or trt["enable_kv_cache_reuse"]):
-            return ("tensorrt.kv_cache_type = continuous: chunked context and KV cache reuse need a paged KV cache "
-                    "(set tensorrt.enable_chunked_context and enable_kv_cache_reuse to false)")  # fmt: skip
-    if backend == "vllm":
-        v = config["vllm"]
-        if config["adapter"] and not v["lora"]["enabled"]:
-            return "adapter is set, but vllm.lora.enabled = false"
-        if v["lora"]["enabled"] and not config["adapter"]:
-            return "vllm.lora.enabled = true, but no adapter is set"
-        spec = v["speculative"]
-        if spec["method"] == "ngram" and spec["model"]:
-            return "vllm.speculative.method = ngram looks tokens up in the prompt; it takes no draft model"
-        if spec["method"] == "ngram" and spec["prompt_lookup_max"] is None:
-            return "vllm.speculative.method = ngram needs vllm.speculative.prompt_lookup_max"
-        if spec["method"] not in (None, "ngram") and not spec["model"]:
-            return f"vllm.speculative.method = {spec['method']} needs vllm.speculative.model"
-        if spec["prompt_lookup_max"] is not None and spec["prompt_lookup_max"] < spec["prompt_lookup_min"]:
-            return "vllm.speculative.prompt_lookup_max is smaller than prompt_lookup_min"
-        if v["max_model_len"] is not None and v["max_model_len"] < config["max_input_tokens"] + config["max_output_tokens"]:
-            return (f"vllm.max_model_len = {v['max_model_len']} is smaller than max_input_tokens + max_output_tokens = "
-                    f"{config['max_input_tokens'] + config['max_output_tokens']}")  # fmt: skip
-        if v["kv_cache_dtype"] == "fp8" and config["fp_precision"] == "float32":
-            return "vllm.kv_cache_dtype = fp8 with fp_precision = float32 is not supported by vLLM"
-        if v["attention"]["flash_version"] is not None and v["attention"]["backend"] != "FLASH_ATTN":
-            return "vllm.attention.flash_version applies to vllm.attention.backend = FLASH_ATTN only"
-        from .backends.vllm import unsupported_setting  # what the pinned vLLM release cannot do (no engine import)
-
-        problem = unsupported_setting(config)
-        if problem:
-            return problem
-    needed = parallel_gpus(config)
-    if engine or config["device"] == "cuda" or needed > 1:
-        if config["device"] != "cpu" and needed != len(config["gpus"]):
-            what = {"vllm": "vllm.tensor_parallel_size x pipeline_parallel_size", "tensorrt": "tensorrt.tp_size x pp_size"}.get(
-                backend, "pytorch.num_processes")  # fmt: skip
-            return (f"{what} = {needed}, but gpus lists {len(config['gpus'])} GPU(s) {config['gpus']}: list exactly the GPUs "
-                    "the experiment uses, so that its energy covers them all and no other" + (" (or device: cpu)" if backend == "pytorch" else ""))  # fmt: skip
+def decoder_problem(decoder: dict) -> str | None:
+    """Decoder settings that cannot all hold: a sampling preset with do_sample off, and sampling knobs under greedy
+    decoding (no backend reads them there, so they would only make a second id for the same measurement)."""
+    if not decoder["do_sample"] and decoder["preset"] in ("standard", "creative", "factual"):
+        return f"decoder.preset = {decoder['preset']} samples, but decoder.do_sample = false"
+    if not decoder["do_sample"]:
+        for key, default in SAMPLING_FIELDS.items():
+            if decoder[key] != default:
+                return f"decoder.{key} = {decoder[key]} shapes sampling, but decoding is greedy (decoder.do_sample = false)"
+        if decoder["temperature"] not in (0, 1.0):
+            return (f"decoder.temperature = {decoder['temperature']} shapes sampling, but decoding is greedy "
+                    "(decoder.do_sample = false; temperature 0 also means greedy)")  # fmt: skip
     return None
 
 
@@ -417,7 +364,7 @@ def batch_token(config: dict) -> str:
     """The batching knob in an experiment id: bs<N> (PyTorch static/dynamic batch, TensorRT-LLM engine batch
     limit) or seqs<N> (vLLM's continuous-batch limit)."""
     size, _ = nominal_batch(config)
-    return f"seqs{size}" if config["backend"] == "vllm" else f"bs{size}"
+    return f"{backend_rules(config['backend']).batch_label}{size}"
 
 
 def _auto_name(backend: str, model: str, varied: dict) -> str:
@@ -537,7 +484,7 @@ def expand(campaign: dict) -> Expansion:
         config = resolve_experiment(merged)
         problem = semantic_problem(config)
         if problem:
-            if strict and config["backend"] in IMPLEMENTED_BACKENDS:
+            if strict and config["backend"] in BACKENDS:
                 raise ConfigError(f"{source}: {problem}")
             dropped.append((name, problem))
             return

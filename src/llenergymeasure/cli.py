@@ -187,7 +187,7 @@ def welch(a: list[float], b: list[float], confidence: float = 0.95) -> dict:
     if se == 0:
         return {"difference": diff, "significant": diff != 0, "t": None, "df": None, "ci_low": diff, "ci_high": diff}
     df = (va + vb) ** 2 / ((va**2) / (len(a) - 1) + (vb**2) / (len(b) - 1))
-    crit = t_quantile(confidence, max(1, math.floor(df)))  # rounding df down is conservative
+    crit = t_quantile(confidence, df)  # Welch-Satterthwaite degrees of freedom, fractional
     t = diff / se
     return {
         "difference": diff,

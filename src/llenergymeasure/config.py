@@ -228,7 +228,9 @@ def _compiled(schema_name: str, ref: str | None):
         return None
     root = {k: v for k, v in load_schema(schema_name).items() if k not in ("$id", "$schema")}
     schema = root if ref is None else {"$ref": f"#/$defs/{ref}", "$defs": root.get("$defs", {})}
-    return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
+    # use_default=False: a validator only answers; by default fastjsonschema writes schema defaults into the data it
+    # checks, which would make defaults look like values the user gave (and override a decoder preset).
+    return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"}, use_default=False)
 
 
 def validate_value(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> None:

@@ -110,3 +110,17 @@ def flops_section(d: dict, requests: list[tuple[int, int]], window_s: float, out
         "counted": "projections, MLP, attention over attended keys, output layer; no norms/rotary/softmax; no padding",
         "model_dims": d,
     }
+
+
+def analytic_parameters(hf_config: Any) -> int | None:
+    """Weights of a decoder-only model from its config: the projections and MLPs that :func:`linear_per_position`
+    counts (one weight per multiply-accumulate), the embedding, an untied output layer and the RMS/LayerNorm
+    scales. None when the config lacks a dimension. Used where the engine's tensors do not count weights one by one
+    (packed 4-bit storage) or live in other processes."""
+    d = model_dims(hf_config)
+    if any(d[k] is None for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "vocab_size")):
+        return None
+    tied = _get(hf_config, "tie_word_embeddings", default=False)
+    embed = d["vocab_size"] * d["hidden_size"]
+    norms = (2 * d["num_layers"] + 1) * d["hidden_size"]
+    return linear_per_position(d) // 2 + embed * (1 if tied else 2) + norms

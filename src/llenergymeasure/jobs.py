@@ -71,13 +71,15 @@ def select_gpus(config: dict, environ=os.environ) -> str | None:
     """Make the experiment's ``gpus`` the only CUDA devices this job sees (physical indices, NVML order).
 
     A scheduler that already assigned GPUs to the job (Slurm sets ``SLURM_JOB_GPUS``/``CUDA_VISIBLE_DEVICES``) wins:
-    ``gpus`` then only says how many the job needs. Nothing is set for CPU experiments.
+    ``gpus`` then only says how many the job needs. Either way CUDA numbers devices in PCI bus order, as NVML and
+    nvidia-smi do (CUDA's default, fastest first, pairs the wrong boards on hosts with mixed GPUs). Nothing is set
+    for CPU experiments.
     """
     if config["device"] == "cpu":
         return None
+    environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if environ.get("SLURM_JOB_GPUS") or environ.get("SLURM_STEP_GPUS"):
-        return f"assigned by Slurm: CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')}"
-    environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's default order (fastest first) is not nvidia-smi's
+        return f"assigned by Slurm: CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')} (CUDA_DEVICE_ORDER=PCI_BUS_ID)"
     environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in config["gpus"])
     return f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']} (CUDA_DEVICE_ORDER=PCI_BUS_ID)"
 

@@ -24,7 +24,7 @@ import statistics
 import time
 
 from . import validity
-from .backends.base import create as create_backend
+from .backends import create as create_backend
 from .config import canonical_json
 from .energy.base import ComponentEnergy
 from .energy.baseline import idle_baselines, utc_now_iso

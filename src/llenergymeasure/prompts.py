@@ -125,6 +125,20 @@ def _load_hub(name: str, split: str | None, subset: str | None, column: str | No
     return _from_rows(ds, column, name)
 
 
+def source_problem(dataset: dict) -> str | None:
+    """Dataset settings that would change nothing for this source: split and subset choose parts of a Hugging Face
+    dataset, and a column has no meaning for the shipped prompts or a .txt file (one prompt per line)."""
+    name = dataset.get("name", "builtin")
+    local = name == "builtin" or name.endswith((".jsonl", ".txt")) or Path(name).is_file()
+    if local:
+        for key in ("split", "subset"):
+            if dataset.get(key) is not None:
+                return f"dataset.{key} = {dataset[key]} chooses part of a Hugging Face dataset, but dataset.name = {name} is a local prompt file"
+        if dataset.get("column") is not None and (name == "builtin" or name.endswith(".txt")):
+            return f"dataset.column = {dataset['column']}: dataset.name = {name} has one prompt per line or record and no columns to choose"
+    return None
+
+
 def load_prompts(dataset: dict, num_prompts: int, seed: int | None = None) -> list[str]:
     """The first ``num_prompts`` prompts of a source (after an optional seeded shuffle).
 

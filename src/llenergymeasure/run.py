@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 1
+    from .jobs import select_gpus
     from .measure import run_experiment
     from .results import ResultExistsError
 
+    gpus = select_gpus(config)  # the experiment's GPUs only, in PCI order, as in a workflow job
+    if gpus and not args.quiet:
+        logging.getLogger(__name__).info("GPUs: %s", gpus)
     exp_id = experiment_id(config)
     if args.output and os.path.lexists(args.output):
         print(f"Refused: {args.output} already exists: a finished measurement is never replaced (choose another --output)", file=sys.stderr)

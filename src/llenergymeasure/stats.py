@@ -1,8 +1,10 @@
-"""Statistics with the standard library only (the measurement step runs where numpy may be missing).
+"""Statistics across cycles and of latency samples.
 
 Across cycles the tool reports mean, sample standard deviation (ddof 1), coefficient of variation and a
 Student-t confidence interval of the mean. With three to five cycles a t-interval is the honest choice: a
-percentile bootstrap of so few values is systematically too narrow.
+percentile bootstrap of so few values is systematically too narrow. The t quantile is scipy's exact one; scipy is
+imported only when an interval is computed (aggregation and ``lem compare`` run on the host), so the measurement
+step, which needs :func:`distribution` alone, runs on the standard library.
 """
 
 from __future__ import annotations
@@ -10,40 +12,13 @@ from __future__ import annotations
 import math
 import statistics
 
-# Two-sided 97.5 % quantiles of Student's t for df = 1..30 (the 95 % interval), then selected larger df.
-_T975 = [
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-]  # fmt: skip
-_T975_LARGE = [(40, 2.021), (60, 2.000), (120, 1.980), (math.inf, 1.960)]
 
+def t_quantile(confidence: float, df: float) -> float:
+    """Two-sided Student-t critical value: the ``(1 + confidence) / 2`` quantile with ``df`` degrees of freedom
+    (``df`` may be fractional, as Welch's approximation gives it)."""
+    from scipy.stats import t
 
-def _t_quantile_975(df: int) -> float:
-    if df <= 30:
-        return _T975[df - 1]
-    prev_df, prev_t = 30, _T975[-1]
-    for d, t in _T975_LARGE:
-        if df <= d:
-            if d == math.inf:
-                return t
-            # interpolate linearly in 1/df, which is how these tables are meant to be read
-            w = (1 / prev_df - 1 / df) / (1 / prev_df - 1 / d)
-            return prev_t + w * (t - prev_t)
-        prev_df, prev_t = d, t
-    return 1.960
-
-
-def t_quantile(confidence: float, df: int) -> float:
-    """Two-sided Student-t critical value. Exact table values at 95 %; other levels use a normal-based
-    Cornish-Fisher expansion (accurate to about 1 % for df >= 3)."""
-    if abs(confidence - 0.95) < 1e-12:
-        return _t_quantile_975(df)
-    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    return z + g1 / df + g2 / df**2 + g3 / df**3
+    return float(t.ppf(0.5 + confidence / 2, df))
 
 
 def percentile(values: list[float], q: float) -> float | None:

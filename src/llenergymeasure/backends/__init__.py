@@ -1,1 +1,100 @@
-"""Inference backends. Engines are imported inside each backend, never at package import."""
+"""Inference backends, and the registry that finds each backend's rules.
+
+Where a backend's rules live
+----------------------------
+Each backend module (``pytorch.py``, ``vllm.py``, ``tensorrt.py``) defines ``RULES``, a :class:`BackendRules`,
+at module level. Everything a campaign needs to know about that backend before anything runs is there, and
+only there, next to the release facts that drive it:
+
+- ``problem(config)``: what the backend (or its pinned engine release) cannot run, as one line naming the key,
+  the value and the reason, or None. Campaign expansion refuses the experiment with that line; the backend's
+  ``load()`` calls the same function again, so a config that did not come through expansion is refused too;
+- ``gpus(config)``: the physical GPUs one experiment occupies (its energy is read on exactly those);
+- ``nominal_batch(config)``: the batching knob's value and how batches form;
+- ``count_parameters(config, counted, hf_config)``: how the model's parameter count is established;
+- ``implementation(config)``: the class that measures (imported only when a measurement starts).
+
+The modules import their engines lazily, inside the methods that use them, so reading rules never needs torch,
+vLLM or TensorRT-LLM. Rules that span backends (a foreign backend's section, output-length bounds, decoder
+presets, the GPU list matching ``gpus(config)``) live in :mod:`llenergymeasure.campaign`. A new rule for one
+backend goes into that backend's ``problem`` function; nothing else has to change.
+
+Nothing here imports a backend module at import time, and backend modules import only :mod:`.base` (records) and
+this registry's :class:`BackendRules`: there is no import loop between the registry, the records and the
+backends.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+#: Backends of this version, in the order they are documented.
+BACKENDS = ("pytorch", "vllm", "tensorrt")
+
+
+@dataclass(frozen=True)
+class BackendRules:
+    """A backend's engine-free rules (see the module docstring)."""
+
+    name: str
+    engine: str  # what runs the model, with the pinned release where there is one ("vLLM 0.11.0")
+    batch_knob: str  # the dotted key of the batching knob ("vllm.max_num_seqs")
+    batch_label: str  # its short form in experiment ids: "bs" (batch size) or "seqs" (running sequences)
+    gpus_knob: str  # what decides the GPU count, for messages ("tensorrt.tp_size x pp_size")
+    gpu_only: bool  # runs on CUDA GPUs only (the GPU list must then match gpus(config) exactly)
+    problem: Callable[[dict], str | None]
+    gpus: Callable[[dict], int]
+    nominal_batch: Callable[[dict], tuple[int, str]]
+    count_parameters: Callable[[dict, int | None, Any], tuple[int | None, str]]
+    implementation: Callable[[dict], str]  # "module:Class"
+
+
+def rules(backend: str) -> BackendRules:
+    """The rules of one backend (ValueError for a name that is not a backend of this version)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (available: {', '.join(BACKENDS)})")
+    return importlib.import_module(f"{__name__}.{backend}").RULES
+
+
+def create(config: dict, model_path: str):
+    """The backend object that measures ``config`` (its engine is imported lazily, on first use)."""
+    module, _, cls = rules(config["backend"]).implementation(config).partition(":")
+    return getattr(importlib.import_module(module), cls)(config, model_path)
+
+
+def checkpoint_config(model: str) -> dict | None:
+    """The Hugging Face ``config.json`` of a checkpoint, when it can be read without a network: a local folder, or
+    a hub id already in the local Hugging Face cache. None when unknown here (the engine reads it at load)."""
+    folder = Path(model)
+    path = folder / "config.json" if folder.is_dir() else None
+    if path is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        try:
+            found = try_to_load_from_cache(model, "config.json")
+        except Exception:  # not a valid repo id: nothing cached under it
+            return None
+        path = Path(found) if isinstance(found, str) else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def checkpoint_quantization(model: str) -> dict | None:
+    """The ``quantization_config`` a checkpoint carries (pre-quantised weights), {} for none, None when unknown."""
+    cfg = checkpoint_config(model)
+    if cfg is None:
+        return None
+    quant = cfg.get("quantization_config") or (cfg.get("text_config") or {}).get("quantization_config")
+    return dict(quant) if isinstance(quant, dict) else {}

@@ -18,7 +18,9 @@ A backend is constructed with the resolved experiment config and the model locat
     token_counting: str                      how input and output tokens are counted (recorded beside the counts)
     close()                                  free the engine (GPU memory, worker processes)
 
-Engines are imported inside the backend modules only: the package imports with none of them installed.
+Engines are imported inside the backend modules only: the package imports with none of them installed. Which class
+measures an experiment, and each backend's engine-free rules, come from the registry in
+:mod:`llenergymeasure.backends`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from dataclasses import dataclass, field
 
 from ..steady import Step
 
-__all__ = ["Batch", "RequestTiming", "RunOutput", "Step", "converge", "warm_up", "warmup_mode", "warmup_off"]
+__all__ = ["Batch", "RequestTiming", "RunOutput", "Step", "converge", "elapsed", "generation_eos", "shape", "stop_token_ids",
+           "warm_up", "warmup_mode", "warmup_off"]  # fmt: skip
 
 
 @dataclass
@@ -153,23 +156,26 @@ def converge(repeat, cfg: dict, batch_size: int, new_tokens: int) -> dict:
     }
 
 
-def create(config: dict, model_path: str):
-    """The backend object for ``config['backend']`` (its engine is imported lazily, on first use)."""
-    name = config["backend"]
-    if name == "pytorch":
-        if config["pytorch"]["num_processes"] > 1:
-            from .data_parallel import DataParallelPyTorch
+def stop_token_ids(primary: int | None, generation_eos) -> list[int]:
+    """Every token id that ends a request: ``primary`` (the tokenizer's EOS) first, then the other ``eos_token_id``
+    values of the checkpoint's generation config, ascending. vLLM 0.11.0 stops on all of them by itself
+    (``SamplingParams.update_from_generation_config``, vllm/sampling_params.py:460-484); the other backends are
+    given the same set, so output lengths and energy per token compare across backends."""
+    extra = generation_eos if isinstance(generation_eos, (list, tuple, set)) else [generation_eos]
+    ids = [] if primary is None else [int(primary)]
+    ids += sorted({int(t) for t in extra if t is not None and int(t) != primary})
+    return ids
 
-            return DataParallelPyTorch(config, model_path)
-        from .pytorch import PyTorchBackend
 
-        return PyTorchBackend(config, model_path)
-    if name == "vllm":
-        from .vllm import VllmBackend
+def generation_eos(model_path: str):
+    """The ``eos_token_id`` of a checkpoint's generation config (an int, a list or None), read as vLLM 0.11.0 reads
+    it (vllm/transformers_utils/config.py:950-969): ``generation_config.json``, else derived from ``config.json``."""
+    from transformers import AutoConfig, GenerationConfig
 
-        return VllmBackend(config, model_path)
-    if name == "tensorrt":
-        from .tensorrt import TensorRTBackend
-
-        return TensorRTBackend(config, model_path)
-    raise ValueError(f"unknown backend {name!r}")
+    try:
+        return GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:
+        try:
+            return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path)).eos_token_id
+        except (OSError, ValueError):
+            return None

@@ -14,13 +14,15 @@ of the window once); ``pytorch.cache_implementation`` picks generate's KV cache.
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
 
-from .base import Batch, RequestTiming, RunOutput, Step, elapsed, shape, warm_up
+from . import BackendRules
+from .base import Batch, RequestTiming, RunOutput, Step, elapsed, shape, stop_token_ids, warm_up
 
-__all__ = ["Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
+__all__ = ["RULES", "Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,124 @@ DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 LENGTH_EOS_OFF = "eos_stopping_off"  # no EOS: generate runs to max_new_tokens, no per-step logits processor
 LENGTH_MIN_NEW_TOKENS = "min_new_tokens_logits_processor"  # EOS masked until min_new_tokens (a processor per step)
 LENGTH_FREE = "eos_or_max_new_tokens"  # the model stops at EOS or max_new_tokens
+
+
+# ---------------------------------------------------------------------------------------------------- rules
+# What this backend refuses and why, the GPUs it occupies, its batching knob and how it counts parameters: read
+# at campaign expansion without importing torch (see llenergymeasure.backends).
+
+
+def problem(config: dict) -> str | None:
+    """Why PyTorch/transformers cannot run this experiment as configured, or None."""
+    pt = config["pytorch"]
+    bnb = pt["load_in_4bit"] or pt["load_in_8bit"]
+    if pt["load_in_4bit"] and pt["load_in_8bit"]:
+        return "pytorch.load_in_4bit and pytorch.load_in_8bit are mutually exclusive"
+    if bnb and config["device"] == "cpu":
+        return "BitsAndBytes quantisation (pytorch.load_in_4bit/8bit) needs a CUDA device, but device = cpu"
+    if bnb and (config["no_weights"] or pt["num_processes"] > 1):
+        return "BitsAndBytes quantisation is supported for a single process loading a checkpoint"
+    if not pt["load_in_4bit"]:
+        changed = [k for k, default in BNB_4BIT_DEFAULTS.items() if pt[k] != default]
+        if changed:
+            return f"pytorch.{changed[0]} = {pt[changed[0]]} applies to 4-bit BitsAndBytes weights only, but pytorch.load_in_4bit = false"
+    if config["adapter"]:
+        return "adapter (LoRA) is supported on backend vllm only in this version"
+    if not config["decoder"]["do_sample"] and pt["min_p"] != 0:
+        return f"pytorch.min_p = {pt['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false)"
+    if config["device"] == "cpu" and pt["attn_implementation"] == "flash_attention_2":
+        return "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
+    problem = compile_problem(config)
+    if problem:
+        return problem
+    budget = pt["max_tokens_per_batch"]
+    if budget is None and pt["batching_strategy"] in ("dynamic", "sorted_dynamic"):
+        static = pt["batching_strategy"].replace("dynamic", "static")
+        return (f"pytorch.batching_strategy = {pt['batching_strategy']} packs prompts up to pytorch.max_tokens_per_batch; "
+                f"without one the budget is batch_size x max_input_tokens, which every batch fits, so it would batch "
+                f"as {static}: set pytorch.max_tokens_per_batch")  # fmt: skip
+    if budget is not None and pt["batching_strategy"] not in ("dynamic", "sorted_dynamic"):
+        return (f"pytorch.max_tokens_per_batch is the token budget of dynamic batches; batching_strategy = "
+                f"{pt['batching_strategy']} forms batches of batch_size prompts and never reads it")  # fmt: skip
+    if budget is not None and budget < config["max_input_tokens"]:
+        return (
+            f"pytorch.max_tokens_per_batch = {budget} is smaller than max_input_tokens = "
+            f"{config['max_input_tokens']}: a single prompt might not fit in a batch"
+        )
+    return None
+
+
+def compile_problem(config: dict) -> str | None:
+    """torch.compile and KV-cache settings that cannot apply as combined (torch's and transformers' own rules)."""
+    pt = config["pytorch"]
+    mode, backend = pt["torch_compile"], pt["torch_compile_backend"]
+    if mode is False and backend != "inductor":
+        return f"pytorch.torch_compile_backend = {backend} has no effect while pytorch.torch_compile = false"
+    if mode not in (False, True, "default") and backend != "inductor":
+        # torch.compile hands a mode to a non-inductor backend as a keyword it does not take (torch/__init__.py,
+        # _TorchCompileWrapper): modes are inductor's
+        return (f"pytorch.torch_compile = {mode} is a mode of the inductor backend; torch_compile_backend = {backend} "
+                "takes none (use torch_compile: true)")  # fmt: skip
+    if config["device"] == "cpu" and (mode == "reduce-overhead" or (mode and backend == "cudagraphs")):
+        return "pytorch.torch_compile: CUDA graphs (mode reduce-overhead, backend cudagraphs) need a CUDA device, but device = cpu"
+    if mode and (pt["load_in_4bit"] or pt["load_in_8bit"]):
+        # transformers' quantizers report is_compileable = False for BitsAndBytes (quantizers/base.py)
+        return "pytorch.torch_compile: transformers does not compile BitsAndBytes-quantised models"
+    if pt["cache_implementation"] == "static" and not pt["use_cache"]:
+        return "pytorch.cache_implementation = static has no effect with pytorch.use_cache = false"
+    return None
+
+
+#: 4-bit BitsAndBytes settings and their defaults (read by transformers only with load_in_4bit)
+BNB_4BIT_DEFAULTS = {"bnb_4bit_compute_dtype": "float16", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False}
+
+
+def gpus(config: dict) -> int:
+    """One GPU per data-parallel process on CUDA, none on CPU."""
+    return 0 if config["device"] == "cpu" else config["pytorch"]["num_processes"]
+
+
+def nominal_batch(config: dict) -> tuple[int, str]:
+    return config["pytorch"]["batch_size"], config["pytorch"]["batching_strategy"]
+
+
+def count_parameters(config: dict, counted: int | None, hf_config) -> tuple[int | None, str]:
+    """``counted`` is the sum of ``numel()`` over the model's tensors. 4-bit BitsAndBytes stores two weights per
+    uint8 element, so there the count comes from the model config instead."""
+    if config["pytorch"]["load_in_4bit"]:
+        from ..flops import analytic_parameters
+
+        return analytic_parameters(hf_config), "analytic_from_hf_config (4-bit weights are packed two per byte)"
+    return counted, "numel"
+
+
+def implementation(config: dict) -> str:
+    if config["pytorch"]["num_processes"] > 1:
+        return "llenergymeasure.backends.data_parallel:DataParallelPyTorch"
+    return "llenergymeasure.backends.pytorch:PyTorchBackend"
+
+
+RULES = BackendRules(
+    name="pytorch",
+    engine="PyTorch/transformers",
+    batch_knob="pytorch.batch_size",
+    batch_label="bs",
+    gpus_knob="pytorch.num_processes",
+    gpu_only=False,
+    problem=problem,
+    gpus=gpus,
+    nominal_batch=nominal_batch,
+    count_parameters=count_parameters,
+    implementation=implementation,
+)
+
+
+@functools.cache
+def _generation_fields() -> frozenset[str]:
+    """The settings this transformers release's GenerationConfig knows (some arrived in later releases)."""
+    from transformers import GenerationConfig
+
+    return frozenset(vars(GenerationConfig()))
 
 
 def plan_batches(prompt_tokens: list[int], strategy: str, batch_size: int, token_budget: int) -> list[Batch]:
@@ -86,6 +206,7 @@ class PyTorchBackend:
         self._inputs: dict[tuple[int, ...], object] = {}  # planned batch -> its encoded, padded inputs on the device
         self._never_stop = None  # the step clock's constant answer, allocated once per batch size
         self.pad_token_id = None
+        self.stop_token_ids: list[int] = []
 
     # ------------------------------------------------------------------------------------------------ setup
     @staticmethod
@@ -128,24 +249,34 @@ class PyTorchBackend:
     def close(self) -> None:
         self.model = None
 
+    def bnb_kwargs(self) -> dict | None:
+        """The ``BitsAndBytesConfig`` arguments from the ``pytorch`` section (dtype by name), or None."""
+        pt = self.config["pytorch"]
+        if pt["load_in_8bit"]:
+            return {"load_in_8bit": True}
+        if not pt["load_in_4bit"]:
+            return None
+        return {"load_in_4bit": True, "bnb_4bit_compute_dtype": pt["bnb_4bit_compute_dtype"],
+                "bnb_4bit_quant_type": pt["bnb_4bit_quant_type"], "bnb_4bit_use_double_quant": pt["bnb_4bit_use_double_quant"]}  # fmt: skip
+
     def quantization_config(self):
         """BitsAndBytes settings from the ``pytorch`` section, or None."""
-        pt = self.config["pytorch"]
-        if not (pt["load_in_4bit"] or pt["load_in_8bit"]):
+        kwargs = self.bnb_kwargs()
+        if kwargs is None:
             return None
         import torch
         from transformers import BitsAndBytesConfig
 
-        if pt["load_in_8bit"]:
-            return BitsAndBytesConfig(load_in_8bit=True)
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_compute_dtype=getattr(torch, pt["bnb_4bit_compute_dtype"]),
-            bnb_4bit_quant_type=pt["bnb_4bit_quant_type"],
-            bnb_4bit_use_double_quant=pt["bnb_4bit_use_double_quant"],
-        )
+        if "bnb_4bit_compute_dtype" in kwargs:
+            kwargs["bnb_4bit_compute_dtype"] = getattr(torch, kwargs["bnb_4bit_compute_dtype"])
+        return BitsAndBytesConfig(**kwargs)
 
     def load(self) -> dict:
+        problem = RULES.problem(self.config)
+        if problem:  # a config that did not come through campaign expansion
+            from ..errors import MeasurementError
+
+            raise MeasurementError(problem)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -182,7 +313,8 @@ class PyTorchBackend:
             torch.cuda.synchronize()
         self.model, self.tokenizer = model, tok
         self.pad_token_id = tok.pad_token_id
-        params = sum(p.numel() for p in model.parameters())
+        self.stop_token_ids = stop_token_ids(tok.eos_token_id, model.generation_config.eos_token_id)
+        params, params_method = RULES.count_parameters(self.config, sum(p.numel() for p in model.parameters()), model.config)
         pt = self.config["pytorch"]
         return {
             "load_s": time.perf_counter() - t0,
@@ -195,25 +327,35 @@ class PyTorchBackend:
             "output_length_forcing": self.length_forcing(),
             "cache_implementation": pt["cache_implementation"] if pt["use_cache"] else "none (use_cache = false)",
             "torch_compile": compiled,
+            "parameters_method": params_method,
+            "stop_token_ids": self.stop_token_ids,
         }
 
-    def _compile(self, model) -> dict | None:
-        """``pytorch.torch_compile``: compile the model's forward (generate calls it for every step). Compilation
-        itself happens on the first call of each shape, in the warm-up."""
+    def compile_kwargs(self) -> dict | None:
+        """The ``torch.compile`` arguments of ``pytorch.torch_compile`` / ``torch_compile_backend`` (None: no compile)."""
         pt = self.config["pytorch"]
         mode = pt["torch_compile"]
         if mode is False:
             return None
         mode = "default" if mode is True else mode
-        if self.device == "cpu" and (mode == "reduce-overhead" or pt["torch_compile_backend"] == "cudagraphs"):
+        return {"mode": None if mode == "default" else mode, "backend": pt["torch_compile_backend"]}
+
+    def _compile(self, model) -> dict | None:
+        """``pytorch.torch_compile``: compile the model's forward (generate calls it for every step). Compilation
+        itself happens on the first call of each shape, in the warm-up."""
+        kwargs = self.compile_kwargs()
+        if kwargs is None:
+            return None
+        mode = kwargs["mode"] or "default"
+        if self.device == "cpu" and (mode == "reduce-overhead" or kwargs["backend"] == "cudagraphs"):
             from ..errors import MeasurementError
 
-            raise MeasurementError(f"pytorch.torch_compile = {mode} with backend {pt['torch_compile_backend']} records CUDA "
+            raise MeasurementError(f"pytorch.torch_compile = {mode} with backend {kwargs['backend']} records CUDA "
                                    "graphs, but the experiment runs on the CPU")  # fmt: skip
         import torch
 
-        model.forward = torch.compile(model.forward, mode=None if mode == "default" else mode, backend=pt["torch_compile_backend"])
-        return {"mode": mode, "backend": pt["torch_compile_backend"], "target": "model.forward", "compiled_during": "warm-up"}
+        model.forward = torch.compile(model.forward, **kwargs)
+        return {"mode": mode, "backend": kwargs["backend"], "target": "model.forward", "compiled_during": "warm-up"}
 
     def _check_cache_implementation(self, model) -> None:
         """A static cache on a model that cannot hold one would be ignored by generate (with a warning only)."""
@@ -262,6 +404,7 @@ class PyTorchBackend:
             "do_sample": dec["do_sample"],
             "use_cache": pt["use_cache"],
             "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.stop_token_ids,  # the tokenizer's EOS and the generation config's: vLLM's stop set
             "repetition_penalty": dec["repetition_penalty"],
         }
         if min_new_tokens >= max_new_tokens:
@@ -270,10 +413,10 @@ class PyTorchBackend:
             kwargs["min_new_tokens"] = min_new_tokens
         if pt["use_cache"]:
             kwargs["cache_implementation"] = pt["cache_implementation"]
-            if pt["cache_implementation"] == "static" and hasattr(self.model.generation_config, "max_cache_len"):
+            if pt["cache_implementation"] == "static" and "max_cache_len" in _generation_fields():
                 # one cache size for every batch: no reallocation (and no recompilation) when prompt lengths differ
                 kwargs["max_cache_len"] = self.config["max_input_tokens"] + self.config["max_output_tokens"]
-        if hasattr(self.model.generation_config, "disable_compile"):
+        if "disable_compile" in _generation_fields():
             kwargs["disable_compile"] = True  # no compilation but pytorch.torch_compile's (generate would add its own for a static cache)
         if dec["do_sample"]:
             kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])

@@ -11,7 +11,10 @@ interrupted build never leaves a folder that looks like a valid engine.
 Prompts are tokenised here (the checkpoint's tokenizer, truncated to ``max_input_tokens``) and submitted as token
 ids, all at once: the runtime's in-flight batching decides which requests run together, up to the engine's
 ``max_batch_size``. Latency comes from the engine's own streamed responses: every request is consumed as an
-asyncio stream and each response's arrival on the host is timestamped with ``time.perf_counter``.
+asyncio stream and each response's arrival on the host is timestamped with ``time.perf_counter``. Requests stop on
+the tokenizer's EOS (``end_id``) and on the generation config's other EOS ids (``stop_token_ids``), the set the other
+backends stop on. A one-GPU engine runs its executor in this process unless ``tensorrt.single_process`` is false
+(see :func:`engine_environment`).
 """
 
 from __future__ import annotations
@@ -29,22 +32,23 @@ from pathlib import Path
 
 from ..config import canonical_json
 from ..errors import MeasurementError
-from .base import Batch, RequestTiming, RunOutput, Step, elapsed, shape, warm_up
+from . import BackendRules
+from .base import Batch, RequestTiming, RunOutput, Step, elapsed, generation_eos, shape, stop_token_ids, warm_up
 
 log = logging.getLogger(__name__)
 
 PINNED_VERSION = "1.0.0"
 CONTAINER_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.0.0"
 
-#: tensorrt.quantization -> (QuantAlgo name, KV cache QuantAlgo name or None), in the pinned release's names
+#: tensorrt.quantization -> (QuantAlgo name, KV cache QuantAlgo name or None), in the pinned release's names.
+#: int4_gptq is absent: 1.0.0 cannot build it from a checkpoint (see :func:`problem`).
 QUANT_ALGOS = {
     "fp8": ("FP8", "FP8"),
     "int8_sq": ("W8A8_SQ_PER_CHANNEL", None),
     "int8_weight_only": ("W8A16", None),
     "int4_awq": ("W4A16_AWQ", None),
-    "int4_gptq": ("W4A16_GPTQ", None),
 }
-#: modes whose scales come from calibration data (the others quantise weights alone, or read a quantised checkpoint)
+#: modes whose scales come from calibration data (the others quantise weights alone)
 CALIBRATED = ("fp8", "int8_sq", "int4_awq")
 #: TensorRT's own builder optimisation level when none is set
 TENSORRT_DEFAULT_OPT_LEVEL = 3
@@ -52,6 +56,183 @@ TENSORRT_DEFAULT_OPT_LEVEL = 3
 DEFAULT_CALIB_SPLIT = "train"
 MARKER = "lem-engine.json"
 DTYPES = ("float16", "bfloat16")
+#: the ``tensorrt`` settings that shape the compiled engine, with their schema defaults: a prebuilt engine
+#: (``engine_path``) is used as built, so none of them may be set with it
+#: (max_batch_size and max_num_tokens are not among them: with a prebuilt engine they cap its runtime)
+BUILD_DEFAULTS = {"max_input_len": None, "max_output_len": None,
+                  "quantization": "none", "builder_opt_level": 3, "strongly_typed": True, "multiple_profiles": False,
+                  "kv_cache_type": "paged", "extra_build_args": {}, "force_rebuild": False, "engine_cache_dir": None}  # fmt: skip
+CALIBRATION_DEFAULTS = {"dataset": "cnn_dailymail", "split": "train", "num_samples": 512, "max_length": 2048}
+
+
+# ---------------------------------------------------------------------------------------------------- rules
+# What this backend and TensorRT-LLM 1.0.0's engine flow refuse, or would silently ignore, and why; the GPUs an
+# engine occupies; the batching knob; how parameters are counted. Engine-free (see llenergymeasure.backends).
+# Release facts were read in NVIDIA/TensorRT-LLM at 1.0.0rc4 (commit 000a01de) and 1.2.0rc2 (commit b35ac1b6),
+# the stored sources on either side of the 1.0.0 tag; the cited code is the same in both.
+
+
+def problem(config: dict) -> str | None:
+    """Why this experiment cannot run on TensorRT-LLM 1.0.0's engine flow as configured (or would run with a
+    setting that changes nothing), or None."""
+    trt = config["tensorrt"]
+    if config["no_weights"]:
+        return "no_weights builds random weights in PyTorch; backend tensorrt loads checkpoints only"
+    if config["fp_precision"] not in DTYPES:
+        return f"TensorRT-LLM builds float16/bfloat16 engines: fp_precision = {config['fp_precision']} is not supported"
+    if config["adapter"]:
+        return "adapter (LoRA) is supported on backend vllm only in this version"
+    if trt["draft_model"]:
+        return (f"tensorrt.draft_model = {trt['draft_model']}: TensorRT-LLM {PINNED_VERSION} runs draft-target speculative decoding on its "
+                "PyTorch flow only, not on a TensorRT engine")  # fmt: skip
+    if trt["num_draft_tokens"] != 5:
+        return f"tensorrt.num_draft_tokens = {trt['num_draft_tokens']} applies to speculative decoding with a draft model, which is off"
+    if trt["engine_path"]:
+        for key, default in BUILD_DEFAULTS.items():
+            if trt[key] != default:
+                return (f"tensorrt.{key} = {trt[key]} is applied while building; tensorrt.engine_path names a prebuilt "
+                        "engine, which is used as built")  # fmt: skip
+    if trt["max_input_len"] is not None and trt["max_input_len"] < config["max_input_tokens"]:
+        return f"tensorrt.max_input_len = {trt['max_input_len']} is smaller than max_input_tokens = {config['max_input_tokens']}"
+    if trt["max_output_len"] is not None and trt["max_output_len"] < config["max_output_tokens"]:
+        return f"tensorrt.max_output_len = {trt['max_output_len']} is smaller than max_output_tokens = {config['max_output_tokens']}"
+    if trt["builder_opt_level"] != TENSORRT_DEFAULT_OPT_LEVEL:
+        return (f"tensorrt.builder_opt_level = {trt['builder_opt_level']}: TensorRT-LLM {PINNED_VERSION}'s BuildConfig has no optimisation level; "
+                f"engines are built at TensorRT's default ({TENSORRT_DEFAULT_OPT_LEVEL})")  # fmt: skip
+    if trt["kv_cache_type"] == "continuous" and (trt["enable_chunked_context"] or trt["enable_kv_cache_reuse"]):
+        return ("tensorrt.kv_cache_type = continuous: chunked context and KV cache reuse need a paged KV cache "
+                "(set tensorrt.enable_chunked_context and enable_kv_cache_reuse to false)")  # fmt: skip
+    if trt["quantization"] == "int4_gptq":
+        return (f"tensorrt.quantization = int4_gptq: TensorRT-LLM {PINNED_VERSION} cannot build it from a checkpoint. "
+                "W4A16_GPTQ counts as needing calibration but is no ModelOpt format (models/modeling_utils.py, "
+                "QuantConfig._requires_calibration / _requires_modelopt_quantization), so the model's quantize() takes "
+                "the SmoothQuant path, which asserts (models/llama/convert.py, quantize: 'Call from_hugging_face when "
+                "there is no quantization'); a GPTQ checkpoint is refused by its loader (see model_name's "
+                "quantization_config)")  # fmt: skip
+    problem = _calibration_problem(trt)
+    if problem:
+        return problem
+    return _checkpoint_problem(config)
+
+
+def _calibration_problem(trt: dict) -> str | None:
+    cal = trt["calibration"]
+    if trt["quantization"] not in CALIBRATED:
+        for key, default in CALIBRATION_DEFAULTS.items():
+            if cal[key] != default:
+                return (f"tensorrt.calibration.{key} = {cal[key]} applies to the calibrating quantisation modes "
+                        f"({', '.join(CALIBRATED)}), but tensorrt.quantization = {trt['quantization']}")  # fmt: skip
+        return None
+    if cal["split"] != DEFAULT_CALIB_SPLIT:
+        return (f"tensorrt.calibration.split = {cal['split']}: TensorRT-LLM {PINNED_VERSION}'s CalibConfig has no split; "
+                "calibration reads 'train'")  # fmt: skip
+    return calibration_dataset_problem(cal["dataset"])
+
+
+def calibration_dataset_problem(name: str, environ=None) -> str | None:
+    """TensorRT-LLM 1.0.0 calibrates from ``pileval``, a name containing ``cnn_dailymail``, ``scienceqa`` or
+    ``science_qa``, or a local dataset folder whose ``train`` split has a ``text`` column; anything else raises
+    NotImplementedError at build (quantization/quantize_by_modelopt.py, get_calib_dataloader). The named sets come
+    from the network while the engine builds (Hugging Face hub; pileval from the-eye.eu)."""
+    environ = os.environ if environ is None else environ
+    folder = Path(name)
+    if folder.is_dir():
+        return _local_calibration_problem(folder)
+    lower = name.lower()
+    if not (name == "pileval" or "cnn_dailymail" in name or "scienceqa" in lower or "science_qa" in lower):
+        return (f"tensorrt.calibration.dataset = {name}: TensorRT-LLM {PINNED_VERSION} calibrates from cnn_dailymail, "
+                "pileval, scienceqa or a local dataset folder with a 'train' split and a 'text' column")  # fmt: skip
+    offline = [var for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if environ.get(var, "").lower() in ("1", "true", "yes", "on")]
+    if offline:
+        return (f"tensorrt.calibration.dataset = {name} is downloaded while the engine builds, but {offline[0]} is "
+                "set: use a local dataset folder with a 'train' split and a 'text' column")  # fmt: skip
+    return None
+
+
+def _local_calibration_problem(folder: Path) -> str | None:
+    try:
+        from datasets import load_dataset
+    except ImportError:  # checked again, by the engine, while it builds
+        return None
+    try:
+        train = load_dataset(str(folder), split="train")
+    except Exception as exc:  # no train split, or not a dataset
+        return f"tensorrt.calibration.dataset = {folder}: no 'train' split could be read ({type(exc).__name__}: {exc})"
+    if "text" not in train.column_names:
+        return (f"tensorrt.calibration.dataset = {folder}: its 'train' split has no 'text' column "
+                f"(columns: {', '.join(train.column_names)}), which TensorRT-LLM {PINNED_VERSION} calibrates from")  # fmt: skip
+    return None
+
+
+#: checkpoint ``quantization_config`` that 1.0.0's loader maps to a quantisation (llmapi/llm_utils.py,
+#: ModelLoader._update_from_hf_quant_config): FP8 with block scales, and MXFP4; anything else is NotImplementedError
+def _loadable_prequantised(quant: dict) -> bool:
+    return (quant.get("quant_method") == "fp8" and bool(quant.get("weight_block_size"))) or quant.get("quant_method") == "mxfp4"
+
+
+def _checkpoint_problem(config: dict) -> str | None:
+    from . import checkpoint_quantization
+
+    if config["tensorrt"]["engine_path"]:
+        return None
+    quant = checkpoint_quantization(config["model_name"])
+    if not quant:  # unquantised, or not readable here (the engine's loader decides then)
+        return None
+    if not _loadable_prequantised(quant):
+        return (f"model_name {config['model_name']} carries a quantization_config (quant_method = {quant.get('quant_method')}): "
+                f"TensorRT-LLM {PINNED_VERSION} builds from unquantised checkpoints, FP8 block-scale and MXFP4 ones only "
+                "(llmapi/llm_utils.py, _update_from_hf_quant_config raises NotImplementedError)")  # fmt: skip
+    if config["tensorrt"]["quantization"] != "none":
+        return f"tensorrt.quantization = {config['tensorrt']['quantization']}, but {config['model_name']} is already quantised ({quant.get('quant_method')})"
+    return None
+
+
+def gpus(config: dict) -> int:
+    """Tensor x pipeline parallel ranks, one GPU each."""
+    return config["tensorrt"]["tp_size"] * config["tensorrt"]["pp_size"]
+
+
+def nominal_batch(config: dict) -> tuple[int, str]:
+    return config["tensorrt"]["max_batch_size"], "inflight"
+
+
+def count_parameters(config: dict, counted: int | None, hf_config) -> tuple[int | None, str]:
+    """A TensorRT engine does not report its weights: always from the model config."""
+    from ..flops import analytic_parameters
+
+    return analytic_parameters(hf_config), "analytic_from_model_config (the engine does not report its weights)"
+
+
+def implementation(config: dict) -> str:
+    return "llenergymeasure.backends.tensorrt:TensorRTBackend"
+
+
+RULES = BackendRules(
+    name="tensorrt",
+    engine=f"TensorRT-LLM {PINNED_VERSION}",
+    batch_knob="tensorrt.max_batch_size",
+    batch_label="bs",
+    gpus_knob="tensorrt.tp_size x pp_size",
+    gpu_only=True,
+    problem=problem,
+    gpus=gpus,
+    nominal_batch=nominal_batch,
+    count_parameters=count_parameters,
+    implementation=implementation,
+)
+
+
+def engine_environment(config: dict, environ=None) -> dict[str, str]:
+    """Environment variables to set before the engine starts. On one GPU, ``tensorrt.single_process`` decides
+    whether 1.0.0 runs its executor in this process (TLLM_WORKER_USE_SINGLE_PROCESS=1) or in an MPI worker spawned
+    through mpi4py (executor/executor.py, GenerationExecutor.create; the variable is read once per process,
+    executor/utils.py enable_worker_single_process_for_tp1). The spawned worker re-runs this process's main file
+    with run_name '__worker__' (mpi4py/futures/_core.py:869-906, mpi4py 4.0.3) and needs MPI_Comm_spawn, which
+    containers under Slurm often lack. Multi-GPU engines always run one MPI worker per rank."""
+    trt = config["tensorrt"]
+    if trt["tp_size"] * trt["pp_size"] > 1:
+        return {}
+    return {"TLLM_WORKER_USE_SINGLE_PROCESS": "1" if trt["single_process"] else "0"}
 
 
 def _not_importable(reason: str) -> MeasurementError:
@@ -166,7 +347,8 @@ def _has_tokenizer(path) -> bool:
 
 
 class TensorRTBackend:
-    token_counting = "submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs"
+    token_counting = ("submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs, "
+                      "plus the end token where a request ended on it (generated, but not returned by the engine)")  # fmt: skip
     name = "tensorrt"
 
     def __init__(self, config: dict, model_path: str) -> None:
@@ -182,6 +364,8 @@ class TensorRTBackend:
         self._encoded: tuple[list[str], list[list[int]]] | None = None
         self._llmapi = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self.stop_token_ids: list[int] = []
 
     # ------------------------------------------------------------------------------------------------ setup
     @staticmethod
@@ -266,35 +450,9 @@ class TensorRTBackend:
             if self._loop is not None:
                 self._loop.close()
                 self._loop = None
+            self._restore_environment()
 
     # ------------------------------------------------------------------------------------------------ engine arguments
-    def check_supported(self) -> None:
-        """Settings the pinned release cannot honour in the engine flow: refused before anything is built."""
-        trt = self.config["tensorrt"]
-        if self.config["fp_precision"] not in DTYPES:
-            raise MeasurementError(f"TensorRT-LLM builds float16/bfloat16 engines: fp_precision = {self.config['fp_precision']} is not supported")
-        if trt["draft_model"]:
-            raise MeasurementError(
-                f"tensorrt.draft_model = {trt['draft_model']} (num_draft_tokens = {trt['num_draft_tokens']}): TensorRT-LLM "
-                f"{PINNED_VERSION} runs draft-target speculative decoding (DraftTargetDecodingConfig) on its PyTorch "
-                "backend only; the TensorRT-engine flow rejects it"
-            )
-        if trt["builder_opt_level"] != TENSORRT_DEFAULT_OPT_LEVEL and not trt["engine_path"]:
-            raise MeasurementError(
-                f"tensorrt.builder_opt_level = {trt['builder_opt_level']}: the BuildConfig of TensorRT-LLM {PINNED_VERSION} has "
-                f"no builder optimisation level, so engines are built at TensorRT's default ({TENSORRT_DEFAULT_OPT_LEVEL})"
-            )
-        if trt["kv_cache_type"] == "continuous" and (trt["enable_chunked_context"] or trt["enable_kv_cache_reuse"]):
-            raise MeasurementError(
-                "tensorrt.kv_cache_type = continuous: chunked context and KV cache reuse need a paged KV cache; set "
-                "tensorrt.enable_chunked_context and tensorrt.enable_kv_cache_reuse to false"
-            )
-        if trt["quantization"] in CALIBRATED and trt["calibration"]["split"] != DEFAULT_CALIB_SPLIT and not trt["engine_path"]:
-            raise MeasurementError(
-                f"tensorrt.calibration.split = {trt['calibration']['split']}: the CalibConfig of TensorRT-LLM {PINNED_VERSION} "
-                f"has no split; its calibration loader reads the '{DEFAULT_CALIB_SPLIT}' split"
-            )
-
     def build_config(self, llmapi):
         """The BuildConfig for a build from the checkpoint (TypeError from the engine for an unknown extra key)."""
         from tensorrt_llm.bindings import KVCacheType
@@ -362,6 +520,10 @@ class TensorRTBackend:
             ),
             "enable_chunked_prefill": trt["enable_chunked_context"],
         }
+        if trt["engine_path"]:  # a prebuilt engine: the batch and token limits cap its runtime (up to what it was built for)
+            args["max_batch_size"] = trt["max_batch_size"]
+            if trt["max_num_tokens"] is not None:
+                args["max_num_tokens"] = trt["max_num_tokens"]
         args.update(trt["extra_runtime_args"])
         return args
 
@@ -373,9 +535,12 @@ class TensorRTBackend:
 
     # ------------------------------------------------------------------------------------------------ load
     def load(self) -> dict:
+        problem = RULES.problem(self.config)
+        if problem:
+            raise MeasurementError(problem)
         trt_llm, LLM, llmapi = _import_engine()
         self._llmapi = llmapi
-        self.check_supported()
+        env_set = self._set_environment()
         trt = self.config["tensorrt"]
         t0 = time.perf_counter()
         details: dict = {"tensorrt_llm_pinned": PINNED_VERSION, "engine_flow": "tensorrt_llm._tensorrt_engine.LLM"}
@@ -414,8 +579,9 @@ class TensorRTBackend:
             details["model_config_source"] = "checkpoint config.json (transformers AutoConfig)"
         else:
             details["model_config_source"] = "engine config.json pretrained_config (no checkpoint config beside it)"
-        parameters = self._analytic_parameters()
-        details["parameters_source"] = "analytic from the model config (linear layers + embeddings; norms excluded): the engine does not report them"
+        parameters, details["parameters_source"] = RULES.count_parameters(self.config, None, self.model_config())
+        details["environment_set"] = env_set
+        details["stop_token_ids"] = self.stop_token_ids
         engine_bytes = sum(p.stat().st_size for p in self.engine_dir.glob("rank*.engine"))
         details["model_size_source"] = "size of the engine files (rank*.engine) on disk"
         bc = self._engine_config.get("build_config", {})
@@ -480,15 +646,32 @@ class TensorRTBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_src or self.engine_dir))
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+        try:
+            eos = generation_eos(str(tokenizer_src or self.engine_dir))
+        except Exception as exc:  # an engine folder without a readable generation config: EOS alone ends requests
+            log.info("no generation config beside the engine (%s): stopping on the tokenizer's EOS only", exc)
+            eos = None
+        self.stop_token_ids = stop_token_ids(self.end_id, eos)
 
-    def _analytic_parameters(self) -> int:
-        from ..flops import linear_per_position, model_dims
+    def _set_environment(self) -> dict[str, str]:
+        """Set :func:`engine_environment` for the engine's life (put back by :meth:`close`); a different value
+        already in the environment is replaced, with a warning, because the experiment names it."""
+        wanted = engine_environment(self.config)
+        for name, value in wanted.items():
+            previous = os.environ.get(name)
+            if previous is not None and previous != value:
+                log.warning("%s=%s from the environment replaced by %s (the experiment's setting)", name, previous, value)
+            self._saved_env.setdefault(name, previous)
+            os.environ[name] = value
+        return wanted
 
-        cfg = self.model_config()
-        d = model_dims(cfg)
-        tied = cfg.get("tie_word_embeddings", False) if isinstance(cfg, dict) else getattr(cfg, "tie_word_embeddings", False)
-        embeddings = d["vocab_size"] * d["hidden_size"] * (1 if tied else 2)
-        return linear_per_position(d) // 2 + embeddings
+    def _restore_environment(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
 
     # ------------------------------------------------------------------------------------------------ prompts
     def encode(self, prompts: list[str]) -> list[list[int]]:
@@ -504,7 +687,17 @@ class TensorRTBackend:
         return [Batch(list(range(len(prompts))), [len(x) for x in ids])]
 
     def sampling_params(self, max_tokens: int, min_tokens: int, seed: int | None):
+        return self._llmapi.SamplingParams(**self.sampling_kwargs(max_tokens, min_tokens, seed))
+
+    def sampling_kwargs(self, max_tokens: int, min_tokens: int, seed: int | None) -> dict:
+        """The ``SamplingParams`` arguments of one request. Given an ``end_id``, the release adds no stop token of its
+        own (sampling_params.py, SamplingParams._setup), so the generation config's other EOS ids go in as
+        ``stop_token_ids``: the stop set vLLM uses. Stop tokens end a request even under ``ignore_eos`` (the
+        worker passes them as stop words and only replaces end_id by -1, executor/worker.py,
+        GenerationExecutorWorker._enqueue_request), so a forced output length gets none. The runtime holds back
+        only end_id below ``min_tokens`` (its stop-word check, kernels/stopCriteriaKernels.cu, has no minimum)."""
         dec = self.config["decoder"]
+        forced = min_tokens >= max_tokens
         kwargs = {
             "max_tokens": max_tokens,
             "min_tokens": min_tokens,
@@ -512,15 +705,19 @@ class TensorRTBackend:
             "pad_id": self.pad_id,
             "seed": seed,
             "repetition_penalty": dec["repetition_penalty"],
-            "ignore_eos": min_tokens >= max_tokens,
+            "ignore_eos": forced,
             "detokenize": False,  # text is never read; detokenising every streamed step would cost host time in the window
         }
+        extra_stops = [t for t in self.stop_token_ids if t != self.end_id]
+        if extra_stops and not forced:
+            # kept in the output (the release trims stop tokens otherwise, executor/result.py _handle_sequence)
+            kwargs.update(stop_token_ids=extra_stops, include_stop_str_in_output=True)
         if dec["do_sample"]:
             kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])
         else:
             # The release treats top_k = 1 (top_p unset) as greedy; temperature is then irrelevant.
             kwargs.update(temperature=None, top_k=1, top_p=None)
-        return self._llmapi.SamplingParams(**kwargs)
+        return kwargs
 
     # ------------------------------------------------------------------------------------------------ generate
     async def _stream(self, idx: int, ids: list[int], params, on_done) -> dict:
@@ -530,6 +727,7 @@ class TensorRTBackend:
         arrivals: list[tuple[float, int]] = []  # (arrival time, tokens that response added)
         seen = 0
         chunks = 0
+        now = submitted
         async for out in result:
             now = time.perf_counter()
             n = len(out.outputs[0].token_ids)
@@ -538,8 +736,14 @@ class TensorRTBackend:
                 seen = n
                 chunks += 1
         end = time.perf_counter()
+        final = result.outputs[0]
+        if final.finish_reason == "stop" and final.stop_reason is None and not params.ignore_eos:
+            # ended on end_id, which the engine generated but does not return: counted, as vLLM and PyTorch count
+            # their EOS, arriving with the response that ended the request
+            arrivals.append((now, 1))
+            seen += 1
         on_done()
-        return {"index": idx, "input_tokens": len(ids), "output_tokens": len(result.outputs[0].token_ids),
+        return {"index": idx, "input_tokens": len(ids), "output_tokens": seen,
                 "submitted": submitted, "arrivals": arrivals, "chunks": chunks, "end": end}  # fmt: skip
 
     async def _generate(self, ids_list: list[list[int]], indices: list[int], params, progress) -> list[dict]:

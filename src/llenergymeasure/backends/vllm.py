@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 
 from ..errors import MeasurementError
-from .base import Batch, RequestTiming, RunOutput, Step, shape, warm_up
+from . import BackendRules
+from .base import Batch, RequestTiming, RunOutput, Step, generation_eos, shape, stop_token_ids, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,14 @@ SPEC_METHODS = {"ngram": "ngram", "eagle": "eagle", "eagle3": "eagle3", "medusa"
                 "draft_model": "draft_model"}  # fmt: skip
 #: Methods vLLM 0.11.0 accepts in its config but its V1 engine cannot run (it raises, or its model runner does).
 SPEC_UNSUPPORTED = {"draft_model", "mlp_speculator"}
-#: Schema quantisation names that are not quantisation methods of vLLM 0.11.0.
+#: Schema quantisation -> what the engine is given. An explicit ``awq``/``gptq`` makes vLLM 0.11.0 keep the legacy
+#: kernels even where Marlin applies ("... so forcing awq", model_executor/layers/quantization/awq_marlin.py:110-127,
+#: gptq_marlin.py:181-199), so the schema's names ask for the Marlin kernels, which is what vLLM picks by itself for
+#: a compatible checkpoint when the method is left open (null).
+QUANTIZATION = {"awq": "awq_marlin", "gptq": "gptq_marlin", "fp8": "fp8", "bitsandbytes": "bitsandbytes"}
+#: ``quantization_config.quant_method`` of a checkpoint each schema method needs (fp8 and bitsandbytes can also
+#: quantise unquantised weights while loading).
+CHECKPOINT_METHOD = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bitsandbytes": "bitsandbytes"}
 #: LoRA limits vLLM 0.11.0 checks when LoRA is enabled.
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 LORA_EXTRA_VOCAB = (256, 512)
@@ -70,40 +78,181 @@ def missing_engine(exc: BaseException | None = None) -> MeasurementError:
     )
 
 
-def unsupported_setting(config: dict) -> str | None:
-    """Why vLLM 0.11.0 cannot run this experiment although the schema allows it, or None."""
+# ---------------------------------------------------------------------------------------------------- rules
+# What this backend and vLLM 0.11.0 refuse, or would silently ignore, and why; the GPUs an engine occupies; the
+# batching knob; how parameters are counted. Engine-free (see llenergymeasure.backends); each release fact is cited
+# from the 0.11.0 wheel (vllm-0.11.0-cp38-abi3-manylinux1_x86_64, paths under vllm/).
+
+
+def problem(config: dict) -> str | None:
+    """Why this experiment cannot run on vLLM 0.11.0 as configured (or would run with a setting that changes
+    nothing), or None."""
     v = config["vllm"]
-    spec = v["speculative"]
-    if spec["method"] is not None or spec["model"] is not None:
-        method = SPEC_METHODS[spec["method"] or "draft_model"]
-        if method in SPEC_UNSUPPORTED:
-            how = f"vllm.speculative.method = {spec['method']}" if spec["method"] else "vllm.speculative.model without a method (draft_model)"
-            return f"{how} is not supported by vLLM {PINNED_VERSION}'s V1 engine (use ngram, eagle, eagle3 or medusa)"
+    world = v["tensor_parallel_size"] * v["pipeline_parallel_size"]
+    if config["no_weights"]:
+        return "no_weights builds random weights in PyTorch; backend vllm loads checkpoints only"
+    if config["adapter"] and not v["lora"]["enabled"]:
+        return "adapter is set, but vllm.lora.enabled = false"
     lora = v["lora"]
-    if lora["enabled"]:
+    if not lora["enabled"]:
+        changed = _changed(lora, LORA_DEFAULTS)
+        if changed:
+            return f"vllm.lora.{changed} applies to LoRA adapters, but vllm.lora.enabled = false"
+    else:
+        if not config["adapter"]:
+            return "vllm.lora.enabled = true, but no adapter is set"
         if lora["max_rank"] not in LORA_RANKS:
             return f"vllm.lora.max_rank = {lora['max_rank']}: vLLM {PINNED_VERSION} accepts {', '.join(map(str, LORA_RANKS))}"
         if lora["extra_vocab_size"] not in LORA_EXTRA_VOCAB:
             return f"vllm.lora.extra_vocab_size = {lora['extra_vocab_size']}: vLLM {PINNED_VERSION} accepts 256 or 512"
+    problem = _speculative_problem(v["speculative"])
+    if problem:
+        return problem
+    if v["swap_space"] != SWAP_SPACE_DEFAULT:
+        return (f"vllm.swap_space = {v['swap_space']}: vLLM {PINNED_VERSION}'s V1 engine allocates no CPU swap blocks "
+                "(v1/engine/core.py:204), so the setting would change nothing")  # fmt: skip
+    if not v["enable_chunked_prefill"]:
+        return (f"vllm.enable_chunked_prefill = false: vLLM {PINNED_VERSION}'s V1 engine chunks the prefills of every "
+                "generation model regardless (engine/arg_utils.py:1547-1548)")  # fmt: skip
+    if world == 1 and v["distributed_backend"] != "mp":
+        return (f"vllm.distributed_backend = {v['distributed_backend']} chooses how the workers of a multi-GPU engine "
+                "are started; with one GPU vLLM runs its single worker in process")  # fmt: skip
+    if world == 1 and v["disable_custom_all_reduce"]:
+        return "vllm.disable_custom_all_reduce applies to tensor-parallel engines; with one GPU there is no all-reduce"
     budget = v["max_num_batched_tokens"]
     if budget is not None and budget < v["max_num_seqs"]:
         return (f"vllm.max_num_batched_tokens = {budget} is smaller than vllm.max_num_seqs = {v['max_num_seqs']}: "
                 f"vLLM {PINNED_VERSION} rejects that")  # fmt: skip
+    if v["max_model_len"] is not None and v["max_model_len"] < config["max_input_tokens"] + config["max_output_tokens"]:
+        return (f"vllm.max_model_len = {v['max_model_len']} is smaller than max_input_tokens + max_output_tokens = "
+                f"{config['max_input_tokens'] + config['max_output_tokens']}")  # fmt: skip
+    if v["kv_cache_dtype"] == "fp8" and config["fp_precision"] == "float32":
+        return "vllm.kv_cache_dtype = fp8 with fp_precision = float32 is not supported by vLLM"
+    if v["attention"]["flash_version"] is not None and v["attention"]["backend"] != "FLASH_ATTN":
+        return "vllm.attention.flash_version applies to vllm.attention.backend = FLASH_ATTN only"
+    if not config["decoder"]["do_sample"] and v["min_p"] != 0:
+        return (f"vllm.min_p = {v['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false); "
+                f"vLLM {PINNED_VERSION} resets min_p for greedy requests (sampling_params.py:353-357)")  # fmt: skip
+    return _quantization_problem(config)
+
+
+SWAP_SPACE_DEFAULT = 4
+LORA_DEFAULTS = {"max_loras": 1, "max_rank": 16, "extra_vocab_size": 256}
+SPECULATIVE_DEFAULTS = {"num_tokens": 5, "prompt_lookup_min": 1, "prompt_lookup_max": None, "draft_tp_size": 1}
+
+
+def _changed(section: dict, defaults: dict) -> str | None:
+    """The first key of ``section`` whose value differs from ``defaults``, as 'key = value'."""
+    for key, default in defaults.items():
+        if section[key] != default:
+            return f"{key} = {section[key]}"
     return None
 
 
+def _speculative_problem(spec: dict) -> str | None:
+    if spec["method"] is None and spec["model"] is None:
+        changed = _changed(spec, SPECULATIVE_DEFAULTS)
+        return f"vllm.speculative.{changed} applies to speculative decoding, which is off (no method, no model)" if changed else None
+    method = SPEC_METHODS[spec["method"] or "draft_model"]
+    if method in SPEC_UNSUPPORTED:
+        how = f"vllm.speculative.method = {spec['method']}" if spec["method"] else "vllm.speculative.model without a method (draft_model)"
+        return f"{how} is not supported by vLLM {PINNED_VERSION}'s V1 engine (use ngram, eagle, eagle3 or medusa)"
+    if method == "ngram":
+        if spec["model"]:
+            return "vllm.speculative.method = ngram looks tokens up in the prompt; it takes no draft model"
+        if spec["prompt_lookup_max"] is None:
+            return "vllm.speculative.method = ngram needs vllm.speculative.prompt_lookup_max"
+        if spec["prompt_lookup_max"] < spec["prompt_lookup_min"]:
+            return "vllm.speculative.prompt_lookup_max is smaller than prompt_lookup_min"
+    else:
+        if not spec["model"]:
+            return f"vllm.speculative.method = {spec['method']} needs vllm.speculative.model"
+        lookup = _changed(spec, {"prompt_lookup_min": 1, "prompt_lookup_max": None})
+        if lookup:
+            return f"vllm.speculative.{lookup} applies to method ngram only (method = {spec['method']})"
+    if spec["draft_tp_size"] != 1:
+        return (f"vllm.speculative.draft_tp_size = {spec['draft_tp_size']}: vLLM {PINNED_VERSION}'s V1 engine runs the "
+                "drafter inside the target model's workers; the draft tensor-parallel size is checked "
+                "(config/speculative.py:466-490) but no V1 code reads it")  # fmt: skip
+    return None
+
+
+def _quantization_problem(config: dict) -> str | None:
+    """What the checkpoint and the quantisation settings must agree on, where the checkpoint's config is readable
+    here (a local folder, or the Hugging Face cache); otherwise the engine checks at load."""
+    from . import checkpoint_quantization
+
+    v = config["vllm"]
+    method = v["quantization"]
+    found = checkpoint_quantization(config["model_name"])
+    found_method = (found or {}).get("quant_method")
+    if v["load_format"] != "auto" and (method == "bitsandbytes" or found_method == "bitsandbytes"):
+        return (f"vllm.load_format = {v['load_format']}: vLLM {PINNED_VERSION} loads BitsAndBytes weights with its "
+                "bitsandbytes loader whatever load_format says (engine/arg_utils.py:1058-1059, 1398-1400)")  # fmt: skip
+    if method is None or found is None:
+        return None
+    if found_method is None and method in ("awq", "gptq"):
+        return f"vllm.quantization = {method} needs a checkpoint quantised with {method.upper()}; {config['model_name']} has no quantization_config"
+    if found_method is not None and found_method != CHECKPOINT_METHOD[method]:
+        return (f"vllm.quantization = {method}, but {config['model_name']} is quantised with {found_method} "
+                f"(vLLM {PINNED_VERSION} refuses the mismatch, config/model.py:952-957)")  # fmt: skip
+    return None
+
+
+def gpus(config: dict) -> int:
+    """Tensor x pipeline parallel ranks, one GPU each."""
+    return config["vllm"]["tensor_parallel_size"] * config["vllm"]["pipeline_parallel_size"]
+
+
+def nominal_batch(config: dict) -> tuple[int, str]:
+    return config["vllm"]["max_num_seqs"], "continuous"
+
+
+def count_parameters(config: dict, counted: int | None, hf_config) -> tuple[int | None, str]:
+    """``counted``: ``numel()`` summed over the engine's model (None when the model lives in other processes).
+    Quantised weights are stored packed (eight int4 values per int32 for AWQ/GPTQ, two per uint8 for 4-bit
+    BitsAndBytes), so a quantised model's count comes from its config."""
+    from ..flops import analytic_parameters
+
+    if counted is None:
+        return analytic_parameters(hf_config), "analytic_from_hf_config (model in worker processes)"
+    prequantised = getattr(hf_config, "quantization_config", None) if not isinstance(hf_config, dict) else hf_config.get("quantization_config")
+    if config["vllm"]["quantization"] is not None or prequantised:
+        return analytic_parameters(hf_config), "analytic_from_hf_config (quantised weights are stored packed)"
+    return counted, "engine_model_numel"
+
+
+def implementation(config: dict) -> str:
+    return "llenergymeasure.backends.vllm:VllmBackend"
+
+
+RULES = BackendRules(
+    name="vllm",
+    engine=f"vLLM {PINNED_VERSION}",
+    batch_knob="vllm.max_num_seqs",
+    batch_label="seqs",
+    gpus_knob="vllm.tensor_parallel_size x pipeline_parallel_size",
+    gpu_only=True,
+    problem=problem,
+    gpus=gpus,
+    nominal_batch=nominal_batch,
+    count_parameters=count_parameters,
+    implementation=implementation,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- engine inputs
+
+
 def speculative_config(spec: dict) -> dict | None:
-    """The ``speculative_config`` engine argument from the schema's ``vllm.speculative`` (None: no speculation)."""
+    """The ``speculative_config`` engine argument from the schema's ``vllm.speculative`` (None: no speculation).
+    The draft tensor-parallel size is left to vLLM (see :func:`problem`)."""
     if spec["method"] is None and spec["model"] is None:
         return None
-    out = {
-        "method": SPEC_METHODS[spec["method"] or "draft_model"],
-        "model": spec["model"],
-        "num_speculative_tokens": spec["num_tokens"],
-        "prompt_lookup_min": spec["prompt_lookup_min"],
-        "prompt_lookup_max": spec["prompt_lookup_max"],
-        "draft_tensor_parallel_size": spec["draft_tp_size"],
-    }
+    method = SPEC_METHODS[spec["method"] or "draft_model"]
+    out = {"method": method, "model": spec["model"], "num_speculative_tokens": spec["num_tokens"]}
+    if method == "ngram":
+        out.update(prompt_lookup_min=spec["prompt_lookup_min"], prompt_lookup_max=spec["prompt_lookup_max"])
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -120,29 +269,27 @@ def engine_kwargs(config: dict, model_path: str) -> dict:
         "max_num_seqs": v["max_num_seqs"],
         "max_num_batched_tokens": v["max_num_batched_tokens"],
         "gpu_memory_utilization": v["gpu_memory_utilization"],
-        "swap_space": v["swap_space"],
         "cpu_offload_gb": v["cpu_offload_gb"],
         "tensor_parallel_size": v["tensor_parallel_size"],
         "pipeline_parallel_size": v["pipeline_parallel_size"],
         # vLLM uses its in-process executor for one GPU when this is unset; "mp" would move the single worker
         # into a second process, which no vLLM default does, so the choice is passed for multi-GPU engines only.
         "distributed_executor_backend": v["distributed_backend"] if world > 1 else None,
-        "disable_custom_all_reduce": v["disable_custom_all_reduce"],
+        "disable_custom_all_reduce": v["disable_custom_all_reduce"] if world > 1 else None,
         "enable_prefix_caching": v["enable_prefix_caching"],
-        "enable_chunked_prefill": v["enable_chunked_prefill"],
         "block_size": v["block_size"],
         "max_model_len": v["max_model_len"] or config["max_input_tokens"] + config["max_output_tokens"],
         "enforce_eager": v["enforce_eager"],
-        "quantization": v["quantization"],
+        "quantization": QUANTIZATION.get(v["quantization"]),
         "load_format": v["load_format"],
         "kv_cache_dtype": v["kv_cache_dtype"],
         "disable_sliding_window": v["attention"]["disable_sliding_window"],
         "speculative_config": speculative_config(v["speculative"]),
         "enable_lora": v["lora"]["enabled"],
-        "max_loras": v["lora"]["max_loras"],
-        "max_lora_rank": v["lora"]["max_rank"],
-        "lora_extra_vocab_size": v["lora"]["extra_vocab_size"],  # deprecated in 0.11.0, removed in 0.12.0
     }
+    if v["lora"]["enabled"]:
+        kw.update(max_loras=v["lora"]["max_loras"], max_lora_rank=v["lora"]["max_rank"],
+                  lora_extra_vocab_size=v["lora"]["extra_vocab_size"])  # fmt: skip  (deprecated in 0.11.0)
     kw = {k: val for k, val in kw.items() if val is not None}
     kw.update(v["extra"] or {})
     return kw
@@ -164,21 +311,6 @@ def engine_environment(config: dict, environ=None) -> dict[str, str]:
     if v["attention"]["flash_version"] is not None:
         out["VLLM_FLASH_ATTN_VERSION"] = str(v["attention"]["flash_version"])
     return out
-
-
-def analytic_parameters(hf_config) -> int | None:
-    """Weights of a decoder-only model from its config: the projections and MLPs that
-    :func:`llenergymeasure.flops.linear_per_position` counts (one weight per multiply-accumulate), the embedding,
-    an untied output layer and the RMS/LayerNorm scales. None when the config lacks a dimension."""
-    from ..flops import linear_per_position, model_dims
-
-    d = model_dims(hf_config)
-    if any(d[k] is None for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "vocab_size")):
-        return None
-    tied = getattr(hf_config, "tie_word_embeddings", False)
-    embed = d["vocab_size"] * d["hidden_size"]
-    norms = (2 * d["num_layers"] + 1) * d["hidden_size"]
-    return linear_per_position(d) // 2 + embed * (1 if tied else 2) + norms
 
 
 def _weights(model) -> tuple[int, int]:
@@ -281,7 +413,7 @@ class VllmBackend:
         self._saved_env = {}
 
     def load(self) -> dict:
-        problem = unsupported_setting(self.config)
+        problem = RULES.problem(self.config)
         if problem:
             raise MeasurementError(problem)
         try:
@@ -298,14 +430,15 @@ class VllmBackend:
         self.llm = LLM(**kwargs)
         load_s = time.perf_counter() - t0
         self.tokenizer = self.llm.get_tokenizer()
-        if v["lora"]["enabled"]:
+        lora = self.lora_kwargs()
+        if lora is not None:
             from vllm.lora.request import LoRARequest
 
-            adapter = self.config["adapter"]
-            self._lora = LoRARequest(lora_name=Path(adapter).name or "adapter", lora_int_id=1, lora_path=adapter)
+            self._lora = LoRARequest(**lora)
         self._effective = self._read_effective()
         params, size, method = self._count_weights(env_set)
-        quant = v["quantization"]
+        self.stop_token_ids = stop_token_ids(self.tokenizer.eos_token_id, generation_eos(self.model_path))
+        quant = self._effective.get("quantization")
         return {
             "load_s": load_s,
             "device": "cuda",
@@ -313,7 +446,9 @@ class VllmBackend:
             "parameters": params,
             "model_size_bytes": size,
             "architecture": getattr(self.model_config(), "model_type", None),
-            "weights": "checkpoint" if quant is None else f"checkpoint, {quant} quantisation",
+            "weights": "checkpoint" if quant is None else f"checkpoint, {quant} quantisation",  # the engine's choice
+            "quantization": {"requested": v["quantization"], "given": kwargs.get("quantization"), "effective": quant},
+            "stop_token_ids": self.stop_token_ids,
             "engine": "vllm.LLM, stepped through llm_engine.add_request/step",
             "vllm_version": str(vllm.__version__),
             "pinned_version": PINNED_VERSION,
@@ -324,6 +459,13 @@ class VllmBackend:
             "parameters_method": method,
             "lora_adapter": self.config["adapter"] if self._lora is not None else None,
         }
+
+    def lora_kwargs(self) -> dict | None:
+        """The ``LoRARequest`` every request carries (the adapter), or None without LoRA."""
+        if not self.config["vllm"]["lora"]["enabled"]:
+            return None
+        adapter = self.config["adapter"]
+        return {"lora_name": Path(adapter).name or "adapter", "lora_int_id": 1, "lora_path": adapter}
 
     def _read_effective(self) -> dict:
         """Settings the engine actually uses (it may override or fill in what it was given)."""
@@ -348,24 +490,26 @@ class VllmBackend:
             "max_model_len": get("model_config", "max_model_len"),
             "executor": get("parallel_config", "distributed_executor_backend"),
             "speculative_method": get("speculative_config", "method"),
+            "quantization": get("model_config", "quantization"),
+            "load_format": get("load_config", "load_format"),
         }
 
     def _count_weights(self, env_set: dict) -> tuple[int | None, int | None, str]:
         """(parameters, bytes, method). The engine's model is asked when it lives in this process on one GPU;
         otherwise (tensor/pipeline shards in worker processes) the count comes from the HF config."""
         in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        counted = size = None
         if self.gpu_count() == 1 and in_process:
             try:
-                (params, size), *_ = self.llm.apply_model(_weights)
-                return int(params), int(size), "engine_model"
+                (counted, size), *_ = self.llm.apply_model(_weights)
+                counted, size = int(counted), int(size)
             except Exception as exc:  # the count is context; the measurement does not depend on it
                 log.info("parameter count from the engine's model failed (%s); using the HF config", exc)
-        params = analytic_parameters(self.model_config())
-        if self.config["vllm"]["quantization"] is None and params is not None:
-            size = params * DTYPE_BYTES[self.config["fp_precision"]]
-        else:
-            size = _checkpoint_bytes(self.model_path)
-        return params, size, "analytic_from_hf_config"
+        params, method = RULES.count_parameters(self.config, counted, self.model_config())
+        if size is None:
+            quantised = self._effective.get("quantization") is not None
+            size = params * DTYPE_BYTES[self.config["fp_precision"]] if params is not None and not quantised else _checkpoint_bytes(self.model_path)
+        return params, size, method
 
     # ------------------------------------------------------------------------------------------------ workload
     def _tokens(self, prompts: list[str]) -> list[list[int]]:
@@ -383,6 +527,13 @@ class VllmBackend:
     def sampling_params(self, max_tokens: int, min_tokens: int, seed: int | None):
         from vllm import SamplingParams
 
+        return SamplingParams(**self.sampling_kwargs(max_tokens, min_tokens, seed))
+
+    def sampling_kwargs(self, max_tokens: int, min_tokens: int, seed: int | None) -> dict:
+        """The ``SamplingParams`` arguments of one request. Stop tokens are vLLM's own: the tokenizer's EOS and every
+        ``eos_token_id`` of the generation config (the set recorded as ``stop_token_ids``). Detokenisation is off:
+        token ids are all the measurement reads, and text would be built inside the window at every step
+        (v1/engine/output_processor.py:138-147 skips the detokenizer when ``detokenize`` is false)."""
         dec, v = self.config["decoder"], self.config["vllm"]
         kwargs = {
             "n": 1,
@@ -395,12 +546,13 @@ class VllmBackend:
             "min_p": v["min_p"],
             "ignore_eos": min_tokens >= max_tokens,  # forced output length: EOS must not end a request early
             "seed": seed,
+            "detokenize": False,
         }
         if v["logprobs"] is not None:
             kwargs["logprobs"] = v["logprobs"]
         if v["logit_bias"]:
             kwargs["logit_bias"] = {int(token): float(bias) for token, bias in v["logit_bias"].items()}
-        return SamplingParams(**kwargs)
+        return kwargs
 
     def _stream(self, indices: list[int], tokens: list[list[int]], max_tokens: int, min_tokens: int,
                 seed: int | None, progress=None) -> tuple[list[RequestTiming], dict, list[Step]]:  # fmt: skip
@@ -546,10 +698,6 @@ class VllmBackend:
             message = (f"at most {peak} sequences got a token in one engine step, below vllm.max_num_seqs = {limit}: "
                        "fewer prompts than max_num_seqs, or the KV cache or token budget kept the running batch smaller")  # fmt: skip
             flags.append(("batch_not_saturated", message))
-        if not self.config["vllm"]["enable_chunked_prefill"] and self._effective.get("chunked_prefill"):
-            message = (f"vllm.enable_chunked_prefill = false, but vLLM {PINNED_VERSION} chunks prefills of generation "
-                       "models regardless (the engine reports chunked prefill on)")  # fmt: skip
-            flags.append(("chunked_prefill_forced", message))
         return flags
 
     # ------------------------------------------------------------------------------------------------ memory

@@ -155,6 +155,12 @@ class MeterSet:
         for m in self.meters:
             r = m.stop()  # a meter covering several components (CodeCarbon) returns a list
             out.extend(r if isinstance(r, list) else [r])
+        methods: dict[str, set[str]] = {}
+        for c in out:
+            methods.setdefault(c.component, set()).add(c.method)
+        doubled = {k: sorted(v) for k, v in methods.items() if len(v) > 1}
+        if doubled:  # two sources for one component would be summed into the total: count it once or not at all
+            raise RuntimeError(f"more than one energy source per component: {doubled}")
         return out
 
     def describe(self) -> list[dict]:

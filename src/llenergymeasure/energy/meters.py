@@ -10,10 +10,12 @@ from .nvml import NvmlGpuMeter, visible_gpus
 
 
 class CodeCarbonMeter(Meter):
-    """CodeCarbon's offline tracker over the window (machine mode): CPU, RAM and GPU energy, method ``codecarbon``.
+    """CodeCarbon's offline tracker over the window (machine mode): CPU and RAM energy, method ``codecarbon``.
 
     CodeCarbon samples power on its own thread every ``measure_power_secs`` and falls back to its own TDP and
-    fixed-RAM estimates where it has no sensor; its values are reported as CodeCarbon's, never as ours.
+    fixed-RAM estimates where it has no sensor; its values are reported as CodeCarbon's, never as ours. Its GPU
+    figure is never used: it covers every GPU of the machine, and the experiment's own GPUs are read from their
+    NVML energy counters (one source per component; ``gpu_energy_source`` says which).
     """
 
     method = "codecarbon"
@@ -21,9 +23,10 @@ class CodeCarbonMeter(Meter):
     device = "codecarbon"
     device_key = "codecarbon"
 
-    def __init__(self, country_iso_code: str | None) -> None:
+    def __init__(self, country_iso_code: str | None, gpu_energy_source: str = "none: the experiment uses no GPU") -> None:
         from codecarbon import OfflineEmissionsTracker
 
+        self.gpu_energy_source = gpu_energy_source
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code or "USA",
             output_methods=[],  # nothing written to disk or sent anywhere: the values come back in memory
@@ -41,18 +44,17 @@ class CodeCarbonMeter(Meter):
         self._tracker.stop()
         duration = time.perf_counter() - self._t0
         data = self._tracker.final_emissions_data
-        details = {"cpu_model": getattr(data, "cpu_model", None), "tracking_mode": "machine"}
+        details = {"cpu_model": getattr(data, "cpu_model", None), "tracking_mode": "machine",
+                   "gpu_energy_source": self.gpu_energy_source}  # fmt: skip
         out = []
-        for component, attr in (("cpu", "cpu_energy"), ("ram", "ram_energy"), ("gpu", "gpu_energy")):
+        for component, attr in (("cpu", "cpu_energy"), ("ram", "ram_energy")):
             kwh = getattr(data, attr, None)
             energy = None if kwh is None else kwh * 3.6e6
-            if component == "gpu" and not energy:
-                continue  # CodeCarbon reports 0 when it sees no GPU: not a value
             out.append(ComponentEnergy(component, component, f"codecarbon-{component}", self.method, energy, duration, [], details))
         return out
 
     def describe(self) -> dict:
-        return {"component": "cpu+ram+gpu", "device": "codecarbon", "method": self.method}
+        return {"component": "cpu+ram", "device": "codecarbon", "method": self.method, "gpu_energy_source": self.gpu_energy_source}
 
 
 class FakeMeter(CounterMeter):
@@ -104,7 +106,10 @@ def select_meters(energy_cfg: dict, gpu_count: int) -> MeterSet:
             unavailable.append({"component": "gpu", "reason": "NVML not available: GPU energy not measured"})
     if backend == "codecarbon":
         meters.extend(NvmlGpuMeter(g) for g in gpus)
-        meters.append(CodeCarbonMeter(energy_cfg.get("country_iso_code")))
+        if use_gpu and not gpus:
+            unavailable.append({"component": "gpu", "reason": "NVML not available: GPU energy not measured"})
+        source = "nvml_counter" if gpus else ("unavailable: no NVML" if use_gpu else "none: the experiment uses no GPU")
+        meters.append(CodeCarbonMeter(energy_cfg.get("country_iso_code"), source))
         ms = MeterSet(meters)
         ms.unavailable = unavailable
         return ms

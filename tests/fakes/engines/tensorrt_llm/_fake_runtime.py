@@ -7,7 +7,10 @@ request leaves as soon as it ends, so its slot is taken by a waiting one in the 
 computed by running the Hugging Face model on the whole sequence (no KV cache) in float32 on CPU, then chosen the
 way the runtime's sampling layer does: repetition penalty; end token masked below ``min_tokens``; greedy when
 top_k = 1, or top_k = 0 with top_p = 0; otherwise temperature, top-k, top-p and a draw from a generator seeded with
-``seed`` (0 when unset). An end token ends the request without being returned, unless ``ignore_eos``.
+``seed`` (0 when unset). An end token ends the request without being returned, unless ``ignore_eos`` (the worker
+then hands the runtime end_id -1, executor/worker.py). A token of ``stop_token_ids`` ends the request whatever
+``ignore_eos`` and ``min_tokens`` say (the runtime's stop-word check knows neither, kernels/stopCriteriaKernels.cu)
+and is trimmed from the output unless ``include_stop_str_in_output`` (executor/result.py, _handle_sequence).
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import torch
 
 
 class _Active:
-    __slots__ = ("result", "params", "ids", "generated", "generator")
+    __slots__ = ("result", "params", "ids", "generated", "generator", "stop_reason")
 
     def __init__(self, result, params):
         self.result = result
         self.params = params
         self.ids = list(result.prompt_token_ids)
         self.generated: list[int] = []
+        self.stop_reason: int | None = None  # the stop token that ended the request (None: end_id or length)
         self.generator = torch.Generator().manual_seed(params.seed if params.seed is not None else 0)
 
 
@@ -90,7 +94,7 @@ class Executor:
                     req.ids.append(token)
                 if reason is None and len(req.generated) >= req.params.max_tokens:
                     reason = "length"
-                req.result._post([] if token is None else [token], reason)
+                req.result._post([] if token is None else [token], reason, req.stop_reason)
                 if reason is not None:
                     finished.append(req)
             self.iterations += 1
@@ -123,6 +127,9 @@ class Executor:
                 sorted_p[drop] = 0.0
                 probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
             token = int(torch.multinomial(probs / probs.sum(), 1, generator=req.generator))
-        if token == p.end_id and not p.ignore_eos:
+        if token == p.end_id and not p.ignore_eos:  # ignore_eos: the worker gives the runtime end_id -1
             return None, "stop"
+        if token in (p.stop_token_ids or ()):  # stop words hold whatever ignore_eos and min_tokens say
+            req.stop_reason = token
+            return (token if p.include_stop_str_in_output else None), "stop"  # trimmed from the output by default
         return token, None

@@ -22,15 +22,23 @@ chunks over several steps, because vLLM 0.11.0 turns chunked prefill on for ever
 ``enable_chunked_prefill`` says); a request's first token comes out of the step that finishes its prefill; every
 later step gives each running request one token, or with n-gram speculative decoding the accepted draft tokens
 plus one. Tokens are real: each one is the tiny HF model's next token for the sequence so far (transformers, CPU,
-float32), greedy or sampled with temperature/top-k/top-p/min-p, repetition penalty and logit bias, EOS held back
-until ``min_tokens``, ``ignore_eos`` honoured, ``max_tokens`` and ``max_model_len`` enforced. Outputs are
-cumulative by default (``RequestOutputKind.CUMULATIVE``), per step, for every request that got tokens. As in
-0.11.0, speculative decoding proposes nothing when the engine core runs in-process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``; vLLM issue #27287, fixed after 0.11.0).
+float32), greedy or sampled with temperature/top-k/top-p/min-p, repetition penalty and logit bias. Requests stop as
+0.11.0 stops them: on the tokenizer's EOS unless ``ignore_eos``, and on every other ``eos_token_id`` of the
+checkpoint's generation config, which the engine adds to ``stop_token_ids`` (``update_from_generation_config``);
+stop tokens end a request even under ``ignore_eos``, and every one of them is held back below ``min_tokens``;
+``max_tokens`` and ``max_model_len`` are enforced. Outputs are cumulative by default
+(``RequestOutputKind.CUMULATIVE``), per step, for every request that got tokens, with empty text when
+``detokenize`` is false. The quantisation method is settled as 0.11.0 settles it from the checkpoint's
+``quantization_config``: Marlin kernels for AWQ/GPTQ checkpoints they can run unless ``awq``/``gptq`` is named
+(then the legacy kernels, with the release's "forcing" notice in ``log_messages``), an error when the named method
+contradicts the checkpoint, and BitsAndBytes forcing its own ``load_format``. As in 0.11.0, speculative decoding
+proposes nothing when the engine core runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``; vLLM issue #27287,
+fixed after 0.11.0).
 
-Not modelled: GPU memory, the KV cache and preemption (so ``gpu_memory_utilization``, ``swap_space``,
-``cpu_offload_gb``, ``block_size``, ``kv_cache_dtype`` and ``num_gpu_blocks`` are recorded, not acted on), prefix
-caching, quantisation, tensor/pipeline parallelism (one process), attention backends, CUDA graphs and
+Not modelled: GPU memory, the KV cache and preemption (so ``gpu_memory_utilization``, ``cpu_offload_gb``,
+``block_size``, ``kv_cache_dtype`` and ``num_gpu_blocks`` are recorded, not acted on; ``swap_space`` is recorded and,
+as in V1, no CPU blocks exist), prefix caching, the numerics of quantised kernels (quantised checkpoints run
+unquantised in float32), tensor/pipeline parallelism (one process), attention backends, CUDA graphs and
 compilation, LoRA weights (the request is validated and recorded, the base model answers), draft-model-based
 speculative methods (EAGLE, Medusa: recorded, one token per step), the one-step lag between proposing and
 verifying drafts, detokenisation into incremental text (``text`` is decoded from all tokens each step), logprob

@@ -65,6 +65,28 @@ class SamplingParams:
         self._verify_args()
         if self.temperature < _SAMPLING_EPS:  # greedy: the other sampling knobs are neutralised
             self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
+        # every token min_tokens holds back; the engine adds the EOS ids (sampling_params.py:360-361)
+        self._all_stop_token_ids: set[int] = set(self.stop_token_ids)
+
+    def update_from_generation_config(self, generation_config: dict[str, Any], model_eos_token_id: int | None = None) -> None:
+        """As 0.11.0 (sampling_params.py:460-484): the tokenizer's EOS joins the tokens min_tokens holds back; the
+        generation config's other eos_token_id values become stop tokens too, unless ignore_eos."""
+        if model_eos_token_id is not None:
+            self._all_stop_token_ids.add(model_eos_token_id)
+        eos_ids = generation_config.get("eos_token_id")
+        if eos_ids is not None:
+            eos_ids = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids)
+            if model_eos_token_id is not None:
+                eos_ids.discard(model_eos_token_id)
+            if eos_ids:
+                self._all_stop_token_ids.update(eos_ids)
+                if not self.ignore_eos:
+                    eos_ids.update(self.stop_token_ids)
+                    self.stop_token_ids = list(eos_ids)
+
+    @property
+    def all_stop_token_ids(self) -> set[int]:
+        return self._all_stop_token_ids
 
     def _verify_args(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
@@ -98,7 +120,8 @@ class SamplingParams:
 
     def clone(self) -> SamplingParams:
         twin = SamplingParams(**self.given)
-        twin.__dict__.update({k: v for k, v in self.__dict__.items() if k != "given"})
+        twin.__dict__.update({k: (set(v) if isinstance(v, set) else list(v) if isinstance(v, list) else v)
+                              for k, v in self.__dict__.items() if k != "given"})  # fmt: skip
         return twin
 
     def __repr__(self) -> str:

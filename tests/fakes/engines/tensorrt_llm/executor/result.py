@@ -65,8 +65,8 @@ class GenerationResult:
         return self._done
 
     # executor side ---------------------------------------------------------------------------------------------
-    def _post(self, new_tokens: List[int], finish_reason: Optional[str]) -> None:
-        item = (list(new_tokens), finish_reason)
+    def _post(self, new_tokens: List[int], finish_reason: Optional[str], stop_reason: Optional[int] = None) -> None:
+        item = (list(new_tokens), finish_reason, stop_reason)
         if self._aqueue is not None:
             try:
                 self._loop.call_soon_threadsafe(self._aqueue.put_nowait, item)
@@ -77,7 +77,7 @@ class GenerationResult:
 
     # caller side -----------------------------------------------------------------------------------------------
     def _apply(self, item) -> None:
-        new_tokens, finish_reason = item
+        new_tokens, finish_reason, stop_reason = item
         out = self.outputs[0]
         out._last_token_ids_len = len(out.token_ids)
         out._last_text_len = len(out.text)
@@ -86,6 +86,7 @@ class GenerationResult:
             out.text = self._tokenizer.decode(out.token_ids, skip_special_tokens=self.sampling_params.skip_special_tokens)
         if finish_reason is not None:
             out.finish_reason = finish_reason
+            out.stop_reason = stop_reason  # the stop token, for a request a stop word ended (as _handle_sequence sets it)
             self._done = True
 
     def __aiter__(self):

@@ -26,6 +26,9 @@ from typing import Any, Literal, Optional, Union
 
 from .._fake_runtime import Executor
 from ..bindings import KVCacheType
+from ..executor.utils import enable_worker_single_process_for_tp1
+from ..quantization.mode import QuantAlgo
+from .mpi_session import MpiPoolSession
 from ..builder import BuildConfig, EngineConfig
 from ..executor.result import GenerationResult
 from ..models.modeling_utils import QuantConfig
@@ -146,6 +149,14 @@ class _TrtLLM:
         max_batch = min(self.args.max_batch_size or bc.max_batch_size, bc.max_batch_size)
         max_tokens = min(self.args.max_num_tokens or bc.max_num_tokens, bc.max_num_tokens)
         self.runtime_limits = {"max_batch_size": max_batch, "max_num_tokens": max_tokens, "max_seq_len": bc.max_seq_len}
+        # GenerationExecutor.create (executor/executor.py): several ranks, or one rank without
+        # TLLM_WORKER_USE_SINGLE_PROCESS=1, run the executor in MPI workers started through mpi4py
+        world = self.args.tensor_parallel_size * self.args.pipeline_parallel_size
+        if world > 1 or not enable_worker_single_process_for_tp1():
+            MpiPoolSession(n_workers=world)
+            self.executor_process = "mpi_worker"
+        else:
+            self.executor_process = "single_process"
         self._executor = Executor(str(self._hf_model_dir), max_batch, max_tokens, self.args.enable_chunked_prefill)
 
     def _build_engine(self, hf_dir: Path) -> None:
@@ -160,7 +171,10 @@ class _TrtLLM:
         if bc.max_input_len > bc.max_seq_len:
             bc.max_input_len = bc.max_seq_len
         quant = self.args.quant_config
-        calibrated = quant._requires_calibration
+        prequantized = self._update_from_hf_quant_config(hf)
+        calibrated = quant._requires_calibration and not prequantized
+        if calibrated:
+            self._quantize(hf_dir)
         tp, pp = self.args.tensor_parallel_size, self.args.pipeline_parallel_size
         dtype = self.args.dtype if self.args.dtype != "auto" else (hf.get("torch_dtype") or hf.get("dtype") or "float16")
         heads = hf["num_attention_heads"]
@@ -204,6 +218,49 @@ class _TrtLLM:
         self.args.build_config = bc
         self._engine_dir = engine_dir
         self._hf_model_dir = hf_dir
+
+    def _update_from_hf_quant_config(self, hf: dict) -> bool:
+        """ModelLoader._update_from_hf_quant_config (llmapi/llm_utils.py): a checkpoint's quantization_config is
+        taken as pre-quantised weights; only FP8 with block scales and MXFP4 are understood, anything else (AWQ,
+        GPTQ, BitsAndBytes, ...) is NotImplementedError."""
+        quant = hf.get("quantization_config")
+        if quant is None:
+            return False
+        qc = self.args.quant_config
+        if quant.get("quant_method") == "fp8" and quant.get("weight_block_size"):
+            qc.quant_algo = QuantAlgo.FP8_BLOCK_SCALES
+        elif quant.get("quant_method") == "mxfp4":
+            qc.quant_algo = QuantAlgo.W4A16_MXFP4
+        else:
+            raise NotImplementedError(f"Unsupported quantization_config: {quant}.")
+        return True
+
+    def _quantize(self, hf_dir: Path) -> None:
+        """The calibration step of a build (the scales themselves are not computed): ModelOpt recipes read the
+        calibration set as quantize_by_modelopt.get_calib_dataloader does; any other recipe goes to the model's own
+        quantize(), which handles SmoothQuant plugins and INT8 KV cache only (models/llama/convert.py)."""
+        quant = self.args.quant_config
+        if not quant._requires_modelopt_quantization:
+            if not (quant._use_plugin_sq or quant.kv_cache_quant_algo == QuantAlgo.INT8):
+                raise AssertionError("Call from_hugging_face when there is no quantization")
+            return
+        name = self.args.calib_config.calib_dataset
+        if name == "pileval" or "scienceqa" in name.lower() or "science_qa" in name.lower() or "cnn_dailymail" in name:
+            if os.path.isdir(name):
+                self._read_local_calibration(name)
+                return
+            # downloaded from the Hugging Face hub (pileval from the-eye.eu): the fake has no network
+            raise ConnectionError(f"calibration dataset {name} must be downloaded while building (no network in the fake)")
+        if os.path.isdir(name):
+            self._read_local_calibration(name)
+            return
+        raise NotImplementedError(f"Unsupported dataset name or local repo directory: {name}.")
+
+    @staticmethod
+    def _read_local_calibration(folder: str) -> None:
+        from datasets import load_dataset
+
+        load_dataset(folder, split="train")["text"]  # KeyError without a text column, as in the release
 
     def _load_engine(self, engine_dir: Path) -> None:
         cfg = EngineConfig.from_json_file(engine_dir / "config.json")

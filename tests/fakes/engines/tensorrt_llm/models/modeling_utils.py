@@ -7,19 +7,18 @@ from typing import List, Optional
 
 from ..quantization.mode import QuantAlgo
 
-#: recipes whose scales come from running calibration data through the model (as the release's
-#: ``QuantConfig._requires_calibration`` decides)
-_CALIBRATED = {
-    QuantAlgo.FP8,
-    QuantAlgo.W4A16_AWQ,
-    QuantAlgo.W4A8_AWQ,
-    QuantAlgo.W8A8_SQ_PER_CHANNEL,
+#: every weight/activation recipe (quantization/mode.py: QUANT_ALGO_LIST, the KV-cache-only INT8 and NO_QUANT aside)
+_QUANT_ALGO_LIST = set(QuantAlgo) - {QuantAlgo.INT8, QuantAlgo.NO_QUANT}
+_KV_CACHE_QUANT_ALGO_LIST = {QuantAlgo.FP8, QuantAlgo.INT8, QuantAlgo.NVFP4}
+_W8A8_SQ_PLUGIN_LIST = {
     QuantAlgo.W8A8_SQ_PER_TENSOR_PLUGIN,
     QuantAlgo.W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN,
     QuantAlgo.W8A8_SQ_PER_CHANNEL_PER_TENSOR_PLUGIN,
     QuantAlgo.W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN,
-    QuantAlgo.NVFP4,
 }
+#: what ModelOpt quantises (QuantConfig._requires_modelopt_quantization)
+_MODELOPT = {QuantAlgo.NVFP4, QuantAlgo.FP8, QuantAlgo.W4A16_AWQ, QuantAlgo.W4A8_AWQ, QuantAlgo.W8A8_SQ_PER_CHANNEL,
+             QuantAlgo.MIXED_PRECISION}  # fmt: skip
 
 
 @dataclass
@@ -36,5 +35,17 @@ class QuantConfig:
     mamba_ssm_cache_dtype: Optional[str] = None
 
     @property
+    def _use_plugin_sq(self) -> bool:
+        return self.quant_algo in _W8A8_SQ_PLUGIN_LIST
+
+    @property
     def _requires_calibration(self) -> bool:
-        return self.quant_algo in _CALIBRATED or self.kv_cache_quant_algo in (QuantAlgo.INT8, QuantAlgo.FP8)
+        """Every recipe but weight-only INT8/INT4 and per-channel FP8 needs calibration, GPTQ included."""
+        weights = self.quant_algo in (_QUANT_ALGO_LIST - {QuantAlgo.W8A16, QuantAlgo.W4A16, QuantAlgo.FP8_PER_CHANNEL_PER_TOKEN})
+        return weights or self.kv_cache_quant_algo in _KV_CACHE_QUANT_ALGO_LIST
+
+    @property
+    def _requires_modelopt_quantization(self) -> bool:
+        if self.quant_algo in _MODELOPT:
+            return True
+        return self.quant_algo is None and self.kv_cache_quant_algo == QuantAlgo.FP8

@@ -7,6 +7,7 @@ docstring for what is and is not modelled).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from types import SimpleNamespace
@@ -29,6 +30,33 @@ _LORA_EXTRA_VOCAB = (256, 512)
 #: _set_default_args of 0.11.0 for the LLM class on GPUs under 70 GiB (16384 and 1024 on H100/H200-class GPUs)
 _DEFAULT_BATCHED_TOKENS = 8192
 _DEFAULT_MAX_SEQS = 256
+
+
+def _awq_marlin_compatible(cfg: dict) -> bool:
+    """AWQMarlinConfig.is_awq_marlin_compatible on an Ampere-or-newer GPU: 4-bit, zero point, Marlin group size."""
+    return (str(cfg.get("quant_method", "")).lower() == "awq" and cfg.get("bits") == 4 and cfg.get("zero_point") is not None
+            and cfg.get("group_size") in (-1, 32, 64, 128))  # fmt: skip
+
+
+def _gptq_marlin_compatible(cfg: dict) -> bool:
+    """GPTQMarlinConfig.is_gptq_marlin_compatible on an Ampere-or-newer GPU: 4 or 8 bits, symmetric, Marlin group."""
+    return (str(cfg.get("quant_method", "")).lower() == "gptq" and cfg.get("bits") in (4, 8) and cfg.get("sym") is True
+            and cfg.get("group_size") in (-1, 32, 64, 128))  # fmt: skip
+
+
+def _generation_config_fields(model: str) -> dict:
+    """ModelConfig.try_get_generation_config (config/model.py:1315-1342, transformers_utils/config.py:950-969):
+    generation_config.json, else one derived from config.json, as its non-default fields."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(model)
+    except OSError:
+        try:
+            config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model))
+        except OSError:
+            return {}
+    return config.to_diff_dict()
 
 
 class _Request:
@@ -67,9 +95,21 @@ class LLMEngine:
         hf = AutoConfig.from_pretrained(args["model"])
         self._check(args, hf)
         self.tokenizer = AutoTokenizer.from_pretrained(args["tokenizer"] or args["model"])
-        self.model = AutoModelForCausalLM.from_pretrained(args["model"], dtype=torch.float32).eval()
+        # weights run unquantised in float32 whatever the checkpoint says (quantisation is recorded, not modelled)
+        plain = copy.deepcopy(hf)
+        if hasattr(plain, "quantization_config"):
+            del plain.quantization_config
+        self.model = AutoModelForCausalLM.from_pretrained(args["model"], config=plain, dtype=torch.float32).eval()
         self.eos_token_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else hf.eos_token_id
         self.vocab_size = hf.vocab_size
+        #: lines the real engine logs while it configures itself (e.g. the "forcing awq" notice)
+        self.log_messages: list[str] = []
+        quantization = self._verify_quantization(args["quantization"], hf)
+        load_format = args["load_format"]
+        if quantization == "bitsandbytes":  # engine/arg_utils.py:1058-1059 and 1398-1400
+            load_format = "bitsandbytes"
+        #: the generation config's non-default fields, as Processor reads them (v1/engine/processor.py:52-53)
+        self.generation_config_fields = _generation_config_fields(args["model"])
 
         max_model_len = args["max_model_len"] or hf.max_position_embeddings
         budget = args["max_num_batched_tokens"] or _DEFAULT_BATCHED_TOKENS
@@ -86,7 +126,7 @@ class LLMEngine:
                                    lora_extra_vocab_size=args["lora_extra_vocab_size"])  # fmt: skip
         self.vllm_config = SimpleNamespace(
             model_config=SimpleNamespace(model=args["model"], max_model_len=max_model_len, dtype=args["dtype"],
-                                         quantization=args["quantization"], seed=args["seed"], hf_config=hf,
+                                         quantization=quantization, seed=args["seed"], hf_config=hf,
                                          enforce_eager=args["enforce_eager"],
                                          disable_sliding_window=args["disable_sliding_window"]),
             scheduler_config=SimpleNamespace(max_num_seqs=max_seqs, max_num_batched_tokens=budget,
@@ -96,7 +136,8 @@ class LLMEngine:
                                          enable_prefix_caching=args["enable_prefix_caching"] is not False,
                                          gpu_memory_utilization=args["gpu_memory_utilization"],
                                          swap_space=args["swap_space"], cpu_offload_gb=args["cpu_offload_gb"],
-                                         num_gpu_blocks=None),
+                                         num_gpu_blocks=None, num_cpu_blocks=0),  # V1: no CPU blocks (v1/engine/core.py:204)
+            load_config=SimpleNamespace(load_format=load_format),
             parallel_config=SimpleNamespace(tensor_parallel_size=args["tensor_parallel_size"],
                                             pipeline_parallel_size=args["pipeline_parallel_size"], world_size=world,
                                             distributed_executor_backend=executor,
@@ -144,6 +185,31 @@ class LLMEngine:
                 raise ValueError(f"lora_extra_vocab_size ({args['lora_extra_vocab_size']}) must be one of {_LORA_EXTRA_VOCAB}.")
             if args["max_loras"] < 1:
                 raise ValueError(f"max_loras ({args['max_loras']}) must be >= 1.")
+
+    def _verify_quantization(self, given: str | None, hf) -> str | None:
+        """ModelConfig._verify_quantization of 0.11.0 (config/model.py:879-962) for the methods measured here: the
+        checkpoint's quantization_config decides unless the caller names a method; AWQ and GPTQ checkpoints that
+        Marlin can run get the Marlin kernels unless awq/gptq is named explicitly, which keeps the legacy kernels
+        (awq_marlin.py:110-127, gptq_marlin.py:181-199); a named method other than the checkpoint's is an error."""
+        quant_cfg = getattr(hf, "quantization_config", None)
+        if quant_cfg is None:
+            return given
+        method = str(quant_cfg.get("quant_method", "")).lower()
+        for name, compatible in (("awq_marlin", _awq_marlin_compatible), ("gptq_marlin", _gptq_marlin_compatible)):
+            legacy = name.split("_")[0]
+            if compatible(quant_cfg):
+                if given in (None, "marlin", name):
+                    self.log_messages.append(f"The model is convertible to {name} during runtime. Using {name} kernel.")
+                    return name
+                if given == legacy:
+                    self.log_messages.append(f"Detected that the model can run with {name}, however you specified "
+                                             f"quantization={legacy} explicitly, so forcing {legacy}.")  # fmt: skip
+        if given is None:
+            return method or None
+        if given != method:
+            raise ValueError(f"Quantization method specified in the model config ({method}) does not match the "
+                             f"quantization method specified in the `quantization` argument ({given}).")  # fmt: skip
+        return given
 
     @staticmethod
     def _speculative(raw: dict | None):
@@ -220,6 +286,7 @@ class LLMEngine:
         params = params.clone()
         if params.max_tokens is None:
             params.max_tokens = max_len - len(ids)
+        params.update_from_generation_config(self.generation_config_fields, self.eos_token_id)  # processor.py:416-417
         generator = None
         if params.seed is not None:
             generator = self._torch.Generator().manual_seed(params.seed)
@@ -317,8 +384,9 @@ class LLMEngine:
             seen = torch.tensor(sorted(set(seq)))
             picked = logits[seen]
             logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
-        if len(req.out) < p.min_tokens and self.eos_token_id is not None:
-            logits[self.eos_token_id] = -math.inf
+        if len(req.out) < p.min_tokens:  # every stop token is held back below min_tokens
+            for stop in p.all_stop_token_ids:
+                logits[stop] = -math.inf
         logprobs = torch.log_softmax(logits, dim=-1)
         if p.temperature < 1e-5:
             token = int(torch.argmax(logits))
@@ -348,7 +416,7 @@ class LLMEngine:
         p = req.params
         if not p.ignore_eos and token == self.eos_token_id and len(req.out) >= p.min_tokens:
             req.finish_reason, req.stop_reason = "stop", None
-        elif token in p.stop_token_ids and len(req.out) >= p.min_tokens:
+        elif token in p.stop_token_ids:  # checked whatever ignore_eos says (v1/core/sched/utils.py:59-67)
             req.finish_reason, req.stop_reason = "stop", token
         elif len(req.out) >= p.max_tokens or len(req.prompt_ids) + len(req.out) >= self.vllm_config.model_config.max_model_len:
             req.finish_reason = "length"
@@ -365,7 +433,8 @@ class LLMEngine:
         if req.params.logprobs is not None:
             logprobs = req.logprobs[req.sent :] if kind is RequestOutputKind.DELTA else list(req.logprobs)
         req.sent = len(req.out)
-        text = self.tokenizer.decode(tokens, skip_special_tokens=req.params.skip_special_tokens)
+        # detokenize=False: no detokenizer for the request, text stays empty (v1/engine/output_processor.py:138-147)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=req.params.skip_special_tokens) if req.params.detokenize else ""
         completion = CompletionOutput(index=0, text=text, token_ids=tokens, cumulative_logprob=req.cumulative_logprob,
                                       logprobs=logprobs, finish_reason=req.finish_reason, stop_reason=req.stop_reason,
                                       lora_request=req.lora)  # fmt: skip
