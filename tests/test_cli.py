@@ -64,11 +64,14 @@ def test_validate_preview(campaign_dir, capsys):
     assert data["duration"]["estimated_s"] == pytest.approx(6 * 12 + 3 * 10 + 2 * 20)
 
 
-def test_validate_bad_campaign_is_one_line(tmp_path, capsys):
+def test_validate_bad_campaign_names_each_problem_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("campaign_name: x\ngrid: {backends: [pytorch]}\nexecution: {structure: zigzag}\n")
     code, out, err = run(capsys, "validate", str(bad))
-    assert code == 1 and err.count("\n") == 1 and "execution.structure' = 'zigzag' is not allowed" in err
+    assert code == 1 and err.splitlines() == [
+        f"lem validate: {bad}: key 'execution.structure' = 'zigzag' is not allowed; allowed: interleaved, shuffled, grouped",
+        f"lem validate: {bad}: grid: no model: set 'model' or 'grid.models'",
+    ]
 
 
 def test_results_sorting_and_columns(campaign_dir, capsys):

@@ -27,10 +27,11 @@ from .config import (
     load_schema,
     prune_defaults,
     set_dotted,
-    validate,
-    validate_value,
+    schema_problems,
+    value_problems,
 )
 from .errors import ConfigError
+from .legacy import Migrated, annotate, migrate_campaign, migrate_experiment, migrate_user
 
 SCHEMA = "campaign"
 RESULTS_DIR_ENV = "LLM_ENERGY_RESULTS_DIR"
@@ -58,6 +59,7 @@ class Expansion:
     experiments: list[Experiment]
     dropped: list[tuple[str, str]]  # (config name, reason)
     duplicates: list[tuple[str, str]]  # (config name, id it duplicates)
+    notes: list[str] = field(default_factory=list)  # lem keys read, campaign values an experiment sets otherwise
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -74,34 +76,46 @@ def read_yaml(path: str | Path) -> Any:
 USER_CONFIG_KEYS = {"verbosity", "results_dir", "thermal_gaps", "notifications"}
 
 
-def load_user_config(workdir: str | Path = ".") -> dict:
-    """Per-machine preferences from ``.lem-config.yaml`` in the working directory ({} if absent)."""
+def user_config(workdir: str | Path = ".") -> Migrated:
+    """Per-machine preferences from ``.lem-config.yaml`` in the working directory (empty if absent), with lem's keys
+    read (``notes`` say how); one ConfigError naming every problem of the file."""
+    from .config import key_hint
+
     path = Path(workdir) / USER_CONFIG_FILE
     if not path.exists():
-        return {}
+        return Migrated({})
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{USER_CONFIG_FILE}: expected a mapping of settings, got {type(data).__name__}")
-    import difflib
-
-    for key in data:
+    found = migrate_user(data)
+    data, problems = found.data, list(found.problems)
+    for key, value in data.items():
         if key not in USER_CONFIG_KEYS:
-            close = difflib.get_close_matches(key, USER_CONFIG_KEYS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(
-                f"{USER_CONFIG_FILE}: unknown key '{key}'; allowed keys: {', '.join(sorted(USER_CONFIG_KEYS))}{hint}"
-            )
+            problems.append(f"unknown key '{key}'; allowed keys: {', '.join(sorted(USER_CONFIG_KEYS))}{key_hint(key, USER_CONFIG_KEYS)}")
     if data.get("verbosity") not in (None, "quiet", "normal", "verbose"):
-        raise ConfigError(
-            f"{USER_CONFIG_FILE}: key 'verbosity' = {data['verbosity']!r} is not allowed; allowed: quiet, normal, verbose"
-        )
+        problems.append(f"key 'verbosity' = {data['verbosity']!r} is not allowed; allowed: quiet, normal, verbose")
     gaps = data.get("thermal_gaps") or {}
-    for key in gaps:
+    if not isinstance(gaps, dict):
+        problems.append(f"key 'thermal_gaps' = {gaps!r} has the wrong type; allowed: a mapping (between_experiments, between_cycles)")
+        gaps = {}
+    for key, value in gaps.items():
         if key not in ("between_experiments", "between_cycles"):
-            raise ConfigError(
-                f"{USER_CONFIG_FILE}: unknown key 'thermal_gaps.{key}'; allowed: between_experiments, between_cycles"
-            )
-    return data
+            problems.append(f"unknown key 'thermal_gaps.{key}'; allowed: between_experiments, between_cycles")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            problems.append(f"key 'thermal_gaps.{key}' = {value!r} is not allowed; allowed: seconds, >= 0")
+    if data.get("notifications") is not None:
+        problems += schema_problems(data["notifications"], SCHEMA, "notifications", "notifications")
+    if "results_dir" in data and not isinstance(data["results_dir"], str):
+        problems.append(f"key 'results_dir' = {data['results_dir']!r} has the wrong type; allowed: a folder path")
+    if problems:
+        raise ConfigError([f"{USER_CONFIG_FILE}: {p}" for p in problems])
+    found.notes = [f"{USER_CONFIG_FILE}: {n}" for n in found.notes]
+    return found
+
+
+def load_user_config(workdir: str | Path = ".") -> dict:
+    """Per-machine preferences from ``.lem-config.yaml`` in the working directory ({} if absent)."""
+    return user_config(workdir).data
 
 
 def apply_user_config(campaign: dict, user: dict) -> dict:
@@ -125,22 +139,58 @@ def apply_user_config(campaign: dict, user: dict) -> dict:
 def resolve_campaign(raw: Any, base_dir: str | Path = ".", workdir: str | Path = ".", env=None) -> dict:
     """Validate a raw campaign mapping and return it with defaults, preferences and the env override applied.
 
-    ``base_dir`` is the folder of the campaign file (``configs`` paths are relative to it).
-    """
+    ``base_dir`` is the folder of the campaign file (``configs`` paths are relative to it). Keys of lem v3 are read
+    first (:mod:`llenergymeasure.legacy`; the resolved campaign's ``_notes`` say how). A campaign with problems
+    raises one ConfigError naming all of them, its experiment files' and grid's included."""
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError(f"a campaign must be a mapping of keys, got {type(raw).__name__}")
-    campaign = apply_user_config(raw, load_user_config(workdir))
-    validate(campaign, SCHEMA)
+    found = migrate_campaign(raw)
+    problems, notes = list(found.problems), list(found.notes)
+    try:
+        user = user_config(workdir)
+        notes += user.notes
+    except ConfigError as exc:
+        problems += exc.problems
+        user = Migrated({})
+    campaign = apply_user_config(found.data, user.data)
+    problems += annotate(schema_problems(campaign, SCHEMA), found.renamed)
+    folder = "results"
+    try:
+        if env.get(RESULTS_DIR_ENV):
+            folder = results_dir(env[RESULTS_DIR_ENV], f"environment variable {RESULTS_DIR_ENV}")
+        elif isinstance(campaign.get("results_dir", "results"), str):
+            folder = results_dir(campaign.get("results_dir", "results"), "key 'results_dir'")
+    except ConfigError as exc:
+        problems += exc.problems
+    if not campaign.get("configs") and not campaign.get("grid"):
+        problems.append("the campaign defines no experiments: set 'grid' and/or 'configs'")
+    if problems:
+        raise ConfigError(problems + _expansion_problems(campaign, base_dir))
     resolved = fill_defaults(campaign, load_schema(SCHEMA), load_schema(SCHEMA))
-    if env.get(RESULTS_DIR_ENV):
-        resolved["results_dir"] = results_dir(env[RESULTS_DIR_ENV], f"environment variable {RESULTS_DIR_ENV}")
-    else:
-        resolved["results_dir"] = results_dir(resolved["results_dir"], "key 'results_dir'")
+    resolved["results_dir"] = folder
     resolved["_base_dir"] = str(Path(base_dir))
-    if not resolved.get("configs") and not raw.get("grid"):
-        raise ConfigError("the campaign defines no experiments: set 'grid' and/or 'configs'")
+    resolved["_notes"] = notes
     return resolved
+
+
+def _expansion_problems(campaign: dict, base_dir: str | Path) -> list[str]:
+    """The problems of a campaign's experiment files and grid, as far as they can be checked while the campaign
+    itself has problems (so that one run names everything to fix): the keys they depend on are used only when
+    valid themselves."""
+    trial: dict = {"_base_dir": str(base_dir)}
+    for key in ("configs", "grid", "model", "dataset", "num_samples"):
+        if key in campaign and not schema_problems({"campaign_name": "x", key: campaign[key]}, SCHEMA):
+            trial[key] = campaign[key]
+    if not trial.get("configs") and not trial.get("grid"):
+        return []
+    try:
+        expand(trial)
+    except ConfigError as exc:
+        return [p for p in exc.problems if not p.startswith(NOTHING_RUNNABLE)]
+    except Exception:  # noqa: BLE001 - a best effort beside the problems already found, never a traceback
+        return []
+    return []
 
 
 def results_dir(value: str, where: str) -> str:
@@ -176,7 +226,7 @@ def load_campaign(path: str | Path, workdir: str | Path = ".", overrides: dict |
     try:
         return resolve_campaign(raw, Path(path).parent, workdir)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise exc.located(str(path)) from None
 
 
 def campaign_id(name: str) -> str:
@@ -243,46 +293,44 @@ def nominal_batch(config: dict) -> tuple[int, str]:
 
 
 def semantic_problem(config: dict) -> str | None:
-    """Why a schema-valid resolved config cannot run, or None: the rules that span backends (here), then the
-    experiment's backend's own rules (``problem`` in its module, found through :mod:`llenergymeasure.backends`)."""
+    """Why a schema-valid resolved config cannot run (the first reason), or None: see :func:`semantic_problems`."""
+    return next(iter(semantic_problems(config)), None)
+
+
+def semantic_problems(config: dict) -> list[str]:
+    """Every reason a schema-valid resolved config cannot run: the rules that span backends (here), each checked on
+    its own, and the experiment's backend's own rules (``problem`` in its module, found through
+    :mod:`llenergymeasure.backends`), which name their first."""
     backend = config["backend"]
     if backend not in BACKENDS:
-        return f"backend '{backend}' is not available in this version (available: {', '.join(BACKENDS)})"
+        return [f"backend '{backend}' is not available in this version (available: {', '.join(BACKENDS)})"]
+    found = []
     for other in BACKENDS:
         if other != backend and config.get(other):
             key = next(iter(_dotted(config[other], other)))
-            return f"{key} is set, but backend = {backend}: a {other} section applies to backend {other} only"
+            found.append(f"{key} is set, but backend = {backend}: a {other} section applies to backend {other} only")
     rules = backend_rules(backend)
     if rules.gpu_only and config["device"] == "cpu":
-        return f"backend = {backend} runs on CUDA GPUs only, but device = cpu"
-    problem = rules.problem(config)
-    if problem:
-        return problem
+        found.append(f"backend = {backend} runs on CUDA GPUs only, but device = cpu")
+    found.append(rules.problem(config))
     if config["min_output_tokens"] > config["max_output_tokens"]:
-        return (
-            f"min_output_tokens = {config['min_output_tokens']} is larger than "
-            f"max_output_tokens = {config['max_output_tokens']}"
-        )
+        found.append(f"min_output_tokens = {config['min_output_tokens']} is larger than max_output_tokens = {config['max_output_tokens']}")
     if config["no_weights"]:
         from .synthetic import resolve_architecture
 
         try:
             resolve_architecture(config["model_name"])
         except ConfigError as exc:
-            return str(exc)
-    problem = decoder_problem(config["decoder"])
-    if problem:
-        return problem
+            found.append(str(exc))
+    found.append(decoder_problem(config["decoder"]))
     if config["device"] == "cpu" and config["gpus"] != [0]:
-        return f"gpus = {config['gpus']} selects CUDA devices, but device = cpu"
-    problem = measurement_problem(config)
-    if problem:
-        return problem
+        found.append(f"gpus = {config['gpus']} selects CUDA devices, but device = cpu")
+    found.append(measurement_problem(config))
     needed = rules.gpus(config)
     if (rules.gpu_only or config["device"] == "cuda" or needed > 1) and config["device"] != "cpu" and needed != len(config["gpus"]):
-        return (f"{rules.gpus_knob} = {needed}, but gpus lists {len(config['gpus'])} GPU(s) {config['gpus']}: list exactly the GPUs "
-                "the experiment uses, so that its energy covers them all and no other" + ("" if rules.gpu_only else " (or device: cpu)"))  # fmt: skip
-    return None
+        found.append(f"{rules.gpus_knob} = {needed}, but gpus lists {len(config['gpus'])} GPU(s) {config['gpus']}: list exactly the "
+                     "GPUs the experiment uses, so that its energy covers them all and no other" + ("" if rules.gpu_only else " (or device: cpu)"))  # fmt: skip
+    return [p for p in found if p]
 
 
 def _defaults(section: str) -> dict:
@@ -408,22 +456,33 @@ def _campaign_defaults(campaign: dict) -> dict:
     return base
 
 
-def _grid_candidates(campaign: dict) -> list[tuple[str, dict]]:
+def _grid_candidates(campaign: dict, problems: list[str] | None = None) -> list[tuple[str, dict]]:
+    """The grid's combinations as (name, experiment mapping); a value that is wrong in itself is a problem (added to
+    ``problems``, or raised when none is given), a combination that cannot run is dropped later."""
     grid = campaign.get("grid")
     if not grid:
         return []
     shared = grid.get("shared") or {}
     overrides = grid.get("backend_overrides") or {}
+    found: list[str] = []
     for key, values in shared.items():
         for value in _axis(values, key):
-            validate_value(value, key, SCHEMA, "experiment", "grid.shared")
+            found += [p for p in value_problems(value, key, SCHEMA, "experiment", "grid.shared") if p not in found]
     for backend, axes in overrides.items():
         for key, values in axes.items():
             for value in _axis(values, f"{backend}.{key}"):
-                validate_value(value, f"{backend}.{key}", SCHEMA, "experiment", "grid.backend_overrides")
+                found += [p for p in value_problems(value, f"{backend}.{key}", SCHEMA, "experiment", "grid.backend_overrides") if p not in found]
+    if found:
+        if problems is None:
+            raise ConfigError(found)
+        problems += found
+        return []
     models = grid.get("models") or [campaign.get("model")]
     if None in models:
-        raise ConfigError("grid: no model: set 'model' or 'grid.models'")
+        if problems is None:
+            raise ConfigError("grid: no model: set 'model' or 'grid.models'")
+        problems.append("grid: no model: set 'model' or 'grid.models'")
+        return []
     candidates = []
     shared_keys = list(shared)
     for backend in grid["backends"]:
@@ -447,45 +506,81 @@ def _grid_candidates(campaign: dict) -> list[tuple[str, dict]]:
     return candidates
 
 
-def _file_candidates(campaign: dict) -> list[tuple[str, dict]]:
+def _file_candidates(campaign: dict, problems: list[str]) -> list[tuple[str, Any, str]]:
+    """The experiment files of ``configs`` as (name, mapping, path as listed); a file that cannot be read is a
+    problem (added to ``problems``)."""
     base_dir = Path(campaign.get("_base_dir", "."))
     candidates = []
     for rel in campaign.get("configs") or []:
-        path = base_dir / rel
-        data = read_yaml(path)
+        try:
+            data = read_yaml(base_dir / rel)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
         if not isinstance(data, dict):
-            raise ConfigError(f"experiment config '{rel}': expected a mapping, got {type(data).__name__}")
+            problems.append(f"experiment config '{rel}': expected a mapping, got {type(data).__name__}")
+            continue
+        if "campaign_name" in data:
+            problems.append(f"experiment config '{rel}' is a campaign file (it has campaign_name): configs lists experiment files")
+            continue
         name = data.get("config_name") or Path(rel).stem
         candidates.append((name, data, rel))
     return candidates
 
 
+#: the start of the error of a campaign none of whose experiments can run
+NOTHING_RUNNABLE = "the campaign expands to no runnable experiment"
+
+
+def _shadowed(campaign: dict, data: dict, source: str) -> list[str]:
+    """Campaign values that an experiment's own value replaces, said once per experiment file (lem let the
+    campaign's dataset and num_samples win over the files'; here they fill only what an experiment leaves unset)."""
+    notes = []
+    theirs, mine = campaign.get("dataset"), data.get("dataset")
+    if theirs is not None and isinstance(mine, dict):
+        theirs = {"name": theirs} if isinstance(theirs, str) else theirs
+        differ = {k: v for k, v in mine.items() if k in theirs and v != theirs[k]}
+        if differ:
+            shown = ", ".join(f"dataset.{k} = {v}" for k, v in differ.items())
+            notes.append(f"{source} sets {shown}: the campaign's dataset ({', '.join(f'{k} = {theirs[k]}' for k in differ)}) "
+                         "applies only to experiments that set none")  # fmt: skip
+    if campaign.get("num_samples") and data.get("num_input_prompts") not in (None, campaign["num_samples"]):
+        notes.append(f"{source} sets num_input_prompts = {data['num_input_prompts']}: the campaign's num_samples = "
+                     f"{campaign['num_samples']} applies only to experiments that set none")  # fmt: skip
+    return notes
+
+
 def expand(campaign: dict) -> Expansion:
     """Grid x configs -> unique experiments (in campaign order) plus dropped combinations with reasons.
 
-    Errors in an experiment file or a grid value are user errors (ConfigError); combinations that are each valid
-    but cannot run together are dropped with a reason.
-    """
+    Errors in an experiment file or a grid value are user errors: one ConfigError names all of them (every file,
+    every value). Combinations that are each valid but cannot run together are dropped with a reason. Experiment
+    files are read with lem v3's keys mapped (:mod:`llenergymeasure.legacy`); ``notes`` say how."""
     defaults = _campaign_defaults(campaign)
     seen: dict[str, Experiment] = {}
     experiments: list[Experiment] = []
     dropped: list[tuple[str, str]] = []
     duplicates: list[tuple[str, str]] = []
+    problems: list[str] = []
+    notes: list[str] = []
 
-    def add(name: str, raw: dict, source: str, strict: bool) -> None:
+    def add(name: str, raw: dict, source: str, strict: bool, renamed: dict | None = None) -> None:
         merged = deep_merge(defaults, raw)
-        try:
-            validate(merged, SCHEMA, prefix=source, ref="experiment")
-        except ConfigError as exc:
+        found = annotate(schema_problems(merged, SCHEMA, prefix=source, ref="experiment"), renamed or {}, source)
+        if found:
             if strict:
-                raise
-            dropped.append((name, str(exc)))
+                problems.extend(found)
+            else:
+                dropped.append((name, found[0]))
             return
         config = resolve_experiment(merged)
+        if strict and config["backend"] in BACKENDS:
+            own = semantic_problems(config)
+            if own:
+                problems.extend(f"{source}: {p}" for p in own)
+                return
         problem = semantic_problem(config)
         if problem:
-            if strict and config["backend"] in BACKENDS:
-                raise ConfigError(f"{source}: {problem}")
             dropped.append((name, problem))
             return
         sparse = sparse_config(config)
@@ -497,13 +592,19 @@ def expand(campaign: dict) -> Expansion:
         seen[exp_id] = exp
         experiments.append(exp)
 
-    for name, data, rel in _file_candidates(campaign):
-        add(name, data, f"configs[{rel}]", strict=True)
-    for name, config in _grid_candidates(campaign):
+    for name, data, rel in _file_candidates(campaign, problems):
+        source = f"configs[{rel}]"
+        found = migrate_experiment(data, source)
+        problems += found.problems
+        notes += found.notes + _shadowed(campaign, found.data, source)
+        add(name, found.data, source, strict=True, renamed=found.renamed)
+    for name, config in _grid_candidates(campaign, problems):
         add(name, config, "grid", strict=False)
+    if problems:
+        raise ConfigError(problems)
     if not experiments:
         reasons = "; ".join(f"{n}: {r}" for n, r in dropped[:3]) or "nothing to expand"
-        raise ConfigError(f"the campaign expands to no runnable experiment ({reasons})")
+        raise ConfigError(f"{NOTHING_RUNNABLE} ({reasons})")
     names: dict[str, int] = {}
     unique = []
     for exp in experiments:
@@ -512,7 +613,18 @@ def expand(campaign: dict) -> Expansion:
         if n:
             exp = Experiment(exp.experiment_id, f"{exp.config_name}-{n + 1}", exp.config, exp.source, exp.params)
         unique.append(exp)
-    return Expansion(unique, dropped, duplicates)
+    return Expansion(unique, dropped, duplicates, notes + _grid_shadowed(campaign))
+
+
+def _grid_shadowed(campaign: dict) -> list[str]:
+    shared = (campaign.get("grid") or {}).get("shared") or {}
+    notes = []
+    if campaign.get("num_samples") and "num_input_prompts" in shared:
+        notes.append(f"grid.shared sets num_input_prompts: the campaign's num_samples = {campaign['num_samples']} applies "
+                     "only to experiments that set none")  # fmt: skip
+    if campaign.get("dataset") is not None and any(k == "dataset" or k.startswith("dataset.name") for k in shared):
+        notes.append("grid.shared sets the dataset: the campaign's dataset applies only to experiments that set none")
+    return notes
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, problem_lines
 
 DEFAULT_CAMPAIGN = "config/campaign.yaml"
 
@@ -94,6 +94,7 @@ def cmd_validate(args) -> int:
     from .prompts import check_sources
 
     p = _load(args.campaign)
+    notes = p.campaign.get("_notes", []) + p.expansion.notes
     check_sources([e.config for e in p.expansion.experiments])
     est = estimate_duration(p)
     exps = [
@@ -116,10 +117,13 @@ def cmd_validate(args) -> int:
         "dropped": [{"config_name": n, "reason": r} for n, r in p.expansion.dropped],
         "duplicates": [{"config_name": n, "same_as": i} for n, i in p.expansion.duplicates],
         "duration": est,
+        "notes": notes,
     }
     if _json_wanted(args):
         print(json.dumps(out, indent=1))
         return 0
+    for line in notes:
+        print(f"note: {line}")
     print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {out['cycles']} cycles ({out['structure']}), results in {p.results_root}/")
     print(_table(exps, ["experiment_id", "config_name", "model", "batch_size", "fp_precision"]))
     for d in out["dropped"]:
@@ -479,7 +483,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return handlers[args.command](args)
-    except (ConfigError, ResultValidationError, AggregationError) as exc:
+    except ConfigError as exc:
+        for line in problem_lines(exc, f"lem {args.command}: "):
+            print(line, file=sys.stderr)
+        return 1
+    except (ResultValidationError, AggregationError) as exc:
         print(f"lem {args.command}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a path that is a folder, unreadable, ...: one line, no traceback

@@ -144,8 +144,25 @@ def _hint(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def format_validation_error(err: Any, prefix: str = "") -> str:
+def key_hint(key: str, here: Iterable[str], everywhere: Iterable[str] = ()) -> str:
+    """A "did you mean" for an unknown (dotted) key: the same name where it belongs (``cache_implementation`` written
+    at the top level is ``pytorch.cache_implementation``), else the closest key allowed at this level (``here``,
+    named as there). Keys of the reference tool are answered before this, from :mod:`llenergymeasure.legacy`."""
+    leaf = str(key).rsplit(".", 1)[-1]
+    elsewhere = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf and k != key]
+    if elsewhere:
+        return " (did you mean " + " or ".join(f"'{k}'" for k in elsewhere[:3]) + "?)"
+    here = list(here)
+    return _hint(key, here) or (_hint(leaf, here) if leaf != key else "")
+
+
+def format_validation_error(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> str:
     """One line naming the key, the value and what is allowed, from a ``jsonschema.ValidationError``."""
+    return error_lines(err, prefix, everywhere)[0]
+
+
+def error_lines(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> list[str]:
+    """The lines of one ``jsonschema.ValidationError``: one per unknown key of an object, else one."""
     # oneOf/anyOf failures: report the branch that got furthest, it is the one the user meant.
     while err.validator in ("oneOf", "anyOf") and err.context:
         err = max(err.context, key=lambda e: (len(e.absolute_path), -len(e.schema_path)))
@@ -155,26 +172,29 @@ def format_validation_error(err: Any, prefix: str = "") -> str:
     schema = err.schema
     if kind == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
-        extra = sorted(k for k in value if k not in schema.get("properties", {}))
-        key = extra[0] if extra else "?"
-        full = f"{where}.{key}" if where else key
-        return (
-            f"unknown key '{full}' (value {short_repr(value.get(key))}); allowed keys here: "
-            f"{', '.join(allowed)}{_hint(key, allowed)}"
-        )
+        extra = [k for k in value if k not in schema.get("properties", {})]
+        inner = _join_path("", err.absolute_path)
+        lines = []
+        for key in extra or ["?"]:
+            full = f"{where}.{key}" if where else key
+            dotted = f"{inner}.{key}" if inner else key
+            lines.append(
+                f"unknown key '{full}' (value {short_repr(value.get(key))}); allowed keys here: "
+                f"{', '.join(allowed)}{key_hint(dotted, allowed, everywhere)}"
+            )
+        return lines
     if kind == "required":
         missing = [k for k in err.validator_value if k not in value]
-        key = f"{where}.{missing[0]}" if where else missing[0]
-        return f"missing required key '{key}'"
+        return [f"missing required key '{f'{where}.{k}' if where else k}'" for k in missing]
     label = f"key '{where}'" if where else "the file"
     if kind == "enum":
         allowed = [a for a in err.validator_value]
         shown = ", ".join(a if isinstance(a, str) else json.dumps(a) for a in allowed)  # false/null as written in YAML
-        return f"{label} = {short_repr(value)} is not allowed; allowed: {shown}{_hint(value, [a for a in allowed if a])}"
+        return [f"{label} = {short_repr(value)} is not allowed; allowed: {shown}{_hint(value, [a for a in allowed if a])}"]
     if kind == "type":
         expected = err.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"{label} = {short_repr(value)} has the wrong type; allowed: {expected}"
+        return [f"{label} = {short_repr(value)} has the wrong type; allowed: {expected}"]
     bounds = {
         "minimum": ">=",
         "maximum": "<=",
@@ -184,19 +204,37 @@ def format_validation_error(err: Any, prefix: str = "") -> str:
         "minLength": "at least this many characters:",
     }
     if kind in bounds:
-        return f"{label} = {short_repr(value)} is out of range; allowed: {bounds[kind]} {err.validator_value}"
+        return [f"{label} = {short_repr(value)} is out of range; allowed: {bounds[kind]} {err.validator_value}"]
     if kind == "pattern":
         desc = schema.get("description", f"text matching {err.validator_value}")
-        return f"{label} = {short_repr(value)} is not allowed; allowed: {desc}"
+        return [f"{label} = {short_repr(value)} is not allowed; allowed: {desc}"]
     if kind == "uniqueItems":
-        return f"{label} = {short_repr(value)} is not allowed; allowed: a list without repeated items"
+        return [f"{label} = {short_repr(value)} is not allowed; allowed: a list without repeated items"]
     if kind == "propertyNames":
-        return f"{label} has a key that is not allowed: {err.message}"
-    return f"{label} = {short_repr(value)} is not allowed: {err.message}"
+        return [f"{label} has a key that is not allowed: {err.message}"]
+    return [f"{label} = {short_repr(value)} is not allowed: {err.message}"]
 
 
-def validate(data: Any, schema_name: str, prefix: str = "", ref: str | None = None) -> None:
-    """Validate ``data`` against a schema (or its ``$defs/<ref>``); raise ConfigError with a one-line message.
+def document_order(data: Any, path: Iterable[Any]) -> tuple:
+    """Where a path lies in the document: the position of each key in its mapping (problems are listed in the
+    order the file gives its keys)."""
+    order = []
+    for part in path:
+        if isinstance(data, dict):
+            keys = list(data)
+            order.append(keys.index(part) if part in keys else len(keys))
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int):
+            order.append(part)
+            data = data[part] if part < len(data) else None
+        else:
+            order.append(0)
+            data = None
+    return tuple(order)
+
+
+def schema_problems(data: Any, schema_name: str, prefix: str = "", ref: str | None = None) -> list[str]:
+    """Every problem of ``data`` against a schema (or its ``$defs/<ref>``), one line each, in document order.
 
     A compiled validator answers first (a campaign validates every expanded experiment: 10,000 of them in a big
     grid); jsonschema explains what is wrong when it says no."""
@@ -206,15 +244,33 @@ def validate(data: Any, schema_name: str, prefix: str = "", ref: str | None = No
     if fast is not None:
         try:
             fast(data)
-            return
+            return []
         except Exception:  # noqa: BLE001 - any refusal is explained by jsonschema below
             pass
     root = load_schema(schema_name)
     schema = root if ref is None else {"$ref": f"#/$defs/{ref}", "$defs": root.get("$defs", {})}
+    everywhere = known_dotted_keys(root if ref is None else root["$defs"][ref], root)
     validator = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is not None:
-        raise ConfigError(format_validation_error(error, prefix))
+    def order(err: Any) -> tuple:
+        path = list(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):  # where the first unknown key is
+            path += [k for k in err.instance if k not in err.schema.get("properties", {})][:1]
+        return document_order(data, path)
+
+    errors = sorted(validator.iter_errors(data), key=order)
+    lines: list[str] = []
+    for err in errors:
+        for line in error_lines(err, prefix, everywhere):
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
+def validate(data: Any, schema_name: str, prefix: str = "", ref: str | None = None) -> None:
+    """Validate ``data`` against a schema (or its ``$defs/<ref>``); raise one ConfigError naming every problem."""
+    problems = schema_problems(data, schema_name, prefix, ref)
+    if problems:
+        raise ConfigError(problems)
 
 
 @functools.cache
@@ -233,19 +289,52 @@ def _compiled(schema_name: str, ref: str | None):
     return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"}, use_default=False)
 
 
-def validate_value(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> None:
-    """Validate one value against the subschema of a dotted key inside ``$defs/<ref>``."""
+def value_problems(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> list[str]:
+    """Every problem of one value against the subschema of a dotted key inside ``$defs/<ref>``."""
     import jsonschema
 
     root = load_schema(schema_name)
     sub = property_schema(dotted, root["$defs"][ref], root)
     if sub is None:
         keys = known_dotted_keys(root["$defs"][ref], root)
-        raise ConfigError(f"unknown key '{prefix}.{dotted}'; allowed keys: see config/README.md{_hint(dotted, keys)}")
+        return [f"unknown key '{prefix}.{dotted}'; allowed keys: see config/README.md{key_hint(dotted, keys, keys)}"]
     validator = jsonschema.Draft202012Validator({**sub, "$defs": root.get("$defs", {})})
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is not None:
-        raise ConfigError(format_validation_error(error, f"{prefix}.{dotted}"))
+    lines: list[str] = []
+    for err in validator.iter_errors(value):
+        lines.extend(line for line in error_lines(err, f"{prefix}.{dotted}") if line not in lines)
+    return lines
+
+
+def validate_value(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> None:
+    """Validate one value against the subschema of a dotted key inside ``$defs/<ref>`` (ConfigError naming every
+    problem)."""
+    problems = value_problems(value, dotted, schema_name, ref, prefix)
+    if problems:
+        raise ConfigError(problems)
+
+
+def flow(value: Any) -> str:
+    """A value as YAML flow text, as one would write it in a file (``{batch_size: 8}``, ``[0, 1]``, ``true``)."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:  # the same list twice is written twice, never as &id001 / *id001
+            return True
+
+    text = yaml.dump(value, Dumper=Dumper, default_flow_style=True, sort_keys=False, width=10_000, allow_unicode=True).strip()
+    return text.removesuffix("...").strip()
+
+
+def dotted_items(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """The leaves of nested mappings as (dotted key, value), in order; an empty mapping is a leaf."""
+    items = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items.extend(dotted_items(value, dotted + "."))
+        else:
+            items.append((dotted, value))
+    return items
 
 
 def canonical_json(data: Any) -> str:

@@ -1,8 +1,26 @@
-"""Exceptions whose message is meant for the user as it is (one line, no traceback needed)."""
+"""Exceptions whose message is meant for the user as it is (one line per problem, no traceback needed)."""
+
+from __future__ import annotations
 
 
 class ConfigError(ValueError):
-    """Invalid campaign or experiment configuration. The message names the key, the value and what is allowed."""
+    """Invalid campaign or experiment configuration. Each problem is one line naming the key, the value and what is
+    allowed; a file with several problems raises one ConfigError listing them all (``problems``), so that one run
+    names everything to fix."""
+
+    def __init__(self, message: str | list[str] = ""):
+        problems = [message] if isinstance(message, str) else [p for p in message if p]
+        self.problems: list[str] = problems or [""]
+        super().__init__("\n".join(self.problems))
+
+    def located(self, where: str) -> ConfigError:
+        """The same problems, each prefixed with ``where`` (a file) unless it already names its file."""
+        return ConfigError([p if not where or p.startswith(("file '", f"{where}:")) else f"{where}: {p}" for p in self.problems])
+
+
+def problem_lines(exc: ConfigError, lead: str) -> list[str]:
+    """The lines to print for ``exc``: ``lead`` (e.g. "Configuration error: ") before each problem."""
+    return [f"{lead}{p}" for p in exc.problems]
 
 
 class MeasurementError(RuntimeError):

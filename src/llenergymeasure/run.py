@@ -14,9 +14,10 @@ import logging
 import os
 import sys
 
-from .campaign import experiment_id, resolve_experiment, semantic_problem
+from .campaign import experiment_id, resolve_experiment, semantic_problems
 from .config import set_dotted
-from .errors import ConfigError, MeasurementError
+from .errors import ConfigError, MeasurementError, problem_lines
+from .legacy import annotate, migrate_experiment
 
 
 def _parse_value(text: str):
@@ -26,7 +27,10 @@ def _parse_value(text: str):
         return text
 
 
-def load_experiment(path: str | None, sets: list[str]) -> dict:
+def load_experiment(path: str | None, sets: list[str], notes: list[str] | None = None) -> dict:
+    """The resolved experiment of an experiment file (plus ``--set`` overrides), with lem v3's keys read (``notes``
+    gets how); one ConfigError naming every problem, each line naming the file."""
+    where = path or "experiment"
     data: dict = {}
     if path:
         from .campaign import read_yaml
@@ -36,22 +40,31 @@ def load_experiment(path: str | None, sets: list[str]) -> dict:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"file '{path}': an experiment must be a mapping of fields, got {type(data).__name__}")
+        if "campaign_name" in data:
+            raise ConfigError(f"file '{path}' is a campaign (it has campaign_name), not an experiment: run it with "
+                              f"snakemake --cores 1 --config campaign={path}, or check it with lem validate {path}")  # fmt: skip
     for item in sets:
         key, _, value = item.partition("=")
         if not _:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         set_dotted(data, key, _parse_value(value))
     data.pop("config_name", None)
+    found = migrate_experiment(data)
+    if notes is not None:
+        notes.extend(f"{where}: {n}" for n in found.notes)
+    problems, invalid = list(found.problems), []
     try:
-        from .config import validate
+        from .config import schema_problems
 
-        validate(data, "campaign", prefix=path or "experiment", ref="experiment")
+        invalid = annotate(schema_problems(found.data, "campaign", ref="experiment"), found.renamed)
     except ImportError:  # no jsonschema (e.g. a bare GPU machine): defaults still come from the schema
         logging.getLogger(__name__).warning("jsonschema not installed: experiment not validated")
-    config = resolve_experiment(data)
-    problem = semantic_problem(config)
-    if problem:
-        raise ConfigError(problem)
+    problems += invalid
+    if not invalid:  # what cannot run together, once every value is valid in itself (as a campaign checks it)
+        config = resolve_experiment(found.data)
+        problems += semantic_problems(config)
+    if problems:
+        raise ConfigError(problems).located(where)
     return config
 
 
@@ -80,14 +93,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
+    notes: list[str] = []
     try:
-        config = load_experiment(args.experiment, args.set)
+        config = load_experiment(args.experiment, args.set, notes)
         from .prompts import check_sources
 
         check_sources([config])  # the prompts and the model, before anything is loaded
     except ConfigError as exc:
-        print(f"Configuration error: {exc}", file=sys.stderr)
+        for line in problem_lines(exc, "Configuration error: "):
+            print(line, file=sys.stderr)
         return 1
+    if not args.quiet:
+        for line in notes:
+            print(f"note: {line}", file=sys.stderr)
     from .jobs import select_gpus
     from .measure import run_experiment
     from .results import ResultExistsError

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan, read_yaml, resolve_campaign
-from .errors import ConfigError
+from .errors import ConfigError, problem_lines
 from .failures import completed_only
 from .prompts import check_sources
 from .tiny_model import embedded_model_dir, is_embedded
@@ -58,9 +58,8 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
         if announce:  # the main process only: jobs re-parse the Snakefile and need not load datasets again
             check_sources([e.config for e in the_plan.expansion.experiments])
     except ConfigError as exc:
-        text = str(exc)
-        prefix = "" if not where or text.startswith("file '") else f"{where}: "
-        print(f"Configuration error: {prefix}{text}", file=sys.stderr)
+        for line in problem_lines(exc.located(where), "Configuration error: "):
+            print(line, file=sys.stderr)
         sys.exit(1)
     config.clear()
     config.update(resolved)
@@ -125,6 +124,8 @@ def describe(p: Plan, stream, level: str = "normal") -> None:
     if level == "quiet":
         return
     exp = p.expansion
+    for note in p.campaign.get("_notes", []) + exp.notes:
+        print(f"Note: {note}", file=stream)
     print(
         f"Campaign '{p.name}': {len(exp.experiments)} experiments x {p.campaign['execution']['cycles']} cycles, "
         f"{p.campaign['execution']['structure']} order, results in {p.results_root}/",

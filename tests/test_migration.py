@@ -1,0 +1,302 @@
+"""Files written for lem v3: its keys read as this tool's (aliases resolve to exactly the same experiment and id),
+keys that change nothing ignored with a note, keys lem never read or features not offered refused with the
+replacement, every problem of a file named in one run, and no traceback anywhere."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO
+from llenergymeasure.campaign import expand, resolve_campaign, sparse_config
+from llenergymeasure.cli import main
+from llenergymeasure.errors import ConfigError
+from llenergymeasure.run import load_experiment
+
+LEM = REPO / "tests" / "data" / "lem_v3"
+
+
+def campaign(tmp_path, **raw):
+    return resolve_campaign({"campaign_name": "t", "model": "lem-tiny-llama", **raw}, tmp_path, tmp_path, env={})
+
+
+def cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ------------------------------------------------------------------------------------------------ aliases
+
+
+def test_a_lem_v3_experiment_resolves_to_exactly_the_new_keys_experiment():
+    notes: list[str] = []
+    old = load_experiment(str(LEM / "pytorch_v3.yaml"), [], notes)
+    new = load_experiment(str(LEM / "pytorch_new_keys.yaml"), [])
+    assert old == new and sparse_config(old) == sparse_config(new)
+    assert new["num_input_prompts"] == 12 and new["timeline"] == {"enabled": True, "save": True, "interval_ms": 250}
+    where = str(LEM / "pytorch_v3.yaml")
+    assert notes == [
+        f"{where}: 'schema_version' is ignored: the version of lem v3's config schema; files here carry none",
+        f"{where}: 'dataset.sample_size' is lem v3's name for 'num_input_prompts': read as num_input_prompts = 12 (rename it)",
+        f"{where}: 'pytorch.low_cpu_mem_usage' is ignored: it is how transformers loads models here anyway",
+        f"{where}: 'pytorch.use_bettertransformer' is ignored: BetterTransformer, switched off",
+        f"{where}: 'timeseries.enabled' is lem v3's name for 'timeline.enabled': read as timeline.enabled = true (rename it)",
+        f"{where}: 'timeseries.save' is lem v3's name for 'timeline.save': read as timeline.save = true (rename it)",
+        f"{where}: 'timeseries.sample_interval_ms' is lem v3's name for 'timeline.interval_ms': read as timeline.interval_ms = 250 (rename it)",
+        f"{where}: 'streaming' is ignored: lem v3's streaming mode, switched off; latency (TTFT, ITL) is measured in every run here, from token arrivals",
+        f"{where}: 'traffic_simulation' is ignored: lem v3's traffic simulation, switched off",
+    ]
+
+
+def test_the_same_experiment_file_in_a_campaign_gets_the_same_id(tmp_path):
+    for name in ("pytorch_v3.yaml", "pytorch_new_keys.yaml"):
+        shutil.copy(LEM / name, tmp_path / name)
+    old = expand(campaign(tmp_path, configs=["pytorch_v3.yaml"]))
+    new = expand(campaign(tmp_path, configs=["pytorch_new_keys.yaml"]))
+    assert [e.experiment_id for e in old.experiments] == [e.experiment_id for e in new.experiments]
+    assert old.experiments[0].config == new.experiments[0].config
+    assert "'configs[pytorch_v3.yaml].dataset.sample_size' is lem v3's name for 'configs[pytorch_v3.yaml].num_input_prompts': " \
+           "read as configs[pytorch_v3.yaml].num_input_prompts = 12 (rename it)" in old.notes  # fmt: skip
+    assert new.notes == []
+
+
+@pytest.mark.parametrize(
+    ("lem", "new"),
+    [
+        ({"prompts": {"type": "huggingface", "dataset": "gsm8k", "split": "test", "column": "question", "sample_size": 20}},
+         {"dataset": {"name": "gsm8k", "split": "test", "column": "question"}, "num_input_prompts": 20}),
+        ({"prompts": {"type": "file", "path": "prompts.txt"}}, {"dataset": {"name": "prompts.txt"}}),
+        ({"gpus": 0}, {"gpus": [0]}),
+        ({"timeseries": {"sample_interval_ms": 500}}, {"timeline": {"interval_ms": 500}}),
+        ({"dataset": None, "vllm": None, "tensorrt": None, "pytorch": {"cache_implementation": None, "torch_compile_backend": None}}, {}),
+        ({"dataset": {"name": "alpaca", "sample_size": 30}, "num_input_prompts": 30}, {"dataset": {"name": "alpaca"}, "num_input_prompts": 30}),
+    ],
+)  # fmt: skip
+def test_each_alias_resolves_to_the_config_of_its_new_key(tmp_path, lem, new):
+    base = {"model_name": "lem-tiny-llama", "device": "cpu"}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({**base, **lem}))
+    (tmp_path / "new.yaml").write_text(yaml.safe_dump({**base, **new}))
+    notes: list[str] = []
+    old = load_experiment(str(tmp_path / "old.yaml"), [], notes)
+    assert old == load_experiment(str(tmp_path / "new.yaml"), [])
+    assert notes and all("lem v3" in n or "read as" in n for n in notes)
+
+
+def test_campaign_keys_of_lem_v3(tmp_path):
+    c = campaign(
+        tmp_path,
+        schema_version="3.0.0",
+        io={"results_dir": "elsewhere", "state_dir": ".state"},
+        grid={"backends": ["pytorch"], "shared": {"dataset.sample_size": [3, 5], "device": "cpu", "timeseries.save": True}},
+        execution={"cycles": 2, "warmup_prompts": 5, "warmup_timeout_seconds": 30},
+        cold_start={"force_cold_start": True},
+        group_by=["backend"],
+        health_check={"enabled": True},
+        daemon={"enabled": False, "at": "02:00"},
+        experiments=[],
+    )
+    assert c["results_dir"] == "elsewhere" and "io" not in c and "cold_start" not in c
+    exp = expand(c)
+    assert sorted(e.config["num_input_prompts"] for e in exp.experiments) == [3, 5]
+    assert all(e.config["timeline"]["save"] for e in exp.experiments)
+    same = expand(campaign(tmp_path, results_dir="elsewhere",
+                           grid={"backends": ["pytorch"], "shared": {"num_input_prompts": [3, 5], "device": "cpu", "timeline.save": True}},
+                           execution={"cycles": 2}))  # fmt: skip
+    assert [e.experiment_id for e in exp.experiments] == [e.experiment_id for e in same.experiments]
+    notes = "\n".join(c["_notes"])
+    for key in ("schema_version", "io.state_dir", "execution.warmup_prompts", "execution.warmup_timeout_seconds", "cold_start",
+                "group_by", "health_check", "daemon", "experiments"):  # fmt: skip
+        assert f"'{key}' is ignored: " in notes, key
+    assert "'io.results_dir' is lem v3's name for 'results_dir'" in notes
+    assert "'grid.shared.dataset.sample_size' is lem v3's name for 'grid.shared.num_input_prompts'" in notes
+    assert "'execution.warmup_prompts' is ignored: lem v3 displayed it but never ran a campaign warm-up" in notes
+    assert "'cold_start' is ignored: lem v3 accepted it but it had no effect" in notes
+
+
+def test_the_docker_block_of_lem_config_is_ignored_with_a_pointer_to_containers(tmp_path):
+    shutil.copy(LEM / "lem-config.yaml", tmp_path / ".lem-config.yaml")
+    c = campaign(tmp_path, grid={"backends": ["pytorch"]})
+    assert c["results_dir"] == "lem-results" and c["execution"]["config_gap_seconds"] == 3.0
+    assert [n for n in c["_notes"] if "docker" in n] == [
+        ".lem-config.yaml: 'docker' is ignored: lem v3's container strategy; here each measurement runs in its backend's "
+        "image (the campaign's containers:, with --sdm apptainer)"
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+def test_every_problem_of_a_pre_v3_file_is_named_with_its_replacement():
+    with pytest.raises(ConfigError) as info:
+        load_experiment(str(LEM / "pre_v3.yaml"), [])
+    where = str(LEM / "pre_v3.yaml")
+    never = "a key of lem before v3, which lem v3 no longer read: a file setting it measured"
+    assert info.value.problems == [
+        f"{where}: key 'batching' = {{strategy: dynamic, batch_size: 6}}: {never} batch size 1; allowed here: "
+        "pytorch: {batch_size: 6, batching_strategy: dynamic, max_tokens_per_batch: N (the token budget the dynamic strategies need here)}",
+        f"{where}: key 'max_new_tokens' = 48: {never} up to max_output_tokens new tokens (128 unless set); allowed here: max_output_tokens: 48",
+        f"{where}: key 'batch_size' = 3: {never} batch size 1; allowed here: pytorch.batch_size: 3",
+        f"{where}: key 'decoder.min_p' = 0.1: lem v3's decoder has no min_p and dropped it; allowed here: pytorch.min_p: 0.1",
+        f"{where}: key 'sharding' = {{strategy: tensor_parallel, num_shards: 4}}: {never} an unsharded model; allowed here: "
+        "backend: vllm with vllm: {tensor_parallel_size: 4} or backend: tensorrt with tensorrt: {tp_size: 4}; "
+        "PyTorch here runs data parallel only (pytorch.num_processes), one GPU per process",
+        f"{where}: key 'traffic_simulation' = {{enabled: true, mode: constant, target_qps: 4.0}}: lem v3's traffic simulation is "
+        "not offered here; allowed here: leave it out (requests are submitted as fast as the engine takes them)",
+        f"{where}: key 'streaming' = true: lem v3's streaming mode is not offered here: latency (TTFT, ITL) is measured in every "
+        "run, from token arrivals; allowed here: one request at a time, as lem's streaming mode ran them, is pytorch.batch_size: 1",
+        f"{where}: key 'num_cycles' = 5: {never} one cycle; campaigns own repetition; allowed here: execution.cycles in the campaign file",
+        f"{where}: key '_extends' = base.yaml: lem v3's inheritance between files is not offered here; allowed here: the base "
+        "file's keys copied in; values every experiment shares belong in the campaign (grid.shared, dataset, num_samples)",
+    ]
+
+
+def test_a_lem_v3_campaign_names_grid_axes_with_the_grid_to_write(tmp_path):
+    shutil.copy(LEM / "campaign_v3.yaml", tmp_path / "c.yaml")
+    with pytest.raises(ConfigError) as info:
+        from llenergymeasure.campaign import load_campaign
+
+        load_campaign(tmp_path / "c.yaml", tmp_path)
+    assert info.value.problems == [
+        f"{tmp_path / 'c.yaml'}: key 'grid.axes' = {{batch_size: [1, 2], fp_precision: [float32]}}: lem v3 never read it "
+        "(its grid took shared and backend_overrides), so these axes were never measured; allowed here: "
+        "grid.shared: {fp_precision: [float32]}; grid.backend_overrides: {pytorch: {batch_size: [1, 2]}}"
+    ]
+
+
+def test_the_fix_the_hint_gives_is_accepted(tmp_path):
+    """Writing what a refusal says to write makes the campaign valid: the hints are the replacement, not a guess."""
+    data = yaml.safe_load((LEM / "campaign_v3.yaml").read_text())
+    del data["grid"]["axes"]
+    data["grid"]["shared"] = {"fp_precision": ["float32"], "device": "cpu"}
+    data["grid"]["backend_overrides"] = {"pytorch": {"batch_size": [1, 2]}}
+    c = resolve_campaign(data, tmp_path, tmp_path, env={})
+    assert sorted(e.config["pytorch"]["batch_size"] for e in expand(c).experiments) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("lem", "expected"),
+    [
+        ({"max_new_tokens": 5}, "allowed here: max_output_tokens: 5"),
+        ({"cache_implementation": "static"}, "(did you mean 'pytorch.cache_implementation'?)"),
+        ({"pytorch": {"cache_implementaton": "static"}}, "(did you mean 'cache_implementation'?)"),
+        ({"decoder": {"no_repeat_ngram_size": 3}}, "allowed here: pytorch.no_repeat_ngram_size: 3"),
+        ({"backend": "vllm", "batch_size": 64}, "allowed here: vllm.max_num_seqs: 64"),
+        ({"backend": "vllm", "decoder": {"min_p": 0.2}}, "allowed here: vllm.min_p: 0.2"),
+        ({"save_outputs": True}, "key 'save_outputs' = true: lem v3's saved outputs are not offered here"),
+        ({"pytorch": {"low_cpu_mem_usage": False}}, "transformers' low-memory loading cannot be switched off here"),
+        ({"pytorch": {"beam_search": {"enabled": True, "num_beams": 4}}}, "beam search is not offered here"),
+        ({"dataset": {"name": "alpaca", "sample_size": 10}, "num_input_prompts": 50},
+         "key 'dataset.sample_size' = 10 is lem v3's name for 'num_input_prompts' (lem v3 took the prompt count from it), which "
+         "the file also sets, to 50: keep one (lem v3 used 'dataset.sample_size')"),
+        ({"prompts": {"type": "huggingface", "dataset": "alpaca", "shuffle": True, "sample_size": 8}},
+         "allowed here: dataset: {name: alpaca, shuffle: true} with num_input_prompts: 8 (shuffled by this tool's own seeded shuffle"),
+        ({"timeseries": {"sample_interval_ms": 50}},
+         "key 'timeline.interval_ms' = 50 is out of range; allowed: >= 100 (written as 'timeseries.sample_interval_ms', lem v3's name)"),
+    ],
+)  # fmt: skip
+def test_hints_point_to_what_the_key_meant(tmp_path, lem, expected):
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump({"model_name": "lem-tiny-llama", **lem}))
+    with pytest.raises(ConfigError) as info:
+        load_experiment(str(tmp_path / "e.yaml"), [])
+    assert expected in str(info.value), str(info.value)
+    assert "did you mean 'max_input_tokens'" not in str(info.value) and "did you mean 'attn_implementation'" not in str(info.value)
+
+
+def test_grid_keys_of_lem_are_refused_with_grid_hints(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        campaign(tmp_path, grid={"backends": ["pytorch", "vllm"], "shared": {"batch_size": [1, 8], "max_new_tokens": 16, "streaming": [False]}})
+    assert info.value.problems == [
+        "key 'grid.shared.batch_size' = [1, 8]: a key of lem before v3, which lem v3 no longer read: a file setting it measured "
+        "batch size 1; allowed here: grid.backend_overrides: {pytorch: {batch_size: [1, 8]}, vllm: {max_num_seqs: [1, 8]}}",
+        "key 'grid.shared.max_new_tokens' = 16: a key of lem before v3, which lem v3 no longer read: a file setting it measured "
+        "up to max_output_tokens new tokens (128 unless set); allowed here: grid.shared.max_output_tokens: 16",
+    ]
+
+
+def test_every_problem_of_a_campaign_its_files_and_grid_in_one_run(tmp_path):
+    (tmp_path / "a.yaml").write_text("model_name: lem-tiny-llama\nmax_new_tokens: 8\npytorch: {batch_size: 0}\n")
+    (tmp_path / "b.yaml").write_text("model_name: lem-tiny-llama\ndevice: cpu\nmin_output_tokens: 9\nmax_output_tokens: 4\n")
+    raw = {"campaign_name": "t", "model": "lem-tiny-llama", "configs": ["a.yaml", "b.yaml", "gone.yaml"],
+           "grid": {"backends": ["pytorch"], "shared": {"decoder.temperature": [0.5, 3]}},
+           "execution": {"cycles": 0, "structure": "interleave"}}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        resolve_campaign(raw, tmp_path, tmp_path, env={})
+    assert info.value.problems == [
+        "key 'execution.cycles' = 0 is out of range; allowed: >= 1",
+        "key 'execution.structure' = 'interleave' is not allowed; allowed: interleaved, shuffled, grouped (did you mean 'interleaved'?)",
+        f"file '{tmp_path / 'gone.yaml'}' does not exist",
+        "key 'configs[a.yaml].max_new_tokens' = 8: a key of lem before v3, which lem v3 no longer read: a file setting it measured "
+        "up to max_output_tokens new tokens (128 unless set); allowed here: max_output_tokens: 8",
+        "key 'configs[a.yaml].pytorch.batch_size' = 0 is out of range; allowed: >= 1",
+        "configs[b.yaml]: min_output_tokens = 9 is larger than max_output_tokens = 4",
+        "key 'grid.shared.decoder.temperature' = 3 is out of range; allowed: <= 2",
+    ]
+
+
+def test_one_file_with_several_wrong_values_names_them_all(tmp_path):
+    (tmp_path / "e.yaml").write_text("model_name: lem-tiny-llama\nfp_precision: fp8\nmax_input_tokens: 0\nwarmup: {mode: quick, max_prompt: 3}\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(str(tmp_path / "e.yaml"), [])
+    lines = [p.split(": ", 1)[1] for p in info.value.problems]
+    assert lines == [
+        "key 'fp_precision' = 'fp8' is not allowed; allowed: float32, float16, bfloat16",
+        "key 'max_input_tokens' = 0 is out of range; allowed: >= 1",
+        "key 'warmup.mode' = 'quick' is not allowed; allowed: full, cv, off",
+        "unknown key 'warmup.max_prompt' (value 3); allowed keys here: convergence_detection, cv_threshold, enabled, max_prompts, "
+        "min_prompts, mode, window_size (did you mean 'max_prompts'?)",
+    ]
+
+
+def test_semantic_problems_are_all_named(tmp_path):
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump({
+        "model_name": "lem-tiny-llama", "device": "cpu", "gpus": [1], "min_output_tokens": 9, "max_output_tokens": 4,
+        "decoder": {"do_sample": False, "top_k": 5}, "timeline": {"enabled": False, "interval_ms": 200},
+    }))  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_experiment(str(tmp_path / "e.yaml"), [])
+    text = str(info.value)
+    for part in ("min_output_tokens = 9 is larger", "decoder.top_k = 5 shapes sampling", "gpus = [1] selects CUDA devices",
+                 "timeline.interval_ms = 200 has no effect"):  # fmt: skip
+        assert part in text, text
+    assert len(info.value.problems) == 4
+
+
+def test_lem_run_says_a_campaign_is_not_an_experiment(tmp_path, capsys):
+    shutil.copy(LEM / "campaign_v3.yaml", tmp_path / "c.yaml")
+    code, _, err = cli(capsys, "run", str(tmp_path / "c.yaml"))
+    assert code == 1 and err.count("\n") == 1 and "is a campaign (it has campaign_name), not an experiment" in err
+
+
+@pytest.mark.parametrize(("argv", "problems"), [(["run", "pre_v3.yaml"], 9), (["validate", "campaign_v3.yaml"], 1)])
+def test_no_traceback_for_any_lem_file_and_every_problem_named(argv, problems):
+    run = subprocess.run([sys.executable, "-m", "llenergymeasure.cli", *argv], cwd=LEM, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == problems and all(x.startswith(("lem validate: ", "Configuration error: ")) for x in lines), run.stderr
+
+
+@pytest.mark.workflow
+def test_snakemake_reads_a_lem_v3_campaign_and_names_every_problem(workflow_dir):
+    from test_workflow import snakemake
+
+    for name in ("campaign_v3.yaml", "pytorch_v3.yaml", "pre_v3.yaml"):
+        shutil.copy(LEM / name, workflow_dir / name)
+    fixed = yaml.safe_load((LEM / "campaign_v3.yaml").read_text())
+    fixed["grid"] = {"backends": ["pytorch"], "shared": {"device": "cpu"}}
+    fixed["configs"] = ["pytorch_v3.yaml"]
+    (workflow_dir / "fixed.yaml").write_text(yaml.safe_dump(fixed))
+    run = snakemake(workflow_dir, "-n", "--config", "campaign=fixed.yaml")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Note: 'cold_start' is ignored: lem v3 accepted it but it had no effect" in run.stderr
+    assert "Note: 'configs[pytorch_v3.yaml].timeseries.save' is lem v3's name for 'configs[pytorch_v3.yaml].timeline.save'" in run.stderr
+    fixed["configs"] = ["pytorch_v3.yaml", "pre_v3.yaml"]
+    (workflow_dir / "broken.yaml").write_text(yaml.safe_dump(fixed))
+    run = snakemake(workflow_dir, "-n", "--config", "campaign=broken.yaml")
+    lines = [x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")]
+    assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
+    assert len(lines) == 9 and all(x.startswith("Configuration error: broken.yaml: key 'configs[pre_v3.yaml].") for x in lines), lines
