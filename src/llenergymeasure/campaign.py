@@ -327,7 +327,8 @@ def semantic_problems(config: dict) -> list[str]:
         found.append(f"gpus = {config['gpus']} selects CUDA devices, but device = cpu")
     found.append(measurement_problem(config))
     needed = rules.gpus(config)
-    if (rules.gpu_only or config["device"] == "cuda" or needed > 1) and config["device"] != "cpu" and needed != len(config["gpus"]):
+    # device auto is CUDA wherever a GPU is visible: its GPU list is held to the same rule as device cuda's
+    if config["device"] != "cpu" and needed != len(config["gpus"]):
         found.append(f"{rules.gpus_knob} = {needed}, but gpus lists {len(config['gpus'])} GPU(s) {config['gpus']}: list exactly the "
                      "GPUs the experiment uses, so that its energy covers them all and no other" + ("" if rules.gpu_only else " (or device: cpu)"))  # fmt: skip
     return [p for p in found if p]
