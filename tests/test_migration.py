@@ -7,12 +7,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO
-from llenergymeasure.campaign import expand, resolve_campaign, sparse_config
+from llenergymeasure.campaign import expand, plan, resolve_campaign, sparse_config
 from llenergymeasure.cli import main
 from llenergymeasure.errors import ConfigError
 from llenergymeasure.run import load_experiment
@@ -300,3 +301,88 @@ def test_snakemake_reads_a_lem_v3_campaign_and_names_every_problem(workflow_dir)
     lines = [x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")]
     assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
     assert len(lines) == 9 and all(x.startswith("Configuration error: broken.yaml: key 'configs[pre_v3.yaml].") for x in lines), lines
+
+
+# ------------------------------------------------------------------------------------------------ offline validation
+
+
+def hub_campaign(tmp_path) -> Path:
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "campaign_name": "hub", "model": "lem-tiny-llama", "dataset": "alpaca", "num_samples": 10,
+        "grid": {"backends": ["pytorch"], "shared": {"device": "cpu"}},
+    }))  # fmt: skip
+    return tmp_path / "c.yaml"
+
+
+def test_validate_works_offline_and_says_what_it_could_not_check(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hub_campaign(tmp_path)
+    code, out, err = cli(capsys, "validate", "c.yaml")  # HF_HUB_OFFLINE=1 in every test
+    assert code == 0, err
+    assert ("warning: key 'dataset.name' = 'alpaca' (tatsu-lab/alpaca, split train) cannot be loaded: offline mode is on "
+            "(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) and it is not cached (a campaign run checks it again before its first "
+            "measurement)") in out  # fmt: skip
+    assert "Campaign 'hub' is valid: 1 experiments" in out
+    # a run needs the prompts: the workflow's check still stops before any job
+    from llenergymeasure.prompts import check_sources
+
+    with pytest.raises(ConfigError, match="cannot be loaded: offline mode is on"):
+        check_sources([plan(resolve_campaign(yaml.safe_load((tmp_path / "c.yaml").read_text()), tmp_path, tmp_path, env={})).expansion.experiments[0].config])
+    # what can be checked offline still is: a prompt count the shipped set cannot give, a near miss of a shipped model
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump({
+        "campaign_name": "d", "model": "lem-tiny-lama", "num_samples": 101, "grid": {"backends": ["pytorch"]},
+    }))  # fmt: skip
+    code, out, err = cli(capsys, "validate", "d.yaml")
+    assert code == 1 and len(err.splitlines()) == 2
+    assert "key 'num_input_prompts' = 101 is out of range; allowed: <= 100" in err and "did you mean 'lem-tiny-llama'?" in err
+
+
+def test_validate_does_not_wait_for_an_unreachable_hub(tmp_path, capsys, monkeypatch):
+    """Online mode but no route to the hub: one quick question to the hub, then a warning, not half a minute of
+    download retries and a failure."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    asked = []
+
+    def unreachable(repo_id, **kwargs):
+        asked.append(repo_id)
+        raise ConnectionError("Name or service not known")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("validate tried to download a dataset it knows it cannot reach")
+
+    monkeypatch.setattr(huggingface_hub, "dataset_info", unreachable)
+    monkeypatch.setattr(datasets, "load_dataset", no_download)
+    hub_campaign(tmp_path)
+    code, out, err = cli(capsys, "validate", "c.yaml")
+    assert code == 0, err
+    assert asked == ["tatsu-lab/alpaca"]
+    assert ("warning: key 'dataset.name' = 'alpaca' (tatsu-lab/alpaca, split train) cannot be checked: the Hugging Face hub "
+            "cannot be reached (ConnectionError)") in out  # fmt: skip
+
+
+def test_validate_still_refuses_a_dataset_the_hub_does_not_have(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+
+    def missing(repo_id, **kwargs):
+        error = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # as the hub client raises it on a 404
+        Exception.__init__(error, f"404 Client Error: Repository Not Found for url: .../api/datasets/{repo_id}")
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "dataset_info", missing)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"campaign_name": "x", "model": "lem-tiny-llama", "dataset": "someone/no-such-set",
+                                                     "grid": {"backends": ["pytorch"], "shared": {"device": "cpu"}}}))  # fmt: skip
+    code, out, err = cli(capsys, "validate", "c.yaml")
+    assert code == 1 and err.splitlines() == [
+        "lem validate: key 'dataset.name' = 'someone/no-such-set' (someone/no-such-set, split train) is not a Hugging Face "
+        "dataset (or a private one: set HF_TOKEN)"
+    ]

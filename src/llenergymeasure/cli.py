@@ -95,7 +95,7 @@ def cmd_validate(args) -> int:
 
     p = _load(args.campaign)
     notes = p.campaign.get("_notes", []) + p.expansion.notes
-    check_sources([e.config for e in p.expansion.experiments])
+    warnings = check_sources([e.config for e in p.expansion.experiments], network_optional=True)
     est = estimate_duration(p)
     exps = [
         {
@@ -118,12 +118,15 @@ def cmd_validate(args) -> int:
         "duplicates": [{"config_name": n, "same_as": i} for n, i in p.expansion.duplicates],
         "duration": est,
         "notes": notes,
+        "warnings": warnings,
     }
     if _json_wanted(args):
         print(json.dumps(out, indent=1))
         return 0
     for line in notes:
         print(f"note: {line}")
+    for line in warnings:
+        print(f"warning: {line}")
     print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {out['cycles']} cycles ({out['structure']}), results in {p.results_root}/")
     print(_table(exps, ["experiment_id", "config_name", "model", "batch_size", "fp_precision"]))
     for d in out["dropped"]:

@@ -104,7 +104,15 @@ def _load_file(path: Path, column: str | None) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def _load_hub(name: str, split: str | None, subset: str | None, column: str | None) -> list[str]:
+class NeedsNetwork(ConfigError):
+    """A prompt source or model that cannot be checked on this machine as it is now (offline, or the hub out of
+    reach, and nothing cached): ``lem validate`` warns about it; a campaign run stops on it."""
+
+
+def _load_hub(name: str, split: str | None, subset: str | None, column: str | None, probe: bool = False) -> list[str]:
+    """A hub dataset's prompts. ``probe``: first ask the hub whether it can be reached and holds the dataset (a
+    quick look, where the download library would retry for half a minute), and raise :class:`NeedsNetwork` when it
+    cannot be reached or offline mode is on and the dataset is not cached."""
     alias = DATASET_ALIASES.get(name)
     path = alias["path"] if alias else name
     split = split or (alias["split"] if alias else "train")
@@ -116,13 +124,37 @@ def _load_hub(name: str, split: str | None, subset: str | None, column: str | No
         raise ConfigError(
             f"key 'dataset.name' = '{name}' needs the 'datasets' package (pip install 'llenergymeasure[datasets]')"
         ) from None
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    where = f"key 'dataset.name' = '{name}' ({path}, split {split})"
+    if probe and not offline:
+        _probe_hub_dataset(path, where)
     try:
         ds = datasets.load_dataset(path, subset, split=split)
     except Exception as exc:  # noqa: BLE001 - any failure here means "cannot get the data"
-        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-        why = "offline mode is on (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) and it is not cached" if offline else str(exc).splitlines()[0]
-        raise ConfigError(f"key 'dataset.name' = '{name}' ({path}, split {split}) cannot be loaded: {why}") from None
+        if offline:
+            raise (NeedsNetwork if probe else ConfigError)(
+                f"{where} cannot be loaded: offline mode is on (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) and it is not cached"
+            ) from None
+        raise ConfigError(f"{where} cannot be loaded: {str(exc).splitlines()[0]}") from None
     return _from_rows(ds, column, name)
+
+
+def _probe_hub_dataset(path: str, where: str) -> None:
+    """Whether the hub can be reached and has the dataset: ConfigError when it says no, NeedsNetwork when it cannot
+    be asked."""
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:
+        return
+    try:
+        huggingface_hub.dataset_info(path, timeout=10, token=os.environ.get("HF_TOKEN") or None)
+    except GatedRepoError:
+        raise ConfigError(f"{where} is a gated Hugging Face dataset: set HF_TOKEN to a token with access to it") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{where} is not a Hugging Face dataset (or a private one: set HF_TOKEN)") from None
+    except Exception as exc:  # noqa: BLE001 - no network, a proxy, a timeout: it cannot be checked from here
+        raise NeedsNetwork(f"{where} cannot be checked: the Hugging Face hub cannot be reached ({type(exc).__name__})") from None
 
 
 def source_problem(dataset: dict) -> str | None:
@@ -139,7 +171,7 @@ def source_problem(dataset: dict) -> str | None:
     return None
 
 
-def load_prompts(dataset: dict, num_prompts: int, seed: int | None = None) -> list[str]:
+def load_prompts(dataset: dict, num_prompts: int, seed: int | None = None, probe: bool = False) -> list[str]:
     """The first ``num_prompts`` prompts of a source (after an optional seeded shuffle).
 
     ``dataset`` is the resolved experiment ``dataset`` section. Asking for more prompts than the source has is an
@@ -152,7 +184,7 @@ def load_prompts(dataset: dict, num_prompts: int, seed: int | None = None) -> li
     elif name.endswith((".jsonl", ".txt")) or Path(name).is_file():
         prompts = _load_file(Path(name), column)
     else:
-        prompts = _load_hub(name, dataset.get("split"), dataset.get("subset"), column)
+        prompts = _load_hub(name, dataset.get("split"), dataset.get("subset"), column, probe)
     if dataset.get("shuffle"):
         random.Random(seed if seed is not None else 0).shuffle(prompts)
     if len(prompts) < num_prompts:
@@ -194,71 +226,97 @@ def _did_you_mean(name: str) -> str:
     return f" (did you mean '{lowered[match[0]]}'?)" if match else ""
 
 
-def model_problem(name: str, timeout_s: float = 15.0) -> str | None:
-    """Why ``model_name`` cannot be loaded, known without loading it; None when it looks loadable.
+def model_check(name: str, timeout_s: float = 15.0) -> tuple[str | None, bool]:
+    """Why ``model_name`` cannot be loaded, known without loading it (None when it looks loadable), and whether
+    that is only because the hub cannot be asked from here (offline, or out of reach; a near miss of a shipped
+    model's name is a problem all the same).
 
     A local folder must hold a ``config.json``; a Hugging Face id must be in the local cache or, when online, exist
     on the hub (its ``config.json`` is looked up; a gated model needs ``HF_TOKEN``)."""
     from .tiny_model import is_embedded
 
     if is_embedded(name):
-        return None
+        return None, False
     path = Path(name).expanduser()
     allowed = "allowed: a model folder, a Hugging Face id, or lem-tiny-llama"
     if path.exists():
         if not path.is_dir():
-            return f"key 'model_name' = '{name}' is a file, not a model folder; {allowed}"
+            return f"key 'model_name' = '{name}' is a file, not a model folder; {allowed}", False
         if not (path / "config.json").is_file():
-            return f"key 'model_name' = '{name}': the folder has no config.json, so it is not a model folder; {allowed}"
-        return None
+            return f"key 'model_name' = '{name}': the folder has no config.json, so it is not a model folder; {allowed}", False
+        return None, False
     if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or not name.strip():
-        return f"key 'model_name' = '{name}': folder does not exist{_did_you_mean(name)}; {allowed}"
+        return f"key 'model_name' = '{name}': folder does not exist{_did_you_mean(name)}; {allowed}", False
     try:
         import huggingface_hub
     except ImportError:  # the backend will say what it cannot load
-        return None
+        return None, False
     try:
         cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
     except Exception:  # noqa: BLE001 - an id the hub library rejects (bad characters, ...)
-        return f"key 'model_name' = '{name}' is neither a folder nor a valid Hugging Face id{_did_you_mean(name)}; {allowed}"
+        return f"key 'model_name' = '{name}' is neither a folder nor a valid Hugging Face id{_did_you_mean(name)}; {allowed}", False
     if isinstance(cached, str):
-        return None
+        return None, False
     if _offline():
         return (f"key 'model_name' = '{name}' is not a folder, and no Hugging Face model of that id is in the local "
-                f"cache while offline mode is on (HF_HUB_OFFLINE){_did_you_mean(name)}; {allowed}")  # fmt: skip
+                f"cache while offline mode is on (HF_HUB_OFFLINE){_did_you_mean(name)}; {allowed}"), not _did_you_mean(name)  # fmt: skip
     from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
 
     try:
         huggingface_hub.model_info(name, timeout=timeout_s, token=os.environ.get("HF_TOKEN") or None)
     except GatedRepoError:
-        return f"key 'model_name' = '{name}' is a gated Hugging Face model: set HF_TOKEN to a token with access to it"
+        return f"key 'model_name' = '{name}' is a gated Hugging Face model: set HF_TOKEN to a token with access to it", False
     except RepositoryNotFoundError:
         return (f"key 'model_name' = '{name}' is not a folder and not a Hugging Face model (or a private one: set "
-                f"HF_TOKEN){_did_you_mean(name)}; {allowed}")  # fmt: skip
+                f"HF_TOKEN){_did_you_mean(name)}; {allowed}"), False  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - network trouble: the first job could not download it either
         return (f"key 'model_name' = '{name}' is not in the local Hugging Face cache and the hub cannot be reached "
-                f"({type(exc).__name__}); download it first (hf download {name}) or fix the network")  # fmt: skip
-    return None
+                f"({type(exc).__name__}); download it first (hf download {name}) or fix the network{_did_you_mean(name)}"), not _did_you_mean(name)  # fmt: skip
+    return None, False
 
 
-def check_models(configs: list[dict]) -> None:
-    """Every model an experiment loads must be loadable: see :func:`model_problem` (``no_weights`` architectures
-    are checked when the campaign is expanded)."""
+def model_problem(name: str, timeout_s: float = 15.0) -> str | None:
+    """Why ``model_name`` cannot be loaded, known without loading it; None when it looks loadable."""
+    return model_check(name, timeout_s)[0]
+
+
+def check_models(configs: list[dict], network_optional: bool = False) -> list[str]:
+    """Every model an experiment loads must be loadable: see :func:`model_check` (``no_weights`` architectures
+    are checked when the campaign is expanded). One ConfigError names every problem; with ``network_optional``,
+    what only the hub could tell is returned as warnings instead."""
+    problems, warnings = [], []
     for name in sorted({c["model_name"] for c in configs if not c.get("no_weights")}):
-        problem = model_problem(name)
+        problem, needs_network = model_check(name)
         if problem:
-            raise ConfigError(problem)
+            (warnings if network_optional and needs_network else problems).append(problem)
+    if problems:
+        raise ConfigError(problems)
+    return warnings
 
 
-def check_sources(configs: list[dict]) -> None:
+def check_sources(configs: list[dict], network_optional: bool = False) -> list[str]:
     """Load every distinct prompt source once, for the largest prompt count asked of it, so that a missing file,
-    an unreachable dataset or too few prompts stop the campaign before its first measurement."""
+    an unreachable dataset or too few prompts stop the campaign before its first measurement; then check the
+    models. One ConfigError names every problem. ``network_optional`` (``lem validate``, ``lem run --dry-run``):
+    what needs the network and cannot be checked from here is returned as warnings, one line each, instead."""
     need: dict[str, tuple[dict, int]] = {}
     for cfg in configs:
         ds = cfg["dataset"]
         key = json.dumps(ds, sort_keys=True)
         n = max(cfg["num_input_prompts"], need.get(key, (ds, 0))[1])
         need[key] = (ds, n)
+    problems, warnings = [], []
     for ds, n in need.values():
-        load_prompts(ds, n)
-    check_models(configs)
+        try:
+            load_prompts(ds, n, probe=network_optional)
+        except NeedsNetwork as exc:
+            warnings += exc.problems
+        except ConfigError as exc:
+            problems += exc.problems
+    try:
+        warnings += check_models(configs, network_optional)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return [f"{w} (a campaign run checks it again before its first measurement)" for w in warnings]
