@@ -4,6 +4,7 @@ replacement, every problem of a file named in one run, and no traceback anywhere
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -386,3 +387,67 @@ def test_validate_still_refuses_a_dataset_the_hub_does_not_have(tmp_path, capsys
         "lem validate: key 'dataset.name' = 'someone/no-such-set' (someone/no-such-set, split train) is not a Hugging Face "
         "dataset (or a private one: set HF_TOKEN)"
     ]
+
+
+# ------------------------------------------------------------------------------------------------ the commands
+
+
+def test_lem_validate_takes_an_experiment_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(LEM / "pytorch_v3.yaml", tmp_path / "exp.yaml")
+    code, out, err = cli(capsys, "validate", "exp.yaml")
+    assert code == 0, err
+    assert out.startswith("note: exp.yaml is an experiment file (no campaign_name): checked as a one-experiment campaign. "
+                          "To measure it, list it under configs: in a campaign file, or measure it once with lem run exp.yaml")  # fmt: skip
+    assert "note: 'dataset.sample_size' is lem v3's name for 'num_input_prompts'" in out
+    assert "is valid: 1 experiments" in out and "tiny-pytorch-v3" in out
+    (tmp_path / "bad.yaml").write_text("config_name: x\nmodel_name: lem-tiny-llama\nbatch_size: 2\n")
+    code, out, err = cli(capsys, "validate", "bad.yaml")
+    assert code == 1 and err.splitlines() == [
+        "lem validate: bad.yaml: key 'batch_size' = 2: a key of lem before v3, which lem v3 no longer read: a file setting it "
+        "measured batch size 1; allowed here: pytorch.batch_size: 2"
+    ]
+    assert "configs[" not in err and "did you mean 'configs'" not in err
+
+
+def test_lem_validate_verbose_shows_each_resolved_experiment(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "e.yaml").write_text("config_name: own\ndataset: {name: builtin, shuffle: true}\nnum_input_prompts: 9\ndevice: cpu\n")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "campaign_name": "v", "model": "lem-tiny-llama", "dataset": "builtin", "num_samples": 4, "configs": ["e.yaml"],
+        "grid": {"backends": ["pytorch"], "shared": {"device": "cpu"}, "backend_overrides": {"pytorch": {"batch_size": [2]}}},
+    }))  # fmt: skip
+    code, out, err = cli(capsys, "validate", "--verbose", "c.yaml")
+    assert code == 0, err
+    p = plan(resolve_campaign(yaml.safe_load((tmp_path / "c.yaml").read_text()), tmp_path, tmp_path, env={}))
+    own, grid = p.expansion.experiments
+    assert f"  {own.experiment_id}  own  (configs[e.yaml])\n    model_name: lem-tiny-llama\n    device: cpu\n" \
+           "    num_input_prompts: 9\n    dataset.shuffle: true\n" in out  # fmt: skip
+    assert f"  {grid.experiment_id}  pytorch-lem-tiny-llama  (grid)\n" in out and "    pytorch.batch_size: 2\n" in out
+    assert ("note: configs[e.yaml] sets num_input_prompts = 9: the campaign's num_samples = 4 applies only to experiments "
+            "that set none") in out  # fmt: skip
+    assert "sets its own dataset" not in out  # the same dataset name: nothing shadowed
+    code, out, _ = cli(capsys, "--json", "validate", "--verbose", "c.yaml")
+    data = json.loads(out)
+    assert data["experiments"][0]["params"] == own.params and any("num_samples = 4" in n for n in data["notes"])
+
+
+def test_lem_run_dry_run_measures_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(LEM / "pytorch_v3.yaml", tmp_path / "exp.yaml")
+    code, out, err = cli(capsys, "run", "exp.yaml", "--dry-run", "--set", "pytorch.batch_size=2")
+    assert code == 0, err
+    config = load_experiment("exp.yaml", ["pytorch.batch_size=2"])
+    from llenergymeasure.campaign import experiment_id
+
+    assert out.splitlines()[0] == f"experiment {experiment_id(config)} (tiny-pytorch-v3)"
+    assert "    pytorch.batch_size: 2\n" in out and "    timeline.interval_ms: 250\n" in out and out.endswith("dry run: nothing measured\n")
+    assert "note: exp.yaml: 'timeseries.save' is lem v3's name for 'timeline.save'" in err
+    code, out, _ = cli(capsys, "run", "exp.yaml", "--dry-run", "--json")
+    assert json.loads(out)["params"] == sparse_config(load_experiment("exp.yaml", []))
+    assert not list(tmp_path.rglob("*.json")) and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(("argv", "problems"), [(["validate", "pre_v3.yaml"], 9), (["run", "pre_v3.yaml", "--dry-run"], 9), (["validate", "lem-config.yaml"], 1)])
+def test_no_traceback_from_the_commands_given_any_lem_file(argv, problems):
+    test_no_traceback_for_any_lem_file_and_every_problem_named(argv, problems)

@@ -1,6 +1,7 @@
 """``lem``: the command-line companion for what Snakemake does not do.
 
     lem validate [CAMPAIGN]        expansion preview: experiments, dropped combinations, estimated duration
+                                   (--verbose: each experiment's non-default values; an experiment file works too)
     lem results [CAMPAIGN]         the summary table in the terminal (--sort COLUMN, --desc, --columns a,b)
     lem compare A B [CAMPAIGN]     two experiments side by side, with intervals and a significance test
     lem datasets                   prompt sources: the shipped set and the dataset aliases
@@ -54,6 +55,38 @@ def _load(campaign: str):
     return plan(load_campaign(campaign, "."))
 
 
+def _load_for_validation(path: str):
+    """The plan of a campaign file, or of an experiment file (no campaign_name; model_name or config_name) taken as a
+    one-experiment campaign; and what to say about the file first."""
+    import re
+
+    from .campaign import USER_CONFIG_FILE, USER_CONFIG_KEYS, load_campaign, plan, read_yaml, resolve_campaign
+
+    data = read_yaml(path)
+    if isinstance(data, dict) and data and "campaign_name" not in data and set(data) <= USER_CONFIG_KEYS | {"docker"}:
+        raise ConfigError(f"file '{path}' holds per-machine preferences ({', '.join(data)}), not a campaign: they are read "
+                          f"from {USER_CONFIG_FILE} in the working directory, and apply to every campaign run there")  # fmt: skip
+    is_experiment = isinstance(data, dict) and "campaign_name" not in data and ("model_name" in data or "config_name" in data)
+    if not is_experiment:
+        return plan(load_campaign(path, ".")), []
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).strip("-._")[:64] or "experiment"
+    source = f"configs[{Path(path).name}]"
+    try:
+        campaign = resolve_campaign({"campaign_name": name, "configs": [Path(path).name]}, Path(path).parent, ".")
+        the_plan = plan(campaign)
+    except ConfigError as exc:  # its problems as the file's own, as lem run names them
+        raise ConfigError([p.replace(f"'{source}.", "'").replace(f"{source}: ", "") for p in exc.problems]).located(path) from None
+    said = [f"{path} is an experiment file (no campaign_name): checked as a one-experiment campaign. To measure it, "
+            f"list it under configs: in a campaign file, or measure it once with lem run {path}"]  # fmt: skip
+    return the_plan, [*said, *(n.replace(f"'{source}.", "'").replace(f"{source} ", "the file ") for n in the_plan.expansion.notes)]
+
+
+def _params_lines(params: dict) -> list[str]:
+    from .config import dotted_items, flow
+
+    return [f"    {key}: {flow(value)}" for key, value in dotted_items(params)]
+
+
 # --------------------------------------------------------------------------------------------------- validate
 
 
@@ -93,8 +126,8 @@ def cmd_validate(args) -> int:
     from .campaign import nominal_batch
     from .prompts import check_sources
 
-    p = _load(args.campaign)
-    notes = p.campaign.get("_notes", []) + p.expansion.notes
+    p, said = _load_for_validation(args.campaign)
+    notes = said + p.campaign.get("_notes", []) + (p.expansion.notes if not said else [])
     warnings = check_sources([e.config for e in p.expansion.experiments], network_optional=True)
     est = estimate_duration(p)
     exps = [
@@ -105,6 +138,7 @@ def cmd_validate(args) -> int:
             "batch_size": nominal_batch(e.config)[0],
             "fp_precision": e.config["fp_precision"],
             "source": e.source,
+            **({"params": e.params} if args.verbose else {}),
         }
         for e in p.expansion.experiments
     ]
@@ -129,6 +163,11 @@ def cmd_validate(args) -> int:
         print(f"warning: {line}")
     print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {out['cycles']} cycles ({out['structure']}), results in {p.results_root}/")
     print(_table(exps, ["experiment_id", "config_name", "model", "batch_size", "fp_precision"]))
+    if args.verbose:
+        print("Resolved experiments: each one's values that differ from the defaults (its id is derived from them)")
+        for e in exps:
+            print(f"  {e['experiment_id']}  {e['config_name']}  ({e['source']})")
+            print("\n".join(_params_lines(e["params"])))
     for d in out["dropped"]:
         print(f"dropped {d['config_name']}: {d['reason']}")
     for d in out["duplicates"]:
@@ -452,8 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lem", description=__doc__.splitlines()[0], epilog=None)
     ap.add_argument("--json", action="store_true", help="JSON output (also LLM_ENERGY_JSON_OUTPUT=1)")
     sub = ap.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="expansion preview of a campaign")
+    v = sub.add_parser("validate", help="expansion preview of a campaign (or of one experiment file)")
     v.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN)
+    v.add_argument("--verbose", "-v", action="store_true", help="each experiment's resolved non-default values")
     r = sub.add_parser("results", help="summary table of a campaign")
     r.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN)
     r.add_argument("--summary", help="read this summary.csv instead of the campaign's")

@@ -1,6 +1,7 @@
 """Run one experiment without Snakemake (debugging, GPU checks):
 
     python -m llenergymeasure.run experiment.yaml [--cycle 1] [--output raw.json] [--set pytorch.batch_size=8]
+    python -m llenergymeasure.run experiment.yaml --dry-run     # its id and non-default values; nothing measured
 
 The experiment file holds experiment fields (as in a campaign's ``configs`` files). The embedded model is built
 into the cache folder on first use. Prints a short JSON summary of the measurement on stdout.
@@ -68,6 +69,34 @@ def load_experiment(path: str | None, sets: list[str], notes: list[str] | None =
     return config
 
 
+def dry_run(config: dict, args, notes: list[str], warnings: list[str]) -> int:
+    """What ``lem run --dry-run`` prints: the experiment's id and the values that differ from the defaults (what the
+    id is derived from), as a campaign would measure it; nothing is measured."""
+    from pathlib import Path
+
+    from .campaign import read_yaml, sparse_config
+    from .config import dotted_items, flow
+
+    sparse = sparse_config(config)
+    name = None
+    if args.experiment:
+        data = read_yaml(args.experiment)
+        name = data.get("config_name") if isinstance(data, dict) else None
+        name = name or Path(args.experiment).stem
+    out = {"experiment_id": experiment_id(config, sparse), "config_name": name, "params": sparse, "notes": notes, "warnings": warnings}
+    if args.json or os.environ.get("LLM_ENERGY_JSON_OUTPUT", "").lower() in ("1", "true", "yes"):
+        print(json.dumps(out, indent=1))
+        return 0
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"experiment {out['experiment_id']}" + (f" ({name})" if name else ""))
+    print("values that differ from the defaults (the id is derived from them):")
+    for key, value in dotted_items(sparse):
+        print(f"    {key}: {flow(value)}")
+    print("dry run: nothing measured")
+    return 0
+
+
 def model_path_for(config: dict) -> str:
     from .energy.baseline import cache_dir
     from .tiny_model import build_tiny_llama, is_embedded
@@ -91,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-gap", type=float, default=0.0, help="seconds between consecutive windows")
     parser.add_argument("--cycle-gap", type=float, default=0.0, help="seconds when the cycle changes")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--dry-run", "-n", action="store_true", help="resolve and check the experiment, print its id and non-default values; measure nothing")
+    parser.add_argument("--json", action="store_true", help="--dry-run: print JSON (also LLM_ENERGY_JSON_OUTPUT=1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     notes: list[str] = []
@@ -98,14 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         config = load_experiment(args.experiment, args.set, notes)
         from .prompts import check_sources
 
-        check_sources([config])  # the prompts and the model, before anything is loaded
+        warnings = check_sources([config], network_optional=args.dry_run)  # the prompts and the model, before anything is loaded
     except ConfigError as exc:
         for line in problem_lines(exc, "Configuration error: "):
             print(line, file=sys.stderr)
         return 1
-    if not args.quiet:
+    if not args.quiet or args.dry_run:
         for line in notes:
             print(f"note: {line}", file=sys.stderr)
+    if args.dry_run:
+        return dry_run(config, args, notes, warnings)
     from .jobs import select_gpus
     from .measure import run_experiment
     from .results import ResultExistsError
