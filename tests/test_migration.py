@@ -451,3 +451,41 @@ def test_lem_run_dry_run_measures_nothing(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(("argv", "problems"), [(["validate", "pre_v3.yaml"], 9), (["run", "pre_v3.yaml", "--dry-run"], 9), (["validate", "lem-config.yaml"], 1)])
 def test_no_traceback_from_the_commands_given_any_lem_file(argv, problems):
     test_no_traceback_for_any_lem_file_and_every_problem_named(argv, problems)
+
+
+# ------------------------------------------------------------------------------------------------ --config values
+
+
+def test_command_line_values_are_read_as_their_keys_types():
+    from llenergymeasure.config import coerce_overrides
+
+    # what Snakemake hands over for --config 'execution={cycles: 5, ...}' (YAML's base loader: every scalar a string)
+    given = {"execution": {"cycles": "5", "structure": "shuffled", "seed": "0", "config_gap_seconds": "2.5"},
+             "notifications": {"on_complete": "false", "webhook_url": "null"}, "campaign_name": "2024", "model": "null",
+             "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": ["1", "8"], "gpus": ["0", "1"], "decoder.preset": "null",
+                                                          "fp_precision": "float32", "random_seed": "7", "dataset.name": "123"},
+                      "backend_overrides": {"pytorch": {"num_processes": "2"}}}}  # fmt: skip
+    assert coerce_overrides(given) == {
+        "execution": {"cycles": 5, "structure": "shuffled", "seed": 0, "config_gap_seconds": 2.5},
+        "notifications": {"on_complete": False, "webhook_url": None}, "campaign_name": "2024", "model": None,
+        "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": [1, 8], "gpus": [0, 1], "decoder.preset": None,
+                                                     "fp_precision": "float32", "random_seed": 7, "dataset.name": "123"},
+                 "backend_overrides": {"pytorch": {"num_processes": 2}}},
+    }  # fmt: skip
+    assert coerce_overrides({"execution": {"cycles": "many"}}) == {"execution": {"cycles": "many"}}  # the schema says why
+
+
+@pytest.mark.workflow
+def test_the_documented_config_override_works(workflow_dir):
+    from test_workflow import job_counts, snakemake
+
+    run = snakemake(workflow_dir, "-n", "--config", "execution={cycles: 5, structure: grouped, seed: 3}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 experiments x 5 cycles, grouped order" in run.stderr
+    assert job_counts(run.stdout + run.stderr)["measure"] == 10
+    shutil.copy(workflow_dir / "config" / "campaign.yaml", workflow_dir / "mine.yaml")
+    run = snakemake(workflow_dir, "-n", "--configfile", "mine.yaml", "--config", "execution={cycles: 4}", "num_samples=8")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 experiments x 4 cycles" in run.stderr
+    bad = snakemake(workflow_dir, "-n", "--config", "execution={cycles: lots}")
+    assert bad.returncode == 1 and "key 'execution.cycles' = 'lots' has the wrong type; allowed: integer" in bad.stderr

@@ -313,6 +313,90 @@ def validate_value(value: Any, dotted: str, schema_name: str, ref: str, prefix: 
         raise ConfigError(problems)
 
 
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object", type(None): "null"}
+
+
+def _allowed_types(schema: dict, root: dict) -> set[str]:
+    """The JSON types a (sub)schema accepts, through ``oneOf``/``anyOf`` branches and enums."""
+    schema = _resolve(schema, root)
+    kinds: set[str] = set()
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        kinds.add(kind)
+    elif isinstance(kind, list):
+        kinds.update(kind)
+    for value in schema.get("enum", []):
+        kinds.add(_JSON_TYPES.get(type(value), "string"))
+    for branch in schema.get("oneOf", []) + schema.get("anyOf", []):
+        kinds |= _allowed_types(branch, root)
+    return kinds
+
+
+def _coerce_text(text: str, schema: dict, root: dict) -> Any:
+    """A command-line string read as the type its key takes: '5' for an integer, 'false' for a boolean, 'null'."""
+    import yaml
+
+    resolved = _resolve(schema, root)
+    kinds = _allowed_types(resolved, root)
+    strings = [v for v in resolved.get("enum", []) if isinstance(v, str)]
+    if "null" in kinds and text in ("null", "Null", "NULL", "~"):
+        return None
+    if not kinds or "string" in kinds and (not resolved.get("enum") or text in strings or "type" in resolved):
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    kind = _JSON_TYPES.get(type(value))
+    if kind in kinds or kind == "integer" and "number" in kinds:
+        return value
+    return text
+
+
+def _coerce(value: Any, schema: dict | None, root: dict) -> Any:
+    if schema is None:
+        return value
+    schema = _resolve(schema, root)
+    if isinstance(value, str):
+        return _coerce_text(value, schema, root)
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_coerce(v, schema["items"], root) for v in value]
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: _coerce(v, props.get(k, extra if isinstance(extra, dict) else None), root) for k, v in value.items()}
+    return value
+
+
+def coerce_overrides(overrides: dict) -> dict:
+    """Campaign values given on Snakemake's command line (``--config 'execution={cycles: 5}'``), read as the types
+    the schema gives their keys. Snakemake reads a nested value with YAML's base loader, which keeps every scalar a
+    string ('5', 'false'); a string stays a string where the key takes one. Grid axes are read against the
+    experiment key each names."""
+    root = load_schema("campaign")
+    out = _coerce(overrides, root, root)
+    grid = out.get("grid")
+    if isinstance(grid, dict):
+        experiment = root["$defs"]["experiment"]
+
+        def axis(key: str, values: Any) -> Any:
+            sub = property_schema(key, experiment, root)
+            if sub is None:
+                return values
+            if isinstance(values, list) and "array" not in _allowed_types(sub, root):
+                return [_coerce(v, sub, root) for v in values]
+            return _coerce(values, sub, root)
+
+        if isinstance(grid.get("shared"), dict):
+            grid["shared"] = {k: axis(k, v) for k, v in grid["shared"].items()}
+        if isinstance(grid.get("backend_overrides"), dict):
+            grid["backend_overrides"] = {
+                b: {k: axis(f"{b}.{k}", v) for k, v in axes.items()} if isinstance(axes, dict) else axes
+                for b, axes in grid["backend_overrides"].items()
+            }
+    return out
+
+
 def flow(value: Any) -> str:
     """A value as YAML flow text, as one would write it in a file (``{batch_size: 8}``, ``[0, 1]``, ``true``)."""
     import yaml

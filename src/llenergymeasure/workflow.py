@@ -12,8 +12,10 @@ import functools
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan, read_yaml, resolve_campaign
+from .config import coerce_overrides
 from .errors import ConfigError, problem_lines
 from .failures import completed_only
 from .prompts import check_sources
@@ -37,12 +39,16 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
         elif cli_configfiles:
             if CAMPAIGN_KEY in config:
                 raise ConfigError(f"give the campaign either as --configfile or as --config {CAMPAIGN_KEY}=FILE, not both")
+            files: dict = {}
             for path in cli_configfiles:
-                _recheck(path)
+                files = deep_merge(files, _recheck(path))
             raw, base = dict(config), Path(cli_configfiles[-1]).parent
+            given = _given_on_command_line(raw, files)
+            if given is not _SAME:  # --config values over the files, as the types their keys take
+                raw = deep_merge(raw, coerce_overrides(given))
             where = ", ".join(str(p) for p in cli_configfiles)
         else:
-            overrides = dict(config)  # --config values
+            overrides = coerce_overrides(dict(config))  # --config values, as the types their keys take
             name = overrides.pop(CAMPAIGN_KEY, None) or DEFAULT_CAMPAIGN_FILE
             if not isinstance(name, str):
                 raise ConfigError(f"--config {CAMPAIGN_KEY} = {name!r}: expected the path of a campaign file")
@@ -69,12 +75,28 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
     return the_plan
 
 
-def _recheck(path) -> None:
-    """The checks of :func:`read_yaml` on a file Snakemake has already read as ``--configfile``."""
+_SAME = object()
+
+
+def _given_on_command_line(config: Any, files: Any) -> Any:
+    """The part of Snakemake's config that ``--config`` set over the ``--configfile`` files (their values merged)."""
+    if isinstance(config, dict) and isinstance(files, dict):
+        out = {}
+        for key, value in config.items():
+            diff = _given_on_command_line(value, files[key]) if key in files else value
+            if diff is not _SAME:
+                out[key] = diff
+        return out or _SAME
+    return _SAME if config == files else config
+
+
+def _recheck(path) -> dict:
+    """The checks of :func:`read_yaml` on a file Snakemake has already read as ``--configfile``; its data."""
     from .yamlfile import YTE_KEY
 
     try:
-        read_yaml(path)
+        data = read_yaml(path)
+        return data if isinstance(data, dict) else {}
     except ConfigError as exc:
         if YTE_KEY in str(exc):  # too late to stop Snakemake: say so, and how to avoid it
             raise ConfigError(
