@@ -220,6 +220,16 @@ def test_grid_keys_of_lem_are_refused_with_grid_hints(tmp_path):
     ]
 
 
+def test_a_problem_of_a_renamed_grid_key_says_how_the_file_wrote_it(tmp_path):
+    c = campaign(tmp_path, grid={"backends": ["pytorch"], "shared": {"timeseries.sample_interval_ms": [50, 200]}})
+    with pytest.raises(ConfigError) as info:
+        expand(c)
+    assert info.value.problems == [
+        "key 'grid.shared.timeline.interval_ms' = 50 is out of range; allowed: >= 100 "
+        "(written as 'grid.shared.timeseries.sample_interval_ms', lem v3's name)"
+    ]
+
+
 def test_every_problem_of_a_campaign_its_files_and_grid_in_one_run(tmp_path):
     (tmp_path / "a.yaml").write_text("model_name: lem-tiny-llama\nmax_new_tokens: 8\npytorch: {batch_size: 0}\n")
     (tmp_path / "b.yaml").write_text("model_name: lem-tiny-llama\ndevice: cpu\nmin_output_tokens: 9\nmax_output_tokens: 4\n")
@@ -430,6 +440,19 @@ def test_lem_validate_verbose_shows_each_resolved_experiment(tmp_path, capsys, m
     code, out, _ = cli(capsys, "--json", "validate", "--verbose", "c.yaml")
     data = json.loads(out)
     assert data["experiments"][0]["params"] == own.params and any("num_samples = 4" in n for n in data["notes"])
+
+
+@pytest.mark.workflow
+def test_an_experiment_file_given_as_a_campaign_is_said_to_be_one(workflow_dir):
+    from test_workflow import snakemake
+
+    shutil.copy(LEM / "pytorch_v3.yaml", workflow_dir / "exp.yaml")
+    run = snakemake(workflow_dir, "-n", "--config", "campaign=exp.yaml")
+    lines = [x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")]
+    assert run.returncode == 1 and lines == [
+        "Configuration error: exp.yaml: this is an experiment file (it has model_name or config_name, and no campaign_name), "
+        "not a campaign: list it under configs: in a campaign file (lem validate FILE checks it; lem run FILE measures it once)"
+    ], run.stderr
 
 
 def test_lem_run_dry_run_measures_nothing(tmp_path, capsys, monkeypatch):

@@ -145,6 +145,10 @@ def resolve_campaign(raw: Any, base_dir: str | Path = ".", workdir: str | Path =
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError(f"a campaign must be a mapping of keys, got {type(raw).__name__}")
+    if "campaign_name" not in raw and ("model_name" in raw or "config_name" in raw):
+        raise ConfigError("this is an experiment file (it has model_name or config_name, and no campaign_name), not a "
+                          "campaign: list it under configs: in a campaign file (lem validate FILE checks it; lem run FILE "
+                          "measures it once)")  # fmt: skip
     found = migrate_campaign(raw)
     problems, notes = list(found.problems), list(found.notes)
     try:
@@ -166,19 +170,20 @@ def resolve_campaign(raw: Any, base_dir: str | Path = ".", workdir: str | Path =
     if not campaign.get("configs") and not campaign.get("grid"):
         problems.append("the campaign defines no experiments: set 'grid' and/or 'configs'")
     if problems:
-        raise ConfigError(problems + _expansion_problems(campaign, base_dir))
+        raise ConfigError(problems + _expansion_problems(campaign, base_dir, found.renamed))
     resolved = fill_defaults(campaign, load_schema(SCHEMA), load_schema(SCHEMA))
     resolved["results_dir"] = folder
     resolved["_base_dir"] = str(Path(base_dir))
     resolved["_notes"] = notes
+    resolved["_renamed"] = {k: v for k, v in found.renamed.items() if k.startswith("grid.")}  # for the grid's problems
     return resolved
 
 
-def _expansion_problems(campaign: dict, base_dir: str | Path) -> list[str]:
+def _expansion_problems(campaign: dict, base_dir: str | Path, renamed: dict[str, str]) -> list[str]:
     """The problems of a campaign's experiment files and grid, as far as they can be checked while the campaign
     itself has problems (so that one run names everything to fix): the keys they depend on are used only when
     valid themselves."""
-    trial: dict = {"_base_dir": str(base_dir)}
+    trial: dict = {"_base_dir": str(base_dir), "_renamed": renamed}
     for key in ("configs", "grid", "model", "dataset", "num_samples"):
         if key in campaign and not schema_problems({"campaign_name": "x", key: campaign[key]}, SCHEMA):
             trial[key] = campaign[key]
@@ -599,8 +604,10 @@ def expand(campaign: dict) -> Expansion:
         problems += found.problems
         notes += found.notes + _shadowed(campaign, found.data, source)
         add(name, found.data, source, strict=True, renamed=found.renamed)
-    for name, config in _grid_candidates(campaign, problems):
+    grid_problems: list[str] = []
+    for name, config in _grid_candidates(campaign, grid_problems):
         add(name, config, "grid", strict=False)
+    problems += annotate(grid_problems, campaign.get("_renamed") or {})
     if problems:
         raise ConfigError(problems)
     if not experiments:

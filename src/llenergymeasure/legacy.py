@@ -495,7 +495,7 @@ def _migrate_axes(axes: dict, section: str, prefix: str, where: Where, out: Migr
                 out.problems.append(f"key '{name}' is {LEM}'s name for '{prefix}.{new}', which the grid also sets: keep one")
                 continue
             result[new] = values
-            out.renamed[new] = key
+            out.renamed[f"{prefix}.{new}"] = name
             out.notes.append(f"'{name}' is {LEM}'s name for '{prefix}.{new}': read as {prefix}.{new} = {flow(values)} (rename it)")
         elif rule.action == "ignore" and (rule.inert is None or all(rule.inert(v) for v in items)):
             out.notes.append(f"'{name}' is ignored: {rule.why}")
