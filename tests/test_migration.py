@@ -314,6 +314,23 @@ def test_snakemake_reads_a_lem_v3_campaign_and_names_every_problem(workflow_dir)
     assert len(lines) == 9 and all(x.startswith("Configuration error: broken.yaml: key 'configs[pre_v3.yaml].") for x in lines), lines
 
 
+@pytest.mark.parametrize(("experiment", "expected"), [
+    ({"backend": "vllm", "vllm": {"swap_space": 8, "enable_chunked_prefill": False, "distributed_backend": "ray", "max_model_len": 64}},
+     ["vllm.swap_space = 8", "vllm.enable_chunked_prefill = false", "vllm.distributed_backend = ray", "vllm.max_model_len = 64"]),
+    ({"backend": "tensorrt", "tensorrt": {"builder_opt_level": 5, "max_input_len": 8, "num_draft_tokens": 3}},
+     ["tensorrt.num_draft_tokens = 3", "tensorrt.max_input_len = 8", "tensorrt.builder_opt_level = 5"]),
+    ({"pytorch": {"load_in_4bit": True, "load_in_8bit": True, "batching_strategy": "dynamic"}, "adapter": "a/b"},
+     ["mutually exclusive", "adapter (LoRA) is supported on backend vllm only", "set pytorch.max_tokens_per_batch"]),
+])  # fmt: skip
+def test_each_backend_names_every_rule_an_experiment_breaks(tmp_path, experiment, expected):
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump({"model_name": "some/model", "device": "cuda", **experiment}))
+    with pytest.raises(ConfigError) as info:
+        load_experiment(str(tmp_path / "e.yaml"), [])
+    found = info.value.problems
+    assert all(any(part in line for line in found) for part in expected), found
+    assert len(found) == len(expected), found
+
+
 # ------------------------------------------------------------------------------------------------ offline validation
 
 

@@ -303,9 +303,9 @@ def semantic_problem(config: dict) -> str | None:
 
 
 def semantic_problems(config: dict) -> list[str]:
-    """Every reason a schema-valid resolved config cannot run: the rules that span backends (here), each checked on
-    its own, and the experiment's backend's own rules (``problem`` in its module, found through
-    :mod:`llenergymeasure.backends`), which name their first."""
+    """Every reason a schema-valid resolved config cannot run: the rules that span backends (here) and the
+    experiment's backend's own rules (``problems`` in its module, found through :mod:`llenergymeasure.backends`),
+    each checked on its own."""
     backend = config["backend"]
     if backend not in BACKENDS:
         return [f"backend '{backend}' is not available in this version (available: {', '.join(BACKENDS)})"]
@@ -317,7 +317,7 @@ def semantic_problems(config: dict) -> list[str]:
     rules = backend_rules(backend)
     if rules.gpu_only and config["device"] == "cpu":
         found.append(f"backend = {backend} runs on CUDA GPUs only, but device = cpu")
-    found.append(rules.problem(config))
+    found.extend(rules.problems(config))
     if config["min_output_tokens"] > config["max_output_tokens"]:
         found.append(f"min_output_tokens = {config['min_output_tokens']} is larger than max_output_tokens = {config['max_output_tokens']}")
     if config["no_weights"]:

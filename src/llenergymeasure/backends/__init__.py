@@ -7,8 +7,9 @@ at module level. Everything a campaign needs to know about that backend before a
 only there, next to the release facts that drive it:
 
 - ``problem(config)``: what the backend (or its pinned engine release) cannot run, as one line naming the key,
-  the value and the reason, or None. Campaign expansion refuses the experiment with that line; the backend's
-  ``load()`` calls the same function again, so a config that did not come through expansion is refused too;
+  the value and the reason, or None; ``problems(config)`` lists every such line (one per rule broken, so that a
+  file's problems are all named in one run). Campaign expansion refuses the experiment with them; the backend's
+  ``load()`` calls ``problem`` again, so a config that did not come through expansion is refused too;
 - ``gpus(config)``: the physical GPUs one experiment occupies (its energy is read on exactly those);
 - ``nominal_batch(config)``: the batching knob's value and how batches form;
 - ``count_parameters(config, counted, hf_config)``: how the model's parameter count is established;
@@ -46,7 +47,8 @@ class BackendRules:
     batch_label: str  # its short form in experiment ids: "bs" (batch size) or "seqs" (running sequences)
     gpus_knob: str  # what decides the GPU count, for messages ("tensorrt.tp_size x pp_size")
     gpu_only: bool  # runs on CUDA GPUs only (the GPU list must then match gpus(config) exactly)
-    problem: Callable[[dict], str | None]
+    problem: Callable[[dict], str | None]  # the first reason, or None
+    problems: Callable[[dict], list[str]]  # every reason (a file's problems are all named in one run)
     gpus: Callable[[dict], int]
     nominal_batch: Callable[[dict], tuple[int, str]]
     count_parameters: Callable[[dict, int | None, Any], tuple[int | None, str]]

@@ -39,43 +39,51 @@ LENGTH_FREE = "eos_or_max_new_tokens"  # the model stops at EOS or max_new_token
 
 
 def problem(config: dict) -> str | None:
-    """Why PyTorch/transformers cannot run this experiment as configured, or None."""
+    """Why PyTorch/transformers cannot run this experiment as configured (the first reason), or None."""
+    return next(_problems(config), None)
+
+
+def problems(config: dict) -> list[str]:
+    """Every reason PyTorch/transformers cannot run this experiment as configured."""
+    return list(_problems(config))
+
+
+def _problems(config: dict):
     pt = config["pytorch"]
     bnb = pt["load_in_4bit"] or pt["load_in_8bit"]
     if pt["load_in_4bit"] and pt["load_in_8bit"]:
-        return "pytorch.load_in_4bit and pytorch.load_in_8bit are mutually exclusive"
+        yield "pytorch.load_in_4bit and pytorch.load_in_8bit are mutually exclusive"
     if bnb and config["device"] == "cpu":
-        return "BitsAndBytes quantisation (pytorch.load_in_4bit/8bit) needs a CUDA device, but device = cpu"
+        yield "BitsAndBytes quantisation (pytorch.load_in_4bit/8bit) needs a CUDA device, but device = cpu"
     if bnb and (config["no_weights"] or pt["num_processes"] > 1):
-        return "BitsAndBytes quantisation is supported for a single process loading a checkpoint"
+        yield "BitsAndBytes quantisation is supported for a single process loading a checkpoint"
     if not pt["load_in_4bit"]:
         changed = [k for k, default in BNB_4BIT_DEFAULTS.items() if pt[k] != default]
         if changed:
-            return f"pytorch.{changed[0]} = {pt[changed[0]]} applies to 4-bit BitsAndBytes weights only, but pytorch.load_in_4bit = false"
+            yield f"pytorch.{changed[0]} = {pt[changed[0]]} applies to 4-bit BitsAndBytes weights only, but pytorch.load_in_4bit = false"
     if config["adapter"]:
-        return "adapter (LoRA) is supported on backend vllm only in this version"
+        yield "adapter (LoRA) is supported on backend vllm only in this version"
     if not config["decoder"]["do_sample"] and pt["min_p"] != 0:
-        return f"pytorch.min_p = {pt['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false)"
+        yield f"pytorch.min_p = {pt['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false)"
     if config["device"] == "cpu" and pt["attn_implementation"] == "flash_attention_2":
-        return "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
+        yield "pytorch.attn_implementation = flash_attention_2 needs a CUDA device, but device = cpu"
     problem = compile_problem(config)
     if problem:
-        return problem
+        yield problem
     budget = pt["max_tokens_per_batch"]
     if budget is None and pt["batching_strategy"] in ("dynamic", "sorted_dynamic"):
         static = pt["batching_strategy"].replace("dynamic", "static")
-        return (f"pytorch.batching_strategy = {pt['batching_strategy']} packs prompts up to pytorch.max_tokens_per_batch; "
+        yield (f"pytorch.batching_strategy = {pt['batching_strategy']} packs prompts up to pytorch.max_tokens_per_batch; "
                 f"without one the budget is batch_size x max_input_tokens, which every batch fits, so it would batch "
                 f"as {static}: set pytorch.max_tokens_per_batch")  # fmt: skip
     if budget is not None and pt["batching_strategy"] not in ("dynamic", "sorted_dynamic"):
-        return (f"pytorch.max_tokens_per_batch is the token budget of dynamic batches; batching_strategy = "
+        yield (f"pytorch.max_tokens_per_batch is the token budget of dynamic batches; batching_strategy = "
                 f"{pt['batching_strategy']} forms batches of batch_size prompts and never reads it")  # fmt: skip
     if budget is not None and budget < config["max_input_tokens"]:
-        return (
+        yield (
             f"pytorch.max_tokens_per_batch = {budget} is smaller than max_input_tokens = "
             f"{config['max_input_tokens']}: a single prompt might not fit in a batch"
         )
-    return None
 
 
 def compile_problem(config: dict) -> str | None:
@@ -136,6 +144,7 @@ RULES = BackendRules(
     gpus_knob="pytorch.num_processes",
     gpu_only=False,
     problem=problem,
+    problems=problems,
     gpus=gpus,
     nominal_batch=nominal_batch,
     count_parameters=count_parameters,

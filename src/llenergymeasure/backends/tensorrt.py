@@ -74,36 +74,46 @@ CALIBRATION_DEFAULTS = {"dataset": "cnn_dailymail", "split": "train", "num_sampl
 
 def problem(config: dict) -> str | None:
     """Why this experiment cannot run on TensorRT-LLM 1.0.0's engine flow as configured (or would run with a
-    setting that changes nothing), or None."""
+    setting that changes nothing): the first reason, or None."""
+    return next(_problems(config), None)
+
+
+def problems(config: dict) -> list[str]:
+    """Every reason this experiment cannot run on TensorRT-LLM 1.0.0's engine flow as configured."""
+    return list(_problems(config))
+
+
+def _problems(config: dict):
     trt = config["tensorrt"]
     if config["no_weights"]:
-        return "no_weights builds random weights in PyTorch; backend tensorrt loads checkpoints only"
+        yield "no_weights builds random weights in PyTorch; backend tensorrt loads checkpoints only"
     if config["fp_precision"] not in DTYPES:
-        return f"TensorRT-LLM builds float16/bfloat16 engines: fp_precision = {config['fp_precision']} is not supported"
+        yield f"TensorRT-LLM builds float16/bfloat16 engines: fp_precision = {config['fp_precision']} is not supported"
     if config["adapter"]:
-        return "adapter (LoRA) is supported on backend vllm only in this version"
+        yield "adapter (LoRA) is supported on backend vllm only in this version"
     if trt["draft_model"]:
-        return (f"tensorrt.draft_model = {trt['draft_model']}: TensorRT-LLM {PINNED_VERSION} runs draft-target speculative decoding on its "
+        yield (f"tensorrt.draft_model = {trt['draft_model']}: TensorRT-LLM {PINNED_VERSION} runs draft-target speculative decoding on its "
                 "PyTorch flow only, not on a TensorRT engine")  # fmt: skip
     if trt["num_draft_tokens"] != 5:
-        return f"tensorrt.num_draft_tokens = {trt['num_draft_tokens']} applies to speculative decoding with a draft model, which is off"
+        yield f"tensorrt.num_draft_tokens = {trt['num_draft_tokens']} applies to speculative decoding with a draft model, which is off"
     if trt["engine_path"]:
         for key, default in BUILD_DEFAULTS.items():
             if trt[key] != default:
-                return (f"tensorrt.{key} = {trt[key]} is applied while building; tensorrt.engine_path names a prebuilt "
-                        "engine, which is used as built")  # fmt: skip
+                yield (f"tensorrt.{key} = {trt[key]} is applied while building; tensorrt.engine_path names a prebuilt "
+                       "engine, which is used as built")  # fmt: skip
+                break
     if trt["max_input_len"] is not None and trt["max_input_len"] < config["max_input_tokens"]:
-        return f"tensorrt.max_input_len = {trt['max_input_len']} is smaller than max_input_tokens = {config['max_input_tokens']}"
+        yield f"tensorrt.max_input_len = {trt['max_input_len']} is smaller than max_input_tokens = {config['max_input_tokens']}"
     if trt["max_output_len"] is not None and trt["max_output_len"] < config["max_output_tokens"]:
-        return f"tensorrt.max_output_len = {trt['max_output_len']} is smaller than max_output_tokens = {config['max_output_tokens']}"
+        yield f"tensorrt.max_output_len = {trt['max_output_len']} is smaller than max_output_tokens = {config['max_output_tokens']}"
     if trt["builder_opt_level"] != TENSORRT_DEFAULT_OPT_LEVEL:
-        return (f"tensorrt.builder_opt_level = {trt['builder_opt_level']}: TensorRT-LLM {PINNED_VERSION}'s BuildConfig has no optimisation level; "
+        yield (f"tensorrt.builder_opt_level = {trt['builder_opt_level']}: TensorRT-LLM {PINNED_VERSION}'s BuildConfig has no optimisation level; "
                 f"engines are built at TensorRT's default ({TENSORRT_DEFAULT_OPT_LEVEL})")  # fmt: skip
     if trt["kv_cache_type"] == "continuous" and (trt["enable_chunked_context"] or trt["enable_kv_cache_reuse"]):
-        return ("tensorrt.kv_cache_type = continuous: chunked context and KV cache reuse need a paged KV cache "
+        yield ("tensorrt.kv_cache_type = continuous: chunked context and KV cache reuse need a paged KV cache "
                 "(set tensorrt.enable_chunked_context and enable_kv_cache_reuse to false)")  # fmt: skip
     if trt["quantization"] == "int4_gptq":
-        return (f"tensorrt.quantization = int4_gptq: TensorRT-LLM {PINNED_VERSION} cannot build it from a checkpoint. "
+        yield (f"tensorrt.quantization = int4_gptq: TensorRT-LLM {PINNED_VERSION} cannot build it from a checkpoint. "
                 "W4A16_GPTQ counts as needing calibration but is no ModelOpt format (models/modeling_utils.py, "
                 "QuantConfig._requires_calibration / _requires_modelopt_quantization), so the model's quantize() takes "
                 "the SmoothQuant path, which asserts (models/llama/convert.py, quantize: 'Call from_hugging_face when "
@@ -111,8 +121,10 @@ def problem(config: dict) -> str | None:
                 "quantization_config)")  # fmt: skip
     problem = _calibration_problem(trt)
     if problem:
-        return problem
-    return _checkpoint_problem(config)
+        yield problem
+    problem = _checkpoint_problem(config)
+    if problem:
+        yield problem
 
 
 def _calibration_problem(trt: dict) -> str | None:
@@ -215,6 +227,7 @@ RULES = BackendRules(
     gpus_knob="tensorrt.tp_size x pp_size",
     gpu_only=True,
     problem=problem,
+    problems=problems,
     gpus=gpus,
     nominal_batch=nominal_batch,
     count_parameters=count_parameters,

@@ -86,54 +86,65 @@ def missing_engine(exc: BaseException | None = None) -> MeasurementError:
 
 def problem(config: dict) -> str | None:
     """Why this experiment cannot run on vLLM 0.11.0 as configured (or would run with a setting that changes
-    nothing), or None."""
+    nothing): the first reason, or None."""
+    return next(_problems(config), None)
+
+
+def problems(config: dict) -> list[str]:
+    """Every reason this experiment cannot run on vLLM 0.11.0 as configured."""
+    return list(_problems(config))
+
+
+def _problems(config: dict):
     v = config["vllm"]
     world = v["tensor_parallel_size"] * v["pipeline_parallel_size"]
     if config["no_weights"]:
-        return "no_weights builds random weights in PyTorch; backend vllm loads checkpoints only"
+        yield "no_weights builds random weights in PyTorch; backend vllm loads checkpoints only"
     if config["adapter"] and not v["lora"]["enabled"]:
-        return "adapter is set, but vllm.lora.enabled = false"
+        yield "adapter is set, but vllm.lora.enabled = false"
     lora = v["lora"]
     if not lora["enabled"]:
         changed = _changed(lora, LORA_DEFAULTS)
         if changed:
-            return f"vllm.lora.{changed} applies to LoRA adapters, but vllm.lora.enabled = false"
+            yield f"vllm.lora.{changed} applies to LoRA adapters, but vllm.lora.enabled = false"
     else:
         if not config["adapter"]:
-            return "vllm.lora.enabled = true, but no adapter is set"
+            yield "vllm.lora.enabled = true, but no adapter is set"
         if lora["max_rank"] not in LORA_RANKS:
-            return f"vllm.lora.max_rank = {lora['max_rank']}: vLLM {PINNED_VERSION} accepts {', '.join(map(str, LORA_RANKS))}"
+            yield f"vllm.lora.max_rank = {lora['max_rank']}: vLLM {PINNED_VERSION} accepts {', '.join(map(str, LORA_RANKS))}"
         if lora["extra_vocab_size"] not in LORA_EXTRA_VOCAB:
-            return f"vllm.lora.extra_vocab_size = {lora['extra_vocab_size']}: vLLM {PINNED_VERSION} accepts 256 or 512"
+            yield f"vllm.lora.extra_vocab_size = {lora['extra_vocab_size']}: vLLM {PINNED_VERSION} accepts 256 or 512"
     problem = _speculative_problem(v["speculative"])
     if problem:
-        return problem
+        yield problem
     if v["swap_space"] != SWAP_SPACE_DEFAULT:
-        return (f"vllm.swap_space = {v['swap_space']}: vLLM {PINNED_VERSION}'s V1 engine allocates no CPU swap blocks "
+        yield (f"vllm.swap_space = {v['swap_space']}: vLLM {PINNED_VERSION}'s V1 engine allocates no CPU swap blocks "
                 "(v1/engine/core.py:204), so the setting would change nothing")  # fmt: skip
     if not v["enable_chunked_prefill"]:
-        return (f"vllm.enable_chunked_prefill = false: vLLM {PINNED_VERSION}'s V1 engine chunks the prefills of every "
+        yield (f"vllm.enable_chunked_prefill = false: vLLM {PINNED_VERSION}'s V1 engine chunks the prefills of every "
                 "generation model regardless (engine/arg_utils.py:1547-1548)")  # fmt: skip
     if world == 1 and v["distributed_backend"] != "mp":
-        return (f"vllm.distributed_backend = {v['distributed_backend']} chooses how the workers of a multi-GPU engine "
+        yield (f"vllm.distributed_backend = {v['distributed_backend']} chooses how the workers of a multi-GPU engine "
                 "are started; with one GPU vLLM runs its single worker in process")  # fmt: skip
     if world == 1 and v["disable_custom_all_reduce"]:
-        return "vllm.disable_custom_all_reduce applies to tensor-parallel engines; with one GPU there is no all-reduce"
+        yield "vllm.disable_custom_all_reduce applies to tensor-parallel engines; with one GPU there is no all-reduce"
     budget = v["max_num_batched_tokens"]
     if budget is not None and budget < v["max_num_seqs"]:
-        return (f"vllm.max_num_batched_tokens = {budget} is smaller than vllm.max_num_seqs = {v['max_num_seqs']}: "
+        yield (f"vllm.max_num_batched_tokens = {budget} is smaller than vllm.max_num_seqs = {v['max_num_seqs']}: "
                 f"vLLM {PINNED_VERSION} rejects that")  # fmt: skip
     if v["max_model_len"] is not None and v["max_model_len"] < config["max_input_tokens"] + config["max_output_tokens"]:
-        return (f"vllm.max_model_len = {v['max_model_len']} is smaller than max_input_tokens + max_output_tokens = "
+        yield (f"vllm.max_model_len = {v['max_model_len']} is smaller than max_input_tokens + max_output_tokens = "
                 f"{config['max_input_tokens'] + config['max_output_tokens']}")  # fmt: skip
     if v["kv_cache_dtype"] == "fp8" and config["fp_precision"] == "float32":
-        return "vllm.kv_cache_dtype = fp8 with fp_precision = float32 is not supported by vLLM"
+        yield "vllm.kv_cache_dtype = fp8 with fp_precision = float32 is not supported by vLLM"
     if v["attention"]["flash_version"] is not None and v["attention"]["backend"] != "FLASH_ATTN":
-        return "vllm.attention.flash_version applies to vllm.attention.backend = FLASH_ATTN only"
+        yield "vllm.attention.flash_version applies to vllm.attention.backend = FLASH_ATTN only"
     if not config["decoder"]["do_sample"] and v["min_p"] != 0:
-        return (f"vllm.min_p = {v['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false); "
+        yield (f"vllm.min_p = {v['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false); "
                 f"vLLM {PINNED_VERSION} resets min_p for greedy requests (sampling_params.py:353-357)")  # fmt: skip
-    return _quantization_problem(config)
+    problem = _quantization_problem(config)
+    if problem:
+        yield problem
 
 
 SWAP_SPACE_DEFAULT = 4
@@ -234,6 +245,7 @@ RULES = BackendRules(
     gpus_knob="vllm.tensor_parallel_size x pipeline_parallel_size",
     gpu_only=True,
     problem=problem,
+    problems=problems,
     gpus=gpus,
     nominal_batch=nominal_batch,
     count_parameters=count_parameters,
