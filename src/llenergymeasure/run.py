@@ -130,15 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         from .prompts import check_sources
 
         warnings = check_sources([config], network_optional=args.dry_run)  # the prompts and the model, before anything is loaded
+        if not args.quiet or args.dry_run:
+            for line in notes:
+                print(f"note: {line}", file=sys.stderr)
+        if args.dry_run:
+            return dry_run(config, args, notes, warnings)
     except ConfigError as exc:
         for line in problem_lines(exc, "Configuration error: "):
             print(line, file=sys.stderr)
         return 1
-    if not args.quiet or args.dry_run:
-        for line in notes:
-            print(f"note: {line}", file=sys.stderr)
-    if args.dry_run:
-        return dry_run(config, args, notes, warnings)
     from .jobs import select_gpus
     from .measure import run_experiment
     from .results import ResultExistsError
