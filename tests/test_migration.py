@@ -304,8 +304,8 @@ def test_snakemake_reads_a_lem_v3_campaign_and_names_every_problem(workflow_dir)
     (workflow_dir / "fixed.yaml").write_text(yaml.safe_dump(fixed))
     run = snakemake(workflow_dir, "-n", "--config", "campaign=fixed.yaml")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "Note: 'cold_start' is ignored: lem v3 accepted it but it had no effect" in run.stderr
-    assert "Note: 'configs[pytorch_v3.yaml].timeseries.save' is lem v3's name for 'configs[pytorch_v3.yaml].timeline.save'" in run.stderr
+    assert "  note: 'cold_start' is ignored: lem v3 accepted it but it had no effect" in run.stderr
+    assert "  note: 'configs[pytorch_v3.yaml].timeseries.save' is lem v3's name for 'configs[pytorch_v3.yaml].timeline.save'" in run.stderr
     fixed["configs"] = ["pytorch_v3.yaml", "pre_v3.yaml"]
     (workflow_dir / "broken.yaml").write_text(yaml.safe_dump(fixed))
     run = snakemake(workflow_dir, "-n", "--config", "campaign=broken.yaml")
@@ -424,8 +424,8 @@ def test_lem_validate_takes_an_experiment_file(tmp_path, capsys, monkeypatch):
     shutil.copy(LEM / "pytorch_v3.yaml", tmp_path / "exp.yaml")
     code, out, err = cli(capsys, "validate", "exp.yaml")
     assert code == 0, err
-    assert out.startswith("note: exp.yaml is an experiment file (no campaign_name): checked as a one-experiment campaign. "
-                          "To measure it, list it under configs: in a campaign file, or measure it once with lem run exp.yaml")  # fmt: skip
+    assert ("\nnote: exp.yaml is an experiment file (no campaign_name): checked as a one-experiment campaign. "
+            "To measure it, list it under configs: in a campaign file, or measure it once with lem run exp.yaml\n") in out  # fmt: skip
     assert "note: 'dataset.sample_size' is lem v3's name for 'num_input_prompts'" in out
     assert "is valid: 1 experiments" in out and "tiny-pytorch-v3" in out
     (tmp_path / "bad.yaml").write_text("config_name: x\nmodel_name: lem-tiny-llama\nbatch_size: 2\n")

@@ -157,12 +157,12 @@ def cmd_validate(args) -> int:
     if _json_wanted(args):
         print(json.dumps(out, indent=1))
         return 0
+    print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {out['cycles']} cycles ({out['structure']}), results in {p.results_root}/")
+    print(_table(exps, ["experiment_id", "config_name", "model", "batch_size", "fp_precision"]))
     for line in notes:
         print(f"note: {line}")
     for line in warnings:
         print(f"warning: {line}")
-    print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {out['cycles']} cycles ({out['structure']}), results in {p.results_root}/")
-    print(_table(exps, ["experiment_id", "config_name", "model", "batch_size", "fp_precision"]))
     if args.verbose:
         print("Resolved experiments: each one's values that differ from the defaults (its id is derived from them)")
         for e in exps:

@@ -146,8 +146,6 @@ def describe(p: Plan, stream, level: str = "normal") -> None:
     if level == "quiet":
         return
     exp = p.expansion
-    for note in p.campaign.get("_notes", []) + exp.notes:
-        print(f"Note: {note}", file=stream)
     print(
         f"Campaign '{p.name}': {len(exp.experiments)} experiments x {p.campaign['execution']['cycles']} cycles, "
         f"{p.campaign['execution']['structure']} order, results in {p.results_root}/",
@@ -157,6 +155,8 @@ def describe(p: Plan, stream, level: str = "normal") -> None:
         print(f"  dropped {name}: {reason}", file=stream)
     for name, exp_id in exp.duplicates:
         print(f"  duplicate {name}: same resolved config as {exp_id}, measured once", file=stream)
+    for note in p.campaign.get("_notes", []) + exp.notes:
+        print(f"  note: {note}", file=stream)
     if level == "verbose":
         for e in exp.experiments:
             print(f"  {e.experiment_id}  {e.config_name}  ({e.source})", file=stream)
