@@ -344,7 +344,7 @@ def diagnose() -> dict:
     import platform
 
     from . import __version__
-    from .energy.baseline import cache_dir
+    from .paths import cache_dir
     from .energy.cpu import cpu_model_name, rapl_domains
     from .energy.nvml import driver_info, visible_gpus
 

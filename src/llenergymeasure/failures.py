@@ -42,7 +42,7 @@ def log_path(root: str | Path, experiment_id: str, cycle: int) -> str:
 
 def write_record(root: str | Path, experiment_id: str, config_name: str, cycle: int, error: str, log: str) -> None:
     """What a failing measurement job leaves behind for ``failures.json`` (replaced by the next attempt)."""
-    from .energy.baseline import utc_now_iso
+    from .paths import utc_now_iso
     from .results import write_text_atomic
 
     record = {"experiment_id": experiment_id, "config_name": config_name, "cycle": cycle, "error": error, "log": log,

@@ -56,7 +56,7 @@ def load_experiment(path: str | None, sets: list[str]) -> dict:
 
 
 def model_path_for(config: dict) -> str:
-    from .energy.baseline import cache_dir
+    from .paths import cache_dir
     from .tiny_model import build_tiny_llama, is_embedded
 
     name = config["model_name"]
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 1
-    from .jobs import select_gpus
+    from .process import select_gpus
     from .measure import run_experiment
     from .results import ResultExistsError
 
