@@ -1,0 +1,199 @@
+"""Precision-targeted campaigns: the decision rule, the campaign keys, the plan, the aggregation and its summary,
+the duration estimate, and (in tests/test_precision_workflow.py) real Snakemake runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+
+from conftest import tiny_experiment
+from llenergymeasure.campaign import measurement_order, plan, resolve_campaign
+from llenergymeasure.errors import ConfigError
+from llenergymeasure.precision import (
+    Target,
+    assess,
+    decide,
+    decided_cycles,
+    decisions_on_disk,
+    read_decision,
+    DecisionError,
+)
+from llenergymeasure.measure import run_experiment
+from llenergymeasure.results import write_json_atomic
+
+T = Target(relative_half_width=0.5, metric="energy_j", min_cycles=3, max_cycles=5, confidence=0.95)
+
+
+def half_width(values, confidence=0.95):
+    from scipy.stats import t
+
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) / abs(mean)
+
+
+# ------------------------------------------------------------------------------------------------- the decision
+
+
+def test_the_decision_rule():
+    # [10, 12, 14]: mean 12, sd 2, t(0.975, 2) = 4.303: half-width 4.97, 41.4 % of the mean
+    met = assess([10.0, 12.0, 14.0], T)
+    assert met["achieved_relative_half_width"] == pytest.approx(half_width([10, 12, 14])) == pytest.approx(0.4141, abs=1e-4)
+    assert (met["decision"], met["reason"], met["target_met"]) == ("stop", "target_met", True)
+    tight = Target(0.4, "energy_j", 3, 5, 0.95)
+    assert (assess([10.0, 12.0, 14.0], tight)["decision"], assess([10.0, 12.0, 14.0], tight)["reason"]) == ("continue", "target_not_met")
+    last = assess([10.0, 20.0, 10.0, 20.0, 10.0], tight)  # 5 = max_cycles; ±48.6 %
+    assert (last["decision"], last["reason"], last["target_met"]) == ("stop", "max_cycles_reached", False)
+    # a 99 % interval is wider: the same values meet 0.5 at 95 % but not at 99 %
+    assert assess([10.0, 12.0, 14.0], Target(0.5, "energy_j", 3, 5, 0.99))["decision"] == "continue"
+    # below the minimum there is no decision to stop, however tight the values
+    assert assess([10.0, 10.0], T)["reason"] == "below_min_cycles"
+    # an unavailable value (None) is left out of the interval, a zero mean has no relative width: never "met"
+    assert assess([10.0, None, 12.0], T)["values"] == [10.0, None, 12.0]
+    assert assess([1.0, -1.0, 0.0], T)["achieved_relative_half_width"] is None
+    assert assess([None, None, None], T)["decision"] == "continue"
+    assert assess([None, None, None, None, None], T)["reason"] == "max_cycles_reached"
+
+
+def test_decisions_are_files_read_back_and_walked(tmp_path):
+    recorded = {}
+
+    def get(n):
+        if n not in recorded:
+            raise LookupError(n)  # stands for Snakemake's IncompleteCheckpointException: not decided yet
+        return recorded[n]
+
+    for n, verdict in ((3, "continue"), (4, "continue"), (5, "stop")):
+        path = tmp_path / "decisions" / "e" / f"after_cycle_{n}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"experiment_id": "e", "after_cycle": n, "decision": verdict, "reason": "x"}))
+        recorded[n] = str(path)
+    assert decided_cycles(get, "e", T) == (5, recorded[5])
+    assert decisions_on_disk(tmp_path, "e", T) == (5, True)
+    del recorded[5]
+    with pytest.raises(LookupError):
+        decided_cycles(get, "e", T)
+    (tmp_path / "decisions" / "e" / "after_cycle_5.json").unlink()
+    assert decisions_on_disk(tmp_path, "e", T) == (5, False)  # cycle 5 scheduled, its decision still to come
+    assert decisions_on_disk(tmp_path, "other", T) == (3, False)
+    (tmp_path / "decisions" / "e" / "after_cycle_4.json").write_text('{"truncated')
+    with pytest.raises(DecisionError, match="after_cycle_4.json is not the decision after cycle 4 of e .damaged.*delete it and rerun"):
+        read_decision(tmp_path / "decisions" / "e" / "after_cycle_4.json", "e", 4)
+
+
+@pytest.fixture(scope="module")
+def template(tiny_model):
+    return run_experiment(tiny_experiment(warmup={"enabled": False}), "exp-p", 1, tiny_model, None, {})
+
+
+def write_cycles(root, template, energies, exp_id="exp-p"):
+    paths = []
+    for i, e in enumerate(energies, start=1):
+        r = copy.deepcopy(template)
+        r["experiment_id"] = exp_id
+        r["cycle"] = i
+        r["energy"]["total"]["gross_energy_j"] = e
+        r["efficiency"]["j_per_output_token"] = e / r["tokens"]["output_tokens"]
+        path = root / "raw" / exp_id / f"cycle_{i}.json"
+        write_json_atomic(path, r, "raw_result")
+        paths.append(str(path))
+    return paths
+
+
+def test_decide_reads_the_raw_results_it_is_given(tmp_path, template):
+    paths = write_cycles(tmp_path, template, [10.0, 12.0, 14.0])
+    out = tmp_path / "decisions" / "exp-p" / "after_cycle_3.json"
+    record = decide(paths, "exp-p", 3, T, str(out))
+    assert json.loads(out.read_text()) == record
+    assert record["values"] == [10.0, 12.0, 14.0] and record["decision"] == "stop" and record["target"] == T.params()
+    with pytest.raises(DecisionError, match="holds exp-p cycle 1, expected exp-p cycle 2"):
+        decide([paths[0], paths[0], paths[2]], "exp-p", 3, T, str(tmp_path / "x.json"))
+    per_token = Target(0.5, "j_per_output_token", 3, 5, 0.95)
+    record = decide(paths, "exp-p", 3, per_token, str(tmp_path / "y.json"))
+    n = template["tokens"]["output_tokens"]
+    assert record["values"] == pytest.approx([10.0 / n, 12.0 / n, 14.0 / n])
+
+
+# --------------------------------------------------------------------------------------------- campaign keys
+
+BASE = {"campaign_name": "p", "model": "lem-tiny-llama", "grid": {"backends": ["pytorch"]}}
+
+
+def resolve(execution, tmp_path, **extra):
+    return resolve_campaign({**BASE, "execution": execution, **extra}, tmp_path, tmp_path, env={})
+
+
+def test_keys_have_defaults_and_mean_off_without_a_target(tmp_path):
+    c = resolve({}, tmp_path)
+    assert c["execution"]["precision_target"] == {"relative_half_width": None, "metric": "j_per_output_token",
+                                                  "min_cycles": 3, "max_cycles": 10}  # fmt: skip
+    assert plan(c).target is None
+    c = resolve({"precision_target": {"relative_half_width": 0.02}}, tmp_path, analysis={"confidence": 0.9})
+    assert plan(c).target == Target(0.02, "j_per_output_token", 3, 10, 0.9)
+    # execution.cycles equal to the minimum is consistent (the default campaign file sets cycles: 3)
+    assert plan(resolve({"cycles": 3, "precision_target": {"relative_half_width": 0.02}}, tmp_path)).target.min_cycles == 3
+
+
+@pytest.mark.parametrize(
+    "pt, extra, expected",
+    [
+        ({"relative_half_width": 0}, {}, "key 'execution.precision_target.relative_half_width' = 0 is out of range; allowed: > 0"),
+        ({"relative_half_width": 2}, {}, "key 'execution.precision_target.relative_half_width' = 2 is out of range; allowed: <= 1"),
+        ({"relative_half_width": "2%"}, {}, "key 'execution.precision_target.relative_half_width' = '2%' has the wrong type; allowed: number or null"),
+        ({"relative_half_width": 0.05, "metric": "latency"}, {},
+         "key 'execution.precision_target.metric' = 'latency' is not allowed; allowed: j_per_output_token, energy_j, output_tokens_per_s"),
+        ({"relative_half_width": 0.05, "min_cycles": 2}, {}, "key 'execution.precision_target.min_cycles' = 2 is out of range; allowed: >= 3"),
+        ({"relative_half_width": 0.05, "max_cycles": 101}, {}, "key 'execution.precision_target.max_cycles' = 101 is out of range; allowed: <= 100"),
+        ({"relative_half_width": 0.05, "min_cycles": 5, "max_cycles": 4}, {},
+         "key 'execution.precision_target.max_cycles' = 4 is smaller than execution.precision_target.min_cycles = 5; allowed: >= 5"),
+        ({"relative_half_width": 0.05, "max_cycles": 2}, {}, "key 'execution.precision_target.max_cycles' = 2 is out of range; allowed: >= 3"),
+        ({"relative_half_width": 0.05}, {"cycles": 5},
+         "key 'execution.cycles' = 5 contradicts execution.precision_target.min_cycles = 3: with a precision target every "
+         "experiment runs execution.precision_target.min_cycles to max_cycles cycles; remove execution.cycles (or make it equal to min_cycles)"),
+        ({"max_cycles": 20}, {}, "execution.precision_target.max_cycles = 20 has no effect: execution.precision_target.relative_half_width is null "
+                                 "(every experiment runs execution.cycles cycles); set a target, or remove the key"),
+        ({"relative_half_width": None, "metric": "energy_j"}, {}, "execution.precision_target.metric = \"energy_j\" has no effect"),
+        ({"relative_half_width": 0.05, "min_cycle": 4}, {}, "unknown key 'execution.precision_target.min_cycle' (value 4); allowed keys here: "
+                                                           "max_cycles, metric, min_cycles, relative_half_width (did you mean 'min_cycles'?)"),
+    ],
+)
+def test_bad_values_are_one_line_errors(tmp_path, pt, extra, expected):
+    with pytest.raises(ConfigError) as info:
+        resolve({"precision_target": pt, **extra}, tmp_path)
+    text = str(info.value)
+    assert expected in text and "\n" not in text
+
+
+# ------------------------------------------------------------------------------------------------------ the plan
+
+
+@pytest.mark.parametrize("structure", ["interleaved", "grouped", "shuffled"])
+def test_the_minimum_plan_and_the_order_of_cycles_added_later(tmp_path, structure):
+    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2, 4]}}}
+    fixed = plan(resolve({"cycles": 3, "structure": structure, "seed": 7}, tmp_path, grid=grid))
+    targeted = plan(resolve({"structure": structure, "seed": 7, "precision_target": {"relative_half_width": 0.05, "max_cycles": 6}},
+                            tmp_path, grid=grid))  # fmt: skip
+    ids = [e.experiment_id for e in targeted.expansion.experiments]
+    # scheduled up front: the first min_cycles of every experiment, in exactly the order of a 3-cycle campaign
+    assert targeted.order == fixed.order and len(targeted.order) == 9
+    # ranked: every cycle up to the maximum by the order rule, so that a cycle added later keeps its place
+    ranked = sorted(targeted.priority, key=targeted.priority.get, reverse=True)
+    assert ranked == measurement_order(ids, 6, structure, 7)
+    if structure == "interleaved":  # A4 B4 C4 after A3 B3 C3
+        assert ranked[9:12] == [(ids[0], 4), (ids[1], 4), (ids[2], 4)]
+    if structure == "grouped":  # A's added cycles before B's first
+        assert ranked[:6] == [(ids[0], c) for c in range(1, 7)]
+    if structure == "shuffled":  # cycle by cycle, each cycle in its own seeded order
+        assert [c for _, c in ranked] == sorted(c for _, c in ranked)
+
+
+def test_no_target_leaves_the_plan_as_it_was(tmp_path):
+    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
+    p = plan(resolve({"cycles": 4, "structure": "shuffled", "seed": 3}, tmp_path, grid=grid))
+    ids = [e.experiment_id for e in p.expansion.experiments]
+    assert p.order == measurement_order(ids, 4, "shuffled", 3) and p.target is None
+    assert p.priority == {k: len(p.order) - i for i, k in enumerate(p.order)}
