@@ -10,6 +10,7 @@ import math
 import pytest
 
 from conftest import tiny_experiment
+from llenergymeasure.aggregate import PRECISION_COLUMNS, SUMMARY_COLUMNS, aggregate_experiment, read_summary, write_aggregated_all
 from llenergymeasure.campaign import measurement_order, plan, resolve_campaign
 from llenergymeasure.errors import ConfigError
 from llenergymeasure.precision import (
@@ -20,6 +21,7 @@ from llenergymeasure.precision import (
     decisions_on_disk,
     read_decision,
     DecisionError,
+    status,
 )
 from llenergymeasure.measure import run_experiment
 from llenergymeasure.results import write_json_atomic
@@ -197,3 +199,59 @@ def test_no_target_leaves_the_plan_as_it_was(tmp_path):
     ids = [e.experiment_id for e in p.expansion.experiments]
     assert p.order == measurement_order(ids, 4, "shuffled", 3) and p.target is None
     assert p.priority == {k: len(p.order) - i for i, k in enumerate(p.order)}
+
+
+# ----------------------------------------------------------------------------------------------- aggregation
+
+
+def test_aggregated_precision_and_summary_columns(tmp_path, template):
+    met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
+    maxed = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0, 10.0], "exp-max")
+    agg = aggregate_experiment(met, "met", 0.5, 0.95, target=T)
+    p = agg["precision"]
+    assert p == {"metric": "energy_j", "confidence": 0.95, "target_relative_half_width": 0.5,
+                 "achieved_relative_half_width": pytest.approx(half_width([10, 12, 14])), "target_met": True,
+                 "max_cycles_reached": False, "status": "target_met", "cycles_run": 3, "min_cycles": 3, "max_cycles": 5}  # fmt: skip
+    # the achieved width is the one of the interval the result reports
+    m = agg["metrics"]["energy_j"]
+    assert p["achieved_relative_half_width"] == pytest.approx((m["ci_high"] - m["ci_low"]) / 2 / m["mean"])
+    assert "precision_target_not_met" not in agg["flags"]
+    agg = aggregate_experiment(maxed, "max", 0.5, 0.95, target=Target(0.1, "energy_j", 3, 5, 0.95))
+    assert agg["precision"]["status"] == "max_cycles_reached" and agg["precision"]["max_cycles_reached"] is True
+    assert agg["flags"]["precision_target_not_met"] == 1
+    # cycles 1 and 3 only (2 failed): whatever the width, the decisions did not conclude
+    agg = aggregate_experiment([met[0], met[2]], "gap", 0.5, 0.95, planned_cycles=3, target=Target(0.99, "energy_j", 3, 5, 0.95))
+    assert agg["precision"]["status"] == "incomplete" and agg["flags"]["missing_cycles"] == 1
+    # without a target the aggregated result is as before: no precision block
+    assert "precision" not in aggregate_experiment(met, "met", 0.5, 0.95)
+
+    names = {"exp-met": "met", "exp-max": "max"}
+    rows = write_aggregated_all({"exp-met": met, "exp-max": maxed}, names, str(tmp_path / "agg"), str(tmp_path / "s.csv"),
+                                0.5, 0.95, {"exp-met": 3, "exp-max": 5}, Target(0.45, "energy_j", 3, 5, 0.95))  # fmt: skip
+    header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
+    assert header == SUMMARY_COLUMNS + list(PRECISION_COLUMNS)
+    back = read_summary(str(tmp_path / "s.csv"))
+    assert [(r["cycles"], r["precision_target_met"], r["precision_max_cycles_reached"], r["precision_status"]) for r in back] == [
+        (3, True, False, "target_met"), (5, False, True, "max_cycles_reached")]  # fmt: skip
+    assert back[0]["precision_achieved_rel_half_width"] == pytest.approx(rows[0]["precision_achieved_rel_half_width"])
+    assert back[1]["flags"] == "precision_target_not_met" or "precision_target_not_met" in back[1]["flags"].split(";")
+    write_aggregated_all({"exp-met": met}, names, str(tmp_path / "agg2"), str(tmp_path / "s2.csv"), 0.5, 0.95)
+    assert (tmp_path / "s2.csv").read_text().splitlines()[0].split(",") == SUMMARY_COLUMNS  # as before
+
+
+def test_status_is_what_the_decisions_reach():
+    assert status([10.0, 12.0, 14.0], [1, 2, 3], T)["status"] == "target_met"
+    assert status([10.0, 12.0, 14.0], [1, 2, 4], T)["status"] == "incomplete"
+    assert status([10.0, 20.0, 10.0, 20.0], [1, 2, 3, 4], Target(0.1, "energy_j", 3, 5, 0.95))["status"] == "incomplete"
+
+
+# ---------------------------------------------------------------------------------------- failures and duration
+
+
+def test_failures_are_counted_against_the_cycles_scheduled(tmp_path):
+    from llenergymeasure.failures import report
+
+    rec = report(tmp_path, {"a": "A", "b": "B"}, {"a": 5, "b": 3}, {("a", c) for c in (1, 2, 3, 4)} | {("b", c) for c in (1, 2, 3)})
+    assert rec["planned_measurements"] == 8 and rec["failed_measurements"] == 1
+    assert [(f["experiment_id"], f["cycle"]) for f in rec["failures"]] == [("a", 5)]
+    assert report(tmp_path, {"a": "A"}, 2, set())["planned_measurements"] == 2
