@@ -245,6 +245,24 @@ def test_status_is_what_the_decisions_reach():
     assert status([10.0, 20.0, 10.0, 20.0], [1, 2, 3, 4], Target(0.1, "energy_j", 3, 5, 0.95))["status"] == "incomplete"
 
 
+def test_report_shows_the_precision_beside_each_point(tmp_path, template):
+    from llenergymeasure.report import write_report_files
+
+    met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
+    maxed = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0, 10.0], "exp-max")
+    target = Target(0.45, "energy_j", 3, 5, 0.95)
+    write_aggregated_all({"exp-met": met, "exp-max": maxed}, {"exp-met": "met", "exp-max": "max"}, str(tmp_path / "agg"),
+                         str(tmp_path / "s.csv"), 0.5, 0.95, None, target)  # fmt: skip
+    aggs = [str(tmp_path / "agg" / f"{e}.json") for e in ("exp-met", "exp-max")]
+    write_report_files(aggs, met + maxed, str(tmp_path / "report"))
+    svg = (tmp_path / "report" / "efficiency.svg").read_text()
+    caption = (tmp_path / "report" / "efficiency.rst").read_text()
+    assert "41.4% (3 cycles) ✓" in svg and "(5 cycles) ✗ max" in svg
+    assert "Precision target: cycles continued until the 95% interval of the mean energy_j was within ±45.00%" in caption
+    assert "- **met**: 3 cycles, ±41.40%: target met" in caption and "- **max**: 5 cycles" in caption
+    assert "max_cycles reached before the target" in caption
+
+
 # ---------------------------------------------------------------------------------------- failures and duration
 
 
