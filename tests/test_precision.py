@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import yaml
 
 from conftest import tiny_experiment
 from llenergymeasure.aggregate import PRECISION_COLUMNS, SUMMARY_COLUMNS, aggregate_experiment, read_summary, write_aggregated_all
@@ -19,6 +20,7 @@ from llenergymeasure.precision import (
     decide,
     decided_cycles,
     decisions_on_disk,
+    planned_windows,
     read_decision,
     DecisionError,
     status,
@@ -273,3 +275,34 @@ def test_failures_are_counted_against_the_cycles_scheduled(tmp_path):
     assert rec["planned_measurements"] == 8 and rec["failed_measurements"] == 1
     assert [(f["experiment_id"], f["cycle"]) for f in rec["failures"]] == [("a", 5)]
     assert report(tmp_path, {"a": "A"}, 2, set())["planned_measurements"] == 2
+
+
+def test_validate_estimates_a_duration_range(tmp_path, capsys):
+    from llenergymeasure.cli import main
+
+    campaign = {**BASE, "results_dir": str(tmp_path / "results"),
+                "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+                "execution": {"config_gap_seconds": 10, "cycle_gap_seconds": 20,
+                              "precision_target": {"relative_half_width": 0.05, "min_cycles": 3, "max_cycles": 6}}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(campaign))
+    assert main(["--json", "validate", str(tmp_path / "c.yaml")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    est = out["duration"]
+    assert (est["jobs_to_run"], est["jobs_to_run_max"]) == (6, 12)
+    # 60 s per job assumed: 6 jobs, 3 config gaps and 2 cycle gaps; 12 jobs, 6 config and 5 cycle gaps
+    assert est["estimated_s"] == pytest.approx(6 * 60 + 3 * 10 + 2 * 20)
+    assert est["estimated_max_s"] == pytest.approx(12 * 60 + 6 * 10 + 5 * 20)
+    assert out["precision_target"]["max_cycles"] == 6
+    # decisions already taken narrow the range: the first experiment stopped after 4 cycles
+    ids = [e["experiment_id"] for e in out["experiments"]]
+    for n, verdict in ((3, "continue"), (4, "stop")):
+        path = tmp_path / "results" / "p" / "decisions" / ids[0] / f"after_cycle_{n}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"experiment_id": ids[0], "after_cycle": n, "decision": verdict}))
+    p = plan(resolve_campaign(campaign, tmp_path, tmp_path, env={}))
+    least, most = planned_windows(p.results_root, sorted(p.priority, key=p.priority.get, reverse=True), p.target)
+    assert (len(least), len(most)) == (7, 10)
+    assert main(["validate", str(tmp_path / "c.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert "2 experiments x 3-6 cycles" in text and "Precision target: cycles continue until the 95% Student-t interval" in text
+    assert "7 to 10 measurements to run (of 7 to 10)" in text

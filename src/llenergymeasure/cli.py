@@ -76,17 +76,31 @@ def estimate_duration(p) -> dict:
     fallback = statistics.median(all_times) if all_times else 60.0
     basis = "median of this campaign's finished jobs" if all_times else "assumed 60 s per job (no finished job yet)"
     ex = p.campaign["execution"]
-    todo = [(e, c) for e, c in p.order if (e, c) not in done]
-    seconds = 0.0
-    prev_cycle = None
-    for exp_id, cycle in todo:
-        own = known.get(exp_id)
-        seconds += statistics.median(own) if own else fallback
-        if prev_cycle is not None:
-            seconds += ex["cycle_gap_seconds"] if cycle != prev_cycle else ex["config_gap_seconds"]
-        prev_cycle = cycle
-    return {"jobs_total": len(p.order), "jobs_done": len(done & set(p.order)), "jobs_to_run": len(todo),
-            "estimated_s": seconds, "basis": basis}  # fmt: skip
+
+    def duration(order):
+        todo = [(e, c) for e, c in order if (e, c) not in done]
+        seconds = 0.0
+        prev_cycle = None
+        for exp_id, cycle in todo:
+            own = known.get(exp_id)
+            seconds += statistics.median(own) if own else fallback
+            if prev_cycle is not None:
+                seconds += ex["cycle_gap_seconds"] if cycle != prev_cycle else ex["config_gap_seconds"]
+            prev_cycle = cycle
+        return todo, seconds
+
+    order, order_max = p.order, p.order
+    if p.target:  # from the cycles the decisions taken so far have scheduled, to max_cycles where they go on
+        from .precision import planned_windows
+
+        order, order_max = planned_windows(root, sorted(p.priority, key=p.priority.get, reverse=True), p.target)
+    todo, seconds = duration(order)
+    out = {"jobs_total": len(order), "jobs_done": len(done & set(order)), "jobs_to_run": len(todo),
+           "estimated_s": seconds, "basis": basis}  # fmt: skip
+    if p.target:
+        todo_max, seconds_max = duration(order_max)
+        out.update(jobs_total_max=len(order_max), jobs_to_run_max=len(todo_max), estimated_max_s=seconds_max)
+    return out
 
 
 def cmd_validate(args) -> int:
@@ -111,6 +125,7 @@ def cmd_validate(args) -> int:
         "campaign_name": p.name,
         "results": p.results_root,
         "cycles": p.campaign["execution"]["cycles"],
+        **({"precision_target": p.target.params()} if p.target else {}),
         "structure": p.campaign["execution"]["structure"],
         "experiments": exps,
         "dropped": [{"config_name": n, "reason": r} for n, r in p.expansion.dropped],
@@ -120,13 +135,20 @@ def cmd_validate(args) -> int:
     if _json_wanted(args):
         print(json.dumps(out, indent=1))
         return 0
-    print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {out['cycles']} cycles ({out['structure']}), results in {p.results_root}/")
+    cycles = f"{p.target.min_cycles}-{p.target.max_cycles}" if p.target else out["cycles"]
+    print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {cycles} cycles ({out['structure']}), results in {p.results_root}/")
     print(_table(exps, ["experiment_id", "config_name", "model", "batch_size", "fp_precision"]))
     for d in out["dropped"]:
         print(f"dropped {d['config_name']}: {d['reason']}")
     for d in out["duplicates"]:
         print(f"duplicate {d['config_name']}: measured once as {d['same_as']}")
     hours = est["estimated_s"] / 3600
+    if p.target:
+        print(f"Precision target: cycles continue {p.target.describe()}.")
+        print(f"{est['jobs_to_run']} to {est['jobs_to_run_max']} measurements to run (of {est['jobs_total']} to "
+              f"{est['jobs_total_max']}), about {est['estimated_s'] / 60:.0f} to {est['estimated_max_s'] / 60:.0f} min "
+              f"({hours:.1f} to {est['estimated_max_s'] / 3600:.1f} h) including gaps; basis: {est['basis']}")  # fmt: skip
+        return 0
     print(f"{est['jobs_to_run']} of {est['jobs_total']} measurements to run, about {est['estimated_s'] / 60:.0f} min"
           f" ({hours:.1f} h) including gaps; basis: {est['basis']}")  # fmt: skip
     return 0
