@@ -260,8 +260,8 @@ def test_report_shows_the_precision_beside_each_point(tmp_path, template):
     svg = (tmp_path / "report" / "efficiency.svg").read_text()
     caption = (tmp_path / "report" / "efficiency.rst").read_text()
     assert "41.4% (3 cycles) ✓" in svg and "(5 cycles) ✗ max" in svg
-    assert "Precision target: cycles continued until the 95% interval of the mean energy_j was within ±45.00%" in caption
-    assert "- **met**: 3 cycles, ±41.40%: target met" in caption and "- **max**: 5 cycles" in caption
+    assert "Precision target: cycles continued until the 95% interval of the mean energy_j was within ±45 % of it" in caption
+    assert "- **met**: 3 cycles, ±41.4 %: target met" in caption and "- **max**: 5 cycles, ±48.6 %" in caption
     assert "max_cycles reached before the target" in caption
 
 

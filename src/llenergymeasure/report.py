@@ -95,14 +95,16 @@ def _precision_text(aggs: list[dict]) -> str:
     targeted = [a for a in aggs if a.get("precision")]
     if not targeted:
         return ""
+    from .precision import percent
+
     p0 = targeted[0]["precision"]
     lines = [f"Precision target: cycles continued until the {p0['confidence']:.0%} interval of the mean "
-             f"{p0['metric']} was within ±{p0['target_relative_half_width']:.2%} of it ({p0['min_cycles']} to "
+             f"{p0['metric']} was within ±{percent(p0['target_relative_half_width'])} of it ({p0['min_cycles']} to "
              f"{p0['max_cycles']} cycles per experiment). Beside each point: the precision reached, the cycles run, "
              "and ✓ (target met) or ✗ max (max_cycles reached first, flagged precision_target_not_met).\n"]  # fmt: skip
     for a in targeted:
         p = a["precision"]
-        achieved = "n/a" if p["achieved_relative_half_width"] is None else f"±{p['achieved_relative_half_width']:.2%}"
+        achieved = "±n/a" if p["achieved_relative_half_width"] is None else f"±{percent(p['achieved_relative_half_width'])}"
         state = {"target_met": "target met", "max_cycles_reached": "max_cycles reached before the target",
                  "incomplete": "incomplete (cycles failed or were still to come)"}[p["status"]]  # fmt: skip
         lines.append(f"- **{a['config_name']}**: {p['cycles_run']} cycles, {achieved}: {state}")
