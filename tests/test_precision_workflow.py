@@ -4,14 +4,22 @@ workflow without a target, cycles decided by measured noise, and resume after ki
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO
-from test_workflow import job_counts, snakemake
+from llenergymeasure.aggregate import read_summary
+from llenergymeasure.results import read_result
+from test_workflow import job_counts, sha, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -115,3 +123,179 @@ def test_a_bad_value_stops_the_run_before_any_job(workflow_dir):
         "execution.precision_target.min_cycles = 6; allowed: >= 6"], run.stderr  # fmt: skip
     assert existing.read_text() == '{"precious": true}'
     assert [p.name for p in (workflow_dir / "results").rglob("*") if p.is_file()] == ["cycle_1.json"]
+
+
+# ---------------------------------------------------------------------------------------------- real runs
+
+
+class HostLoad:
+    """A deliberately varied load on the host: four busy loops per CPU while the measurement window of one
+    experiment's even-numbered cycles is open (from the job's "window open" line to its raw result), nothing
+    otherwise. The measurement itself is untouched: its
+    window really is slower, and the CPUs really are busier (the CPU energy estimate, and RAPL where readable, count
+    every process), so that experiment's throughput and energy jump from cycle to cycle while the other's do not."""
+
+    def __init__(self, root: Path, experiment_id: str, max_cycles: int):
+        self.root, self.experiment_id, self.max_cycles = root, experiment_id, max_cycles
+        self.procs: list[subprocess.Popen] = []
+        self.loaded: set[int] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self._off()
+
+    def _on(self):
+        if not self.procs:
+            self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4 * (os.cpu_count() or 1))]
+
+    def _off(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self.procs = []
+
+    def _window_open(self, cycle: int) -> bool:
+        log = self.root / "logs" / "measure" / self.experiment_id / f"cycle_{cycle}.log"
+        raw = self.root / "raw" / self.experiment_id / f"cycle_{cycle}.json"
+        try:
+            return "measuring (window open)" in log.read_text() and not raw.exists()
+        except OSError:
+            return False
+
+    def _watch(self):
+        while not self.stop.is_set():
+            running = [n for n in range(2, self.max_cycles + 1, 2) if self._window_open(n)]
+            if running:
+                self.loaded.update(running)
+                self._on()
+            else:
+                self._off()
+            time.sleep(0.05)
+
+
+def expected_id(workflow_dir: Path, cfg: Path, batch_size: int) -> str:
+    from llenergymeasure.campaign import load_campaign, plan
+
+    p = plan(load_campaign(cfg, workflow_dir))
+    return next(e.experiment_id for e in p.expansion.experiments if e.config["pytorch"]["batch_size"] == batch_size)
+
+
+def windows_in_time_order(root: Path) -> list[dict]:
+    results = [read_result(p, "raw_result") for p in root.glob("raw/*/cycle_*.json")]
+    return sorted(results, key=lambda r: r["timestamps"]["window_start"])
+
+
+def test_measured_noise_decides_how_many_cycles_run(workflow_dir):
+    """Two experiments, one under a deliberately varied host load: the steady one meets an easy target with its
+    minimum cycles, the other gets more (up to max_cycles, flagged when it stops there unmet). Grouped order: the cycles
+    added to the first experiment run before the second one starts; every window keeps its thermal gap."""
+    # the 95 % interval of the mean throughput within ±100 % of the mean: after 4 cycles, met by any experiment whose
+    # cycles' CV is below 63 % (a steady one, even on a host shared with other work), not by one whose throughput
+    # drops several fold in every other cycle
+    target = {"relative_half_width": 1.0, "metric": "output_tokens_per_s", "min_cycles": 4, "max_cycles": 6}
+    cfg = write(workflow_dir / "noise.yaml", campaign(
+        "noise", {"structure": "grouped", "config_gap_seconds": 1, "cycle_gap_seconds": 1, "precision_target": target},
+        **{"energy.min_window_sec": 1.0, "energy.repeat_to_min_window": True}))  # fmt: skip
+    root = workflow_dir / "results" / "noise"
+    noisy, steady = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
+    with HostLoad(root, noisy, target["max_cycles"]) as load:
+        run = snakemake(workflow_dir, "--configfile", str(cfg), timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert load.loaded, "the load never ran"
+
+    rows = {r["experiment_id"]: r for r in read_summary(str(root / "summary.csv"))}
+    aggs = {e: read_result(root / "aggregated" / f"{e}.json", "aggregated_result") for e in (noisy, steady)}
+    s, n = aggs[steady]["precision"], aggs[noisy]["precision"]
+    values = {e: aggs[e]["metrics"]["output_tokens_per_s"]["values"] for e in aggs}
+    assert s["status"] == "target_met" and s["cycles_run"] == 4 == rows[steady]["cycles"], values
+    assert n["cycles_run"] > 4 and rows[noisy]["cycles"] == n["cycles_run"], values
+    assert n["status"] in ("target_met", "max_cycles_reached")
+    assert ("precision_target_not_met" in aggs[noisy]["flags"]) == (n["status"] == "max_cycles_reached") == n["max_cycles_reached"]
+    assert rows[noisy]["precision_status"] == n["status"] and rows[steady]["precision_target_met"] is True
+    assert rows[steady]["precision_achieved_rel_half_width"] == pytest.approx(s["achieved_relative_half_width"])
+    assert s["achieved_relative_half_width"] <= 1.0 and s["metric"] == "output_tokens_per_s"
+
+    # every decision is on disk: the steady experiment stopped at its first, the noisy one went on
+    assert sorted(p.name for p in (root / "decisions" / steady).iterdir()) == ["after_cycle_4.json"]
+    noisy_decisions = [json.loads((root / "decisions" / noisy / f"after_cycle_{c}.json").read_text()) for c in range(4, n["cycles_run"] + 1)]
+    assert [d["decision"] for d in noisy_decisions] == ["continue"] * (len(noisy_decisions) - 1) + ["stop"]
+    assert json.loads((root / "decisions" / f"{noisy}.json").read_text())["cycles"] == n["cycles_run"]
+
+    # grouped order held for the cycles added later, and so did the gaps
+    order = [(r["experiment_id"], r["cycle"]) for r in windows_in_time_order(root)]
+    assert order == [(noisy, c) for c in range(1, n["cycles_run"] + 1)] + [(steady, c) for c in (1, 2, 3, 4)]
+    audit = json.loads((root / "thermal_gaps.json").read_text())
+    assert audit["ok"] is True and len(audit["windows"]) == n["cycles_run"] + 4
+    assert all(w["gap_kind"] == "cycle" for w in audit["windows"][1:n["cycles_run"]])
+
+    # the campaign-end notification record says it too
+    sent = json.loads((root / "notifications" / "campaign_complete.json").read_text())["data"]
+    assert sent["cycles_run"] == {noisy: n["cycles_run"], steady: 4} and sent["precision_target"]["max_cycles"] == 6
+    assert sent["precision_target_not_met"] == ([noisy] if n["status"] == "max_cycles_reached" else [])
+
+    # the report says how precise each point is
+    caption = (root / "report" / "efficiency.rst").read_text()
+    assert f"4 cycles, ±{100 * s['achieved_relative_half_width']:.3g} %: target met" in caption
+    again = snakemake(workflow_dir, "--configfile", str(cfg), "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+
+
+def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
+    """kill -9 while cycles added by decisions are being measured; --unlock, rerun: no finished measurement runs
+    again, no decision already taken is taken again, the campaign ends as if never stopped. An unreachable target
+    makes every experiment run max_cycles (interleaved: A4 B4 after A3 B3)."""
+    target = {"relative_half_width": 1e-9, "metric": "output_tokens_per_s", "min_cycles": 3, "max_cycles": 4}
+    cfg = write(workflow_dir / "k.yaml", campaign(
+        "resume", {"structure": "interleaved", "config_gap_seconds": 0, "cycle_gap_seconds": 0, "precision_target": target},
+        **{"energy.min_window_sec": 0}))  # fmt: skip
+    root = workflow_dir / "results" / "resume"
+    a, b = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)], cwd=workflow_dir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    try:
+        # wait for the first added cycle to be done and the second to have started
+        while time.monotonic() < deadline:
+            if (root / "raw" / a / "cycle_4.json").exists() and (root / "logs" / "measure" / b / "cycle_4.log").exists():
+                break
+            assert proc.poll() is None, "snakemake finished before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the campaign never reached its added cycles")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    raws = sorted(root.glob("raw/*/cycle_*.json"))
+    decisions = sorted(root.glob("decisions/*/after_cycle_*.json"))
+    assert len(raws) == 7 and {p.name for p in decisions} >= {"after_cycle_3.json"} and len(decisions) in (2, 3)
+    before = {p: (sha(p), p.stat().st_mtime) for p in raws + decisions}
+
+    assert snakemake(workflow_dir, "--configfile", str(cfg), "--unlock").returncode == 0
+    resumed = snakemake(workflow_dir, "--configfile", str(cfg), "--rerun-incomplete")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    counts = job_counts(resumed.stdout + resumed.stderr)
+    assert counts.get("measure") == 1, counts  # B4 only
+    assert counts.get("decide") == 4 - len(decisions), counts  # only the decisions not yet taken
+    assert {p: (sha(p), p.stat().st_mtime) for p in before} == before
+    for exp_id in (a, b):
+        agg = read_result(root / "aggregated" / f"{exp_id}.json", "aggregated_result")
+        assert agg["cycles"] == 4 and agg["precision"]["status"] == "max_cycles_reached"
+        assert agg["flags"]["precision_target_not_met"] == 1
+        assert [json.loads((root / "decisions" / exp_id / f"after_cycle_{c}.json").read_text())["decision"] for c in (3, 4)] == ["continue", "stop"]
+    assert [(r["experiment_id"], r["cycle"]) for r in windows_in_time_order(root)] == [
+        (e, c) for c in range(1, 5) for e in (a, b)]  # fmt: skip
+
+    # a raw result of an added cycle deleted after the campaign ended is measured again (and decided on again)
+    lost = root / "raw" / a / "cycle_4.json"
+    lost.unlink()
+    dry = snakemake(workflow_dir, "--configfile", str(cfg), "-n")
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts.get("measure") == 1 and counts.get("decide") == 1 and counts.get("aggregate") == 1, dry.stdout[-2000:]
+    assert re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr) == [(a, "4")]
