@@ -306,3 +306,42 @@ def test_validate_estimates_a_duration_range(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "2 experiments x 3-6 cycles" in text and "Precision target: cycles continue until the 95% Student-t interval" in text
     assert "7 to 10 measurements to run (of 7 to 10)" in text
+
+
+# ------------------------------------------------------------------------------------------ workflow helpers
+
+
+def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
+    import llenergymeasure.workflow as lem
+    from llenergymeasure.failures import COMPLETED_ONLY_ENV
+
+    monkeypatch.delenv(COMPLETED_ONLY_ENV, raising=False)
+    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
+    p = plan(resolve({"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}}, tmp_path, grid=grid,
+                     results_dir=str(tmp_path / "results")))  # fmt: skip
+    a, b = (e.experiment_id for e in p.expansion.experiments)
+    root = p.results_root
+    assert lem.all_raw(p) == [lem.raw_path(root, e, c) for c in (1, 2, 3) for e in (a, b)]  # the minimum plan
+    assert lem.aggregate_inputs(p) == lem.settled(p) == [f"{root}/decisions/{a}.json", f"{root}/decisions/{b}.json"]
+    assert lem.decision_inputs(p, a, "4") == [lem.raw_path(root, a, c) for c in (1, 2, 3, 4)]
+    for bad in ("2", "6"):
+        with pytest.raises(ValueError, match=f"no decision after cycle {bad}"):
+            lem.decision_inputs(p, a, bad)
+    assert lem.decision_priority(p) > max(p.priority.values())
+    # an experiment that settled on 5 cycles: rule all also asks for its cycles 4 and 5
+    settled = tmp_path / "results" / "p" / "decisions" / f"{a}.json"
+    settled.parent.mkdir(parents=True)
+    settled.write_text(json.dumps({"raw_results": [lem.raw_path(root, a, c) for c in range(1, 6)]}))
+    assert lem.settled_raw(p) == [lem.raw_path(root, a, 4), lem.raw_path(root, a, 5)]
+    # the pass over what completed (after failed measurements) aggregates the raw results that exist, any cycle
+    for e, c in ((a, 1), (b, 1), (a, 2), (a, 4)):
+        path = tmp_path / lem.raw_path(root, e, c)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    root_rel = "results/p"
+    p = plan(resolve({"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}}, tmp_path, grid=grid, results_dir="results"))
+    monkeypatch.setenv(COMPLETED_ONLY_ENV, "1")
+    existing = [lem.raw_path(root_rel, a, 1), lem.raw_path(root_rel, b, 1), lem.raw_path(root_rel, a, 2), lem.raw_path(root_rel, a, 4)]
+    assert lem.all_raw(p) == lem.aggregate_inputs(p) == existing
+    assert lem.settled(p) == [] and lem.settled_raw(p) == []
