@@ -345,3 +345,15 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
     existing = [lem.raw_path(root_rel, a, 1), lem.raw_path(root_rel, b, 1), lem.raw_path(root_rel, a, 2), lem.raw_path(root_rel, a, 4)]
     assert lem.all_raw(p) == lem.aggregate_inputs(p) == existing
     assert lem.settled(p) == [] and lem.settled_raw(p) == []
+
+
+def test_lem_results_shows_the_precision(tmp_path, template, capsys):
+    from llenergymeasure.cli import main
+
+    met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
+    write_aggregated_all({"exp-met": met}, {"exp-met": "met"}, str(tmp_path / "agg"), str(tmp_path / "s.csv"), 0.5, 0.95, None, T)
+    assert main(["results", "--summary", str(tmp_path / "s.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "precision_achieved_rel_half_width" in out.splitlines()[0] and "0.414 " in out
+    assert main(["results", "--summary", str(tmp_path / "s.csv"), "--columns", "config_name,precision_status"]) == 0
+    assert "target_met" in capsys.readouterr().out

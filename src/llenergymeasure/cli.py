@@ -172,12 +172,14 @@ def cmd_results(args) -> int:
     if not args.summary and not path.exists():
         raise ConfigError(f"no summary at {path}: run the campaign first (snakemake --cores 1)")
     rows = read_summary(str(path))
-    columns = args.columns.split(",") if args.columns else RESULT_COLUMNS
+    known = list(rows[0]) if rows else SUMMARY_COLUMNS  # with a precision target, its columns too
+    precision = [c for c in ("precision_achieved_rel_half_width", "precision_target_met") if c in known]
+    columns = args.columns.split(",") if args.columns else RESULT_COLUMNS + precision
     for c in columns + ([args.sort] if args.sort else []):
-        if c not in SUMMARY_COLUMNS:
+        if c not in known:
             import difflib
 
-            close = difflib.get_close_matches(c, SUMMARY_COLUMNS, n=1)
+            close = difflib.get_close_matches(c, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"column '{c}' is not in summary.csv{hint}")
     if args.sort:
