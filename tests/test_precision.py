@@ -132,6 +132,13 @@ def resolve(execution, tmp_path, **extra):
 
 
 def test_keys_have_defaults_and_mean_off_without_a_target(tmp_path):
+    from llenergymeasure.aggregate import METRICS
+    from llenergymeasure.config import load_schema
+    from llenergymeasure.precision import TARGET_METRICS
+
+    leaves = load_schema("campaign")["$defs"]["precision_target"]["properties"]
+    assert all("default" in v and v.get("description") for v in leaves.values())
+    assert leaves["metric"]["enum"] == list(TARGET_METRICS) and set(TARGET_METRICS) <= set(METRICS)
     c = resolve({}, tmp_path)
     assert c["execution"]["precision_target"] == {"relative_half_width": None, "metric": "j_per_output_token",
                                                   "min_cycles": 3, "max_cycles": 10}  # fmt: skip

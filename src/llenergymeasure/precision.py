@@ -75,7 +75,10 @@ def campaign_problem(campaign: dict) -> str | None:
                 return (f"{KEY}.{key} = {json.dumps(pt[key])} has no effect: {KEY}.relative_half_width is null (every "
                         "experiment runs execution.cycles cycles); set a target, or remove the key")  # fmt: skip
         return None
-    low, high = pt.get("min_cycles", 3), pt.get("max_cycles", 10)
+    from .config import load_schema
+
+    defaults = {k: v["default"] for k, v in load_schema("campaign")["$defs"]["precision_target"]["properties"].items()}
+    low, high = pt.get("min_cycles", defaults["min_cycles"]), pt.get("max_cycles", defaults["max_cycles"])
     if high < low:
         return f"key '{KEY}.max_cycles' = {high} is smaller than {KEY}.min_cycles = {low}; allowed: >= {low}"
     if "cycles" in execution and execution["cycles"] != low:
