@@ -174,7 +174,7 @@ def test_kill_and_resume(workflow_dir, victim):
         (
             {"execution": {"cycels": 2}},
             "unknown key 'execution.cycels' (value 2); allowed keys here: config_gap_seconds, cycle_gap_seconds, "
-            "cycles, seed, structure (did you mean 'cycles'?)",
+            "cycles, precision_target, seed, structure (did you mean 'cycles'?)",
         ),
     ],
 )

@@ -31,6 +31,7 @@ from .config import (
     validate_value,
 )
 from .errors import ConfigError
+from .precision import Target, campaign_problem, target_of
 
 SCHEMA = "campaign"
 RESULTS_DIR_ENV = "LLM_ENERGY_RESULTS_DIR"
@@ -132,6 +133,9 @@ def resolve_campaign(raw: Any, base_dir: str | Path = ".", workdir: str | Path =
         raise ConfigError(f"a campaign must be a mapping of keys, got {type(raw).__name__}")
     campaign = apply_user_config(raw, load_user_config(workdir))
     validate(campaign, SCHEMA)
+    problem = campaign_problem(campaign)
+    if problem:
+        raise ConfigError(problem)
     resolved = fill_defaults(campaign, load_schema(SCHEMA), load_schema(SCHEMA))
     if env.get(RESULTS_DIR_ENV):
         resolved["results_dir"] = results_dir(env[RESULTS_DIR_ENV], f"environment variable {RESULTS_DIR_ENV}")
@@ -539,13 +543,18 @@ def measurement_order(experiment_ids: list[str], cycles: int, structure: str, se
 
 @dataclass
 class Plan:
-    """Everything the workflow needs from a campaign, computed once at parse time."""
+    """Everything the workflow needs from a campaign, computed once at parse time.
+
+    ``order`` is what is scheduled up front: every cycle, or with a precision target the first ``min_cycles`` of
+    each experiment. ``priority`` ranks every cycle the campaign may run (up to ``max_cycles`` with a target), so
+    that cycles added later keep the campaign's order."""
 
     campaign: dict
     expansion: Expansion
     order: list[tuple[str, int]]
     by_id: dict[str, Experiment]
     priority: dict[tuple[str, int], int]
+    target: Target | None = None
 
     @property
     def name(self) -> str:
@@ -560,7 +569,12 @@ def plan(campaign: dict) -> Plan:
     expansion = expand(campaign)
     ex = campaign["execution"]
     ids = [e.experiment_id for e in expansion.experiments]
-    order = measurement_order(ids, ex["cycles"], ex["structure"], ex["seed"])
-    n = len(order)
-    priority = {key: n - i for i, key in enumerate(order)}
-    return Plan(campaign, expansion, order, {e.experiment_id: e for e in expansion.experiments}, priority)
+    target = target_of(campaign)
+    cycles = target.max_cycles if target else ex["cycles"]
+    # every cycle up to the maximum, ranked by the order rule (a seeded shuffle draws cycle by cycle, so the first
+    # cycles come out as they would on their own); only the minimum is scheduled up front
+    ranked = measurement_order(ids, cycles, ex["structure"], ex["seed"])
+    n = len(ranked)
+    priority = {key: n - i for i, key in enumerate(ranked)}
+    order = [key for key in ranked if key[1] <= target.min_cycles] if target else ranked
+    return Plan(campaign, expansion, order, {e.experiment_id: e for e in expansion.experiments}, priority, target)

@@ -181,28 +181,67 @@ def aggregate(
     outputs it backed up: they are ``update()`` outputs)."""
     from .aggregate import AggregationError, group_by_experiment, write_aggregated_all
     from .failures import report
+    from .precision import DecisionError, decisions_on_disk, from_params, is_settled_file, settled_raws
     from .results import ResultValidationError, write_json_atomic
 
     runtime = runtime or {}
     cycles = runtime.get("cycles")
+    target = from_params(runtime.get("precision"))
+    root = runtime.get("results_root", str(Path(summary).parent))
     with logging_to(log_path):
-        grouped = group_by_experiment(list(inputs))
-        ordered = {e: grouped[e] for e in names if e in grouped}  # campaign order
         try:
+            # with a precision target the inputs are the experiments' settled cycles, each listing its raw results
+            inputs = [r for p in inputs for r in (settled_raws(p) if is_settled_file(p) else [p])]
+            grouped = group_by_experiment(inputs)
+            ordered = {e: grouped[e] for e in names if e in grouped}  # campaign order
+            if target:  # the cycles the decisions taken so far have scheduled
+                cycles = {e: decisions_on_disk(root, e, target)[0] for e in names}
             rows = write_aggregated_all(
-                ordered, names, out_dir, summary, analysis["cv_threshold"], analysis["confidence"], cycles
+                ordered, names, out_dir, summary, analysis["cv_threshold"], analysis["confidence"], cycles, target
             )
-        except (AggregationError, ResultValidationError) as exc:
+        except (AggregationError, ResultValidationError, DecisionError) as exc:
             log.error("aggregation failed: %s", exc)
             print(f"Aggregation error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
         log.info("aggregated %d experiments; summary in %s", len(rows), summary)
         if failures:
             present = {(Path(p).parent.name, int(Path(p).stem.split("_")[-1])) for p in inputs}
-            record = report(runtime.get("results_root", str(Path(summary).parent)), names, cycles or 0, present)
+            record = report(root, names, cycles or 0, present)
             write_json_atomic(failures, record, durable=False)
             for f in record["failures"]:
                 log.warning("failed: %s cycle %s: %s (log: %s)", f["experiment_id"], f["cycle"], f["error"], f["log"])
+
+
+def decide(raw: list[str], experiment_id: str, after_cycle: int, target: dict, output: str, log_path: str) -> None:
+    """Checkpoint ``decide``: after cycle ``after_cycle`` of an experiment, stop it or ask for one more cycle. A raw
+    result that cannot be read ends the job with one line naming it."""
+    from .aggregate import AggregationError
+    from .precision import DecisionError, decide as take_decision, from_params, percent
+    from .results import ResultValidationError
+
+    raw = [raw] if isinstance(raw, str) else list(raw)
+    with logging_to(log_path):
+        try:
+            record = take_decision(raw, experiment_id, after_cycle, from_params(target), output)
+        except (DecisionError, AggregationError, ResultValidationError) as exc:
+            log.error("decision failed: %s", exc)
+            print(f"Decision error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        verdict = {"target_met": "target met: stop", "max_cycles_reached": "max_cycles reached: stop (target not met)",
+                   "target_not_met": "one more cycle"}.get(record["reason"], record["reason"])  # fmt: skip
+        progress = logging.getLogger("llenergymeasure.progress")
+        progress.info("%s after cycle %d: %s interval ±%s (target ±%s): %s", experiment_id, after_cycle, record["metric"],
+                      percent(record["achieved_relative_half_width"]), percent(target["relative_half_width"]), verdict)  # fmt: skip
+
+
+def settle(decision: str, raw: list[str], experiment_id: str, output: str, log_path: str) -> None:
+    """Rule ``settle``: the experiment's cycles, once a decision has stopped it."""
+    from .precision import settle as settle_cycles
+
+    raw = [raw] if isinstance(raw, str) else list(raw)
+    with logging_to(log_path):
+        record = settle_cycles(decision, raw, experiment_id, output)
+        log.info("%s: %d cycles (%s)", experiment_id, record["cycles"], record["reason"])
 
 
 def thermal_gaps(aggregated: list[str], output: str, log_path: str) -> None:
@@ -237,6 +276,9 @@ def campaign_complete(summary: str, output: str, log_path: str, runtime: dict) -
             "summary_path": summary,
             "flagged_experiments": [r["experiment_id"] for r in rows if r["cv_flag"]],
         }
+        if runtime.get("precision"):  # cycles until precise: the target, and who stopped at max_cycles short of it
+            data.update(precision_target=runtime["precision"], cycles_run={r["experiment_id"]: r["cycles"] for r in rows},
+                        precision_target_not_met=[r["experiment_id"] for r in rows if not r.get("precision_target_met")])  # fmt: skip
         event = "campaign_complete"
         if failed:
             event = "campaign_failure"
