@@ -4,7 +4,8 @@
 #   snakemake --cores 1 --config campaign=other.yaml  exactly that campaign (nothing of the default leaks in)
 #
 # Every experiment x cycle is one job writing results/<campaign>/raw/<experiment_id>/cycle_<n>.json. A failed
-# measurement stops no other; what completed is aggregated, the failures are listed in failures.json.
+# measurement stops no other; what completed is aggregated, the failures are listed in failures.json. With a
+# precision target, cycles continue per experiment until its interval is tight enough (workflow/precision.smk).
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -26,10 +27,13 @@ localrules:
     thermal_gaps,
     notify_campaign,
     report_plots,
+    decide,
+    settle,
 
 
 include: "workflow/model.smk"
 include: "workflow/measure.smk"
+include: "workflow/precision.smk"
 include: "workflow/aggregate.smk"
 include: "workflow/notify.smk"
 include: "workflow/report.smk"
@@ -38,11 +42,14 @@ include: "workflow/campaign.smk"
 
 # Every raw result is an input of the target too: a raw result that is missing while the summary is up to date (a
 # deleted damaged file, say) is then measured again (Snakemake looks for missing files of a job that is not
-# itself rerun only among the inputs of the targets: snakemake/dag.py, update_needrun).
+# itself rerun only among the inputs of the targets: snakemake/dag.py, update_needrun). With a precision target,
+# so are the raw results beyond the minimum plan that the experiments have settled on.
 rule all:
     default_target: True
     input:
         all_raw_results(),
+        settled_raw_results(),
+        settled_cycles(),
         f"{ROOT}/summary.csv",
         f"{ROOT}/thermal_gaps.json",
         f"{ROOT}/notifications/campaign_complete.json",

@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export LEM_CACHE_DIR="${LEM_CACHE_DIR:-$(mktemp -d)}"
+export LLM_ENERGY_CACHE_DIR="${LLM_ENERGY_CACHE_DIR:-$(mktemp -d)}"
 RESULTS="${RESULTS:-$(mktemp -d)}"
 mkdir -p "$RESULTS"
 {

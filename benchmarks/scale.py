@@ -1,11 +1,14 @@
 """Scale: a 10,000-experiment campaign. Measures, in one run:
 
 1. ``snakemake -n`` wall time on a grid campaign of N experiments (expansion, validation, DAG), against the
-   target of 30 s on a 2-core machine;
+   target of 30 s on a 2-core machine: with a fixed number of cycles; with a precision target
+   (``execution.precision_target``), whose dry run schedules the minimum plan (min_cycles measurements, one
+   decision and one settled-cycles job per experiment) and leaves the rest to the decisions; and, for
+   comparison, with a fixed min_cycles. Each line also gives the time per planned job;
 2. aggregation of N synthetic raw results (one cycle each, cloned from a real raw result with varied energy,
    validated like real ones) into per-experiment files and the summary, against the target of 15 s.
 
-    python benchmarks/scale.py [--experiments 10000] [--cycles 1]
+    python benchmarks/scale.py [--experiments 10000] [--cycles 1] [--min-cycles 3] [--max-cycles 10]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import copy
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,20 +43,23 @@ def grid_for(n: int) -> dict:
     return axes
 
 
-def dry_run(n: int, cycles: int, work: Path) -> float:
+def dry_run(n: int, execution: dict, work: Path) -> tuple[float, dict[str, int]]:
+    """Wall time of ``snakemake -n`` on an n-experiment grid, and the jobs it plans per rule."""
     for name in ("Snakefile", "workflow", "scripts", "envs", "config", "profiles"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
     campaign = {"campaign_name": "scale", "model": "lem-tiny-llama", "num_samples": 10,
-                "grid": {"backends": ["pytorch"], "shared": grid_for(n)}, "execution": {"cycles": cycles}}  # fmt: skip
+                "grid": {"backends": ["pytorch"], "shared": grid_for(n)}, "execution": execution}  # fmt: skip
     (work / "scale.yaml").write_text(json.dumps(campaign))
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "scale.yaml", "--quiet"],
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "scale.yaml", "--quiet", "rules"],
                          cwd=work, capture_output=True, text=True)  # fmt: skip
     elapsed = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(out.stderr[-2000:])
-    return elapsed
+    table = (out.stdout + out.stderr).split("Job stats:")[-1]
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+    return elapsed, jobs
 
 
 def aggregation(n: int, work: Path) -> tuple[float, float]:
@@ -86,13 +93,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiments", type=int, default=10_000)
     ap.add_argument("--cycles", type=int, default=1)
+    ap.add_argument("--min-cycles", type=int, default=3, help="min_cycles of the precision-targeted dry run")
+    ap.add_argument("--max-cycles", type=int, default=10, help="max_cycles of the precision-targeted dry run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lem-scale-") as tmp:
         work = Path(tmp)
         (work / "dry").mkdir()
-        dry = dry_run(args.experiments, args.cycles, work / "dry")
+        dry, jobs = dry_run(args.experiments, {"cycles": args.cycles}, work / "dry")
         print(f"snakemake -n, {args.experiments} experiments x {args.cycles} cycles: {dry:.1f} s "
-              f"(target 30 s: ratio {dry / 30:.2f})")  # fmt: skip
+              f"(target 30 s: ratio {dry / 30:.2f}; {1000 * dry / sum(jobs.values()):.2f} ms per job)")  # fmt: skip
+        (work / "target").mkdir()
+        target = {"relative_half_width": 0.02, "min_cycles": args.min_cycles, "max_cycles": args.max_cycles}
+        dry, jobs = dry_run(args.experiments, {"precision_target": target}, work / "target")
+        planned = ", ".join(f"{jobs.get(rule, 0)} {rule}" for rule in ("measure", "decide", "settle"))
+        print(f"snakemake -n, {args.experiments} experiments, precision target ±2 %, {args.min_cycles} to "
+              f"{args.max_cycles} cycles (minimum plan: {planned}): {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; "
+              f"{1000 * dry / sum(jobs.values()):.2f} ms per job)")  # fmt: skip
+        (work / "fixed-min").mkdir()
+        dry, jobs = dry_run(args.experiments, {"cycles": args.min_cycles}, work / "fixed-min")
+        print(f"snakemake -n, {args.experiments} experiments x {args.min_cycles} cycles (fixed, the measurements of "
+              f"that minimum plan): {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; {1000 * dry / sum(jobs.values()):.2f} ms per job)")  # fmt: skip
         (work / "agg").mkdir()
         agg, files = aggregation(args.experiments, work / "agg")
         print(f"aggregation of {args.experiments} raw results into {files} files + summary: {agg:.1f} s "

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
+import subprocess
 import sys
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
+
+from llenergymeasure.energy.base import CounterMeter
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -57,14 +68,11 @@ def fake_trt(monkeypatch):
 def isolated_cache(tmp_path_factory):
     """Idle baselines are cached per device; tests use their own cache so they never read a user's."""
     path = tmp_path_factory.mktemp("lem-cache")
-    old = os.environ.get("LEM_CACHE_DIR")
-    os.environ["LEM_CACHE_DIR"] = str(path)
-    os.environ.pop("LLM_ENERGY_RESULTS_DIR", None)
+    saved = {name: os.environ.pop(name, None) for name in ("LLM_ENERGY_CACHE_DIR", "LEM_CACHE_DIR", "LLM_ENERGY_RESULTS_DIR")}
+    os.environ["LLM_ENERGY_CACHE_DIR"] = str(path)
     yield path
-    if old is None:
-        os.environ.pop("LEM_CACHE_DIR", None)
-    else:
-        os.environ["LEM_CACHE_DIR"] = old
+    os.environ.pop("LLM_ENERGY_CACHE_DIR", None)
+    os.environ.update({name: value for name, value in saved.items() if value is not None})
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +129,119 @@ def workflow_dir(tmp_path) -> Path:
             shutil.copy2(src, tmp_path / name)
     (tmp_path / "schemas").symlink_to(REPO / "src" / "llenergymeasure" / "schemas")
     return tmp_path
+
+
+class FakeMeter(CounterMeter):
+    """A deterministic meter: constant ``power_w`` over a caller-controlled clock. Method ``fake``."""
+
+    method = "fake"
+
+    def __init__(self, power_w: float, component: str = "cpu", clock=None, device: str = "fake0") -> None:
+        super().__init__()
+        self.power_w_value = power_w
+        self.component = component
+        self.device = device
+        self.device_key = f"fake-{device}"
+        if clock is not None:
+            self.clock = clock
+        self._origin = self.clock()
+
+    def read_j(self) -> float:
+        return (self.clock() - self._origin) * self.power_w_value
+
+    def power_w(self) -> float:
+        return self.power_w_value
+
+
+# ------------------------------------------------------------------------------------------------ workflow runs
+# A small campaign on the tiny model that real Snakemake runs complete in about a minute on 2 CPU cores.
+SMALL = {
+    "campaign_name": "wf",
+    "model": "lem-tiny-llama",
+    "dataset": "builtin",
+    "num_samples": 4,
+    "grid": {
+        "backends": ["pytorch"],
+        "shared": {
+            "fp_precision": "float32",
+            "device": "cpu",
+            "max_input_tokens": 32,
+            "max_output_tokens": 6,
+            "min_output_tokens": 6,
+            "decoder.preset": "deterministic",
+            "baseline.duration_sec": 1,
+            "warmup.max_prompts": 3,
+            "warmup.min_prompts": 3,
+            "warmup.window_size": 3,
+            "energy.min_window_sec": 0,
+        },
+        "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
+    },
+    "execution": {"cycles": 2, "structure": "interleaved", "config_gap_seconds": 1, "cycle_gap_seconds": 2},
+}
+
+
+def snakemake(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def write_campaign(path: Path, **changes) -> Path:
+    data = json.loads(json.dumps(SMALL))
+    for key, value in changes.items():
+        data[key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def job_counts(output: str) -> dict[str, int]:
+    counts = {}
+    table = output.split("Job stats:")[-1]
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Hook:
+    """A webhook endpoint on localhost that records what it receives (and the Authorization header)."""
+
+    def __init__(self, status=200, delay=0.0):
+        self.received = []
+        self.authorizations = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.received.append(json.loads(body))
+                hook.authorizations.append(self.headers.get("Authorization"))
+                time.sleep(delay)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

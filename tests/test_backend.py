@@ -97,7 +97,7 @@ def test_full_warmup_runs_every_window_shape_before_the_window(backend):
         out = backend.run(prompts, batches, backend.config["random_seed"])
     finally:
         del backend.generate_batch
-    window_shapes = {(b["size"], b["padded_input_tokens"]) for b in out.batches}
+    window_shapes = {(b.size, b.padded_input_tokens) for b in out.batches}
     assert {(s["batch_size"], s["padded_input_tokens"]) for s in w["shapes"]} == window_shapes
     assert all(s["new_tokens"] == backend.config["max_output_tokens"] for s in w["shapes"])
     assert w["mode"] == "full" and w["full_pass_s"] > 0 and w["iterations_completed"] == 3
@@ -133,7 +133,7 @@ def test_tokenisation_happens_when_planning(backend, monkeypatch):
     batches = backend.plan(prompts)
     monkeypatch.setattr(backend, "tokenizer", None)  # any tokenisation now would fail
     out = backend.run(prompts, batches, 0)
-    assert len(out.requests) == 3 and len(out.steps) == sum(b["steps"] for b in out.batches)
+    assert len(out.requests) == 3 and len(out.steps) == sum(b.steps for b in out.batches)
 
 
 def test_sampling_is_reproducible_with_seed(tiny_model):

@@ -31,6 +31,7 @@ def test_defaults_are_filled(tmp_path):
         "seed": 42,
         "config_gap_seconds": 60,
         "cycle_gap_seconds": 300,
+        "precision_target": {"relative_half_width": None, "metric": "j_per_output_token", "min_cycles": 3, "max_cycles": 10},
     }
     assert c["results_dir"] == "results"
     assert c["notifications"]["webhook_url"] is None

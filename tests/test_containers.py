@@ -15,7 +15,7 @@ import yaml
 
 from conftest import REPO
 from llenergymeasure.results import raw_result_files, read_result
-from test_workflow import SMALL
+from conftest import SMALL
 
 pytestmark = pytest.mark.workflow
 
@@ -135,7 +135,7 @@ measure(sparse_config(cfg), "pytorch-x", 1, {tiny_model!r}, {str(tmp_path / "raw
 print("ok")
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False,
-                         env={**os.environ, "LEM_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
+                         env={**os.environ, "LLM_ENERGY_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
     assert run.returncode == 0 and "ok" in run.stdout, (run.stdout + run.stderr)[-3000:] + (tmp_path / "m.log").read_text()[-3000:]
     assert json.loads((tmp_path / "raw.json").read_text())["tokens"]["output_tokens"] > 0
 

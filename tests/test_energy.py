@@ -10,7 +10,8 @@ import pytest
 from llenergymeasure.energy.base import ComponentEnergy, MeterSet
 from llenergymeasure.energy.baseline import idle_baselines, measure_idle, read_cached
 from llenergymeasure.energy.cpu import CpuEstimateMeter, RaplMeter, rapl_domains
-from llenergymeasure.energy.meters import FakeMeter, select_meters
+from conftest import FakeMeter
+from llenergymeasure.energy.meters import select_meters
 from llenergymeasure.measure import energy_section
 from llenergymeasure.thermal import required_gap, wait_gap, record_window
 
@@ -329,3 +330,13 @@ def test_two_sources_for_one_component_are_never_summed():
     ms.start()
     with pytest.raises(RuntimeError, match="more than one energy source per component"):
         ms.stop()
+
+
+def test_the_cache_folder_variable_and_its_earlier_name(monkeypatch, tmp_path):
+    from llenergymeasure.paths import cache_dir
+
+    monkeypatch.delenv("LLM_ENERGY_CACHE_DIR")
+    monkeypatch.setenv("LEM_CACHE_DIR", str(tmp_path / "old"))
+    assert cache_dir() == tmp_path / "old"  # the earlier name is still honoured
+    monkeypatch.setenv("LLM_ENERGY_CACHE_DIR", str(tmp_path / "new"))
+    assert cache_dir() == tmp_path / "new"  # the current one wins

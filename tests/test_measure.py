@@ -234,7 +234,7 @@ def test_every_phase_of_a_job_says_what_it_is_doing(tiny_model, caplog, tmp_path
 
     from llenergymeasure.thermal import record_window
 
-    monkeypatch.setenv("LEM_CACHE_DIR", str(tmp_path / "cache"))  # no cached baseline: it is measured now
+    monkeypatch.setenv("LLM_ENERGY_CACHE_DIR", str(tmp_path / "cache"))  # no cached baseline: it is measured now
     state = tmp_path / "state"
     record_window(state, {"experiment_id": "other", "cycle": 1, "window_end": "x", "window_end_epoch_s": time.time()})
     caplog.set_level(logging.INFO, logger="llenergymeasure.progress")
@@ -250,7 +250,7 @@ def test_every_phase_of_a_job_says_what_it_is_doing(tiny_model, caplog, tmp_path
 
 def test_gpus_select_the_jobs_cuda_devices():
     from llenergymeasure.campaign import resolve_experiment
-    from llenergymeasure.jobs import select_gpus
+    from llenergymeasure.process import select_gpus
 
     env: dict = {}
     config = resolve_experiment({"model_name": "m", "backend": "vllm", "gpus": [2, 3], "vllm": {"tensor_parallel_size": 2}})

@@ -262,7 +262,7 @@ def _attempt(fn):
 def received(config: dict, model: str, tokenizer, llmapi) -> dict:
     """Everything the measurement hands the backend and the meters for this experiment."""
     from llenergymeasure.energy.meters import select_meters
-    from llenergymeasure.jobs import select_gpus
+    from llenergymeasure.process import select_gpus
     from llenergymeasure.measure import emissions_section
     from llenergymeasure.prompts import load_prompts
 
@@ -427,7 +427,7 @@ def test_every_measurement_setting_is_read(tiny_model, tmp_path, monkeypatch):
     from llenergymeasure.energy import meters
     from llenergymeasure.measure import run_experiment
 
-    monkeypatch.setenv("LEM_CACHE_DIR", str(tmp_path / "cache"))  # the idle baseline is measured, not cached
+    monkeypatch.setenv("LLM_ENERGY_CACHE_DIR", str(tmp_path / "cache"))  # the idle baseline is measured, not cached
     monkeypatch.setattr(meters, "rapl_domains", lambda *a, **k: [])  # the CPU estimate, as on this project's machines
     config, why = resolved("pytorch", {"energy.country_iso_code": "FRA", "timeline.interval_ms": 200}, tmp_path, tiny_model)
     assert config is not None, why

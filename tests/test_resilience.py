@@ -19,7 +19,7 @@ import yaml
 
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.results import raw_result_files, read_result
-from test_workflow import SMALL, job_counts, sha, snakemake, utc, write_campaign
+from conftest import SMALL, job_counts, sha, snakemake, utc, write_campaign
 
 pytestmark = pytest.mark.workflow
 
@@ -52,7 +52,7 @@ def test_failed_measurements_are_isolated_recorded_and_retried(workflow_dir, tin
     measurement runs, what completed is aggregated (summary, gap audit, report), each failed experiment x cycle is
     recorded with its error and log, the webhook hears of it, no secret shows anywhere, and a rerun retries exactly
     the failed measurements."""
-    from test_notify import Hook
+    from conftest import Hook
 
     hook = Hook()
     try:
@@ -225,7 +225,7 @@ def test_two_campaigns_on_one_host_take_turns(workflow_dir, tmp_path):
     other = tmp_path / "wd-b"
     shutil.copytree(workflow_dir, other, symlinks=True)
     runs = []
-    env = {**os.environ, "LEM_CACHE_DIR": str(tmp_path / "host-cache")}  # this host's state, fresh for the test
+    env = {**os.environ, "LLM_ENERGY_CACHE_DIR": str(tmp_path / "host-cache")}  # this host's state, fresh for the test
     for wd, name in ((workflow_dir, "alpha"), (other, "beta")):
         write_campaign(wd / "c.yaml", campaign_name=name, grid={**SMALL["grid"], "backend_overrides": {"pytorch": {"batch_size": 2}}},
                        execution={"cycles": 2, "config_gap_seconds": 1, "cycle_gap_seconds": 2})  # fmt: skip
@@ -320,7 +320,7 @@ def test_the_host_lock_and_gap_are_shared_by_campaigns(tmp_path, monkeypatch):
 
     from llenergymeasure.thermal import host_lock, record_window, wait_gap
 
-    monkeypatch.setenv("LEM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LLM_ENERGY_CACHE_DIR", str(tmp_path / "cache"))
     held = threading.Event()
 
     def other_campaign():

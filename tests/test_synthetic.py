@@ -8,7 +8,17 @@ import pytest
 
 from conftest import tiny_experiment
 from llenergymeasure.errors import ConfigError
-from llenergymeasure.synthetic import architectures, parameter_count, resolve_architecture
+from llenergymeasure.synthetic import architectures, build_config, resolve_architecture
+
+
+def parameter_count(spec: dict) -> int:
+    """Parameters of the architecture, counted on the meta device (no memory allocated)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(build_config(spec))
+    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize(

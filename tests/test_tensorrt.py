@@ -15,7 +15,7 @@ import pytest
 from conftest import FAKES, REPO, forget_engine, small_experiment
 from llenergymeasure.backends import tensorrt as trt_backend
 from llenergymeasure.backends import create
-from llenergymeasure.backends.base import Batch
+from llenergymeasure.backends.base import Batch, BatchRecord
 from llenergymeasure.backends.tensorrt import (
     TensorRTBackend,
     engine_cache_key,
@@ -460,8 +460,12 @@ def test_contract_facts(fake_trt, tiny_model, tmp_path):
         assert info["load_s"] > 0 and "parameters_source" in info
         mem = backend.peak_memory()
         assert mem["cuda_peak_allocated_bytes"] is None and mem["cuda_peak_reserved_bytes"] is None
-        assert backend.validity_flags([{"size": 5}]) == []
-        assert backend.validity_flags([{"size": 1}])[0][0] == "batch_not_saturated"
+        def batch(size):
+            return BatchRecord(size=size, input_tokens=size, padded_input_tokens=size, output_tokens=size, steps=1,
+                               latency_s=1.0, start_t=0.0, first_token_t=0.5, end_t=1.0)  # fmt: skip
+
+        assert backend.validity_flags([batch(5)]) == []
+        assert backend.validity_flags([batch(1)])[0][0] == "batch_not_saturated"
     finally:
         backend.close()
     assert backend.llm is None
@@ -482,8 +486,8 @@ def test_inflight_batching_is_capped_and_every_request_finishes(fake_trt, tiny_m
         by_index = sorted(out.requests, key=lambda r: r.index)
         assert by_index[-1].ttft_s > by_index[0].e2e_s
         (b,) = out.batches
-        assert b["size"] == 6 and b["padded_input_tokens"] == b["input_tokens"] and b["output_tokens"] == 36
-        assert b["steps"] == 36 and b["start_t"] <= b["first_token_t"] <= b["end_t"]
+        assert b.size == 6 and b.padded_input_tokens == b.input_tokens and b.output_tokens == 36
+        assert b.steps == 36 and b.start_t <= b.first_token_t <= b.end_t
         assert out.scheduling == "continuous" and out.latency_method == "engine_stream_token_arrival"
     finally:
         backend.close()
@@ -595,7 +599,7 @@ snakemake = types.SimpleNamespace(
     wrapper = tmp_path / "tmp_snakemake_script.py"
     wrapper.write_text(preamble + script.read_text())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]),
-           "LEM_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+           "LLM_ENERGY_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
     env.pop("TLLM_WORKER_USE_SINGLE_PROCESS", None)
     return subprocess.run([sys.executable, str(wrapper)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from llenergymeasure.timeline import TimelineSampler, integrate, phase_split, summarise
+from llenergymeasure.backends.base import BatchRecord
+from llenergymeasure.timeline import GpuSample, TimelineSample, TimelineSampler, integrate, phase_split, summarise
 
 
 def gpu_samples(powers, reasons=None, dt=0.1):
     reasons = reasons or [0] * len(powers)
     return [
-        {"t": i * dt, "cpu_util_pct": 50.0, "rss_bytes": 100 + i, "cpu_temperature_c": None,
-         "gpus": [{"device": "gpu0", "power_w": p, "temperature_c": 60.0 + i, "sm_util_pct": 90.0,
-                   "mem_util_pct": 40.0, "sm_clock_mhz": 1900.0, "throttle_reasons": r}]}
+        TimelineSample(i * dt, 50.0, 100 + i, None,
+                       (GpuSample("gpu0", power_w=p, temperature_c=60.0 + i, sm_util_pct=90.0, mem_util_pct=40.0,
+                                  sm_clock_mhz=1900.0, throttle_reasons=r),))
         for i, (p, r) in enumerate(zip(powers, reasons))
     ]  # fmt: skip
 
@@ -37,7 +38,8 @@ def test_summary_and_throttle_durations():
 def test_phase_split_follows_power():
     # 1 s at 300 W (prefill), then 3 s at 100 W (decode): 300 J vs 300 J of a 600 J window
     samples = gpu_samples([300] * 10 + [100] * 30)
-    batches = [{"start_t": 0.0, "first_token_t": 1.0, "end_t": 4.0}]
+    batches = [BatchRecord(size=1, input_tokens=8, padded_input_tokens=8, output_tokens=4, steps=4, latency_s=4.0,
+                           start_t=0.0, first_token_t=1.0, end_t=4.0)]  # fmt: skip
     split = phase_split(samples, batches, (0.0, 4.0), energy_j=660.0)
     assert split["method"] == "window_counter_energy_split_by_gpu_board_power"
     assert split["prefill_energy_j"] == pytest.approx(330.0) and split["decode_energy_j"] == pytest.approx(330.0)
@@ -54,4 +56,4 @@ def test_sampler_thread_collects_at_most_10_hz():
     s.start()
     time.sleep(0.55)
     samples = s.stop()
-    assert 4 <= len(samples) <= 8 and samples[0]["rss_bytes"] > 0
+    assert 4 <= len(samples) <= 8 and samples[0].rss_bytes > 0

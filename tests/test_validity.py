@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import pytest
 
+import dataclasses
+
 from llenergymeasure import validity
+from llenergymeasure.backends.base import BatchRecord
 from llenergymeasure.steady import Step, steady_state
-from llenergymeasure.timeline import energy_cross_check
+from llenergymeasure.timeline import GpuSample, TimelineSample, energy_cross_check
 
 
-def static_batches(paces_s: list[float], steps: int = 11, prefill_s: float = 0.05) -> list[dict]:
+def static_batches(paces_s: list[float], steps: int = 11, prefill_s: float = 0.05) -> list[BatchRecord]:
     """Consecutive static batches on one clock, each: a prefill, then ``steps - 1`` decode steps at its pace."""
     out, t = [], 0.0
     for pace in paces_s:
         first = t + prefill_s
         end = first + pace * (steps - 1)
-        out.append({"start_t": t, "first_token_t": first, "end_t": end, "steps": steps, "latency_s": end - t})
+        out.append(BatchRecord(size=4, input_tokens=40, padded_input_tokens=48, output_tokens=4 * steps, steps=steps,
+                               latency_s=end - t, start_t=t, first_token_t=first, end_t=end))  # fmt: skip
         t = end
     return out
 
 
 def test_steady_window_is_not_flagged():
     batches = static_batches([0.012, 0.0125, 0.0118, 0.012, 0.0121, 0.0119])
-    s = steady_state("static", batches, [], (0.0, batches[-1]["end_t"]))
+    s = steady_state("static", batches, [], (0.0, batches[-1].end_t))
     assert s["method"] == "per_batch_step_time" and s["cold_start_in_window"] is False and s["cold_excess_share"] == 0.0
     assert validity.cold_start_in_window(s) == []
 
@@ -30,7 +34,7 @@ def test_steady_window_is_not_flagged():
 def test_cold_batches_at_the_start_are_flagged_with_their_share():
     """Two first batches at 50 ms per decode step against a steady 12 ms: their extra time is the one-time cost."""
     batches = static_batches([0.05, 0.05, 0.012, 0.012, 0.012, 0.012, 0.012, 0.012])
-    window = (0.0, batches[-1]["end_t"])
+    window = (0.0, batches[-1].end_t)
     s = steady_state("static", batches, [], window)
     assert s["cold_start_in_window"] is True and s["cold_items"] == 2
     assert s["reference_step_s"] == pytest.approx(0.012)
@@ -43,9 +47,9 @@ def test_cold_batches_at_the_start_are_flagged_with_their_share():
 def test_prompt_length_alone_does_not_look_cold():
     """Batches with longer prompts take longer to prefill: that is the workload, not a cold start."""
     batches = static_batches([0.012] * 6)
-    batches[0]["first_token_t"] += 0.3  # a long first prompt: slow prefill, same decode pace
-    batches[0]["latency_s"] += 0.3
-    assert steady_state("static", batches, [], (0.0, batches[-1]["end_t"] + 0.3))["cold_start_in_window"] is False
+    first = batches[0]
+    batches[0] = dataclasses.replace(first, first_token_t=first.first_token_t + 0.3, end_t=first.end_t + 0.3, latency_s=first.latency_s + 0.3)
+    assert steady_state("static", batches, [], (0.0, batches[-1].end_t + 0.3))["cold_start_in_window"] is False  # a long first prompt
 
 
 def test_continuous_batching_uses_decode_step_blocks():
@@ -84,7 +88,7 @@ def test_cross_check_is_not_judged_on_short_windows_and_falls_back_to_the_timeli
     t0, t1 = 1_700_000_000.0, 1_700_000_002.0  # 2 s: the smoothed sensor lags the edges, no verdict
     c = energy_cross_check(300.0 * 2 * 1.2, {"gpu0": buffered(300.0, t0, t1)}, (t0, t1), [], (0.0, 2.0))
     assert c["judged"] is False and validity.energy_cross_check_mismatch(c) == []
-    samples = [{"t": 0.1 * i, "cpu_util_pct": 1.0, "gpus": [{"power_w": 250.0}]} for i in range(121)]
+    samples = [TimelineSample(0.1 * i, 1.0, gpus=(GpuSample("gpu0", power_w=250.0),)) for i in range(121)]
     c = energy_cross_check(250.0 * 12, {"gpu0": []}, (t0, t0 + 12), samples, (0.0, 12.0))  # no driver buffer
     assert c["method"] == "timeline_power_integral" and c["ratio"] == pytest.approx(1.0, abs=0.01)
     assert energy_cross_check(None, {}, (t0, t1), samples, (0.0, 2.0))["method"] == "unavailable"

@@ -232,7 +232,7 @@ def test_prompts_go_in_as_truncated_token_ids(loaded):
     assert submitted == [tok(p, truncation=True, max_length=64)["input_ids"] for p in PROMPTS]
     assert len(submitted[2]) == 64  # the long prompt was truncated
     assert [r.input_tokens for r in out.requests] == [len(s) for s in submitted]
-    assert out.batches[0]["input_tokens"] == out.batches[0]["padded_input_tokens"] == sum(map(len, submitted))
+    assert out.batches[0].input_tokens == out.batches[0].padded_input_tokens == sum(map(len, submitted))
 
 
 def test_lora_adapter_goes_with_every_request(loaded):
@@ -262,9 +262,9 @@ def test_streamed_latency_under_continuous_batching(loaded):
     first, later = out.requests[:2], out.requests[2:]
     assert min(r.ttft_s for r in later) >= max(r.e2e_s for r in first)  # queued until a slot was free
     b = out.batches[0]
-    assert b["steps"] == llm.llm_engine.steps and b["peak_decoding_seqs"] == 2 == llm.llm_engine.max_decoding
-    assert b["output_tokens"] == 48 and b["size"] == 6
-    assert b["start_t"] < b["first_token_t"] <= b["end_t"] and b["latency_s"] == pytest.approx(b["end_t"] - b["start_t"])
+    assert b.steps == llm.llm_engine.steps and b.peak_decoding_seqs == 2 == llm.llm_engine.max_decoding
+    assert b.output_tokens == 48 and b.size == 6
+    assert b.start_t < b.first_token_t <= b.end_t and b.latency_s == pytest.approx(b.end_t - b.start_t)
     assert calls[-1] == (6, 6) and len(calls) >= 3
 
 
@@ -277,7 +277,7 @@ def test_speculative_tokens_of_one_step_share_an_arrival(loaded):
     for r in out.requests:
         assert r.output_tokens == 16 and len(r.itl_s) == 15
         assert r.e2e_s - r.ttft_s == pytest.approx(sum(r.itl_s))
-    assert out.batches[0]["steps"] < 16  # drafts were accepted: fewer steps than tokens
+    assert out.batches[0].steps < 16  # drafts were accepted: fewer steps than tokens
     assert any(g == 0.0 for r in out.requests for g in r.itl_s)
 
 
@@ -290,7 +290,7 @@ def test_speculation_is_inert_with_an_in_process_core(fake_vllm, tiny_model, mon
     b.load()
     try:
         out = b.run(PROMPTS[:1], b.plan(PROMPTS[:1]), seed=0)
-        assert out.batches[0]["steps"] == 16 and not fake_vllm.LLM.instances[-1].llm_engine.drafts_used
+        assert out.batches[0].steps == 16 and not fake_vllm.LLM.instances[-1].llm_engine.drafts_used
     finally:
         b.close()
 

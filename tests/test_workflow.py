@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -10,83 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SMALL, job_counts, sha, snakemake, utc, write_campaign
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.results import raw_result_files, read_result
 
 pytestmark = pytest.mark.workflow
 
-SMALL = {
-    "campaign_name": "wf",
-    "model": "lem-tiny-llama",
-    "dataset": "builtin",
-    "num_samples": 4,
-    "grid": {
-        "backends": ["pytorch"],
-        "shared": {
-            "fp_precision": "float32",
-            "device": "cpu",
-            "max_input_tokens": 32,
-            "max_output_tokens": 6,
-            "min_output_tokens": 6,
-            "decoder.preset": "deterministic",
-            "baseline.duration_sec": 1,
-            "warmup.max_prompts": 3,
-            "warmup.min_prompts": 3,
-            "warmup.window_size": 3,
-            "energy.min_window_sec": 0,
-        },
-        "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
-    },
-    "execution": {"cycles": 2, "structure": "interleaved", "config_gap_seconds": 1, "cycle_gap_seconds": 2},
-}
-
-
-def snakemake(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-def write_campaign(path: Path, **changes) -> Path:
-    data = json.loads(json.dumps(SMALL))
-    for key, value in changes.items():
-        data[key] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def job_counts(output: str) -> dict[str, int]:
-    counts = {}
-    table = output.split("Job stats:")[-1]
-    for line in table.splitlines():
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if m and m.group(1) != "total":
-            counts[m.group(1)] = int(m.group(2))
-    return counts
-
-
-def utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_full_run_then_edit_one_value(workflow_dir):
-    from test_notify import Hook
+    from conftest import Hook
 
     hook = Hook()
     try:
@@ -94,7 +28,7 @@ def test_full_run_then_edit_one_value(workflow_dir):
             workflow_dir / "wf.yaml", notifications={"webhook_url": hook.url, "on_complete": True, "on_failure": True}
         )
         # a host whose last measurement window is this campaign's first (the host's state lives in the cache folder)
-        host = {**os.environ, "LEM_CACHE_DIR": str(workflow_dir / "fresh-cache")}
+        host = {**os.environ, "LLM_ENERGY_CACHE_DIR": str(workflow_dir / "fresh-cache")}
         run = snakemake(workflow_dir, "--configfile", str(cfg), env=host)
         assert run.returncode == 0, run.stderr[-3000:]
         root = workflow_dir / "results" / "wf"
@@ -240,7 +174,7 @@ def test_kill_and_resume(workflow_dir, victim):
         (
             {"execution": {"cycels": 2}},
             "unknown key 'execution.cycels' (value 2); allowed keys here: config_gap_seconds, cycle_gap_seconds, "
-            "cycles, seed, structure (did you mean 'cycles'?)",
+            "cycles, precision_target, seed, structure (did you mean 'cycles'?)",
         ),
     ],
 )

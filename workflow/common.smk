@@ -52,6 +52,40 @@ def report_caption(name):
     return lem.report_caption(PLAN, name)
 
 
+def aggregate_inputs():
+    return lem.aggregate_inputs(PLAN)
+
+
+def settled_cycles():
+    return lem.settled(PLAN)
+
+
+def settled_raw_results():
+    return lem.settled_raw(PLAN)
+
+
+def decision_inputs(wildcards):
+    return lem.decision_inputs(PLAN, wildcards.experiment, wildcards.n)
+
+
+def decided_cycles(wildcards):
+    return lem.decided(PLAN, checkpoints, wildcards.experiment)
+
+
+def decision_priority():
+    return lem.decision_priority(PLAN)
+
+
+def precision_params():
+    return lem.precision_params(PLAN)
+
+
 lem.fixed_signatures(
-    measure_container, measure_gpus, measure_inputs, measure_params, measure_priority
+    measure_container,
+    measure_gpus,
+    measure_inputs,
+    measure_params,
+    measure_priority,
+    decision_inputs,
+    decided_cycles,
 )

@@ -70,13 +70,21 @@ class AggregationError(ValueError):
 
 
 def aggregate_experiment(
-    raw_paths: list[str], config_name: str, cv_threshold: float, confidence: float, planned_cycles: int | None = None
+    raw_paths: list[str],
+    config_name: str,
+    cv_threshold: float,
+    confidence: float,
+    planned_cycles: int | None = None,
+    target=None,
 ) -> dict:
     """Read and validate every cycle of one experiment and summarise them.
 
     Refuses inconsistent inputs instead of averaging them: every file must belong to the same experiment id and
     resolved config, carry the cycle its file name says, and use the same energy method. Fewer cycles than
-    ``planned_cycles`` (some failed) are summarised as they are and flagged ``missing_cycles``.
+    ``planned_cycles`` (some failed) are summarised as they are and flagged ``missing_cycles``. With a precision
+    target (:class:`llenergymeasure.precision.Target`) the result also says how precise the target metric's mean
+    is and whether the target was met (``precision``); an experiment stopped by ``max_cycles`` before meeting it is
+    flagged ``precision_target_not_met``.
     """
     raws = []
     for path in raw_paths:
@@ -108,6 +116,13 @@ def aggregate_experiment(
         flag_counts["high_cv_across_cycles"] = 1
     if planned_cycles and len(raws) < planned_cycles:
         flag_counts["missing_cycles"] = planned_cycles - len(raws)
+    precision = None
+    if target is not None:
+        from .precision import status
+
+        precision = status(metrics[target.metric]["values"], [r["cycle"] for r in raws], target)
+        if precision["max_cycles_reached"]:
+            flag_counts["precision_target_not_met"] = 1
     pooled = {
         key: distribution([x for r in raws for x in r["latency"]["per_request"][key]]) for key in ("ttft_ms", "e2e_ms")
     }
@@ -152,6 +167,7 @@ def aggregate_experiment(
         "config": cfg,
         "environment": first["environment"],
         "provenance": first["provenance"],
+        **({"precision": precision} if precision is not None else {}),
     }
 
 
@@ -168,7 +184,8 @@ def write_aggregated_all(
     summary: str,
     cv_threshold: float,
     confidence: float,
-    planned_cycles: int | None = None,
+    planned_cycles: int | dict[str, int] | None = None,
+    target=None,
 ) -> list[dict]:
     """Every experiment of a campaign in one pass: ``<out_dir>/<experiment_id>.json`` each, then the summary CSV
     (rows in ``raw_paths`` order). One job for the whole campaign keeps big campaigns fast: the work is a few
@@ -186,7 +203,8 @@ def write_aggregated_all(
     try:
         rows = []
         for exp_id, paths in raw_paths.items():
-            agg = aggregate_experiment(paths, names.get(exp_id, exp_id), cv_threshold, confidence, planned_cycles)
+            planned = planned_cycles.get(exp_id) if isinstance(planned_cycles, dict) else planned_cycles
+            agg = aggregate_experiment(paths, names.get(exp_id, exp_id), cv_threshold, confidence, planned, target)
             rows.append(summary_row(agg))
             write_json_atomic(staging / f"{exp_id}.json", agg, AGGREGATED_SCHEMA, durable=False)
         out.mkdir(exist_ok=True)
@@ -227,6 +245,16 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+#: columns of a precision-targeted campaign's summary (after SUMMARY_COLUMNS), from the aggregated ``precision``
+PRECISION_COLUMNS = {
+    "precision_metric": "metric",
+    "precision_target_rel_half_width": "target_relative_half_width",
+    "precision_achieved_rel_half_width": "achieved_relative_half_width",
+    "precision_target_met": "target_met",
+    "precision_max_cycles_reached": "max_cycles_reached",
+    "precision_status": "status",
+}
+
 STAT_SUFFIXES = ("_mean", "_std", "_cv", "_ci_low", "_ci_high")
 
 
@@ -263,6 +291,8 @@ def summary_row(agg: dict) -> dict:
     missing = [c for c in SUMMARY_COLUMNS if c not in row]
     if missing:
         raise AggregationError(f"summary columns without a source: {missing}")
+    if agg.get("precision") is not None:
+        row.update({column: agg["precision"][key] for column, key in PRECISION_COLUMNS.items()})
     return row
 
 
@@ -286,11 +316,12 @@ def write_summary(aggregated_paths: list[str], output: str) -> list[dict]:
 def write_summary_rows(rows: list[dict], output: str) -> None:
     for row in rows:
         validate_result(row, SUMMARY_SCHEMA, f"{output} row {row['experiment_id']}")
+    columns = SUMMARY_COLUMNS + (list(PRECISION_COLUMNS) if any(PRECISION_COLUMNS.keys() & row.keys() for row in rows) else [])
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _csv_value(row[k]) for k in SUMMARY_COLUMNS})
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
     write_text_atomic(output, buf.getvalue(), durable=False)
 
 

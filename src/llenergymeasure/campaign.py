@@ -32,6 +32,7 @@ from .config import (
 )
 from .errors import ConfigError
 from .legacy import Migrated, annotate, migrate_campaign, migrate_experiment, migrate_user
+from .precision import Target, campaign_problem, target_of
 
 SCHEMA = "campaign"
 RESULTS_DIR_ENV = "LLM_ENERGY_RESULTS_DIR"
@@ -158,7 +159,12 @@ def resolve_campaign(raw: Any, base_dir: str | Path = ".", workdir: str | Path =
         problems += exc.problems
         user = Migrated({})
     campaign = apply_user_config(found.data, user.data)
-    problems += annotate(schema_problems(campaign, SCHEMA), found.renamed)
+    shape = annotate(schema_problems(campaign, SCHEMA), found.renamed)
+    problems += shape
+    if not shape:
+        problem = campaign_problem(campaign)  # what the schema cannot say about execution (needs a valid shape)
+        if problem:
+            problems.append(problem)
     folder = "results"
     try:
         if env.get(RESULTS_DIR_ENV):
@@ -659,13 +665,18 @@ def measurement_order(experiment_ids: list[str], cycles: int, structure: str, se
 
 @dataclass
 class Plan:
-    """Everything the workflow needs from a campaign, computed once at parse time."""
+    """Everything the workflow needs from a campaign, computed once at parse time.
+
+    ``order`` is what is scheduled up front: every cycle, or with a precision target the first ``min_cycles`` of
+    each experiment. ``priority`` ranks every cycle the campaign may run (up to ``max_cycles`` with a target), so
+    that cycles added later keep the campaign's order."""
 
     campaign: dict
     expansion: Expansion
     order: list[tuple[str, int]]
     by_id: dict[str, Experiment]
     priority: dict[tuple[str, int], int]
+    target: Target | None = None
 
     @property
     def name(self) -> str:
@@ -680,7 +691,12 @@ def plan(campaign: dict) -> Plan:
     expansion = expand(campaign)
     ex = campaign["execution"]
     ids = [e.experiment_id for e in expansion.experiments]
-    order = measurement_order(ids, ex["cycles"], ex["structure"], ex["seed"])
-    n = len(order)
-    priority = {key: n - i for i, key in enumerate(order)}
-    return Plan(campaign, expansion, order, {e.experiment_id: e for e in expansion.experiments}, priority)
+    target = target_of(campaign)
+    cycles = target.max_cycles if target else ex["cycles"]
+    # every cycle up to the maximum, ranked by the order rule (a seeded shuffle draws cycle by cycle, so the first
+    # cycles come out as they would on their own); only the minimum is scheduled up front
+    ranked = measurement_order(ids, cycles, ex["structure"], ex["seed"])
+    n = len(ranked)
+    priority = {key: n - i for i, key in enumerate(ranked)}
+    order = [key for key in ranked if key[1] <= target.min_cycles] if target else ranked
+    return Plan(campaign, expansion, order, {e.experiment_id: e for e in expansion.experiments}, priority, target)

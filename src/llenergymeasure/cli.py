@@ -109,17 +109,31 @@ def estimate_duration(p) -> dict:
     fallback = statistics.median(all_times) if all_times else 60.0
     basis = "median of this campaign's finished jobs" if all_times else "assumed 60 s per job (no finished job yet)"
     ex = p.campaign["execution"]
-    todo = [(e, c) for e, c in p.order if (e, c) not in done]
-    seconds = 0.0
-    prev_cycle = None
-    for exp_id, cycle in todo:
-        own = known.get(exp_id)
-        seconds += statistics.median(own) if own else fallback
-        if prev_cycle is not None:
-            seconds += ex["cycle_gap_seconds"] if cycle != prev_cycle else ex["config_gap_seconds"]
-        prev_cycle = cycle
-    return {"jobs_total": len(p.order), "jobs_done": len(done & set(p.order)), "jobs_to_run": len(todo),
-            "estimated_s": seconds, "basis": basis}  # fmt: skip
+
+    def duration(order):
+        todo = [(e, c) for e, c in order if (e, c) not in done]
+        seconds = 0.0
+        prev_cycle = None
+        for exp_id, cycle in todo:
+            own = known.get(exp_id)
+            seconds += statistics.median(own) if own else fallback
+            if prev_cycle is not None:
+                seconds += ex["cycle_gap_seconds"] if cycle != prev_cycle else ex["config_gap_seconds"]
+            prev_cycle = cycle
+        return todo, seconds
+
+    order, order_max = p.order, p.order
+    if p.target:  # from the cycles the decisions taken so far have scheduled, to max_cycles where they go on
+        from .precision import planned_windows
+
+        order, order_max = planned_windows(root, sorted(p.priority, key=p.priority.get, reverse=True), p.target)
+    todo, seconds = duration(order)
+    out = {"jobs_total": len(order), "jobs_done": len(done & set(order)), "jobs_to_run": len(todo),
+           "estimated_s": seconds, "basis": basis}  # fmt: skip
+    if p.target:
+        todo_max, seconds_max = duration(order_max)
+        out.update(jobs_total_max=len(order_max), jobs_to_run_max=len(todo_max), estimated_max_s=seconds_max)
+    return out
 
 
 def cmd_validate(args) -> int:
@@ -146,6 +160,7 @@ def cmd_validate(args) -> int:
         "campaign_name": p.name,
         "results": p.results_root,
         "cycles": p.campaign["execution"]["cycles"],
+        **({"precision_target": p.target.params()} if p.target else {}),
         "structure": p.campaign["execution"]["structure"],
         "experiments": exps,
         "dropped": [{"config_name": n, "reason": r} for n, r in p.expansion.dropped],
@@ -157,7 +172,8 @@ def cmd_validate(args) -> int:
     if _json_wanted(args):
         print(json.dumps(out, indent=1))
         return 0
-    print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {out['cycles']} cycles ({out['structure']}), results in {p.results_root}/")
+    cycles = f"{p.target.min_cycles}-{p.target.max_cycles}" if p.target else out["cycles"]
+    print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {cycles} cycles ({out['structure']}), results in {p.results_root}/")
     print(_table(exps, ["experiment_id", "config_name", "model", "batch_size", "fp_precision"]))
     for line in notes:
         print(f"note: {line}")
@@ -173,6 +189,12 @@ def cmd_validate(args) -> int:
     for d in out["duplicates"]:
         print(f"duplicate {d['config_name']}: measured once as {d['same_as']}")
     hours = est["estimated_s"] / 3600
+    if p.target:
+        print(f"Precision target: cycles continue {p.target.describe()}.")
+        print(f"{est['jobs_to_run']} to {est['jobs_to_run_max']} measurements to run (of {est['jobs_total']} to "
+              f"{est['jobs_total_max']}), about {est['estimated_s'] / 60:.0f} to {est['estimated_max_s'] / 60:.0f} min "
+              f"({hours:.1f} to {est['estimated_max_s'] / 3600:.1f} h) including gaps; basis: {est['basis']}")  # fmt: skip
+        return 0
     print(f"{est['jobs_to_run']} of {est['jobs_total']} measurements to run, about {est['estimated_s'] / 60:.0f} min"
           f" ({hours:.1f} h) including gaps; basis: {est['basis']}")  # fmt: skip
     return 0
@@ -196,12 +218,14 @@ def cmd_results(args) -> int:
     if not args.summary and not path.exists():
         raise ConfigError(f"no summary at {path}: run the campaign first (snakemake --cores 1)")
     rows = read_summary(str(path))
-    columns = args.columns.split(",") if args.columns else RESULT_COLUMNS
+    known = list(rows[0]) if rows else SUMMARY_COLUMNS  # with a precision target, its columns too
+    precision = [c for c in ("precision_achieved_rel_half_width", "precision_target_met") if c in known]
+    columns = args.columns.split(",") if args.columns else RESULT_COLUMNS + precision
     for c in columns + ([args.sort] if args.sort else []):
-        if c not in SUMMARY_COLUMNS:
+        if c not in known:
             import difflib
 
-            close = difflib.get_close_matches(c, SUMMARY_COLUMNS, n=1)
+            close = difflib.get_close_matches(c, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"column '{c}' is not in summary.csv{hint}")
     if args.sort:
@@ -390,7 +414,7 @@ def diagnose() -> dict:
     import platform
 
     from . import __version__
-    from .energy.baseline import cache_dir
+    from .paths import cache_dir
     from .energy.cpu import cpu_model_name, rapl_domains
     from .energy.nvml import driver_info, visible_gpus
 

@@ -42,7 +42,7 @@ def log_path(root: str | Path, experiment_id: str, cycle: int) -> str:
 
 def write_record(root: str | Path, experiment_id: str, config_name: str, cycle: int, error: str, log: str) -> None:
     """What a failing measurement job leaves behind for ``failures.json`` (replaced by the next attempt)."""
-    from .energy.baseline import utc_now_iso
+    from .paths import utc_now_iso
     from .results import write_text_atomic
 
     record = {"experiment_id": experiment_id, "config_name": config_name, "cycle": cycle, "error": error, "log": log,
@@ -65,11 +65,15 @@ def read_record(root: str | Path, experiment_id: str, cycle: int) -> dict | None
         return None
 
 
-def report(root: str | Path, names: dict[str, str], cycles: int, present: set[tuple[str, int]]) -> dict:
-    """``failures.json``: every planned measurement (``names`` x 1..``cycles``) that has no raw result."""
+def report(root: str | Path, names: dict[str, str], cycles: int | dict[str, int], present: set[tuple[str, int]]) -> dict:
+    """``failures.json``: every planned measurement (``names`` x 1..``cycles``; ``cycles`` per experiment in a
+    precision-targeted campaign, as far as its decisions have scheduled) that has no raw result."""
     failures = []
+    planned = 0
     for exp_id, name in names.items():
-        for cycle in range(1, cycles + 1):
+        n = cycles.get(exp_id, 0) if isinstance(cycles, dict) else cycles
+        planned += n
+        for cycle in range(1, n + 1):
             if (exp_id, cycle) in present:
                 continue
             rec = read_record(root, exp_id, cycle) or {}
@@ -83,7 +87,6 @@ def report(root: str | Path, names: dict[str, str], cycles: int, present: set[tu
                 "failed_at": rec.get("failed_at"),
                 "host": rec.get("host"),
             })  # fmt: skip
-    planned = len(names) * cycles
     return {"schema_version": SCHEMA_VERSION, "planned_measurements": planned, "completed_measurements": planned - len(failures),
             "failed_measurements": len(failures), "failures": failures,
             "retry": "rerun the campaign: exactly these measurements run again" if failures else None}  # fmt: skip

@@ -10,6 +10,8 @@ import traceback
 from pathlib import Path
 
 from .notify import notify
+from .paths import CACHE_ENV, cache_dir_is_set
+from .process import die_with_parent, select_gpus
 
 log = logging.getLogger("llenergymeasure")
 
@@ -47,41 +49,6 @@ def logging_to(path: str | None, level: str | None = None, notifications: dict |
             root.removeHandler(console)
         root.setLevel(old_level)
         handler.close()
-
-
-def die_with_parent() -> None:
-    """If Snakemake dies (crash, kill -9), end this measurement too instead of finishing an orphaned window: on
-    Linux the kernel sends SIGTERM, which becomes SystemExit so that temp files are cleaned up on the way out."""
-    import signal
-
-    def _exit(signum, frame):
-        raise SystemExit(f"terminated by signal {signum}")
-
-    signal.signal(signal.SIGTERM, _exit)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the parent check before writing still applies
-
-
-def select_gpus(config: dict, environ=os.environ) -> str | None:
-    """Make the experiment's ``gpus`` the only CUDA devices this job sees (physical indices, NVML order).
-
-    A scheduler that already assigned GPUs to the job (Slurm sets ``SLURM_JOB_GPUS``/``CUDA_VISIBLE_DEVICES``) wins:
-    ``gpus`` then only says how many the job needs. Either way CUDA numbers devices in PCI bus order, as NVML and
-    nvidia-smi do (CUDA's default, fastest first, pairs the wrong boards on hosts with mixed GPUs). Nothing is set
-    for CPU experiments.
-    """
-    if config["device"] == "cpu":
-        return None
-    environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    if environ.get("SLURM_JOB_GPUS") or environ.get("SLURM_STEP_GPUS"):
-        return f"assigned by Slurm: CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')} (CUDA_DEVICE_ORDER=PCI_BUS_ID)"
-    environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in config["gpus"])
-    return f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']} (CUDA_DEVICE_ORDER=PCI_BUS_ID)"
 
 
 def measure(config: dict, experiment_id: str, cycle: int, model_path: str, output: str, log_path: str, runtime: dict):
@@ -184,8 +151,8 @@ def _share_host_cache(runtime: dict) -> None:
     last window) when this job sees it: inside an Apptainer image ``~`` is the working directory, and the lock
     must be the one every campaign on the host takes."""
     folder = runtime.get("cache_dir")
-    if folder and not os.environ.get("LEM_CACHE_DIR") and os.path.isdir(folder) and os.access(folder, os.W_OK):
-        os.environ["LEM_CACHE_DIR"] = folder
+    if folder and not cache_dir_is_set() and os.path.isdir(folder) and os.access(folder, os.W_OK):
+        os.environ[CACHE_ENV] = folder
 
 
 def build_model(output: str, log_path: str) -> None:
@@ -214,28 +181,67 @@ def aggregate(
     outputs it backed up: they are ``update()`` outputs)."""
     from .aggregate import AggregationError, group_by_experiment, write_aggregated_all
     from .failures import report
+    from .precision import DecisionError, decisions_on_disk, from_params, is_settled_file, settled_raws
     from .results import ResultValidationError, write_json_atomic
 
     runtime = runtime or {}
     cycles = runtime.get("cycles")
+    target = from_params(runtime.get("precision"))
+    root = runtime.get("results_root", str(Path(summary).parent))
     with logging_to(log_path):
-        grouped = group_by_experiment(list(inputs))
-        ordered = {e: grouped[e] for e in names if e in grouped}  # campaign order
         try:
+            # with a precision target the inputs are the experiments' settled cycles, each listing its raw results
+            inputs = [r for p in inputs for r in (settled_raws(p) if is_settled_file(p) else [p])]
+            grouped = group_by_experiment(inputs)
+            ordered = {e: grouped[e] for e in names if e in grouped}  # campaign order
+            if target:  # the cycles the decisions taken so far have scheduled
+                cycles = {e: decisions_on_disk(root, e, target)[0] for e in names}
             rows = write_aggregated_all(
-                ordered, names, out_dir, summary, analysis["cv_threshold"], analysis["confidence"], cycles
+                ordered, names, out_dir, summary, analysis["cv_threshold"], analysis["confidence"], cycles, target
             )
-        except (AggregationError, ResultValidationError) as exc:
+        except (AggregationError, ResultValidationError, DecisionError) as exc:
             log.error("aggregation failed: %s", exc)
             print(f"Aggregation error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
         log.info("aggregated %d experiments; summary in %s", len(rows), summary)
         if failures:
             present = {(Path(p).parent.name, int(Path(p).stem.split("_")[-1])) for p in inputs}
-            record = report(runtime.get("results_root", str(Path(summary).parent)), names, cycles or 0, present)
+            record = report(root, names, cycles or 0, present)
             write_json_atomic(failures, record, durable=False)
             for f in record["failures"]:
                 log.warning("failed: %s cycle %s: %s (log: %s)", f["experiment_id"], f["cycle"], f["error"], f["log"])
+
+
+def decide(raw: list[str], experiment_id: str, after_cycle: int, target: dict, output: str, log_path: str) -> None:
+    """Checkpoint ``decide``: after cycle ``after_cycle`` of an experiment, stop it or ask for one more cycle. A raw
+    result that cannot be read ends the job with one line naming it."""
+    from .aggregate import AggregationError
+    from .precision import DecisionError, decide as take_decision, from_params, percent
+    from .results import ResultValidationError
+
+    raw = [raw] if isinstance(raw, str) else list(raw)
+    with logging_to(log_path):
+        try:
+            record = take_decision(raw, experiment_id, after_cycle, from_params(target), output)
+        except (DecisionError, AggregationError, ResultValidationError) as exc:
+            log.error("decision failed: %s", exc)
+            print(f"Decision error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        verdict = {"target_met": "target met: stop", "max_cycles_reached": "max_cycles reached: stop (target not met)",
+                   "target_not_met": "one more cycle"}.get(record["reason"], record["reason"])  # fmt: skip
+        progress = logging.getLogger("llenergymeasure.progress")
+        progress.info("%s after cycle %d: %s interval ±%s (target ±%s): %s", experiment_id, after_cycle, record["metric"],
+                      percent(record["achieved_relative_half_width"]), percent(target["relative_half_width"]), verdict)  # fmt: skip
+
+
+def settle(decision: str, raw: list[str], experiment_id: str, output: str, log_path: str) -> None:
+    """Rule ``settle``: the experiment's cycles, once a decision has stopped it."""
+    from .precision import settle as settle_cycles
+
+    raw = [raw] if isinstance(raw, str) else list(raw)
+    with logging_to(log_path):
+        record = settle_cycles(decision, raw, experiment_id, output)
+        log.info("%s: %d cycles (%s)", experiment_id, record["cycles"], record["reason"])
 
 
 def thermal_gaps(aggregated: list[str], output: str, log_path: str) -> None:
@@ -270,6 +276,9 @@ def campaign_complete(summary: str, output: str, log_path: str, runtime: dict) -
             "summary_path": summary,
             "flagged_experiments": [r["experiment_id"] for r in rows if r["cv_flag"]],
         }
+        if runtime.get("precision"):  # cycles until precise: the target, and who stopped at max_cycles short of it
+            data.update(precision_target=runtime["precision"], cycles_run={r["experiment_id"]: r["cycles"] for r in rows},
+                        precision_target_not_met=[r["experiment_id"] for r in rows if not r.get("precision_target_met")])  # fmt: skip
         event = "campaign_complete"
         if failed:
             event = "campaign_failure"

@@ -1,16 +1,16 @@
 """One measurement: one experiment x one cycle -> one raw result.
 
-Sequence (the energy window contains only inference):
+The measurement runs in two parts. :func:`run_window` does everything that touches the machine and returns a
+:class:`WindowRecord` (the sequence below); the ``*_section`` functions then build each part of the raw result
+from that record, :mod:`llenergymeasure.validity` judges it, and :func:`build_result` assembles the file.
 
-1. take the host lock (no two measurements of a campaign overlap on a host);
+1. take the host lock (no two measurement windows overlap on a host);
 2. idle baseline per device, from the cache or measured now with nothing loaded;
 3. load prompts and the model, plan batches;
 4. wait what remains of the thermal gap since the previous window;
 5. warm up: every batch shape of the window once, then until latency is stable;
-6. window: counters read, all batches generated, counters read;
-7. record the window end for the next job's gap, release the lock;
-8. build the result: energy (gross, idle, net with its uncertainty), a steady-state check of the window's step
-   times, a cross-check of the GPU counter against integrated board power, the validity flags; validate and write.
+6. window: counters read, all batches generated, counters read (the timeline samples meanwhile);
+7. record the window end for the next job's gap, release the lock.
 
 Every phase that can take more than a moment says so on the ``llenergymeasure.progress`` logger.
 """
@@ -22,27 +22,78 @@ import logging
 import os
 import statistics
 import time
+from dataclasses import dataclass
 
 from . import validity
 from .backends import create as create_backend
+from .backends.base import RunOutput
 from .config import canonical_json
-from .energy.base import ComponentEnergy
-from .energy.baseline import idle_baselines, utc_now_iso
+from .energy.base import ComponentEnergy, MeterSet
+from .energy.baseline import idle_baselines
 from .energy.meters import carbon_intensity_g_per_kwh, select_meters
 from .environment import collect, provenance
 from .errors import MeasurementError
 from .flops import flops_section, model_dims
+from .paths import utc_now_iso
 from .prompts import load_prompts, prompts_sha256
 from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
 from .stats import distribution
 from .steady import steady_state
-from .thermal import host_lock, record_window, temperatures, wait_gap
-from .timeline import TimelineSampler, energy_cross_check, phase_split
+from .thermal import host_lock, record_window, wait_gap
+from .timeline import TimelineSample, TimelineSampler, energy_cross_check, phase_split, temperatures
+from .timeline import sidecar as timeline_sidecar
 from .timeline import summarise as summarise_timeline
 
 log = logging.getLogger(__name__)
 say = logging.getLogger("llenergymeasure.progress")
 _flag = validity.add
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """What :func:`run_window` observed: the phases before the window, the window's runs, energy readings and
+    timeline. ``w0``/``w1`` are the window's edges in perf_counter seconds, ``e0``/``e1`` the same in epoch seconds."""
+
+    job_start: str
+    phases: dict[str, float]
+    meters: MeterSet
+    baselines: dict[str, dict]
+    prompts: list[str]
+    load_info: dict
+    gap: dict
+    warmup: dict
+    temperature_start: dict
+    temperature_end: dict
+    runs: list[RunOutput]
+    components: list[ComponentEnergy]
+    samples: list[TimelineSample]
+    power_buffer: dict[str, list[tuple[float, float]]]
+    window_start: str  # UTC ISO-8601
+    window_end: str
+    w0: float
+    w1: float
+    e0: float
+    e1: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.w1 - self.w0
+
+    @property
+    def requests(self) -> list:
+        return [r for run in self.runs for r in run.requests]
+
+    @property
+    def batches(self) -> list:
+        return [b for run in self.runs for b in run.batches]
+
+    @property
+    def steps(self) -> list:
+        return [s for run in self.runs for s in run.steps]
+
+    @property
+    def scheduling(self) -> str:
+        return self.runs[0].scheduling
 
 
 def energy_section(
@@ -145,7 +196,7 @@ def emissions_section(total_j: float | None, country: str | None, method: str) -
     }
 
 
-def timeline_section(samples, cfg, batches, window, components, output) -> tuple[dict, tuple[str, dict] | None]:
+def timeline_section(w: WindowRecord, cfg: dict, output: str | None) -> tuple[dict, tuple[str, dict] | None]:
     """Summary of the window's timeline (always), the prefill/decode split of the energy of the device the timeline
     follows, and the sidecar to write beside the raw result (path and data, when ``timeline.save``)."""
     if not cfg["enabled"]:
@@ -153,33 +204,119 @@ def timeline_section(samples, cfg, batches, window, components, output) -> tuple
                 "phases": {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None,
                            "other_energy_j": None, "reason": "timeline.enabled = false"}}, None  # fmt: skip
     interval = max(cfg["interval_ms"] / 1000.0, 0.1)
-    summary = summarise_timeline(samples, interval)
-    gpu = [c for c in components if c.component == "gpu"]
-    primary = gpu or [c for c in components if c.component == "cpu"]
+    summary = summarise_timeline(w.samples, interval)
+    gpu = [c for c in w.components if c.component == "gpu"]
+    primary = gpu or [c for c in w.components if c.component == "cpu"]
     energy = None if not primary or any(c.energy_j is None for c in primary) else sum(c.energy_j for c in primary)
-    tdp = next((c.details.get("tdp_w") for c in components if c.method == "estimate_tdp"), None)
-    phases = phase_split(samples, batches, window, energy, None if gpu else tdp)
+    tdp = next((c.details.get("tdp_w") for c in w.components if c.method == "estimate_tdp"), None)
+    phases = phase_split(w.samples, w.batches, (w.w0, w.w1), energy, None if gpu else tdp)
     phases["component"] = primary[0].component if primary else None
-    sidecar, data = None, None
+    if w.scheduling != "static" and phases["method"] != "unavailable":
+        phases = {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
+                  "reason": "continuous batching interleaves prefills and decodes of different requests: no time split exists"}  # fmt: skip
+    path = None
     if cfg["save"] and output:
-        sidecar = str(output)[: -len(".json")] + ".timeline.json" if str(output).endswith(".json") else f"{output}.timeline.json"
-        w0 = window[0]
-        data = {
-            "schema_version": SCHEMA_VERSION,
-            "interval_s": interval,
-            "t_s": [round(x["t"] - w0, 4) for x in samples],
-            "cpu_util_pct": [x["cpu_util_pct"] for x in samples],
-            "rss_bytes": [x["rss_bytes"] for x in samples],
-            "cpu_temperature_c": [x["cpu_temperature_c"] for x in samples],
-            "gpus": [
-                {"device": samples[0]["gpus"][i]["device"],
-                 **{k: [x["gpus"][i][k] for x in samples] for k in ("power_w", "temperature_c", "sm_util_pct",
-                                                                     "mem_util_pct", "sm_clock_mhz", "throttle_reasons")}}
-                for i in range(len(samples[0].get("gpus", [])) if samples else 0)
-            ],  # fmt: skip
-        }
-    section = {"enabled": True, "summary": summary, "sidecar": sidecar and os.path.basename(sidecar), "phases": phases}
-    return section, ((sidecar, data) if sidecar else None)
+        path = str(output)[: -len(".json")] + ".timeline.json" if str(output).endswith(".json") else f"{output}.timeline.json"
+    section = {"enabled": True, "summary": summary, "sidecar": path and os.path.basename(path), "phases": phases}
+    return section, ((path, {"schema_version": SCHEMA_VERSION, **timeline_sidecar(w.samples, interval, w.w0)}) if path else None)
+
+
+def cross_check_section(w: WindowRecord) -> dict:
+    """The GPU counter energy against integrated board power (see :func:`llenergymeasure.timeline.energy_cross_check`)."""
+    gpu_rows = [c for c in w.components if c.component == "gpu"]
+    if not gpu_rows:
+        return {"method": "unavailable", "ratio": None, "judged": False, "reason": "no GPU in the experiment"}
+    gpu_j = None if any(c.energy_j is None for c in gpu_rows) else sum(c.energy_j for c in gpu_rows)
+    return energy_cross_check(gpu_j, w.power_buffer, (w.e0, w.e1), w.samples, (w.w0, w.w1))
+
+
+def tokens_section(w: WindowRecord, config: dict, counting: str) -> dict:
+    reqs, batches = w.requests, w.batches
+    out_tokens = sum(r.output_tokens for r in reqs)
+    in_tokens = sum(r.input_tokens for r in reqs)
+    return {
+        "input_tokens": in_tokens,
+        "output_tokens": out_tokens,
+        "total_tokens": in_tokens + out_tokens,
+        "padded_input_tokens": sum(b.padded_input_tokens for b in batches),
+        "num_requests": len(reqs),
+        "num_batches": len(batches),
+        "mean_batch_size": statistics.fmean(b.size for b in batches),
+        "workload_repetitions": len(w.runs),
+        "scheduling": w.scheduling,
+        "requests_at_max_output_tokens": sum(1 for r in reqs if r.output_tokens >= config["max_output_tokens"]),
+        "counting": counting,
+    }
+
+
+def throughput_section(w: WindowRecord, tokens: dict) -> dict:
+    window_s = w.duration_s
+    return {
+        "output_tokens_per_s": _per(tokens["output_tokens"], window_s),
+        "total_tokens_per_s": _per(tokens["total_tokens"], window_s),
+        "requests_per_s": _per(tokens["num_requests"], window_s),
+        "generate_time_s": sum(run.generate_s for run in w.runs),
+        "denominator": "measurement window duration",
+    }
+
+
+def efficiency_section(total: dict, tokens: dict) -> dict:
+    return {
+        "j_per_output_token": _per(total["gross_energy_j"], tokens["output_tokens"]),
+        "net_j_per_output_token": _per(total["net_energy_j"], tokens["output_tokens"]),
+        "j_per_total_token": _per(total["gross_energy_j"], tokens["total_tokens"]),
+        "j_per_request": _per(total["gross_energy_j"], tokens["num_requests"]),
+        "method": total["method"],
+    }
+
+
+def latency_section(w: WindowRecord) -> dict:
+    """TTFT, E2E, ITL and TPOT distributions (ms) from observed token arrivals, and each request's own values."""
+    reqs = w.requests
+    ms = 1000.0
+    tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) * ms for r in reqs if r.output_tokens > 1]
+    return {
+        "method": w.runs[0].latency_method,
+        "request_start": "submission of the request's batch to the engine",
+        "ttft_ms": distribution([r.ttft_s * ms for r in reqs]),
+        "e2e_ms": distribution([r.e2e_s * ms for r in reqs]),
+        "itl_ms": distribution([x * ms for r in reqs for x in r.itl_s]),
+        "tpot_ms": distribution(tpot),
+        "per_request": {
+            "ttft_ms": [round(r.ttft_s * ms, 4) for r in reqs],
+            "e2e_ms": [round(r.e2e_s * ms, 4) for r in reqs],
+            "input_tokens": [r.input_tokens for r in reqs],
+            "output_tokens": [r.output_tokens for r in reqs],
+        },
+        "warmup_excluded": True,
+    }
+
+
+def memory_section(w: WindowRecord, timeline: dict, peaks: dict) -> dict:
+    return {
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "window_peak_rss_bytes": timeline["summary"]["rss_bytes_max"] if timeline["summary"] else None,
+        "model_size_bytes": w.load_info["model_size_bytes"],
+        **peaks,
+    }
+
+
+def findings(w: WindowRecord, config: dict, tokens: dict, energy: dict, timeline: dict, steady: dict, backend_flags) -> list:
+    """Every validity rule's verdict on this window (see :mod:`llenergymeasure.validity`)."""
+    return [
+        *validity.short_window(w.duration_s, config["energy"]["min_window_sec"]),
+        *validity.warmup_not_converged(w.warmup),
+        *backend_flags,
+        *validity.no_output_tokens(tokens["output_tokens"]),
+        *validity.output_length_not_reached(config["min_output_tokens"], config["max_output_tokens"],
+                                            tokens["requests_at_max_output_tokens"], tokens["num_requests"]),  # fmt: skip
+        *validity.power_below_idle(energy["total"]["mean_power_w"], [r["idle_power_w"] for r in energy["components"]]),
+        *validity.power_above_limit(w.meters.meters, energy["total"]["mean_power_w"]),
+        *validity.throttling(timeline["summary"]),
+        *validity.host_bound(timeline["summary"]),
+        *validity.cold_start_in_window(steady),
+        *validity.energy_cross_check_mismatch(energy["cross_check"]),
+    ]
 
 
 class Progress:
@@ -220,20 +357,30 @@ def run_experiment(
     ``campaign_id``, ``state_dir`` (thermal state and lock), ``config_gap_s``, ``cycle_gap_s``, ``container_uri``
     (the image the campaign maps this backend to, recorded when the job runs under Apptainer).
     """
-    job_start = utc_now_iso()
-    backend = create_backend(config, model_path)
-    try:
-        return _measure(backend, config, experiment_id, cycle, model_path, output, context or {}, job_start)
-    finally:
-        backend.close()  # engines and data-parallel processes end with the job, also when it fails
-
-
-def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dict, job_start: str) -> dict:
+    ctx = context or {}
     t_job = time.perf_counter()
     parent = os.getppid()
+    backend = create_backend(config, model_path)
+    try:
+        window = run_window(backend, config, experiment_id, cycle, ctx)
+        result, sidecar = build_result(window, backend, config, experiment_id, cycle, model_path, output, ctx)
+        result["phases_s"]["job_total_s"] = time.perf_counter() - t_job
+    finally:
+        backend.close()  # engines and data-parallel processes end with the job, also when it fails
+    if output:
+        if os.getppid() != parent:
+            raise MeasurementError("the workflow that started this measurement is gone; nothing written")
+        if sidecar:
+            write_json_atomic(*sidecar)
+        write_json_atomic(output, result, RAW_SCHEMA)
+    return result
+
+
+def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: dict) -> WindowRecord:
+    """Lock, idle baseline, load, thermal gap, warm-up and the window itself (see the module docstring)."""
+    job_start = utc_now_iso()
     device = backend.resolve_device()
     meters = select_meters(config["energy"], gpu_count=backend.gpu_count() if device == "cuda" else 0)
-    flags: list[dict] = []
     phases: dict[str, float] = {}
     state_dir = ctx.get("state_dir")
     label = f"{experiment_id} cycle {cycle}"
@@ -291,105 +438,33 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
             state_dir,
             {"experiment_id": experiment_id, "cycle": cycle, "window_end": window_end, "window_end_epoch_s": time.time()},
         )
+    return WindowRecord(
+        job_start=job_start, phases=phases, meters=meters, baselines=baselines, prompts=prompts, load_info=load_info,
+        gap=gap, warmup=warmup, temperature_start=temp_start, temperature_end=temp_end, runs=runs, components=components,
+        samples=samples, power_buffer=sampler.power_buffer if sampler else {}, window_start=window_start,
+        window_end=window_end, w0=w0, w1=w1, e0=e0, e1=e1,
+    )  # fmt: skip
 
-    window_s = w1 - w0
-    energy = energy_section(components, baselines, window_s, meters.unavailable, flags)
+
+def build_result(w: WindowRecord, backend, config: dict, experiment_id: str, cycle: int, model_path: str,
+                 output: str | None, ctx: dict) -> tuple[dict, tuple[str, dict] | None]:  # fmt: skip
+    """The raw result of a window (and its timeline sidecar, when one is to be written)."""
+    flags: list[dict] = []
+    energy = energy_section(w.components, w.baselines, w.duration_s, w.meters.unavailable, flags)
     total = energy["total"]
     energy["emissions"] = emissions_section(total["gross_energy_j"], config["energy"]["country_iso_code"], total["method"])
-
-    reqs = [r for run in runs for r in run.requests]
-    run_batches = [b for run in runs for b in run.batches]
-    timeline, sidecar = timeline_section(samples, tl_cfg, run_batches, (w0, w1), components, output)
+    timeline, sidecar = timeline_section(w, config["timeline"], output)
     energy["phases"] = timeline.pop("phases")
-    if runs[0].scheduling != "static" and energy["phases"]["method"] != "unavailable":
-        energy["phases"] = {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
-                            "reason": "continuous batching interleaves prefills and decodes of different requests: no time split exists"}  # fmt: skip
-    gpu_rows = [c for c in components if c.component == "gpu"]
-    gpu_j = None if not gpu_rows or any(c.energy_j is None for c in gpu_rows) else sum(c.energy_j for c in gpu_rows)
-    energy["cross_check"] = (
-        energy_cross_check(gpu_j, sampler.power_buffer if sampler else {}, (e0, e1), samples, (w0, w1))
-        if gpu_rows
-        else {"method": "unavailable", "ratio": None, "judged": False, "reason": "no GPU in the experiment"}
-    )
-    steady = steady_state(runs[0].scheduling, run_batches, [s for run in runs for s in run.steps], (w0, w1))
-    out_tokens = sum(r.output_tokens for r in reqs)
-    in_tokens = sum(r.input_tokens for r in reqs)
-    n_req = len(reqs)
-    tokens = {
-        "input_tokens": in_tokens,
-        "output_tokens": out_tokens,
-        "total_tokens": in_tokens + out_tokens,
-        "padded_input_tokens": sum(b["padded_input_tokens"] for b in run_batches),
-        "num_requests": n_req,
-        "num_batches": len(run_batches),
-        "mean_batch_size": statistics.fmean(b["size"] for b in run_batches),
-        "workload_repetitions": len(runs),
-        "scheduling": runs[0].scheduling,
-        "requests_at_max_output_tokens": sum(1 for r in reqs if r.output_tokens >= config["max_output_tokens"]),
-        "counting": backend.token_counting,
-    }
-    throughput = {
-        "output_tokens_per_s": _per(out_tokens, window_s),
-        "total_tokens_per_s": _per(in_tokens + out_tokens, window_s),
-        "requests_per_s": _per(n_req, window_s),
-        "generate_time_s": sum(run.generate_s for run in runs),
-        "denominator": "measurement window duration",
-    }
-    efficiency = {
-        "j_per_output_token": _per(total["gross_energy_j"], out_tokens),
-        "net_j_per_output_token": _per(total["net_energy_j"], out_tokens),
-        "j_per_total_token": _per(total["gross_energy_j"], in_tokens + out_tokens),
-        "j_per_request": _per(total["gross_energy_j"], n_req),
-        "method": total["method"],
-    }
-    ms = 1000.0
-    tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) * ms for r in reqs if r.output_tokens > 1]
-    latency = {
-        "method": runs[0].latency_method,
-        "request_start": "submission of the request's batch to the engine",
-        "ttft_ms": distribution([r.ttft_s * ms for r in reqs]),
-        "e2e_ms": distribution([r.e2e_s * ms for r in reqs]),
-        "itl_ms": distribution([x * ms for r in reqs for x in r.itl_s]),
-        "tpot_ms": distribution(tpot),
-        "per_request": {
-            "ttft_ms": [round(r.ttft_s * ms, 4) for r in reqs],
-            "e2e_ms": [round(r.e2e_s * ms, 4) for r in reqs],
-            "input_tokens": [r.input_tokens for r in reqs],
-            "output_tokens": [r.output_tokens for r in reqs],
-        },
-        "warmup_excluded": True,
-    }
-
-    mean_power = total["mean_power_w"]
-    findings = [
-        *validity.short_window(window_s, config["energy"]["min_window_sec"]),
-        *validity.warmup_not_converged(warmup),
-        *backend.validity_flags(run_batches),
-        *validity.no_output_tokens(out_tokens),
-        *validity.output_length_not_reached(config["min_output_tokens"], config["max_output_tokens"],
-                                            tokens["requests_at_max_output_tokens"], n_req),  # fmt: skip
-        *validity.power_below_idle(mean_power, [r["idle_power_w"] for r in energy["components"]]),
-        *validity.power_above_limit(meters.meters, mean_power),
-        *validity.throttling(timeline["summary"]),
-        *validity.host_bound(timeline["summary"]),
-        *validity.cold_start_in_window(steady),
-        *validity.energy_cross_check_mismatch(energy["cross_check"]),
-    ]
-    for code, message in findings:
+    energy["cross_check"] = cross_check_section(w)
+    steady = steady_state(w.scheduling, w.batches, w.steps, (w.w0, w.w1))
+    tokens = tokens_section(w, config, backend.token_counting)
+    for code, message in findings(w, config, tokens, energy, timeline, steady, backend.validity_flags(w.batches)):
         _flag(flags, code, message)
-
-    flops = flops_section(
-        model_dims(backend.model_config()), [(r.input_tokens, r.output_tokens) for r in reqs], window_s, out_tokens
-    )
+    flops = flops_section(model_dims(backend.model_config()), [(r.input_tokens, r.output_tokens) for r in w.requests],
+                          w.duration_s, tokens["output_tokens"])  # fmt: skip
     if flops["confidence"] == "low":
         _flag(flags, "flops_low_confidence", f"architecture '{flops['model_dims']['model_type']}' not modelled exactly")
-    memory = {
-        "peak_rss_bytes": _peak_rss_bytes(),
-        "window_peak_rss_bytes": timeline["summary"]["rss_bytes_max"] if timeline["summary"] else None,
-        "model_size_bytes": load_info["model_size_bytes"],
-        **backend.peak_memory(),
-    }
-    gpus = [m.gpu for m in meters.meters if m.gpu is not None]
+    gpus = [m.gpu for m in w.meters.meters if m.gpu is not None]
     from .energy.nvml import driver_info
 
     result = {
@@ -401,47 +476,41 @@ def _measure(backend, config, experiment_id, cycle, model_path, output, ctx: dic
         "backend": config["backend"],
         "backend_version": backend.version(),
         "model_name": config["model_name"],
-        "num_processes": max(1, len(runs[0].processes)),
-        "processes": [_window_relative(p, w0) for p in runs[0].processes],
+        "num_processes": max(1, len(w.runs[0].processes)),
+        "processes": [p.to_result(w.w0) for p in w.runs[0].processes],
         "timestamps": {
-            "job_start": job_start,
-            "window_start": window_start,
-            "window_end": window_end,
-            "window_duration_s": window_s,
+            "job_start": w.job_start,
+            "window_start": w.window_start,
+            "window_end": w.window_end,
+            "window_duration_s": w.duration_s,
             "job_end": utc_now_iso(),
         },
-        "phases_s": {**phases, "job_total_s": time.perf_counter() - t_job},
-        "thermal": {**gap, "temperature_start_c": temp_start, "temperature_end_c": temp_end},
+        "phases_s": dict(w.phases),
+        "thermal": {**w.gap, "temperature_start_c": w.temperature_start, "temperature_end_c": w.temperature_end},
         "tokens": tokens,
         "energy": energy,
-        "throughput": throughput,
-        "efficiency": efficiency,
-        "latency": latency,
+        "throughput": throughput_section(w, tokens),
+        "efficiency": efficiency_section(total, tokens),
+        "latency": latency_section(w),
         "flops": flops,
-        "warmup": warmup,
+        "warmup": w.warmup,
         "steady_state": steady,
-        "memory": memory,
-        "model": {**{k: load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
-                  "details": {k: v for k, v in load_info.items() if k not in _MODEL_KEYS}},  # fmt: skip
-        "batches": [_window_relative(b, w0) for b in run_batches],
+        "memory": memory_section(w, timeline, backend.peak_memory()),
+        "model": {**{k: w.load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
+                  "details": {k: v for k, v in w.load_info.items() if k not in _MODEL_KEYS}},  # fmt: skip
+        "batches": [b.to_result(w.w0) for b in w.batches],
         "timeline": timeline,
         "flags": flags,
         "environment": collect(backend.version(), gpus, driver_info() if gpus else {}, ctx.get("container_uri")),
         "provenance": {
             **provenance(),
             "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
-            "prompts_sha256": prompts_sha256(prompts),
+            "prompts_sha256": prompts_sha256(w.prompts),
             "model_path": model_path,
         },
         "config": config,
     }
-    if output:
-        if os.getppid() != parent:
-            raise MeasurementError("the workflow that started this measurement is gone; nothing written")
-        if sidecar:
-            write_json_atomic(*sidecar)
-        write_json_atomic(output, result, RAW_SCHEMA)
-    return result
+    return result, sidecar
 
 
 def _announced_sleep(label: str):
@@ -450,12 +519,6 @@ def _announced_sleep(label: str):
         time.sleep(seconds)
 
     return sleep
-
-
-def _window_relative(record: dict, w0: float) -> dict:
-    """``<name>_t`` perf_counter times -> ``<name>_s`` seconds since the window opened (null stays null)."""
-    return {(k[:-2] + "_s" if k.endswith("_t") else k): (v - w0 if k.endswith("_t") and v is not None else v)
-            for k, v in record.items()}  # fmt: skip
 
 
 _MODEL_KEYS = ("load_s", "device", "dtype", "parameters", "model_size_bytes", "architecture", "weights")

@@ -23,7 +23,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from .energy.baseline import utc_now_iso
+from .paths import utc_now_iso
 from .redaction import redact_url, url_secrets
 
 log = logging.getLogger(__name__)

@@ -50,6 +50,9 @@ def plot_efficiency(aggs: list[dict], out: Path) -> dict:
         yerr = [[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]] if y["ci_low"] is not None else None
         marker = "s" if agg["includes_estimate"] else "o"
         ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt=marker, capsize=3, label=_label(agg))
+        if agg.get("precision"):  # precision-targeted campaign: the achieved precision beside the point
+            ax.annotate(precision_label(agg["precision"]), (x["mean"], y["mean"]), textcoords="offset points",
+                        xytext=(6, 6), fontsize=7)  # fmt: skip
         pts.append((x["mean"], y["mean"]))
         used.append(agg)
     front = pareto_front(pts)
@@ -77,6 +80,35 @@ def plot_efficiency(aggs: list[dict], out: Path) -> dict:
     fig.savefig(out)
     plt.close(fig)
     return {"pareto": [_label(used[i]) for i in front], "marker_kinds": sorted(kinds)}
+
+
+def precision_label(p: dict) -> str:
+    """The achieved precision of a point: ``±1.8% (5 cycles)``, then ``✓`` (target met) or ``✗ max`` (max_cycles
+    reached first) or ``… incomplete``."""
+    achieved = "±n/a" if p["achieved_relative_half_width"] is None else f"±{p['achieved_relative_half_width']:.1%}"
+    mark = {"target_met": "✓", "max_cycles_reached": "✗ max", "incomplete": "… incomplete"}[p["status"]]
+    return f"{achieved} ({p['cycles_run']} cycles) {mark}"
+
+
+def _precision_text(aggs: list[dict]) -> str:
+    """The precision target and what each experiment reached, for captions (empty without a target)."""
+    targeted = [a for a in aggs if a.get("precision")]
+    if not targeted:
+        return ""
+    from .precision import percent
+
+    p0 = targeted[0]["precision"]
+    lines = [f"Precision target: cycles continued until the {p0['confidence']:.0%} interval of the mean "
+             f"{p0['metric']} was within ±{percent(p0['target_relative_half_width'])} of it ({p0['min_cycles']} to "
+             f"{p0['max_cycles']} cycles per experiment). Beside each point: the precision reached, the cycles run, "
+             "and ✓ (target met) or ✗ max (max_cycles reached first, flagged precision_target_not_met).\n"]  # fmt: skip
+    for a in targeted:
+        p = a["precision"]
+        achieved = "±n/a" if p["achieved_relative_half_width"] is None else f"±{percent(p['achieved_relative_half_width'])}"
+        state = {"target_met": "target met", "max_cycles_reached": "max_cycles reached before the target",
+                 "incomplete": "incomplete (cycles failed or were still to come)"}[p["status"]]  # fmt: skip
+        lines.append(f"- **{a['config_name']}**: {p['cycles_run']} cycles, {achieved}: {state}")
+    return "\n".join(lines)
 
 
 def plot_drift(aggs: list[dict], out: Path) -> None:
@@ -211,6 +243,7 @@ def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_di
     tl = plot_timeline(raw_paths, out / "timeline.svg")
     conf = aggs[0]["aggregation"]["confidence"] if aggs else 0.95
     methods = _methods_text(aggs)
+    precision = _precision_text(aggs)
     ci = f"Intervals: {conf:.0%} Student-t intervals of the mean across cycles (sample std, ddof 1)."
     front = eff["pareto"]
     if len(front) > 1:
@@ -225,7 +258,8 @@ def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_di
         "efficiency": (
             "J per output token against output tokens per second, one point per experiment, with "
             f"{ci[11:]} {markers.get(frozenset(eff['marker_kinds']), '')} {pareto}\n\n"
-            f"Methods and flags:\n\n{methods}"
+            + (f"{precision}\n\n" if precision else "")
+            + f"Methods and flags:\n\n{methods}"
         ),
         "drift": f"Gross window energy of every cycle, per experiment: a trend across cycles means drift (thermal state, background load) rather than noise. {ci}\n\n{methods}",
         "latency": "Time to first token and end-to-end latency percentiles (p50, p90, p99), pooled over all requests of all cycles; request start is the submission of its batch; warm-up excluded; from per-step timestamps.",

@@ -98,7 +98,7 @@ def dry_run(config: dict, args, notes: list[str], warnings: list[str]) -> int:
 
 
 def model_path_for(config: dict) -> str:
-    from .energy.baseline import cache_dir
+    from .paths import cache_dir
     from .tiny_model import build_tiny_llama, is_embedded
 
     name = config["model_name"]
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in problem_lines(exc, "Configuration error: "):
             print(line, file=sys.stderr)
         return 1
-    from .jobs import select_gpus
+    from .process import select_gpus
     from .measure import run_experiment
     from .results import ResultExistsError
 

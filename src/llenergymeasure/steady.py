@@ -45,13 +45,13 @@ class Item:
     steps: int
 
 
-def batch_items(batches: list[dict]) -> list[Item]:
-    """One item per static batch with at least two steps: its decoding interval (``first_token_t`` to ``end_t``, as
-    the backends record them) over its ``steps - 1`` decoding steps."""
+def batch_items(batches: list) -> list[Item]:
+    """One item per static batch (a ``BatchRecord``) with at least two steps: its decoding interval
+    (``first_token_t`` to ``end_t``) over its ``steps - 1`` decoding steps."""
     return [
-        Item(b["first_token_t"], b["end_t"], (b["end_t"] - b["first_token_t"]) / (b["steps"] - 1), b["steps"] - 1)
+        Item(b.first_token_t, b.end_t, (b.end_t - b.first_token_t) / (b.steps - 1), b.steps - 1)
         for b in batches
-        if b.get("steps", 0) >= 2 and b["end_t"] > b["first_token_t"]
+        if b.steps >= 2 and b.end_t > b.first_token_t
     ]
 
 
@@ -102,7 +102,7 @@ def analyse(items: list[Item], window: tuple[float, float], method: str) -> dict
     return out
 
 
-def steady_state(scheduling: str, batches: list[dict], steps: list[Step], window: tuple[float, float]) -> dict:
+def steady_state(scheduling: str, batches: list, steps: list[Step], window: tuple[float, float]) -> dict:
     """Per-batch items for static batching with several batches, decode-step blocks otherwise."""
     items = sorted(batch_items(batches), key=lambda it: it.start) if scheduling == "static" else []
     if len(items) >= 2:

@@ -89,13 +89,3 @@ def build(spec: dict, dtype, device: str, attn_implementation: str):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model, tokenizer
-
-
-def parameter_count(spec: dict) -> int:
-    """Parameters of the architecture, counted on the meta device (no memory allocated)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(build_config(spec))
-    return sum(p.numel() for p in model.parameters())

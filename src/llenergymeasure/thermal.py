@@ -1,4 +1,4 @@
-"""Thermal gaps between measurement windows, and temperatures at the window edges.
+"""Thermal gaps between measurement windows: the host lock and the record of the last window.
 
 The gap is enforced inside the measurement job, right before its window (a separate job could be scheduled
 anywhere). Every measurement on a host, whatever campaign (or ``lem run``) it belongs to, shares two small files in
@@ -8,7 +8,7 @@ when the previous window belonged to another cycle, ``config_gap_seconds`` other
 when it belonged to another campaign; a host's first window waits for nothing. Time already spent since the last
 window (loading the model, for instance) counts towards the gap.
 
-The host's state folder is ``<cache folder>/host`` (``$LEM_CACHE_DIR``, else ``~/.cache/llenergymeasure``: the
+The host's state folder is ``<cache folder>/host`` (``$LLM_ENERGY_CACHE_DIR``, else ``~/.cache/llenergymeasure``: the
 folder that also holds the idle baselines, which are host facts too); files are named after the host, so a cache
 folder on a shared home directory serves every node of a cluster. A campaign is told apart by its own state folder
 (``state_dir``: ``<results>/<campaign>/.state``).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -30,11 +29,9 @@ def _host() -> str:
 
 def host_state_dir() -> Path:
     """Where this host's lock and last-window record live (see the module docstring)."""
-    base = os.environ.get("LEM_CACHE_DIR")
-    if not base:
-        home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        base = os.path.join(home, "llenergymeasure")
-    return Path(base) / "host"
+    from .paths import cache_dir
+
+    return cache_dir() / "host"
 
 
 def _campaign_key(state_dir) -> str | None:
@@ -106,41 +103,3 @@ def wait_gap(state_dir, cycle: int, config_gap_s: float, cycle_gap_s: float, sle
         if previous is None
         else {k: previous.get(k) for k in ("experiment_id", "cycle", "window_end")},
     }
-
-
-def cpu_temperature_file() -> Path | None:
-    """The sysfs file of the CPU package temperature (x86_pkg_temp and the like preferred), or None."""
-    best = None
-    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
-        try:
-            kind = (zone / "type").read_text().strip()
-            int((zone / "temp").read_text())
-        except (OSError, ValueError):
-            continue
-        if kind in ("x86_pkg_temp", "k10temp", "cpu-thermal", "cpu_thermal"):
-            return zone / "temp"
-        best = best or zone / "temp"
-    return best
-
-
-def cpu_temperature_c(path: Path | None = None) -> float | None:
-    """CPU temperature in °C from ``path`` (default: :func:`cpu_temperature_file`), or None where not exposed."""
-    path = path or cpu_temperature_file()
-    if path is None:
-        return None
-    try:
-        return int(path.read_text()) / 1000.0
-    except (OSError, ValueError):
-        return None
-
-
-def temperatures(meters) -> dict:
-    """Temperatures readable now: each GPU of the experiment, and the CPU."""
-    out: dict = {}
-    for m in meters:
-        if m.gpu is not None:
-            out[m.device] = m.temperature_c()
-    cpu = cpu_temperature_c()
-    if cpu is not None:
-        out["cpu"] = cpu
-    return out

@@ -18,8 +18,10 @@ import os
 import statistics
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from .thermal import cpu_temperature_c, cpu_temperature_file
+from .energy.cpu import cpu_times
 
 MIN_INTERVAL_S = 0.1  # at most 10 Hz
 
@@ -37,14 +39,70 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def _cpu_times() -> tuple[float, float] | None:
+def cpu_temperature_file() -> Path | None:
+    """The sysfs file of the CPU package temperature (x86_pkg_temp and the like preferred), or None."""
+    best = None
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        try:
+            kind = (zone / "type").read_text().strip()
+            int((zone / "temp").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind in ("x86_pkg_temp", "k10temp", "cpu-thermal", "cpu_thermal"):
+            return zone / "temp"
+        best = best or zone / "temp"
+    return best
+
+
+def cpu_temperature_c(path: Path | None = None) -> float | None:
+    """CPU temperature in °C from ``path`` (default: :func:`cpu_temperature_file`), or None where not exposed."""
+    path = path or cpu_temperature_file()
+    if path is None:
+        return None
     try:
-        with open("/proc/stat") as fh:
-            v = [int(x) for x in fh.readline().split()[1:]]
+        return int(path.read_text()) / 1000.0
     except (OSError, ValueError):
         return None
-    busy = v[0] + v[1] + v[2] + v[5] + v[6]
-    return busy, busy + v[3] + v[4]
+
+
+def temperatures(meters) -> dict:
+    """Temperatures readable now: each GPU of the experiment, and the CPU."""
+    out: dict = {}
+    for m in meters:
+        if m.gpu is not None:
+            out[m.device] = m.temperature_c()
+    cpu = cpu_temperature_c()
+    if cpu is not None:
+        out["cpu"] = cpu
+    return out
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU at one instant (None: not readable on this board)."""
+
+    device: str
+    power_w: float | None = None
+    temperature_c: float | None = None
+    sm_util_pct: float | None = None
+    mem_util_pct: float | None = None
+    sm_clock_mhz: float | None = None
+    throttle_reasons: int | None = None
+
+
+#: the per-GPU series a timeline sidecar holds
+GPU_SERIES = ("power_w", "temperature_c", "sm_util_pct", "mem_util_pct", "sm_clock_mhz", "throttle_reasons")
+
+
+@dataclass(frozen=True)
+class TimelineSample:
+    """The machine at one instant: ``t`` in perf_counter seconds; CPU utilisation over the interval before it."""
+
+    t: float
+    cpu_util_pct: float | None = None
+    rss_bytes: int | None = None
+    cpu_temperature_c: float | None = None
+    gpus: tuple[GpuSample, ...] = ()
 
 
 class TimelineSampler:
@@ -53,7 +111,7 @@ class TimelineSampler:
     def __init__(self, gpu_meters: list, interval_s: float = MIN_INTERVAL_S) -> None:
         self.interval_s = max(float(interval_s), MIN_INTERVAL_S)
         self.gpus = [m for m in gpu_meters if m.gpu is not None]
-        self.samples: list[dict] = []
+        self.samples: list[TimelineSample] = []
         #: per GPU device: the driver's buffered power samples, (epoch seconds, watts)
         self.power_buffer: dict[str, list[tuple[float, float]]] = {m.device: [] for m in self.gpus}
         self._buffer_seen: dict[str, int] = {m.device: 0 for m in self.gpus}
@@ -66,7 +124,7 @@ class TimelineSampler:
 
             self._nv = pynvml
 
-    def _gpu_sample(self, m) -> dict:
+    def _gpu_sample(self, m) -> GpuSample:
         nv, h = self._nv, m.gpu["handle"]
         out: dict = {"device": m.device}
         for key, fn in (
@@ -88,7 +146,7 @@ class TimelineSampler:
             out["throttle_reasons"] = int(getter(h))
         except Exception:
             out["throttle_reasons"] = None
-        return out
+        return GpuSample(**out)
 
     def _drain_power_buffer(self, m) -> None:
         """Append the driver's power samples newer than the last one seen (none where the driver keeps none)."""
@@ -107,21 +165,19 @@ class TimelineSampler:
                 out.append((s.timeStamp / 1e6, value / 1000.0))  # microseconds, milliwatts
 
     def _run(self) -> None:
-        prev = _cpu_times()
+        prev = cpu_times()
         while True:
             t = time.perf_counter()
-            cur = _cpu_times()
+            cur = cpu_times()
             util = None
             if prev and cur and cur[1] > prev[1]:
                 util = 100.0 * (cur[0] - prev[0]) / (cur[1] - prev[1])
             prev = cur
             temp = cpu_temperature_c(self._cpu_temp_file) if self._cpu_temp_file else None
-            sample = {"t": t, "cpu_util_pct": util, "rss_bytes": _rss_bytes(), "cpu_temperature_c": temp}
-            if self.gpus:
-                sample["gpus"] = [self._gpu_sample(m) for m in self.gpus]
-                for m in self.gpus:
-                    self._drain_power_buffer(m)
-            self.samples.append(sample)
+            gpus = tuple(self._gpu_sample(m) for m in self.gpus)
+            for m in self.gpus:
+                self._drain_power_buffer(m)
+            self.samples.append(TimelineSample(t, util, _rss_bytes(), temp, gpus))
             if self._stop.wait(self.interval_s):
                 return
 
@@ -130,7 +186,7 @@ class TimelineSampler:
         self._thread = threading.Thread(target=self._run, name="lem-timeline", daemon=True)
         self._thread.start()
 
-    def stop(self) -> list[dict]:
+    def stop(self) -> list[TimelineSample]:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -152,28 +208,25 @@ def _stats(values: list) -> dict:
     return {"mean": statistics.fmean(xs), "max": max(xs), "min": min(xs)}
 
 
-def summarise(samples: list[dict], interval_s: float) -> dict:
+def summarise(samples: list[TimelineSample], interval_s: float) -> dict:
     """Means and maxima per device, throttle durations (samples with the reason x interval)."""
     out: dict = {
         "samples": len(samples),
         "interval_s": interval_s,
-        "cpu_util_pct": _stats([s["cpu_util_pct"] for s in samples]),
-        "cpu_temperature_c": _stats([s["cpu_temperature_c"] for s in samples]),
-        "rss_bytes_max": max((s["rss_bytes"] for s in samples if s["rss_bytes"] is not None), default=None),
+        "cpu_util_pct": _stats([s.cpu_util_pct for s in samples]),
+        "cpu_temperature_c": _stats([s.cpu_temperature_c for s in samples]),
+        "rss_bytes_max": max((s.rss_bytes for s in samples if s.rss_bytes is not None), default=None),
         "gpus": [],
     }
-    n_gpus = len(samples[0].get("gpus", [])) if samples else 0
+    n_gpus = len(samples[0].gpus) if samples else 0
     for i in range(n_gpus):
-        rows = [s["gpus"][i] for s in samples]
-        reasons = [r["throttle_reasons"] for r in rows if r["throttle_reasons"] is not None]
+        rows = [s.gpus[i] for s in samples]
+        reasons = [r.throttle_reasons for r in rows if r.throttle_reasons is not None]
         out["gpus"].append(
             {
-                "device": rows[0]["device"],
-                "power_w": _stats([r["power_w"] for r in rows]),
-                "temperature_c": _stats([r["temperature_c"] for r in rows]),
-                "sm_util_pct": _stats([r["sm_util_pct"] for r in rows]),
-                "mem_util_pct": _stats([r["mem_util_pct"] for r in rows]),
-                "sm_clock_mhz": _stats([r["sm_clock_mhz"] for r in rows]),
+                "device": rows[0].device,
+                **{key: _stats([getattr(r, key) for r in rows]) for key in ("power_w", "temperature_c", "sm_util_pct",
+                                                                             "mem_util_pct", "sm_clock_mhz")},
                 "throttle": {
                     "thermal_s": sum(1 for x in reasons if x & THERMAL_BITS) * interval_s,
                     "power_cap_s": sum(1 for x in reasons if x & POWER_BITS) * interval_s,
@@ -181,18 +234,33 @@ def summarise(samples: list[dict], interval_s: float) -> dict:
                     "readable": bool(reasons),
                 },
             }
-        )
+        )  # fmt: skip
     return out
 
 
-def power_series(samples: list[dict], cpu_tdp_w: float | None = None) -> tuple[list[float], list[float], str] | None:
+def sidecar(samples: list[TimelineSample], interval_s: float, w0: float) -> dict:
+    """Every sample of a window as series (times in seconds since the window opened): the timeline sidecar file."""
+    return {
+        "interval_s": interval_s,
+        "t_s": [round(s.t - w0, 4) for s in samples],
+        "cpu_util_pct": [s.cpu_util_pct for s in samples],
+        "rss_bytes": [s.rss_bytes for s in samples],
+        "cpu_temperature_c": [s.cpu_temperature_c for s in samples],
+        "gpus": [
+            {"device": samples[0].gpus[i].device, **{key: [getattr(s.gpus[i], key) for s in samples] for key in GPU_SERIES}}
+            for i in range(len(samples[0].gpus) if samples else 0)
+        ],
+    }
+
+
+def power_series(samples: list[TimelineSample], cpu_tdp_w: float | None = None) -> tuple[list[float], list[float], str] | None:
     """(times, watts, what) for phase attribution: summed GPU board power where GPUs are sampled, else CPU
     utilisation x TDP (an estimate); None when neither is available."""
-    if samples and samples[0].get("gpus"):
-        pts = [(s["t"], sum(g["power_w"] or 0.0 for g in s["gpus"])) for s in samples]
+    if samples and samples[0].gpus:
+        pts = [(s.t, sum(g.power_w or 0.0 for g in s.gpus)) for s in samples]
         what = "gpu_board_power"
-    elif cpu_tdp_w and any(s["cpu_util_pct"] is not None for s in samples):
-        pts = [(s["t"], s["cpu_util_pct"] / 100.0 * cpu_tdp_w) for s in samples if s["cpu_util_pct"] is not None]
+    elif cpu_tdp_w and any(s.cpu_util_pct is not None for s in samples):
+        pts = [(s.t, s.cpu_util_pct / 100.0 * cpu_tdp_w) for s in samples if s.cpu_util_pct is not None]
         what = "cpu_utilisation_x_tdp"
     else:
         return None
@@ -215,10 +283,10 @@ def integrate(times: list[float], watts: list[float], start: float, end: float) 
     return total
 
 
-def phase_split(samples: list[dict], batches: list[dict], window: tuple[float, float], energy_j: float | None,
+def phase_split(samples: list[TimelineSample], batches: list, window: tuple[float, float], energy_j: float | None,
                 cpu_tdp_w: float | None = None) -> dict:  # fmt: skip
     """Split the window's counter energy between prefill (batch start to its first token) and decode (first to
-    last token) in proportion to the power timeline's integral over those intervals."""
+    last token) in proportion to the power timeline's integral over those intervals (``batches``: BatchRecords)."""
     series = power_series(samples, cpu_tdp_w)
     if series is None or energy_j is None or len(series[0]) < 2:
         return {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
@@ -226,8 +294,8 @@ def phase_split(samples: list[dict], batches: list[dict], window: tuple[float, f
     times, watts, what = series
     w0, w1 = window
     whole = integrate(times, watts, w0, w1)
-    prefill = sum(integrate(times, watts, b["start_t"], b["first_token_t"]) for b in batches)
-    decode = sum(integrate(times, watts, b["first_token_t"], b["end_t"]) for b in batches)
+    prefill = sum(integrate(times, watts, b.start_t, b.first_token_t) for b in batches)
+    decode = sum(integrate(times, watts, b.first_token_t, b.end_t) for b in batches)
     if whole <= 0:
         return {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
                 "reason": "power timeline integrates to zero"}  # fmt: skip
@@ -237,8 +305,8 @@ def phase_split(samples: list[dict], batches: list[dict], window: tuple[float, f
         "prefill_energy_j": energy_j * share_p,
         "decode_energy_j": energy_j * share_d,
         "other_energy_j": energy_j * max(0.0, 1 - share_p - share_d),  # tokenisation, host work between batches
-        "prefill_time_s": sum(b["first_token_t"] - b["start_t"] for b in batches),
-        "decode_time_s": sum(b["end_t"] - b["first_token_t"] for b in batches),
+        "prefill_time_s": sum(b.first_token_t - b.start_t for b in batches),
+        "decode_time_s": sum(b.end_t - b.first_token_t for b in batches),
         "timeline_samples": len(times),
         "note": "shares from a <=10 Hz timeline: phases shorter than a few samples are approximate",
     }
@@ -267,7 +335,7 @@ def _coverage(times: list[float], start: float, end: float, max_gap: float) -> f
 
 
 def energy_cross_check(counter_j: float | None, buffered: dict[str, list[tuple[float, float]]], window_epoch: tuple[float, float],
-                       samples: list[dict], window: tuple[float, float]) -> dict:  # fmt: skip
+                       samples: list[TimelineSample], window: tuple[float, float]) -> dict:  # fmt: skip
     """GPU window energy from integrated board power, beside the counter's: the driver's buffered 50 Hz samples when
     they cover the window, else the timeline's 10 Hz readings. ``ratio`` = power integral / counter energy;
     ``judged`` says whether the window is long enough for the tolerance to apply."""

@@ -18,6 +18,7 @@ from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan
 from .config import coerce_overrides
 from .errors import ConfigError, problem_lines
 from .failures import completed_only
+from .precision import settled_path
 from .prompts import check_sources
 from .tiny_model import embedded_model_dir, is_embedded
 
@@ -116,7 +117,8 @@ def runtime(p: Plan) -> dict:
         "state_dir": f"{p.results_root}/.state",
         "config_gap_s": ex["config_gap_seconds"],
         "cycle_gap_s": ex["cycle_gap_seconds"],
-        "cycles": ex["cycles"],
+        "cycles": p.target.min_cycles if p.target else ex["cycles"],
+        "precision": p.target.params() if p.target else None,
         "notifications": p.campaign["notifications"],
         "names": config_names(p),
         "containers": p.campaign["containers"],
@@ -146,11 +148,17 @@ def describe(p: Plan, stream, level: str = "normal") -> None:
     if level == "quiet":
         return
     exp = p.expansion
+    cycles = f"{p.target.min_cycles}-{p.target.max_cycles}" if p.target else p.campaign["execution"]["cycles"]
     print(
-        f"Campaign '{p.name}': {len(exp.experiments)} experiments x {p.campaign['execution']['cycles']} cycles, "
+        f"Campaign '{p.name}': {len(exp.experiments)} experiments x {cycles} cycles, "
         f"{p.campaign['execution']['structure']} order, results in {p.results_root}/",
         file=stream,
     )
+    if p.target:
+        print(f"  precision target: cycles continue {p.target.describe()}. Scheduled now: the first "
+              f"{p.target.min_cycles} cycles of every experiment ({len(p.order)} measurements); after each further "
+              "cycle a decision adds one more to the experiments not yet that precise, so more cycles may follow.",
+              file=stream)  # fmt: skip
     for name, reason in exp.dropped:
         print(f"  dropped {name}: {reason}", file=stream)
     for name, exp_id in exp.duplicates:
@@ -170,9 +178,79 @@ def raw_path(root: str, experiment_id: str, cycle: int) -> str:
 
 
 def all_raw(p: Plan) -> list[str]:
-    """Every planned raw result; in the pass over what completed (see :mod:`.failures`), those that exist."""
-    paths = [raw_path(p.results_root, e, c) for e, c in p.order]
-    return [x for x in paths if os.path.exists(x)] if completed_only() else paths
+    """Every planned raw result (with a precision target: the minimum plan); in the pass over what completed (see
+    :mod:`.failures`), those that exist (with a target, of any cycle up to the maximum)."""
+    if completed_only():
+        keys = sorted(p.priority, key=p.priority.get, reverse=True) if p.target else p.order  # campaign order
+        return [x for x in (raw_path(p.results_root, e, c) for e, c in keys) if os.path.exists(x)]
+    return [raw_path(p.results_root, e, c) for e, c in p.order]
+
+
+def settled_raw(p: Plan) -> list[str]:
+    """With a precision target, the raw results beyond the minimum plan that the experiments' settled cycles list
+    (read from those files where they exist). Rule ``all`` asks for them like every planned raw result, so that one
+    deleted after its experiment settled is measured again: Snakemake checks a job that need not run for missing
+    inputs only when it is a target job (snakemake/dag.py, update_needrun: the missing-output check sits in the
+    ``job in self.targetjobs`` branch; other jobs are reached only from a job that must run)."""
+    if not p.target or completed_only():
+        return []
+    from .precision import DecisionError, settled_raws
+
+    planned = set(all_raw(p))
+    extra = []
+    for path in settled(p):
+        if os.path.exists(path):
+            try:
+                extra.extend(x for x in settled_raws(path) if x not in planned)
+            except DecisionError:
+                continue  # a damaged file is rewritten by its rule (its inputs are newer or its metadata differs)
+    return extra
+
+
+def aggregate_inputs(p: Plan) -> list[str]:
+    """Inputs of the aggregation: the raw results; with a precision target, each experiment's settled cycles
+    (``decisions/<id>.json``, which lists its raw results once its decisions have stopped it)."""
+    return settled(p) if p.target and not completed_only() else all_raw(p)
+
+
+def settled(p: Plan) -> list[str]:
+    """Every experiment's settled-cycles file (with a precision target; none otherwise, or in the pass over what
+    completed, which aggregates the raw results that exist)."""
+    if not p.target or completed_only():
+        return []
+    return [settled_path(p.results_root, e.experiment_id) for e in p.expansion.experiments]
+
+
+def decision_inputs(p: Plan, experiment_id: str, after_cycle: str | int) -> list[str]:
+    """The raw results a decision reads: cycles 1..after_cycle of the experiment (min_cycles..max_cycles only)."""
+    n = int(after_cycle)
+    if not p.target or experiment_id not in p.by_id or not p.target.min_cycles <= n <= p.target.max_cycles:
+        raise ValueError(f"no decision after cycle {n} of {experiment_id} in this campaign")
+    return [raw_path(p.results_root, experiment_id, c) for c in range(1, n + 1)]
+
+
+def decided(p: Plan, checkpoints, experiment_id: str) -> dict:
+    """Inputs of an experiment's settled cycles: its decisions walked from min_cycles up to the first that stops it
+    (each read through ``checkpoints.decide``), and the raw results they cover."""
+    from .precision import decided_cycles
+
+    def get(n: int) -> str:
+        return checkpoints.decide.get(experiment=experiment_id, n=n).output[0]
+
+    n, last = decided_cycles(get, experiment_id, p.target)
+    return {"decision": last, "raw": [raw_path(p.results_root, experiment_id, c) for c in range(1, n + 1)]}
+
+
+def decision_priority(p: Plan) -> int:
+    """Decisions outrank every measurement: taken as soon as their cycle is done, so that a cycle they add is
+    known before the scheduler picks the next measurement (and, in grouped order, runs right after its
+    experiment's previous cycle)."""
+    return len(p.priority) + 1
+
+
+def precision_params(p: Plan) -> dict:
+    """The target as plain data (a decision's params: changing the target takes the decisions again)."""
+    return p.target.params() if p.target else {}
 
 
 def aggregated(p: Plan) -> list[str]:
@@ -282,6 +360,8 @@ def campaign_failed(config: dict, workflow=None) -> None:
     if not runtime_:
         return
     root, names, cycles = runtime_["results_root"], runtime_["names"], runtime_["cycles"]
+    if runtime_.get("precision"):
+        cycles = runtime_["precision"]["max_cycles"]  # any cycle up to the maximum may have been scheduled
     failed = set(failed_in_this_run(root, names, cycles, _STARTED_AT or 0.0))
     scheduler = getattr(workflow, "scheduler", None)
     for job in getattr(scheduler, "failed", ()) or ():  # also jobs killed before they could record anything

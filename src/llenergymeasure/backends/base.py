@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from ..steady import Step
 
-__all__ = ["Batch", "RequestTiming", "RunOutput", "Step", "converge", "elapsed", "generation_eos", "shape", "stop_token_ids",
+__all__ = ["Batch", "BatchRecord", "ProcessShare", "RequestTiming", "RunOutput", "Step", "converge", "elapsed", "generation_eos", "shape", "stop_token_ids",
            "warm_up", "warmup_mode", "warmup_off"]  # fmt: skip
 
 
@@ -62,22 +62,70 @@ class RequestTiming:
     process_index: int = 0
 
 
+def _since(t: float | None, w0: float) -> float | None:
+    return None if t is None else t - w0
+
+
+@dataclass
+class BatchRecord:
+    """One submitted batch as the window ran it. Times are ``time.perf_counter`` seconds (``*_t``); in the raw
+    result they become seconds since the window opened (``*_s``)."""
+
+    size: int  # requests
+    input_tokens: int  # unpadded prompt tokens
+    padded_input_tokens: int  # rows x longest prompt for a padded batch; equal to input_tokens for token ids
+    output_tokens: int
+    steps: int  # generation steps (PyTorch) or engine steps / streamed responses carrying tokens (engines)
+    latency_s: float
+    start_t: float  # submission
+    first_token_t: float  # the batch's first token
+    end_t: float  # its last token
+    peak_decoding_seqs: int | None = None  # continuous batching: most sequences given a token in one engine step
+    mean_decoding_seqs: float | None = None
+    process_index: int | None = None  # data parallel: the process that ran it
+
+    def to_result(self, w0: float) -> dict:
+        out = {"size": self.size, "input_tokens": self.input_tokens, "padded_input_tokens": self.padded_input_tokens,
+               "output_tokens": self.output_tokens, "steps": self.steps, "latency_s": self.latency_s,
+               "start_s": self.start_t - w0, "first_token_s": self.first_token_t - w0, "end_s": self.end_t - w0}  # fmt: skip
+        for key in ("peak_decoding_seqs", "mean_decoding_seqs", "process_index"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass
+class ProcessShare:
+    """Data parallelism: one process's part of a run (its span in perf_counter seconds, None when it had no batch)."""
+
+    process_index: int
+    num_requests: int
+    input_tokens: int
+    output_tokens: int
+    num_batches: int
+    generate_s: float
+    device: str | None
+    start_t: float | None
+    end_t: float | None
+
+    def to_result(self, w0: float) -> dict:
+        return {"process_index": self.process_index, "num_requests": self.num_requests, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "num_batches": self.num_batches, "generate_s": self.generate_s,
+                "device": self.device, "start_s": _since(self.start_t, w0), "end_s": _since(self.end_t, w0)}  # fmt: skip
+
+
 @dataclass
 class RunOutput:
-    """One pass over the workload.
-
-    ``batches`` holds one dict per submitted batch with size, input_tokens, padded_input_tokens, output_tokens,
-    steps, latency_s and the perf_counter times start_t, first_token_t, end_t. ``scheduling`` is "static" when a
-    batch's prefill and decode are separate intervals (batch start to first token, first to last token), and
-    "continuous" when the engine interleaves prefills and decodes of different requests (no time split exists).
-    """
+    """One pass over the workload. ``scheduling`` is "static" when a batch's prefill and decode are separate
+    intervals (batch start to first token, first to last token), and "continuous" when the engine interleaves
+    prefills and decodes of different requests (no time split exists)."""
 
     requests: list[RequestTiming]
-    batches: list[dict]
+    batches: list[BatchRecord]
     generate_s: float  # engine time, tokenisation excluded where the engine allows
     scheduling: str = "static"
     latency_method: str = "per_step_timestamps"
-    processes: list[dict] = field(default_factory=list)  # data parallel: each process's share
+    processes: list[ProcessShare] = field(default_factory=list)  # data parallel: each process's share
     steps: list[Step] = field(default_factory=list)  # every generation step, for the steady-state check
 
 

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from .base import Batch, RequestTiming, RunOutput, warmup_off
+from .base import Batch, ProcessShare, RequestTiming, RunOutput, warmup_off
 from .pytorch import PyTorchBackend
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class _Member:
             for r in out.requests:
                 r.index, r.process_index = self.indices[r.index], self.rank
             for b in out.batches:
-                b["process_index"] = self.rank
+                b.process_index = self.rank
             return out
         if command == "reset_peak_memory":
             self.local.reset_peak_memory()
@@ -221,17 +221,17 @@ class DataParallelPyTorch:
         if progress is not None:
             progress(len(requests), len(prompts))
         processes = [
-            {
-                "process_index": i,
-                "num_requests": len(p.requests),
-                "input_tokens": sum(r.input_tokens for r in p.requests),
-                "output_tokens": sum(r.output_tokens for r in p.requests),
-                "num_batches": len(p.batches),
-                "generate_s": p.generate_s,
-                "device": self._load[i]["device"],
-                "start_t": min((b["start_t"] for b in p.batches), default=None),
-                "end_t": max((b["end_t"] for b in p.batches), default=None),
-            }
+            ProcessShare(
+                process_index=i,
+                num_requests=len(p.requests),
+                input_tokens=sum(r.input_tokens for r in p.requests),
+                output_tokens=sum(r.output_tokens for r in p.requests),
+                num_batches=len(p.batches),
+                generate_s=p.generate_s,
+                device=self._load[i]["device"],
+                start_t=min((b.start_t for b in p.batches), default=None),
+                end_t=max((b.end_t for b in p.batches), default=None),
+            )
             for i, p in enumerate(parts)
         ]
         steps = [s for p in parts for s in p.steps]
@@ -239,7 +239,7 @@ class DataParallelPyTorch:
 
     def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
         flags = self.member.local.validity_flags(run_batches)
-        counts = [sum(1 for b in run_batches if b.get("process_index") == i) for i in range(self.n)]
+        counts = [sum(1 for b in run_batches if b.process_index == i) for i in range(self.n)]
         if min(counts) == 0:
             flags.append(("idle_process", f"{counts.count(0)} of {self.n} processes got no prompt: fewer prompts than processes"))
         return flags
@@ -269,7 +269,7 @@ class DataParallelPyTorch:
 
 def _worker(config_file: str) -> int:
     """Process 1..N-1: follow process 0's commands until "stop"."""
-    from ..jobs import die_with_parent
+    from ..process import die_with_parent
 
     die_with_parent()
     with open(config_file) as fh:

@@ -20,13 +20,12 @@ import statistics
 import time
 
 from . import BackendRules
-from .base import Batch, RequestTiming, RunOutput, Step, elapsed, shape, stop_token_ids, warm_up
+from .base import Batch, BatchRecord, RequestTiming, RunOutput, Step, elapsed, shape, stop_token_ids, warm_up
 
 __all__ = ["RULES", "Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 #: How a forced output length is obtained (recorded in the raw result's model details).
 LENGTH_EOS_OFF = "eos_stopping_off"  # no EOS: generate runs to max_new_tokens, no per-step logits processor
 LENGTH_MIN_NEW_TOKENS = "min_new_tokens_logits_processor"  # EOS masked until min_new_tokens (a processor per step)
@@ -246,7 +245,7 @@ class PyTorchBackend:
     def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
         pt = self.config["pytorch"]
         flags = []
-        sizes = [b["size"] for b in run_batches]
+        sizes = [b.size for b in run_batches]
         mean = statistics.fmean(sizes) if sizes else 0.0
         if mean < pt["batch_size"] and pt["batching_strategy"] in ("static", "sorted_static"):
             flags.append(("batch_not_saturated", f"mean batch {mean:.2f} < batch_size {pt['batch_size']}: fewer prompts than a full batch, or a partial last batch"))
@@ -294,7 +293,7 @@ class PyTorchBackend:
             log.warning("fp_precision = %s on a CPU: most CPUs emulate it, several times slower than float32 "
                         "(the result is flagged half_precision_on_cpu)", self.config["fp_precision"])  # fmt: skip
         t0 = time.perf_counter()
-        dtype = getattr(torch, DTYPES[self.config["fp_precision"]])
+        dtype = getattr(torch, self.config["fp_precision"])  # the schema's names are torch's
         attn = self.config["pytorch"]["attn_implementation"]
         if self.config["no_weights"]:
             from ..synthetic import build, resolve_architecture
@@ -505,17 +504,9 @@ class PyTorchBackend:
                 requests.append(RequestTiming(idx, in_tokens[row], n, ttft, e2e, itl))
             step_log.extend(Step(a, b, prefill=(k == 0)) for k, (a, b) in enumerate(zip([start, *steps], steps)))
             batch_stats.append(
-                {
-                    "size": len(batch.indices),
-                    "input_tokens": int(sum(in_tokens)),
-                    "padded_input_tokens": batch.padded_tokens,
-                    "output_tokens": int(sum(counts)),
-                    "steps": len(steps),
-                    "latency_s": end - start,
-                    "start_t": start,
-                    "first_token_t": steps[0] if steps else end,
-                    "end_t": end,
-                }
+                BatchRecord(size=len(batch.indices), input_tokens=int(sum(in_tokens)), padded_input_tokens=batch.padded_tokens,
+                            output_tokens=int(sum(counts)), steps=len(steps), latency_s=end - start, start_t=start,
+                            first_token_t=steps[0] if steps else end, end_t=end)  # fmt: skip
             )
             if progress is not None:
                 progress(len(requests), total_requests)

@@ -33,7 +33,7 @@ from pathlib import Path
 from ..config import canonical_json
 from ..errors import MeasurementError
 from . import BackendRules
-from .base import Batch, RequestTiming, RunOutput, Step, elapsed, generation_eos, shape, stop_token_ids, warm_up
+from .base import Batch, BatchRecord, RequestTiming, RunOutput, Step, elapsed, generation_eos, shape, stop_token_ids, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def engine_cache_root(config: dict) -> Path:
     trt = config["tensorrt"]
     if trt["engine_cache_dir"]:
         return Path(trt["engine_cache_dir"])
-    from ..energy.baseline import cache_dir
+    from ..paths import cache_dir
 
     return cache_dir() / "tensorrt-engines"
 
@@ -447,9 +447,9 @@ class TensorRTBackend:
             "tie_word_embeddings": False,  # not recorded in the engine's config: the output layer is counted separately
         }
 
-    def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
+    def validity_flags(self, run_batches: list[BatchRecord]) -> list[tuple[str, str]]:
         limit = self.config["tensorrt"]["max_batch_size"]
-        sizes = [b["size"] for b in run_batches]
+        sizes = [b.size for b in run_batches]
         if sizes and max(sizes) < limit:
             return [("batch_not_saturated", f"{max(sizes)} requests submitted < tensorrt.max_batch_size {limit}: the engine never had a full batch in flight")]
         return []
@@ -805,17 +805,13 @@ class TensorRTBackend:
         start, end, streams = self._run_streams(prompts, indices, params, progress)
         requests = [self.timing(s) for s in streams]
         first = [s["arrivals"][0][0] for s in streams if s["arrivals"]]
-        batch = {
-            "size": len(indices),
-            "input_tokens": sum(r.input_tokens for r in requests),
-            "padded_input_tokens": sum(r.input_tokens for r in requests),  # token ids go in unpadded
-            "output_tokens": sum(r.output_tokens for r in requests),
-            "steps": sum(s["chunks"] for s in streams),  # streamed responses that carried tokens, all requests
-            "latency_s": end - start,
-            "start_t": start,
-            "first_token_t": min(first) if first else end,
-            "end_t": end,
-        }
+        inputs = sum(r.input_tokens for r in requests)
+        batch = BatchRecord(
+            size=len(indices), input_tokens=inputs, padded_input_tokens=inputs,  # token ids go in unpadded
+            output_tokens=sum(r.output_tokens for r in requests),
+            steps=sum(s["chunks"] for s in streams),  # streamed responses that carried tokens, all requests
+            latency_s=end - start, start_t=start, first_token_t=min(first) if first else end, end_t=end,
+        )  # fmt: skip
         return RunOutput(requests, [batch], end - start, scheduling="continuous", latency_method="engine_stream_token_arrival",
                          steps=self.stream_steps(streams))  # fmt: skip
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ..errors import MeasurementError
 from . import BackendRules
-from .base import Batch, RequestTiming, RunOutput, Step, generation_eos, shape, stop_token_ids, warm_up
+from .base import Batch, BatchRecord, RequestTiming, RunOutput, Step, generation_eos, shape, stop_token_ids, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -567,7 +567,7 @@ class VllmBackend:
         return kwargs
 
     def _stream(self, indices: list[int], tokens: list[list[int]], max_tokens: int, min_tokens: int,
-                seed: int | None, progress=None) -> tuple[list[RequestTiming], dict, list[Step]]:  # fmt: skip
+                seed: int | None, progress=None) -> tuple[list[RequestTiming], BatchRecord, list[Step]]:  # fmt: skip
         """Submit the requests, step the engine until all are finished, timestamp every token arrival. Returns the
         requests' timings, the batch record and every engine step (a prefill step completes some request's first
         token)."""
@@ -638,19 +638,11 @@ class VllmBackend:
             for k, idx in enumerate(indices)
         ]
         input_tokens = sum(len(tokens[i]) for i in indices)
-        batch = {
-            "size": n,
-            "input_tokens": input_tokens,
-            "padded_input_tokens": input_tokens,
-            "output_tokens": sum(final),
-            "steps": steps,
-            "latency_s": end - start,
-            "start_t": start,
-            "first_token_t": min((t for t in first if t is not None), default=end),
-            "end_t": end,
-            "peak_decoding_seqs": peak,
-            "mean_decoding_seqs": statistics.fmean(decoding_steps) if decoding_steps else 0.0,
-        }
+        batch = BatchRecord(
+            size=n, input_tokens=input_tokens, padded_input_tokens=input_tokens, output_tokens=sum(final), steps=steps,
+            latency_s=end - start, start_t=start, first_token_t=min((t for t in first if t is not None), default=end), end_t=end,
+            peak_decoding_seqs=peak, mean_decoding_seqs=statistics.fmean(decoding_steps) if decoding_steps else 0.0,
+        )  # fmt: skip
         return requests, batch, step_log
 
     def _reset_prefix_cache(self) -> None:
@@ -671,7 +663,7 @@ class VllmBackend:
             requests.extend(reqs)
             stats.append(stat)
             step_log.extend(steps)
-        return RunOutput(requests, stats, sum(s["latency_s"] for s in stats), scheduling="continuous",
+        return RunOutput(requests, stats, sum(s.latency_s for s in stats), scheduling="continuous",
                          latency_method="engine_step_token_arrival", steps=step_log)  # fmt: skip
 
     def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
@@ -688,24 +680,24 @@ class VllmBackend:
             for batch in batches:
                 self._reset_prefix_cache()
                 reqs, stat, _ = self._stream(batch.indices, tokens, max_new, min_new, seed)
-                shapes.append(shape(stat["size"], stat["padded_input_tokens"], max((r.output_tokens for r in reqs), default=0), stat["latency_s"]))
+                shapes.append(shape(stat.size, stat.padded_input_tokens, max((r.output_tokens for r in reqs), default=0), stat.latency_s))
             return shapes
 
         indices = batches[0].indices[: self.config["vllm"]["max_num_seqs"]]
 
         def repeat() -> float:
             self._reset_prefix_cache()  # each run as the window will see it: no prefixes left by the run before
-            return self._stream(indices, tokens, max_new, min_new, seed)[1]["latency_s"]
+            return self._stream(indices, tokens, max_new, min_new, seed)[1].latency_s
 
         result = warm_up(cfg, full_pass, repeat, len(indices), max_new)
         self._reset_prefix_cache()
         return result
 
     # ------------------------------------------------------------------------------------------------ checks
-    def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
+    def validity_flags(self, run_batches: list[BatchRecord]) -> list[tuple[str, str]]:
         flags = []
         limit = self.config["vllm"]["max_num_seqs"]
-        peak = max((b.get("peak_decoding_seqs", 0) for b in run_batches), default=0)
+        peak = max((b.peak_decoding_seqs or 0 for b in run_batches), default=0)
         if run_batches and peak < limit:
             message = (f"at most {peak} sequences got a token in one engine step, below vllm.max_num_seqs = {limit}: "
                        "fewer prompts than max_num_seqs, or the KV cache or token budget kept the running batch smaller")  # fmt: skip

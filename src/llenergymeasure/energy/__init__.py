@@ -1,6 +1,6 @@
 """Energy meters behind one interface (see :mod:`.base`), the idle baseline, and meter selection."""
 
 from .base import ComponentEnergy, CounterMeter, MeterSet
-from .meters import FakeMeter, carbon_intensity_g_per_kwh, select_meters
+from .meters import carbon_intensity_g_per_kwh, select_meters
 
-__all__ = ["ComponentEnergy", "CounterMeter", "MeterSet", "FakeMeter", "select_meters", "carbon_intensity_g_per_kwh"]
+__all__ = ["ComponentEnergy", "CounterMeter", "MeterSet", "select_meters", "carbon_intensity_g_per_kwh"]

@@ -15,8 +15,7 @@ How a baseline is taken (:func:`measure_idle`):
    energy (idle-power uncertainty x window duration).
 
 A baseline taken while the device was busy (``baseline_not_idle``) is used, flagged, and never cached. The cache
-lives in ``$LEM_CACHE_DIR`` (else ``$XDG_CACHE_HOME/llenergymeasure``, else ``~/.cache/llenergymeasure``), one file
-per host and device, and is reused only while younger than ``baseline.cache_ttl_sec`` and at least as long as the
+lives in the cache folder (:mod:`llenergymeasure.paths`), one file per host and device, and is reused only while younger than ``baseline.cache_ttl_sec`` and at least as long as the
 baseline an experiment asks for. Each record says explicitly whether it was measured now or read from the cache.
 """
 
@@ -29,10 +28,9 @@ import os
 import socket
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from .base import MeterSet
+from ..paths import cache_dir, utc_now_iso
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("llenergymeasure.progress")
@@ -55,13 +53,6 @@ UNCERTAINTY_MAX = 0.01
 INDEPENDENT_SAMPLE_S = 1.0
 
 
-def cache_dir() -> Path:
-    if os.environ.get("LEM_CACHE_DIR"):
-        return Path(os.environ["LEM_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "llenergymeasure"
-
-
 def _host() -> str:
     return socket.gethostname()
 
@@ -69,10 +60,6 @@ def _host() -> str:
 def _cache_file(device_key: str, host: str | None = None) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{host or _host()}--{device_key}")
     return cache_dir() / "baselines" / f"{safe}.json"
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def read_cached(device_key: str, method: str, ttl_s: float, now: float | None = None, min_duration_s: float = 0.0) -> dict | None:

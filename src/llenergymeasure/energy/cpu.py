@@ -106,17 +106,26 @@ def resolve_tdp(configured: float | None, n_cpus: int) -> tuple[float, str]:
     return DEFAULT_TDP_PER_CPU_W * n_cpus, f"default_{DEFAULT_TDP_PER_CPU_W:g}w_per_logical_cpu"
 
 
-def busy_cpu_seconds(stat: Path = PROC_STAT) -> float | None:
-    """Machine-wide busy CPU time (user+nice+system+irq+softirq), in CPU-seconds, or None if unreadable."""
+def cpu_times(stat: Path = PROC_STAT) -> tuple[float, float] | None:
+    """Machine-wide (busy, total) CPU time in CPU-seconds from ``/proc/stat``'s first line, or None if unreadable.
+    Busy = user + nice + system + irq + softirq; total adds idle and iowait."""
     try:
-        first = stat.read_text().splitlines()[0].split()
-    except (OSError, IndexError):
+        with open(stat) as fh:
+            first = fh.readline().split()
+        values = [int(v) for v in first[1:8]]
+    except (OSError, ValueError):
         return None
-    if first[0] != "cpu":
+    if not first or first[0] != "cpu" or len(values) < 7:
         return None
-    values = [int(v) for v in first[1:]]
     busy = values[0] + values[1] + values[2] + values[5] + values[6]
-    return busy / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return busy / tick, (busy + values[3] + values[4]) / tick
+
+
+def busy_cpu_seconds(stat: Path = PROC_STAT) -> float | None:
+    """Machine-wide busy CPU time, in CPU-seconds, or None if unreadable."""
+    times = cpu_times(stat)
+    return None if times is None else times[0]
 
 
 class CpuEstimateMeter(CounterMeter):

@@ -1,10 +1,10 @@
-"""Choosing meters for an experiment, CodeCarbon's tracker as a meter, the test fake, and CO2 arithmetic."""
+"""Choosing meters for an experiment, CodeCarbon's tracker as a meter, and CO2 arithmetic."""
 
 from __future__ import annotations
 
 import time
 
-from .base import ComponentEnergy, CounterMeter, Meter, MeterSet
+from .base import ComponentEnergy, Meter, MeterSet
 from .cpu import CpuEstimateMeter, RaplMeter, rapl_domains
 from .nvml import NvmlGpuMeter, visible_gpus
 
@@ -55,28 +55,6 @@ class CodeCarbonMeter(Meter):
 
     def describe(self) -> dict:
         return {"component": "cpu+ram", "device": "codecarbon", "method": self.method, "gpu_energy_source": self.gpu_energy_source}
-
-
-class FakeMeter(CounterMeter):
-    """Deterministic meter for tests: constant ``power_w`` over a caller-controlled clock. Method ``fake``."""
-
-    method = "fake"
-
-    def __init__(self, power_w: float, component: str = "cpu", clock=None, device: str = "fake0") -> None:
-        super().__init__()
-        self.power_w_value = power_w
-        self.component = component
-        self.device = device
-        self.device_key = f"fake-{device}"
-        if clock is not None:
-            self.clock = clock
-        self._origin = self.clock()
-
-    def read_j(self) -> float:
-        return (self.clock() - self._origin) * self.power_w_value
-
-    def power_w(self) -> float:
-        return self.power_w_value
 
 
 def select_meters(energy_cfg: dict, gpu_count: int) -> MeterSet:

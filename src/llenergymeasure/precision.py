@@ -1,0 +1,283 @@
+"""Precision-targeted campaigns: cycles continue until each experiment's confidence interval is as tight as asked.
+
+With ``execution.precision_target.relative_half_width`` set, an experiment runs ``min_cycles`` cycles; after each
+cycle from then on, a decision reads the experiment's raw results so far and either stops it (the Student-t
+interval of the mean of ``metric``, at ``analysis.confidence``, is within ± the target of the mean; or it has run
+``max_cycles``) or asks for one more cycle. The decision is a pure function of those raw results and the target
+(:func:`assess`), written to a file that is never rewritten while its inputs and the target stay the same: a
+resumed campaign reads the decisions already taken instead of taking them again. The aggregation recomputes the
+same function over the cycles it aggregates, so the status it reports is the one the decisions reached.
+
+The interval reported is the ordinary Student-t interval of every cycle run. Stopping once it is narrow enough is a
+sequential rule (a fixed-width interval in the sense of Chow and Robbins, 1965): its coverage tends to the nominal
+level as the target tightens, and can fall somewhat below it when an experiment stops after very few cycles, which
+is why the first decision comes only after at least three cycles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+#: metrics a target may be set on (names as in the aggregated results)
+TARGET_METRICS = ("j_per_output_token", "energy_j", "output_tokens_per_s")
+KEY = "execution.precision_target"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A campaign's precision target (``execution.precision_target``) and the confidence level it applies at."""
+
+    relative_half_width: float
+    metric: str
+    min_cycles: int
+    max_cycles: int
+    confidence: float
+
+    def params(self) -> dict:
+        """Plain data for a rule's ``params`` (a changed target is a changed decision)."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (f"until the {self.confidence:.0%} Student-t interval of the mean {self.metric} is within "
+                f"±{percent(self.relative_half_width)} of it, {self.min_cycles} to {self.max_cycles} cycles")  # fmt: skip
+
+
+def percent(fraction: float | None) -> str:
+    """A relative half-width for people: 0.0213 -> '2.13 %' (three significant digits)."""
+    return "n/a" if fraction is None else f"{100 * fraction:.3g} %"
+
+
+def target_of(campaign: dict) -> Target | None:
+    """The target of a resolved campaign, or None when it runs a fixed number of cycles."""
+    pt = (campaign.get("execution") or {}).get("precision_target") or {}
+    if pt.get("relative_half_width") is None:
+        return None
+    return Target(float(pt["relative_half_width"]), pt["metric"], int(pt["min_cycles"]), int(pt["max_cycles"]),
+                  float(campaign["analysis"]["confidence"]))  # fmt: skip
+
+
+def from_params(params: dict | None) -> Target | None:
+    return Target(**params) if params else None
+
+
+def campaign_problem(campaign: dict) -> str | None:
+    """What cannot hold in a schema-valid campaign's ``execution`` (as the user wrote it, before defaults), or None:
+    target settings without a target (they would change nothing), a maximum below the minimum, and a fixed
+    ``execution.cycles`` that contradicts the minimum of a target."""
+    execution = campaign.get("execution") or {}
+    pt = execution.get("precision_target") or {}
+    target = pt.get("relative_half_width")
+    if target is None:
+        for key in ("metric", "min_cycles", "max_cycles"):
+            if key in pt:
+                return (f"{KEY}.{key} = {json.dumps(pt[key])} has no effect: {KEY}.relative_half_width is null (every "
+                        "experiment runs execution.cycles cycles); set a target, or remove the key")  # fmt: skip
+        return None
+    from .config import load_schema
+
+    defaults = {k: v["default"] for k, v in load_schema("campaign")["$defs"]["precision_target"]["properties"].items()}
+    low, high = pt.get("min_cycles", defaults["min_cycles"]), pt.get("max_cycles", defaults["max_cycles"])
+    if high < low:
+        return f"key '{KEY}.max_cycles' = {high} is smaller than {KEY}.min_cycles = {low}; allowed: >= {low}"
+    if "cycles" in execution and execution["cycles"] != low:
+        return (f"key 'execution.cycles' = {execution['cycles']} contradicts {KEY}.min_cycles = {low}: with a "
+                f"precision target every experiment runs {KEY}.min_cycles to max_cycles cycles; remove "
+                "execution.cycles (or make it equal to min_cycles)")  # fmt: skip
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- decisions
+
+
+def assess(values: list[float | None], target: Target) -> dict:
+    """The decision after ``len(values)`` cycles, from the target metric's value in each (None: unavailable).
+
+    ``achieved_relative_half_width`` is the Student-t half-width of the mean divided by the mean's magnitude (None
+    with fewer than two values or a zero mean). ``decision`` is ``stop`` when it is within the target (``reason``
+    ``target_met``) or when ``max_cycles`` have run (``max_cycles_reached``), else ``continue``."""
+    from .stats import summarise
+
+    n = len(values)
+    s = summarise(values, target.confidence)
+    achieved = None
+    if s["ci_low"] is not None and s["mean"]:
+        achieved = (s["ci_high"] - s["ci_low"]) / 2 / abs(s["mean"])
+    met = achieved is not None and achieved <= target.relative_half_width
+    if n < target.min_cycles:
+        decision, reason = "continue", "below_min_cycles"
+    elif met:
+        decision, reason = "stop", "target_met"
+    elif n >= target.max_cycles:
+        decision, reason = "stop", "max_cycles_reached"
+    else:
+        decision, reason = "continue", "target_not_met"
+    return {
+        "cycles": n,
+        "decision": decision,
+        "reason": reason,
+        "metric": target.metric,
+        "values": s["values"],
+        "mean": s["mean"],
+        "ci_low": s["ci_low"],
+        "ci_high": s["ci_high"],
+        "confidence": target.confidence,
+        "achieved_relative_half_width": achieved,
+        "target_met": met,
+    }
+
+
+def metric_values(raws: list[dict], metric: str) -> list[float | None]:
+    """The target metric of each raw result (read as the aggregation reads it)."""
+    from .aggregate import METRICS
+
+    return [METRICS[metric](r) for r in raws]
+
+
+class DecisionError(ValueError):
+    pass
+
+
+def read_raws(raw_paths: list[str], experiment_id: str) -> list[dict]:
+    """Cycles 1..n of one experiment, checked: each file holds the experiment and the cycle its name says."""
+    from .results import RAW_SCHEMA, read_result
+
+    raws = []
+    for expected, path in enumerate(raw_paths, 1):
+        r = read_result(path, RAW_SCHEMA)
+        if r["experiment_id"] != experiment_id or r["cycle"] != expected:
+            raise DecisionError(f"{path}: holds {r['experiment_id']} cycle {r['cycle']}, expected {experiment_id} cycle {expected}")
+        raws.append(r)
+    return raws
+
+
+def decide(raw_paths: list[str], experiment_id: str, after_cycle: int, target: Target, output: str) -> dict:
+    """Take the decision after cycle ``after_cycle`` (raw results of cycles 1..after_cycle) and write it."""
+    from .paths import utc_now_iso
+    from .results import SCHEMA_VERSION, write_json_atomic
+
+    if len(raw_paths) != after_cycle:
+        raise DecisionError(f"decision after cycle {after_cycle} of {experiment_id} given {len(raw_paths)} raw results")
+    verdict = assess(metric_values(read_raws(raw_paths, experiment_id), target.metric), target)
+    record = {"schema_version": SCHEMA_VERSION, "experiment_id": experiment_id, "after_cycle": after_cycle, **verdict,
+              "target": target.params(), "raw_results": list(raw_paths), "decided_at": utc_now_iso()}  # fmt: skip
+    write_json_atomic(output, record, durable=True)
+    return record
+
+
+def read_decision(path: str | Path, experiment_id: str, after_cycle: int) -> dict:
+    """A decision file, checked; a damaged one is a one-line :class:`DecisionError` saying what to do."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        ok = (isinstance(record, dict) and record.get("experiment_id") == experiment_id
+              and record.get("after_cycle") == after_cycle and record.get("decision") in ("stop", "continue"))  # fmt: skip
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise DecisionError(f"{path} is not the decision after cycle {after_cycle} of {experiment_id} (damaged?): delete "
+                            "it and rerun, which takes the decision again from the same raw results")  # fmt: skip
+    return record
+
+
+def decided_cycles(get_decision, experiment_id: str, target: Target) -> tuple[int, str]:
+    """Walk an experiment's decisions from ``min_cycles``: the number of cycles they settled on and the path of the
+    last one (a ``stop``). ``get_decision(n)`` returns the path of the decision after cycle n; in the workflow it is
+    Snakemake's ``checkpoints.decide.get(...)``, which raises IncompleteCheckpointException while that decision is
+    still to be taken (Snakemake then schedules it, and calls the walk again once it exists)."""
+    n = target.min_cycles
+    while True:
+        path = get_decision(n)
+        record = read_decision(path, experiment_id, n)
+        if record["decision"] == "stop":
+            return n, path
+        if n >= target.max_cycles:
+            raise DecisionError(f"{path} asks for cycle {n + 1}, beyond max_cycles = {target.max_cycles}: delete the "
+                                "experiment's decisions and rerun")  # fmt: skip
+        n += 1
+
+
+def decisions_on_disk(root: str | Path, experiment_id: str, target: Target) -> tuple[int, bool]:
+    """What the decisions already taken (files under ``<root>/decisions/``) have scheduled for one experiment: the
+    number of cycles, and whether a decision stopped it. Unreadable or foreign files count as not yet taken."""
+    n = target.min_cycles
+    while True:
+        try:
+            record = read_decision(decision_path(root, experiment_id, n), experiment_id, n)
+        except DecisionError:
+            return n, False
+        if record["decision"] == "stop" or n >= target.max_cycles:
+            return n, True
+        n += 1
+
+
+def decision_path(root: str | Path, experiment_id: str, after_cycle: int) -> str:
+    return f"{root}/decisions/{experiment_id}/after_cycle_{after_cycle}.json"
+
+
+def settled_path(root: str | Path, experiment_id: str) -> str:
+    """The experiment's settled set of cycles (written once its decisions stop it)."""
+    return f"{root}/decisions/{experiment_id}.json"
+
+
+def is_settled_file(path: str | Path) -> bool:
+    p = Path(path)
+    return p.parent.name == "decisions" and p.suffix == ".json"
+
+
+def settle(decision: str, raw_paths: list[str], experiment_id: str, output: str) -> dict:
+    """The experiment's settled cycles: its final decision and the raw results it covers (what the aggregation
+    reads)."""
+    from .results import SCHEMA_VERSION, write_json_atomic
+
+    record = read_decision(decision, experiment_id, len(raw_paths))
+    if record["decision"] != "stop":
+        raise DecisionError(f"{decision} does not stop {experiment_id}")
+    out = {"schema_version": SCHEMA_VERSION, "experiment_id": experiment_id, "cycles": len(raw_paths),
+           "reason": record["reason"], "raw_results": list(raw_paths), "decision": record}  # fmt: skip
+    write_json_atomic(output, out, durable=False)
+    return out
+
+
+def settled_raws(path: str | Path) -> list[str]:
+    """The raw results an experiment's settled file lists."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        raws = record["raw_results"]
+        if not isinstance(raws, list) or not all(isinstance(x, str) for x in raws):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DecisionError(f"{path} cannot be read as an experiment's settled cycles: delete it and rerun") from None
+    return raws
+
+
+def status(values: list[float | None], cycle_numbers: list[int], target: Target) -> dict:
+    """The precision block of an aggregated result: what the decisions reach on these cycles (:func:`assess`), or
+    ``incomplete`` when the cycles are not 1..n with n at least ``min_cycles`` or the decision after them would ask
+    for more (cycles failed or were still to come when the campaign stopped)."""
+    verdict = assess(values, target)
+    contiguous = cycle_numbers == list(range(1, len(cycle_numbers) + 1))
+    settled = contiguous and verdict["decision"] == "stop"
+    state = verdict["reason"] if settled else "incomplete"
+    return {
+        "metric": target.metric,
+        "confidence": target.confidence,
+        "target_relative_half_width": target.relative_half_width,
+        "achieved_relative_half_width": verdict["achieved_relative_half_width"],
+        "target_met": verdict["target_met"],
+        "max_cycles_reached": state == "max_cycles_reached",
+        "status": state,
+        "cycles_run": len(values),
+        "min_cycles": target.min_cycles,
+        "max_cycles": target.max_cycles,
+    }
+
+
+def planned_windows(root: str | Path, ranked: list[tuple[str, int]], target: Target) -> tuple[list, list]:
+    """The measurements of a precision-targeted campaign, fewest and most, in campaign order (``ranked``: every
+    (experiment, cycle) up to max_cycles, best first): the cycles the decisions taken so far have scheduled, and
+    those plus every cycle up to max_cycles of the experiments that no decision has stopped yet."""
+    state = {e: decisions_on_disk(root, e, target) for e in dict.fromkeys(e for e, _ in ranked)}
+    least = [(e, c) for e, c in ranked if c <= state[e][0]]
+    most = [(e, c) for e, c in ranked if c <= (state[e][0] if state[e][1] else target.max_cycles)]
+    return least, most

@@ -1,0 +1,366 @@
+"""Precision-targeted campaigns: the decision rule, the campaign keys, the plan, the aggregation and its summary,
+the duration estimate, and (in tests/test_precision_workflow.py) real Snakemake runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import yaml
+
+from conftest import tiny_experiment
+from llenergymeasure.aggregate import PRECISION_COLUMNS, SUMMARY_COLUMNS, aggregate_experiment, read_summary, write_aggregated_all
+from llenergymeasure.campaign import measurement_order, plan, resolve_campaign
+from llenergymeasure.errors import ConfigError
+from llenergymeasure.precision import (
+    Target,
+    assess,
+    decide,
+    decided_cycles,
+    decisions_on_disk,
+    planned_windows,
+    read_decision,
+    DecisionError,
+    status,
+)
+from llenergymeasure.measure import run_experiment
+from llenergymeasure.results import write_json_atomic
+
+T = Target(relative_half_width=0.5, metric="energy_j", min_cycles=3, max_cycles=5, confidence=0.95)
+
+
+def half_width(values, confidence=0.95):
+    from scipy.stats import t
+
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) / abs(mean)
+
+
+# ------------------------------------------------------------------------------------------------- the decision
+
+
+def test_the_decision_rule():
+    # [10, 12, 14]: mean 12, sd 2, t(0.975, 2) = 4.303: half-width 4.97, 41.4 % of the mean
+    met = assess([10.0, 12.0, 14.0], T)
+    assert met["achieved_relative_half_width"] == pytest.approx(half_width([10, 12, 14])) == pytest.approx(0.4141, abs=1e-4)
+    assert (met["decision"], met["reason"], met["target_met"]) == ("stop", "target_met", True)
+    tight = Target(0.4, "energy_j", 3, 5, 0.95)
+    assert (assess([10.0, 12.0, 14.0], tight)["decision"], assess([10.0, 12.0, 14.0], tight)["reason"]) == ("continue", "target_not_met")
+    last = assess([10.0, 20.0, 10.0, 20.0, 10.0], tight)  # 5 = max_cycles; ±48.6 %
+    assert (last["decision"], last["reason"], last["target_met"]) == ("stop", "max_cycles_reached", False)
+    # a 99 % interval is wider: the same values meet 0.5 at 95 % but not at 99 %
+    assert assess([10.0, 12.0, 14.0], Target(0.5, "energy_j", 3, 5, 0.99))["decision"] == "continue"
+    # below the minimum there is no decision to stop, however tight the values
+    assert assess([10.0, 10.0], T)["reason"] == "below_min_cycles"
+    # an unavailable value (None) is left out of the interval, a zero mean has no relative width: never "met"
+    assert assess([10.0, None, 12.0], T)["values"] == [10.0, None, 12.0]
+    assert assess([1.0, -1.0, 0.0], T)["achieved_relative_half_width"] is None
+    assert assess([None, None, None], T)["decision"] == "continue"
+    assert assess([None, None, None, None, None], T)["reason"] == "max_cycles_reached"
+
+
+def test_decisions_are_files_read_back_and_walked(tmp_path):
+    recorded = {}
+
+    def get(n):
+        if n not in recorded:
+            raise LookupError(n)  # stands for Snakemake's IncompleteCheckpointException: not decided yet
+        return recorded[n]
+
+    for n, verdict in ((3, "continue"), (4, "continue"), (5, "stop")):
+        path = tmp_path / "decisions" / "e" / f"after_cycle_{n}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"experiment_id": "e", "after_cycle": n, "decision": verdict, "reason": "x"}))
+        recorded[n] = str(path)
+    assert decided_cycles(get, "e", T) == (5, recorded[5])
+    assert decisions_on_disk(tmp_path, "e", T) == (5, True)
+    del recorded[5]
+    with pytest.raises(LookupError):
+        decided_cycles(get, "e", T)
+    (tmp_path / "decisions" / "e" / "after_cycle_5.json").unlink()
+    assert decisions_on_disk(tmp_path, "e", T) == (5, False)  # cycle 5 scheduled, its decision still to come
+    assert decisions_on_disk(tmp_path, "other", T) == (3, False)
+    (tmp_path / "decisions" / "e" / "after_cycle_4.json").write_text('{"truncated')
+    with pytest.raises(DecisionError, match="after_cycle_4.json is not the decision after cycle 4 of e .damaged.*delete it and rerun"):
+        read_decision(tmp_path / "decisions" / "e" / "after_cycle_4.json", "e", 4)
+
+
+@pytest.fixture(scope="module")
+def template(tiny_model):
+    return run_experiment(tiny_experiment(warmup={"enabled": False}), "exp-p", 1, tiny_model, None, {})
+
+
+def write_cycles(root, template, energies, exp_id="exp-p"):
+    paths = []
+    for i, e in enumerate(energies, start=1):
+        r = copy.deepcopy(template)
+        r["experiment_id"] = exp_id
+        r["cycle"] = i
+        r["energy"]["total"]["gross_energy_j"] = e
+        r["efficiency"]["j_per_output_token"] = e / r["tokens"]["output_tokens"]
+        path = root / "raw" / exp_id / f"cycle_{i}.json"
+        write_json_atomic(path, r, "raw_result")
+        paths.append(str(path))
+    return paths
+
+
+def test_decide_reads_the_raw_results_it_is_given(tmp_path, template):
+    paths = write_cycles(tmp_path, template, [10.0, 12.0, 14.0])
+    out = tmp_path / "decisions" / "exp-p" / "after_cycle_3.json"
+    record = decide(paths, "exp-p", 3, T, str(out))
+    assert json.loads(out.read_text()) == record
+    assert record["values"] == [10.0, 12.0, 14.0] and record["decision"] == "stop" and record["target"] == T.params()
+    with pytest.raises(DecisionError, match="holds exp-p cycle 1, expected exp-p cycle 2"):
+        decide([paths[0], paths[0], paths[2]], "exp-p", 3, T, str(tmp_path / "x.json"))
+    per_token = Target(0.5, "j_per_output_token", 3, 5, 0.95)
+    record = decide(paths, "exp-p", 3, per_token, str(tmp_path / "y.json"))
+    n = template["tokens"]["output_tokens"]
+    assert record["values"] == pytest.approx([10.0 / n, 12.0 / n, 14.0 / n])
+
+
+# --------------------------------------------------------------------------------------------- campaign keys
+
+BASE = {"campaign_name": "p", "model": "lem-tiny-llama", "grid": {"backends": ["pytorch"]}}
+
+
+def resolve(execution, tmp_path, **extra):
+    return resolve_campaign({**BASE, "execution": execution, **extra}, tmp_path, tmp_path, env={})
+
+
+def test_keys_have_defaults_and_mean_off_without_a_target(tmp_path):
+    from llenergymeasure.aggregate import METRICS
+    from llenergymeasure.config import load_schema
+    from llenergymeasure.precision import TARGET_METRICS
+
+    leaves = load_schema("campaign")["$defs"]["precision_target"]["properties"]
+    assert all("default" in v and v.get("description") for v in leaves.values())
+    assert leaves["metric"]["enum"] == list(TARGET_METRICS) and set(TARGET_METRICS) <= set(METRICS)
+    c = resolve({}, tmp_path)
+    assert c["execution"]["precision_target"] == {"relative_half_width": None, "metric": "j_per_output_token",
+                                                  "min_cycles": 3, "max_cycles": 10}  # fmt: skip
+    assert plan(c).target is None
+    c = resolve({"precision_target": {"relative_half_width": 0.02}}, tmp_path, analysis={"confidence": 0.9})
+    assert plan(c).target == Target(0.02, "j_per_output_token", 3, 10, 0.9)
+    # execution.cycles equal to the minimum is consistent (the default campaign file sets cycles: 3)
+    assert plan(resolve({"cycles": 3, "precision_target": {"relative_half_width": 0.02}}, tmp_path)).target.min_cycles == 3
+
+
+@pytest.mark.parametrize(
+    "pt, extra, expected",
+    [
+        ({"relative_half_width": 0}, {}, "key 'execution.precision_target.relative_half_width' = 0 is out of range; allowed: > 0"),
+        ({"relative_half_width": 2}, {}, "key 'execution.precision_target.relative_half_width' = 2 is out of range; allowed: <= 1"),
+        ({"relative_half_width": "2%"}, {}, "key 'execution.precision_target.relative_half_width' = '2%' has the wrong type; allowed: number or null"),
+        ({"relative_half_width": 0.05, "metric": "latency"}, {},
+         "key 'execution.precision_target.metric' = 'latency' is not allowed; allowed: j_per_output_token, energy_j, output_tokens_per_s"),
+        ({"relative_half_width": 0.05, "min_cycles": 2}, {}, "key 'execution.precision_target.min_cycles' = 2 is out of range; allowed: >= 3"),
+        ({"relative_half_width": 0.05, "max_cycles": 101}, {}, "key 'execution.precision_target.max_cycles' = 101 is out of range; allowed: <= 100"),
+        ({"relative_half_width": 0.05, "min_cycles": 5, "max_cycles": 4}, {},
+         "key 'execution.precision_target.max_cycles' = 4 is smaller than execution.precision_target.min_cycles = 5; allowed: >= 5"),
+        ({"relative_half_width": 0.05, "max_cycles": 2}, {}, "key 'execution.precision_target.max_cycles' = 2 is out of range; allowed: >= 3"),
+        ({"relative_half_width": 0.05}, {"cycles": 5},
+         "key 'execution.cycles' = 5 contradicts execution.precision_target.min_cycles = 3: with a precision target every "
+         "experiment runs execution.precision_target.min_cycles to max_cycles cycles; remove execution.cycles (or make it equal to min_cycles)"),
+        ({"max_cycles": 20}, {}, "execution.precision_target.max_cycles = 20 has no effect: execution.precision_target.relative_half_width is null "
+                                 "(every experiment runs execution.cycles cycles); set a target, or remove the key"),
+        ({"relative_half_width": None, "metric": "energy_j"}, {}, "execution.precision_target.metric = \"energy_j\" has no effect"),
+        ({"relative_half_width": 0.05, "min_cycle": 4}, {}, "unknown key 'execution.precision_target.min_cycle' (value 4); allowed keys here: "
+                                                           "max_cycles, metric, min_cycles, relative_half_width (did you mean 'min_cycles'?)"),
+    ],
+)
+def test_bad_values_are_one_line_errors(tmp_path, pt, extra, expected):
+    with pytest.raises(ConfigError) as info:
+        resolve({"precision_target": pt, **extra}, tmp_path)
+    text = str(info.value)
+    assert expected in text and "\n" not in text
+
+
+# ------------------------------------------------------------------------------------------------------ the plan
+
+
+@pytest.mark.parametrize("structure", ["interleaved", "grouped", "shuffled"])
+def test_the_minimum_plan_and_the_order_of_cycles_added_later(tmp_path, structure):
+    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2, 4]}}}
+    fixed = plan(resolve({"cycles": 3, "structure": structure, "seed": 7}, tmp_path, grid=grid))
+    targeted = plan(resolve({"structure": structure, "seed": 7, "precision_target": {"relative_half_width": 0.05, "max_cycles": 6}},
+                            tmp_path, grid=grid))  # fmt: skip
+    ids = [e.experiment_id for e in targeted.expansion.experiments]
+    # scheduled up front: the first min_cycles of every experiment, in exactly the order of a 3-cycle campaign
+    assert targeted.order == fixed.order and len(targeted.order) == 9
+    # ranked: every cycle up to the maximum by the order rule, so that a cycle added later keeps its place
+    ranked = sorted(targeted.priority, key=targeted.priority.get, reverse=True)
+    assert ranked == measurement_order(ids, 6, structure, 7)
+    if structure == "interleaved":  # A4 B4 C4 after A3 B3 C3
+        assert ranked[9:12] == [(ids[0], 4), (ids[1], 4), (ids[2], 4)]
+    if structure == "grouped":  # A's added cycles before B's first
+        assert ranked[:6] == [(ids[0], c) for c in range(1, 7)]
+    if structure == "shuffled":  # cycle by cycle, each cycle in its own seeded order
+        assert [c for _, c in ranked] == sorted(c for _, c in ranked)
+
+
+def test_no_target_leaves_the_plan_as_it_was(tmp_path):
+    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
+    p = plan(resolve({"cycles": 4, "structure": "shuffled", "seed": 3}, tmp_path, grid=grid))
+    ids = [e.experiment_id for e in p.expansion.experiments]
+    assert p.order == measurement_order(ids, 4, "shuffled", 3) and p.target is None
+    assert p.priority == {k: len(p.order) - i for i, k in enumerate(p.order)}
+
+
+# ----------------------------------------------------------------------------------------------- aggregation
+
+
+def test_aggregated_precision_and_summary_columns(tmp_path, template):
+    met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
+    maxed = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0, 10.0], "exp-max")
+    agg = aggregate_experiment(met, "met", 0.5, 0.95, target=T)
+    p = agg["precision"]
+    assert p == {"metric": "energy_j", "confidence": 0.95, "target_relative_half_width": 0.5,
+                 "achieved_relative_half_width": pytest.approx(half_width([10, 12, 14])), "target_met": True,
+                 "max_cycles_reached": False, "status": "target_met", "cycles_run": 3, "min_cycles": 3, "max_cycles": 5}  # fmt: skip
+    # the achieved width is the one of the interval the result reports
+    m = agg["metrics"]["energy_j"]
+    assert p["achieved_relative_half_width"] == pytest.approx((m["ci_high"] - m["ci_low"]) / 2 / m["mean"])
+    assert "precision_target_not_met" not in agg["flags"]
+    agg = aggregate_experiment(maxed, "max", 0.5, 0.95, target=Target(0.1, "energy_j", 3, 5, 0.95))
+    assert agg["precision"]["status"] == "max_cycles_reached" and agg["precision"]["max_cycles_reached"] is True
+    assert agg["flags"]["precision_target_not_met"] == 1
+    # cycles 1 and 3 only (2 failed): whatever the width, the decisions did not conclude
+    agg = aggregate_experiment([met[0], met[2]], "gap", 0.5, 0.95, planned_cycles=3, target=Target(0.99, "energy_j", 3, 5, 0.95))
+    assert agg["precision"]["status"] == "incomplete" and agg["flags"]["missing_cycles"] == 1
+    # without a target the aggregated result is as before: no precision block
+    assert "precision" not in aggregate_experiment(met, "met", 0.5, 0.95)
+
+    names = {"exp-met": "met", "exp-max": "max"}
+    rows = write_aggregated_all({"exp-met": met, "exp-max": maxed}, names, str(tmp_path / "agg"), str(tmp_path / "s.csv"),
+                                0.5, 0.95, {"exp-met": 3, "exp-max": 5}, Target(0.45, "energy_j", 3, 5, 0.95))  # fmt: skip
+    header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
+    assert header == SUMMARY_COLUMNS + list(PRECISION_COLUMNS)
+    back = read_summary(str(tmp_path / "s.csv"))
+    assert [(r["cycles"], r["precision_target_met"], r["precision_max_cycles_reached"], r["precision_status"]) for r in back] == [
+        (3, True, False, "target_met"), (5, False, True, "max_cycles_reached")]  # fmt: skip
+    assert back[0]["precision_achieved_rel_half_width"] == pytest.approx(rows[0]["precision_achieved_rel_half_width"])
+    assert back[1]["flags"] == "precision_target_not_met" or "precision_target_not_met" in back[1]["flags"].split(";")
+    write_aggregated_all({"exp-met": met}, names, str(tmp_path / "agg2"), str(tmp_path / "s2.csv"), 0.5, 0.95)
+    assert (tmp_path / "s2.csv").read_text().splitlines()[0].split(",") == SUMMARY_COLUMNS  # as before
+
+
+def test_status_is_what_the_decisions_reach():
+    assert status([10.0, 12.0, 14.0], [1, 2, 3], T)["status"] == "target_met"
+    assert status([10.0, 12.0, 14.0], [1, 2, 4], T)["status"] == "incomplete"
+    assert status([10.0, 20.0, 10.0, 20.0], [1, 2, 3, 4], Target(0.1, "energy_j", 3, 5, 0.95))["status"] == "incomplete"
+
+
+def test_report_shows_the_precision_beside_each_point(tmp_path, template):
+    from llenergymeasure.report import write_report_files
+
+    met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
+    maxed = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0, 10.0], "exp-max")
+    target = Target(0.45, "energy_j", 3, 5, 0.95)
+    write_aggregated_all({"exp-met": met, "exp-max": maxed}, {"exp-met": "met", "exp-max": "max"}, str(tmp_path / "agg"),
+                         str(tmp_path / "s.csv"), 0.5, 0.95, None, target)  # fmt: skip
+    aggs = [str(tmp_path / "agg" / f"{e}.json") for e in ("exp-met", "exp-max")]
+    write_report_files(aggs, met + maxed, str(tmp_path / "report"))
+    svg = (tmp_path / "report" / "efficiency.svg").read_text()
+    caption = (tmp_path / "report" / "efficiency.rst").read_text()
+    assert "41.4% (3 cycles) ✓" in svg and "(5 cycles) ✗ max" in svg
+    assert "Precision target: cycles continued until the 95% interval of the mean energy_j was within ±45 % of it" in caption
+    assert "- **met**: 3 cycles, ±41.4 %: target met" in caption and "- **max**: 5 cycles, ±48.6 %" in caption
+    assert "max_cycles reached before the target" in caption
+
+
+# ---------------------------------------------------------------------------------------- failures and duration
+
+
+def test_failures_are_counted_against_the_cycles_scheduled(tmp_path):
+    from llenergymeasure.failures import report
+
+    rec = report(tmp_path, {"a": "A", "b": "B"}, {"a": 5, "b": 3}, {("a", c) for c in (1, 2, 3, 4)} | {("b", c) for c in (1, 2, 3)})
+    assert rec["planned_measurements"] == 8 and rec["failed_measurements"] == 1
+    assert [(f["experiment_id"], f["cycle"]) for f in rec["failures"]] == [("a", 5)]
+    assert report(tmp_path, {"a": "A"}, 2, set())["planned_measurements"] == 2
+
+
+def test_validate_estimates_a_duration_range(tmp_path, capsys):
+    from llenergymeasure.cli import main
+
+    campaign = {**BASE, "results_dir": str(tmp_path / "results"),
+                "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+                "execution": {"config_gap_seconds": 10, "cycle_gap_seconds": 20,
+                              "precision_target": {"relative_half_width": 0.05, "min_cycles": 3, "max_cycles": 6}}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(campaign))
+    assert main(["--json", "validate", str(tmp_path / "c.yaml")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    est = out["duration"]
+    assert (est["jobs_to_run"], est["jobs_to_run_max"]) == (6, 12)
+    # 60 s per job assumed: 6 jobs, 3 config gaps and 2 cycle gaps; 12 jobs, 6 config and 5 cycle gaps
+    assert est["estimated_s"] == pytest.approx(6 * 60 + 3 * 10 + 2 * 20)
+    assert est["estimated_max_s"] == pytest.approx(12 * 60 + 6 * 10 + 5 * 20)
+    assert out["precision_target"]["max_cycles"] == 6
+    # decisions already taken narrow the range: the first experiment stopped after 4 cycles
+    ids = [e["experiment_id"] for e in out["experiments"]]
+    for n, verdict in ((3, "continue"), (4, "stop")):
+        path = tmp_path / "results" / "p" / "decisions" / ids[0] / f"after_cycle_{n}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"experiment_id": ids[0], "after_cycle": n, "decision": verdict}))
+    p = plan(resolve_campaign(campaign, tmp_path, tmp_path, env={}))
+    least, most = planned_windows(p.results_root, sorted(p.priority, key=p.priority.get, reverse=True), p.target)
+    assert (len(least), len(most)) == (7, 10)
+    assert main(["validate", str(tmp_path / "c.yaml")]) == 0
+    text = capsys.readouterr().out
+    assert "2 experiments x 3-6 cycles" in text and "Precision target: cycles continue until the 95% Student-t interval" in text
+    assert "7 to 10 measurements to run (of 7 to 10)" in text
+
+
+# ------------------------------------------------------------------------------------------ workflow helpers
+
+
+def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
+    import llenergymeasure.workflow as lem
+    from llenergymeasure.failures import COMPLETED_ONLY_ENV
+
+    monkeypatch.delenv(COMPLETED_ONLY_ENV, raising=False)
+    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
+    p = plan(resolve({"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}}, tmp_path, grid=grid,
+                     results_dir=str(tmp_path / "results")))  # fmt: skip
+    a, b = (e.experiment_id for e in p.expansion.experiments)
+    root = p.results_root
+    assert lem.all_raw(p) == [lem.raw_path(root, e, c) for c in (1, 2, 3) for e in (a, b)]  # the minimum plan
+    assert lem.aggregate_inputs(p) == lem.settled(p) == [f"{root}/decisions/{a}.json", f"{root}/decisions/{b}.json"]
+    assert lem.decision_inputs(p, a, "4") == [lem.raw_path(root, a, c) for c in (1, 2, 3, 4)]
+    for bad in ("2", "6"):
+        with pytest.raises(ValueError, match=f"no decision after cycle {bad}"):
+            lem.decision_inputs(p, a, bad)
+    assert lem.decision_priority(p) > max(p.priority.values())
+    # an experiment that settled on 5 cycles: rule all also asks for its cycles 4 and 5
+    settled = tmp_path / "results" / "p" / "decisions" / f"{a}.json"
+    settled.parent.mkdir(parents=True)
+    settled.write_text(json.dumps({"raw_results": [lem.raw_path(root, a, c) for c in range(1, 6)]}))
+    assert lem.settled_raw(p) == [lem.raw_path(root, a, 4), lem.raw_path(root, a, 5)]
+    # the pass over what completed (after failed measurements) aggregates the raw results that exist, any cycle
+    for e, c in ((a, 1), (b, 1), (a, 2), (a, 4)):
+        path = tmp_path / lem.raw_path(root, e, c)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    root_rel = "results/p"
+    p = plan(resolve({"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}}, tmp_path, grid=grid, results_dir="results"))
+    monkeypatch.setenv(COMPLETED_ONLY_ENV, "1")
+    existing = [lem.raw_path(root_rel, a, 1), lem.raw_path(root_rel, b, 1), lem.raw_path(root_rel, a, 2), lem.raw_path(root_rel, a, 4)]
+    assert lem.all_raw(p) == lem.aggregate_inputs(p) == existing
+    assert lem.settled(p) == [] and lem.settled_raw(p) == []
+
+
+def test_lem_results_shows_the_precision(tmp_path, template, capsys):
+    from llenergymeasure.cli import main
+
+    met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
+    write_aggregated_all({"exp-met": met}, {"exp-met": "met"}, str(tmp_path / "agg"), str(tmp_path / "s.csv"), 0.5, 0.95, None, T)
+    assert main(["results", "--summary", str(tmp_path / "s.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "precision_achieved_rel_half_width" in out.splitlines()[0] and "0.414 " in out
+    assert main(["results", "--summary", str(tmp_path / "s.csv"), "--columns", "config_name,precision_status"]) == 0
+    assert "target_met" in capsys.readouterr().out

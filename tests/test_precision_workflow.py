@@ -1,0 +1,301 @@
+"""Precision-targeted campaigns in real Snakemake runs on the tiny model (CPU): the minimum plan, the unchanged
+workflow without a target, cycles decided by measured noise, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from llenergymeasure.aggregate import read_summary
+from llenergymeasure.results import read_result
+from conftest import job_counts, sha, snakemake
+
+pytestmark = pytest.mark.workflow
+
+SHARED = {
+    "fp_precision": "float32",
+    "device": "cpu",
+    "max_input_tokens": 32,
+    "max_output_tokens": 8,
+    "min_output_tokens": 8,
+    "decoder.preset": "deterministic",
+    "baseline.duration_sec": 1,
+    "warmup.max_prompts": 3,
+    "warmup.min_prompts": 3,
+    "warmup.window_size": 3,
+}
+
+
+def campaign(name: str, execution: dict, batch_sizes=(2, 4), **shared) -> dict:
+    return {
+        "campaign_name": name,
+        "model": "lem-tiny-llama",
+        "num_samples": 4,
+        "grid": {"backends": ["pytorch"], "shared": {**SHARED, **shared}, "backend_overrides": {"pytorch": {"batch_size": list(batch_sizes)}}},
+        "execution": execution,
+    }
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------------------------- dry runs
+
+KEYS = ("input", "output", "log", "benchmark", "wildcards", "priority", "threads")
+
+
+def dry_run_jobs(text: str) -> list[dict]:
+    """Every job of a dry run: its rule and the lines that define it (not ids, times or reasons), sorted."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", text)[1:]:
+        lines = block.splitlines()
+        job = {"rule": lines[0].strip().rstrip(":")}
+        for line in lines[1:]:
+            m = re.match(r"^    (\w+): (.*)$", line)
+            if not m:
+                break
+            if m.group(1) in KEYS:
+                job[m.group(1)] = m.group(2)
+        jobs.append(job)
+    return sorted(jobs, key=lambda j: json.dumps(j, sort_keys=True))
+
+
+def test_without_a_target_the_workflow_is_unchanged(workflow_dir):
+    """A campaign with a fixed number of cycles plans the jobs (rules, files, wildcards, priorities) and params
+    recorded in tests/data/fixed_cycles_plan.json, which were recorded from the workflow as it was before precision
+    targets: without a target, the workflow must go on planning exactly these."""
+    import llenergymeasure.workflow as lem
+
+    recorded = json.loads((REPO / "tests" / "data" / "fixed_cycles_plan.json").read_text())
+    (workflow_dir / "fixed.yaml").write_text(recorded["campaign"])
+    dry = snakemake(workflow_dir, "-n", "--configfile", "fixed.yaml")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert dry_run_jobs(dry.stdout + dry.stderr) == recorded["jobs"]
+    config = {"campaign": "fixed.yaml"}
+    p = lem.load(config, [], workdir=workflow_dir, announce=False)
+    params = {"measure": {e.experiment_id: lem.experiment_config(p, e.experiment_id) for e in p.expansion.experiments},
+              "aggregate": {"names": lem.config_names(p), "analysis": config["analysis"]},
+              "report_plots": {"aggregated": lem.aggregated(p), "raw": lem.all_raw(p)}}  # fmt: skip
+    assert json.loads(json.dumps(params)) == recorded["params"]
+    assert "decide" not in dry.stdout + dry.stderr and "settle" not in dry.stdout + dry.stderr
+
+
+def test_a_dry_run_shows_the_minimum_plan(workflow_dir):
+    cfg = write(workflow_dir / "p.yaml", campaign("pt", {"structure": "grouped", "precision_target": {
+        "relative_half_width": 0.05, "metric": "energy_j", "min_cycles": 4, "max_cycles": 9}}))  # fmt: skip
+    dry = snakemake(workflow_dir, "-n", "--configfile", str(cfg))
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    out = dry.stdout + dry.stderr
+    counts = job_counts(out)
+    assert (counts["measure"], counts["decide"], counts["settle"], counts["aggregate"]) == (8, 2, 2, 1), counts
+    assert "Campaign 'pt': 2 experiments x 4-9 cycles, grouped order" in out
+    assert ("precision target: cycles continue until the 95% Student-t interval of the mean energy_j is within ±5 % "
+            "of it, 4 to 9 cycles. Scheduled now: the first 4 cycles of every experiment (8 measurements); after each "
+            "further cycle a decision adds one more to the experiments not yet that precise, so more cycles may follow.") in out
+    assert "DAG of jobs will be updated after completion" in out  # Snakemake's own word on its checkpoints
+    decisions = re.findall(r"output: results/pt/decisions/([^/\s]+)/after_cycle_(\d+)\.json", out)
+    assert sorted(n for _, n in decisions) == ["4", "4"]
+    assert not list((workflow_dir / "results").glob("pt/*"))  # a dry run writes nothing
+
+
+def test_a_bad_value_stops_the_run_before_any_job(workflow_dir):
+    existing = workflow_dir / "results" / "pt" / "raw" / "keep" / "cycle_1.json"
+    existing.parent.mkdir(parents=True)
+    existing.write_text('{"precious": true}')
+    cfg = write(workflow_dir / "bad.yaml", campaign("pt", {"precision_target": {"relative_half_width": 0.05, "min_cycles": 6, "max_cycles": 4}}))
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    err = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("Using workflow specific profile")]
+    assert run.returncode == 1 and err == [
+        f"Configuration error: {cfg}: key 'execution.precision_target.max_cycles' = 4 is smaller than "
+        "execution.precision_target.min_cycles = 6; allowed: >= 6"], run.stderr  # fmt: skip
+    assert existing.read_text() == '{"precious": true}'
+    assert [p.name for p in (workflow_dir / "results").rglob("*") if p.is_file()] == ["cycle_1.json"]
+
+
+# ---------------------------------------------------------------------------------------------- real runs
+
+
+class HostLoad:
+    """A deliberately varied load on the host: four busy loops per CPU while the measurement window of one
+    experiment's even-numbered cycles is open (from the job's "window open" line to its raw result), nothing
+    otherwise. The measurement itself is untouched: its
+    window really is slower, and the CPUs really are busier (the CPU energy estimate, and RAPL where readable, count
+    every process), so that experiment's throughput and energy jump from cycle to cycle while the other's do not."""
+
+    def __init__(self, root: Path, experiment_id: str, max_cycles: int):
+        self.root, self.experiment_id, self.max_cycles = root, experiment_id, max_cycles
+        self.procs: list[subprocess.Popen] = []
+        self.loaded: set[int] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self._off()
+
+    def _on(self):
+        if not self.procs:
+            self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4 * (os.cpu_count() or 1))]
+
+    def _off(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self.procs = []
+
+    def _window_open(self, cycle: int) -> bool:
+        log = self.root / "logs" / "measure" / self.experiment_id / f"cycle_{cycle}.log"
+        raw = self.root / "raw" / self.experiment_id / f"cycle_{cycle}.json"
+        try:
+            return "measuring (window open)" in log.read_text() and not raw.exists()
+        except OSError:
+            return False
+
+    def _watch(self):
+        while not self.stop.is_set():
+            running = [n for n in range(2, self.max_cycles + 1, 2) if self._window_open(n)]
+            if running:
+                self.loaded.update(running)
+                self._on()
+            else:
+                self._off()
+            time.sleep(0.05)
+
+
+def expected_id(workflow_dir: Path, cfg: Path, batch_size: int) -> str:
+    from llenergymeasure.campaign import load_campaign, plan
+
+    p = plan(load_campaign(cfg, workflow_dir))
+    return next(e.experiment_id for e in p.expansion.experiments if e.config["pytorch"]["batch_size"] == batch_size)
+
+
+def windows_in_time_order(root: Path) -> list[dict]:
+    results = [read_result(p, "raw_result") for p in root.glob("raw/*/cycle_*.json")]
+    return sorted(results, key=lambda r: r["timestamps"]["window_start"])
+
+
+def test_measured_noise_decides_how_many_cycles_run(workflow_dir):
+    """Two experiments, one under a deliberately varied host load: the steady one meets an easy target with its
+    minimum cycles, the other gets more (up to max_cycles, flagged when it stops there unmet). Grouped order: the cycles
+    added to the first experiment run before the second one starts; every window keeps its thermal gap."""
+    # the 95 % interval of the mean throughput within ±100 % of the mean: after 4 cycles, met by any experiment whose
+    # cycles' CV is below 63 % (a steady one, even on a host shared with other work), not by one whose throughput
+    # drops several fold in every other cycle
+    target = {"relative_half_width": 1.0, "metric": "output_tokens_per_s", "min_cycles": 4, "max_cycles": 6}
+    cfg = write(workflow_dir / "noise.yaml", campaign(
+        "noise", {"structure": "grouped", "config_gap_seconds": 1, "cycle_gap_seconds": 1, "precision_target": target},
+        **{"energy.min_window_sec": 1.0, "energy.repeat_to_min_window": True}))  # fmt: skip
+    root = workflow_dir / "results" / "noise"
+    noisy, steady = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
+    with HostLoad(root, noisy, target["max_cycles"]) as load:
+        run = snakemake(workflow_dir, "--configfile", str(cfg), timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert load.loaded, "the load never ran"
+
+    rows = {r["experiment_id"]: r for r in read_summary(str(root / "summary.csv"))}
+    aggs = {e: read_result(root / "aggregated" / f"{e}.json", "aggregated_result") for e in (noisy, steady)}
+    s, n = aggs[steady]["precision"], aggs[noisy]["precision"]
+    values = {e: aggs[e]["metrics"]["output_tokens_per_s"]["values"] for e in aggs}
+    assert s["status"] == "target_met" and s["cycles_run"] == 4 == rows[steady]["cycles"], values
+    assert n["cycles_run"] > 4 and rows[noisy]["cycles"] == n["cycles_run"], values
+    assert n["status"] in ("target_met", "max_cycles_reached")
+    assert ("precision_target_not_met" in aggs[noisy]["flags"]) == (n["status"] == "max_cycles_reached") == n["max_cycles_reached"]
+    assert rows[noisy]["precision_status"] == n["status"] and rows[steady]["precision_target_met"] is True
+    assert rows[steady]["precision_achieved_rel_half_width"] == pytest.approx(s["achieved_relative_half_width"])
+    assert s["achieved_relative_half_width"] <= 1.0 and s["metric"] == "output_tokens_per_s"
+
+    # every decision is on disk: the steady experiment stopped at its first, the noisy one went on
+    assert sorted(p.name for p in (root / "decisions" / steady).iterdir()) == ["after_cycle_4.json"]
+    noisy_decisions = [json.loads((root / "decisions" / noisy / f"after_cycle_{c}.json").read_text()) for c in range(4, n["cycles_run"] + 1)]
+    assert [d["decision"] for d in noisy_decisions] == ["continue"] * (len(noisy_decisions) - 1) + ["stop"]
+    assert json.loads((root / "decisions" / f"{noisy}.json").read_text())["cycles"] == n["cycles_run"]
+
+    # grouped order held for the cycles added later, and so did the gaps
+    order = [(r["experiment_id"], r["cycle"]) for r in windows_in_time_order(root)]
+    assert order == [(noisy, c) for c in range(1, n["cycles_run"] + 1)] + [(steady, c) for c in (1, 2, 3, 4)]
+    audit = json.loads((root / "thermal_gaps.json").read_text())
+    assert audit["ok"] is True and len(audit["windows"]) == n["cycles_run"] + 4
+    assert all(w["gap_kind"] == "cycle" for w in audit["windows"][1:n["cycles_run"]])
+
+    # the campaign-end notification record says it too
+    sent = json.loads((root / "notifications" / "campaign_complete.json").read_text())["data"]
+    assert sent["cycles_run"] == {noisy: n["cycles_run"], steady: 4} and sent["precision_target"]["max_cycles"] == 6
+    assert sent["precision_target_not_met"] == ([noisy] if n["status"] == "max_cycles_reached" else [])
+
+    # the report says how precise each point is
+    caption = (root / "report" / "efficiency.rst").read_text()
+    assert f"4 cycles, ±{100 * s['achieved_relative_half_width']:.3g} %: target met" in caption
+    again = snakemake(workflow_dir, "--configfile", str(cfg), "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+
+
+def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
+    """kill -9 while cycles added by decisions are being measured; --unlock, rerun: no finished measurement runs
+    again, no decision already taken is taken again, the campaign ends as if never stopped. An unreachable target
+    makes every experiment run max_cycles (interleaved: A4 B4 after A3 B3)."""
+    target = {"relative_half_width": 1e-9, "metric": "output_tokens_per_s", "min_cycles": 3, "max_cycles": 4}
+    cfg = write(workflow_dir / "k.yaml", campaign(
+        "resume", {"structure": "interleaved", "config_gap_seconds": 0, "cycle_gap_seconds": 0, "precision_target": target},
+        **{"energy.min_window_sec": 0}))  # fmt: skip
+    root = workflow_dir / "results" / "resume"
+    a, b = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)], cwd=workflow_dir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    try:
+        # wait for the first added cycle to be done and the second to have started
+        while time.monotonic() < deadline:
+            if (root / "raw" / a / "cycle_4.json").exists() and (root / "logs" / "measure" / b / "cycle_4.log").exists():
+                break
+            assert proc.poll() is None, "snakemake finished before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the campaign never reached its added cycles")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    raws = sorted(root.glob("raw/*/cycle_*.json"))
+    decisions = sorted(root.glob("decisions/*/after_cycle_*.json"))
+    assert len(raws) == 7 and {p.name for p in decisions} >= {"after_cycle_3.json"} and len(decisions) in (2, 3)
+    before = {p: (sha(p), p.stat().st_mtime) for p in raws + decisions}
+
+    assert snakemake(workflow_dir, "--configfile", str(cfg), "--unlock").returncode == 0
+    resumed = snakemake(workflow_dir, "--configfile", str(cfg), "--rerun-incomplete")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    counts = job_counts(resumed.stdout + resumed.stderr)
+    assert counts.get("measure") == 1, counts  # B4 only
+    assert counts.get("decide") == 4 - len(decisions), counts  # only the decisions not yet taken
+    assert {p: (sha(p), p.stat().st_mtime) for p in before} == before
+    for exp_id in (a, b):
+        agg = read_result(root / "aggregated" / f"{exp_id}.json", "aggregated_result")
+        assert agg["cycles"] == 4 and agg["precision"]["status"] == "max_cycles_reached"
+        assert agg["flags"]["precision_target_not_met"] == 1
+        assert [json.loads((root / "decisions" / exp_id / f"after_cycle_{c}.json").read_text())["decision"] for c in (3, 4)] == ["continue", "stop"]
+    assert [(r["experiment_id"], r["cycle"]) for r in windows_in_time_order(root)] == [
+        (e, c) for c in range(1, 5) for e in (a, b)]  # fmt: skip
+
+    # a raw result of an added cycle deleted after the campaign ended is measured again (and decided on again)
+    lost = root / "raw" / a / "cycle_4.json"
+    lost.unlink()
+    dry = snakemake(workflow_dir, "--configfile", str(cfg), "-n")
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts.get("measure") == 1 and counts.get("decide") == 1 and counts.get("aggregate") == 1, dry.stdout[-2000:]
+    assert re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr) == [(a, "4")]
