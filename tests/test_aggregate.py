@@ -1,4 +1,4 @@
-"""Aggregation across cycles, summary CSV and the thermal audit, on raw results from a real measurement."""
+"""Aggregation across cycles, summary CSV and the thermal-gap audit, on raw results from a real measurement."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from llenergymeasure.aggregate import (
     SUMMARY_COLUMNS,
     aggregate_experiment,
     read_summary,
-    thermal_audit,
     write_aggregated,
-    write_summary,
+    write_aggregated_all,
 )
 from llenergymeasure.measure import run_experiment
 from llenergymeasure.results import ResultValidationError, write_json_atomic
+from llenergymeasure.thermal import thermal_audit
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +90,7 @@ def test_invalid_raw_file_is_refused(tmp_path, template):
 def test_summary_csv_roundtrip(tmp_path, template):
     a = write_cycles(tmp_path, template, [10.0, 11.0, 12.0], "exp-a")
     b = write_cycles(tmp_path, template, [20.0, 21.0, 22.0], "exp-b")
-    write_aggregated(a, str(tmp_path / "agg" / "exp-a.json"), "A", 0.1, 0.95)
-    write_aggregated(b, str(tmp_path / "agg" / "exp-b.json"), "B", 0.1, 0.95)
-    write_summary([str(tmp_path / "agg" / "exp-a.json"), str(tmp_path / "agg" / "exp-b.json")], str(tmp_path / "s.csv"))
+    write_aggregated_all({"exp-a": a, "exp-b": b}, {"exp-a": "A", "exp-b": "B"}, str(tmp_path / "agg"), str(tmp_path / "s.csv"), 0.1, 0.95)
     header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
     assert header == SUMMARY_COLUMNS
     required = {"experiment_id", "backend", "model", "batch_size", "fp_precision", "cycles", "output_tokens_mean",
@@ -138,8 +136,6 @@ def test_per_component_metrics(tmp_path, template):
 
 def test_a_damaged_raw_result_leaves_the_previous_derived_files(tmp_path, template):
     """The error names the file and what to do; nothing derived is replaced or removed before every input is read."""
-    from llenergymeasure.aggregate import write_aggregated_all
-
     a = write_cycles(tmp_path, template, [1.0, 2.0], "exp-a")
     b = write_cycles(tmp_path, template, [3.0, 4.0], "exp-b")
     out, summary = tmp_path / "aggregated", tmp_path / "summary.csv"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import tiny_experiment
-from llenergymeasure.aggregate import write_aggregated, write_summary
+from llenergymeasure.aggregate import write_aggregated_all
 from llenergymeasure.cli import main, welch
 from llenergymeasure.measure import run_experiment
 from llenergymeasure.results import write_json_atomic
@@ -27,7 +27,7 @@ def campaign_dir(tiny_model, tmp_path_factory):
     }))  # fmt: skip
     template = run_experiment(tiny_experiment(warmup={"enabled": False}), "t", 1, tiny_model, None, {})
     res = root / "results" / "cli"
-    aggs = []
+    raw, names = {}, {}
     for exp_id, name, energies in (("exp-aaa", "small-batch", [10.0, 10.5, 9.5]), ("exp-bbb", "big-batch", [5.0, 5.2, 4.8])):
         paths = []
         for cycle, e in enumerate(energies, 1):
@@ -39,10 +39,8 @@ def campaign_dir(tiny_model, tmp_path_factory):
             p = res / "raw" / exp_id / f"cycle_{cycle}.json"
             write_json_atomic(p, r, "raw_result")
             paths.append(str(p))
-        out = res / "aggregated" / f"{exp_id}.json"
-        write_aggregated(paths, str(out), name, 0.1, 0.95)
-        aggs.append(str(out))
-    write_summary(aggs, str(res / "summary.csv"))
+        raw[exp_id], names[exp_id] = paths, name
+    write_aggregated_all(raw, names, str(res / "aggregated"), str(res / "summary.csv"), 0.1, 0.95)
     return root
 
 

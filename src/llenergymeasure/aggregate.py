@@ -1,4 +1,4 @@
-"""Aggregation across cycles (one file per experiment), the campaign summary CSV, and the thermal-gap audit."""
+"""Aggregation across cycles (one file per experiment) and the campaign summary CSV."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .results import (
     write_text_atomic,
 )
 from .stats import distribution, summarise
+from .thermal import AUDITED_KEYS
 
 def _component_j(r: dict, component: str) -> float | None:
     """Gross window energy of one kind of device (all GPUs, say); None when absent or any value is missing."""
@@ -57,9 +58,6 @@ METRICS = {
     "energy_cross_check_ratio": lambda r: (r["energy"].get("cross_check") or {}).get("ratio"),
     "cold_excess_share": lambda r: (r.get("steady_state") or {}).get("cold_excess_share"),
 }
-
-THERMAL_KEYS = ("gap_kind", "gap_required_s", "gap_waited_s", "since_previous_window_s", "temperature_start_c",
-                "temperature_end_c")  # fmt: skip
 
 #: metrics whose CV across cycles decides ``cv_flag``
 CV_METRICS = ("energy_j", "j_per_output_token")
@@ -159,7 +157,7 @@ def aggregate_experiment(
                 "window_end": r["timestamps"]["window_end"],
                 **{name: get(r) for name, get in METRICS.items()},
                 "flags": [f["code"] for f in r["flags"]],
-                "thermal": {"host": r["environment"]["host"], **{k: r["thermal"].get(k) for k in THERMAL_KEYS}},
+                "thermal": {"host": r["environment"]["host"], **{k: r["thermal"].get(k) for k in AUDITED_KEYS}},
             }
             for r in raws
         ],
@@ -306,13 +304,6 @@ def _csv_value(v):
     return str(v)
 
 
-def write_summary(aggregated_paths: list[str], output: str) -> list[dict]:
-    """summary.csv from aggregated result files."""
-    rows = [summary_row(read_result(path, AGGREGATED_SCHEMA)) for path in aggregated_paths]
-    write_summary_rows(rows, output)
-    return rows
-
-
 def write_summary_rows(rows: list[dict], output: str) -> None:
     for row in rows:
         validate_result(row, SUMMARY_SCHEMA, f"{output} row {row['experiment_id']}")
@@ -378,32 +369,3 @@ def read_summary(path: str) -> list[dict]:
     except csv.Error as exc:
         raise AggregationError(f"{what} ({exc})") from None
     return rows
-
-
-# ------------------------------------------------------------------------------------------------ thermal audit
-
-
-def thermal_audit(aggregated_paths: list[str], output: str, tolerance_s: float = 0.5) -> dict:
-    """Chronological list of every window with the gap it asked for and got; flags gaps shorter than asked for
-    (possible when measurements ran in parallel) and overlapping windows on one host. Reads the per-cycle records
-    of the aggregated results (one file per experiment, not one per cycle)."""
-    windows = []
-    for path in aggregated_paths:
-        agg = read_result(path, AGGREGATED_SCHEMA)
-        for c in agg["per_cycle"]:
-            windows.append({"experiment_id": agg["experiment_id"], "cycle": c["cycle"], "window_start": c["window_start"],
-                            "window_end": c["window_end"], **c["thermal"]})  # fmt: skip
-    windows.sort(key=lambda w: w["window_start"])
-    problems = []
-    last_end: dict[str, str] = {}
-    for w in windows:
-        prev = last_end.get(w["host"])
-        if prev is not None and w["window_start"] < prev:
-            problems.append({"experiment_id": w["experiment_id"], "cycle": w["cycle"], "problem": "window overlaps the previous one on this host"})
-        since = w["since_previous_window_s"]
-        if since is not None and since + tolerance_s < w["gap_required_s"]:
-            problems.append({"experiment_id": w["experiment_id"], "cycle": w["cycle"], "problem": f"gap {since:.1f} s shorter than the {w['gap_required_s']} s asked for"})
-        last_end[w["host"]] = max(prev or "", w["window_end"])
-    report = {"schema_version": SCHEMA_VERSION, "windows": windows, "problems": problems, "ok": not problems}
-    write_json_atomic(output, report, durable=False)
-    return report

@@ -245,7 +245,7 @@ def settle(decision: str, raw: list[str], experiment_id: str, output: str, log_p
 
 
 def thermal_gaps(aggregated: list[str], output: str, log_path: str) -> None:
-    from .aggregate import thermal_audit
+    from .thermal import thermal_audit
 
     with logging_to(log_path):
         report = thermal_audit(list(aggregated), output)

@@ -1,4 +1,4 @@
-"""Thermal gaps between measurement windows: the host lock and the record of the last window.
+"""Thermal gaps between measurement windows: the host lock, the record of the last window, and the gap audit.
 
 The gap is enforced inside the measurement job, right before its window (a separate job could be scheduled
 anywhere). Every measurement on a host, whatever campaign (or ``lem run``) it belongs to, shares two small files in
@@ -12,6 +12,9 @@ The host's state folder is ``<cache folder>/host`` (``$LLM_ENERGY_CACHE_DIR``, e
 folder that also holds the idle baselines, which are host facts too); files are named after the host, so a cache
 folder on a shared home directory serves every node of a cluster. A campaign is told apart by its own state folder
 (``state_dir``: ``<results>/<campaign>/.state``).
+
+After the campaign, :func:`thermal_audit` lists every window with the gap it asked for and the gap it got (the
+``thermal_gaps`` rule's ``thermal_gaps.json``).
 """
 
 from __future__ import annotations
@@ -103,3 +106,45 @@ def wait_gap(state_dir, cycle: int, config_gap_s: float, cycle_gap_s: float, sle
         if previous is None
         else {k: previous.get(k) for k in ("experiment_id", "cycle", "window_end")},
     }
+
+
+# ------------------------------------------------------------------------------------------------ the gap audit
+
+#: what the audit reads of a window's thermal record (the aggregation keeps these per cycle, so that the audit reads
+#: one aggregated file per experiment rather than one raw result per cycle)
+AUDITED_KEYS = (
+    "gap_kind",
+    "gap_required_s",
+    "gap_waited_s",
+    "since_previous_window_s",
+    "temperature_start_c",
+    "temperature_end_c",
+)
+
+
+def thermal_audit(aggregated_paths: list[str], output: str, tolerance_s: float = 0.5) -> dict:
+    """Chronological list of every window with the gap it asked for and got; flags gaps shorter than asked for
+    (possible when measurements ran in parallel) and overlapping windows on one host. Reads the per-cycle records
+    of the aggregated results (one file per experiment, not one per cycle)."""
+    from .results import AGGREGATED_SCHEMA, SCHEMA_VERSION, read_result, write_json_atomic
+
+    windows = []
+    for path in aggregated_paths:
+        agg = read_result(path, AGGREGATED_SCHEMA)
+        for c in agg["per_cycle"]:
+            windows.append({"experiment_id": agg["experiment_id"], "cycle": c["cycle"], "window_start": c["window_start"],
+                            "window_end": c["window_end"], **c["thermal"]})  # fmt: skip
+    windows.sort(key=lambda w: w["window_start"])
+    problems = []
+    last_end: dict[str, str] = {}
+    for w in windows:
+        prev = last_end.get(w["host"])
+        if prev is not None and w["window_start"] < prev:
+            problems.append({"experiment_id": w["experiment_id"], "cycle": w["cycle"], "problem": "window overlaps the previous one on this host"})
+        since = w["since_previous_window_s"]
+        if since is not None and since + tolerance_s < w["gap_required_s"]:
+            problems.append({"experiment_id": w["experiment_id"], "cycle": w["cycle"], "problem": f"gap {since:.1f} s shorter than the {w['gap_required_s']} s asked for"})
+        last_end[w["host"]] = max(prev or "", w["window_end"])
+    report = {"schema_version": SCHEMA_VERSION, "windows": windows, "problems": problems, "ok": not problems}
+    write_json_atomic(output, report, durable=False)
+    return report
