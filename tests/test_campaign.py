@@ -371,6 +371,35 @@ def test_measurement_jobs_declare_gpus_and_their_backends_image(tmp_path):
     assert container(p, by_backend["pytorch"]) == "docker://vllm/vllm-openai:v0.11.0"  # the default
 
 
+def test_per_job_functions_give_snakemake_their_parameters_once(monkeypatch):
+    """Snakemake reads a per-job function's parameters from what fixed_signatures stored (no inspection per job),
+    and passes it exactly the arguments the function takes."""
+    import inspect
+
+    import snakemake.common
+    from snakemake.common import get_function_params, get_input_function_aux_params
+
+    from llenergymeasure.workflow import fixed_signatures
+
+    def by_wildcards(wildcards):
+        return wildcards
+
+    def with_threads(wildcards, threads):
+        return threads
+
+    fixed_signatures(by_wildcards, with_threads)
+    expected = inspect.signature(by_wildcards).parameters
+
+    def no_inspection(func):
+        raise AssertionError(f"Snakemake inspected {func.__name__} again")
+
+    monkeypatch.setattr(snakemake.common.inspect, "signature", no_inspection)
+    assert get_function_params(by_wildcards) == expected
+    offered = {"wildcards": 1, "threads": 2, "input": 3}
+    assert get_input_function_aux_params(by_wildcards, offered) == {"wildcards": 1}
+    assert get_input_function_aux_params(with_threads, offered) == {"wildcards": 1, "threads": 2}
+
+
 def test_a_list_valued_field_in_the_grid_is_one_value_unless_a_list_of_lists(tmp_path):
     one = expand(campaign(tmp_path, grid={"backends": ["vllm"], "shared": {"gpus": [0, 1]},
                                           "backend_overrides": {"vllm": {"tensor_parallel_size": 2}}}))  # fmt: skip

@@ -137,6 +137,19 @@ def test_doctor_reports_runtime_and_pulled_images(tmp_path, monkeypatch, capsys)
     assert report["images"]["tensorrt"]["cached"] is False
 
 
+@pytest.mark.parametrize("uri", ["docker://vllm/vllm-openai:v0.11.0", "docker://nvcr.io/nvidia/tensorrt-llm/release:1.0.0"])
+def test_pulled_image_path_is_snakemakes(uri):
+    """lem doctor looks for a pulled image where Snakemake's own image class puts it."""
+    from types import SimpleNamespace
+
+    from snakemake.deployment.singularity import Image
+
+    from llenergymeasure.cli import SNAKEMAKE_IMAGE_CACHE, pulled_image
+
+    dag = SimpleNamespace(workflow=SimpleNamespace(persistence=SimpleNamespace(container_img_path=str(SNAKEMAKE_IMAGE_CACHE))))
+    assert str(pulled_image(uri)) == Image(uri, dag, is_containerized=False).path
+
+
 def test_json_from_environment(monkeypatch, capsys):
     monkeypatch.setenv("LLM_ENERGY_JSON_OUTPUT", "1")
     code, out, _ = run(capsys, "datasets")

@@ -452,11 +452,23 @@ def diagnose() -> dict:
     return report
 
 
-def _campaign_images() -> dict:
-    """Each backend's image in the default campaign (or the schema's defaults) and whether Snakemake has pulled it
-    here (``.snakemake/singularity/<md5 of the URI>.simg``; a local .sif counts when the file exists)."""
+#: where ``--sdm apptainer`` keeps the images it pulled, relative to the working directory (Snakemake's default
+#: ``--apptainer-prefix``)
+SNAKEMAKE_IMAGE_CACHE = Path(".snakemake") / "singularity"
+
+
+def pulled_image(uri: str, cache: str | Path = SNAKEMAKE_IMAGE_CACHE) -> Path:
+    """The file Snakemake pulls a remote image to. This reads Snakemake's image-cache layout, which it offers no
+    public call for: ``<cache>/<md5 of the URI>.simg`` (snakemake/deployment/singularity.py, ``Image.hash`` and
+    ``Image.path``, in 9.27). It is the only place that does; a test compares it with Snakemake's own ``Image``."""
     import hashlib
 
+    return Path(cache) / (hashlib.md5(uri.encode("utf-8"), usedforsecurity=False).hexdigest() + ".simg")
+
+
+def _campaign_images() -> dict:
+    """Each backend's image in the default campaign (or the schema's defaults) and whether Snakemake has pulled it
+    here (:func:`pulled_image`; a local .sif counts when the file exists)."""
     from .config import load_schema
 
     images = {k: v["default"] for k, v in load_schema("campaign")["properties"]["containers"]["properties"].items()}
@@ -469,7 +481,7 @@ def _campaign_images() -> dict:
     out = {}
     for backend, uri in images.items():
         if "://" in uri:
-            cached = (Path(".snakemake/singularity") / (hashlib.md5(uri.encode()).hexdigest() + ".simg")).exists()  # noqa: S324
+            cached = pulled_image(uri).exists()
         else:
             cached = Path(uri).exists()
         out[backend] = {"uri": uri, "cached": cached}

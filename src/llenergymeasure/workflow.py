@@ -286,12 +286,16 @@ def _ancient_model_dir(results_dir: str, name: str):
 
 def fixed_signatures(*functions) -> None:
     """Let Snakemake read each per-job function's signature once instead of once per job and directive (it calls
-    ``inspect.signature`` every time otherwise: seconds on a 30,000-job campaign). Snakemake takes a function's
-    parameters from this attribute when present; were that to change, the attribute is simply ignored."""
+    ``inspect.signature`` every time otherwise: seconds on a 30,000-job campaign). ``overwrite_function_params``
+    is Snakemake's own way to give a function's parameters (snakemake/common/__init__.py, lines 372-385 in 9.27:
+    ``get_function_params`` returns what it stored); they are kept as ``inspect`` parameters, which is what
+    ``get_input_function_aux_params`` reads from them (``param.kind`` of each value, lines 387-399)."""
     import inspect
 
+    from snakemake.common import overwrite_function_params
+
     for func in functions:
-        func._overwrite_params = inspect.signature(func).parameters
+        overwrite_function_params(func, inspect.signature(func).parameters)
 
 
 def all_cores(workflow) -> int:
