@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -369,6 +370,32 @@ def test_measurement_jobs_declare_gpus_and_their_backends_image(tmp_path):
     assert gpus(p, by_backend["pytorch"]) == 0  # device auto: nothing asked of a scheduler unless device: cuda
     assert container(p, by_backend["vllm"]) == "docker://example.org/v:1"
     assert container(p, by_backend["pytorch"]) == "docker://vllm/vllm-openai:v0.11.0"  # the default
+
+
+def test_the_workflow_config_stays_as_loaded_and_gains_one_read_only_key(tmp_path):
+    """load() leaves Snakemake's config as it was given and adds the jobs' runtime facts under one key, read-only
+    there and a plain dict in a job (pickled), the same on a second parse in the process."""
+    import pickle
+
+    from llenergymeasure import workflow as lem
+
+    campaign_file = {"campaign_name": "contract", "model": "lem-tiny-llama", "grid": {"backends": ["pytorch"]}, "execution": {"cycles": 3}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(campaign_file))
+    config = {"campaign": "c.yaml", "execution": {"config_gap_seconds": "7"}}
+    given = copy.deepcopy(config)
+    p = lem.load(config, [], workdir=tmp_path, announce=False)
+    facts = config.pop(lem.RUNTIME_KEY)
+    assert config == given  # nothing of the resolved campaign is written into it
+    assert facts["config_gap_s"] == 7 and facts["cycles"] == 3 and facts["results_root"] == p.results_root
+    with pytest.raises(TypeError, match="read-only"):
+        facts["cycles"] = 1
+    with pytest.raises(TypeError, match="read-only"):
+        facts["notifications"]["webhook_url"] = "http://example.org"
+    copied = pickle.loads(pickle.dumps(facts))
+    assert type(copied) is dict and copied == facts
+    config[lem.RUNTIME_KEY] = facts
+    again = lem.load(config, [], workdir=tmp_path, announce=False)
+    assert again.order == p.order and config[lem.RUNTIME_KEY] == facts
 
 
 def test_per_job_functions_give_snakemake_their_parameters_once(monkeypatch):

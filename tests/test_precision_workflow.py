@@ -76,7 +76,8 @@ def dry_run_jobs(text: str) -> list[dict]:
 def test_without_a_target_the_workflow_is_unchanged(workflow_dir):
     """A campaign with a fixed number of cycles plans the jobs (rules, files, wildcards, priorities) and params
     recorded in tests/data/fixed_cycles_plan.json, which were recorded from the workflow as it was before precision
-    targets: without a target, the workflow must go on planning exactly these."""
+    targets: without a target, the workflow must go on planning exactly these (the report_plots job has since
+    declared its captions and the aggregated directory)."""
     import llenergymeasure.workflow as lem
 
     recorded = json.loads((REPO / "tests" / "data" / "fixed_cycles_plan.json").read_text())
@@ -87,7 +88,7 @@ def test_without_a_target_the_workflow_is_unchanged(workflow_dir):
     config = {"campaign": "fixed.yaml"}
     p = lem.load(config, [], workdir=workflow_dir, announce=False)
     params = {"measure": {e.experiment_id: lem.experiment_config(p, e.experiment_id) for e in p.expansion.experiments},
-              "aggregate": {"names": lem.config_names(p), "analysis": config["analysis"]},
+              "aggregate": {"names": lem.config_names(p), "analysis": lem.analysis(p)},
               "report_plots": {"aggregated": lem.aggregated(p), "raw": lem.all_raw(p)}}  # fmt: skip
     assert json.loads(json.dumps(params)) == recorded["params"]
     assert "decide" not in dry.stdout + dry.stderr and "settle" not in dry.stdout + dry.stderr

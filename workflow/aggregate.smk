@@ -2,7 +2,11 @@
 # big campaigns fast), and the thermal-gap audit of every window (read from the aggregated per-cycle records, so
 # that only the aggregation job has one DAG edge per raw result). The aggregated files are one directory output:
 # a fixed set of outputs keeps Snakemake's provenance (input set, params) in charge of reruns whatever the
-# experiments are, and a rerun clears files of experiments that left the campaign. The outputs are update():
+# experiments are (an experiment that joins or leaves the campaign changes the job's inputs, so it reruns), a rerun
+# clears files of experiments that left the campaign, and the DAG holds three outputs here instead of one per
+# experiment (benchmarks/scale.py times the dry run of 10,000 experiments). The rules downstream (thermal_gaps,
+# report_plots) therefore declare the directory as their input and take the files in it as params: Snakemake sees a
+# directory output as one file, so its files cannot be inputs of their own. The outputs are update():
 # Snakemake then neither deletes them before the job nor after a failed one, and restores its backup of them
 # when the job fails (snakemake/jobs.py: remove_existing_output skips "update" outputs, postprocess restores
 # them), so a bad raw result never costs the previous summary. failures.json lists every planned measurement
@@ -28,7 +32,7 @@ rule aggregate:
         "../envs/llenergymeasure.yaml"
     params:
         names=config_names(),
-        analysis=config["analysis"],
+        analysis=analysis_params(),
     script:
         "../scripts/aggregate.py"
 

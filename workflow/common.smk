@@ -1,4 +1,8 @@
 # Helper functions of the workflow: each one is a one-liner into the llenergymeasure package.
+#
+# The contract with the package (llenergymeasure/workflow.py): `config` stays as Snakemake loaded it; the rules
+# read the campaign through PLAN (load_plan); what jobs need outside their params is config["_lem"], a read-only
+# mapping of the campaign's runtime facts (llenergymeasure.workflow.runtime), the only key added to `config`.
 import llenergymeasure.workflow as lem
 
 
@@ -9,7 +13,7 @@ def load_plan():
 
 
 def models_dir():
-    return f"{config['results_dir']}/models"
+    return lem.models_dir(PLAN)
 
 
 def all_cores():
@@ -40,6 +44,10 @@ def config_names():
     return lem.config_names(PLAN)
 
 
+def analysis_params():
+    return lem.analysis(PLAN)
+
+
 def aggregated_results():
     return lem.aggregated(PLAN)
 
@@ -50,6 +58,10 @@ def all_raw_results():
 
 def report_caption(name):
     return lem.report_caption(PLAN, name)
+
+
+def report_captions():
+    return lem.report_captions(PLAN)
 
 
 def aggregate_inputs():

@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+#: the plots, each ``<name>.svg`` with its caption ``<name>.rst``, in the report's order
+PLOTS = ("efficiency", "drift", "latency", "timeline")
+
+
 def _plt():
     import matplotlib
 
@@ -269,6 +273,6 @@ def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_di
             "shaded intervals are prefill." + _phases_text(tl.get("phases"))
         ),
     }
-    for name, text in captions.items():
-        (out / f"{name}.rst").write_text(text + "\n", encoding="utf-8")
+    for name in PLOTS:
+        (out / f"{name}.rst").write_text(captions[name] + "\n", encoding="utf-8")
     return {"pareto": eff["pareto"], "timeline_run": tl["run"]}

@@ -4,10 +4,22 @@ Snakemake deep-merges a Snakefile's ``configfile:`` with ``--configfile``, so th
 any other. The Snakefile therefore declares no ``configfile:``; :func:`load` reads the file named by
 ``--config campaign=FILE`` (else ``config/campaign.yaml``) itself, and otherwise uses exactly what Snakemake read
 from the ``--configfile`` file(s).
+
+The contract between the workflow and this package:
+
+- Snakemake's ``config`` stays as Snakemake loaded it (the ``--configfile`` files and ``--config`` values). The
+  rules read the resolved campaign only through the :class:`~llenergymeasure.campaign.Plan` that :func:`load`
+  returns (``PLAN`` in the Snakefile), through the one-line functions of ``workflow/common.smk``.
+- What a job needs that is not its own input, output or params lives in one place: ``config["_lem"]``
+  (:data:`RUNTIME_KEY`), a read-only mapping of the campaign-level facts listed in :func:`runtime`. They are not
+  params on purpose: changing a gap or a webhook must not make Snakemake rerun a finished measurement. The scripts
+  read it as ``snakemake.config["_lem"]`` (a plain copy in the job's process), the ``onstart`` and ``onerror``
+  handlers as ``config["_lem"]``. Nothing else is added to ``config``.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import sys
@@ -22,34 +34,53 @@ from .precision import settled_path
 from .prompts import check_sources
 from .tiny_model import embedded_model_dir, is_embedded
 
-RUNTIME_KEY = "_lem"
+RUNTIME_KEY = "_lem"  # config[RUNTIME_KEY]: the runtime facts of the jobs (see the module docstring)
 CAMPAIGN_KEY = "campaign"  # --config campaign=FILE
 
 
+class RuntimeFacts(dict):
+    """``config["_lem"]``: read-only in the process that parses the workflow. A copy (pickled for a script job,
+    deep-copied) is a plain dict, so a job's process needs nothing of this package to read it."""
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError(f"config[{RUNTIME_KEY!r}] holds the campaign's runtime facts and is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+def _read_only(value: Any) -> Any:
+    if isinstance(value, dict):
+        return RuntimeFacts({k: _read_only(v) for k, v in value.items()})
+    return value
+
+
 def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: bool = True) -> Plan:
-    """Resolve the campaign into ``config`` (in place) and return its plan; exit with one line on bad input.
+    """The campaign's plan; ``config[RUNTIME_KEY]`` set to its runtime facts (nothing else in ``config`` changes).
+    Exits with one line on bad input.
 
     The campaign is ``--config campaign=FILE`` (read here, checked before anything in it is used), else the
     ``--configfile`` file(s) Snakemake has read (re-read here with the same checks: Snakemake itself keeps the last
     of duplicate keys and evaluates YTE templates), else ``config/campaign.yaml``. Other ``--config`` values
     override the file's."""
     where = ""
+    loaded = copy.deepcopy({k: v for k, v in config.items() if k != RUNTIME_KEY})  # as Snakemake loaded it
     try:
-        if RUNTIME_KEY in config:  # already resolved in this process
-            raw, base = {k: v for k, v in config.items() if not k.startswith("_")}, config.get("_base_dir", ".")
-        elif cli_configfiles:
-            if CAMPAIGN_KEY in config:
+        if cli_configfiles:
+            if CAMPAIGN_KEY in loaded:
                 raise ConfigError(f"give the campaign either as --configfile or as --config {CAMPAIGN_KEY}=FILE, not both")
             files: dict = {}
             for path in cli_configfiles:
                 files = deep_merge(files, _recheck(path))
-            raw, base = dict(config), Path(cli_configfiles[-1]).parent
+            raw, base = loaded, Path(cli_configfiles[-1]).parent
             given = _given_on_command_line(raw, files)
             if given is not _SAME:  # --config values over the files, as the types their keys take
                 raw = deep_merge(raw, coerce_overrides(given))
             where = ", ".join(str(p) for p in cli_configfiles)
         else:
-            overrides = coerce_overrides(dict(config))  # --config values, as the types their keys take
+            overrides = coerce_overrides(loaded)  # --config values, as the types their keys take
             name = overrides.pop(CAMPAIGN_KEY, None) or DEFAULT_CAMPAIGN_FILE
             if not isinstance(name, str):
                 raise ConfigError(f"--config {CAMPAIGN_KEY} = {name!r}: expected the path of a campaign file")
@@ -68,9 +99,7 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
         for line in problem_lines(exc.located(where), "Configuration error: "):
             print(line, file=sys.stderr)
         sys.exit(1)
-    config.clear()
-    config.update(resolved)
-    config[RUNTIME_KEY] = {**runtime(the_plan), "verbosity": level}
+    config[RUNTIME_KEY] = _read_only({**runtime(the_plan), "verbosity": level})
     if announce:
         describe(the_plan, sys.stderr, level)
     return the_plan
@@ -108,7 +137,8 @@ def _recheck(path) -> dict:
 
 
 def runtime(p: Plan) -> dict:
-    """Campaign-level facts the jobs read from ``snakemake.config`` (deliberately not params: no rerun trigger)."""
+    """Campaign-level facts the jobs read from ``config[RUNTIME_KEY]`` (deliberately not params: no rerun trigger);
+    :func:`load` adds the console's ``verbosity``."""
     ex = p.campaign["execution"]
     return {
         "campaign_name": p.name,
@@ -326,6 +356,16 @@ def priority(p: Plan, experiment_id: str, cycle: str | int) -> int:
     return p.priority[(experiment_id, int(cycle))]
 
 
+def models_dir(p: Plan) -> str:
+    """Where embedded models are built: under ``results_dir``, shared by every campaign there."""
+    return f"{p.campaign['results_dir']}/models"
+
+
+def analysis(p: Plan) -> dict:
+    """The campaign's ``analysis`` section (the aggregation's params: changing it re-aggregates)."""
+    return p.campaign["analysis"]
+
+
 def config_names(p: Plan) -> dict:
     """Experiment id -> config name, in campaign order (the aggregation's params: a rename re-aggregates only)."""
     return {e.experiment_id: e.config_name for e in p.expansion.experiments}
@@ -389,6 +429,14 @@ def campaign_failed(config: dict, workflow=None) -> None:
     notify_failed(runtime_, {"failed_measurements": [{"experiment_id": e, "cycle": c} for e, c in sorted(failed)]})
 
 
+def report_captions(p: Plan) -> list[str]:
+    """The captions the report_plots rule writes beside its plots (declared outputs of the rule)."""
+    from .report import PLOTS
+
+    return [f"{p.results_root}/report/{name}.rst" for name in PLOTS]
+
+
 def report_caption(p: Plan, name: str) -> str:
-    """Absolute path of a caption the report_plots rule writes (captions are read when the report is built)."""
+    """A caption as report() is given it: the absolute path of that output (Snakemake joins a relative caption
+    path with the rule file's folder, not the working directory)."""
     return os.path.abspath(f"{p.results_root}/report/{name}.rst")
