@@ -101,9 +101,9 @@ def test_compiled_and_reference_validators_agree_on_experiments():
     accepts (a disagreement would let a bad value through or reject a good one)."""
     import jsonschema
 
-    from llenergymeasure.config import _compiled, load_schema
+    from llenergymeasure.config import compiled_validator, load_schema
 
-    fast = _compiled("campaign", "experiment")
+    fast = compiled_validator("campaign", "experiment")
     root = load_schema("campaign")
     ref = jsonschema.Draft202012Validator({"$ref": "#/$defs/experiment", "$defs": root["$defs"]})
     cases = [
@@ -129,3 +129,14 @@ def test_compiled_and_reference_validators_agree_on_experiments():
         except Exception:  # noqa: BLE001
             fast_ok = False
         assert fast_ok == ref.is_valid(case), case
+
+
+def test_did_you_mean_names_the_closest_choice_as_spelled():
+    from llenergymeasure.errors import did_you_mean
+
+    assert did_you_mean("cycels", ["cycles", "structure"]) == " (did you mean 'cycles'?)"
+    assert did_you_mean("qwen2.5-0.5B", ["Qwen2.5-0.5B", "llama-3.2-1b"], cutoff=0.75, ignore_case=True) == (
+        " (did you mean 'Qwen2.5-0.5B'?)"
+    )
+    assert did_you_mean("qwen2.5-0.5B", ["Qwen2.5-0.5B"], cutoff=0.99) == ""  # case counts unless ignored
+    assert did_you_mean("zzz", ["cycles"]) == ""

@@ -355,31 +355,7 @@ def test_memory_and_close(fake_vllm, tiny_model):
 
 
 # ---------------------------------------------------------------------------------------------- one measurement
-@pytest.fixture
-def raw_schema_names_engine_latency(monkeypatch):
-    """The raw-result schema must accept this backend's latency method. Until the schema lists it, the test extends
-    the enum in memory (the needed schema change is one value in latency.method)."""
-    from llenergymeasure import results
-
-    schema = results.load_schema(results.RAW_SCHEMA)
-    if LATENCY_METHOD not in schema["properties"]["latency"]["properties"]["method"]["enum"]:
-        original = results.load_schema
-
-        def extended(name):
-            loaded_schema = original(name)
-            if name == results.RAW_SCHEMA:
-                loaded_schema["properties"]["latency"]["properties"]["method"]["enum"].append(LATENCY_METHOD)
-            return loaded_schema
-
-        monkeypatch.setattr(results, "load_schema", extended)
-    results._fast_validator.cache_clear()
-    results._validator.cache_clear()
-    yield
-    results._fast_validator.cache_clear()
-    results._validator.cache_clear()
-
-
-def test_one_measured_cycle(fake_vllm, tiny_model, tmp_path, raw_schema_names_engine_latency):
+def test_one_measured_cycle(fake_vllm, tiny_model, tmp_path):
     from llenergymeasure.measure import run_experiment
     from llenergymeasure.results import validate_result
 

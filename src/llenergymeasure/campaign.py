@@ -75,6 +75,8 @@ def read_yaml(path: str | Path) -> Any:
 
 
 USER_CONFIG_KEYS = {"verbosity", "results_dir", "thermal_gaps", "notifications"}
+#: how much the console says: ``LLM_ENERGY_VERBOSITY``, else ``.lem-config.yaml``'s ``verbosity``
+VERBOSITY_LEVELS = ("quiet", "normal", "verbose")
 
 
 def user_config(workdir: str | Path = ".") -> Migrated:
@@ -93,8 +95,8 @@ def user_config(workdir: str | Path = ".") -> Migrated:
     for key, value in data.items():
         if key not in USER_CONFIG_KEYS:
             problems.append(f"unknown key '{key}'; allowed keys: {', '.join(sorted(USER_CONFIG_KEYS))}{key_hint(key, USER_CONFIG_KEYS)}")
-    if data.get("verbosity") not in (None, "quiet", "normal", "verbose"):
-        problems.append(f"key 'verbosity' = {data['verbosity']!r} is not allowed; allowed: quiet, normal, verbose")
+    if data.get("verbosity") not in (None, *VERBOSITY_LEVELS):
+        problems.append(f"key 'verbosity' = {data['verbosity']!r} is not allowed; allowed: {', '.join(VERBOSITY_LEVELS)}")
     gaps = data.get("thermal_gaps") or {}
     if not isinstance(gaps, dict):
         problems.append(f"key 'thermal_gaps' = {gaps!r} has the wrong type; allowed: a mapping (between_experiments, between_cycles)")

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, problem_lines
+from .errors import ConfigError, did_you_mean, problem_lines
 
 DEFAULT_CAMPAIGN = "config/campaign.yaml"
 
@@ -223,11 +223,7 @@ def cmd_results(args) -> int:
     columns = args.columns.split(",") if args.columns else RESULT_COLUMNS + precision
     for c in columns + ([args.sort] if args.sort else []):
         if c not in known:
-            import difflib
-
-            close = difflib.get_close_matches(c, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"column '{c}' is not in summary.csv{hint}")
+            raise ConfigError(f"column '{c}' is not in summary.csv{did_you_mean(c, known)}")
     if args.sort:
         present = [r for r in rows if r[args.sort] is not None]
         absent = [r for r in rows if r[args.sort] is None]

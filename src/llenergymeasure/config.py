@@ -8,13 +8,12 @@ so the measurement step never needs it.
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
@@ -139,11 +138,6 @@ def _join_path(prefix: str, path: Iterable[Any]) -> str:
     return ".".join(parts).replace(".[", "[")
 
 
-def _hint(word: str, choices: Iterable[str]) -> str:
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
 def key_hint(key: str, here: Iterable[str], everywhere: Iterable[str] = ()) -> str:
     """A "did you mean" for an unknown (dotted) key: the same name where it belongs (``cache_implementation`` written
     at the top level is ``pytorch.cache_implementation``), else the closest key allowed at this level (``here``,
@@ -153,7 +147,7 @@ def key_hint(key: str, here: Iterable[str], everywhere: Iterable[str] = ()) -> s
     if elsewhere:
         return " (did you mean " + " or ".join(f"'{k}'" for k in elsewhere[:3]) + "?)"
     here = list(here)
-    return _hint(key, here) or (_hint(leaf, here) if leaf != key else "")
+    return did_you_mean(key, here) or (did_you_mean(leaf, here) if leaf != key else "")
 
 
 def format_validation_error(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> str:
@@ -190,7 +184,7 @@ def error_lines(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> l
     if kind == "enum":
         allowed = [a for a in err.validator_value]
         shown = ", ".join(a if isinstance(a, str) else json.dumps(a) for a in allowed)  # false/null as written in YAML
-        return [f"{label} = {short_repr(value)} is not allowed; allowed: {shown}{_hint(value, [a for a in allowed if a])}"]
+        return [f"{label} = {short_repr(value)} is not allowed; allowed: {shown}{did_you_mean(value, [a for a in allowed if a])}"]
     if kind == "type":
         expected = err.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
@@ -238,9 +232,7 @@ def schema_problems(data: Any, schema_name: str, prefix: str = "", ref: str | No
 
     A compiled validator answers first (a campaign validates every expanded experiment: 10,000 of them in a big
     grid); jsonschema explains what is wrong when it says no."""
-    import jsonschema
-
-    fast = _compiled(schema_name, ref)
+    fast = compiled_validator(schema_name, ref)
     if fast is not None:
         try:
             fast(data)
@@ -248,9 +240,8 @@ def schema_problems(data: Any, schema_name: str, prefix: str = "", ref: str | No
         except Exception:  # noqa: BLE001 - any refusal is explained by jsonschema below
             pass
     root = load_schema(schema_name)
-    schema = root if ref is None else {"$ref": f"#/$defs/{ref}", "$defs": root.get("$defs", {})}
     everywhere = known_dotted_keys(root if ref is None else root["$defs"][ref], root)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = explaining_validator(schema_name, ref)
     def order(err: Any) -> tuple:
         path = list(err.absolute_path)
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):  # where the first unknown key is
@@ -273,11 +264,16 @@ def validate(data: Any, schema_name: str, prefix: str = "", ref: str | None = No
         raise ConfigError(problems)
 
 
+# The validators of every schema (config and results), compiled once per process. A compiled validator says yes
+# or no quickly (a campaign validates every expanded experiment: 10,000 of them in a big grid, and every result
+# file is validated when written and when read); jsonschema's says what is wrong, in the lines of error_lines.
+
+
 @functools.cache
-def _compiled(schema_name: str, ref: str | None):
-    """fastjsonschema's compiled validator where installed, else None. The schemas use only keywords that mean the
-    same in draft 7 ($defs are reached by JSON pointer), so they compile as draft 7 (without the relative $id,
-    which the compiler would try to fetch)."""
+def compiled_validator(schema_name: str, ref: str | None = None):
+    """fastjsonschema's compiled validator of a schema (or its ``$defs/<ref>``) where installed, else None. The
+    schemas use only keywords that mean the same in draft 7 ($defs are reached by JSON pointer), so they compile as
+    draft 7 (without the relative $id, which the compiler would try to fetch)."""
     try:
         import fastjsonschema
     except ImportError:
@@ -287,6 +283,16 @@ def _compiled(schema_name: str, ref: str | None):
     # use_default=False: a validator only answers; by default fastjsonschema writes schema defaults into the data it
     # checks, which would make defaults look like values the user gave (and override a decoder preset).
     return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"}, use_default=False)
+
+
+@functools.cache
+def explaining_validator(schema_name: str, ref: str | None = None):
+    """jsonschema's validator of a schema (or its ``$defs/<ref>``): the reference, and what explains a refusal."""
+    import jsonschema
+
+    root = load_schema(schema_name)
+    schema = root if ref is None else {"$ref": f"#/$defs/{ref}", "$defs": root.get("$defs", {})}
+    return jsonschema.Draft202012Validator(schema)
 
 
 def value_problems(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> list[str]:

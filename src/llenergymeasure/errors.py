@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 
 class ConfigError(ValueError):
     """Invalid campaign or experiment configuration. Each problem is one line naming the key, the value and what is
@@ -16,6 +18,19 @@ class ConfigError(ValueError):
     def located(self, where: str) -> ConfigError:
         """The same problems, each prefixed with ``where`` (a file) unless it already names its file."""
         return ConfigError([p if not where or p.startswith(("file '", f"{where}:")) else f"{where}: {p}" for p in self.problems])
+
+
+def did_you_mean(word: object, choices: Iterable[object], cutoff: float = 0.6, ignore_case: bool = False) -> str:
+    """`` (did you mean 'X'?)`` for the choice closest to ``word`` (difflib's ratio at least ``cutoff``), else
+    nothing. With ``ignore_case`` the match ignores case and names the choice as it is spelled."""
+    import difflib
+
+    spelled = {}
+    for choice in choices:
+        spelled[str(choice).lower() if ignore_case else str(choice)] = str(choice)
+    word = str(word).lower() if ignore_case else str(word)
+    match = difflib.get_close_matches(word, list(spelled), n=1, cutoff=cutoff)
+    return f" (did you mean '{spelled[match[0]]}'?)" if match else ""
 
 
 def problem_lines(exc: ConfigError, lead: str) -> list[str]:

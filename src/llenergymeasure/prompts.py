@@ -218,12 +218,9 @@ def _known_model_names() -> list[str]:
 
 
 def _did_you_mean(name: str) -> str:
-    import difflib
+    from .errors import did_you_mean
 
-    known = _known_model_names()
-    lowered = {k.lower(): k for k in known}
-    match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.75)
-    return f" (did you mean '{lowered[match[0]]}'?)" if match else ""
+    return did_you_mean(name, _known_model_names(), cutoff=0.75, ignore_case=True)
 
 
 def model_check(name: str, timeout_s: float = 15.0) -> tuple[str | None, bool]:

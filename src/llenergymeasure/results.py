@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -10,7 +9,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .config import load_schema
+from .config import schema_problems
 
 log = logging.getLogger(__name__)
 
@@ -25,50 +24,19 @@ class ResultValidationError(ValueError):
 
 
 def validate_result(data: dict, schema_name: str, where: str = "") -> bool:
-    """Validate against a result schema. Returns False (and logs) only when jsonschema is not installed,
+    """Validate against a result schema; :class:`ResultValidationError` names the file and the first problem, in
+    the one-line format of configuration errors. Returns False (and logs) only when jsonschema is not installed,
     which is the case inside stock engine images; the host validates again on read."""
     try:
-        import jsonschema
+        import jsonschema  # noqa: F401 - what explains a refusal
     except ImportError:
         log.warning("jsonschema not installed: %s not validated on write (it is validated on read)", where or schema_name)
         return False
-    fast = _fast_validator(schema_name)
-    if fast is not None:
-        try:
-            fast(data)
-            return True
-        except Exception:  # explained below by jsonschema, whose messages are better
-            pass
-    validator = _validator(schema_name)
-    if validator.is_valid(data):
-        return True
-    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-    if error is not None:
-        path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ResultValidationError(f"{where or schema_name}: {path}: {error.message}")
+    problems = schema_problems(data, schema_name)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ResultValidationError(f"{where or schema_name}: {problems[0]}{more}")
     return True
-
-
-@functools.lru_cache(maxsize=None)
-def _fast_validator(schema_name: str):
-    """A compiled validator (fastjsonschema, ~10x faster) where installed, else None.
-
-    Our schemas use only keywords that mean the same in draft 7 ($defs are reached by JSON pointer), so they are
-    compiled as draft 7; the relative ``$id`` is dropped because the compiler would try to fetch it."""
-    try:
-        import fastjsonschema
-    except ImportError:
-        return None
-    schema = {k: v for k, v in load_schema(schema_name).items() if k not in ("$id", "$schema")}
-    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
-    return fastjsonschema.compile(schema)
-
-
-@functools.lru_cache(maxsize=None)
-def _validator(schema_name: str):
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(load_schema(schema_name))
 
 
 class ResultExistsError(FileExistsError):

@@ -51,12 +51,11 @@ def resolve_architecture(model_name: str) -> dict:
         if "model_type" not in config:
             raise ConfigError(f"key 'model_name' = '{model_name}': the JSON file has no 'model_type'")
         return {"name": data.get("name", path.stem), "aliases": [], "config": config}
-    import difflib
+    from .errors import did_you_mean
 
     known = ", ".join(sorted(specs))
-    names = {n.lower(): n for spec in specs.values() for n in (spec["name"], *spec.get("aliases", []))}
-    close = difflib.get_close_matches(model_name.lower(), list(names), n=1, cutoff=0.75)
-    hint = f" (did you mean '{names[close[0]]}'?)" if close else ""
+    names = [n for spec in specs.values() for n in (spec["name"], *spec.get("aliases", []))]
+    hint = did_you_mean(model_name, names, cutoff=0.75, ignore_case=True)
     raise ConfigError(
         f"key 'model_name' = '{model_name}' with no_weights = true; allowed: {known}, their Hugging Face ids, "
         f"or a JSON file with a transformers config{hint}"

@@ -165,11 +165,12 @@ def host_cache_dir() -> Path:
 
 def verbosity(workdir: str | Path = ".") -> str:
     """``LLM_ENERGY_VERBOSITY``, else ``.lem-config.yaml``'s ``verbosity``, else normal."""
-    from .campaign import load_user_config
+    from .campaign import VERBOSITY_LEVELS, load_user_config
 
     level = os.environ.get("LLM_ENERGY_VERBOSITY")
-    if level is not None and level not in ("quiet", "normal", "verbose"):
-        raise ConfigError(f"environment variable LLM_ENERGY_VERBOSITY = {level!r} is not allowed; allowed: quiet, normal, verbose")
+    if level is not None and level not in VERBOSITY_LEVELS:
+        allowed = ", ".join(VERBOSITY_LEVELS)
+        raise ConfigError(f"environment variable LLM_ENERGY_VERBOSITY = {level!r} is not allowed; allowed: {allowed}")
     return level or load_user_config(workdir).get("verbosity") or "normal"
 
 
