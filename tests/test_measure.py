@@ -102,10 +102,22 @@ def test_every_energy_value_has_a_method_and_estimates_are_labelled(raw):
 
 
 def test_net_energy_uses_window_duration(raw):
+    """The idle baseline is on (the default): every component has an idle power, and net = gross - idle x window."""
+    assert raw["config"]["baseline"]["enabled"] is True
     for c in raw["energy"]["components"]:
-        if c["idle_power_w"] is not None:
-            assert c["idle_energy_j"] == pytest.approx(c["idle_power_w"] * raw["timestamps"]["window_duration_s"])
-            assert c["net_energy_j"] == pytest.approx(c["gross_energy_j"] - c["idle_energy_j"])
+        assert c["idle_power_w"] is not None and c["baseline"]["duration_s"] > 0
+        assert c["idle_energy_j"] == pytest.approx(c["idle_power_w"] * raw["timestamps"]["window_duration_s"])
+        assert c["net_energy_j"] == pytest.approx(c["gross_energy_j"] - c["idle_energy_j"])
+
+
+def test_without_a_baseline_net_energy_is_missing_not_gross():
+    from llenergymeasure.energy import ComponentEnergy
+    from llenergymeasure.measure import energy_section
+
+    cpu = ComponentEnergy("cpu", "cpu", "cpu-key", "estimate_tdp", 12.0, 2.0)
+    row = energy_section([cpu], {}, 2.0, [], [])["components"][0]
+    assert row["gross_energy_j"] == 12.0 and row["baseline"] is None
+    assert row["idle_power_w"] is None and row["idle_energy_j"] is None and row["net_energy_j"] is None
 
 
 def test_provenance(raw):
