@@ -91,3 +91,49 @@ def test_captions_have_readable_numbers_and_no_raw_json(one_run):
             assert len(number.replace(".", "").lstrip("0")) <= 4, (name, number, text)
         assert "{" not in text and '"' not in text, (name, text)  # no JSON
     assert "split" in (out / "timeline.rst").read_text()
+
+
+def test_the_report_rule_declares_every_plot_and_caption_the_module_writes(one_run):
+    """workflow/report.smk lists a plot per name the module writes, in the same order, and every caption."""
+    from conftest import REPO
+    from llenergymeasure.report import PLOTS, write_report_files
+
+    root, raw, agg = one_run
+    out = root / "report-files"
+    write_report_files([agg], [raw], str(out))
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.svg" for n in PLOTS] + [f"{n}.rst" for n in PLOTS])
+    rule = (REPO / "workflow" / "report.smk").read_text()
+    assert re.findall(r'f"\{ROOT\}/report/(\w+)\.svg"', rule) == list(PLOTS)
+    assert re.findall(r'caption=report_caption\("(\w+)"\)', rule) == list(PLOTS)
+    assert "captions=report_captions()" in rule
+
+
+def test_captions_and_plots_name_every_experiment_its_method_and_flags(one_run):
+    """Two experiments: each is in the drift and latency plots, and each caption line says its energy method,
+    whether it includes estimates, and its flags (or none)."""
+    from llenergymeasure.report import write_report_files
+
+    root, raw, agg = one_run
+    first = json.loads(open(agg).read())
+    second = copy.deepcopy(first)
+    second.update(experiment_id="pytorch-y", config_name="other-one", includes_estimate=False, energy_method="cpu:rapl")
+    second["flags"] = {"short_window": 3}
+    first.update(flags={}, includes_estimate=True, energy_method="cpu:estimate_tdp")
+    paths = []
+    for a in (first, second):
+        path = root / "two" / f"{a['experiment_id']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(a))
+        paths.append(str(path))
+    out = root / "report-two"
+    write_report_files(paths, [raw], str(out))
+    for name in ("efficiency", "drift"):
+        caption = (out / f"{name}.rst").read_text()
+        assert "- **only-one** (``pytorch-x``): energy cpu:estimate_tdp (includes estimates);" in caption
+        assert "flags: none" in caption
+        assert "- **other-one** (``pytorch-y``): energy cpu:rapl; " in caption and "flags: short_window ×3" in caption
+        assert "95% Student-t intervals of the mean across cycles" in caption
+    for plot in ("drift", "latency"):
+        texts = svg_texts(out / f"{plot}.svg")
+        assert "only-one" in texts and "other-one" in texts, (plot, texts)
+    assert {"p50", "p90", "p99"} <= set(svg_texts(out / "latency.svg"))
