@@ -118,7 +118,7 @@ def run_cycles(args, out: Path) -> dict[int, list[dict]]:
                    "--state-dir", str(out), "--config-gap", str(args.gap), "--cycle-gap", str(2 * args.gap)]  # fmt: skip
             t0 = time.perf_counter()
             with open(out / f"log_bs{bs}_cycle{cycle}.txt", "w") as log:
-                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             if proc.returncode != 0 or not raw.exists():
                 print(f"bs {bs} cycle {cycle}: FAILED (exit {proc.returncode}); see {out}/log_bs{bs}_cycle{cycle}.txt")
                 continue
@@ -163,7 +163,7 @@ def across_cycles(args, results: dict[int, list[dict]]) -> list[dict]:
             continue
         gj = [gpu_j(r) for r in runs]
         jt = [r["efficiency"]["j_per_output_token"] for r in runs]
-        gjt = [g / r["tokens"]["output_tokens"] if g is not None and r["tokens"]["output_tokens"] else None for g, r in zip(gj, runs)]
+        gjt = [g / r["tokens"]["output_tokens"] if g is not None and r["tokens"]["output_tokens"] else None for g, r in zip(gj, runs, strict=True)]
         row = {
             "batch_size": bs,
             "cycles": len(runs),
@@ -196,7 +196,7 @@ def overhead(args, out: Path) -> dict:
     else:
         cmd += ["--model", "llama-3.2-1b", "--no-weights", "--precision", "bfloat16", "--new-tokens", "128"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # noqa: S603
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     (out / "log_overhead.txt").write_text(proc.stdout + proc.stderr)
     found = {}
     for key, pattern in (("on_off_time_ratio", r"on / off time ratio:\s+([0-9.]+)"),

@@ -24,8 +24,8 @@ from llenergymeasure.backends.pytorch import PyTorchBackend
 from llenergymeasure.campaign import resolve_experiment
 from llenergymeasure.energy.meters import select_meters
 from llenergymeasure.prompts import load_prompts
-from llenergymeasure.tiny_model import build_tiny_llama
 from llenergymeasure.timeline import TimelineSampler
+from llenergymeasure.tiny_model import build_tiny_llama
 
 
 def main() -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from conftest import tiny_experiment
 from llenergymeasure.aggregate import (
-    AggregationError,
     SUMMARY_COLUMNS,
+    AggregationError,
     aggregate_experiment,
     read_summary,
     write_aggregated,
@@ -55,14 +56,14 @@ def test_statistics_across_cycles(tmp_path, template):
 
 def test_inconsistent_inputs_are_refused(tmp_path, template):
     paths = write_cycles(tmp_path, template, [1.0, 2.0])
-    other = json.loads(open(paths[1]).read())
+    other = json.loads(Path(paths[1]).read_text())
     other["provenance"]["config_sha256"] = "0" * 64
     os.unlink(paths[1])  # a finished raw result is never written over
     write_json_atomic(paths[1], other, "raw_result")
     with pytest.raises(AggregationError, match="config differs"):
         aggregate_experiment(paths, "n", 0.1, 0.95)
     wrong = tmp_path / "raw" / "exp-agg" / "cycle_7.json"
-    wrong.write_text(open(paths[0]).read())
+    wrong.write_text(Path(paths[0]).read_text())
     with pytest.raises(AggregationError, match="holds cycle 1, file name says 7"):
         aggregate_experiment([str(wrong)], "n", 0.1, 0.95)
 
@@ -74,9 +75,9 @@ def test_every_cycle_counted_once(tmp_path, template):
     assert agg["cycles"] == 3 and agg["cycle_numbers"] == [1, 2, 3]
     copy_of_first = tmp_path / "elsewhere" / "cycle_1.json"
     copy_of_first.parent.mkdir()
-    copy_of_first.write_text(open(paths[0]).read())
+    copy_of_first.write_text(Path(paths[0]).read_text())
     with pytest.raises(AggregationError, match="cycle numbers repeat"):
-        aggregate_experiment(paths + [str(copy_of_first)], "n", 0.1, 0.95)
+        aggregate_experiment([*paths, str(copy_of_first)], "n", 0.1, 0.95)
 
 
 def test_invalid_raw_file_is_refused(tmp_path, template):

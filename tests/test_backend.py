@@ -202,7 +202,7 @@ def test_static_cache_reaches_generate(tiny_model, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(b.model, "generate", spy)
-    _, _, steps, counts, _ = b.generate_batch(b.encode(["one", "two words"]), 5, 5, 0)
+    _, _, _steps, counts, _ = b.generate_batch(b.encode(["one", "two words"]), 5, 5, 0)
     assert seen["cache_implementation"] == "static" and seen["disable_compile"] is True and counts == [5, 5]
     assert info["cache_implementation"] == "static"
     if hasattr(b.model.generation_config, "max_cache_len"):  # one cache size for every batch of the experiment
@@ -245,6 +245,6 @@ def test_load_refuses_what_expansion_refuses(tiny_model):
     from llenergymeasure.errors import MeasurementError
 
     backend = PyTorchBackend(tiny_experiment(pytorch={"batch_size": 2, "batching_strategy": "dynamic"}), tiny_model)
-    with pytest.raises(MeasurementError, match="set pytorch.max_tokens_per_batch"):
+    with pytest.raises(MeasurementError, match=r"set pytorch\.max_tokens_per_batch"):
         backend.load()
     assert backend.model is None

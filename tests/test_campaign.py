@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from llenergymeasure.campaign import (
-    experiment_id,
     expand,
+    experiment_id,
     measurement_order,
     plan,
     resolve_campaign,
@@ -170,7 +170,7 @@ def test_error_in_experiment_file_is_fatal_and_names_file(tmp_path):
 
 def test_missing_config_file(tmp_path):
     c = campaign(tmp_path, configs=["nope.yaml"])
-    with pytest.raises(ConfigError, match="nope.yaml' does not exist"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml' does not exist"):
         expand(c)
 
 

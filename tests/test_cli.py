@@ -65,7 +65,7 @@ def test_validate_preview(campaign_dir, capsys):
 def test_validate_bad_campaign_names_each_problem_in_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("campaign_name: x\ngrid: {backends: [pytorch]}\nexecution: {structure: zigzag}\n")
-    code, out, err = run(capsys, "validate", str(bad))
+    code, _out, err = run(capsys, "validate", str(bad))
     assert code == 1 and err.splitlines() == [
         f"lem validate: {bad}: key 'execution.structure' = 'zigzag' is not allowed; allowed: interleaved, shuffled, grouped",
         f"lem validate: {bad}: grid: no model: set 'model' or 'grid.models'",
@@ -258,7 +258,7 @@ def test_the_example_experiment_runs(tmp_path, capsys):
     from conftest import REPO
 
     example = REPO / "config" / "experiments" / "example.yaml"
-    code, out, err = run(capsys, "run", str(example), "--set", "num_input_prompts=2", "--set", "max_output_tokens=4",
+    code, _out, err = run(capsys, "run", str(example), "--set", "num_input_prompts=2", "--set", "max_output_tokens=4",
                          "--set", "min_output_tokens=4", "--set", "warmup.mode=cv", "--set", "warmup.max_prompts=1", "--set", "baseline.duration_sec=1",
                          "--output", str(tmp_path / "raw.json"), "--quiet")  # fmt: skip
     assert code == 0, err

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SMALL
 from llenergymeasure.results import raw_result_files, read_result
-from conftest import SMALL
 
 pytestmark = pytest.mark.workflow
 

@@ -7,13 +7,13 @@ import time
 
 import pytest
 
+from conftest import FakeMeter
 from llenergymeasure.energy.base import ComponentEnergy, MeterSet
 from llenergymeasure.energy.baseline import idle_baselines, measure_idle, read_cached
 from llenergymeasure.energy.cpu import CpuEstimateMeter, RaplMeter, rapl_domains
-from conftest import FakeMeter
 from llenergymeasure.energy.meters import select_meters
 from llenergymeasure.measure import energy_section
-from llenergymeasure.thermal import required_gap, wait_gap, record_window
+from llenergymeasure.thermal import record_window, required_gap, wait_gap
 
 
 class Clock:

@@ -27,7 +27,7 @@ def test_prefill_matches_flop_counter(eager_model):
     assert d["confidence"] == "high" and d["gated_mlp"]
     for s in (1, 7, 40):
         ids = torch.randint(3, 200, (1, s))
-        measured = counted(lambda: eager_model(input_ids=ids))
+        measured = counted(lambda ids=ids: eager_model(input_ids=ids))
         # the counter sees dense attention (masked afterwards) and logits for every position
         expected = s * (linear_per_position(d) + output_layer(d)) + attention(d, 0, s, causal=False)
         assert measured == expected

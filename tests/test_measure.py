@@ -168,7 +168,7 @@ def test_flops_are_analytic_per_request(raw):
 
     f = raw["flops"]
     per = raw["latency"]["per_request"]
-    parts = [request_flops(f["model_dims"], i, o) for i, o in zip(per["input_tokens"], per["output_tokens"])]
+    parts = [request_flops(f["model_dims"], i, o) for i, o in zip(per["input_tokens"], per["output_tokens"], strict=True)]
     assert f["prefill_flops"] == sum(p for p, _ in parts) and f["decode_flops"] == sum(d for _, d in parts)
     assert f["total_flops"] == f["prefill_flops"] + f["decode_flops"]
     assert f["method"] == "analytic_decoder_only" and f["confidence"] == "high"

@@ -159,9 +159,9 @@ def test_every_problem_of_a_pre_v3_file_is_named_with_its_replacement():
 
 def test_a_lem_v3_campaign_names_grid_axes_with_the_grid_to_write(tmp_path):
     shutil.copy(LEM / "campaign_v3.yaml", tmp_path / "c.yaml")
-    with pytest.raises(ConfigError) as info:
-        from llenergymeasure.campaign import load_campaign
+    from llenergymeasure.campaign import load_campaign
 
+    with pytest.raises(ConfigError) as info:
         load_campaign(tmp_path / "c.yaml", tmp_path)
     assert info.value.problems == [
         f"{tmp_path / 'c.yaml'}: key 'grid.axes' = {{batch_size: [1, 2], fp_precision: [float32]}}: lem v3 never read it "
@@ -409,7 +409,7 @@ def test_validate_still_refuses_a_dataset_the_hub_does_not_have(tmp_path, capsys
     monkeypatch.setattr(huggingface_hub, "dataset_info", missing)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"campaign_name": "x", "model": "lem-tiny-llama", "dataset": "someone/no-such-set",
                                                      "grid": {"backends": ["pytorch"], "shared": {"device": "cpu"}}}))  # fmt: skip
-    code, out, err = cli(capsys, "validate", "c.yaml")
+    code, _out, err = cli(capsys, "validate", "c.yaml")
     assert code == 1 and err.splitlines() == [
         "lem validate: key 'dataset.name' = 'someone/no-such-set' (someone/no-such-set, split train) is not a Hugging Face "
         "dataset (or a private one: set HF_TOKEN)"

@@ -262,8 +262,8 @@ def _attempt(fn):
 def received(config: dict, model: str, tokenizer, llmapi) -> dict:
     """Everything the measurement hands the backend and the meters for this experiment."""
     from llenergymeasure.energy.meters import select_meters
-    from llenergymeasure.process import select_gpus
     from llenergymeasure.measure import emissions_section
+    from llenergymeasure.process import select_gpus
     from llenergymeasure.prompts import load_prompts
 
     out: dict = {}
@@ -304,7 +304,12 @@ def received(config: dict, model: str, tokenizer, llmapi) -> dict:
         out["sampling"] = b.sampling_kwargs(n_out, n_min, seed)
         out["lora"] = b.lora_kwargs()
     else:
-        from llenergymeasure.backends.tensorrt import TensorRTBackend, engine_cache_root, engine_environment, engine_key_fields
+        from llenergymeasure.backends.tensorrt import (
+            TensorRTBackend,
+            engine_cache_root,
+            engine_environment,
+            engine_key_fields,
+        )
 
         b = TensorRTBackend(config, model)
         out["build"] = _attempt(lambda: plain(b.build_config(llmapi)))
@@ -415,7 +420,7 @@ class Tracked(dict):
         return Tracked(value, self._reads, path + ".") if isinstance(value, dict) and not isinstance(value, Tracked) else value
 
     def get(self, key, default=None):
-        return self[key] if key in self else default
+        return self[key] if key in self else default  # noqa: SIM401 - through __getitem__, which records the read
 
 
 MEASUREMENT_SECTIONS = ("warmup", "baseline", "energy", "timeline")

@@ -11,10 +11,18 @@ import pytest
 import yaml
 
 from conftest import tiny_experiment
-from llenergymeasure.aggregate import PRECISION_COLUMNS, SUMMARY_COLUMNS, aggregate_experiment, read_summary, write_aggregated_all
+from llenergymeasure.aggregate import (
+    PRECISION_COLUMNS,
+    SUMMARY_COLUMNS,
+    aggregate_experiment,
+    read_summary,
+    write_aggregated_all,
+)
 from llenergymeasure.campaign import measurement_order, plan, resolve_campaign
 from llenergymeasure.errors import ConfigError
+from llenergymeasure.measure import run_experiment
 from llenergymeasure.precision import (
+    DecisionError,
     Target,
     assess,
     decide,
@@ -22,10 +30,8 @@ from llenergymeasure.precision import (
     decisions_on_disk,
     planned_windows,
     read_decision,
-    DecisionError,
     status,
 )
-from llenergymeasure.measure import run_experiment
 from llenergymeasure.results import write_json_atomic
 
 T = Target(relative_half_width=0.5, metric="energy_j", min_cycles=3, max_cycles=5, confidence=0.95)
@@ -85,7 +91,7 @@ def test_decisions_are_files_read_back_and_walked(tmp_path):
     assert decisions_on_disk(tmp_path, "e", T) == (5, False)  # cycle 5 scheduled, its decision still to come
     assert decisions_on_disk(tmp_path, "other", T) == (3, False)
     (tmp_path / "decisions" / "e" / "after_cycle_4.json").write_text('{"truncated')
-    with pytest.raises(DecisionError, match="after_cycle_4.json is not the decision after cycle 4 of e .damaged.*delete it and rerun"):
+    with pytest.raises(DecisionError, match=r"after_cycle_4\.json is not the decision after cycle 4 of e .damaged.*delete it and rerun"):
         read_decision(tmp_path / "decisions" / "e" / "after_cycle_4.json", "e", 4)
 
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, job_counts, sha, snakemake
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.results import read_result
-from conftest import job_counts, sha, snakemake
 
 pytestmark = pytest.mark.workflow
 

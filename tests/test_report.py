@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
 from llenergymeasure.report import pareto_front
 
 
@@ -10,13 +17,6 @@ def test_pareto_front_maximises_throughput_and_minimises_energy():
     # (150, 0.8) is dominated by (200, 0.5); the rest each win somewhere
     assert pareto_front(pts) == [4, 1, 3]
     assert pareto_front([(1, 1)]) == [0]
-
-
-import copy  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 def svg_texts(path) -> list[str]:
@@ -67,11 +67,11 @@ def test_cpu_timeline_axis_spans_the_whole_scale(one_run):
 
     root, raw, _ = one_run
     side = raw.replace(".json", ".timeline.json")
-    data = json.loads(open(side).read())
+    data = json.loads(Path(side).read_text())
     data["cpu_util_pct"] = [100.0] * len(data["cpu_util_pct"])  # a flat line: matplotlib would zoom to 95-105 %
     flat_root = root / "flat" / "raw" / "pytorch-x"
     flat_root.mkdir(parents=True)
-    (flat_root / "cycle_1.json").write_text(open(raw).read())
+    (flat_root / "cycle_1.json").write_text(Path(raw).read_text())
     (flat_root / "cycle_1.timeline.json").write_text(json.dumps(data))
     out = root / "flat.svg"
     plot_timeline([str(flat_root / "cycle_1.json")], out)
@@ -114,7 +114,7 @@ def test_captions_and_plots_name_every_experiment_its_method_and_flags(one_run):
     from llenergymeasure.report import write_report_files
 
     root, raw, agg = one_run
-    first = json.loads(open(agg).read())
+    first = json.loads(Path(agg).read_text())
     second = copy.deepcopy(first)
     second.update(experiment_id="pytorch-y", config_name="other-one", includes_estimate=False, energy_method="cpu:rapl")
     second["flags"] = {"short_window": 3}

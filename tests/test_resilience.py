@@ -5,6 +5,8 @@ two runs on one results folder; two campaigns on one host; campaign files that a
 from __future__ import annotations
 
 import base64
+import contextlib
+import itertools
 import json
 import os
 import re
@@ -17,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import SMALL, job_counts, sha, snakemake, utc, write_campaign
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.results import raw_result_files, read_result
-from conftest import SMALL, job_counts, sha, snakemake, utc, write_campaign
 
 pytestmark = pytest.mark.workflow
 
@@ -40,10 +42,8 @@ def all_text(root: Path, skip: set[Path]) -> str:
     out = []
     for p in root.rglob("*"):
         if p.is_file() and p not in skip:
-            try:
+            with contextlib.suppress(OSError):
                 out.append(p.read_bytes().decode("utf-8", "replace"))
-            except OSError:
-                pass
     return "\n".join(out)
 
 
@@ -207,7 +207,7 @@ def test_a_second_run_on_one_results_folder_is_refused(workflow_dir, tmp_path):
         second = snakemake(other, "--configfile", "c.yaml")
         assert first.poll() is None, "the first run ended before the second one was tried"
     finally:
-        out, err = first.communicate(timeout=600)
+        _out, err = first.communicate(timeout=600)
     assert second.returncode == 1
     lines = [x for x in second.stderr.splitlines() if x.startswith("Refused: ")]
     assert len(lines) == 1 and f"results folder {shared}/shared is in use by another campaign run" in lines[0]
@@ -239,7 +239,7 @@ def test_two_campaigns_on_one_host_take_turns(workflow_dir, tmp_path):
         windows += [read_result(p, "raw_result") for p in raw_result_files(wd / "results" / name)]
     assert len(windows) == 4
     windows.sort(key=lambda r: r["timestamps"]["window_start"])
-    for prev, cur in zip(windows, windows[1:]):
+    for prev, cur in itertools.pairwise(windows):
         gap = (utc(cur["timestamps"]["window_start"]) - utc(prev["timestamps"]["window_end"])).total_seconds()
         assert gap > 0, "two measurement windows overlapped"
         assert gap >= cur["thermal"]["gap_required_s"] - 0.05
@@ -348,7 +348,7 @@ def test_the_host_lock_and_gap_are_shared_by_campaigns(tmp_path, monkeypatch):
     [
         ("campaign_name: t\nmodel: lem-tiny-llama\nmodel: x\ngrid: {backends: [pytorch]}\n", "has key 'model' twice in one mapping (lines 2 and 3)"),
         ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]\n"
-                                                          for p, c in zip("abcdefg", "bcdefgh")), "once its aliases are expanded"),
+                                                          for p, c in zip("abcdefg", "bcdefgh", strict=True)), "once its aliases are expanded"),
         (b"campaign_name: caf\xe9\n", "is not UTF-8 text"),
     ],
     ids=["duplicate-key", "alias-bomb", "latin-1"],

@@ -136,7 +136,7 @@ def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
             "shared": {"fp_precision": "float32", "device": "cpu", "max_input_tokens": 32, "max_output_tokens": 6,
                        "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_sec": 1,
                        "warmup.max_prompts": 3, "warmup.min_prompts": 3, "warmup.window_size": 3,
-                       "energy.min_window_sec": 0},  # fmt: skip
+                       "energy.min_window_sec": 0},
             "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
         },
         "execution": {"cycles": 2, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
@@ -146,9 +146,9 @@ def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
     run = subprocess.run(
         # the profile as shipped, with job sizes for this small machine
         [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "c.yaml", "--jobs", "2",
-         "--default-resources", "slurm_partition=debug", "mem_mb=2000", "runtime=30"],  # fmt: skip
+         "--default-resources", "slurm_partition=debug", "mem_mb=2000", "runtime=30"],
         cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert "slurm" in (run.stdout + run.stderr).lower()
     root = workflow_dir / "results" / "slurm"
@@ -183,7 +183,7 @@ def test_a_failed_measurement_on_slurm_is_isolated_and_recorded(slurm, workflow_
             "models": ["lem-tiny-llama", str(broken)],
             "shared": {"fp_precision": "float32", "device": "cpu", "max_input_tokens": 32, "max_output_tokens": 6,
                        "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_sec": 1,
-                       "warmup.enabled": False, "energy.min_window_sec": 0},  # fmt: skip
+                       "warmup.enabled": False, "energy.min_window_sec": 0},
         },
         "execution": {"cycles": 1, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
     }
@@ -200,6 +200,6 @@ def test_a_failed_measurement_on_slurm_is_isolated_and_recorded(slurm, workflow_
     failures = json.loads((root / "failures.json").read_text())["failures"]
     assert [(f["config_name"], f["cycle"]) for f in failures] == [("pytorch-broken-model", 1)]
     assert "SafetensorError" in failures[0]["error"] and (workflow_dir / failures[0]["log"]).exists()
-    dry = subprocess.run(args + ["-n"], cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=300)
+    dry = subprocess.run([*args, "-n"], cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=300)
     scheduled = re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr)
     assert scheduled == [(failures[0]["experiment_id"], "1")]

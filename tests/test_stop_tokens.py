@@ -76,4 +76,4 @@ def test_every_backend_stops_on_the_generation_configs_eos(fake_vllm, fake_trt, 
             assert len(request.itl_s) == request.output_tokens - 1
     # free: every backend ends on the second EOS, its first greedy token (counted, as every backend counts its EOS);
     # forced: no stop token may end a request early
-    assert counts == ({b: 6 for b in counts} if forced else {b: 1 for b in counts})
+    assert counts == (dict.fromkeys(counts, 6) if forced else dict.fromkeys(counts, 1))

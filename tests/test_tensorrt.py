@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKES, REPO, forget_engine, small_experiment
-from llenergymeasure.backends import tensorrt as trt_backend
 from llenergymeasure.backends import create
+from llenergymeasure.backends import tensorrt as trt_backend
 from llenergymeasure.backends.base import Batch, BatchRecord
 from llenergymeasure.backends.tensorrt import (
     TensorRTBackend,
@@ -23,6 +23,7 @@ from llenergymeasure.backends.tensorrt import (
 )
 from llenergymeasure.config import load_schema
 from llenergymeasure.errors import MeasurementError
+
 
 def _drop_engine_modules() -> None:
     forget_engine("tensorrt_llm")
@@ -33,7 +34,6 @@ def no_trt(monkeypatch):
     """No tensorrt_llm, whatever the machine has installed (None in sys.modules makes every import of it fail)."""
     _drop_engine_modules()
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)
-    yield
 
 
 def trt_experiment(tmp_path=None, **overrides) -> dict:
@@ -386,7 +386,7 @@ def test_interrupted_build_leaves_no_engine(fake_trt, tiny_model, tmp_path, monk
 
     monkeypatch.setattr(_TrtLLM, "save", broken_save)
     backend = TensorRTBackend(trt_experiment(tmp_path), tiny_model)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         backend.load()
     backend.close()
     root = tmp_path / "engines"
@@ -663,9 +663,10 @@ def _checkpoint_with(tiny_model, tmp_path, quant: dict) -> str:
 def test_int4_gptq_is_refused_and_the_release_cannot_build_it(fake_trt, tiny_model, tmp_path):
     """W4A16_GPTQ counts as calibrated but is no ModelOpt recipe, so 1.0.0's build takes the SmoothQuant path and
     asserts: refused at expansion, naming the release; the fake fails the same way when asked anyway."""
-    from llenergymeasure.campaign import semantic_problem
     from tensorrt_llm._tensorrt_engine import LLM
     from tensorrt_llm.llmapi import QuantAlgo, QuantConfig
+
+    from llenergymeasure.campaign import semantic_problem
 
     problem = semantic_problem(trt_experiment(tmp_path, tensorrt={"quantization": "int4_gptq"}))
     assert problem.startswith("tensorrt.quantization = int4_gptq: TensorRT-LLM 1.0.0 cannot build it")
@@ -675,8 +676,9 @@ def test_int4_gptq_is_refused_and_the_release_cannot_build_it(fake_trt, tiny_mod
 
 @pytest.mark.parametrize("quant", [{"quant_method": "gptq", "bits": 4}, {"quant_method": "awq", "bits": 4}, {"quant_method": "bitsandbytes"}])
 def test_a_prequantised_checkpoint_is_refused(fake_trt, tiny_model, tmp_path, quant):
-    from llenergymeasure.campaign import semantic_problem
     from tensorrt_llm._tensorrt_engine import LLM
+
+    from llenergymeasure.campaign import semantic_problem
 
     model = _checkpoint_with(tiny_model, tmp_path, quant)
     problem = semantic_problem(trt_experiment(tmp_path, model_name=model))

@@ -14,7 +14,7 @@ def gpu_samples(powers, reasons=None, dt=0.1):
         TimelineSample(i * dt, 50.0, 100 + i, None,
                        (GpuSample("gpu0", power_w=p, temperature_c=60.0 + i, sm_util_pct=90.0, mem_util_pct=40.0,
                                   sm_clock_mhz=1900.0, throttle_reasons=r),))
-        for i, (p, r) in enumerate(zip(powers, reasons))
+        for i, (p, r) in enumerate(zip(powers, reasons, strict=True))
     ]  # fmt: skip
 
 

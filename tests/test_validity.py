@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import dataclasses
+
+import pytest
 
 from llenergymeasure import validity
 from llenergymeasure.backends.base import BatchRecord

@@ -226,7 +226,7 @@ def test_prompts_go_in_as_truncated_token_ids(loaded):
     backend, llm = loaded()
     out = backend.run(PROMPTS, backend.plan(PROMPTS), seed=0)
     tok = llm.get_tokenizer()
-    for rid, prompt, _, lora in llm.llm_engine.requests:
+    for _rid, prompt, _, lora in llm.llm_engine.requests:
         assert set(prompt) == {"prompt_token_ids"} and lora is None
     submitted = [p["prompt_token_ids"] for _, p, _, _ in llm.llm_engine.requests]
     assert submitted == [tok(p, truncation=True, max_length=64)["input_ids"] for p in PROMPTS]
@@ -316,7 +316,7 @@ def test_warmup_contract(loaded):
 
 def test_full_warmup_runs_the_whole_workload_before_the_window(loaded):
     """Mode full submits every prompt once, with the window's output lengths, before the CV loop."""
-    backend, llm = loaded(vllm={"max_num_seqs": 2, "enable_prefix_caching": True})
+    backend, _llm = loaded(vllm={"max_num_seqs": 2, "enable_prefix_caching": True})
     batches = backend.plan(PROMPTS)
     cfg = {"enabled": True, "mode": "full", "convergence_detection": True, "cv_threshold": 0.99, "max_prompts": 3,
            "window_size": 3, "min_prompts": 3}  # fmt: skip
@@ -433,7 +433,7 @@ def test_module_imports_without_the_engine():
     code = "import sys, llenergymeasure.backends.vllm as m; assert 'vllm' not in sys.modules; print(m.PINNED_VERSION)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == PINNED_VERSION
-    assert backend_module.PINNED_IMAGE == f"docker://vllm/vllm-openai:v{PINNED_VERSION}"
+    assert f"docker://vllm/vllm-openai:v{PINNED_VERSION}" == backend_module.PINNED_IMAGE
 
 
 # ---------------------------------------------------------------------------------------------- release facts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -49,7 +50,7 @@ def test_full_run_then_edit_one_value(workflow_dir):
         windows = sorted(results, key=lambda r: r["timestamps"]["window_start"])
         order = [(r["config"]["pytorch"]["batch_size"], r["cycle"]) for r in windows]
         assert order == [(1, 1), (2, 1), (1, 2), (2, 2)]
-        for prev, cur in zip(windows, windows[1:]):
+        for prev, cur in itertools.pairwise(windows):
             gap = (utc(cur["timestamps"]["window_start"]) - utc(prev["timestamps"]["window_end"])).total_seconds()
             assert gap >= cur["thermal"]["gap_required_s"] - 0.05
         assert [w["thermal"]["gap_kind"] for w in windows] == ["first", "config", "cycle", "config"]
@@ -228,6 +229,12 @@ def test_lint_and_format():
     assert lint.returncode == 0, lint.stdout + lint.stderr
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_python_lint():
+    """ruff, with the rules of pyproject.toml, over every Python file of the repository."""
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "scripts").glob("*.py")))

@@ -22,6 +22,7 @@ from .results import (
 from .stats import distribution, summarise
 from .thermal import AUDITED_KEYS
 
+
 def _component_j(r: dict, component: str) -> float | None:
     """Gross window energy of one kind of device (all GPUs, say); None when absent or any value is missing."""
     rows = [c for c in r["energy"]["components"] if c["component"] == component]
@@ -94,7 +95,7 @@ def aggregate_experiment(
     if not raws:
         raise AggregationError("no raw results to aggregate")
     first = raws[0]
-    for r, path in zip(raws, raw_paths):
+    for r, path in zip(raws, raw_paths, strict=True):
         for key, get in (
             ("experiment_id", lambda x: x["experiment_id"]),
             ("config", lambda x: x["provenance"]["config_sha256"]),

@@ -26,8 +26,8 @@ from .config import (
     fill_defaults,
     load_schema,
     prune_defaults,
-    set_dotted,
     schema_problems,
+    set_dotted,
     value_problems,
 )
 from .errors import ConfigError
@@ -92,7 +92,7 @@ def user_config(workdir: str | Path = ".") -> Migrated:
         raise ConfigError(f"{USER_CONFIG_FILE}: expected a mapping of settings, got {type(data).__name__}")
     found = migrate_user(data)
     data, problems = found.data, list(found.problems)
-    for key, value in data.items():
+    for key in data:
         if key not in USER_CONFIG_KEYS:
             problems.append(f"unknown key '{key}'; allowed keys: {', '.join(sorted(USER_CONFIG_KEYS))}{key_hint(key, USER_CONFIG_KEYS)}")
     if data.get("verbosity") not in (None, *VERBOSITY_LEVELS):
@@ -269,7 +269,7 @@ def resolve_experiment(config: dict) -> dict:
     if pt and pt.get("torch_compile") is True:
         pt["torch_compile"] = "default"
     warm = resolved.get("warmup")
-    if warm and (warm.get("enabled") is False and warm.get("mode") == "full" or warm.get("mode") == "off"):
+    if warm and ((warm.get("enabled") is False and warm.get("mode") == "full") or warm.get("mode") == "off"):
         warm["enabled"], warm["mode"] = False, "off"  # enabled: false and mode: off are the same warm-up (none)
     if resolved.get("backend") in BACKENDS and resolved["device"] == "cuda" and backend_rules(resolved["backend"]).gpu_only:
         resolved["device"] = "auto"  # the same thing for a CUDA-only engine: one experiment id, not two
@@ -507,11 +507,11 @@ def _grid_candidates(campaign: dict, problems: list[str] | None = None) -> list[
                 for ov_vals in itertools.product(*(_axis(ov[k], f"{backend}.{k}") for k in ov_keys)):
                     config: dict = {"backend": backend, "model_name": model}
                     varied = {}
-                    for key, value in zip(shared_keys, shared_vals):
+                    for key, value in zip(shared_keys, shared_vals, strict=True):
                         set_dotted(config, key, value)
                         if isinstance(shared[key], list) and len(shared[key]) > 1:
                             varied[key] = value
-                    for key, value in zip(ov_keys, ov_vals):
+                    for key, value in zip(ov_keys, ov_vals, strict=True):
                         set_dotted(config, f"{backend}.{key}", value)
                         if isinstance(ov[key], list) and len(ov[key]) > 1:
                             varied[f"{backend}.{key}"] = value

@@ -43,9 +43,9 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells)
     return "\n".join(lines)
 
 
@@ -410,9 +410,9 @@ def diagnose() -> dict:
     import platform
 
     from . import __version__
-    from .paths import cache_dir
     from .energy.cpu import cpu_model_name, rapl_domains
     from .energy.nvml import driver_info, visible_gpus
+    from .paths import cache_dir
 
     report: dict = {"python": sys.version.split()[0], "platform": platform.platform(), "llenergymeasure": __version__}
     try:
@@ -430,7 +430,7 @@ def diagnose() -> dict:
             report[mod] = None
     report["engines"] = {name: importlib.util.find_spec(name) is not None for name in ("vllm", "tensorrt_llm")}
     gpus = visible_gpus()
-    report["nvml"] = {"available": bool(gpus) or importlib.util.find_spec("pynvml") is not None and bool(driver_info()),
+    report["nvml"] = {"available": bool(gpus) or (importlib.util.find_spec("pynvml") is not None and bool(driver_info())),
                       "driver": driver_info() or None,
                       "gpus": [{k: g[k] for k in ("cuda_index", "nvml_index", "uuid", "name", "mig")} for g in gpus]}  # fmt: skip
     report["cpu"] = {"model": cpu_model_name(), "logical_cpus": os.cpu_count(), "rapl_domains": [d["name"] for d in rapl_domains()]}

@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import ConfigError, did_you_mean
 
@@ -26,7 +27,7 @@ DECODER_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_schema(name: str) -> dict:
     """Return the parsed schema ``schemas/<name>.schema.json``."""
     with open(SCHEMA_DIR / f"{name}.schema.json", encoding="utf-8") as fh:
@@ -182,7 +183,7 @@ def error_lines(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> l
         return [f"missing required key '{f'{where}.{k}' if where else k}'" for k in missing]
     label = f"key '{where}'" if where else "the file"
     if kind == "enum":
-        allowed = [a for a in err.validator_value]
+        allowed = list(err.validator_value)
         shown = ", ".join(a if isinstance(a, str) else json.dumps(a) for a in allowed)  # false/null as written in YAML
         return [f"{label} = {short_repr(value)} is not allowed; allowed: {shown}{did_you_mean(value, [a for a in allowed if a])}"]
     if kind == "type":
@@ -347,14 +348,14 @@ def _coerce_text(text: str, schema: dict, root: dict) -> Any:
     strings = [v for v in resolved.get("enum", []) if isinstance(v, str)]
     if "null" in kinds and text in ("null", "Null", "NULL", "~"):
         return None
-    if not kinds or "string" in kinds and (not resolved.get("enum") or text in strings or "type" in resolved):
+    if not kinds or ("string" in kinds and (not resolved.get("enum") or text in strings or "type" in resolved)):
         return text
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
     kind = _JSON_TYPES.get(type(value))
-    if kind in kinds or kind == "integer" and "number" in kinds:
+    if kind in kinds or (kind == "integer" and "number" in kinds):
         return value
     return text
 

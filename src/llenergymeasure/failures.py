@@ -14,6 +14,7 @@ experiment id, config name, cycle, the error the job recorded, and the job's log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -51,10 +52,8 @@ def write_record(root: str | Path, experiment_id: str, config_name: str, cycle: 
 
 
 def clear_record(root: str | Path, experiment_id: str, cycle: int) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         record_path(root, experiment_id, cycle).unlink()
-    except FileNotFoundError:
-        pass
 
 
 def read_record(root: str | Path, experiment_id: str, cycle: int) -> dict | None:

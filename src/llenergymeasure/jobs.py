@@ -97,7 +97,7 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
             log.warning("%s; this measurement was discarded", exc)
             print(f"{experiment_id} cycle {cycle}: {exc}; this measurement was discarded", file=sys.stderr)
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of a measurement is recorded and reported, never lost
             error = scrub(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", secrets(settings))
             log.error("measurement failed:\n%s", traceback.format_exc())
             if root:
@@ -216,7 +216,8 @@ def decide(raw: list[str], experiment_id: str, after_cycle: int, target: dict, o
     """Checkpoint ``decide``: after cycle ``after_cycle`` of an experiment, stop it or ask for one more cycle. A raw
     result that cannot be read ends the job with one line naming it."""
     from .aggregate import AggregationError
-    from .precision import DecisionError, decide as take_decision, from_params, percent
+    from .precision import DecisionError, from_params, percent
+    from .precision import decide as take_decision
     from .results import ResultValidationError
 
     raw = [raw] if isinstance(raw, str) else list(raw)

@@ -21,8 +21,9 @@ The table is consulted before any fuzzy "did you mean", so a key of lem is answe
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .backends import BACKENDS
 from .config import flow
@@ -256,7 +257,7 @@ EXPERIMENT: dict[str, Rule] = {
     ),
     "warmup_runs": Rule("refuse", NEVER_READ, instead="warmup.max_prompts (and warmup.mode)"),
     "query_rate": Rule("ignore", f"{NEVER_READ} (at its default)", inert=_equals(1, 1.0), refused=f"{NEVER_READ}: requests were never rate-limited",
-                       instead="leave it out (requests are submitted as fast as the engine takes them)"),  # fmt: skip
+                       instead="leave it out (requests are submitted as fast as the engine takes them)"),
     "decode_token_to_text": Rule("ignore", NEVER_READ, inert=_equals(False), refused=NEVER_READ, instead="leave it out (generated text is not kept)"),
     "is_encoder_decoder": Rule("ignore", NEVER_READ, inert=_equals(False), refused=NEVER_READ, instead="leave it out (decoder-only models are measured here)"),
     "task_type": Rule("ignore", NEVER_READ, inert=_equals("text_generation"), refused=NEVER_READ, instead="leave it out (text generation is measured here)"),
@@ -265,46 +266,46 @@ EXPERIMENT: dict[str, Rule] = {
     "_extends": Rule(
         "refuse", f"{LEM}'s inheritance between files is not offered here",
         instead="the base file's keys copied in; values every experiment shares belong in the campaign (grid.shared, dataset, num_samples)",
-    ),  # fmt: skip
+    ),
     "streaming": Rule(
         "ignore", f"{LEM}'s streaming mode, switched off; latency (TTFT, ITL) is measured in every run here, from token arrivals",
         inert=_off, refused=f"{LEM}'s streaming mode is not offered here: latency (TTFT, ITL) is measured in every run, from token arrivals",
         instead=lambda v, w: f"one request at a time, as lem's streaming mode ran them, is {_batch(1, w)}",
-    ),  # fmt: skip
+    ),
     "streaming_warmup_requests": Rule("ignore", f"{LEM}'s streaming warm-up; every run here warms up (warmup.*)"),
     "traffic_simulation": Rule(
         "ignore", f"{LEM}'s traffic simulation, switched off", inert=_off, refused=f"{LEM}'s traffic simulation is not offered here",
         instead="leave it out (requests are submitted as fast as the engine takes them)",
-    ),  # fmt: skip
+    ),
     "schedule": Rule("ignore", f"{LEM}'s daemon schedule, switched off", inert=_off, refused=f"{LEM}'s daemon schedule is not offered here", instead=NO_DAEMON),
     "io": Rule(
-        "ignore", "no results folder set", inert=lambda v: v is None or isinstance(v, dict) and not v.get("results_dir"),
+        "ignore", "no results folder set", inert=lambda v: v is None or (isinstance(v, dict) and not v.get("results_dir")),
         refused="an experiment file does not choose the results folder here",
         instead="results_dir in the campaign file (or LLM_ENERGY_RESULTS_DIR; lem run --output FILE)",
-    ),  # fmt: skip
+    ),
     "save_outputs": Rule("ignore", "generated text is not kept here either", inert=_equals(False), refused=f"{LEM}'s saved outputs are not offered here",
-                         instead="leave it out (generated text is not kept; token counts and timings are)"),  # fmt: skip
+                         instead="leave it out (generated text is not kept; token counts and timings are)"),
     "pytorch.low_cpu_mem_usage": Rule(
         "ignore", "it is how transformers loads models here anyway", inert=_equals(True), refused="transformers' low-memory loading cannot be switched off here",
         instead="leave it out",
-    ),  # fmt: skip
+    ),
     "pytorch.max_memory": Rule("ignore", "no memory cap set", inert=_equals(None), refused="a memory cap is not offered here",
-                               instead="leave it out (each process loads the whole model onto its own device)"),  # fmt: skip
+                               instead="leave it out (each process loads the whole model onto its own device)"),
     "pytorch.output_scores": Rule("ignore", "scores are not kept here either", inert=_equals(False), refused="keeping scores is not offered here",
-                                  instead="leave it out (keeping them would add host work to the window)"),  # fmt: skip
+                                  instead="leave it out (keeping them would add host work to the window)"),
     "pytorch.return_dict_in_generate": Rule("ignore", "how generate() hands back its tokens is this tool's choice"),
     "pytorch.beam_search": Rule("ignore", "beam search, switched off", inert=_off, refused="beam search is not offered here", instead="sampling or greedy decoding (decoder.*)"),
     "pytorch.assisted_generation": Rule(
-        "ignore", "assisted generation, switched off", inert=lambda v: v is None or isinstance(v, dict) and not v.get("model"),
+        "ignore", "assisted generation, switched off", inert=lambda v: v is None or (isinstance(v, dict) and not v.get("model")),
         refused="assisted generation is not offered for PyTorch here", instead="speculative decoding on vLLM (vllm.speculative)",
-    ),  # fmt: skip
+    ),
     "pytorch.use_bettertransformer": Rule(
         "ignore", "BetterTransformer, switched off", inert=_equals(False), refused="BetterTransformer is not offered here (transformers deprecated it)",
         instead="pytorch.attn_implementation: sdpa (the default)",
-    ),  # fmt: skip
+    ),
     # null where lem meant "not set": left out (any other value is read as it is)
     **{k: Rule("unset") for k in ("dataset", "pytorch", "vllm", "tensorrt", "pytorch.torch_compile_backend", "pytorch.cache_implementation",
-                                  "vllm.attention", "vllm.speculative", "vllm.lora", "vllm.speculative.method", "tensorrt.calibration")},  # fmt: skip
+                                  "vllm.attention", "vllm.speculative", "vllm.lora", "vllm.speculative.method", "tensorrt.calibration")},
 }
 
 #: campaign files (their grid keys are read with EXPERIMENT)
@@ -318,7 +319,7 @@ CAMPAIGN: dict[str, Rule] = {
     "schedule": Rule("ignore", f"{LEM} never executed it"),
     "daemon": Rule("ignore", f"{LEM}'s daemon mode, switched off", inert=_off, refused=f"{LEM}'s daemon mode is not offered here", instead=NO_DAEMON),
     "experiments": Rule("ignore", f"{LEM} never read it", inert=lambda v: not v, refused=f"{LEM} never read it, so these experiments were never measured",
-                        instead="configs: [FILE, ...] (experiment files; put per-file overrides in the files)"),  # fmt: skip
+                        instead="configs: [FILE, ...] (experiment files; put per-file overrides in the files)"),
     "grid.axes": Rule("refuse", f"{LEM} never read it (its grid took shared and backend_overrides), so these axes were never measured", instead=_axes),
     "io.results_dir": Rule("rename", f"{LEM}'s results folder", new="results_dir"),
     "io.state_dir": Rule("ignore", "progress lives in Snakemake's records and the results folder here"),
@@ -485,7 +486,7 @@ def _migrate_axes(axes: dict, section: str, prefix: str, where: Where, out: Migr
         rule, ruled = _rule_for(dotted)
         name = f"{prefix}.{key}"
         items = values if isinstance(values, list) else [values]
-        if rule is None or rule.action == "unset" and values is not None or rule.action == "convert" and ruled == "gpus":
+        if rule is None or (rule.action == "unset" and values is not None) or (rule.action == "convert" and ruled == "gpus"):
             result[key] = values
         elif rule.action == "unset":
             out.notes.append(f"'{name}' = null ({LEM}'s way of leaving a setting unset): left out")
@@ -518,7 +519,7 @@ def _rule_for(dotted: str) -> tuple[Rule | None, str]:
     parts = dotted.split(".")
     for depth in range(len(parts), 0, -1):
         key = ".".join(parts[:depth])
-        if key in EXPERIMENT and (depth == len(parts) or key not in _OWN_SECTIONS and EXPERIMENT[key].action != "unset"):
+        if key in EXPERIMENT and (depth == len(parts) or (key not in _OWN_SECTIONS and EXPERIMENT[key].action != "unset")):
             return EXPERIMENT[key], key
     return None, ""
 

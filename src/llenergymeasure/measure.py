@@ -309,7 +309,7 @@ def findings(w: WindowRecord, config: dict, tokens: dict, energy: dict, timeline
         *backend_flags,
         *validity.no_output_tokens(tokens["output_tokens"]),
         *validity.output_length_not_reached(config["min_output_tokens"], config["max_output_tokens"],
-                                            tokens["requests_at_max_output_tokens"], tokens["num_requests"]),  # fmt: skip
+                                            tokens["requests_at_max_output_tokens"], tokens["num_requests"]),
         *validity.power_below_idle(energy["total"]["mean_power_w"], [r["idle_power_w"] for r in energy["components"]]),
         *validity.power_above_limit(w.meters.meters, energy["total"]["mean_power_w"]),
         *validity.throttling(timeline["summary"]),
@@ -497,7 +497,7 @@ def build_result(w: WindowRecord, backend, config: dict, experiment_id: str, cyc
         "steady_state": steady,
         "memory": memory_section(w, timeline, backend.peak_memory()),
         "model": {**{k: w.load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
-                  "details": {k: v for k, v in w.load_info.items() if k not in _MODEL_KEYS}},  # fmt: skip
+                  "details": {k: v for k, v in w.load_info.items() if k not in _MODEL_KEYS}},
         "batches": [b.to_result(w.w0) for b in w.batches],
         "timeline": timeline,
         "flags": flags,

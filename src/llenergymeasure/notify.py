@@ -15,6 +15,7 @@ Basic authentication) but never logged or stored; :func:`redact_url` is what get
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import socket
@@ -142,10 +143,8 @@ class _Attempt:
                     conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            try:
+            with contextlib.suppress(Exception):  # closing from another thread may race with the worker
                 conn.close()
-            except Exception:  # noqa: BLE001 - closing from another thread may race with the worker
-                pass
 
 
 def _describe(exc: BaseException) -> str:

@@ -139,8 +139,8 @@ def plot_latency(aggs: list[dict], out: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharey=False)
     names = [_label(a) for a in aggs]
-    for ax, key, title in zip(axes, ("ttft_ms", "e2e_ms"), ("time to first token", "end-to-end latency")):
-        for k, (q, style) in enumerate((("p50", "o"), ("p90", "^"), ("p99", "v"))):
+    for ax, key, title in zip(axes, ("ttft_ms", "e2e_ms"), ("time to first token", "end-to-end latency"), strict=True):
+        for q, style in (("p50", "o"), ("p90", "^"), ("p99", "v")):
             ys = [a["latency_pooled_ms"][key][q] for a in aggs]
             ax.plot(range(len(aggs)), [y if y is not None else float("nan") for y in ys], style, label=q)
         ax.set_xticks(range(len(aggs)))

@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in problem_lines(exc, "Configuration error: "):
             print(line, file=sys.stderr)
         return 1
-    from .process import select_gpus
     from .measure import run_experiment
+    from .process import select_gpus
     from .results import ResultExistsError
 
     gpus = select_gpus(config)  # the experiment's GPUs only, in PCI order, as in a workflow job

@@ -21,7 +21,7 @@ ARCH_DIR = Path(__file__).resolve().parent / "data" / "architectures"
 SEED = 1234
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def architectures() -> dict[str, dict]:
     """Shipped architectures by short name."""
     out = {}

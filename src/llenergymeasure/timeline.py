@@ -134,17 +134,17 @@ class TimelineSampler:
         ):
             try:
                 out[key] = fn()
-            except Exception:
+            except Exception:  # noqa: BLE001 - a reading NVML cannot give is missing from the sample
                 out[key] = None
         try:
             util = nv.nvmlDeviceGetUtilizationRates(h)
             out["sm_util_pct"], out["mem_util_pct"] = float(util.gpu), float(util.memory)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a reading NVML cannot give is missing from the sample
             out["sm_util_pct"] = out["mem_util_pct"] = None
         try:
             getter = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
             out["throttle_reasons"] = int(getter(h))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a reading NVML cannot give is missing from the sample
             out["throttle_reasons"] = None
         return GpuSample(**out)
 
@@ -153,7 +153,7 @@ class TimelineSampler:
         nv = self._nv
         try:
             kind, samples = nv.nvmlDeviceGetSamples(m.gpu["handle"], nv.NVML_TOTAL_POWER_SAMPLES, self._buffer_seen[m.device])
-        except Exception:  # NVML_ERROR_NOT_FOUND: nothing new; NOT_SUPPORTED: no buffer on this board
+        except Exception:  # noqa: BLE001 - NVML_ERROR_NOT_FOUND: nothing new; NOT_SUPPORTED: no buffer on this board
             return
         out = self.power_buffer[m.device]
         for s in samples:

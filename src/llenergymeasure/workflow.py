@@ -334,7 +334,7 @@ def all_cores(workflow) -> int:
     window. On a cluster there is no such total: 1, unless the profile sets ``set-threads: {measure: N}``."""
     try:
         cores = workflow.cores
-    except Exception:  # WorkflowError: no --cores with a cluster executor
+    except Exception:  # noqa: BLE001 - WorkflowError: no --cores with a cluster executor
         return 1
     return int(cores) if isinstance(cores, (int, float)) and cores >= 1 else 1
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: Backends of this version, in the order they are documented.
 BACKENDS = ("pytorch", "vllm", "tensorrt")
@@ -80,7 +81,7 @@ def checkpoint_config(model: str) -> dict | None:
             return None
         try:
             found = try_to_load_from_cache(model, "config.json")
-        except Exception:  # not a valid repo id: nothing cached under it
+        except Exception:  # noqa: BLE001 - not a valid repo id: nothing cached under it
             return None
         path = Path(found) if isinstance(found, str) else None
     if path is None or not path.is_file():

@@ -163,7 +163,7 @@ class DataParallelPyTorch:
         for rank in range(1, self.n):
             env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(self.n)}
             self.workers.append(
-                subprocess.Popen([sys.executable, "-m", __name__, self._config_file], env=env)  # noqa: S603
+                subprocess.Popen([sys.executable, "-m", __name__, self._config_file], env=env)
             )
         os.environ.update({k: base[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "OMP_NUM_THREADS") if k in base})
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": str(self.n)})
@@ -196,7 +196,7 @@ class DataParallelPyTorch:
 
     def plan(self, prompts: list[str]) -> list[Batch]:
         parts = self._all("plan", prompts)
-        return [Batch(idx, toks) for part in parts for idx, toks in zip(*part)]
+        return [Batch(idx, toks) for part in parts for idx, toks in zip(*part, strict=True)]
 
     def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
         """Every process warms up on its own shard's batches (its shapes are the ones it will run)."""
@@ -248,7 +248,7 @@ class DataParallelPyTorch:
         if self.member is not None:
             try:
                 self.member.broadcast(("stop", None))
-            except Exception:  # noqa: BLE001 - a broken group: the processes are terminated below
+            except Exception:
                 log.debug("stop broadcast failed", exc_info=True)
         for w in self.workers:
             try:

@@ -15,6 +15,7 @@ of the window once); ``pytorch.cache_implementation`` picks generate's KV cache.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import statistics
 import time
@@ -177,7 +178,7 @@ def plan_batches(prompt_tokens: list[int], strategy: str, batch_size: int, token
         return batches
     current: list[int] = []
     for i in order:
-        candidate = current + [i]
+        candidate = [*current, i]
         padded = len(candidate) * max(prompt_tokens[j] for j in candidate)
         if current and (len(candidate) > batch_size or padded > token_budget):
             batches.append(Batch(current, [prompt_tokens[j] for j in current]))
@@ -500,13 +501,13 @@ class PyTorchBackend:
                 times = steps[:n]
                 ttft = (times[0] - start) if times else end - start
                 e2e = (times[-1] - start) if times else end - start
-                itl = [b - a for a, b in zip(times, times[1:])]
+                itl = [b - a for a, b in itertools.pairwise(times)]
                 requests.append(RequestTiming(idx, in_tokens[row], n, ttft, e2e, itl))
-            step_log.extend(Step(a, b, prefill=(k == 0)) for k, (a, b) in enumerate(zip([start, *steps], steps)))
+            step_log.extend(Step(a, b, prefill=(k == 0)) for k, (a, b) in enumerate(itertools.pairwise([start, *steps])))
             batch_stats.append(
                 BatchRecord(size=len(batch.indices), input_tokens=int(sum(in_tokens)), padded_input_tokens=batch.padded_tokens,
                             output_tokens=int(sum(counts)), steps=len(steps), latency_s=end - start, start_t=start,
-                            first_token_t=steps[0] if steps else end, end_t=end)  # fmt: skip
+                            first_token_t=steps[0] if steps else end, end_t=end)
             )
             if progress is not None:
                 progress(len(requests), total_requests)

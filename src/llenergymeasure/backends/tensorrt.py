@@ -33,7 +33,18 @@ from pathlib import Path
 from ..config import canonical_json
 from ..errors import MeasurementError
 from . import BackendRules
-from .base import Batch, BatchRecord, RequestTiming, RunOutput, Step, elapsed, generation_eos, shape, stop_token_ids, warm_up
+from .base import (
+    Batch,
+    BatchRecord,
+    RequestTiming,
+    RunOutput,
+    Step,
+    elapsed,
+    generation_eos,
+    shape,
+    stop_token_ids,
+    warm_up,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +179,7 @@ def _local_calibration_problem(folder: Path) -> str | None:
         return None
     try:
         train = load_dataset(str(folder), split="train")
-    except Exception as exc:  # no train split, or not a dataset
+    except Exception as exc:  # noqa: BLE001 - no train split, or not a dataset
         return f"tensorrt.calibration.dataset = {folder}: no 'train' split could be read ({type(exc).__name__}: {exc})"
     if "text" not in train.column_names:
         return (f"tensorrt.calibration.dataset = {folder}: its 'train' split has no 'text' column "
@@ -283,7 +294,7 @@ def gpu_architecture() -> str:
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability(0)
             return f"sm_{major}{minor}"
-    except Exception:  # a torch without CUDA support still lets NVML answer
+    except Exception:  # noqa: BLE001 - a torch without CUDA support still lets NVML answer
         pass
     try:
         from ..energy.nvml import visible_gpus
@@ -294,7 +305,7 @@ def gpu_architecture() -> str:
 
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(gpus[0]["handle"])
             return f"sm_{major}{minor}"
-    except Exception:
+    except Exception:  # noqa: BLE001 - NVML absent or without this query: the architecture stays unknown
         pass
     return "unknown"
 
@@ -661,7 +672,7 @@ class TensorRTBackend:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
         try:
             eos = generation_eos(str(tokenizer_src or self.engine_dir))
-        except Exception as exc:  # an engine folder without a readable generation config: EOS alone ends requests
+        except Exception as exc:  # noqa: BLE001 - an engine folder without a readable generation config: EOS alone ends requests
             log.info("no generation config beside the engine (%s): stopping on the tokenizer's EOS only", exc)
             eos = None
         self.stop_token_ids = stop_token_ids(self.end_id, eos)

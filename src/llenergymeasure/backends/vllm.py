@@ -374,7 +374,7 @@ class VllmBackend:
         for name in ("vllm", "torch", "transformers"):
             try:
                 out[name] = str(importlib.import_module(name).__version__)
-            except Exception:  # not installed here, or broken: recorded as unknown
+            except Exception:  # noqa: BLE001 - not installed here, or broken: recorded as unknown
                 out[name] = None
         return out
 
@@ -515,7 +515,7 @@ class VllmBackend:
             try:
                 (counted, size), *_ = self.llm.apply_model(_weights)
                 counted, size = int(counted), int(size)
-            except Exception as exc:  # the count is context; the measurement does not depend on it
+            except Exception as exc:  # noqa: BLE001 - the count is context; the measurement does not depend on it
                 log.info("parameter count from the engine's model failed (%s); using the HF config", exc)
         params, method = RULES.count_parameters(self.config, counted, self.model_config())
         if size is None:
@@ -728,7 +728,7 @@ class VllmBackend:
         if llm is not None:
             try:
                 llm.llm_engine.engine_core.shutdown()
-            except Exception as exc:  # a half-started engine: cleaning up what exists is all that is left to do
+            except Exception as exc:  # noqa: BLE001 - a half-started engine: cleaning up what exists is all that is left to do
                 log.warning("vLLM engine shutdown: %s", exc)
             del llm
             gc.collect()
@@ -737,6 +737,6 @@ class VllmBackend:
 
                 ray = self.config["vllm"]["distributed_backend"] == "ray" and self.gpu_count() > 1
                 cleanup_dist_env_and_memory(shutdown_ray=ray)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - cleanup after a failed start: what it cannot undo is logged
                 log.warning("vLLM cleanup: %s", exc)
         self._restore_environment()

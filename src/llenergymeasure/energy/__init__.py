@@ -3,4 +3,4 @@
 from .base import ComponentEnergy, CounterMeter, MeterSet
 from .meters import carbon_intensity_g_per_kwh, select_meters
 
-__all__ = ["ComponentEnergy", "CounterMeter", "MeterSet", "select_meters", "carbon_intensity_g_per_kwh"]
+__all__ = ["ComponentEnergy", "CounterMeter", "MeterSet", "carbon_intensity_g_per_kwh", "select_meters"]

@@ -7,6 +7,7 @@ idle power has settled and for instantaneous context. Everything here degrades t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -20,7 +21,7 @@ def _nvml():
         return None
     try:
         pynvml.nvmlInit()
-    except Exception:  # NVMLError_LibraryNotFound / DriverNotLoaded etc.
+    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound / DriverNotLoaded etc.
         return None
     return pynvml
 
@@ -53,13 +54,13 @@ def visible_gpus() -> list[dict]:
                 if entry.startswith("MIG-"):
                     mig = True
                     handle = nv.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any NVML error ends the list, as CUDA's own enumeration does
             break  # CUDA stops enumerating at the first invalid entry too
         if not mig:
             try:
                 current, _pending = nv.nvmlDeviceGetMigMode(handle)
                 mig = bool(current)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a board without MIG support answers with an error
                 pass
         gpus.append(
             {
@@ -94,25 +95,25 @@ class NvmlGpuMeter(CounterMeter):
     def power_w(self) -> float | None:
         try:
             return self._nv.nvmlDeviceGetPowerUsage(self.gpu["handle"]) / 1000.0
-        except Exception:
+        except Exception:  # noqa: BLE001 - a reading NVML cannot give is missing, never a failed measurement
             return None
 
     def utilization_pct(self) -> float | None:
         try:
             return float(self._nv.nvmlDeviceGetUtilizationRates(self.gpu["handle"]).gpu)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a reading NVML cannot give is missing, never a failed measurement
             return None
 
     def temperature_c(self) -> float | None:
         try:
             return float(self._nv.nvmlDeviceGetTemperature(self.gpu["handle"], self._nv.NVML_TEMPERATURE_GPU))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a reading NVML cannot give is missing, never a failed measurement
             return None
 
     def power_limit_w(self) -> float | None:
         try:
             return self._nv.nvmlDeviceGetEnforcedPowerLimit(self.gpu["handle"]) / 1000.0
-        except Exception:
+        except Exception:  # noqa: BLE001 - a reading NVML cannot give is missing, never a failed measurement
             return None
 
     def details(self) -> dict:
@@ -137,7 +138,7 @@ def memory_used_bytes(gpu_count: int) -> int | None:
         return None
     try:
         return int(sum(nv.nvmlDeviceGetMemoryInfo(g["handle"]).used for g in gpus))
-    except Exception:  # memory is context, never a reason to lose a measurement
+    except Exception:  # noqa: BLE001 - memory is context, never a reason to lose a measurement
         return None
 
 
@@ -147,13 +148,11 @@ def driver_info() -> dict:
         return {}
     info = {}
     for key, fn in (("driver_version", "nvmlSystemGetDriverVersion"), ("nvml_version", "nvmlSystemGetNVMLVersion")):
-        try:
+        with contextlib.suppress(Exception):
             info[key] = _text(getattr(nv, fn)())
-        except Exception:
-            pass
     try:
         v = nv.nvmlSystemGetCudaDriverVersion()
         info["cuda_driver_version"] = f"{v // 1000}.{(v % 1000) // 10}"
-    except Exception:
+    except Exception:  # noqa: BLE001 - an older driver without the query: the version stays unknown
         pass
     return info

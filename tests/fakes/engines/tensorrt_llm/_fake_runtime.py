@@ -22,7 +22,7 @@ import torch
 
 
 class _Active:
-    __slots__ = ("result", "params", "ids", "generated", "generator", "stop_reason")
+    __slots__ = ("generated", "generator", "ids", "params", "result", "stop_reason")
 
     def __init__(self, result, params):
         self.result = result

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field, fields
-from typing import Optional
 
 from .bindings import KVCacheType
 from .plugin import PluginConfig
@@ -20,13 +19,13 @@ class BuildConfig:
     max_batch_size: int = 2048
     max_beam_width: int = 1
     max_num_tokens: int = 8192
-    opt_num_tokens: Optional[int] = None
+    opt_num_tokens: int | None = None
     max_prompt_embedding_table_size: int = 0
     kv_cache_type: KVCacheType = None
     gather_context_logits: int = False
     gather_generation_logits: int = False
     strongly_typed: bool = True
-    force_num_profiles: Optional[int] = None
+    force_num_profiles: int | None = None
     profiling_verbosity: str = "layer_names_only"
     enable_debug_output: bool = False
     max_draft_len: int = 0
@@ -54,7 +53,7 @@ class BuildConfig:
         return out
 
     @classmethod
-    def from_dict(cls, config: dict) -> "BuildConfig":
+    def from_dict(cls, config: dict) -> BuildConfig:
         config = dict(config)
         plugin = PluginConfig()
         plugin.update_from_dict(config.pop("plugin_config", {}))
@@ -78,7 +77,7 @@ class EngineConfig:
         self.version = version
 
     @classmethod
-    def from_json_file(cls, path) -> "EngineConfig":
+    def from_json_file(cls, path) -> EngineConfig:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
         return cls(data["pretrained_config"], BuildConfig.from_dict(data["build_config"]), data["version"])

@@ -4,44 +4,44 @@ raise TypeError; the fields and defaults are the release's)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Union
+from typing import Any
 
 
 @dataclass(slots=True, kw_only=True)
 class SamplingParams:
-    end_id: Optional[int] = None
-    pad_id: Optional[int] = None
+    end_id: int | None = None
+    pad_id: int | None = None
     max_tokens: int = 32
-    bad: Optional[Union[str, List[str]]] = None
-    bad_token_ids: Optional[List[int]] = None
-    stop: Optional[Union[str, List[str]]] = None
-    stop_token_ids: Optional[List[int]] = None
+    bad: str | list[str] | None = None
+    bad_token_ids: list[int] | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     embedding_bias: Any = None
     logits_processor: Any = None
     apply_batched_logits_processor: bool = False
     n: int = 1
-    best_of: Optional[int] = None
+    best_of: int | None = None
     use_beam_search: bool = False
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    top_p_min: Optional[float] = None
-    top_p_reset_ids: Optional[int] = None
-    top_p_decay: Optional[float] = None
-    seed: Optional[int] = None
-    temperature: Optional[float] = None
-    min_tokens: Optional[int] = None
-    beam_search_diversity_rate: Optional[float] = None
-    repetition_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
-    frequency_penalty: Optional[float] = None
-    length_penalty: Optional[float] = None
-    early_stopping: Optional[int] = None
-    no_repeat_ngram_size: Optional[int] = None
-    min_p: Optional[float] = None
-    beam_width_array: Optional[List[int]] = None
-    logprobs: Optional[int] = None
-    prompt_logprobs: Optional[int] = None
+    top_k: int | None = None
+    top_p: float | None = None
+    top_p_min: float | None = None
+    top_p_reset_ids: int | None = None
+    top_p_decay: float | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    min_tokens: int | None = None
+    beam_search_diversity_rate: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    length_penalty: float | None = None
+    early_stopping: int | None = None
+    no_repeat_ngram_size: int | None = None
+    min_p: float | None = None
+    beam_width_array: list[int] | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
     return_context_logits: bool = False
     return_generation_logits: bool = False
     exclude_input_from_output: bool = True
@@ -53,10 +53,10 @@ class SamplingParams:
     ignore_eos: bool = False
     detokenize: bool = True
     add_special_tokens: bool = True
-    truncate_prompt_tokens: Optional[int] = None
+    truncate_prompt_tokens: int | None = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
-    _stream_interval: Optional[int] = field(default=None, init=False, repr=False)
+    _stream_interval: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.pad_id is None:
@@ -71,7 +71,7 @@ class SamplingParams:
     def _greedy_decoding(self) -> bool:
         return not self.use_beam_search and (self.top_k is None or self.top_k == 1) and (self.top_p is None or self.top_p == 0.0)
 
-    def _setup(self, tokenizer) -> "SamplingParams":
+    def _setup(self, tokenizer) -> SamplingParams:
         if self.end_id is None:
             if tokenizer is None:
                 raise ValueError("end_id is None and no tokenizer is loaded: give SamplingParams(end_id=...)")

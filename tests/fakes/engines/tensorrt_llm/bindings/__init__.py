@@ -11,5 +11,5 @@ class KVCacheType(enum.Enum):
     DISABLED = 2
 
     @staticmethod
-    def from_string(name: str) -> "KVCacheType":
+    def from_string(name: str) -> KVCacheType:
         return KVCacheType[name.upper()]

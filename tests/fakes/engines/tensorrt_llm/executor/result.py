@@ -9,20 +9,21 @@ produced on the executor thread and handed to the caller's asyncio loop with ``c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 from dataclasses import dataclass, field
-from typing import Any, List, Literal, Optional, Union
+from typing import Any, Literal
 
 
 @dataclass
 class CompletionOutput:
     index: int
     text: str = ""
-    token_ids: List[int] = field(default_factory=list)
-    cumulative_logprob: Optional[float] = None
-    logprobs: List[float] = field(default_factory=list)
-    finish_reason: Optional[Literal["stop", "length"]] = None
-    stop_reason: Optional[Union[int, str]] = None
+    token_ids: list[int] = field(default_factory=list)
+    cumulative_logprob: float | None = None
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: Literal["stop", "length"] | None = None
+    stop_reason: int | str | None = None
     generation_logits: Any = None
     _last_text_len: int = field(default=0, init=False, repr=False)
     _last_token_ids_len: int = field(default=0, init=False, repr=False)
@@ -37,14 +38,14 @@ class CompletionOutput:
         return self.text[self._last_text_len :]
 
     @property
-    def token_ids_diff(self) -> List[int]:
+    def token_ids_diff(self) -> list[int]:
         return self.token_ids[self._last_token_ids_len :]
 
 
 class GenerationResult:
     """One request's result. ``finished`` turns true with the response that ends the request."""
 
-    def __init__(self, request_id: int, prompt_token_ids: List[int], sampling_params, streaming: bool, tokenizer=None):
+    def __init__(self, request_id: int, prompt_token_ids: list[int], sampling_params, streaming: bool, tokenizer=None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.sampling_params = sampling_params
@@ -65,13 +66,11 @@ class GenerationResult:
         return self._done
 
     # executor side ---------------------------------------------------------------------------------------------
-    def _post(self, new_tokens: List[int], finish_reason: Optional[str], stop_reason: Optional[int] = None) -> None:
+    def _post(self, new_tokens: list[int], finish_reason: str | None, stop_reason: int | None = None) -> None:
         item = (list(new_tokens), finish_reason, stop_reason)
         if self._aqueue is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody is listening any more
                 self._loop.call_soon_threadsafe(self._aqueue.put_nowait, item)
-            except RuntimeError:  # the caller's loop is gone: nobody is listening any more
-                pass
         else:
             self._queue.put(item)
 
@@ -105,7 +104,7 @@ class GenerationResult:
             self._apply(await self._aqueue.get())
         return self
 
-    def result(self, timeout: Optional[float] = None):
+    def result(self, timeout: float | None = None):
         if self._aqueue is not None:
             raise RuntimeError("this result belongs to an event loop: await aresult()")
         while not self._done:

@@ -22,19 +22,19 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from .._fake_runtime import Executor
 from ..bindings import KVCacheType
-from ..executor.utils import enable_worker_single_process_for_tp1
-from ..quantization.mode import QuantAlgo
-from .mpi_session import MpiPoolSession
 from ..builder import BuildConfig, EngineConfig
 from ..executor.result import GenerationResult
+from ..executor.utils import enable_worker_single_process_for_tp1
 from ..models.modeling_utils import QuantConfig
+from ..quantization.mode import QuantAlgo
 from ..sampling_params import SamplingParams
 from ..version import __version__
 from .llm_args import TRT_LLM_ARG_NAMES, CalibConfig, KvCacheConfig, is_engine_dir
+from .mpi_session import MpiPoolSession
 
 INSTANCES: list = []
 BUILDS: list[dict] = []
@@ -44,7 +44,7 @@ class RequestOutput(GenerationResult):
     """The output of one request: ``request_id``, ``prompt``, ``prompt_token_ids``, ``outputs``, ``finished``."""
 
     @property
-    def prompt(self) -> Optional[str]:
+    def prompt(self) -> str | None:
         return None
 
 
@@ -60,15 +60,15 @@ class _TrtLLM:
 
     def __init__(
         self,
-        model: Union[str, Path],
+        model: str | Path,
         tokenizer=None,
         tokenizer_mode: Literal["auto", "slow"] = "auto",
         skip_tokenizer_init: bool = False,
         trust_remote_code: bool = False,
         tensor_parallel_size: int = 1,
         dtype: str = "auto",
-        revision: Optional[str] = None,
-        tokenizer_revision: Optional[str] = None,
+        revision: str | None = None,
+        tokenizer_revision: str | None = None,
         **kwargs: Any,
     ) -> None:
         for key in kwargs:
@@ -108,8 +108,8 @@ class _TrtLLM:
             max_num_tokens=kwargs.get("max_num_tokens", 8192),
             workspace=kwargs.get("workspace"),
         )
-        self._engine_dir: Optional[Path] = None
-        self._executor: Optional[Executor] = None
+        self._engine_dir: Path | None = None
+        self._executor: Executor | None = None
         self._workspace = tempfile.TemporaryDirectory(suffix="-llm-workspace", dir=self.args.workspace)
         self._tokenizer = None
         self._next_id = 0
@@ -286,7 +286,7 @@ class _TrtLLM:
             return
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(source))
-        except Exception:  # the release leaves the tokenizer unset when the folder has none
+        except Exception:  # noqa: BLE001 - the release leaves the tokenizer unset when the folder has none
             self._tokenizer = None
 
     def save(self, engine_dir: str) -> None:
@@ -300,7 +300,7 @@ class _TrtLLM:
     def generate_async(
         self,
         inputs,
-        sampling_params: Optional[SamplingParams] = None,
+        sampling_params: SamplingParams | None = None,
         lora_request=None,
         prompt_adapter_request=None,
         streaming: bool = False,
@@ -308,7 +308,7 @@ class _TrtLLM:
         disaggregated_params=None,
         _postproc_params=None,
         scheduling_params=None,
-        cache_salt: Optional[str] = None,
+        cache_salt: str | None = None,
     ) -> RequestOutput:
         if self._executor is None:
             raise RuntimeError("LLM is shut down")

@@ -8,7 +8,7 @@ lists the keywords ``LLM(...)`` accepts in the TensorRT flow (BaseLlmArgs plus T
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 class _Strict:
@@ -85,7 +85,7 @@ class DraftTargetDecodingConfig(_Strict):
     }
     decoding_type = "Draft_Target"
 
-    def supports_backend(self, backend: Optional[str]) -> bool:
+    def supports_backend(self, backend: str | None) -> bool:
         return backend == "pytorch"
 
 

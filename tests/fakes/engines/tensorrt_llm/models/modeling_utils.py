@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
 
 from ..quantization.mode import QuantAlgo
 
@@ -23,16 +22,16 @@ _MODELOPT = {QuantAlgo.NVFP4, QuantAlgo.FP8, QuantAlgo.W4A16_AWQ, QuantAlgo.W4A8
 
 @dataclass
 class QuantConfig:
-    quant_algo: Optional[QuantAlgo] = None
-    kv_cache_quant_algo: Optional[QuantAlgo] = None
+    quant_algo: QuantAlgo | None = None
+    kv_cache_quant_algo: QuantAlgo | None = None
     group_size: int = 128
     smoothquant_val: float = 0.5
-    clamp_val: Optional[List[float]] = None
+    clamp_val: list[float] | None = None
     use_meta_recipe: bool = False
     has_zero_point: bool = False
     pre_quant_scale: bool = False
-    exclude_modules: Optional[List[str]] = None
-    mamba_ssm_cache_dtype: Optional[str] = None
+    exclude_modules: list[str] | None = None
+    mamba_ssm_cache_dtype: str | None = None
 
     @property
     def _use_plugin_sq(self) -> bool:
