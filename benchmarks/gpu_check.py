@@ -61,10 +61,10 @@ def experiment(args, batch_size: int) -> dict:
         "num_input_prompts": max(args.prompts, batch_size),
         "decoder": {"preset": "deterministic"},
         "pytorch": {"batch_size": batch_size},
-        "baseline": {"duration_sec": args.baseline_sec},
+        "baseline": {"duration_s": args.baseline_sec},
         "warmup": {"mode": "full", "min_prompts": 3, "window_size": 3, "max_prompts": 6},
-        # a window of at least min_window_sec: the energy cross-check is judged on windows of 10 s or more
-        "energy": {"min_window_sec": args.min_window, "repeat_to_min_window": True},
+        # a window of at least min_window_s: the energy cross-check is judged on windows of 10 s or more
+        "energy": {"min_window_s": args.min_window, "repeat_to_min_window": True},
     }
 
 
@@ -79,7 +79,7 @@ def idle_check(args) -> dict:
     if meter is None:
         return {"available": False, "reason": "no GPU visible through NVML"}
     # every meter an experiment will use (GPU and CPU), so that the experiments' processes find them all cached
-    record = idle_baselines(meters.meters, {"enabled": True, "duration_sec": args.baseline_sec, "cache_ttl_sec": 3600})[meter.device_key]
+    record = idle_baselines(meters.meters, {"enabled": True, "duration_s": args.baseline_sec, "cache_ttl_s": 3600})[meter.device_key]
     e0, t0 = meter.read_j(), time.perf_counter()
     powers = []
     while time.perf_counter() - t0 < args.reference_sec:

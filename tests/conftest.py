@@ -90,8 +90,8 @@ def tiny_model(tmp_path_factory) -> str:
 QUICK_MEASUREMENT = {
     "decoder": {"preset": "deterministic"},
     "warmup": {"max_prompts": 3, "min_prompts": 3, "window_size": 3},
-    "baseline": {"duration_sec": 1},
-    "energy": {"min_window_sec": 0.0},
+    "baseline": {"duration_s": 1},
+    "energy": {"min_window_s": 0.0},
 }
 
 
@@ -169,15 +169,15 @@ SMALL = {
             "max_output_tokens": 6,
             "min_output_tokens": 6,
             "decoder.preset": "deterministic",
-            "baseline.duration_sec": 1,
+            "baseline.duration_s": 1,
             "warmup.max_prompts": 3,
             "warmup.min_prompts": 3,
             "warmup.window_size": 3,
-            "energy.min_window_sec": 0,
+            "energy.min_window_s": 0,
         },
         "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
     },
-    "execution": {"cycles": 2, "structure": "interleaved", "config_gap_seconds": 1, "cycle_gap_seconds": 2},
+    "execution": {"cycles": 2, "structure": "interleaved", "config_gap_s": 1, "cycle_gap_s": 2},
 }
 
 

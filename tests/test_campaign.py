@@ -114,7 +114,7 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
         ({"backend": "pytorch", "pytorch": {"bnb_4bit_quant_type": "fp4"}}, "applies to 4-bit BitsAndBytes weights only"),
         ({"backend": "pytorch", "decoder": {"preset": "deterministic", "top_p": 0.9}}, "decoder.top_p = 0.9 shapes sampling"),
         ({"backend": "pytorch", "device": "cpu", "gpus": [1]}, "gpus = [1] selects CUDA devices, but device = cpu"),
-        ({"backend": "pytorch", "baseline": {"enabled": False, "duration_sec": 5}}, "baseline.duration_sec = 5 has no effect"),
+        ({"backend": "pytorch", "baseline": {"enabled": False, "duration_s": 5}}, "baseline.duration_s = 5 has no effect"),
         ({"backend": "pytorch", "dataset": {"split": "test"}}, "dataset.split = test chooses part of a Hugging Face dataset"),
         ({"backend": "pytorch", "device": "cpu", "energy": {"backend": "nvml"}}, "energy.backend = nvml reads GPU energy counters"),
     ],
@@ -186,6 +186,49 @@ def test_ids_are_stable_readable_and_config_derived():
     assert experiment_id(cfg) == "pytorch-lem-tiny-llama-fp32-bs1-c9b66d6b0a"
     older = {k: v for k, v in cfg.items() if k != "no_weights"}  # as resolved before that field existed
     assert experiment_id(older) == experiment_id(cfg)
+
+
+def test_keys_of_seconds_in_either_spelling_give_one_experiment_and_the_ids_measured_before(tmp_path):
+    """Seconds are '_s' in every key; the former spellings are read with a note. Ids, the measurement job's params
+    and the config hash of a raw result are made of the former spellings, so that results measured before keep
+    their ids (the default campaign's, recorded before the keys were respelled) and their cycles aggregate with
+    cycles measured after."""
+    import hashlib
+
+    from conftest import REPO
+    from llenergymeasure.campaign import complete_config, identity_form, load_campaign, sparse_config
+    from llenergymeasure.config import canonical_json
+
+    default = plan(load_campaign(REPO / "config" / "campaign.yaml"))
+    assert [e.experiment_id for e in default.expansion.experiments] == [
+        "pytorch-lem-tiny-llama-fp32-bs1-a1bc372c72",
+        "pytorch-lem-tiny-llama-fp32-bs8-fdfc84ecb7",
+    ]
+    assert default.expansion.experiments[0].params["baseline"] == {"duration_sec": 5}  # as the job's params were
+    now = {"baseline": {"duration_s": 5, "cache_ttl_s": 120}, "energy": {"min_window_s": 2.0}}
+    before = {"baseline": {"duration_sec": 5, "cache_ttl_sec": 120}, "energy": {"min_window_sec": 2.0}}
+    common = {"campaign_name": "s", "model": "lem-tiny-llama", "grid": {"backends": ["pytorch"]}}
+    new = campaign(tmp_path, **common, execution={"config_gap_s": 4, "cycle_gap_s": 8})
+    old = campaign(tmp_path, **common, execution={"config_gap_seconds": 4, "cycle_gap_seconds": 8})
+    assert new["execution"] == old["execution"] and not new["_notes"]
+    assert "'execution.config_gap_seconds' is the former spelling of 'execution.config_gap_s'" in old["_notes"][0]
+    new_cfg = resolve_experiment({"model_name": "lem-tiny-llama", **now})
+    old_raw = {"model_name": "lem-tiny-llama", **before}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old_raw))
+    old_exp = expand(campaign(tmp_path, campaign_name="t2", configs=["old.yaml"])).experiments[0]
+    assert old_exp.config == new_cfg and old_exp.experiment_id == experiment_id(new_cfg)
+    assert sparse_config(new_cfg)["baseline"] == {"duration_sec": 5, "cache_ttl_sec": 120}
+    assert complete_config(sparse_config(new_cfg)) == new_cfg
+    # a raw result measured before recorded its config with the former names: its config hash is the one now
+    as_recorded_before = {**new_cfg, "baseline": {**new_cfg["baseline"]}, "energy": {**new_cfg["energy"]}}
+    for section, key, former in (("baseline", "duration_s", "duration_sec"), ("baseline", "cache_ttl_s", "cache_ttl_sec"),
+                                 ("energy", "min_window_s", "min_window_sec")):
+        as_recorded_before[section][former] = as_recorded_before[section].pop(key)
+
+    def sha(config):
+        return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+    assert sha(identity_form(new_cfg)) == sha(as_recorded_before)
 
 
 @pytest.mark.parametrize(
@@ -381,7 +424,7 @@ def test_the_workflow_config_stays_as_loaded_and_gains_one_read_only_key(tmp_pat
 
     campaign_file = {"campaign_name": "contract", "model": "lem-tiny-llama", "grid": {"backends": ["pytorch"]}, "execution": {"cycles": 3}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(campaign_file))
-    config = {"campaign": "c.yaml", "execution": {"config_gap_seconds": "7"}}
+    config = {"campaign": "c.yaml", "execution": {"config_gap_s": "7"}}
     given = copy.deepcopy(config)
     p = lem.load(config, [], workdir=tmp_path, announce=False)
     facts = config.pop(lem.RUNTIME_KEY)

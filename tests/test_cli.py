@@ -23,7 +23,7 @@ def campaign_dir(tiny_model, tmp_path_factory):
     (root / "c.yaml").write_text(yaml.safe_dump({
         "campaign_name": "cli", "model": "lem-tiny-llama", "results_dir": str(root / "results"),
         "grid": {"backends": ["pytorch", "tensorrt"], "shared": {"fp_precision": "float32"}, "backend_overrides": {"pytorch": {"batch_size": [1, 4]}}},
-        "execution": {"cycles": 3, "config_gap_seconds": 10, "cycle_gap_seconds": 20},
+        "execution": {"cycles": 3, "config_gap_s": 10, "cycle_gap_s": 20},
     }))  # fmt: skip
     template = run_experiment(tiny_experiment(warmup={"enabled": False}), "t", 1, tiny_model, None, {})
     res = root / "results" / "cli"
@@ -159,7 +159,7 @@ def test_json_from_environment(monkeypatch, capsys):
 def test_run_subcommand(tiny_model, capsys, isolated_cache):
     code, out, _ = run(capsys, "run", "--set", f"model_name={tiny_model}", "--set", "num_input_prompts=2",
                        "--set", "max_output_tokens=4", "--set", "fp_precision=float32", "--set", "warmup.enabled=false",
-                       "--set", "baseline.duration_sec=1", "--quiet")  # fmt: skip
+                       "--set", "baseline.duration_s=1", "--quiet")  # fmt: skip
     assert code == 0 and json.loads(out[out.index("{"):])["output_tokens"] > 0
 
 
@@ -259,9 +259,24 @@ def test_the_example_experiment_runs(tmp_path, capsys):
 
     example = REPO / "config" / "experiments" / "example.yaml"
     code, _out, err = run(capsys, "run", str(example), "--set", "num_input_prompts=2", "--set", "max_output_tokens=4",
-                         "--set", "min_output_tokens=4", "--set", "warmup.mode=cv", "--set", "warmup.max_prompts=1", "--set", "baseline.duration_sec=1",
+                         "--set", "min_output_tokens=4", "--set", "warmup.mode=cv", "--set", "warmup.max_prompts=1", "--set", "baseline.duration_s=1",
                          "--output", str(tmp_path / "raw.json"), "--quiet")  # fmt: skip
     assert code == 0, err
     result = json.loads((tmp_path / "raw.json").read_text())
     assert result["config"]["device"] == "cpu" and result["config"]["fp_precision"] == "float32"
     assert result["tokens"]["output_tokens"] == 2 * 4
+
+
+def test_lem_run_reads_a_former_spelling_of_seconds_over_the_files_value(capsys):
+    """--set baseline.duration_sec=2 on a file that spells it duration_s: the value given wins, with a note, and
+    the experiment is the one the current spelling gives."""
+    from conftest import REPO
+
+    example = str(REPO / "config" / "experiments" / "example.yaml")
+    code, old, err = run(capsys, "run", example, "--set", "baseline.duration_sec=2", "--dry-run", "--json")
+    assert code == 0, err
+    code, new, _ = run(capsys, "run", example, "--set", "baseline.duration_s=2", "--dry-run", "--json")
+    old, new = json.loads(old), json.loads(new)
+    assert old["experiment_id"] == new["experiment_id"] and old["params"]["baseline"] == {"duration_s": 2}
+    assert any("--set 'baseline.duration_sec' is the former spelling of 'baseline.duration_s'" in n for n in old["notes"])
+    assert not any("former spelling" in n for n in new["notes"])

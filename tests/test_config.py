@@ -29,8 +29,8 @@ def test_defaults_are_filled(tmp_path):
         "cycles": 3,
         "structure": "interleaved",
         "seed": 42,
-        "config_gap_seconds": 60,
-        "cycle_gap_seconds": 300,
+        "config_gap_s": 60,
+        "cycle_gap_s": 300,
         "precision_target": {"relative_half_width": None, "metric": "j_per_output_token", "min_cycles": 3, "max_cycles": 10},
     }
     assert c["results_dir"] == "results"
@@ -76,10 +76,10 @@ def test_user_config_fills_unset_keys_only(tmp_path):
     (tmp_path / ".lem-config.yaml").write_text(
         yaml.safe_dump({"results_dir": "mine", "thermal_gaps": {"between_experiments": 7, "between_cycles": 9}})
     )
-    c = resolve_campaign({**GOOD, "execution": {"cycle_gap_seconds": 1}}, tmp_path, tmp_path, env={})
+    c = resolve_campaign({**GOOD, "execution": {"cycle_gap_s": 1}}, tmp_path, tmp_path, env={})
     assert c["results_dir"] == "mine"
-    assert c["execution"]["config_gap_seconds"] == 7
-    assert c["execution"]["cycle_gap_seconds"] == 1  # the campaign file wins
+    assert c["execution"]["config_gap_s"] == 7
+    assert c["execution"]["cycle_gap_s"] == 1  # the campaign file wins
 
 
 def test_user_config_unknown_key(tmp_path):

@@ -35,7 +35,7 @@ def campaign(backends: list[str], **extra) -> dict:
         "dataset": "builtin",
         "num_samples": 4,
         "grid": {"backends": backends, "shared": SHARED},
-        "execution": {"cycles": 1, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+        "execution": {"cycles": 1, "config_gap_s": 0, "cycle_gap_s": 0},
         "containers": IMAGES,
         **extra,
     }

@@ -135,7 +135,7 @@ def test_select_meters_insists_on_requested_source():
 def test_idle_baseline_cached_with_ttl(isolated_cache):
     clock = Clock()
     m = FakeMeter(25.0, clock=clock, device="ttl-test")
-    cfg = {"enabled": True, "duration_sec": 3, "cache_ttl_sec": 60}
+    cfg = {"enabled": True, "duration_s": 3, "cache_ttl_s": 60}
     first = idle_baselines([m], cfg, sleep=clock.sleep)[m.device_key]
     assert first["power_w"] == pytest.approx(25.0) and first["from_cache"] is False
     second = idle_baselines([m], cfg, sleep=clock.sleep)[m.device_key]
@@ -270,7 +270,7 @@ def test_busy_machine_baseline_is_flagged_and_never_cached(isolated_cache, monke
     busy = iter([100.0, 100.0 + 0.9 * 3.0 * (os.cpu_count() or 1)])  # 90 % of every CPU over the 3 s baseline
     monkeypatch.setattr(bl, "_machine_busy_s", lambda: next(busy))
     m = FakeMeter(12.0, component="cpu", clock=clock, device="busy-cpu")
-    rec = idle_baselines([m], {"enabled": True, "duration_sec": 3, "cache_ttl_sec": 600}, sleep=clock.sleep)[m.device_key]
+    rec = idle_baselines([m], {"enabled": True, "duration_s": 3, "cache_ttl_s": 600}, sleep=clock.sleep)[m.device_key]
     assert "baseline_not_idle" in rec["flags"] and rec["checks"]["machine_cpu_busy_fraction"] == pytest.approx(0.9, rel=0.05)
     assert read_cached(m.device_key, "fake", ttl_s=600) is None
     flags: list = []
@@ -283,12 +283,12 @@ def test_baseline_cache_names_host_and_device_and_is_not_reused_when_shorter(iso
 
     clock = Clock()
     m = FakeMeter(30.0, clock=clock, device="cache-key")
-    short = {"enabled": True, "duration_sec": 2, "cache_ttl_sec": 600}
+    short = {"enabled": True, "duration_s": 2, "cache_ttl_s": 600}
     idle_baselines([m], short, sleep=clock.sleep)
     path = bl._cache_file(m.device_key)
     assert path.exists() and bl._host() in path.name and m.device_key in path.name
     assert idle_baselines([m], short, sleep=clock.sleep)[m.device_key]["from_cache"] is True
-    longer = idle_baselines([m], {**short, "duration_sec": 10}, sleep=clock.sleep)[m.device_key]
+    longer = idle_baselines([m], {**short, "duration_s": 10}, sleep=clock.sleep)[m.device_key]
     assert longer["from_cache"] is False and longer["duration_s"] == pytest.approx(10.0)  # a 2 s baseline is not enough
     monkeypatch.setattr(bl, "_host", lambda: "another-host")
     assert read_cached(m.device_key, "fake", ttl_s=600) is None  # another host's file is another host's

@@ -179,7 +179,7 @@ def test_timeline_summary_phases_and_repeat_to_min_window(tiny_model, tmp_path):
     cfg = tiny_experiment(
         warmup={"enabled": False},
         num_input_prompts=2,
-        energy={"min_window_sec": 2.0, "repeat_to_min_window": True},  # several runs of 2 prompts, even on a busy machine
+        energy={"min_window_s": 2.0, "repeat_to_min_window": True},  # several runs of 2 prompts, even on a busy machine
         timeline={"save": True},
     )
     out = tmp_path / "cycle_1.json"

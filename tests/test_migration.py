@@ -123,7 +123,7 @@ def test_campaign_keys_of_lem_v3(tmp_path):
 def test_the_docker_block_of_lem_config_is_ignored_with_a_pointer_to_containers(tmp_path):
     shutil.copy(LEM / "lem-config.yaml", tmp_path / ".lem-config.yaml")
     c = campaign(tmp_path, grid={"backends": ["pytorch"]})
-    assert c["results_dir"] == "lem-results" and c["execution"]["config_gap_seconds"] == 3.0
+    assert c["results_dir"] == "lem-results" and c["execution"]["config_gap_s"] == 3.0
     assert [n for n in c["_notes"] if "docker" in n] == [
         ".lem-config.yaml: 'docker' is ignored: lem v3's container strategy; here each measurement runs in its backend's "
         "image (the campaign's containers:, with --sdm apptainer)"
@@ -500,16 +500,18 @@ def test_command_line_values_are_read_as_their_keys_types():
     from llenergymeasure.config import coerce_overrides
 
     # what Snakemake hands over for --config 'execution={cycles: 5, ...}' (YAML's base loader: every scalar a string)
-    given = {"execution": {"cycles": "5", "structure": "shuffled", "seed": "0", "config_gap_seconds": "2.5"},
+    given = {"execution": {"cycles": "5", "structure": "shuffled", "seed": "0", "config_gap_s": "2.5", "cycle_gap_seconds": "9"},
              "notifications": {"on_complete": "false", "webhook_url": "null"}, "campaign_name": "2024", "model": "null",
              "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": ["1", "8"], "gpus": ["0", "1"], "decoder.preset": "null",
-                                                          "fp_precision": "float32", "random_seed": "7", "dataset.name": "123"},
+                                                          "fp_precision": "float32", "random_seed": "7", "dataset.name": "123",
+                                                          "baseline.duration_sec": "2"},
                       "backend_overrides": {"pytorch": {"num_processes": "2"}}}}  # fmt: skip
     assert coerce_overrides(given) == {
-        "execution": {"cycles": 5, "structure": "shuffled", "seed": 0, "config_gap_seconds": 2.5},
+        "execution": {"cycles": 5, "structure": "shuffled", "seed": 0, "config_gap_s": 2.5, "cycle_gap_seconds": 9},
         "notifications": {"on_complete": False, "webhook_url": None}, "campaign_name": "2024", "model": None,
         "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": [1, 8], "gpus": [0, 1], "decoder.preset": None,
-                                                     "fp_precision": "float32", "random_seed": 7, "dataset.name": "123"},
+                                                     "fp_precision": "float32", "random_seed": 7, "dataset.name": "123",
+                                                     "baseline.duration_sec": 2},
                  "backend_overrides": {"pytorch": {"num_processes": 2}}},
     }  # fmt: skip
     assert coerce_overrides({"execution": {"cycles": "many"}}) == {"execution": {"cycles": "many"}}  # the schema says why

@@ -175,14 +175,14 @@ ALT: dict[str, list[tuple]] = {
     "warmup.min_prompts": [(4, {}), (4, {"warmup.mode": "off"})],
     "warmup.convergence_detection": [(False, {}), (False, {"warmup.mode": "off"})],
     "baseline.required": [(True, {}), (True, {"baseline.enabled": False})],
-    "baseline.duration_sec": [(2, {}), (2, {"baseline.enabled": False})],
-    "baseline.cache_ttl_sec": [(120, {}), (120, {"baseline.enabled": False})],
+    "baseline.duration_s": [(2, {}), (2, {"baseline.enabled": False})],
+    "baseline.cache_ttl_s": [(120, {}), (120, {"baseline.enabled": False})],
     "baseline.sample_interval_ms": [(200, {}), (200, {"baseline.enabled": False})],
     "energy.backend": [("estimate", {}), ("rapl", {}), ("nvml", {}), ("codecarbon", {})],
     # the TDP feeds the CPU estimate, which energy.backend = auto uses only where RAPL is unreadable
     "energy.cpu_tdp_w": [(95.0, {"energy.backend": "estimate"}), (95.0, {"energy.backend": "rapl"})],
     "energy.country_iso_code": [("FRA", {})],
-    "energy.min_window_sec": [(5.0, {})],
+    "energy.min_window_s": [(5.0, {})],
     "energy.repeat_to_min_window": [(True, {})],
     "timeline.save": [(True, {}), (True, {"timeline.enabled": False})],
     "timeline.interval_ms": [(200, {}), (200, {"timeline.enabled": False})],
@@ -275,7 +275,7 @@ def received(config: dict, model: str, tokenizer, llmapi) -> dict:
     out["prompts"] = prompts
     # sections the measurement consumes as they are (test_every_measurement_setting_is_read shows each is read)
     out["measurement"] = {k: config[k] for k in ("warmup", "baseline", "timeline")}
-    out["window"] = {k: config["energy"][k] for k in ("min_window_sec", "repeat_to_min_window")}
+    out["window"] = {k: config["energy"][k] for k in ("min_window_s", "repeat_to_min_window")}
     gpu_count = rules.gpus(config) if config["device"] != "cpu" else 0
     out["meters"] = {host: _on_host(host, lambda: _attempt(lambda: select_meters(config["energy"], gpu_count).describe()))
                      for host in ("rapl_and_gpu", "bare")}  # fmt: skip

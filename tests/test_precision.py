@@ -295,7 +295,7 @@ def test_validate_estimates_a_duration_range(tmp_path, capsys):
 
     campaign = {**BASE, "results_dir": str(tmp_path / "results"),
                 "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
-                "execution": {"config_gap_seconds": 10, "cycle_gap_seconds": 20,
+                "execution": {"config_gap_s": 10, "cycle_gap_s": 20,
                               "precision_target": {"relative_half_width": 0.05, "min_cycles": 3, "max_cycles": 6}}}  # fmt: skip
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(campaign))
     assert main(["--json", "validate", str(tmp_path / "c.yaml")]) == 0

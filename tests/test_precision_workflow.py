@@ -29,7 +29,7 @@ SHARED = {
     "max_output_tokens": 8,
     "min_output_tokens": 8,
     "decoder.preset": "deterministic",
-    "baseline.duration_sec": 1,
+    "baseline.duration_s": 1,
     "warmup.max_prompts": 3,
     "warmup.min_prompts": 3,
     "warmup.window_size": 3,
@@ -201,8 +201,8 @@ def test_measured_noise_decides_how_many_cycles_run(workflow_dir):
     # drops several fold in every other cycle
     target = {"relative_half_width": 1.0, "metric": "output_tokens_per_s", "min_cycles": 4, "max_cycles": 6}
     cfg = write(workflow_dir / "noise.yaml", campaign(
-        "noise", {"structure": "grouped", "config_gap_seconds": 1, "cycle_gap_seconds": 1, "precision_target": target},
-        **{"energy.min_window_sec": 1.0, "energy.repeat_to_min_window": True}))  # fmt: skip
+        "noise", {"structure": "grouped", "config_gap_s": 1, "cycle_gap_s": 1, "precision_target": target},
+        **{"energy.min_window_s": 1.0, "energy.repeat_to_min_window": True}))  # fmt: skip
     root = workflow_dir / "results" / "noise"
     noisy, steady = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
     with HostLoad(root, noisy, target["max_cycles"]) as load:
@@ -253,8 +253,8 @@ def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
     makes every experiment run max_cycles (interleaved: A4 B4 after A3 B3)."""
     target = {"relative_half_width": 1e-9, "metric": "output_tokens_per_s", "min_cycles": 3, "max_cycles": 4}
     cfg = write(workflow_dir / "k.yaml", campaign(
-        "resume", {"structure": "interleaved", "config_gap_seconds": 0, "cycle_gap_seconds": 0, "precision_target": target},
-        **{"energy.min_window_sec": 0}))  # fmt: skip
+        "resume", {"structure": "interleaved", "config_gap_s": 0, "cycle_gap_s": 0, "precision_target": target},
+        **{"energy.min_window_s": 0}))  # fmt: skip
     root = workflow_dir / "results" / "resume"
     a, b = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)], cwd=workflow_dir,

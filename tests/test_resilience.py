@@ -67,7 +67,7 @@ def test_failed_measurements_are_isolated_recorded_and_retried(workflow_dir, tin
             campaign_name="fail",
             grid=grid,
             notifications={"webhook_url": url, "on_complete": True, "on_failure": True},
-            execution={"cycles": 2, "structure": "interleaved", "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+            execution={"cycles": 2, "structure": "interleaved", "config_gap_s": 0, "cycle_gap_s": 0},
         )
         env = {**os.environ, "HF_TOKEN": SECRETS[2]}
         run = snakemake(workflow_dir, "--config", f"campaign={cfg}", env=env)
@@ -131,7 +131,7 @@ def test_a_damaged_raw_result_is_named_and_the_summary_kept(workflow_dir):
         workflow_dir / "d.yaml",
         campaign_name="damaged",
         grid={**SMALL["grid"], "backend_overrides": {"pytorch": {"batch_size": 2}}},
-        execution={"cycles": 2, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+        execution={"cycles": 2, "config_gap_s": 0, "cycle_gap_s": 0},
     )
     first = snakemake(workflow_dir, "--configfile", str(cfg))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -228,7 +228,7 @@ def test_two_campaigns_on_one_host_take_turns(workflow_dir, tmp_path):
     env = {**os.environ, "LLM_ENERGY_CACHE_DIR": str(tmp_path / "host-cache")}  # this host's state, fresh for the test
     for wd, name in ((workflow_dir, "alpha"), (other, "beta")):
         write_campaign(wd / "c.yaml", campaign_name=name, grid={**SMALL["grid"], "backend_overrides": {"pytorch": {"batch_size": 2}}},
-                       execution={"cycles": 2, "config_gap_seconds": 1, "cycle_gap_seconds": 2})  # fmt: skip
+                       execution={"cycles": 2, "config_gap_s": 1, "cycle_gap_s": 2})  # fmt: skip
         runs.append(subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml"],
                                      cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
     for proc in runs:

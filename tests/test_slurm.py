@@ -134,12 +134,12 @@ def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
         "grid": {
             "backends": ["pytorch"],
             "shared": {"fp_precision": "float32", "device": "cpu", "max_input_tokens": 32, "max_output_tokens": 6,
-                       "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_sec": 1,
+                       "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_s": 1,
                        "warmup.max_prompts": 3, "warmup.min_prompts": 3, "warmup.window_size": 3,
-                       "energy.min_window_sec": 0},
+                       "energy.min_window_s": 0},
             "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
         },
-        "execution": {"cycles": 2, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+        "execution": {"cycles": 2, "config_gap_s": 0, "cycle_gap_s": 0},
     }
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(campaign))
     env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}  # jobs re-run snakemake from the venv
@@ -182,10 +182,10 @@ def test_a_failed_measurement_on_slurm_is_isolated_and_recorded(slurm, workflow_
             "backends": ["pytorch"],
             "models": ["lem-tiny-llama", str(broken)],
             "shared": {"fp_precision": "float32", "device": "cpu", "max_input_tokens": 32, "max_output_tokens": 6,
-                       "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_sec": 1,
-                       "warmup.enabled": False, "energy.min_window_sec": 0},
+                       "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_s": 1,
+                       "warmup.enabled": False, "energy.min_window_s": 0},
         },
-        "execution": {"cycles": 1, "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+        "execution": {"cycles": 1, "config_gap_s": 0, "cycle_gap_s": 0},
     }
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(campaign))
     env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}

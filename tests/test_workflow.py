@@ -106,7 +106,7 @@ def test_grouped_order_is_followed(workflow_dir):
     cfg = write_campaign(
         workflow_dir / "g.yaml",
         campaign_name="grouped",
-        execution={"cycles": 2, "structure": "grouped", "config_gap_seconds": 0, "cycle_gap_seconds": 0},
+        execution={"cycles": 2, "structure": "grouped", "config_gap_s": 0, "cycle_gap_s": 0},
     )
     run = snakemake(workflow_dir, "--configfile", str(cfg))
     assert run.returncode == 0, run.stderr[-3000:]
@@ -174,7 +174,7 @@ def test_kill_and_resume(workflow_dir, victim):
         ({"grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": ["big"]}}}, "key 'grid.shared.pytorch.batch_size' = 'big' has the wrong type; allowed: integer"),
         (
             {"execution": {"cycels": 2}},
-            "unknown key 'execution.cycels' (value 2); allowed keys here: config_gap_seconds, cycle_gap_seconds, "
+            "unknown key 'execution.cycels' (value 2); allowed keys here: config_gap_s, cycle_gap_s, "
             "cycles, precision_target, seed, structure (did you mean 'cycles'?)",
         ),
     ],

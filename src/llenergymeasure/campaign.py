@@ -129,9 +129,9 @@ def apply_user_config(campaign: dict, user: dict) -> dict:
     gaps = user.get("thermal_gaps") or {}
     execution = {}
     if "between_experiments" in gaps:
-        execution["config_gap_seconds"] = gaps["between_experiments"]
+        execution["config_gap_s"] = gaps["between_experiments"]
     if "between_cycles" in gaps:
-        execution["cycle_gap_seconds"] = gaps["between_cycles"]
+        execution["cycle_gap_s"] = gaps["between_cycles"]
     if execution:
         defaults["execution"] = execution
     if user.get("notifications"):
@@ -277,15 +277,46 @@ def resolve_experiment(config: dict) -> dict:
     return resolved
 
 
+#: Keys of seconds whose former spelling (before every such key said ``_s``) names them where a finished
+#: measurement is identified: in the experiment id's hash, the measurement job's params (a changed param would make
+#: Snakemake measure again) and the config hash of a raw result (compared across an experiment's cycles). So
+#: results measured before keep their ids, and a campaign resumes where it stopped.
+FORMER_SPELLING = {
+    ("baseline", "duration_s"): "duration_sec",
+    ("baseline", "cache_ttl_s"): "cache_ttl_sec",
+    ("energy", "min_window_s"): "min_window_sec",
+}
+
+
+def identity_form(config: dict) -> dict:
+    """An experiment (resolved or sparse) with the former spellings of :data:`FORMER_SPELLING`, each in its key's
+    place: what ids, params and config hashes are made of."""
+    return _respelled(config, {(s, k): f for (s, k), f in FORMER_SPELLING.items()})
+
+
+def current_form(config: dict) -> dict:
+    """The inverse of :func:`identity_form`: the keys as they are spelled now."""
+    return _respelled(config, {(s, f): k for (s, k), f in FORMER_SPELLING.items()})
+
+
+def _respelled(config: dict, names: dict) -> dict:
+    out = dict(config)
+    for (section, key), name in names.items():
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section] = {(name if k == key else k): v for k, v in out[section].items()}
+    return out
+
+
 def sparse_config(config: dict) -> dict:
-    """A resolved experiment without the values that equal their defaults: what the id is derived from and what
-    the measurement job gets as params. A later version adding a field with a default changes neither, so
-    finished measurements keep their ids."""
-    return prune_defaults(config, experiment_schema(config["backend"]), load_schema(SCHEMA))
+    """A resolved experiment without the values that equal their defaults, in :func:`identity_form`: what the id is
+    derived from and what the measurement job gets as params. A later version adding a field with a default
+    changes neither, so finished measurements keep their ids."""
+    return identity_form(prune_defaults(config, experiment_schema(config["backend"]), load_schema(SCHEMA)))
 
 
 def complete_config(sparse: dict) -> dict:
     """The resolved experiment back from :func:`sparse_config` (defaults filled in; presets already expanded)."""
+    sparse = current_form(sparse)
     return fill_defaults(sparse, experiment_schema(sparse.get("backend", "pytorch")), load_schema(SCHEMA))
 
 

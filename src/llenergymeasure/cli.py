@@ -118,7 +118,7 @@ def estimate_duration(p) -> dict:
             own = known.get(exp_id)
             seconds += statistics.median(own) if own else fallback
             if prev_cycle is not None:
-                seconds += ex["cycle_gap_seconds"] if cycle != prev_cycle else ex["config_gap_seconds"]
+                seconds += ex["cycle_gap_s"] if cycle != prev_cycle else ex["config_gap_s"]
             prev_cycle = cycle
         return todo, seconds
 
@@ -137,7 +137,7 @@ def estimate_duration(p) -> dict:
 
 
 def cmd_validate(args) -> int:
-    from .campaign import nominal_batch
+    from .campaign import current_form, nominal_batch
     from .prompts import check_sources
 
     p, said = _load_for_validation(args.campaign)
@@ -152,7 +152,7 @@ def cmd_validate(args) -> int:
             "batch_size": nominal_batch(e.config)[0],
             "fp_precision": e.config["fp_precision"],
             "source": e.source,
-            **({"params": e.params} if args.verbose else {}),
+            **({"params": current_form(e.params)} if args.verbose else {}),
         }
         for e in p.expansion.experiments
     ]

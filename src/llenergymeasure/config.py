@@ -371,8 +371,20 @@ def _coerce(value: Any, schema: dict | None, root: dict) -> Any:
     if isinstance(value, dict):
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties")
-        return {k: _coerce(v, props.get(k, extra if isinstance(extra, dict) else None), root) for k, v in value.items()}
+        extra = extra if isinstance(extra, dict) else None
+        former = _former_names()
+        return {k: _coerce(v, props.get(k, props.get(former.get(k, ""), extra)), root) for k, v in value.items()}
     return value
+
+
+@functools.cache
+def _former_names() -> dict[str, str]:
+    """A key's former spelling -> the key (leaf names: ``duration_sec`` -> ``duration_s``), from the rename rules
+    of :mod:`llenergymeasure.legacy`: a value given under the former name is read as the type of the key."""
+    from .legacy import CAMPAIGN, EXPERIMENT
+
+    rules = {**EXPERIMENT, **CAMPAIGN}.items()
+    return {old.rsplit(".", 1)[-1]: r.new.rsplit(".", 1)[-1] for old, r in rules if r.action == "rename" and r.former}
 
 
 def coerce_overrides(overrides: dict) -> dict:
@@ -387,7 +399,9 @@ def coerce_overrides(overrides: dict) -> dict:
         experiment = root["$defs"]["experiment"]
 
         def axis(key: str, values: Any) -> Any:
-            sub = property_schema(key, experiment, root)
+            section, _, leaf = key.rpartition(".")
+            current = f"{section}.{_former_names()[leaf]}" if leaf in _former_names() and section else key
+            sub = property_schema(current, experiment, root)
             if sub is None:
                 return values
             if isinstance(values, list) and "array" not in _allowed_types(sub, root):

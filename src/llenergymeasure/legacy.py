@@ -16,6 +16,10 @@ says what happens to a file that sets it, before the file is validated:
   (``gpus: 0``).
 
 The table is consulted before any fuzzy "did you mean", so a key of lem is answered by what it meant there.
+
+The same ``rename`` rules read this tool's own former spellings (``former``): keys of seconds were spelled
+``_sec`` or ``_seconds`` (as lem spelled them) before every key said ``_s``, like the results do. A file that uses
+a former spelling runs as before, with one note naming the key to write.
 """
 
 from __future__ import annotations
@@ -62,9 +66,16 @@ class Rule:
     refused: str = ""  # ... for this reason
     instead: str | Callable[[Any, Where], str] = ""  # what to write here instead of a refused value
     convert: Callable[[Any, dict, Where], dict] | None = None  # convert: {new dotted key: value}, or raises Refusal
+    former: bool = False  # rename: the key is this tool's own former spelling (and lem's), not lem's alone
 
     def hint(self, value: Any, where: Where) -> str:
         return self.instead(value, where) if callable(self.instead) else self.instead
+
+    def name_for(self, new_name: str) -> str:
+        """What a renamed key is: lem's name for the key here, or the former spelling of it."""
+        if self.former:
+            return f"the former spelling of '{new_name}' (seconds are '_s' in every key)"
+        return f"{LEM}'s name for '{new_name}'"
 
 
 @dataclass
@@ -229,6 +240,9 @@ EXPERIMENT: dict[str, Rule] = {
     "timeseries.enabled": Rule("rename", f"{LEM}'s power/thermal sampling", new="timeline.enabled"),
     "timeseries.save": Rule("rename", f"{LEM}'s time-series file", new="timeline.save"),
     "timeseries.sample_interval_ms": Rule("rename", f"{LEM}'s sampling interval", new="timeline.interval_ms"),
+    "baseline.duration_sec": Rule("rename", "the idle baseline's length", new="baseline.duration_s", former=True),
+    "baseline.cache_ttl_sec": Rule("rename", "how long a cached baseline is reused", new="baseline.cache_ttl_s", former=True),
+    "energy.min_window_sec": Rule("rename", "the shortest unflagged window", new="energy.min_window_s", former=True),
     "prompts": Rule("convert", f"{LEM}'s advanced prompt source", convert=_prompts),
     "gpus": Rule("convert", "a single GPU index", convert=_gpus),
     # keys lem v3 silently ignored: aliasing them would change what an old file measures
@@ -322,6 +336,8 @@ CAMPAIGN: dict[str, Rule] = {
                         instead="configs: [FILE, ...] (experiment files; put per-file overrides in the files)"),
     "grid.axes": Rule("refuse", f"{LEM} never read it (its grid took shared and backend_overrides), so these axes were never measured", instead=_axes),
     "io.results_dir": Rule("rename", f"{LEM}'s results folder", new="results_dir"),
+    "execution.config_gap_seconds": Rule("rename", "the gap between windows", new="execution.config_gap_s", former=True),
+    "execution.cycle_gap_seconds": Rule("rename", "the gap between cycles", new="execution.cycle_gap_s", former=True),
     "io.state_dir": Rule("ignore", "progress lives in Snakemake's records and the results folder here"),
     "io.manifest_filename": Rule("ignore", "progress lives in Snakemake's records and the results folder here"),
     "io.configs_dir": Rule("ignore", f"{LEM} never read it"),
@@ -396,14 +412,15 @@ def _apply(data: dict, table: dict[str, Rule], prefix: str, where: Where, out: M
             current = _get(data, rule.new)
             new_name = _name(prefix, rule.new)
             if current is not _MISSING and current != value:
-                problems.append((key, f"key '{name}' = {flow(value)} is {LEM}'s name for '{new_name}' ({rule.why}), which the "
-                                      f"file also sets, to {flow(current)}: keep one ({LEM} used '{key}')"))  # fmt: skip
+                used = "" if rule.former else f" ({LEM} used '{key}')"
+                problems.append((key, f"key '{name}' = {flow(value)} is {rule.name_for(new_name)} ({rule.why}), which the "
+                                      f"file also sets, to {flow(current)}: keep one{used}"))  # fmt: skip
                 _pop(data, key)  # named once, as a problem: validation need not name it again
                 continue
             _pop(data, key)
             _put(data, rule.new, value)
             out.renamed[rule.new] = key
-            notes.append((key, f"'{name}' is {LEM}'s name for '{new_name}': read as {new_name} = {flow(value)} (rename it)"))
+            notes.append((key, f"'{name}' is {rule.name_for(new_name)}: read as {new_name} = {flow(value)} (rename it)"))
         elif rule.action == "convert":
             try:
                 updates = rule.convert(value, {k: v for k, v in data.items() if k != key}, where)
@@ -493,11 +510,11 @@ def _migrate_axes(axes: dict, section: str, prefix: str, where: Where, out: Migr
         elif rule.action == "rename" and ruled == dotted and rule.new.startswith(section):
             new = rule.new.removeprefix(section)
             if new in axes or new in result:
-                out.problems.append(f"key '{name}' is {LEM}'s name for '{prefix}.{new}', which the grid also sets: keep one")
+                out.problems.append(f"key '{name}' is {rule.name_for(f'{prefix}.{new}')}, which the grid also sets: keep one")
                 continue
             result[new] = values
             out.renamed[f"{prefix}.{new}"] = name
-            out.notes.append(f"'{name}' is {LEM}'s name for '{prefix}.{new}': read as {prefix}.{new} = {flow(values)} (rename it)")
+            out.notes.append(f"'{name}' is {rule.name_for(f'{prefix}.{new}')}: read as {prefix}.{new} = {flow(values)} (rename it)")
         elif rule.action == "ignore" and (rule.inert is None or all(rule.inert(v) for v in items)):
             out.notes.append(f"'{name}' is ignored: {rule.why}")
         elif rule.action in ("rename", "convert"):

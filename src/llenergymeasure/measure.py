@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from . import validity
 from .backends import create as create_backend
 from .backends.base import RunOutput
+from .campaign import identity_form
 from .config import canonical_json
 from .energy.base import ComponentEnergy, MeterSet
 from .energy.baseline import idle_baselines
@@ -304,7 +305,7 @@ def memory_section(w: WindowRecord, timeline: dict, peaks: dict) -> dict:
 def findings(w: WindowRecord, config: dict, tokens: dict, energy: dict, timeline: dict, steady: dict, backend_flags) -> list:
     """Every validity rule's verdict on this window (see :mod:`llenergymeasure.validity`)."""
     return [
-        *validity.short_window(w.duration_s, config["energy"]["min_window_sec"]),
+        *validity.short_window(w.duration_s, config["energy"]["min_window_s"]),
         *validity.warmup_not_converged(w.warmup),
         *backend_flags,
         *validity.no_output_tokens(tokens["output_tokens"]),
@@ -425,7 +426,7 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: dict)
         w0 = time.perf_counter()
         progress = Progress(label, ctx.get("progress_every_s", 10.0))
         runs = [backend.run(prompts, batches, config["random_seed"], progress)]
-        while config["energy"]["repeat_to_min_window"] and time.perf_counter() - w0 < config["energy"]["min_window_sec"]:
+        while config["energy"]["repeat_to_min_window"] and time.perf_counter() - w0 < config["energy"]["min_window_s"]:
             runs.append(backend.run(prompts, batches, config["random_seed"], progress))
         w1 = time.perf_counter()
         e1 = time.time()
@@ -504,7 +505,7 @@ def build_result(w: WindowRecord, backend, config: dict, experiment_id: str, cyc
         "environment": collect(backend.version(), gpus, driver_info() if gpus else {}, ctx.get("container_uri")),
         "provenance": {
             **provenance(),
-            "config_sha256": hashlib.sha256(canonical_json(config).encode()).hexdigest(),
+            "config_sha256": hashlib.sha256(canonical_json(identity_form(config)).encode()).hexdigest(),
             "prompts_sha256": prompts_sha256(w.prompts),
             "model_path": model_path,
         },

@@ -18,7 +18,7 @@ import sys
 from .campaign import experiment_id, resolve_experiment, semantic_problems
 from .config import set_dotted
 from .errors import ConfigError, MeasurementError, problem_lines
-from .legacy import annotate, migrate_experiment
+from .legacy import EXPERIMENT, annotate, migrate_experiment
 
 
 def _parse_value(text: str):
@@ -44,15 +44,20 @@ def load_experiment(path: str | None, sets: list[str], notes: list[str] | None =
         if "campaign_name" in data:
             raise ConfigError(f"file '{path}' is a campaign (it has campaign_name), not an experiment: run it with "
                               f"snakemake --cores 1 --config campaign={path}, or check it with lem validate {path}")  # fmt: skip
+    respelled = []
     for item in sets:
         key, _, value = item.partition("=")
         if not _:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        rule = EXPERIMENT.get(key)
+        if rule is not None and rule.former:  # over the file's value, whichever spelling the file uses
+            respelled.append(f"--set '{key}' is {rule.name_for(rule.new)}: read as --set {rule.new}={value} (rename it)")
+            key = rule.new
         set_dotted(data, key, _parse_value(value))
     data.pop("config_name", None)
     found = migrate_experiment(data)
     if notes is not None:
-        notes.extend(f"{where}: {n}" for n in found.notes)
+        notes.extend(f"{where}: {n}" for n in found.notes + respelled)
     problems, invalid = list(found.problems), []
     try:
         from .config import schema_problems
@@ -74,7 +79,7 @@ def dry_run(config: dict, args, notes: list[str], warnings: list[str]) -> int:
     id is derived from), as a campaign would measure it; nothing is measured."""
     from pathlib import Path
 
-    from .campaign import read_yaml, sparse_config
+    from .campaign import current_form, read_yaml, sparse_config
     from .config import dotted_items, flow
 
     sparse = sparse_config(config)
@@ -83,7 +88,7 @@ def dry_run(config: dict, args, notes: list[str], warnings: list[str]) -> int:
         data = read_yaml(args.experiment)
         name = data.get("config_name") if isinstance(data, dict) else None
         name = name or Path(args.experiment).stem
-    out = {"experiment_id": experiment_id(config, sparse), "config_name": name, "params": sparse, "notes": notes, "warnings": warnings}
+    out = {"experiment_id": experiment_id(config, sparse), "config_name": name, "params": current_form(sparse), "notes": notes, "warnings": warnings}
     if args.json or os.environ.get("LLM_ENERGY_JSON_OUTPUT", "").lower() in ("1", "true", "yes"):
         print(json.dumps(out, indent=1))
         return 0
@@ -91,7 +96,7 @@ def dry_run(config: dict, args, notes: list[str], warnings: list[str]) -> int:
         print(f"warning: {line}", file=sys.stderr)
     print(f"experiment {out['experiment_id']}" + (f" ({name})" if name else ""))
     print("values that differ from the defaults (the id is derived from them):")
-    for key, value in dotted_items(sparse):
+    for key, value in dotted_items(out["params"]):
         print(f"    {key}: {flow(value)}")
     print("dry run: nothing measured")
     return 0

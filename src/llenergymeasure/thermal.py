@@ -3,8 +3,8 @@
 The gap is enforced inside the measurement job, right before its window (a separate job could be scheduled
 anywhere). Every measurement on a host, whatever campaign (or ``lem run``) it belongs to, shares two small files in
 the host's state folder: an exclusive lock held from idle baseline to window end, so that no two measurement
-windows on a host overlap, and the end time of the last window. The gap before a window is ``cycle_gap_seconds``
-when the previous window belonged to another cycle, ``config_gap_seconds`` otherwise, and the longer of the two
+windows on a host overlap, and the end time of the last window. The gap before a window is ``execution.cycle_gap_s``
+when the previous window belonged to another cycle, ``execution.config_gap_s`` otherwise, and the longer of the two
 when it belonged to another campaign; a host's first window waits for nothing. Time already spent since the last
 window (loading the model, for instance) counts towards the gap.
 

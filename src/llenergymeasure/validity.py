@@ -21,7 +21,7 @@ def add(flags: list[dict], code: str, message: str) -> None:
 
 def short_window(window_s: float, min_window_s: float) -> list[Finding]:
     if window_s < min_window_s:
-        return [("short_window", f"window {window_s:.3f} s is shorter than energy.min_window_sec = {min_window_s} s")]
+        return [("short_window", f"window {window_s:.3f} s is shorter than energy.min_window_s = {min_window_s} s")]
     return []
 
 

@@ -15,7 +15,7 @@ How a baseline is taken (:func:`measure_idle`):
    energy (idle-power uncertainty x window duration).
 
 A baseline taken while the device was busy (``baseline_not_idle``) is used, flagged, and never cached. The cache
-lives in the cache folder (:mod:`llenergymeasure.paths`), one file per host and device, and is reused only while younger than ``baseline.cache_ttl_sec`` and at least as long as the
+lives in the cache folder (:mod:`llenergymeasure.paths`), one file per host and device, and is reused only while younger than ``baseline.cache_ttl_s`` and at least as long as the
 baseline an experiment asks for. Each record says explicitly whether it was measured now or read from the cache.
 """
 
@@ -261,8 +261,8 @@ def idle_baselines(meters: list, cfg: dict, sleep=time.sleep, clock=None) -> dic
     stale devices at once). Fresh baselines are cached unless flagged as not idle."""
     if not cfg.get("enabled", True):
         return {}
-    ttl = float(cfg.get("cache_ttl_sec", 3600))
-    duration = float(cfg["duration_sec"])
+    ttl = float(cfg.get("cache_ttl_s", 3600))
+    duration = float(cfg["duration_s"])
     out: dict[str, dict] = {}
     stale = []
     for m in meters:
