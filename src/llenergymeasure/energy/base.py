@@ -19,7 +19,7 @@ class ComponentEnergy:
     component: str  # "gpu" | "cpu" | "ram"
     device: str  # e.g. "gpu0", "package-0", "cpu"
     device_key: str  # stable identity of the device on this host (baseline cache key)
-    method: str  # "nvml_counter" | "rapl" | "estimate_tdp" | "codecarbon" | "fake"
+    method: str  # "nvml_counter" | "rapl" | "estimate_tdp" | "codecarbon"
     energy_j: float | None
     duration_s: float
     flags: list[str] = field(default_factory=list)
