@@ -50,10 +50,20 @@ def mark(ok: bool | None) -> str:
 def experiment(args, batch_size: int) -> dict:
     """The experiment file of one batch size (experiment fields, as in a campaign's configs files)."""
     if args.tiny:
-        model = {"model_name": "lem-tiny-llama", "fp_precision": "float32", "max_input_tokens": 64, "max_output_tokens": 16}
+        model = {
+            "model_name": "lem-tiny-llama",
+            "fp_precision": "float32",
+            "max_input_tokens": 64,
+            "max_output_tokens": 16,
+        }
     else:  # the reference workload: random weights of the Llama-3.2-1B architecture, built on the GPU
-        model = {"model_name": "llama-3.2-1b", "no_weights": True, "fp_precision": "bfloat16", "max_input_tokens": 128,
-                 "max_output_tokens": 128}  # fmt: skip
+        model = {
+            "model_name": "llama-3.2-1b",
+            "no_weights": True,
+            "fp_precision": "bfloat16",
+            "max_input_tokens": 128,
+            "max_output_tokens": 128,
+        }
     return {
         **model,
         "device": args.device,
@@ -79,7 +89,9 @@ def idle_check(args) -> dict:
     if meter is None:
         return {"available": False, "reason": "no GPU visible through NVML"}
     # every meter an experiment will use (GPU and CPU), so that the experiments' processes find them all cached
-    record = idle_baselines(meters.meters, {"enabled": True, "duration_s": args.baseline_sec, "cache_ttl_s": 3600})[meter.device_key]
+    record = idle_baselines(meters.meters, {"enabled": True, "duration_s": args.baseline_sec, "cache_ttl_s": 3600})[
+        meter.device_key
+    ]
     e0, t0 = meter.read_j(), time.perf_counter()
     powers = []
     while time.perf_counter() - t0 < args.reference_sec:
@@ -114,8 +126,22 @@ def run_cycles(args, out: Path) -> dict[int, list[dict]]:
             spec = out / f"experiment_bs{bs}.yaml"
             spec.write_text(yaml.safe_dump(experiment(args, bs), sort_keys=False))
             raw = out / f"raw_bs{bs}_cycle{cycle}.json"
-            cmd = [sys.executable, "-m", "llenergymeasure.run", str(spec), "--cycle", str(cycle), "--output", str(raw),
-                   "--state-dir", str(out), "--config-gap", str(args.gap), "--cycle-gap", str(2 * args.gap)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "llenergymeasure.run",
+                str(spec),
+                "--cycle",
+                str(cycle),
+                "--output",
+                str(raw),
+                "--state-dir",
+                str(out),
+                "--config-gap",
+                str(args.gap),
+                "--cycle-gap",
+                str(2 * args.gap),
+            ]
             t0 = time.perf_counter()
             with open(out / f"log_bs{bs}_cycle{cycle}.txt", "w") as log:
                 proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -131,7 +157,9 @@ def run_cycles(args, out: Path) -> dict[int, list[dict]]:
 
 def gpu_j(r: dict) -> float | None:
     rows = [c for c in r["energy"]["components"] if c["component"] == "gpu"]
-    return sum(c["gross_energy_j"] for c in rows) if rows and all(c["gross_energy_j"] is not None for c in rows) else None
+    return (
+        sum(c["gross_energy_j"] for c in rows) if rows and all(c["gross_energy_j"] is not None for c in rows) else None
+    )
 
 
 def window(r: dict, bs: int, cycle: int) -> None:
@@ -156,23 +184,34 @@ def cv(values: list) -> float | None:
 
 def across_cycles(args, results: dict[int, list[dict]]) -> list[dict]:
     rows = []
-    print(f"\n{'bs':>4} {'cycles':>6} {'tok/s':>9} {'GPU J':>9} {'CV(GPU J)':>10} {'J/tok':>9} {'CV(J/tok)':>10} "
-          f"{'GPU J/tok':>10} {'ref tok/s':>9} {'ref J/tok':>9}")  # fmt: skip
+    print(
+        f"\n{'bs':>4} {'cycles':>6} {'tok/s':>9} {'GPU J':>9} {'CV(GPU J)':>10} {'J/tok':>9} {'CV(J/tok)':>10} "
+        f"{'GPU J/tok':>10} {'ref tok/s':>9} {'ref J/tok':>9}"
+    )
     for bs, runs in results.items():
         if not runs:
             continue
         gj = [gpu_j(r) for r in runs]
         jt = [r["efficiency"]["j_per_output_token"] for r in runs]
-        gjt = [g / r["tokens"]["output_tokens"] if g is not None and r["tokens"]["output_tokens"] else None for g, r in zip(gj, runs, strict=True)]
+        gjt = [
+            g / r["tokens"]["output_tokens"] if g is not None and r["tokens"]["output_tokens"] else None
+            for g, r in zip(gj, runs, strict=True)
+        ]
         row = {
             "batch_size": bs,
             "cycles": len(runs),
             "output_tokens_per_s": statistics.fmean(r["throughput"]["output_tokens_per_s"] for r in runs),
             "gpu_energy_j_cv": cv(gj),
             "j_per_output_token_cv": cv(jt),
-            "gpu_j_per_output_token": statistics.fmean(x for x in gjt if x is not None) if any(x is not None for x in gjt) else None,
-            "j_per_output_token": statistics.fmean(x for x in jt if x is not None) if any(x is not None for x in jt) else None,
-            "gpu_energy_j": statistics.fmean(x for x in gj if x is not None) if any(x is not None for x in gj) else None,
+            "gpu_j_per_output_token": statistics.fmean(x for x in gjt if x is not None)
+            if any(x is not None for x in gjt)
+            else None,
+            "j_per_output_token": statistics.fmean(x for x in jt if x is not None)
+            if any(x is not None for x in jt)
+            else None,
+            "gpu_energy_j": statistics.fmean(x for x in gj if x is not None)
+            if any(x is not None for x in gj)
+            else None,
             "cold_excess_share_max": max(r["steady_state"]["cold_excess_share"] for r in runs),
             "cross_check_ratios": [r["energy"]["cross_check"].get("ratio") for r in runs],
         }
@@ -180,17 +219,29 @@ def across_cycles(args, results: dict[int, list[dict]]) -> list[dict]:
         ref = None if args.tiny else REFERENCE_H200.get(bs)
 
         main_cv = row["gpu_energy_j_cv"] if row["gpu_energy_j_cv"] is not None else row["j_per_output_token_cv"]
-        print(f"{bs:>4} {len(runs):>6} {row['output_tokens_per_s']:9.1f} {num(row['gpu_energy_j'], '9.2f'):>9} "
-              f"{num(row['gpu_energy_j_cv'], '.2%'):>10} {num(row['j_per_output_token'], '9.4f'):>9} {num(row['j_per_output_token_cv'], '.2%'):>10} "
-              f"{num(row['gpu_j_per_output_token'], '.4f'):>10} {num(ref and ref[0], '9.1f'):>9} {num(ref and ref[1], '9.4f'):>9}  "
-              f"[{mark(None if main_cv is None or len(runs) < 3 else main_cv <= TARGETS['cv'])} CV]")  # fmt: skip
+        print(
+            f"{bs:>4} {len(runs):>6} {row['output_tokens_per_s']:9.1f} {num(row['gpu_energy_j'], '9.2f'):>9} "
+            f"{num(row['gpu_energy_j_cv'], '.2%'):>10} {num(row['j_per_output_token'], '9.4f'):>9} {num(row['j_per_output_token_cv'], '.2%'):>10} "
+            f"{num(row['gpu_j_per_output_token'], '.4f'):>10} {num(ref and ref[0], '9.1f'):>9} {num(ref and ref[1], '9.4f'):>9}  "
+            f"[{mark(None if main_cv is None or len(runs) < 3 else main_cv <= TARGETS['cv'])} CV]"
+        )
     return rows
 
 
 def overhead(args, out: Path) -> dict:
     """backend vs bare generate, measurement on vs off: benchmarks/measurement_overhead.py in one process."""
-    cmd = [sys.executable, str(HERE / "measurement_overhead.py"), "--device", args.device, "--batch-size", str(args.overhead_batch),
-           "--prompts", str(args.overhead_prompts), "--reps", "5"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(HERE / "measurement_overhead.py"),
+        "--device",
+        args.device,
+        "--batch-size",
+        str(args.overhead_batch),
+        "--prompts",
+        str(args.overhead_prompts),
+        "--reps",
+        "5",
+    ]
     if args.tiny:
         cmd += ["--new-tokens", "16"]
     else:
@@ -199,8 +250,10 @@ def overhead(args, out: Path) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     (out / "log_overhead.txt").write_text(proc.stdout + proc.stderr)
     found = {}
-    for key, pattern in (("on_off_time_ratio", r"on / off time ratio:\s+([0-9.]+)"),
-                         ("backend_vs_bare", r"backend / bare generate throughput:\s+([0-9.]+)")):  # fmt: skip
+    for key, pattern in (
+        ("on_off_time_ratio", r"on / off time ratio:\s+([0-9.]+)"),
+        ("backend_vs_bare", r"backend / bare generate throughput:\s+([0-9.]+)"),
+    ):
         m = re.search(pattern, proc.stdout)
         found[key] = float(m.group(1)) if m else None
     return found
@@ -214,10 +267,14 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--tiny", action="store_true", help="the embedded tiny model instead of the 1B shape (smoke runs)")
-    ap.add_argument("--gap", type=float, default=2.0, help="config gap (s) between windows; the cycle gap is twice this")
+    ap.add_argument(
+        "--gap", type=float, default=2.0, help="config gap (s) between windows; the cycle gap is twice this"
+    )
     ap.add_argument("--baseline-sec", type=float, default=10.0)
     ap.add_argument("--reference-sec", type=float, default=30.0)
-    ap.add_argument("--min-window", type=float, default=10.0, help="repeat the workload inside a window up to this long")
+    ap.add_argument(
+        "--min-window", type=float, default=10.0, help="repeat the workload inside a window up to this long"
+    )
     ap.add_argument("--overhead-batch", type=int, default=8)
     ap.add_argument("--overhead-prompts", type=int, default=8)
     ap.add_argument("--skip-overhead", action="store_true")
@@ -230,10 +287,12 @@ def main() -> int:
     idle = idle_check(args)
     if idle["available"]:
         ok = None if idle["ratio"] is None else abs(idle["ratio"] - 1) <= TARGETS["idle_ratio"]
-        print(f"idle baseline {num(idle['baseline_w'], '.2f')} W ± {num(idle['baseline_uncertainty_w'], '.2f')} W over "
-              f"{idle['baseline_duration_s']:.1f} s vs reference {num(idle['reference_w'], '.2f')} W over "
-              f"{idle['reference_duration_s']:.1f} s: ratio {num(idle['ratio'], '.4f')} [{mark(ok)}] (sensor mean "
-              f"{num(idle['reference_sensor_mean_w'], '.2f')} W; flags: {', '.join(idle['baseline_flags']) or 'none'})\n")  # fmt: skip
+        print(
+            f"idle baseline {num(idle['baseline_w'], '.2f')} W ± {num(idle['baseline_uncertainty_w'], '.2f')} W over "
+            f"{idle['baseline_duration_s']:.1f} s vs reference {num(idle['reference_w'], '.2f')} W over "
+            f"{idle['reference_duration_s']:.1f} s: ratio {num(idle['ratio'], '.4f')} [{mark(ok)}] (sensor mean "
+            f"{num(idle['reference_sensor_mean_w'], '.2f')} W; flags: {', '.join(idle['baseline_flags']) or 'none'})\n"
+        )
     else:
         print(f"idle baseline: {idle['reason']}\n")
 
@@ -242,10 +301,18 @@ def main() -> int:
     over = {} if args.skip_overhead else overhead(args, out)
     if over:
         b = over.get("backend_vs_bare")
-        print(f"\nsteady state, one process: backend / bare generate throughput {b if b is not None else 'n/a'} "
-              f"[{mark(None if b is None else b >= TARGETS['backend_vs_bare'])}], measurement on / off time "
-              f"{over.get('on_off_time_ratio') or 'n/a'}")  # fmt: skip
-    summary = {"idle": idle, "experiments": rows, "overhead": over, "targets": TARGETS, "total_s": time.perf_counter() - t_start}
+        print(
+            f"\nsteady state, one process: backend / bare generate throughput {b if b is not None else 'n/a'} "
+            f"[{mark(None if b is None else b >= TARGETS['backend_vs_bare'])}], measurement on / off time "
+            f"{over.get('on_off_time_ratio') or 'n/a'}"
+        )
+    summary = {
+        "idle": idle,
+        "experiments": rows,
+        "overhead": over,
+        "targets": TARGETS,
+        "total_s": time.perf_counter() - t_start,
+    }
     (out / "gpu_check_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"\ncheck took {summary['total_s']:.0f} s; results in {out}")
     return 0 if all(results.values()) else 1

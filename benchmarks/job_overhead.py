@@ -28,7 +28,9 @@ def main(root: str) -> None:
         ph = raw["phases_s"]
         accounted = ph["baseline_s"] + ph["load_s"] + ph["gap_s"] + ph["warmup_s"] + ph["window_s"]
         rows.append((raw["experiment_id"], raw["cycle"], wall, ph, wall - accounted))
-    print(f"{'experiment':<45} {'cyc':>3} {'wall_s':>7} {'base':>5} {'load':>5} {'gap':>5} {'warm':>5} {'window':>6} {'fixed':>6} {'fixed%':>6}")
+    print(
+        f"{'experiment':<45} {'cyc':>3} {'wall_s':>7} {'base':>5} {'load':>5} {'gap':>5} {'warm':>5} {'window':>6} {'fixed':>6} {'fixed%':>6}"
+    )
     for exp_id, cycle, wall, ph, fixed in rows:
         print(
             f"{exp_id:<45} {cycle:>3} {wall:7.2f} {ph['baseline_s']:5.2f} {ph['load_s']:5.2f} {ph['gap_s']:5.2f} "
@@ -37,8 +39,10 @@ def main(root: str) -> None:
     total = sum(r[2] for r in rows)
     fixed = sum(r[4] for r in rows)
     window = sum(r[3]["window_s"] for r in rows)
-    print(f"\n{len(rows)} jobs: fixed overhead {fixed:.2f} s of {total:.2f} s job wall time = {fixed / total:.1%} "
-          f"(mean {fixed / len(rows):.2f} s per job); measurement windows = {window / total:.1%} of job wall time")
+    print(
+        f"\n{len(rows)} jobs: fixed overhead {fixed:.2f} s of {total:.2f} s job wall time = {fixed / total:.1%} "
+        f"(mean {fixed / len(rows):.2f} s per job); measurement windows = {window / total:.1%} of job wall time"
+    )
 
 
 if __name__ == "__main__":

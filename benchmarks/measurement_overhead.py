@@ -31,7 +31,9 @@ from llenergymeasure.tiny_model import build_tiny_llama
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model path or hub id (default: the embedded tiny model)")
-    ap.add_argument("--no-weights", action="store_true", help="--model names a shipped architecture (e.g. llama-3.2-1b)")
+    ap.add_argument(
+        "--no-weights", action="store_true", help="--model names a shipped architecture (e.g. llama-3.2-1b)"
+    )
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--batch-size", type=int, default=4)
@@ -89,8 +91,13 @@ def main() -> int:
         t0 = time.perf_counter()
         n = 0
         for b in batches:
-            enc = tok([prompts[i] for i in b.indices], return_tensors="pt", padding=True, truncation=True,
-                      max_length=cfg["max_input_tokens"]).to(backend.device)  # fmt: skip
+            enc = tok(
+                [prompts[i] for i in b.indices],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=cfg["max_input_tokens"],
+            ).to(backend.device)
             with torch.inference_mode():
                 out = net.generate(**enc, **kwargs)
             n += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
@@ -103,11 +110,18 @@ def main() -> int:
         t0 = time.perf_counter()
         n = 0
         for i in range(0, len(prompts), args.batch_size):
-            enc = tok(prompts[i : i + args.batch_size], return_tensors="pt", padding=True, truncation=True, max_length=128)
+            enc = tok(
+                prompts[i : i + args.batch_size], return_tensors="pt", padding=True, truncation=True, max_length=128
+            )
             enc = enc.to(backend.device)
             with torch.no_grad():
-                out = net.generate(**enc, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                   do_sample=False, pad_token_id=tok.pad_token_id)  # fmt: skip
+                out = net.generate(
+                    **enc,
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
             n += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
         sync()
         return time.perf_counter() - t0, n
@@ -125,7 +139,9 @@ def main() -> int:
             tokens[name] = n
     med = {k: statistics.median(v) for k, v in times.items()}
     tps = {k: tokens[k] / med[k] for k in variants}
-    print(f"device {args.device}, batch {args.batch_size}, {args.prompts} prompts x {args.new_tokens} new tokens, {args.reps} interleaved reps")
+    print(
+        f"device {args.device}, batch {args.batch_size}, {args.prompts} prompts x {args.new_tokens} new tokens, {args.reps} interleaved reps"
+    )
     for k in variants:
         spread = (max(times[k]) - min(times[k])) / med[k]
         print(f"  {k:<11} median {med[k]:.4f} s  {tps[k]:10.1f} output tok/s  (range {spread:.1%} of median)")

@@ -48,12 +48,21 @@ def dry_run(n: int, execution: dict, work: Path) -> tuple[float, dict[str, int]]
     for name in ("Snakefile", "workflow", "scripts", "envs", "config", "profiles"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
-    campaign = {"campaign_name": "scale", "model": "lem-tiny-llama", "num_samples": 10,
-                "grid": {"backends": ["pytorch"], "shared": grid_for(n)}, "execution": execution}  # fmt: skip
+    campaign = {
+        "campaign_name": "scale",
+        "model": "lem-tiny-llama",
+        "num_samples": 10,
+        "grid": {"backends": ["pytorch"], "shared": grid_for(n)},
+        "execution": execution,
+    }
     (work / "scale.yaml").write_text(json.dumps(campaign))
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "scale.yaml", "--quiet", "rules"],
-                         cwd=work, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "scale.yaml", "--quiet", "rules"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(out.stderr[-2000:])
@@ -71,8 +80,16 @@ def aggregation(n: int, work: Path) -> tuple[float, float]:
     from llenergymeasure.tiny_model import build_tiny_llama
 
     model = build_tiny_llama(work / "model")
-    cfg = resolve_experiment({"model_name": str(model), "fp_precision": "float32", "num_input_prompts": 8,
-                              "max_output_tokens": 8, "warmup": {"enabled": False}, "baseline": {"enabled": False}})  # fmt: skip
+    cfg = resolve_experiment(
+        {
+            "model_name": str(model),
+            "fp_precision": "float32",
+            "num_input_prompts": 8,
+            "max_output_tokens": 8,
+            "warmup": {"enabled": False},
+            "baseline": {"enabled": False},
+        }
+    )
     template = run_experiment(cfg, "template", 1, str(model), None, {})
     raw_paths: dict[str, list[str]] = {}
     for i in range(n):
@@ -85,7 +102,9 @@ def aggregation(n: int, work: Path) -> tuple[float, float]:
         raw_paths[exp_id] = [str(p)]
     names = {e: e for e in raw_paths}
     t0 = time.perf_counter()
-    write_aggregated_all(raw_paths, names, str(work / "results" / "aggregated"), str(work / "results" / "summary.csv"), 0.1, 0.95)
+    write_aggregated_all(
+        raw_paths, names, str(work / "results" / "aggregated"), str(work / "results" / "summary.csv"), 0.1, 0.95
+    )
     return time.perf_counter() - t0, len(list(itertools.islice((work / "results" / "aggregated").iterdir(), n + 1)))
 
 
@@ -100,23 +119,31 @@ def main() -> int:
         work = Path(tmp)
         (work / "dry").mkdir()
         dry, jobs = dry_run(args.experiments, {"cycles": args.cycles}, work / "dry")
-        print(f"snakemake -n, {args.experiments} experiments x {args.cycles} cycles: {dry:.1f} s "
-              f"(target 30 s: ratio {dry / 30:.2f}; {1000 * dry / sum(jobs.values()):.2f} ms per job)")  # fmt: skip
+        print(
+            f"snakemake -n, {args.experiments} experiments x {args.cycles} cycles: {dry:.1f} s "
+            f"(target 30 s: ratio {dry / 30:.2f}; {1000 * dry / sum(jobs.values()):.2f} ms per job)"
+        )
         (work / "target").mkdir()
         target = {"relative_half_width": 0.02, "min_cycles": args.min_cycles, "max_cycles": args.max_cycles}
         dry, jobs = dry_run(args.experiments, {"precision_target": target}, work / "target")
         planned = ", ".join(f"{jobs.get(rule, 0)} {rule}" for rule in ("measure", "decide", "settle"))
-        print(f"snakemake -n, {args.experiments} experiments, precision target ±2 %, {args.min_cycles} to "
-              f"{args.max_cycles} cycles (minimum plan: {planned}): {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; "
-              f"{1000 * dry / sum(jobs.values()):.2f} ms per job)")  # fmt: skip
+        print(
+            f"snakemake -n, {args.experiments} experiments, precision target ±2 %, {args.min_cycles} to "
+            f"{args.max_cycles} cycles (minimum plan: {planned}): {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; "
+            f"{1000 * dry / sum(jobs.values()):.2f} ms per job)"
+        )
         (work / "fixed-min").mkdir()
         dry, jobs = dry_run(args.experiments, {"cycles": args.min_cycles}, work / "fixed-min")
-        print(f"snakemake -n, {args.experiments} experiments x {args.min_cycles} cycles (fixed, the measurements of "
-              f"that minimum plan): {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; {1000 * dry / sum(jobs.values()):.2f} ms per job)")  # fmt: skip
+        print(
+            f"snakemake -n, {args.experiments} experiments x {args.min_cycles} cycles (fixed, the measurements of "
+            f"that minimum plan): {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; {1000 * dry / sum(jobs.values()):.2f} ms per job)"
+        )
         (work / "agg").mkdir()
         agg, files = aggregation(args.experiments, work / "agg")
-        print(f"aggregation of {args.experiments} raw results into {files} files + summary: {agg:.1f} s "
-              f"(target 15 s: ratio {agg / 15:.2f})")  # fmt: skip
+        print(
+            f"aggregation of {args.experiments} raw results into {files} files + summary: {agg:.1f} s "
+            f"(target 15 s: ratio {agg / 15:.2f})"
+        )
     return 0
 
 

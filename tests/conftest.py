@@ -28,8 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 #: the test fakes of the engines (importable as ``vllm`` and ``tensorrt_llm`` through the fixtures below)
 FAKES = REPO / "tests" / "fakes" / "engines"
 #: environment variables the engines read while they start (unset for every test that uses a fake)
-ENGINE_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_ATTENTION_BACKEND", "VLLM_FLASH_ATTN_VERSION", "TORCH_COMPILE_DISABLE",
-              "NCCL_P2P_DISABLE", "TLLM_WORKER_USE_SINGLE_PROCESS")  # fmt: skip
+ENGINE_ENV = (
+    "VLLM_ENABLE_V1_MULTIPROCESSING",
+    "VLLM_ATTENTION_BACKEND",
+    "VLLM_FLASH_ATTN_VERSION",
+    "TORCH_COMPILE_DISABLE",
+    "NCCL_P2P_DISABLE",
+    "TLLM_WORKER_USE_SINGLE_PROCESS",
+)
 
 
 def forget_engine(name: str) -> None:
@@ -68,7 +74,9 @@ def fake_trt(monkeypatch):
 def isolated_cache(tmp_path_factory):
     """Idle baselines are cached per device; tests use their own cache so they never read a user's."""
     path = tmp_path_factory.mktemp("lem-cache")
-    saved = {name: os.environ.pop(name, None) for name in ("LLM_ENERGY_CACHE_DIR", "LEM_CACHE_DIR", "LLM_ENERGY_RESULTS_DIR")}
+    saved = {
+        name: os.environ.pop(name, None) for name in ("LLM_ENERGY_CACHE_DIR", "LEM_CACHE_DIR", "LLM_ENERGY_RESULTS_DIR")
+    }
     os.environ["LLM_ENERGY_CACHE_DIR"] = str(path)
     yield path
     os.environ.pop("LLM_ENERGY_CACHE_DIR", None)

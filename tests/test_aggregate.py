@@ -91,13 +91,35 @@ def test_invalid_raw_file_is_refused(tmp_path, template):
 def test_summary_csv_roundtrip(tmp_path, template):
     a = write_cycles(tmp_path, template, [10.0, 11.0, 12.0], "exp-a")
     b = write_cycles(tmp_path, template, [20.0, 21.0, 22.0], "exp-b")
-    write_aggregated_all({"exp-a": a, "exp-b": b}, {"exp-a": "A", "exp-b": "B"}, str(tmp_path / "agg"), str(tmp_path / "s.csv"), 0.1, 0.95)
+    write_aggregated_all(
+        {"exp-a": a, "exp-b": b},
+        {"exp-a": "A", "exp-b": "B"},
+        str(tmp_path / "agg"),
+        str(tmp_path / "s.csv"),
+        0.1,
+        0.95,
+    )
     header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
     assert header == SUMMARY_COLUMNS
-    required = {"experiment_id", "backend", "model", "batch_size", "fp_precision", "cycles", "output_tokens_mean",
-                "energy_j_mean", "energy_j_ci_low", "energy_j_ci_high", "energy_net_j_mean", "j_per_output_token_mean",
-                "j_per_output_token_ci_low", "j_per_output_token_ci_high", "output_tokens_per_s_mean",
-                "energy_method", "cv_flag"}  # fmt: skip
+    required = {
+        "experiment_id",
+        "backend",
+        "model",
+        "batch_size",
+        "fp_precision",
+        "cycles",
+        "output_tokens_mean",
+        "energy_j_mean",
+        "energy_j_ci_low",
+        "energy_j_ci_high",
+        "energy_net_j_mean",
+        "j_per_output_token_mean",
+        "j_per_output_token_ci_low",
+        "j_per_output_token_ci_high",
+        "output_tokens_per_s_mean",
+        "energy_method",
+        "cv_flag",
+    }
     assert required <= set(header)
     rows = read_summary(str(tmp_path / "s.csv"))
     assert [r["experiment_id"] for r in rows] == ["exp-a", "exp-b"]
@@ -148,7 +170,10 @@ def test_a_damaged_raw_result_leaves_the_previous_derived_files(tmp_path, templa
     with pytest.raises(ResultValidationError) as info:
         write_aggregated_all({"exp-a": a, "exp-b": b}, {"exp-a": "A", "exp-b": "B"}, str(out), str(summary), 0.1, 0.95)
     text = str(info.value)
-    assert text.startswith(f"{b[1]} is not complete JSON") and "delete it and rerun the campaign to measure that cycle again" in text
+    assert (
+        text.startswith(f"{b[1]} is not complete JSON")
+        and "delete it and rerun the campaign to measure that cycle again" in text
+    )
     assert {p: p.read_bytes() for p in [summary, *out.iterdir()]} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aggregated", "raw", "summary.csv"]  # no staging left
 

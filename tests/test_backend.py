@@ -62,8 +62,15 @@ def test_native_latency_at_batch_size_above_one(backend):
 
 
 def test_warmup_converges_or_stops_at_max(backend):
-    cfg = {"enabled": True, "mode": "cv", "convergence_detection": True, "cv_threshold": 1.0, "max_prompts": 10,
-           "window_size": 3, "min_prompts": 3}  # fmt: skip
+    cfg = {
+        "enabled": True,
+        "mode": "cv",
+        "convergence_detection": True,
+        "cv_threshold": 1.0,
+        "max_prompts": 10,
+        "window_size": 3,
+        "min_prompts": 3,
+    }
     batches = backend.plan(["a", "b"])
     w = backend.warmup(["a", "b"], batches, cfg)
     assert w["converged"] is True and w["iterations_completed"] == 3 and len(w["latencies_ms"]) == 3
@@ -89,8 +96,15 @@ def test_full_warmup_runs_every_window_shape_before_the_window(backend):
 
     backend.generate_batch = recording
     try:
-        cfg = {"enabled": True, "mode": "full", "convergence_detection": True, "cv_threshold": 1.0, "max_prompts": 3,
-               "window_size": 3, "min_prompts": 3}  # fmt: skip
+        cfg = {
+            "enabled": True,
+            "mode": "full",
+            "convergence_detection": True,
+            "cv_threshold": 1.0,
+            "max_prompts": 3,
+            "window_size": 3,
+            "min_prompts": 3,
+        }
         w = backend.warmup(prompts, batches, cfg)
         warm_calls = list(calls)
         calls.clear()
@@ -181,14 +195,26 @@ def test_torch_compile_compiles_the_forward_and_records_it(tiny_model):
     the compiled model generates the same tokens as the eager one, and the raw result's model details say so."""
     eager = PyTorchBackend(tiny_experiment(), tiny_model)
     eager.load()
-    compiled = PyTorchBackend(tiny_experiment(pytorch={"batch_size": 2, "torch_compile": True, "torch_compile_backend": "aot_eager"}), tiny_model)
+    compiled = PyTorchBackend(
+        tiny_experiment(pytorch={"batch_size": 2, "torch_compile": True, "torch_compile_backend": "aot_eager"}),
+        tiny_model,
+    )
     info = compiled.load()
-    assert info["torch_compile"] == {"mode": "default", "backend": "aot_eager", "target": "model.forward", "compiled_during": "warm-up"}
+    assert info["torch_compile"] == {
+        "mode": "default",
+        "backend": "aot_eager",
+        "target": "model.forward",
+        "compiled_during": "warm-up",
+    }
     assert eager.load()["torch_compile"] is None
-    assert hasattr(compiled.model.forward, "_torchdynamo_orig_callable") and not hasattr(eager.model.forward, "_torchdynamo_orig_callable")
+    assert hasattr(compiled.model.forward, "_torchdynamo_orig_callable") and not hasattr(
+        eager.model.forward, "_torchdynamo_orig_callable"
+    )
     prompts = ["hello there", "a longer prompt here"]
-    assert compiled.model.generate(**compiled.encode(prompts), **compiled._generate_kwargs(4, 4)).tolist() == \
-        eager.model.generate(**eager.encode(prompts), **eager._generate_kwargs(4, 4)).tolist()  # fmt: skip
+    assert (
+        compiled.model.generate(**compiled.encode(prompts), **compiled._generate_kwargs(4, 4)).tolist()
+        == eager.model.generate(**eager.encode(prompts), **eager._generate_kwargs(4, 4)).tolist()
+    )
 
 
 def test_static_cache_reaches_generate(tiny_model, monkeypatch):
@@ -225,6 +251,8 @@ def test_cuda_graph_compile_modes_are_refused_on_the_cpu(tiny_model):
     cfg["pytorch"]["torch_compile"] = "reduce-overhead"
     with pytest.raises(MeasurementError, match="records CUDA graphs, but the experiment runs on the CPU"):
         PyTorchBackend(cfg, tiny_model).load()
+
+
 def test_four_bit_weights_are_counted_from_the_model_config(tiny_model):
     """BitsAndBytes stores two 4-bit weights per uint8 element: numel() would count half of them."""
     from transformers import AutoConfig
@@ -237,7 +265,10 @@ def test_four_bit_weights_are_counted_from_the_model_config(tiny_model):
     params, method = count_parameters(four, 1_000, hf)
     assert params == analytic_parameters(hf) and method.startswith("analytic_from_hf_config")
     assert count_parameters(tiny_experiment(), 1_000, hf) == (1_000, "numel")
-    assert count_parameters(tiny_experiment(device="cuda", pytorch={"load_in_8bit": True}), 1_000, hf) == (1_000, "numel")
+    assert count_parameters(tiny_experiment(device="cuda", pytorch={"load_in_8bit": True}), 1_000, hf) == (
+        1_000,
+        "numel",
+    )
 
 
 def test_load_refuses_what_expansion_refuses(tiny_model):

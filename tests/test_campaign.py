@@ -52,7 +52,13 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
     )
     exp = expand(c)
     kept = sorted((e.backend, e.config["fp_precision"]) for e in exp.experiments)
-    assert kept == [("pytorch", "float16"), ("pytorch", "float32"), ("tensorrt", "float16"), ("vllm", "float16"), ("vllm", "float32")]
+    assert kept == [
+        ("pytorch", "float16"),
+        ("pytorch", "float32"),
+        ("tensorrt", "float16"),
+        ("vllm", "float16"),
+        ("vllm", "float32"),
+    ]
     assert all(e.config["max_output_tokens"] == 16 for e in exp.experiments)
     reasons = [r for _, r in exp.dropped]
     assert sum("min_output_tokens = 8 is larger than max_output_tokens = 4" in r for r in reasons) == 5
@@ -69,54 +75,153 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
         ({"backend": "tensorrt", "device": "cpu"}, "backend = tensorrt runs on CUDA GPUs only"),
         ({"backend": "vllm", "pytorch": {"load_in_4bit": True}}, "pytorch.load_in_4bit is set, but backend = vllm"),
         ({"backend": "pytorch", "vllm": {"max_num_seqs": 8}}, "vllm.max_num_seqs is set, but backend = pytorch"),
-        ({"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}, "vllm.tensor_parallel_size x pipeline_parallel_size = 2, but gpus lists 1 GPU(s) [0]"),
+        (
+            {"backend": "vllm", "vllm": {"tensor_parallel_size": 2}},
+            "vllm.tensor_parallel_size x pipeline_parallel_size = 2, but gpus lists 1 GPU(s) [0]",
+        ),
         ({"backend": "vllm", "vllm": {"tensor_parallel_size": 2}, "gpus": [0, 1, 2]}, "= 2, but gpus lists 3 GPU(s)"),
-        ({"backend": "tensorrt", "tensorrt": {"tp_size": 2, "pp_size": 2}, "gpus": [0, 1]}, "tensorrt.tp_size x pp_size = 4, but gpus lists 2"),
-        ({"backend": "pytorch", "device": "cuda", "pytorch": {"num_processes": 2}}, "pytorch.num_processes = 2, but gpus lists 1"),
-        ({"backend": "pytorch", "device": "cuda", "gpus": [0, 1]}, "pytorch.num_processes = 1, but gpus lists 2 GPU(s) [0, 1]"),
-        ({"backend": "pytorch", "device": "auto", "gpus": [0, 1]}, "pytorch.num_processes = 1, but gpus lists 2 GPU(s) [0, 1]"),
-        ({"backend": "pytorch", "gpus": [2, 3, 4], "pytorch": {"num_processes": 2}}, "pytorch.num_processes = 2, but gpus lists 3"),
-        ({"backend": "pytorch", "device": "cpu", "pytorch": {"load_in_8bit": True}}, "needs a CUDA device, but device = cpu"),
-        ({"backend": "pytorch", "device": "cuda", "pytorch": {"load_in_8bit": True, "load_in_4bit": True}}, "mutually exclusive"),
+        (
+            {"backend": "tensorrt", "tensorrt": {"tp_size": 2, "pp_size": 2}, "gpus": [0, 1]},
+            "tensorrt.tp_size x pp_size = 4, but gpus lists 2",
+        ),
+        (
+            {"backend": "pytorch", "device": "cuda", "pytorch": {"num_processes": 2}},
+            "pytorch.num_processes = 2, but gpus lists 1",
+        ),
+        (
+            {"backend": "pytorch", "device": "cuda", "gpus": [0, 1]},
+            "pytorch.num_processes = 1, but gpus lists 2 GPU(s) [0, 1]",
+        ),
+        (
+            {"backend": "pytorch", "device": "auto", "gpus": [0, 1]},
+            "pytorch.num_processes = 1, but gpus lists 2 GPU(s) [0, 1]",
+        ),
+        (
+            {"backend": "pytorch", "gpus": [2, 3, 4], "pytorch": {"num_processes": 2}},
+            "pytorch.num_processes = 2, but gpus lists 3",
+        ),
+        (
+            {"backend": "pytorch", "device": "cpu", "pytorch": {"load_in_8bit": True}},
+            "needs a CUDA device, but device = cpu",
+        ),
+        (
+            {"backend": "pytorch", "device": "cuda", "pytorch": {"load_in_8bit": True, "load_in_4bit": True}},
+            "mutually exclusive",
+        ),
         ({"backend": "pytorch", "adapter": "some/lora"}, "adapter (LoRA) is supported on backend vllm only"),
         ({"backend": "vllm", "adapter": "some/lora"}, "adapter is set, but vllm.lora.enabled = false"),
-        ({"backend": "vllm", "vllm": {"speculative": {"method": "eagle"}}}, "vllm.speculative.method = eagle needs vllm.speculative.model"),
+        (
+            {"backend": "vllm", "vllm": {"speculative": {"method": "eagle"}}},
+            "vllm.speculative.method = eagle needs vllm.speculative.model",
+        ),
         ({"backend": "vllm", "vllm": {"speculative": {"method": "ngram"}}}, "needs vllm.speculative.prompt_lookup_max"),
-        ({"backend": "vllm", "vllm": {"max_model_len": 100}}, "vllm.max_model_len = 100 is smaller than max_input_tokens + max_output_tokens = 640"),
-        ({"backend": "vllm", "vllm": {"max_num_batched_tokens": 100}}, "vllm.max_num_batched_tokens = 100 is smaller than vllm.max_num_seqs = 256"),
-        ({"backend": "vllm", "vllm": {"speculative": {"method": "mlp", "model": "x/y"}}}, "is not supported by vLLM 0.11.0"),
-        ({"backend": "vllm", "adapter": "a/b", "vllm": {"lora": {"enabled": True, "max_rank": 24}}}, "vllm.lora.max_rank = 24: vLLM 0.11.0 accepts"),
-        ({"backend": "tensorrt", "tensorrt": {"max_input_len": 100}}, "tensorrt.max_input_len = 100 is smaller than max_input_tokens = 512"),
+        (
+            {"backend": "vllm", "vllm": {"max_model_len": 100}},
+            "vllm.max_model_len = 100 is smaller than max_input_tokens + max_output_tokens = 640",
+        ),
+        (
+            {"backend": "vllm", "vllm": {"max_num_batched_tokens": 100}},
+            "vllm.max_num_batched_tokens = 100 is smaller than vllm.max_num_seqs = 256",
+        ),
+        (
+            {"backend": "vllm", "vllm": {"speculative": {"method": "mlp", "model": "x/y"}}},
+            "is not supported by vLLM 0.11.0",
+        ),
+        (
+            {"backend": "vllm", "adapter": "a/b", "vllm": {"lora": {"enabled": True, "max_rank": 24}}},
+            "vllm.lora.max_rank = 24: vLLM 0.11.0 accepts",
+        ),
+        (
+            {"backend": "tensorrt", "tensorrt": {"max_input_len": 100}},
+            "tensorrt.max_input_len = 100 is smaller than max_input_tokens = 512",
+        ),
         ({"backend": "vllm", "no_weights": True, "model_name": "llama-3.2-1b"}, "backend vllm loads checkpoints only"),
-        ({"backend": "tensorrt", "tensorrt": {"kv_cache_type": "continuous"}}, "chunked context and KV cache reuse need a paged KV cache"),
-        ({"backend": "tensorrt", "tensorrt": {"draft_model": "x/y"}}, "draft-target speculative decoding on its PyTorch flow only"),
+        (
+            {"backend": "tensorrt", "tensorrt": {"kv_cache_type": "continuous"}},
+            "chunked context and KV cache reuse need a paged KV cache",
+        ),
+        (
+            {"backend": "tensorrt", "tensorrt": {"draft_model": "x/y"}},
+            "draft-target speculative decoding on its PyTorch flow only",
+        ),
         ({"backend": "tensorrt", "tensorrt": {"builder_opt_level": 5}}, "BuildConfig has no optimisation level"),
-        ({"backend": "tensorrt", "tensorrt": {"quantization": "int8_weight_only", "engine_path": "/e"}}, "is applied while building"),
-        ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"split": "validation"}}}, "CalibConfig has no split"),
+        (
+            {"backend": "tensorrt", "tensorrt": {"quantization": "int8_weight_only", "engine_path": "/e"}},
+            "is applied while building",
+        ),
+        (
+            {"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"split": "validation"}}},
+            "CalibConfig has no split",
+        ),
         ({"pytorch": {"torch_compile_backend": "cudagraphs"}}, "has no effect while pytorch.torch_compile = false"),
-        ({"pytorch": {"torch_compile": "max-autotune", "torch_compile_backend": "aot_eager"}}, "is a mode of the inductor backend"),
+        (
+            {"pytorch": {"torch_compile": "max-autotune", "torch_compile_backend": "aot_eager"}},
+            "is a mode of the inductor backend",
+        ),
         ({"device": "cpu", "pytorch": {"torch_compile": "reduce-overhead"}}, "need a CUDA device, but device = cpu"),
-        ({"device": "cpu", "pytorch": {"torch_compile": True, "torch_compile_backend": "cudagraphs"}}, "need a CUDA device"),
+        (
+            {"device": "cpu", "pytorch": {"torch_compile": True, "torch_compile_backend": "cudagraphs"}},
+            "need a CUDA device",
+        ),
         ({"device": "cuda", "pytorch": {"torch_compile": True, "load_in_4bit": True}}, "does not compile BitsAndBytes"),
-        ({"pytorch": {"cache_implementation": "static", "use_cache": False}}, "has no effect with pytorch.use_cache = false"),
+        (
+            {"pytorch": {"cache_implementation": "static", "use_cache": False}},
+            "has no effect with pytorch.use_cache = false",
+        ),
         ({"warmup": {"enabled": False, "mode": "cv"}}, "warmup.mode = cv, but warmup.enabled = false"),
-        ({"backend": "tensorrt", "tensorrt": {"quantization": "int4_gptq"}}, "int4_gptq: TensorRT-LLM 1.0.0 cannot build it"),
-        ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"dataset": "wikitext"}}}, "calibrates from cnn_dailymail, pileval"),
-        ({"backend": "tensorrt", "tensorrt": {"quantization": "fp8"}}, "cnn_dailymail is downloaded while the engine builds"),
-        ({"backend": "tensorrt", "tensorrt": {"num_draft_tokens": 3}}, "num_draft_tokens = 3 applies to speculative decoding"),
-        ({"backend": "tensorrt", "tensorrt": {"engine_path": "/e", "strongly_typed": False}}, "is applied while building"),
+        (
+            {"backend": "tensorrt", "tensorrt": {"quantization": "int4_gptq"}},
+            "int4_gptq: TensorRT-LLM 1.0.0 cannot build it",
+        ),
+        (
+            {"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"dataset": "wikitext"}}},
+            "calibrates from cnn_dailymail, pileval",
+        ),
+        (
+            {"backend": "tensorrt", "tensorrt": {"quantization": "fp8"}},
+            "cnn_dailymail is downloaded while the engine builds",
+        ),
+        (
+            {"backend": "tensorrt", "tensorrt": {"num_draft_tokens": 3}},
+            "num_draft_tokens = 3 applies to speculative decoding",
+        ),
+        (
+            {"backend": "tensorrt", "tensorrt": {"engine_path": "/e", "strongly_typed": False}},
+            "is applied while building",
+        ),
         ({"backend": "vllm", "vllm": {"swap_space": 8}}, "vLLM 0.11.0's V1 engine allocates no CPU swap blocks"),
-        ({"backend": "vllm", "vllm": {"enable_chunked_prefill": False}}, "chunks the prefills of every generation model"),
+        (
+            {"backend": "vllm", "vllm": {"enable_chunked_prefill": False}},
+            "chunks the prefills of every generation model",
+        ),
         ({"backend": "vllm", "vllm": {"lora": {"max_rank": 32}}}, "vllm.lora.max_rank = 32 applies to LoRA adapters"),
-        ({"backend": "vllm", "vllm": {"distributed_backend": "ray"}}, "with one GPU vLLM runs its single worker in process"),
+        (
+            {"backend": "vllm", "vllm": {"distributed_backend": "ray"}},
+            "with one GPU vLLM runs its single worker in process",
+        ),
         ({"backend": "pytorch", "pytorch": {"batching_strategy": "dynamic"}}, "set pytorch.max_tokens_per_batch"),
         ({"backend": "pytorch", "pytorch": {"max_tokens_per_batch": 600}}, "forms batches of batch_size prompts"),
-        ({"backend": "pytorch", "pytorch": {"bnb_4bit_quant_type": "fp4"}}, "applies to 4-bit BitsAndBytes weights only"),
-        ({"backend": "pytorch", "decoder": {"preset": "deterministic", "top_p": 0.9}}, "decoder.top_p = 0.9 shapes sampling"),
+        (
+            {"backend": "pytorch", "pytorch": {"bnb_4bit_quant_type": "fp4"}},
+            "applies to 4-bit BitsAndBytes weights only",
+        ),
+        (
+            {"backend": "pytorch", "decoder": {"preset": "deterministic", "top_p": 0.9}},
+            "decoder.top_p = 0.9 shapes sampling",
+        ),
         ({"backend": "pytorch", "device": "cpu", "gpus": [1]}, "gpus = [1] selects CUDA devices, but device = cpu"),
-        ({"backend": "pytorch", "baseline": {"enabled": False, "duration_s": 5}}, "baseline.duration_s = 5 has no effect"),
-        ({"backend": "pytorch", "dataset": {"split": "test"}}, "dataset.split = test chooses part of a Hugging Face dataset"),
-        ({"backend": "pytorch", "device": "cpu", "energy": {"backend": "nvml"}}, "energy.backend = nvml reads GPU energy counters"),
+        (
+            {"backend": "pytorch", "baseline": {"enabled": False, "duration_s": 5}},
+            "baseline.duration_s = 5 has no effect",
+        ),
+        (
+            {"backend": "pytorch", "dataset": {"split": "test"}},
+            "dataset.split = test chooses part of a Hugging Face dataset",
+        ),
+        (
+            {"backend": "pytorch", "device": "cpu", "energy": {"backend": "nvml"}},
+            "energy.backend = nvml reads GPU energy counters",
+        ),
     ],
 )
 def test_capability_checks_give_the_reason(experiment, reason):
@@ -141,7 +246,9 @@ def test_bad_grid_value_is_an_error_naming_the_key(tmp_path):
 
 def test_unknown_grid_key_has_hint(tmp_path):
     c = campaign(tmp_path, grid={"backends": ["pytorch"], "shared": {"pytorch.batchsize": [1]}})
-    with pytest.raises(ConfigError, match=r"unknown key 'grid.shared.pytorch.batchsize'.*did you mean 'pytorch.batch_size'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'grid.shared.pytorch.batchsize'.*did you mean 'pytorch.batch_size'"
+    ):
         expand(c)
 
 
@@ -164,7 +271,10 @@ def test_configs_and_grid_are_combined_and_deduplicated(tmp_path):
 def test_error_in_experiment_file_is_fatal_and_names_file(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"pytorch": {"batching_strategy": "sorted"}}))
     c = campaign(tmp_path, configs=["bad.yaml"])
-    with pytest.raises(ConfigError, match=r"key 'configs\[bad.yaml\].pytorch.batching_strategy' = 'sorted' is not allowed; allowed: static, dynamic"):
+    with pytest.raises(
+        ConfigError,
+        match=r"key 'configs\[bad.yaml\].pytorch.batching_strategy' = 'sorted' is not allowed; allowed: static, dynamic",
+    ):
         expand(c)
 
 
@@ -221,8 +331,11 @@ def test_keys_of_seconds_in_either_spelling_give_one_experiment_and_the_ids_meas
     assert complete_config(sparse_config(new_cfg)) == new_cfg
     # a raw result measured before recorded its config with the former names: its config hash is the one now
     as_recorded_before = {**new_cfg, "baseline": {**new_cfg["baseline"]}, "energy": {**new_cfg["energy"]}}
-    for section, key, former in (("baseline", "duration_s", "duration_sec"), ("baseline", "cache_ttl_s", "cache_ttl_sec"),
-                                 ("energy", "min_window_s", "min_window_sec")):
+    for section, key, former in (
+        ("baseline", "duration_s", "duration_sec"),
+        ("baseline", "cache_ttl_s", "cache_ttl_sec"),
+        ("energy", "min_window_s", "min_window_sec"),
+    ):
         as_recorded_before[section][former] = as_recorded_before[section].pop(key)
 
     def sha(config):
@@ -293,7 +406,9 @@ def test_prompt_sources_checked_before_any_measurement(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'dataset.name' = '.*missing.jsonl': file does not exist"):
         check_sources([{**base, "dataset": {"name": str(tmp_path / "missing.jsonl")}}])
     # hub datasets: offline (set for every test) fails at once, with the reason
-    with pytest.raises(ConfigError, match=r"key 'dataset.name' = 'gsm8k' \(gsm8k, split train\) cannot be loaded: offline"):
+    with pytest.raises(
+        ConfigError, match=r"key 'dataset.name' = 'gsm8k' \(gsm8k, split train\) cannot be loaded: offline"
+    ):
         check_sources([{**base, "dataset": {"name": "gsm8k"}}])
 
 
@@ -305,7 +420,9 @@ def test_local_prompt_files(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"question": "q1"}\n{"question": "q2"}\n')
     assert load_prompts({"name": str(tmp_path / "p.jsonl")}, 2) == ["q1", "q2"]
     shuffled = load_prompts({"name": "builtin", "shuffle": True}, 100, seed=3)
-    assert shuffled != load_prompts({"name": "builtin"}, 100) and sorted(shuffled) == sorted(load_prompts({"name": "builtin"}, 100))
+    assert shuffled != load_prompts({"name": "builtin"}, 100) and sorted(shuffled) == sorted(
+        load_prompts({"name": "builtin"}, 100)
+    )
 
 
 def test_describe_verbosity(tmp_path):
@@ -313,7 +430,11 @@ def test_describe_verbosity(tmp_path):
 
     from llenergymeasure.workflow import describe
 
-    grid = {"backends": ["pytorch", "tensorrt"], "shared": {"fp_precision": "float32"}, "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
+    grid = {
+        "backends": ["pytorch", "tensorrt"],
+        "shared": {"fp_precision": "float32"},
+        "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
+    }
     p = plan(campaign(tmp_path, grid=grid))
     out = {}
     for level in ("quiet", "normal", "verbose"):
@@ -353,7 +474,11 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("timeline.save", "yes", "= 'yes' has the wrong type; allowed: boolean"),
         ("no_weights", 1, "= 1 has the wrong type; allowed: boolean"),
         ("energy.repeat_to_min_window", "x", "= 'x' has the wrong type; allowed: boolean"),
-        ("energy.backend", "powermeter", "= 'powermeter' is not allowed; allowed: auto, nvml, rapl, estimate, codecarbon"),
+        (
+            "energy.backend",
+            "powermeter",
+            "= 'powermeter' is not allowed; allowed: auto, nvml, rapl, estimate, codecarbon",
+        ),
         ("energy.country_iso_code", "FR", "= 'FR' is not allowed; allowed: ISO 3166-1 alpha-3"),
         ("pytorch.num_processes", 65, "= 65 is out of range; allowed: <= 64"),
         ("warmup.window_size", 2, "= 2 is out of range; allowed: >= 3"),
@@ -371,8 +496,16 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("tensorrt.calibration.num_samples", 10, "= 10 is out of range; allowed: >= 64"),
         ("pytorch.bnb_4bit_quant_type", "int4", "= 'int4' is not allowed; allowed: nf4, fp4"),
         ("warmup.mode", "partial", "= 'partial' is not allowed; allowed: full, cv, off"),
-        ("pytorch.torch_compile", "fast", "= 'fast' is not allowed; allowed: false, true, default, reduce-overhead, max-autotune"),
-        ("pytorch.torch_compile_backend", "onnxrt", "= 'onnxrt' is not allowed; allowed: inductor, cudagraphs, aot_eager"),
+        (
+            "pytorch.torch_compile",
+            "fast",
+            "= 'fast' is not allowed; allowed: false, true, default, reduce-overhead, max-autotune",
+        ),
+        (
+            "pytorch.torch_compile_backend",
+            "onnxrt",
+            "= 'onnxrt' is not allowed; allowed: inductor, cudagraphs, aot_eager",
+        ),
         ("pytorch.cache_implementation", "hybrid", "= 'hybrid' is not allowed; allowed: dynamic, static"),
         ("decoder.top_p", 0, "= 0 is out of range; allowed: > 0"),  # vLLM rejects it, TensorRT-LLM reads it as off
     ],
@@ -405,8 +538,11 @@ def test_bad_container_images_are_one_line_errors(tmp_path, containers, expected
 def test_measurement_jobs_declare_gpus_and_their_backends_image(tmp_path):
     from llenergymeasure.workflow import container, gpus
 
-    grid = {"backends": ["pytorch", "vllm"], "shared": {"gpus": [0, 1]},
-            "backend_overrides": {"vllm": {"tensor_parallel_size": 2}, "pytorch": {"num_processes": 2}}}  # fmt: skip
+    grid = {
+        "backends": ["pytorch", "vllm"],
+        "shared": {"gpus": [0, 1]},
+        "backend_overrides": {"vllm": {"tensor_parallel_size": 2}, "pytorch": {"num_processes": 2}},
+    }
     p = plan(campaign(tmp_path, grid=grid, containers={"vllm": "docker://example.org/v:1"}))
     by_backend = {e.backend: e.experiment_id for e in p.expansion.experiments}
     assert gpus(p, by_backend["vllm"]) == 2  # vLLM always runs on CUDA
@@ -422,7 +558,12 @@ def test_the_workflow_config_stays_as_loaded_and_gains_one_read_only_key(tmp_pat
 
     from llenergymeasure import workflow as lem
 
-    campaign_file = {"campaign_name": "contract", "model": "lem-tiny-llama", "grid": {"backends": ["pytorch"]}, "execution": {"cycles": 3}}
+    campaign_file = {
+        "campaign_name": "contract",
+        "model": "lem-tiny-llama",
+        "grid": {"backends": ["pytorch"]},
+        "execution": {"cycles": 3},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(campaign_file))
     config = {"campaign": "c.yaml", "execution": {"config_gap_s": "7"}}
     given = copy.deepcopy(config)
@@ -471,8 +612,16 @@ def test_per_job_functions_give_snakemake_their_parameters_once(monkeypatch):
 
 
 def test_a_list_valued_field_in_the_grid_is_one_value_unless_a_list_of_lists(tmp_path):
-    one = expand(campaign(tmp_path, grid={"backends": ["vllm"], "shared": {"gpus": [0, 1]},
-                                          "backend_overrides": {"vllm": {"tensor_parallel_size": 2}}}))  # fmt: skip
+    one = expand(
+        campaign(
+            tmp_path,
+            grid={
+                "backends": ["vllm"],
+                "shared": {"gpus": [0, 1]},
+                "backend_overrides": {"vllm": {"tensor_parallel_size": 2}},
+            },
+        )
+    )
     assert [e.config["gpus"] for e in one.experiments] == [[0, 1]]
     axis = expand(campaign(tmp_path, grid={"backends": ["vllm"], "shared": {"gpus": [[0], [1]]}}))
     assert sorted(e.config["gpus"] for e in axis.experiments) == [[0], [1]]

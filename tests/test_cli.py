@@ -20,15 +20,28 @@ from llenergymeasure.results import write_json_atomic
 def campaign_dir(tiny_model, tmp_path_factory):
     """A campaign file plus finished results for two experiments (3 cycles each, energies chosen)."""
     root = tmp_path_factory.mktemp("cli")
-    (root / "c.yaml").write_text(yaml.safe_dump({
-        "campaign_name": "cli", "model": "lem-tiny-llama", "results_dir": str(root / "results"),
-        "grid": {"backends": ["pytorch", "tensorrt"], "shared": {"fp_precision": "float32"}, "backend_overrides": {"pytorch": {"batch_size": [1, 4]}}},
-        "execution": {"cycles": 3, "config_gap_s": 10, "cycle_gap_s": 20},
-    }))  # fmt: skip
+    (root / "c.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "campaign_name": "cli",
+                "model": "lem-tiny-llama",
+                "results_dir": str(root / "results"),
+                "grid": {
+                    "backends": ["pytorch", "tensorrt"],
+                    "shared": {"fp_precision": "float32"},
+                    "backend_overrides": {"pytorch": {"batch_size": [1, 4]}},
+                },
+                "execution": {"cycles": 3, "config_gap_s": 10, "cycle_gap_s": 20},
+            }
+        )
+    )
     template = run_experiment(tiny_experiment(warmup={"enabled": False}), "t", 1, tiny_model, None, {})
     res = root / "results" / "cli"
     raw, names = {}, {}
-    for exp_id, name, energies in (("exp-aaa", "small-batch", [10.0, 10.5, 9.5]), ("exp-bbb", "big-batch", [5.0, 5.2, 4.8])):
+    for exp_id, name, energies in (
+        ("exp-aaa", "small-batch", [10.0, 10.5, 9.5]),
+        ("exp-bbb", "big-batch", [5.0, 5.2, 4.8]),
+    ):
         paths = []
         for cycle, e in enumerate(energies, 1):
             r = copy.deepcopy(template)
@@ -53,7 +66,10 @@ def run(capsys, *argv):
 def test_validate_preview(campaign_dir, capsys):
     code, out, _ = run(capsys, "validate", str(campaign_dir / "c.yaml"))
     assert code == 0
-    assert "2 experiments x 3 cycles" in out and "dropped tensorrt-lem-tiny-llama: TensorRT-LLM builds float16/bfloat16 engines" in out
+    assert (
+        "2 experiments x 3 cycles" in out
+        and "dropped tensorrt-lem-tiny-llama: TensorRT-LLM builds float16/bfloat16 engines" in out
+    )
     assert "6 of 6 measurements to run" in out and "median of this campaign's finished jobs" in out
     code, out, _ = run(capsys, "--json", "validate", str(campaign_dir / "c.yaml"))
     data = json.loads(out)
@@ -77,7 +93,9 @@ def test_results_sorting_and_columns(campaign_dir, capsys):
     code, out, _ = run(capsys, "results", c, "--sort", "energy_j_mean")
     lines = out.splitlines()
     assert code == 0 and lines[2].startswith("big-batch") and lines[3].startswith("small-batch")
-    _, out, _ = run(capsys, "results", c, "--sort", "energy_j_mean", "--desc", "--columns", "experiment_id,energy_j_mean")
+    _, out, _ = run(
+        capsys, "results", c, "--sort", "energy_j_mean", "--desc", "--columns", "experiment_id,energy_j_mean"
+    )
     assert out.splitlines()[2].startswith("exp-aaa") and "config_name" not in out
     code, _, err = run(capsys, "results", c, "--sort", "energy_mean")
     assert code == 1 and "did you mean 'energy_j_mean'" in err
@@ -108,7 +126,9 @@ def test_welch():
 def test_datasets_and_doctor(capsys):
     code, out, _ = run(capsys, "--json", "datasets")
     names = [d["name"] for d in json.loads(out)]
-    assert code == 0 and names[0] == "builtin" and {"alpaca", "gsm8k", "mmlu", "sharegpt", "ai-energy-score"} <= set(names)
+    assert (
+        code == 0 and names[0] == "builtin" and {"alpaca", "gsm8k", "mmlu", "sharegpt", "ai-energy-score"} <= set(names)
+    )
     code, out, _ = run(capsys, "--json", "doctor")
     report = json.loads(out)
     assert code == 0 and report["torch"]["version"] and set(report["engines"]) == {"vllm", "tensorrt_llm"}
@@ -126,7 +146,9 @@ def test_doctor_reports_runtime_and_pulled_images(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", f"{REPO / 'tests' / 'fakes' / 'bin'}{os.pathsep}{os.environ['PATH']}")
     (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "campaign.yaml").write_text("campaign_name: x\ncontainers: {vllm: docker://example.org/v:1}\n")
+    (tmp_path / "config" / "campaign.yaml").write_text(
+        "campaign_name: x\ncontainers: {vllm: docker://example.org/v:1}\n"
+    )
     cache = tmp_path / ".snakemake" / "singularity"
     cache.mkdir(parents=True)
     (cache / (hashlib.md5(b"docker://example.org/v:1").hexdigest() + ".simg")).write_text("{}")
@@ -137,7 +159,9 @@ def test_doctor_reports_runtime_and_pulled_images(tmp_path, monkeypatch, capsys)
     assert report["images"]["tensorrt"]["cached"] is False
 
 
-@pytest.mark.parametrize("uri", ["docker://vllm/vllm-openai:v0.11.0", "docker://nvcr.io/nvidia/tensorrt-llm/release:1.0.0"])
+@pytest.mark.parametrize(
+    "uri", ["docker://vllm/vllm-openai:v0.11.0", "docker://nvcr.io/nvidia/tensorrt-llm/release:1.0.0"]
+)
 def test_pulled_image_path_is_snakemakes(uri):
     """lem doctor looks for a pulled image where Snakemake's own image class puts it."""
     from types import SimpleNamespace
@@ -146,7 +170,9 @@ def test_pulled_image_path_is_snakemakes(uri):
 
     from llenergymeasure.cli import SNAKEMAKE_IMAGE_CACHE, pulled_image
 
-    dag = SimpleNamespace(workflow=SimpleNamespace(persistence=SimpleNamespace(container_img_path=str(SNAKEMAKE_IMAGE_CACHE))))
+    dag = SimpleNamespace(
+        workflow=SimpleNamespace(persistence=SimpleNamespace(container_img_path=str(SNAKEMAKE_IMAGE_CACHE)))
+    )
     assert str(pulled_image(uri)) == Image(uri, dag, is_containerized=False).path
 
 
@@ -157,10 +183,24 @@ def test_json_from_environment(monkeypatch, capsys):
 
 
 def test_run_subcommand(tiny_model, capsys, isolated_cache):
-    code, out, _ = run(capsys, "run", "--set", f"model_name={tiny_model}", "--set", "num_input_prompts=2",
-                       "--set", "max_output_tokens=4", "--set", "fp_precision=float32", "--set", "warmup.enabled=false",
-                       "--set", "baseline.duration_s=1", "--quiet")  # fmt: skip
-    assert code == 0 and json.loads(out[out.index("{"):])["output_tokens"] > 0
+    code, out, _ = run(
+        capsys,
+        "run",
+        "--set",
+        f"model_name={tiny_model}",
+        "--set",
+        "num_input_prompts=2",
+        "--set",
+        "max_output_tokens=4",
+        "--set",
+        "fp_precision=float32",
+        "--set",
+        "warmup.enabled=false",
+        "--set",
+        "baseline.duration_s=1",
+        "--quiet",
+    )
+    assert code == 0 and json.loads(out[out.index("{") :])["output_tokens"] > 0
 
 
 def test_run_states_a_missing_engine_in_one_line(tmp_path, capsys, tiny_model):
@@ -232,17 +272,25 @@ def test_compare_matches_the_parts_of_an_id(campaign_dir, tmp_path, capsys):
         p.unlink()
     (root / "results" / "cli" / "summary.csv").unlink()
     for bs, digest in ((1, "1111111111"), (8, "8888888888"), (16, "1616161616")):
-        doc = {**template, "experiment_id": f"pytorch-lem-tiny-llama-fp32-bs{bs}-{digest}", "config_name": f"batch-{bs}"}
+        doc = {
+            **template,
+            "experiment_id": f"pytorch-lem-tiny-llama-fp32-bs{bs}-{digest}",
+            "config_name": f"batch-{bs}",
+        }
         (agg_dir / f"{doc['experiment_id']}.json").write_text(json.dumps(doc))
     code, out, err = run(capsys, "--json", "compare", "bs1", "bs8", str(root / "c.yaml"))
     assert code == 0, err
     data = json.loads(out)
-    assert data["a"]["experiment_id"].endswith("-bs1-1111111111") and data["b"]["experiment_id"].endswith("-bs8-8888888888")
+    assert data["a"]["experiment_id"].endswith("-bs1-1111111111") and data["b"]["experiment_id"].endswith(
+        "-bs8-8888888888"
+    )
     code, _, err = run(capsys, "compare", "fp32", "bs8", str(root / "c.yaml"))
     assert code == 1 and err.count("\n") == 1 and "experiment 'fp32' is ambiguous: 3 experiments match" in err
     assert "-bs16-1616161616 (batch-16)" in err and "-bs1-1111111111 (batch-1)" in err
     code, _, err = run(capsys, "compare", "bs4", "bs8", str(root / "c.yaml"))
-    assert code == 1 and "experiment 'bs4': no aggregated result matches; the campaign has:" in err and "(batch-8)" in err
+    assert (
+        code == 1 and "experiment 'bs4': no aggregated result matches; the campaign has:" in err and "(batch-8)" in err
+    )
 
 
 def test_run_refuses_to_replace_an_existing_output(tmp_path, capsys):
@@ -258,9 +306,26 @@ def test_the_example_experiment_runs(tmp_path, capsys):
     from conftest import REPO
 
     example = REPO / "config" / "experiments" / "example.yaml"
-    code, _out, err = run(capsys, "run", str(example), "--set", "num_input_prompts=2", "--set", "max_output_tokens=4",
-                         "--set", "min_output_tokens=4", "--set", "warmup.mode=cv", "--set", "warmup.max_prompts=1", "--set", "baseline.duration_s=1",
-                         "--output", str(tmp_path / "raw.json"), "--quiet")  # fmt: skip
+    code, _out, err = run(
+        capsys,
+        "run",
+        str(example),
+        "--set",
+        "num_input_prompts=2",
+        "--set",
+        "max_output_tokens=4",
+        "--set",
+        "min_output_tokens=4",
+        "--set",
+        "warmup.mode=cv",
+        "--set",
+        "warmup.max_prompts=1",
+        "--set",
+        "baseline.duration_s=1",
+        "--output",
+        str(tmp_path / "raw.json"),
+        "--quiet",
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "raw.json").read_text())
     assert result["config"]["device"] == "cpu" and result["config"]["fp_precision"] == "float32"
@@ -278,5 +343,7 @@ def test_lem_run_reads_a_former_spelling_of_seconds_over_the_files_value(capsys)
     code, new, _ = run(capsys, "run", example, "--set", "baseline.duration_s=2", "--dry-run", "--json")
     old, new = json.loads(old), json.loads(new)
     assert old["experiment_id"] == new["experiment_id"] and old["params"]["baseline"] == {"duration_s": 2}
-    assert any("--set 'baseline.duration_sec' is the former spelling of 'baseline.duration_s'" in n for n in old["notes"])
+    assert any(
+        "--set 'baseline.duration_sec' is the former spelling of 'baseline.duration_s'" in n for n in old["notes"]
+    )
     assert not any("former spelling" in n for n in new["notes"])

@@ -31,7 +31,12 @@ def test_defaults_are_filled(tmp_path):
         "seed": 42,
         "config_gap_s": 60,
         "cycle_gap_s": 300,
-        "precision_target": {"relative_half_width": None, "metric": "j_per_output_token", "min_cycles": 3, "max_cycles": 10},
+        "precision_target": {
+            "relative_half_width": None,
+            "metric": "j_per_output_token",
+            "min_cycles": 3,
+            "max_cycles": 10,
+        },
     }
     assert c["results_dir"] == "results"
     assert c["notifications"]["webhook_url"] is None
@@ -40,7 +45,10 @@ def test_defaults_are_filled(tmp_path):
 @pytest.mark.parametrize(
     "patch, expected",
     [
-        ({"execution": {"structure": "interleave"}}, ["execution.structure", "'interleave'", "interleaved, shuffled, grouped", "did you mean 'interleaved'"]),
+        (
+            {"execution": {"structure": "interleave"}},
+            ["execution.structure", "'interleave'", "interleaved, shuffled, grouped", "did you mean 'interleaved'"],
+        ),
         ({"execution": {"cycles": 0}}, ["execution.cycles", "0", ">= 1"]),
         ({"execution": {"cycles": "three"}}, ["execution.cycles", "'three'", "integer"]),
         ({"execution": {"cycle": 3}}, ["unknown key 'execution.cycle'", "did you mean 'cycles'"]),
@@ -51,7 +59,10 @@ def test_defaults_are_filled(tmp_path):
     ],
 )
 def test_bad_values_name_key_value_and_allowed(tmp_path, patch, expected):
-    raw = {**GOOD, **{k: ({**GOOD.get(k, {}), **v} if isinstance(v, dict) and k in GOOD else v) for k, v in patch.items()}}
+    raw = {
+        **GOOD,
+        **{k: ({**GOOD.get(k, {}), **v} if isinstance(v, dict) and k in GOOD else v) for k, v in patch.items()},
+    }
     msg = error_for(raw, tmp_path)
     for part in expected:
         assert part in msg, msg
@@ -108,7 +119,11 @@ def test_compiled_and_reference_validators_agree_on_experiments():
     ref = jsonschema.Draft202012Validator({"$ref": "#/$defs/experiment", "$defs": root["$defs"]})
     cases = [
         {"model_name": "m"},
-        {"model_name": "m", "backend": "vllm", "vllm": {"max_num_seqs": 8, "speculative": {"method": "ngram", "prompt_lookup_max": 4}}},
+        {
+            "model_name": "m",
+            "backend": "vllm",
+            "vllm": {"max_num_seqs": 8, "speculative": {"method": "ngram", "prompt_lookup_max": 4}},
+        },
         {"model_name": "m", "gpus": [0, 1]},
         {"model_name": "m", "gpus": [0, 0]},
         {"model_name": "m", "gpus": []},

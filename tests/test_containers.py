@@ -50,10 +50,25 @@ def run_with_double(
     path = os.pathsep.join([str(FAKE_BIN), str(Path(sys.executable).parent), os.environ["PATH"]])
     env = {**os.environ, "PATH": path, "LEM_FAKE_APPTAINER_LOG": str(calls)}
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml", *sdm,
-         "--apptainer-args=--nv", *args],
-        cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "1",
+            "--configfile",
+            "c.yaml",
+            *sdm,
+            "--apptainer-args=--nv",
+            *args,
+        ],
+        cwd=workflow_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     log = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
     return run, log
 
@@ -106,10 +121,13 @@ def test_an_engine_missing_from_its_image_fails_that_job_only(workflow_dir):
     logs = list((root / "logs" / "measure").glob("vllm-*/cycle_1.log"))
     assert logs and "vllm is not importable" in logs[0].read_text()
     failed = json.loads((root / "failures.json").read_text())["failures"]  # what completed was aggregated
-    assert [f["experiment_id"].split("-")[0] for f in failed] == ["vllm"] and "vllm is not importable" in failed[0]["error"]
+    assert [f["experiment_id"].split("-")[0] for f in failed] == ["vllm"] and "vllm is not importable" in failed[0][
+        "error"
+    ]
 
 
-@pytest.mark.parametrize("sdm", [("--sdm", "apptainer"), ("--use-singularity",)])  # the current spelling, the legacy alias
+# the current spelling, the legacy alias
+@pytest.mark.parametrize("sdm", [("--sdm", "apptainer"), ("--use-singularity",)])
 def test_dry_run_names_each_jobs_image(workflow_dir, sdm):
     run, log = run_with_double(workflow_dir, campaign(["pytorch"]), "-n", sdm=sdm)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -133,9 +151,17 @@ measure(sparse_config(cfg), "pytorch-x", 1, {tiny_model!r}, {str(tmp_path / "raw
         {{"state_dir": {str(tmp_path / "state")!r}}})
 print("ok")
 """
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False,
-                         env={**os.environ, "LLM_ENERGY_CACHE_DIR": str(tmp_path / "cache")})  # fmt: skip
-    assert run.returncode == 0 and "ok" in run.stdout, (run.stdout + run.stderr)[-3000:] + (tmp_path / "m.log").read_text()[-3000:]
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "LLM_ENERGY_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert run.returncode == 0 and "ok" in run.stdout, (run.stdout + run.stderr)[-3000:] + (
+        tmp_path / "m.log"
+    ).read_text()[-3000:]
     assert json.loads((tmp_path / "raw.json").read_text())["tokens"]["output_tokens"] > 0
 
 
@@ -190,4 +216,6 @@ def test_tensorrt_measurements_survive_the_engines_spawned_worker(workflow_dir):
     run, _ = run_with_double(workflow_dir, data)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     (raw,) = [read_result(p, "raw_result") for p in raw_result_files(workflow_dir / "results" / "images")]
-    assert raw["backend"] == "tensorrt" and raw["model"]["details"]["environment_set"] == {"TLLM_WORKER_USE_SINGLE_PROCESS": "0"}
+    assert raw["backend"] == "tensorrt" and raw["model"]["details"]["environment_set"] == {
+        "TLLM_WORKER_USE_SINGLE_PROCESS": "0"
+    }

@@ -40,8 +40,16 @@ def test_net_is_gross_minus_idle_power_times_window_not_run_time():
     """B1: the baseline is subtracted over the measurement window only."""
     gross = ComponentEnergy("gpu", "gpu0", "k0", "nvml_counter", 1000.0, 10.0)
     baselines = {
-        "k0": {"power_w": 80.0, "method": "nvml_counter", "from_cache": True, "cache_age_s": 12.0,
-               "measured_at": "2026-01-01T00:00:00Z", "duration_s": 30.0, "settle": {"settled": True}, "flags": []}
+        "k0": {
+            "power_w": 80.0,
+            "method": "nvml_counter",
+            "from_cache": True,
+            "cache_age_s": 12.0,
+            "measured_at": "2026-01-01T00:00:00Z",
+            "duration_s": 30.0,
+            "settle": {"settled": True},
+            "flags": [],
+        }
     }
     flags: list = []
     e = energy_section([gross], baselines, window_s=10.0, unavailable=[], flags=flags)
@@ -60,7 +68,13 @@ def test_unavailable_component_is_null_and_flagged_never_zero():
     flags: list = []
     e = energy_section([reset, est], {}, 5.0, [{"component": "ram", "reason": "no dram"}], flags)
     codes = {f["code"] for f in flags}
-    assert {"energy_unavailable", "counter_reset", "energy_estimated", "no_idle_baseline", "ram_energy_unavailable"} <= codes
+    assert {
+        "energy_unavailable",
+        "counter_reset",
+        "energy_estimated",
+        "no_idle_baseline",
+        "ram_energy_unavailable",
+    } <= codes
     assert e["total"]["gross_energy_j"] is None  # a partial sum would look like a real total
     assert e["total"]["net_energy_j"] is None
     assert e["total"]["includes_estimate"] is True
@@ -251,10 +265,20 @@ def test_baseline_uncertainty_reflects_drift_and_is_carried_into_net_energy():
 
 
 def test_net_uncertainty_of_several_devices_adds_in_quadrature():
-    base = {"method": "nvml_counter", "from_cache": False, "cache_age_s": 0.0, "measured_at": "x", "duration_s": 30.0,
-            "settle": {"settled": True}, "flags": []}  # fmt: skip
+    base = {
+        "method": "nvml_counter",
+        "from_cache": False,
+        "cache_age_s": 0.0,
+        "measured_at": "x",
+        "duration_s": 30.0,
+        "settle": {"settled": True},
+        "flags": [],
+    }
     rows = [ComponentEnergy("gpu", f"gpu{i}", f"k{i}", "nvml_counter", 1000.0, 10.0) for i in range(2)]
-    baselines = {"k0": {**base, "power_w": 80.0, "uncertainty_w": 0.3}, "k1": {**base, "power_w": 80.0, "uncertainty_w": 0.4}}
+    baselines = {
+        "k0": {**base, "power_w": 80.0, "uncertainty_w": 0.3},
+        "k1": {**base, "power_w": 80.0, "uncertainty_w": 0.4},
+    }
     e = energy_section(rows, baselines, 10.0, [], [])
     assert e["total"]["net_energy_uncertainty_j"] == pytest.approx(5.0)  # sqrt(3^2 + 4^2)
 
@@ -271,10 +295,14 @@ def test_busy_machine_baseline_is_flagged_and_never_cached(isolated_cache, monke
     monkeypatch.setattr(bl, "_machine_busy_s", lambda: next(busy))
     m = FakeMeter(12.0, component="cpu", clock=clock, device="busy-cpu")
     rec = idle_baselines([m], {"enabled": True, "duration_s": 3, "cache_ttl_s": 600}, sleep=clock.sleep)[m.device_key]
-    assert "baseline_not_idle" in rec["flags"] and rec["checks"]["machine_cpu_busy_fraction"] == pytest.approx(0.9, rel=0.05)
+    assert "baseline_not_idle" in rec["flags"] and rec["checks"]["machine_cpu_busy_fraction"] == pytest.approx(
+        0.9, rel=0.05
+    )
     assert read_cached(m.device_key, "fake", ttl_s=600) is None
     flags: list = []
-    energy_section([ComponentEnergy("cpu", "cpu", m.device_key, "fake", 100.0, 5.0)], {m.device_key: rec}, 5.0, [], flags)
+    energy_section(
+        [ComponentEnergy("cpu", "cpu", m.device_key, "fake", 100.0, 5.0)], {m.device_key: rec}, 5.0, [], flags
+    )
     assert "baseline_not_idle" in {f["code"] for f in flags}
 
 
@@ -292,6 +320,8 @@ def test_baseline_cache_names_host_and_device_and_is_not_reused_when_shorter(iso
     assert longer["from_cache"] is False and longer["duration_s"] == pytest.approx(10.0)  # a 2 s baseline is not enough
     monkeypatch.setattr(bl, "_host", lambda: "another-host")
     assert read_cached(m.device_key, "fake", ttl_s=600) is None  # another host's file is another host's
+
+
 def test_codecarbon_on_a_gpu_host_counts_each_gpu_once(monkeypatch):
     """energy.backend = codecarbon with NVML present: the experiment's GPUs come from their energy counters, CPU
     and RAM from CodeCarbon, whose GPU figure (every GPU of the machine) is left out and said to be."""
@@ -306,13 +336,20 @@ def test_codecarbon_on_a_gpu_host_counts_each_gpu_once(monkeypatch):
     readings = iter([1_000_000, 1_300_000])  # mJ: 300 J in the window
     monkeypatch.setattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption", lambda handle: next(readings))
     ms = select_meters({"backend": "codecarbon", "country_iso_code": "FRA"}, gpu_count=1)
-    tracker = SimpleNamespace(start=lambda: None, stop=lambda: None,
-                              final_emissions_data=SimpleNamespace(cpu_energy=1e-5, ram_energy=2e-5, gpu_energy=9e-5, cpu_model="x"))  # fmt: skip
+    tracker = SimpleNamespace(
+        start=lambda: None,
+        stop=lambda: None,
+        final_emissions_data=SimpleNamespace(cpu_energy=1e-5, ram_energy=2e-5, gpu_energy=9e-5, cpu_model="x"),
+    )
     codecarbon = next(m for m in ms.meters if m.method == "codecarbon")
     codecarbon._tracker = tracker
     ms.start()
     rows = ms.stop()
-    assert sorted((r.component, r.method) for r in rows) == [("cpu", "codecarbon"), ("gpu", "nvml_counter"), ("ram", "codecarbon")]
+    assert sorted((r.component, r.method) for r in rows) == [
+        ("cpu", "codecarbon"),
+        ("gpu", "nvml_counter"),
+        ("ram", "codecarbon"),
+    ]
     gpu_row = next(r for r in rows if r.component == "gpu")
     assert gpu_row.energy_j == pytest.approx(300.0)
     assert codecarbon.describe()["gpu_energy_source"] == "nvml_counter"

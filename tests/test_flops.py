@@ -54,5 +54,13 @@ def test_request_flops_structure(eager_model):
 
 
 def test_unknown_architecture_is_low_confidence():
-    d = model_dims({"model_type": "mystery", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 100})
+    d = model_dims(
+        {
+            "model_type": "mystery",
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": 100,
+        }
+    )
     assert d["confidence"] == "low" and d["intermediate_size"] == 256

@@ -37,10 +37,22 @@ def billion_laughs(levels: int = 9) -> str:
     "content, expected",
     [
         (billion_laughs(), r"has more than 100,000 values once its aliases are expanded \(line \d+\)"),
-        (CAMPAIGN + "model: other\n", r"has key 'model' twice in one mapping \(lines 2 and 4\); allowed: each key once"),
-        ("campaign_name: t\nexecution: {cycles: 2, cycles: 3}\n", r"has key 'cycles' twice in one mapping \(lines 2 and 2\)"),
-        ("campaign_name: t\nnested: " + "[" * 1000 + "]" * 1000 + "\n", r"is nested more than 64 levels deep \(line 2\)"),
-        ("__use_yte__: true\ncampaign_name: ?'t' + 'x'\n", r"sets '__use_yte__', which asks Snakemake to evaluate it as a YTE template"),
+        (
+            CAMPAIGN + "model: other\n",
+            r"has key 'model' twice in one mapping \(lines 2 and 4\); allowed: each key once",
+        ),
+        (
+            "campaign_name: t\nexecution: {cycles: 2, cycles: 3}\n",
+            r"has key 'cycles' twice in one mapping \(lines 2 and 2\)",
+        ),
+        (
+            "campaign_name: t\nnested: " + "[" * 1000 + "]" * 1000 + "\n",
+            r"is nested more than 64 levels deep \(line 2\)",
+        ),
+        (
+            "__use_yte__: true\ncampaign_name: ?'t' + 'x'\n",
+            r"sets '__use_yte__', which asks Snakemake to evaluate it as a YTE template",
+        ),
         ("campaign_name: t\nmodel: [unclosed\n", r"is not valid YAML at line 3"),
     ],
     ids=["alias-bomb", "duplicate-key", "duplicate-key-flow", "deep-nesting", "yte", "syntax"],
@@ -115,7 +127,11 @@ def test_experiment_files_get_the_same_checks(tmp_path):
         ("bin.jsonl", b"\x00\x01\x02binary", r"the file is a binary file, not text"),
         ("latin.txt", "caf\xe9 au lait\n".encode("latin-1"), r"the file is not UTF-8 text \(byte 0xe9 at offset 3\)"),
         ("numbers.jsonl", b"1\n2\n3\n", r"row 1 is a number; allowed: a JSON object with a prompt column"),
-        ("broken.jsonl", b'{"prompt": "a"}\n{"prompt": \n', r"line 2 is not valid JSON \(Expecting value at column 12\)"),
+        (
+            "broken.jsonl",
+            b'{"prompt": "a"}\n{"prompt": \n',
+            r"line 2 is not valid JSON \(Expecting value at column 12\)",
+        ),
         ("folder.txt", None, r"prompt file '.*folder.txt' is a folder, not a file"),
     ],
     ids=["binary", "non-utf8", "jsonl-of-numbers", "truncated-jsonl", "folder"],
@@ -197,7 +213,13 @@ def test_validate_checks_models_before_any_job(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize(
     "given, expected",
-    [("results/", "results"), ("./results", "results"), ("./a//b/", "a/b"), ("/data//lem/", "/data/lem"), ("results", "results")],
+    [
+        ("results/", "results"),
+        ("./results", "results"),
+        ("./a//b/", "a/b"),
+        ("/data//lem/", "/data/lem"),
+        ("results", "results"),
+    ],
 )
 def test_results_dir_is_normalised(given, expected):
     assert results_dir(given, "key 'results_dir'") == expected
@@ -244,7 +266,10 @@ def test_prompt_and_campaign_errors_keep_existing_results(tmp_path):
     with pytest.raises(ConfigError):
         load_campaign(tmp_path / "c.yaml")
     assert json.loads(keep.read_text()) == {"precious": True}
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == ["c.yaml", os.path.join("results", "t", "raw", "e", "cycle_1.json")]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "c.yaml",
+        os.path.join("results", "t", "raw", "e", "cycle_1.json"),
+    ]
 
 
 def test_the_default_campaign_describes_the_backends_as_they_are():
@@ -261,9 +286,16 @@ def test_docs_and_messages_use_snakemakes_current_spelling():
     """`--sdm apptainer` everywhere; `--use-singularity` only where it is named as the legacy alias."""
     from conftest import REPO
 
-    files = [REPO / "README.md", REPO / "config" / "README.md", REPO / "config" / "campaign.yaml", REPO / "Snakefile",
-             *(REPO / "workflow").glob("*.smk"), *(REPO / "src" / "llenergymeasure").rglob("*.py"),
-             *(REPO / "src" / "llenergymeasure" / "schemas").glob("*.json"), *(REPO / "profiles").rglob("*.yaml")]  # fmt: skip
+    files = [
+        REPO / "README.md",
+        REPO / "config" / "README.md",
+        REPO / "config" / "campaign.yaml",
+        REPO / "Snakefile",
+        *(REPO / "workflow").glob("*.smk"),
+        *(REPO / "src" / "llenergymeasure").rglob("*.py"),
+        *(REPO / "src" / "llenergymeasure" / "schemas").glob("*.json"),
+        *(REPO / "profiles").rglob("*.yaml"),
+    ]
     for path in files:
         for line in path.read_text(encoding="utf-8").splitlines():
             if "--use-singularity" in line:

@@ -20,7 +20,9 @@ def ts(text):
 def raw(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("raw") / "cycle_1.json"
     state = tmp_path_factory.mktemp("state")
-    result = run_experiment(tiny_experiment(), "exp-test", 1, tiny_model, str(out), {"state_dir": str(state), "campaign_name": "t"})
+    result = run_experiment(
+        tiny_experiment(), "exp-test", 1, tiny_model, str(out), {"state_dir": str(state), "campaign_name": "t"}
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     return result
 
@@ -56,16 +58,29 @@ def test_window_quality_checks_are_recorded(raw):
     s = raw["steady_state"]
     assert s["method"] == "per_batch_step_time" and s["items"] == raw["tokens"]["num_batches"]
     assert 0.0 <= s["cold_excess_share"] <= 1.0 and s["reference_step_s"] > 0
-    assert (s["cold_items"] > 0) == s["cold_start_in_window"] == any(f["code"] == "cold_start_in_window" for f in raw["flags"])
+    assert (
+        (s["cold_items"] > 0)
+        == s["cold_start_in_window"]
+        == any(f["code"] == "cold_start_in_window" for f in raw["flags"])
+    )
     assert raw["energy"]["cross_check"]["method"] == "unavailable"  # no GPU here: nothing to cross-check
     total, (cpu,) = raw["energy"]["total"], raw["energy"]["components"]
     assert cpu["idle_power_uncertainty_w"] >= 0
-    assert total["net_energy_uncertainty_j"] == pytest.approx(cpu["idle_power_uncertainty_w"] * raw["timestamps"]["window_duration_s"])
+    assert total["net_energy_uncertainty_j"] == pytest.approx(
+        cpu["idle_power_uncertainty_w"] * raw["timestamps"]["window_duration_s"]
+    )
     assert raw["model"]["details"]["output_length_forcing"] == "eos_stopping_off"
 
 
 def test_half_precision_on_a_cpu_is_flagged(tiny_model):
-    r = run_experiment(tiny_experiment(fp_precision="bfloat16", warmup={"enabled": False}, num_input_prompts=2), "h", 1, tiny_model, None, {})
+    r = run_experiment(
+        tiny_experiment(fp_precision="bfloat16", warmup={"enabled": False}, num_input_prompts=2),
+        "h",
+        1,
+        tiny_model,
+        None,
+        {},
+    )
     assert any(f["code"] == "half_precision_on_cpu" for f in r["flags"]) and r["model"]["dtype"] == "bfloat16"
 
 
@@ -74,7 +89,11 @@ def test_tokens_and_efficiency_use_output_tokens(raw):
     tok = raw["tokens"]
     assert tok["output_tokens"] == 6 * 8
     per_batch = raw["batches"]
-    assert tok["input_tokens"] == sum(b["input_tokens"] for b in per_batch) == sum(raw["latency"]["per_request"]["input_tokens"])
+    assert (
+        tok["input_tokens"]
+        == sum(b["input_tokens"] for b in per_batch)
+        == sum(raw["latency"]["per_request"]["input_tokens"])
+    )
     assert tok["padded_input_tokens"] == sum(b["padded_input_tokens"] for b in per_batch)
     assert tok["input_tokens"] <= tok["padded_input_tokens"]
     unequal = [b for b in per_batch if b["input_tokens"] != b["padded_input_tokens"]]  # prompts of different lengths
@@ -134,7 +153,9 @@ def test_co2_from_grid_intensity(tiny_model, tmp_path):
     r = run_experiment(cfg, "exp-co2", 1, tiny_model, None, {})
     em = r["energy"]["emissions"]
     assert em["method"] == "energy_x_grid_intensity" and em["country_iso_code"] == "FRA"
-    assert em["co2_kg"] == pytest.approx(r["energy"]["total"]["gross_energy_j"] / 3.6e6 * em["carbon_intensity_g_per_kwh"] / 1000)
+    assert em["co2_kg"] == pytest.approx(
+        r["energy"]["total"]["gross_energy_j"] / 3.6e6 * em["carbon_intensity_g_per_kwh"] / 1000
+    )
 
 
 def test_gpu_check_script_runs_in_cpu_smoke_mode(tmp_path):
@@ -146,11 +167,37 @@ def test_gpu_check_script_runs_in_cpu_smoke_mode(tmp_path):
     from conftest import REPO
 
     run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu", "--cycles", "2",
-         "--batch-sizes", "2", "--prompts", "4", "--gap", "0", "--baseline-sec", "1", "--reference-sec", "1",
-         "--min-window", "0", "--overhead-prompts", "4", "--overhead-batch", "2", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--cycles",
+            "2",
+            "--batch-sizes",
+            "2",
+            "--prompts",
+            "4",
+            "--gap",
+            "0",
+            "--baseline-sec",
+            "1",
+            "--reference-sec",
+            "1",
+            "--min-window",
+            "0",
+            "--overhead-prompts",
+            "4",
+            "--overhead-batch",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-2000:]
     out = run.stdout
     assert "idle baseline" in out and "vs reference" in out
@@ -168,7 +215,9 @@ def test_flops_are_analytic_per_request(raw):
 
     f = raw["flops"]
     per = raw["latency"]["per_request"]
-    parts = [request_flops(f["model_dims"], i, o) for i, o in zip(per["input_tokens"], per["output_tokens"], strict=True)]
+    parts = [
+        request_flops(f["model_dims"], i, o) for i, o in zip(per["input_tokens"], per["output_tokens"], strict=True)
+    ]
     assert f["prefill_flops"] == sum(p for p, _ in parts) and f["decode_flops"] == sum(d for _, d in parts)
     assert f["total_flops"] == f["prefill_flops"] + f["decode_flops"]
     assert f["method"] == "analytic_decoder_only" and f["confidence"] == "high"
@@ -204,11 +253,20 @@ def test_timeline_summary_phases_and_repeat_to_min_window(tiny_model, tmp_path):
         assert ph["prefill_energy_j"] is None and ph["reason"]
     assert r["memory"]["window_peak_rss_bytes"] > 0
     batches = r["batches"]
-    assert all(0 <= b["start_s"] <= b["first_token_s"] <= b["end_s"] <= r["timestamps"]["window_duration_s"] for b in batches)
+    assert all(
+        0 <= b["start_s"] <= b["first_token_s"] <= b["end_s"] <= r["timestamps"]["window_duration_s"] for b in batches
+    )
 
 
 def test_timeline_can_be_switched_off(tiny_model):
-    r = run_experiment(tiny_experiment(warmup={"enabled": False}, num_input_prompts=2, timeline={"enabled": False}), "x", 1, tiny_model, None, {})
+    r = run_experiment(
+        tiny_experiment(warmup={"enabled": False}, num_input_prompts=2, timeline={"enabled": False}),
+        "x",
+        1,
+        tiny_model,
+        None,
+        {},
+    )
     assert r["timeline"] == {"enabled": False, "summary": None, "sidecar": None}
     assert r["energy"]["phases"]["method"] == "unavailable"
 
@@ -222,7 +280,14 @@ def test_throughput_is_over_the_window_wall_clock(raw):
 
 def test_unfilled_batches_are_flagged(tiny_model, raw):
     assert not any(f["code"] == "batch_not_saturated" for f in raw["flags"])  # 6 prompts in batches of 2
-    r = run_experiment(tiny_experiment(warmup={"enabled": False}, num_input_prompts=3, pytorch={"batch_size": 4}), "x", 1, tiny_model, None, {})
+    r = run_experiment(
+        tiny_experiment(warmup={"enabled": False}, num_input_prompts=3, pytorch={"batch_size": 4}),
+        "x",
+        1,
+        tiny_model,
+        None,
+        {},
+    )
     assert any(f["code"] == "batch_not_saturated" for f in r["flags"])
 
 
@@ -253,8 +318,17 @@ def test_every_phase_of_a_job_says_what_it_is_doing(tiny_model, caplog, tmp_path
     cfg = tiny_experiment(num_input_prompts=4, pytorch={"batch_size": 2})
     run_experiment(cfg, "p", 1, tiny_model, None, {"state_dir": str(state), "config_gap_s": 3.0})
     lines = [r.getMessage() for r in caplog.records if r.name == "llenergymeasure.progress"]
-    expected = ["measuring the idle baseline", "idle baseline", "loading prompts and model", "model loaded",
-                "thermal gap: waiting", "warm-up: one untimed pass", "warm-up: repeating", "warm-up done", "measuring (window open)"]  # fmt: skip
+    expected = [
+        "measuring the idle baseline",
+        "idle baseline",
+        "loading prompts and model",
+        "model loaded",
+        "thermal gap: waiting",
+        "warm-up: one untimed pass",
+        "warm-up: repeating",
+        "warm-up done",
+        "measuring (window open)",
+    ]
     positions = [next(i for i, x in enumerate(lines) if e in x) for e in expected]
     assert positions == sorted(positions), lines
     assert "ETA 1 s" in lines[positions[0]]
@@ -265,7 +339,9 @@ def test_gpus_select_the_jobs_cuda_devices():
     from llenergymeasure.process import select_gpus
 
     env: dict = {}
-    config = resolve_experiment({"model_name": "m", "backend": "vllm", "gpus": [2, 3], "vllm": {"tensor_parallel_size": 2}})
+    config = resolve_experiment(
+        {"model_name": "m", "backend": "vllm", "gpus": [2, 3], "vllm": {"tensor_parallel_size": 2}}
+    )
     assert select_gpus(config, env) == "CUDA_VISIBLE_DEVICES=2,3 (CUDA_DEVICE_ORDER=PCI_BUS_ID)"
     assert env == {"CUDA_VISIBLE_DEVICES": "2,3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     slurm = {"SLURM_JOB_GPUS": "5,6", "CUDA_VISIBLE_DEVICES": "0,1"}

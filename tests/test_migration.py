@@ -62,23 +62,46 @@ def test_the_same_experiment_file_in_a_campaign_gets_the_same_id(tmp_path):
     new = expand(campaign(tmp_path, configs=["pytorch_new_keys.yaml"]))
     assert [e.experiment_id for e in old.experiments] == [e.experiment_id for e in new.experiments]
     assert old.experiments[0].config == new.experiments[0].config
-    assert "'configs[pytorch_v3.yaml].dataset.sample_size' is lem v3's name for 'configs[pytorch_v3.yaml].num_input_prompts': " \
-           "read as configs[pytorch_v3.yaml].num_input_prompts = 12 (rename it)" in old.notes  # fmt: skip
+    assert (
+        "'configs[pytorch_v3.yaml].dataset.sample_size' is lem v3's name for 'configs[pytorch_v3.yaml].num_input_prompts': "
+        "read as configs[pytorch_v3.yaml].num_input_prompts = 12 (rename it)" in old.notes
+    )
     assert new.notes == []
 
 
 @pytest.mark.parametrize(
     ("lem", "new"),
     [
-        ({"prompts": {"type": "huggingface", "dataset": "gsm8k", "split": "test", "column": "question", "sample_size": 20}},
-         {"dataset": {"name": "gsm8k", "split": "test", "column": "question"}, "num_input_prompts": 20}),
+        (
+            {
+                "prompts": {
+                    "type": "huggingface",
+                    "dataset": "gsm8k",
+                    "split": "test",
+                    "column": "question",
+                    "sample_size": 20,
+                }
+            },
+            {"dataset": {"name": "gsm8k", "split": "test", "column": "question"}, "num_input_prompts": 20},
+        ),
         ({"prompts": {"type": "file", "path": "prompts.txt"}}, {"dataset": {"name": "prompts.txt"}}),
         ({"gpus": 0}, {"gpus": [0]}),
         ({"timeseries": {"sample_interval_ms": 500}}, {"timeline": {"interval_ms": 500}}),
-        ({"dataset": None, "vllm": None, "tensorrt": None, "pytorch": {"cache_implementation": None, "torch_compile_backend": None}}, {}),
-        ({"dataset": {"name": "alpaca", "sample_size": 30}, "num_input_prompts": 30}, {"dataset": {"name": "alpaca"}, "num_input_prompts": 30}),
+        (
+            {
+                "dataset": None,
+                "vllm": None,
+                "tensorrt": None,
+                "pytorch": {"cache_implementation": None, "torch_compile_backend": None},
+            },
+            {},
+        ),
+        (
+            {"dataset": {"name": "alpaca", "sample_size": 30}, "num_input_prompts": 30},
+            {"dataset": {"name": "alpaca"}, "num_input_prompts": 30},
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_alias_resolves_to_the_config_of_its_new_key(tmp_path, lem, new):
     base = {"model_name": "lem-tiny-llama", "device": "cpu"}
     (tmp_path / "old.yaml").write_text(yaml.safe_dump({**base, **lem}))
@@ -94,7 +117,10 @@ def test_campaign_keys_of_lem_v3(tmp_path):
         tmp_path,
         schema_version="3.0.0",
         io={"results_dir": "elsewhere", "state_dir": ".state"},
-        grid={"backends": ["pytorch"], "shared": {"dataset.sample_size": [3, 5], "device": "cpu", "timeseries.save": True}},
+        grid={
+            "backends": ["pytorch"],
+            "shared": {"dataset.sample_size": [3, 5], "device": "cpu", "timeseries.save": True},
+        },
         execution={"cycles": 2, "warmup_prompts": 5, "warmup_timeout_seconds": 30},
         cold_start={"force_cold_start": True},
         group_by=["backend"],
@@ -106,13 +132,30 @@ def test_campaign_keys_of_lem_v3(tmp_path):
     exp = expand(c)
     assert sorted(e.config["num_input_prompts"] for e in exp.experiments) == [3, 5]
     assert all(e.config["timeline"]["save"] for e in exp.experiments)
-    same = expand(campaign(tmp_path, results_dir="elsewhere",
-                           grid={"backends": ["pytorch"], "shared": {"num_input_prompts": [3, 5], "device": "cpu", "timeline.save": True}},
-                           execution={"cycles": 2}))  # fmt: skip
+    same = expand(
+        campaign(
+            tmp_path,
+            results_dir="elsewhere",
+            grid={
+                "backends": ["pytorch"],
+                "shared": {"num_input_prompts": [3, 5], "device": "cpu", "timeline.save": True},
+            },
+            execution={"cycles": 2},
+        )
+    )
     assert [e.experiment_id for e in exp.experiments] == [e.experiment_id for e in same.experiments]
     notes = "\n".join(c["_notes"])
-    for key in ("schema_version", "io.state_dir", "execution.warmup_prompts", "execution.warmup_timeout_seconds", "cold_start",
-                "group_by", "health_check", "daemon", "experiments"):  # fmt: skip
+    for key in (
+        "schema_version",
+        "io.state_dir",
+        "execution.warmup_prompts",
+        "execution.warmup_timeout_seconds",
+        "cold_start",
+        "group_by",
+        "health_check",
+        "daemon",
+        "experiments",
+    ):
         assert f"'{key}' is ignored: " in notes, key
     assert "'io.results_dir' is lem v3's name for 'results_dir'" in notes
     assert "'grid.shared.dataset.sample_size' is lem v3's name for 'grid.shared.num_input_prompts'" in notes
@@ -192,26 +235,40 @@ def test_the_fix_the_hint_gives_is_accepted(tmp_path):
         ({"save_outputs": True}, "key 'save_outputs' = true: lem v3's saved outputs are not offered here"),
         ({"pytorch": {"low_cpu_mem_usage": False}}, "transformers' low-memory loading cannot be switched off here"),
         ({"pytorch": {"beam_search": {"enabled": True, "num_beams": 4}}}, "beam search is not offered here"),
-        ({"dataset": {"name": "alpaca", "sample_size": 10}, "num_input_prompts": 50},
-         "key 'dataset.sample_size' = 10 is lem v3's name for 'num_input_prompts' (lem v3 took the prompt count from it), which "
-         "the file also sets, to 50: keep one (lem v3 used 'dataset.sample_size')"),
-        ({"prompts": {"type": "huggingface", "dataset": "alpaca", "shuffle": True, "sample_size": 8}},
-         "allowed here: dataset: {name: alpaca, shuffle: true} with num_input_prompts: 8 (shuffled by this tool's own seeded shuffle"),
-        ({"timeseries": {"sample_interval_ms": 50}},
-         "key 'timeline.interval_ms' = 50 is out of range; allowed: >= 100 (written as 'timeseries.sample_interval_ms', lem v3's name)"),
+        (
+            {"dataset": {"name": "alpaca", "sample_size": 10}, "num_input_prompts": 50},
+            "key 'dataset.sample_size' = 10 is lem v3's name for 'num_input_prompts' (lem v3 took the prompt count from it), which "
+            "the file also sets, to 50: keep one (lem v3 used 'dataset.sample_size')",
+        ),
+        (
+            {"prompts": {"type": "huggingface", "dataset": "alpaca", "shuffle": True, "sample_size": 8}},
+            "allowed here: dataset: {name: alpaca, shuffle: true} with num_input_prompts: 8 (shuffled by this tool's own seeded shuffle",
+        ),
+        (
+            {"timeseries": {"sample_interval_ms": 50}},
+            "key 'timeline.interval_ms' = 50 is out of range; allowed: >= 100 (written as 'timeseries.sample_interval_ms', lem v3's name)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_hints_point_to_what_the_key_meant(tmp_path, lem, expected):
     (tmp_path / "e.yaml").write_text(yaml.safe_dump({"model_name": "lem-tiny-llama", **lem}))
     with pytest.raises(ConfigError) as info:
         load_experiment(str(tmp_path / "e.yaml"), [])
     assert expected in str(info.value), str(info.value)
-    assert "did you mean 'max_input_tokens'" not in str(info.value) and "did you mean 'attn_implementation'" not in str(info.value)
+    assert "did you mean 'max_input_tokens'" not in str(info.value) and "did you mean 'attn_implementation'" not in str(
+        info.value
+    )
 
 
 def test_grid_keys_of_lem_are_refused_with_grid_hints(tmp_path):
     with pytest.raises(ConfigError) as info:
-        campaign(tmp_path, grid={"backends": ["pytorch", "vllm"], "shared": {"batch_size": [1, 8], "max_new_tokens": 16, "streaming": [False]}})
+        campaign(
+            tmp_path,
+            grid={
+                "backends": ["pytorch", "vllm"],
+                "shared": {"batch_size": [1, 8], "max_new_tokens": 16, "streaming": [False]},
+            },
+        )
     assert info.value.problems == [
         "key 'grid.shared.batch_size' = [1, 8]: a key of lem before v3, which lem v3 no longer read: a file setting it measured "
         "batch size 1; allowed here: grid.backend_overrides: {pytorch: {batch_size: [1, 8]}, vllm: {max_num_seqs: [1, 8]}}",
@@ -232,10 +289,16 @@ def test_a_problem_of_a_renamed_grid_key_says_how_the_file_wrote_it(tmp_path):
 
 def test_every_problem_of_a_campaign_its_files_and_grid_in_one_run(tmp_path):
     (tmp_path / "a.yaml").write_text("model_name: lem-tiny-llama\nmax_new_tokens: 8\npytorch: {batch_size: 0}\n")
-    (tmp_path / "b.yaml").write_text("model_name: lem-tiny-llama\ndevice: cpu\nmin_output_tokens: 9\nmax_output_tokens: 4\n")
-    raw = {"campaign_name": "t", "model": "lem-tiny-llama", "configs": ["a.yaml", "b.yaml", "gone.yaml"],
-           "grid": {"backends": ["pytorch"], "shared": {"decoder.temperature": [0.5, 3]}},
-           "execution": {"cycles": 0, "structure": "interleave"}}  # fmt: skip
+    (tmp_path / "b.yaml").write_text(
+        "model_name: lem-tiny-llama\ndevice: cpu\nmin_output_tokens: 9\nmax_output_tokens: 4\n"
+    )
+    raw = {
+        "campaign_name": "t",
+        "model": "lem-tiny-llama",
+        "configs": ["a.yaml", "b.yaml", "gone.yaml"],
+        "grid": {"backends": ["pytorch"], "shared": {"decoder.temperature": [0.5, 3]}},
+        "execution": {"cycles": 0, "structure": "interleave"},
+    }
     with pytest.raises(ConfigError) as info:
         resolve_campaign(raw, tmp_path, tmp_path, env={})
     assert info.value.problems == [
@@ -251,7 +314,9 @@ def test_every_problem_of_a_campaign_its_files_and_grid_in_one_run(tmp_path):
 
 
 def test_one_file_with_several_wrong_values_names_them_all(tmp_path):
-    (tmp_path / "e.yaml").write_text("model_name: lem-tiny-llama\nfp_precision: fp8\nmax_input_tokens: 0\nwarmup: {mode: quick, max_prompt: 3}\n")
+    (tmp_path / "e.yaml").write_text(
+        "model_name: lem-tiny-llama\nfp_precision: fp8\nmax_input_tokens: 0\nwarmup: {mode: quick, max_prompt: 3}\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_experiment(str(tmp_path / "e.yaml"), [])
     lines = [p.split(": ", 1)[1] for p in info.value.problems]
@@ -265,15 +330,28 @@ def test_one_file_with_several_wrong_values_names_them_all(tmp_path):
 
 
 def test_semantic_problems_are_all_named(tmp_path):
-    (tmp_path / "e.yaml").write_text(yaml.safe_dump({
-        "model_name": "lem-tiny-llama", "device": "cpu", "gpus": [1], "min_output_tokens": 9, "max_output_tokens": 4,
-        "decoder": {"do_sample": False, "top_k": 5}, "timeline": {"enabled": False, "interval_ms": 200},
-    }))  # fmt: skip
+    (tmp_path / "e.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_name": "lem-tiny-llama",
+                "device": "cpu",
+                "gpus": [1],
+                "min_output_tokens": 9,
+                "max_output_tokens": 4,
+                "decoder": {"do_sample": False, "top_k": 5},
+                "timeline": {"enabled": False, "interval_ms": 200},
+            }
+        )
+    )
     with pytest.raises(ConfigError) as info:
         load_experiment(str(tmp_path / "e.yaml"), [])
     text = str(info.value)
-    for part in ("min_output_tokens = 9 is larger", "decoder.top_k = 5 shapes sampling", "gpus = [1] selects CUDA devices",
-                 "timeline.interval_ms = 200 has no effect"):  # fmt: skip
+    for part in (
+        "min_output_tokens = 9 is larger",
+        "decoder.top_k = 5 shapes sampling",
+        "gpus = [1] selects CUDA devices",
+        "timeline.interval_ms = 200 has no effect",
+    ):
         assert part in text, text
     assert len(info.value.problems) == 4
 
@@ -286,10 +364,14 @@ def test_lem_run_says_a_campaign_is_not_an_experiment(tmp_path, capsys):
 
 @pytest.mark.parametrize(("argv", "problems"), [(["run", "pre_v3.yaml"], 9), (["validate", "campaign_v3.yaml"], 1)])
 def test_no_traceback_for_any_lem_file_and_every_problem_named(argv, problems):
-    run = subprocess.run([sys.executable, "-m", "llenergymeasure.cli", *argv], cwd=LEM, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "llenergymeasure.cli", *argv], cwd=LEM, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout, run.stderr
     lines = run.stderr.splitlines()
-    assert len(lines) == problems and all(x.startswith(("lem validate: ", "Configuration error: ")) for x in lines), run.stderr
+    assert len(lines) == problems and all(x.startswith(("lem validate: ", "Configuration error: ")) for x in lines), (
+        run.stderr
+    )
 
 
 @pytest.mark.workflow
@@ -305,23 +387,54 @@ def test_snakemake_reads_a_lem_v3_campaign_and_names_every_problem(workflow_dir)
     run = snakemake(workflow_dir, "-n", "--config", "campaign=fixed.yaml")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "  note: 'cold_start' is ignored: lem v3 accepted it but it had no effect" in run.stderr
-    assert "  note: 'configs[pytorch_v3.yaml].timeseries.save' is lem v3's name for 'configs[pytorch_v3.yaml].timeline.save'" in run.stderr
+    assert (
+        "  note: 'configs[pytorch_v3.yaml].timeseries.save' is lem v3's name for 'configs[pytorch_v3.yaml].timeline.save'"
+        in run.stderr
+    )
     fixed["configs"] = ["pytorch_v3.yaml", "pre_v3.yaml"]
     (workflow_dir / "broken.yaml").write_text(yaml.safe_dump(fixed))
     run = snakemake(workflow_dir, "-n", "--config", "campaign=broken.yaml")
     lines = [x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")]
     assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
-    assert len(lines) == 9 and all(x.startswith("Configuration error: broken.yaml: key 'configs[pre_v3.yaml].") for x in lines), lines
+    assert len(lines) == 9 and all(
+        x.startswith("Configuration error: broken.yaml: key 'configs[pre_v3.yaml].") for x in lines
+    ), lines
 
 
-@pytest.mark.parametrize(("experiment", "expected"), [
-    ({"backend": "vllm", "vllm": {"swap_space": 8, "enable_chunked_prefill": False, "distributed_backend": "ray", "max_model_len": 64}},
-     ["vllm.swap_space = 8", "vllm.enable_chunked_prefill = false", "vllm.distributed_backend = ray", "vllm.max_model_len = 64"]),
-    ({"backend": "tensorrt", "tensorrt": {"builder_opt_level": 5, "max_input_len": 8, "num_draft_tokens": 3}},
-     ["tensorrt.num_draft_tokens = 3", "tensorrt.max_input_len = 8", "tensorrt.builder_opt_level = 5"]),
-    ({"pytorch": {"load_in_4bit": True, "load_in_8bit": True, "batching_strategy": "dynamic"}, "adapter": "a/b"},
-     ["mutually exclusive", "adapter (LoRA) is supported on backend vllm only", "set pytorch.max_tokens_per_batch"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("experiment", "expected"),
+    [
+        (
+            {
+                "backend": "vllm",
+                "vllm": {
+                    "swap_space": 8,
+                    "enable_chunked_prefill": False,
+                    "distributed_backend": "ray",
+                    "max_model_len": 64,
+                },
+            },
+            [
+                "vllm.swap_space = 8",
+                "vllm.enable_chunked_prefill = false",
+                "vllm.distributed_backend = ray",
+                "vllm.max_model_len = 64",
+            ],
+        ),
+        (
+            {"backend": "tensorrt", "tensorrt": {"builder_opt_level": 5, "max_input_len": 8, "num_draft_tokens": 3}},
+            ["tensorrt.num_draft_tokens = 3", "tensorrt.max_input_len = 8", "tensorrt.builder_opt_level = 5"],
+        ),
+        (
+            {"pytorch": {"load_in_4bit": True, "load_in_8bit": True, "batching_strategy": "dynamic"}, "adapter": "a/b"},
+            [
+                "mutually exclusive",
+                "adapter (LoRA) is supported on backend vllm only",
+                "set pytorch.max_tokens_per_batch",
+            ],
+        ),
+    ],
+)
 def test_each_backend_names_every_rule_an_experiment_breaks(tmp_path, experiment, expected):
     (tmp_path / "e.yaml").write_text(yaml.safe_dump({"model_name": "some/model", "device": "cuda", **experiment}))
     with pytest.raises(ConfigError) as info:
@@ -335,10 +448,17 @@ def test_each_backend_names_every_rule_an_experiment_breaks(tmp_path, experiment
 
 
 def hub_campaign(tmp_path) -> Path:
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
-        "campaign_name": "hub", "model": "lem-tiny-llama", "dataset": "alpaca", "num_samples": 10,
-        "grid": {"backends": ["pytorch"], "shared": {"device": "cpu"}},
-    }))  # fmt: skip
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "campaign_name": "hub",
+                "model": "lem-tiny-llama",
+                "dataset": "alpaca",
+                "num_samples": 10,
+                "grid": {"backends": ["pytorch"], "shared": {"device": "cpu"}},
+            }
+        )
+    )
     return tmp_path / "c.yaml"
 
 
@@ -347,22 +467,40 @@ def test_validate_works_offline_and_says_what_it_could_not_check(tmp_path, capsy
     hub_campaign(tmp_path)
     code, out, err = cli(capsys, "validate", "c.yaml")  # HF_HUB_OFFLINE=1 in every test
     assert code == 0, err
-    assert ("warning: key 'dataset.name' = 'alpaca' (tatsu-lab/alpaca, split train) cannot be loaded: offline mode is on "
-            "(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) and it is not cached (a campaign run checks it again before its first "
-            "measurement)") in out  # fmt: skip
+    assert (
+        "warning: key 'dataset.name' = 'alpaca' (tatsu-lab/alpaca, split train) cannot be loaded: offline mode is on "
+        "(HF_DATASETS_OFFLINE/HF_HUB_OFFLINE) and it is not cached (a campaign run checks it again before its first "
+        "measurement)"
+    ) in out
     assert "Campaign 'hub' is valid: 1 experiments" in out
     # a run needs the prompts: the workflow's check still stops before any job
     from llenergymeasure.prompts import check_sources
 
     with pytest.raises(ConfigError, match="cannot be loaded: offline mode is on"):
-        check_sources([plan(resolve_campaign(yaml.safe_load((tmp_path / "c.yaml").read_text()), tmp_path, tmp_path, env={})).expansion.experiments[0].config])
+        check_sources(
+            [
+                plan(resolve_campaign(yaml.safe_load((tmp_path / "c.yaml").read_text()), tmp_path, tmp_path, env={}))
+                .expansion.experiments[0]
+                .config
+            ]
+        )
     # what can be checked offline still is: a prompt count the shipped set cannot give, a near miss of a shipped model
-    (tmp_path / "d.yaml").write_text(yaml.safe_dump({
-        "campaign_name": "d", "model": "lem-tiny-lama", "num_samples": 101, "grid": {"backends": ["pytorch"]},
-    }))  # fmt: skip
+    (tmp_path / "d.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "campaign_name": "d",
+                "model": "lem-tiny-lama",
+                "num_samples": 101,
+                "grid": {"backends": ["pytorch"]},
+            }
+        )
+    )
     code, out, err = cli(capsys, "validate", "d.yaml")
     assert code == 1 and len(err.splitlines()) == 2
-    assert "key 'num_input_prompts' = 101 is out of range; allowed: <= 100" in err and "did you mean 'lem-tiny-llama'?" in err
+    assert (
+        "key 'num_input_prompts' = 101 is out of range; allowed: <= 100" in err
+        and "did you mean 'lem-tiny-llama'?" in err
+    )
 
 
 def test_validate_does_not_wait_for_an_unreachable_hub(tmp_path, capsys, monkeypatch):
@@ -389,8 +527,10 @@ def test_validate_does_not_wait_for_an_unreachable_hub(tmp_path, capsys, monkeyp
     code, out, err = cli(capsys, "validate", "c.yaml")
     assert code == 0, err
     assert asked == ["tatsu-lab/alpaca"]
-    assert ("warning: key 'dataset.name' = 'alpaca' (tatsu-lab/alpaca, split train) cannot be checked: the Hugging Face hub "
-            "cannot be reached (ConnectionError)") in out  # fmt: skip
+    assert (
+        "warning: key 'dataset.name' = 'alpaca' (tatsu-lab/alpaca, split train) cannot be checked: the Hugging Face hub "
+        "cannot be reached (ConnectionError)"
+    ) in out
 
 
 def test_validate_still_refuses_a_dataset_the_hub_does_not_have(tmp_path, capsys, monkeypatch):
@@ -407,8 +547,16 @@ def test_validate_still_refuses_a_dataset_the_hub_does_not_have(tmp_path, capsys
         raise error
 
     monkeypatch.setattr(huggingface_hub, "dataset_info", missing)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"campaign_name": "x", "model": "lem-tiny-llama", "dataset": "someone/no-such-set",
-                                                     "grid": {"backends": ["pytorch"], "shared": {"device": "cpu"}}}))  # fmt: skip
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "campaign_name": "x",
+                "model": "lem-tiny-llama",
+                "dataset": "someone/no-such-set",
+                "grid": {"backends": ["pytorch"], "shared": {"device": "cpu"}},
+            }
+        )
+    )
     code, _out, err = cli(capsys, "validate", "c.yaml")
     assert code == 1 and err.splitlines() == [
         "lem validate: key 'dataset.name' = 'someone/no-such-set' (someone/no-such-set, split train) is not a Hugging Face "
@@ -424,8 +572,10 @@ def test_lem_validate_takes_an_experiment_file(tmp_path, capsys, monkeypatch):
     shutil.copy(LEM / "pytorch_v3.yaml", tmp_path / "exp.yaml")
     code, out, err = cli(capsys, "validate", "exp.yaml")
     assert code == 0, err
-    assert ("\nnote: exp.yaml is an experiment file (no campaign_name): checked as a one-experiment campaign. "
-            "To measure it, list it under configs: in a campaign file, or measure it once with lem run exp.yaml\n") in out  # fmt: skip
+    assert (
+        "\nnote: exp.yaml is an experiment file (no campaign_name): checked as a one-experiment campaign. "
+        "To measure it, list it under configs: in a campaign file, or measure it once with lem run exp.yaml\n"
+    ) in out
     assert "note: 'dataset.sample_size' is lem v3's name for 'num_input_prompts'" in out
     assert "is valid: 1 experiments" in out and "tiny-pytorch-v3" in out
     (tmp_path / "bad.yaml").write_text("config_name: x\nmodel_name: lem-tiny-llama\nbatch_size: 2\n")
@@ -439,20 +589,38 @@ def test_lem_validate_takes_an_experiment_file(tmp_path, capsys, monkeypatch):
 
 def test_lem_validate_verbose_shows_each_resolved_experiment(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "e.yaml").write_text("config_name: own\ndataset: {name: builtin, shuffle: true}\nnum_input_prompts: 9\ndevice: cpu\n")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
-        "campaign_name": "v", "model": "lem-tiny-llama", "dataset": "builtin", "num_samples": 4, "configs": ["e.yaml"],
-        "grid": {"backends": ["pytorch"], "shared": {"device": "cpu"}, "backend_overrides": {"pytorch": {"batch_size": [2]}}},
-    }))  # fmt: skip
+    (tmp_path / "e.yaml").write_text(
+        "config_name: own\ndataset: {name: builtin, shuffle: true}\nnum_input_prompts: 9\ndevice: cpu\n"
+    )
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "campaign_name": "v",
+                "model": "lem-tiny-llama",
+                "dataset": "builtin",
+                "num_samples": 4,
+                "configs": ["e.yaml"],
+                "grid": {
+                    "backends": ["pytorch"],
+                    "shared": {"device": "cpu"},
+                    "backend_overrides": {"pytorch": {"batch_size": [2]}},
+                },
+            }
+        )
+    )
     code, out, err = cli(capsys, "validate", "--verbose", "c.yaml")
     assert code == 0, err
     p = plan(resolve_campaign(yaml.safe_load((tmp_path / "c.yaml").read_text()), tmp_path, tmp_path, env={}))
     own, grid = p.expansion.experiments
-    assert f"  {own.experiment_id}  own  (configs[e.yaml])\n    model_name: lem-tiny-llama\n    device: cpu\n" \
-           "    num_input_prompts: 9\n    dataset.shuffle: true\n" in out  # fmt: skip
+    assert (
+        f"  {own.experiment_id}  own  (configs[e.yaml])\n    model_name: lem-tiny-llama\n    device: cpu\n"
+        "    num_input_prompts: 9\n    dataset.shuffle: true\n" in out
+    )
     assert f"  {grid.experiment_id}  pytorch-lem-tiny-llama  (grid)\n" in out and "    pytorch.batch_size: 2\n" in out
-    assert ("note: configs[e.yaml] sets num_input_prompts = 9: the campaign's num_samples = 4 applies only to experiments "
-            "that set none") in out  # fmt: skip
+    assert (
+        "note: configs[e.yaml] sets num_input_prompts = 9: the campaign's num_samples = 4 applies only to experiments "
+        "that set none"
+    ) in out
     assert "sets its own dataset" not in out  # the same dataset name: nothing shadowed
     code, out, _ = cli(capsys, "--json", "validate", "--verbose", "c.yaml")
     data = json.loads(out)
@@ -481,14 +649,21 @@ def test_lem_run_dry_run_measures_nothing(tmp_path, capsys, monkeypatch):
     from llenergymeasure.campaign import experiment_id
 
     assert out.splitlines()[0] == f"experiment {experiment_id(config)} (tiny-pytorch-v3)"
-    assert "    pytorch.batch_size: 2\n" in out and "    timeline.interval_ms: 250\n" in out and out.endswith("dry run: nothing measured\n")
+    assert (
+        "    pytorch.batch_size: 2\n" in out
+        and "    timeline.interval_ms: 250\n" in out
+        and out.endswith("dry run: nothing measured\n")
+    )
     assert "note: exp.yaml: 'timeseries.save' is lem v3's name for 'timeline.save'" in err
     code, out, _ = cli(capsys, "run", "exp.yaml", "--dry-run", "--json")
     assert json.loads(out)["params"] == sparse_config(load_experiment("exp.yaml", []))
     assert not list(tmp_path.rglob("*.json")) and not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize(("argv", "problems"), [(["validate", "pre_v3.yaml"], 9), (["run", "pre_v3.yaml", "--dry-run"], 9), (["validate", "lem-config.yaml"], 1)])
+@pytest.mark.parametrize(
+    ("argv", "problems"),
+    [(["validate", "pre_v3.yaml"], 9), (["run", "pre_v3.yaml", "--dry-run"], 9), (["validate", "lem-config.yaml"], 1)],
+)
 def test_no_traceback_from_the_commands_given_any_lem_file(argv, problems):
     test_no_traceback_for_any_lem_file_and_every_problem_named(argv, problems)
 
@@ -500,21 +675,52 @@ def test_command_line_values_are_read_as_their_keys_types():
     from llenergymeasure.config import coerce_overrides
 
     # what Snakemake hands over for --config 'execution={cycles: 5, ...}' (YAML's base loader: every scalar a string)
-    given = {"execution": {"cycles": "5", "structure": "shuffled", "seed": "0", "config_gap_s": "2.5", "cycle_gap_seconds": "9"},
-             "notifications": {"on_complete": "false", "webhook_url": "null"}, "campaign_name": "2024", "model": "null",
-             "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": ["1", "8"], "gpus": ["0", "1"], "decoder.preset": "null",
-                                                          "fp_precision": "float32", "random_seed": "7", "dataset.name": "123",
-                                                          "baseline.duration_sec": "2"},
-                      "backend_overrides": {"pytorch": {"num_processes": "2"}}}}  # fmt: skip
+    given = {
+        "execution": {
+            "cycles": "5",
+            "structure": "shuffled",
+            "seed": "0",
+            "config_gap_s": "2.5",
+            "cycle_gap_seconds": "9",
+        },
+        "notifications": {"on_complete": "false", "webhook_url": "null"},
+        "campaign_name": "2024",
+        "model": "null",
+        "grid": {
+            "backends": ["pytorch"],
+            "shared": {
+                "pytorch.batch_size": ["1", "8"],
+                "gpus": ["0", "1"],
+                "decoder.preset": "null",
+                "fp_precision": "float32",
+                "random_seed": "7",
+                "dataset.name": "123",
+                "baseline.duration_sec": "2",
+            },
+            "backend_overrides": {"pytorch": {"num_processes": "2"}},
+        },
+    }
     assert coerce_overrides(given) == {
         "execution": {"cycles": 5, "structure": "shuffled", "seed": 0, "config_gap_s": 2.5, "cycle_gap_seconds": 9},
-        "notifications": {"on_complete": False, "webhook_url": None}, "campaign_name": "2024", "model": None,
-        "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": [1, 8], "gpus": [0, 1], "decoder.preset": None,
-                                                     "fp_precision": "float32", "random_seed": 7, "dataset.name": "123",
-                                                     "baseline.duration_sec": 2},
-                 "backend_overrides": {"pytorch": {"num_processes": 2}}},
-    }  # fmt: skip
-    assert coerce_overrides({"execution": {"cycles": "many"}}) == {"execution": {"cycles": "many"}}  # the schema says why
+        "notifications": {"on_complete": False, "webhook_url": None},
+        "campaign_name": "2024",
+        "model": None,
+        "grid": {
+            "backends": ["pytorch"],
+            "shared": {
+                "pytorch.batch_size": [1, 8],
+                "gpus": [0, 1],
+                "decoder.preset": None,
+                "fp_precision": "float32",
+                "random_seed": 7,
+                "dataset.name": "123",
+                "baseline.duration_sec": 2,
+            },
+            "backend_overrides": {"pytorch": {"num_processes": 2}},
+        },
+    }
+    # left as given: the schema says why
+    assert coerce_overrides({"execution": {"cycles": "many"}}) == {"execution": {"cycles": "many"}}
 
 
 @pytest.mark.workflow
@@ -526,7 +732,9 @@ def test_the_documented_config_override_works(workflow_dir):
     assert "2 experiments x 5 cycles, grouped order" in run.stderr
     assert job_counts(run.stdout + run.stderr)["measure"] == 10
     shutil.copy(workflow_dir / "config" / "campaign.yaml", workflow_dir / "mine.yaml")
-    run = snakemake(workflow_dir, "-n", "--configfile", "mine.yaml", "--config", "execution={cycles: 4}", "num_samples=8")
+    run = snakemake(
+        workflow_dir, "-n", "--configfile", "mine.yaml", "--config", "execution={cycles: 4}", "num_samples=8"
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "2 experiments x 4 cycles" in run.stderr
     bad = snakemake(workflow_dir, "-n", "--config", "execution={cycles: lots}")

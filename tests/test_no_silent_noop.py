@@ -71,7 +71,10 @@ ALT: dict[str, list[tuple]] = {
     "no_weights": [(True, {"model_name": f"{MODEL}/config.json"})],
     "fp_precision": [("bfloat16", {})],
     "device": [("cuda", {}), ("cpu", {}), ("auto", {})],
-    "gpus": [([1], {}), ([0, 1], {"vllm.tensor_parallel_size": 2, "tensorrt.tp_size": 2, "pytorch.num_processes": 2, "device": "cuda"})],
+    "gpus": [
+        ([1], {}),
+        ([0, 1], {"vllm.tensor_parallel_size": 2, "tensorrt.tp_size": 2, "pytorch.num_processes": 2, "device": "cuda"}),
+    ],
     "adapter": [("/adapters/a", {}), ("/adapters/b", {"adapter": "/adapters/a", "vllm.lora.enabled": True})],
     "max_input_tokens": [(16, {})],
     "max_output_tokens": [(5, {})],
@@ -90,19 +93,41 @@ ALT: dict[str, list[tuple]] = {
     "decoder.top_p": [(0.8, {}), (0.8, {"decoder.do_sample": False})],
     "decoder.repetition_penalty": [(1.2, {}), (1.2, {"decoder.do_sample": False})],
     "pytorch.batch_size": [(2, {})],
-    "pytorch.batching_strategy": [(name, {"pytorch.batch_size": 2, "dataset.name": f"{WORK}/prompts.jsonl"})
-                                  for name in ("sorted_static", "dynamic", "sorted_dynamic")]
-    + [(name, {"max_input_tokens": 8, "pytorch.batch_size": 4, "dataset.name": f"{WORK}/prompts.jsonl"},
-        {"pytorch.max_tokens_per_batch": 12}) for name in ("dynamic", "sorted_dynamic")],
-    "pytorch.max_tokens_per_batch": [(40, {}), (12, {"pytorch.batching_strategy": "dynamic", "pytorch.batch_size": 4, "max_input_tokens": 8,
-                                                     "pytorch.max_tokens_per_batch": 32, "dataset.name": f"{WORK}/prompts.jsonl"})],
+    "pytorch.batching_strategy": [
+        (name, {"pytorch.batch_size": 2, "dataset.name": f"{WORK}/prompts.jsonl"})
+        for name in ("sorted_static", "dynamic", "sorted_dynamic")
+    ]
+    + [
+        (
+            name,
+            {"max_input_tokens": 8, "pytorch.batch_size": 4, "dataset.name": f"{WORK}/prompts.jsonl"},
+            {"pytorch.max_tokens_per_batch": 12},
+        )
+        for name in ("dynamic", "sorted_dynamic")
+    ],
+    "pytorch.max_tokens_per_batch": [
+        (40, {}),
+        (
+            12,
+            {
+                "pytorch.batching_strategy": "dynamic",
+                "pytorch.batch_size": 4,
+                "max_input_tokens": 8,
+                "pytorch.max_tokens_per_batch": 32,
+                "dataset.name": f"{WORK}/prompts.jsonl",
+            },
+        ),
+    ],
     "pytorch.attn_implementation": [("eager", {}), ("flash_attention_2", {})],
     "pytorch.min_p": [(0.1, {}), (0.1, {"decoder.do_sample": False})],
     "pytorch.no_repeat_ngram_size": [(3, {})],
     "pytorch.num_processes": [(2, {}), (2, {"device": "cuda"}, {"gpus": [0, 1]})],
     "pytorch.load_in_4bit": [(True, {}), (True, {"device": "cuda"})],
     "pytorch.load_in_8bit": [(True, {}), (True, {"device": "cuda"})],
-    "pytorch.bnb_4bit_compute_dtype": [("bfloat16", {}), ("bfloat16", {"device": "cuda", "pytorch.load_in_4bit": True})],
+    "pytorch.bnb_4bit_compute_dtype": [
+        ("bfloat16", {}),
+        ("bfloat16", {"device": "cuda", "pytorch.load_in_4bit": True}),
+    ],
     "pytorch.bnb_4bit_quant_type": [("fp4", {}), ("fp4", {"device": "cuda", "pytorch.load_in_4bit": True})],
     "pytorch.bnb_4bit_use_double_quant": [(True, {}), (True, {"device": "cuda", "pytorch.load_in_4bit": True})],
     "pytorch.extra": [({"typical_p": 0.9}, {})],
@@ -126,16 +151,41 @@ ALT: dict[str, list[tuple]] = {
     "vllm.min_p": [(0.05, {}), (0.05, {"decoder.do_sample": False})],
     "vllm.logprobs": [(2, {})],
     "vllm.logit_bias": [({"5": 1.5}, {})],
-    "vllm.speculative.model": [("org/eagle", {}), ("org/eagle", {"vllm.speculative.method": "eagle"}),
-                               ("org/draft", {"vllm.speculative.method": "eagle", "vllm.speculative.model": "org/eagle"})],
-    "vllm.speculative.num_tokens": [(3, {}), (3, {"vllm.speculative.method": "ngram", "vllm.speculative.prompt_lookup_max": 4})],
-    "vllm.speculative.method": [("ngram", {"vllm.speculative.prompt_lookup_max": 4}), ("eagle", {"vllm.speculative.model": "org/eagle"}),
-                                ("medusa", {"vllm.speculative.method": "eagle", "vllm.speculative.model": "org/eagle"})],
-    "vllm.speculative.prompt_lookup_min": [(2, {}), (2, {"vllm.speculative.method": "ngram", "vllm.speculative.prompt_lookup_max": 4}),
-                                           (2, {"vllm.speculative.method": "eagle", "vllm.speculative.model": "org/eagle"})],
-    "vllm.speculative.prompt_lookup_max": [(4, {}), (5, {"vllm.speculative.method": "ngram", "vllm.speculative.prompt_lookup_max": 4})],
-    "vllm.speculative.draft_tp_size": [(2, {}), (2, {"vllm.speculative.method": "eagle", "vllm.speculative.model": "org/eagle",
-                                                     "gpus": [0, 1], "vllm.tensor_parallel_size": 2})],
+    "vllm.speculative.model": [
+        ("org/eagle", {}),
+        ("org/eagle", {"vllm.speculative.method": "eagle"}),
+        ("org/draft", {"vllm.speculative.method": "eagle", "vllm.speculative.model": "org/eagle"}),
+    ],
+    "vllm.speculative.num_tokens": [
+        (3, {}),
+        (3, {"vllm.speculative.method": "ngram", "vllm.speculative.prompt_lookup_max": 4}),
+    ],
+    "vllm.speculative.method": [
+        ("ngram", {"vllm.speculative.prompt_lookup_max": 4}),
+        ("eagle", {"vllm.speculative.model": "org/eagle"}),
+        ("medusa", {"vllm.speculative.method": "eagle", "vllm.speculative.model": "org/eagle"}),
+    ],
+    "vllm.speculative.prompt_lookup_min": [
+        (2, {}),
+        (2, {"vllm.speculative.method": "ngram", "vllm.speculative.prompt_lookup_max": 4}),
+        (2, {"vllm.speculative.method": "eagle", "vllm.speculative.model": "org/eagle"}),
+    ],
+    "vllm.speculative.prompt_lookup_max": [
+        (4, {}),
+        (5, {"vllm.speculative.method": "ngram", "vllm.speculative.prompt_lookup_max": 4}),
+    ],
+    "vllm.speculative.draft_tp_size": [
+        (2, {}),
+        (
+            2,
+            {
+                "vllm.speculative.method": "eagle",
+                "vllm.speculative.model": "org/eagle",
+                "gpus": [0, 1],
+                "vllm.tensor_parallel_size": 2,
+            },
+        ),
+    ],
     "vllm.lora.enabled": [(True, {}), (True, {"adapter": "/adapters/a"})],
     "vllm.lora.max_loras": [(2, {}), (2, {"adapter": "/adapters/a", "vllm.lora.enabled": True})],
     "vllm.lora.max_rank": [(32, {}), (32, {"adapter": "/adapters/a", "vllm.lora.enabled": True})],
@@ -145,13 +195,30 @@ ALT: dict[str, list[tuple]] = {
     "tensorrt.max_num_tokens": [(512, {}), (512, {"tensorrt.engine_path": f"{WORK}/engine"})],
     "tensorrt.max_input_len": [(64, {}), (64, {"tensorrt.engine_path": f"{WORK}/engine"})],
     "tensorrt.max_output_len": [(16, {})],
-    "tensorrt.quantization": [("int8_weight_only", {}), ("fp8", {"tensorrt.calibration.dataset": f"{WORK}/calib"}), ("fp8", {}),
-                              ("int4_gptq", {})],
-    "tensorrt.calibration.dataset": [(f"{WORK}/calib", {}), (f"{WORK}/calib", {"tensorrt.quantization": "fp8"}),
-                                     ("pileval", {"tensorrt.quantization": "fp8"}), ("wikitext", {"tensorrt.quantization": "fp8"})],
-    "tensorrt.calibration.split": [("validation", {}), ("validation", {"tensorrt.quantization": "fp8", "tensorrt.calibration.dataset": f"{WORK}/calib"})],
-    "tensorrt.calibration.num_samples": [(128, {}), (128, {"tensorrt.quantization": "fp8", "tensorrt.calibration.dataset": f"{WORK}/calib"})],
-    "tensorrt.calibration.max_length": [(512, {}), (512, {"tensorrt.quantization": "fp8", "tensorrt.calibration.dataset": f"{WORK}/calib"})],
+    "tensorrt.quantization": [
+        ("int8_weight_only", {}),
+        ("fp8", {"tensorrt.calibration.dataset": f"{WORK}/calib"}),
+        ("fp8", {}),
+        ("int4_gptq", {}),
+    ],
+    "tensorrt.calibration.dataset": [
+        (f"{WORK}/calib", {}),
+        (f"{WORK}/calib", {"tensorrt.quantization": "fp8"}),
+        ("pileval", {"tensorrt.quantization": "fp8"}),
+        ("wikitext", {"tensorrt.quantization": "fp8"}),
+    ],
+    "tensorrt.calibration.split": [
+        ("validation", {}),
+        ("validation", {"tensorrt.quantization": "fp8", "tensorrt.calibration.dataset": f"{WORK}/calib"}),
+    ],
+    "tensorrt.calibration.num_samples": [
+        (128, {}),
+        (128, {"tensorrt.quantization": "fp8", "tensorrt.calibration.dataset": f"{WORK}/calib"}),
+    ],
+    "tensorrt.calibration.max_length": [
+        (512, {}),
+        (512, {"tensorrt.quantization": "fp8", "tensorrt.calibration.dataset": f"{WORK}/calib"}),
+    ],
     "tensorrt.engine_path": [(f"{WORK}/engine", {})],
     "tensorrt.force_rebuild": [(True, {}), (True, {"tensorrt.engine_path": f"{WORK}/engine"})],
     "tensorrt.engine_cache_dir": [(f"{WORK}/cache", {}), (f"{WORK}/cache", {"tensorrt.engine_path": f"{WORK}/engine"})],
@@ -277,8 +344,10 @@ def received(config: dict, model: str, tokenizer, llmapi) -> dict:
     out["measurement"] = {k: config[k] for k in ("warmup", "baseline", "timeline")}
     out["window"] = {k: config["energy"][k] for k in ("min_window_s", "repeat_to_min_window")}
     gpu_count = rules.gpus(config) if config["device"] != "cpu" else 0
-    out["meters"] = {host: _on_host(host, lambda: _attempt(lambda: select_meters(config["energy"], gpu_count).describe()))
-                     for host in ("rapl_and_gpu", "bare")}  # fmt: skip
+    out["meters"] = {
+        host: _on_host(host, lambda: _attempt(lambda: select_meters(config["energy"], gpu_count).describe()))
+        for host in ("rapl_and_gpu", "bare")
+    }
     out["emissions"] = emissions_section(1.0, config["energy"]["country_iso_code"], "x")
     n_out, n_min, seed = config["max_output_tokens"], config["min_output_tokens"], config["random_seed"]
     out["truncation"] = config["max_input_tokens"]
@@ -288,10 +357,15 @@ def received(config: dict, model: str, tokenizer, llmapi) -> dict:
         b = PyTorchBackend(config, model)
         b.tokenizer, b.stop_token_ids, b.pad_token_id = tokenizer, [tokenizer.eos_token_id], tokenizer.pad_token_id
         b.device = "cpu"  # where plan() puts the encoded batches
-        out["load"] = {"dtype": config["fp_precision"], "attn_implementation": config["pytorch"]["attn_implementation"],
-                       "bitsandbytes": b.bnb_kwargs(), "weights": "random" if config["no_weights"] else config["model_name"],
-                       "device": _attempt(b.resolve_device), "requested_device": config["device"],
-                       "torch_compile": b.compile_kwargs()}  # fmt: skip
+        out["load"] = {
+            "dtype": config["fp_precision"],
+            "attn_implementation": config["pytorch"]["attn_implementation"],
+            "bitsandbytes": b.bnb_kwargs(),
+            "weights": "random" if config["no_weights"] else config["model_name"],
+            "device": _attempt(b.resolve_device),
+            "requested_device": config["device"],
+            "torch_compile": b.compile_kwargs(),
+        }
         out["generate"] = b._generate_kwargs(n_out, n_min)
         out["seed"] = seed
         out["plan"] = [bt.indices for bt in b.plan(prompts)] if isinstance(prompts, list) else None
@@ -316,8 +390,11 @@ def received(config: dict, model: str, tokenizer, llmapi) -> dict:
         out["quantization"] = plain(b.quant_args(llmapi))
         out["runtime"] = plain(b.runtime_args(llmapi))
         out["engine_key"] = engine_key_fields(config, config["model_name"], "sm_90", "1.0.0")
-        out["engine_source"] = {"engine_path": config["tensorrt"]["engine_path"], "force_rebuild": config["tensorrt"]["force_rebuild"],
-                                "cache_root": str(engine_cache_root(config))}  # fmt: skip
+        out["engine_source"] = {
+            "engine_path": config["tensorrt"]["engine_path"],
+            "force_rebuild": config["tensorrt"]["force_rebuild"],
+            "cache_root": str(engine_cache_root(config)),
+        }
         out["environment"] = engine_environment(config, {})
         b.end_id, b.pad_id, b.stop_token_ids = tokenizer.eos_token_id, tokenizer.eos_token_id, [tokenizer.eos_token_id]
         out["sampling"] = b.sampling_kwargs(n_out, n_min, seed)
@@ -333,7 +410,9 @@ def work(tmp_path_factory, tiny_model):
     rows = [{"prompt": "rain " * (6 - i), "text": f"text {i}", "other": f"other column {i}"} for i in range(6)]
     (folder / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "calib").mkdir()
-    (folder / "calib" / "train.jsonl").write_text("".join(json.dumps({"text": f"calibration {i}"}) + "\n" for i in range(4)))
+    (folder / "calib" / "train.jsonl").write_text(
+        "".join(json.dumps({"text": f"calibration {i}"}) + "\n" for i in range(4))
+    )
     (folder / "engine").mkdir()
     return folder
 
@@ -378,13 +457,21 @@ def host(monkeypatch, tmp_path):
 
 # ------------------------------------------------------------------------------------------------- the property
 def test_every_leaf_has_a_probe():
-    missing = [leaf for leaf in LEAVES if leaf not in EXEMPT and leaf not in ALT and "enum" not in LEAVES[leaf]
-               and LEAVES[leaf].get("type") != "boolean"]  # fmt: skip
+    missing = [
+        leaf
+        for leaf in LEAVES
+        if leaf not in EXEMPT
+        and leaf not in ALT
+        and "enum" not in LEAVES[leaf]
+        and LEAVES[leaf].get("type") != "boolean"
+    ]
     assert missing == []
 
 
 @pytest.mark.parametrize(("leaf", "backend"), list(_cases()))
-def test_a_changed_setting_reaches_the_backend_or_is_refused(leaf, backend, work, tiny_model, tokenizer, host, fake_trt):
+def test_a_changed_setting_reaches_the_backend_or_is_refused(
+    leaf, backend, work, tiny_model, tokenizer, host, fake_trt
+):
     from tensorrt_llm import llmapi
 
     shown = 0
@@ -393,7 +480,9 @@ def test_a_changed_setting_reaches_the_backend_or_is_refused(leaf, backend, work
         if base is None:  # these companions do not apply to this backend: nothing to show here
             assert companions, f"the base {backend} experiment is refused: {why}"
             continue
-        changed, refused = resolved(backend, {**companions, leaf: value, **(needs[0] if needs else {})}, work, tiny_model)
+        changed, refused = resolved(
+            backend, {**companions, leaf: value, **(needs[0] if needs else {})}, work, tiny_model
+        )
         if changed == base:  # the base already has this value (e.g. device: cpu on PyTorch): no change to show
             continue
         if refused:
@@ -401,7 +490,9 @@ def test_a_changed_setting_reaches_the_backend_or_is_refused(leaf, backend, work
             continue
         before = received(base, tiny_model, tokenizer, llmapi)
         after = received(changed, tiny_model, tokenizer, llmapi)
-        assert before != after, f"{leaf} = {value!r} (with {companions}) is accepted but changes nothing {backend} receives"
+        assert before != after, (
+            f"{leaf} = {value!r} (with {companions}) is accepted but changes nothing {backend} receives"
+        )
         shown += 1
     assert shown, f"{leaf}: no alternative could be checked on {backend}"
 
@@ -417,7 +508,11 @@ class Tracked(dict):
         value = super().__getitem__(key)
         path = f"{self._prefix}{key}"
         self._reads.add(path)
-        return Tracked(value, self._reads, path + ".") if isinstance(value, dict) and not isinstance(value, Tracked) else value
+        return (
+            Tracked(value, self._reads, path + ".")
+            if isinstance(value, dict) and not isinstance(value, Tracked)
+            else value
+        )
 
     def get(self, key, default=None):
         return self[key] if key in self else default  # noqa: SIM401 - through __getitem__, which records the read
@@ -434,7 +529,9 @@ def test_every_measurement_setting_is_read(tiny_model, tmp_path, monkeypatch):
 
     monkeypatch.setenv("LLM_ENERGY_CACHE_DIR", str(tmp_path / "cache"))  # the idle baseline is measured, not cached
     monkeypatch.setattr(meters, "rapl_domains", lambda *a, **k: [])  # the CPU estimate, as on this project's machines
-    config, why = resolved("pytorch", {"energy.country_iso_code": "FRA", "timeline.interval_ms": 200}, tmp_path, tiny_model)
+    config, why = resolved(
+        "pytorch", {"energy.country_iso_code": "FRA", "timeline.interval_ms": 200}, tmp_path, tiny_model
+    )
     assert config is not None, why
     reads: set = set()
     run_experiment(Tracked(config, reads), "noop-probe", 1, tiny_model, None, {"state_dir": str(tmp_path / "state")})

@@ -21,7 +21,13 @@ def hook():
 
 
 def test_payload_shape(hook):
-    sent = notify({"webhook_url": hook.url, "on_complete": True}, "complete", "c1d2e3f4", "exp-1", {"config_name": "a", "cycle": 0})
+    sent = notify(
+        {"webhook_url": hook.url, "on_complete": True},
+        "complete",
+        "c1d2e3f4",
+        "exp-1",
+        {"config_name": "a", "cycle": 0},
+    )
     assert sent["sent"] is True and sent["status"] == 200
     body = hook.received[0]
     assert set(body) == {"event_type", "experiment_id", "campaign_id", "timestamp", "data"}

@@ -52,10 +52,17 @@ def half_width(values, confidence=0.95):
 def test_the_decision_rule():
     # [10, 12, 14]: mean 12, sd 2, t(0.975, 2) = 4.303: half-width 4.97, 41.4 % of the mean
     met = assess([10.0, 12.0, 14.0], T)
-    assert met["achieved_relative_half_width"] == pytest.approx(half_width([10, 12, 14])) == pytest.approx(0.4141, abs=1e-4)
+    assert (
+        met["achieved_relative_half_width"]
+        == pytest.approx(half_width([10, 12, 14]))
+        == pytest.approx(0.4141, abs=1e-4)
+    )
     assert (met["decision"], met["reason"], met["target_met"]) == ("stop", "target_met", True)
     tight = Target(0.4, "energy_j", 3, 5, 0.95)
-    assert (assess([10.0, 12.0, 14.0], tight)["decision"], assess([10.0, 12.0, 14.0], tight)["reason"]) == ("continue", "target_not_met")
+    assert (assess([10.0, 12.0, 14.0], tight)["decision"], assess([10.0, 12.0, 14.0], tight)["reason"]) == (
+        "continue",
+        "target_not_met",
+    )
     last = assess([10.0, 20.0, 10.0, 20.0, 10.0], tight)  # 5 = max_cycles; ±48.6 %
     assert (last["decision"], last["reason"], last["target_met"]) == ("stop", "max_cycles_reached", False)
     # a 99 % interval is wider: the same values meet 0.5 at 95 % but not at 99 %
@@ -91,7 +98,9 @@ def test_decisions_are_files_read_back_and_walked(tmp_path):
     assert decisions_on_disk(tmp_path, "e", T) == (5, False)  # cycle 5 scheduled, its decision still to come
     assert decisions_on_disk(tmp_path, "other", T) == (3, False)
     (tmp_path / "decisions" / "e" / "after_cycle_4.json").write_text('{"truncated')
-    with pytest.raises(DecisionError, match=r"after_cycle_4\.json is not the decision after cycle 4 of e .damaged.*delete it and rerun"):
+    with pytest.raises(
+        DecisionError, match=r"after_cycle_4\.json is not the decision after cycle 4 of e .damaged.*delete it and rerun"
+    ):
         read_decision(tmp_path / "decisions" / "e" / "after_cycle_4.json", "e", 4)
 
 
@@ -146,36 +155,87 @@ def test_keys_have_defaults_and_mean_off_without_a_target(tmp_path):
     assert all("default" in v and v.get("description") for v in leaves.values())
     assert leaves["metric"]["enum"] == list(TARGET_METRICS) and set(TARGET_METRICS) <= set(METRICS)
     c = resolve({}, tmp_path)
-    assert c["execution"]["precision_target"] == {"relative_half_width": None, "metric": "j_per_output_token",
-                                                  "min_cycles": 3, "max_cycles": 10}  # fmt: skip
+    assert c["execution"]["precision_target"] == {
+        "relative_half_width": None,
+        "metric": "j_per_output_token",
+        "min_cycles": 3,
+        "max_cycles": 10,
+    }
     assert plan(c).target is None
     c = resolve({"precision_target": {"relative_half_width": 0.02}}, tmp_path, analysis={"confidence": 0.9})
     assert plan(c).target == Target(0.02, "j_per_output_token", 3, 10, 0.9)
     # execution.cycles equal to the minimum is consistent (the default campaign file sets cycles: 3)
-    assert plan(resolve({"cycles": 3, "precision_target": {"relative_half_width": 0.02}}, tmp_path)).target.min_cycles == 3
+    assert (
+        plan(resolve({"cycles": 3, "precision_target": {"relative_half_width": 0.02}}, tmp_path)).target.min_cycles == 3
+    )
 
 
 @pytest.mark.parametrize(
     "pt, extra, expected",
     [
-        ({"relative_half_width": 0}, {}, "key 'execution.precision_target.relative_half_width' = 0 is out of range; allowed: > 0"),
-        ({"relative_half_width": 2}, {}, "key 'execution.precision_target.relative_half_width' = 2 is out of range; allowed: <= 1"),
-        ({"relative_half_width": "2%"}, {}, "key 'execution.precision_target.relative_half_width' = '2%' has the wrong type; allowed: number or null"),
-        ({"relative_half_width": 0.05, "metric": "latency"}, {},
-         "key 'execution.precision_target.metric' = 'latency' is not allowed; allowed: j_per_output_token, energy_j, output_tokens_per_s"),
-        ({"relative_half_width": 0.05, "min_cycles": 2}, {}, "key 'execution.precision_target.min_cycles' = 2 is out of range; allowed: >= 3"),
-        ({"relative_half_width": 0.05, "max_cycles": 101}, {}, "key 'execution.precision_target.max_cycles' = 101 is out of range; allowed: <= 100"),
-        ({"relative_half_width": 0.05, "min_cycles": 5, "max_cycles": 4}, {},
-         "key 'execution.precision_target.max_cycles' = 4 is smaller than execution.precision_target.min_cycles = 5; allowed: >= 5"),
-        ({"relative_half_width": 0.05, "max_cycles": 2}, {}, "key 'execution.precision_target.max_cycles' = 2 is out of range; allowed: >= 3"),
-        ({"relative_half_width": 0.05}, {"cycles": 5},
-         "key 'execution.cycles' = 5 contradicts execution.precision_target.min_cycles = 3: with a precision target every "
-         "experiment runs execution.precision_target.min_cycles to max_cycles cycles; remove execution.cycles (or make it equal to min_cycles)"),
-        ({"max_cycles": 20}, {}, "execution.precision_target.max_cycles = 20 has no effect: execution.precision_target.relative_half_width is null "
-                                 "(every experiment runs execution.cycles cycles); set a target, or remove the key"),
-        ({"relative_half_width": None, "metric": "energy_j"}, {}, "execution.precision_target.metric = \"energy_j\" has no effect"),
-        ({"relative_half_width": 0.05, "min_cycle": 4}, {}, "unknown key 'execution.precision_target.min_cycle' (value 4); allowed keys here: "
-                                                           "max_cycles, metric, min_cycles, relative_half_width (did you mean 'min_cycles'?)"),
+        (
+            {"relative_half_width": 0},
+            {},
+            "key 'execution.precision_target.relative_half_width' = 0 is out of range; allowed: > 0",
+        ),
+        (
+            {"relative_half_width": 2},
+            {},
+            "key 'execution.precision_target.relative_half_width' = 2 is out of range; allowed: <= 1",
+        ),
+        (
+            {"relative_half_width": "2%"},
+            {},
+            "key 'execution.precision_target.relative_half_width' = '2%' has the wrong type; allowed: number or null",
+        ),
+        (
+            {"relative_half_width": 0.05, "metric": "latency"},
+            {},
+            "key 'execution.precision_target.metric' = 'latency' is not allowed; allowed: j_per_output_token, energy_j, output_tokens_per_s",
+        ),
+        (
+            {"relative_half_width": 0.05, "min_cycles": 2},
+            {},
+            "key 'execution.precision_target.min_cycles' = 2 is out of range; allowed: >= 3",
+        ),
+        (
+            {"relative_half_width": 0.05, "max_cycles": 101},
+            {},
+            "key 'execution.precision_target.max_cycles' = 101 is out of range; allowed: <= 100",
+        ),
+        (
+            {"relative_half_width": 0.05, "min_cycles": 5, "max_cycles": 4},
+            {},
+            "key 'execution.precision_target.max_cycles' = 4 is smaller than execution.precision_target.min_cycles = 5; allowed: >= 5",
+        ),
+        (
+            {"relative_half_width": 0.05, "max_cycles": 2},
+            {},
+            "key 'execution.precision_target.max_cycles' = 2 is out of range; allowed: >= 3",
+        ),
+        (
+            {"relative_half_width": 0.05},
+            {"cycles": 5},
+            "key 'execution.cycles' = 5 contradicts execution.precision_target.min_cycles = 3: with a precision target every "
+            "experiment runs execution.precision_target.min_cycles to max_cycles cycles; remove execution.cycles (or make it equal to min_cycles)",
+        ),
+        (
+            {"max_cycles": 20},
+            {},
+            "execution.precision_target.max_cycles = 20 has no effect: execution.precision_target.relative_half_width is null "
+            "(every experiment runs execution.cycles cycles); set a target, or remove the key",
+        ),
+        (
+            {"relative_half_width": None, "metric": "energy_j"},
+            {},
+            'execution.precision_target.metric = "energy_j" has no effect',
+        ),
+        (
+            {"relative_half_width": 0.05, "min_cycle": 4},
+            {},
+            "unknown key 'execution.precision_target.min_cycle' (value 4); allowed keys here: "
+            "max_cycles, metric, min_cycles, relative_half_width (did you mean 'min_cycles'?)",
+        ),
     ],
 )
 def test_bad_values_are_one_line_errors(tmp_path, pt, extra, expected):
@@ -192,8 +252,13 @@ def test_bad_values_are_one_line_errors(tmp_path, pt, extra, expected):
 def test_the_minimum_plan_and_the_order_of_cycles_added_later(tmp_path, structure):
     grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2, 4]}}}
     fixed = plan(resolve({"cycles": 3, "structure": structure, "seed": 7}, tmp_path, grid=grid))
-    targeted = plan(resolve({"structure": structure, "seed": 7, "precision_target": {"relative_half_width": 0.05, "max_cycles": 6}},
-                            tmp_path, grid=grid))  # fmt: skip
+    targeted = plan(
+        resolve(
+            {"structure": structure, "seed": 7, "precision_target": {"relative_half_width": 0.05, "max_cycles": 6}},
+            tmp_path,
+            grid=grid,
+        )
+    )
     ids = [e.experiment_id for e in targeted.expansion.experiments]
     # scheduled up front: the first min_cycles of every experiment, in exactly the order of a 3-cycle campaign
     assert targeted.order == fixed.order and len(targeted.order) == 9
@@ -224,9 +289,18 @@ def test_aggregated_precision_and_summary_columns(tmp_path, template):
     maxed = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0, 10.0], "exp-max")
     agg = aggregate_experiment(met, "met", 0.5, 0.95, target=T)
     p = agg["precision"]
-    assert p == {"metric": "energy_j", "confidence": 0.95, "target_relative_half_width": 0.5,
-                 "achieved_relative_half_width": pytest.approx(half_width([10, 12, 14])), "target_met": True,
-                 "max_cycles_reached": False, "status": "target_met", "cycles_run": 3, "min_cycles": 3, "max_cycles": 5}  # fmt: skip
+    assert p == {
+        "metric": "energy_j",
+        "confidence": 0.95,
+        "target_relative_half_width": 0.5,
+        "achieved_relative_half_width": pytest.approx(half_width([10, 12, 14])),
+        "target_met": True,
+        "max_cycles_reached": False,
+        "status": "target_met",
+        "cycles_run": 3,
+        "min_cycles": 3,
+        "max_cycles": 5,
+    }
     # the achieved width is the one of the interval the result reports
     m = agg["metrics"]["energy_j"]
     assert p["achieved_relative_half_width"] == pytest.approx((m["ci_high"] - m["ci_low"]) / 2 / m["mean"])
@@ -235,19 +309,30 @@ def test_aggregated_precision_and_summary_columns(tmp_path, template):
     assert agg["precision"]["status"] == "max_cycles_reached" and agg["precision"]["max_cycles_reached"] is True
     assert agg["flags"]["precision_target_not_met"] == 1
     # cycles 1 and 3 only (2 failed): whatever the width, the decisions did not conclude
-    agg = aggregate_experiment([met[0], met[2]], "gap", 0.5, 0.95, planned_cycles=3, target=Target(0.99, "energy_j", 3, 5, 0.95))
+    agg = aggregate_experiment(
+        [met[0], met[2]], "gap", 0.5, 0.95, planned_cycles=3, target=Target(0.99, "energy_j", 3, 5, 0.95)
+    )
     assert agg["precision"]["status"] == "incomplete" and agg["flags"]["missing_cycles"] == 1
     # without a target the aggregated result is as before: no precision block
     assert "precision" not in aggregate_experiment(met, "met", 0.5, 0.95)
 
     names = {"exp-met": "met", "exp-max": "max"}
-    rows = write_aggregated_all({"exp-met": met, "exp-max": maxed}, names, str(tmp_path / "agg"), str(tmp_path / "s.csv"),
-                                0.5, 0.95, {"exp-met": 3, "exp-max": 5}, Target(0.45, "energy_j", 3, 5, 0.95))  # fmt: skip
+    rows = write_aggregated_all(
+        {"exp-met": met, "exp-max": maxed},
+        names,
+        str(tmp_path / "agg"),
+        str(tmp_path / "s.csv"),
+        0.5,
+        0.95,
+        {"exp-met": 3, "exp-max": 5},
+        Target(0.45, "energy_j", 3, 5, 0.95),
+    )
     header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
     assert header == SUMMARY_COLUMNS + list(PRECISION_COLUMNS)
     back = read_summary(str(tmp_path / "s.csv"))
-    assert [(r["cycles"], r["precision_target_met"], r["precision_max_cycles_reached"], r["precision_status"]) for r in back] == [
-        (3, True, False, "target_met"), (5, False, True, "max_cycles_reached")]  # fmt: skip
+    assert [
+        (r["cycles"], r["precision_target_met"], r["precision_max_cycles_reached"], r["precision_status"]) for r in back
+    ] == [(3, True, False, "target_met"), (5, False, True, "max_cycles_reached")]
     assert back[0]["precision_achieved_rel_half_width"] == pytest.approx(rows[0]["precision_achieved_rel_half_width"])
     assert back[1]["flags"] == "precision_target_not_met" or "precision_target_not_met" in back[1]["flags"].split(";")
     write_aggregated_all({"exp-met": met}, names, str(tmp_path / "agg2"), str(tmp_path / "s2.csv"), 0.5, 0.95)
@@ -266,14 +351,25 @@ def test_report_shows_the_precision_beside_each_point(tmp_path, template):
     met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
     maxed = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0, 10.0], "exp-max")
     target = Target(0.45, "energy_j", 3, 5, 0.95)
-    write_aggregated_all({"exp-met": met, "exp-max": maxed}, {"exp-met": "met", "exp-max": "max"}, str(tmp_path / "agg"),
-                         str(tmp_path / "s.csv"), 0.5, 0.95, None, target)  # fmt: skip
+    write_aggregated_all(
+        {"exp-met": met, "exp-max": maxed},
+        {"exp-met": "met", "exp-max": "max"},
+        str(tmp_path / "agg"),
+        str(tmp_path / "s.csv"),
+        0.5,
+        0.95,
+        None,
+        target,
+    )
     aggs = [str(tmp_path / "agg" / f"{e}.json") for e in ("exp-met", "exp-max")]
     write_report_files(aggs, met + maxed, str(tmp_path / "report"))
     svg = (tmp_path / "report" / "efficiency.svg").read_text()
     caption = (tmp_path / "report" / "efficiency.rst").read_text()
     assert "41.4% (3 cycles) ✓" in svg and "(5 cycles) ✗ max" in svg
-    assert "Precision target: cycles continued until the 95% interval of the mean energy_j was within ±45 % of it" in caption
+    assert (
+        "Precision target: cycles continued until the 95% interval of the mean energy_j was within ±45 % of it"
+        in caption
+    )
     assert "- **met**: 3 cycles, ±41.4 %: target met" in caption and "- **max**: 5 cycles, ±48.6 %" in caption
     assert "max_cycles reached before the target" in caption
 
@@ -284,7 +380,12 @@ def test_report_shows_the_precision_beside_each_point(tmp_path, template):
 def test_failures_are_counted_against_the_cycles_scheduled(tmp_path):
     from llenergymeasure.failures import report
 
-    rec = report(tmp_path, {"a": "A", "b": "B"}, {"a": 5, "b": 3}, {("a", c) for c in (1, 2, 3, 4)} | {("b", c) for c in (1, 2, 3)})
+    rec = report(
+        tmp_path,
+        {"a": "A", "b": "B"},
+        {"a": 5, "b": 3},
+        {("a", c) for c in (1, 2, 3, 4)} | {("b", c) for c in (1, 2, 3)},
+    )
     assert rec["planned_measurements"] == 8 and rec["failed_measurements"] == 1
     assert [(f["experiment_id"], f["cycle"]) for f in rec["failures"]] == [("a", 5)]
     assert report(tmp_path, {"a": "A"}, 2, set())["planned_measurements"] == 2
@@ -293,10 +394,16 @@ def test_failures_are_counted_against_the_cycles_scheduled(tmp_path):
 def test_validate_estimates_a_duration_range(tmp_path, capsys):
     from llenergymeasure.cli import main
 
-    campaign = {**BASE, "results_dir": str(tmp_path / "results"),
-                "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
-                "execution": {"config_gap_s": 10, "cycle_gap_s": 20,
-                              "precision_target": {"relative_half_width": 0.05, "min_cycles": 3, "max_cycles": 6}}}  # fmt: skip
+    campaign = {
+        **BASE,
+        "results_dir": str(tmp_path / "results"),
+        "grid": {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}},
+        "execution": {
+            "config_gap_s": 10,
+            "cycle_gap_s": 20,
+            "precision_target": {"relative_half_width": 0.05, "min_cycles": 3, "max_cycles": 6},
+        },
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(campaign))
     assert main(["--json", "validate", str(tmp_path / "c.yaml")]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -317,7 +424,10 @@ def test_validate_estimates_a_duration_range(tmp_path, capsys):
     assert (len(least), len(most)) == (7, 10)
     assert main(["validate", str(tmp_path / "c.yaml")]) == 0
     text = capsys.readouterr().out
-    assert "2 experiments x 3-6 cycles" in text and "Precision target: cycles continue until the 95% Student-t interval" in text
+    assert (
+        "2 experiments x 3-6 cycles" in text
+        and "Precision target: cycles continue until the 95% Student-t interval" in text
+    )
     assert "7 to 10 measurements to run (of 7 to 10)" in text
 
 
@@ -330,8 +440,14 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
 
     monkeypatch.delenv(COMPLETED_ONLY_ENV, raising=False)
     grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
-    p = plan(resolve({"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}}, tmp_path, grid=grid,
-                     results_dir=str(tmp_path / "results")))  # fmt: skip
+    p = plan(
+        resolve(
+            {"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}},
+            tmp_path,
+            grid=grid,
+            results_dir=str(tmp_path / "results"),
+        )
+    )
     a, b = (e.experiment_id for e in p.expansion.experiments)
     root = p.results_root
     assert lem.all_raw(p) == [lem.raw_path(root, e, c) for c in (1, 2, 3) for e in (a, b)]  # the minimum plan
@@ -353,9 +469,21 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
         path.write_text("{}")
     monkeypatch.chdir(tmp_path)
     root_rel = "results/p"
-    p = plan(resolve({"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}}, tmp_path, grid=grid, results_dir="results"))
+    p = plan(
+        resolve(
+            {"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}},
+            tmp_path,
+            grid=grid,
+            results_dir="results",
+        )
+    )
     monkeypatch.setenv(COMPLETED_ONLY_ENV, "1")
-    existing = [lem.raw_path(root_rel, a, 1), lem.raw_path(root_rel, b, 1), lem.raw_path(root_rel, a, 2), lem.raw_path(root_rel, a, 4)]
+    existing = [
+        lem.raw_path(root_rel, a, 1),
+        lem.raw_path(root_rel, b, 1),
+        lem.raw_path(root_rel, a, 2),
+        lem.raw_path(root_rel, a, 4),
+    ]
     assert lem.all_raw(p) == lem.aggregate_inputs(p) == existing
     assert lem.settled(p) == [] and lem.settled_raw(p) == []
 
@@ -364,7 +492,9 @@ def test_lem_results_shows_the_precision(tmp_path, template, capsys):
     from llenergymeasure.cli import main
 
     met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
-    write_aggregated_all({"exp-met": met}, {"exp-met": "met"}, str(tmp_path / "agg"), str(tmp_path / "s.csv"), 0.5, 0.95, None, T)
+    write_aggregated_all(
+        {"exp-met": met}, {"exp-met": "met"}, str(tmp_path / "agg"), str(tmp_path / "s.csv"), 0.5, 0.95, None, T
+    )
     assert main(["results", "--summary", str(tmp_path / "s.csv")]) == 0
     out = capsys.readouterr().out
     assert "precision_achieved_rel_half_width" in out.splitlines()[0] and "0.414 " in out

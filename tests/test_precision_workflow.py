@@ -41,7 +41,11 @@ def campaign(name: str, execution: dict, batch_sizes=(2, 4), **shared) -> dict:
         "campaign_name": name,
         "model": "lem-tiny-llama",
         "num_samples": 4,
-        "grid": {"backends": ["pytorch"], "shared": {**SHARED, **shared}, "backend_overrides": {"pytorch": {"batch_size": list(batch_sizes)}}},
+        "grid": {
+            "backends": ["pytorch"],
+            "shared": {**SHARED, **shared},
+            "backend_overrides": {"pytorch": {"batch_size": list(batch_sizes)}},
+        },
         "execution": execution,
     }
 
@@ -86,25 +90,42 @@ def test_without_a_target_the_workflow_is_unchanged(workflow_dir):
     assert dry_run_jobs(dry.stdout + dry.stderr) == recorded["jobs"]
     config = {"campaign": "fixed.yaml"}
     p = lem.load(config, [], workdir=workflow_dir, announce=False)
-    params = {"measure": {e.experiment_id: lem.experiment_config(p, e.experiment_id) for e in p.expansion.experiments},
-              "aggregate": {"names": lem.config_names(p), "analysis": lem.analysis(p)},
-              "report_plots": {"aggregated": lem.aggregated(p), "raw": lem.all_raw(p)}}  # fmt: skip
+    params = {
+        "measure": {e.experiment_id: lem.experiment_config(p, e.experiment_id) for e in p.expansion.experiments},
+        "aggregate": {"names": lem.config_names(p), "analysis": lem.analysis(p)},
+        "report_plots": {"aggregated": lem.aggregated(p), "raw": lem.all_raw(p)},
+    }
     assert json.loads(json.dumps(params)) == recorded["params"]
     assert "decide" not in dry.stdout + dry.stderr and "settle" not in dry.stdout + dry.stderr
 
 
 def test_a_dry_run_shows_the_minimum_plan(workflow_dir):
-    cfg = write(workflow_dir / "p.yaml", campaign("pt", {"structure": "grouped", "precision_target": {
-        "relative_half_width": 0.05, "metric": "energy_j", "min_cycles": 4, "max_cycles": 9}}))  # fmt: skip
+    cfg = write(
+        workflow_dir / "p.yaml",
+        campaign(
+            "pt",
+            {
+                "structure": "grouped",
+                "precision_target": {
+                    "relative_half_width": 0.05,
+                    "metric": "energy_j",
+                    "min_cycles": 4,
+                    "max_cycles": 9,
+                },
+            },
+        ),
+    )
     dry = snakemake(workflow_dir, "-n", "--configfile", str(cfg))
     assert dry.returncode == 0, dry.stderr[-2000:]
     out = dry.stdout + dry.stderr
     counts = job_counts(out)
     assert (counts["measure"], counts["decide"], counts["settle"], counts["aggregate"]) == (8, 2, 2, 1), counts
     assert "Campaign 'pt': 2 experiments x 4-9 cycles, grouped order" in out
-    assert ("precision target: cycles continue until the 95% Student-t interval of the mean energy_j is within ±5 % "
-            "of it, 4 to 9 cycles. Scheduled now: the first 4 cycles of every experiment (8 measurements); after each "
-            "further cycle a decision adds one more to the experiments not yet that precise, so more cycles may follow.") in out
+    assert (
+        "precision target: cycles continue until the 95% Student-t interval of the mean energy_j is within ±5 % "
+        "of it, 4 to 9 cycles. Scheduled now: the first 4 cycles of every experiment (8 measurements); after each "
+        "further cycle a decision adds one more to the experiments not yet that precise, so more cycles may follow."
+    ) in out
     assert "DAG of jobs will be updated after completion" in out  # Snakemake's own word on its checkpoints
     decisions = re.findall(r"output: results/pt/decisions/([^/\s]+)/after_cycle_(\d+)\.json", out)
     assert sorted(n for _, n in decisions) == ["4", "4"]
@@ -115,12 +136,20 @@ def test_a_bad_value_stops_the_run_before_any_job(workflow_dir):
     existing = workflow_dir / "results" / "pt" / "raw" / "keep" / "cycle_1.json"
     existing.parent.mkdir(parents=True)
     existing.write_text('{"precious": true}')
-    cfg = write(workflow_dir / "bad.yaml", campaign("pt", {"precision_target": {"relative_half_width": 0.05, "min_cycles": 6, "max_cycles": 4}}))
+    cfg = write(
+        workflow_dir / "bad.yaml",
+        campaign("pt", {"precision_target": {"relative_half_width": 0.05, "min_cycles": 6, "max_cycles": 4}}),
+    )
     run = snakemake(workflow_dir, "--configfile", str(cfg))
-    err = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("Using workflow specific profile")]
+    err = [
+        line
+        for line in run.stderr.splitlines()
+        if line.strip() and not line.startswith("Using workflow specific profile")
+    ]
     assert run.returncode == 1 and err == [
         f"Configuration error: {cfg}: key 'execution.precision_target.max_cycles' = 4 is smaller than "
-        "execution.precision_target.min_cycles = 6; allowed: >= 6"], run.stderr  # fmt: skip
+        "execution.precision_target.min_cycles = 6; allowed: >= 6"
+    ], run.stderr
     assert existing.read_text() == '{"precious": true}'
     assert [p.name for p in (workflow_dir / "results").rglob("*") if p.is_file()] == ["cycle_1.json"]
 
@@ -153,7 +182,9 @@ class HostLoad:
 
     def _on(self):
         if not self.procs:
-            self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4 * (os.cpu_count() or 1))]
+            self.procs = [
+                subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4 * (os.cpu_count() or 1))
+            ]
 
     def _off(self):
         for p in self.procs:
@@ -200,9 +231,14 @@ def test_measured_noise_decides_how_many_cycles_run(workflow_dir):
     # cycles' CV is below 63 % (a steady one, even on a host shared with other work), not by one whose throughput
     # drops several fold in every other cycle
     target = {"relative_half_width": 1.0, "metric": "output_tokens_per_s", "min_cycles": 4, "max_cycles": 6}
-    cfg = write(workflow_dir / "noise.yaml", campaign(
-        "noise", {"structure": "grouped", "config_gap_s": 1, "cycle_gap_s": 1, "precision_target": target},
-        **{"energy.min_window_s": 1.0, "energy.repeat_to_min_window": True}))  # fmt: skip
+    cfg = write(
+        workflow_dir / "noise.yaml",
+        campaign(
+            "noise",
+            {"structure": "grouped", "config_gap_s": 1, "cycle_gap_s": 1, "precision_target": target},
+            **{"energy.min_window_s": 1.0, "energy.repeat_to_min_window": True},
+        ),
+    )
     root = workflow_dir / "results" / "noise"
     noisy, steady = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
     with HostLoad(root, noisy, target["max_cycles"]) as load:
@@ -217,14 +253,21 @@ def test_measured_noise_decides_how_many_cycles_run(workflow_dir):
     assert s["status"] == "target_met" and s["cycles_run"] == 4 == rows[steady]["cycles"], values
     assert n["cycles_run"] > 4 and rows[noisy]["cycles"] == n["cycles_run"], values
     assert n["status"] in ("target_met", "max_cycles_reached")
-    assert ("precision_target_not_met" in aggs[noisy]["flags"]) == (n["status"] == "max_cycles_reached") == n["max_cycles_reached"]
+    assert (
+        ("precision_target_not_met" in aggs[noisy]["flags"])
+        == (n["status"] == "max_cycles_reached")
+        == n["max_cycles_reached"]
+    )
     assert rows[noisy]["precision_status"] == n["status"] and rows[steady]["precision_target_met"] is True
     assert rows[steady]["precision_achieved_rel_half_width"] == pytest.approx(s["achieved_relative_half_width"])
     assert s["achieved_relative_half_width"] <= 1.0 and s["metric"] == "output_tokens_per_s"
 
     # every decision is on disk: the steady experiment stopped at its first, the noisy one went on
     assert sorted(p.name for p in (root / "decisions" / steady).iterdir()) == ["after_cycle_4.json"]
-    noisy_decisions = [json.loads((root / "decisions" / noisy / f"after_cycle_{c}.json").read_text()) for c in range(4, n["cycles_run"] + 1)]
+    noisy_decisions = [
+        json.loads((root / "decisions" / noisy / f"after_cycle_{c}.json").read_text())
+        for c in range(4, n["cycles_run"] + 1)
+    ]
     assert [d["decision"] for d in noisy_decisions] == ["continue"] * (len(noisy_decisions) - 1) + ["stop"]
     assert json.loads((root / "decisions" / f"{noisy}.json").read_text())["cycles"] == n["cycles_run"]
 
@@ -233,7 +276,7 @@ def test_measured_noise_decides_how_many_cycles_run(workflow_dir):
     assert order == [(noisy, c) for c in range(1, n["cycles_run"] + 1)] + [(steady, c) for c in (1, 2, 3, 4)]
     audit = json.loads((root / "thermal_gaps.json").read_text())
     assert audit["ok"] is True and len(audit["windows"]) == n["cycles_run"] + 4
-    assert all(w["gap_kind"] == "cycle" for w in audit["windows"][1:n["cycles_run"]])
+    assert all(w["gap_kind"] == "cycle" for w in audit["windows"][1 : n["cycles_run"]])
 
     # the campaign-end notification record says it too
     sent = json.loads((root / "notifications" / "campaign_complete.json").read_text())["data"]
@@ -252,18 +295,30 @@ def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
     again, no decision already taken is taken again, the campaign ends as if never stopped. An unreachable target
     makes every experiment run max_cycles (interleaved: A4 B4 after A3 B3)."""
     target = {"relative_half_width": 1e-9, "metric": "output_tokens_per_s", "min_cycles": 3, "max_cycles": 4}
-    cfg = write(workflow_dir / "k.yaml", campaign(
-        "resume", {"structure": "interleaved", "config_gap_s": 0, "cycle_gap_s": 0, "precision_target": target},
-        **{"energy.min_window_s": 0}))  # fmt: skip
+    cfg = write(
+        workflow_dir / "k.yaml",
+        campaign(
+            "resume",
+            {"structure": "interleaved", "config_gap_s": 0, "cycle_gap_s": 0, "precision_target": target},
+            **{"energy.min_window_s": 0},
+        ),
+    )
     root = workflow_dir / "results" / "resume"
     a, b = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)], cwd=workflow_dir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
+        cwd=workflow_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 600
     try:
         # wait for the first added cycle to be done and the second to have started
         while time.monotonic() < deadline:
-            if (root / "raw" / a / "cycle_4.json").exists() and (root / "logs" / "measure" / b / "cycle_4.log").exists():
+            if (root / "raw" / a / "cycle_4.json").exists() and (
+                root / "logs" / "measure" / b / "cycle_4.log"
+            ).exists():
                 break
             assert proc.poll() is None, "snakemake finished before it could be killed"
             time.sleep(0.05)
@@ -288,9 +343,12 @@ def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
         agg = read_result(root / "aggregated" / f"{exp_id}.json", "aggregated_result")
         assert agg["cycles"] == 4 and agg["precision"]["status"] == "max_cycles_reached"
         assert agg["flags"]["precision_target_not_met"] == 1
-        assert [json.loads((root / "decisions" / exp_id / f"after_cycle_{c}.json").read_text())["decision"] for c in (3, 4)] == ["continue", "stop"]
+        assert [
+            json.loads((root / "decisions" / exp_id / f"after_cycle_{c}.json").read_text())["decision"] for c in (3, 4)
+        ] == ["continue", "stop"]
     assert [(r["experiment_id"], r["cycle"]) for r in windows_in_time_order(root)] == [
-        (e, c) for c in range(1, 5) for e in (a, b)]  # fmt: skip
+        (e, c) for c in range(1, 5) for e in (a, b)
+    ]
 
     # a raw result of an added cycle deleted after the campaign ended is measured again (and decided on again)
     lost = root / "raw" / a / "cycle_4.json"

@@ -30,12 +30,23 @@ def test_validation_leaves_the_config_as_written():
 
 @pytest.mark.parametrize("preset", sorted(DECODER_PRESETS))
 def test_every_path_resolves_the_preset(tmp_path, preset):
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({"model_name": "lem-tiny-llama", "decoder": {"preset": preset}, "max_output_tokens": 9}))
+    (tmp_path / "exp.yaml").write_text(
+        yaml.safe_dump({"model_name": "lem-tiny-llama", "decoder": {"preset": preset}, "max_output_tokens": 9})
+    )
     campaign = resolve_campaign(
-        {"campaign_name": "p", "model": "lem-tiny-llama", "configs": ["exp.yaml"],
-         "grid": {"backends": ["pytorch", "vllm", "tensorrt"], "shared": {"decoder.preset": preset, "fp_precision": "float16"}}},
-        tmp_path, tmp_path, env={},
-    )  # fmt: skip
+        {
+            "campaign_name": "p",
+            "model": "lem-tiny-llama",
+            "configs": ["exp.yaml"],
+            "grid": {
+                "backends": ["pytorch", "vllm", "tensorrt"],
+                "shared": {"decoder.preset": preset, "fp_precision": "float16"},
+            },
+        },
+        tmp_path,
+        tmp_path,
+        env={},
+    )
     experiments = expand(campaign).experiments
     assert len(experiments) == 4  # the file and one grid experiment per backend
     for e in experiments:
@@ -47,23 +58,37 @@ def test_every_path_resolves_the_preset(tmp_path, preset):
 
 def test_explicit_fields_win_over_the_preset(tmp_path):
     campaign = resolve_campaign(
-        {"campaign_name": "p", "model": "lem-tiny-llama",
-         "grid": {"backends": ["pytorch"], "shared": {"decoder.preset": "creative", "decoder.top_p": 0.5}}},
-        tmp_path, tmp_path, env={},
-    )  # fmt: skip
+        {
+            "campaign_name": "p",
+            "model": "lem-tiny-llama",
+            "grid": {"backends": ["pytorch"], "shared": {"decoder.preset": "creative", "decoder.top_p": 0.5}},
+        },
+        tmp_path,
+        tmp_path,
+        env={},
+    )
     (e,) = expand(campaign).experiments
     assert decoder(e.config) == {**EXPECTED["creative"], "top_p": 0.5}
 
 
 def _grid_config(tmp_path, backend: str, preset: str, model: str) -> dict:
     """One experiment through campaign expansion (schema validation included), then as the job completes it."""
-    shared = {**{f"{k}.{kk}": vv for k, v in QUICK_MEASUREMENT.items() if k != "decoder" for kk, vv in v.items()},
-              "decoder.preset": preset, "max_input_tokens": 32, "max_output_tokens": 4, "num_input_prompts": 2}  # fmt: skip
+    shared = {
+        **{f"{k}.{kk}": vv for k, v in QUICK_MEASUREMENT.items() if k != "decoder" for kk, vv in v.items()},
+        "decoder.preset": preset,
+        "max_input_tokens": 32,
+        "max_output_tokens": 4,
+        "num_input_prompts": 2,
+    }
     shared.update({"fp_precision": "float32", "device": "cpu"} if backend == "pytorch" else {"fp_precision": "float16"})
     if backend == "tensorrt":
         shared["tensorrt.engine_cache_dir"] = str(tmp_path / "engines")
-    campaign = resolve_campaign({"campaign_name": "p", "model": model, "grid": {"backends": [backend], "shared": shared}},
-                                tmp_path, tmp_path, env={})  # fmt: skip
+    campaign = resolve_campaign(
+        {"campaign_name": "p", "model": model, "grid": {"backends": [backend], "shared": shared}},
+        tmp_path,
+        tmp_path,
+        env={},
+    )
     (e,) = expand(campaign).experiments
     return complete_config(sparse_config(e.config))
 
@@ -94,7 +119,11 @@ def test_vllm_sampling_receives_the_preset(fake_vllm, tmp_path, tiny_model, pres
         want = EXPECTED[preset]
         assert params.repetition_penalty == want["repetition_penalty"]
         if want["do_sample"]:
-            assert (params.temperature, params.top_p, params.top_k) == (want["temperature"], want["top_p"], want["top_k"])
+            assert (params.temperature, params.top_p, params.top_k) == (
+                want["temperature"],
+                want["top_p"],
+                want["top_k"],
+            )
         else:
             assert params.temperature == 0.0  # vLLM's greedy
     finally:
@@ -112,9 +141,12 @@ def test_tensorrt_sampling_receives_the_preset(fake_trt, tmp_path, tiny_model, p
         want = EXPECTED[preset]
         assert params.repetition_penalty == want["repetition_penalty"]
         if want["do_sample"]:
-            assert (params.temperature, params.top_p, params.top_k) == (want["temperature"], want["top_p"], want["top_k"])
+            assert (params.temperature, params.top_p, params.top_k) == (
+                want["temperature"],
+                want["top_p"],
+                want["top_k"],
+            )
         else:
             assert params._greedy_decoding and params.top_k == 1
     finally:
         backend.close()
-

@@ -88,7 +88,10 @@ def test_failed_measurements_are_isolated_recorded_and_retried(workflow_dir, tin
         # a machine-readable record of each failed experiment x cycle
         failures = json.loads((root / "failures.json").read_text())
         assert failures["planned_measurements"] == 4 and failures["failed_measurements"] == 2
-        assert [(f["config_name"], f["cycle"]) for f in failures["failures"]] == [("pytorch-broken-model", 1), ("pytorch-broken-model", 2)]
+        assert [(f["config_name"], f["cycle"]) for f in failures["failures"]] == [
+            ("pytorch-broken-model", 1),
+            ("pytorch-broken-model", 2),
+        ]
         for f in failures["failures"]:
             assert f["experiment_id"].startswith("pytorch-broken-model-") and "SafetensorError" in f["error"]
             assert "Traceback" in (workflow_dir / f["log"]).read_text()  # the whole story is in the job's log
@@ -172,11 +175,14 @@ def test_results_dir_spellings(workflow_dir, spelling, monkeypatch, tmp_path):
     assert f"output: {expected}/raw/" in dry.stdout + dry.stderr
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("FILE", "is a file, not a folder"),
-    (" results", "starts or ends with whitespace"),
-    ("res{x}", "which Snakemake reads as wildcards"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("FILE", "is a file, not a folder"),
+        (" results", "starts or ends with whitespace"),
+        ("res{x}", "which Snakemake reads as wildcards"),
+    ],
+)
 def test_results_dir_that_cannot_be_a_folder_stops_before_any_job(workflow_dir, value, expected):
     (workflow_dir / "FILE").write_text("not a folder")
     cfg = write_campaign(workflow_dir / "p.yaml", campaign_name="paths")
@@ -196,8 +202,11 @@ def test_a_second_run_on_one_results_folder_is_refused(workflow_dir, tmp_path):
         write_campaign(wd / "c.yaml", campaign_name="shared", results_dir=str(shared))
     first = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml"],
-        cwd=workflow_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=workflow_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         logs = shared / "shared" / "logs" / "measure"
@@ -227,10 +236,22 @@ def test_two_campaigns_on_one_host_take_turns(workflow_dir, tmp_path):
     runs = []
     env = {**os.environ, "LLM_ENERGY_CACHE_DIR": str(tmp_path / "host-cache")}  # this host's state, fresh for the test
     for wd, name in ((workflow_dir, "alpha"), (other, "beta")):
-        write_campaign(wd / "c.yaml", campaign_name=name, grid={**SMALL["grid"], "backend_overrides": {"pytorch": {"batch_size": 2}}},
-                       execution={"cycles": 2, "config_gap_s": 1, "cycle_gap_s": 2})  # fmt: skip
-        runs.append(subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml"],
-                                     cwd=wd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        write_campaign(
+            wd / "c.yaml",
+            campaign_name=name,
+            grid={**SMALL["grid"], "backend_overrides": {"pytorch": {"batch_size": 2}}},
+            execution={"cycles": 2, "config_gap_s": 1, "cycle_gap_s": 2},
+        )
+        runs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "c.yaml"],
+                cwd=wd,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for proc in runs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
@@ -267,8 +288,12 @@ def test_a_campaign_that_asks_to_be_evaluated_is_refused(workflow_dir, capsys):
     for argv in (("--config", "campaign=yte.yaml", "-n"), ("--config", "campaign=yte.yaml")):
         run = snakemake(workflow_dir, *argv)
         assert run.returncode == 1 and not marker.exists()
-        lines = [x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")]
-        assert len(lines) == 1 and "sets '__use_yte__', which asks Snakemake to evaluate it as a YTE template" in lines[0]
+        lines = [
+            x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")
+        ]
+        assert (
+            len(lines) == 1 and "sets '__use_yte__', which asks Snakemake to evaluate it as a YTE template" in lines[0]
+        )
     cwd = os.getcwd()
     os.chdir(workflow_dir)
     try:
@@ -282,9 +307,16 @@ def test_a_campaign_that_asks_to_be_evaluated_is_refused(workflow_dir, capsys):
 
 
 def test_config_campaign_runs_exactly_that_campaign(workflow_dir):
-    (workflow_dir / "other.yaml").write_text(yaml.safe_dump(
-        {"campaign_name": "other", "model": "lem-tiny-llama", "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": 4}},
-         "execution": {"cycles": 1}}))  # fmt: skip
+    (workflow_dir / "other.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "campaign_name": "other",
+                "model": "lem-tiny-llama",
+                "grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": 4}},
+                "execution": {"cycles": 1},
+            }
+        )
+    )
     dry = snakemake(workflow_dir, "--config", "campaign=other.yaml", "num_samples=8", "-n")
     assert dry.returncode == 0, dry.stderr
     out = dry.stdout + dry.stderr
@@ -308,7 +340,15 @@ def test_a_job_keeps_a_result_another_run_wrote_meanwhile(tiny_model, tmp_path, 
     out.chmod(0o444)
     log = tmp_path / "m.log"
     runtime = {"state_dir": str(tmp_path / ".state"), "results_root": str(tmp_path)}
-    measure(sparse_config(tiny_experiment(warmup={"enabled": False})), "pytorch-x", 1, tiny_model, str(out), str(log), runtime)
+    measure(
+        sparse_config(tiny_experiment(warmup={"enabled": False})),
+        "pytorch-x",
+        1,
+        tiny_model,
+        str(out),
+        str(log),
+        runtime,
+    )
     assert out.read_text() == '{"written": "by the other run"}'
     assert "already exists: a finished measurement is never replaced" in log.read_text()
     assert "this measurement was discarded" in capsys.readouterr().err
@@ -335,7 +375,9 @@ def test_the_host_lock_and_gap_are_shared_by_campaigns(tmp_path, monkeypatch):
         assert waited >= 0.4  # another campaign's measurement held the host
     t.join()
 
-    record_window(tmp_path / "a" / ".state", {"experiment_id": "x", "cycle": 1, "window_end": "t", "window_end_epoch_s": 1000.0})
+    record_window(
+        tmp_path / "a" / ".state", {"experiment_id": "x", "cycle": 1, "window_end": "t", "window_end_epoch_s": 1000.0}
+    )
     slept = []
     info = wait_gap(tmp_path / "b" / ".state", 1, 10, 30, sleep=slept.append, now=lambda: 1005.0)
     assert info["gap_kind"] == "other_campaign" and info["gap_required_s"] == 30 and slept == [25.0]
@@ -346,13 +388,21 @@ def test_the_host_lock_and_gap_are_shared_by_campaigns(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("campaign_name: t\nmodel: lem-tiny-llama\nmodel: x\ngrid: {backends: [pytorch]}\n", "has key 'model' twice in one mapping (lines 2 and 3)"),
-        ("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]\n"
-                                                          for p, c in zip("abcdefg", "bcdefgh", strict=True)), "once its aliases are expanded"),
+        (
+            "campaign_name: t\nmodel: lem-tiny-llama\nmodel: x\ngrid: {backends: [pytorch]}\n",
+            "has key 'model' twice in one mapping (lines 2 and 3)",
+        ),
+        (
+            "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+            + "".join(
+                f"{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True)
+            ),
+            "once its aliases are expanded",
+        ),
         (b"campaign_name: caf\xe9\n", "is not UTF-8 text"),
     ],
     ids=["duplicate-key", "alias-bomb", "latin-1"],
-)  # fmt: skip
+)
 def test_a_bad_campaign_file_stops_snakemake_in_one_line(workflow_dir, text, expected):
     path = workflow_dir / "bad.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())

@@ -21,6 +21,7 @@ def raw(tiny_model):
 
 def mutations(doc):
     """Walk the document and yield variants with one value replaced by something of another type or range."""
+
     def walk(node, path):
         if isinstance(node, dict):
             for k, v in node.items():
@@ -69,7 +70,9 @@ def test_atomic_write_leaves_nothing_on_invalid_data(tmp_path, raw):
     bad = copy.deepcopy(raw)
     bad["tokens"]["output_tokens"] = -3
     target = tmp_path / "cycle_1.json"
-    with pytest.raises(ResultValidationError, match=r"cycle_1.json: key 'tokens.output_tokens' = -3 is out of range; allowed: >= 0"):
+    with pytest.raises(
+        ResultValidationError, match=r"cycle_1.json: key 'tokens.output_tokens' = -3 is out of range; allowed: >= 0"
+    ):
         write_json_atomic(target, bad, "raw_result")
     assert os.listdir(tmp_path) == []
     write_json_atomic(target, raw, "raw_result")
@@ -78,7 +81,10 @@ def test_atomic_write_leaves_nothing_on_invalid_data(tmp_path, raw):
     summary.write_text("previous content")
     with pytest.raises(ResultValidationError):
         write_json_atomic(summary, bad, "aggregated_result")
-    assert summary.read_text() == "previous content" and sorted(os.listdir(tmp_path)) == ["cycle_1.json", "summary.json"]
+    assert summary.read_text() == "previous content" and sorted(os.listdir(tmp_path)) == [
+        "cycle_1.json",
+        "summary.json",
+    ]
 
 
 def test_a_finished_raw_result_is_never_replaced(tmp_path, raw):
@@ -91,7 +97,9 @@ def test_a_finished_raw_result_is_never_replaced(tmp_path, raw):
     before = target.read_bytes()
     other = copy.deepcopy(raw)
     other["experiment_id"] = "someone-else"
-    with pytest.raises(ResultExistsError, match=r"cycle_1.json already exists: a finished measurement is never replaced"):
+    with pytest.raises(
+        ResultExistsError, match=r"cycle_1.json already exists: a finished measurement is never replaced"
+    ):
         write_json_atomic(target, other, "raw_result")
     assert target.read_bytes() == before and sorted(os.listdir(target.parent)) == ["cycle_1.json"]
     with pytest.raises(ResultExistsError):

@@ -110,7 +110,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 break
             time.sleep(0.5)
         else:
-            pytest.fail(f"Slurm never became idle: {out.stdout} {out.stderr}\n{(base / 'log' / 'slurmctld.log').read_text()[-2000:]}")
+            pytest.fail(
+                f"Slurm never became idle: {out.stdout} {out.stderr}\n{(base / 'log' / 'slurmctld.log').read_text()[-2000:]}"
+            )
         yield env
     finally:
         for pidfile in reversed(started):  # stop by the PIDs we started, never by name
@@ -133,10 +135,19 @@ def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
         "num_samples": 4,
         "grid": {
             "backends": ["pytorch"],
-            "shared": {"fp_precision": "float32", "device": "cpu", "max_input_tokens": 32, "max_output_tokens": 6,
-                       "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_s": 1,
-                       "warmup.max_prompts": 3, "warmup.min_prompts": 3, "warmup.window_size": 3,
-                       "energy.min_window_s": 0},
+            "shared": {
+                "fp_precision": "float32",
+                "device": "cpu",
+                "max_input_tokens": 32,
+                "max_output_tokens": 6,
+                "min_output_tokens": 6,
+                "decoder.preset": "deterministic",
+                "baseline.duration_s": 1,
+                "warmup.max_prompts": 3,
+                "warmup.min_prompts": 3,
+                "warmup.window_size": 3,
+                "energy.min_window_s": 0,
+            },
             "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
         },
         "execution": {"cycles": 2, "config_gap_s": 0, "cycle_gap_s": 0},
@@ -145,9 +156,26 @@ def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
     env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}  # jobs re-run snakemake from the venv
     run = subprocess.run(
         # the profile as shipped, with job sizes for this small machine
-        [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "c.yaml", "--jobs", "2",
-         "--default-resources", "slurm_partition=debug", "mem_mb=2000", "runtime=30"],
-        cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            "profiles/slurm",
+            "--configfile",
+            "c.yaml",
+            "--jobs",
+            "2",
+            "--default-resources",
+            "slurm_partition=debug",
+            "mem_mb=2000",
+            "runtime=30",
+        ],
+        cwd=workflow_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert "slurm" in (run.stdout + run.stderr).lower()
@@ -181,16 +209,37 @@ def test_a_failed_measurement_on_slurm_is_isolated_and_recorded(slurm, workflow_
         "grid": {
             "backends": ["pytorch"],
             "models": ["lem-tiny-llama", str(broken)],
-            "shared": {"fp_precision": "float32", "device": "cpu", "max_input_tokens": 32, "max_output_tokens": 6,
-                       "min_output_tokens": 6, "decoder.preset": "deterministic", "baseline.duration_s": 1,
-                       "warmup.enabled": False, "energy.min_window_s": 0},
+            "shared": {
+                "fp_precision": "float32",
+                "device": "cpu",
+                "max_input_tokens": 32,
+                "max_output_tokens": 6,
+                "min_output_tokens": 6,
+                "decoder.preset": "deterministic",
+                "baseline.duration_s": 1,
+                "warmup.enabled": False,
+                "energy.min_window_s": 0,
+            },
         },
         "execution": {"cycles": 1, "config_gap_s": 0, "cycle_gap_s": 0},
     }
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(campaign))
     env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}
-    args = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "c.yaml", "--jobs", "2",
-            "--default-resources", "slurm_partition=debug", "mem_mb=2000", "runtime=30"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        "c.yaml",
+        "--jobs",
+        "2",
+        "--default-resources",
+        "slurm_partition=debug",
+        "mem_mb=2000",
+        "runtime=30",
+    ]
     run = subprocess.run(args, cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, (run.stdout + run.stderr)[-4000:]
     root = workflow_dir / "results" / "slurmfail"

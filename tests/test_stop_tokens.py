@@ -41,8 +41,14 @@ def two_eos_model(tiny_model, tmp_path_factory):
 
 
 def _experiment(backend: str, model: str, tmp_path, forced: bool) -> dict:
-    base = {"backend": backend, "model_name": model, "max_input_tokens": 32, "max_output_tokens": 6,
-            "min_output_tokens": 6 if forced else 0, "num_input_prompts": 1}  # fmt: skip
+    base = {
+        "backend": backend,
+        "model_name": model,
+        "max_input_tokens": 32,
+        "max_output_tokens": 6,
+        "min_output_tokens": 6 if forced else 0,
+        "num_input_prompts": 1,
+    }
     if backend == "pytorch":
         base.update(device="cpu", fp_precision="float32")
     else:

@@ -40,9 +40,14 @@ def test_unknown_architecture_in_grid_is_dropped_with_reason(tmp_path):
     from llenergymeasure.campaign import expand, resolve_campaign
 
     c = resolve_campaign(
-        {"campaign_name": "s", "grid": {"backends": ["pytorch"], "models": ["llama-3.2-1b", "nope"], "shared": {"no_weights": True}}},
-        tmp_path, tmp_path, env={},
-    )  # fmt: skip
+        {
+            "campaign_name": "s",
+            "grid": {"backends": ["pytorch"], "models": ["llama-3.2-1b", "nope"], "shared": {"no_weights": True}},
+        },
+        tmp_path,
+        tmp_path,
+        env={},
+    )
     exp = expand(c)
     assert [e.config["model_name"] for e in exp.experiments] == ["llama-3.2-1b"]
     assert "key 'model_name' = 'nope' with no_weights = true" in exp.dropped[0][1]
@@ -52,9 +57,23 @@ def test_measurement_with_synthetic_weights(tmp_path):
     from llenergymeasure.measure import run_experiment
 
     arch = tmp_path / "small-qwen.json"
-    arch.write_text(json.dumps({"name": "small-qwen", "config": {
-        "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 5000, "max_position_embeddings": 512}}))  # fmt: skip
+    arch.write_text(
+        json.dumps(
+            {
+                "name": "small-qwen",
+                "config": {
+                    "model_type": "qwen2",
+                    "hidden_size": 64,
+                    "intermediate_size": 128,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "num_key_value_heads": 2,
+                    "vocab_size": 5000,
+                    "max_position_embeddings": 512,
+                },
+            }
+        )
+    )
     cfg = tiny_experiment(model_name=str(arch), no_weights=True, warmup={"enabled": False})
     r = run_experiment(cfg, "syn", 1, str(arch), None, {})
     assert r["model"]["weights"] == "random (seeded), no_weights" and r["model"]["architecture"] == "qwen2"

@@ -192,7 +192,9 @@ def test_quantization_and_calibration(fake_trt, tiny_model, tmp_path, mode, algo
     backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": mode, "calibration": cal}), tiny_model)
     try:
         kw = backend.llm.init_kwargs
-        assert kw["quant_config"] == QuantConfig(quant_algo=QuantAlgo[algo], kv_cache_quant_algo=QuantAlgo[kv_algo] if kv_algo else None)
+        assert kw["quant_config"] == QuantConfig(
+            quant_algo=QuantAlgo[algo], kv_cache_quant_algo=QuantAlgo[kv_algo] if kv_algo else None
+        )
         if calibrated:
             assert kw["calib_config"] == CalibConfig(
                 calib_dataset=data, calib_batches=128, calib_max_seq_length=4096, tokenizer_max_seq_length=4096
@@ -209,7 +211,9 @@ def test_default_calibration_values(fake_trt, tiny_model, tmp_path):
     from tensorrt_llm.llmapi import CalibConfig
 
     data = calibration_folder(tmp_path)
-    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "int4_awq", "calibration": {"dataset": data}}), tiny_model)
+    backend = loaded(
+        trt_experiment(tmp_path, tensorrt={"quantization": "int4_awq", "calibration": {"dataset": data}}), tiny_model
+    )
     try:
         assert backend.llm.init_kwargs["calib_config"] == CalibConfig(
             calib_dataset=data, calib_batches=512, calib_max_seq_length=2048, tokenizer_max_seq_length=2048
@@ -224,7 +228,10 @@ def test_default_calibration_values(fake_trt, tiny_model, tmp_path):
         ({"calibration": {"split": "validation"}, "quantization": "fp8"}, "calibration.split = validation"),
         ({"builder_opt_level": 5}, "builder_opt_level = 5"),
         ({"kv_cache_type": "continuous"}, "need a paged KV cache"),
-        ({"draft_model": "/models/draft", "num_draft_tokens": 7}, "draft-target speculative decoding on its PyTorch flow only"),
+        (
+            {"draft_model": "/models/draft", "num_draft_tokens": 7},
+            "draft-target speculative decoding on its PyTorch flow only",
+        ),
         ({"extra_build_args": {"no_such_field": 1}}, "extra_build_args"),
         ({"extra_runtime_args": {"no_such_arg": 1}}, "got invalid argument: no_such_arg"),
     ],
@@ -239,7 +246,10 @@ def test_settings_the_pinned_engine_flow_cannot_take_are_refused(fake_trt, tiny_
 
 def test_split_and_opt_level_defaults_pass(fake_trt, tiny_model, tmp_path):
     cal = {"dataset": calibration_folder(tmp_path), "split": "train"}
-    backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": "fp8", "builder_opt_level": 3, "calibration": cal}), tiny_model)
+    backend = loaded(
+        trt_experiment(tmp_path, tensorrt={"quantization": "fp8", "builder_opt_level": 3, "calibration": cal}),
+        tiny_model,
+    )
     backend.close()
     assert len(builds(fake_trt)) == 1
 
@@ -253,7 +263,9 @@ def test_greedy_sampling_params(fake_trt, tiny_model, tmp_path):
         assert (sp.max_tokens, sp.min_tokens, sp.seed, sp.repetition_penalty) == (6, 6, 7, 1.2)
         assert (sp.top_k, sp.top_p, sp.temperature) == (1, None, None) and sp._greedy_decoding
         assert sp.ignore_eos is True and sp.detokenize is False
-        assert sp.end_id == tok.eos_token_id and sp.pad_id == (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        assert sp.end_id == tok.eos_token_id and sp.pad_id == (
+            tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        )
     finally:
         backend.close()
 
@@ -263,7 +275,14 @@ def test_sampling_params_when_sampling(fake_trt, tiny_model, tmp_path):
         tmp_path,
         min_output_tokens=2,
         random_seed=None,
-        decoder={"preset": None, "do_sample": True, "temperature": 0.7, "top_k": 0, "top_p": 0.9, "repetition_penalty": 1.1},
+        decoder={
+            "preset": None,
+            "do_sample": True,
+            "temperature": 0.7,
+            "top_k": 0,
+            "top_p": 0.9,
+            "repetition_penalty": 1.1,
+        },
     )
     backend = loaded(cfg, tiny_model)
     try:
@@ -313,10 +332,19 @@ def test_cache_key_covers_engine_fields_only():
     assert len(key) == 16 and int(key, 16) >= 0
     assert engine_cache_key(dict(base)) == key  # canonical JSON: order-independent
     keyed = {
-        "max_batch_size": 4, "max_num_tokens": 1024, "max_input_len": 60, "max_output_len": 12, "tp_size": 2,
-        "pp_size": 2, "quantization": "fp8", "builder_opt_level": 4, "strongly_typed": False, "multiple_profiles": True,
-        "kv_cache_type": "continuous", "extra_build_args": {"opt_batch_size": 2},
-    }  # fmt: skip
+        "max_batch_size": 4,
+        "max_num_tokens": 1024,
+        "max_input_len": 60,
+        "max_output_len": 12,
+        "tp_size": 2,
+        "pp_size": 2,
+        "quantization": "fp8",
+        "builder_opt_level": 4,
+        "strongly_typed": False,
+        "multiple_profiles": True,
+        "kv_cache_type": "continuous",
+        "extra_build_args": {"opt_batch_size": 2},
+    }
     for name, value in keyed.items():
         changed = trt_experiment(tensorrt={name: value})
         assert engine_cache_key(engine_key_fields(changed, "/m", "sm_90", "1.0.0")) != key, name
@@ -331,12 +359,18 @@ def test_cache_key_covers_engine_fields_only():
         assert engine_cache_key(other) != key
     fp8 = trt_experiment(tensorrt={"quantization": "fp8"})
     fp8_cal = trt_experiment(tensorrt={"quantization": "fp8", "calibration": {"num_samples": 64}})
-    assert engine_cache_key(engine_key_fields(fp8, "/m", "a", "v")) != engine_cache_key(engine_key_fields(fp8_cal, "/m", "a", "v"))
+    assert engine_cache_key(engine_key_fields(fp8, "/m", "a", "v")) != engine_cache_key(
+        engine_key_fields(fp8_cal, "/m", "a", "v")
+    )
     runtime_only = {
-        "gpu_memory_utilization": 0.5, "enable_kv_cache_reuse": True, "enable_chunked_context": False,
-        "extra_runtime_args": {"enable_tqdm": True}, "force_rebuild": True, "engine_cache_dir": "/elsewhere",
+        "gpu_memory_utilization": 0.5,
+        "enable_kv_cache_reuse": True,
+        "enable_chunked_context": False,
+        "extra_runtime_args": {"enable_tqdm": True},
+        "force_rebuild": True,
+        "engine_cache_dir": "/elsewhere",
         "calibration": {"num_samples": 64},  # calibration is not used without a calibrating quantization
-    }  # fmt: skip
+    }
     for name, value in runtime_only.items():
         same = trt_experiment(tensorrt={name: value})
         assert engine_cache_key(engine_key_fields(same, "/m", "sm_90", "1.0.0")) == key, name
@@ -449,7 +483,11 @@ def test_contract_facts(fake_trt, tiny_model, tmp_path):
     try:
         assert backend.resolve_device() == "cuda" and backend.gpu_count() == 1
         v = backend.version()
-        assert v["tensorrt_llm"] == "1.0.0" and v["torch"] == torch.__version__ and v["transformers"] == transformers.__version__
+        assert (
+            v["tensorrt_llm"] == "1.0.0"
+            and v["torch"] == torch.__version__
+            and v["transformers"] == transformers.__version__
+        )
         assert "tensorrt" in v
         info = backend.info
         assert info["device"] == "cuda" and info["dtype"] == "float16" and info["architecture"] == "llama"
@@ -460,9 +498,19 @@ def test_contract_facts(fake_trt, tiny_model, tmp_path):
         assert info["load_s"] > 0 and "parameters_source" in info
         mem = backend.peak_memory()
         assert mem["cuda_peak_allocated_bytes"] is None and mem["cuda_peak_reserved_bytes"] is None
+
         def batch(size):
-            return BatchRecord(size=size, input_tokens=size, padded_input_tokens=size, output_tokens=size, steps=1,
-                               latency_s=1.0, start_t=0.0, first_token_t=0.5, end_t=1.0)  # fmt: skip
+            return BatchRecord(
+                size=size,
+                input_tokens=size,
+                padded_input_tokens=size,
+                output_tokens=size,
+                steps=1,
+                latency_s=1.0,
+                start_t=0.0,
+                first_token_t=0.5,
+                end_t=1.0,
+            )
 
         assert backend.validity_flags([batch(5)]) == []
         assert backend.validity_flags([batch(1)])[0][0] == "batch_not_saturated"
@@ -494,8 +542,15 @@ def test_inflight_batching_is_capped_and_every_request_finishes(fake_trt, tiny_m
 
 
 def test_latency_from_arrivals_splits_multi_token_responses():
-    stream = {"index": 3, "input_tokens": 10, "output_tokens": 5, "submitted": 1.0, "end": 2.0,
-              "arrivals": [(1.25, 2), (1.5, 1), (1.75, 2)], "chunks": 3}  # fmt: skip
+    stream = {
+        "index": 3,
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "submitted": 1.0,
+        "end": 2.0,
+        "arrivals": [(1.25, 2), (1.5, 1), (1.75, 2)],
+        "chunks": 3,
+    }
     t = TensorRTBackend.timing(stream)
     assert (t.index, t.input_tokens, t.output_tokens) == (3, 10, 5)
     assert t.ttft_s == pytest.approx(0.25) and t.e2e_s == pytest.approx(0.75)
@@ -507,8 +562,15 @@ def test_warmup_contract(fake_trt, tiny_model, tmp_path):
     try:
         prompts = ["a", "b c", "d e f", "g"]
         batches = [Batch([0, 1, 2, 3], [2, 3, 4, 2])]
-        cfg = {"enabled": True, "mode": "full", "convergence_detection": True, "cv_threshold": 1.0, "max_prompts": 4,
-               "window_size": 3, "min_prompts": 3}  # fmt: skip
+        cfg = {
+            "enabled": True,
+            "mode": "full",
+            "convergence_detection": True,
+            "cv_threshold": 1.0,
+            "max_prompts": 4,
+            "window_size": 3,
+            "min_prompts": 3,
+        }
         w = backend.warmup(prompts, batches, cfg)
         assert w["enabled"] and w["converged"] is True and w["iterations_completed"] == 3
         assert w["batch_size"] == 2 and w["max_new_tokens"] == 6 and len(w["latencies_ms"]) == 3
@@ -598,10 +660,15 @@ snakemake = types.SimpleNamespace(
 """
     wrapper = tmp_path / "tmp_snakemake_script.py"
     wrapper.write_text(preamble + script.read_text())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]),
-           "LLM_ENERGY_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]),
+        "LLM_ENERGY_CACHE_DIR": str(tmp_path / "cache"),
+    }
     env.pop("TLLM_WORKER_USE_SINGLE_PROCESS", None)
-    return subprocess.run([sys.executable, str(wrapper)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(wrapper)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_the_measure_script_survives_tensorrt_llms_spawned_worker(tiny_model, tmp_path):
@@ -620,10 +687,14 @@ def test_the_measure_script_survives_tensorrt_llms_spawned_worker(tiny_model, tm
 def test_an_unguarded_script_fails_like_the_real_worker(tiny_model, tmp_path):
     """The fake re-runs the main file as mpi4py does: a script that works at import time fails the engine's start."""
     unguarded = tmp_path / "unguarded.py"
-    unguarded.write_text("from llenergymeasure.jobs import measure\n\nmeasure(config=snakemake.params.experiment, experiment_id='x',"
-                         " cycle=1, model_path=snakemake.input['model'], output=snakemake.output.raw,"
-                         " log_path=snakemake.log[0], runtime=snakemake.config['_lem'])\n")  # fmt: skip
-    run = _as_snakemake_runs(unguarded, tmp_path, trt_experiment(tmp_path, tensorrt={"single_process": False}), tiny_model)
+    unguarded.write_text(
+        "from llenergymeasure.jobs import measure\n\nmeasure(config=snakemake.params.experiment, experiment_id='x',"
+        " cycle=1, model_path=snakemake.input['model'], output=snakemake.output.raw,"
+        " log_path=snakemake.log[0], runtime=snakemake.config['_lem'])\n"
+    )
+    run = _as_snakemake_runs(
+        unguarded, tmp_path, trt_experiment(tmp_path, tensorrt={"single_process": False}), tiny_model
+    )
     log = (tmp_path / "m.log").read_text()
     assert run.returncode != 0 and "NameError: name 'snakemake' is not defined" in log
     assert "MPI worker aborted while mpi4py re-ran the main module" in log
@@ -674,7 +745,9 @@ def test_int4_gptq_is_refused_and_the_release_cannot_build_it(fake_trt, tiny_mod
         LLM(model=tiny_model, quant_config=QuantConfig(quant_algo=QuantAlgo.W4A16_GPTQ))
 
 
-@pytest.mark.parametrize("quant", [{"quant_method": "gptq", "bits": 4}, {"quant_method": "awq", "bits": 4}, {"quant_method": "bitsandbytes"}])
+@pytest.mark.parametrize(
+    "quant", [{"quant_method": "gptq", "bits": 4}, {"quant_method": "awq", "bits": 4}, {"quant_method": "bitsandbytes"}]
+)
 def test_a_prequantised_checkpoint_is_refused(fake_trt, tiny_model, tmp_path, quant):
     from tensorrt_llm._tensorrt_engine import LLM
 
@@ -691,7 +764,11 @@ def test_a_prequantised_checkpoint_is_refused(fake_trt, tiny_model, tmp_path, qu
     ("dataset", "env", "needle"),
     [
         ("wikitext", {}, "calibrates from cnn_dailymail, pileval, scienceqa or a local dataset folder"),
-        ("cnn_dailymail", {"HF_DATASETS_OFFLINE": "1"}, "is downloaded while the engine builds, but HF_DATASETS_OFFLINE is set"),
+        (
+            "cnn_dailymail",
+            {"HF_DATASETS_OFFLINE": "1"},
+            "is downloaded while the engine builds, but HF_DATASETS_OFFLINE is set",
+        ),
         ("pileval", {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
     ],
 )
@@ -723,6 +800,10 @@ def test_the_fake_builds_only_from_calibration_sets_the_release_reads(fake_trt, 
         LLM(model=tiny_model, quant_config=fp8, calib_config=CalibConfig(calib_dataset="wikitext"))
     with pytest.raises(ConnectionError):  # cnn_dailymail comes from the hub while building
         LLM(model=tiny_model, quant_config=fp8, calib_config=CalibConfig(calib_dataset="cnn_dailymail"))
-    llm = LLM(model=tiny_model, quant_config=fp8, calib_config=CalibConfig(calib_dataset=calibration_folder(tmp_path)),
-              kv_cache_config=KvCacheConfig(enable_block_reuse=False))  # fmt: skip
+    llm = LLM(
+        model=tiny_model,
+        quant_config=fp8,
+        calib_config=CalibConfig(calib_dataset=calibration_folder(tmp_path)),
+        kv_cache_config=KvCacheConfig(enable_block_reuse=False),
+    )
     llm.shutdown()

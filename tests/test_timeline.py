@@ -11,11 +11,25 @@ from llenergymeasure.timeline import GpuSample, TimelineSample, TimelineSampler,
 def gpu_samples(powers, reasons=None, dt=0.1):
     reasons = reasons or [0] * len(powers)
     return [
-        TimelineSample(i * dt, 50.0, 100 + i, None,
-                       (GpuSample("gpu0", power_w=p, temperature_c=60.0 + i, sm_util_pct=90.0, mem_util_pct=40.0,
-                                  sm_clock_mhz=1900.0, throttle_reasons=r),))
+        TimelineSample(
+            i * dt,
+            50.0,
+            100 + i,
+            None,
+            (
+                GpuSample(
+                    "gpu0",
+                    power_w=p,
+                    temperature_c=60.0 + i,
+                    sm_util_pct=90.0,
+                    mem_util_pct=40.0,
+                    sm_clock_mhz=1900.0,
+                    throttle_reasons=r,
+                ),
+            ),
+        )
         for i, (p, r) in enumerate(zip(powers, reasons, strict=True))
-    ]  # fmt: skip
+    ]
 
 
 def test_integrate_step_series():
@@ -38,8 +52,19 @@ def test_summary_and_throttle_durations():
 def test_phase_split_follows_power():
     # 1 s at 300 W (prefill), then 3 s at 100 W (decode): 300 J vs 300 J of a 600 J window
     samples = gpu_samples([300] * 10 + [100] * 30)
-    batches = [BatchRecord(size=1, input_tokens=8, padded_input_tokens=8, output_tokens=4, steps=4, latency_s=4.0,
-                           start_t=0.0, first_token_t=1.0, end_t=4.0)]  # fmt: skip
+    batches = [
+        BatchRecord(
+            size=1,
+            input_tokens=8,
+            padded_input_tokens=8,
+            output_tokens=4,
+            steps=4,
+            latency_s=4.0,
+            start_t=0.0,
+            first_token_t=1.0,
+            end_t=4.0,
+        )
+    ]
     split = phase_split(samples, batches, (0.0, 4.0), energy_j=660.0)
     assert split["method"] == "window_counter_energy_split_by_gpu_board_power"
     assert split["prefill_energy_j"] == pytest.approx(330.0) and split["decode_energy_j"] == pytest.approx(330.0)

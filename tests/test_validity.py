@@ -18,8 +18,19 @@ def static_batches(paces_s: list[float], steps: int = 11, prefill_s: float = 0.0
     for pace in paces_s:
         first = t + prefill_s
         end = first + pace * (steps - 1)
-        out.append(BatchRecord(size=4, input_tokens=40, padded_input_tokens=48, output_tokens=4 * steps, steps=steps,
-                               latency_s=end - t, start_t=t, first_token_t=first, end_t=end))  # fmt: skip
+        out.append(
+            BatchRecord(
+                size=4,
+                input_tokens=40,
+                padded_input_tokens=48,
+                output_tokens=4 * steps,
+                steps=steps,
+                latency_s=end - t,
+                start_t=t,
+                first_token_t=first,
+                end_t=end,
+            )
+        )
         t = end
     return out
 
@@ -40,7 +51,7 @@ def test_cold_batches_at_the_start_are_flagged_with_their_share():
     assert s["reference_step_s"] == pytest.approx(0.012)
     expected = 2 * (0.05 - 0.012) * 10 / (window[1] - window[0])
     assert s["cold_excess_share"] == pytest.approx(expected)
-    (code, message), = validity.cold_start_in_window(s)
+    ((code, message),) = validity.cold_start_in_window(s)
     assert code == "cold_start_in_window" and "%" in message
 
 
@@ -48,8 +59,11 @@ def test_prompt_length_alone_does_not_look_cold():
     """Batches with longer prompts take longer to prefill: that is the workload, not a cold start."""
     batches = static_batches([0.012] * 6)
     first = batches[0]
-    batches[0] = dataclasses.replace(first, first_token_t=first.first_token_t + 0.3, end_t=first.end_t + 0.3, latency_s=first.latency_s + 0.3)
-    assert steady_state("static", batches, [], (0.0, batches[-1].end_t + 0.3))["cold_start_in_window"] is False  # a long first prompt
+    batches[0] = dataclasses.replace(
+        first, first_token_t=first.first_token_t + 0.3, end_t=first.end_t + 0.3, latency_s=first.latency_s + 0.3
+    )
+    # a long first prompt
+    assert steady_state("static", batches, [], (0.0, batches[-1].end_t + 0.3))["cold_start_in_window"] is False
 
 
 def test_continuous_batching_uses_decode_step_blocks():
@@ -80,7 +94,7 @@ def test_cross_check_agrees_on_consistent_power():
 def test_cross_check_flags_a_counter_that_disagrees_on_a_long_window():
     t0, t1 = 1_700_000_000.0, 1_700_000_012.0
     c = energy_cross_check(300.0 * 12 * 1.1, {"gpu0": buffered(300.0, t0, t1)}, (t0, t1), [], (5.0, 17.0))
-    (code, _), = validity.energy_cross_check_mismatch(c)
+    ((code, _),) = validity.energy_cross_check_mismatch(c)
     assert code == "energy_cross_check_mismatch" and c["ratio"] == pytest.approx(1 / 1.1, rel=0.01)
 
 
@@ -96,9 +110,16 @@ def test_cross_check_is_not_judged_on_short_windows_and_falls_back_to_the_timeli
 
 def test_host_bound_gpu_is_flagged():
     def summary(util):
-        return {"gpus": [{"device": "gpu0", "sm_util_pct": {"mean": util, "max": util, "min": util},
-                          "throttle": {"thermal_s": 0, "power_cap_s": 0}}]}  # fmt: skip
+        return {
+            "gpus": [
+                {
+                    "device": "gpu0",
+                    "sm_util_pct": {"mean": util, "max": util, "min": util},
+                    "throttle": {"thermal_s": 0, "power_cap_s": 0},
+                }
+            ]
+        }
 
-    (code, message), = validity.host_bound(summary(22.0))
+    ((code, message),) = validity.host_bound(summary(22.0))
     assert code == "host_bound" and "22 %" in message
     assert validity.host_bound(summary(85.0)) == [] and validity.host_bound(None) == []

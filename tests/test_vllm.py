@@ -53,8 +53,14 @@ def loaded(fake_vllm, tiny_model):
         b.close()
 
 
-PROMPTS = ["hello world", "What is the capital of France?", "tell me why the sky is blue " * 20, "add 17 and 25",
-           "x y z", "the quick brown fox"]  # fmt: skip
+PROMPTS = [
+    "hello world",
+    "What is the capital of France?",
+    "tell me why the sky is blue " * 20,
+    "add 17 and 25",
+    "x y z",
+    "the quick brown fox",
+]
 
 
 # ---------------------------------------------------------------------------------------------- engine arguments
@@ -82,9 +88,17 @@ def test_default_engine_arguments(loaded, tiny_model):
     # null in the schema: left to the engine (max_num_batched_tokens, quantization, speculative_config), and the
     # executor is vLLM's own single-GPU choice
     assert llm.engine_args["max_num_batched_tokens"] is None and llm.engine_args["quantization"] is None
-    assert llm.engine_args["speculative_config"] is None and llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend == "uni"
-    assert llm.environment == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_ATTENTION_BACKEND": None,
-                               "VLLM_FLASH_ATTN_VERSION": None, "TORCH_COMPILE_DISABLE": None, "NCCL_P2P_DISABLE": None}  # fmt: skip
+    assert (
+        llm.engine_args["speculative_config"] is None
+        and llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend == "uni"
+    )
+    assert llm.environment == {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_ATTENTION_BACKEND": None,
+        "VLLM_FLASH_ATTN_VERSION": None,
+        "TORCH_COMPILE_DISABLE": None,
+        "NCCL_P2P_DISABLE": None,
+    }
 
 
 def test_every_engine_field_reaches_the_engine(loaded, tiny_model):
@@ -147,17 +161,32 @@ def test_every_engine_field_reaches_the_engine(loaded, tiny_model):
     }
     # attention is chosen through the environment in 0.11.0 (no engine argument); speculative decoding keeps the
     # engine core in its own process (the in-process core of 0.11.0 drops drafts)
-    assert llm.environment == {"VLLM_ENABLE_V1_MULTIPROCESSING": None, "VLLM_ATTENTION_BACKEND": "FLASH_ATTN",
-                               "VLLM_FLASH_ATTN_VERSION": "3", "TORCH_COMPILE_DISABLE": "1", "NCCL_P2P_DISABLE": None}  # fmt: skip
+    assert llm.environment == {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": None,
+        "VLLM_ATTENTION_BACKEND": "FLASH_ATTN",
+        "VLLM_FLASH_ATTN_VERSION": "3",
+        "TORCH_COMPILE_DISABLE": "1",
+        "NCCL_P2P_DISABLE": None,
+    }
     assert backend.gpu_count() == 4
 
 
 def test_other_attention_and_speculative_choices(loaded):
-    _, llm = loaded(vllm={"attention": {"backend": "FLASHINFER"},
-                          "speculative": {"method": "ngram", "num_tokens": 5, "prompt_lookup_min": 2, "prompt_lookup_max": 4}})  # fmt: skip
-    assert llm.environment["VLLM_ATTENTION_BACKEND"] == "FLASHINFER" and llm.environment["VLLM_FLASH_ATTN_VERSION"] is None
-    assert llm.given["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 2,
-                                               "prompt_lookup_max": 4}  # fmt: skip
+    _, llm = loaded(
+        vllm={
+            "attention": {"backend": "FLASHINFER"},
+            "speculative": {"method": "ngram", "num_tokens": 5, "prompt_lookup_min": 2, "prompt_lookup_max": 4},
+        }
+    )
+    assert (
+        llm.environment["VLLM_ATTENTION_BACKEND"] == "FLASHINFER" and llm.environment["VLLM_FLASH_ATTN_VERSION"] is None
+    )
+    assert llm.given["speculative_config"] == {
+        "method": "ngram",
+        "num_speculative_tokens": 5,
+        "prompt_lookup_min": 2,
+        "prompt_lookup_max": 4,
+    }
     assert "distributed_executor_backend" not in llm.given  # one GPU: vLLM's in-process executor
 
 
@@ -186,7 +215,9 @@ def test_load_record(fake_vllm, tiny_model):
         assert record["model_size_bytes"] == 2940672 * 4  # the stand-in computes in float32
         assert analytic_parameters(b.model_config()) == 2940672  # the count used when the model is out of reach
         assert record["vllm_version"] == PINNED_VERSION and record["weights"] == "checkpoint"
-        assert record["engine_effective"]["chunked_prefill"] is True and record["engine_effective"]["max_model_len"] == 72
+        assert (
+            record["engine_effective"]["chunked_prefill"] is True and record["engine_effective"]["max_model_len"] == 72
+        )
         assert record["environment_set"] == ["VLLM_ENABLE_V1_MULTIPROCESSING"]
         json.dumps(record)
         assert VllmBackend.version()["vllm"] == PINNED_VERSION
@@ -200,23 +231,54 @@ def test_greedy_sampling_parameters(loaded):
     backend.run(PROMPTS[:2], backend.plan(PROMPTS[:2]), seed=7)
     given = [params.given for _, _, params, _ in llm.llm_engine.requests]
     assert given == [
-        {"n": 1, "max_tokens": 8, "min_tokens": 8, "temperature": 0.0, "top_p": 1.0, "top_k": 50,
-         "repetition_penalty": 1.0, "min_p": 0.0, "ignore_eos": True, "seed": 7 + i, "detokenize": False}
+        {
+            "n": 1,
+            "max_tokens": 8,
+            "min_tokens": 8,
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "top_k": 50,
+            "repetition_penalty": 1.0,
+            "min_p": 0.0,
+            "ignore_eos": True,
+            "seed": 7 + i,
+            "detokenize": False,
+        }
         for i in range(2)
-    ]  # fmt: skip
+    ]
     assert llm.llm_engine.requests[0][2].top_k == 0  # temperature 0: the engine itself turns top-k off
 
 
 def test_sampled_parameters(loaded):
-    backend, llm = loaded(min_output_tokens=0,
-                          decoder={"preset": None, "do_sample": True, "temperature": 0.7, "top_k": 0, "top_p": 0.9,
-                                   "repetition_penalty": 1.1},
-                          vllm={"min_p": 0.05, "logprobs": 2, "logit_bias": {"5": 2.5, "7": -100}})  # fmt: skip
+    backend, llm = loaded(
+        min_output_tokens=0,
+        decoder={
+            "preset": None,
+            "do_sample": True,
+            "temperature": 0.7,
+            "top_k": 0,
+            "top_p": 0.9,
+            "repetition_penalty": 1.1,
+        },
+        vllm={"min_p": 0.05, "logprobs": 2, "logit_bias": {"5": 2.5, "7": -100}},
+    )
     backend.run(PROMPTS[:1], backend.plan(PROMPTS[:1]), seed=None)
-    (_, _, params, _), = llm.llm_engine.requests
-    assert params.given == {"n": 1, "max_tokens": 8, "min_tokens": 0, "temperature": 0.7, "top_p": 0.9,
-                            "top_k": 0, "repetition_penalty": 1.1, "min_p": 0.05, "ignore_eos": False, "seed": None,
-                            "detokenize": False, "logprobs": 2, "logit_bias": {5: 2.5, 7: -100.0}}  # fmt: skip
+    ((_, _, params, _),) = llm.llm_engine.requests
+    assert params.given == {
+        "n": 1,
+        "max_tokens": 8,
+        "min_tokens": 0,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,
+        "repetition_penalty": 1.1,
+        "min_p": 0.05,
+        "ignore_eos": False,
+        "seed": None,
+        "detokenize": False,
+        "logprobs": 2,
+        "logit_bias": {5: 2.5, 7: -100.0},
+    }
     assert backend.sampling_params(8, 0, 1).top_k == 0
     backend.config["decoder"]["top_k"] = 20
     assert backend.sampling_params(8, 0, 1).top_k == 20
@@ -298,12 +360,32 @@ def test_speculation_is_inert_with_an_in_process_core(fake_vllm, tiny_model, mon
 def test_warmup_contract(loaded):
     backend, llm = loaded(vllm={"max_num_seqs": 2, "enable_prefix_caching": True})
     batches = backend.plan(PROMPTS)
-    cfg = {"enabled": True, "mode": "cv", "convergence_detection": True, "cv_threshold": 0.99, "max_prompts": 5,
-           "window_size": 3, "min_prompts": 3}  # fmt: skip
+    cfg = {
+        "enabled": True,
+        "mode": "cv",
+        "convergence_detection": True,
+        "cv_threshold": 0.99,
+        "max_prompts": 5,
+        "window_size": 3,
+        "min_prompts": 3,
+    }
     w = backend.warmup(PROMPTS, batches, cfg)
-    assert set(w) == {"enabled", "mode", "converged", "final_cv", "target_cv", "iterations_completed", "max_prompts",
-                      "batch_size", "max_new_tokens", "cv_loop_s", "latencies_ms", "shapes", "full_pass_s",
-                      "duration_s"}  # fmt: skip
+    assert set(w) == {
+        "enabled",
+        "mode",
+        "converged",
+        "final_cv",
+        "target_cv",
+        "iterations_completed",
+        "max_prompts",
+        "batch_size",
+        "max_new_tokens",
+        "cv_loop_s",
+        "latencies_ms",
+        "shapes",
+        "full_pass_s",
+        "duration_s",
+    }
     assert 3 <= w["iterations_completed"] <= 5 and w["batch_size"] == 2 and w["max_new_tokens"] == 8
     assert len(w["latencies_ms"]) == w["iterations_completed"] and w["final_cv"] is not None
     resets = llm.prefix_cache_resets
@@ -318,8 +400,15 @@ def test_full_warmup_runs_the_whole_workload_before_the_window(loaded):
     """Mode full submits every prompt once, with the window's output lengths, before the CV loop."""
     backend, _llm = loaded(vllm={"max_num_seqs": 2, "enable_prefix_caching": True})
     batches = backend.plan(PROMPTS)
-    cfg = {"enabled": True, "mode": "full", "convergence_detection": True, "cv_threshold": 0.99, "max_prompts": 3,
-           "window_size": 3, "min_prompts": 3}  # fmt: skip
+    cfg = {
+        "enabled": True,
+        "mode": "full",
+        "convergence_detection": True,
+        "cv_threshold": 0.99,
+        "max_prompts": 3,
+        "window_size": 3,
+        "min_prompts": 3,
+    }
     w = backend.warmup(PROMPTS, batches, cfg)
     (whole,) = w["shapes"]
     assert whole["batch_size"] == len(PROMPTS) and whole["new_tokens"] == backend.config["max_output_tokens"]
@@ -343,8 +432,12 @@ def test_memory_and_close(fake_vllm, tiny_model):
     b.load()
     llm = fake_vllm.LLM.instances[-1]
     b.reset_peak_memory()
-    assert b.peak_memory() == {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None,
-                               "gpu_memory_used_bytes": None, "kv_cache_capacity_tokens": None}  # fmt: skip
+    assert b.peak_memory() == {
+        "cuda_peak_allocated_bytes": None,
+        "cuda_peak_reserved_bytes": None,
+        "gpu_memory_used_bytes": None,
+        "kv_cache_capacity_tokens": None,
+    }
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     b.close()
     from vllm.distributed import parallel_state
@@ -420,7 +513,10 @@ def test_settings_the_pinned_release_cannot_run(fake_vllm, tiny_model, overrides
 
 
 def test_device_and_gpu_count(fake_vllm, tiny_model):
-    b = VllmBackend(vllm_experiment(gpus=[0, 1, 2, 3, 4, 5], vllm={"tensor_parallel_size": 3, "pipeline_parallel_size": 2}), tiny_model)
+    b = VllmBackend(
+        vllm_experiment(gpus=[0, 1, 2, 3, 4, 5], vllm={"tensor_parallel_size": 3, "pipeline_parallel_size": 2}),
+        tiny_model,
+    )
     assert b.resolve_device() == "cuda" and b.gpu_count() == 6
     cpu = VllmBackend({**vllm_experiment(), "device": "cpu"}, tiny_model)
     with pytest.raises(MeasurementError, match="CUDA GPUs only"):
@@ -465,7 +561,11 @@ def test_awq_runs_the_marlin_kernels_and_the_effective_method_is_recorded(fake_v
     try:
         llm = fake_vllm.LLM.instances[-1]
         assert llm.given.get("quantization") == ("awq_marlin" if requested else None)
-        assert info["quantization"] == {"requested": requested, "given": llm.given.get("quantization"), "effective": "awq_marlin"}
+        assert info["quantization"] == {
+            "requested": requested,
+            "given": llm.given.get("quantization"),
+            "effective": "awq_marlin",
+        }
         assert not any("forcing awq" in m for m in llm.llm_engine.log_messages)
         assert info["weights"] == "checkpoint, awq_marlin quantisation"
         # int4 weights are packed eight to an int32: the count comes from the model config, not from numel()
@@ -489,7 +589,9 @@ def test_a_checkpoint_contradicting_the_quantization_is_refused(tiny_model, tmp_
     model = _quantised_copy(tiny_model, tmp_path, AWQ)
     problem = semantic_problem(vllm_experiment(model_name=model, fp_precision="float16", vllm={"quantization": "gptq"}))
     assert "vllm.quantization = gptq, but" in problem and "quantised with awq" in problem
-    plain = semantic_problem(vllm_experiment(model_name=tiny_model, fp_precision="float16", vllm={"quantization": "awq"}))
+    plain = semantic_problem(
+        vllm_experiment(model_name=tiny_model, fp_precision="float16", vllm={"quantization": "awq"})
+    )
     assert "needs a checkpoint quantised with AWQ" in plain
 
 
@@ -499,7 +601,9 @@ def test_bitsandbytes_loads_with_its_own_loader(fake_vllm, tiny_model):
     b = VllmBackend(vllm_experiment(fp_precision="float16", vllm={"quantization": "bitsandbytes"}), tiny_model)
     info = b.load()
     try:
-        assert info["engine_effective"]["load_format"] == "bitsandbytes" and info["engine_args"]["load_format"] == "auto"
+        assert (
+            info["engine_effective"]["load_format"] == "bitsandbytes" and info["engine_args"]["load_format"] == "auto"
+        )
     finally:
         b.close()
     refused = semantic_problem(vllm_experiment(vllm={"quantization": "bitsandbytes", "load_format": "safetensors"}))
@@ -525,7 +629,10 @@ def test_outputs_carry_no_text(loaded):
     [
         ({"swap_space": 8}, "allocates no CPU swap blocks (v1/engine/core.py:204)"),
         ({"enable_chunked_prefill": False}, "engine/arg_utils.py:1547-1548"),
-        ({"speculative": {"method": "eagle", "model": "org/eagle", "draft_tp_size": 2}}, "config/speculative.py:466-490"),
+        (
+            {"speculative": {"method": "eagle", "model": "org/eagle", "draft_tp_size": 2}},
+            "config/speculative.py:466-490",
+        ),
         ({"min_p": 0.1}, "resets min_p for greedy requests"),
     ],
 )

@@ -20,6 +20,7 @@ from llenergymeasure.results import raw_result_files, read_result
 
 pytestmark = pytest.mark.workflow
 
+
 def test_full_run_then_edit_one_value(workflow_dir):
     from conftest import Hook
 
@@ -170,8 +171,14 @@ def test_kill_and_resume(workflow_dir, victim):
     "patch, expected",
     [
         ({"execution": {"cycles": 0}}, "key 'execution.cycles' = 0 is out of range; allowed: >= 1"),
-        ({"execution": {"structure": "random"}}, "key 'execution.structure' = 'random' is not allowed; allowed: interleaved, shuffled, grouped"),
-        ({"grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": ["big"]}}}, "key 'grid.shared.pytorch.batch_size' = 'big' has the wrong type; allowed: integer"),
+        (
+            {"execution": {"structure": "random"}},
+            "key 'execution.structure' = 'random' is not allowed; allowed: interleaved, shuffled, grouped",
+        ),
+        (
+            {"grid": {"backends": ["pytorch"], "shared": {"pytorch.batch_size": ["big"]}}},
+            "key 'grid.shared.pytorch.batch_size' = 'big' has the wrong type; allowed: integer",
+        ),
         (
             {"execution": {"cycels": 2}},
             "unknown key 'execution.cycels' (value 2); allowed keys here: config_gap_s, cycle_gap_s, "
@@ -187,7 +194,11 @@ def test_malformed_campaign_fails_before_any_job(workflow_dir, patch, expected):
     run = snakemake(workflow_dir, "--configfile", str(cfg))
     assert run.returncode == 1
     # Snakemake announces the workflow profile first; the error itself is one line
-    err_lines = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("Using workflow specific profile")]
+    err_lines = [
+        line
+        for line in run.stderr.splitlines()
+        if line.strip() and not line.startswith("Using workflow specific profile")
+    ]
     assert err_lines == [f"Configuration error: {cfg}: {expected}"], run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     assert existing.read_text() == '{"precious": true}'
@@ -225,18 +236,26 @@ def test_default_campaign_dry_run(workflow_dir):
 
 
 def test_lint_and_format():
-    lint = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--cores", "1"], cwd=REPO, capture_output=True, text=True)
+    lint = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--cores", "1"], cwd=REPO, capture_output=True, text=True
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True)
+    fmt = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
 def test_python_lint_and_format():
     """ruff, with the settings of pyproject.toml, over every Python file of the repository: its lint rules, and its
     formatter's layout."""
-    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True)
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True)
+    fmt = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 

@@ -162,7 +162,10 @@ def aggregate_experiment(
             }
             for r in raws
         ],
-        "time_span": {"first_window_start": raws[0]["timestamps"]["window_start"], "last_window_end": raws[-1]["timestamps"]["window_end"]},
+        "time_span": {
+            "first_window_start": raws[0]["timestamps"]["window_start"],
+            "last_window_end": raws[-1]["timestamps"]["window_end"],
+        },
         "config": cfg,
         "environment": first["environment"],
         "provenance": first["provenance"],
@@ -170,7 +173,9 @@ def aggregate_experiment(
     }
 
 
-def write_aggregated(raw_paths: list[str], output: str, config_name: str, cv_threshold: float, confidence: float) -> dict:
+def write_aggregated(
+    raw_paths: list[str], output: str, config_name: str, cv_threshold: float, confidence: float
+) -> dict:
     result = aggregate_experiment(raw_paths, config_name, cv_threshold, confidence)
     write_json_atomic(output, result, AGGREGATED_SCHEMA, durable=False)
     return result
@@ -229,19 +234,52 @@ def group_by_experiment(raw_paths: list[str]) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------------------ summary CSV
 
 SUMMARY_COLUMNS = [
-    "experiment_id", "config_name", "backend", "model", "batch_size", "batching_strategy", "fp_precision", "device",
-    "cycles", "output_tokens_mean",
-    "energy_j_mean", "energy_j_std", "energy_j_cv", "energy_j_ci_low", "energy_j_ci_high",
-    "energy_net_j_mean", "energy_net_j_ci_low", "energy_net_j_ci_high",
-    "j_per_output_token_mean", "j_per_output_token_ci_low", "j_per_output_token_ci_high",
+    "experiment_id",
+    "config_name",
+    "backend",
+    "model",
+    "batch_size",
+    "batching_strategy",
+    "fp_precision",
+    "device",
+    "cycles",
+    "output_tokens_mean",
+    "energy_j_mean",
+    "energy_j_std",
+    "energy_j_cv",
+    "energy_j_ci_low",
+    "energy_j_ci_high",
+    "energy_net_j_mean",
+    "energy_net_j_ci_low",
+    "energy_net_j_ci_high",
+    "j_per_output_token_mean",
+    "j_per_output_token_ci_low",
+    "j_per_output_token_ci_high",
     "net_j_per_output_token_mean",
-    "gpu_energy_j_mean", "cpu_energy_j_mean", "gpu_j_per_output_token_mean",
-    "output_tokens_per_s_mean", "output_tokens_per_s_ci_low", "output_tokens_per_s_ci_high",
-    "mean_power_w_mean", "e2e_latency_mean_ms_mean", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
-    "co2_kg_mean", "window_duration_s_mean", "total_flops_mean",
-    "energy_net_uncertainty_j_mean", "energy_cross_check_ratio_mean", "cold_excess_share_mean",
-    "energy_method", "includes_estimate", "flops_method", "cv_flag", "flags",
-]  # fmt: skip
+    "gpu_energy_j_mean",
+    "cpu_energy_j_mean",
+    "gpu_j_per_output_token_mean",
+    "output_tokens_per_s_mean",
+    "output_tokens_per_s_ci_low",
+    "output_tokens_per_s_ci_high",
+    "mean_power_w_mean",
+    "e2e_latency_mean_ms_mean",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "co2_kg_mean",
+    "window_duration_s_mean",
+    "total_flops_mean",
+    "energy_net_uncertainty_j_mean",
+    "energy_cross_check_ratio_mean",
+    "cold_excess_share_mean",
+    "energy_method",
+    "includes_estimate",
+    "flops_method",
+    "cv_flag",
+    "flags",
+]
 
 
 #: columns of a precision-targeted campaign's summary (after SUMMARY_COLUMNS), from the aggregated ``precision``
@@ -308,7 +346,9 @@ def _csv_value(v):
 def write_summary_rows(rows: list[dict], output: str) -> None:
     for row in rows:
         validate_result(row, SUMMARY_SCHEMA, f"{output} row {row['experiment_id']}")
-    columns = SUMMARY_COLUMNS + (list(PRECISION_COLUMNS) if any(PRECISION_COLUMNS.keys() & row.keys() for row in rows) else [])
+    columns = SUMMARY_COLUMNS + (
+        list(PRECISION_COLUMNS) if any(PRECISION_COLUMNS.keys() & row.keys() for row in rows) else []
+    )
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -347,7 +387,9 @@ def read_summary(path: str) -> list[dict]:
         rows = []
         for n, raw in enumerate(reader, 2):
             if None in raw or any(v is None for v in raw.values()):
-                raise AggregationError(f"{what}: line {n} has {'more' if None in raw else 'fewer'} fields than the header (truncated or damaged?)")
+                raise AggregationError(
+                    f"{what}: line {n} has {'more' if None in raw else 'fewer'} fields than the header (truncated or damaged?)"
+                )
             row = {}
             for key, text_value in raw.items():
                 types = props[key]["type"]

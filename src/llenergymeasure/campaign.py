@@ -94,12 +94,18 @@ def user_config(workdir: str | Path = ".") -> Migrated:
     data, problems = found.data, list(found.problems)
     for key in data:
         if key not in USER_CONFIG_KEYS:
-            problems.append(f"unknown key '{key}'; allowed keys: {', '.join(sorted(USER_CONFIG_KEYS))}{key_hint(key, USER_CONFIG_KEYS)}")
+            problems.append(
+                f"unknown key '{key}'; allowed keys: {', '.join(sorted(USER_CONFIG_KEYS))}{key_hint(key, USER_CONFIG_KEYS)}"
+            )
     if data.get("verbosity") not in (None, *VERBOSITY_LEVELS):
-        problems.append(f"key 'verbosity' = {data['verbosity']!r} is not allowed; allowed: {', '.join(VERBOSITY_LEVELS)}")
+        problems.append(
+            f"key 'verbosity' = {data['verbosity']!r} is not allowed; allowed: {', '.join(VERBOSITY_LEVELS)}"
+        )
     gaps = data.get("thermal_gaps") or {}
     if not isinstance(gaps, dict):
-        problems.append(f"key 'thermal_gaps' = {gaps!r} has the wrong type; allowed: a mapping (between_experiments, between_cycles)")
+        problems.append(
+            f"key 'thermal_gaps' = {gaps!r} has the wrong type; allowed: a mapping (between_experiments, between_cycles)"
+        )
         gaps = {}
     for key, value in gaps.items():
         if key not in ("between_experiments", "between_cycles"):
@@ -149,9 +155,11 @@ def resolve_campaign(raw: Any, base_dir: str | Path = ".", workdir: str | Path =
     if not isinstance(raw, dict):
         raise ConfigError(f"a campaign must be a mapping of keys, got {type(raw).__name__}")
     if "campaign_name" not in raw and ("model_name" in raw or "config_name" in raw):
-        raise ConfigError("this is an experiment file (it has model_name or config_name, and no campaign_name), not a "
-                          "campaign: list it under configs: in a campaign file (lem validate FILE checks it; lem run FILE "
-                          "measures it once)")  # fmt: skip
+        raise ConfigError(
+            "this is an experiment file (it has model_name or config_name, and no campaign_name), not a "
+            "campaign: list it under configs: in a campaign file (lem validate FILE checks it; lem run FILE "
+            "measures it once)"
+        )
     found = migrate_campaign(raw)
     problems, notes = list(found.problems), list(found.notes)
     try:
@@ -212,9 +220,13 @@ def results_dir(value: str, where: str) -> str:
     (a file, or a path through a file), braces, surrounding whitespace, control characters."""
     allowed = "allowed: a folder path"
     if not value or value != value.strip():
-        raise ConfigError(f"{where} = {value!r} starts or ends with whitespace (or is empty); {allowed} without surrounding spaces")
+        raise ConfigError(
+            f"{where} = {value!r} starts or ends with whitespace (or is empty); {allowed} without surrounding spaces"
+        )
     if any(ch in value for ch in "{}"):
-        raise ConfigError(f"{where} = {value!r} contains '{{' or '}}', which Snakemake reads as wildcards; {allowed} without braces")
+        raise ConfigError(
+            f"{where} = {value!r} contains '{{' or '}}', which Snakemake reads as wildcards; {allowed} without braces"
+        )
     if any(ord(ch) < 32 for ch in value):
         raise ConfigError(f"{where} = {value!r} contains a control character; {allowed}")
     path = os.path.normpath(os.path.expanduser(value))
@@ -271,7 +283,11 @@ def resolve_experiment(config: dict) -> dict:
     warm = resolved.get("warmup")
     if warm and ((warm.get("enabled") is False and warm.get("mode") == "full") or warm.get("mode") == "off"):
         warm["enabled"], warm["mode"] = False, "off"  # enabled: false and mode: off are the same warm-up (none)
-    if resolved.get("backend") in BACKENDS and resolved["device"] == "cuda" and backend_rules(resolved["backend"]).gpu_only:
+    if (
+        resolved.get("backend") in BACKENDS
+        and resolved["device"] == "cuda"
+        and backend_rules(resolved["backend"]).gpu_only
+    ):
         resolved["device"] = "auto"  # the same thing for a CUDA-only engine: one experiment id, not two
     resolved.pop("config_name", None)
     return resolved
@@ -358,7 +374,9 @@ def semantic_problems(config: dict) -> list[str]:
         found.append(f"backend = {backend} runs on CUDA GPUs only, but device = cpu")
     found.extend(rules.problems(config))
     if config["min_output_tokens"] > config["max_output_tokens"]:
-        found.append(f"min_output_tokens = {config['min_output_tokens']} is larger than max_output_tokens = {config['max_output_tokens']}")
+        found.append(
+            f"min_output_tokens = {config['min_output_tokens']} is larger than max_output_tokens = {config['max_output_tokens']}"
+        )
     if config["no_weights"]:
         from .synthetic import resolve_architecture
 
@@ -373,8 +391,11 @@ def semantic_problems(config: dict) -> list[str]:
     needed = rules.gpus(config)
     # device auto is CUDA wherever a GPU is visible: its GPU list is held to the same rule as device cuda's
     if config["device"] != "cpu" and needed != len(config["gpus"]):
-        found.append(f"{rules.gpus_knob} = {needed}, but gpus lists {len(config['gpus'])} GPU(s) {config['gpus']}: list exactly the "
-                     "GPUs the experiment uses, so that its energy covers them all and no other" + ("" if rules.gpu_only else " (or device: cpu)"))  # fmt: skip
+        found.append(
+            f"{rules.gpus_knob} = {needed}, but gpus lists {len(config['gpus'])} GPU(s) {config['gpus']}: list exactly the "
+            "GPUs the experiment uses, so that its energy covers them all and no other"
+            + ("" if rules.gpu_only else " (or device: cpu)")
+        )
     return [p for p in found if p]
 
 
@@ -406,7 +427,9 @@ def measurement_problem(config: dict) -> str | None:
     if energy["backend"] == "nvml" and config["device"] == "cpu":
         return "energy.backend = nvml reads GPU energy counters, but device = cpu"
     if energy["cpu_tdp_w"] is not None and energy["backend"] in ("rapl", "codecarbon"):
-        return f"energy.cpu_tdp_w sets the TDP of the CPU estimate, which energy.backend = {energy['backend']} never uses"
+        return (
+            f"energy.cpu_tdp_w sets the TDP of the CPU estimate, which energy.backend = {energy['backend']} never uses"
+        )
     return None
 
 
@@ -424,8 +447,10 @@ def decoder_problem(decoder: dict) -> str | None:
             if decoder[key] != default:
                 return f"decoder.{key} = {decoder[key]} shapes sampling, but decoding is greedy (decoder.do_sample = false)"
         if decoder["temperature"] not in (0, 1.0):
-            return (f"decoder.temperature = {decoder['temperature']} shapes sampling, but decoding is greedy "
-                    "(decoder.do_sample = false; temperature 0 also means greedy)")  # fmt: skip
+            return (
+                f"decoder.temperature = {decoder['temperature']} shapes sampling, but decoding is greedy "
+                "(decoder.do_sample = false; temperature 0 also means greedy)"
+            )
     return None
 
 
@@ -516,7 +541,11 @@ def _grid_candidates(campaign: dict, problems: list[str] | None = None) -> list[
     for backend, axes in overrides.items():
         for key, values in axes.items():
             for value in _axis(values, f"{backend}.{key}"):
-                found += [p for p in value_problems(value, f"{backend}.{key}", SCHEMA, "experiment", "grid.backend_overrides") if p not in found]
+                found += [
+                    p
+                    for p in value_problems(value, f"{backend}.{key}", SCHEMA, "experiment", "grid.backend_overrides")
+                    if p not in found
+                ]
     if found:
         if problems is None:
             raise ConfigError(found)
@@ -566,7 +595,9 @@ def _file_candidates(campaign: dict, problems: list[str]) -> list[tuple[str, Any
             problems.append(f"experiment config '{rel}': expected a mapping, got {type(data).__name__}")
             continue
         if "campaign_name" in data:
-            problems.append(f"experiment config '{rel}' is a campaign file (it has campaign_name): configs lists experiment files")
+            problems.append(
+                f"experiment config '{rel}' is a campaign file (it has campaign_name): configs lists experiment files"
+            )
             continue
         name = data.get("config_name") or Path(rel).stem
         candidates.append((name, data, rel))
@@ -587,11 +618,15 @@ def _shadowed(campaign: dict, data: dict, source: str) -> list[str]:
         differ = {k: v for k, v in mine.items() if k in theirs and v != theirs[k]}
         if differ:
             shown = ", ".join(f"dataset.{k} = {v}" for k, v in differ.items())
-            notes.append(f"{source} sets {shown}: the campaign's dataset ({', '.join(f'{k} = {theirs[k]}' for k in differ)}) "
-                         "applies only to experiments that set none")  # fmt: skip
+            notes.append(
+                f"{source} sets {shown}: the campaign's dataset ({', '.join(f'{k} = {theirs[k]}' for k in differ)}) "
+                "applies only to experiments that set none"
+            )
     if campaign.get("num_samples") and data.get("num_input_prompts") not in (None, campaign["num_samples"]):
-        notes.append(f"{source} sets num_input_prompts = {data['num_input_prompts']}: the campaign's num_samples = "
-                     f"{campaign['num_samples']} applies only to experiments that set none")  # fmt: skip
+        notes.append(
+            f"{source} sets num_input_prompts = {data['num_input_prompts']}: the campaign's num_samples = "
+            f"{campaign['num_samples']} applies only to experiments that set none"
+        )
     return notes
 
 
@@ -667,8 +702,10 @@ def _grid_shadowed(campaign: dict) -> list[str]:
     shared = (campaign.get("grid") or {}).get("shared") or {}
     notes = []
     if campaign.get("num_samples") and "num_input_prompts" in shared:
-        notes.append(f"grid.shared sets num_input_prompts: the campaign's num_samples = {campaign['num_samples']} applies "
-                     "only to experiments that set none")  # fmt: skip
+        notes.append(
+            f"grid.shared sets num_input_prompts: the campaign's num_samples = {campaign['num_samples']} applies "
+            "only to experiments that set none"
+        )
     if campaign.get("dataset") is not None and any(k == "dataset" or k.startswith("dataset.name") for k in shared):
         notes.append("grid.shared sets the dataset: the campaign's dataset applies only to experiments that set none")
     return notes

@@ -64,9 +64,13 @@ def _load_for_validation(path: str):
 
     data = read_yaml(path)
     if isinstance(data, dict) and data and "campaign_name" not in data and set(data) <= USER_CONFIG_KEYS | {"docker"}:
-        raise ConfigError(f"file '{path}' holds per-machine preferences ({', '.join(data)}), not a campaign: they are read "
-                          f"from {USER_CONFIG_FILE} in the working directory, and apply to every campaign run there")  # fmt: skip
-    is_experiment = isinstance(data, dict) and "campaign_name" not in data and ("model_name" in data or "config_name" in data)
+        raise ConfigError(
+            f"file '{path}' holds per-machine preferences ({', '.join(data)}), not a campaign: they are read "
+            f"from {USER_CONFIG_FILE} in the working directory, and apply to every campaign run there"
+        )
+    is_experiment = (
+        isinstance(data, dict) and "campaign_name" not in data and ("model_name" in data or "config_name" in data)
+    )
     if not is_experiment:
         return plan(load_campaign(path, ".")), []
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).strip("-._")[:64] or "experiment"
@@ -75,10 +79,17 @@ def _load_for_validation(path: str):
         campaign = resolve_campaign({"campaign_name": name, "configs": [Path(path).name]}, Path(path).parent, ".")
         the_plan = plan(campaign)
     except ConfigError as exc:  # its problems as the file's own, as lem run names them
-        raise ConfigError([p.replace(f"'{source}.", "'").replace(f"{source}: ", "") for p in exc.problems]).located(path) from None
-    said = [f"{path} is an experiment file (no campaign_name): checked as a one-experiment campaign. To measure it, "
-            f"list it under configs: in a campaign file, or measure it once with lem run {path}"]  # fmt: skip
-    return the_plan, [*said, *(n.replace(f"'{source}.", "'").replace(f"{source} ", "the file ") for n in the_plan.expansion.notes)]
+        raise ConfigError([p.replace(f"'{source}.", "'").replace(f"{source}: ", "") for p in exc.problems]).located(
+            path
+        ) from None
+    said = [
+        f"{path} is an experiment file (no campaign_name): checked as a one-experiment campaign. To measure it, "
+        f"list it under configs: in a campaign file, or measure it once with lem run {path}"
+    ]
+    return the_plan, [
+        *said,
+        *(n.replace(f"'{source}.", "'").replace(f"{source} ", "the file ") for n in the_plan.expansion.notes),
+    ]
 
 
 def _params_lines(params: dict) -> list[str]:
@@ -128,8 +139,13 @@ def estimate_duration(p) -> dict:
 
         order, order_max = planned_windows(root, sorted(p.priority, key=p.priority.get, reverse=True), p.target)
     todo, seconds = duration(order)
-    out = {"jobs_total": len(order), "jobs_done": len(done & set(order)), "jobs_to_run": len(todo),
-           "estimated_s": seconds, "basis": basis}  # fmt: skip
+    out = {
+        "jobs_total": len(order),
+        "jobs_done": len(done & set(order)),
+        "jobs_to_run": len(todo),
+        "estimated_s": seconds,
+        "basis": basis,
+    }
     if p.target:
         todo_max, seconds_max = duration(order_max)
         out.update(jobs_total_max=len(order_max), jobs_to_run_max=len(todo_max), estimated_max_s=seconds_max)
@@ -173,7 +189,9 @@ def cmd_validate(args) -> int:
         print(json.dumps(out, indent=1))
         return 0
     cycles = f"{p.target.min_cycles}-{p.target.max_cycles}" if p.target else out["cycles"]
-    print(f"Campaign '{p.name}' is valid: {len(exps)} experiments x {cycles} cycles ({out['structure']}), results in {p.results_root}/")
+    print(
+        f"Campaign '{p.name}' is valid: {len(exps)} experiments x {cycles} cycles ({out['structure']}), results in {p.results_root}/"
+    )
     print(_table(exps, ["experiment_id", "config_name", "model", "batch_size", "fp_precision"]))
     for line in notes:
         print(f"note: {line}")
@@ -191,19 +209,34 @@ def cmd_validate(args) -> int:
     hours = est["estimated_s"] / 3600
     if p.target:
         print(f"Precision target: cycles continue {p.target.describe()}.")
-        print(f"{est['jobs_to_run']} to {est['jobs_to_run_max']} measurements to run (of {est['jobs_total']} to "
-              f"{est['jobs_total_max']}), about {est['estimated_s'] / 60:.0f} to {est['estimated_max_s'] / 60:.0f} min "
-              f"({hours:.1f} to {est['estimated_max_s'] / 3600:.1f} h) including gaps; basis: {est['basis']}")  # fmt: skip
+        print(
+            f"{est['jobs_to_run']} to {est['jobs_to_run_max']} measurements to run (of {est['jobs_total']} to "
+            f"{est['jobs_total_max']}), about {est['estimated_s'] / 60:.0f} to {est['estimated_max_s'] / 60:.0f} min "
+            f"({hours:.1f} to {est['estimated_max_s'] / 3600:.1f} h) including gaps; basis: {est['basis']}"
+        )
         return 0
-    print(f"{est['jobs_to_run']} of {est['jobs_total']} measurements to run, about {est['estimated_s'] / 60:.0f} min"
-          f" ({hours:.1f} h) including gaps; basis: {est['basis']}")  # fmt: skip
+    print(
+        f"{est['jobs_to_run']} of {est['jobs_total']} measurements to run, about {est['estimated_s'] / 60:.0f} min"
+        f" ({hours:.1f} h) including gaps; basis: {est['basis']}"
+    )
     return 0
 
 
 # --------------------------------------------------------------------------------------------------- results
 
-RESULT_COLUMNS = ["config_name", "batch_size", "fp_precision", "cycles", "energy_j_mean", "energy_j_ci_low",
-                  "energy_j_ci_high", "j_per_output_token_mean", "output_tokens_per_s_mean", "energy_method", "cv_flag"]  # fmt: skip
+RESULT_COLUMNS = [
+    "config_name",
+    "batch_size",
+    "fp_precision",
+    "cycles",
+    "energy_j_mean",
+    "energy_j_ci_low",
+    "energy_j_ci_high",
+    "j_per_output_token_mean",
+    "output_tokens_per_s_mean",
+    "energy_method",
+    "cv_flag",
+]
 
 
 def _summary_path(campaign: str) -> Path:
@@ -237,7 +270,14 @@ def cmd_results(args) -> int:
 
 # --------------------------------------------------------------------------------------------------- compare
 
-COMPARE_METRICS = ["energy_j", "energy_net_j", "j_per_output_token", "output_tokens_per_s", "e2e_latency_mean_ms", "mean_power_w"]
+COMPARE_METRICS = [
+    "energy_j",
+    "energy_net_j",
+    "j_per_output_token",
+    "output_tokens_per_s",
+    "e2e_latency_mean_ms",
+    "mean_power_w",
+]
 
 
 def welch(a: list[float], b: list[float], confidence: float = 0.95) -> dict:
@@ -289,8 +329,12 @@ def find_experiment(ref: str, ids: list[str], names: dict[str, str]) -> str:
         if len(matches) == 1:
             return matches[0]
         if matches:
-            shown = ", ".join(f"{e} ({names.get(e, '?')})" for e in matches[:10]) + (" ..." if len(matches) > 10 else "")
-            raise ConfigError(f"experiment '{ref}' is ambiguous: {len(matches)} experiments match: {shown}; give more of the id")
+            shown = ", ".join(f"{e} ({names.get(e, '?')})" for e in matches[:10]) + (
+                " ..." if len(matches) > 10 else ""
+            )
+            raise ConfigError(
+                f"experiment '{ref}' is ambiguous: {len(matches)} experiments match: {shown}; give more of the id"
+            )
     listed = ", ".join(f"{e} ({names.get(e, '?')})" for e in ids[:10]) + (" ..." if len(ids) > 10 else "")
     raise ConfigError(f"experiment '{ref}': no aggregated result matches; the campaign has: {listed or 'none'}")
 
@@ -334,11 +378,30 @@ def cmd_compare(args) -> int:
     for m in COMPARE_METRICS:
         ma, mb = a["metrics"][m], b["metrics"][m]
         test = welch([v for v in ma["values"] if v is not None], [v for v in mb["values"] if v is not None], conf)
-        rows.append({"metric": m, "a_mean": ma["mean"], "a_ci": [ma["ci_low"], ma["ci_high"]], "b_mean": mb["mean"],
-                     "b_ci": [mb["ci_low"], mb["ci_high"]], **test})  # fmt: skip
-    out = {"a": {"experiment_id": a["experiment_id"], "config_name": a["config_name"], "energy_method": a["energy_method"]},
-           "b": {"experiment_id": b["experiment_id"], "config_name": b["config_name"], "energy_method": b["energy_method"]},
-           "test": "Welch's t-test on per-cycle values", "metrics": rows}  # fmt: skip
+        rows.append(
+            {
+                "metric": m,
+                "a_mean": ma["mean"],
+                "a_ci": [ma["ci_low"], ma["ci_high"]],
+                "b_mean": mb["mean"],
+                "b_ci": [mb["ci_low"], mb["ci_high"]],
+                **test,
+            }
+        )
+    out = {
+        "a": {
+            "experiment_id": a["experiment_id"],
+            "config_name": a["config_name"],
+            "energy_method": a["energy_method"],
+        },
+        "b": {
+            "experiment_id": b["experiment_id"],
+            "config_name": b["config_name"],
+            "energy_method": b["energy_method"],
+        },
+        "test": "Welch's t-test on per-cycle values",
+        "metrics": rows,
+    }
     if a["energy_method"] != b["energy_method"]:
         out["warning"] = "the two experiments' energy was obtained by different methods: compare with care"
     if _json_wanted(args):
@@ -351,11 +414,16 @@ def cmd_compare(args) -> int:
         return "-" if m is None else (f"{m:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]" if ci[0] is not None else f"{m:.4g}")
 
     table = [
-        {"metric": r["metric"], "A (mean [CI])": span(r["a_mean"], r["a_ci"]), "B (mean [CI])": span(r["b_mean"], r["b_ci"]),
-         "B - A": r["difference"], "relative": None if r.get("relative") is None else f"{r['relative']:+.1%}",
-         f"differs at {conf:.0%}": {True: "yes", False: "no", None: "n/a"}[r["significant"]]}
+        {
+            "metric": r["metric"],
+            "A (mean [CI])": span(r["a_mean"], r["a_ci"]),
+            "B (mean [CI])": span(r["b_mean"], r["b_ci"]),
+            "B - A": r["difference"],
+            "relative": None if r.get("relative") is None else f"{r['relative']:+.1%}",
+            f"differs at {conf:.0%}": {True: "yes", False: "no", None: "n/a"}[r["significant"]],
+        }
         for r in rows
-    ]  # fmt: skip
+    ]
     print(_table(table, list(table[0])))
     if "warning" in out:
         print("warning:", out["warning"])
@@ -376,14 +444,29 @@ def cmd_datasets(args) -> int:
         have = False
     with open(BUILTIN_PATH, encoding="utf-8") as fh:
         n_builtin = sum(1 for line in fh if line.strip())
-    rows = [{"name": "builtin", "source": "shipped with the package", "column": "prompt", "split": "-", "subset": "-",
-             "needs": f"nothing ({n_builtin} prompts)"}]  # fmt: skip
+    rows = [
+        {
+            "name": "builtin",
+            "source": "shipped with the package",
+            "column": "prompt",
+            "split": "-",
+            "subset": "-",
+            "needs": f"nothing ({n_builtin} prompts)",
+        }
+    ]
     for alias, spec in DATASET_ALIASES.items():
         if alias == "ai_energy_score":
             continue
-        rows.append({"name": alias, "source": spec["path"], "column": spec["column"], "split": spec["split"],
-                     "subset": spec["subset"] or "-",
-                     "needs": "network + datasets" + ("" if have else " (datasets NOT installed)")})  # fmt: skip
+        rows.append(
+            {
+                "name": alias,
+                "source": spec["path"],
+                "column": spec["column"],
+                "split": spec["split"],
+                "subset": spec["subset"] or "-",
+                "needs": "network + datasets" + ("" if have else " (datasets NOT installed)"),
+            }
+        )
     if _json_wanted(args):
         print(json.dumps(rows, indent=1))
     else:
@@ -418,7 +501,11 @@ def diagnose() -> dict:
     try:
         import torch
 
-        report["torch"] = {"version": torch.__version__, "cuda_available": torch.cuda.is_available(), "cuda": torch.version.cuda}
+        report["torch"] = {
+            "version": torch.__version__,
+            "cuda_available": torch.cuda.is_available(),
+            "cuda": torch.version.cuda,
+        }
     except ImportError:
         report["torch"] = None
     from importlib.metadata import PackageNotFoundError, version
@@ -430,18 +517,27 @@ def diagnose() -> dict:
             report[mod] = None
     report["engines"] = {name: importlib.util.find_spec(name) is not None for name in ("vllm", "tensorrt_llm")}
     gpus = visible_gpus()
-    report["nvml"] = {"available": bool(gpus) or (importlib.util.find_spec("pynvml") is not None and bool(driver_info())),
-                      "driver": driver_info() or None,
-                      "gpus": [{k: g[k] for k in ("cuda_index", "nvml_index", "uuid", "name", "mig")} for g in gpus]}  # fmt: skip
-    report["cpu"] = {"model": cpu_model_name(), "logical_cpus": os.cpu_count(), "rapl_domains": [d["name"] for d in rapl_domains()]}
+    report["nvml"] = {
+        "available": bool(gpus) or (importlib.util.find_spec("pynvml") is not None and bool(driver_info())),
+        "driver": driver_info() or None,
+        "gpus": [{k: g[k] for k in ("cuda_index", "nvml_index", "uuid", "name", "mig")} for g in gpus],
+    }
+    report["cpu"] = {
+        "model": cpu_model_name(),
+        "logical_cpus": os.cpu_count(),
+        "rapl_domains": [d["name"] for d in rapl_domains()],
+    }
     report["energy_sources"] = {
         "gpu": "nvml_counter" if gpus else "none (no NVIDIA GPU visible)",
         "cpu": "rapl" if report["cpu"]["rapl_domains"] else "estimate_tdp (RAPL not readable here)",
     }
     runtime = _version_of(["apptainer", "--version"]) or _version_of(["singularity", "--version"])
     report["containers"] = {"runtime": runtime, "images": _campaign_images()}
-    report["slurm"] = {"sbatch": shutil.which("sbatch"), "sinfo": _version_of(["sinfo", "--version"]),
-                       "executor_plugin": importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None}  # fmt: skip
+    report["slurm"] = {
+        "sbatch": shutil.which("sbatch"),
+        "sinfo": _version_of(["sinfo", "--version"]),
+        "executor_plugin": importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None,
+    }
     report["hub"] = {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     report["hub"]["HF_TOKEN"] = "set" if os.environ.get("HF_TOKEN") else None  # never print the token
     report["baseline_cache"] = str(cache_dir())
@@ -496,7 +592,12 @@ def cmd_doctor(args) -> int:
     line("python", report["python"])
     line("llenergymeasure", report["llenergymeasure"])
     t = report["torch"]
-    line("torch", f"{t['version']} (CUDA {'available, ' + str(t['cuda']) if t['cuda_available'] else 'not available'})" if t else "NOT installed")
+    line(
+        "torch",
+        f"{t['version']} (CUDA {'available, ' + str(t['cuda']) if t['cuda_available'] else 'not available'})"
+        if t
+        else "NOT installed",
+    )
     for mod in ("transformers", "snakemake", "codecarbon", "datasets", "jsonschema", "accelerate"):
         line(mod, report[mod] or "not installed")
     line("engines", ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in report["engines"].items()))
@@ -511,7 +612,10 @@ def cmd_doctor(args) -> int:
     for backend, image in report["containers"]["images"].items():
         line(f"image ({backend})", f"{image['uri']} ({'pulled' if image['cached'] else 'not pulled yet'})")
     s = report["slurm"]
-    line("Slurm", f"{s['sinfo'] or 'sinfo not on PATH'}; executor plugin {'installed' if s['executor_plugin'] else 'not installed'}")
+    line(
+        "Slurm",
+        f"{s['sinfo'] or 'sinfo not on PATH'}; executor plugin {'installed' if s['executor_plugin'] else 'not installed'}",
+    )
     line("baseline cache", report["baseline_cache"])
     return 0
 
@@ -552,7 +656,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_main(argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"validate": cmd_validate, "results": cmd_results, "compare": cmd_compare, "datasets": cmd_datasets, "doctor": cmd_doctor}
+    handlers = {
+        "validate": cmd_validate,
+        "results": cmd_results,
+        "compare": cmd_compare,
+        "datasets": cmd_datasets,
+        "doctor": cmd_doctor,
+    }
     from .aggregate import AggregationError
     from .results import ResultValidationError
 

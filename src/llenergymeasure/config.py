@@ -185,7 +185,9 @@ def error_lines(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> l
     if kind == "enum":
         allowed = list(err.validator_value)
         shown = ", ".join(a if isinstance(a, str) else json.dumps(a) for a in allowed)  # false/null as written in YAML
-        return [f"{label} = {short_repr(value)} is not allowed; allowed: {shown}{did_you_mean(value, [a for a in allowed if a])}"]
+        return [
+            f"{label} = {short_repr(value)} is not allowed; allowed: {shown}{did_you_mean(value, [a for a in allowed if a])}"
+        ]
     if kind == "type":
         expected = err.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
@@ -243,6 +245,7 @@ def schema_problems(data: Any, schema_name: str, prefix: str = "", ref: str | No
     root = load_schema(schema_name)
     everywhere = known_dotted_keys(root if ref is None else root["$defs"][ref], root)
     validator = explaining_validator(schema_name, ref)
+
     def order(err: Any) -> tuple:
         path = list(err.absolute_path)
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):  # where the first unknown key is
@@ -320,7 +323,15 @@ def validate_value(value: Any, dotted: str, schema_name: str, ref: str, prefix: 
         raise ConfigError(problems)
 
 
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object", type(None): "null"}
+_JSON_TYPES = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
 
 
 def _allowed_types(schema: dict, root: dict) -> set[str]:
@@ -426,7 +437,9 @@ def flow(value: Any) -> str:
         def ignore_aliases(self, data: Any) -> bool:  # the same list twice is written twice, never as &id001 / *id001
             return True
 
-    text = yaml.dump(value, Dumper=Dumper, default_flow_style=True, sort_keys=False, width=10_000, allow_unicode=True).strip()
+    text = yaml.dump(
+        value, Dumper=Dumper, default_flow_style=True, sort_keys=False, width=10_000, allow_unicode=True
+    ).strip()
     return text.removesuffix("...").strip()
 
 

@@ -17,7 +17,9 @@ class ConfigError(ValueError):
 
     def located(self, where: str) -> ConfigError:
         """The same problems, each prefixed with ``where`` (a file) unless it already names its file."""
-        return ConfigError([p if not where or p.startswith(("file '", f"{where}:")) else f"{where}: {p}" for p in self.problems])
+        return ConfigError(
+            [p if not where or p.startswith(("file '", f"{where}:")) else f"{where}: {p}" for p in self.problems]
+        )
 
 
 def did_you_mean(word: object, choices: Iterable[object], cutoff: float = 0.6, ignore_case: bool = False) -> str:

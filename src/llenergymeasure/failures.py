@@ -46,8 +46,16 @@ def write_record(root: str | Path, experiment_id: str, config_name: str, cycle: 
     from .paths import utc_now_iso
     from .results import write_text_atomic
 
-    record = {"experiment_id": experiment_id, "config_name": config_name, "cycle": cycle, "error": error, "log": log,
-              "host": socket.gethostname(), "failed_at": utc_now_iso(), "failed_at_epoch_s": time.time()}  # fmt: skip
+    record = {
+        "experiment_id": experiment_id,
+        "config_name": config_name,
+        "cycle": cycle,
+        "error": error,
+        "log": log,
+        "host": socket.gethostname(),
+        "failed_at": utc_now_iso(),
+        "failed_at_epoch_s": time.time(),
+    }
     write_text_atomic(record_path(root, experiment_id, cycle), json.dumps(record, indent=1))
 
 
@@ -64,7 +72,9 @@ def read_record(root: str | Path, experiment_id: str, cycle: int) -> dict | None
         return None
 
 
-def report(root: str | Path, names: dict[str, str], cycles: int | dict[str, int], present: set[tuple[str, int]]) -> dict:
+def report(
+    root: str | Path, names: dict[str, str], cycles: int | dict[str, int], present: set[tuple[str, int]]
+) -> dict:
     """``failures.json``: every planned measurement (``names`` x 1..``cycles``; ``cycles`` per experiment in a
     precision-targeted campaign, as far as its decisions have scheduled) that has no raw result."""
     failures = []
@@ -76,28 +86,42 @@ def report(root: str | Path, names: dict[str, str], cycles: int | dict[str, int]
             if (exp_id, cycle) in present:
                 continue
             rec = read_record(root, exp_id, cycle) or {}
-            failures.append({
-                "experiment_id": exp_id,
-                "config_name": name,
-                "cycle": cycle,
-                "error": rec.get("error") or "no raw result and no error recorded: the job did not run to its end "
-                                             "(stopped, killed, or out of time or memory); see its log",
-                "log": rec.get("log") or log_path(root, exp_id, cycle),
-                "failed_at": rec.get("failed_at"),
-                "host": rec.get("host"),
-            })  # fmt: skip
-    return {"schema_version": SCHEMA_VERSION, "planned_measurements": planned, "completed_measurements": planned - len(failures),
-            "failed_measurements": len(failures), "failures": failures,
-            "retry": "rerun the campaign: exactly these measurements run again" if failures else None}  # fmt: skip
+            failures.append(
+                {
+                    "experiment_id": exp_id,
+                    "config_name": name,
+                    "cycle": cycle,
+                    "error": rec.get("error")
+                    or "no raw result and no error recorded: the job did not run to its end "
+                    "(stopped, killed, or out of time or memory); see its log",
+                    "log": rec.get("log") or log_path(root, exp_id, cycle),
+                    "failed_at": rec.get("failed_at"),
+                    "host": rec.get("host"),
+                }
+            )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "planned_measurements": planned,
+        "completed_measurements": planned - len(failures),
+        "failed_measurements": len(failures),
+        "failures": failures,
+        "retry": "rerun the campaign: exactly these measurements run again" if failures else None,
+    }
 
 
-def failed_in_this_run(root: str | Path, names: dict[str, str], cycles: int, since_epoch_s: float) -> list[tuple[str, int]]:
+def failed_in_this_run(
+    root: str | Path, names: dict[str, str], cycles: int, since_epoch_s: float
+) -> list[tuple[str, int]]:
     """Planned measurements without a raw result whose failure was recorded after ``since_epoch_s``."""
     out = []
     for exp_id in names:
         for cycle in range(1, cycles + 1):
             rec = read_record(root, exp_id, cycle)
-            if rec and rec.get("failed_at_epoch_s", 0) >= since_epoch_s and not os.path.exists(f"{root}/raw/{exp_id}/cycle_{cycle}.json"):
+            if (
+                rec
+                and rec.get("failed_at_epoch_s", 0) >= since_epoch_s
+                and not os.path.exists(f"{root}/raw/{exp_id}/cycle_{cycle}.json")
+            ):
                 out.append((exp_id, cycle))
     return out
 
@@ -110,8 +134,22 @@ def aggregate_completed(snakefile: str, configfiles, config_args, workdir: str) 
     like the first one's."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir), "--cores", "1",
-           "--nolock", "--no-hooks", "--quiet", "rules", "host"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(snakefile),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "1",
+        "--nolock",
+        "--no-hooks",
+        "--quiet",
+        "rules",
+        "host",
+    ]
     if configfiles:
         cmd += ["--configfiles", *map(str, configfiles)]
     if config_args:

@@ -15,7 +15,20 @@ from __future__ import annotations
 from typing import Any
 
 #: model_type values whose MLP has a gate projection (three matrices)
-GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2", "granite", "cohere"}
+GATED_MLP = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "granite",
+    "cohere",
+}
 #: model_type values with a plain two-matrix MLP
 PLAIN_MLP = {"gpt2", "gpt_neox", "opt", "gptj", "falcon", "bloom", "phi", "starcoder2"}
 
@@ -40,7 +53,9 @@ def model_dims(config: Any) -> dict:
         "num_heads": heads,
         "num_kv_heads": _get(config, "num_key_value_heads", default=heads),
         "head_dim": _get(config, "head_dim", default=hidden // heads if hidden and heads else None),
-        "intermediate_size": _get(config, "intermediate_size", "n_inner", "ffn_dim", default=4 * hidden if hidden else None),
+        "intermediate_size": _get(
+            config, "intermediate_size", "n_inner", "ffn_dim", default=4 * hidden if hidden else None
+        ),
         "vocab_size": _get(config, "vocab_size"),
         "gated_mlp": model_type in GATED_MLP,
         "moe": bool(_get(config, "num_local_experts", "num_experts")),
@@ -118,7 +133,9 @@ def analytic_parameters(hf_config: Any) -> int | None:
     scales. None when the config lacks a dimension. Used where the engine's tensors do not count weights one by one
     (packed 4-bit storage) or live in other processes."""
     d = model_dims(hf_config)
-    if any(d[k] is None for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "vocab_size")):
+    if any(
+        d[k] is None for k in ("hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size", "vocab_size")
+    ):
         return None
     tied = _get(hf_config, "tie_word_embeddings", default=False)
     embed = d["vocab_size"] * d["hidden_size"]

@@ -98,7 +98,10 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
             print(f"{experiment_id} cycle {cycle}: {exc}; this measurement was discarded", file=sys.stderr)
             return
         except Exception as exc:  # noqa: BLE001 - any failure of a measurement is recorded and reported, never lost
-            error = scrub(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", secrets(settings))
+            error = scrub(
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+                secrets(settings),
+            )
             log.error("measurement failed:\n%s", traceback.format_exc())
             if root:
                 write_record(root, experiment_id, name, cycle, error, log_path)
@@ -107,7 +110,14 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
                 "failure",
                 runtime.get("campaign_id"),
                 experiment_id,
-                {"config_name": name, "cycle": cycle - 1, "cycle_number": cycle, "exit_code": 1, "error": error, "log": log_path},
+                {
+                    "config_name": name,
+                    "cycle": cycle - 1,
+                    "cycle_number": cycle,
+                    "exit_code": 1,
+                    "error": error,
+                    "log": log_path,
+                },
             )
             if sent:
                 log.info("failure notification: %s", {k: v for k, v in sent.items() if k != "payload"})
@@ -228,11 +238,21 @@ def decide(raw: list[str], experiment_id: str, after_cycle: int, target: dict, o
             log.error("decision failed: %s", exc)
             print(f"Decision error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
-        verdict = {"target_met": "target met: stop", "max_cycles_reached": "max_cycles reached: stop (target not met)",
-                   "target_not_met": "one more cycle"}.get(record["reason"], record["reason"])  # fmt: skip
+        verdict = {
+            "target_met": "target met: stop",
+            "max_cycles_reached": "max_cycles reached: stop (target not met)",
+            "target_not_met": "one more cycle",
+        }.get(record["reason"], record["reason"])
         progress = logging.getLogger("llenergymeasure.progress")
-        progress.info("%s after cycle %d: %s interval ±%s (target ±%s): %s", experiment_id, after_cycle, record["metric"],
-                      percent(record["achieved_relative_half_width"]), percent(target["relative_half_width"]), verdict)  # fmt: skip
+        progress.info(
+            "%s after cycle %d: %s interval ±%s (target ±%s): %s",
+            experiment_id,
+            after_cycle,
+            record["metric"],
+            percent(record["achieved_relative_half_width"]),
+            percent(target["relative_half_width"]),
+            verdict,
+        )
 
 
 def settle(decision: str, raw: list[str], experiment_id: str, output: str, log_path: str) -> None:
@@ -278,16 +298,27 @@ def campaign_complete(summary: str, output: str, log_path: str, runtime: dict) -
             "flagged_experiments": [r["experiment_id"] for r in rows if r["cv_flag"]],
         }
         if runtime.get("precision"):  # cycles until precise: the target, and who stopped at max_cycles short of it
-            data.update(precision_target=runtime["precision"], cycles_run={r["experiment_id"]: r["cycles"] for r in rows},
-                        precision_target_not_met=[r["experiment_id"] for r in rows if not r.get("precision_target_met")])  # fmt: skip
+            data.update(
+                precision_target=runtime["precision"],
+                cycles_run={r["experiment_id"]: r["cycles"] for r in rows},
+                precision_target_not_met=[r["experiment_id"] for r in rows if not r.get("precision_target_met")],
+            )
         event = "campaign_complete"
         if failed:
             event = "campaign_failure"
-            data.update(failures_path=failures_path, failed_measurements=[
-                {k: f[k] for k in ("experiment_id", "config_name", "cycle", "error", "log")} for f in failed])  # fmt: skip
+            data.update(
+                failures_path=failures_path,
+                failed_measurements=[
+                    {k: f[k] for k in ("experiment_id", "config_name", "cycle", "error", "log")} for f in failed
+                ],
+            )
         sent = notify(runtime.get("notifications"), event, runtime.get("campaign_id"), None, data)
         gate = "on_failure" if failed else "on_complete"
-        record = {"event_type": event, "data": data, "delivery": sent or {"sent": False, "error": f"no webhook_url, or {gate} is false"}}
+        record = {
+            "event_type": event,
+            "data": data,
+            "delivery": sent or {"sent": False, "error": f"no webhook_url, or {gate} is false"},
+        }
         write_json_atomic(output, record)
 
 

@@ -121,7 +121,9 @@ def _write(key: str) -> Callable[[Any, Where], str]:
 def _batch(value: Any, where: Where) -> str:
     if where.in_grid:
         return "grid.backend_overrides: " + flow({b: {BATCH_KEY[b]: value} for b in where.backends()})
-    return " or ".join(f"{b}.{BATCH_KEY[b]}: {flow(value)}" + ("" if where.backend else f" (backend {b})") for b in where.backends())
+    return " or ".join(
+        f"{b}.{BATCH_KEY[b]}: {flow(value)}" + ("" if where.backend else f" (backend {b})") for b in where.backends()
+    )
 
 
 def _batching_section(value: Any, where: Where) -> str:
@@ -155,7 +157,10 @@ def _sharding(value: Any, where: Where) -> str:
 
 
 def _min_p(value: Any, where: Where) -> str:
-    return " or ".join(_write(f"{b}.min_p")(value, where) for b in where.backends() if b != "tensorrt") or "pytorch.min_p or vllm.min_p (TensorRT-LLM has none)"
+    return (
+        " or ".join(_write(f"{b}.min_p")(value, where) for b in where.backends() if b != "tensorrt")
+        or "pytorch.min_p or vllm.min_p (TensorRT-LLM has none)"
+    )
 
 
 def _quantization(value: Any, where: Where) -> str:
@@ -174,7 +179,8 @@ def _axes(value: Any, where: Where) -> str:
     shared, overrides = {}, {}
     for key, values in value.items():
         rule = EXPERIMENT.get(key)
-        if key in ("batch_size", "batching.batch_size"):  # what lem v3's generate-grid command read as pytorch.batch_size
+        # what lem v3's generate-grid command read as pytorch.batch_size
+        if key in ("batch_size", "batching.batch_size"):
             for b in where.backends():
                 overrides.setdefault(b, {})[BATCH_KEY[b]] = values
         elif rule and rule.action == "rename":
@@ -192,7 +198,9 @@ def _axes(value: Any, where: Where) -> str:
 def _prompts(value: Any, data: dict, where: Where) -> dict:
     """lem's ``prompts`` source, as ``dataset`` (and ``num_input_prompts``) here, where that is the same source."""
     if not isinstance(value, dict):
-        raise Refusal("a mapping {type: file, path: ...} or {type: huggingface, dataset: ...}; here: dataset: {name: ...}")
+        raise Refusal(
+            "a mapping {type: file, path: ...} or {type: huggingface, dataset: ...}; here: dataset: {name: ...}"
+        )
     if data.get("dataset") is not None:
         raise Refusal("lem used 'dataset' and ignored 'prompts' when both were set: remove 'prompts'")
     kind = value.get("type", "huggingface" if "dataset" in value else "file")
@@ -203,7 +211,9 @@ def _prompts(value: Any, data: dict, where: Where) -> dict:
         return {"dataset.name": value["path"]}
     known = {"type", "dataset", "split", "subset", "column", "sample_size", "shuffle", "seed"}
     unknown = sorted(set(value) - known)
-    target = {"name": value.get("dataset")} | {k: value[k] for k in ("split", "subset", "column") if value.get(k) is not None}
+    target = {"name": value.get("dataset")} | {
+        k: value[k] for k in ("split", "subset", "column") if value.get(k) is not None
+    }
     count = {"num_input_prompts": value["sample_size"]} if value.get("sample_size") is not None else {}
     if value.get("shuffle"):
         raise Refusal(
@@ -241,7 +251,9 @@ EXPERIMENT: dict[str, Rule] = {
     "timeseries.save": Rule("rename", f"{LEM}'s time-series file", new="timeline.save"),
     "timeseries.sample_interval_ms": Rule("rename", f"{LEM}'s sampling interval", new="timeline.interval_ms"),
     "baseline.duration_sec": Rule("rename", "the idle baseline's length", new="baseline.duration_s", former=True),
-    "baseline.cache_ttl_sec": Rule("rename", "how long a cached baseline is reused", new="baseline.cache_ttl_s", former=True),
+    "baseline.cache_ttl_sec": Rule(
+        "rename", "how long a cached baseline is reused", new="baseline.cache_ttl_s", former=True
+    ),
     "energy.min_window_sec": Rule("rename", "the shortest unflagged window", new="energy.min_window_s", former=True),
     "prompts": Rule("convert", f"{LEM}'s advanced prompt source", convert=_prompts),
     "gpus": Rule("convert", "a single GPU index", convert=_gpus),
@@ -249,9 +261,15 @@ EXPERIMENT: dict[str, Rule] = {
     "batching": Rule("refuse", pre_v3("batch size 1"), instead=_batching_section),
     "batching_options": Rule("refuse", pre_v3("batch size 1"), instead=_batching_section),
     "batch_size": Rule("refuse", pre_v3("batch size 1"), instead=_batch),
-    "dynamic_batching": Rule("refuse", pre_v3("static batches"), instead="pytorch: {batching_strategy: dynamic, max_tokens_per_batch: N}"),
-    "max_new_tokens": Rule("refuse", pre_v3("up to max_output_tokens new tokens (128 unless set)"), instead=_write("max_output_tokens")),
-    "num_cycles": Rule("refuse", pre_v3("one cycle; campaigns own repetition"), instead="execution.cycles in the campaign file"),
+    "dynamic_batching": Rule(
+        "refuse", pre_v3("static batches"), instead="pytorch: {batching_strategy: dynamic, max_tokens_per_batch: N}"
+    ),
+    "max_new_tokens": Rule(
+        "refuse", pre_v3("up to max_output_tokens new tokens (128 unless set)"), instead=_write("max_output_tokens")
+    ),
+    "num_cycles": Rule(
+        "refuse", pre_v3("one cycle; campaigns own repetition"), instead="execution.cycles in the campaign file"
+    ),
     "num_processes": Rule("refuse", pre_v3("one process"), instead=_write("pytorch.num_processes")),
     "sharding": Rule("refuse", pre_v3("an unsharded model"), instead=_sharding),
     "sharding_config": Rule("refuse", pre_v3("an unsharded model"), instead=_sharding),
@@ -267,76 +285,191 @@ EXPERIMENT: dict[str, Rule] = {
     "quantization_config": Rule("refuse", pre_v3("unquantised weights"), instead=_quantization),
     "decoder.min_p": Rule("refuse", f"{LEM}'s decoder has no min_p and dropped it", instead=_min_p),
     "decoder.no_repeat_ngram_size": Rule(
-        "refuse", f"{LEM}'s decoder has no no_repeat_ngram_size and dropped it", instead=_write("pytorch.no_repeat_ngram_size")
+        "refuse",
+        f"{LEM}'s decoder has no no_repeat_ngram_size and dropped it",
+        instead=_write("pytorch.no_repeat_ngram_size"),
     ),
     "warmup_runs": Rule("refuse", NEVER_READ, instead="warmup.max_prompts (and warmup.mode)"),
-    "query_rate": Rule("ignore", f"{NEVER_READ} (at its default)", inert=_equals(1, 1.0), refused=f"{NEVER_READ}: requests were never rate-limited",
-                       instead="leave it out (requests are submitted as fast as the engine takes them)"),
-    "decode_token_to_text": Rule("ignore", NEVER_READ, inert=_equals(False), refused=NEVER_READ, instead="leave it out (generated text is not kept)"),
-    "is_encoder_decoder": Rule("ignore", NEVER_READ, inert=_equals(False), refused=NEVER_READ, instead="leave it out (decoder-only models are measured here)"),
-    "task_type": Rule("ignore", NEVER_READ, inert=_equals("text_generation"), refused=NEVER_READ, instead="leave it out (text generation is measured here)"),
-    "inference_type": Rule("ignore", NEVER_READ, inert=_equals("pure_generative"), refused=NEVER_READ, instead="leave it out (generation is measured here)"),
+    "query_rate": Rule(
+        "ignore",
+        f"{NEVER_READ} (at its default)",
+        inert=_equals(1, 1.0),
+        refused=f"{NEVER_READ}: requests were never rate-limited",
+        instead="leave it out (requests are submitted as fast as the engine takes them)",
+    ),
+    "decode_token_to_text": Rule(
+        "ignore",
+        NEVER_READ,
+        inert=_equals(False),
+        refused=NEVER_READ,
+        instead="leave it out (generated text is not kept)",
+    ),
+    "is_encoder_decoder": Rule(
+        "ignore",
+        NEVER_READ,
+        inert=_equals(False),
+        refused=NEVER_READ,
+        instead="leave it out (decoder-only models are measured here)",
+    ),
+    "task_type": Rule(
+        "ignore",
+        NEVER_READ,
+        inert=_equals("text_generation"),
+        refused=NEVER_READ,
+        instead="leave it out (text generation is measured here)",
+    ),
+    "inference_type": Rule(
+        "ignore",
+        NEVER_READ,
+        inert=_equals("pure_generative"),
+        refused=NEVER_READ,
+        instead="leave it out (generation is measured here)",
+    ),
     # features of lem this tool does not offer: refused when a file asks for them, ignored when it switches them off
     "_extends": Rule(
-        "refuse", f"{LEM}'s inheritance between files is not offered here",
+        "refuse",
+        f"{LEM}'s inheritance between files is not offered here",
         instead="the base file's keys copied in; values every experiment shares belong in the campaign (grid.shared, dataset, num_samples)",
     ),
     "streaming": Rule(
-        "ignore", f"{LEM}'s streaming mode, switched off; latency (TTFT, ITL) is measured in every run here, from token arrivals",
-        inert=_off, refused=f"{LEM}'s streaming mode is not offered here: latency (TTFT, ITL) is measured in every run, from token arrivals",
+        "ignore",
+        f"{LEM}'s streaming mode, switched off; latency (TTFT, ITL) is measured in every run here, from token arrivals",
+        inert=_off,
+        refused=f"{LEM}'s streaming mode is not offered here: latency (TTFT, ITL) is measured in every run, from token arrivals",
         instead=lambda v, w: f"one request at a time, as lem's streaming mode ran them, is {_batch(1, w)}",
     ),
     "streaming_warmup_requests": Rule("ignore", f"{LEM}'s streaming warm-up; every run here warms up (warmup.*)"),
     "traffic_simulation": Rule(
-        "ignore", f"{LEM}'s traffic simulation, switched off", inert=_off, refused=f"{LEM}'s traffic simulation is not offered here",
+        "ignore",
+        f"{LEM}'s traffic simulation, switched off",
+        inert=_off,
+        refused=f"{LEM}'s traffic simulation is not offered here",
         instead="leave it out (requests are submitted as fast as the engine takes them)",
     ),
-    "schedule": Rule("ignore", f"{LEM}'s daemon schedule, switched off", inert=_off, refused=f"{LEM}'s daemon schedule is not offered here", instead=NO_DAEMON),
+    "schedule": Rule(
+        "ignore",
+        f"{LEM}'s daemon schedule, switched off",
+        inert=_off,
+        refused=f"{LEM}'s daemon schedule is not offered here",
+        instead=NO_DAEMON,
+    ),
     "io": Rule(
-        "ignore", "no results folder set", inert=lambda v: v is None or (isinstance(v, dict) and not v.get("results_dir")),
+        "ignore",
+        "no results folder set",
+        inert=lambda v: v is None or (isinstance(v, dict) and not v.get("results_dir")),
         refused="an experiment file does not choose the results folder here",
         instead="results_dir in the campaign file (or LLM_ENERGY_RESULTS_DIR; lem run --output FILE)",
     ),
-    "save_outputs": Rule("ignore", "generated text is not kept here either", inert=_equals(False), refused=f"{LEM}'s saved outputs are not offered here",
-                         instead="leave it out (generated text is not kept; token counts and timings are)"),
+    "save_outputs": Rule(
+        "ignore",
+        "generated text is not kept here either",
+        inert=_equals(False),
+        refused=f"{LEM}'s saved outputs are not offered here",
+        instead="leave it out (generated text is not kept; token counts and timings are)",
+    ),
     "pytorch.low_cpu_mem_usage": Rule(
-        "ignore", "it is how transformers loads models here anyway", inert=_equals(True), refused="transformers' low-memory loading cannot be switched off here",
+        "ignore",
+        "it is how transformers loads models here anyway",
+        inert=_equals(True),
+        refused="transformers' low-memory loading cannot be switched off here",
         instead="leave it out",
     ),
-    "pytorch.max_memory": Rule("ignore", "no memory cap set", inert=_equals(None), refused="a memory cap is not offered here",
-                               instead="leave it out (each process loads the whole model onto its own device)"),
-    "pytorch.output_scores": Rule("ignore", "scores are not kept here either", inert=_equals(False), refused="keeping scores is not offered here",
-                                  instead="leave it out (keeping them would add host work to the window)"),
+    "pytorch.max_memory": Rule(
+        "ignore",
+        "no memory cap set",
+        inert=_equals(None),
+        refused="a memory cap is not offered here",
+        instead="leave it out (each process loads the whole model onto its own device)",
+    ),
+    "pytorch.output_scores": Rule(
+        "ignore",
+        "scores are not kept here either",
+        inert=_equals(False),
+        refused="keeping scores is not offered here",
+        instead="leave it out (keeping them would add host work to the window)",
+    ),
     "pytorch.return_dict_in_generate": Rule("ignore", "how generate() hands back its tokens is this tool's choice"),
-    "pytorch.beam_search": Rule("ignore", "beam search, switched off", inert=_off, refused="beam search is not offered here", instead="sampling or greedy decoding (decoder.*)"),
+    "pytorch.beam_search": Rule(
+        "ignore",
+        "beam search, switched off",
+        inert=_off,
+        refused="beam search is not offered here",
+        instead="sampling or greedy decoding (decoder.*)",
+    ),
     "pytorch.assisted_generation": Rule(
-        "ignore", "assisted generation, switched off", inert=lambda v: v is None or (isinstance(v, dict) and not v.get("model")),
-        refused="assisted generation is not offered for PyTorch here", instead="speculative decoding on vLLM (vllm.speculative)",
+        "ignore",
+        "assisted generation, switched off",
+        inert=lambda v: v is None or (isinstance(v, dict) and not v.get("model")),
+        refused="assisted generation is not offered for PyTorch here",
+        instead="speculative decoding on vLLM (vllm.speculative)",
     ),
     "pytorch.use_bettertransformer": Rule(
-        "ignore", "BetterTransformer, switched off", inert=_equals(False), refused="BetterTransformer is not offered here (transformers deprecated it)",
+        "ignore",
+        "BetterTransformer, switched off",
+        inert=_equals(False),
+        refused="BetterTransformer is not offered here (transformers deprecated it)",
         instead="pytorch.attn_implementation: sdpa (the default)",
     ),
     # null where lem meant "not set": left out (any other value is read as it is)
-    **{k: Rule("unset") for k in ("dataset", "pytorch", "vllm", "tensorrt", "pytorch.torch_compile_backend", "pytorch.cache_implementation",
-                                  "vllm.attention", "vllm.speculative", "vllm.lora", "vllm.speculative.method", "tensorrt.calibration")},
+    **{
+        k: Rule("unset")
+        for k in (
+            "dataset",
+            "pytorch",
+            "vllm",
+            "tensorrt",
+            "pytorch.torch_compile_backend",
+            "pytorch.cache_implementation",
+            "vllm.attention",
+            "vllm.speculative",
+            "vllm.lora",
+            "vllm.speculative.method",
+            "tensorrt.calibration",
+        )
+    },
 }
 
 #: campaign files (their grid keys are read with EXPERIMENT)
 CAMPAIGN: dict[str, Rule] = {
     "schema_version": EXPERIMENT["schema_version"],
-    "execution.warmup_prompts": Rule("ignore", f"{LEM} displayed it but never ran a campaign warm-up; every experiment here warms up (warmup.*)"),
-    "execution.warmup_timeout_seconds": Rule("ignore", f"{LEM} displayed it but never ran a campaign warm-up; every experiment here warms up (warmup.*)"),
-    "cold_start": Rule("ignore", f"{LEM} accepted it but it had no effect; every measurement here is a new process, warmed up"),
-    "group_by": Rule("ignore", f"{LEM} grouped its end-of-campaign display with it; here: summary.csv, lem results --sort, lem compare"),
+    "execution.warmup_prompts": Rule(
+        "ignore", f"{LEM} displayed it but never ran a campaign warm-up; every experiment here warms up (warmup.*)"
+    ),
+    "execution.warmup_timeout_seconds": Rule(
+        "ignore", f"{LEM} displayed it but never ran a campaign warm-up; every experiment here warms up (warmup.*)"
+    ),
+    "cold_start": Rule(
+        "ignore", f"{LEM} accepted it but it had no effect; every measurement here is a new process, warmed up"
+    ),
+    "group_by": Rule(
+        "ignore",
+        f"{LEM} grouped its end-of-campaign display with it; here: summary.csv, lem results --sort, lem compare",
+    ),
     "health_check": Rule("ignore", f"{LEM} never executed it"),
     "schedule": Rule("ignore", f"{LEM} never executed it"),
-    "daemon": Rule("ignore", f"{LEM}'s daemon mode, switched off", inert=_off, refused=f"{LEM}'s daemon mode is not offered here", instead=NO_DAEMON),
-    "experiments": Rule("ignore", f"{LEM} never read it", inert=lambda v: not v, refused=f"{LEM} never read it, so these experiments were never measured",
-                        instead="configs: [FILE, ...] (experiment files; put per-file overrides in the files)"),
-    "grid.axes": Rule("refuse", f"{LEM} never read it (its grid took shared and backend_overrides), so these axes were never measured", instead=_axes),
+    "daemon": Rule(
+        "ignore",
+        f"{LEM}'s daemon mode, switched off",
+        inert=_off,
+        refused=f"{LEM}'s daemon mode is not offered here",
+        instead=NO_DAEMON,
+    ),
+    "experiments": Rule(
+        "ignore",
+        f"{LEM} never read it",
+        inert=lambda v: not v,
+        refused=f"{LEM} never read it, so these experiments were never measured",
+        instead="configs: [FILE, ...] (experiment files; put per-file overrides in the files)",
+    ),
+    "grid.axes": Rule(
+        "refuse",
+        f"{LEM} never read it (its grid took shared and backend_overrides), so these axes were never measured",
+        instead=_axes,
+    ),
     "io.results_dir": Rule("rename", f"{LEM}'s results folder", new="results_dir"),
-    "execution.config_gap_seconds": Rule("rename", "the gap between windows", new="execution.config_gap_s", former=True),
+    "execution.config_gap_seconds": Rule(
+        "rename", "the gap between windows", new="execution.config_gap_s", former=True
+    ),
     "execution.cycle_gap_seconds": Rule("rename", "the gap between cycles", new="execution.cycle_gap_s", former=True),
     "io.state_dir": Rule("ignore", "progress lives in Snakemake's records and the results folder here"),
     "io.manifest_filename": Rule("ignore", "progress lives in Snakemake's records and the results folder here"),
@@ -345,11 +478,25 @@ CAMPAIGN: dict[str, Rule] = {
 
 #: .lem-config.yaml
 USER: dict[str, Rule] = {
-    "docker": Rule("ignore", f"{LEM}'s container strategy; here each measurement runs in its backend's image (the campaign's containers:, with --sdm apptainer)"),
+    "docker": Rule(
+        "ignore",
+        f"{LEM}'s container strategy; here each measurement runs in its backend's image (the campaign's containers:, with --sdm apptainer)",
+    ),
 }
 
 #: the keys this tool has in an experiment (a rule of a section that is one of them applies to that key only)
-_OWN_SECTIONS = ("dataset", "decoder", "pytorch", "vllm", "tensorrt", "warmup", "baseline", "energy", "timeline", "extra_metadata")
+_OWN_SECTIONS = (
+    "dataset",
+    "decoder",
+    "pytorch",
+    "vllm",
+    "tensorrt",
+    "warmup",
+    "baseline",
+    "energy",
+    "timeline",
+    "extra_metadata",
+)
 
 
 # ----------------------------------------------------------------------------------------------- applying it
@@ -413,27 +560,44 @@ def _apply(data: dict, table: dict[str, Rule], prefix: str, where: Where, out: M
             new_name = _name(prefix, rule.new)
             if current is not _MISSING and current != value:
                 used = "" if rule.former else f" ({LEM} used '{key}')"
-                problems.append((key, f"key '{name}' = {flow(value)} is {rule.name_for(new_name)} ({rule.why}), which the "
-                                      f"file also sets, to {flow(current)}: keep one{used}"))  # fmt: skip
+                problems.append(
+                    (
+                        key,
+                        f"key '{name}' = {flow(value)} is {rule.name_for(new_name)} ({rule.why}), which the "
+                        f"file also sets, to {flow(current)}: keep one{used}",
+                    )
+                )
                 _pop(data, key)  # named once, as a problem: validation need not name it again
                 continue
             _pop(data, key)
             _put(data, rule.new, value)
             out.renamed[rule.new] = key
-            notes.append((key, f"'{name}' is {rule.name_for(new_name)}: read as {new_name} = {flow(value)} (rename it)"))
+            notes.append(
+                (key, f"'{name}' is {rule.name_for(new_name)}: read as {new_name} = {flow(value)} (rename it)")
+            )
         elif rule.action == "convert":
             try:
                 updates = rule.convert(value, {k: v for k, v in data.items() if k != key}, where)
             except Refusal as exc:
-                problems.append((key, f"key '{name}' = {flow(value)} ({rule.why}) has no exact equivalent here; allowed here: {exc}"))
+                problems.append(
+                    (
+                        key,
+                        f"key '{name}' = {flow(value)} ({rule.why}) has no exact equivalent here; allowed here: {exc}",
+                    )
+                )
                 _pop(data, key)
                 continue
             if updates == {key: value}:
                 continue
             clash = [k for k, v in updates.items() if k != key and _get(data, k) not in (_MISSING, v)]
             if clash:
-                problems.append((key, f"key '{name}' = {flow(value)} ({rule.why}) sets {', '.join(_name(prefix, k) for k in clash)}, "
-                                      "which the file also sets, to another value: keep one"))  # fmt: skip
+                problems.append(
+                    (
+                        key,
+                        f"key '{name}' = {flow(value)} ({rule.why}) sets {', '.join(_name(prefix, k) for k in clash)}, "
+                        "which the file also sets, to another value: keep one",
+                    )
+                )
                 _pop(data, key)
                 continue
             _pop(data, key)
@@ -456,7 +620,9 @@ def _apply(data: dict, table: dict[str, Rule], prefix: str, where: Where, out: M
     out.problems.extend(text for _, text in sorted(problems, key=order))
     out.notes.extend(text for _, text in sorted(notes, key=order))
     if unset:
-        out.notes.append(f"{', '.join(repr(n) for n in unset)} = null ({LEM}'s way of leaving a setting unset): left out")
+        out.notes.append(
+            f"{', '.join(repr(n) for n in unset)} = null ({LEM}'s way of leaving a setting unset): left out"
+        )
 
 
 def _drop_empty_parents(data: dict, key: str) -> None:
@@ -486,11 +652,15 @@ def migrate_campaign(data: dict) -> Migrated:
     _apply(out.data, CAMPAIGN, "", Where(grid_backends=backends, in_grid=True), out)
     grid = out.data.get("grid")
     if isinstance(grid, dict) and isinstance(grid.get("shared"), dict):
-        grid["shared"] = _migrate_axes(grid["shared"], "", "grid.shared", Where(grid_backends=backends, in_grid=True), out)
+        grid["shared"] = _migrate_axes(
+            grid["shared"], "", "grid.shared", Where(grid_backends=backends, in_grid=True), out
+        )
     if isinstance(grid, dict) and isinstance(grid.get("backend_overrides"), dict):
         for b, axes in grid["backend_overrides"].items():
             if isinstance(axes, dict) and b in BACKENDS:
-                grid["backend_overrides"][b] = _migrate_axes(axes, f"{b}.", f"grid.backend_overrides.{b}", Where(b, in_grid=True), out)
+                grid["backend_overrides"][b] = _migrate_axes(
+                    axes, f"{b}.", f"grid.backend_overrides.{b}", Where(b, in_grid=True), out
+                )
     return out
 
 
@@ -503,26 +673,37 @@ def _migrate_axes(axes: dict, section: str, prefix: str, where: Where, out: Migr
         rule, ruled = _rule_for(dotted)
         name = f"{prefix}.{key}"
         items = values if isinstance(values, list) else [values]
-        if rule is None or (rule.action == "unset" and values is not None) or (rule.action == "convert" and ruled == "gpus"):
+        if (
+            rule is None
+            or (rule.action == "unset" and values is not None)
+            or (rule.action == "convert" and ruled == "gpus")
+        ):
             result[key] = values
         elif rule.action == "unset":
             out.notes.append(f"'{name}' = null ({LEM}'s way of leaving a setting unset): left out")
         elif rule.action == "rename" and ruled == dotted and rule.new.startswith(section):
             new = rule.new.removeprefix(section)
             if new in axes or new in result:
-                out.problems.append(f"key '{name}' is {rule.name_for(f'{prefix}.{new}')}, which the grid also sets: keep one")
+                out.problems.append(
+                    f"key '{name}' is {rule.name_for(f'{prefix}.{new}')}, which the grid also sets: keep one"
+                )
                 continue
             result[new] = values
             out.renamed[f"{prefix}.{new}"] = name
-            out.notes.append(f"'{name}' is {rule.name_for(f'{prefix}.{new}')}: read as {prefix}.{new} = {flow(values)} (rename it)")
+            out.notes.append(
+                f"'{name}' is {rule.name_for(f'{prefix}.{new}')}: read as {prefix}.{new} = {flow(values)} (rename it)"
+            )
         elif rule.action == "ignore" and (rule.inert is None or all(rule.inert(v) for v in items)):
             out.notes.append(f"'{name}' is ignored: {rule.why}")
         elif rule.action in ("rename", "convert"):
-            out.problems.append(f"key '{name}' = {flow(values)}: {rule.why}; allowed here: {rule.new or 'see config/README.md'}")
+            out.problems.append(
+                f"key '{name}' = {flow(values)}: {rule.why}; allowed here: {rule.new or 'see config/README.md'}"
+            )
         else:
             hint_value = values
             for part in reversed(dotted[len(ruled) + 1 :].split(".") if ruled != dotted else []):
-                hint_value = {part: hint_value}  # batching.batch_size: [1, 4] -> the section batching: {batch_size: [1, 4]}
+                # batching.batch_size: [1, 4] -> the section batching: {batch_size: [1, 4]}
+                hint_value = {part: hint_value}
             if rule.action == "ignore":
                 hint_value = next(v for v in items if not rule.inert(v))
             why = rule.why if rule.action == "refuse" else rule.refused
@@ -536,7 +717,9 @@ def _rule_for(dotted: str) -> tuple[Rule | None, str]:
     parts = dotted.split(".")
     for depth in range(len(parts), 0, -1):
         key = ".".join(parts[:depth])
-        if key in EXPERIMENT and (depth == len(parts) or (key not in _OWN_SECTIONS and EXPERIMENT[key].action != "unset")):
+        if key in EXPERIMENT and (
+            depth == len(parts) or (key not in _OWN_SECTIONS and EXPERIMENT[key].action != "unset")
+        ):
             return EXPERIMENT[key], key
     return None, ""
 

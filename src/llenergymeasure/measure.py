@@ -151,7 +151,9 @@ def energy_section(
         elif base is not None and not base["settle"]["settled"]:
             _flag(flags, "idle_not_settled", f"{c.device}: idle power had not settled when the baseline was taken")
         if net is not None and net < 0:
-            _flag(flags, "net_energy_negative", f"{c.device}: window energy below idle energy (noise or stale baseline)")
+            _flag(
+                flags, "net_energy_negative", f"{c.device}: window energy below idle energy (noise or stale baseline)"
+            )
         for code, message in validity.baseline_quality(c.device, base):
             _flag(flags, code, message)
     for u in unavailable:
@@ -184,7 +186,11 @@ def emissions_section(total_j: float | None, country: str | None, method: str) -
         return {"co2_kg": None, "method": "unavailable", "reason": "energy.country_iso_code not set"}
     found = carbon_intensity_g_per_kwh(country)
     if found is None:
-        return {"co2_kg": None, "method": "unavailable", "reason": f"no carbon intensity for {country} (CodeCarbon data missing)"}
+        return {
+            "co2_kg": None,
+            "method": "unavailable",
+            "reason": f"no carbon intensity for {country} (CodeCarbon data missing)",
+        }
     intensity, source = found
     co2 = None if total_j is None else total_j / 3.6e6 * intensity / 1000.0
     return {
@@ -201,9 +207,18 @@ def timeline_section(w: WindowRecord, cfg: dict, output: str | None) -> tuple[di
     """Summary of the window's timeline (always), the prefill/decode split of the energy of the device the timeline
     follows, and the sidecar to write beside the raw result (path and data, when ``timeline.save``)."""
     if not cfg["enabled"]:
-        return {"enabled": False, "summary": None, "sidecar": None,
-                "phases": {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None,
-                           "other_energy_j": None, "reason": "timeline.enabled = false"}}, None  # fmt: skip
+        return {
+            "enabled": False,
+            "summary": None,
+            "sidecar": None,
+            "phases": {
+                "method": "unavailable",
+                "prefill_energy_j": None,
+                "decode_energy_j": None,
+                "other_energy_j": None,
+                "reason": "timeline.enabled = false",
+            },
+        }, None
     interval = max(cfg["interval_ms"] / 1000.0, 0.1)
     summary = summarise_timeline(w.samples, interval)
     gpu = [c for c in w.components if c.component == "gpu"]
@@ -213,13 +228,24 @@ def timeline_section(w: WindowRecord, cfg: dict, output: str | None) -> tuple[di
     phases = phase_split(w.samples, w.batches, (w.w0, w.w1), energy, None if gpu else tdp)
     phases["component"] = primary[0].component if primary else None
     if w.scheduling != "static" and phases["method"] != "unavailable":
-        phases = {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
-                  "reason": "continuous batching interleaves prefills and decodes of different requests: no time split exists"}  # fmt: skip
+        phases = {
+            "method": "unavailable",
+            "prefill_energy_j": None,
+            "decode_energy_j": None,
+            "other_energy_j": None,
+            "reason": "continuous batching interleaves prefills and decodes of different requests: no time split exists",
+        }
     path = None
     if cfg["save"] and output:
-        path = str(output)[: -len(".json")] + ".timeline.json" if str(output).endswith(".json") else f"{output}.timeline.json"
+        path = (
+            str(output)[: -len(".json")] + ".timeline.json"
+            if str(output).endswith(".json")
+            else f"{output}.timeline.json"
+        )
     section = {"enabled": True, "summary": summary, "sidecar": path and os.path.basename(path), "phases": phases}
-    return section, ((path, {"schema_version": SCHEMA_VERSION, **timeline_sidecar(w.samples, interval, w.w0)}) if path else None)
+    return section, (
+        (path, {"schema_version": SCHEMA_VERSION, **timeline_sidecar(w.samples, interval, w.w0)}) if path else None
+    )
 
 
 def cross_check_section(w: WindowRecord) -> dict:
@@ -302,15 +328,21 @@ def memory_section(w: WindowRecord, timeline: dict, peaks: dict) -> dict:
     }
 
 
-def findings(w: WindowRecord, config: dict, tokens: dict, energy: dict, timeline: dict, steady: dict, backend_flags) -> list:
+def findings(
+    w: WindowRecord, config: dict, tokens: dict, energy: dict, timeline: dict, steady: dict, backend_flags
+) -> list:
     """Every validity rule's verdict on this window (see :mod:`llenergymeasure.validity`)."""
     return [
         *validity.short_window(w.duration_s, config["energy"]["min_window_s"]),
         *validity.warmup_not_converged(w.warmup),
         *backend_flags,
         *validity.no_output_tokens(tokens["output_tokens"]),
-        *validity.output_length_not_reached(config["min_output_tokens"], config["max_output_tokens"],
-                                            tokens["requests_at_max_output_tokens"], tokens["num_requests"]),
+        *validity.output_length_not_reached(
+            config["min_output_tokens"],
+            config["max_output_tokens"],
+            tokens["requests_at_max_output_tokens"],
+            tokens["num_requests"],
+        ),
         *validity.power_below_idle(energy["total"]["mean_power_w"], [r["idle_power_w"] for r in energy["components"]]),
         *validity.power_above_limit(w.meters.meters, energy["total"]["mean_power_w"]),
         *validity.throttling(timeline["summary"]),
@@ -394,7 +426,11 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: dict)
         baselines = idle_baselines(meters.meters, config["baseline"])
         phases["baseline_s"] = time.perf_counter() - t
         if config["baseline"]["enabled"] and config["baseline"]["required"]:
-            missing = [m.device for m in meters.meters if m.method != "codecarbon" and not baselines.get(m.device_key, {}).get("power_w")]
+            missing = [
+                m.device
+                for m in meters.meters
+                if m.method != "codecarbon" and not baselines.get(m.device_key, {}).get("power_w")
+            ]
             if missing:
                 raise MeasurementError(f"baseline.required = true, but no idle baseline for {', '.join(missing)}")
 
@@ -404,9 +440,17 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: dict)
         load_info = backend.load()
         batches = backend.plan(prompts)
         phases["load_s"] = time.perf_counter() - t
-        say.info("%s: model loaded in %.1f s; %d prompts in %d batch(es)", label, phases["load_s"], len(prompts), len(batches))
+        say.info(
+            "%s: model loaded in %.1f s; %d prompts in %d batch(es)",
+            label,
+            phases["load_s"],
+            len(prompts),
+            len(batches),
+        )
 
-        gap = wait_gap(state_dir, cycle, ctx.get("config_gap_s", 0.0), ctx.get("cycle_gap_s", 0.0), sleep=_announced_sleep(label))
+        gap = wait_gap(
+            state_dir, cycle, ctx.get("config_gap_s", 0.0), ctx.get("cycle_gap_s", 0.0), sleep=_announced_sleep(label)
+        )
         phases["gap_s"] = gap["gap_waited_s"]
 
         t = time.perf_counter()
@@ -437,23 +481,54 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: dict)
         phases["window_s"] = w1 - w0
         record_window(
             state_dir,
-            {"experiment_id": experiment_id, "cycle": cycle, "window_end": window_end, "window_end_epoch_s": time.time()},
+            {
+                "experiment_id": experiment_id,
+                "cycle": cycle,
+                "window_end": window_end,
+                "window_end_epoch_s": time.time(),
+            },
         )
     return WindowRecord(
-        job_start=job_start, phases=phases, meters=meters, baselines=baselines, prompts=prompts, load_info=load_info,
-        gap=gap, warmup=warmup, temperature_start=temp_start, temperature_end=temp_end, runs=runs, components=components,
-        samples=samples, power_buffer=sampler.power_buffer if sampler else {}, window_start=window_start,
-        window_end=window_end, w0=w0, w1=w1, e0=e0, e1=e1,
-    )  # fmt: skip
+        job_start=job_start,
+        phases=phases,
+        meters=meters,
+        baselines=baselines,
+        prompts=prompts,
+        load_info=load_info,
+        gap=gap,
+        warmup=warmup,
+        temperature_start=temp_start,
+        temperature_end=temp_end,
+        runs=runs,
+        components=components,
+        samples=samples,
+        power_buffer=sampler.power_buffer if sampler else {},
+        window_start=window_start,
+        window_end=window_end,
+        w0=w0,
+        w1=w1,
+        e0=e0,
+        e1=e1,
+    )
 
 
-def build_result(w: WindowRecord, backend, config: dict, experiment_id: str, cycle: int, model_path: str,
-                 output: str | None, ctx: dict) -> tuple[dict, tuple[str, dict] | None]:  # fmt: skip
+def build_result(
+    w: WindowRecord,
+    backend,
+    config: dict,
+    experiment_id: str,
+    cycle: int,
+    model_path: str,
+    output: str | None,
+    ctx: dict,
+) -> tuple[dict, tuple[str, dict] | None]:
     """The raw result of a window (and its timeline sidecar, when one is to be written)."""
     flags: list[dict] = []
     energy = energy_section(w.components, w.baselines, w.duration_s, w.meters.unavailable, flags)
     total = energy["total"]
-    energy["emissions"] = emissions_section(total["gross_energy_j"], config["energy"]["country_iso_code"], total["method"])
+    energy["emissions"] = emissions_section(
+        total["gross_energy_j"], config["energy"]["country_iso_code"], total["method"]
+    )
     timeline, sidecar = timeline_section(w, config["timeline"], output)
     energy["phases"] = timeline.pop("phases")
     energy["cross_check"] = cross_check_section(w)
@@ -461,8 +536,12 @@ def build_result(w: WindowRecord, backend, config: dict, experiment_id: str, cyc
     tokens = tokens_section(w, config, backend.token_counting)
     for code, message in findings(w, config, tokens, energy, timeline, steady, backend.validity_flags(w.batches)):
         _flag(flags, code, message)
-    flops = flops_section(model_dims(backend.model_config()), [(r.input_tokens, r.output_tokens) for r in w.requests],
-                          w.duration_s, tokens["output_tokens"])  # fmt: skip
+    flops = flops_section(
+        model_dims(backend.model_config()),
+        [(r.input_tokens, r.output_tokens) for r in w.requests],
+        w.duration_s,
+        tokens["output_tokens"],
+    )
     if flops["confidence"] == "low":
         _flag(flags, "flops_low_confidence", f"architecture '{flops['model_dims']['model_type']}' not modelled exactly")
     gpus = [m.gpu for m in w.meters.meters if m.gpu is not None]
@@ -497,8 +576,10 @@ def build_result(w: WindowRecord, backend, config: dict, experiment_id: str, cyc
         "warmup": w.warmup,
         "steady_state": steady,
         "memory": memory_section(w, timeline, backend.peak_memory()),
-        "model": {**{k: w.load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
-                  "details": {k: v for k, v in w.load_info.items() if k not in _MODEL_KEYS}},
+        "model": {
+            **{k: w.load_info[k] for k in ("device", "dtype", "parameters", "architecture", "weights")},
+            "details": {k: v for k, v in w.load_info.items() if k not in _MODEL_KEYS},
+        },
         "batches": [b.to_result(w.w0) for b in w.batches],
         "timeline": timeline,
         "flags": flags,

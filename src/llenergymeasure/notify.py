@@ -87,11 +87,15 @@ class _Attempt:
             if parts.scheme == "https":  # CONNECT through the proxy, TLS with the endpoint
                 import ssl
 
-                conn = http.client.HTTPSConnection(p.hostname, p.port or 80, timeout=timeout, context=ssl.create_default_context())
+                conn = http.client.HTTPSConnection(
+                    p.hostname, p.port or 80, timeout=timeout, context=ssl.create_default_context()
+                )
                 conn.set_tunnel(host, port or 443)
             else:  # a plain-HTTP proxy takes the absolute URL
                 conn = http.client.HTTPConnection(p.hostname, p.port or 80, timeout=timeout)
-                target = urllib.parse.urlunsplit(("http", parts.netloc.rsplit("@", 1)[-1], parts.path or "/", parts.query, ""))
+                target = urllib.parse.urlunsplit(
+                    ("http", parts.netloc.rsplit("@", 1)[-1], parts.path or "/", parts.query, "")
+                )
         elif parts.scheme == "https":
             import ssl
 

@@ -40,8 +40,10 @@ class Target:
         return asdict(self)
 
     def describe(self) -> str:
-        return (f"until the {self.confidence:.0%} Student-t interval of the mean {self.metric} is within "
-                f"±{percent(self.relative_half_width)} of it, {self.min_cycles} to {self.max_cycles} cycles")  # fmt: skip
+        return (
+            f"until the {self.confidence:.0%} Student-t interval of the mean {self.metric} is within "
+            f"±{percent(self.relative_half_width)} of it, {self.min_cycles} to {self.max_cycles} cycles"
+        )
 
 
 def percent(fraction: float | None) -> str:
@@ -54,8 +56,13 @@ def target_of(campaign: dict) -> Target | None:
     pt = (campaign.get("execution") or {}).get("precision_target") or {}
     if pt.get("relative_half_width") is None:
         return None
-    return Target(float(pt["relative_half_width"]), pt["metric"], int(pt["min_cycles"]), int(pt["max_cycles"]),
-                  float(campaign["analysis"]["confidence"]))  # fmt: skip
+    return Target(
+        float(pt["relative_half_width"]),
+        pt["metric"],
+        int(pt["min_cycles"]),
+        int(pt["max_cycles"]),
+        float(campaign["analysis"]["confidence"]),
+    )
 
 
 def from_params(params: dict | None) -> Target | None:
@@ -72,8 +79,10 @@ def campaign_problem(campaign: dict) -> str | None:
     if target is None:
         for key in ("metric", "min_cycles", "max_cycles"):
             if key in pt:
-                return (f"{KEY}.{key} = {json.dumps(pt[key])} has no effect: {KEY}.relative_half_width is null (every "
-                        "experiment runs execution.cycles cycles); set a target, or remove the key")  # fmt: skip
+                return (
+                    f"{KEY}.{key} = {json.dumps(pt[key])} has no effect: {KEY}.relative_half_width is null (every "
+                    "experiment runs execution.cycles cycles); set a target, or remove the key"
+                )
         return None
     from .config import load_schema
 
@@ -82,9 +91,11 @@ def campaign_problem(campaign: dict) -> str | None:
     if high < low:
         return f"key '{KEY}.max_cycles' = {high} is smaller than {KEY}.min_cycles = {low}; allowed: >= {low}"
     if "cycles" in execution and execution["cycles"] != low:
-        return (f"key 'execution.cycles' = {execution['cycles']} contradicts {KEY}.min_cycles = {low}: with a "
-                f"precision target every experiment runs {KEY}.min_cycles to max_cycles cycles; remove "
-                "execution.cycles (or make it equal to min_cycles)")  # fmt: skip
+        return (
+            f"key 'execution.cycles' = {execution['cycles']} contradicts {KEY}.min_cycles = {low}: with a "
+            f"precision target every experiment runs {KEY}.min_cycles to max_cycles cycles; remove "
+            "execution.cycles (or make it equal to min_cycles)"
+        )
     return None
 
 
@@ -147,7 +158,9 @@ def read_raws(raw_paths: list[str], experiment_id: str) -> list[dict]:
     for expected, path in enumerate(raw_paths, 1):
         r = read_result(path, RAW_SCHEMA)
         if r["experiment_id"] != experiment_id or r["cycle"] != expected:
-            raise DecisionError(f"{path}: holds {r['experiment_id']} cycle {r['cycle']}, expected {experiment_id} cycle {expected}")
+            raise DecisionError(
+                f"{path}: holds {r['experiment_id']} cycle {r['cycle']}, expected {experiment_id} cycle {expected}"
+            )
         raws.append(r)
     return raws
 
@@ -160,8 +173,15 @@ def decide(raw_paths: list[str], experiment_id: str, after_cycle: int, target: T
     if len(raw_paths) != after_cycle:
         raise DecisionError(f"decision after cycle {after_cycle} of {experiment_id} given {len(raw_paths)} raw results")
     verdict = assess(metric_values(read_raws(raw_paths, experiment_id), target.metric), target)
-    record = {"schema_version": SCHEMA_VERSION, "experiment_id": experiment_id, "after_cycle": after_cycle, **verdict,
-              "target": target.params(), "raw_results": list(raw_paths), "decided_at": utc_now_iso()}  # fmt: skip
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "experiment_id": experiment_id,
+        "after_cycle": after_cycle,
+        **verdict,
+        "target": target.params(),
+        "raw_results": list(raw_paths),
+        "decided_at": utc_now_iso(),
+    }
     write_json_atomic(output, record, durable=True)
     return record
 
@@ -170,13 +190,19 @@ def read_decision(path: str | Path, experiment_id: str, after_cycle: int) -> dic
     """A decision file, checked; a damaged one is a one-line :class:`DecisionError` saying what to do."""
     try:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
-        ok = (isinstance(record, dict) and record.get("experiment_id") == experiment_id
-              and record.get("after_cycle") == after_cycle and record.get("decision") in ("stop", "continue"))  # fmt: skip
+        ok = (
+            isinstance(record, dict)
+            and record.get("experiment_id") == experiment_id
+            and record.get("after_cycle") == after_cycle
+            and record.get("decision") in ("stop", "continue")
+        )
     except (OSError, ValueError):
         ok = False
     if not ok:
-        raise DecisionError(f"{path} is not the decision after cycle {after_cycle} of {experiment_id} (damaged?): delete "
-                            "it and rerun, which takes the decision again from the same raw results")  # fmt: skip
+        raise DecisionError(
+            f"{path} is not the decision after cycle {after_cycle} of {experiment_id} (damaged?): delete "
+            "it and rerun, which takes the decision again from the same raw results"
+        )
     return record
 
 
@@ -192,8 +218,10 @@ def decided_cycles(get_decision, experiment_id: str, target: Target) -> tuple[in
         if record["decision"] == "stop":
             return n, path
         if n >= target.max_cycles:
-            raise DecisionError(f"{path} asks for cycle {n + 1}, beyond max_cycles = {target.max_cycles}: delete the "
-                                "experiment's decisions and rerun")  # fmt: skip
+            raise DecisionError(
+                f"{path} asks for cycle {n + 1}, beyond max_cycles = {target.max_cycles}: delete the "
+                "experiment's decisions and rerun"
+            )
         n += 1
 
 
@@ -233,8 +261,14 @@ def settle(decision: str, raw_paths: list[str], experiment_id: str, output: str)
     record = read_decision(decision, experiment_id, len(raw_paths))
     if record["decision"] != "stop":
         raise DecisionError(f"{decision} does not stop {experiment_id}")
-    out = {"schema_version": SCHEMA_VERSION, "experiment_id": experiment_id, "cycles": len(raw_paths),
-           "reason": record["reason"], "raw_results": list(raw_paths), "decision": record}  # fmt: skip
+    out = {
+        "schema_version": SCHEMA_VERSION,
+        "experiment_id": experiment_id,
+        "cycles": len(raw_paths),
+        "reason": record["reason"],
+        "raw_results": list(raw_paths),
+        "decision": record,
+    }
     write_json_atomic(output, out, durable=False)
     return out
 

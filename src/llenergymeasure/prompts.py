@@ -64,7 +64,9 @@ def _from_rows(rows, column: str | None, where: str) -> list[str]:
 
 
 def _json_kind(value) -> str:
-    return {bool: "boolean", int: "number", float: "number", list: "list", type(None): "null"}.get(type(value), type(value).__name__)
+    return {bool: "boolean", int: "number", float: "number", list: "list", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
 
 
 #: A prompt file larger than this is refused (the largest public prompt sets are a few hundred MB as JSONL).
@@ -100,7 +102,9 @@ def _load_file(path: Path, column: str | None) -> list[str]:
                     "allowed: one JSON object or string per line"
                 ) from None
         first = rows[0] if rows else None
-        return _from_rows(rows, column or ("prompt" if isinstance(first, dict) and "prompt" in first else None), str(path))
+        return _from_rows(
+            rows, column or ("prompt" if isinstance(first, dict) and "prompt" in first else None), str(path)
+        )
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -150,11 +154,15 @@ def _probe_hub_dataset(path: str, where: str) -> None:
     try:
         huggingface_hub.dataset_info(path, timeout=10, token=os.environ.get("HF_TOKEN") or None)
     except GatedRepoError:
-        raise ConfigError(f"{where} is a gated Hugging Face dataset: set HF_TOKEN to a token with access to it") from None
+        raise ConfigError(
+            f"{where} is a gated Hugging Face dataset: set HF_TOKEN to a token with access to it"
+        ) from None
     except RepositoryNotFoundError:
         raise ConfigError(f"{where} is not a Hugging Face dataset (or a private one: set HF_TOKEN)") from None
     except Exception as exc:  # noqa: BLE001 - no network, a proxy, a timeout: it cannot be checked from here
-        raise NeedsNetwork(f"{where} cannot be checked: the Hugging Face hub cannot be reached ({type(exc).__name__})") from None
+        raise NeedsNetwork(
+            f"{where} cannot be checked: the Hugging Face hub cannot be reached ({type(exc).__name__})"
+        ) from None
 
 
 def source_problem(dataset: dict) -> str | None:
@@ -204,7 +212,9 @@ def prompts_sha256(prompts: list[str]) -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _known_model_names() -> list[str]:
@@ -240,7 +250,10 @@ def model_check(name: str, timeout_s: float = 15.0) -> tuple[str | None, bool]:
         if not path.is_dir():
             return f"key 'model_name' = '{name}' is a file, not a model folder; {allowed}", False
         if not (path / "config.json").is_file():
-            return f"key 'model_name' = '{name}': the folder has no config.json, so it is not a model folder; {allowed}", False
+            return (
+                f"key 'model_name' = '{name}': the folder has no config.json, so it is not a model folder; {allowed}",
+                False,
+            )
         return None, False
     if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or not name.strip():
         return f"key 'model_name' = '{name}': folder does not exist{_did_you_mean(name)}; {allowed}", False
@@ -251,24 +264,36 @@ def model_check(name: str, timeout_s: float = 15.0) -> tuple[str | None, bool]:
     try:
         cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
     except Exception:  # noqa: BLE001 - an id the hub library rejects (bad characters, ...)
-        return f"key 'model_name' = '{name}' is neither a folder nor a valid Hugging Face id{_did_you_mean(name)}; {allowed}", False
+        return (
+            f"key 'model_name' = '{name}' is neither a folder nor a valid Hugging Face id{_did_you_mean(name)}; {allowed}",
+            False,
+        )
     if isinstance(cached, str):
         return None, False
     if _offline():
-        return (f"key 'model_name' = '{name}' is not a folder, and no Hugging Face model of that id is in the local "
-                f"cache while offline mode is on (HF_HUB_OFFLINE){_did_you_mean(name)}; {allowed}"), not _did_you_mean(name)  # fmt: skip
+        return (
+            f"key 'model_name' = '{name}' is not a folder, and no Hugging Face model of that id is in the local "
+            f"cache while offline mode is on (HF_HUB_OFFLINE){_did_you_mean(name)}; {allowed}"
+        ), not _did_you_mean(name)
     from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
 
     try:
         huggingface_hub.model_info(name, timeout=timeout_s, token=os.environ.get("HF_TOKEN") or None)
     except GatedRepoError:
-        return f"key 'model_name' = '{name}' is a gated Hugging Face model: set HF_TOKEN to a token with access to it", False
+        return (
+            f"key 'model_name' = '{name}' is a gated Hugging Face model: set HF_TOKEN to a token with access to it",
+            False,
+        )
     except RepositoryNotFoundError:
-        return (f"key 'model_name' = '{name}' is not a folder and not a Hugging Face model (or a private one: set "
-                f"HF_TOKEN){_did_you_mean(name)}; {allowed}"), False  # fmt: skip
+        return (
+            f"key 'model_name' = '{name}' is not a folder and not a Hugging Face model (or a private one: set "
+            f"HF_TOKEN){_did_you_mean(name)}; {allowed}"
+        ), False
     except Exception as exc:  # noqa: BLE001 - network trouble: the first job could not download it either
-        return (f"key 'model_name' = '{name}' is not in the local Hugging Face cache and the hub cannot be reached "
-                f"({type(exc).__name__}); download it first (hf download {name}) or fix the network{_did_you_mean(name)}"), not _did_you_mean(name)  # fmt: skip
+        return (
+            f"key 'model_name' = '{name}' is not in the local Hugging Face cache and the hub cannot be reached "
+            f"({type(exc).__name__}); download it first (hf download {name}) or fix the network{_did_you_mean(name)}"
+        ), not _did_you_mean(name)
     return None, False
 
 

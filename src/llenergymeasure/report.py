@@ -55,8 +55,13 @@ def plot_efficiency(aggs: list[dict], out: Path) -> dict:
         marker = "s" if agg["includes_estimate"] else "o"
         ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, fmt=marker, capsize=3, label=_label(agg))
         if agg.get("precision"):  # precision-targeted campaign: the achieved precision beside the point
-            ax.annotate(precision_label(agg["precision"]), (x["mean"], y["mean"]), textcoords="offset points",
-                        xytext=(6, 6), fontsize=7)  # fmt: skip
+            ax.annotate(
+                precision_label(agg["precision"]),
+                (x["mean"], y["mean"]),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=7,
+            )
         pts.append((x["mean"], y["mean"]))
         used.append(agg)
     front = pareto_front(pts)
@@ -102,15 +107,22 @@ def _precision_text(aggs: list[dict]) -> str:
     from .precision import percent
 
     p0 = targeted[0]["precision"]
-    lines = [f"Precision target: cycles continued until the {p0['confidence']:.0%} interval of the mean "
-             f"{p0['metric']} was within ±{percent(p0['target_relative_half_width'])} of it ({p0['min_cycles']} to "
-             f"{p0['max_cycles']} cycles per experiment). Beside each point: the precision reached, the cycles run, "
-             "and ✓ (target met) or ✗ max (max_cycles reached first, flagged precision_target_not_met).\n"]  # fmt: skip
+    lines = [
+        f"Precision target: cycles continued until the {p0['confidence']:.0%} interval of the mean "
+        f"{p0['metric']} was within ±{percent(p0['target_relative_half_width'])} of it ({p0['min_cycles']} to "
+        f"{p0['max_cycles']} cycles per experiment). Beside each point: the precision reached, the cycles run, "
+        "and ✓ (target met) or ✗ max (max_cycles reached first, flagged precision_target_not_met).\n"
+    ]
     for a in targeted:
         p = a["precision"]
-        achieved = "±n/a" if p["achieved_relative_half_width"] is None else f"±{percent(p['achieved_relative_half_width'])}"
-        state = {"target_met": "target met", "max_cycles_reached": "max_cycles reached before the target",
-                 "incomplete": "incomplete (cycles failed or were still to come)"}[p["status"]]  # fmt: skip
+        achieved = (
+            "±n/a" if p["achieved_relative_half_width"] is None else f"±{percent(p['achieved_relative_half_width'])}"
+        )
+        state = {
+            "target_met": "target met",
+            "max_cycles_reached": "max_cycles reached before the target",
+            "incomplete": "incomplete (cycles failed or were still to come)",
+        }[p["status"]]
         lines.append(f"- **{a['config_name']}**: {p['cycles_run']} cycles, {achieved}: {state}")
     return "\n".join(lines)
 
@@ -177,10 +189,17 @@ def plot_timeline(raw_paths: list[str], out: Path) -> dict:
         t = side["t_s"]
         if side["gpus"]:
             for g in side["gpus"]:
-                ax.plot(t, [v if v is not None else float("nan") for v in g["power_w"]], label=f"{g['device']} power (W)")
+                ax.plot(
+                    t, [v if v is not None else float("nan") for v in g["power_w"]], label=f"{g['device']} power (W)"
+                )
             ax2 = ax.twinx()
             for g in side["gpus"]:
-                ax2.plot(t, [v if v is not None else float("nan") for v in g["temperature_c"]], "r:", label=f"{g['device']} temperature (°C)")
+                ax2.plot(
+                    t,
+                    [v if v is not None else float("nan") for v in g["temperature_c"]],
+                    "r:",
+                    label=f"{g['device']} temperature (°C)",
+                )
             ax2.set_ylabel("°C")
             ax.set_ylabel("board power (W)")
         else:
@@ -219,8 +238,10 @@ def _phases_text(phases: dict | None) -> str:
         return ""
     if phases.get("method") == "unavailable":
         return f" Prefill/decode energy split: unavailable ({phases.get('reason', 'no reason recorded')})."
-    parts = [f"{label} {_num(phases.get(key), 'J')}" for key, label in
-             (("prefill_energy_j", "prefill"), ("decode_energy_j", "decode"), ("other_energy_j", "other"))]  # fmt: skip
+    parts = [
+        f"{label} {_num(phases.get(key), 'J')}"
+        for key, label in (("prefill_energy_j", "prefill"), ("decode_energy_j", "decode"), ("other_energy_j", "other"))
+    ]
     return f" Energy split: {', '.join(parts)} (method: {phases['method']})."
 
 
@@ -229,8 +250,10 @@ def _methods_text(aggs: list[dict]) -> str:
     for a in aggs:
         est = " (includes estimates)" if a["includes_estimate"] else ""
         flags = ", ".join(f"{k} ×{v}" for k, v in a["flags"].items()) or "none"
-        lines.append(f"- **{a['config_name']}** (``{a['experiment_id']}``): energy {a['energy_method']}{est}; "
-                     f"FLOPs {a['flops_method']}; {a['cycles']} cycles; flags: {flags}")  # fmt: skip
+        lines.append(
+            f"- **{a['config_name']}** (``{a['experiment_id']}``): energy {a['energy_method']}{est}; "
+            f"FLOPs {a['flops_method']}; {a['cycles']} cycles; flags: {flags}"
+        )
     return "\n".join(lines)
 
 
@@ -251,13 +274,20 @@ def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_di
     ci = f"Intervals: {conf:.0%} Student-t intervals of the mean across cycles (sample std, ddof 1)."
     front = eff["pareto"]
     if len(front) > 1:
-        pareto = f"The dashed line is the Pareto front (no other experiment is both faster and cheaper): {', '.join(front)}."
+        pareto = (
+            f"The dashed line is the Pareto front (no other experiment is both faster and cheaper): {', '.join(front)}."
+        )
     elif front:
-        pareto = f"The Pareto front (no other experiment is both faster and cheaper) is one experiment, ringed: {front[0]}."
+        pareto = (
+            f"The Pareto front (no other experiment is both faster and cheaper) is one experiment, ringed: {front[0]}."
+        )
     else:
         pareto = "No experiment has both a throughput and an energy figure, so there is no Pareto front."
-    markers = {frozenset([False]): "Circles: measured energy.", frozenset([True]): "Squares: energy that includes estimates.",
-               frozenset([False, True]): "Circles: measured energy; squares: energy that includes estimates."}  # fmt: skip
+    markers = {
+        frozenset([False]): "Circles: measured energy.",
+        frozenset([True]): "Squares: energy that includes estimates.",
+        frozenset([False, True]): "Circles: measured energy; squares: energy that includes estimates.",
+    }
     captions = {
         "efficiency": (
             "J per output token against output tokens per second, one point per experiment, with "

@@ -30,7 +30,9 @@ def validate_result(data: dict, schema_name: str, where: str = "") -> bool:
     try:
         import jsonschema  # noqa: F401 - what explains a refusal
     except ImportError:
-        log.warning("jsonschema not installed: %s not validated on write (it is validated on read)", where or schema_name)
+        log.warning(
+            "jsonschema not installed: %s not validated on write (it is validated on read)", where or schema_name
+        )
         return False
     problems = schema_problems(data, schema_name)
     if problems:
@@ -137,7 +139,11 @@ def read_result(path: str | Path, schema_name: str) -> dict:
     except UnicodeDecodeError:
         raise ResultValidationError(f"{path} is not a result file (not UTF-8 text){fix}") from None
     except ValueError as exc:
-        what = "is empty" if not raw.strip() else f"is not complete JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})"
+        what = (
+            "is empty"
+            if not raw.strip()
+            else f"is not complete JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})"
+        )
         raise ResultValidationError(f"{path} {what}: truncated or damaged (a disk or copy accident?){fix}") from None
     if not isinstance(data, dict):
         raise ResultValidationError(f"{path} holds a JSON {type(data).__name__}, not a result{fix}")
@@ -189,8 +195,12 @@ def hold_results_folder(root: str | Path) -> None:
             f"results folder {root} is in use by another campaign run ({who}); wait for it to finish, or give this "
             "run another results_dir or campaign_name"
         ) from None
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "workdir": os.getcwd(),
-             "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}  # fmt: skip
+    owner = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "workdir": os.getcwd(),
+        "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(owner).encode(), 0)
     _HELD[key] = fd

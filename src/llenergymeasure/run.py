@@ -42,8 +42,10 @@ def load_experiment(path: str | None, sets: list[str], notes: list[str] | None =
         if not isinstance(data, dict):
             raise ConfigError(f"file '{path}': an experiment must be a mapping of fields, got {type(data).__name__}")
         if "campaign_name" in data:
-            raise ConfigError(f"file '{path}' is a campaign (it has campaign_name), not an experiment: run it with "
-                              f"snakemake --cores 1 --config campaign={path}, or check it with lem validate {path}")  # fmt: skip
+            raise ConfigError(
+                f"file '{path}' is a campaign (it has campaign_name), not an experiment: run it with "
+                f"snakemake --cores 1 --config campaign={path}, or check it with lem validate {path}"
+            )
     respelled = []
     for item in sets:
         key, _, value = item.partition("=")
@@ -51,7 +53,9 @@ def load_experiment(path: str | None, sets: list[str], notes: list[str] | None =
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         rule = EXPERIMENT.get(key)
         if rule is not None and rule.former:  # over the file's value, whichever spelling the file uses
-            respelled.append(f"--set '{key}' is {rule.name_for(rule.new)}: read as --set {rule.new}={value} (rename it)")
+            respelled.append(
+                f"--set '{key}' is {rule.name_for(rule.new)}: read as --set {rule.new}={value} (rename it)"
+            )
             key = rule.new
         set_dotted(data, key, _parse_value(value))
     data.pop("config_name", None)
@@ -88,7 +92,13 @@ def dry_run(config: dict, args, notes: list[str], warnings: list[str]) -> int:
         data = read_yaml(args.experiment)
         name = data.get("config_name") if isinstance(data, dict) else None
         name = name or Path(args.experiment).stem
-    out = {"experiment_id": experiment_id(config, sparse), "config_name": name, "params": current_form(sparse), "notes": notes, "warnings": warnings}
+    out = {
+        "experiment_id": experiment_id(config, sparse),
+        "config_name": name,
+        "params": current_form(sparse),
+        "notes": notes,
+        "warnings": warnings,
+    }
     if args.json or os.environ.get("LLM_ENERGY_JSON_OUTPUT", "").lower() in ("1", "true", "yes"):
         print(json.dumps(out, indent=1))
         return 0
@@ -125,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-gap", type=float, default=0.0, help="seconds between consecutive windows")
     parser.add_argument("--cycle-gap", type=float, default=0.0, help="seconds when the cycle changes")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--dry-run", "-n", action="store_true", help="resolve and check the experiment, print its id and non-default values; measure nothing")
+    parser.add_argument(
+        "--dry-run",
+        "-n",
+        action="store_true",
+        help="resolve and check the experiment, print its id and non-default values; measure nothing",
+    )
     parser.add_argument("--json", action="store_true", help="--dry-run: print JSON (also LLM_ENERGY_JSON_OUTPUT=1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
@@ -134,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_experiment(args.experiment, args.set, notes)
         from .prompts import check_sources
 
-        warnings = check_sources([config], network_optional=args.dry_run)  # the prompts and the model, before anything is loaded
+        # the prompts and the model, before anything is loaded
+        warnings = check_sources([config], network_optional=args.dry_run)
         if not args.quiet or args.dry_run:
             for line in notes:
                 print(f"note: {line}", file=sys.stderr)
@@ -153,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).info("GPUs: %s", gpus)
     exp_id = experiment_id(config)
     if args.output and os.path.lexists(args.output):
-        print(f"Refused: {args.output} already exists: a finished measurement is never replaced (choose another --output)", file=sys.stderr)
+        print(
+            f"Refused: {args.output} already exists: a finished measurement is never replaced (choose another --output)",
+            file=sys.stderr,
+        )
         return 1
     try:
         result = run_experiment(

@@ -70,7 +70,11 @@ def step_items(steps: list[Step]) -> list[Item]:
             pace = (prev.pace_s * prev.steps + sum(s.end - s.start for s in block)) / n
             items.append(Item(block_start, block[-1].end, pace, n))
             continue
-        items.append(Item(min(s.start for s in block), block[-1].end, statistics.fmean(s.end - s.start for s in block), len(block)))
+        items.append(
+            Item(
+                min(s.start for s in block), block[-1].end, statistics.fmean(s.end - s.start for s in block), len(block)
+            )
+        )
     return items
 
 
@@ -78,9 +82,18 @@ def analyse(items: list[Item], window: tuple[float, float], method: str) -> dict
     """The steady-state record of a window from its items (see the module docstring)."""
     w0, w1 = window
     duration = w1 - w0
-    out = {"method": method, "cold_ratio": COLD_RATIO, "items": len(items), "reference_step_s": None,
-           "cold_items": 0, "cold_time_s": 0.0, "cold_excess_s": 0.0, "cold_excess_share": 0.0,
-           "first_item_pace_ratio": None, "cold_start_in_window": False}  # fmt: skip
+    out = {
+        "method": method,
+        "cold_ratio": COLD_RATIO,
+        "items": len(items),
+        "reference_step_s": None,
+        "cold_items": 0,
+        "cold_time_s": 0.0,
+        "cold_excess_s": 0.0,
+        "cold_excess_share": 0.0,
+        "first_item_pace_ratio": None,
+        "cold_start_in_window": False,
+    }
     if len(items) < 2 or duration <= 0:
         out["method"] = "unavailable"
         out["reason"] = "fewer than two batches or step blocks in the window"

@@ -47,7 +47,9 @@ def resolve_architecture(model_name: str) -> dict:
             raise ConfigError(f"key 'model_name' = '{model_name}': the file is not readable JSON ({exc})") from None
         config = data.get("config", data) if isinstance(data, dict) else None
         if not isinstance(config, dict):
-            raise ConfigError(f"key 'model_name' = '{model_name}': the JSON file holds no transformers config (a mapping)")
+            raise ConfigError(
+                f"key 'model_name' = '{model_name}': the JSON file holds no transformers config (a mapping)"
+            )
         if "model_type" not in config:
             raise ConfigError(f"key 'model_name' = '{model_name}': the JSON file has no 'model_type'")
         return {"name": data.get("name", path.stem), "aliases": [], "config": config}
@@ -65,7 +67,9 @@ def resolve_architecture(model_name: str) -> dict:
 def build_config(spec: dict):
     from transformers import AutoConfig
 
-    fields = {k: v for k, v in spec["config"].items() if k not in ("model_type", "architectures", "torch_dtype", "dtype")}
+    fields = {
+        k: v for k, v in spec["config"].items() if k not in ("model_type", "architectures", "torch_dtype", "dtype")
+    }
     return AutoConfig.for_model(spec["config"]["model_type"], **fields)
 
 

@@ -132,18 +132,37 @@ def thermal_audit(aggregated_paths: list[str], output: str, tolerance_s: float =
     for path in aggregated_paths:
         agg = read_result(path, AGGREGATED_SCHEMA)
         for c in agg["per_cycle"]:
-            windows.append({"experiment_id": agg["experiment_id"], "cycle": c["cycle"], "window_start": c["window_start"],
-                            "window_end": c["window_end"], **c["thermal"]})  # fmt: skip
+            windows.append(
+                {
+                    "experiment_id": agg["experiment_id"],
+                    "cycle": c["cycle"],
+                    "window_start": c["window_start"],
+                    "window_end": c["window_end"],
+                    **c["thermal"],
+                }
+            )
     windows.sort(key=lambda w: w["window_start"])
     problems = []
     last_end: dict[str, str] = {}
     for w in windows:
         prev = last_end.get(w["host"])
         if prev is not None and w["window_start"] < prev:
-            problems.append({"experiment_id": w["experiment_id"], "cycle": w["cycle"], "problem": "window overlaps the previous one on this host"})
+            problems.append(
+                {
+                    "experiment_id": w["experiment_id"],
+                    "cycle": w["cycle"],
+                    "problem": "window overlaps the previous one on this host",
+                }
+            )
         since = w["since_previous_window_s"]
         if since is not None and since + tolerance_s < w["gap_required_s"]:
-            problems.append({"experiment_id": w["experiment_id"], "cycle": w["cycle"], "problem": f"gap {since:.1f} s shorter than the {w['gap_required_s']} s asked for"})
+            problems.append(
+                {
+                    "experiment_id": w["experiment_id"],
+                    "cycle": w["cycle"],
+                    "problem": f"gap {since:.1f} s shorter than the {w['gap_required_s']} s asked for",
+                }
+            )
         last_end[w["host"]] = max(prev or "", w["window_end"])
     report = {"schema_version": SCHEMA_VERSION, "windows": windows, "problems": problems, "ok": not problems}
     write_json_atomic(output, report, durable=False)

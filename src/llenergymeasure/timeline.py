@@ -142,7 +142,10 @@ class TimelineSampler:
         except Exception:  # noqa: BLE001 - a reading NVML cannot give is missing from the sample
             out["sm_util_pct"] = out["mem_util_pct"] = None
         try:
-            getter = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+            getter = (
+                getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+            )
             out["throttle_reasons"] = int(getter(h))
         except Exception:  # noqa: BLE001 - a reading NVML cannot give is missing from the sample
             out["throttle_reasons"] = None
@@ -152,7 +155,9 @@ class TimelineSampler:
         """Append the driver's power samples newer than the last one seen (none where the driver keeps none)."""
         nv = self._nv
         try:
-            kind, samples = nv.nvmlDeviceGetSamples(m.gpu["handle"], nv.NVML_TOTAL_POWER_SAMPLES, self._buffer_seen[m.device])
+            kind, samples = nv.nvmlDeviceGetSamples(
+                m.gpu["handle"], nv.NVML_TOTAL_POWER_SAMPLES, self._buffer_seen[m.device]
+            )
         except Exception:  # noqa: BLE001 - NVML_ERROR_NOT_FOUND: nothing new; NOT_SUPPORTED: no buffer on this board
             return
         out = self.power_buffer[m.device]
@@ -195,9 +200,13 @@ class TimelineSampler:
 
 def _sample_value(nv, kind: int, value) -> float | None:
     """The number in an NVML sample's value union, by its declared type."""
-    field = {nv.NVML_VALUE_TYPE_DOUBLE: "dVal", nv.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-             nv.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal", nv.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-             nv.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal"}.get(kind)  # fmt: skip
+    field = {
+        nv.NVML_VALUE_TYPE_DOUBLE: "dVal",
+        nv.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+        nv.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+        nv.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+        nv.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    }.get(kind)
     return None if field is None else float(getattr(value, field))
 
 
@@ -225,8 +234,10 @@ def summarise(samples: list[TimelineSample], interval_s: float) -> dict:
         out["gpus"].append(
             {
                 "device": rows[0].device,
-                **{key: _stats([getattr(r, key) for r in rows]) for key in ("power_w", "temperature_c", "sm_util_pct",
-                                                                             "mem_util_pct", "sm_clock_mhz")},
+                **{
+                    key: _stats([getattr(r, key) for r in rows])
+                    for key in ("power_w", "temperature_c", "sm_util_pct", "mem_util_pct", "sm_clock_mhz")
+                },
                 "throttle": {
                     "thermal_s": sum(1 for x in reasons if x & THERMAL_BITS) * interval_s,
                     "power_cap_s": sum(1 for x in reasons if x & POWER_BITS) * interval_s,
@@ -234,7 +245,7 @@ def summarise(samples: list[TimelineSample], interval_s: float) -> dict:
                     "readable": bool(reasons),
                 },
             }
-        )  # fmt: skip
+        )
     return out
 
 
@@ -247,13 +258,18 @@ def sidecar(samples: list[TimelineSample], interval_s: float, w0: float) -> dict
         "rss_bytes": [s.rss_bytes for s in samples],
         "cpu_temperature_c": [s.cpu_temperature_c for s in samples],
         "gpus": [
-            {"device": samples[0].gpus[i].device, **{key: [getattr(s.gpus[i], key) for s in samples] for key in GPU_SERIES}}
+            {
+                "device": samples[0].gpus[i].device,
+                **{key: [getattr(s.gpus[i], key) for s in samples] for key in GPU_SERIES},
+            }
             for i in range(len(samples[0].gpus) if samples else 0)
         ],
     }
 
 
-def power_series(samples: list[TimelineSample], cpu_tdp_w: float | None = None) -> tuple[list[float], list[float], str] | None:
+def power_series(
+    samples: list[TimelineSample], cpu_tdp_w: float | None = None
+) -> tuple[list[float], list[float], str] | None:
     """(times, watts, what) for phase attribution: summed GPU board power where GPUs are sampled, else CPU
     utilisation x TDP (an estimate); None when neither is available."""
     if samples and samples[0].gpus:
@@ -283,22 +299,37 @@ def integrate(times: list[float], watts: list[float], start: float, end: float) 
     return total
 
 
-def phase_split(samples: list[TimelineSample], batches: list, window: tuple[float, float], energy_j: float | None,
-                cpu_tdp_w: float | None = None) -> dict:  # fmt: skip
+def phase_split(
+    samples: list[TimelineSample],
+    batches: list,
+    window: tuple[float, float],
+    energy_j: float | None,
+    cpu_tdp_w: float | None = None,
+) -> dict:
     """Split the window's counter energy between prefill (batch start to its first token) and decode (first to
     last token) in proportion to the power timeline's integral over those intervals (``batches``: BatchRecords)."""
     series = power_series(samples, cpu_tdp_w)
     if series is None or energy_j is None or len(series[0]) < 2:
-        return {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
-                "reason": "no power timeline" if energy_j is not None else "no window energy"}  # fmt: skip
+        return {
+            "method": "unavailable",
+            "prefill_energy_j": None,
+            "decode_energy_j": None,
+            "other_energy_j": None,
+            "reason": "no power timeline" if energy_j is not None else "no window energy",
+        }
     times, watts, what = series
     w0, w1 = window
     whole = integrate(times, watts, w0, w1)
     prefill = sum(integrate(times, watts, b.start_t, b.first_token_t) for b in batches)
     decode = sum(integrate(times, watts, b.first_token_t, b.end_t) for b in batches)
     if whole <= 0:
-        return {"method": "unavailable", "prefill_energy_j": None, "decode_energy_j": None, "other_energy_j": None,
-                "reason": "power timeline integrates to zero"}  # fmt: skip
+        return {
+            "method": "unavailable",
+            "prefill_energy_j": None,
+            "decode_energy_j": None,
+            "other_energy_j": None,
+            "reason": "power timeline integrates to zero",
+        }
     share_p, share_d = prefill / whole, decode / whole
     return {
         "method": f"window_counter_energy_split_by_{what}",
@@ -334,24 +365,44 @@ def _coverage(times: list[float], start: float, end: float, max_gap: float) -> f
     return covered / (end - start)
 
 
-def energy_cross_check(counter_j: float | None, buffered: dict[str, list[tuple[float, float]]], window_epoch: tuple[float, float],
-                       samples: list[TimelineSample], window: tuple[float, float]) -> dict:  # fmt: skip
+def energy_cross_check(
+    counter_j: float | None,
+    buffered: dict[str, list[tuple[float, float]]],
+    window_epoch: tuple[float, float],
+    samples: list[TimelineSample],
+    window: tuple[float, float],
+) -> dict:
     """GPU window energy from integrated board power, beside the counter's: the driver's buffered 50 Hz samples when
     they cover the window, else the timeline's 10 Hz readings. ``ratio`` = power integral / counter energy;
     ``judged`` says whether the window is long enough for the tolerance to apply."""
-    out = {"method": "unavailable", "counter_energy_j": counter_j, "power_integral_j": None, "ratio": None,
-           "samples": 0, "coverage": 0.0, "tolerance": CROSS_CHECK_TOLERANCE, "min_window_s": CROSS_CHECK_MIN_WINDOW_S,
-           "judged": False}  # fmt: skip
+    out = {
+        "method": "unavailable",
+        "counter_energy_j": counter_j,
+        "power_integral_j": None,
+        "ratio": None,
+        "samples": 0,
+        "coverage": 0.0,
+        "tolerance": CROSS_CHECK_TOLERANCE,
+        "min_window_s": CROSS_CHECK_MIN_WINDOW_S,
+        "judged": False,
+    }
     duration = window[1] - window[0]
     if counter_j is None or counter_j <= 0:
         out["reason"] = "no GPU counter energy for the window"
         return out
     t0, t1 = window_epoch
     series = [sorted(v) for v in buffered.values() if v]
-    if series and len(series) == len(buffered) and all(_coverage([t for t, _ in s], t0, t1, BUFFER_MAX_GAP_S) >= 0.95 for s in series):
+    if (
+        series
+        and len(series) == len(buffered)
+        and all(_coverage([t for t, _ in s], t0, t1, BUFFER_MAX_GAP_S) >= 0.95 for s in series)
+    ):
         integral = sum(integrate([t for t, _ in s], [w for _, w in s], t0, t1) for s in series)
-        out.update(method="nvml_buffered_power_samples_integral", samples=sum(len(s) for s in series),
-                   coverage=min(_coverage([t for t, _ in s], t0, t1, BUFFER_MAX_GAP_S) for s in series))  # fmt: skip
+        out.update(
+            method="nvml_buffered_power_samples_integral",
+            samples=sum(len(s) for s in series),
+            coverage=min(_coverage([t for t, _ in s], t0, t1, BUFFER_MAX_GAP_S) for s in series),
+        )
     else:
         ps = power_series(samples)
         if ps is None or len(ps[0]) < 2:
@@ -359,7 +410,10 @@ def energy_cross_check(counter_j: float | None, buffered: dict[str, list[tuple[f
             return out
         times, watts, _ = ps
         integral = integrate(times, watts, window[0], window[1])
-        out.update(method="timeline_power_integral", samples=len(times),
-                   coverage=_coverage(times, window[0], window[1], 2 * MIN_INTERVAL_S))  # fmt: skip
+        out.update(
+            method="timeline_power_integral",
+            samples=len(times),
+            coverage=_coverage(times, window[0], window[1], 2 * MIN_INTERVAL_S),
+        )
     out.update(power_integral_j=integral, ratio=integral / counter_j, judged=duration >= CROSS_CHECK_MIN_WINDOW_S)
     return out

@@ -69,9 +69,7 @@ def _train_tokenizer():
     )
     lines = [line for line in _TRAINING_TEXT.splitlines() if line.strip()]
     tok.train_from_iterator(lines * 8, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>"
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
     fast.padding_side = "left"
     return fast
 

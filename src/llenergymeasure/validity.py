@@ -27,8 +27,13 @@ def short_window(window_s: float, min_window_s: float) -> list[Finding]:
 
 def warmup_not_converged(warmup: dict) -> list[Finding]:
     if warmup["enabled"] and warmup["converged"] is False:
-        return [("warmup_not_converged", f"latency CV {warmup['final_cv']} still above {warmup['target_cv']} after "
-                 f"{warmup['iterations_completed']} runs")]  # fmt: skip
+        return [
+            (
+                "warmup_not_converged",
+                f"latency CV {warmup['final_cv']} still above {warmup['target_cv']} after "
+                f"{warmup['iterations_completed']} runs",
+            )
+        ]
     return []
 
 
@@ -36,7 +41,9 @@ def no_output_tokens(output_tokens: int) -> list[Finding]:
     return [("no_output_tokens", "no token was generated")] if output_tokens == 0 else []
 
 
-def output_length_not_reached(min_output_tokens: int, max_output_tokens: int, at_max: int, requests: int) -> list[Finding]:
+def output_length_not_reached(
+    min_output_tokens: int, max_output_tokens: int, at_max: int, requests: int
+) -> list[Finding]:
     if min_output_tokens >= max_output_tokens and at_max < requests:
         return [("output_length_not_reached", "some requests ended before the forced output length")]
     return []
@@ -62,17 +69,27 @@ def power_above_limit(meters: list, mean_power_w: float | None) -> list[Finding]
 
 def cold_start_in_window(steady: dict) -> list[Finding]:
     if steady.get("cold_start_in_window"):
-        return [("cold_start_in_window", f"{steady['cold_items']} early part(s) of the window ran slower than "
-                 f"{steady['cold_ratio']}x the window's steady pace ({steady['reference_step_s'] * 1000:.2f} ms/step); "
-                 f"one-time cost ~{steady['cold_excess_share']:.1%} of the window (warm-up too short, or off)")]  # fmt: skip
+        return [
+            (
+                "cold_start_in_window",
+                f"{steady['cold_items']} early part(s) of the window ran slower than "
+                f"{steady['cold_ratio']}x the window's steady pace ({steady['reference_step_s'] * 1000:.2f} ms/step); "
+                f"one-time cost ~{steady['cold_excess_share']:.1%} of the window (warm-up too short, or off)",
+            )
+        ]
     return []
 
 
 def energy_cross_check_mismatch(cross: dict) -> list[Finding]:
     ratio = cross.get("ratio")
     if cross.get("judged") and ratio is not None and abs(ratio - 1) > cross["tolerance"]:
-        return [("energy_cross_check_mismatch", f"GPU energy from integrated board power ({cross['method']}) is "
-                 f"{ratio:.3f}x the counter's, beyond ±{cross['tolerance']:.0%}")]  # fmt: skip
+        return [
+            (
+                "energy_cross_check_mismatch",
+                f"GPU energy from integrated board power ({cross['method']}) is "
+                f"{ratio:.3f}x the counter's, beyond ±{cross['tolerance']:.0%}",
+            )
+        ]
     return []
 
 
@@ -85,8 +102,13 @@ def host_bound(timeline_summary: dict | None) -> list[Finding]:
     for g in timeline_summary["gpus"]:
         util = g["sm_util_pct"]["mean"]
         if util is not None and util < HOST_BOUND_SM_UTIL_PCT:
-            out.append(("host_bound", f"{g['device']}: mean SM utilisation {util:.0f} % < {HOST_BOUND_SM_UTIL_PCT:.0f} % "
-                        "during the window: the host, not the GPU, set the pace"))  # fmt: skip
+            out.append(
+                (
+                    "host_bound",
+                    f"{g['device']}: mean SM utilisation {util:.0f} % < {HOST_BOUND_SM_UTIL_PCT:.0f} % "
+                    "during the window: the host, not the GPU, set the pace",
+                )
+            )
     return out
 
 
@@ -96,9 +118,16 @@ def throttling(timeline_summary: dict | None) -> list[Finding]:
     out = []
     for g in timeline_summary["gpus"]:
         if g["throttle"]["thermal_s"] > 0:
-            out.append(("thermal_throttling", f"{g['device']} throttled for temperature for ~{g['throttle']['thermal_s']:.1f} s"))
+            out.append(
+                (
+                    "thermal_throttling",
+                    f"{g['device']} throttled for temperature for ~{g['throttle']['thermal_s']:.1f} s",
+                )
+            )
         if g["throttle"]["power_cap_s"] > 0:
-            out.append(("power_capped", f"{g['device']} held at its power cap for ~{g['throttle']['power_cap_s']:.1f} s"))
+            out.append(
+                ("power_capped", f"{g['device']} held at its power cap for ~{g['throttle']['power_cap_s']:.1f} s")
+            )
     return out
 
 

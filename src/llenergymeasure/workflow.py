@@ -70,7 +70,9 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
     try:
         if cli_configfiles:
             if CAMPAIGN_KEY in loaded:
-                raise ConfigError(f"give the campaign either as --configfile or as --config {CAMPAIGN_KEY}=FILE, not both")
+                raise ConfigError(
+                    f"give the campaign either as --configfile or as --config {CAMPAIGN_KEY}=FILE, not both"
+                )
             files: dict = {}
             for path in cli_configfiles:
                 files = deep_merge(files, _recheck(path))
@@ -186,10 +188,12 @@ def describe(p: Plan, stream, level: str = "normal") -> None:
         file=stream,
     )
     if p.target:
-        print(f"  precision target: cycles continue {p.target.describe()}. Scheduled now: the first "
-              f"{p.target.min_cycles} cycles of every experiment ({len(p.order)} measurements); after each further "
-              "cycle a decision adds one more to the experiments not yet that precise, so more cycles may follow.",
-              file=stream)  # fmt: skip
+        print(
+            f"  precision target: cycles continue {p.target.describe()}. Scheduled now: the first "
+            f"{p.target.min_cycles} cycles of every experiment ({len(p.order)} measurements); after each further "
+            "cycle a decision adds one more to the experiments not yet that precise, so more cycles may follow.",
+            file=stream,
+        )
     for name, reason in exp.dropped:
         print(f"  dropped {name}: {reason}", file=stream)
     for name, exp_id in exp.duplicates:
@@ -418,14 +422,20 @@ def campaign_failed(config: dict, workflow=None) -> None:
         print(f"{len(failed)} measurement(s) failed; aggregating the measurements that completed ...", file=sys.stderr)
         try:
             code = aggregate_completed(
-                workflow.main_snakefile, workflow.overwrite_configfiles, workflow.config_settings.config_args, os.getcwd()
+                workflow.main_snakefile,
+                workflow.overwrite_configfiles,
+                workflow.config_settings.config_args,
+                os.getcwd(),
             )
         except Exception as exc:  # noqa: BLE001 - the handler must not hide the failure it reports
             print(f"Could not aggregate the completed measurements: {type(exc).__name__}: {exc}", file=sys.stderr)
             code = 1
         if code == 0:
-            print(f"Results of every completed measurement: {root}/summary.csv; the {len(failed)} failed ones (error, log) "
-                  f"are in {root}/failures.json. Rerun to retry exactly those.", file=sys.stderr)  # fmt: skip
+            print(
+                f"Results of every completed measurement: {root}/summary.csv; the {len(failed)} failed ones (error, log) "
+                f"are in {root}/failures.json. Rerun to retry exactly those.",
+                file=sys.stderr,
+            )
             return
     notify_failed(runtime_, {"failed_measurements": [{"experiment_id": e, "cycle": c} for e, c in sorted(failed)]})
 

@@ -41,7 +41,9 @@ def _loader():
                     except TypeError:  # an unhashable key: SafeLoader explains it below
                         continue
                     if first is not None:
-                        raise ConfigError(f"has key '{key}' twice in one mapping (lines {first} and {line}); allowed: each key once")
+                        raise ConfigError(
+                            f"has key '{key}' twice in one mapping (lines {first} and {line}); allowed: each key once"
+                        )
                     seen[key] = line
             return super().construct_mapping(node, deep=deep)
 
@@ -69,7 +71,9 @@ def _check_structure(text: str) -> None:
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             stack.append([1, event.anchor])
             if len(stack) > MAX_DEPTH:
-                raise ConfigError(f"is nested more than {MAX_DEPTH} levels deep (line {event.start_mark.line + 1}); allowed: {MAX_DEPTH}")
+                raise ConfigError(
+                    f"is nested more than {MAX_DEPTH} levels deep (line {event.start_mark.line + 1}); allowed: {MAX_DEPTH}"
+                )
             add(1, event)
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             size, anchor = stack.pop()

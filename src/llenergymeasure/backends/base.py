@@ -32,8 +32,22 @@ from dataclasses import dataclass, field
 
 from ..steady import Step
 
-__all__ = ["Batch", "BatchRecord", "ProcessShare", "RequestTiming", "RunOutput", "Step", "converge", "elapsed", "generation_eos", "shape", "stop_token_ids",
-           "warm_up", "warmup_mode", "warmup_off"]  # fmt: skip
+__all__ = [
+    "Batch",
+    "BatchRecord",
+    "ProcessShare",
+    "RequestTiming",
+    "RunOutput",
+    "Step",
+    "converge",
+    "elapsed",
+    "generation_eos",
+    "shape",
+    "stop_token_ids",
+    "warm_up",
+    "warmup_mode",
+    "warmup_off",
+]
 
 
 @dataclass
@@ -85,9 +99,17 @@ class BatchRecord:
     process_index: int | None = None  # data parallel: the process that ran it
 
     def to_result(self, w0: float) -> dict:
-        out = {"size": self.size, "input_tokens": self.input_tokens, "padded_input_tokens": self.padded_input_tokens,
-               "output_tokens": self.output_tokens, "steps": self.steps, "latency_s": self.latency_s,
-               "start_s": self.start_t - w0, "first_token_s": self.first_token_t - w0, "end_s": self.end_t - w0}  # fmt: skip
+        out = {
+            "size": self.size,
+            "input_tokens": self.input_tokens,
+            "padded_input_tokens": self.padded_input_tokens,
+            "output_tokens": self.output_tokens,
+            "steps": self.steps,
+            "latency_s": self.latency_s,
+            "start_s": self.start_t - w0,
+            "first_token_s": self.first_token_t - w0,
+            "end_s": self.end_t - w0,
+        }
         for key in ("peak_decoding_seqs", "mean_decoding_seqs", "process_index"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -109,9 +131,17 @@ class ProcessShare:
     end_t: float | None
 
     def to_result(self, w0: float) -> dict:
-        return {"process_index": self.process_index, "num_requests": self.num_requests, "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens, "num_batches": self.num_batches, "generate_s": self.generate_s,
-                "device": self.device, "start_s": _since(self.start_t, w0), "end_s": _since(self.end_t, w0)}  # fmt: skip
+        return {
+            "process_index": self.process_index,
+            "num_requests": self.num_requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "num_batches": self.num_batches,
+            "generate_s": self.generate_s,
+            "device": self.device,
+            "start_s": _since(self.start_t, w0),
+            "end_s": _since(self.end_t, w0),
+        }
 
 
 @dataclass
@@ -135,14 +165,26 @@ def warmup_mode(cfg: dict) -> str:
 
 
 def warmup_off() -> dict:
-    return {"enabled": False, "mode": "off", "converged": None, "iterations_completed": 0, "latencies_ms": [],
-            "shapes": [], "full_pass_s": 0.0, "duration_s": 0.0}  # fmt: skip
+    return {
+        "enabled": False,
+        "mode": "off",
+        "converged": None,
+        "iterations_completed": 0,
+        "latencies_ms": [],
+        "shapes": [],
+        "full_pass_s": 0.0,
+        "duration_s": 0.0,
+    }
 
 
 def shape(batch_size: int, padded_input_tokens: int, new_tokens: int, duration_s: float) -> dict:
     """One entry of ``warmup.shapes``: a batch shape the warm-up ran once, untimed."""
-    return {"batch_size": batch_size, "padded_input_tokens": padded_input_tokens, "new_tokens": new_tokens,
-            "duration_s": duration_s}  # fmt: skip
+    return {
+        "batch_size": batch_size,
+        "padded_input_tokens": padded_input_tokens,
+        "new_tokens": new_tokens,
+        "duration_s": duration_s,
+    }
 
 
 def warm_up(cfg: dict, full_pass, repeat, batch_size: int, new_tokens: int) -> dict:
@@ -159,10 +201,19 @@ def warm_up(cfg: dict, full_pass, repeat, batch_size: int, new_tokens: int) -> d
         say.info("warm-up: one untimed pass over every batch shape of the window")
         shapes = full_pass()
     full_s = time.perf_counter() - t0
-    say.info("warm-up: repeating a batch until its latency is stable (CV < %s, at most %d runs)", cfg["cv_threshold"], cfg["max_prompts"])
+    say.info(
+        "warm-up: repeating a batch until its latency is stable (CV < %s, at most %d runs)",
+        cfg["cv_threshold"],
+        cfg["max_prompts"],
+    )
     record = converge(repeat, cfg, batch_size, new_tokens)
-    say.info("warm-up done: %d shape(s), %d CV runs (final CV %s) in %.1f s", len(shapes), record["iterations_completed"],
-             "n/a" if record["final_cv"] is None else f"{record['final_cv']:.3f}", time.perf_counter() - t0)  # fmt: skip
+    say.info(
+        "warm-up done: %d shape(s), %d CV runs (final CV %s) in %.1f s",
+        len(shapes),
+        record["iterations_completed"],
+        "n/a" if record["final_cv"] is None else f"{record['final_cv']:.3f}",
+        time.perf_counter() - t0,
+    )
     return {**record, "mode": mode, "shapes": shapes, "full_pass_s": full_s, "duration_s": time.perf_counter() - t0}
 
 

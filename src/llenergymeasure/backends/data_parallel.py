@@ -156,16 +156,18 @@ class DataParallelPyTorch:
             "WORLD_SIZE": str(self.n),
             # the processes import what this one imports, in the same order: inside an image, Snakemake appends the
             # host's search paths to a job's sys.path, and Accelerate may come from there
-            "PYTHONPATH": os.pathsep.join(dict.fromkeys([package_root, *(p for p in sys.path if p and os.path.isdir(p))])),
+            "PYTHONPATH": os.pathsep.join(
+                dict.fromkeys([package_root, *(p for p in sys.path if p and os.path.isdir(p))])
+            ),
         }
         if config["device"] == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # a share of the cores each
             base["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.n))
         for rank in range(1, self.n):
             env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(self.n)}
-            self.workers.append(
-                subprocess.Popen([sys.executable, "-m", __name__, self._config_file], env=env)
-            )
-        os.environ.update({k: base[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "OMP_NUM_THREADS") if k in base})
+            self.workers.append(subprocess.Popen([sys.executable, "-m", __name__, self._config_file], env=env))
+        os.environ.update(
+            {k: base[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "OMP_NUM_THREADS") if k in base}
+        )
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": str(self.n)})
         self.member = _Member(config, self.model_path)
 
@@ -190,9 +192,12 @@ class DataParallelPyTorch:
             **first,
             "load_s": time.perf_counter() - t0,
             "model_size_bytes": sum(x["model_size_bytes"] for x in self._load),  # one copy per process
-            "data_parallel": {"num_processes": self.n, "launcher": "python -m + accelerate.PartialState",
-                              "per_process": [{k: x[k] for k in ("process_index", "device", "load_s")} for x in self._load]},
-        }  # fmt: skip
+            "data_parallel": {
+                "num_processes": self.n,
+                "launcher": "python -m + accelerate.PartialState",
+                "per_process": [{k: x[k] for k in ("process_index", "device", "load_s")} for x in self._load],
+            },
+        }
 
     def plan(self, prompts: list[str]) -> list[Batch]:
         parts = self._all("plan", prompts)
@@ -201,7 +206,12 @@ class DataParallelPyTorch:
     def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
         """Every process warms up on its own shard's batches (its shapes are the ones it will run)."""
         parts = self._all("warmup", cfg)
-        return {**parts[0], "per_process": [{k: p.get(k) for k in ("converged", "final_cv", "iterations_completed", "shapes")} for p in parts]}
+        return {
+            **parts[0],
+            "per_process": [
+                {k: p.get(k) for k in ("converged", "final_cv", "iterations_completed", "shapes")} for p in parts
+            ],
+        }
 
     def reset_peak_memory(self) -> None:
         self._all("reset_peak_memory")
@@ -241,7 +251,9 @@ class DataParallelPyTorch:
         flags = self.member.local.validity_flags(run_batches)
         counts = [sum(1 for b in run_batches if b.process_index == i) for i in range(self.n)]
         if min(counts) == 0:
-            flags.append(("idle_process", f"{counts.count(0)} of {self.n} processes got no prompt: fewer prompts than processes"))
+            flags.append(
+                ("idle_process", f"{counts.count(0)} of {self.n} processes got no prompt: fewer prompts than processes")
+            )
         return flags
 
     def close(self) -> None:

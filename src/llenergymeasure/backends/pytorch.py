@@ -73,12 +73,16 @@ def _problems(config: dict):
     budget = pt["max_tokens_per_batch"]
     if budget is None and pt["batching_strategy"] in ("dynamic", "sorted_dynamic"):
         static = pt["batching_strategy"].replace("dynamic", "static")
-        yield (f"pytorch.batching_strategy = {pt['batching_strategy']} packs prompts up to pytorch.max_tokens_per_batch; "
-                f"without one the budget is batch_size x max_input_tokens, which every batch fits, so it would batch "
-                f"as {static}: set pytorch.max_tokens_per_batch")  # fmt: skip
+        yield (
+            f"pytorch.batching_strategy = {pt['batching_strategy']} packs prompts up to pytorch.max_tokens_per_batch; "
+            f"without one the budget is batch_size x max_input_tokens, which every batch fits, so it would batch "
+            f"as {static}: set pytorch.max_tokens_per_batch"
+        )
     if budget is not None and pt["batching_strategy"] not in ("dynamic", "sorted_dynamic"):
-        yield (f"pytorch.max_tokens_per_batch is the token budget of dynamic batches; batching_strategy = "
-                f"{pt['batching_strategy']} forms batches of batch_size prompts and never reads it")  # fmt: skip
+        yield (
+            f"pytorch.max_tokens_per_batch is the token budget of dynamic batches; batching_strategy = "
+            f"{pt['batching_strategy']} forms batches of batch_size prompts and never reads it"
+        )
     if budget is not None and budget < config["max_input_tokens"]:
         yield (
             f"pytorch.max_tokens_per_batch = {budget} is smaller than max_input_tokens = "
@@ -95,8 +99,10 @@ def compile_problem(config: dict) -> str | None:
     if mode not in (False, True, "default") and backend != "inductor":
         # torch.compile hands a mode to a non-inductor backend as a keyword it does not take (torch/__init__.py,
         # _TorchCompileWrapper): modes are inductor's
-        return (f"pytorch.torch_compile = {mode} is a mode of the inductor backend; torch_compile_backend = {backend} "
-                "takes none (use torch_compile: true)")  # fmt: skip
+        return (
+            f"pytorch.torch_compile = {mode} is a mode of the inductor backend; torch_compile_backend = {backend} "
+            "takes none (use torch_compile: true)"
+        )
     if config["device"] == "cpu" and (mode == "reduce-overhead" or (mode and backend == "cudagraphs")):
         return "pytorch.torch_compile: CUDA graphs (mode reduce-overhead, backend cudagraphs) need a CUDA device, but device = cpu"
     if mode and (pt["load_in_4bit"] or pt["load_in_8bit"]):
@@ -108,7 +114,11 @@ def compile_problem(config: dict) -> str | None:
 
 
 #: 4-bit BitsAndBytes settings and their defaults (read by transformers only with load_in_4bit)
-BNB_4BIT_DEFAULTS = {"bnb_4bit_compute_dtype": "float16", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False}
+BNB_4BIT_DEFAULTS = {
+    "bnb_4bit_compute_dtype": "float16",
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_use_double_quant": False,
+}
 
 
 def gpus(config: dict) -> int:
@@ -249,10 +259,20 @@ class PyTorchBackend:
         sizes = [b.size for b in run_batches]
         mean = statistics.fmean(sizes) if sizes else 0.0
         if mean < pt["batch_size"] and pt["batching_strategy"] in ("static", "sorted_static"):
-            flags.append(("batch_not_saturated", f"mean batch {mean:.2f} < batch_size {pt['batch_size']}: fewer prompts than a full batch, or a partial last batch"))
+            flags.append(
+                (
+                    "batch_not_saturated",
+                    f"mean batch {mean:.2f} < batch_size {pt['batch_size']}: fewer prompts than a full batch, or a partial last batch",
+                )
+            )
         if self.device == "cpu" and self.config["fp_precision"] != "float32":
-            flags.append(("half_precision_on_cpu", f"fp_precision = {self.config['fp_precision']} on a CPU: most CPUs emulate it, "
-                          "several times slower than float32; the numbers describe that"))  # fmt: skip
+            flags.append(
+                (
+                    "half_precision_on_cpu",
+                    f"fp_precision = {self.config['fp_precision']} on a CPU: most CPUs emulate it, "
+                    "several times slower than float32; the numbers describe that",
+                )
+            )
         return flags
 
     def close(self) -> None:
@@ -265,8 +285,12 @@ class PyTorchBackend:
             return {"load_in_8bit": True}
         if not pt["load_in_4bit"]:
             return None
-        return {"load_in_4bit": True, "bnb_4bit_compute_dtype": pt["bnb_4bit_compute_dtype"],
-                "bnb_4bit_quant_type": pt["bnb_4bit_quant_type"], "bnb_4bit_use_double_quant": pt["bnb_4bit_use_double_quant"]}  # fmt: skip
+        return {
+            "load_in_4bit": True,
+            "bnb_4bit_compute_dtype": pt["bnb_4bit_compute_dtype"],
+            "bnb_4bit_quant_type": pt["bnb_4bit_quant_type"],
+            "bnb_4bit_use_double_quant": pt["bnb_4bit_use_double_quant"],
+        }
 
     def quantization_config(self):
         """BitsAndBytes settings from the ``pytorch`` section, or None."""
@@ -291,8 +315,11 @@ class PyTorchBackend:
 
         self.device = self.resolve_device()
         if self.device == "cpu" and self.config["fp_precision"] != "float32":
-            log.warning("fp_precision = %s on a CPU: most CPUs emulate it, several times slower than float32 "
-                        "(the result is flagged half_precision_on_cpu)", self.config["fp_precision"])  # fmt: skip
+            log.warning(
+                "fp_precision = %s on a CPU: most CPUs emulate it, several times slower than float32 "
+                "(the result is flagged half_precision_on_cpu)",
+                self.config["fp_precision"],
+            )
         t0 = time.perf_counter()
         dtype = getattr(torch, self.config["fp_precision"])  # the schema's names are torch's
         attn = self.config["pytorch"]["attn_implementation"]
@@ -309,9 +336,17 @@ class PyTorchBackend:
                 model.to(self.device)
             else:  # quantised weights are placed on the GPU while loading and cannot be moved afterwards
                 model = AutoModelForCausalLM.from_pretrained(
-                    self.model_path, dtype=dtype, attn_implementation=attn, quantization_config=quant, device_map={"": 0}
+                    self.model_path,
+                    dtype=dtype,
+                    attn_implementation=attn,
+                    quantization_config=quant,
+                    device_map={"": 0},
                 )
-            weights = "checkpoint" if quant is None else f"checkpoint, bitsandbytes {'8-bit' if self.config['pytorch']['load_in_8bit'] else '4-bit'}"
+            weights = (
+                "checkpoint"
+                if quant is None
+                else f"checkpoint, bitsandbytes {'8-bit' if self.config['pytorch']['load_in_8bit'] else '4-bit'}"
+            )
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -323,7 +358,9 @@ class PyTorchBackend:
         self.model, self.tokenizer = model, tok
         self.pad_token_id = tok.pad_token_id
         self.stop_token_ids = stop_token_ids(tok.eos_token_id, model.generation_config.eos_token_id)
-        params, params_method = RULES.count_parameters(self.config, sum(p.numel() for p in model.parameters()), model.config)
+        params, params_method = RULES.count_parameters(
+            self.config, sum(p.numel() for p in model.parameters()), model.config
+        )
         pt = self.config["pytorch"]
         return {
             "load_s": time.perf_counter() - t0,
@@ -359,8 +396,10 @@ class PyTorchBackend:
         if self.device == "cpu" and (mode == "reduce-overhead" or kwargs["backend"] == "cudagraphs"):
             from ..errors import MeasurementError
 
-            raise MeasurementError(f"pytorch.torch_compile = {mode} with backend {kwargs['backend']} records CUDA "
-                                   "graphs, but the experiment runs on the CPU")  # fmt: skip
+            raise MeasurementError(
+                f"pytorch.torch_compile = {mode} with backend {kwargs['backend']} records CUDA "
+                "graphs, but the experiment runs on the CPU"
+            )
         import torch
 
         model.forward = torch.compile(model.forward, **kwargs)
@@ -374,8 +413,10 @@ class PyTorchBackend:
             if supports is not None and not supports():
                 from ..errors import MeasurementError
 
-                raise MeasurementError(f"pytorch.cache_implementation = static: {type(model).__name__} does not use "
-                                       "transformers' cache classes, so generate would ignore the setting")  # fmt: skip
+                raise MeasurementError(
+                    f"pytorch.cache_implementation = static: {type(model).__name__} does not use "
+                    "transformers' cache classes, so generate would ignore the setting"
+                )
 
     def length_forcing(self) -> str:
         if self.config["min_output_tokens"] >= self.config["max_output_tokens"]:
@@ -426,7 +467,8 @@ class PyTorchBackend:
                 # one cache size for every batch: no reallocation (and no recompilation) when prompt lengths differ
                 kwargs["max_cache_len"] = self.config["max_input_tokens"] + self.config["max_output_tokens"]
         if "disable_compile" in _generation_fields():
-            kwargs["disable_compile"] = True  # no compilation but pytorch.torch_compile's (generate would add its own for a static cache)
+            # no compilation but pytorch.torch_compile's (generate would add its own for a static cache)
+            kwargs["disable_compile"] = True
         if dec["do_sample"]:
             kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])
             if pt["min_p"]:
@@ -492,9 +534,11 @@ class PyTorchBackend:
         total = 0.0
         for b_idx, batch in enumerate(batches):
             start, end, steps, counts, in_tokens = self.generate_batch(
-                self._batch_inputs(prompts, batch), cfg["max_output_tokens"], cfg["min_output_tokens"],
+                self._batch_inputs(prompts, batch),
+                cfg["max_output_tokens"],
+                cfg["min_output_tokens"],
                 None if seed is None else seed + b_idx,
-            )  # fmt: skip
+            )
             total += end - start
             for row, idx in enumerate(batch.indices):
                 n = counts[row]
@@ -503,11 +547,21 @@ class PyTorchBackend:
                 e2e = (times[-1] - start) if times else end - start
                 itl = [b - a for a, b in itertools.pairwise(times)]
                 requests.append(RequestTiming(idx, in_tokens[row], n, ttft, e2e, itl))
-            step_log.extend(Step(a, b, prefill=(k == 0)) for k, (a, b) in enumerate(itertools.pairwise([start, *steps])))
+            step_log.extend(
+                Step(a, b, prefill=(k == 0)) for k, (a, b) in enumerate(itertools.pairwise([start, *steps]))
+            )
             batch_stats.append(
-                BatchRecord(size=len(batch.indices), input_tokens=int(sum(in_tokens)), padded_input_tokens=batch.padded_tokens,
-                            output_tokens=int(sum(counts)), steps=len(steps), latency_s=end - start, start_t=start,
-                            first_token_t=steps[0] if steps else end, end_t=end)
+                BatchRecord(
+                    size=len(batch.indices),
+                    input_tokens=int(sum(in_tokens)),
+                    padded_input_tokens=batch.padded_tokens,
+                    output_tokens=int(sum(counts)),
+                    steps=len(steps),
+                    latency_s=end - start,
+                    start_t=start,
+                    first_token_t=steps[0] if steps else end,
+                    end_t=end,
+                )
             )
             if progress is not None:
                 progress(len(requests), total_requests)
@@ -527,14 +581,20 @@ class PyTorchBackend:
                 key = (len(batch.indices), batch.padded_tokens)
                 if key in seen:
                     continue
-                start, end, steps, _, _ = self.generate_batch(self._batch_inputs(prompts, batch), max_new, min_new,
-                                                              None if seed is None else seed + b_idx)  # fmt: skip
+                start, end, steps, _, _ = self.generate_batch(
+                    self._batch_inputs(prompts, batch), max_new, min_new, None if seed is None else seed + b_idx
+                )
                 seen[key] = shape(key[0], key[1], len(steps), end - start)
             return list(seen.values())
 
         first = batches[0]
-        return warm_up(cfg, full_pass, lambda: elapsed(self.generate_batch(self._batch_inputs(prompts, first), max_new, min_new, seed)),
-                       len(first.indices), max_new)  # fmt: skip
+        return warm_up(
+            cfg,
+            full_pass,
+            lambda: elapsed(self.generate_batch(self._batch_inputs(prompts, first), max_new, min_new, seed)),
+            len(first.indices),
+            max_new,
+        )
 
     # ------------------------------------------------------------------------------------------------ memory
     def reset_peak_memory(self) -> None:

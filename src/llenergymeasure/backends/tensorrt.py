@@ -70,9 +70,18 @@ DTYPES = ("float16", "bfloat16")
 #: the ``tensorrt`` settings that shape the compiled engine, with their schema defaults: a prebuilt engine
 #: (``engine_path``) is used as built, so none of them may be set with it
 #: (max_batch_size and max_num_tokens are not among them: with a prebuilt engine they cap its runtime)
-BUILD_DEFAULTS = {"max_input_len": None, "max_output_len": None,
-                  "quantization": "none", "builder_opt_level": 3, "strongly_typed": True, "multiple_profiles": False,
-                  "kv_cache_type": "paged", "extra_build_args": {}, "force_rebuild": False, "engine_cache_dir": None}  # fmt: skip
+BUILD_DEFAULTS = {
+    "max_input_len": None,
+    "max_output_len": None,
+    "quantization": "none",
+    "builder_opt_level": 3,
+    "strongly_typed": True,
+    "multiple_profiles": False,
+    "kv_cache_type": "paged",
+    "extra_build_args": {},
+    "force_rebuild": False,
+    "engine_cache_dir": None,
+}
 CALIBRATION_DEFAULTS = {"dataset": "cnn_dailymail", "split": "train", "num_samples": 512, "max_length": 2048}
 
 
@@ -103,33 +112,43 @@ def _problems(config: dict):
     if config["adapter"]:
         yield "adapter (LoRA) is supported on backend vllm only in this version"
     if trt["draft_model"]:
-        yield (f"tensorrt.draft_model = {trt['draft_model']}: TensorRT-LLM {PINNED_VERSION} runs draft-target speculative decoding on its "
-                "PyTorch flow only, not on a TensorRT engine")  # fmt: skip
+        yield (
+            f"tensorrt.draft_model = {trt['draft_model']}: TensorRT-LLM {PINNED_VERSION} runs draft-target speculative decoding on its "
+            "PyTorch flow only, not on a TensorRT engine"
+        )
     if trt["num_draft_tokens"] != 5:
         yield f"tensorrt.num_draft_tokens = {trt['num_draft_tokens']} applies to speculative decoding with a draft model, which is off"
     if trt["engine_path"]:
         for key, default in BUILD_DEFAULTS.items():
             if trt[key] != default:
-                yield (f"tensorrt.{key} = {trt[key]} is applied while building; tensorrt.engine_path names a prebuilt "
-                       "engine, which is used as built")  # fmt: skip
+                yield (
+                    f"tensorrt.{key} = {trt[key]} is applied while building; tensorrt.engine_path names a prebuilt "
+                    "engine, which is used as built"
+                )
                 break
     if trt["max_input_len"] is not None and trt["max_input_len"] < config["max_input_tokens"]:
         yield f"tensorrt.max_input_len = {trt['max_input_len']} is smaller than max_input_tokens = {config['max_input_tokens']}"
     if trt["max_output_len"] is not None and trt["max_output_len"] < config["max_output_tokens"]:
         yield f"tensorrt.max_output_len = {trt['max_output_len']} is smaller than max_output_tokens = {config['max_output_tokens']}"
     if trt["builder_opt_level"] != TENSORRT_DEFAULT_OPT_LEVEL:
-        yield (f"tensorrt.builder_opt_level = {trt['builder_opt_level']}: TensorRT-LLM {PINNED_VERSION}'s BuildConfig has no optimisation level; "
-                f"engines are built at TensorRT's default ({TENSORRT_DEFAULT_OPT_LEVEL})")  # fmt: skip
+        yield (
+            f"tensorrt.builder_opt_level = {trt['builder_opt_level']}: TensorRT-LLM {PINNED_VERSION}'s BuildConfig has no optimisation level; "
+            f"engines are built at TensorRT's default ({TENSORRT_DEFAULT_OPT_LEVEL})"
+        )
     if trt["kv_cache_type"] == "continuous" and (trt["enable_chunked_context"] or trt["enable_kv_cache_reuse"]):
-        yield ("tensorrt.kv_cache_type = continuous: chunked context and KV cache reuse need a paged KV cache "
-                "(set tensorrt.enable_chunked_context and enable_kv_cache_reuse to false)")  # fmt: skip
+        yield (
+            "tensorrt.kv_cache_type = continuous: chunked context and KV cache reuse need a paged KV cache "
+            "(set tensorrt.enable_chunked_context and enable_kv_cache_reuse to false)"
+        )
     if trt["quantization"] == "int4_gptq":
-        yield (f"tensorrt.quantization = int4_gptq: TensorRT-LLM {PINNED_VERSION} cannot build it from a checkpoint. "
-                "W4A16_GPTQ counts as needing calibration but is no ModelOpt format (models/modeling_utils.py, "
-                "QuantConfig._requires_calibration / _requires_modelopt_quantization), so the model's quantize() takes "
-                "the SmoothQuant path, which asserts (models/llama/convert.py, quantize: 'Call from_hugging_face when "
-                "there is no quantization'); a GPTQ checkpoint is refused by its loader (see model_name's "
-                "quantization_config)")  # fmt: skip
+        yield (
+            f"tensorrt.quantization = int4_gptq: TensorRT-LLM {PINNED_VERSION} cannot build it from a checkpoint. "
+            "W4A16_GPTQ counts as needing calibration but is no ModelOpt format (models/modeling_utils.py, "
+            "QuantConfig._requires_calibration / _requires_modelopt_quantization), so the model's quantize() takes "
+            "the SmoothQuant path, which asserts (models/llama/convert.py, quantize: 'Call from_hugging_face when "
+            "there is no quantization'); a GPTQ checkpoint is refused by its loader (see model_name's "
+            "quantization_config)"
+        )
     problem = _calibration_problem(trt)
     if problem:
         yield problem
@@ -143,12 +162,16 @@ def _calibration_problem(trt: dict) -> str | None:
     if trt["quantization"] not in CALIBRATED:
         for key, default in CALIBRATION_DEFAULTS.items():
             if cal[key] != default:
-                return (f"tensorrt.calibration.{key} = {cal[key]} applies to the calibrating quantisation modes "
-                        f"({', '.join(CALIBRATED)}), but tensorrt.quantization = {trt['quantization']}")  # fmt: skip
+                return (
+                    f"tensorrt.calibration.{key} = {cal[key]} applies to the calibrating quantisation modes "
+                    f"({', '.join(CALIBRATED)}), but tensorrt.quantization = {trt['quantization']}"
+                )
         return None
     if cal["split"] != DEFAULT_CALIB_SPLIT:
-        return (f"tensorrt.calibration.split = {cal['split']}: TensorRT-LLM {PINNED_VERSION}'s CalibConfig has no split; "
-                "calibration reads 'train'")  # fmt: skip
+        return (
+            f"tensorrt.calibration.split = {cal['split']}: TensorRT-LLM {PINNED_VERSION}'s CalibConfig has no split; "
+            "calibration reads 'train'"
+        )
     return calibration_dataset_problem(cal["dataset"])
 
 
@@ -163,12 +186,20 @@ def calibration_dataset_problem(name: str, environ=None) -> str | None:
         return _local_calibration_problem(folder)
     lower = name.lower()
     if not (name == "pileval" or "cnn_dailymail" in name or "scienceqa" in lower or "science_qa" in lower):
-        return (f"tensorrt.calibration.dataset = {name}: TensorRT-LLM {PINNED_VERSION} calibrates from cnn_dailymail, "
-                "pileval, scienceqa or a local dataset folder with a 'train' split and a 'text' column")  # fmt: skip
-    offline = [var for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if environ.get(var, "").lower() in ("1", "true", "yes", "on")]
+        return (
+            f"tensorrt.calibration.dataset = {name}: TensorRT-LLM {PINNED_VERSION} calibrates from cnn_dailymail, "
+            "pileval, scienceqa or a local dataset folder with a 'train' split and a 'text' column"
+        )
+    offline = [
+        var
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        if environ.get(var, "").lower() in ("1", "true", "yes", "on")
+    ]
     if offline:
-        return (f"tensorrt.calibration.dataset = {name} is downloaded while the engine builds, but {offline[0]} is "
-                "set: use a local dataset folder with a 'train' split and a 'text' column")  # fmt: skip
+        return (
+            f"tensorrt.calibration.dataset = {name} is downloaded while the engine builds, but {offline[0]} is "
+            "set: use a local dataset folder with a 'train' split and a 'text' column"
+        )
     return None
 
 
@@ -182,15 +213,19 @@ def _local_calibration_problem(folder: Path) -> str | None:
     except Exception as exc:  # noqa: BLE001 - no train split, or not a dataset
         return f"tensorrt.calibration.dataset = {folder}: no 'train' split could be read ({type(exc).__name__}: {exc})"
     if "text" not in train.column_names:
-        return (f"tensorrt.calibration.dataset = {folder}: its 'train' split has no 'text' column "
-                f"(columns: {', '.join(train.column_names)}), which TensorRT-LLM {PINNED_VERSION} calibrates from")  # fmt: skip
+        return (
+            f"tensorrt.calibration.dataset = {folder}: its 'train' split has no 'text' column "
+            f"(columns: {', '.join(train.column_names)}), which TensorRT-LLM {PINNED_VERSION} calibrates from"
+        )
     return None
 
 
 #: checkpoint ``quantization_config`` that 1.0.0's loader maps to a quantisation (llmapi/llm_utils.py,
 #: ModelLoader._update_from_hf_quant_config): FP8 with block scales, and MXFP4; anything else is NotImplementedError
 def _loadable_prequantised(quant: dict) -> bool:
-    return (quant.get("quant_method") == "fp8" and bool(quant.get("weight_block_size"))) or quant.get("quant_method") == "mxfp4"
+    return (quant.get("quant_method") == "fp8" and bool(quant.get("weight_block_size"))) or quant.get(
+        "quant_method"
+    ) == "mxfp4"
 
 
 def _checkpoint_problem(config: dict) -> str | None:
@@ -202,9 +237,11 @@ def _checkpoint_problem(config: dict) -> str | None:
     if not quant:  # unquantised, or not readable here (the engine's loader decides then)
         return None
     if not _loadable_prequantised(quant):
-        return (f"model_name {config['model_name']} carries a quantization_config (quant_method = {quant.get('quant_method')}): "
-                f"TensorRT-LLM {PINNED_VERSION} builds from unquantised checkpoints, FP8 block-scale and MXFP4 ones only "
-                "(llmapi/llm_utils.py, _update_from_hf_quant_config raises NotImplementedError)")  # fmt: skip
+        return (
+            f"model_name {config['model_name']} carries a quantization_config (quant_method = {quant.get('quant_method')}): "
+            f"TensorRT-LLM {PINNED_VERSION} builds from unquantised checkpoints, FP8 block-scale and MXFP4 ones only "
+            "(llmapi/llm_utils.py, _update_from_hf_quant_config raises NotImplementedError)"
+        )
     if config["tensorrt"]["quantization"] != "none":
         return f"tensorrt.quantization = {config['tensorrt']['quantization']}, but {config['model_name']} is already quantised ({quant.get('quant_method')})"
     return None
@@ -371,8 +408,10 @@ def _has_tokenizer(path) -> bool:
 
 
 class TensorRTBackend:
-    token_counting = ("submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs, "
-                      "plus the end token where a request ended on it (generated, but not returned by the engine)")  # fmt: skip
+    token_counting = (
+        "submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs, "
+        "plus the end token where a request ended on it (generated, but not returned by the engine)"
+    )
     name = "tensorrt"
 
     def __init__(self, config: dict, model_path: str) -> None:
@@ -397,7 +436,12 @@ class TensorRTBackend:
         import torch
         import transformers
 
-        out = {"tensorrt_llm": None, "tensorrt": None, "torch": torch.__version__, "transformers": transformers.__version__}
+        out = {
+            "tensorrt_llm": None,
+            "tensorrt": None,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        }
         try:
             import tensorrt_llm
 
@@ -443,9 +487,16 @@ class TensorRTBackend:
     def _engine_model_config(self) -> dict:
         pc = self._engine_config["pretrained_config"]
         arch = str(pc.get("architecture") or "")
-        model_type = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-                      "Qwen3ForCausalLM": "qwen3", "GPT2LMHeadModel": "gpt2", "GPTNeoXForCausalLM": "gpt_neox",
-                      "PhiForCausalLM": "phi", "Phi3ForCausalLM": "phi3"}.get(arch, arch.lower() or "unknown")  # fmt: skip
+        model_type = {
+            "LlamaForCausalLM": "llama",
+            "MistralForCausalLM": "mistral",
+            "Qwen2ForCausalLM": "qwen2",
+            "Qwen3ForCausalLM": "qwen3",
+            "GPT2LMHeadModel": "gpt2",
+            "GPTNeoXForCausalLM": "gpt_neox",
+            "PhiForCausalLM": "phi",
+            "Phi3ForCausalLM": "phi3",
+        }.get(arch, arch.lower() or "unknown")
         return {
             "model_type": model_type,
             "hidden_size": pc.get("hidden_size"),
@@ -462,7 +513,12 @@ class TensorRTBackend:
         limit = self.config["tensorrt"]["max_batch_size"]
         sizes = [b.size for b in run_batches]
         if sizes and max(sizes) < limit:
-            return [("batch_not_saturated", f"{max(sizes)} requests submitted < tensorrt.max_batch_size {limit}: the engine never had a full batch in flight")]
+            return [
+                (
+                    "batch_not_saturated",
+                    f"{max(sizes)} requests submitted < tensorrt.max_batch_size {limit}: the engine never had a full batch in flight",
+                )
+            ]
         return []
 
     def close(self) -> None:
@@ -498,7 +554,9 @@ class TensorRTBackend:
         try:
             bc = llmapi.BuildConfig(**kwargs)
         except TypeError as exc:
-            raise MeasurementError(f"tensorrt.extra_build_args: BuildConfig of TensorRT-LLM {PINNED_VERSION} refused them ({exc})") from exc
+            raise MeasurementError(
+                f"tensorrt.extra_build_args: BuildConfig of TensorRT-LLM {PINNED_VERSION} refused them ({exc})"
+            ) from exc
         bc.plugin_config.multiple_profiles = trt["multiple_profiles"]
         # Chunked context and KV block reuse are runtime switches, but the executor refuses both unless the engine
         # has paged context attention: every paged engine gets it, so one cached engine serves either setting.
@@ -544,7 +602,7 @@ class TensorRTBackend:
             ),
             "enable_chunked_prefill": trt["enable_chunked_context"],
         }
-        if trt["engine_path"]:  # a prebuilt engine: the batch and token limits cap its runtime (up to what it was built for)
+        if trt["engine_path"]:  # a prebuilt engine: the batch and token limits cap its runtime (up to its build)
             args["max_batch_size"] = trt["max_batch_size"]
             if trt["max_num_tokens"] is not None:
                 args["max_num_tokens"] = trt["max_num_tokens"]
@@ -574,7 +632,9 @@ class TensorRTBackend:
             folder = Path(trt["engine_path"])
             if not (folder / "config.json").is_file():
                 raise MeasurementError(f"tensorrt.engine_path = {folder}: no engine there (config.json missing)")
-            self.llm = self._construct(LLM, model=str(folder), tokenizer=tokenizer_src or str(folder), **self.runtime_args(llmapi))
+            self.llm = self._construct(
+                LLM, model=str(folder), tokenizer=tokenizer_src or str(folder), **self.runtime_args(llmapi)
+            )
             details.update(engine_source="engine_path", engine_dir=str(folder), engine_cache_key=None, build_s=None)
             self.engine_dir = folder
         else:
@@ -585,7 +645,9 @@ class TensorRTBackend:
             folder = root / key
             details.update(engine_cache_key=key, gpu_arch=arch, engine_dir=str(folder))
             if is_complete_engine(folder) and not trt["force_rebuild"]:
-                self.llm = self._construct(LLM, model=str(folder), tokenizer=tokenizer_src or str(folder), **self.runtime_args(llmapi))
+                self.llm = self._construct(
+                    LLM, model=str(folder), tokenizer=tokenizer_src or str(folder), **self.runtime_args(llmapi)
+                )
                 details.update(engine_source="cache_hit", build_s=None)
             else:
                 build_s = self._build(LLM, llmapi, root, folder, fields, tokenizer_src)
@@ -609,13 +671,27 @@ class TensorRTBackend:
         engine_bytes = sum(p.stat().st_size for p in self.engine_dir.glob("rank*.engine"))
         details["model_size_source"] = "size of the engine files (rank*.engine) on disk"
         bc = self._engine_config.get("build_config", {})
-        details["engine_build_config"] = {k: bc.get(k) for k in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "kv_cache_type", "strongly_typed")}
+        details["engine_build_config"] = {
+            k: bc.get(k)
+            for k in (
+                "max_batch_size",
+                "max_input_len",
+                "max_seq_len",
+                "max_num_tokens",
+                "kv_cache_type",
+                "strongly_typed",
+            )
+        }
         quant = self._engine_config.get("pretrained_config", {}).get("quantization") or {}
         details["quant_algo"] = quant.get("quant_algo")
         details["kv_cache_quant_algo"] = quant.get("kv_cache_quant_algo")
         dtype = self._engine_config.get("pretrained_config", {}).get("dtype") or self.config["fp_precision"]
-        weights = {"engine_path": "prebuilt TensorRT engine (tensorrt.engine_path)", "cache_hit": "TensorRT engine from the cache",
-                   "built": "TensorRT engine built now from the checkpoint", "rebuilt": "TensorRT engine rebuilt now from the checkpoint (force_rebuild)"}[details["engine_source"]]  # fmt: skip
+        weights = {
+            "engine_path": "prebuilt TensorRT engine (tensorrt.engine_path)",
+            "cache_hit": "TensorRT engine from the cache",
+            "built": "TensorRT engine built now from the checkpoint",
+            "rebuilt": "TensorRT engine rebuilt now from the checkpoint (force_rebuild)",
+        }[details["engine_source"]]
         if trt["quantization"] != "none" and details["engine_source"] != "engine_path":
             weights += f", quantization {trt['quantization']}"
         return {
@@ -624,7 +700,11 @@ class TensorRTBackend:
             "dtype": str(dtype),
             "parameters": parameters,
             "model_size_bytes": engine_bytes,
-            "architecture": (self.model_config().get("model_type") if isinstance(self.model_config(), dict) else getattr(self.model_config(), "model_type", None)),
+            "architecture": (
+                self.model_config().get("model_type")
+                if isinstance(self.model_config(), dict)
+                else getattr(self.model_config(), "model_type", None)
+            ),
             "weights": weights,
             **details,
         }
@@ -650,7 +730,11 @@ class TensorRTBackend:
         try:
             self.llm.save(str(tmp))
             with open(tmp / MARKER, "w", encoding="utf-8") as fh:
-                json.dump({"key": folder.name, "fields": fields, "build_s": build_s, "built_at_epoch_s": time.time()}, fh, indent=2)
+                json.dump(
+                    {"key": folder.name, "fields": fields, "build_s": build_s, "built_at_epoch_s": time.time()},
+                    fh,
+                    indent=2,
+                )
             if folder.exists():  # force_rebuild: the old engine is moved aside, never half-overwritten
                 old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=root))
                 os.rmdir(old)
@@ -684,7 +768,9 @@ class TensorRTBackend:
         for name, value in wanted.items():
             previous = os.environ.get(name)
             if previous is not None and previous != value:
-                log.warning("%s=%s from the environment replaced by %s (the experiment's setting)", name, previous, value)
+                log.warning(
+                    "%s=%s from the environment replaced by %s (the experiment's setting)", name, previous, value
+                )
             self._saved_env.setdefault(name, previous)
             os.environ[name] = value
         return wanted
@@ -767,8 +853,15 @@ class TensorRTBackend:
             arrivals.append((now, 1))
             seen += 1
         on_done()
-        return {"index": idx, "input_tokens": len(ids), "output_tokens": seen,
-                "submitted": submitted, "arrivals": arrivals, "chunks": chunks, "end": end}  # fmt: skip
+        return {
+            "index": idx,
+            "input_tokens": len(ids),
+            "output_tokens": seen,
+            "submitted": submitted,
+            "arrivals": arrivals,
+            "chunks": chunks,
+            "end": end,
+        }
 
     async def _generate(self, ids_list: list[list[int]], indices: list[int], params, progress) -> list[dict]:
         done = [0]
@@ -794,9 +887,18 @@ class TensorRTBackend:
         for (prev, _), (now, k) in itertools.pairwise(arrivals):
             itl.append(now - prev)
             itl.extend([0.0] * (k - 1))
-        return RequestTiming(stream["index"], stream["input_tokens"], stream["output_tokens"], arrivals[0][0] - t0, arrivals[-1][0] - t0, itl)
+        return RequestTiming(
+            stream["index"],
+            stream["input_tokens"],
+            stream["output_tokens"],
+            arrivals[0][0] - t0,
+            arrivals[-1][0] - t0,
+            itl,
+        )
 
-    def _run_streams(self, prompts: list[str], indices: list[int], params, progress=None) -> tuple[float, float, list[dict]]:
+    def _run_streams(
+        self, prompts: list[str], indices: list[int], params, progress=None
+    ) -> tuple[float, float, list[dict]]:
         ids = self.encode(prompts)
         start = time.perf_counter()
         if self._loop is None:
@@ -818,13 +920,24 @@ class TensorRTBackend:
         first = [s["arrivals"][0][0] for s in streams if s["arrivals"]]
         inputs = sum(r.input_tokens for r in requests)
         batch = BatchRecord(
-            size=len(indices), input_tokens=inputs, padded_input_tokens=inputs,  # token ids go in unpadded
+            size=len(indices),
+            input_tokens=inputs,
+            padded_input_tokens=inputs,  # token ids go in unpadded
             output_tokens=sum(r.output_tokens for r in requests),
             steps=sum(s["chunks"] for s in streams),  # streamed responses that carried tokens, all requests
-            latency_s=end - start, start_t=start, first_token_t=min(first) if first else end, end_t=end,
-        )  # fmt: skip
-        return RunOutput(requests, [batch], end - start, scheduling="continuous", latency_method="engine_stream_token_arrival",
-                         steps=self.stream_steps(streams))  # fmt: skip
+            latency_s=end - start,
+            start_t=start,
+            first_token_t=min(first) if first else end,
+            end_t=end,
+        )
+        return RunOutput(
+            requests,
+            [batch],
+            end - start,
+            scheduling="continuous",
+            latency_method="engine_stream_token_arrival",
+            steps=self.stream_steps(streams),
+        )
 
     @staticmethod
     def stream_steps(streams: list[dict]) -> list[Step]:
@@ -842,17 +955,30 @@ class TensorRTBackend:
         """Before the window: the whole workload once, submitted as the window submits it (mode full); then the
         first ``max_batch_size`` prompts repeated, at the full output length, until the latency CV over the last
         ``window_size`` runs (sample standard deviation, ddof 1) is below ``cv_threshold``, or ``max_prompts`` runs."""
-        params = self.sampling_params(self.config["max_output_tokens"], self.config["min_output_tokens"], self.config["random_seed"])
+        params = self.sampling_params(
+            self.config["max_output_tokens"], self.config["min_output_tokens"], self.config["random_seed"]
+        )
         everything = [i for b in batches for i in b.indices]
 
         def full_pass() -> list[dict]:
             start, end, streams = self._run_streams(prompts, everything, params)
-            return [shape(len(everything), sum(s["input_tokens"] for s in streams),
-                          max((s["output_tokens"] for s in streams), default=0), end - start)]  # fmt: skip
+            return [
+                shape(
+                    len(everything),
+                    sum(s["input_tokens"] for s in streams),
+                    max((s["output_tokens"] for s in streams), default=0),
+                    end - start,
+                )
+            ]
 
         indices = batches[0].indices[: self.config["tensorrt"]["max_batch_size"]]
-        return warm_up(cfg, full_pass, lambda: elapsed(self._run_streams(prompts, indices, params)), len(indices),
-                       self.config["max_output_tokens"])  # fmt: skip
+        return warm_up(
+            cfg,
+            full_pass,
+            lambda: elapsed(self._run_streams(prompts, indices, params)),
+            len(indices),
+            self.config["max_output_tokens"],
+        )
 
     # ------------------------------------------------------------------------------------------------ memory
     def reset_peak_memory(self) -> None:
@@ -864,5 +990,8 @@ class TensorRTBackend:
         KV cache."""
         from ..energy.nvml import memory_used_bytes
 
-        return {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None,
-                "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count())}  # fmt: skip
+        return {
+            "cuda_peak_allocated_bytes": None,
+            "cuda_peak_reserved_bytes": None,
+            "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count()),
+        }

@@ -49,8 +49,14 @@ PINNED_IMAGE = "docker://vllm/vllm-openai:v0.11.0"
 #: Schema ``decoder.top_k`` = 0 means "no top-k"; vLLM 0.11.0 spells that 0 as well (-1 is also accepted).
 TOP_K_DISABLED = 0
 #: Schema speculative methods -> vLLM 0.11.0 ``speculative_config["method"]`` names.
-SPEC_METHODS = {"ngram": "ngram", "eagle": "eagle", "eagle3": "eagle3", "medusa": "medusa", "mlp": "mlp_speculator",
-                "draft_model": "draft_model"}  # fmt: skip
+SPEC_METHODS = {
+    "ngram": "ngram",
+    "eagle": "eagle",
+    "eagle3": "eagle3",
+    "medusa": "medusa",
+    "mlp": "mlp_speculator",
+    "draft_model": "draft_model",
+}
 #: Methods vLLM 0.11.0 accepts in its config but its V1 engine cannot run (it raises, or its model runner does).
 SPEC_UNSUPPORTED = {"draft_model", "mlp_speculator"}
 #: Schema quantisation -> what the engine is given. An explicit ``awq``/``gptq`` makes vLLM 0.11.0 keep the legacy
@@ -65,8 +71,13 @@ CHECKPOINT_METHOD = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bitsandbytes":
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 LORA_EXTRA_VOCAB = (256, 512)
 #: Environment variables read while the engine starts, recorded with the result.
-ENGINE_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_ATTENTION_BACKEND", "VLLM_FLASH_ATTN_VERSION",
-              "TORCH_COMPILE_DISABLE", "NCCL_P2P_DISABLE")  # fmt: skip
+ENGINE_ENV = (
+    "VLLM_ENABLE_V1_MULTIPROCESSING",
+    "VLLM_ATTENTION_BACKEND",
+    "VLLM_FLASH_ATTN_VERSION",
+    "TORCH_COMPILE_DISABLE",
+    "NCCL_P2P_DISABLE",
+)
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -118,30 +129,42 @@ def _problems(config: dict):
     if problem:
         yield problem
     if v["swap_space"] != SWAP_SPACE_DEFAULT:
-        yield (f"vllm.swap_space = {v['swap_space']}: vLLM {PINNED_VERSION}'s V1 engine allocates no CPU swap blocks "
-                "(v1/engine/core.py:204), so the setting would change nothing")  # fmt: skip
+        yield (
+            f"vllm.swap_space = {v['swap_space']}: vLLM {PINNED_VERSION}'s V1 engine allocates no CPU swap blocks "
+            "(v1/engine/core.py:204), so the setting would change nothing"
+        )
     if not v["enable_chunked_prefill"]:
-        yield (f"vllm.enable_chunked_prefill = false: vLLM {PINNED_VERSION}'s V1 engine chunks the prefills of every "
-                "generation model regardless (engine/arg_utils.py:1547-1548)")  # fmt: skip
+        yield (
+            f"vllm.enable_chunked_prefill = false: vLLM {PINNED_VERSION}'s V1 engine chunks the prefills of every "
+            "generation model regardless (engine/arg_utils.py:1547-1548)"
+        )
     if world == 1 and v["distributed_backend"] != "mp":
-        yield (f"vllm.distributed_backend = {v['distributed_backend']} chooses how the workers of a multi-GPU engine "
-                "are started; with one GPU vLLM runs its single worker in process")  # fmt: skip
+        yield (
+            f"vllm.distributed_backend = {v['distributed_backend']} chooses how the workers of a multi-GPU engine "
+            "are started; with one GPU vLLM runs its single worker in process"
+        )
     if world == 1 and v["disable_custom_all_reduce"]:
         yield "vllm.disable_custom_all_reduce applies to tensor-parallel engines; with one GPU there is no all-reduce"
     budget = v["max_num_batched_tokens"]
     if budget is not None and budget < v["max_num_seqs"]:
-        yield (f"vllm.max_num_batched_tokens = {budget} is smaller than vllm.max_num_seqs = {v['max_num_seqs']}: "
-                f"vLLM {PINNED_VERSION} rejects that")  # fmt: skip
+        yield (
+            f"vllm.max_num_batched_tokens = {budget} is smaller than vllm.max_num_seqs = {v['max_num_seqs']}: "
+            f"vLLM {PINNED_VERSION} rejects that"
+        )
     if v["max_model_len"] is not None and v["max_model_len"] < config["max_input_tokens"] + config["max_output_tokens"]:
-        yield (f"vllm.max_model_len = {v['max_model_len']} is smaller than max_input_tokens + max_output_tokens = "
-                f"{config['max_input_tokens'] + config['max_output_tokens']}")  # fmt: skip
+        yield (
+            f"vllm.max_model_len = {v['max_model_len']} is smaller than max_input_tokens + max_output_tokens = "
+            f"{config['max_input_tokens'] + config['max_output_tokens']}"
+        )
     if v["kv_cache_dtype"] == "fp8" and config["fp_precision"] == "float32":
         yield "vllm.kv_cache_dtype = fp8 with fp_precision = float32 is not supported by vLLM"
     if v["attention"]["flash_version"] is not None and v["attention"]["backend"] != "FLASH_ATTN":
         yield "vllm.attention.flash_version applies to vllm.attention.backend = FLASH_ATTN only"
     if not config["decoder"]["do_sample"] and v["min_p"] != 0:
-        yield (f"vllm.min_p = {v['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false); "
-                f"vLLM {PINNED_VERSION} resets min_p for greedy requests (sampling_params.py:353-357)")  # fmt: skip
+        yield (
+            f"vllm.min_p = {v['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false); "
+            f"vLLM {PINNED_VERSION} resets min_p for greedy requests (sampling_params.py:353-357)"
+        )
     problem = _quantization_problem(config)
     if problem:
         yield problem
@@ -163,10 +186,18 @@ def _changed(section: dict, defaults: dict) -> str | None:
 def _speculative_problem(spec: dict) -> str | None:
     if spec["method"] is None and spec["model"] is None:
         changed = _changed(spec, SPECULATIVE_DEFAULTS)
-        return f"vllm.speculative.{changed} applies to speculative decoding, which is off (no method, no model)" if changed else None
+        return (
+            f"vllm.speculative.{changed} applies to speculative decoding, which is off (no method, no model)"
+            if changed
+            else None
+        )
     method = SPEC_METHODS[spec["method"] or "draft_model"]
     if method in SPEC_UNSUPPORTED:
-        how = f"vllm.speculative.method = {spec['method']}" if spec["method"] else "vllm.speculative.model without a method (draft_model)"
+        how = (
+            f"vllm.speculative.method = {spec['method']}"
+            if spec["method"]
+            else "vllm.speculative.model without a method (draft_model)"
+        )
         return f"{how} is not supported by vLLM {PINNED_VERSION}'s V1 engine (use ngram, eagle, eagle3 or medusa)"
     if method == "ngram":
         if spec["model"]:
@@ -182,9 +213,11 @@ def _speculative_problem(spec: dict) -> str | None:
         if lookup:
             return f"vllm.speculative.{lookup} applies to method ngram only (method = {spec['method']})"
     if spec["draft_tp_size"] != 1:
-        return (f"vllm.speculative.draft_tp_size = {spec['draft_tp_size']}: vLLM {PINNED_VERSION}'s V1 engine runs the "
-                "drafter inside the target model's workers; the draft tensor-parallel size is checked "
-                "(config/speculative.py:466-490) but no V1 code reads it")  # fmt: skip
+        return (
+            f"vllm.speculative.draft_tp_size = {spec['draft_tp_size']}: vLLM {PINNED_VERSION}'s V1 engine runs the "
+            "drafter inside the target model's workers; the draft tensor-parallel size is checked "
+            "(config/speculative.py:466-490) but no V1 code reads it"
+        )
     return None
 
 
@@ -198,15 +231,19 @@ def _quantization_problem(config: dict) -> str | None:
     found = checkpoint_quantization(config["model_name"])
     found_method = (found or {}).get("quant_method")
     if v["load_format"] != "auto" and (method == "bitsandbytes" or found_method == "bitsandbytes"):
-        return (f"vllm.load_format = {v['load_format']}: vLLM {PINNED_VERSION} loads BitsAndBytes weights with its "
-                "bitsandbytes loader whatever load_format says (engine/arg_utils.py:1058-1059, 1398-1400)")  # fmt: skip
+        return (
+            f"vllm.load_format = {v['load_format']}: vLLM {PINNED_VERSION} loads BitsAndBytes weights with its "
+            "bitsandbytes loader whatever load_format says (engine/arg_utils.py:1058-1059, 1398-1400)"
+        )
     if method is None or found is None:
         return None
     if found_method is None and method in ("awq", "gptq"):
         return f"vllm.quantization = {method} needs a checkpoint quantised with {method.upper()}; {config['model_name']} has no quantization_config"
     if found_method is not None and found_method != CHECKPOINT_METHOD[method]:
-        return (f"vllm.quantization = {method}, but {config['model_name']} is quantised with {found_method} "
-                f"(vLLM {PINNED_VERSION} refuses the mismatch, config/model.py:952-957)")  # fmt: skip
+        return (
+            f"vllm.quantization = {method}, but {config['model_name']} is quantised with {found_method} "
+            f"(vLLM {PINNED_VERSION} refuses the mismatch, config/model.py:952-957)"
+        )
     return None
 
 
@@ -227,7 +264,11 @@ def count_parameters(config: dict, counted: int | None, hf_config) -> tuple[int 
 
     if counted is None:
         return analytic_parameters(hf_config), "analytic_from_hf_config (model in worker processes)"
-    prequantised = getattr(hf_config, "quantization_config", None) if not isinstance(hf_config, dict) else hf_config.get("quantization_config")
+    prequantised = (
+        getattr(hf_config, "quantization_config", None)
+        if not isinstance(hf_config, dict)
+        else hf_config.get("quantization_config")
+    )
     if config["vllm"]["quantization"] is not None or prequantised:
         return analytic_parameters(hf_config), "analytic_from_hf_config (quantised weights are stored packed)"
     return counted, "engine_model_numel"
@@ -300,8 +341,11 @@ def engine_kwargs(config: dict, model_path: str) -> dict:
         "enable_lora": v["lora"]["enabled"],
     }
     if v["lora"]["enabled"]:
-        kw.update(max_loras=v["lora"]["max_loras"], max_lora_rank=v["lora"]["max_rank"],
-                  lora_extra_vocab_size=v["lora"]["extra_vocab_size"])  # fmt: skip  (deprecated in 0.11.0)
+        kw.update(
+            max_loras=v["lora"]["max_loras"],
+            max_lora_rank=v["lora"]["max_rank"],
+            lora_extra_vocab_size=v["lora"]["extra_vocab_size"],  # deprecated in 0.11.0
+        )
     kw = {k: val for k, val in kw.items() if val is not None}
     kw.update(v["extra"] or {})
     return kw
@@ -351,7 +395,9 @@ def _plain(value):
 
 
 class VllmBackend:
-    token_counting = "submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs"
+    token_counting = (
+        "submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs"
+    )
     name = "vllm"
 
     def __init__(self, config: dict, model_path: str) -> None:
@@ -407,13 +453,18 @@ class VllmBackend:
         for name, value in wanted.items():
             previous = os.environ.get(name)
             if previous is not None and previous != value:
-                log.warning("%s=%s from the environment replaced by %s (the experiment's setting)", name, previous, value)
+                log.warning(
+                    "%s=%s from the environment replaced by %s (the experiment's setting)", name, previous, value
+                )
             self._saved_env.setdefault(name, previous)
             os.environ[name] = value
         speculative = speculative_config(self.config["vllm"]["speculative"]) is not None
         if speculative and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
-            log.warning("VLLM_ENABLE_V1_MULTIPROCESSING=0 with speculative decoding: vLLM %s then never uses the "
-                            "drafts (vLLM issue #27287)", PINNED_VERSION)  # fmt: skip
+            log.warning(
+                "VLLM_ENABLE_V1_MULTIPROCESSING=0 with speculative decoding: vLLM %s then never uses the "
+                "drafts (vLLM issue #27287)",
+                PINNED_VERSION,
+            )
         return wanted
 
     def _restore_environment(self) -> None:
@@ -520,7 +571,11 @@ class VllmBackend:
         params, method = RULES.count_parameters(self.config, counted, self.model_config())
         if size is None:
             quantised = self._effective.get("quantization") is not None
-            size = params * DTYPE_BYTES[self.config["fp_precision"]] if params is not None and not quantised else _checkpoint_bytes(self.model_path)
+            size = (
+                params * DTYPE_BYTES[self.config["fp_precision"]]
+                if params is not None and not quantised
+                else _checkpoint_bytes(self.model_path)
+            )
         return params, size, method
 
     # ------------------------------------------------------------------------------------------------ workload
@@ -566,8 +621,15 @@ class VllmBackend:
             kwargs["logit_bias"] = {int(token): float(bias) for token, bias in v["logit_bias"].items()}
         return kwargs
 
-    def _stream(self, indices: list[int], tokens: list[list[int]], max_tokens: int, min_tokens: int,
-                seed: int | None, progress=None) -> tuple[list[RequestTiming], BatchRecord, list[Step]]:  # fmt: skip
+    def _stream(
+        self,
+        indices: list[int],
+        tokens: list[list[int]],
+        max_tokens: int,
+        min_tokens: int,
+        seed: int | None,
+        progress=None,
+    ) -> tuple[list[RequestTiming], BatchRecord, list[Step]]:
         """Submit the requests, step the engine until all are finished, timestamp every token arrival. Returns the
         requests' timings, the batch record and every engine step (a prefill step completes some request's first
         token)."""
@@ -639,10 +701,18 @@ class VllmBackend:
         ]
         input_tokens = sum(len(tokens[i]) for i in indices)
         batch = BatchRecord(
-            size=n, input_tokens=input_tokens, padded_input_tokens=input_tokens, output_tokens=sum(final), steps=steps,
-            latency_s=end - start, start_t=start, first_token_t=min((t for t in first if t is not None), default=end), end_t=end,
-            peak_decoding_seqs=peak, mean_decoding_seqs=statistics.fmean(decoding_steps) if decoding_steps else 0.0,
-        )  # fmt: skip
+            size=n,
+            input_tokens=input_tokens,
+            padded_input_tokens=input_tokens,
+            output_tokens=sum(final),
+            steps=steps,
+            latency_s=end - start,
+            start_t=start,
+            first_token_t=min((t for t in first if t is not None), default=end),
+            end_t=end,
+            peak_decoding_seqs=peak,
+            mean_decoding_seqs=statistics.fmean(decoding_steps) if decoding_steps else 0.0,
+        )
         return requests, batch, step_log
 
     def _reset_prefix_cache(self) -> None:
@@ -658,13 +728,25 @@ class VllmBackend:
         stats = []
         step_log: list[Step] = []
         for batch in batches:
-            reqs, stat, steps = self._stream(batch.indices, tokens, self.config["max_output_tokens"],
-                                             self.config["min_output_tokens"], seed, progress)  # fmt: skip
+            reqs, stat, steps = self._stream(
+                batch.indices,
+                tokens,
+                self.config["max_output_tokens"],
+                self.config["min_output_tokens"],
+                seed,
+                progress,
+            )
             requests.extend(reqs)
             stats.append(stat)
             step_log.extend(steps)
-        return RunOutput(requests, stats, sum(s.latency_s for s in stats), scheduling="continuous",
-                         latency_method="engine_step_token_arrival", steps=step_log)  # fmt: skip
+        return RunOutput(
+            requests,
+            stats,
+            sum(s.latency_s for s in stats),
+            scheduling="continuous",
+            latency_method="engine_step_token_arrival",
+            steps=step_log,
+        )
 
     def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
         """Before the window: the whole workload once, exactly as the window submits it (mode full); then the first
@@ -680,7 +762,14 @@ class VllmBackend:
             for batch in batches:
                 self._reset_prefix_cache()
                 reqs, stat, _ = self._stream(batch.indices, tokens, max_new, min_new, seed)
-                shapes.append(shape(stat.size, stat.padded_input_tokens, max((r.output_tokens for r in reqs), default=0), stat.latency_s))
+                shapes.append(
+                    shape(
+                        stat.size,
+                        stat.padded_input_tokens,
+                        max((r.output_tokens for r in reqs), default=0),
+                        stat.latency_s,
+                    )
+                )
             return shapes
 
         indices = batches[0].indices[: self.config["vllm"]["max_num_seqs"]]
@@ -699,8 +788,10 @@ class VllmBackend:
         limit = self.config["vllm"]["max_num_seqs"]
         peak = max((b.peak_decoding_seqs or 0 for b in run_batches), default=0)
         if run_batches and peak < limit:
-            message = (f"at most {peak} sequences got a token in one engine step, below vllm.max_num_seqs = {limit}: "
-                       "fewer prompts than max_num_seqs, or the KV cache or token budget kept the running batch smaller")  # fmt: skip
+            message = (
+                f"at most {peak} sequences got a token in one engine step, below vllm.max_num_seqs = {limit}: "
+                "fewer prompts than max_num_seqs, or the KV cache or token budget kept the running batch smaller"
+            )
             flags.append(("batch_not_saturated", message))
         return flags
 
@@ -716,9 +807,12 @@ class VllmBackend:
         from ..energy.nvml import memory_used_bytes
 
         blocks, size = self._effective.get("num_gpu_blocks"), self._effective.get("block_size")
-        return {"cuda_peak_allocated_bytes": None, "cuda_peak_reserved_bytes": None,
-                "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count()),
-                "kv_cache_capacity_tokens": blocks * size if isinstance(blocks, int) and isinstance(size, int) else None}  # fmt: skip
+        return {
+            "cuda_peak_allocated_bytes": None,
+            "cuda_peak_reserved_bytes": None,
+            "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count()),
+            "kv_cache_capacity_tokens": blocks * size if isinstance(blocks, int) and isinstance(size, int) else None,
+        }
 
     def close(self) -> None:
         """Shut the engine core (and its workers) down, release distributed state and cached GPU memory, and put

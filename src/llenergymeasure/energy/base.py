@@ -32,7 +32,6 @@ class ComponentEnergy:
         return self.energy_j / self.duration_s
 
 
-
 class Meter:
     """What every meter offers. ``start``/``stop`` bracket a window; the optional readings below return None where
     the device has no such sensor, so callers never need to ask a meter what it is.

@@ -62,7 +62,9 @@ def _cache_file(device_key: str, host: str | None = None) -> Path:
     return cache_dir() / "baselines" / f"{safe}.json"
 
 
-def read_cached(device_key: str, method: str, ttl_s: float, now: float | None = None, min_duration_s: float = 0.0) -> dict | None:
+def read_cached(
+    device_key: str, method: str, ttl_s: float, now: float | None = None, min_duration_s: float = 0.0
+) -> dict | None:
     """A cached baseline of this host's device, if it was taken with ``method``, is younger than ``ttl_s`` and
     lasted at least ``min_duration_s``; else None."""
     path = _cache_file(device_key)
@@ -179,7 +181,9 @@ def idle_power_record(
     return {"power_w": power, "uncertainty_w": uncertainty, "checks": checks, "flags": flags}
 
 
-def measure_idle(meters: list, duration_s: float, interval_s: float = 0.1, sleep=time.sleep, clock=None) -> dict[str, dict]:
+def measure_idle(
+    meters: list, duration_s: float, interval_s: float = 0.1, sleep=time.sleep, clock=None
+) -> dict[str, dict]:
     """Measure idle power of ``meters`` together over ``duration_s`` (see the module docstring)."""
     clock = clock or (meters[0].clock if meters else time.perf_counter)  # the meters' own time base
     settle = wait_until_settled(meters, interval_s, sleep=sleep)
@@ -225,7 +229,9 @@ def measure_idle(meters: list, duration_s: float, interval_s: float = 0.1, sleep
             else:
                 flags.append("counter_reset")
         rec = (
-            idle_power_record(m, delta, elapsed, max(r0, r1), series[m.device_key], utilization[m.device_key], busy_fraction)
+            idle_power_record(
+                m, delta, elapsed, max(r0, r1), series[m.device_key], utilization[m.device_key], busy_fraction
+            )
             if "counter_reset" not in flags
             else {"power_w": None, "uncertainty_w": None, "checks": {}, "flags": []}
         )
@@ -275,15 +281,22 @@ def idle_baselines(meters: list, cfg: dict, sleep=time.sleep, clock=None) -> dic
         else:
             stale.append(m)
     if stale:
-        progress.info("measuring the idle baseline of %s: %.0f s (ETA %.0f s, more if GPU power has not settled)",
-                      ", ".join(m.device for m in stale), duration, duration)  # fmt: skip
+        progress.info(
+            "measuring the idle baseline of %s: %.0f s (ETA %.0f s, more if GPU power has not settled)",
+            ", ".join(m.device for m in stale),
+            duration,
+            duration,
+        )
         interval = cfg.get("sample_interval_ms", 100) / 1000.0
         fresh = measure_idle(stale, duration, interval, sleep=sleep, clock=clock)
         for key, record in fresh.items():
             if record["power_w"] is not None and "baseline_not_idle" not in record["flags"]:
                 write_cache(record)
             elif "baseline_not_idle" in record["flags"]:
-                log.warning("idle baseline of %s taken while the device was busy: used for this measurement only, not cached", key)
+                log.warning(
+                    "idle baseline of %s taken while the device was busy: used for this measurement only, not cached",
+                    key,
+                )
             out[key] = record
             if record["power_w"] is not None:
                 progress.info("idle baseline %s", _describe(record))

@@ -23,7 +23,9 @@ class CodeCarbonMeter(Meter):
     device = "codecarbon"
     device_key = "codecarbon"
 
-    def __init__(self, country_iso_code: str | None, gpu_energy_source: str = "none: the experiment uses no GPU") -> None:
+    def __init__(
+        self, country_iso_code: str | None, gpu_energy_source: str = "none: the experiment uses no GPU"
+    ) -> None:
         from codecarbon import OfflineEmissionsTracker
 
         self.gpu_energy_source = gpu_energy_source
@@ -44,17 +46,29 @@ class CodeCarbonMeter(Meter):
         self._tracker.stop()
         duration = time.perf_counter() - self._t0
         data = self._tracker.final_emissions_data
-        details = {"cpu_model": getattr(data, "cpu_model", None), "tracking_mode": "machine",
-                   "gpu_energy_source": self.gpu_energy_source}  # fmt: skip
+        details = {
+            "cpu_model": getattr(data, "cpu_model", None),
+            "tracking_mode": "machine",
+            "gpu_energy_source": self.gpu_energy_source,
+        }
         out = []
         for component, attr in (("cpu", "cpu_energy"), ("ram", "ram_energy")):
             kwh = getattr(data, attr, None)
             energy = None if kwh is None else kwh * 3.6e6
-            out.append(ComponentEnergy(component, component, f"codecarbon-{component}", self.method, energy, duration, [], details))
+            out.append(
+                ComponentEnergy(
+                    component, component, f"codecarbon-{component}", self.method, energy, duration, [], details
+                )
+            )
         return out
 
     def describe(self) -> dict:
-        return {"component": "cpu+ram", "device": "codecarbon", "method": self.method, "gpu_energy_source": self.gpu_energy_source}
+        return {
+            "component": "cpu+ram",
+            "device": "codecarbon",
+            "method": self.method,
+            "gpu_energy_source": self.gpu_energy_source,
+        }
 
 
 def select_meters(energy_cfg: dict, gpu_count: int) -> MeterSet:

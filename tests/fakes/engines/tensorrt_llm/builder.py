@@ -83,4 +83,8 @@ class EngineConfig:
         return cls(data["pretrained_config"], BuildConfig.from_dict(data["build_config"]), data["version"])
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "pretrained_config": self.pretrained_config, "build_config": self.build_config.to_dict()}
+        return {
+            "version": self.version,
+            "pretrained_config": self.pretrained_config,
+            "build_config": self.build_config.to_dict(),
+        }

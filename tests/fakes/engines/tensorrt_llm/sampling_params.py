@@ -69,7 +69,11 @@ class SamplingParams:
 
     @property
     def _greedy_decoding(self) -> bool:
-        return not self.use_beam_search and (self.top_k is None or self.top_k == 1) and (self.top_p is None or self.top_p == 0.0)
+        return (
+            not self.use_beam_search
+            and (self.top_k is None or self.top_k == 1)
+            and (self.top_p is None or self.top_p == 0.0)
+        )
 
     def _setup(self, tokenizer) -> SamplingParams:
         if self.end_id is None:

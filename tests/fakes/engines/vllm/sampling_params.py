@@ -68,7 +68,9 @@ class SamplingParams:
         # every token min_tokens holds back; the engine adds the EOS ids (sampling_params.py:360-361)
         self._all_stop_token_ids: set[int] = set(self.stop_token_ids)
 
-    def update_from_generation_config(self, generation_config: dict[str, Any], model_eos_token_id: int | None = None) -> None:
+    def update_from_generation_config(
+        self, generation_config: dict[str, Any], model_eos_token_id: int | None = None
+    ) -> None:
         """As 0.11.0 (sampling_params.py:460-484): the tokenizer's EOS joins the tokens min_tokens holds back; the
         generation config's other eos_token_id values become stop tokens too, unless ignore_eos."""
         if model_eos_token_id is not None:
@@ -120,8 +122,13 @@ class SamplingParams:
 
     def clone(self) -> SamplingParams:
         twin = SamplingParams(**self.given)
-        twin.__dict__.update({k: (set(v) if isinstance(v, set) else list(v) if isinstance(v, list) else v)
-                              for k, v in self.__dict__.items() if k != "given"})  # fmt: skip
+        twin.__dict__.update(
+            {
+                k: (set(v) if isinstance(v, set) else list(v) if isinstance(v, list) else v)
+                for k, v in self.__dict__.items()
+                if k != "given"
+            }
+        )
         return twin
 
     def __repr__(self) -> str:

@@ -82,10 +82,13 @@ class GenerationResult:
         out._last_text_len = len(out.text)
         out.token_ids = out.token_ids + new_tokens
         if self._tokenizer is not None and self.sampling_params.detokenize:
-            out.text = self._tokenizer.decode(out.token_ids, skip_special_tokens=self.sampling_params.skip_special_tokens)
+            out.text = self._tokenizer.decode(
+                out.token_ids, skip_special_tokens=self.sampling_params.skip_special_tokens
+            )
         if finish_reason is not None:
             out.finish_reason = finish_reason
-            out.stop_reason = stop_reason  # the stop token, for a request a stop word ended (as _handle_sequence sets it)
+            # the stop token, for a request a stop word ended (as _handle_sequence sets it)
+            out.stop_reason = stop_reason
             self._done = True
 
     def __aiter__(self):

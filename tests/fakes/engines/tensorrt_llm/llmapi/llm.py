@@ -75,11 +75,17 @@ class _TrtLLM:
             if key not in TRT_LLM_ARG_NAMES | {"_mpi_session"}:
                 raise ValueError(f"{self.__class__.__name__} got invalid argument: {key}")
         self.init_kwargs = {
-            "model": model, "tokenizer": tokenizer, "tokenizer_mode": tokenizer_mode,
-            "skip_tokenizer_init": skip_tokenizer_init, "trust_remote_code": trust_remote_code,
-            "tensor_parallel_size": tensor_parallel_size, "dtype": dtype, "revision": revision,
-            "tokenizer_revision": tokenizer_revision, **kwargs,
-        }  # fmt: skip
+            "model": model,
+            "tokenizer": tokenizer,
+            "tokenizer_mode": tokenizer_mode,
+            "skip_tokenizer_init": skip_tokenizer_init,
+            "trust_remote_code": trust_remote_code,
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": dtype,
+            "revision": revision,
+            "tokenizer_revision": tokenizer_revision,
+            **kwargs,
+        }
         spec = kwargs.get("speculative_config")
         if spec is not None and not spec.supports_backend(kwargs.get("backend")):
             raise ValueError(f"Speculation type {spec.decoding_type} does not support backend {kwargs.get('backend')}")
@@ -90,7 +96,11 @@ class _TrtLLM:
             raise AssertionError(f"build_config is not initialized: {build_config}")
         if build_config is None:
             build_config = BuildConfig(
-                **{k: kwargs[k] for k in ("max_batch_size", "max_num_tokens", "max_seq_len", "max_beam_width", "max_input_len") if kwargs.get(k)}
+                **{
+                    k: kwargs[k]
+                    for k in ("max_batch_size", "max_num_tokens", "max_seq_len", "max_beam_width", "max_input_len")
+                    if kwargs.get(k)
+                }
             )
         self.args = _Args(
             model=model,
@@ -133,7 +143,9 @@ class _TrtLLM:
     def _build_model(self) -> None:
         model = Path(self.args.model)
         if not model.is_dir() or not (model / "config.json").is_file():
-            raise ValueError(f"{self.args.model}: neither an engine folder nor a local checkpoint (the hub is not modelled)")
+            raise ValueError(
+                f"{self.args.model}: neither an engine folder nor a local checkpoint (the hub is not modelled)"
+            )
         if is_engine_dir(model):
             self._load_engine(model)
         else:
@@ -143,7 +155,9 @@ class _TrtLLM:
         bc = self.args.build_config
         paged = bc.kv_cache_type == KVCacheType.PAGED
         if self.args.enable_chunked_prefill and not (paged and bc.plugin_config.use_paged_context_fmha):
-            raise RuntimeError("Chunked context requires paged KV cache and paged context FMHA (use_paged_context_fmha) in the engine")
+            raise RuntimeError(
+                "Chunked context requires paged KV cache and paged context FMHA (use_paged_context_fmha) in the engine"
+            )
         if self.args.kv_cache_config.enable_block_reuse and not (paged and bc.plugin_config.use_paged_context_fmha):
             raise RuntimeError("KV cache block reuse requires paged KV cache and paged context FMHA in the engine")
         max_batch = min(self.args.max_batch_size or bc.max_batch_size, bc.max_batch_size)
@@ -164,7 +178,9 @@ class _TrtLLM:
             hf = json.load(fh)
         bc = copy.deepcopy(self.args.build_config)
         if bc.kv_cache_type is None:
-            bc.kv_cache_type = KVCacheType.PAGED if bc.plugin_config.paged_kv_cache is not False else KVCacheType.CONTINUOUS
+            bc.kv_cache_type = (
+                KVCacheType.PAGED if bc.plugin_config.paged_kv_cache is not False else KVCacheType.CONTINUOUS
+            )
         bc.plugin_config.paged_kv_cache = bc.kv_cache_type == KVCacheType.PAGED
         if bc.max_seq_len is None:
             bc.max_seq_len = hf.get("max_position_embeddings") or 2048
@@ -176,7 +192,9 @@ class _TrtLLM:
         if calibrated:
             self._quantize(hf_dir)
         tp, pp = self.args.tensor_parallel_size, self.args.pipeline_parallel_size
-        dtype = self.args.dtype if self.args.dtype != "auto" else (hf.get("torch_dtype") or hf.get("dtype") or "float16")
+        dtype = (
+            self.args.dtype if self.args.dtype != "auto" else (hf.get("torch_dtype") or hf.get("dtype") or "float16")
+        )
         heads = hf["num_attention_heads"]
         pretrained = {
             "architecture": (hf.get("architectures") or ["LlamaForCausalLM"])[0],
@@ -198,7 +216,10 @@ class _TrtLLM:
             json.dump(EngineConfig(pretrained, bc, __version__).to_dict(), fh, indent=2)
         # As the release's model loader does, the checkpoint's tokenizer files go with the engine.
         for item in hf_dir.iterdir():
-            if item.is_file() and (item.name.startswith(("tokenizer", "vocab", "special_tokens_map")) or item.name in ("merges.txt", "generation_config.json")):
+            if item.is_file() and (
+                item.name.startswith(("tokenizer", "vocab", "special_tokens_map"))
+                or item.name in ("merges.txt", "generation_config.json")
+            ):
                 shutil.copy2(item, engine_dir / item.name)
         for rank in range(tp * pp):  # a fake engine records where its weights come from instead of compiled kernels
             with open(engine_dir / f"rank{rank}.engine", "w", encoding="utf-8") as fh:
@@ -250,7 +271,9 @@ class _TrtLLM:
                 self._read_local_calibration(name)
                 return
             # downloaded from the Hugging Face hub (pileval from the-eye.eu): the fake has no network
-            raise ConnectionError(f"calibration dataset {name} must be downloaded while building (no network in the fake)")
+            raise ConnectionError(
+                f"calibration dataset {name} must be downloaded while building (no network in the fake)"
+            )
         if os.path.isdir(name):
             self._read_local_calibration(name)
             return
@@ -266,9 +289,13 @@ class _TrtLLM:
         cfg = EngineConfig.from_json_file(engine_dir / "config.json")
         mapping = cfg.pretrained_config["mapping"]
         if self.args.tensor_parallel_size not in (1, mapping["tp_size"]):
-            raise ValueError(f"tp_size {self.args.tensor_parallel_size} is not consistent with the engine's tp_size {mapping['tp_size']}")
+            raise ValueError(
+                f"tp_size {self.args.tensor_parallel_size} is not consistent with the engine's tp_size {mapping['tp_size']}"
+            )
         if self.args.pipeline_parallel_size not in (1, mapping["pp_size"]):
-            raise ValueError(f"pp_size {self.args.pipeline_parallel_size} is not consistent with the engine's pp_size {mapping['pp_size']}")
+            raise ValueError(
+                f"pp_size {self.args.pipeline_parallel_size} is not consistent with the engine's pp_size {mapping['pp_size']}"
+            )
         with open(engine_dir / "rank0.engine", encoding="utf-8") as fh:
             self._hf_model_dir = Path(json.load(fh)["checkpoint"])
         self.args.build_config = cfg.build_config

@@ -42,8 +42,14 @@ class MpiPoolSession:
         name = getattr(getattr(main, "__spec__", None), "name", None)
         path = getattr(main, "__file__", None)
         STARTS.append({"n_workers": self.n_workers, "main_name": name, "main_path": path})
-        run = subprocess.run([sys.executable, "-c", _WORKER, name or "", path or "", json.dumps(sys.path)],
-                             env=dict(os.environ), capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-c", _WORKER, name or "", path or "", json.dumps(sys.path)],
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         if run.returncode != 0:
             raise RuntimeError(
                 f"MPI worker aborted while mpi4py re-ran the main module ({name or path}) with run_name '__worker__':\n"

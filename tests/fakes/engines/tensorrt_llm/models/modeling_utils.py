@@ -16,8 +16,14 @@ _W8A8_SQ_PLUGIN_LIST = {
     QuantAlgo.W8A8_SQ_PER_TENSOR_PER_TOKEN_PLUGIN,
 }
 #: what ModelOpt quantises (QuantConfig._requires_modelopt_quantization)
-_MODELOPT = {QuantAlgo.NVFP4, QuantAlgo.FP8, QuantAlgo.W4A16_AWQ, QuantAlgo.W4A8_AWQ, QuantAlgo.W8A8_SQ_PER_CHANNEL,
-             QuantAlgo.MIXED_PRECISION}  # fmt: skip
+_MODELOPT = {
+    QuantAlgo.NVFP4,
+    QuantAlgo.FP8,
+    QuantAlgo.W4A16_AWQ,
+    QuantAlgo.W4A8_AWQ,
+    QuantAlgo.W8A8_SQ_PER_CHANNEL,
+    QuantAlgo.MIXED_PRECISION,
+}
 
 
 @dataclass
@@ -40,7 +46,9 @@ class QuantConfig:
     @property
     def _requires_calibration(self) -> bool:
         """Every recipe but weight-only INT8/INT4 and per-channel FP8 needs calibration, GPTQ included."""
-        weights = self.quant_algo in (_QUANT_ALGO_LIST - {QuantAlgo.W8A16, QuantAlgo.W4A16, QuantAlgo.FP8_PER_CHANNEL_PER_TOKEN})
+        weights = self.quant_algo in (
+            _QUANT_ALGO_LIST - {QuantAlgo.W8A16, QuantAlgo.W4A16, QuantAlgo.FP8_PER_CHANNEL_PER_TOKEN}
+        )
         return weights or self.kv_cache_quant_algo in _KV_CACHE_QUANT_ALGO_LIST
 
     @property

@@ -52,8 +52,13 @@ _SIG = inspect.signature(_signature)
 _EXPLICIT = [n for n, p in _SIG.parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
 
 #: environment variables the real engine reads while it starts, recorded at construction
-_ENGINE_ENV = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_ATTENTION_BACKEND", "VLLM_FLASH_ATTN_VERSION",
-               "TORCH_COMPILE_DISABLE", "NCCL_P2P_DISABLE")  # fmt: skip
+_ENGINE_ENV = (
+    "VLLM_ENABLE_V1_MULTIPROCESSING",
+    "VLLM_ATTENTION_BACKEND",
+    "VLLM_FLASH_ATTN_VERSION",
+    "TORCH_COMPILE_DISABLE",
+    "NCCL_P2P_DISABLE",
+)
 
 
 class LLM:

@@ -17,14 +17,52 @@ from ...outputs import CompletionOutput, RequestOutput
 from ...sampling_params import RequestOutputKind, SamplingParams
 
 _DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
-_QUANTIZATION = {"awq", "deepspeedfp", "tpu_int8", "fp8", "ptpc_fp8", "fbgemm_fp8", "modelopt", "modelopt_fp4",
-                 "bitblas", "gguf", "gptq_marlin_24", "gptq_marlin", "gptq_bitblas", "awq_marlin", "gptq",
-                 "compressed-tensors", "bitsandbytes", "hqq", "experts_int8", "ipex", "quark", "moe_wna16", "torchao",
-                 "auto-round", "rtn", "inc", "mxfp4", "petit_nvfp4"}  # fmt: skip
+_QUANTIZATION = {
+    "awq",
+    "deepspeedfp",
+    "tpu_int8",
+    "fp8",
+    "ptpc_fp8",
+    "fbgemm_fp8",
+    "modelopt",
+    "modelopt_fp4",
+    "bitblas",
+    "gguf",
+    "gptq_marlin_24",
+    "gptq_marlin",
+    "gptq_bitblas",
+    "awq_marlin",
+    "gptq",
+    "compressed-tensors",
+    "bitsandbytes",
+    "hqq",
+    "experts_int8",
+    "ipex",
+    "quark",
+    "moe_wna16",
+    "torchao",
+    "auto-round",
+    "rtn",
+    "inc",
+    "mxfp4",
+    "petit_nvfp4",
+}
 _BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
 _KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc")
-_SPEC_METHODS = {"ngram", "eagle", "eagle3", "medusa", "mlp_speculator", "draft_model", "deepseek_mtp", "ernie_mtp",
-                 "qwen3_next_mtp", "mimo_mtp", "longcat_flash_mtp", "mtp"}  # fmt: skip
+_SPEC_METHODS = {
+    "ngram",
+    "eagle",
+    "eagle3",
+    "medusa",
+    "mlp_speculator",
+    "draft_model",
+    "deepseek_mtp",
+    "ernie_mtp",
+    "qwen3_next_mtp",
+    "mimo_mtp",
+    "longcat_flash_mtp",
+    "mtp",
+}
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 _LORA_EXTRA_VOCAB = (256, 512)
 #: _set_default_args of 0.11.0 for the LLM class on GPUs under 70 GiB (16384 and 1024 on H100/H200-class GPUs)
@@ -34,14 +72,22 @@ _DEFAULT_MAX_SEQS = 256
 
 def _awq_marlin_compatible(cfg: dict) -> bool:
     """AWQMarlinConfig.is_awq_marlin_compatible on an Ampere-or-newer GPU: 4-bit, zero point, Marlin group size."""
-    return (str(cfg.get("quant_method", "")).lower() == "awq" and cfg.get("bits") == 4 and cfg.get("zero_point") is not None
-            and cfg.get("group_size") in (-1, 32, 64, 128))  # fmt: skip
+    return (
+        str(cfg.get("quant_method", "")).lower() == "awq"
+        and cfg.get("bits") == 4
+        and cfg.get("zero_point") is not None
+        and cfg.get("group_size") in (-1, 32, 64, 128)
+    )
 
 
 def _gptq_marlin_compatible(cfg: dict) -> bool:
     """GPTQMarlinConfig.is_gptq_marlin_compatible on an Ampere-or-newer GPU: 4 or 8 bits, symmetric, Marlin group."""
-    return (str(cfg.get("quant_method", "")).lower() == "gptq" and cfg.get("bits") in (4, 8) and cfg.get("sym") is True
-            and cfg.get("group_size") in (-1, 32, 64, 128))  # fmt: skip
+    return (
+        str(cfg.get("quant_method", "")).lower() == "gptq"
+        and cfg.get("bits") in (4, 8)
+        and cfg.get("sym") is True
+        and cfg.get("group_size") in (-1, 32, 64, 128)
+    )
 
 
 def _generation_config_fields(model: str) -> dict:
@@ -115,36 +161,59 @@ class LLMEngine:
         budget = args["max_num_batched_tokens"] or _DEFAULT_BATCHED_TOKENS
         max_seqs = args["max_num_seqs"] or min(_DEFAULT_MAX_SEQS, budget)
         if budget < max_seqs:
-            raise ValueError(f"max_num_batched_tokens ({budget}) must be greater than or equal to max_num_seqs ({max_seqs}).")
+            raise ValueError(
+                f"max_num_batched_tokens ({budget}) must be greater than or equal to max_num_seqs ({max_seqs})."
+            )
         multiprocess = (environment.get("VLLM_ENABLE_V1_MULTIPROCESSING") or "1") != "0"
         spec = self._speculative(args["speculative_config"])
         world = args["tensor_parallel_size"] * args["pipeline_parallel_size"]
         executor = args["distributed_executor_backend"] or ("uni" if world == 1 else "mp")
         lora = None
         if args["enable_lora"]:
-            lora = SimpleNamespace(max_loras=args["max_loras"], max_lora_rank=args["max_lora_rank"],
-                                   lora_extra_vocab_size=args["lora_extra_vocab_size"])  # fmt: skip
+            lora = SimpleNamespace(
+                max_loras=args["max_loras"],
+                max_lora_rank=args["max_lora_rank"],
+                lora_extra_vocab_size=args["lora_extra_vocab_size"],
+            )
         self.vllm_config = SimpleNamespace(
-            model_config=SimpleNamespace(model=args["model"], max_model_len=max_model_len, dtype=args["dtype"],
-                                         quantization=quantization, seed=args["seed"], hf_config=hf,
-                                         enforce_eager=args["enforce_eager"],
-                                         disable_sliding_window=args["disable_sliding_window"]),
-            scheduler_config=SimpleNamespace(max_num_seqs=max_seqs, max_num_batched_tokens=budget,
-                                             max_model_len=max_model_len,
-                                             enable_chunked_prefill=True, chunked_prefill_enabled=True),
-            cache_config=SimpleNamespace(block_size=args["block_size"] or 16, cache_dtype=args["kv_cache_dtype"],
-                                         enable_prefix_caching=args["enable_prefix_caching"] is not False,
-                                         gpu_memory_utilization=args["gpu_memory_utilization"],
-                                         swap_space=args["swap_space"], cpu_offload_gb=args["cpu_offload_gb"],
-                                         num_gpu_blocks=None, num_cpu_blocks=0),  # V1: no CPU blocks (v1/engine/core.py:204)
+            model_config=SimpleNamespace(
+                model=args["model"],
+                max_model_len=max_model_len,
+                dtype=args["dtype"],
+                quantization=quantization,
+                seed=args["seed"],
+                hf_config=hf,
+                enforce_eager=args["enforce_eager"],
+                disable_sliding_window=args["disable_sliding_window"],
+            ),
+            scheduler_config=SimpleNamespace(
+                max_num_seqs=max_seqs,
+                max_num_batched_tokens=budget,
+                max_model_len=max_model_len,
+                enable_chunked_prefill=True,
+                chunked_prefill_enabled=True,
+            ),
+            cache_config=SimpleNamespace(
+                block_size=args["block_size"] or 16,
+                cache_dtype=args["kv_cache_dtype"],
+                enable_prefix_caching=args["enable_prefix_caching"] is not False,
+                gpu_memory_utilization=args["gpu_memory_utilization"],
+                swap_space=args["swap_space"],
+                cpu_offload_gb=args["cpu_offload_gb"],
+                num_gpu_blocks=None,
+                num_cpu_blocks=0,  # V1: no CPU blocks (v1/engine/core.py:204)
+            ),
             load_config=SimpleNamespace(load_format=load_format),
-            parallel_config=SimpleNamespace(tensor_parallel_size=args["tensor_parallel_size"],
-                                            pipeline_parallel_size=args["pipeline_parallel_size"], world_size=world,
-                                            distributed_executor_backend=executor,
-                                            disable_custom_all_reduce=args["disable_custom_all_reduce"]),
+            parallel_config=SimpleNamespace(
+                tensor_parallel_size=args["tensor_parallel_size"],
+                pipeline_parallel_size=args["pipeline_parallel_size"],
+                world_size=world,
+                distributed_executor_backend=executor,
+                disable_custom_all_reduce=args["disable_custom_all_reduce"],
+            ),
             speculative_config=spec,
             lora_config=lora,
-        )  # fmt: skip
+        )
         self.model_config = self.vllm_config.model_config
         self.engine_core = _EngineCore(multiprocess)
         # 0.11.0's in-process core never hands the drafter's proposals to the scheduler (vLLM issue #27287)
@@ -166,7 +235,9 @@ class LLMEngine:
         if args["dtype"] not in _DTYPES:
             raise ValueError(f"Unknown dtype: {args['dtype']!r}")
         if args["quantization"] is not None and args["quantization"] not in _QUANTIZATION:
-            raise ValueError(f"Unknown quantization method: {args['quantization']}. Must be one of {sorted(_QUANTIZATION)}.")
+            raise ValueError(
+                f"Unknown quantization method: {args['quantization']}. Must be one of {sorted(_QUANTIZATION)}."
+            )
         if args["block_size"] is not None and args["block_size"] not in _BLOCK_SIZES:
             raise ValueError(f"block_size must be one of {_BLOCK_SIZES}, got {args['block_size']}")
         if args["kv_cache_dtype"] not in _KV_CACHE_DTYPES:
@@ -174,15 +245,19 @@ class LLMEngine:
         if not 0 < args["gpu_memory_utilization"] <= 1:
             raise ValueError(f"GPU memory utilization must be within (0, 1]. Got {args['gpu_memory_utilization']}.")
         if args["max_model_len"] is not None and args["max_model_len"] > hf.max_position_embeddings:
-            raise ValueError(f"User-specified max_model_len ({args['max_model_len']}) is greater than the derived "
-                             f"max_model_len (max_position_embeddings={hf.max_position_embeddings}).")  # fmt: skip
+            raise ValueError(
+                f"User-specified max_model_len ({args['max_model_len']}) is greater than the derived "
+                f"max_model_len (max_position_embeddings={hf.max_position_embeddings})."
+            )
         if args["distributed_executor_backend"] not in (None, "mp", "ray", "uni", "external_launcher"):
             raise ValueError(f"Unrecognized distributed executor backend {args['distributed_executor_backend']}.")
         if args["enable_lora"]:
             if args["max_lora_rank"] not in _LORA_RANKS:
                 raise ValueError(f"max_lora_rank ({args['max_lora_rank']}) must be one of {_LORA_RANKS}.")
             if args["lora_extra_vocab_size"] not in _LORA_EXTRA_VOCAB:
-                raise ValueError(f"lora_extra_vocab_size ({args['lora_extra_vocab_size']}) must be one of {_LORA_EXTRA_VOCAB}.")
+                raise ValueError(
+                    f"lora_extra_vocab_size ({args['lora_extra_vocab_size']}) must be one of {_LORA_EXTRA_VOCAB}."
+                )
             if args["max_loras"] < 1:
                 raise ValueError(f"max_loras ({args['max_loras']}) must be >= 1.")
 
@@ -202,32 +277,53 @@ class LLMEngine:
                     self.log_messages.append(f"The model is convertible to {name} during runtime. Using {name} kernel.")
                     return name
                 if given == legacy:
-                    self.log_messages.append(f"Detected that the model can run with {name}, however you specified "
-                                             f"quantization={legacy} explicitly, so forcing {legacy}.")  # fmt: skip
+                    self.log_messages.append(
+                        f"Detected that the model can run with {name}, however you specified "
+                        f"quantization={legacy} explicitly, so forcing {legacy}."
+                    )
         if given is None:
             return method or None
         if given != method:
-            raise ValueError(f"Quantization method specified in the model config ({method}) does not match the "
-                             f"quantization method specified in the `quantization` argument ({given}).")  # fmt: skip
+            raise ValueError(
+                f"Quantization method specified in the model config ({method}) does not match the "
+                f"quantization method specified in the `quantization` argument ({given})."
+            )
         return given
 
     @staticmethod
     def _speculative(raw: dict | None):
         if raw is None:
             return None
-        spec = SimpleNamespace(method=raw.get("method"), model=raw.get("model"),
-                               num_speculative_tokens=raw.get("num_speculative_tokens"),
-                               prompt_lookup_min=raw.get("prompt_lookup_min"), prompt_lookup_max=raw.get("prompt_lookup_max"),
-                               draft_tensor_parallel_size=raw.get("draft_tensor_parallel_size"))  # fmt: skip
-        unknown = set(raw) - set(vars(spec)) - {"quantization", "max_model_len", "revision", "disable_by_batch_size",
-                                                 "enforce_eager", "disable_logprobs", "speculative_token_tree"}  # fmt: skip
+        spec = SimpleNamespace(
+            method=raw.get("method"),
+            model=raw.get("model"),
+            num_speculative_tokens=raw.get("num_speculative_tokens"),
+            prompt_lookup_min=raw.get("prompt_lookup_min"),
+            prompt_lookup_max=raw.get("prompt_lookup_max"),
+            draft_tensor_parallel_size=raw.get("draft_tensor_parallel_size"),
+        )
+        unknown = (
+            set(raw)
+            - set(vars(spec))
+            - {
+                "quantization",
+                "max_model_len",
+                "revision",
+                "disable_by_batch_size",
+                "enforce_eager",
+                "disable_logprobs",
+                "speculative_token_tree",
+            }
+        )
         if unknown:
             raise ValueError(f"Unknown speculative_config keys: {sorted(unknown)}")
         if spec.method is not None and spec.method not in _SPEC_METHODS:
             raise ValueError(f"speculative method {spec.method!r} is not one of {sorted(_SPEC_METHODS)}")
         if spec.method == "draft_model":
-            raise NotImplementedError("Draft model speculative decoding is not supported yet. Please consider using "
-                                      "other speculative decoding methods such as ngram, medusa, eagle, or mtp.")  # fmt: skip
+            raise NotImplementedError(
+                "Draft model speculative decoding is not supported yet. Please consider using "
+                "other speculative decoding methods such as ngram, medusa, eagle, or mtp."
+            )
         if spec.method == "ngram" or spec.model == "ngram":
             spec.method = "ngram"
             if spec.prompt_lookup_min is None and spec.prompt_lookup_max is None:
@@ -235,7 +331,9 @@ class LLMEngine:
             spec.prompt_lookup_min = spec.prompt_lookup_min or spec.prompt_lookup_max
             spec.prompt_lookup_max = spec.prompt_lookup_max or spec.prompt_lookup_min
             if spec.prompt_lookup_min > spec.prompt_lookup_max:
-                raise ValueError(f"prompt_lookup_min={spec.prompt_lookup_min} must be <= prompt_lookup_max={spec.prompt_lookup_max}")
+                raise ValueError(
+                    f"prompt_lookup_min={spec.prompt_lookup_min} must be <= prompt_lookup_max={spec.prompt_lookup_max}"
+                )
         elif spec.model is None:
             raise ValueError("num_speculative_tokens was provided but without speculative model.")
         elif spec.method == "mlp_speculator":
@@ -281,8 +379,10 @@ class LLMEngine:
             raise ValueError(f"Token id {max(ids)} is out of vocabulary")
         max_len = self.vllm_config.model_config.max_model_len
         if len(ids) > max_len:
-            raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
-                             f"{max_len}. Make sure that `max_model_len` is no smaller than the number of text tokens.")  # fmt: skip
+            raise ValueError(
+                f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
+                f"{max_len}. Make sure that `max_model_len` is no smaller than the number of text tokens."
+            )
         params = params.clone()
         if params.max_tokens is None:
             params.max_tokens = max_len - len(ids)
@@ -418,7 +518,10 @@ class LLMEngine:
             req.finish_reason, req.stop_reason = "stop", None
         elif token in p.stop_token_ids:  # checked whatever ignore_eos says (v1/core/sched/utils.py:59-67)
             req.finish_reason, req.stop_reason = "stop", token
-        elif len(req.out) >= p.max_tokens or len(req.prompt_ids) + len(req.out) >= self.vllm_config.model_config.max_model_len:
+        elif (
+            len(req.out) >= p.max_tokens
+            or len(req.prompt_ids) + len(req.out) >= self.vllm_config.model_config.max_model_len
+        ):
             req.finish_reason = "length"
 
     def _output(self, req: _Request) -> RequestOutput | None:
@@ -434,9 +537,28 @@ class LLMEngine:
             logprobs = req.logprobs[req.sent :] if kind is RequestOutputKind.DELTA else list(req.logprobs)
         req.sent = len(req.out)
         # detokenize=False: no detokenizer for the request, text stays empty (v1/engine/output_processor.py:138-147)
-        text = self.tokenizer.decode(tokens, skip_special_tokens=req.params.skip_special_tokens) if req.params.detokenize else ""
-        completion = CompletionOutput(index=0, text=text, token_ids=tokens, cumulative_logprob=req.cumulative_logprob,
-                                      logprobs=logprobs, finish_reason=req.finish_reason, stop_reason=req.stop_reason,
-                                      lora_request=req.lora)  # fmt: skip
-        return RequestOutput(req.request_id, None, req.prompt_ids, None, [completion], finished,
-                             lora_request=req.lora, num_cached_tokens=0)  # fmt: skip
+        text = (
+            self.tokenizer.decode(tokens, skip_special_tokens=req.params.skip_special_tokens)
+            if req.params.detokenize
+            else ""
+        )
+        completion = CompletionOutput(
+            index=0,
+            text=text,
+            token_ids=tokens,
+            cumulative_logprob=req.cumulative_logprob,
+            logprobs=logprobs,
+            finish_reason=req.finish_reason,
+            stop_reason=req.stop_reason,
+            lora_request=req.lora,
+        )
+        return RequestOutput(
+            req.request_id,
+            None,
+            req.prompt_ids,
+            None,
+            [completion],
+            finished,
+            lora_request=req.lora,
+            num_cached_tokens=0,
+        )
