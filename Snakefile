@@ -28,7 +28,6 @@ localrules:
     notify_campaign,
     report_plots,
     decide,
-    settle,
 
 
 include: "workflow/model.smk"
@@ -43,13 +42,12 @@ include: "workflow/campaign.smk"
 # Every raw result is an input of the target too: a raw result that is missing while the summary is up to date (a
 # deleted damaged file, say) is then measured again (Snakemake looks for missing files of a job that is not
 # itself rerun only among the inputs of the targets: snakemake/dag.py, update_needrun). With a precision target,
-# so are the raw results beyond the minimum plan that the experiments have settled on.
+# so are the raw results beyond the minimum plan that the decisions taken so far have scheduled.
 rule all:
     default_target: True
     input:
         all_raw_results(),
-        settled_raw_results(),
-        settled_cycles(),
+        scheduled_raw_results(),
         f"{ROOT}/summary.csv",
         f"{ROOT}/thermal_gaps.json",
         f"{ROOT}/notifications/campaign_complete.json",

@@ -2,8 +2,8 @@
 
 1. ``snakemake -n`` wall time on a grid campaign of N experiments (expansion, validation, DAG), against the
    target of 30 s on a 2-core machine: with a fixed number of cycles; with a precision target
-   (``execution.precision_target``), whose dry run schedules the minimum plan (min_cycles measurements, one
-   decision and one settled-cycles job per experiment) and leaves the rest to the decisions; and, for
+   (``execution.precision_target``), whose dry run schedules the minimum plan (min_cycles measurements and one
+   decision per experiment) and leaves the rest to the decisions; and, for
    comparison, with a fixed min_cycles. Each line also gives the time per planned job;
 2. aggregation of N synthetic raw results (one cycle each, cloned from a real raw result with varied energy,
    validated like real ones) into per-experiment files and the summary, against the target of 15 s.
@@ -126,7 +126,7 @@ def main() -> int:
         (work / "target").mkdir()
         target = {"relative_half_width": 0.02, "min_cycles": args.min_cycles, "max_cycles": args.max_cycles}
         dry, jobs = dry_run(args.experiments, {"precision_target": target}, work / "target")
-        planned = ", ".join(f"{jobs.get(rule, 0)} {rule}" for rule in ("measure", "decide", "settle"))
+        planned = ", ".join(f"{jobs.get(rule, 0)} {rule}" for rule in ("measure", "decide"))
         print(
             f"snakemake -n, {args.experiments} experiments, precision target ±2 %, {args.min_cycles} to "
             f"{args.max_cycles} cycles (minimum plan: {planned}): {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; "

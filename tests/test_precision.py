@@ -87,10 +87,19 @@ def test_decisions_are_files_read_back_and_walked(tmp_path):
     for n, verdict in ((3, "continue"), (4, "continue"), (5, "stop")):
         path = tmp_path / "decisions" / "e" / f"after_cycle_{n}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"experiment_id": "e", "after_cycle": n, "decision": verdict, "reason": "x"}))
+        path.write_text(
+            json.dumps(
+                {"experiment_id": "e", "after_cycle": n, "decision": verdict, "reason": "x", "target": T.params()}
+            )
+        )
         recorded[n] = str(path)
     assert decided_cycles(get, "e", T) == (5, recorded[5])
     assert decisions_on_disk(tmp_path, "e", T) == (5, True)
+    # decisions taken under another target (or confidence level) are not the campaign's: they will be taken again
+    assert decisions_on_disk(tmp_path, "e", Target(T.relative_half_width / 2, T.metric, 3, 5, T.confidence)) == (
+        3,
+        False,
+    )
     del recorded[5]
     with pytest.raises(LookupError):
         decided_cycles(get, "e", T)
@@ -415,10 +424,11 @@ def test_validate_estimates_a_duration_range(tmp_path, capsys):
     assert out["precision_target"]["max_cycles"] == 6
     # decisions already taken narrow the range: the first experiment stopped after 4 cycles
     ids = [e["experiment_id"] for e in out["experiments"]]
+    target = plan(resolve_campaign(campaign, tmp_path, tmp_path, env={})).target.params()
     for n, verdict in ((3, "continue"), (4, "stop")):
         path = tmp_path / "results" / "p" / "decisions" / ids[0] / f"after_cycle_{n}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"experiment_id": ids[0], "after_cycle": n, "decision": verdict}))
+        path.write_text(json.dumps({"experiment_id": ids[0], "after_cycle": n, "decision": verdict, "target": target}))
     p = plan(resolve_campaign(campaign, tmp_path, tmp_path, env={}))
     least, most = planned_windows(p.results_root, sorted(p.priority, key=p.priority.get, reverse=True), p.target)
     assert (len(least), len(most)) == (7, 10)
@@ -432,6 +442,28 @@ def test_validate_estimates_a_duration_range(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ workflow helpers
+
+
+class Checkpoints:
+    """Snakemake's ``checkpoints`` as an input function sees it: ``decide.get`` returns the decisions already taken
+    (given as {(experiment, n): path}) and raises IncompleteCheckpointException for the others, as
+    snakemake/checkpoints.py's Checkpoint.get does."""
+
+    def __init__(self, root: str, taken: dict):
+        self.decide = self
+        self.root, self.taken = root, taken
+
+    def get(self, experiment: str, n: int):
+        from types import SimpleNamespace
+
+        from snakemake.exceptions import IncompleteCheckpointException
+        from snakemake.io import checkpoint_target
+
+        if (experiment, n) in self.taken:
+            return SimpleNamespace(output=[self.taken[(experiment, n)]])
+        raise IncompleteCheckpointException(
+            None, checkpoint_target(f"{self.root}/decisions/{experiment}/after_cycle_{n}.json")
+        )
 
 
 def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
@@ -451,17 +483,42 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
     a, b = (e.experiment_id for e in p.expansion.experiments)
     root = p.results_root
     assert lem.all_raw(p) == [lem.raw_path(root, e, c) for c in (1, 2, 3) for e in (a, b)]  # the minimum plan
-    assert lem.aggregate_inputs(p) == lem.settled(p) == [f"{root}/decisions/{a}.json", f"{root}/decisions/{b}.json"]
+    # before any decision: the aggregation waits for every experiment's first decision, each flagged as a checkpoint
+    # target (one call names them all)
+    pending = lem.aggregate_inputs(p, Checkpoints(root, {}))
+    assert pending == [f"{root}/decisions/{a}/after_cycle_3.json", f"{root}/decisions/{b}/after_cycle_3.json"]
+    assert all(f.flags.get("checkpoint_target") for f in pending)
     assert lem.decision_inputs(p, a, "4") == [lem.raw_path(root, a, c) for c in (1, 2, 3, 4)]
     for bad in ("2", "6"):
         with pytest.raises(ValueError, match=f"no decision after cycle {bad}"):
             lem.decision_inputs(p, a, bad)
     assert lem.decision_priority(p) > max(p.priority.values())
-    # an experiment that settled on 5 cycles: rule all also asks for its cycles 4 and 5
-    settled = tmp_path / "results" / "p" / "decisions" / f"{a}.json"
-    settled.parent.mkdir(parents=True)
-    settled.write_text(json.dumps({"raw_results": [lem.raw_path(root, a, c) for c in range(1, 6)]}))
-    assert lem.settled_raw(p) == [lem.raw_path(root, a, 4), lem.raw_path(root, a, 5)]
+    # a decided on 5 cycles (continue after 3 and 4, stop after 5); b's first decision still to be taken
+    decisions = {}
+    for n, verdict in ((3, "continue"), (4, "continue"), (5, "stop")):
+        path = tmp_path / f"{root}/decisions/{a}/after_cycle_{n}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps({"experiment_id": a, "after_cycle": n, "decision": verdict, "target": p.target.params()})
+        )
+        decisions[(a, n)] = str(path)
+    monkeypatch.chdir(tmp_path)
+    assert lem.aggregate_inputs(p, Checkpoints(root, decisions)) == [
+        *(lem.raw_path(root, a, c) for c in range(1, 6)),
+        str(tmp_path / f"{root}/decisions/{a}/after_cycle_5.json"),
+        f"{root}/decisions/{b}/after_cycle_3.json",
+    ]
+    # rule all also asks for the cycles 4 and 5 those decisions scheduled (read from disk, under this target only)
+    assert lem.scheduled_raw(p) == [lem.raw_path(root, a, 4), lem.raw_path(root, a, 5)]
+    p_other = plan(
+        resolve(
+            {"precision_target": {"relative_half_width": 0.1, "max_cycles": 5}},
+            tmp_path,
+            grid=grid,
+            results_dir=str(tmp_path / "results"),
+        )
+    )
+    assert lem.scheduled_raw(p_other) == []  # decisions taken under another target are taken again
     # the pass over what completed (after failed measurements) aggregates the raw results that exist, any cycle
     for e, c in ((a, 1), (b, 1), (a, 2), (a, 4)):
         path = tmp_path / lem.raw_path(root, e, c)
@@ -485,7 +542,7 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
         lem.raw_path(root_rel, a, 4),
     ]
     assert lem.all_raw(p) == lem.aggregate_inputs(p) == existing
-    assert lem.settled(p) == [] and lem.settled_raw(p) == []
+    assert lem.scheduled_raw(p) == []
 
 
 def test_lem_results_shows_the_precision(tmp_path, template, capsys):

@@ -11,11 +11,11 @@
 # when the job fails (snakemake/jobs.py: remove_existing_output skips "update" outputs, postprocess restores
 # them), so a bad raw result never costs the previous summary. failures.json lists every planned measurement
 # without a raw result (see llenergymeasure/failures.py: after failed measurements the workflow's onerror
-# handler aggregates what completed). With a precision target its inputs are the experiments' settled cycles
-# (workflow/precision.smk), which list the raw results that the decisions settled on.
+# handler aggregates what completed). With a precision target its input function walks each experiment's
+# decisions (workflow/precision.smk): the job runs once every experiment is stopped, on the cycles they settled on.
 rule aggregate:
     input:
-        aggregate_inputs(),
+        aggregate_inputs,
     output:
         aggregated=update(directory(f"{ROOT}/aggregated")),
         summary=update(

@@ -64,24 +64,16 @@ def report_captions():
     return lem.report_captions(PLAN)
 
 
-def aggregate_inputs():
-    return lem.aggregate_inputs(PLAN)
+def aggregate_inputs(wildcards):
+    return lem.aggregate_inputs(PLAN, checkpoints)
 
 
-def settled_cycles():
-    return lem.settled(PLAN)
-
-
-def settled_raw_results():
-    return lem.settled_raw(PLAN)
+def scheduled_raw_results():
+    return lem.scheduled_raw(PLAN)
 
 
 def decision_inputs(wildcards):
     return lem.decision_inputs(PLAN, wildcards.experiment, wildcards.n)
-
-
-def decided_cycles(wildcards):
-    return lem.decided(PLAN, checkpoints, wildcards.experiment)
 
 
 def decision_priority():
@@ -99,5 +91,5 @@ lem.fixed_signatures(
     measure_params,
     measure_priority,
     decision_inputs,
-    decided_cycles,
+    aggregate_inputs,
 )

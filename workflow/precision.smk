@@ -1,6 +1,6 @@
 # Precision-targeted campaigns (execution.precision_target): every experiment runs min_cycles cycles; after each
-# cycle from then on, a decision either stops it or asks for one more, up to max_cycles. Without a target neither
-# rule below is in the DAG: the campaign's jobs, files and results are those of a fixed number of cycles.
+# cycle from then on, a decision either stops it or asks for one more, up to max_cycles. Without a target the
+# checkpoint below is not in the DAG: the campaign's jobs, files and results are those of a fixed number of cycles.
 #
 # Why checkpoints. How many cycles an experiment needs is known only once its cycles have run, and a Snakemake DAG
 # is fixed at start unless a checkpoint's output re-opens it. An input function that asks for a checkpoint's output
@@ -14,10 +14,15 @@
 # experiment would hold every other) and lose the cluster executor's view of the whole campaign.
 #
 # One checkpoint job per experiment and cycle (decide), so each experiment moves on its own: a decision waits for
-# that experiment's cycles only. One target per experiment (settle), whose input function walks that experiment's
-# decisions; the aggregation depends on these targets. An input function that walked every experiment's decisions
-# would stop at the first missing one (the exception ends the call), so the DAG would learn of one decision at a
-# time and the campaign would run one experiment's round after another.
+# that experiment's cycles only. The aggregation's input function (llenergymeasure.workflow.aggregate_inputs) walks
+# every experiment's decisions, and for an experiment whose next decision is still to be taken it lists that
+# decision's file flagged as a checkpoint target (what Snakemake itself makes of a raised
+# IncompleteCheckpointException) and goes on with the next experiment, instead of letting the exception end the
+# call: a raised exception would stop the walk at the first missing decision, so the DAG would learn of one
+# decision at a time and the campaign would run one experiment's round after another. After any decision is taken
+# Snakemake evaluates the function again (dag.py, update_checkpoint_dependencies: the jobs depending on a finished
+# checkpoint), which extends only that experiment's part. No job per experiment sits between the decisions and the
+# aggregation: a 10,000-experiment campaign's minimum plan is its measurements and one decision each.
 #
 # Resume. A decision is a file computed from cycles 1..n and the target alone (params): while those stay as they
 # are, Snakemake never reruns it (the workflow profile's rerun triggers: mtime, params, input), and on restart it
@@ -51,18 +56,3 @@ checkpoint decide:
         target=precision_params(),
     script:
         "../scripts/decide.py"
-
-
-rule settle:
-    input:
-        unpack(decided_cycles),
-    output:
-        f"{ROOT}/decisions/{{experiment}}.json",
-    log:
-        f"{ROOT}/logs/settle/{{experiment}}.log",
-    wildcard_constraints:
-        experiment=r"[a-z0-9][a-z0-9.-]*",
-    conda:
-        "../envs/llenergymeasure.yaml"
-    script:
-        "../scripts/settle.py"

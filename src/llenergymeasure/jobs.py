@@ -191,7 +191,7 @@ def aggregate(
     outputs it backed up: they are ``update()`` outputs)."""
     from .aggregate import AggregationError, group_by_experiment, write_aggregated_all
     from .failures import report
-    from .precision import DecisionError, decisions_on_disk, from_params, is_settled_file, settled_raws
+    from .precision import DecisionError, decisions_on_disk, from_params, is_decision_file
     from .results import ResultValidationError, write_json_atomic
 
     runtime = runtime or {}
@@ -200,8 +200,8 @@ def aggregate(
     root = runtime.get("results_root", str(Path(summary).parent))
     with logging_to(log_path):
         try:
-            # with a precision target the inputs are the experiments' settled cycles, each listing its raw results
-            inputs = [r for p in inputs for r in (settled_raws(p) if is_settled_file(p) else [p])]
+            # with a precision target the inputs also hold the decision that stopped each experiment
+            inputs = [p for p in inputs if not is_decision_file(p)]
             grouped = group_by_experiment(inputs)
             ordered = {e: grouped[e] for e in names if e in grouped}  # campaign order
             if target:  # the cycles the decisions taken so far have scheduled
@@ -253,16 +253,6 @@ def decide(raw: list[str], experiment_id: str, after_cycle: int, target: dict, o
             percent(target["relative_half_width"]),
             verdict,
         )
-
-
-def settle(decision: str, raw: list[str], experiment_id: str, output: str, log_path: str) -> None:
-    """Rule ``settle``: the experiment's cycles, once a decision has stopped it."""
-    from .precision import settle as settle_cycles
-
-    raw = [raw] if isinstance(raw, str) else list(raw)
-    with logging_to(log_path):
-        record = settle_cycles(decision, raw, experiment_id, output)
-        log.info("%s: %d cycles (%s)", experiment_id, record["cycles"], record["reason"])
 
 
 def thermal_gaps(aggregated: list[str], output: str, log_path: str) -> None:

@@ -227,12 +227,15 @@ def decided_cycles(get_decision, experiment_id: str, target: Target) -> tuple[in
 
 def decisions_on_disk(root: str | Path, experiment_id: str, target: Target) -> tuple[int, bool]:
     """What the decisions already taken (files under ``<root>/decisions/``) have scheduled for one experiment: the
-    number of cycles, and whether a decision stopped it. Unreadable or foreign files count as not yet taken."""
+    number of cycles, and whether a decision stopped it. Unreadable or foreign files, and decisions taken under
+    another target, count as not yet taken."""
     n = target.min_cycles
     while True:
         try:
             record = read_decision(decision_path(root, experiment_id, n), experiment_id, n)
         except DecisionError:
+            return n, False
+        if record.get("target") != target.params():  # taken under another target: it will be taken again
             return n, False
         if record["decision"] == "stop" or n >= target.max_cycles:
             return n, True
@@ -243,46 +246,10 @@ def decision_path(root: str | Path, experiment_id: str, after_cycle: int) -> str
     return f"{root}/decisions/{experiment_id}/after_cycle_{after_cycle}.json"
 
 
-def settled_path(root: str | Path, experiment_id: str) -> str:
-    """The experiment's settled set of cycles (written once its decisions stop it)."""
-    return f"{root}/decisions/{experiment_id}.json"
-
-
-def is_settled_file(path: str | Path) -> bool:
+def is_decision_file(path: str | Path) -> bool:
+    """Whether an input of the aggregation is a decision (``decisions/<experiment>/after_cycle_<n>.json``)."""
     p = Path(path)
-    return p.parent.name == "decisions" and p.suffix == ".json"
-
-
-def settle(decision: str, raw_paths: list[str], experiment_id: str, output: str) -> dict:
-    """The experiment's settled cycles: its final decision and the raw results it covers (what the aggregation
-    reads)."""
-    from .results import SCHEMA_VERSION, write_json_atomic
-
-    record = read_decision(decision, experiment_id, len(raw_paths))
-    if record["decision"] != "stop":
-        raise DecisionError(f"{decision} does not stop {experiment_id}")
-    out = {
-        "schema_version": SCHEMA_VERSION,
-        "experiment_id": experiment_id,
-        "cycles": len(raw_paths),
-        "reason": record["reason"],
-        "raw_results": list(raw_paths),
-        "decision": record,
-    }
-    write_json_atomic(output, out, durable=False)
-    return out
-
-
-def settled_raws(path: str | Path) -> list[str]:
-    """The raw results an experiment's settled file lists."""
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-        raws = record["raw_results"]
-        if not isinstance(raws, list) or not all(isinstance(x, str) for x in raws):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
-        raise DecisionError(f"{path} cannot be read as an experiment's settled cycles: delete it and rerun") from None
-    return raws
+    return p.parent.parent.name == "decisions" and p.name.startswith("after_cycle_")
 
 
 def status(values: list[float | None], cycle_numbers: list[int], target: Target) -> dict:

@@ -30,7 +30,6 @@ from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan
 from .config import coerce_overrides
 from .errors import ConfigError, problem_lines
 from .failures import completed_only
-from .precision import settled_path
 from .prompts import check_sources
 from .tiny_model import embedded_model_dir, is_embedded
 
@@ -221,39 +220,51 @@ def all_raw(p: Plan) -> list[str]:
     return [raw_path(p.results_root, e, c) for e, c in p.order]
 
 
-def settled_raw(p: Plan) -> list[str]:
-    """With a precision target, the raw results beyond the minimum plan that the experiments' settled cycles list
-    (read from those files where they exist). Rule ``all`` asks for them like every planned raw result, so that one
-    deleted after its experiment settled is measured again: Snakemake checks a job that need not run for missing
-    inputs only when it is a target job (snakemake/dag.py, update_needrun: the missing-output check sits in the
-    ``job in self.targetjobs`` branch; other jobs are reached only from a job that must run)."""
+def scheduled_raw(p: Plan) -> list[str]:
+    """With a precision target, the raw results beyond the minimum plan that the decisions on disk have scheduled
+    (taken under this target). Rule ``all`` asks for them like every planned raw result, so that one deleted after
+    its decision is measured again: Snakemake checks a job that need not run for missing inputs only when it is a
+    target job (snakemake/dag.py, update_needrun: the missing-output check sits in the ``job in self.targetjobs``
+    branch; other jobs are reached only from a job that must run)."""
     if not p.target or completed_only():
         return []
-    from .precision import DecisionError, settled_raws
+    from .precision import decisions_on_disk
 
-    planned = set(all_raw(p))
     extra = []
-    for path in settled(p):
-        if os.path.exists(path):
-            try:
-                extra.extend(x for x in settled_raws(path) if x not in planned)
-            except DecisionError:
-                continue  # a damaged file is rewritten by its rule (its inputs are newer or its metadata differs)
+    for e in p.expansion.experiments:
+        n, _ = decisions_on_disk(p.results_root, e.experiment_id, p.target)
+        extra.extend(raw_path(p.results_root, e.experiment_id, c) for c in range(p.target.min_cycles + 1, n + 1))
     return extra
 
 
-def aggregate_inputs(p: Plan) -> list[str]:
-    """Inputs of the aggregation: the raw results; with a precision target, each experiment's settled cycles
-    (``decisions/<id>.json``, which lists its raw results once its decisions have stopped it)."""
-    return settled(p) if p.target and not completed_only() else all_raw(p)
-
-
-def settled(p: Plan) -> list[str]:
-    """Every experiment's settled-cycles file (with a precision target; none otherwise, or in the pass over what
-    completed, which aggregates the raw results that exist)."""
+def aggregate_inputs(p: Plan, checkpoints=None) -> list[str]:
+    """Inputs of the aggregation: the raw results. With a precision target, each experiment's decisions are walked
+    from ``min_cycles`` through Snakemake's ``checkpoints.decide`` (see workflow/precision.smk) up to the one that
+    stops it: its raw results up to there and that decision; an experiment whose next decision is still to be taken
+    contributes that decision instead (the checkpoint target Snakemake would make of it), and the walk goes on with
+    the next experiment. So the first evaluation already names every experiment's pending decision, and each one
+    that is taken extends only its own experiment's part (Snakemake evaluates the function again after each)."""
     if not p.target or completed_only():
-        return []
-    return [settled_path(p.results_root, e.experiment_id) for e in p.expansion.experiments]
+        return all_raw(p)
+    from snakemake.exceptions import IncompleteCheckpointException
+
+    from .precision import decided_cycles
+
+    inputs: list[str] = []
+    for e in p.expansion.experiments:
+        eid = e.experiment_id
+
+        def get(n: int, eid: str = eid) -> str:
+            return checkpoints.decide.get(experiment=eid, n=n).output[0]
+
+        try:
+            n, last = decided_cycles(get, eid, p.target)
+        except IncompleteCheckpointException as exc:
+            inputs.append(exc.targetfile)  # flagged as a checkpoint target, as Snakemake flags a raised one
+            continue
+        inputs.extend(raw_path(p.results_root, eid, c) for c in range(1, n + 1))
+        inputs.append(last)
+    return inputs
 
 
 def decision_inputs(p: Plan, experiment_id: str, after_cycle: str | int) -> list[str]:
@@ -262,18 +273,6 @@ def decision_inputs(p: Plan, experiment_id: str, after_cycle: str | int) -> list
     if not p.target or experiment_id not in p.by_id or not p.target.min_cycles <= n <= p.target.max_cycles:
         raise ValueError(f"no decision after cycle {n} of {experiment_id} in this campaign")
     return [raw_path(p.results_root, experiment_id, c) for c in range(1, n + 1)]
-
-
-def decided(p: Plan, checkpoints, experiment_id: str) -> dict:
-    """Inputs of an experiment's settled cycles: its decisions walked from min_cycles up to the first that stops it
-    (each read through ``checkpoints.decide``), and the raw results they cover."""
-    from .precision import decided_cycles
-
-    def get(n: int) -> str:
-        return checkpoints.decide.get(experiment=experiment_id, n=n).output[0]
-
-    n, last = decided_cycles(get, experiment_id, p.target)
-    return {"decision": last, "raw": [raw_path(p.results_root, experiment_id, c) for c in range(1, n + 1)]}
 
 
 def decision_priority(p: Plan) -> int:
