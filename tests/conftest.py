@@ -253,3 +253,23 @@ class Hook:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def write_cycles(root, template, energies, exp_id):
+    """Raw results of cycles 1..n of one experiment under ``root/raw``, cloned from a real raw result with the given
+    gross energies (and the J/output-token they make); their paths."""
+    import copy
+
+    from llenergymeasure.results import write_json_atomic
+
+    paths = []
+    for i, e in enumerate(energies, start=1):
+        r = copy.deepcopy(template)
+        r["experiment_id"] = exp_id
+        r["cycle"] = i
+        r["energy"]["total"]["gross_energy_j"] = e
+        r["efficiency"]["j_per_output_token"] = e / r["tokens"]["output_tokens"]
+        path = root / "raw" / exp_id / f"cycle_{i}.json"
+        write_json_atomic(path, r, "raw_result")
+        paths.append(str(path))
+    return paths

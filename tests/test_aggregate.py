@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_experiment
+from conftest import write_cycles as shared_write_cycles
 from llenergymeasure.aggregate import (
     SUMMARY_COLUMNS,
     AggregationError,
@@ -28,18 +29,8 @@ def template(tiny_model):
     return run_experiment(tiny_experiment(warmup={"enabled": False}), "exp-agg", 1, tiny_model, None, {})
 
 
-def write_cycles(tmp_path, template, energies, exp_id="exp-agg"):
-    paths = []
-    for i, e in enumerate(energies, start=1):
-        r = copy.deepcopy(template)
-        r["experiment_id"] = exp_id
-        r["cycle"] = i
-        r["energy"]["total"]["gross_energy_j"] = e
-        r["efficiency"]["j_per_output_token"] = e / r["tokens"]["output_tokens"]
-        path = tmp_path / "raw" / exp_id / f"cycle_{i}.json"
-        write_json_atomic(path, r, "raw_result")
-        paths.append(str(path))
-    return paths
+def write_cycles(root, template, energies, exp_id="exp-agg"):
+    return shared_write_cycles(root, template, energies, exp_id)
 
 
 def test_statistics_across_cycles(tmp_path, template):

@@ -3,7 +3,6 @@ the duration estimate, and (in tests/test_precision_workflow.py) real Snakemake 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import tiny_experiment
+from conftest import write_cycles as shared_write_cycles
 from llenergymeasure.aggregate import (
     PRECISION_COLUMNS,
     SUMMARY_COLUMNS,
@@ -32,7 +32,6 @@ from llenergymeasure.precision import (
     read_decision,
     status,
 )
-from llenergymeasure.results import write_json_atomic
 
 T = Target(relative_half_width=0.5, metric="energy_j", min_cycles=3, max_cycles=5, confidence=0.95)
 
@@ -119,17 +118,7 @@ def template(tiny_model):
 
 
 def write_cycles(root, template, energies, exp_id="exp-p"):
-    paths = []
-    for i, e in enumerate(energies, start=1):
-        r = copy.deepcopy(template)
-        r["experiment_id"] = exp_id
-        r["cycle"] = i
-        r["energy"]["total"]["gross_energy_j"] = e
-        r["efficiency"]["j_per_output_token"] = e / r["tokens"]["output_tokens"]
-        path = root / "raw" / exp_id / f"cycle_{i}.json"
-        write_json_atomic(path, r, "raw_result")
-        paths.append(str(path))
-    return paths
+    return shared_write_cycles(root, template, energies, exp_id)
 
 
 def test_decide_reads_the_raw_results_it_is_given(tmp_path, template):

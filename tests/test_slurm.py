@@ -6,6 +6,7 @@ Needs Debian's slurm-wlm, snakemake-executor-plugin-slurm and root (the daemons 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import SMALL
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.results import raw_result_files, read_result
 
@@ -129,29 +131,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 
 def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
-    campaign = {
-        "campaign_name": "slurm",
-        "model": "lem-tiny-llama",
-        "num_samples": 4,
-        "grid": {
-            "backends": ["pytorch"],
-            "shared": {
-                "fp_precision": "float32",
-                "device": "cpu",
-                "max_input_tokens": 32,
-                "max_output_tokens": 6,
-                "min_output_tokens": 6,
-                "decoder.preset": "deterministic",
-                "baseline.duration_s": 1,
-                "warmup.max_prompts": 3,
-                "warmup.min_prompts": 3,
-                "warmup.window_size": 3,
-                "energy.min_window_s": 0,
-            },
-            "backend_overrides": {"pytorch": {"batch_size": [1, 2]}},
-        },
-        "execution": {"cycles": 2, "config_gap_s": 0, "cycle_gap_s": 0},
-    }
+    campaign = copy.deepcopy(SMALL)
+    campaign["campaign_name"] = "slurm"
+    campaign["execution"] = {"cycles": 2, "config_gap_s": 0, "cycle_gap_s": 0}
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(campaign))
     env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}  # jobs re-run snakemake from the venv
     run = subprocess.run(
