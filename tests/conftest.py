@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llenergymeasure.backends.vllm import ENGINE_ENV as VLLM_ENGINE_ENV
 from llenergymeasure.energy.base import CounterMeter
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -28,14 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: the test fakes of the engines (importable as ``vllm`` and ``tensorrt_llm`` through the fixtures below)
 FAKES = REPO / "tests" / "fakes" / "engines"
 #: environment variables the engines read while they start (unset for every test that uses a fake)
-ENGINE_ENV = (
-    "VLLM_ENABLE_V1_MULTIPROCESSING",
-    "VLLM_ATTENTION_BACKEND",
-    "VLLM_FLASH_ATTN_VERSION",
-    "TORCH_COMPILE_DISABLE",
-    "NCCL_P2P_DISABLE",
-    "TLLM_WORKER_USE_SINGLE_PROCESS",
-)
+ENGINE_ENV = (*VLLM_ENGINE_ENV, "TLLM_WORKER_USE_SINGLE_PROCESS")
 
 
 def forget_engine(name: str) -> None:
