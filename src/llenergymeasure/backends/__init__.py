@@ -6,10 +6,10 @@ Each backend module (``pytorch.py``, ``vllm.py``, ``tensorrt.py``) defines ``RUL
 at module level. Everything a campaign needs to know about that backend before anything runs is there, and
 only there, next to the release facts that drive it:
 
-- ``problem(config)``: what the backend (or its pinned engine release) cannot run, as one line naming the key,
-  the value and the reason, or None; ``problems(config)`` lists every such line (one per rule broken, so that a
-  file's problems are all named in one run). Campaign expansion refuses the experiment with them; the backend's
-  ``load()`` calls ``problem`` again, so a config that did not come through expansion is refused too;
+- ``problems(config)``: what the backend (or its pinned engine release) cannot run, one line per rule broken
+  naming the key, the value and the reason (so that a file's problems are all named in one run); ``problem`` is
+  the first of them, or None. Campaign expansion refuses the experiment with them; the backend's ``load()`` calls
+  ``problem`` again, so a config that did not come through expansion is refused too;
 - ``gpus(config)``: the physical GPUs one experiment occupies (its energy is read on exactly those);
 - ``nominal_batch(config)``: the batching knob's value and how batches form;
 - ``count_parameters(config, counted, hf_config)``: how the model's parameter count is established;
@@ -18,7 +18,7 @@ only there, next to the release facts that drive it:
 The modules import their engines lazily, inside the methods that use them, so reading rules never needs torch,
 vLLM or TensorRT-LLM. Rules that span backends (a foreign backend's section, output-length bounds, decoder
 presets, the GPU list matching ``gpus(config)``) live in :mod:`llenergymeasure.campaign`. A new rule for one
-backend goes into that backend's ``problem`` function; nothing else has to change.
+backend goes into that backend's ``problems``; nothing else has to change.
 
 Nothing here imports a backend module at import time, and backend modules import only :mod:`.base` (records) and
 this registry's :class:`BackendRules`: there is no import loop between the registry, the records and the
@@ -48,12 +48,16 @@ class BackendRules:
     batch_label: str  # its short form in experiment ids: "bs" (batch size) or "seqs" (running sequences)
     gpus_knob: str  # what decides the GPU count, for messages ("tensorrt.tp_size x pp_size")
     gpu_only: bool  # runs on CUDA GPUs only (the GPU list must then match gpus(config) exactly)
-    problem: Callable[[dict], str | None]  # the first reason, or None
     problems: Callable[[dict], list[str]]  # every reason (a file's problems are all named in one run)
     gpus: Callable[[dict], int]
     nominal_batch: Callable[[dict], tuple[int, str]]
     count_parameters: Callable[[dict, int | None, Any], tuple[int | None, str]]
     implementation: Callable[[dict], str]  # "module:Class"
+
+    def problem(self, config: dict) -> str | None:
+        """The first reason the backend cannot run ``config``, or None."""
+        found = self.problems(config)
+        return found[0] if found else None
 
 
 def rules(backend: str) -> BackendRules:

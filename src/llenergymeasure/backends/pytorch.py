@@ -38,11 +38,6 @@ LENGTH_FREE = "eos_or_max_new_tokens"  # the model stops at EOS or max_new_token
 # at campaign expansion without importing torch (see llenergymeasure.backends).
 
 
-def problem(config: dict) -> str | None:
-    """Why PyTorch/transformers cannot run this experiment as configured (the first reason), or None."""
-    return next(_problems(config), None)
-
-
 def problems(config: dict) -> list[str]:
     """Every reason PyTorch/transformers cannot run this experiment as configured."""
     return list(_problems(config))
@@ -153,7 +148,6 @@ RULES = BackendRules(
     batch_label="bs",
     gpus_knob="pytorch.num_processes",
     gpu_only=False,
-    problem=problem,
     problems=problems,
     gpus=gpus,
     nominal_batch=nominal_batch,

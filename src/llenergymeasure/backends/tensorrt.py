@@ -92,12 +92,6 @@ CALIBRATION_DEFAULTS = {"dataset": "cnn_dailymail", "split": "train", "num_sampl
 # the stored sources on either side of the 1.0.0 tag; the cited code is the same in both.
 
 
-def problem(config: dict) -> str | None:
-    """Why this experiment cannot run on TensorRT-LLM 1.0.0's engine flow as configured (or would run with a
-    setting that changes nothing): the first reason, or None."""
-    return next(_problems(config), None)
-
-
 def problems(config: dict) -> list[str]:
     """Every reason this experiment cannot run on TensorRT-LLM 1.0.0's engine flow as configured."""
     return list(_problems(config))
@@ -274,7 +268,6 @@ RULES = BackendRules(
     batch_label="bs",
     gpus_knob="tensorrt.tp_size x pp_size",
     gpu_only=True,
-    problem=problem,
     problems=problems,
     gpus=gpus,
     nominal_batch=nominal_batch,

@@ -95,12 +95,6 @@ def missing_engine(exc: BaseException | None = None) -> MeasurementError:
 # from the 0.11.0 wheel (vllm-0.11.0-cp38-abi3-manylinux1_x86_64, paths under vllm/).
 
 
-def problem(config: dict) -> str | None:
-    """Why this experiment cannot run on vLLM 0.11.0 as configured (or would run with a setting that changes
-    nothing): the first reason, or None."""
-    return next(_problems(config), None)
-
-
 def problems(config: dict) -> list[str]:
     """Every reason this experiment cannot run on vLLM 0.11.0 as configured."""
     return list(_problems(config))
@@ -285,7 +279,6 @@ RULES = BackendRules(
     batch_label="seqs",
     gpus_knob="vllm.tensor_parallel_size x pipeline_parallel_size",
     gpu_only=True,
-    problem=problem,
     problems=problems,
     gpus=gpus,
     nominal_batch=nominal_batch,
