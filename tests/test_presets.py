@@ -108,45 +108,35 @@ def test_pytorch_generate_receives_the_preset(tmp_path, tiny_model, preset):
         assert kw["temperature"] is None and kw["top_p"] is None and kw["top_k"] is None  # greedy
 
 
+def _engine_sampling_params(backend_cls, tmp_path, tiny_model, preset):
+    """The sampling parameters a loaded engine backend builds for a batch under ``preset``, checked against the
+    preset where the engines agree (the repetition penalty; temperature, top-p and top-k when it samples)."""
+    backend = backend_cls(_grid_config(tmp_path, backend_cls.name, preset, tiny_model), tiny_model)
+    backend.load()
+    try:
+        params = backend.sampling_params(4, 0, 1)
+    finally:
+        backend.close()
+    want = EXPECTED[preset]
+    assert params.repetition_penalty == want["repetition_penalty"]
+    if want["do_sample"]:
+        assert (params.temperature, params.top_p, params.top_k) == (want["temperature"], want["top_p"], want["top_k"])
+    return params, want
+
+
 @pytest.mark.parametrize("preset", sorted(DECODER_PRESETS))
 def test_vllm_sampling_receives_the_preset(fake_vllm, tmp_path, tiny_model, preset):
     from llenergymeasure.backends.vllm import VllmBackend
 
-    backend = VllmBackend(_grid_config(tmp_path, "vllm", preset, tiny_model), tiny_model)
-    backend.load()
-    try:
-        params = backend.sampling_params(4, 0, 1)
-        want = EXPECTED[preset]
-        assert params.repetition_penalty == want["repetition_penalty"]
-        if want["do_sample"]:
-            assert (params.temperature, params.top_p, params.top_k) == (
-                want["temperature"],
-                want["top_p"],
-                want["top_k"],
-            )
-        else:
-            assert params.temperature == 0.0  # vLLM's greedy
-    finally:
-        backend.close()
+    params, want = _engine_sampling_params(VllmBackend, tmp_path, tiny_model, preset)
+    if not want["do_sample"]:
+        assert params.temperature == 0.0  # vLLM's greedy
 
 
 @pytest.mark.parametrize("preset", sorted(DECODER_PRESETS))
 def test_tensorrt_sampling_receives_the_preset(fake_trt, tmp_path, tiny_model, preset):
     from llenergymeasure.backends.tensorrt import TensorRTBackend
 
-    backend = TensorRTBackend(_grid_config(tmp_path, "tensorrt", preset, tiny_model), tiny_model)
-    backend.load()
-    try:
-        params = backend.sampling_params(4, 0, 1)
-        want = EXPECTED[preset]
-        assert params.repetition_penalty == want["repetition_penalty"]
-        if want["do_sample"]:
-            assert (params.temperature, params.top_p, params.top_k) == (
-                want["temperature"],
-                want["top_p"],
-                want["top_k"],
-            )
-        else:
-            assert params._greedy_decoding and params.top_k == 1
-    finally:
-        backend.close()
+    params, want = _engine_sampling_params(TensorRTBackend, tmp_path, tiny_model, preset)
+    if not want["do_sample"]:
+        assert params._greedy_decoding and params.top_k == 1

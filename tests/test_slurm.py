@@ -130,35 +130,21 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             CONF.unlink()
 
 
+def snakemake_on_slurm(slurm: dict, workflow_dir: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The campaign in ``c.yaml`` through the Slurm profile as shipped, with job sizes for this small machine (the
+    jobs re-run snakemake from the test's virtual environment)."""
+    env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}
+    args = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "c.yaml", "--jobs", "2"]
+    args += ["--default-resources", "slurm_partition=debug", "mem_mb=2000", "runtime=30", *extra]
+    return subprocess.run(args, cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
     campaign = copy.deepcopy(SMALL)
     campaign["campaign_name"] = "slurm"
     campaign["execution"] = {"cycles": 2, "config_gap_s": 0, "cycle_gap_s": 0}
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(campaign))
-    env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}  # jobs re-run snakemake from the venv
-    run = subprocess.run(
-        # the profile as shipped, with job sizes for this small machine
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--profile",
-            "profiles/slurm",
-            "--configfile",
-            "c.yaml",
-            "--jobs",
-            "2",
-            "--default-resources",
-            "slurm_partition=debug",
-            "mem_mb=2000",
-            "runtime=30",
-        ],
-        cwd=workflow_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = snakemake_on_slurm(slurm, workflow_dir)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert "slurm" in (run.stdout + run.stderr).lower()
     root = workflow_dir / "results" / "slurm"
@@ -206,23 +192,7 @@ def test_a_failed_measurement_on_slurm_is_isolated_and_recorded(slurm, workflow_
         "execution": {"cycles": 1, "config_gap_s": 0, "cycle_gap_s": 0},
     }
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(campaign))
-    env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}
-    args = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--profile",
-        "profiles/slurm",
-        "--configfile",
-        "c.yaml",
-        "--jobs",
-        "2",
-        "--default-resources",
-        "slurm_partition=debug",
-        "mem_mb=2000",
-        "runtime=30",
-    ]
-    run = subprocess.run(args, cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=600)
+    run = snakemake_on_slurm(slurm, workflow_dir)
     assert run.returncode == 1, (run.stdout + run.stderr)[-4000:]
     root = workflow_dir / "results" / "slurmfail"
     assert len(raw_result_files(root)) == 1
@@ -231,6 +201,6 @@ def test_a_failed_measurement_on_slurm_is_isolated_and_recorded(slurm, workflow_
     failures = json.loads((root / "failures.json").read_text())["failures"]
     assert [(f["config_name"], f["cycle"]) for f in failures] == [("pytorch-broken-model", 1)]
     assert "SafetensorError" in failures[0]["error"] and (workflow_dir / failures[0]["log"]).exists()
-    dry = subprocess.run([*args, "-n"], cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=300)
+    dry = snakemake_on_slurm(slurm, workflow_dir, "-n", timeout=300)
     scheduled = re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr)
     assert scheduled == [(failures[0]["experiment_id"], "1")]
