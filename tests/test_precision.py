@@ -461,14 +461,12 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
 
     monkeypatch.delenv(COMPLETED_ONLY_ENV, raising=False)
     grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
-    p = plan(
-        resolve(
-            {"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}},
-            tmp_path,
-            grid=grid,
-            results_dir=str(tmp_path / "results"),
-        )
-    )
+
+    def target_plan(width: float):
+        target = {"precision_target": {"relative_half_width": width, "max_cycles": 5}}
+        return plan(resolve(target, tmp_path, grid=grid, results_dir=str(tmp_path / "results")))
+
+    p = target_plan(0.05)
     a, b = (e.experiment_id for e in p.expansion.experiments)
     root = p.results_root
     assert lem.all_raw(p) == [lem.raw_path(root, e, c) for c in (1, 2, 3) for e in (a, b)]  # the minimum plan
@@ -499,15 +497,7 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
     ]
     # rule all also asks for the cycles 4 and 5 those decisions scheduled (read from disk, under this target only)
     assert lem.scheduled_raw(p) == [lem.raw_path(root, a, 4), lem.raw_path(root, a, 5)]
-    p_other = plan(
-        resolve(
-            {"precision_target": {"relative_half_width": 0.1, "max_cycles": 5}},
-            tmp_path,
-            grid=grid,
-            results_dir=str(tmp_path / "results"),
-        )
-    )
-    assert lem.scheduled_raw(p_other) == []  # decisions taken under another target are taken again
+    assert lem.scheduled_raw(target_plan(0.1)) == []  # decisions taken under another target are taken again
     # the pass over what completed (after failed measurements) aggregates the raw results that exist, any cycle
     for e, c in ((a, 1), (b, 1), (a, 2), (a, 4)):
         path = tmp_path / lem.raw_path(root, e, c)
