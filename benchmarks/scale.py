@@ -4,7 +4,10 @@
    target of 30 s on a 2-core machine: with a fixed number of cycles; with a precision target
    (``execution.precision_target``), whose dry run schedules the minimum plan (min_cycles measurements and one
    decision per experiment) and leaves the rest to the decisions; and, for
-   comparison, with a fixed min_cycles. Each line also gives the time per planned job;
+   comparison, with a fixed min_cycles. Each line also gives the time per planned job and, as the least that many
+   script jobs cost Snakemake on this machine, the dry run of a bare Snakefile planning the same number of jobs
+   (one ``script:`` rule, as ours are, one output file per job, no input functions, params or resources), timed in
+   the same run, with our time's ratio to it;
 2. aggregation of N synthetic raw results (one cycle each, cloned from a real raw result with varied energy,
    validated like real ones) into per-experiment files and the summary, against the target of 15 s.
 
@@ -71,6 +74,47 @@ def dry_run(n: int, execution: dict, work: Path) -> tuple[float, dict[str, int]]
     return elapsed, jobs
 
 
+BARE_SNAKEFILE = """\
+rule all:
+    input:
+        expand("out/{i}.json", i=range(int(config["jobs"]))),
+
+
+rule job:
+    output:
+        "out/{i}.json",
+    script:
+        "job.py"
+"""
+
+
+def bare_floor(jobs: int, work: Path) -> float:
+    """Wall time of ``snakemake -n`` on a bare Snakefile planning ``jobs`` jobs: Snakemake's own per-job cost."""
+    work.mkdir()
+    (work / "Snakefile").write_text(BARE_SNAKEFILE)
+    (work / "job.py").write_text("")
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"jobs={jobs - 1}", "--quiet", "rules"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(out.stderr[-2000:])
+    return elapsed
+
+
+def report_dry(what: str, dry: float, jobs: dict[str, int], work: Path) -> None:
+    total = sum(jobs.values())
+    floor = bare_floor(total, work)
+    print(
+        f"snakemake -n, {what}: {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; {1000 * dry / total:.2f} ms per job; "
+        f"a bare Snakefile of the same {total} jobs: {floor:.1f} s, ratio {dry / floor:.2f})"
+    )
+
+
 def aggregation(n: int, work: Path) -> tuple[float, float]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from llenergymeasure.aggregate import write_aggregated_all
@@ -119,25 +163,22 @@ def main() -> int:
         work = Path(tmp)
         (work / "dry").mkdir()
         dry, jobs = dry_run(args.experiments, {"cycles": args.cycles}, work / "dry")
-        print(
-            f"snakemake -n, {args.experiments} experiments x {args.cycles} cycles: {dry:.1f} s "
-            f"(target 30 s: ratio {dry / 30:.2f}; {1000 * dry / sum(jobs.values()):.2f} ms per job)"
-        )
+        report_dry(f"{args.experiments} experiments x {args.cycles} cycles", dry, jobs, work / "bare-dry")
         (work / "target").mkdir()
         target = {"relative_half_width": 0.02, "min_cycles": args.min_cycles, "max_cycles": args.max_cycles}
         dry, jobs = dry_run(args.experiments, {"precision_target": target}, work / "target")
         planned = ", ".join(f"{jobs.get(rule, 0)} {rule}" for rule in ("measure", "decide"))
-        print(
-            f"snakemake -n, {args.experiments} experiments, precision target ±2 %, {args.min_cycles} to "
-            f"{args.max_cycles} cycles (minimum plan: {planned}): {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; "
-            f"{1000 * dry / sum(jobs.values()):.2f} ms per job)"
+        what = (
+            f"{args.experiments} experiments, precision target ±2 %, {args.min_cycles} to {args.max_cycles} cycles "
+            f"(minimum plan: {planned})"
         )
+        report_dry(what, dry, jobs, work / "bare-target")
         (work / "fixed-min").mkdir()
         dry, jobs = dry_run(args.experiments, {"cycles": args.min_cycles}, work / "fixed-min")
-        print(
-            f"snakemake -n, {args.experiments} experiments x {args.min_cycles} cycles (fixed, the measurements of "
-            f"that minimum plan): {dry:.1f} s (target 30 s: ratio {dry / 30:.2f}; {1000 * dry / sum(jobs.values()):.2f} ms per job)"
+        what = (
+            f"{args.experiments} experiments x {args.min_cycles} cycles (fixed, the measurements of that minimum plan)"
         )
+        report_dry(what, dry, jobs, work / "bare-fixed-min")
         (work / "agg").mkdir()
         agg, files = aggregation(args.experiments, work / "agg")
         print(
