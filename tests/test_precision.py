@@ -455,6 +455,74 @@ class Checkpoints:
         )
 
 
+def test_a_settled_experiment_is_not_walked_again_until_its_decisions_change(tmp_path, monkeypatch):
+    """After every decision Snakemake calls the aggregation's input function again: an experiment whose walk ended on
+    a stop is answered from what that walk read, without asking Snakemake for its checkpoints again, as long as its
+    decision files are the files that were read."""
+    import llenergymeasure.workflow as lem
+    from llenergymeasure.failures import COMPLETED_ONLY_ENV
+    from llenergymeasure.results import write_json_atomic
+
+    monkeypatch.delenv(COMPLETED_ONLY_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
+    target = {"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}}
+    p = plan(resolve(target, tmp_path, grid=grid, results_dir="results"))
+    a, b = (e.experiment_id for e in p.expansion.experiments)
+    root = p.results_root
+
+    def decision(experiment: str, n: int, verdict: str) -> str:
+        path = f"{root}/decisions/{experiment}/after_cycle_{n}.json"
+        record = {"experiment_id": experiment, "after_cycle": n, "decision": verdict, "target": p.target.params()}
+        write_json_atomic(path, record)
+        return path
+
+    class Counting(Checkpoints):
+        def get(self, experiment: str, n: int):
+            self.asked.append((experiment, n))
+            return super().get(experiment, n)
+
+    decisions = {(a, 3): decision(a, 3, "continue"), (a, 4): decision(a, 4, "stop")}
+    checkpoints = Counting(root, decisions)
+    checkpoints.asked = []
+    first = lem.aggregate_inputs(p, checkpoints)
+    assert first == [
+        *(lem.raw_path(root, a, c) for c in (1, 2, 3, 4)),
+        decisions[(a, 4)],
+        f"{root}/decisions/{b}/after_cycle_3.json",
+    ]
+    assert checkpoints.asked == [(a, 3), (a, 4), (b, 3)]
+    # b's decision is taken: only b is walked again
+    decisions[(b, 3)] = decision(b, 3, "stop")
+    checkpoints.asked = []
+    second = lem.aggregate_inputs(p, checkpoints)
+    assert second == [*first[:5], *(lem.raw_path(root, b, c) for c in (1, 2, 3)), decisions[(b, 3)]]
+    assert checkpoints.asked == [(b, 3)]
+    checkpoints.asked = []
+    assert lem.aggregate_inputs(p, checkpoints) == second and checkpoints.asked == []
+    # a decision file replaced (taken again, here asking for one more cycle): that experiment is walked again
+    decisions[(a, 4)] = decision(a, 4, "continue")
+    decisions[(a, 5)] = decision(a, 5, "stop")
+    checkpoints.asked = []
+    assert lem.aggregate_inputs(p, checkpoints)[:6] == [
+        *(lem.raw_path(root, a, c) for c in range(1, 6)),
+        decisions[(a, 5)],
+    ]
+    assert checkpoints.asked == [(a, 3), (a, 4), (a, 5)]
+    # another target is another walk, even over the same files
+    other = plan(
+        resolve(
+            {"precision_target": {"relative_half_width": 0.1, "max_cycles": 5}},
+            tmp_path,
+            grid=grid,
+            results_dir="results",
+        )
+    )
+    checkpoints.asked = []
+    lem.aggregate_inputs(other, checkpoints)
+    assert checkpoints.asked == [(a, 3), (a, 4), (a, 5), (b, 3)]
+
+
 def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
     import llenergymeasure.workflow as lem
     from llenergymeasure.failures import COMPLETED_ONLY_ENV

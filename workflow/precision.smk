@@ -24,6 +24,11 @@
 # checkpoint), which extends only that experiment's part. No job per experiment sits between the decisions and the
 # aggregation: a 10,000-experiment campaign's minimum plan is its measurements and one decision each.
 #
+# The price of a checkpoint per decision: before it starts the next job, Snakemake re-derives the aggregation job
+# (this walk, which skips the experiments already settled, and every input of it) and updates the whole DAG
+# (dag.py: update_checkpoint_dependencies, then postprocess_after_update). That pause grows with the campaign;
+# benchmarks/decisions.py measures it (README, "Big campaigns").
+#
 # Resume. A decision is a file computed from cycles 1..n and the target alone (params): while those stay as they
 # are, Snakemake never reruns it (the workflow profile's rerun triggers: mtime, params, input), and on restart it
 # takes the decisions already on disk as done (update_checkpoint_dependencies with jobs=None: checkpoints whose

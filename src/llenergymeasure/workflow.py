@@ -20,6 +20,7 @@ The contract between the workflow and this package:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 import sys
@@ -243,28 +244,68 @@ def aggregate_inputs(p: Plan, checkpoints=None) -> list[str]:
     stops it: its raw results up to there and that decision; an experiment whose next decision is still to be taken
     contributes that decision instead (the checkpoint target Snakemake would make of it), and the walk goes on with
     the next experiment. So the first evaluation already names every experiment's pending decision, and each one
-    that is taken extends only its own experiment's part (Snakemake evaluates the function again after each)."""
+    that is taken extends only its own experiment's part (Snakemake evaluates the function again after each).
+
+    An experiment whose walk ended on a ``stop`` is not walked again while its decision files stay as they were
+    (:data:`_SETTLED`): Snakemake evaluates this function after every decision, and each ``checkpoints.decide.get``
+    expands the rule's output and copies the set of every checkpoint output created so far
+    (snakemake/checkpoints.py, ``Checkpoint.get``), so walking every settled experiment again made each decision
+    cost time in proportion to the decisions already taken. A checkpoint output Snakemake has accepted stays
+    accepted for the rest of the run (``created_output`` only grows), so what such a walk returned still holds."""
     if not p.target or completed_only():
         return all_raw(p)
     from snakemake.exceptions import IncompleteCheckpointException
 
     from .precision import decided_cycles
 
+    target = tuple(sorted(p.target.params().items()))
     inputs: list[str] = []
     for e in p.expansion.experiments:
         eid = e.experiment_id
+        key = (id(checkpoints), p.results_root, eid, target)
+        settled = _SETTLED.get(key)
+        if settled is None or not all(_stamp(path) == stamp for path, stamp in settled.decisions):
+            walked: list[str] = []
 
-        def get(n: int, eid: str = eid) -> str:
-            return checkpoints.decide.get(experiment=eid, n=n).output[0]
+            def get(n: int, eid: str = eid, walked: list[str] = walked) -> str:
+                path = checkpoints.decide.get(experiment=eid, n=n).output[0]
+                walked.append(path)
+                return path
 
-        try:
-            n, last = decided_cycles(get, eid, p.target)
-        except IncompleteCheckpointException as exc:
-            inputs.append(exc.targetfile)  # flagged as a checkpoint target, as Snakemake flags a raised one
-            continue
-        inputs.extend(raw_path(p.results_root, eid, c) for c in range(1, n + 1))
-        inputs.append(last)
+            try:
+                n, last = decided_cycles(get, eid, p.target)
+            except IncompleteCheckpointException as exc:
+                inputs.append(exc.targetfile)  # flagged as a checkpoint target, as Snakemake flags a raised one
+                continue
+            settled = Settled(n, last, tuple((path, _stamp(path)) for path in walked))
+            if all(stamp is not None for _, stamp in settled.decisions):
+                _SETTLED[key] = settled
+        inputs.extend(raw_path(p.results_root, eid, c) for c in range(1, settled.cycles + 1))
+        inputs.append(settled.last)
     return inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Settled:
+    """An experiment's walk that ended on a ``stop``: its cycles, that decision, and each decision file walked with
+    its stamp (:func:`_stamp`) when it was read."""
+
+    cycles: int
+    last: str
+    decisions: tuple[tuple[str, tuple[int, int, int] | None], ...]
+
+
+# (checkpoints, results root, experiment id, target) -> its settled walk, for this process (see aggregate_inputs)
+_SETTLED: dict[tuple, Settled] = {}
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """A file's identity and version: inode, size and modification time (None when it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def decision_inputs(p: Plan, experiment_id: str, after_cycle: str | int) -> list[str]:
