@@ -5,8 +5,8 @@ the workflow, the first 3 cycles of every experiment on disk as raw results (clo
 alike, so every decision is "stop"), and the decisions of all but K experiments already taken (through the package,
 as the decide jobs take them). A real ``snakemake --cores 1 --until aggregate`` run then takes the K pending decisions
 one after another and aggregates. The interval between two consecutive decision files is one decide job plus what
-Snakemake does between two jobs after a checkpoint: it re-evaluates the jobs depending on it (the aggregation's input
-function walks every experiment's decisions) and updates the whole DAG. Printed per N: the median interval and its
+Snakemake does between two jobs after a checkpoint: it re-evaluates the jobs depending on it (the aggregation, whose
+input function walks the decisions of the experiments not yet settled) and updates the whole DAG. Printed per N: the median interval and its
 excess over the smallest N's, which is the part that grows with the campaign.
 
     python benchmarks/decisions.py [--experiments 100,1000,10000] [--pending 6]
