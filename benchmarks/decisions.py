@@ -19,7 +19,6 @@ import copy
 import itertools
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scale import REPO, grid_for
+from scale import grid_campaign, template_result
 
 TARGET = {"relative_half_width": 0.02, "min_cycles": 3, "max_cycles": 10}
 
@@ -38,16 +37,7 @@ def prepare(n: int, pending: int, work: Path, template: dict) -> list[str]:
     from llenergymeasure.precision import decide, from_params
     from llenergymeasure.results import write_json_atomic
 
-    for name in ("Snakefile", "workflow", "scripts", "envs", "config", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
-    campaign = {
-        "campaign_name": "decisions",
-        "model": "lem-tiny-llama",
-        "num_samples": 10,
-        "grid": {"backends": ["pytorch"], "shared": grid_for(n)},
-        "execution": {"precision_target": TARGET},
-    }
+    campaign = grid_campaign(work, "decisions", n, {"precision_target": TARGET})
     (work / "campaign.yaml").write_text(json.dumps(campaign))
     p = plan(resolve_campaign(campaign, work, work))
     root = work / p.results_root
@@ -84,32 +74,11 @@ def snakemake(work: Path, *args: str) -> None:
         raise SystemExit(out.stderr[-3000:])
 
 
-def template_result(work: Path) -> dict:
-    """One real raw result of the tiny model (a one-cycle measurement on this machine)."""
-    from llenergymeasure.campaign import resolve_experiment
-    from llenergymeasure.measure import run_experiment
-    from llenergymeasure.tiny_model import build_tiny_llama
-
-    model = build_tiny_llama(work / "model")
-    cfg = resolve_experiment(
-        {
-            "model_name": str(model),
-            "fp_precision": "float32",
-            "num_input_prompts": 8,
-            "max_output_tokens": 8,
-            "warmup": {"enabled": False},
-            "baseline": {"enabled": False},
-        }
-    )
-    return run_experiment(cfg, "template", 1, str(model), None, {})
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiments", default="100,1000,10000", help="campaign sizes (powers of 10 up to 10000)")
     ap.add_argument("--pending", type=int, default=6, help="decisions left to take in each run")
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sizes = [int(s) for s in args.experiments.split(",")]
     baseline = None
     with tempfile.TemporaryDirectory(prefix="lem-decisions-") as tmp:

@@ -46,30 +46,26 @@ def grid_for(n: int) -> dict:
     return axes
 
 
-def dry_run(n: int, execution: dict, work: Path) -> tuple[float, dict[str, int]]:
-    """Wall time of ``snakemake -n`` on an n-experiment grid, and the jobs it plans per rule."""
-    for name in ("Snakefile", "workflow", "scripts", "envs", "config", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
-    campaign = {
-        "campaign_name": "scale",
+def grid_campaign(work: Path, name: str, n: int, execution: dict) -> dict:
+    """The workflow copied into ``work``, and a campaign of n experiments on the tiny model with that execution."""
+    for part in ("Snakefile", "workflow", "scripts", "envs", "config", "profiles"):
+        src = REPO / part
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / part)
+    return {
+        "campaign_name": name,
         "model": "lem-tiny-llama",
         "num_samples": 10,
         "grid": {"backends": ["pytorch"], "shared": grid_for(n)},
         "execution": execution,
     }
+
+
+def dry_run(n: int, execution: dict, work: Path) -> tuple[float, dict[str, int]]:
+    """Wall time of ``snakemake -n`` on an n-experiment grid, and the jobs it plans per rule."""
+    campaign = grid_campaign(work, "scale", n, execution)
     (work / "scale.yaml").write_text(json.dumps(campaign))
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "scale.yaml", "--quiet", "rules"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-    )
-    elapsed = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise SystemExit(out.stderr[-2000:])
-    table = (out.stdout + out.stderr).split("Job stats:")[-1]
+    elapsed, output = timed_dry_run(work, "--configfile", "scale.yaml")
+    table = output.split("Job stats:")[-1]
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
     return elapsed, jobs
 
@@ -93,9 +89,14 @@ def bare_floor(jobs: int, work: Path) -> float:
     work.mkdir()
     (work / "Snakefile").write_text(BARE_SNAKEFILE)
     (work / "job.py").write_text("")
+    return timed_dry_run(work, "--config", f"jobs={jobs - 1}")[0]
+
+
+def timed_dry_run(work: Path, *args: str) -> tuple[float, str]:
+    """Wall time and output (stdout and stderr) of ``snakemake -n --cores 1 ARGS --quiet rules`` in ``work``."""
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", f"jobs={jobs - 1}", "--quiet", "rules"],
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args, "--quiet", "rules"],
         cwd=work,
         capture_output=True,
         text=True,
@@ -103,7 +104,7 @@ def bare_floor(jobs: int, work: Path) -> float:
     elapsed = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(out.stderr[-2000:])
-    return elapsed
+    return elapsed, out.stdout + out.stderr
 
 
 def report_dry(what: str, dry: float, jobs: dict[str, int], work: Path) -> None:
@@ -115,12 +116,11 @@ def report_dry(what: str, dry: float, jobs: dict[str, int], work: Path) -> None:
     )
 
 
-def aggregation(n: int, work: Path) -> tuple[float, float]:
+def template_result(work: Path) -> dict:
+    """One real raw result of the tiny model (a one-cycle measurement on this machine), to clone."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from llenergymeasure.aggregate import write_aggregated_all
     from llenergymeasure.campaign import resolve_experiment
     from llenergymeasure.measure import run_experiment
-    from llenergymeasure.results import write_json_atomic
     from llenergymeasure.tiny_model import build_tiny_llama
 
     model = build_tiny_llama(work / "model")
@@ -134,7 +134,14 @@ def aggregation(n: int, work: Path) -> tuple[float, float]:
             "baseline": {"enabled": False},
         }
     )
-    template = run_experiment(cfg, "template", 1, str(model), None, {})
+    return run_experiment(cfg, "template", 1, str(model), None, {})
+
+
+def aggregation(n: int, work: Path) -> tuple[float, float]:
+    from llenergymeasure.aggregate import write_aggregated_all
+    from llenergymeasure.results import write_json_atomic
+
+    template = template_result(work)
     raw_paths: dict[str, list[str]] = {}
     for i in range(n):
         r = copy.deepcopy(template)

@@ -455,6 +455,13 @@ class Checkpoints:
         )
 
 
+def two_experiments(tmp_path, width: float, results_dir: str = "results"):
+    """The plan of a campaign of two experiments (batch sizes 1 and 2) with a target of ±width, max_cycles 5."""
+    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
+    target = {"precision_target": {"relative_half_width": width, "max_cycles": 5}}
+    return plan(resolve(target, tmp_path, grid=grid, results_dir=results_dir))
+
+
 def test_a_settled_experiment_is_not_walked_again_until_its_decisions_change(tmp_path, monkeypatch):
     """After every decision Snakemake calls the aggregation's input function again: an experiment whose walk ended on
     a stop is answered from what that walk read, without asking Snakemake for its checkpoints again, as long as its
@@ -465,9 +472,7 @@ def test_a_settled_experiment_is_not_walked_again_until_its_decisions_change(tmp
 
     monkeypatch.delenv(COMPLETED_ONLY_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
-    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
-    target = {"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}}
-    p = plan(resolve(target, tmp_path, grid=grid, results_dir="results"))
+    p = two_experiments(tmp_path, 0.05)
     a, b = (e.experiment_id for e in p.expansion.experiments)
     root = p.results_root
 
@@ -510,14 +515,7 @@ def test_a_settled_experiment_is_not_walked_again_until_its_decisions_change(tmp
     ]
     assert checkpoints.asked == [(a, 3), (a, 4), (a, 5)]
     # another target is another walk, even over the same files
-    other = plan(
-        resolve(
-            {"precision_target": {"relative_half_width": 0.1, "max_cycles": 5}},
-            tmp_path,
-            grid=grid,
-            results_dir="results",
-        )
-    )
+    other = two_experiments(tmp_path, 0.1)
     checkpoints.asked = []
     lem.aggregate_inputs(other, checkpoints)
     assert checkpoints.asked == [(a, 3), (a, 4), (a, 5), (b, 3)]
@@ -528,11 +526,9 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
     from llenergymeasure.failures import COMPLETED_ONLY_ENV
 
     monkeypatch.delenv(COMPLETED_ONLY_ENV, raising=False)
-    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"batch_size": [1, 2]}}}
 
     def target_plan(width: float):
-        target = {"precision_target": {"relative_half_width": width, "max_cycles": 5}}
-        return plan(resolve(target, tmp_path, grid=grid, results_dir=str(tmp_path / "results")))
+        return two_experiments(tmp_path, width, results_dir=str(tmp_path / "results"))
 
     p = target_plan(0.05)
     a, b = (e.experiment_id for e in p.expansion.experiments)
@@ -573,14 +569,7 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
         path.write_text("{}")
     monkeypatch.chdir(tmp_path)
     root_rel = "results/p"
-    p = plan(
-        resolve(
-            {"precision_target": {"relative_half_width": 0.05, "max_cycles": 5}},
-            tmp_path,
-            grid=grid,
-            results_dir="results",
-        )
-    )
+    p = two_experiments(tmp_path, 0.05)
     monkeypatch.setenv(COMPLETED_ONLY_ENV, "1")
     existing = [
         lem.raw_path(root_rel, a, 1),
