@@ -97,6 +97,17 @@ QUICK_MEASUREMENT = {
 }
 
 
+# An explicit sampling decoder (no preset): what each engine backend must pass on as its sampling parameters
+SAMPLING_DECODER = {
+    "preset": None,
+    "do_sample": True,
+    "temperature": 0.7,
+    "top_k": 0,
+    "top_p": 0.9,
+    "repetition_penalty": 1.1,
+}
+
+
 def small_experiment(base: dict, overrides: dict) -> dict:
     """``base`` + :data:`QUICK_MEASUREMENT` + ``overrides``, resolved (every default filled in)."""
     from llenergymeasure.campaign import resolve_experiment
@@ -191,6 +202,18 @@ def snakemake(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None
         text=True,
         timeout=timeout,
         env=env,
+    )
+
+
+def snakemake_in_background(cwd: Path, cfg: Path) -> subprocess.Popen:
+    """The campaign ``cfg`` run by Snakemake in a session of its own (so that a test can kill its whole process
+    group, as a crash would), output discarded."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, job_counts, sha, snakemake
+from conftest import REPO, job_counts, sha, snakemake, snakemake_in_background
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.results import read_result
 
@@ -317,13 +317,7 @@ def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
     )
     root = workflow_dir / "results" / "resume"
     a, b = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
-        cwd=workflow_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = snakemake_in_background(workflow_dir, cfg)
     deadline = time.monotonic() + 600
     try:
         # wait for the first added cycle to be done and the second to have started

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKES, REPO, forget_engine, small_experiment
+from conftest import FAKES, REPO, SAMPLING_DECODER, forget_engine, small_experiment
 from llenergymeasure.backends import create
 from llenergymeasure.backends import tensorrt as trt_backend
 from llenergymeasure.backends.base import Batch, BatchRecord
@@ -275,14 +275,7 @@ def test_sampling_params_when_sampling(fake_trt, tiny_model, tmp_path):
         tmp_path,
         min_output_tokens=2,
         random_seed=None,
-        decoder={
-            "preset": None,
-            "do_sample": True,
-            "temperature": 0.7,
-            "top_k": 0,
-            "top_p": 0.9,
-            "repetition_penalty": 1.1,
-        },
+        decoder=SAMPLING_DECODER,
     )
     backend = loaded(cfg, tiny_model)
     try:

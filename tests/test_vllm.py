@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import forget_engine, small_experiment
+from conftest import SAMPLING_DECODER, forget_engine, small_experiment
 from llenergymeasure.backends import vllm as backend_module
 from llenergymeasure.backends.vllm import PINNED_VERSION, VllmBackend
 from llenergymeasure.campaign import semantic_problem
@@ -252,14 +252,7 @@ def test_greedy_sampling_parameters(loaded):
 def test_sampled_parameters(loaded):
     backend, llm = loaded(
         min_output_tokens=0,
-        decoder={
-            "preset": None,
-            "do_sample": True,
-            "temperature": 0.7,
-            "top_k": 0,
-            "top_p": 0.9,
-            "repetition_penalty": 1.1,
-        },
+        decoder=SAMPLING_DECODER,
         vllm={"min_p": 0.05, "logprobs": 2, "logit_bias": {"5": 2.5, "7": -100}},
     )
     backend.run(PROMPTS[:1], backend.plan(PROMPTS[:1]), seed=None)

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, SMALL, job_counts, sha, snakemake, utc, write_campaign
+from conftest import REPO, SMALL, job_counts, sha, snakemake, snakemake_in_background, utc, write_campaign
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.results import raw_result_files, read_result
 
@@ -122,13 +122,7 @@ def test_kill_and_resume(workflow_dir, victim):
     which must then stop without writing anything."""
     cfg = write_campaign(workflow_dir / "k.yaml", campaign_name="kill")
     raw_dir = workflow_dir / "results" / "kill" / "raw"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
-        cwd=workflow_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = snakemake_in_background(workflow_dir, cfg)
     logs = workflow_dir / "results" / "kill" / "logs" / "measure"
     deadline = time.monotonic() + 300
     try:
