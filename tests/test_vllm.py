@@ -1,6 +1,8 @@
-"""The vLLM backend against a faithful CPU stand-in of vLLM 0.11.0's offline API (tests/fakes/engines/vllm) on
-the real tiny model: every schema field reaches the engine as the pinned release expects it, latency comes from
-streamed token arrivals, and a missing engine says where measurements must run."""
+"""The vLLM backend against a stand-in of vLLM 0.11.0's offline API on GPUs (tests/fakes/engines/vllm), for what no
+CPU here can show: tensor and pipeline parallelism, GPU quantisation kernels, CUDA attention backends, CUDA memory,
+the 0.11.0 release facts (its CPU build does not install here), and the backend's arithmetic on the engine's
+records. The step loop, tokens, latencies, warm-up and sampling run against the real engine (vLLM's CPU build) in
+tests/test_vllm_engine.py. Release facts of 0.32.0 that a CPU cannot show are checked here on the rules alone."""
 
 from __future__ import annotations
 
@@ -11,12 +13,14 @@ import pytest
 
 from conftest import SAMPLING_DECODER, forget_engine, small_experiment
 from llenergymeasure.backends import vllm as backend_module
-from llenergymeasure.backends.vllm import PINNED_VERSION, VllmBackend
+from llenergymeasure.backends.vllm import VllmBackend, engine_environment, engine_kwargs, problems
 from llenergymeasure.campaign import semantic_problem
 from llenergymeasure.errors import MeasurementError
 from llenergymeasure.flops import analytic_parameters
 
 LATENCY_METHOD = "engine_step_token_arrival"
+#: the release the stand-in mirrors
+FAKE_RELEASE = "0.11.0"
 
 
 def vllm_experiment(**overrides) -> dict:
@@ -77,7 +81,6 @@ def test_default_engine_arguments(loaded, tiny_model):
         "tensor_parallel_size": 1,
         "pipeline_parallel_size": 1,
         "enable_prefix_caching": False,
-        "block_size": 16,
         "max_model_len": 64 + 8,  # null -> max_input_tokens + max_output_tokens
         "enforce_eager": False,
         "load_format": "auto",
@@ -214,13 +217,13 @@ def test_load_record(fake_vllm, tiny_model):
         assert record["parameters"] == 2940672 and record["parameters_method"] == "engine_model_numel"
         assert record["model_size_bytes"] == 2940672 * 4  # the stand-in computes in float32
         assert analytic_parameters(b.model_config()) == 2940672  # the count used when the model is out of reach
-        assert record["vllm_version"] == PINNED_VERSION and record["weights"] == "checkpoint"
+        assert record["vllm_version"] == FAKE_RELEASE == record["release_facts"] and record["weights"] == "checkpoint"
         assert (
             record["engine_effective"]["chunked_prefill"] is True and record["engine_effective"]["max_model_len"] == 72
         )
         assert record["environment_set"] == ["VLLM_ENABLE_V1_MULTIPROCESSING"]
         json.dumps(record)
-        assert VllmBackend.version()["vllm"] == PINNED_VERSION
+        assert VllmBackend.version()["vllm"] == FAKE_RELEASE
     finally:
         b.close()
 
@@ -451,7 +454,7 @@ def test_one_measured_cycle(fake_vllm, tiny_model, tmp_path):
     result = run_experiment(cfg, "vllm-exp", 1, tiny_model, str(out), {"state_dir": str(tmp_path / "state")})
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert validate_result(result, "raw_result") is True
-    assert result["backend"] == "vllm" and result["backend_version"]["vllm"] == PINNED_VERSION
+    assert result["backend"] == "vllm" and result["backend_version"]["vllm"] == FAKE_RELEASE
     tok = result["tokens"]
     assert tok["output_tokens"] == 6 * 8 and tok["num_requests"] == 6 and tok["scheduling"] == "continuous"
     assert tok["input_tokens"] == tok["padded_input_tokens"] > 0 and tok["num_batches"] == 1
@@ -462,7 +465,7 @@ def test_one_measured_cycle(fake_vllm, tiny_model, tmp_path):
     energy = result["energy"]
     assert energy["phases"]["method"] == "unavailable"  # continuous batching: no prefill/decode time split
     assert any(u["component"] == "gpu" for u in energy["unavailable"])  # no NVML on this machine
-    assert result["model"]["details"]["pinned_version"] == PINNED_VERSION
+    assert result["model"]["details"]["release_facts"] == FAKE_RELEASE
     assert result["memory"]["cuda_peak_allocated_bytes"] is None and result["warmup"]["iterations_completed"] >= 3
     assert result["batches"][0]["steps"] > 0 and "start_s" in result["batches"][0]
     llm = fake_vllm.LLM.instances[-1]
@@ -512,17 +515,22 @@ def test_device_and_gpu_count(fake_vllm, tiny_model):
     )
     assert b.resolve_device() == "cuda" and b.gpu_count() == 6
     cpu = VllmBackend({**vllm_experiment(), "device": "cpu"}, tiny_model)
-    with pytest.raises(MeasurementError, match="CUDA GPUs only"):
+    with pytest.raises(MeasurementError, match=r"device = cpu needs vLLM's CPU build .* is a CUDA build"):
         cpu.resolve_device()
+    assert "vLLM 0.11.0 is installed" in semantic_problem({**vllm_experiment(), "device": "cpu"})  # before any job
 
 
 def test_module_imports_without_the_engine():
     import subprocess
 
-    code = "import sys, llenergymeasure.backends.vllm as m; assert 'vllm' not in sys.modules; print(m.PINNED_VERSION)"
+    code = (
+        "import sys; from llenergymeasure.campaign import resolve_experiment; import llenergymeasure.backends.vllm as m; "
+        "m.problems(resolve_experiment({'backend': 'vllm', 'model_name': 'org/model', 'fp_precision': 'float16'})); "
+        "assert 'vllm' not in sys.modules; print(m.NEWEST)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == PINNED_VERSION
-    assert f"docker://vllm/vllm-openai:v{PINNED_VERSION}" == backend_module.PINNED_IMAGE
+    assert done.stdout.strip() == backend_module.NEWEST == "0.32.0"
+    assert f"docker://vllm/vllm-openai:v{backend_module.NEWEST}" == backend_module.PINNED_IMAGE
 
 
 # ---------------------------------------------------------------------------------------------- release facts
@@ -629,6 +637,78 @@ def test_outputs_carry_no_text(loaded):
         ({"min_p": 0.1}, "resets min_p for greedy requests"),
     ],
 )
-def test_settings_vllm_0_11_0_ignores_are_refused_naming_the_release(section, needle):
+def test_settings_vllm_0_11_0_ignores_are_refused_naming_the_release(fake_vllm, section, needle):
     problem = semantic_problem(vllm_experiment(vllm=section))
     assert problem is not None and needle in problem and "vLLM 0.11.0" in problem
+
+
+# ---------------------------------------------------------------------------------------------- 0.32.0 on GPUs
+# What 0.32.0 does differently on GPUs, on the rules and engine inputs alone (its CPU build runs the rest for real,
+# tests/test_vllm_engine.py). The release is given explicitly: nothing here depends on what is installed.
+NEW = "0.32.0"
+
+
+def gpu_experiment(**overrides) -> dict:
+    return vllm_experiment(device="cuda", fp_precision="float16", **overrides)
+
+
+@pytest.mark.parametrize(
+    ("section", "needle"),
+    [
+        ({"swap_space": 8}, "vLLM 0.32.0 has no swap space"),
+        ({"speculative": {"method": "mlp", "model": "org/mlp"}}, "mlp is not supported by vLLM 0.32.0"),
+        (
+            {"speculative": {"method": "draft_model", "model": "org/draft", "draft_tp_size": 2}},
+            "v1/spec_decode/draft_model.py:71-78",
+        ),
+        ({"quantization": "bitsandbytes"}, "vLLM 0.32.0 has no BitsAndBytes method"),
+        (
+            {"lora": {"enabled": True, "extra_vocab_size": 512}},
+            "extra_vocab_size = 512: vLLM 0.32.0 has no such argument",
+        ),
+    ],
+)
+def test_what_0_32_0_lacks_is_refused_naming_the_release(section, needle):
+    config = gpu_experiment(adapter="/adapters/a" if "lora" in section else None, vllm=section)
+    assert any(needle in p for p in problems(config, NEW)), problems(config, NEW)
+
+
+def test_what_0_32_0_runs_that_0_11_0_refused():
+    chunked = gpu_experiment(vllm={"enable_chunked_prefill": False})
+    draft = gpu_experiment(vllm={"speculative": {"method": "draft_model", "model": "org/draft"}})
+    rank_one = gpu_experiment(adapter="/adapters/a", vllm={"lora": {"enabled": True, "max_rank": 1}})
+    for config in (chunked, draft, rank_one):
+        assert problems(config, NEW) == [] and problems(config, FAKE_RELEASE) != []
+    rel = backend_module.RELEASES[NEW]
+    assert engine_kwargs(chunked, "m", rel, "cuda")["enable_chunked_prefill"] is False  # honoured: given to it
+    assert engine_kwargs(draft, "m", rel, "cuda")["speculative_config"]["draft_tensor_parallel_size"] == 1
+    assert "lora_extra_vocab_size" not in engine_kwargs(rank_one, "m", rel, "cuda")  # a TypeError in 0.32.0
+
+
+def test_0_32_0_takes_attention_as_an_engine_argument_and_quantisation_names_as_they_are():
+    rel = backend_module.RELEASES[NEW]
+    config = gpu_experiment(
+        vllm={"attention": {"backend": "FLASH_ATTN", "flash_version": 3}, "quantization": "awq"},
+        model_name="org/awq-model",
+    )
+    kwargs = engine_kwargs(config, "m", rel, "cuda")
+    assert kwargs["attention_config"] == {"backend": "FLASH_ATTN", "flash_attn_version": 3}
+    assert kwargs["quantization"] == "awq"  # 0.32.0 picks Marlin itself where the GPU and checkpoint allow
+    assert engine_environment(config, {}, rel) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # no attention variables
+    old = engine_kwargs(config, "m", backend_module.RELEASES[FAKE_RELEASE], "cuda")
+    assert "attention_config" not in old and old["quantization"] == "awq_marlin"
+
+
+def test_0_32_0_keeps_speculation_in_process():
+    """0.32.0's in-process core hands the drafts to the scheduler (v1/engine/core.py:693-696), so the step loop
+    stays in this process with speculation too; 0.11.0's would drop them."""
+    config = gpu_experiment(vllm={"speculative": {"method": "ngram", "prompt_lookup_max": 4}})
+    assert engine_environment(config, {}, backend_module.RELEASES[NEW]) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert engine_environment(config, {}, backend_module.RELEASES[FAKE_RELEASE]) == {}
+
+
+def test_the_release_is_read_from_the_installed_distribution(fake_vllm):
+    assert backend_module.installed() == backend_module.Installed("0.11.0", False)  # the stand-in's record
+    assert backend_module.engine_release().version == FAKE_RELEASE
+    assert backend_module.release("0.32.0+cpu").version == NEW and backend_module.release("0.20.1") is None
+    assert backend_module.engine_release("0.20.1").version == NEW  # an unknown release: the newest facts

