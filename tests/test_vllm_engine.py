@@ -205,3 +205,47 @@ def test_greedy_and_sampled_parameters_as_the_engine_holds_them(probe):
     assert greedy["detokenize"] is False  # no text is built inside the window
     assert sampled["temperature"] == 0.7 and sampled["top_p"] == 0.9 and sampled["repetition_penalty"] == 1.1
     assert sampled["top_k"] == 0 and sampled["sampling_type"] != 0
+
+
+# ---------------------------------------------------------------------------------------------- a campaign
+def test_a_vllm_campaign_on_the_cpu_runs_through_snakemake_with_the_defaults(vllm_python, workflow_dir):
+    """backend vllm, device cpu, the embedded model and no vLLM setting at all: Snakemake (of the vLLM environment)
+    measures two cycles on the real engine; every raw result names the engine, has the forced lengths and the
+    engine-step latencies, and aggregation, summary and report follow as for any campaign."""
+    import yaml
+
+    from conftest import SMALL
+    from llenergymeasure.aggregate import read_summary
+    from llenergymeasure.results import read_result
+
+    campaign = json.loads(json.dumps(SMALL))
+    campaign["grid"] = {"backends": ["vllm"], "shared": SMALL["grid"]["shared"]}
+    campaign["campaign_name"] = "vllm-cpu"
+    cfg = workflow_dir / "vllm.yaml"
+    cfg.write_text(yaml.safe_dump(campaign, sort_keys=False))
+    run = subprocess.run(
+        [str(vllm_python), "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
+        cwd=workflow_dir,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=vllm_environment(),
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    root = workflow_dir / "results" / "vllm-cpu"
+    raws = sorted(root.glob("raw/*/cycle_*.json"))
+    assert len(raws) == 2
+    for path in raws:
+        result = read_result(path, "raw_result")
+        assert result["backend"] == "vllm" and result["backend_version"]["vllm"] == VLLM_RELEASE
+        details = result["model"]["details"]
+        assert details["vllm_build"] == "cpu" and details["release_facts"] == VLLM_RELEASE
+        assert details["engine_effective"]["block_size"] == 128  # the CPU default: nothing set for it
+        tokens = result["tokens"]
+        assert tokens["output_tokens"] == tokens["num_requests"] * 6 and tokens["scheduling"] == "continuous"
+        latency = result["latency"]
+        assert latency["method"] == "engine_step_token_arrival"
+        assert latency["ttft_ms"]["n"] == tokens["num_requests"] and latency["itl_ms"]["n"] == tokens["num_requests"] * 5
+        assert all(e["component"] != "gpu" for e in result["energy"]["components"])  # a CPU measurement
+    rows = read_summary(str(root / "summary.csv"))
+    assert len(rows) == 1 and rows[0]["backend"] == "vllm" and rows[0]["cycles"] == 2
