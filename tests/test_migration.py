@@ -409,14 +409,14 @@ def test_snakemake_reads_a_lem_v3_campaign_and_names_every_problem(workflow_dir)
                 "backend": "vllm",
                 "vllm": {
                     "swap_space": 8,
-                    "enable_chunked_prefill": False,
+                    "disable_custom_all_reduce": True,
                     "distributed_backend": "ray",
                     "max_model_len": 64,
                 },
             },
             [
                 "vllm.swap_space = 8",
-                "vllm.enable_chunked_prefill = false",
+                "vllm.disable_custom_all_reduce applies to tensor-parallel engines",
                 "vllm.distributed_backend = ray",
                 "vllm.max_model_len = 64",
             ],

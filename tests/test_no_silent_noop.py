@@ -18,6 +18,7 @@ import dataclasses
 import enum
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -162,6 +163,7 @@ ALT: dict[str, list[tuple]] = {
     ],
     "vllm.speculative.method": [
         ("ngram", {"vllm.speculative.prompt_lookup_max": 4}),
+        ("draft_model", {"vllm.speculative.model": MODEL}),
         ("eagle", {"vllm.speculative.model": "org/eagle"}),
         ("medusa", {"vllm.speculative.method": "eagle", "vllm.speculative.model": "org/eagle"}),
     ],
@@ -370,9 +372,17 @@ def received(config: dict, model: str, tokenizer, llmapi) -> dict:
         out["seed"] = seed
         out["plan"] = [bt.indices for bt in b.plan(prompts)] if isinstance(prompts, list) else None
     elif config["backend"] == "vllm":
-        from llenergymeasure.backends.vllm import VllmBackend, engine_environment, engine_kwargs
+        from llenergymeasure.backends.vllm import (
+            Installed,
+            VllmBackend,
+            engine_device,
+            engine_environment,
+            engine_kwargs,
+        )
 
         b = VllmBackend(config, model)
+        # where the engine runs, on a host with vLLM's CUDA build and on one with its CPU build
+        out["device"] = [engine_device(config, Installed("0.32.0", cpu)) for cpu in (False, True)]
         out["engine"] = engine_kwargs(config, config["model_name"])
         out["environment"] = engine_environment(config, {})
         out["sampling"] = b.sampling_kwargs(n_out, n_min, seed)
@@ -537,3 +547,99 @@ def test_every_measurement_setting_is_read(tiny_model, tmp_path, monkeypatch):
     run_experiment(Tracked(config, reads), "noop-probe", 1, tiny_model, None, {"state_dir": str(tmp_path / "state")})
     unread = [leaf for leaf in LEAVES if leaf.split(".")[0] in MEASUREMENT_SECTIONS and leaf not in reads]
     assert unread == []
+
+
+# ------------------------------------------------------------------------------------------------- the real vLLM
+#: leaves that reach the vLLM engine or its requests (the others are the measurement's, shown above)
+VLLM_ENGINE_LEAVES = [
+    leaf
+    for leaf in LEAVES
+    if leaf.split(".")[0] in ("vllm", "decoder")
+    or leaf
+    in (
+        "model_name",
+        "fp_precision",
+        "random_seed",
+        "max_input_tokens",
+        "max_output_tokens",
+        "min_output_tokens",
+        "adapter",
+    )
+]
+#: what every case adds: the CPU, where vLLM's CPU build runs here, in the precision it computes in
+ON_CPU = {"device": "cpu", "fp_precision": "float32"}
+
+
+@pytest.mark.workflow
+def test_vllm_settings_reach_the_real_engine_on_the_cpu(vllm_python, work, tiny_model, tmp_path):
+    """Each vLLM setting, on a CPU experiment: refused before any job, or it changes what the real engine (vLLM's
+    CPU build) builds from the backend's arguments (EngineArgs.create_engine_config, no weights loaded) or the
+    SamplingParams of its requests. An accepted setting the engine would reject fails too. Settings refused on a
+    CPU are shown on GPUs, against the stand-in, by the test above."""
+    import subprocess
+
+    from conftest import REPO, vllm_environment
+    from llenergymeasure.backends.vllm import RELEASES, engine_environment
+
+    rel = RELEASES["0.32.0"]
+    configs: dict[str, dict] = {}
+    pairs = []
+    refused = 0
+    for leaf in VLLM_ENGINE_LEAVES:
+        for n, (value, companions, *needs) in enumerate(alternatives(leaf)):
+            companions = {**ON_CPU, **companions}
+            base, _ = resolved("vllm", companions, work, tiny_model)
+            if base is None:
+                continue
+            changed, why = resolved(
+                "vllm", {**companions, leaf: value, **(needs[0] if needs else {})}, work, tiny_model
+            )
+            if changed == base:
+                continue
+            if why:
+                refused += 1
+                continue
+            if any(not Path(c["vllm"]["speculative"]["model"] or ".").is_dir() for c in (base, changed)):
+                continue  # an EAGLE or Medusa head: no such checkpoint here (shown against the stand-in above)
+            key = f"{leaf}#{n}"
+            configs[f"{key}:base"], configs[f"{key}:changed"] = base, changed
+            pairs.append(key)
+    # the same configuration twice: identical records, or the comparison below could not fail
+    configs["self:a"] = configs["self:b"] = resolved("vllm", ON_CPU, work, tiny_model)[0]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"model": tiny_model, "engine_args": configs}))
+    done = subprocess.run(
+        [str(vllm_python), str(REPO / "tests" / "engines" / "vllm_probe.py"), str(spec), str(tmp_path / "out.json")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=vllm_environment(),
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    seen = json.loads((tmp_path / "out.json").read_text())["engine_args"]
+    assert seen["self:a"] == seen["self:b"] and "error" not in seen["self:a"]["engine"]
+
+    def held(name: str) -> dict:
+        config = configs[name]
+        return {
+            **seen[name],
+            "environment": engine_environment(config, {}, rel),
+            "lora": VllmBackend_lora(config),
+        }
+
+    rejected = [
+        (key, seen[f"{key}:changed"]["engine"]["error"]) for key in pairs if "error" in seen[f"{key}:changed"]["engine"]
+    ]
+    assert rejected == [], "accepted here, rejected by the engine:\n" + "\n".join(
+        f"{k}: {e[:400]}" for k, e in rejected
+    )
+    same = [key for key in pairs if held(f"{key}:base") == held(f"{key}:changed")]
+    assert same == [], "accepted, but the real engine holds the same configuration and sampling parameters"
+    print(f"{len(pairs)} changes reached the real engine; {refused} were refused before any job")
+    assert len(pairs) > 20 and refused > 5  # both kinds were shown
+
+
+def VllmBackend_lora(config: dict):
+    from llenergymeasure.backends.vllm import VllmBackend
+
+    return VllmBackend(config, config["model_name"]).lora_kwargs()

@@ -492,7 +492,7 @@ def test_missing_engine_is_a_clear_error(monkeypatch, tiny_model, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"vllm": {"speculative": {"model": "org/draft"}}}, "without a method (draft_model) is not supported"),
+        ({"vllm": {"speculative": {"model": "org/draft"}}}, "method = draft_model is not supported"),
         ({"vllm": {"speculative": {"method": "draft_model", "model": "org/draft"}}}, "draft_model is not supported"),
         ({"vllm": {"speculative": {"method": "mlp", "model": "org/mlp"}}}, "mlp is not supported"),
         ({"adapter": "/a", "vllm": {"lora": {"enabled": True, "max_rank": 12}}}, "max_rank = 12"),

@@ -245,7 +245,9 @@ def test_a_vllm_campaign_on_the_cpu_runs_through_snakemake_with_the_defaults(vll
         assert tokens["output_tokens"] == tokens["num_requests"] * 6 and tokens["scheduling"] == "continuous"
         latency = result["latency"]
         assert latency["method"] == "engine_step_token_arrival"
-        assert latency["ttft_ms"]["n"] == tokens["num_requests"] and latency["itl_ms"]["n"] == tokens["num_requests"] * 5
+        assert (
+            latency["ttft_ms"]["n"] == tokens["num_requests"] and latency["itl_ms"]["n"] == tokens["num_requests"] * 5
+        )
         assert all(e["component"] != "gpu" for e in result["energy"]["components"])  # a CPU measurement
     rows = read_summary(str(root / "summary.csv"))
     assert len(rows) == 1 and rows[0]["backend"] == "vllm" and rows[0]["cycles"] == 2

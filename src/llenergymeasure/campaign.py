@@ -280,6 +280,9 @@ def resolve_experiment(config: dict) -> dict:
     pt = resolved.get("pytorch")
     if pt and pt.get("torch_compile") is True:
         pt["torch_compile"] = "default"
+    spec = (resolved.get("vllm") or {}).get("speculative")
+    if spec and spec.get("model") and spec.get("method") is None:
+        spec["method"] = "draft_model"  # a draft model without a method is vLLM's draft_model method
     warm = resolved.get("warmup")
     if warm and ((warm.get("enabled") is False and warm.get("mode") == "full") or warm.get("mode") == "off"):
         warm["enabled"], warm["mode"] = False, "off"  # enabled: false and mode: off are the same warm-up (none)

@@ -6,11 +6,14 @@ which cannot hold vLLM) assert on it. One engine load per session, paid once per
 
 SPEC: {"model": <folder>, "sessions": {name: {"config": <resolved experiment>, "prompts": [...], "model": <folder, optional>}},
        "engine_args": {name: <resolved experiment>}, "sampling": {name: <resolved experiment>}}
+engine_args: what EngineArgs builds from the backend's arguments (no weights loaded) and a request's SamplingParams;
+sampling: the SamplingParams alone.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import traceback
@@ -98,12 +101,15 @@ def session(config: dict, model: str, prompts: list[str]) -> dict:
 def engine_config(config: dict, model: str) -> dict:
     """What the real engine makes of the backend's arguments, without loading weights: EngineArgs' own validation
     and the configuration it builds (or the error it raises)."""
+    import os
+
     from vllm.engine.arg_utils import EngineArgs
 
     from llenergymeasure.backends.vllm import engine_device, engine_kwargs, engine_release
 
     rel = engine_release()
-    kwargs = engine_kwargs(config, model, rel, engine_device(config))
+    path = config["model_name"] if os.path.isdir(config["model_name"]) else model
+    kwargs = engine_kwargs(config, path, rel, engine_device(config))
     try:
         cfg = EngineArgs(**kwargs).create_engine_config()
     except Exception as exc:  # noqa: BLE001 - the engine's refusal is what is recorded
@@ -124,7 +130,8 @@ def engine_config(config: dict, model: str) -> dict:
         section = dump.get(volatile) or {}
         for key in [k for k in section if "cache_dir" in k or "local_cache" in k or "hash" in k]:
             section.pop(key)
-    return dump
+    # objects printed with their addresses differ between two identical configurations
+    return json.loads(re.sub(r" at 0x[0-9a-f]+", "", json.dumps(dump, default=str)))
 
 
 def sampling(config: dict, model: str) -> dict:
@@ -164,7 +171,7 @@ def main(spec_path: str, out_path: str) -> int:
     for name, config in spec.get("sampling", {}).items():
         out["sampling"][name] = sampling(config, model)
     for name, config in spec.get("engine_args", {}).items():
-        out["engine_args"][name] = engine_config(config, model)
+        out["engine_args"][name] = {"engine": engine_config(config, model), "sampling": sampling(config, model)}
     for name, item in spec.get("sessions", {}).items():
         try:
             out["sessions"][name] = session(item["config"], item.get("model", model), item["prompts"])

@@ -302,6 +302,11 @@ def _problems(config: dict, rel: Release, device: str, found: Installed):
             f"vllm.min_p = {v['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false); "
             f"{name} resets min_p for greedy requests (sampling_params.py:353-357 in 0.11.0, 612-616 in 0.32.0)"
         )
+    if v["quantization"] in ("awq", "gptq", "fp8") and config["fp_precision"] == "float32":
+        yield (
+            f"vllm.quantization = {v['quantization']} with fp_precision = float32: vLLM's {v['quantization']} kernels "
+            "compute in float16 or bfloat16 only (get_supported_act_dtypes, checked at config/vllm.py:907-912 of 0.32.0)"
+        )
     if v["quantization"] == "bitsandbytes" and not rel.bitsandbytes:
         yield f"vllm.quantization = bitsandbytes: {name} has no BitsAndBytes method (model_executor/layers/quantization/__init__.py:15-49)"
     problem = _quantization_problem(config, rel)
@@ -372,15 +377,13 @@ def _speculative_problem(spec: dict, rel: Release, tp: int) -> str | None:
             if changed
             else None
         )
-    method = SPEC_METHODS[spec["method"] or "draft_model"]
+    method = SPEC_METHODS[spec["method"] or "draft_model"]  # resolution names draft_model where a model is given
     if method in rel.spec_unsupported:
-        how = (
-            f"vllm.speculative.method = {spec['method']}"
-            if spec["method"]
-            else "vllm.speculative.model without a method (draft_model)"
-        )
         runs = sorted(m for m, engine_name in SPEC_METHODS.items() if engine_name not in rel.spec_unsupported)
-        return f"{how} is not supported by vLLM {rel.version}'s V1 engine (use {', '.join(runs)})"
+        return (
+            f"vllm.speculative.method = {spec['method'] or 'draft_model'} is not supported by vLLM {rel.version}'s "
+            f"V1 engine (use {', '.join(runs)})"
+        )
     if method == "ngram":
         if spec["model"]:
             return "vllm.speculative.method = ngram looks tokens up in the prompt; it takes no draft model"
