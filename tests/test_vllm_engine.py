@@ -46,6 +46,25 @@ def cpu_experiment(**overrides) -> dict:
 
 MAIN = cpu_experiment(vllm={"max_num_seqs": 4, "enable_prefix_caching": True, "enforce_eager": True})
 SAMPLED = cpu_experiment(decoder=SAMPLING_DECODER, vllm={"enforce_eager": True})
+#: six requests, two slots; the warm-up's CV loop run five times (a threshold it cannot meet on random weights)
+CV_WARMUP = {"mode": "cv", "cv_threshold": 0.0001, "max_prompts": 5, "window_size": 3, "min_prompts": 3}
+QUEUED = cpu_experiment(
+    warmup=CV_WARMUP, vllm={"max_num_seqs": 2, "enable_prefix_caching": True, "enforce_eager": True}
+)
+SAMPLED_EXTRAS = cpu_experiment(
+    min_output_tokens=0,
+    decoder=SAMPLING_DECODER,
+    vllm={"min_p": 0.05, "logprobs": 2, "logit_bias": {"5": 2.5, "7": -100}, "enforce_eager": True},
+)
+NGRAM = cpu_experiment(
+    max_output_tokens=24,
+    min_output_tokens=24,
+    vllm={
+        "enforce_eager": True,
+        "speculative": {"method": "ngram", "num_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 2},
+    },
+)
+REPEATING = ["a b c a b c a b c a b c a b c", "one two one two one two one two"]
 
 
 def two_eos_checkpoint(tiny_model: str, folder) -> tuple[str, list[int]]:
@@ -86,8 +105,13 @@ def probe(vllm_python, tiny_model, tmp_path_factory):
         "model": tiny_model,
         "sessions": {
             "main": {"config": MAIN, "prompts": PROMPTS},
+            "queued": {"config": QUEUED, "prompts": PROMPTS},
+            "sampled": {"config": SAMPLED_EXTRAS, "prompts": PROMPTS[:1]},
             "free": {"config": stop_experiment(two_eos, False), "prompts": [STOP_PROMPT], "model": two_eos},
             "forced": {"config": stop_experiment(two_eos, True), "prompts": [STOP_PROMPT], "model": two_eos},
+            # last: a speculative engine leaves vLLM's kernel registry unable to build another one in the process
+            # (each measurement job is a process of its own)
+            "ngram": {"config": NGRAM, "prompts": REPEATING},
         },
         "sampling": {"greedy": MAIN, "sampled": SAMPLED},
     }
@@ -251,3 +275,70 @@ def test_a_vllm_campaign_on_the_cpu_runs_through_snakemake_with_the_defaults(vll
         assert all(e["component"] != "gpu" for e in result["energy"]["components"])  # a CPU measurement
     rows = read_summary(str(root / "summary.csv"))
     assert len(rows) == 1 and rows[0]["backend"] == "vllm" and rows[0]["cycles"] == 2
+
+
+def test_later_requests_wait_for_a_free_slot(probe):
+    """Six requests, two slots: the engine admits the others as earlier ones finish, and every latency comes from
+    the step at which each token arrived."""
+    queued = probe["sessions"]["queued"]
+    requests = sorted(queued["requests"], key=lambda r: r["index"])
+    first, later = requests[:2], requests[2:]
+    assert min(r["ttft_s"] for r in later) >= max(r["e2e_s"] for r in first)
+    batch = queued["batches"][0]
+    assert batch["peak_decoding_seqs"] == 2 and batch["size"] == 6 and batch["output_tokens"] == 48
+    assert all(0 < r["ttft_s"] <= r["e2e_s"] <= queued["generate_s"] for r in requests)
+    assert all(g > 0 for r in requests for g in r["itl_s"])  # one token per step without speculation
+    assert queued["progress"][-1] == [6, 6] and len(queued["progress"]) >= 3
+
+
+def test_prompts_go_in_as_truncated_token_ids_with_a_seed_each_and_no_text_comes_back(probe):
+    main = probe["sessions"]["main"]
+    submitted = main["submitted"]
+    assert [s["prompt_token_ids"] for s in submitted] == main["prompt_token_ids"]
+    assert [s["sampling"]["seed"] for s in submitted] == [MAIN["random_seed"] + i for i in range(6)]
+    assert all(s["lora"] is None for s in submitted)
+    assert main["texts"] and set(main["texts"]) == {""}  # detokenisation off: the engine built no text
+
+
+def test_sampling_extras_reach_each_request(probe):
+    (request,) = probe["sessions"]["sampled"]["submitted"]
+    assert request["sampling"] | {"seed": None} == {
+        "n": 1,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+        "seed": None,
+        "max_tokens": 8,
+        "min_tokens": 0,
+        "ignore_eos": False,
+        "detokenize": False,
+        "logprobs": 2,
+        "logit_bias": {"5": 2.5, "7": -100.0},
+        "sampling_type": request["sampling"]["sampling_type"],
+    }
+    assert request["sampling"]["sampling_type"] != 0  # not greedy
+
+
+def test_the_cv_warm_up_resets_the_prefix_cache_before_each_run(probe):
+    queued = probe["sessions"]["queued"]
+    warm = queued["warmup"]
+    assert warm["mode"] == "cv" and warm["iterations_completed"] == 5 and warm["shapes"] == []
+    assert warm["batch_size"] == 2 and len(warm["latencies_ms"]) == 5
+    phases = [r["phase"] for r in queued["resets"]]
+    # one before each run of the loop and one after it; one more as the window starts
+    assert phases == ["warmup"] * (warm["iterations_completed"] + 1) + ["run"]
+
+
+def test_ngram_drafts_accepted_in_one_step_share_an_arrival(probe):
+    """vLLM 0.32.0 runs speculation in the in-process core: drafts accepted in one step arrive together (one gap,
+    then zeros), and there are fewer steps than tokens."""
+    ngram = probe["sessions"]["ngram"]
+    assert ngram["engine_config"]["speculative_method"] == "ngram"
+    assert ngram["load"]["environment"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    for r in ngram["requests"]:
+        assert r["output_tokens"] == 24 and len(r["itl_s"]) == 23
+        assert r["e2e_s"] - r["ttft_s"] == pytest.approx(sum(r["itl_s"]), abs=1e-9)
+    assert any(g == 0.0 for r in ngram["requests"] for g in r["itl_s"])
+    assert ngram["batches"][0]["steps"] < 24

@@ -39,8 +39,32 @@ def plain(value):
     return str(value)
 
 
+SAMPLING_FIELDS = (
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+    "max_tokens",
+    "min_tokens",
+    "ignore_eos",
+    "detokenize",
+    "logprobs",
+    "logit_bias",
+    "sampling_type",
+)
+
+
+def sampling_fields(params) -> dict:
+    return {name: plain(getattr(params, name)) for name in SAMPLING_FIELDS}
+
+
 def session(config: dict, model: str, prompts: list[str]) -> dict:
-    """Load, warm up and run one experiment as a measurement does, recording each prefix-cache reset."""
+    """Load, warm up and run one experiment as a measurement does, recording each prefix-cache reset, every request
+    the engine is given in the window (prompt token ids, sampling parameters as the engine holds them, LoRA) and
+    the text of its outputs."""
     from llenergymeasure.backends.vllm import VllmBackend
 
     backend = VllmBackend(config, model)
@@ -62,9 +86,33 @@ def session(config: dict, model: str, prompts: list[str]) -> dict:
         phase["name"] = "warmup"
         out["warmup"] = backend.warmup(prompts, batches, config["warmup"])
         phase["name"] = "run"
+        engine = llm.llm_engine
+        add, step = engine.add_request, engine.step
+        submitted, texts, progress = [], [], []
+
+        def add_request(request_id, prompt, params, *args, **kwargs):
+            lora = kwargs.get("lora_request")
+            submitted.append(
+                {
+                    "prompt_token_ids": list(prompt["prompt_token_ids"]),
+                    "sampling": sampling_fields(params),
+                    "lora": getattr(lora, "lora_name", None),
+                }
+            )
+            return add(request_id, prompt, params, *args, **kwargs)
+
+        def stepped():
+            outputs = step()
+            texts.extend(o.outputs[0].text for o in outputs if o.outputs)
+            return outputs
+
+        engine.add_request, engine.step = add_request, stepped
         t0 = time.perf_counter()
-        run = backend.run(prompts, batches, config["random_seed"])
+        run = backend.run(prompts, batches, config["random_seed"], progress=lambda d, t: progress.append([d, t]))
         out["run_wall_s"] = time.perf_counter() - t0
+        engine.add_request, engine.step = add, step
+        out["submitted"], out["texts"], out["progress"] = submitted, texts, progress
+        out["generate_s"] = run.generate_s
         out["resets"] = resets
         out["prompt_token_ids"] = backend._tokens(prompts)
         out["requests"] = [
@@ -139,25 +187,7 @@ def sampling(config: dict, model: str) -> dict:
 
     backend = VllmBackend(config, model)
     params = backend.sampling_params(config["max_output_tokens"], config["min_output_tokens"], config["random_seed"])
-    return {
-        name: plain(getattr(params, name))
-        for name in (
-            "n",
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "repetition_penalty",
-            "seed",
-            "max_tokens",
-            "min_tokens",
-            "ignore_eos",
-            "detokenize",
-            "logprobs",
-            "logit_bias",
-            "sampling_type",
-        )
-    }
+    return sampling_fields(params)
 
 
 def main(spec_path: str, out_path: str) -> int:
