@@ -551,6 +551,14 @@ def test_measurement_jobs_declare_gpus_and_their_backends_image(tmp_path):
     assert container(p, by_backend["pytorch"]) == "docker://vllm/vllm-openai:v0.32.0"  # the default
 
 
+def test_a_vllm_experiment_on_the_cpu_asks_for_no_gpu(tmp_path):
+    from llenergymeasure.workflow import gpus
+
+    p = plan(campaign(tmp_path, grid={"backends": ["vllm"], "shared": {"device": "cpu", "fp_precision": "float32"}}))
+    (exp,) = p.expansion.experiments
+    assert gpus(p, exp.experiment_id) == 0
+
+
 def test_the_workflow_config_stays_as_loaded_and_gains_one_read_only_key(tmp_path):
     """load() leaves Snakemake's config as it was given and adds the jobs' runtime facts under one key, read-only
     there and a plain dict in a job (pickled), the same on a second parse in the process."""

@@ -46,9 +46,9 @@ def run_with_double(
 ) -> tuple[subprocess.CompletedProcess, list[dict]]:
     (workflow_dir / "c.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     calls = workflow_dir / "apptainer-calls.jsonl"
-    # the double runs the job's `python` on the host: this interpreter stands in for the image's
-    path = os.pathsep.join([str(FAKE_BIN), str(Path(sys.executable).parent), os.environ["PATH"]])
-    env = {**os.environ, "PATH": path, "LEM_FAKE_APPTAINER_LOG": str(calls)}
+    # the double runs the job's interpreter on the host: this one stands in for the image's
+    path = os.pathsep.join([str(FAKE_BIN), os.environ["PATH"]])
+    env = {**os.environ, "PATH": path, "LEM_FAKE_APPTAINER_LOG": str(calls), "LEM_FAKE_IMAGE_PYTHON": sys.executable}
     run = subprocess.run(
         [
             sys.executable,
@@ -219,3 +219,47 @@ def test_tensorrt_measurements_survive_the_engines_spawned_worker(workflow_dir):
     assert raw["backend"] == "tensorrt" and raw["model"]["details"]["environment_set"] == {
         "TLLM_WORKER_USE_SINGLE_PROCESS": "0"
     }
+
+
+def test_the_double_has_no_python_in_vllms_official_image_until_the_workflow_names_one(tmp_path):
+    """vLLM's official image names its interpreter python3 only, so Snakemake's `python <script>` fails there; the
+    workflow's envs/bin, prepended to the image's PATH, makes it run."""
+    from llenergymeasure.workflow import container_path
+
+    image = tmp_path / "vllm.simg"
+    image.write_text(json.dumps({"uri": "docker://vllm/vllm-openai:v0.32.0"}))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("PREPEND_PATH")}
+    env["LEM_FAKE_IMAGE_PYTHON"] = sys.executable
+    call = [
+        str(FAKE_BIN / "apptainer"),
+        "exec",
+        "--home",
+        str(tmp_path),
+        str(image),
+        "bash",
+        "-c",
+        "python -c 'print(7)'",
+    ]
+    bare = subprocess.run(call, capture_output=True, text=True, env=env, check=False)
+    assert bare.returncode == 127 and "python: command not found" in bare.stderr
+    shim = container_path(REPO, env)
+    assert env["APPTAINERENV_PREPEND_PATH"] == shim == str(REPO / "envs" / "bin")
+    assert container_path(REPO, env) == shim and env["APPTAINERENV_PREPEND_PATH"] == shim  # added once
+    done = subprocess.run(call, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "7", done.stderr
+    mine = {"APPTAINERENV_PREPEND_PATH": "/opt/mine"}
+    container_path(REPO, mine)
+    assert mine["APPTAINERENV_PREPEND_PATH"] == f"{shim}:/opt/mine"  # a user's own folder stays, after it
+
+
+def test_the_default_images_run_as_they_are(workflow_dir):
+    """No containers key: PyTorch's and vLLM's jobs run in vLLM's official image, which has python3 only."""
+    data = campaign(["pytorch", "vllm"])
+    del data["containers"]
+    run, log = run_with_double(workflow_dir, data)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    execs = [c["argv"] for c in log if c["argv"][:1] == ["exec"]]
+    assert len(execs) == 2 and all(image_file("docker://vllm/vllm-openai:v0.32.0") in " ".join(a) for a in execs)
+    raws = [read_result(p, "raw_result") for p in raw_result_files(workflow_dir / "results" / "images")]
+    assert sorted(r["backend"] for r in raws) == ["pytorch", "vllm"]
+    assert {r["environment"]["container_image"]["uri"] for r in raws} == {"docker://vllm/vllm-openai:v0.32.0"}

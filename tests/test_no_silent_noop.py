@@ -385,7 +385,7 @@ def received(config: dict, model: str, tokenizer, llmapi) -> dict:
         out["device"] = [engine_device(config, Installed("0.32.0", cpu)) for cpu in (False, True)]
         out["engine"] = engine_kwargs(config, config["model_name"])
         out["environment"] = engine_environment(config, {})
-        out["sampling"] = b.sampling_kwargs(n_out, n_min, seed)
+        out["sampling"] = b.sampling_kwargs(n_out, n_min, b.request_seed(seed, 0))
         out["lora"] = b.lora_kwargs()
     else:
         from llenergymeasure.backends.tensorrt import (

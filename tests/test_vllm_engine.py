@@ -64,6 +64,7 @@ NGRAM = cpu_experiment(
         "speculative": {"method": "ngram", "num_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 2},
     },
 )
+SEEDED = cpu_experiment(decoder=SAMPLING_DECODER, vllm={"seed_per_request": True, "enforce_eager": True})
 REPEATING = ["a b c a b c a b c a b c a b c", "one two one two one two one two"]
 
 
@@ -107,6 +108,7 @@ def probe(vllm_python, tiny_model, tmp_path_factory):
             "main": {"config": MAIN, "prompts": PROMPTS},
             "queued": {"config": QUEUED, "prompts": PROMPTS},
             "sampled": {"config": SAMPLED_EXTRAS, "prompts": PROMPTS[:1]},
+            "seeded": {"config": SEEDED, "prompts": PROMPTS[:3]},
             "free": {"config": stop_experiment(two_eos, False), "prompts": [STOP_PROMPT], "model": two_eos},
             "forced": {"config": stop_experiment(two_eos, True), "prompts": [STOP_PROMPT], "model": two_eos},
             # last: a speculative engine leaves vLLM's kernel registry unable to build another one in the process
@@ -291,18 +293,17 @@ def test_later_requests_wait_for_a_free_slot(probe):
     assert queued["progress"][-1] == [6, 6] and len(queued["progress"]) >= 3
 
 
-def test_prompts_go_in_as_truncated_token_ids_with_a_seed_each_and_no_text_comes_back(probe):
+def test_prompts_go_in_as_truncated_token_ids_and_no_text_comes_back(probe):
     main = probe["sessions"]["main"]
     submitted = main["submitted"]
     assert [s["prompt_token_ids"] for s in submitted] == main["prompt_token_ids"]
-    assert [s["sampling"]["seed"] for s in submitted] == [MAIN["random_seed"] + i for i in range(6)]
     assert all(s["lora"] is None for s in submitted)
     assert main["texts"] and set(main["texts"]) == {""}  # detokenisation off: the engine built no text
 
 
 def test_sampling_extras_reach_each_request(probe):
     (request,) = probe["sessions"]["sampled"]["submitted"]
-    assert request["sampling"] | {"seed": None} == {
+    assert request["sampling"] == {
         "n": 1,
         "temperature": 0.7,
         "top_p": 0.9,
@@ -342,3 +343,15 @@ def test_ngram_drafts_accepted_in_one_step_share_an_arrival(probe):
         assert r["e2e_s"] - r["ttft_s"] == pytest.approx(sum(r["itl_s"]), abs=1e-9)
     assert any(g == 0.0 for r in ngram["requests"] for g in r["itl_s"])
     assert ngram["batches"][0]["steps"] < 24
+
+
+@pytest.mark.parametrize(("session", "seeds", "kind"), [("sampled", [None], 1), ("seeded", [42, 43, 44], 2)])
+def test_requests_carry_a_seed_only_when_seed_per_request_asks(probe, session, seeds, kind):
+    """Unseeded requests share the engine's generator (seeded once with random_seed) and the batched sampler; with
+    vllm.seed_per_request each carries random_seed + its index and vLLM samples it with a generator of its own
+    (SamplingType RANDOM = 1, RANDOM_SEED = 2)."""
+    run = probe["sessions"][session]
+    assert [r["sampling"]["seed"] for r in run["submitted"]] == seeds
+    assert {r["sampling"]["sampling_type"] for r in run["submitted"]} == {kind}
+    assert run["load"]["sampling_seed"].startswith("per_request" if kind == 2 else "engine")
+    assert run["load"]["engine_args"]["seed"] == 42

@@ -7,6 +7,8 @@ import llenergymeasure.workflow as lem
 
 
 def load_plan():
+    # `python` in every image, vLLM's official one included
+    lem.container_path(workflow.basedir)
     return lem.load(
         config, workflow.overwrite_configfiles, announce=workflow.is_main_process
     )

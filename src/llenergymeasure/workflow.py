@@ -385,12 +385,37 @@ def all_cores(workflow) -> int:
 
 def gpus(p: Plan, experiment_id: str) -> int:
     """GPUs a measurement job asks the scheduler for (the ``gpu`` resource; Slurm: --gpus): every GPU the experiment
-    lists when it runs on CUDA (TensorRT-LLM always does; vLLM unless ``device: cpu``; PyTorch with ``device: cuda``),
-    none otherwise. With ``--resources gpu=N`` a local Snakemake never starts measurements needing more GPUs than the
-    host has."""
+    lists when it runs on CUDA (TensorRT-LLM always does; vLLM unless ``device: cpu``, or ``auto`` where vLLM's CPU
+    build is what is installed; PyTorch with ``device: cuda``), none otherwise. With ``--resources gpu=N`` a local
+    Snakemake never starts measurements needing more GPUs than the host has."""
     config = p.by_id[experiment_id].config
-    on_gpu = config["device"] == "cuda" or (config["backend"] != "pytorch" and config["device"] != "cpu")
+    if config["backend"] == "vllm":
+        from .backends.vllm import engine_device
+
+        on_gpu = engine_device(config) == "cuda"
+    else:
+        on_gpu = config["device"] == "cuda" or (config["backend"] != "pytorch" and config["device"] != "cpu")
     return len(config["gpus"]) if on_gpu else 0
+
+
+#: Apptainer's (and Singularity's) variables that put folders first on an image's PATH
+PREPEND_PATH = ("APPTAINERENV_PREPEND_PATH", "SINGULARITYENV_PREPEND_PATH")
+
+
+def container_path(basedir: str | Path, environ=None) -> str:
+    """Make ``python`` a command in every backend image: Snakemake starts a containerised rule's script as
+    ``python`` (snakemake/script/__init__.py, PythonScript.execute_script), and vLLM's official image names its
+    interpreter ``python3`` only. The workflow's ``envs/bin``, which runs ``python3`` as ``python``, goes first on
+    the image's PATH through Apptainer's ``APPTAINERENV_PREPEND_PATH`` (the host's PATH never enters an image), for
+    the jobs Snakemake starts from this process (they inherit its environment). A user's own prepended folders
+    stay, after it. The folder lies in the workflow's directory, which Snakemake mounts into the image."""
+    environ = os.environ if environ is None else environ
+    shim = str(Path(basedir).resolve() / "envs" / "bin")
+    for name in PREPEND_PATH:
+        current = [part for part in environ.get(name, "").split(os.pathsep) if part]
+        if shim not in current:
+            environ[name] = os.pathsep.join([shim, *current])
+    return shim
 
 
 def container(p: Plan, experiment_id: str) -> str:

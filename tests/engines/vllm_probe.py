@@ -186,7 +186,8 @@ def sampling(config: dict, model: str) -> dict:
     from llenergymeasure.backends.vllm import VllmBackend
 
     backend = VllmBackend(config, model)
-    params = backend.sampling_params(config["max_output_tokens"], config["min_output_tokens"], config["random_seed"])
+    seed = backend.request_seed(config["random_seed"], 0)  # what the first request of a run carries
+    params = backend.sampling_params(config["max_output_tokens"], config["min_output_tokens"], seed)
     return sampling_fields(params)
 
 

@@ -18,8 +18,12 @@ left and timestamps on the host (``time.perf_counter``) the new tokens each step
 - E2E: submission to the arrival of the request's last token (seconds).
 
 Output tokens are the length of the final output's token ids (EOS included when generated), input tokens the
-number of prompt token ids submitted. Nothing is padded. Sampling seeds are per request (run seed + prompt index),
-so a request's tokens do not depend on which other requests shared its steps.
+number of prompt token ids submitted. Nothing is padded. Sampled decoding is seeded once, through the engine's
+``seed`` (the run's ``random_seed``): a seed per request gives each one a generator of its own, which moves every
+step's sampling off the batched kernels onto a loop over the seeded requests (0.32.0:
+v1/worker/gpu_model_runner.py:1257-1264, v1/sample/ops/topk_topp_sampler.py:297-304, 572-576), so it is used only
+when ``vllm.seed_per_request`` asks for it (run seed + prompt index: a request's tokens then do not depend on which
+other requests shared its steps).
 
 The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so each ``step()`` is one scheduler
 iteration; with speculative decoding on 0.11.0 it stays in its own process, because that release's in-process core
@@ -297,6 +301,13 @@ def _problems(config: dict, rel: Release, device: str, found: Installed):
         yield "vllm.kv_cache_dtype = fp8 with fp_precision = float32 is not supported by vLLM"
     if v["attention"]["flash_version"] is not None and v["attention"]["backend"] != "FLASH_ATTN":
         yield "vllm.attention.flash_version applies to vllm.attention.backend = FLASH_ATTN only"
+    if v["seed_per_request"] and (not config["decoder"]["do_sample"] or config["random_seed"] is None):
+        why = (
+            "decoding is greedy (decoder.do_sample = false)"
+            if not config["decoder"]["do_sample"]
+            else "random_seed is null"
+        )
+        yield f"vllm.seed_per_request = true seeds each request's sampling, but {why}"
     if not config["decoder"]["do_sample"] and v["min_p"] != 0:
         yield (
             f"vllm.min_p = {v['min_p']} shapes sampling, but decoding is greedy (decoder.do_sample = false); "
@@ -789,6 +800,11 @@ class VllmBackend:
             "environment": {name: os.environ.get(name) for name in ENGINE_ENV},
             "environment_set": sorted(env_set),
             "parameters_method": method,
+            "sampling_seed": (
+                "per_request (random_seed + prompt index)"
+                if v["seed_per_request"]
+                else "engine (LLM seed = random_seed; requests unseeded)"
+            ),
             "lora_adapter": self.config["adapter"] if self._lora is not None else None,
         }
 
@@ -867,6 +883,11 @@ class VllmBackend:
 
         return SamplingParams(**self.sampling_kwargs(max_tokens, min_tokens, seed))
 
+    def request_seed(self, seed: int | None, index: int) -> int | None:
+        """The seed request ``index`` carries: run seed + index with ``vllm.seed_per_request``, else none (the engine's
+        generator, seeded once, samples it)."""
+        return seed + index if seed is not None and self.config["vllm"]["seed_per_request"] else None
+
     def sampling_kwargs(self, max_tokens: int, min_tokens: int, seed: int | None) -> dict:
         """The ``SamplingParams`` arguments of one request. Stop tokens are vLLM's own: the tokenizer's EOS and every
         ``eos_token_id`` of the generation config (the set recorded as ``stop_token_ids``). Detokenisation is off:
@@ -909,7 +930,7 @@ class VllmBackend:
         engine = self.llm.llm_engine
         n = len(indices)
         slot: dict[str, int] = {}
-        params = [self.sampling_params(max_tokens, min_tokens, None if seed is None else seed + i) for i in indices]
+        params = [self.sampling_params(max_tokens, min_tokens, self.request_seed(seed, i)) for i in indices]
         prompts = [TokensPrompt(prompt_token_ids=list(tokens[i])) for i in indices]
         seen = [0] * n
         first: list[float | None] = [None] * n
