@@ -231,7 +231,7 @@ ALT: dict[str, list[tuple]] = {
     "tensorrt.pp_size": [(2, {}), (2, {}, {"gpus": [0, 1]})],
     "tensorrt.kv_cache_type": [("continuous", {}), ("continuous", {"tensorrt.enable_chunked_context": False})],
     "tensorrt.enable_chunked_context": [(False, {})],
-    "tensorrt.enable_kv_cache_reuse": [(True, {})],
+    "tensorrt.enable_kv_cache_reuse": [(True, {}), (True, {"warmup.mode": "off"})],
     "tensorrt.gpu_memory_utilization": [(0.5, {})],
     "tensorrt.single_process": [(False, {})],
     "tensorrt.draft_model": [("org/draft", {})],

@@ -21,6 +21,7 @@ from llenergymeasure.backends.tensorrt import (
     engine_cache_key,
     engine_key_fields,
 )
+from llenergymeasure.campaign import semantic_problem, semantic_problems
 from llenergymeasure.config import load_schema
 from llenergymeasure.errors import MeasurementError
 
@@ -157,7 +158,9 @@ def test_non_default_build_and_runtime_fields_reach_the_engine(fake_trt, tiny_mo
 
 
 def test_kv_reuse_and_chunked_context_are_runtime_switches(fake_trt, tiny_model, tmp_path):
-    cfg = trt_experiment(tmp_path, tensorrt={"enable_kv_cache_reuse": True, "enable_chunked_context": True})
+    cfg = trt_experiment(
+        tmp_path, warmup={"mode": "off"}, tensorrt={"enable_kv_cache_reuse": True, "enable_chunked_context": True}
+    )
     backend = loaded(cfg, tiny_model)
     try:
         assert backend.llm.init_kwargs["kv_cache_config"].enable_block_reuse is True
@@ -800,3 +803,29 @@ def test_the_fake_builds_only_from_calibration_sets_the_release_reads(fake_trt, 
         kv_cache_config=KvCacheConfig(enable_block_reuse=False),
     )
     llm.shutdown()
+
+
+def test_kv_reuse_after_a_warm_up_of_the_same_prompts_is_refused():
+    """The warm-up runs the window's prompts first; TensorRT-LLM keeps their blocks for reuse, and its LLM API cannot
+    empty them, so the window's prefills would be served from cache."""
+    problem = semantic_problem(trt_experiment(tensorrt={"enable_kv_cache_reuse": True}))
+    assert "enable_kv_cache_reuse = true with warmup.mode = full" in problem and "warmup.mode: off" in problem
+    off = semantic_problems(trt_experiment(warmup={"mode": "off"}, tensorrt={"enable_kv_cache_reuse": True}))
+    assert not any("enable_kv_cache_reuse" in p for p in off)
+
+
+def test_a_minimum_length_is_refused_where_only_end_id_would_be_held_back(tiny_model, tmp_path):
+    """vLLM holds back every EOS id below min_tokens, TensorRT-LLM only its end id: with a second EOS in the
+    generation config, 0 < min_output_tokens < max_output_tokens would end requests differently."""
+    import shutil
+
+    two = tmp_path / "two-eos"
+    shutil.copytree(tiny_model, two)
+    gen = json.loads((two / "generation_config.json").read_text())
+    gen["eos_token_id"] = [2, 7]
+    (two / "generation_config.json").write_text(json.dumps(gen))
+    problem = semantic_problem(trt_experiment(model_name=str(two), min_output_tokens=2))
+    assert "min_output_tokens = 2" in problem and "[2, 7]" in problem and "stopCriteriaKernels.cu" in problem
+    for low in (0, 6):  # no minimum, or a forced length (every stop token ignored): nothing to disagree on
+        assert semantic_problem(trt_experiment(model_name=str(two), min_output_tokens=low)) is None
+    assert semantic_problem(trt_experiment(model_name=tiny_model, min_output_tokens=2)) is None  # one EOS

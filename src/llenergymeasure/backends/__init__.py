@@ -73,18 +73,19 @@ def create(config: dict, model_path: str):
     return getattr(importlib.import_module(module), cls)(config, model_path)
 
 
-def checkpoint_config(model: str) -> dict | None:
-    """The Hugging Face ``config.json`` of a checkpoint, when it can be read without a network: a local folder, or
-    a hub id already in the local Hugging Face cache. None when unknown here (the engine reads it at load)."""
+def checkpoint_config(model: str, filename: str = "config.json") -> dict | None:
+    """A JSON file of a checkpoint (its Hugging Face ``config.json`` unless ``filename`` names another, such as
+    ``generation_config.json``), when it can be read without a network: a local folder, or a hub id already in the
+    local Hugging Face cache. None when unknown here (the engine reads it at load)."""
     folder = Path(model)
-    path = folder / "config.json" if folder.is_dir() else None
+    path = folder / filename if folder.is_dir() else None
     if path is None:
         try:
             from huggingface_hub import try_to_load_from_cache
         except ImportError:
             return None
         try:
-            found = try_to_load_from_cache(model, "config.json")
+            found = try_to_load_from_cache(model, filename)
         except Exception:  # noqa: BLE001 - not a valid repo id: nothing cached under it
             return None
         path = Path(found) if isinstance(found, str) else None

@@ -143,12 +143,46 @@ def _problems(config: dict):
             "there is no quantization'); a GPTQ checkpoint is refused by its loader (see model_name's "
             "quantization_config)"
         )
+    if trt["enable_kv_cache_reuse"] and config["warmup"]["mode"] != "off":
+        yield (
+            f"tensorrt.enable_kv_cache_reuse = true with warmup.mode = {config['warmup']['mode']}: the warm-up runs "
+            f"the window's prompts first, and TensorRT-LLM {PINNED_VERSION} keeps reusable blocks until they are "
+            "evicted (docs/source/features/kvcache.md, Reuse Across Requests) with no LLM API call that empties them, "
+            "so the window's prefills would come from the cache; warmup.mode: off measures reuse among the window's "
+            "own requests"
+        )
+    problem = _min_tokens_problem(config)
+    if problem:
+        yield problem
     problem = _calibration_problem(trt)
     if problem:
         yield problem
     problem = _checkpoint_problem(config)
     if problem:
         yield problem
+
+
+def _min_tokens_problem(config: dict) -> str | None:
+    """A minimum output length below the maximum, with a checkpoint whose generation config ends on several EOS ids:
+    the runtime holds back only end_id below min_tokens (kernels/stopCriteriaKernels.cu, the stop-word check has no
+    minimum), while vLLM holds back all of them, so output lengths would differ between the backends. Known where
+    the generation config is readable here; otherwise checked again at load, from the local checkpoint."""
+    low, high = config["min_output_tokens"], config["max_output_tokens"]
+    if not 0 < low < high:
+        return None
+    from . import checkpoint_config
+
+    gen = checkpoint_config(config["model_name"], "generation_config.json") or {}
+    eos = gen.get("eos_token_id")
+    ids = {eos} if isinstance(eos, int) else set(eos or [])
+    if len(ids) < 2:
+        return None
+    return (
+        f"min_output_tokens = {low} (below max_output_tokens = {high}): {config['model_name']} ends on EOS ids "
+        f"{sorted(ids)}, and TensorRT-LLM {PINNED_VERSION} holds back only its end id below min_tokens "
+        "(kernels/stopCriteriaKernels.cu), so a request could end on another before the minimum; set "
+        "min_output_tokens to 0 or to max_output_tokens"
+    )
 
 
 def _calibration_problem(trt: dict) -> str | None:
