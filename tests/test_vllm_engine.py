@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from conftest import SAMPLING_DECODER, VLLM_RELEASE, small_experiment, vllm_environment
-from llenergymeasure.backends.vllm import cpu_kv_cache_bytes, engine_release
+from llenergymeasure.backends.vllm import cpu_kv_cache_bytes
 from llenergymeasure.flops import analytic_parameters
 
 pytestmark = pytest.mark.workflow
@@ -151,7 +151,7 @@ def test_the_real_engine_runs_on_the_cpu(probe):
 def test_the_cpu_engine_gets_its_block_size_and_a_kv_cache_sized_for_the_workload(probe, tiny_model):
     cfg = probe["sessions"]["main"]["engine_config"]
     assert cfg["block_size"] == 128  # block_size null: the CPU platform's own default
-    expected = cpu_kv_cache_bytes(MAIN, tiny_model, engine_release(VLLM_RELEASE))
+    expected = cpu_kv_cache_bytes(MAIN, tiny_model)
     assert (
         cfg["kv_cache_memory_bytes"]
         == expected

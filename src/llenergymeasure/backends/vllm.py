@@ -130,8 +130,6 @@ RELEASES = {
 }
 #: The newest release written against: its facts apply where no vLLM is installed here (the job runs in an image).
 NEWEST = "0.32.0"
-#: Kept for the messages and records that name one release: the newest.
-PINNED_VERSION = NEWEST
 #: Official image of that release (what ``containers.vllm`` defaults to).
 PINNED_IMAGE = f"docker://vllm/vllm-openai:v{NEWEST}"
 
@@ -521,7 +519,7 @@ def speculative_config(spec: dict, rel: Release | None = None) -> dict | None:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def cpu_kv_cache_bytes(config: dict, model_path: str, rel: Release | None = None) -> int | None:
+def cpu_kv_cache_bytes(config: dict, model_path: str) -> int | None:
     """KV cache for the workload on a CPU: ``max_num_seqs`` sequences of ``max_model_len`` tokens in whole blocks,
     plus the one block vLLM keeps aside as its null block (v1/core/block_pool.py:187 of 0.32.0), each token at
     2 (K and V) x layers x KV heads x head size x bytes per value. vLLM's own default on a CPU reserves a share of all
@@ -585,7 +583,7 @@ def engine_kwargs(config: dict, model_path: str, rel: Release | None = None, dev
         "disable_sliding_window": v["attention"]["disable_sliding_window"],
         "speculative_config": speculative_config(v["speculative"], rel),
         "enable_lora": v["lora"]["enabled"],
-        "kv_cache_memory_bytes": cpu_kv_cache_bytes(config, model_path, rel) if device == "cpu" else None,
+        "kv_cache_memory_bytes": cpu_kv_cache_bytes(config, model_path) if device == "cpu" else None,
     }
     if not rel.attention_by_env:
         attention = {
