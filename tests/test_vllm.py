@@ -393,30 +393,48 @@ def _quantised_copy(tiny_model, tmp_path, quant: dict) -> str:
 AWQ = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
 
 
-@pytest.mark.parametrize("requested", [None, "awq"])
-def test_awq_runs_the_marlin_kernels_and_the_effective_method_is_recorded(fake_vllm, tiny_model, tmp_path, requested):
-    """Naming quantization=awq makes vLLM 0.11.0 keep the legacy AWQ kernels ("forcing awq"); the backend asks for
-    awq_marlin instead, which is what vLLM picks by itself when the method is left open."""
-    model = _quantised_copy(tiny_model, tmp_path, AWQ)
+@pytest.mark.parametrize(
+    ("requested", "group_size", "kernels"),
+    [(None, 128, "awq_marlin"), ("awq", 128, "awq_marlin"), ("awq", 256, "awq")],
+    ids=["open", "named", "named-no-marlin-group"],
+)
+def test_awq_kernels_are_vllms_choice_and_recorded(fake_vllm, tiny_model, tmp_path, requested, group_size, kernels):
+    """Naming quantization=awq makes vLLM 0.11.0 keep the legacy AWQ kernels ("forcing awq"), and naming awq_marlin
+    crashes at load where Marlin cannot serve the checkpoint (a group size it lacks, a GPU before sm80). So 0.11.0 is
+    given no method: it picks Marlin where it can and the legacy kernels elsewhere, and the choice is recorded."""
+    model = _quantised_copy(tiny_model, tmp_path, {**AWQ, "group_size": group_size})
     cfg = vllm_experiment(model_name=model, fp_precision="float16", vllm={"quantization": requested})
     assert semantic_problem(cfg) is None
     b = VllmBackend(cfg, model)
     info = b.load()
     try:
         llm = fake_vllm.LLM.instances[-1]
-        assert llm.given.get("quantization") == ("awq_marlin" if requested else None)
-        assert info["quantization"] == {
-            "requested": requested,
-            "given": llm.given.get("quantization"),
-            "effective": "awq_marlin",
-        }
+        assert "quantization" not in llm.given
+        assert info["quantization"] == {"requested": requested, "given": None, "effective": kernels}
         assert not any("forcing awq" in m for m in llm.llm_engine.log_messages)
-        assert info["weights"] == "checkpoint, awq_marlin quantisation"
+        assert info["weights"] == f"checkpoint, {kernels} quantisation"
         # int4 weights are packed eight to an int32: the count comes from the model config, not from numel()
         assert info["parameters"] == analytic_parameters(b.model_config())
         assert info["parameters_method"].startswith("analytic_from_hf_config (quantised weights")
     finally:
         b.close()
+
+
+def test_a_checkpoint_of_another_method_found_only_at_load_is_refused_before_the_window(
+    fake_vllm, tiny_model, tmp_path
+):
+    """Where the checkpoint could not be read before the engine loaded it (a hub id not cached yet), the method the
+    engine chose is checked against the one asked for."""
+    gptq = {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True, "desc_act": False}
+    model = _quantised_copy(tiny_model, tmp_path, gptq)
+    b = VllmBackend(
+        vllm_experiment(model_name="org/not-cached", fp_precision="float16", vllm={"quantization": "awq"}), model
+    )
+    with pytest.raises(
+        MeasurementError, match=r"vllm.quantization = awq, but the engine loaded org/not-cached with gptq_marlin"
+    ):
+        b.load()
+    b.close()
 
 
 def test_the_stand_in_keeps_legacy_kernels_when_awq_is_named(fake_vllm, tiny_model, tmp_path):
@@ -525,7 +543,7 @@ def test_0_32_0_takes_attention_as_an_engine_argument_and_quantisation_names_as_
     assert kwargs["quantization"] == "awq"  # 0.32.0 picks Marlin itself where the GPU and checkpoint allow
     assert engine_environment(config, {}, rel) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # no attention variables
     old = engine_kwargs(config, "m", backend_module.RELEASES[FAKE_RELEASE], "cuda")
-    assert "attention_config" not in old and old["quantization"] == "awq_marlin"
+    assert "attention_config" not in old and "quantization" not in old  # 0.11.0 picks the kernels itself
 
 
 def test_0_32_0_keeps_speculation_in_process():

@@ -87,10 +87,13 @@ class Release:
     inprocess_drops_drafts: bool
     #: quantization = bitsandbytes exists (0.32.0: not in model_executor/layers/quantization/__init__.py:15-49)
     bitsandbytes: bool
-    #: naming awq/gptq keeps the legacy kernels, so the backend asks for awq_marlin/gptq_marlin (0.11.0:
-    #: awq_marlin.py:110-127, gptq_marlin.py:181-199; 0.32.0 maps both names to auto_awq/auto_gptq, which pick Marlin
-    #: where the GPU and checkpoint allow, model_executor/layers/quantization/auto_awq.py:263-285, auto_gptq.py:214-231)
-    marlin_by_name: bool
+    #: naming awq/gptq keeps the legacy kernels even where Marlin applies (0.11.0: awq_marlin.py:110-127,
+    #: gptq_marlin.py:181-199, "... so forcing awq"), while leaving the method open lets vLLM pick Marlin where the
+    #: GPU (sm80 and up) and the checkpoint allow it and the legacy kernels elsewhere; naming awq_marlin/gptq_marlin
+    #: instead would crash at load where Marlin cannot serve. So the backend names no method there, and checks the
+    #: method the engine chose. 0.32.0 maps awq/gptq to auto_awq/auto_gptq, which choose the same way
+    #: (model_executor/layers/quantization/auto_awq.py:263-285, auto_gptq.py:214-231): it is given the name.
+    named_quant_forces_legacy: bool
     #: the attention backend is chosen through VLLM_ATTENTION_BACKEND / VLLM_FLASH_ATTN_VERSION (0.11.0); 0.32.0 reads
     #: neither and takes ``attention_config`` (config/attention.py:40, 57; engine/arg_utils.py:791)
     attention_by_env: bool
@@ -109,7 +112,7 @@ RELEASES = {
         draft_tp_read=False,
         inprocess_drops_drafts=True,
         bitsandbytes=True,
-        marlin_by_name=True,
+        named_quant_forces_legacy=True,
         attention_by_env=True,
     ),
     "0.32.0": Release(
@@ -124,7 +127,7 @@ RELEASES = {
         draft_tp_read=True,
         inprocess_drops_drafts=False,
         bitsandbytes=False,
-        marlin_by_name=False,
+        named_quant_forces_legacy=False,
         attention_by_env=False,
     ),
 }
@@ -194,9 +197,8 @@ SPEC_METHODS = {
     "mlp": "mlp_speculator",
     "draft_model": "draft_model",
 }
-#: Schema quantisation -> what 0.11.0 is given (see :attr:`Release.marlin_by_name`); 0.32.0 is given the names as
-#: they are and picks the kernels itself.
-MARLIN = {"awq": "awq_marlin", "gptq": "gptq_marlin"}
+#: Methods whose kernels vLLM chooses from the checkpoint and the GPU (see :attr:`Release.named_quant_forces_legacy`)
+KERNEL_CHOICE = ("awq", "gptq")
 #: ``quantization_config.quant_method`` of a checkpoint each schema method needs (fp8 and bitsandbytes can also
 #: quantise unquantised weights while loading).
 CHECKPOINT_METHOD = {"awq": "awq", "gptq": "gptq", "fp8": "fp8", "bitsandbytes": "bitsandbytes"}
@@ -577,7 +579,7 @@ def engine_kwargs(config: dict, model_path: str, rel: Release | None = None, dev
         "block_size": v["block_size"],
         "max_model_len": v["max_model_len"] or config["max_input_tokens"] + config["max_output_tokens"],
         "enforce_eager": v["enforce_eager"],
-        "quantization": MARLIN.get(quantization, quantization) if rel.marlin_by_name else quantization,
+        "quantization": None if rel.named_quant_forces_legacy and quantization in KERNEL_CHOICE else quantization,
         "load_format": v["load_format"],
         "kv_cache_dtype": v["kv_cache_dtype"],
         "disable_sliding_window": v["attention"]["disable_sliding_window"],
@@ -776,9 +778,14 @@ class VllmBackend:
 
             self._lora = LoRARequest(**lora)
         self._effective = self._read_effective()
+        quant = self._effective.get("quantization")
+        if v["quantization"] in KERNEL_CHOICE and v["quantization"] not in str(quant):
+            raise MeasurementError(
+                f"vllm.quantization = {v['quantization']}, but the engine loaded {self.config['model_name']} with "
+                f"{quant} (its checkpoint is not quantised with {v['quantization'].upper()})"
+            )
         params, size, method = self._count_weights(env_set)
         self.stop_token_ids = stop_token_ids(self.tokenizer.eos_token_id, generation_eos(self.model_path))
-        quant = self._effective.get("quantization")
         return {
             "load_s": load_s,
             "device": self.device,
