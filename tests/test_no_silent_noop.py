@@ -216,6 +216,7 @@ ALT: dict[str, list[tuple]] = {
     "tensorrt.calibration.num_samples": [
         (128, {}),
         (128, {"tensorrt.quantization": "fp8", "tensorrt.calibration.dataset": f"{WORK}/calib"}),
+        (128, {"tensorrt.quantization": "int4_awq", "tensorrt.calibration.dataset": f"{WORK}/calib"}),
     ],
     "tensorrt.calibration.max_length": [
         (512, {}),

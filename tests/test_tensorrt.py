@@ -191,7 +191,8 @@ def test_quantization_and_calibration(fake_trt, tiny_model, tmp_path, mode, algo
     from tensorrt_llm.llmapi import CalibConfig, QuantAlgo, QuantConfig
 
     data = calibration_folder(tmp_path)
-    cal = {"dataset": data, "num_samples": 128, "max_length": 4096} if calibrated else {}
+    awq = mode == "int4_awq"  # calibrates on 32 samples whatever it is given: the setting is refused there
+    cal = {"dataset": data, "max_length": 4096, **({} if awq else {"num_samples": 128})} if calibrated else {}
     backend = loaded(trt_experiment(tmp_path, tensorrt={"quantization": mode, "calibration": cal}), tiny_model)
     try:
         kw = backend.llm.init_kwargs
@@ -200,7 +201,10 @@ def test_quantization_and_calibration(fake_trt, tiny_model, tmp_path, mode, algo
         )
         if calibrated:
             assert kw["calib_config"] == CalibConfig(
-                calib_dataset=data, calib_batches=128, calib_max_seq_length=4096, tokenizer_max_seq_length=4096
+                calib_dataset=data,
+                calib_batches=32 if awq else 128,
+                calib_max_seq_length=4096,
+                tokenizer_max_seq_length=4096,
             )
             assert builds(fake_trt)[0]["calib_config"] is kw["calib_config"]
         else:
@@ -215,7 +219,7 @@ def test_default_calibration_values(fake_trt, tiny_model, tmp_path):
 
     data = calibration_folder(tmp_path)
     backend = loaded(
-        trt_experiment(tmp_path, tensorrt={"quantization": "int4_awq", "calibration": {"dataset": data}}), tiny_model
+        trt_experiment(tmp_path, tensorrt={"quantization": "fp8", "calibration": {"dataset": data}}), tiny_model
     )
     try:
         assert backend.llm.init_kwargs["calib_config"] == CalibConfig(
@@ -759,7 +763,9 @@ def test_a_prequantised_checkpoint_is_refused(fake_trt, tiny_model, tmp_path, qu
 @pytest.mark.parametrize(
     ("dataset", "env", "needle"),
     [
-        ("wikitext", {}, "calibrates from cnn_dailymail, pileval, scienceqa or a local dataset folder"),
+        ("wikitext", {}, "calibrates text models from cnn_dailymail, pileval or a local dataset folder"),
+        ("scienceqa", {}, "calibrates a ScienceQA set as image questions"),
+        ("derek-thomas/science_qa", {}, "which a text model's tokenizer lacks"),
         (
             "cnn_dailymail",
             {"HF_DATASETS_OFFLINE": "1"},
@@ -778,7 +784,7 @@ def test_calibration_sets_the_release_cannot_read_are_refused(dataset, env, need
 def test_calibration_sets_the_release_reads_pass(tmp_path):
     from llenergymeasure.backends.tensorrt import calibration_dataset_problem
 
-    for name in ("cnn_dailymail", "abisee/cnn_dailymail", "pileval", "derek-thomas/ScienceQA"):
+    for name in ("cnn_dailymail", "abisee/cnn_dailymail", "pileval"):
         assert calibration_dataset_problem(name, {}) is None, name
     assert calibration_dataset_problem(calibration_folder(tmp_path), {"HF_HUB_OFFLINE": "1"}) is None
     no_text = tmp_path / "no-text"
@@ -829,3 +835,16 @@ def test_a_minimum_length_is_refused_where_only_end_id_would_be_held_back(tiny_m
     for low in (0, 6):  # no minimum, or a forced length (every stop token ignored): nothing to disagree on
         assert semantic_problem(trt_experiment(model_name=str(two), min_output_tokens=low)) is None
     assert semantic_problem(trt_experiment(model_name=tiny_model, min_output_tokens=2)) is None  # one EOS
+
+
+def test_int4_awq_calibrates_on_32_samples_and_says_so():
+    """TensorRT-LLM 1.0.0 replaces an AWQ calibration size above 32 by 32 (quantize_and_export): another value is
+    refused, and the build and the engine cache key get what is used."""
+    problem = semantic_problem(
+        trt_experiment(tensorrt={"quantization": "int4_awq", "calibration": {"num_samples": 128}})
+    )
+    assert "num_samples = 128 with int4_awq" in problem and "at most 32 samples" in problem
+    fields = engine_key_fields(trt_experiment(tensorrt={"quantization": "int4_awq"}), "/m", "sm_90", "1.0.0")
+    assert fields["calibration"]["num_samples"] == 32
+    fp8 = engine_key_fields(trt_experiment(tensorrt={"quantization": "fp8"}), "/m", "sm_90", "1.0.0")
+    assert fp8["calibration"]["num_samples"] == 512  # the other calibrating modes use what they are given

@@ -82,6 +82,9 @@ BUILD_DEFAULTS = {
     "force_rebuild": False,
     "engine_cache_dir": None,
 }
+#: the most samples TensorRT-LLM 1.0.0 calibrates AWQ on (quantization/quantize_by_modelopt.py, quantize_and_export:
+#: a larger calib_size is replaced by 32)
+AWQ_CALIB_SAMPLES = 32
 CALIBRATION_DEFAULTS = {"dataset": "cnn_dailymail", "split": "train", "num_samples": 512, "max_length": 2048}
 
 
@@ -195,6 +198,13 @@ def _calibration_problem(trt: dict) -> str | None:
                     f"({', '.join(CALIBRATED)}), but tensorrt.quantization = {trt['quantization']}"
                 )
         return None
+    if trt["quantization"] == "int4_awq" and cal["num_samples"] != CALIBRATION_DEFAULTS["num_samples"]:
+        return (
+            f"tensorrt.calibration.num_samples = {cal['num_samples']} with int4_awq: TensorRT-LLM {PINNED_VERSION} "
+            f"calibrates AWQ on at most {AWQ_CALIB_SAMPLES} samples whatever it is given "
+            "(quantization/quantize_by_modelopt.py, quantize_and_export), below the schema's minimum of 64, so the "
+            "setting would change nothing"
+        )
     if cal["split"] != DEFAULT_CALIB_SPLIT:
         return (
             f"tensorrt.calibration.split = {cal['split']}: TensorRT-LLM {PINNED_VERSION}'s CalibConfig has no split; "
@@ -204,19 +214,27 @@ def _calibration_problem(trt: dict) -> str | None:
 
 
 def calibration_dataset_problem(name: str, environ=None) -> str | None:
-    """TensorRT-LLM 1.0.0 calibrates from ``pileval``, a name containing ``cnn_dailymail``, ``scienceqa`` or
-    ``science_qa``, or a local dataset folder whose ``train`` split has a ``text`` column; anything else raises
-    NotImplementedError at build (quantization/quantize_by_modelopt.py, get_calib_dataloader). The named sets come
+    """TensorRT-LLM 1.0.0 calibrates text models from ``pileval``, a name containing ``cnn_dailymail``, or a local
+    dataset folder whose ``train`` split has a ``text`` column; anything else raises NotImplementedError at build
+    (quantization/quantize_by_modelopt.py, get_calib_dataloader), and a name containing ``scienceqa`` or
+    ``science_qa`` (a folder's too) is read as a multimodal set, which fails for a text model. The named sets come
     from the network while the engine builds (Hugging Face hub; pileval from the-eye.eu)."""
     environ = os.environ if environ is None else environ
+    lower = name.lower()
+    if "scienceqa" in lower or "science_qa" in lower:  # matched by name before a folder is looked for
+        return (
+            f"tensorrt.calibration.dataset = {name}: TensorRT-LLM {PINNED_VERSION} calibrates a ScienceQA set as "
+            "image questions, through the preprocess_function of a multimodal model's processor "
+            "(quantization/quantize_by_modelopt.py, get_calib_dataloader), which a text model's tokenizer lacks: "
+            "its build fails"
+        )
     folder = Path(name)
     if folder.is_dir():
         return _local_calibration_problem(folder)
-    lower = name.lower()
-    if not (name == "pileval" or "cnn_dailymail" in name or "scienceqa" in lower or "science_qa" in lower):
+    if not (name == "pileval" or "cnn_dailymail" in name):
         return (
-            f"tensorrt.calibration.dataset = {name}: TensorRT-LLM {PINNED_VERSION} calibrates from cnn_dailymail, "
-            "pileval, scienceqa or a local dataset folder with a 'train' split and a 'text' column"
+            f"tensorrt.calibration.dataset = {name}: TensorRT-LLM {PINNED_VERSION} calibrates text models from "
+            "cnn_dailymail, pileval or a local dataset folder with a 'train' split and a 'text' column"
         )
     offline = [
         var
@@ -382,6 +400,15 @@ def resolved_lengths(config: dict) -> tuple[int, int]:
     return max_in, max_out
 
 
+def effective_calibration(trt: dict) -> dict:
+    """The calibration the build uses: int4_awq calibrates on at most AWQ_CALIB_SAMPLES samples in TensorRT-LLM 1.0.0
+    (quantize_and_export), so it is given that many, and the engine cache key holds what was used."""
+    cal = dict(trt["calibration"])
+    if trt["quantization"] == "int4_awq":
+        cal["num_samples"] = min(cal["num_samples"], AWQ_CALIB_SAMPLES)
+    return cal
+
+
 def engine_key_fields(config: dict, model: str, gpu_arch: str, trt_llm_version: str) -> dict:
     """Everything that changes the compiled engine. Runtime settings (KV cache fraction and reuse, chunked
     context, extra_runtime_args) and sampling are absent: they apply to any engine at load time."""
@@ -400,7 +427,7 @@ def engine_key_fields(config: dict, model: str, gpu_arch: str, trt_llm_version: 
         "tp_size": trt["tp_size"],
         "pp_size": trt["pp_size"],
         "quantization": quant,
-        "calibration": trt["calibration"] if quant in CALIBRATED else None,
+        "calibration": effective_calibration(trt) if quant in CALIBRATED else None,
         "builder_opt_level": trt["builder_opt_level"],
         "strongly_typed": trt["strongly_typed"],
         "multiple_profiles": trt["multiple_profiles"],
@@ -609,7 +636,7 @@ class TensorRTBackend:
             )
         }
         if mode in CALIBRATED:
-            cal = trt["calibration"]
+            cal = effective_calibration(trt)
             out["calib_config"] = llmapi.CalibConfig(
                 calib_dataset=cal["dataset"],
                 calib_batches=cal["num_samples"],  # one sample per batch (calib_batch_size keeps its default, 1)
