@@ -266,7 +266,10 @@ class _TrtLLM:
                 raise AssertionError("Call from_hugging_face when there is no quantization")
             return
         name = self.args.calib_config.calib_dataset
-        if name == "pileval" or "scienceqa" in name.lower() or "science_qa" in name.lower() or "cnn_dailymail" in name:
+        if "scienceqa" in name.lower() or "science_qa" in name.lower():
+            # a multimodal set: its rows go through the processor's preprocess_function, which a text tokenizer lacks
+            raise AttributeError("tokenizer has no attribute 'preprocess_function' (ScienceQA is calibrated as images)")
+        if name == "pileval" or "cnn_dailymail" in name:
             if os.path.isdir(name):
                 self._read_local_calibration(name)
                 return
