@@ -230,8 +230,7 @@ def test_load_record(fake_vllm, tiny_model):
 
 # ---------------------------------------------------------------------------------------------- requests
 def test_lora_adapter_goes_with_every_request(loaded):
-    """No LoRA adapter checkpoint exists here for the real engine: what each request carries is shown on the
-    stand-in."""
+    """0.11.0's LoRARequest on every request (0.32.0 runs an adapter for real in tests/test_vllm_engine.py)."""
     backend, llm = loaded(adapter="/adapters/my-lora", vllm={"lora": {"enabled": True}})
     backend.run(PROMPTS[:3], backend.plan(PROMPTS[:3]), seed=0)
     loras = [lora for _, _, _, lora in llm.llm_engine.requests]

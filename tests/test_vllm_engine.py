@@ -10,6 +10,7 @@ import json
 import math
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,31 @@ def two_eos_checkpoint(tiny_model: str, folder) -> tuple[str, list[int]]:
     return str(folder), [tok.eos_token_id, first]
 
 
+def lora_adapter(tiny_model: str, folder) -> str:
+    """A LoRA adapter for the tiny model in PEFT's layout (rank 8 on the query and value projections), with weights
+    large enough to change what greedy decoding picks."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = json.loads((Path(tiny_model) / "config.json").read_text())
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    gen = torch.Generator().manual_seed(0)
+    weights = {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for name, out in (("q_proj", heads * head_dim), ("v_proj", kv_heads * head_dim)):
+            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
+            weights[f"{key}.lora_A.weight"] = torch.randn(8, hidden, generator=gen) * 0.5
+            weights[f"{key}.lora_B.weight"] = torch.randn(out, 8, generator=gen) * 0.5
+    folder.mkdir(parents=True)
+    save_file(weights, str(folder / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0}
+    config.update(target_modules=["q_proj", "v_proj"], bias="none", base_model_name_or_path=tiny_model)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
 def stop_experiment(model: str, forced: bool) -> dict:
     return cpu_experiment(
         model_name=model,
@@ -102,6 +128,8 @@ def probe(vllm_python, tiny_model, tmp_path_factory):
     """Everything the real engine did for this module's experiments (one process, each engine loaded once)."""
     folder = tmp_path_factory.mktemp("vllm-probe")
     two_eos, stops = two_eos_checkpoint(tiny_model, folder / "two-eos")
+    adapter = lora_adapter(tiny_model, folder / "adapter")
+    plain = cpu_experiment(vllm={"enforce_eager": True})
     spec = {
         "model": tiny_model,
         "sessions": {
@@ -109,6 +137,11 @@ def probe(vllm_python, tiny_model, tmp_path_factory):
             "queued": {"config": QUEUED, "prompts": PROMPTS},
             "sampled": {"config": SAMPLED_EXTRAS, "prompts": PROMPTS[:1]},
             "seeded": {"config": SEEDED, "prompts": PROMPTS[:3]},
+            "plain": {"config": plain, "prompts": PROMPTS[:3]},
+            "lora": {
+                "config": cpu_experiment(adapter=adapter, vllm={"enforce_eager": True, "lora": {"enabled": True}}),
+                "prompts": PROMPTS[:3],
+            },
             "free": {"config": stop_experiment(two_eos, False), "prompts": [STOP_PROMPT], "model": two_eos},
             "forced": {"config": stop_experiment(two_eos, True), "prompts": [STOP_PROMPT], "model": two_eos},
             # last: a speculative engine leaves vLLM's kernel registry unable to build another one in the process
@@ -355,3 +388,13 @@ def test_requests_carry_a_seed_only_when_seed_per_request_asks(probe, session, s
     assert {r["sampling"]["sampling_type"] for r in run["submitted"]} == {kind}
     assert run["load"]["sampling_seed"].startswith("per_request" if kind == 2 else "engine")
     assert run["load"]["engine_args"]["seed"] == 42
+
+
+def test_a_lora_adapter_goes_with_every_request_and_changes_what_is_generated(probe):
+    lora, plain = probe["sessions"]["lora"], probe["sessions"]["plain"]
+    assert [r["lora"] for r in lora["submitted"]] == ["adapter"] * 3 and lora["load"]["lora_adapter"].endswith(
+        "adapter"
+    )
+    assert lora["engine_config"]["max_lora_rank"] == 16 and plain["engine_config"]["max_lora_rank"] is None
+    assert all(len(t) == 8 for t in lora["output_token_ids"])
+    assert lora["output_token_ids"] != plain["output_token_ids"]  # the adapter's weights were applied

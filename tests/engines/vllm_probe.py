@@ -101,9 +101,12 @@ def session(config: dict, model: str, prompts: list[str]) -> dict:
             )
             return add(request_id, prompt, params, *args, **kwargs)
 
+        tokens: dict[str, list[int]] = {}
+
         def stepped():
             outputs = step()
             texts.extend(o.outputs[0].text for o in outputs if o.outputs)
+            tokens.update({o.request_id: list(o.outputs[0].token_ids) for o in outputs if o.finished})
             return outputs
 
         engine.add_request, engine.step = add_request, stepped
@@ -112,6 +115,7 @@ def session(config: dict, model: str, prompts: list[str]) -> dict:
         out["run_wall_s"] = time.perf_counter() - t0
         engine.add_request, engine.step = add, step
         out["submitted"], out["texts"], out["progress"] = submitted, texts, progress
+        out["output_token_ids"] = [tokens[rid] for rid in sorted(tokens, key=lambda r: int(r.split("-")[-1]))]
         out["generate_s"] = run.generate_s
         out["resets"] = resets
         out["prompt_token_ids"] = backend._tokens(prompts)
@@ -140,6 +144,7 @@ def session(config: dict, model: str, prompts: list[str]) -> dict:
             "compilation_mode": str(cfg.compilation_config.mode),
             "device": str(cfg.device_config.device),
             "speculative_method": getattr(cfg.speculative_config, "method", None),
+            "max_lora_rank": getattr(cfg.lora_config, "max_lora_rank", None),
         }
     finally:
         backend.close()
