@@ -123,6 +123,15 @@ def test_welch():
     assert welch([1.0], [2.0, 3.0])["significant"] is None
 
 
+def test_welch_relative_difference_has_the_sign_of_the_difference():
+    """B - A = +10 J against a negative A (a net energy below the idle baseline) is +128 %, not -128 %."""
+    up = welch([-7.6, -8.0, -7.8], [2.2, 2.2, 2.2])
+    assert up["difference"] == pytest.approx(10.0) and up["relative"] == pytest.approx(10.0 / 7.8)
+    down = welch([-7.8, -7.8], [-17.8, -17.8])  # no spread: the other branch
+    assert down["difference"] == pytest.approx(-10.0) and down["relative"] == pytest.approx(-10.0 / 7.8)
+    assert welch([0.0, 0.0], [1.0, 1.0])["relative"] is None
+
+
 def test_datasets_and_doctor(capsys):
     code, out, _ = run(capsys, "--json", "datasets")
     names = [d["name"] for d in json.loads(out)]

@@ -290,14 +290,24 @@ def welch(a: list[float], b: list[float], confidence: float = 0.95) -> dict:
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     se = math.sqrt(va + vb)
     diff = mb - ma
+    # relative to A's magnitude, so the sign is the difference's (a net energy can be negative)
+    relative = diff / abs(ma) if ma else None
     if se == 0:
-        return {"difference": diff, "significant": diff != 0, "t": None, "df": None, "ci_low": diff, "ci_high": diff}
+        return {
+            "difference": diff,
+            "relative": relative,
+            "significant": diff != 0,
+            "t": None,
+            "df": None,
+            "ci_low": diff,
+            "ci_high": diff,
+        }
     df = (va + vb) ** 2 / ((va**2) / (len(a) - 1) + (vb**2) / (len(b) - 1))
     crit = t_quantile(confidence, df)  # Welch-Satterthwaite degrees of freedom, fractional
     t = diff / se
     return {
         "difference": diff,
-        "relative": diff / ma if ma else None,
+        "relative": relative,
         "t": t,
         "df": df,
         "ci_low": diff - crit * se,
