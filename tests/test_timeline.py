@@ -49,6 +49,47 @@ def test_summary_and_throttle_durations():
     assert g["throttle"]["hw_slowdown_s"] == pytest.approx(0.1) and s["rss_bytes_max"] == 103
 
 
+def test_throttle_durations_follow_the_real_sample_spacing():
+    """A busy host stretches the 0.1 s sampling interval: a throttled sample counts until the next one arrives."""
+    import dataclasses
+
+    samples = gpu_samples([100, 200, 300], reasons=[0x20, 0x20, 0])
+    # the second reading came 0.35 s after the first
+    samples = [dataclasses.replace(x, t=t) for x, t in zip(samples, (0.0, 0.35, 0.45), strict=True)]
+    g = summarise(samples, 0.1)["gpus"][0]
+    assert g["throttle"]["thermal_s"] == pytest.approx(0.35 + 0.10)
+    last = summarise(gpu_samples([100, 200], reasons=[0, 0x20]), 0.1)["gpus"][0]
+    assert last["throttle"]["thermal_s"] == pytest.approx(0.1)  # the last sample holds one nominal interval
+
+
+def test_unreadable_gpu_power_is_missing_not_zero():
+    """A sample whose board power could not be read is left out of the power series: the readable value before it
+    holds (0 W would shift energy between phases and pull the fallback cross-check down)."""
+    from llenergymeasure.timeline import energy_cross_check
+
+    samples = gpu_samples([200.0, None, None, 200.0, 200.0])
+    batches = [
+        BatchRecord(
+            size=1,
+            input_tokens=8,
+            padded_input_tokens=8,
+            output_tokens=4,
+            steps=4,
+            latency_s=0.5,
+            start_t=0.0,
+            first_token_t=0.25,
+            end_t=0.5,
+        )
+    ]
+    split = phase_split(samples, batches, (0.0, 0.5), energy_j=100.0)
+    assert split["prefill_energy_j"] == pytest.approx(50.0) and split["timeline_samples"] == 3
+    check = energy_cross_check(100.0, {}, (0.0, 0.5), samples, (0.0, 0.5))
+    assert check["method"] == "timeline_power_integral" and check["power_integral_j"] == pytest.approx(100.0)
+    assert check["coverage"] < 1.0  # the unreadable stretch shows as missing coverage
+    none = phase_split(gpu_samples([None, None]), batches, (0.0, 0.5), energy_j=100.0)
+    assert none["method"] == "unavailable"
+
+
 def test_phase_split_follows_power():
     # 1 s at 300 W (prefill), then 3 s at 100 W (decode): 300 J vs 300 J of a 600 J window
     samples = gpu_samples([300] * 10 + [100] * 30)

@@ -217,8 +217,14 @@ def _stats(values: list) -> dict:
     return {"mean": statistics.fmean(xs), "max": max(xs), "min": min(xs)}
 
 
+def _held_s(samples: list[TimelineSample], interval_s: float) -> list[float]:
+    """How long each sample's reading holds: until the next sample (the sampler's real spacing, which stretches when
+    the host is busy), the last one for one nominal interval."""
+    return [b.t - a.t for a, b in zip(samples, samples[1:])] + ([interval_s] if samples else [])
+
+
 def summarise(samples: list[TimelineSample], interval_s: float) -> dict:
-    """Means and maxima per device, throttle durations (samples with the reason x interval)."""
+    """Means and maxima per device, throttle durations (the time each throttled sample holds until the next)."""
     out: dict = {
         "samples": len(samples),
         "interval_s": interval_s,
@@ -228,9 +234,10 @@ def summarise(samples: list[TimelineSample], interval_s: float) -> dict:
         "gpus": [],
     }
     n_gpus = len(samples[0].gpus) if samples else 0
+    held = _held_s(samples, interval_s)
     for i in range(n_gpus):
         rows = [s.gpus[i] for s in samples]
-        reasons = [r.throttle_reasons for r in rows if r.throttle_reasons is not None]
+        reasons = [(r.throttle_reasons, h) for r, h in zip(rows, held) if r.throttle_reasons is not None]
         out["gpus"].append(
             {
                 "device": rows[0].device,
@@ -239,9 +246,9 @@ def summarise(samples: list[TimelineSample], interval_s: float) -> dict:
                     for key in ("power_w", "temperature_c", "sm_util_pct", "mem_util_pct", "sm_clock_mhz")
                 },
                 "throttle": {
-                    "thermal_s": sum(1 for x in reasons if x & THERMAL_BITS) * interval_s,
-                    "power_cap_s": sum(1 for x in reasons if x & POWER_BITS) * interval_s,
-                    "hw_slowdown_s": sum(1 for x in reasons if x & HW_SLOWDOWN_BIT) * interval_s,
+                    "thermal_s": sum(h for x, h in reasons if x & THERMAL_BITS),
+                    "power_cap_s": sum(h for x, h in reasons if x & POWER_BITS),
+                    "hw_slowdown_s": sum(h for x, h in reasons if x & HW_SLOWDOWN_BIT),
                     "readable": bool(reasons),
                 },
             }
@@ -273,7 +280,10 @@ def power_series(
     """(times, watts, what) for phase attribution: summed GPU board power where GPUs are sampled, else CPU
     utilisation x TDP (an estimate); None when neither is available."""
     if samples and samples[0].gpus:
-        pts = [(s.t, sum(g.power_w or 0.0 for g in s.gpus)) for s in samples]
+        # a sample with a GPU's power unreadable is missing, not 0 W: the step integral holds the last readable one
+        pts = [(s.t, sum(g.power_w for g in s.gpus)) for s in samples if all(g.power_w is not None for g in s.gpus)]
+        if not pts:
+            return None
         what = "gpu_board_power"
     elif cpu_tdp_w and any(s.cpu_util_pct is not None for s in samples):
         pts = [(s.t, s.cpu_util_pct / 100.0 * cpu_tdp_w) for s in samples if s.cpu_util_pct is not None]
