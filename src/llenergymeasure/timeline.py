@@ -14,6 +14,7 @@ independent estimate of its GPU energy, which :func:`energy_cross_check` compare
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import threading
@@ -220,7 +221,7 @@ def _stats(values: list) -> dict:
 def _held_s(samples: list[TimelineSample], interval_s: float) -> list[float]:
     """How long each sample's reading holds: until the next sample (the sampler's real spacing, which stretches when
     the host is busy), the last one for one nominal interval."""
-    return [b.t - a.t for a, b in zip(samples, samples[1:])] + ([interval_s] if samples else [])
+    return [b.t - a.t for a, b in itertools.pairwise(samples)] + ([interval_s] if samples else [])
 
 
 def summarise(samples: list[TimelineSample], interval_s: float) -> dict:
@@ -237,7 +238,7 @@ def summarise(samples: list[TimelineSample], interval_s: float) -> dict:
     held = _held_s(samples, interval_s)
     for i in range(n_gpus):
         rows = [s.gpus[i] for s in samples]
-        reasons = [(r.throttle_reasons, h) for r, h in zip(rows, held) if r.throttle_reasons is not None]
+        reasons = [(r.throttle_reasons, h) for r, h in zip(rows, held, strict=True) if r.throttle_reasons is not None]
         out["gpus"].append(
             {
                 "device": rows[0].device,
