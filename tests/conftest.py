@@ -146,18 +146,21 @@ def small_experiment(base: dict, overrides: dict) -> dict:
     return resolve_experiment(deep_merge(deep_merge(QUICK_MEASUREMENT, base), overrides))
 
 
+#: The embedded model with a workload small enough for unit tests on 2 CPU cores (6 prompts of at most 64 tokens,
+#: 8 new tokens each), whatever the backend
+TINY_WORKLOAD = {
+    "model_name": "lem-tiny-llama",
+    "fp_precision": "float32",
+    "max_input_tokens": 64,
+    "max_output_tokens": 8,
+    "min_output_tokens": 8,
+    "num_input_prompts": 6,
+}
+
+
 def tiny_experiment(**overrides) -> dict:
     """A resolved PyTorch experiment small enough for unit tests on 2 CPU cores."""
-    base = {
-        "model_name": "lem-tiny-llama",
-        "fp_precision": "float32",
-        "device": "cpu",
-        "max_input_tokens": 64,
-        "max_output_tokens": 8,
-        "min_output_tokens": 8,
-        "num_input_prompts": 6,
-        "pytorch": {"batch_size": 2},
-    }
+    base = {**TINY_WORKLOAD, "device": "cpu", "pytorch": {"batch_size": 2}}
     return small_experiment(base, overrides)
 
 

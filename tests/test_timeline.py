@@ -32,6 +32,21 @@ def gpu_samples(powers, reasons=None, dt=0.1):
     ]
 
 
+def one_batch(start: float, first_token: float, end: float) -> BatchRecord:
+    """One request of 8 prompt and 4 output tokens: prefill from ``start`` to ``first_token``, decode to ``end``."""
+    return BatchRecord(
+        size=1,
+        input_tokens=8,
+        padded_input_tokens=8,
+        output_tokens=4,
+        steps=4,
+        latency_s=end - start,
+        start_t=start,
+        first_token_t=first_token,
+        end_t=end,
+    )
+
+
 def test_integrate_step_series():
     times, watts = [0.0, 1.0, 2.0], [100.0, 200.0, 300.0]
     assert integrate(times, watts, 0.0, 3.0) == pytest.approx(100 + 200 + 300)
@@ -68,19 +83,7 @@ def test_unreadable_gpu_power_is_missing_not_zero():
     from llenergymeasure.timeline import energy_cross_check
 
     samples = gpu_samples([200.0, None, None, 200.0, 200.0])
-    batches = [
-        BatchRecord(
-            size=1,
-            input_tokens=8,
-            padded_input_tokens=8,
-            output_tokens=4,
-            steps=4,
-            latency_s=0.5,
-            start_t=0.0,
-            first_token_t=0.25,
-            end_t=0.5,
-        )
-    ]
+    batches = [one_batch(0.0, 0.25, 0.5)]
     split = phase_split(samples, batches, (0.0, 0.5), energy_j=100.0)
     assert split["prefill_energy_j"] == pytest.approx(50.0) and split["timeline_samples"] == 3
     check = energy_cross_check(100.0, {}, (0.0, 0.5), samples, (0.0, 0.5))
@@ -93,19 +96,7 @@ def test_unreadable_gpu_power_is_missing_not_zero():
 def test_phase_split_follows_power():
     # 1 s at 300 W (prefill), then 3 s at 100 W (decode): 300 J vs 300 J of a 600 J window
     samples = gpu_samples([300] * 10 + [100] * 30)
-    batches = [
-        BatchRecord(
-            size=1,
-            input_tokens=8,
-            padded_input_tokens=8,
-            output_tokens=4,
-            steps=4,
-            latency_s=4.0,
-            start_t=0.0,
-            first_token_t=1.0,
-            end_t=4.0,
-        )
-    ]
+    batches = [one_batch(0.0, 1.0, 4.0)]
     split = phase_split(samples, batches, (0.0, 4.0), energy_j=660.0)
     assert split["method"] == "window_counter_energy_split_by_gpu_board_power"
     assert split["prefill_energy_j"] == pytest.approx(330.0) and split["decode_energy_j"] == pytest.approx(330.0)

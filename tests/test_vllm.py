@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import forget_engine, small_experiment
+from conftest import TINY_WORKLOAD, forget_engine, small_experiment
 from llenergymeasure.backends import vllm as backend_module
 from llenergymeasure.backends.vllm import VllmBackend, engine_environment, engine_kwargs, problems
 from llenergymeasure.campaign import semantic_problem
@@ -25,16 +25,7 @@ FAKE_RELEASE = "0.11.0"
 
 def vllm_experiment(**overrides) -> dict:
     """A resolved vLLM experiment small enough for 2 CPU cores."""
-    base = {
-        "backend": "vllm",
-        "model_name": "lem-tiny-llama",
-        "fp_precision": "float32",
-        "max_input_tokens": 64,
-        "max_output_tokens": 8,
-        "min_output_tokens": 8,
-        "num_input_prompts": 6,
-    }
-    return small_experiment(base, overrides)
+    return small_experiment({**TINY_WORKLOAD, "backend": "vllm"}, overrides)
 
 
 def _forget_engine() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLING_DECODER, VLLM_RELEASE, small_experiment, vllm_environment
+from conftest import SAMPLING_DECODER, TINY_WORKLOAD, VLLM_RELEASE, small_experiment, vllm_environment
 from llenergymeasure.backends.vllm import cpu_kv_cache_bytes
 from llenergymeasure.flops import analytic_parameters
 
@@ -32,17 +32,8 @@ STOP_PROMPT = "the quick brown fox jumps over"
 
 
 def cpu_experiment(**overrides) -> dict:
-    base = {
-        "backend": "vllm",
-        "model_name": "lem-tiny-llama",
-        "fp_precision": "float32",
-        "device": "cpu",
-        "max_input_tokens": 64,
-        "max_output_tokens": 8,
-        "min_output_tokens": 8,
-        "num_input_prompts": 6,
-    }
-    return small_experiment(base, overrides)
+    """A resolved vLLM experiment on the CPU, small enough for 2 cores."""
+    return small_experiment({**TINY_WORKLOAD, "backend": "vllm", "device": "cpu"}, overrides)
 
 
 MAIN = cpu_experiment(vllm={"max_num_seqs": 4, "enable_prefix_caching": True, "enforce_eager": True})
