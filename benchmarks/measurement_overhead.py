@@ -15,10 +15,11 @@ hit all of them alike; ratios are of the medians.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
+
+from interleave import interleaved, print_rows
 
 from llenergymeasure.backends.pytorch import PyTorchBackend
 from llenergymeasure.campaign import resolve_experiment
@@ -126,25 +127,11 @@ def main() -> int:
         sync()
         return time.perf_counter() - t0, n
 
-    variants = {"measured": measured, "unmeasured": unmeasured, "bare": bare}
-    for fn in variants.values():  # warm-up, outside the comparison
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    tokens: dict[str, int] = {}
-    for rep in range(args.reps):
-        order = list(variants) if rep % 2 == 0 else list(reversed(variants))
-        for name in order:
-            dt, n = variants[name]()
-            times[name].append(dt)
-            tokens[name] = n
-    med = {k: statistics.median(v) for k, v in times.items()}
-    tps = {k: tokens[k] / med[k] for k in variants}
+    med, tps, times = interleaved({"measured": measured, "unmeasured": unmeasured, "bare": bare}, args.reps)
     print(
         f"device {args.device}, batch {args.batch_size}, {args.prompts} prompts x {args.new_tokens} new tokens, {args.reps} interleaved reps"
     )
-    for k in variants:
-        spread = (max(times[k]) - min(times[k])) / med[k]
-        print(f"  {k:<11} median {med[k]:.4f} s  {tps[k]:10.1f} output tok/s  (range {spread:.1%} of median)")
+    print_rows(med, tps, times)
     print(f"measurement on / off time ratio:      {med['measured'] / med['unmeasured']:.4f}  (target <= 1.01)")
     print(f"backend / bare generate throughput:   {tps['measured'] / tps['bare']:.4f}  (target >= 0.98)")
     return 0

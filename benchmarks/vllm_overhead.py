@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+from interleave import interleaved, print_rows
 
 from llenergymeasure.backends.vllm import VllmBackend
 from llenergymeasure.campaign import resolve_experiment
@@ -98,29 +99,15 @@ def main() -> int:
         outs = backend.llm.generate(requests, params, use_tqdm=False)
         return time.perf_counter() - t0, sum(len(o.outputs[0].token_ids) for o in outs)
 
-    variants = {"measured": measured, "unmeasured": unmeasured, "bare": bare}
-    for fn in variants.values():  # warm-up, outside the comparison
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    counts: dict[str, int] = {}
-    for rep in range(args.reps):
-        order = list(variants) if rep % 2 == 0 else list(reversed(variants))
-        for name in order:
-            dt, n = variants[name]()
-            times[name].append(dt)
-            counts[name] = n
+    med, tps, times = interleaved({"measured": measured, "unmeasured": unmeasured, "bare": bare}, args.reps)
     backend.close()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    tps = {k: counts[k] / med[k] for k in variants}
     import vllm
 
     print(
         f"vLLM {vllm.__version__} on {device}, max_num_seqs {args.max_num_seqs}, {args.prompts} prompts x "
         f"{args.new_tokens} new tokens, {args.reps} interleaved reps"
     )
-    for k in variants:
-        spread = (max(times[k]) - min(times[k])) / med[k]
-        print(f"  {k:<11} median {med[k]:.4f} s  {tps[k]:10.1f} output tok/s  (range {spread:.1%} of median)")
+    print_rows(med, tps, times)
     print(f"ours / bare LLM.generate throughput:  {tps['measured'] / tps['bare']:.4f}  (target >= 0.98)")
     print(f"measurement on / off throughput:      {tps['measured'] / tps['unmeasured']:.4f}  (target >= 0.98)")
     # both costs are per window, not per token: they shrink relative to windows of realistic length
