@@ -175,7 +175,7 @@ def test_combinations_an_engine_cannot_run_are_dropped_with_reason(tmp_path):
         ),
         (
             {"backend": "tensorrt", "tensorrt": {"quantization": "fp8", "calibration": {"dataset": "wikitext"}}},
-            "calibrates from cnn_dailymail, pileval",
+            "calibrates text models from cnn_dailymail, pileval",
         ),
         (
             {"backend": "tensorrt", "tensorrt": {"quantization": "fp8"}},
