@@ -158,6 +158,18 @@ TINY_WORKLOAD = {
 }
 
 
+#: Six prompts for the engine backends' tests (stand-in and real engine): short ones, and one longer than
+#: TINY_WORKLOAD's max_input_tokens, so truncation shows
+ENGINE_PROMPTS = [
+    "hello world",
+    "What is the capital of France?",
+    "tell me why the sky is blue " * 20,
+    "add 17 and 25",
+    "x y z",
+    "the quick brown fox",
+]
+
+
 def tiny_experiment(**overrides) -> dict:
     """A resolved PyTorch experiment small enough for unit tests on 2 CPU cores."""
     base = {**TINY_WORKLOAD, "device": "cpu", "pytorch": {"batch_size": 2}}

@@ -486,6 +486,7 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("gpus", [], "= [] is out of range; allowed: at least this many items: 1"),
         ("adapter", 3, "= 3 has the wrong type"),
         ("vllm.max_num_seqs", 0, "= 0 is out of range; allowed: >= 1"),
+        ("vllm.seed_per_request", "yes", "= 'yes' has the wrong type; allowed: boolean"),
         ("vllm.block_size", 24, "= 24 is not allowed; allowed: null, 16, 32, 64, 128"),
         ("vllm.quantization", "marlin", "= 'marlin' is not allowed"),
         ("vllm.gpu_memory_utilization", 1.5, "= 1.5 is out of range; allowed: <= 0.99"),

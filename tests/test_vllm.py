@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import TINY_WORKLOAD, forget_engine, small_experiment
+from conftest import ENGINE_PROMPTS, TINY_WORKLOAD, forget_engine, small_experiment
 from llenergymeasure.backends import vllm as backend_module
 from llenergymeasure.backends.vllm import VllmBackend, engine_environment, engine_kwargs, problems
 from llenergymeasure.campaign import semantic_problem
@@ -48,14 +48,7 @@ def loaded(fake_vllm, tiny_model):
         b.close()
 
 
-PROMPTS = [
-    "hello world",
-    "What is the capital of France?",
-    "tell me why the sky is blue " * 20,
-    "add 17 and 25",
-    "x y z",
-    "the quick brown fox",
-]
+PROMPTS = ENGINE_PROMPTS
 
 
 # ---------------------------------------------------------------------------------------------- engine arguments

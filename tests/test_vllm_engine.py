@@ -14,20 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLING_DECODER, TINY_WORKLOAD, VLLM_RELEASE, small_experiment, vllm_environment
+from conftest import (
+    ENGINE_PROMPTS,
+    SAMPLING_DECODER,
+    TINY_WORKLOAD,
+    VLLM_RELEASE,
+    small_experiment,
+    vllm_environment,
+)
 from llenergymeasure.backends.vllm import cpu_kv_cache_bytes
 from llenergymeasure.flops import analytic_parameters
 
 pytestmark = pytest.mark.workflow
 
-PROMPTS = [
-    "hello world",
-    "What is the capital of France?",
-    "tell me why the sky is blue " * 20,
-    "add 17 and 25",
-    "x y z",
-    "the quick brown fox",
-]
+PROMPTS = ENGINE_PROMPTS
 STOP_PROMPT = "the quick brown fox jumps over"
 
 
