@@ -8,12 +8,24 @@ import time
 import pytest
 
 from conftest import FakeMeter
+from llenergymeasure import validity
+from llenergymeasure.energy.accounting import energy_section
 from llenergymeasure.energy.base import ComponentEnergy, MeterSet
 from llenergymeasure.energy.baseline import idle_baselines, measure_idle, read_cached
 from llenergymeasure.energy.cpu import CpuEstimateMeter, RaplMeter, rapl_domains
 from llenergymeasure.energy.meters import select_meters
-from llenergymeasure.measure import energy_section
 from llenergymeasure.thermal import record_window, required_gap, wait_gap
+
+
+def judged_energy(components, baselines, window_s, unavailable, flags):
+    """The energy section of a window, and the flags the measurement's rules raise on it (appended to ``flags``)."""
+    section = energy_section(components, baselines, window_s, unavailable)
+    for code, message in (
+        *validity.energy_readings(components, baselines, section["components"]),
+        *validity.unmeasured_components(unavailable),
+    ):
+        validity.add(flags, code, message)
+    return section
 
 
 class Clock:
@@ -52,7 +64,7 @@ def test_net_is_gross_minus_idle_power_times_window_not_run_time():
         }
     }
     flags: list = []
-    e = energy_section([gross], baselines, window_s=10.0, unavailable=[], flags=flags)
+    e = judged_energy([gross], baselines, 10.0, [], flags)
     row = e["components"][0]
     assert row["idle_energy_j"] == pytest.approx(800.0)
     assert row["net_energy_j"] == pytest.approx(200.0)
@@ -66,7 +78,7 @@ def test_unavailable_component_is_null_and_flagged_never_zero():
     reset = ComponentEnergy("gpu", "gpu0", "k0", "nvml_counter", None, 5.0, ["counter_reset"])
     est = ComponentEnergy("cpu", "cpu", "k1", "estimate_tdp", 40.0, 5.0, ["estimated_not_measured"])
     flags: list = []
-    e = energy_section([reset, est], {}, 5.0, [{"component": "ram", "reason": "no dram"}], flags)
+    e = judged_energy([reset, est], {}, 5.0, [{"component": "ram", "reason": "no dram"}], flags)
     codes = {f["code"] for f in flags}
     assert {
         "energy_unavailable",
@@ -211,7 +223,7 @@ def test_nvml_meter_flags_mig_and_withholds_reset_values(monkeypatch):
     r = m.stop()
     assert r.energy_j is None and "counter_reset" in r.flags
     flags: list = []
-    energy_section([r], {}, 1.0, [], flags)
+    judged_energy([r], {}, 1.0, [], flags)
     assert {"counter_reset", "mig_parent_gpu_energy", "energy_unavailable"} <= {f["code"] for f in flags}
 
 
@@ -257,7 +269,7 @@ def test_baseline_uncertainty_reflects_drift_and_is_carried_into_net_energy():
     assert rec["uncertainty_w"] >= 2.4  # at least half the drift between the halves
     gross = ComponentEnergy("gpu", "gpu0", m.device_key, "nvml_counter", 2000.0, 10.0)
     flags: list = []
-    e = energy_section([gross], {m.device_key: rec}, 10.0, [], flags)
+    e = judged_energy([gross], {m.device_key: rec}, 10.0, [], flags)
     row = e["components"][0]
     assert row["net_energy_uncertainty_j"] == pytest.approx(rec["uncertainty_w"] * 10.0)
     assert e["total"]["net_energy_uncertainty_j"] == pytest.approx(row["net_energy_uncertainty_j"])
@@ -279,7 +291,7 @@ def test_net_uncertainty_of_several_devices_adds_in_quadrature():
         "k0": {**base, "power_w": 80.0, "uncertainty_w": 0.3},
         "k1": {**base, "power_w": 80.0, "uncertainty_w": 0.4},
     }
-    e = energy_section(rows, baselines, 10.0, [], [])
+    e = energy_section(rows, baselines, 10.0, [])
     assert e["total"]["net_energy_uncertainty_j"] == pytest.approx(5.0)  # sqrt(3^2 + 4^2)
 
 
@@ -300,7 +312,7 @@ def test_busy_machine_baseline_is_flagged_and_never_cached(isolated_cache, monke
     )
     assert read_cached(m.device_key, "fake", ttl_s=600) is None
     flags: list = []
-    energy_section(
+    judged_energy(
         [ComponentEnergy("cpu", "cpu", m.device_key, "fake", 100.0, 5.0)], {m.device_key: rec}, 5.0, [], flags
     )
     assert "baseline_not_idle" in {f["code"] for f in flags}
@@ -354,8 +366,7 @@ def test_codecarbon_on_a_gpu_host_counts_each_gpu_once(monkeypatch):
     assert gpu_row.energy_j == pytest.approx(300.0)
     assert codecarbon.describe()["gpu_energy_source"] == "nvml_counter"
     assert all(r.details["gpu_energy_source"] == "nvml_counter" for r in rows if r.method == "codecarbon")
-    flags: list = []
-    total = energy_section(rows, {}, 1.0, ms.unavailable, flags)["total"]
+    total = energy_section(rows, {}, 1.0, ms.unavailable)["total"]
     assert total["gross_energy_j"] == pytest.approx(300.0 + 36.0 + 72.0)  # 9e-5 kWh of CodeCarbon's GPU is not in it
 
 

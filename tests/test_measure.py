@@ -131,10 +131,10 @@ def test_net_energy_uses_window_duration(raw):
 
 def test_without_a_baseline_net_energy_is_missing_not_gross():
     from llenergymeasure.energy import ComponentEnergy
-    from llenergymeasure.measure import energy_section
+    from llenergymeasure.energy.accounting import energy_section
 
     cpu = ComponentEnergy("cpu", "cpu", "cpu-key", "estimate_tdp", 12.0, 2.0)
-    row = energy_section([cpu], {}, 2.0, [], [])["components"][0]
+    row = energy_section([cpu], {}, 2.0, [])["components"][0]
     assert row["gross_energy_j"] == 12.0 and row["baseline"] is None
     assert row["idle_power_w"] is None and row["idle_energy_j"] is None and row["net_energy_j"] is None
 

@@ -123,3 +123,37 @@ def test_host_bound_gpu_is_flagged():
     ((code, message),) = validity.host_bound(summary(22.0))
     assert code == "host_bound" and "22 %" in message
     assert validity.host_bound(summary(85.0)) == [] and validity.host_bound(None) == []
+
+
+def test_every_flag_is_declared_once_and_listed_in_the_readme_and_the_schemas():
+    """The flag registry (with each backend's own flags) is the one list: the README's table, the raw schema's enum
+    of codes and the aggregated schema's names of counted flags are all exactly it."""
+    import json
+    from pathlib import Path
+
+    from llenergymeasure.backends import every_flag
+    from llenergymeasure.record.flags import markdown_table
+
+    flags = every_flag()
+    root = Path(__file__).resolve().parent.parent
+    assert markdown_table(flags) in (root / "README.md").read_text(encoding="utf-8")
+    schemas = root / "src" / "llenergymeasure" / "schemas"
+    raw = json.loads((schemas / "raw_result.schema.json").read_text())
+    code = raw["properties"]["flags"]["items"]["properties"]["code"]
+    assert code["enum"] == [c for c, f in flags.items() if f.scope == "window"]
+    agg = json.loads((schemas / "aggregated_result.schema.json").read_text())
+    assert agg["properties"]["flags"]["propertyNames"]["enum"] == list(flags)
+    for f in flags.values():  # each names the function that holds its rule
+        module, _, name = f.rule.partition(".")
+        if module == "validity":
+            assert callable(getattr(validity, name, None)), f
+        assert name.split(".")[-1].isidentifier(), f
+
+
+def test_a_flag_outside_the_registry_is_refused():
+    flags: list = []
+    validity.add(flags, "short_window", "x")
+    validity.add(flags, "short_window", "a second one with that code is not added")
+    assert flags == [{"code": "short_window", "message": "x"}]
+    with pytest.raises(ValueError, match="'made_up' is not declared in the flag registry"):
+        validity.add(flags, "made_up", "y")

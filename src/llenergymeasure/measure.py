@@ -26,9 +26,11 @@ from dataclasses import dataclass
 
 from . import validity
 from .backends import create as create_backend
+from .backends import flags as backend_flags
 from .backends.base import RunOutput
 from .campaign import identity_form
 from .config import canonical_json
+from .energy.accounting import energy_section
 from .energy.base import ComponentEnergy, MeterSet
 from .energy.baseline import idle_baselines
 from .energy.meters import carbon_intensity_g_per_kwh, select_meters
@@ -47,7 +49,6 @@ from .timeline import summarise as summarise_timeline
 
 log = logging.getLogger(__name__)
 say = logging.getLogger("llenergymeasure.progress")
-_flag = validity.add
 
 
 @dataclass(frozen=True)
@@ -95,90 +96,6 @@ class WindowRecord:
     @property
     def scheduling(self) -> str:
         return self.runs[0].scheduling
-
-
-def energy_section(
-    components: list[ComponentEnergy], baselines: dict, window_s: float, unavailable: list[dict], flags: list
-) -> dict:
-    """Per-component gross/idle/net energy and the totals. Net = gross - idle power x window duration; its standard
-    uncertainty is the idle power's x the window duration (components added in quadrature: independent devices)."""
-    rows = []
-    for c in components:
-        base = baselines.get(c.device_key)
-        idle_w = None if base is None else base.get("power_w")
-        idle_u = None if base is None else base.get("uncertainty_w")
-        idle_j = None if idle_w is None else idle_w * window_s
-        net = None if (c.energy_j is None or idle_j is None) else c.energy_j - idle_j
-        net_u = None if net is None or idle_u is None else idle_u * window_s
-        row = {
-            "component": c.component,
-            "device": c.device,
-            "method": c.method,
-            "gross_energy_j": c.energy_j,
-            "mean_power_w": c.mean_power_w,
-            "idle_power_w": idle_w,
-            "idle_power_uncertainty_w": idle_u,
-            "idle_energy_j": idle_j,
-            "net_energy_j": net,
-            "net_energy_uncertainty_j": net_u,
-            "counter_duration_s": c.duration_s,
-            "baseline": None
-            if base is None
-            else {
-                "method": base["method"],
-                "from_cache": base["from_cache"],
-                "cache_age_s": base["cache_age_s"],
-                "measured_at": base["measured_at"],
-                "duration_s": base["duration_s"],
-                "settled": base["settle"]["settled"],
-                "checks": base.get("checks", {}),
-                "flags": base.get("flags", []),
-            },
-            "flags": list(c.flags),
-            "details": c.details,
-        }
-        rows.append(row)
-        if c.energy_j is None:
-            _flag(flags, "energy_unavailable", f"{c.component} ({c.device}): no valid reading ({', '.join(c.flags)})")
-        if "counter_reset" in c.flags:
-            _flag(flags, "counter_reset", f"{c.device}: energy counter went backwards; value withheld")
-        if c.method in ("estimate_tdp", "codecarbon"):
-            _flag(flags, "energy_estimated", f"{c.component} energy is an estimate ({c.method}), not a measurement")
-        if "mig_parent_gpu_energy" in c.flags:
-            _flag(flags, "mig_parent_gpu_energy", f"{c.device} is a MIG instance: energy is the whole parent GPU's")
-        if base is None and c.method != "codecarbon":
-            _flag(flags, "no_idle_baseline", f"{c.device}: no idle baseline, net energy unavailable")
-        elif base is not None and not base["settle"]["settled"]:
-            _flag(flags, "idle_not_settled", f"{c.device}: idle power had not settled when the baseline was taken")
-        if net is not None and net < 0:
-            _flag(
-                flags, "net_energy_negative", f"{c.device}: window energy below idle energy (noise or stale baseline)"
-            )
-        for code, message in validity.baseline_quality(c.device, base):
-            _flag(flags, code, message)
-    for u in unavailable:
-        _flag(flags, f"{u['component']}_energy_unavailable", u["reason"])
-    valid = [r for r in rows if r["gross_energy_j"] is not None]
-    gross = sum(r["gross_energy_j"] for r in valid) if valid and len(valid) == len(rows) else None
-    nets = [r["net_energy_j"] for r in rows]
-    net = sum(nets) if rows and all(n is not None for n in nets) else None
-    net_us = [r["net_energy_uncertainty_j"] for r in rows]
-    net_u = sum(u * u for u in net_us) ** 0.5 if net is not None and all(u is not None for u in net_us) else None
-    method = "+".join(f"{r['component']}:{r['method']}" for r in rows) or "unavailable"
-    return {
-        "window_duration_s": window_s,
-        "components": rows,
-        "unavailable": unavailable,
-        "total": {
-            "gross_energy_j": gross,
-            "net_energy_j": net,
-            "net_energy_uncertainty_j": net_u,
-            "method": method,
-            "components": [r["component"] for r in rows],
-            "includes_estimate": any(r["method"] in ("estimate_tdp", "codecarbon") for r in rows),
-            "mean_power_w": None if gross is None or window_s <= 0 else gross / window_s,
-        },
-    }
 
 
 def emissions_section(total_j: float | None, country: str | None, method: str) -> dict:
@@ -329,10 +246,13 @@ def memory_section(w: WindowRecord, timeline: dict, peaks: dict) -> dict:
 
 
 def findings(
-    w: WindowRecord, config: dict, tokens: dict, energy: dict, timeline: dict, steady: dict, backend_flags
+    w: WindowRecord, config: dict, tokens: dict, energy: dict, timeline: dict, steady: dict, flops: dict, backend_flags
 ) -> list:
-    """Every validity rule's verdict on this window (see :mod:`llenergymeasure.validity`)."""
+    """Every validity rule's verdict on this window (see :mod:`llenergymeasure.validity`), in the order the raw
+    result lists them."""
     return [
+        *validity.energy_readings(w.components, w.baselines, energy["components"]),
+        *validity.unmeasured_components(energy["unavailable"]),
         *validity.short_window(w.duration_s, config["energy"]["min_window_s"]),
         *validity.warmup_not_converged(w.warmup),
         *backend_flags,
@@ -349,6 +269,7 @@ def findings(
         *validity.host_bound(timeline["summary"]),
         *validity.cold_start_in_window(steady),
         *validity.energy_cross_check_mismatch(energy["cross_check"]),
+        *validity.flops_confidence(flops),
     ]
 
 
@@ -523,8 +444,7 @@ def build_result(
     ctx: dict,
 ) -> tuple[dict, tuple[str, dict] | None]:
     """The raw result of a window (and its timeline sidecar, when one is to be written)."""
-    flags: list[dict] = []
-    energy = energy_section(w.components, w.baselines, w.duration_s, w.meters.unavailable, flags)
+    energy = energy_section(w.components, w.baselines, w.duration_s, w.meters.unavailable)
     total = energy["total"]
     energy["emissions"] = emissions_section(
         total["gross_energy_j"], config["energy"]["country_iso_code"], total["method"]
@@ -534,16 +454,18 @@ def build_result(
     energy["cross_check"] = cross_check_section(w)
     steady = steady_state(w.scheduling, w.batches, w.steps, (w.w0, w.w1))
     tokens = tokens_section(w, config, backend.token_counting)
-    for code, message in findings(w, config, tokens, energy, timeline, steady, backend.validity_flags(w.batches)):
-        _flag(flags, code, message)
     flops = flops_section(
         model_dims(backend.model_config()),
         [(r.input_tokens, r.output_tokens) for r in w.requests],
         w.duration_s,
         tokens["output_tokens"],
     )
-    if flops["confidence"] == "low":
-        _flag(flags, "flops_low_confidence", f"architecture '{flops['model_dims']['model_type']}' not modelled exactly")
+    flags: list[dict] = []
+    known = backend_flags(config["backend"])
+    for code, message in findings(
+        w, config, tokens, energy, timeline, steady, flops, backend.validity_flags(w.batches)
+    ):
+        validity.add(flags, code, message, known)
     gpus = [m.gpu for m in w.meters.meters if m.gpu is not None]
     from .energy.nvml import driver_info
 

@@ -7,14 +7,21 @@ to trust it.
 
 from __future__ import annotations
 
+from .energy.accounting import ESTIMATES
+from .record.flags import BASELINE_FLAGS, FLAGS
+
 Finding = tuple[str, str]
 
 #: Mean SM utilisation (percent) below which a GPU spent most of the window waiting for the host.
 HOST_BOUND_SM_UTIL_PCT = 30.0
 
 
-def add(flags: list[dict], code: str, message: str) -> None:
-    """Append a flag unless one with that code is already there."""
+def add(flags: list[dict], code: str, message: str, known=FLAGS) -> None:
+    """Append a flag unless one with that code is already there. ``known``: the flags that may be raised (the
+    registry, :mod:`llenergymeasure.record.flags`, and the measuring backend's own); a code outside it is a
+    programming error (ValueError), so every flag a result can carry is declared with its meaning."""
+    if code not in known:
+        raise ValueError(f"flag {code!r} is not declared in the flag registry (llenergymeasure.record.flags)")
     if not any(f["code"] == code for f in flags):
         flags.append({"code": code, "message": message})
 
@@ -131,16 +138,44 @@ def throttling(timeline_summary: dict | None) -> list[Finding]:
     return out
 
 
-#: Flags a baseline record can carry -> the measurement flag and what it means.
-BASELINE_FLAGS = {
-    "baseline_not_idle": "the device was busy while the idle baseline was taken (not cached): net energy is understated",
-    "idle_power_drifting": "idle power drifted during the baseline",
-    "idle_baseline_uncertain": "the idle power's standard uncertainty exceeds 1 %",
-    "baseline_counter_samples_disagree": "the baseline's counter and power samples disagree by more than 5 %",
-}
-
-
 def baseline_quality(device: str, baseline: dict | None) -> list[Finding]:
     if baseline is None:
         return []
-    return [(code, f"{device}: {text}") for code, text in BASELINE_FLAGS.items() if code in baseline.get("flags", [])]
+    return [(code, f"{device}: {FLAGS[code].meaning}") for code in BASELINE_FLAGS if code in baseline.get("flags", [])]
+
+
+def energy_readings(components: list, baselines: dict, rows: list[dict]) -> list[Finding]:
+    """What each component's reading and idle baseline say about the energy (``rows``: the energy section's
+    per-component rows, in the order of ``components``)."""
+    out: list[Finding] = []
+    for c, row in zip(components, rows, strict=True):
+        base = baselines.get(c.device_key)
+        if c.energy_j is None:
+            out.append(("energy_unavailable", f"{c.component} ({c.device}): no valid reading ({', '.join(c.flags)})"))
+        if "counter_reset" in c.flags:
+            out.append(("counter_reset", f"{c.device}: energy counter went backwards; value withheld"))
+        if c.method in ESTIMATES:
+            out.append(("energy_estimated", f"{c.component} energy is an estimate ({c.method}), not a measurement"))
+        if "mig_parent_gpu_energy" in c.flags:
+            out.append(("mig_parent_gpu_energy", f"{c.device} is a MIG instance: energy is the whole parent GPU's"))
+        if base is None and c.method != "codecarbon":
+            out.append(("no_idle_baseline", f"{c.device}: no idle baseline, net energy unavailable"))
+        elif base is not None and not base["settle"]["settled"]:
+            out.append(("idle_not_settled", f"{c.device}: idle power had not settled when the baseline was taken"))
+        if row["net_energy_j"] is not None and row["net_energy_j"] < 0:
+            out.append(
+                ("net_energy_negative", f"{c.device}: window energy below idle energy (noise or stale baseline)")
+            )
+        out += baseline_quality(c.device, base)
+    return out
+
+
+def unmeasured_components(unavailable: list[dict]) -> list[Finding]:
+    """A component the experiment could not measure at all (no NVML, no RAPL dram domain)."""
+    return [(f"{u['component']}_energy_unavailable", u["reason"]) for u in unavailable]
+
+
+def flops_confidence(flops: dict) -> list[Finding]:
+    if flops["confidence"] == "low":
+        return [("flops_low_confidence", f"architecture '{flops['model_dims']['model_type']}' not modelled exactly")]
+    return []

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..record.flags import FLAGS, Flag, joined
+
 #: Backends of this version, in the order they are documented.
 BACKENDS = ("pytorch", "vllm", "tensorrt")
 
@@ -53,6 +55,7 @@ class BackendRules:
     nominal_batch: Callable[[dict], tuple[int, str]]
     count_parameters: Callable[[dict, int | None, Any], tuple[int | None, str]]
     implementation: Callable[[dict], str]  # "module:Class"
+    flags: tuple[Flag, ...] = ()  # the flags its own checks raise (validity_flags), beside the registry's
 
     def problem(self, config: dict) -> str | None:
         """The first reason the backend cannot run ``config``, or None."""
@@ -65,6 +68,16 @@ def rules(backend: str) -> BackendRules:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (available: {', '.join(BACKENDS)})")
     return importlib.import_module(f"{__name__}.{backend}").RULES
+
+
+def flags(backend: str) -> dict[str, Flag]:
+    """Every flag a measurement on ``backend`` may raise: the registry's and the backend's own."""
+    return joined(FLAGS.values(), rules(backend).flags)
+
+
+def every_flag() -> dict[str, Flag]:
+    """Every flag of this version: the registry's, then each backend's own (README and raw schema list these)."""
+    return joined(FLAGS.values(), *(rules(b).flags for b in BACKENDS))
 
 
 def create(config: dict, model_path: str):

@@ -20,6 +20,7 @@ import logging
 import statistics
 import time
 
+from ..record.flags import BATCH_NOT_SATURATED, Flag
 from . import BackendRules
 from .base import Batch, BatchRecord, RequestTiming, RunOutput, Step, elapsed, shape, stop_token_ids, warm_up
 
@@ -141,6 +142,20 @@ def implementation(config: dict) -> str:
     return "llenergymeasure.backends.pytorch:PyTorchBackend"
 
 
+#: the flags of this backend's own checks (validity_flags here and in data_parallel.py)
+HALF_PRECISION_ON_CPU = Flag(
+    "half_precision_on_cpu",
+    "window",
+    "float16 or bfloat16 on a CPU: most CPUs emulate it, several times slower than float32",
+    "pytorch.PyTorchBackend.validity_flags",
+)
+IDLE_PROCESS = Flag(
+    "idle_process",
+    "window",
+    "a data-parallel process got no prompt: fewer prompts than processes",
+    "data_parallel.DataParallelPyTorch.validity_flags",
+)
+
 RULES = BackendRules(
     name="pytorch",
     engine="PyTorch/transformers",
@@ -153,6 +168,11 @@ RULES = BackendRules(
     nominal_batch=nominal_batch,
     count_parameters=count_parameters,
     implementation=implementation,
+    flags=(
+        BATCH_NOT_SATURATED,
+        HALF_PRECISION_ON_CPU,
+        IDLE_PROCESS,
+    ),
 )
 
 

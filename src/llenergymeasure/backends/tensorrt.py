@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..config import canonical_json
 from ..errors import MeasurementError
+from ..record.flags import BATCH_NOT_SATURATED
 from . import BackendRules
 from .base import (
     Batch,
@@ -325,6 +326,7 @@ RULES = BackendRules(
     nominal_batch=nominal_batch,
     count_parameters=count_parameters,
     implementation=implementation,
+    flags=(BATCH_NOT_SATURATED,),
 )
 
 

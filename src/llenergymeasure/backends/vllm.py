@@ -49,6 +49,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import MeasurementError
+from ..record.flags import BATCH_NOT_SATURATED
 from . import BackendRules
 from .base import Batch, BatchRecord, RequestTiming, RunOutput, Step, generation_eos, shape, stop_token_ids, warm_up
 
@@ -500,6 +501,7 @@ RULES = BackendRules(
     nominal_batch=nominal_batch,
     count_parameters=count_parameters,
     implementation=implementation,
+    flags=(BATCH_NOT_SATURATED,),
 )
 
 

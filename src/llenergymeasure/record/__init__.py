@@ -1,0 +1,10 @@
+"""What a measurement leaves behind, each concept in one place.
+
+- :mod:`.layout`: where every file of a campaign lies (raw result, timeline sidecar, decision, aggregated result,
+  summary, failures, logs, report) and what a path names.
+- :mod:`.metrics`: every metric of the aggregated results and the summary: name, unit, how to read it from a raw
+  result, which way is better, and where it is used (CV, precision target, summary, ``lem compare``).
+- :mod:`.flags`: every validity flag: its code, scope, meaning and the rule that raises it.
+
+Each module needs only the standard library: a measurement job inside a stock engine image imports them too.
+"""
