@@ -174,3 +174,23 @@ def test_fewer_cycles_than_planned_are_flagged(tmp_path, template):
     agg = aggregate_experiment(paths, "name", cv_threshold=0.5, confidence=0.95, planned_cycles=3)
     assert agg["cycles"] == 2 and agg["flags"]["missing_cycles"] == 1
     assert "missing_cycles" not in aggregate_experiment(paths, "name", 0.5, 0.95, planned_cycles=2)["flags"]
+
+
+def test_every_metric_has_a_unit_a_meaning_and_a_reader_of_raw_results(tmp_path, template):
+    """The metric registry is the one list: the aggregation summarises exactly its metrics, the summary's metric
+    columns are its statistics, and each metric reads a number (or None) from a real raw result."""
+    import numbers
+
+    from llenergymeasure.record.metrics import REGISTRY, STATISTICS
+
+    names = [m.name for m in REGISTRY]
+    assert len(names) == len(set(names))
+    for m in REGISTRY:
+        assert m.unit and m.meaning and set(m.summary) <= set(STATISTICS), m
+        assert set(m.columns()) <= set(SUMMARY_COLUMNS), m
+        value = m.read(template)
+        assert value is None or isinstance(value, numbers.Real), (m.name, value)
+    agg = aggregate_experiment(
+        write_cycles(tmp_path, template, [10.0, 12.0]), "name", cv_threshold=0.5, confidence=0.95
+    )
+    assert list(agg["metrics"]) == names and all(set(c) >= set(names) for c in agg["per_cycle"])

@@ -8,7 +8,9 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from .campaign import nominal_batch
+from .backends import rules as backend_rules
+from .record.layout import cycle_of, experiment_of
+from .record.metrics import CV_METRICS, REGISTRY
 from .results import (
     AGGREGATED_SCHEMA,
     RAW_SCHEMA,
@@ -21,47 +23,6 @@ from .results import (
 )
 from .stats import distribution, summarise
 from .thermal import AUDITED_KEYS
-
-
-def _component_j(r: dict, component: str) -> float | None:
-    """Gross window energy of one kind of device (all GPUs, say); None when absent or any value is missing."""
-    rows = [c for c in r["energy"]["components"] if c["component"] == component]
-    if not rows or any(c["gross_energy_j"] is None for c in rows):
-        return None
-    return sum(c["gross_energy_j"] for c in rows)
-
-
-def _per_output_token(value: float | None, r: dict) -> float | None:
-    n = r["tokens"]["output_tokens"]
-    return None if value is None or not n else value / n
-
-
-#: metric name in aggregated/summary -> how to read it from one raw result
-METRICS = {
-    "energy_j": lambda r: r["energy"]["total"]["gross_energy_j"],
-    "energy_net_j": lambda r: r["energy"]["total"]["net_energy_j"],
-    "j_per_output_token": lambda r: r["efficiency"]["j_per_output_token"],
-    "net_j_per_output_token": lambda r: r["efficiency"]["net_j_per_output_token"],
-    "output_tokens_per_s": lambda r: r["throughput"]["output_tokens_per_s"],
-    "output_tokens": lambda r: r["tokens"]["output_tokens"],
-    "mean_power_w": lambda r: r["energy"]["total"]["mean_power_w"],
-    "window_duration_s": lambda r: r["timestamps"]["window_duration_s"],
-    "e2e_latency_mean_ms": lambda r: r["latency"]["e2e_ms"]["mean"],
-    "ttft_mean_ms": lambda r: r["latency"]["ttft_ms"]["mean"],
-    "itl_mean_ms": lambda r: r["latency"]["itl_ms"]["mean"],
-    "co2_kg": lambda r: r["energy"]["emissions"]["co2_kg"],
-    "total_flops": lambda r: r["flops"]["total_flops"],
-    "gpu_energy_j": lambda r: _component_j(r, "gpu"),
-    "cpu_energy_j": lambda r: _component_j(r, "cpu"),
-    "gpu_j_per_output_token": lambda r: _per_output_token(_component_j(r, "gpu"), r),
-    # measurement quality (absent from results written before these checks existed: None)
-    "energy_net_uncertainty_j": lambda r: r["energy"]["total"].get("net_energy_uncertainty_j"),
-    "energy_cross_check_ratio": lambda r: (r["energy"].get("cross_check") or {}).get("ratio"),
-    "cold_excess_share": lambda r: (r.get("steady_state") or {}).get("cold_excess_share"),
-}
-
-#: metrics whose CV across cycles decides ``cv_flag``
-CV_METRICS = ("energy_j", "j_per_output_token")
 
 
 class AggregationError(ValueError):
@@ -88,7 +49,7 @@ def aggregate_experiment(
     raws = []
     for path in raw_paths:
         r = read_result(path, RAW_SCHEMA)
-        expected_cycle = int(Path(path).stem.split("_")[-1])
+        expected_cycle = cycle_of(path)
         if r["cycle"] != expected_cycle:
             raise AggregationError(f"{path}: holds cycle {r['cycle']}, file name says {expected_cycle}")
         raws.append(r)
@@ -107,7 +68,7 @@ def aggregate_experiment(
     if len(set(cycles)) != len(cycles):
         raise AggregationError(f"cycle numbers repeat across {raw_paths}: {sorted(cycles)}")
     raws.sort(key=lambda r: r["cycle"])
-    metrics = {name: summarise([get(r) for r in raws], confidence) for name, get in METRICS.items()}
+    metrics = {m.name: summarise([m.read(r) for r in raws], confidence) for m in REGISTRY}
     cvs = {m: metrics[m]["cv"] for m in CV_METRICS}
     cv_flag = any(v is not None and v > cv_threshold for v in cvs.values())
     flag_counts = Counter(f["code"] for r in raws for f in r["flags"])
@@ -156,7 +117,7 @@ def aggregate_experiment(
                 "cycle": r["cycle"],
                 "window_start": r["timestamps"]["window_start"],
                 "window_end": r["timestamps"]["window_end"],
-                **{name: get(r) for name, get in METRICS.items()},
+                **{m.name: m.read(r) for m in REGISTRY},
                 "flags": [f["code"] for f in r["flags"]],
                 "thermal": {"host": r["environment"]["host"], **{k: r["thermal"].get(k) for k in AUDITED_KEYS}},
             }
@@ -227,13 +188,14 @@ def group_by_experiment(raw_paths: list[str]) -> dict[str, list[str]]:
     """``.../raw/<experiment_id>/cycle_<n>.json`` paths grouped by experiment id, in first-seen order."""
     grouped: dict[str, list[str]] = {}
     for p in raw_paths:
-        grouped.setdefault(Path(p).parent.name, []).append(str(p))
+        grouped.setdefault(experiment_of(p), []).append(str(p))
     return grouped
 
 
 # ------------------------------------------------------------------------------------------------ summary CSV
 
-SUMMARY_COLUMNS = [
+#: identity columns before the metrics, and after them
+SUMMARY_HEAD = [
     "experiment_id",
     "config_name",
     "backend",
@@ -243,43 +205,31 @@ SUMMARY_COLUMNS = [
     "fp_precision",
     "device",
     "cycles",
-    "output_tokens_mean",
-    "energy_j_mean",
-    "energy_j_std",
-    "energy_j_cv",
-    "energy_j_ci_low",
-    "energy_j_ci_high",
-    "energy_net_j_mean",
-    "energy_net_j_ci_low",
-    "energy_net_j_ci_high",
-    "j_per_output_token_mean",
-    "j_per_output_token_ci_low",
-    "j_per_output_token_ci_high",
-    "net_j_per_output_token_mean",
-    "gpu_energy_j_mean",
-    "cpu_energy_j_mean",
-    "gpu_j_per_output_token_mean",
-    "output_tokens_per_s_mean",
-    "output_tokens_per_s_ci_low",
-    "output_tokens_per_s_ci_high",
-    "mean_power_w_mean",
-    "e2e_latency_mean_ms_mean",
-    "ttft_p50_ms",
-    "ttft_p99_ms",
-    "e2e_p50_ms",
-    "e2e_p99_ms",
-    "co2_kg_mean",
-    "window_duration_s_mean",
-    "total_flops_mean",
-    "energy_net_uncertainty_j_mean",
-    "energy_cross_check_ratio_mean",
-    "cold_excess_share_mean",
-    "energy_method",
-    "includes_estimate",
-    "flops_method",
-    "cv_flag",
-    "flags",
 ]
+SUMMARY_TAIL = ["energy_method", "includes_estimate", "flops_method", "cv_flag", "flags"]
+#: percentiles of every request's latency pooled across cycles (not a per-cycle metric): column -> (key, statistic),
+#: placed after the metric named by POOLED_AFTER
+POOLED_COLUMNS = {
+    "ttft_p50_ms": ("ttft_ms", "p50"),
+    "ttft_p99_ms": ("ttft_ms", "p99"),
+    "e2e_p50_ms": ("e2e_ms", "p50"),
+    "e2e_p99_ms": ("e2e_ms", "p99"),
+}
+POOLED_AFTER = "e2e_latency_mean_ms"
+
+
+def _metric_columns() -> list[str]:
+    out = []
+    for m in REGISTRY:
+        out += m.columns()
+        if m.name == POOLED_AFTER:
+            out += list(POOLED_COLUMNS)
+    return out
+
+
+#: the summary's columns: identity, ``<metric>_<statistic>`` of every metric the registry puts in the summary
+#: (:mod:`llenergymeasure.record.metrics`), the pooled latency percentiles, then how the numbers were obtained
+SUMMARY_COLUMNS = SUMMARY_HEAD + _metric_columns() + SUMMARY_TAIL
 
 
 #: columns of a precision-targeted campaign's summary (after SUMMARY_COLUMNS), from the aggregated ``precision``
@@ -292,13 +242,11 @@ PRECISION_COLUMNS = {
     "precision_status": "status",
 }
 
-STAT_SUFFIXES = ("_mean", "_std", "_cv", "_ci_low", "_ci_high")
-
 
 def summary_row(agg: dict) -> dict:
     """One CSV row: identity columns, then ``<metric>_<stat>`` columns read from the aggregated metrics."""
     cfg = agg["config"]
-    batch_size, strategy = nominal_batch(cfg)
+    batch_size, strategy = backend_rules(cfg["backend"]).nominal_batch(cfg)
     pooled = agg["latency_pooled_ms"]
     row = {
         "experiment_id": agg["experiment_id"],
@@ -310,21 +258,16 @@ def summary_row(agg: dict) -> dict:
         "fp_precision": cfg["fp_precision"],
         "device": agg["device"],
         "cycles": agg["cycles"],
-        "ttft_p50_ms": pooled["ttft_ms"]["p50"],
-        "ttft_p99_ms": pooled["ttft_ms"]["p99"],
-        "e2e_p50_ms": pooled["e2e_ms"]["p50"],
-        "e2e_p99_ms": pooled["e2e_ms"]["p99"],
+        **{column: pooled[key][stat] for column, (key, stat) in POOLED_COLUMNS.items()},
         "energy_method": agg["energy_method"],
         "includes_estimate": agg["includes_estimate"],
         "cv_flag": agg["cv_flag"],
         "flags": ";".join(agg["flags"]),
         "flops_method": agg["flops_method"],
     }
-    for column in SUMMARY_COLUMNS:
-        for suffix in STAT_SUFFIXES:
-            metric = column[: -len(suffix)]
-            if column.endswith(suffix) and metric in agg["metrics"]:
-                row[column] = agg["metrics"][metric][suffix[1:]]
+    for m in REGISTRY:
+        for stat in m.summary:
+            row[f"{m.name}_{stat}"] = agg["metrics"][m.name][stat]
     missing = [c for c in SUMMARY_COLUMNS if c not in row]
     if missing:
         raise AggregationError(f"summary columns without a source: {missing}")

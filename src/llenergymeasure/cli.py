@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, did_you_mean, problem_lines
+from .record.metrics import COMPARE_METRICS
 
 DEFAULT_CAMPAIGN = "config/campaign.yaml"
 
@@ -269,15 +270,6 @@ def cmd_results(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- compare
-
-COMPARE_METRICS = [
-    "energy_j",
-    "energy_net_j",
-    "j_per_output_token",
-    "output_tokens_per_s",
-    "e2e_latency_mean_ms",
-    "mean_power_w",
-]
 
 
 def welch(a: list[float], b: list[float], confidence: float = 0.95) -> dict:

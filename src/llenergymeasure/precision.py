@@ -20,8 +20,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-#: metrics a target may be set on (names as in the aggregated results)
-TARGET_METRICS = ("j_per_output_token", "energy_j", "output_tokens_per_s")
+from .record.metrics import METRICS
+
 KEY = "execution.precision_target"
 
 
@@ -141,9 +141,7 @@ def assess(values: list[float | None], target: Target) -> dict:
 
 def metric_values(raws: list[dict], metric: str) -> list[float | None]:
     """The target metric of each raw result (read as the aggregation reads it)."""
-    from .aggregate import METRICS
-
-    return [METRICS[metric](r) for r in raws]
+    return [METRICS[metric].read(r) for r in raws]
 
 
 class DecisionError(ValueError):
