@@ -673,6 +673,7 @@ def test_no_traceback_from_the_commands_given_any_lem_file(argv, problems):
 
 def test_command_line_values_are_read_as_their_keys_types():
     from llenergymeasure.config import coerce_overrides
+    from llenergymeasure.legacy import FORMER_SPELLINGS
 
     # what Snakemake hands over for --config 'execution={cycles: 5, ...}' (YAML's base loader: every scalar a string)
     given = {
@@ -700,7 +701,7 @@ def test_command_line_values_are_read_as_their_keys_types():
             "backend_overrides": {"pytorch": {"num_processes": "2"}},
         },
     }
-    assert coerce_overrides(given) == {
+    assert coerce_overrides(given, FORMER_SPELLINGS) == {
         "execution": {"cycles": 5, "structure": "shuffled", "seed": 0, "config_gap_s": 2.5, "cycle_gap_seconds": 9},
         "notifications": {"on_complete": False, "webhook_url": None},
         "campaign_name": "2024",
@@ -720,7 +721,7 @@ def test_command_line_values_are_read_as_their_keys_types():
         },
     }
     # left as given: the schema says why
-    assert coerce_overrides({"execution": {"cycles": "many"}}) == {"execution": {"cycles": "many"}}
+    assert coerce_overrides({"execution": {"cycles": "many"}}, FORMER_SPELLINGS) == {"execution": {"cycles": "many"}}
 
 
 @pytest.mark.workflow
