@@ -151,11 +151,6 @@ def key_hint(key: str, here: Iterable[str], everywhere: Iterable[str] = ()) -> s
     return did_you_mean(key, here) or (did_you_mean(leaf, here) if leaf != key else "")
 
 
-def format_validation_error(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> str:
-    """One line naming the key, the value and what is allowed, from a ``jsonschema.ValidationError``."""
-    return error_lines(err, prefix, everywhere)[0]
-
-
 def error_lines(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> list[str]:
     """The lines of one ``jsonschema.ValidationError``: one per unknown key of an object, else one."""
     # oneOf/anyOf failures: report the branch that got furthest, it is the one the user meant.
@@ -261,13 +256,6 @@ def schema_problems(data: Any, schema_name: str, prefix: str = "", ref: str | No
     return lines
 
 
-def validate(data: Any, schema_name: str, prefix: str = "", ref: str | None = None) -> None:
-    """Validate ``data`` against a schema (or its ``$defs/<ref>``); raise one ConfigError naming every problem."""
-    problems = schema_problems(data, schema_name, prefix, ref)
-    if problems:
-        raise ConfigError(problems)
-
-
 # The validators of every schema (config and results), compiled once per process. A compiled validator says yes
 # or no quickly (a campaign validates every expanded experiment: 10,000 of them in a big grid, and every result
 # file is validated when written and when read); jsonschema's says what is wrong, in the lines of error_lines.
@@ -313,14 +301,6 @@ def value_problems(value: Any, dotted: str, schema_name: str, ref: str, prefix: 
     for err in validator.iter_errors(value):
         lines.extend(line for line in error_lines(err, f"{prefix}.{dotted}") if line not in lines)
     return lines
-
-
-def validate_value(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> None:
-    """Validate one value against the subschema of a dotted key inside ``$defs/<ref>`` (ConfigError naming every
-    problem)."""
-    problems = value_problems(value, dotted, schema_name, ref, prefix)
-    if problems:
-        raise ConfigError(problems)
 
 
 _JSON_TYPES = {
