@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, job_counts, snakemake
 from llenergymeasure.campaign import expand, plan, resolve_campaign, sparse_config
 from llenergymeasure.cli import main
 from llenergymeasure.errors import ConfigError
@@ -376,8 +376,6 @@ def test_no_traceback_for_any_lem_file_and_every_problem_named(argv, problems):
 
 @pytest.mark.workflow
 def test_snakemake_reads_a_lem_v3_campaign_and_names_every_problem(workflow_dir):
-    from test_workflow import snakemake
-
     for name in ("campaign_v3.yaml", "pytorch_v3.yaml", "pre_v3.yaml"):
         shutil.copy(LEM / name, workflow_dir / name)
     fixed = yaml.safe_load((LEM / "campaign_v3.yaml").read_text())
@@ -629,8 +627,6 @@ def test_lem_validate_verbose_shows_each_resolved_experiment(tmp_path, capsys, m
 
 @pytest.mark.workflow
 def test_an_experiment_file_given_as_a_campaign_is_said_to_be_one(workflow_dir):
-    from test_workflow import snakemake
-
     shutil.copy(LEM / "pytorch_v3.yaml", workflow_dir / "exp.yaml")
     run = snakemake(workflow_dir, "-n", "--config", "campaign=exp.yaml")
     lines = [x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")]
@@ -673,6 +669,7 @@ def test_no_traceback_from_the_commands_given_any_lem_file(argv, problems):
 
 def test_command_line_values_are_read_as_their_keys_types():
     from llenergymeasure.config import coerce_overrides
+    from llenergymeasure.legacy import FORMER_SPELLINGS
 
     # what Snakemake hands over for --config 'execution={cycles: 5, ...}' (YAML's base loader: every scalar a string)
     given = {
@@ -700,7 +697,7 @@ def test_command_line_values_are_read_as_their_keys_types():
             "backend_overrides": {"pytorch": {"num_processes": "2"}},
         },
     }
-    assert coerce_overrides(given) == {
+    assert coerce_overrides(given, FORMER_SPELLINGS) == {
         "execution": {"cycles": 5, "structure": "shuffled", "seed": 0, "config_gap_s": 2.5, "cycle_gap_seconds": 9},
         "notifications": {"on_complete": False, "webhook_url": None},
         "campaign_name": "2024",
@@ -720,13 +717,11 @@ def test_command_line_values_are_read_as_their_keys_types():
         },
     }
     # left as given: the schema says why
-    assert coerce_overrides({"execution": {"cycles": "many"}}) == {"execution": {"cycles": "many"}}
+    assert coerce_overrides({"execution": {"cycles": "many"}}, FORMER_SPELLINGS) == {"execution": {"cycles": "many"}}
 
 
 @pytest.mark.workflow
 def test_the_documented_config_override_works(workflow_dir):
-    from test_workflow import job_counts, snakemake
-
     run = snakemake(workflow_dir, "-n", "--config", "execution={cycles: 5, structure: grouped, seed: 3}")
     assert run.returncode == 0, run.stderr[-2000:]
     assert "2 experiments x 5 cycles, grouped order" in run.stderr

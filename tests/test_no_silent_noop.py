@@ -25,7 +25,7 @@ import pytest
 from conftest import QUICK_MEASUREMENT
 from llenergymeasure.backends import rules as backend_rules
 from llenergymeasure.campaign import resolve_experiment, semantic_problem
-from llenergymeasure.config import _resolve, load_schema, set_dotted, validate
+from llenergymeasure.config import _resolve, load_schema, schema_problems, set_dotted
 from llenergymeasure.errors import ConfigError, MeasurementError
 
 ROOT = load_schema("campaign")
@@ -295,10 +295,9 @@ def resolved(backend: str, changes: dict, work, model) -> tuple[dict | None, str
     raw["decoder"] = {}
     for key, value in changes.items():
         set_dotted(raw, key, _substitute(value, work, model))
-    try:
-        validate(raw, "campaign", ref="experiment")
-    except ConfigError as exc:
-        return None, str(exc)
+    problems = schema_problems(raw, "campaign", ref="experiment")
+    if problems:
+        return None, str(ConfigError(problems))
     config = resolve_experiment(raw)
     problem = semantic_problem(config)
     return (None, problem) if problem else (config, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +151,6 @@ def key_hint(key: str, here: Iterable[str], everywhere: Iterable[str] = ()) -> s
     return did_you_mean(key, here) or (did_you_mean(leaf, here) if leaf != key else "")
 
 
-def format_validation_error(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> str:
-    """One line naming the key, the value and what is allowed, from a ``jsonschema.ValidationError``."""
-    return error_lines(err, prefix, everywhere)[0]
-
-
 def error_lines(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> list[str]:
     """The lines of one ``jsonschema.ValidationError``: one per unknown key of an object, else one."""
     # oneOf/anyOf failures: report the branch that got furthest, it is the one the user meant.
@@ -261,13 +256,6 @@ def schema_problems(data: Any, schema_name: str, prefix: str = "", ref: str | No
     return lines
 
 
-def validate(data: Any, schema_name: str, prefix: str = "", ref: str | None = None) -> None:
-    """Validate ``data`` against a schema (or its ``$defs/<ref>``); raise one ConfigError naming every problem."""
-    problems = schema_problems(data, schema_name, prefix, ref)
-    if problems:
-        raise ConfigError(problems)
-
-
 # The validators of every schema (config and results), compiled once per process. A compiled validator says yes
 # or no quickly (a campaign validates every expanded experiment: 10,000 of them in a big grid, and every result
 # file is validated when written and when read); jsonschema's says what is wrong, in the lines of error_lines.
@@ -313,14 +301,6 @@ def value_problems(value: Any, dotted: str, schema_name: str, ref: str, prefix: 
     for err in validator.iter_errors(value):
         lines.extend(line for line in error_lines(err, f"{prefix}.{dotted}") if line not in lines)
     return lines
-
-
-def validate_value(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> None:
-    """Validate one value against the subschema of a dotted key inside ``$defs/<ref>`` (ConfigError naming every
-    problem)."""
-    problems = value_problems(value, dotted, schema_name, ref, prefix)
-    if problems:
-        raise ConfigError(problems)
 
 
 _JSON_TYPES = {
@@ -371,53 +351,45 @@ def _coerce_text(text: str, schema: dict, root: dict) -> Any:
     return text
 
 
-def _coerce(value: Any, schema: dict | None, root: dict) -> Any:
+def _coerce(value: Any, schema: dict | None, root: dict, former: Mapping[str, str]) -> Any:
     if schema is None:
         return value
     schema = _resolve(schema, root)
     if isinstance(value, str):
         return _coerce_text(value, schema, root)
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [_coerce(v, schema["items"], root) for v in value]
+        return [_coerce(v, schema["items"], root, former) for v in value]
     if isinstance(value, dict):
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties")
         extra = extra if isinstance(extra, dict) else None
-        former = _former_names()
-        return {k: _coerce(v, props.get(k, props.get(former.get(k, ""), extra)), root) for k, v in value.items()}
+        return {
+            k: _coerce(v, props.get(k, props.get(former.get(k, ""), extra)), root, former) for k, v in value.items()
+        }
     return value
 
 
-@functools.cache
-def _former_names() -> dict[str, str]:
-    """A key's former spelling -> the key (leaf names: ``duration_sec`` -> ``duration_s``), from the rename rules
-    of :mod:`llenergymeasure.legacy`: a value given under the former name is read as the type of the key."""
-    from .legacy import CAMPAIGN, EXPERIMENT
-
-    rules = {**EXPERIMENT, **CAMPAIGN}.items()
-    return {old.rsplit(".", 1)[-1]: r.new.rsplit(".", 1)[-1] for old, r in rules if r.action == "rename" and r.former}
-
-
-def coerce_overrides(overrides: dict) -> dict:
+def coerce_overrides(overrides: dict, former: Mapping[str, str]) -> dict:
     """Campaign values given on Snakemake's command line (``--config 'execution={cycles: 5}'``), read as the types
     the schema gives their keys. Snakemake reads a nested value with YAML's base loader, which keeps every scalar a
     string ('5', 'false'); a string stays a string where the key takes one. Grid axes are read against the
-    experiment key each names."""
+    experiment key each names. ``former`` maps a key's former spelling to the key (leaf names: ``duration_sec`` ->
+    ``duration_s``): a value given under the former name is read as the type of the key."""
     root = load_schema("campaign")
-    out = _coerce(overrides, root, root)
+    out = _coerce(overrides, root, root, former)
     grid = out.get("grid")
     if isinstance(grid, dict):
         experiment = root["$defs"]["experiment"]
 
         def axis(key: str, values: Any) -> Any:
             section, _, leaf = key.rpartition(".")
-            current = f"{section}.{_former_names()[leaf]}" if leaf in _former_names() and section else key
+            current = f"{section}.{former[leaf]}" if leaf in former and section else key
             sub = property_schema(current, experiment, root)
             if sub is None:
                 return values
             if isinstance(values, list) and "array" not in _allowed_types(sub, root):
-                return [_coerce(v, sub, root) for v in values]
-            return _coerce(values, sub, root)
+                return [_coerce(v, sub, root, former) for v in values]
+            return _coerce(values, sub, root, former)
 
         if isinstance(grid.get("shared"), dict):
             grid["shared"] = {k: axis(k, v) for k, v in grid["shared"].items()}

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import BACKENDS
-from .config import flow
+from .config import document_order, flow
 
 LEM = "lem v3"  # how messages name the reference tool (its configs carry schema_version 3.0.0)
 
@@ -476,6 +476,15 @@ CAMPAIGN: dict[str, Rule] = {
     "io.configs_dir": Rule("ignore", f"{LEM} never read it"),
 }
 
+#: a key's former spelling -> the key (leaf names: ``duration_sec`` -> ``duration_s``), from the ``rename`` rules
+#: marked ``former``: a value given on the command line under the former name is read as the type of the key
+#: (:func:`llenergymeasure.config.coerce_overrides`)
+FORMER_SPELLINGS: dict[str, str] = {
+    old.rsplit(".", 1)[-1]: rule.new.rsplit(".", 1)[-1]
+    for old, rule in {**EXPERIMENT, **CAMPAIGN}.items()
+    if rule.action == "rename" and rule.former
+}
+
 #: .lem-config.yaml
 USER: dict[str, Rule] = {
     "docker": Rule(
@@ -538,8 +547,6 @@ def _refusal(rule: Rule, name: str, value: Any, where: Where) -> str:
 
 
 def _apply(data: dict, table: dict[str, Rule], prefix: str, where: Where, out: Migrated) -> None:
-    from .config import document_order
-
     original = copy.deepcopy(data)
     notes: list[tuple[str, str]] = []  # (key, line): listed in the order the file gives its keys
     problems: list[tuple[str, str]] = []

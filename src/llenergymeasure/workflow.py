@@ -31,6 +31,7 @@ from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan
 from .config import coerce_overrides
 from .errors import ConfigError, problem_lines
 from .failures import completed_only
+from .legacy import FORMER_SPELLINGS
 from .prompts import check_sources
 from .tiny_model import embedded_model_dir, is_embedded
 
@@ -79,10 +80,10 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
             raw, base = loaded, Path(cli_configfiles[-1]).parent
             given = _given_on_command_line(raw, files)
             if given is not _SAME:  # --config values over the files, as the types their keys take
-                raw = deep_merge(raw, coerce_overrides(given))
+                raw = deep_merge(raw, coerce_overrides(given, FORMER_SPELLINGS))
             where = ", ".join(str(p) for p in cli_configfiles)
         else:
-            overrides = coerce_overrides(loaded)  # --config values, as the types their keys take
+            overrides = coerce_overrides(loaded, FORMER_SPELLINGS)  # --config values, as the types their keys take
             name = overrides.pop(CAMPAIGN_KEY, None) or DEFAULT_CAMPAIGN_FILE
             if not isinstance(name, str):
                 raise ConfigError(f"--config {CAMPAIGN_KEY} = {name!r}: expected the path of a campaign file")
