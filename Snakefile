@@ -16,7 +16,7 @@ include: "workflow/common.smk"
 
 # Campaign loading and validation against schemas/campaign.schema.json (one-line error, no job started).
 PLAN = load_plan()
-ROOT = PLAN.results_root
+LAYOUT = PLAN.layout  # every path of the campaign (llenergymeasure.record.layout)
 MODELS_DIR = models_dir()
 
 
@@ -48,7 +48,7 @@ rule all:
     input:
         all_raw_results(),
         scheduled_raw_results(),
-        f"{ROOT}/summary.csv",
-        f"{ROOT}/thermal_gaps.json",
-        f"{ROOT}/notifications/campaign_complete.json",
-        f"{ROOT}/report/efficiency.svg",
+        LAYOUT.summary,
+        LAYOUT.thermal_gaps,
+        LAYOUT.campaign_notification,
+        LAYOUT.report("efficiency"),

@@ -14,13 +14,13 @@ import json
 import sys
 from pathlib import Path
 
-from llenergymeasure.results import raw_result_files
+from llenergymeasure.record.layout import Layout
 
 
 def main(root: str) -> None:
     root_p = Path(root)
     rows = []
-    for raw_path in raw_result_files(root_p):
+    for raw_path in Layout(root_p).raw_files():
         raw = json.loads(raw_path.read_text())
         bench = root_p / "benchmarks" / "measure" / raw_path.parent.name / f"{raw_path.stem}.tsv"
         with open(bench, newline="") as fh:

@@ -134,7 +134,7 @@ def template_result(work: Path) -> dict:
             "baseline": {"enabled": False},
         }
     )
-    return run_experiment(cfg, "template", 1, str(model), None, {})
+    return run_experiment(cfg, "template", 1, str(model), None)
 
 
 def aggregation(n: int, work: Path) -> tuple[float, float]:

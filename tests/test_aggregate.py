@@ -26,7 +26,7 @@ from llenergymeasure.thermal import thermal_audit
 
 @pytest.fixture(scope="module")
 def template(tiny_model):
-    return run_experiment(tiny_experiment(warmup={"enabled": False}), "exp-agg", 1, tiny_model, None, {})
+    return run_experiment(tiny_experiment(warmup={"enabled": False}), "exp-agg", 1, tiny_model, None)
 
 
 def write_cycles(root, template, energies, exp_id="exp-agg"):

@@ -169,9 +169,12 @@ def test_data_parallel_shards_prompts_across_processes(tiny_model, tmp_path):
     pools both parts, and the energy is one reading for the window (not one per process)."""
     from conftest import tiny_experiment
     from llenergymeasure.measure import run_experiment
+    from llenergymeasure.runtime import JobContext
 
     config = tiny_experiment(num_input_prompts=6, pytorch={"batch_size": 2, "num_processes": 2})
-    result = run_experiment(config, "dp", 1, tiny_model, str(tmp_path / "raw.json"), {"state_dir": str(tmp_path / "s")})
+    result = run_experiment(
+        config, "dp", 1, tiny_model, str(tmp_path / "raw.json"), JobContext(state_dir=str(tmp_path / "s"))
+    )
     assert result["num_processes"] == 2
     parts = result["processes"]
     assert [p["process_index"] for p in parts] == [0, 1]

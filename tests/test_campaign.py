@@ -591,35 +591,6 @@ def test_the_workflow_config_stays_as_loaded_and_gains_one_read_only_key(tmp_pat
     assert again.order == p.order and config[lem.RUNTIME_KEY] == facts
 
 
-def test_per_job_functions_give_snakemake_their_parameters_once(monkeypatch):
-    """Snakemake reads a per-job function's parameters from what fixed_signatures stored (no inspection per job),
-    and passes it exactly the arguments the function takes."""
-    import inspect
-
-    import snakemake.common
-    from snakemake.common import get_function_params, get_input_function_aux_params
-
-    from llenergymeasure.workflow import fixed_signatures
-
-    def by_wildcards(wildcards):
-        return wildcards
-
-    def with_threads(wildcards, threads):
-        return threads
-
-    fixed_signatures(by_wildcards, with_threads)
-    expected = inspect.signature(by_wildcards).parameters
-
-    def no_inspection(func):
-        raise AssertionError(f"Snakemake inspected {func.__name__} again")
-
-    monkeypatch.setattr(snakemake.common.inspect, "signature", no_inspection)
-    assert get_function_params(by_wildcards) == expected
-    offered = {"wildcards": 1, "threads": 2, "input": 3}
-    assert get_input_function_aux_params(by_wildcards, offered) == {"wildcards": 1}
-    assert get_input_function_aux_params(with_threads, offered) == {"wildcards": 1, "threads": 2}
-
-
 def test_a_list_valued_field_in_the_grid_is_one_value_unless_a_list_of_lists(tmp_path):
     one = expand(
         campaign(

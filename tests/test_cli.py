@@ -35,7 +35,7 @@ def campaign_dir(tiny_model, tmp_path_factory):
             }
         )
     )
-    template = run_experiment(tiny_experiment(warmup={"enabled": False}), "t", 1, tiny_model, None, {})
+    template = run_experiment(tiny_experiment(warmup={"enabled": False}), "t", 1, tiny_model, None)
     res = root / "results" / "cli"
     raw, names = {}, {}
     for exp_id, name, energies in (

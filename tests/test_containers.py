@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from conftest import REPO, SMALL
-from llenergymeasure.results import raw_result_files, read_result
+from llenergymeasure.record.layout import Layout
+from llenergymeasure.results import read_result
 
 pytestmark = pytest.mark.workflow
 
@@ -98,7 +99,7 @@ def test_mixed_backends_run_each_in_its_image(workflow_dir):
         assert argv[-2] == "-c" and ".snakemake/scripts/" in argv[-1]  # the rule's script, with Snakemake's preamble
 
     root = workflow_dir / "results" / "images"
-    raws = [read_result(p, "raw_result") for p in raw_result_files(root)]
+    raws = [read_result(p, "raw_result") for p in Layout(root).raw_files()]
     assert sorted(r["backend"] for r in raws) == ["pytorch", "tensorrt", "vllm"]
     for r in raws:
         image = r["environment"]["container_image"]
@@ -116,7 +117,7 @@ def test_an_engine_missing_from_its_image_fails_that_job_only(workflow_dir):
     run, _ = run_with_double(workflow_dir, campaign(["pytorch", "vllm"], containers=images))
     assert run.returncode != 0
     root = workflow_dir / "results" / "images"
-    raws = [read_result(p, "raw_result") for p in raw_result_files(root)]
+    raws = [read_result(p, "raw_result") for p in Layout(root).raw_files()]
     assert [r["backend"] for r in raws] == ["pytorch"]  # the other experiment's result is complete
     logs = list((root / "logs" / "measure").glob("vllm-*/cycle_1.log"))
     assert logs and "vllm is not importable" in logs[0].read_text()
@@ -148,7 +149,7 @@ from llenergymeasure.jobs import measure
 from llenergymeasure.campaign import sparse_config
 cfg = tiny_experiment()
 measure(sparse_config(cfg), "pytorch-x", 1, {tiny_model!r}, {str(tmp_path / "raw.json")!r}, {str(tmp_path / "m.log")!r},
-        {{"state_dir": {str(tmp_path / "state")!r}}})
+        {{"results_root": {str(tmp_path)!r}}})
 print("ok")
 """
     run = subprocess.run(
@@ -215,7 +216,7 @@ def test_tensorrt_measurements_survive_the_engines_spawned_worker(workflow_dir):
     data["grid"]["backend_overrides"] = {"tensorrt": {"single_process": False}}
     run, _ = run_with_double(workflow_dir, data)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
-    (raw,) = [read_result(p, "raw_result") for p in raw_result_files(workflow_dir / "results" / "images")]
+    (raw,) = [read_result(p, "raw_result") for p in Layout(workflow_dir / "results" / "images").raw_files()]
     assert raw["backend"] == "tensorrt" and raw["model"]["details"]["environment_set"] == {
         "TLLM_WORKER_USE_SINGLE_PROCESS": "0"
     }
@@ -260,6 +261,6 @@ def test_the_default_images_run_as_they_are(workflow_dir):
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     execs = [c["argv"] for c in log if c["argv"][:1] == ["exec"]]
     assert len(execs) == 2 and all(image_file("docker://vllm/vllm-openai:v0.32.0") in " ".join(a) for a in execs)
-    raws = [read_result(p, "raw_result") for p in raw_result_files(workflow_dir / "results" / "images")]
+    raws = [read_result(p, "raw_result") for p in Layout(workflow_dir / "results" / "images").raw_files()]
     assert sorted(r["backend"] for r in raws) == ["pytorch", "vllm"]
     assert {r["environment"]["container_image"]["uri"] for r in raws} == {"docker://vllm/vllm-openai:v0.32.0"}

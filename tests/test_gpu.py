@@ -40,7 +40,7 @@ def test_measurement_on_cuda(tiny_model):
     from llenergymeasure.measure import run_experiment
     from llenergymeasure.results import validate_result
 
-    r = run_experiment(tiny_experiment(device="cuda", fp_precision="bfloat16"), "gpu-test", 1, tiny_model, None, {})
+    r = run_experiment(tiny_experiment(device="cuda", fp_precision="bfloat16"), "gpu-test", 1, tiny_model, None)
     validate_result(r, "raw_result")
     gpu = [c for c in r["energy"]["components"] if c["component"] == "gpu"]
     assert len(gpu) == 1 and gpu[0]["method"] == "nvml_counter" and gpu[0]["gross_energy_j"] > 0

@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_experiment
 from llenergymeasure.measure import run_experiment
 from llenergymeasure.results import validate_result
+from llenergymeasure.runtime import JobContext
 
 
 def ts(text):
@@ -21,7 +22,7 @@ def raw(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("raw") / "cycle_1.json"
     state = tmp_path_factory.mktemp("state")
     result = run_experiment(
-        tiny_experiment(), "exp-test", 1, tiny_model, str(out), {"state_dir": str(state), "campaign_name": "t"}
+        tiny_experiment(), "exp-test", 1, tiny_model, str(out), JobContext(state_dir=str(state), campaign_name="t")
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     return result
@@ -79,7 +80,6 @@ def test_half_precision_on_a_cpu_is_flagged(tiny_model):
         1,
         tiny_model,
         None,
-        {},
     )
     assert any(f["code"] == "half_precision_on_cpu" for f in r["flags"]) and r["model"]["dtype"] == "bfloat16"
 
@@ -150,7 +150,7 @@ def test_provenance(raw):
 def test_co2_from_grid_intensity(tiny_model, tmp_path):
     pytest.importorskip("codecarbon")
     cfg = tiny_experiment(energy={"country_iso_code": "FRA"}, warmup={"enabled": False}, num_input_prompts=2)
-    r = run_experiment(cfg, "exp-co2", 1, tiny_model, None, {})
+    r = run_experiment(cfg, "exp-co2", 1, tiny_model, None)
     em = r["energy"]["emissions"]
     assert em["method"] == "energy_x_grid_intensity" and em["country_iso_code"] == "FRA"
     assert em["co2_kg"] == pytest.approx(
@@ -232,7 +232,7 @@ def test_timeline_summary_phases_and_repeat_to_min_window(tiny_model, tmp_path):
         timeline={"save": True},
     )
     out = tmp_path / "cycle_1.json"
-    r = run_experiment(cfg, "exp-tl", 1, tiny_model, str(out), {})
+    r = run_experiment(cfg, "exp-tl", 1, tiny_model, str(out))
     validate_result(r, "raw_result")
     assert r["tokens"]["workload_repetitions"] > 1 and r["timestamps"]["window_duration_s"] >= 2.0
     assert r["tokens"]["num_requests"] == 2 * r["tokens"]["workload_repetitions"]
@@ -265,7 +265,6 @@ def test_timeline_can_be_switched_off(tiny_model):
         1,
         tiny_model,
         None,
-        {},
     )
     assert r["timeline"] == {"enabled": False, "summary": None, "sidecar": None}
     assert r["energy"]["phases"]["method"] == "unavailable"
@@ -286,7 +285,6 @@ def test_unfilled_batches_are_flagged(tiny_model, raw):
         1,
         tiny_model,
         None,
-        {},
     )
     assert any(f["code"] == "batch_not_saturated" for f in r["flags"])
 
@@ -296,7 +294,7 @@ def test_progress_is_logged(tiny_model, caplog):
 
     caplog.set_level(logging.INFO, logger="llenergymeasure.progress")
     cfg = tiny_experiment(warmup={"enabled": False}, num_input_prompts=4, pytorch={"batch_size": 2})
-    run_experiment(cfg, "p", 1, tiny_model, None, {"progress_every_s": 0})
+    run_experiment(cfg, "p", 1, tiny_model, None, JobContext(progress_every_s=0))
     lines = [r.getMessage() for r in caplog.records if r.name == "llenergymeasure.progress"]
     window = [x for x in lines if "/4 prompts" in x]
     assert window[0].startswith("p cycle 1: 2/4 prompts") and window[-1].startswith("p cycle 1: 4/4 prompts")
@@ -316,7 +314,7 @@ def test_every_phase_of_a_job_says_what_it_is_doing(tiny_model, caplog, tmp_path
     record_window(state, {"experiment_id": "other", "cycle": 1, "window_end": "x", "window_end_epoch_s": time.time()})
     caplog.set_level(logging.INFO, logger="llenergymeasure.progress")
     cfg = tiny_experiment(num_input_prompts=4, pytorch={"batch_size": 2})
-    run_experiment(cfg, "p", 1, tiny_model, None, {"state_dir": str(state), "config_gap_s": 3.0})
+    run_experiment(cfg, "p", 1, tiny_model, None, JobContext(state_dir=str(state), config_gap_s=3.0))
     lines = [r.getMessage() for r in caplog.records if r.name == "llenergymeasure.progress"]
     expected = [
         "measuring the idle baseline",

@@ -536,6 +536,7 @@ def test_every_measurement_setting_is_read(tiny_model, tmp_path, monkeypatch):
     a real measurement: a key nothing reads cannot change anything."""
     from llenergymeasure.energy import meters
     from llenergymeasure.measure import run_experiment
+    from llenergymeasure.runtime import JobContext
 
     monkeypatch.setenv("LLM_ENERGY_CACHE_DIR", str(tmp_path / "cache"))  # the idle baseline is measured, not cached
     monkeypatch.setattr(meters, "rapl_domains", lambda *a, **k: [])  # the CPU estimate, as on this project's machines
@@ -544,7 +545,9 @@ def test_every_measurement_setting_is_read(tiny_model, tmp_path, monkeypatch):
     )
     assert config is not None, why
     reads: set = set()
-    run_experiment(Tracked(config, reads), "noop-probe", 1, tiny_model, None, {"state_dir": str(tmp_path / "state")})
+    run_experiment(
+        Tracked(config, reads), "noop-probe", 1, tiny_model, None, JobContext(state_dir=str(tmp_path / "state"))
+    )
     unread = [leaf for leaf in LEAVES if leaf.split(".")[0] in MEASUREMENT_SECTIONS and leaf not in reads]
     assert unread == []
 

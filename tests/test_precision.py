@@ -3,6 +3,7 @@ the duration estimate, and (in tests/test_precision_workflow.py) real Snakemake 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -32,6 +33,7 @@ from llenergymeasure.precision import (
     read_decision,
     status,
 )
+from llenergymeasure.record.layout import Layout
 
 T = Target(relative_half_width=0.5, metric="energy_j", min_cycles=3, max_cycles=5, confidence=0.95)
 
@@ -114,7 +116,7 @@ def test_decisions_are_files_read_back_and_walked(tmp_path):
 
 @pytest.fixture(scope="module")
 def template(tiny_model):
-    return run_experiment(tiny_experiment(warmup={"enabled": False}), "exp-p", 1, tiny_model, None, {})
+    return run_experiment(tiny_experiment(warmup={"enabled": False}), "exp-p", 1, tiny_model, None)
 
 
 def write_cycles(root, template, energies, exp_id="exp-p"):
@@ -466,10 +468,8 @@ def test_a_settled_experiment_is_not_walked_again_until_its_decisions_change(tmp
     a stop is answered from what that walk read, without asking Snakemake for its checkpoints again, as long as its
     decision files are the files that were read."""
     import llenergymeasure.workflow as lem
-    from llenergymeasure.failures import COMPLETED_ONLY_ENV
     from llenergymeasure.results import write_json_atomic
 
-    monkeypatch.delenv(COMPLETED_ONLY_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     p = two_experiments(tmp_path, 0.05)
     a, b = (e.experiment_id for e in p.expansion.experiments)
@@ -491,7 +491,7 @@ def test_a_settled_experiment_is_not_walked_again_until_its_decisions_change(tmp
     checkpoints.asked = []
     first = lem.aggregate_inputs(p, checkpoints)
     assert first == [
-        *(lem.raw_path(root, a, c) for c in (1, 2, 3, 4)),
+        *(Layout(root).raw(a, c) for c in (1, 2, 3, 4)),
         decisions[(a, 4)],
         f"{root}/decisions/{b}/after_cycle_3.json",
     ]
@@ -500,7 +500,7 @@ def test_a_settled_experiment_is_not_walked_again_until_its_decisions_change(tmp
     decisions[(b, 3)] = decision(b, 3, "stop")
     checkpoints.asked = []
     second = lem.aggregate_inputs(p, checkpoints)
-    assert second == [*first[:5], *(lem.raw_path(root, b, c) for c in (1, 2, 3)), decisions[(b, 3)]]
+    assert second == [*first[:5], *(Layout(root).raw(b, c) for c in (1, 2, 3)), decisions[(b, 3)]]
     assert checkpoints.asked == [(b, 3)]
     checkpoints.asked = []
     assert lem.aggregate_inputs(p, checkpoints) == second and checkpoints.asked == []
@@ -509,7 +509,7 @@ def test_a_settled_experiment_is_not_walked_again_until_its_decisions_change(tmp
     decisions[(a, 5)] = decision(a, 5, "stop")
     checkpoints.asked = []
     assert lem.aggregate_inputs(p, checkpoints)[:6] == [
-        *(lem.raw_path(root, a, c) for c in range(1, 6)),
+        *(Layout(root).raw(a, c) for c in range(1, 6)),
         decisions[(a, 5)],
     ]
     assert checkpoints.asked == [(a, 3), (a, 4), (a, 5)]
@@ -522,9 +522,6 @@ def test_a_settled_experiment_is_not_walked_again_until_its_decisions_change(tmp
 
 def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
     import llenergymeasure.workflow as lem
-    from llenergymeasure.failures import COMPLETED_ONLY_ENV
-
-    monkeypatch.delenv(COMPLETED_ONLY_ENV, raising=False)
 
     def target_plan(width: float):
         return two_experiments(tmp_path, width, results_dir=str(tmp_path / "results"))
@@ -532,13 +529,13 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
     p = target_plan(0.05)
     a, b = (e.experiment_id for e in p.expansion.experiments)
     root = p.results_root
-    assert lem.all_raw(p) == [lem.raw_path(root, e, c) for c in (1, 2, 3) for e in (a, b)]  # the minimum plan
+    assert lem.all_raw(p) == [Layout(root).raw(e, c) for c in (1, 2, 3) for e in (a, b)]  # the minimum plan
     # before any decision: the aggregation waits for every experiment's first decision, each flagged as a checkpoint
     # target (one call names them all)
     pending = lem.aggregate_inputs(p, Checkpoints(root, {}))
     assert pending == [f"{root}/decisions/{a}/after_cycle_3.json", f"{root}/decisions/{b}/after_cycle_3.json"]
     assert all(f.flags.get("checkpoint_target") for f in pending)
-    assert lem.decision_inputs(p, a, "4") == [lem.raw_path(root, a, c) for c in (1, 2, 3, 4)]
+    assert lem.decision_inputs(p, a, "4") == [Layout(root).raw(a, c) for c in (1, 2, 3, 4)]
     for bad in ("2", "6"):
         with pytest.raises(ValueError, match=f"no decision after cycle {bad}"):
             lem.decision_inputs(p, a, bad)
@@ -554,27 +551,26 @@ def test_what_the_workflow_asks_for_with_a_target(tmp_path, monkeypatch):
         decisions[(a, n)] = str(path)
     monkeypatch.chdir(tmp_path)
     assert lem.aggregate_inputs(p, Checkpoints(root, decisions)) == [
-        *(lem.raw_path(root, a, c) for c in range(1, 6)),
+        *(Layout(root).raw(a, c) for c in range(1, 6)),
         str(tmp_path / f"{root}/decisions/{a}/after_cycle_5.json"),
         f"{root}/decisions/{b}/after_cycle_3.json",
     ]
     # rule all also asks for the cycles 4 and 5 those decisions scheduled (read from disk, under this target only)
-    assert lem.scheduled_raw(p) == [lem.raw_path(root, a, 4), lem.raw_path(root, a, 5)]
+    assert lem.scheduled_raw(p) == [Layout(root).raw(a, 4), Layout(root).raw(a, 5)]
     assert lem.scheduled_raw(target_plan(0.1)) == []  # decisions taken under another target are taken again
     # the pass over what completed (after failed measurements) aggregates the raw results that exist, any cycle
     for e, c in ((a, 1), (b, 1), (a, 2), (a, 4)):
-        path = tmp_path / lem.raw_path(root, e, c)
+        path = tmp_path / Layout(root).raw(e, c)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
     monkeypatch.chdir(tmp_path)
     root_rel = "results/p"
-    p = two_experiments(tmp_path, 0.05)
-    monkeypatch.setenv(COMPLETED_ONLY_ENV, "1")
+    p = dataclasses.replace(two_experiments(tmp_path, 0.05), completed_only=True)
     existing = [
-        lem.raw_path(root_rel, a, 1),
-        lem.raw_path(root_rel, b, 1),
-        lem.raw_path(root_rel, a, 2),
-        lem.raw_path(root_rel, a, 4),
+        Layout(root_rel).raw(a, 1),
+        Layout(root_rel).raw(b, 1),
+        Layout(root_rel).raw(a, 2),
+        Layout(root_rel).raw(a, 4),
     ]
     assert lem.all_raw(p) == lem.aggregate_inputs(p) == existing
     assert lem.scheduled_raw(p) == []

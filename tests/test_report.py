@@ -34,7 +34,7 @@ def one_run(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     cfg = tiny_experiment(warmup={"enabled": False}, timeline={"save": True, "interval_ms": 100})
     raw = root / "raw" / "pytorch-x" / "cycle_1.json"
-    result = run_experiment(cfg, "pytorch-x", 1, tiny_model, str(raw), {})
+    result = run_experiment(cfg, "pytorch-x", 1, tiny_model, str(raw))
     paths = [str(raw)]
     for cycle in (2, 3):
         other = copy.deepcopy(result)
@@ -103,7 +103,7 @@ def test_the_report_rule_declares_every_plot_and_caption_the_module_writes(one_r
     write_report_files([agg], [raw], str(out))
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.svg" for n in PLOTS] + [f"{n}.rst" for n in PLOTS])
     rule = (REPO / "workflow" / "report.smk").read_text()
-    assert re.findall(r'f"\{ROOT\}/report/(\w+)\.svg"', rule) == list(PLOTS)
+    assert re.findall(r'LAYOUT\.report\("(\w+)"\)', rule) == list(PLOTS)
     assert re.findall(r'caption=report_caption\("(\w+)"\)', rule) == list(PLOTS)
     assert "captions=report_captions()" in rule
 

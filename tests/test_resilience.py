@@ -21,7 +21,8 @@ import yaml
 
 from conftest import SMALL, job_counts, sha, snakemake, utc, write_campaign
 from llenergymeasure.aggregate import read_summary
-from llenergymeasure.results import raw_result_files, read_result
+from llenergymeasure.record.layout import Layout
+from llenergymeasure.results import read_result
 
 pytestmark = pytest.mark.workflow
 
@@ -223,7 +224,7 @@ def test_a_second_run_on_one_results_folder_is_refused(workflow_dir, tmp_path):
     assert f"pid {first.pid}" in lines[0] and str(workflow_dir) in lines[0]
     assert not list((other / ".snakemake" / "metadata").glob("*")), "the second run ran a job"
     assert first.returncode == 0, err[-3000:]
-    assert len(raw_result_files(shared / "shared")) == 4
+    assert len(Layout(shared / "shared").raw_files()) == 4
     again = snakemake(other, "--configfile", "c.yaml")  # once the first run is over, the folder is free
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
@@ -257,7 +258,7 @@ def test_two_campaigns_on_one_host_take_turns(workflow_dir, tmp_path):
         assert proc.returncode == 0, err[-3000:]
     windows = []
     for wd, name in ((workflow_dir, "alpha"), (other, "beta")):
-        windows += [read_result(p, "raw_result") for p in raw_result_files(wd / "results" / name)]
+        windows += [read_result(p, "raw_result") for p in Layout(wd / "results" / name).raw_files()]
     assert len(windows) == 4
     windows.sort(key=lambda r: r["timestamps"]["window_start"])
     for prev, cur in itertools.pairwise(windows):
@@ -339,7 +340,7 @@ def test_a_job_keeps_a_result_another_run_wrote_meanwhile(tiny_model, tmp_path, 
     out.write_text('{"written": "by the other run"}')
     out.chmod(0o444)
     log = tmp_path / "m.log"
-    runtime = {"state_dir": str(tmp_path / ".state"), "results_root": str(tmp_path)}
+    runtime = {"results_root": str(tmp_path)}
     measure(
         sparse_config(tiny_experiment(warmup={"enabled": False})),
         "pytorch-x",

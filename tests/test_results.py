@@ -16,7 +16,7 @@ from llenergymeasure.results import ResultExistsError, ResultValidationError, wr
 
 @pytest.fixture(scope="module")
 def raw(tiny_model):
-    return run_experiment(tiny_experiment(warmup={"enabled": False}, num_input_prompts=2), "r", 1, tiny_model, None, {})
+    return run_experiment(tiny_experiment(warmup={"enabled": False}, num_input_prompts=2), "r", 1, tiny_model, None)
 
 
 def mutations(doc):

@@ -22,7 +22,8 @@ import yaml
 
 from conftest import SMALL
 from llenergymeasure.aggregate import read_summary
-from llenergymeasure.results import raw_result_files, read_result
+from llenergymeasure.record.layout import Layout
+from llenergymeasure.results import read_result
 
 pytestmark = pytest.mark.workflow
 
@@ -148,7 +149,7 @@ def test_campaign_through_slurm_matches_a_local_run(slurm, workflow_dir):
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert "slurm" in (run.stdout + run.stderr).lower()
     root = workflow_dir / "results" / "slurm"
-    raws = raw_result_files(root)
+    raws = Layout(root).raw_files()
     assert len(raws) == 4
     for p in raws:
         r = read_result(p, "raw_result")
@@ -195,7 +196,7 @@ def test_a_failed_measurement_on_slurm_is_isolated_and_recorded(slurm, workflow_
     run = snakemake_on_slurm(slurm, workflow_dir)
     assert run.returncode == 1, (run.stdout + run.stderr)[-4000:]
     root = workflow_dir / "results" / "slurmfail"
-    assert len(raw_result_files(root)) == 1
+    assert len(Layout(root).raw_files()) == 1
     rows = read_summary(str(root / "summary.csv"))
     assert [r["config_name"] for r in rows] == ["pytorch-lem-tiny-llama"]
     failures = json.loads((root / "failures.json").read_text())["failures"]

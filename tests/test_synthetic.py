@@ -75,7 +75,7 @@ def test_measurement_with_synthetic_weights(tmp_path):
         )
     )
     cfg = tiny_experiment(model_name=str(arch), no_weights=True, warmup={"enabled": False})
-    r = run_experiment(cfg, "syn", 1, str(arch), None, {})
+    r = run_experiment(cfg, "syn", 1, str(arch), None)
     assert r["model"]["weights"] == "random (seeded), no_weights" and r["model"]["architecture"] == "qwen2"
     assert r["tokens"]["output_tokens"] == 6 * 8
     assert r["flops"]["model_dims"]["vocab_size"] == 5000 and r["flops"]["confidence"] == "high"

@@ -24,6 +24,7 @@ from llenergymeasure.backends.tensorrt import (
 from llenergymeasure.campaign import semantic_problem, semantic_problems
 from llenergymeasure.config import load_schema
 from llenergymeasure.errors import MeasurementError
+from llenergymeasure.runtime import JobContext
 
 
 def _drop_engine_modules() -> None:
@@ -609,9 +610,10 @@ def _check_cycle(result: dict, cfg: dict) -> None:
 
 def test_run_experiment_one_cycle(fake_trt, tiny_model, tmp_path):
     from llenergymeasure.measure import run_experiment
+    from llenergymeasure.runtime import JobContext
 
     cfg = trt_experiment(tmp_path)
-    result = run_experiment(cfg, "trt-test", 1, tiny_model, None, {"state_dir": str(tmp_path / "state")})
+    result = run_experiment(cfg, "trt-test", 1, tiny_model, None, JobContext(state_dir=str(tmp_path / "state")))
     _check_cycle(result, cfg)
     from tensorrt_llm.llmapi.llm import INSTANCES
 
@@ -634,7 +636,7 @@ def test_run_experiment_writes_a_valid_raw_result(fake_trt, tiny_model, tmp_path
 
     cfg = trt_experiment(tmp_path)
     out = tmp_path / "raw" / "cycle_1.json"
-    result = run_experiment(cfg, "trt-test", 1, tiny_model, str(out), {"state_dir": str(tmp_path / "state")})
+    result = run_experiment(cfg, "trt-test", 1, tiny_model, str(out), JobContext(state_dir=str(tmp_path / "state")))
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert validate_result(result, "raw_result") is True
     _check_cycle(result, cfg)
@@ -655,7 +657,7 @@ snakemake = types.SimpleNamespace(
     params=types.SimpleNamespace(experiment={sparse_config(config)!r}),
     wildcards=types.SimpleNamespace(experiment="trt-exp", cycle="1"),
     input={{"model": {model!r}}}, output=types.SimpleNamespace(raw={str(raw)!r}), log=[{str(tmp_path / "m.log")!r}],
-    config={{"_lem": {{"state_dir": {str(tmp_path / "state")!r}}}}},
+    config={{"_lem": {{"results_root": {str(tmp_path)!r}}}}},
 )
 """
     wrapper = tmp_path / "tmp_snakemake_script.py"

@@ -17,6 +17,7 @@ from llenergymeasure.backends.vllm import VllmBackend, engine_environment, engin
 from llenergymeasure.campaign import semantic_problem
 from llenergymeasure.errors import MeasurementError
 from llenergymeasure.flops import analytic_parameters
+from llenergymeasure.runtime import JobContext
 
 LATENCY_METHOD = "engine_step_token_arrival"
 #: the release the stand-in mirrors
@@ -273,11 +274,12 @@ def test_memory_and_close(fake_vllm, tiny_model):
 def test_one_measured_cycle(fake_vllm, tiny_model, tmp_path):
     from llenergymeasure.measure import run_experiment
     from llenergymeasure.results import validate_result
+    from llenergymeasure.runtime import JobContext
 
     cfg = vllm_experiment(vllm={"max_num_seqs": 4})
     assert semantic_problem(cfg) is None
     out = tmp_path / "cycle_1.json"
-    result = run_experiment(cfg, "vllm-exp", 1, tiny_model, str(out), {"state_dir": str(tmp_path / "state")})
+    result = run_experiment(cfg, "vllm-exp", 1, tiny_model, str(out), JobContext(state_dir=str(tmp_path / "state")))
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert validate_result(result, "raw_result") is True
     assert result["backend"] == "vllm" and result["backend_version"]["vllm"] == FAKE_RELEASE
@@ -311,7 +313,7 @@ def test_missing_engine_is_a_clear_error(monkeypatch, tiny_model, tmp_path):
     from llenergymeasure.measure import run_experiment
 
     with pytest.raises(MeasurementError, match="run vLLM experiments in their container"):
-        run_experiment(vllm_experiment(), "x", 1, tiny_model, None, {"state_dir": str(tmp_path)})
+        run_experiment(vllm_experiment(), "x", 1, tiny_model, None, JobContext(state_dir=str(tmp_path)))
     assert VllmBackend.version()["vllm"] is None
 
 

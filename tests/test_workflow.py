@@ -16,7 +16,8 @@ import yaml
 
 from conftest import REPO, SMALL, job_counts, sha, snakemake, snakemake_in_background, utc, write_campaign
 from llenergymeasure.aggregate import read_summary
-from llenergymeasure.results import raw_result_files, read_result
+from llenergymeasure.record.layout import Layout
+from llenergymeasure.results import read_result
 
 pytestmark = pytest.mark.workflow
 
@@ -36,7 +37,7 @@ def test_full_run_then_edit_one_value(workflow_dir):
         root = workflow_dir / "results" / "wf"
         assert not (workflow_dir / "results" / "default").exists()  # nothing of the default campaign leaked in
 
-        raws = raw_result_files(root)
+        raws = Layout(root).raw_files()
         assert len(raws) == 4
         results = [read_result(p, "raw_result") for p in raws]
         for p in raws:

@@ -17,17 +17,17 @@ rule aggregate:
     input:
         aggregate_inputs,
     output:
-        aggregated=update(directory(f"{ROOT}/aggregated")),
+        aggregated=update(directory(LAYOUT.aggregated_dir)),
         summary=update(
             report(
-                f"{ROOT}/summary.csv",
+                LAYOUT.summary,
                 caption="report/summary.rst",
                 category="0. Summary",
             )
         ),
-        failures=update(f"{ROOT}/failures.json"),
+        failures=update(LAYOUT.failures),
     log:
-        f"{ROOT}/logs/aggregate.log",
+        LAYOUT.log("aggregate"),
     conda:
         "../envs/llenergymeasure.yaml"
     params:
@@ -39,12 +39,12 @@ rule aggregate:
 
 rule thermal_gaps:
     input:
-        aggregated=f"{ROOT}/aggregated",
-        summary=f"{ROOT}/summary.csv",
+        aggregated=LAYOUT.aggregated_dir,
+        summary=LAYOUT.summary,
     output:
-        f"{ROOT}/thermal_gaps.json",
+        LAYOUT.thermal_gaps,
     log:
-        f"{ROOT}/logs/thermal_gaps.log",
+        LAYOUT.log("thermal_gaps"),
     conda:
         "../envs/llenergymeasure.yaml"
     params:

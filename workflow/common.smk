@@ -2,7 +2,8 @@
 #
 # The contract with the package (llenergymeasure/workflow.py): `config` stays as Snakemake loaded it; the rules
 # read the campaign through PLAN (load_plan); what jobs need outside their params is config["_lem"], a read-only
-# mapping of the campaign's runtime facts (llenergymeasure.workflow.runtime), the only key added to `config`.
+# mapping of the campaign's runtime facts (llenergymeasure.runtime.Runtime), the only key added to `config`;
+# every path comes from LAYOUT (llenergymeasure.record.layout).
 import llenergymeasure.workflow as lem
 
 

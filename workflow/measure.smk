@@ -8,11 +8,11 @@ rule measure:
     input:
         unpack(measure_inputs),
     output:
-        raw=protected(f"{ROOT}/raw/{{experiment}}/cycle_{{cycle}}.json"),
+        raw=protected(LAYOUT.raw("{experiment}", "{cycle}")),
     log:
-        f"{ROOT}/logs/measure/{{experiment}}/cycle_{{cycle}}.log",
+        LAYOUT.measure_log("{experiment}", "{cycle}"),
     benchmark:
-        f"{ROOT}/benchmarks/measure/{{experiment}}/cycle_{{cycle}}.tsv"
+        LAYOUT.measure_benchmark("{experiment}", "{cycle}")
     wildcard_constraints:
         experiment=r"[a-z0-9][a-z0-9.-]*",
         cycle=r"[1-9][0-9]*",

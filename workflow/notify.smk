@@ -1,12 +1,12 @@
 # Campaign-level notifications (per-measurement ones are sent by the measurement job itself).
 rule notify_campaign:
     input:
-        summary=f"{ROOT}/summary.csv",
-        thermal=f"{ROOT}/thermal_gaps.json",
+        summary=LAYOUT.summary,
+        thermal=LAYOUT.thermal_gaps,
     output:
-        f"{ROOT}/notifications/campaign_complete.json",
+        LAYOUT.campaign_notification,
     log:
-        f"{ROOT}/logs/notify_campaign.log",
+        LAYOUT.log("notify_campaign"),
     conda:
         "../envs/llenergymeasure.yaml"
     script:

@@ -48,9 +48,9 @@ checkpoint decide:
     input:
         raw=decision_inputs,
     output:
-        f"{ROOT}/decisions/{{experiment}}/after_cycle_{{n}}.json",
+        LAYOUT.decision("{experiment}", "{n}"),
     log:
-        f"{ROOT}/logs/decide/{{experiment}}/after_cycle_{{n}}.log",
+        LAYOUT.decide_log("{experiment}", "{n}"),
     wildcard_constraints:
         experiment=r"[a-z0-9][a-z0-9.-]*",
         n=r"[1-9][0-9]*",

@@ -13,33 +13,33 @@
 # edge per measurement to a job that reads one of them (10,000 in the scale benchmark's default campaign).
 rule report_plots:
     input:
-        summary=f"{ROOT}/summary.csv",
-        thermal=f"{ROOT}/thermal_gaps.json",
-        aggregated=f"{ROOT}/aggregated",
+        summary=LAYOUT.summary,
+        thermal=LAYOUT.thermal_gaps,
+        aggregated=LAYOUT.aggregated_dir,
     output:
         efficiency=report(
-            f"{ROOT}/report/efficiency.svg",
+            LAYOUT.report("efficiency"),
             caption=report_caption("efficiency"),
             category="1. Efficiency",
         ),
         drift=report(
-            f"{ROOT}/report/drift.svg",
+            LAYOUT.report("drift"),
             caption=report_caption("drift"),
             category="2. Energy per cycle",
         ),
         latency=report(
-            f"{ROOT}/report/latency.svg",
+            LAYOUT.report("latency"),
             caption=report_caption("latency"),
             category="3. Latency",
         ),
         timeline=report(
-            f"{ROOT}/report/timeline.svg",
+            LAYOUT.report("timeline"),
             caption=report_caption("timeline"),
             category="4. Timeline",
         ),
         captions=report_captions(),
     log:
-        f"{ROOT}/logs/report_plots.log",
+        LAYOUT.log("report_plots"),
     conda:
         "../envs/llenergymeasure.yaml"
     params:

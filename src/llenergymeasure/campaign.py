@@ -33,6 +33,7 @@ from .config import (
 from .errors import ConfigError
 from .legacy import Migrated, annotate, migrate_campaign, migrate_experiment, migrate_user
 from .precision import Target, campaign_problem, target_of
+from .record.layout import Layout
 
 SCHEMA = "campaign"
 RESULTS_DIR_ENV = "LLM_ENERGY_RESULTS_DIR"
@@ -742,7 +743,9 @@ class Plan:
 
     ``order`` is what is scheduled up front: every cycle, or with a precision target the first ``min_cycles`` of
     each experiment. ``priority`` ranks every cycle the campaign may run (up to ``max_cycles`` with a target), so
-    that cycles added later keep the campaign's order."""
+    that cycles added later keep the campaign's order. ``completed_only``: this is the pass over what completed
+    after failed measurements (:mod:`llenergymeasure.failures`): the workflow then asks only for the raw results
+    that exist."""
 
     campaign: dict
     expansion: Expansion
@@ -750,6 +753,7 @@ class Plan:
     by_id: dict[str, Experiment]
     priority: dict[tuple[str, int], int]
     target: Target | None = None
+    completed_only: bool = False
 
     @property
     def name(self) -> str:
@@ -759,8 +763,13 @@ class Plan:
     def results_root(self) -> str:
         return f"{self.campaign['results_dir']}/{self.name}"
 
+    @property
+    def layout(self) -> Layout:
+        """Where every file of the campaign lies."""
+        return Layout(self.results_root)
 
-def plan(campaign: dict) -> Plan:
+
+def plan(campaign: dict, completed_only: bool = False) -> Plan:
     expansion = expand(campaign)
     ex = campaign["execution"]
     ids = [e.experiment_id for e in expansion.experiments]
@@ -772,4 +781,5 @@ def plan(campaign: dict) -> Plan:
     n = len(ranked)
     priority = {key: n - i for i, key in enumerate(ranked)}
     order = [key for key in ranked if key[1] <= target.min_cycles] if target else ranked
-    return Plan(campaign, expansion, order, {e.experiment_id: e for e in expansion.experiments}, priority, target)
+    by_id = {e.experiment_id: e for e in expansion.experiments}
+    return Plan(campaign, expansion, order, by_id, priority, target, completed_only)

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, did_you_mean, problem_lines
+from .record.layout import Layout
 from .record.metrics import COMPARE_METRICS
 
 DEFAULT_CAMPAIGN = "config/campaign.yaml"
@@ -108,9 +109,7 @@ def estimate_duration(p) -> dict:
     root = Path(p.results_root)
     known: dict[str, list[float]] = {}
     done = set()
-    from .results import raw_result_files
-
-    for path in raw_result_files(root):
+    for path in p.layout.raw_files():
         try:
             r = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -242,7 +241,7 @@ RESULT_COLUMNS = [
 
 def _summary_path(campaign: str) -> Path:
     p = _load(campaign)
-    return Path(p.results_root) / "summary.csv"
+    return Path(p.layout.summary)
 
 
 def cmd_results(args) -> int:
@@ -344,9 +343,12 @@ def find_experiment(ref: str, ids: list[str], names: dict[str, str]) -> str:
 def _aggregated(root: Path, ref: str) -> dict:
     from .results import AGGREGATED_SCHEMA, read_result
 
-    files = {p.stem: p for p in sorted((root / "aggregated").glob("*.json"))}
+    layout = Layout(str(root))
+    files = layout.aggregated_files()
     if not files:
-        raise ConfigError(f"no aggregated results in {root}/aggregated: run the campaign first (snakemake --cores 1)")
+        raise ConfigError(
+            f"no aggregated results in {layout.aggregated_dir}: run the campaign first (snakemake --cores 1)"
+        )
     names = _config_names(root, files)
     return read_result(files[find_experiment(ref, list(files), names)], AGGREGATED_SCHEMA)
 
@@ -356,7 +358,7 @@ def _config_names(root: Path, files: dict[str, Path]) -> dict[str, str]:
     import csv
 
     try:
-        with open(root / "summary.csv", newline="", encoding="utf-8") as fh:
+        with open(Layout(str(root)).summary, newline="", encoding="utf-8") as fh:
             names = {r["experiment_id"]: r["config_name"] for r in csv.DictReader(fh)}
         if set(files) <= set(names):
             return names

@@ -6,8 +6,8 @@ exactly the failed experiment x cycle pairs (their raw results are the missing o
 downstream jobs (aggregation, summary, gap audit, report, campaign notification) cannot run in that invocation:
 Snakemake never runs a job whose input failed, even with ``--keep-going`` (which the workflow profiles set, so that
 every other measurement still runs). So the workflow's ``onerror`` handler runs them once more in a second,
-local Snakemake invocation over the raw results that exist (``LLM_ENERGY_COMPLETED_ONLY=1``): its jobs are real
-jobs, so Snakemake records what they were built from, and the next full run, whose input set differs, builds them
+local Snakemake invocation over the raw results that exist (:mod:`llenergymeasure.snakemake_internals`): its jobs
+are real jobs, so Snakemake records what they were built from, and the next full run, whose input set differs, builds them
 again. ``failures.json`` (written by every aggregation) lists each planned measurement without a raw result: its
 experiment id, config name, cycle, the error the job recorded, and the job's log.
 """
@@ -18,27 +18,15 @@ import contextlib
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
+from .record.layout import Layout
 from .results import SCHEMA_VERSION
-
-#: Set in the second invocation: the workflow then plans only the raw results that exist.
-COMPLETED_ONLY_ENV = "LLM_ENERGY_COMPLETED_ONLY"
-
-
-def completed_only() -> bool:
-    return os.environ.get(COMPLETED_ONLY_ENV, "") not in ("", "0")
 
 
 def record_path(root: str | Path, experiment_id: str, cycle: int) -> Path:
-    return Path(root) / ".state" / "failures" / experiment_id / f"cycle_{cycle}.json"
-
-
-def log_path(root: str | Path, experiment_id: str, cycle: int) -> str:
-    """The measurement job's log (the rule's ``log:``)."""
-    return f"{root}/logs/measure/{experiment_id}/cycle_{cycle}.log"
+    return Path(Layout(str(root)).failure_record(experiment_id, cycle))
 
 
 def write_record(root: str | Path, experiment_id: str, config_name: str, cycle: int, error: str, log: str) -> None:
@@ -94,7 +82,7 @@ def report(
                     "error": rec.get("error")
                     or "no raw result and no error recorded: the job did not run to its end "
                     "(stopped, killed, or out of time or memory); see its log",
-                    "log": rec.get("log") or log_path(root, exp_id, cycle),
+                    "log": rec.get("log") or Layout(str(root)).measure_log(exp_id, cycle),
                     "failed_at": rec.get("failed_at"),
                     "host": rec.get("host"),
                 }
@@ -120,39 +108,7 @@ def failed_in_this_run(
             if (
                 rec
                 and rec.get("failed_at_epoch_s", 0) >= since_epoch_s
-                and not os.path.exists(f"{root}/raw/{exp_id}/cycle_{cycle}.json")
+                and not os.path.exists(Layout(str(root)).raw(exp_id, cycle))
             ):
                 out.append((exp_id, cycle))
     return out
-
-
-def aggregate_completed(snakefile: str, configfiles, config_args, workdir: str) -> int:
-    """Run the workflow's derived rules over the raw results that exist, in a second Snakemake invocation (local,
-    one core, without Snakemake's lock: the first invocation still holds it and runs no more jobs). ``config_args``
-    are the first invocation's ``--config`` values as ``key=value`` strings (what Snakemake passes its own job
-    processes: ``workflow.config_settings.config_args``). Returns its exit code; its output goes to the console
-    like the first one's."""
-    import subprocess
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(snakefile),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "1",
-        "--nolock",
-        "--no-hooks",
-        "--quiet",
-        "rules",
-        "host",
-    ]
-    if configfiles:
-        cmd += ["--configfiles", *map(str, configfiles)]
-    if config_args:
-        cmd += ["--config", *config_args]
-    env = {**os.environ, COMPLETED_ONLY_ENV: "1", "LLM_ENERGY_VERBOSITY": "quiet"}
-    return subprocess.run(cmd, env=env, cwd=workdir, check=False).returncode

@@ -12,6 +12,8 @@ from pathlib import Path
 from .notify import notify
 from .paths import CACHE_ENV, cache_dir_is_set
 from .process import die_with_parent, select_gpus
+from .record.layout import Layout, cycle_of, experiment_of, locate
+from .runtime import Runtime
 
 log = logging.getLogger("llenergymeasure")
 
@@ -51,116 +53,119 @@ def logging_to(path: str | None, level: str | None = None, notifications: dict |
         handler.close()
 
 
-def measure(config: dict, experiment_id: str, cycle: int, model_path: str, output: str, log_path: str, runtime: dict):
-    """Measurement rule: run one cycle, notify completion or failure.
+def measure(config: dict, experiment_id: str, cycle: int, model_path: str, output: str, log_path: str, runtime):
+    """Measurement rule: run one cycle, then report it (:func:`report_measured`) or its failure
+    (:func:`report_failure`).
 
-    A failure is logged with its traceback, recorded for the campaign's ``failures.json`` (error and log path),
-    stated on the console in one line, and ends the job with exit code 1 (no raw result: a rerun retries it). A raw
-    result that another run wrote meanwhile is kept and this job's measurement discarded, saying so: the job then
-    succeeds (were it to fail, Snakemake would delete the output of the failed job, the other run's result).
+    A failure ends the job with exit code 1 (no raw result: a rerun retries it). A raw result that another run wrote
+    meanwhile is kept and this job's measurement discarded, saying so: the job then succeeds (were it to fail,
+    Snakemake would delete the output of the failed job, the other run's result).
 
-    ``config`` is the sparse experiment config (the rule's params); defaults are filled in here."""
+    ``config`` is the sparse experiment config (the rule's params); defaults are filled in here. ``runtime`` is
+    ``config["_lem"]`` (:class:`~llenergymeasure.runtime.Runtime`)."""
     from .campaign import complete_config
-    from .failures import clear_record, write_record
     from .measure import run_experiment
-    from .redaction import scrub, secrets
     from .results import ResultExistsError
 
     die_with_parent()
-    _share_host_cache(runtime)
+    facts = Runtime.from_config(runtime)
+    _share_host_cache(facts)
     config = complete_config(config)
     gpu_env = select_gpus(config)
-    name = runtime.get("names", {}).get(experiment_id, experiment_id)
-    settings = runtime.get("notifications")
-    root = runtime.get("results_root")
-    with logging_to(log_path, runtime.get("verbosity"), settings):
-        log.info("experiment %s (%s), cycle %s, model %s", experiment_id, name, cycle, model_path)
+    with logging_to(log_path, facts.verbosity, facts.notifications):
+        log.info(
+            "experiment %s (%s), cycle %s, model %s", experiment_id, facts.name_of(experiment_id), cycle, model_path
+        )
         if gpu_env:
             log.info("GPUs: %s", gpu_env)
         try:
             result = run_experiment(
-                config,
-                experiment_id,
-                cycle,
-                model_path,
-                output,
-                {
-                    "campaign_name": runtime.get("campaign_name"),
-                    "campaign_id": runtime.get("campaign_id"),
-                    "state_dir": runtime.get("state_dir"),
-                    "config_gap_s": runtime.get("config_gap_s", 0.0),
-                    "cycle_gap_s": runtime.get("cycle_gap_s", 0.0),
-                    "container_uri": runtime.get("containers", {}).get(config["backend"]),
-                },
+                config, experiment_id, cycle, model_path, output, facts.job_context(config["backend"])
             )
         except ResultExistsError as exc:
             log.warning("%s; this measurement was discarded", exc)
             print(f"{experiment_id} cycle {cycle}: {exc}; this measurement was discarded", file=sys.stderr)
             return
         except Exception as exc:  # noqa: BLE001 - any failure of a measurement is recorded and reported, never lost
-            error = scrub(
-                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                secrets(settings),
-            )
-            log.error("measurement failed:\n%s", traceback.format_exc())
-            if root:
-                write_record(root, experiment_id, name, cycle, error, log_path)
-            sent = notify(
-                settings,
-                "failure",
-                runtime.get("campaign_id"),
-                experiment_id,
-                {
-                    "config_name": name,
-                    "cycle": cycle - 1,
-                    "cycle_number": cycle,
-                    "exit_code": 1,
-                    "error": error,
-                    "log": log_path,
-                },
-            )
-            if sent:
-                log.info("failure notification: %s", {k: v for k, v in sent.items() if k != "payload"})
-            print(f"Measurement failed: {experiment_id} cycle {cycle}: {error} (log: {log_path})", file=sys.stderr)
+            report_failure(facts, experiment_id, cycle, exc, log_path)
             raise SystemExit(1) from None
         except BaseException:  # interrupted (SIGTERM from Snakemake, Ctrl-C): not a failure of the experiment
             log.error("measurement interrupted:\n%s", traceback.format_exc())
             raise
-        if root:
-            clear_record(root, experiment_id, cycle)
-        total = result["energy"]["total"]
-        log.info(
-            "done: window %.3f s, %d output tokens, energy %s J (%s), flags: %s",
-            result["timestamps"]["window_duration_s"],
-            result["tokens"]["output_tokens"],
-            total["gross_energy_j"],
-            total["method"],
-            ", ".join(f["code"] for f in result["flags"]) or "none",
-        )
-        sent = notify(
-            settings,
-            "complete",
-            runtime.get("campaign_id"),
-            experiment_id,
-            {
-                "config_name": name,
-                "cycle": cycle - 1,
-                "cycle_number": cycle,
-                "result_path": output,
-                "energy_j": total["gross_energy_j"],
-                "energy_method": total["method"],
-                "j_per_output_token": result["efficiency"]["j_per_output_token"],
-            },
-        )
-        if sent:
-            log.info("completion notification: %s", {k: v for k, v in sent.items() if k != "payload"})
+        report_measured(facts, experiment_id, cycle, result, output)
 
 
-def _share_host_cache(runtime: dict) -> None:
+def report_failure(facts: Runtime, experiment_id: str, cycle: int, exc: BaseException, log_path: str) -> None:
+    """A failed measurement: its traceback in the log, its record for the campaign's ``failures.json`` (error and
+    log path), the failure notification, and one line on the console."""
+    from .failures import write_record
+    from .redaction import scrub, secrets
+
+    name = facts.name_of(experiment_id)
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    error = scrub(f"{type(exc).__name__}: {first_line}", secrets(facts.notifications))
+    log.error("measurement failed:\n%s", traceback.format_exc())
+    if facts.results_root:
+        write_record(facts.results_root, experiment_id, name, cycle, error, log_path)
+    sent = notify(
+        facts.notifications,
+        "failure",
+        facts.campaign_id,
+        experiment_id,
+        {
+            "config_name": name,
+            "cycle": cycle - 1,
+            "cycle_number": cycle,
+            "exit_code": 1,
+            "error": error,
+            "log": log_path,
+        },
+    )
+    if sent:
+        log.info("failure notification: %s", {k: v for k, v in sent.items() if k != "payload"})
+    print(f"Measurement failed: {experiment_id} cycle {cycle}: {error} (log: {log_path})", file=sys.stderr)
+
+
+def report_measured(facts: Runtime, experiment_id: str, cycle: int, result: dict, output: str) -> None:
+    """A finished measurement: any failure record of an earlier attempt cleared, a summary line in the log, the
+    completion notification."""
+    from .failures import clear_record
+
+    if facts.results_root:
+        clear_record(facts.results_root, experiment_id, cycle)
+    total = result["energy"]["total"]
+    log.info(
+        "done: window %.3f s, %d output tokens, energy %s J (%s), flags: %s",
+        result["timestamps"]["window_duration_s"],
+        result["tokens"]["output_tokens"],
+        total["gross_energy_j"],
+        total["method"],
+        ", ".join(f["code"] for f in result["flags"]) or "none",
+    )
+    sent = notify(
+        facts.notifications,
+        "complete",
+        facts.campaign_id,
+        experiment_id,
+        {
+            "config_name": facts.name_of(experiment_id),
+            "cycle": cycle - 1,
+            "cycle_number": cycle,
+            "result_path": output,
+            "energy_j": total["gross_energy_j"],
+            "energy_method": total["method"],
+            "j_per_output_token": result["efficiency"]["j_per_output_token"],
+        },
+    )
+    if sent:
+        log.info("completion notification: %s", {k: v for k, v in sent.items() if k != "payload"})
+
+
+def _share_host_cache(facts: Runtime) -> None:
     """Use the cache folder of the host that planned the campaign (idle baselines, the host's measurement lock and
     last window) when this job sees it: inside an Apptainer image ``~`` is the working directory, and the lock
     must be the one every campaign on the host takes."""
-    folder = runtime.get("cache_dir")
+    folder = facts.cache_dir
     if folder and not cache_dir_is_set() and os.path.isdir(folder) and os.access(folder, os.W_OK):
         os.environ[CACHE_ENV] = folder
 
@@ -181,7 +186,7 @@ def aggregate(
     names: dict,
     analysis: dict,
     failures: str | None = None,
-    runtime: dict | None = None,
+    runtime=None,
 ) -> None:
     """Aggregation rule: every experiment across its cycles, then the summary, in one job; and ``failures.json``,
     every planned measurement without a raw result (none, unless this is the pass over what completed).
@@ -191,17 +196,17 @@ def aggregate(
     outputs it backed up: they are ``update()`` outputs)."""
     from .aggregate import AggregationError, group_by_experiment, write_aggregated_all
     from .failures import report
-    from .precision import DecisionError, decisions_on_disk, from_params, is_decision_file
+    from .precision import DecisionError, decisions_on_disk, from_params
     from .results import ResultValidationError, write_json_atomic
 
-    runtime = runtime or {}
-    cycles = runtime.get("cycles")
-    target = from_params(runtime.get("precision"))
-    root = runtime.get("results_root", str(Path(summary).parent))
+    facts = Runtime.from_config(runtime)
+    cycles = facts.cycles
+    target = from_params(facts.precision)
+    root = facts.results_root or str(Path(summary).parent)
     with logging_to(log_path):
         try:
             # with a precision target the inputs also hold the decision that stopped each experiment
-            inputs = [p for p in inputs if not is_decision_file(p)]
+            inputs = [p for p in inputs if not _is_decision(p)]
             grouped = group_by_experiment(inputs)
             ordered = {e: grouped[e] for e in names if e in grouped}  # campaign order
             if target:  # the cycles the decisions taken so far have scheduled
@@ -215,11 +220,16 @@ def aggregate(
             raise SystemExit(1) from None
         log.info("aggregated %d experiments; summary in %s", len(rows), summary)
         if failures:
-            present = {(Path(p).parent.name, int(Path(p).stem.split("_")[-1])) for p in inputs}
+            present = {(experiment_of(p), cycle_of(p)) for p in inputs}
             record = report(root, names, cycles or 0, present)
             write_json_atomic(failures, record, durable=False)
             for f in record["failures"]:
                 log.warning("failed: %s cycle %s: %s (log: %s)", f["experiment_id"], f["cycle"], f["error"], f["log"])
+
+
+def _is_decision(path: str) -> bool:
+    found = locate(path)
+    return found is not None and found.kind == "decision"
 
 
 def decide(raw: list[str], experiment_id: str, after_cycle: int, target: dict, output: str, log_path: str) -> None:
@@ -264,7 +274,7 @@ def thermal_gaps(aggregated: list[str], output: str, log_path: str) -> None:
             log.warning("thermal gap: %s cycle %s: %s", p["experiment_id"], p["cycle"], p["problem"])
 
 
-def campaign_complete(summary: str, output: str, log_path: str, runtime: dict) -> None:
+def campaign_complete(summary: str, output: str, log_path: str, runtime) -> None:
     """Campaign-end notification; writes what was sent (or why nothing was) as the rule's output. After a campaign
     with failed measurements (the pass over what completed), the event is ``campaign_failure`` and lists them."""
     import json
@@ -272,24 +282,25 @@ def campaign_complete(summary: str, output: str, log_path: str, runtime: dict) -
     from .aggregate import read_summary
     from .results import write_json_atomic
 
-    with logging_to(log_path, notifications=runtime.get("notifications")):
+    facts = Runtime.from_config(runtime)
+    with logging_to(log_path, notifications=facts.notifications):
         rows = read_summary(summary)
-        failures_path = str(Path(summary).parent / "failures.json")
+        failures_path = Layout(str(Path(summary).parent)).failures
         try:
             failed = json.loads(Path(failures_path).read_text(encoding="utf-8"))["failures"]
         except (OSError, ValueError, KeyError, TypeError):
             failed = []
         data = {
-            "campaign_name": runtime.get("campaign_name"),
-            "total_experiments": len(runtime.get("names") or rows),
+            "campaign_name": facts.campaign_name,
+            "total_experiments": len(facts.names or rows),
             "completed_experiments": len(rows),
-            "cycles": runtime.get("cycles"),
+            "cycles": facts.cycles,
             "summary_path": summary,
             "flagged_experiments": [r["experiment_id"] for r in rows if r["cv_flag"]],
         }
-        if runtime.get("precision"):  # cycles until precise: the target, and who stopped at max_cycles short of it
+        if facts.precision:  # cycles until precise: the target, and who stopped at max_cycles short of it
             data.update(
-                precision_target=runtime["precision"],
+                precision_target=facts.precision,
                 cycles_run={r["experiment_id"]: r["cycles"] for r in rows},
                 precision_target_not_met=[r["experiment_id"] for r in rows if not r.get("precision_target_met")],
             )
@@ -302,7 +313,7 @@ def campaign_complete(summary: str, output: str, log_path: str, runtime: dict) -
                     {k: f[k] for k in ("experiment_id", "config_name", "cycle", "error", "log")} for f in failed
                 ],
             )
-        sent = notify(runtime.get("notifications"), event, runtime.get("campaign_id"), None, data)
+        sent = notify(facts.notifications, event, facts.campaign_id, None, data)
         gate = "on_failure" if failed else "on_complete"
         record = {
             "event_type": event,
@@ -312,14 +323,15 @@ def campaign_complete(summary: str, output: str, log_path: str, runtime: dict) -
         write_json_atomic(output, record)
 
 
-def campaign_failed(runtime: dict, data: dict | None = None) -> None:
+def campaign_failed(runtime, data: dict | None = None) -> None:
     """A campaign that stopped with failures, when no aggregation pass could report them: tell the webhook."""
+    facts = Runtime.from_config(runtime)
     notify(
-        runtime.get("notifications"),
+        facts.notifications,
         "campaign_failure",
-        runtime.get("campaign_id"),
+        facts.campaign_id,
         None,
-        {"campaign_name": runtime.get("campaign_name"), **(data or {})},
+        {"campaign_name": facts.campaign_name, **(data or {})},
     )
 
 

@@ -39,7 +39,9 @@ from .errors import MeasurementError
 from .flops import flops_section, model_dims
 from .paths import utc_now_iso
 from .prompts import load_prompts, prompts_sha256
+from .record.layout import sidecar_of
 from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
+from .runtime import JobContext
 from .stats import distribution
 from .steady import steady_state
 from .thermal import host_lock, record_window, wait_gap
@@ -152,13 +154,7 @@ def timeline_section(w: WindowRecord, cfg: dict, output: str | None) -> tuple[di
             "other_energy_j": None,
             "reason": "continuous batching interleaves prefills and decodes of different requests: no time split exists",
         }
-    path = None
-    if cfg["save"] and output:
-        path = (
-            str(output)[: -len(".json")] + ".timeline.json"
-            if str(output).endswith(".json")
-            else f"{output}.timeline.json"
-        )
+    path = sidecar_of(output) if cfg["save"] and output else None
     section = {"enabled": True, "summary": summary, "sidecar": path and os.path.basename(path), "phases": phases}
     return section, (
         (path, {"schema_version": SCHEMA_VERSION, **timeline_sidecar(w.samples, interval, w.w0)}) if path else None
@@ -303,15 +299,15 @@ def run_experiment(
     cycle: int,
     model_path: str,
     output: str | None = None,
-    context: dict | None = None,
+    context: JobContext | None = None,
 ) -> dict:
     """Measure one cycle of one experiment; write the raw result to ``output`` (atomically) and return it.
 
-    ``context`` carries campaign-level facts that are not part of the experiment: ``campaign_name``,
-    ``campaign_id``, ``state_dir`` (thermal state and lock), ``config_gap_s``, ``cycle_gap_s``, ``container_uri``
-    (the image the campaign maps this backend to, recorded when the job runs under Apptainer).
+    ``context`` carries campaign-level facts that are not part of the experiment (:class:`JobContext`: names,
+    the host's gap and lock state, the gaps, the image); without one, the measurement belongs to no campaign and
+    waits no gap.
     """
-    ctx = context or {}
+    ctx = context or JobContext()
     t_job = time.perf_counter()
     parent = os.getppid()
     backend = create_backend(config, model_path)
@@ -330,13 +326,13 @@ def run_experiment(
     return result
 
 
-def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: dict) -> WindowRecord:
+def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobContext) -> WindowRecord:
     """Lock, idle baseline, load, thermal gap, warm-up and the window itself (see the module docstring)."""
     job_start = utc_now_iso()
     device = backend.resolve_device()
     meters = select_meters(config["energy"], gpu_count=backend.gpu_count() if device == "cuda" else 0)
     phases: dict[str, float] = {}
-    state_dir = ctx.get("state_dir")
+    state_dir = ctx.state_dir
     label = f"{experiment_id} cycle {cycle}"
 
     with host_lock(state_dir) as lock_wait_s:
@@ -369,9 +365,7 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: dict)
             len(batches),
         )
 
-        gap = wait_gap(
-            state_dir, cycle, ctx.get("config_gap_s", 0.0), ctx.get("cycle_gap_s", 0.0), sleep=_announced_sleep(label)
-        )
+        gap = wait_gap(state_dir, cycle, ctx.config_gap_s, ctx.cycle_gap_s, sleep=_announced_sleep(label))
         phases["gap_s"] = gap["gap_waited_s"]
 
         t = time.perf_counter()
@@ -389,7 +383,7 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: dict)
         window_start = utc_now_iso()
         e0 = time.time()
         w0 = time.perf_counter()
-        progress = Progress(label, ctx.get("progress_every_s", 10.0))
+        progress = Progress(label, ctx.progress_every_s)
         runs = [backend.run(prompts, batches, config["random_seed"], progress)]
         while config["energy"]["repeat_to_min_window"] and time.perf_counter() - w0 < config["energy"]["min_window_s"]:
             runs.append(backend.run(prompts, batches, config["random_seed"], progress))
@@ -441,7 +435,7 @@ def build_result(
     cycle: int,
     model_path: str,
     output: str | None,
-    ctx: dict,
+    ctx: JobContext,
 ) -> tuple[dict, tuple[str, dict] | None]:
     """The raw result of a window (and its timeline sidecar, when one is to be written)."""
     energy = energy_section(w.components, w.baselines, w.duration_s, w.meters.unavailable)
@@ -473,8 +467,8 @@ def build_result(
         "schema_version": SCHEMA_VERSION,
         "experiment_id": experiment_id,
         "cycle": cycle,
-        "campaign_name": ctx.get("campaign_name"),
-        "campaign_id": ctx.get("campaign_id"),
+        "campaign_name": ctx.campaign_name,
+        "campaign_id": ctx.campaign_id,
         "backend": config["backend"],
         "backend_version": backend.version(),
         "model_name": config["model_name"],
@@ -505,7 +499,7 @@ def build_result(
         "batches": [b.to_result(w.w0) for b in w.batches],
         "timeline": timeline,
         "flags": flags,
-        "environment": collect(backend.version(), gpus, driver_info() if gpus else {}, ctx.get("container_uri")),
+        "environment": collect(backend.version(), gpus, driver_info() if gpus else {}, ctx.container_uri),
         "provenance": {
             **provenance(),
             "config_sha256": hashlib.sha256(canonical_json(identity_form(config)).encode()).hexdigest(),

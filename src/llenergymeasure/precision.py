@@ -20,6 +20,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .record.layout import Layout
 from .record.metrics import METRICS
 
 KEY = "execution.precision_target"
@@ -230,7 +231,7 @@ def decisions_on_disk(root: str | Path, experiment_id: str, target: Target) -> t
     n = target.min_cycles
     while True:
         try:
-            record = read_decision(decision_path(root, experiment_id, n), experiment_id, n)
+            record = read_decision(Layout(str(root)).decision(experiment_id, n), experiment_id, n)
         except DecisionError:
             return n, False
         if record.get("target") != target.params():  # taken under another target: it will be taken again
@@ -238,16 +239,6 @@ def decisions_on_disk(root: str | Path, experiment_id: str, target: Target) -> t
         if record["decision"] == "stop" or n >= target.max_cycles:
             return n, True
         n += 1
-
-
-def decision_path(root: str | Path, experiment_id: str, after_cycle: int) -> str:
-    return f"{root}/decisions/{experiment_id}/after_cycle_{after_cycle}.json"
-
-
-def is_decision_file(path: str | Path) -> bool:
-    """Whether an input of the aggregation is a decision (``decisions/<experiment>/after_cycle_<n>.json``)."""
-    p = Path(path)
-    return p.parent.parent.name == "decisions" and p.name.startswith("after_cycle_")
 
 
 def status(values: list[float | None], cycle_numbers: list[int], target: Target) -> dict:

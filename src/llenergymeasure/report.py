@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .record.layout import sidecar_of
+
 #: the plots, each ``<name>.svg`` with its caption ``<name>.rst``, in the report's order
 PLOTS = ("efficiency", "drift", "latency", "timeline")
 
@@ -169,8 +171,7 @@ def plot_latency(aggs: list[dict], out: Path) -> None:
 def chosen_run(raw_paths: list[str]) -> Path | None:
     """The first raw result (campaign order) whose timeline was saved."""
     for p in raw_paths:
-        side = Path(p).with_name(Path(p).stem + ".timeline.json")
-        if side.exists():
+        if Path(sidecar_of(p)).exists():
             return Path(p)
     return None
 
@@ -184,7 +185,7 @@ def plot_timeline(raw_paths: list[str], out: Path) -> dict:
         ax.text(0.5, 0.5, "no saved timeline in this campaign\n(set timeline.save: true)", ha="center", va="center")
         ax.set_axis_off()
     else:
-        side = json.loads(run.with_name(run.stem + ".timeline.json").read_text())
+        side = json.loads(Path(sidecar_of(run)).read_text())
         raw = json.loads(run.read_text())
         t = side["t_s"]
         if side["gpus"]:

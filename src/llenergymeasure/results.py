@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 
 from .config import schema_problems
+from .record.layout import SIDECAR_NAME, Layout
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +116,6 @@ def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = No
     write_text_atomic(path, text, durable, replace=schema_name != RAW_SCHEMA)
 
 
-RAW_NAME = re.compile(r"^cycle_[1-9][0-9]*\.json$")
-SIDECAR_NAME = re.compile(r"^cycle_([1-9][0-9]*)\.timeline\.json$")
-
-
-def raw_result_files(results_root: str | Path) -> list[Path]:
-    """The raw results under ``<results_root>/raw/`` (``cycle_<n>.json``; timeline sidecars excluded), sorted."""
-    return sorted(p for p in Path(results_root).glob("raw/*/cycle_*.json") if RAW_NAME.match(p.name))
-
-
 def read_result(path: str | Path, schema_name: str) -> dict:
     """A result file, validated against its schema; :class:`ResultValidationError` naming the file (and, for a raw
     result, what to do) when it cannot be read, is not complete JSON, or does not match the schema."""
@@ -179,7 +170,7 @@ def hold_results_folder(root: str | Path) -> None:
     key = str(Path(root).resolve())
     if key in _HELD:
         return
-    path = Path(root) / ".state" / "campaign.lock"
+    path = Path(Layout(root).lock)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -19,6 +19,7 @@ from .campaign import experiment_id, resolve_experiment, semantic_problems
 from .config import set_dotted
 from .errors import ConfigError, MeasurementError, problem_lines
 from .legacy import EXPERIMENT, annotate, migrate_experiment
+from .runtime import JobContext
 
 
 def _parse_value(text: str):
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cycle,
             model_path_for(config),
             args.output,
-            {"state_dir": args.state_dir, "config_gap_s": args.config_gap, "cycle_gap_s": args.cycle_gap},
+            JobContext(state_dir=args.state_dir, config_gap_s=args.config_gap, cycle_gap_s=args.cycle_gap),
         )
     except (MeasurementError, ConfigError, ResultExistsError) as exc:  # a known cause, stated in one line
         print(f"Measurement error: {exc}", file=sys.stderr)

@@ -11,17 +11,18 @@ The contract between the workflow and this package:
   rules read the resolved campaign only through the :class:`~llenergymeasure.campaign.Plan` that :func:`load`
   returns (``PLAN`` in the Snakefile), through the one-line functions of ``workflow/common.smk``.
 - What a job needs that is not its own input, output or params lives in one place: ``config["_lem"]``
-  (:data:`RUNTIME_KEY`), a read-only mapping of the campaign-level facts listed in :func:`runtime`. They are not
-  params on purpose: changing a gap or a webhook must not make Snakemake rerun a finished measurement. The scripts
-  read it as ``snakemake.config["_lem"]`` (a plain copy in the job's process), the ``onstart`` and ``onerror``
-  handlers as ``config["_lem"]``. Nothing else is added to ``config``.
+  (:data:`~llenergymeasure.runtime.RUNTIME_KEY`), a read-only mapping of the campaign-level facts of
+  :class:`~llenergymeasure.runtime.Runtime`. They are not params on purpose: changing a gap or a webhook must not
+  make Snakemake rerun a finished measurement. The scripts pass ``snakemake.config["_lem"]`` (a plain copy in the
+  job's process) to :mod:`.jobs`, which reads it back as a :class:`~llenergymeasure.runtime.Runtime`; the
+  ``onstart`` and ``onerror`` handlers read ``config["_lem"]`` the same way. Nothing else is added to ``config``.
+- Every path comes from the plan's :class:`~llenergymeasure.record.layout.Layout` (``PLAN.layout`` in the
+  Snakefile), and what relies on Snakemake's internals is in :mod:`.snakemake_internals`.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
 import os
 import sys
 from pathlib import Path
@@ -30,12 +31,21 @@ from typing import Any
 from .campaign import DEFAULT_CAMPAIGN_FILE, Plan, campaign_id, deep_merge, plan, read_yaml, resolve_campaign
 from .config import coerce_overrides
 from .errors import ConfigError, problem_lines
-from .failures import completed_only
 from .legacy import FORMER_SPELLINGS
 from .prompts import check_sources
+from .record.layout import experiment_of
+from .runtime import RUNTIME_KEY, Runtime
+from .snakemake_internals import (
+    aggregate_completed,
+    all_cores,  # noqa: F401 - the workflow's rules call it through this module
+    ancient,
+    completed_only_requested,
+    failed_measurements,
+    fixed_signatures,  # noqa: F401 - the workflow's rules call it through this module
+    walk_decisions,
+)
 from .tiny_model import embedded_model_dir, is_embedded
 
-RUNTIME_KEY = "_lem"  # config[RUNTIME_KEY]: the runtime facts of the jobs (see the module docstring)
 CAMPAIGN_KEY = "campaign"  # --config campaign=FILE
 
 
@@ -95,14 +105,14 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
             raw = deep_merge(raw, overrides)
         resolved = resolve_campaign(raw, base, workdir)
         level = verbosity(workdir)
-        the_plan = plan(resolved)
+        the_plan = plan(resolved, completed_only=completed_only_requested())
         if announce:  # the main process only: jobs re-parse the Snakefile and need not load datasets again
             check_sources([e.config for e in the_plan.expansion.experiments])
     except ConfigError as exc:
         for line in problem_lines(exc.located(where), "Configuration error: "):
             print(line, file=sys.stderr)
         sys.exit(1)
-    config[RUNTIME_KEY] = _read_only({**runtime(the_plan), "verbosity": level})
+    config[RUNTIME_KEY] = _read_only(runtime(the_plan, level).as_config())
     if announce:
         describe(the_plan, sys.stderr, level)
     return the_plan
@@ -139,24 +149,23 @@ def _recheck(path) -> dict:
         raise
 
 
-def runtime(p: Plan) -> dict:
-    """Campaign-level facts the jobs read from ``config[RUNTIME_KEY]`` (deliberately not params: no rerun trigger);
-    :func:`load` adds the console's ``verbosity``."""
+def runtime(p: Plan, verbosity: str | None = None) -> Runtime:
+    """Campaign-level facts the jobs read from ``config[RUNTIME_KEY]`` (deliberately not params: no rerun trigger)."""
     ex = p.campaign["execution"]
-    return {
-        "campaign_name": p.name,
-        "campaign_id": campaign_id(p.name),
-        "results_root": p.results_root,
-        "state_dir": f"{p.results_root}/.state",
-        "config_gap_s": ex["config_gap_s"],
-        "cycle_gap_s": ex["cycle_gap_s"],
-        "cycles": p.target.min_cycles if p.target else ex["cycles"],
-        "precision": p.target.params() if p.target else None,
-        "notifications": p.campaign["notifications"],
-        "names": config_names(p),
-        "containers": p.campaign["containers"],
-        "cache_dir": str(host_cache_dir()),
-    }
+    return Runtime(
+        campaign_name=p.name,
+        campaign_id=campaign_id(p.name),
+        results_root=p.results_root,
+        config_gap_s=ex["config_gap_s"],
+        cycle_gap_s=ex["cycle_gap_s"],
+        cycles=p.target.min_cycles if p.target else ex["cycles"],
+        precision=p.target.params() if p.target else None,
+        notifications=p.campaign["notifications"],
+        names=config_names(p),
+        containers=p.campaign["containers"],
+        cache_dir=str(host_cache_dir()),
+        verbosity=verbosity,
+    )
 
 
 def host_cache_dir() -> Path:
@@ -209,17 +218,13 @@ def describe(p: Plan, stream, level: str = "normal") -> None:
 # ----------------------------------------------------------------------------------------------- paths and targets
 
 
-def raw_path(root: str, experiment_id: str, cycle: int) -> str:
-    return f"{root}/raw/{experiment_id}/cycle_{cycle}.json"
-
-
 def all_raw(p: Plan) -> list[str]:
     """Every planned raw result (with a precision target: the minimum plan); in the pass over what completed (see
     :mod:`.failures`), those that exist (with a target, of any cycle up to the maximum)."""
-    if completed_only():
+    if p.completed_only:
         keys = sorted(p.priority, key=p.priority.get, reverse=True) if p.target else p.order  # campaign order
-        return [x for x in (raw_path(p.results_root, e, c) for e, c in keys) if os.path.exists(x)]
-    return [raw_path(p.results_root, e, c) for e, c in p.order]
+        return [x for x in (p.layout.raw(e, c) for e, c in keys) if os.path.exists(x)]
+    return [p.layout.raw(e, c) for e, c in p.order]
 
 
 def scheduled_raw(p: Plan) -> list[str]:
@@ -228,14 +233,14 @@ def scheduled_raw(p: Plan) -> list[str]:
     its decision is measured again: Snakemake checks a job that need not run for missing inputs only when it is a
     target job (snakemake/dag.py, update_needrun: the missing-output check sits in the ``job in self.targetjobs``
     branch; other jobs are reached only from a job that must run)."""
-    if not p.target or completed_only():
+    if not p.target or p.completed_only:
         return []
     from .precision import decisions_on_disk
 
     extra = []
     for e in p.expansion.experiments:
         n, _ = decisions_on_disk(p.results_root, e.experiment_id, p.target)
-        extra.extend(raw_path(p.results_root, e.experiment_id, c) for c in range(p.target.min_cycles + 1, n + 1))
+        extra.extend(p.layout.raw(e.experiment_id, c) for c in range(p.target.min_cycles + 1, n + 1))
     return extra
 
 
@@ -245,68 +250,21 @@ def aggregate_inputs(p: Plan, checkpoints=None) -> list[str]:
     stops it: its raw results up to there and that decision; an experiment whose next decision is still to be taken
     contributes that decision instead (the checkpoint target Snakemake would make of it), and the walk goes on with
     the next experiment. So the first evaluation already names every experiment's pending decision, and each one
-    that is taken extends only its own experiment's part (Snakemake evaluates the function again after each).
-
-    An experiment whose walk ended on a ``stop`` is not walked again while its decision files stay as they were
-    (:data:`_SETTLED`): Snakemake evaluates this function after every decision, and each ``checkpoints.decide.get``
-    expands the rule's output and copies the set of every checkpoint output created so far
-    (snakemake/checkpoints.py, ``Checkpoint.get``), so walking every settled experiment again made each decision
-    cost time in proportion to the decisions already taken. A checkpoint output Snakemake has accepted stays
-    accepted for the rest of the run (``created_output`` only grows), so what such a walk returned still holds."""
-    if not p.target or completed_only():
+    that is taken extends only its own experiment's part (Snakemake evaluates the function again after each; the
+    walk, and why settled experiments are not walked again, is :func:`.snakemake_internals.walk_decisions`)."""
+    if not p.target or p.completed_only:
         return all_raw(p)
-    from snakemake.exceptions import IncompleteCheckpointException
-
     from .precision import decided_cycles
 
-    target = tuple(sorted(p.target.params().items()))
+    ids = [e.experiment_id for e in p.expansion.experiments]
     inputs: list[str] = []
-    for e in p.expansion.experiments:
-        eid = e.experiment_id
-        key = (id(checkpoints), p.results_root, eid, target)
-        settled = _SETTLED.get(key)
-        if settled is None or not all(_stamp(path) == stamp for path, stamp in settled.decisions):
-            walked: list[str] = []
-
-            def get(n: int, eid: str = eid, walked: list[str] = walked) -> str:
-                path = checkpoints.decide.get(experiment=eid, n=n).output[0]
-                walked.append(path)
-                return path
-
-            try:
-                n, last = decided_cycles(get, eid, p.target)
-            except IncompleteCheckpointException as exc:
-                inputs.append(exc.targetfile)  # flagged as a checkpoint target, as Snakemake flags a raised one
-                continue
-            settled = Settled(n, last, tuple((path, _stamp(path)) for path in walked))
-            if all(stamp is not None for _, stamp in settled.decisions):
-                _SETTLED[key] = settled
-        inputs.extend(raw_path(p.results_root, eid, c) for c in range(1, settled.cycles + 1))
-        inputs.append(settled.last)
+    for eid, walked in walk_decisions(checkpoints, p.results_root, ids, p.target, decided_cycles):
+        if isinstance(walked, str):  # its next decision, still to be taken
+            inputs.append(walked)
+            continue
+        inputs.extend(p.layout.raw(eid, c) for c in range(1, walked.cycles + 1))
+        inputs.append(walked.last)
     return inputs
-
-
-@dataclasses.dataclass(frozen=True)
-class Settled:
-    """An experiment's walk that ended on a ``stop``: its cycles, that decision, and each decision file walked with
-    its stamp (:func:`_stamp`) when it was read."""
-
-    cycles: int
-    last: str
-    decisions: tuple[tuple[str, tuple[int, int, int] | None], ...]
-
-
-# (checkpoints, results root, experiment id, target) -> its settled walk, for this process (see aggregate_inputs)
-_SETTLED: dict[tuple, Settled] = {}
-
-
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    """A file's identity and version: inode, size and modification time (None when it cannot be read)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def decision_inputs(p: Plan, experiment_id: str, after_cycle: str | int) -> list[str]:
@@ -314,7 +272,7 @@ def decision_inputs(p: Plan, experiment_id: str, after_cycle: str | int) -> list
     n = int(after_cycle)
     if not p.target or experiment_id not in p.by_id or not p.target.min_cycles <= n <= p.target.max_cycles:
         raise ValueError(f"no decision after cycle {n} of {experiment_id} in this campaign")
-    return [raw_path(p.results_root, experiment_id, c) for c in range(1, n + 1)]
+    return [p.layout.raw(experiment_id, c) for c in range(1, n + 1)]
 
 
 def decision_priority(p: Plan) -> int:
@@ -332,10 +290,10 @@ def precision_params(p: Plan) -> dict:
 def aggregated(p: Plan) -> list[str]:
     """The aggregated file of every experiment (in the pass over what completed: of those with a raw result)."""
     ids = [e.experiment_id for e in p.expansion.experiments]
-    if completed_only():
-        done = {Path(x).parent.name for x in all_raw(p)}
+    if p.completed_only:
+        done = {experiment_of(x) for x in all_raw(p)}
         ids = [e for e in ids if e in done]
-    return [f"{p.results_root}/aggregated/{e}.json" for e in ids]
+    return [p.layout.aggregated(e) for e in ids]
 
 
 def experiment_config(p: Plan, experiment_id: str) -> dict:
@@ -350,38 +308,7 @@ def model_input(p: Plan, experiment_id: str) -> dict:
     name = config["model_name"]
     if config["no_weights"] or not is_embedded(name):
         return {}
-    return {"model": _ancient_model_dir(p.campaign["results_dir"], name)}
-
-
-@functools.lru_cache(maxsize=64)
-def _ancient_model_dir(results_dir: str, name: str):
-    from snakemake.io import ancient
-
-    return ancient(str(embedded_model_dir(results_dir, name)))
-
-
-def fixed_signatures(*functions) -> None:
-    """Let Snakemake read each per-job function's signature once instead of once per job and directive (it calls
-    ``inspect.signature`` every time otherwise: seconds on a 30,000-job campaign). ``overwrite_function_params``
-    is Snakemake's own way to give a function's parameters (snakemake/common/__init__.py, lines 372-385 in 9.27:
-    ``get_function_params`` returns what it stored); they are kept as ``inspect`` parameters, which is what
-    ``get_input_function_aux_params`` reads from them (``param.kind`` of each value, lines 387-399)."""
-    import inspect
-
-    from snakemake.common import overwrite_function_params
-
-    for func in functions:
-        overwrite_function_params(func, inspect.signature(func).parameters)
-
-
-def all_cores(workflow) -> int:
-    """Threads of a measurement job: every core given to a local Snakemake, so nothing shares the CPU with a
-    window. On a cluster there is no such total: 1, unless the profile sets ``set-threads: {measure: N}``."""
-    try:
-        cores = workflow.cores
-    except Exception:  # noqa: BLE001 - WorkflowError: no --cores with a cluster executor
-        return 1
-    return int(cores) if isinstance(cores, (int, float)) and cores >= 1 else 1
+    return {"model": ancient(str(embedded_model_dir(p.campaign["results_dir"], name)))}
 
 
 def gpus(p: Plan, experiment_id: str) -> int:
@@ -459,7 +386,7 @@ def campaign_started(config: dict) -> None:
     if not runtime_:
         return
     try:
-        hold_results_folder(runtime_["results_root"])
+        hold_results_folder(Runtime.from_config(runtime_).results_root)
     except ResultsFolderBusy as exc:
         print(f"Refused: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -469,38 +396,28 @@ def campaign_failed(config: dict, workflow=None) -> None:
     """``onerror`` handler: after failed measurements, aggregate (summary, gap audit, report, campaign notification)
     what completed, in a second invocation whose jobs list the failures (:mod:`.failures`); otherwise (an
     interruption, a failed aggregation) tell the webhook that the campaign failed."""
-    from .failures import aggregate_completed, failed_in_this_run
+    from .failures import failed_in_this_run
     from .jobs import campaign_failed as notify_failed
 
     runtime_ = config.get(RUNTIME_KEY)
     if not runtime_:
         return
-    root, names, cycles = runtime_["results_root"], runtime_["names"], runtime_["cycles"]
-    if runtime_.get("precision"):
-        cycles = runtime_["precision"]["max_cycles"]  # any cycle up to the maximum may have been scheduled
-    failed = set(failed_in_this_run(root, names, cycles, _STARTED_AT or 0.0))
-    scheduler = getattr(workflow, "scheduler", None)
-    for job in getattr(scheduler, "failed", ()) or ():  # also jobs killed before they could record anything
-        if getattr(getattr(job, "rule", None), "name", None) == "measure":
-            wc = job.wildcards
-            if not os.path.exists(raw_path(root, wc.experiment, int(wc.cycle))):
-                failed.add((wc.experiment, int(wc.cycle)))
+    facts = Runtime.from_config(runtime_)
+    root = facts.results_root
+    failed = set(failed_in_this_run(root, facts.names, facts.max_cycles, _STARTED_AT or 0.0))
+    if workflow is not None:  # also jobs killed before they could record anything
+        failed |= {(e, c) for e, c in failed_measurements(workflow) if not os.path.exists(facts.layout.raw(e, c))}
     if failed and workflow is not None:
         print(f"{len(failed)} measurement(s) failed; aggregating the measurements that completed ...", file=sys.stderr)
         try:
-            code = aggregate_completed(
-                workflow.main_snakefile,
-                workflow.overwrite_configfiles,
-                workflow.config_settings.config_args,
-                os.getcwd(),
-            )
+            code = aggregate_completed(workflow, os.getcwd())
         except Exception as exc:  # noqa: BLE001 - the handler must not hide the failure it reports
             print(f"Could not aggregate the completed measurements: {type(exc).__name__}: {exc}", file=sys.stderr)
             code = 1
         if code == 0:
             print(
-                f"Results of every completed measurement: {root}/summary.csv; the {len(failed)} failed ones (error, log) "
-                f"are in {root}/failures.json. Rerun to retry exactly those.",
+                f"Results of every completed measurement: {facts.layout.summary}; the {len(failed)} failed ones "
+                f"(error, log) are in {facts.layout.failures}. Rerun to retry exactly those.",
                 file=sys.stderr,
             )
             return
@@ -511,10 +428,10 @@ def report_captions(p: Plan) -> list[str]:
     """The captions the report_plots rule writes beside its plots (declared outputs of the rule)."""
     from .report import PLOTS
 
-    return [f"{p.results_root}/report/{name}.rst" for name in PLOTS]
+    return [p.layout.report(name, ".rst") for name in PLOTS]
 
 
 def report_caption(p: Plan, name: str) -> str:
     """A caption as report() is given it: the absolute path of that output (Snakemake joins a relative caption
     path with the rule file's folder, not the working directory)."""
-    return os.path.abspath(f"{p.results_root}/report/{name}.rst")
+    return os.path.abspath(p.layout.report(name, ".rst"))

@@ -46,6 +46,9 @@ class Layout:
 
     root: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", str(self.root))  # a Path is taken as its string
+
     # measurements
     def raw(self, experiment_id: str, cycle: int | str) -> str:
         return f"{self.root}/raw/{experiment_id}/cycle_{cycle}.json"
