@@ -1,6 +1,9 @@
-"""The PyTorch backend on the real tiny model: batching, token counting without padding, native latency."""
+"""The PyTorch backend on the real tiny model (batching, token counting without padding, native latency), and the
+base class every backend derives from, with the registry's checks."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -282,3 +285,131 @@ def test_load_refuses_what_expansion_refuses(tiny_model):
     with pytest.raises(MeasurementError, match=r"set pytorch\.max_tokens_per_batch"):
         backend.load()
     assert backend.model is None
+
+
+# ---------------------------------------------------------------------------------------------------- base class
+def _minimal_config(backend: str, **extra) -> dict:
+    return {"backend": backend, "pytorch": {"num_processes": 1}, "device": "cpu", **extra}
+
+
+@pytest.mark.parametrize(
+    ("backend", "num_processes", "expected"),
+    [
+        ("pytorch", 1, "PyTorchBackend"),
+        ("pytorch", 2, "DataParallelPyTorch"),
+        ("vllm", 1, "VllmBackend"),
+        ("tensorrt", 1, "TensorRTBackend"),
+    ],
+)
+def test_every_registered_backend_is_a_backend_subclass(backend, num_processes, expected):
+    from llenergymeasure.backends import implementation
+    from llenergymeasure.backends.base import Backend
+
+    config = {**_minimal_config(backend), "pytorch": {"num_processes": num_processes}}
+    cls = implementation(config)
+    assert issubclass(cls, Backend) and cls.__name__ == expected and cls.name == backend
+    assert cls.token_counting  # recorded beside the token counts of every result
+
+
+def test_registry_refuses_a_class_that_is_not_a_backend(monkeypatch):
+    import dataclasses
+
+    from llenergymeasure.backends import create, pytorch, rules
+
+    monkeypatch.setattr(
+        pytorch, "RULES", dataclasses.replace(pytorch.RULES, implementation=lambda c: "json:JSONDecoder")
+    )
+    with pytest.raises(TypeError, match=r"backend 'pytorch': json:JSONDecoder must be a subclass of .*Backend"):
+        create(_minimal_config("pytorch"), "model")
+    monkeypatch.setattr(pytorch, "RULES", dataclasses.replace(pytorch.RULES, implementation=lambda c: "json:Nothing"))
+    with pytest.raises(TypeError, match=r"json:Nothing must be a subclass .*\(found nothing\)"):
+        create(_minimal_config("pytorch"), "model")
+    monkeypatch.setattr(pytorch, "RULES", {"name": "pytorch"})
+    with pytest.raises(
+        TypeError, match=r"llenergymeasure.backends.pytorch.RULES must be a BackendRules named 'pytorch'"
+    ):
+        rules("pytorch")
+
+
+def test_registry_refuses_a_backend_class_registered_under_another_name(monkeypatch):
+    import dataclasses
+
+    from llenergymeasure.backends import implementation, vllm
+
+    monkeypatch.setattr(
+        vllm,
+        "RULES",
+        dataclasses.replace(vllm.RULES, implementation=lambda c: "llenergymeasure.backends.pytorch:PyTorchBackend"),
+    )
+    with pytest.raises(TypeError, match=r"backend 'vllm': .*PyTorchBackend is named 'pytorch'"):
+        implementation(_minimal_config("vllm"))
+
+
+def _env_backend(wanted: dict):
+    from llenergymeasure.backends.base import Backend
+
+    class EnvBackend(Backend):
+        name = "pytorch"
+        token_counting = "test"
+
+        def engine_environment(self) -> dict[str, str]:
+            return dict(wanted)
+
+    return EnvBackend(_minimal_config("pytorch"), "model")
+
+
+def test_environment_is_set_for_the_engine_and_put_back_on_close(monkeypatch, caplog):
+    monkeypatch.delenv("LEM_TEST_UNSET", raising=False)
+    monkeypatch.setenv("LEM_TEST_USER", "user")
+    monkeypatch.setenv("LEM_TEST_SAME", "1")
+    b = _env_backend({"LEM_TEST_UNSET": "a", "LEM_TEST_USER": "experiment", "LEM_TEST_SAME": "1"})
+    with caplog.at_level("WARNING", logger="llenergymeasure.backends.base"):
+        assert b.set_environment() == {"LEM_TEST_UNSET": "a", "LEM_TEST_USER": "experiment", "LEM_TEST_SAME": "1"}
+    assert os.environ["LEM_TEST_UNSET"] == "a" and os.environ["LEM_TEST_USER"] == "experiment"
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == ["LEM_TEST_USER=user from the environment replaced by experiment (the experiment's setting)"]
+    b.set_environment()  # a second call keeps the first saved values
+    b.close()
+    assert "LEM_TEST_UNSET" not in os.environ
+    assert os.environ["LEM_TEST_USER"] == "user" and os.environ["LEM_TEST_SAME"] == "1"
+    b.close()  # nothing left to put back
+    assert os.environ["LEM_TEST_USER"] == "user"
+
+
+def test_base_memory_report_and_versions(monkeypatch):
+    from llenergymeasure.backends.base import Backend
+    from llenergymeasure.energy import nvml
+
+    b = _env_backend({})
+    b.device = "cpu"
+    b.reset_peak_memory()
+    assert b.peak_memory() == {
+        "cuda_peak_allocated_bytes": None,
+        "cuda_peak_reserved_bytes": None,
+        "gpu_memory_used_bytes": None,
+    }
+    asked = []
+    monkeypatch.setattr(nvml, "memory_used_bytes", lambda n: asked.append(n) or 123)
+    b.device = b.config["device"] = "cuda"
+    assert b.peak_memory()["gpu_memory_used_bytes"] == 123 and asked == [1]  # the rules' GPU count
+
+    class Versions(Backend):
+        version_modules = ("json", "llenergymeasure_no_such_module")
+
+    assert Versions.version() == {"json": __import__("json").__version__, "llenergymeasure_no_such_module": None}
+
+
+def test_warmup_repeats_one_engine_batch_of_the_window_lengths():
+    from llenergymeasure.backends.base import Batch
+    from llenergymeasure.backends.vllm import VllmBackend
+
+    config = {
+        **_minimal_config("vllm"),
+        "vllm": {"max_num_seqs": 3},
+        "max_output_tokens": 7,
+        "min_output_tokens": 2,
+    }
+    b = VllmBackend(config, "model")
+    assert b.output_lengths() == (7, 2)
+    assert b.warmup_indices([Batch(list(range(5)), [1] * 5)]) == [0, 1, 2]
+    assert b.warmup_indices([Batch([4, 1], [1, 1])]) == [4, 1]

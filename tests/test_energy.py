@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -388,3 +389,180 @@ def test_the_cache_folder_variable_and_its_earlier_name(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "old"  # the earlier name is still honoured
     monkeypatch.setenv("LLM_ENERGY_CACHE_DIR", str(tmp_path / "new"))
     assert cache_dir() == tmp_path / "new"  # the current one wins
+
+
+# ---------------------------------------------------------------------------------------------------- NVML session
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    """pynvml with its calls replaced by a host of GPUs that exist only here, and a fresh per-process NVML state.
+    ``host.calls`` counts the calls made; ``host.gpus`` holds each board's architecture and counter (mJ)."""
+    from types import SimpleNamespace
+
+    pynvml = pytest.importorskip("pynvml")
+    from llenergymeasure.energy import nvml
+
+    monkeypatch.setattr(nvml, "_INIT", {})
+    monkeypatch.setattr(nvml, "_COUNTER", {})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    host = SimpleNamespace(
+        calls={},
+        init_error=None,
+        gpus=[
+            SimpleNamespace(index=i, arch=pynvml.NVML_DEVICE_ARCH_HOPPER, arch_error=None, mj=1_000_000, error=None)
+            for i in range(2)
+        ],
+    )
+
+    def counted(name, fn):
+        def call(*args):
+            host.calls[name] = host.calls.get(name, 0) + 1
+            return fn(*args)
+
+        monkeypatch.setattr(pynvml, name, call)
+
+    def init():
+        if host.init_error is not None:
+            raise pynvml.NVMLError(host.init_error)
+
+    def arch(h):
+        if h.arch_error is not None:
+            raise pynvml.NVMLError(h.arch_error)
+        return h.arch
+
+    def energy(h):
+        if h.error is not None:
+            raise pynvml.NVMLError(h.error)
+        h.mj += 250_000
+        return h.mj
+
+    def no_mig(h):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    counted("nvmlInit", init)
+    counted("nvmlDeviceGetCount", lambda: len(host.gpus))
+    counted("nvmlDeviceGetHandleByIndex", lambda i: host.gpus[i])
+    counted("nvmlDeviceGetMigMode", no_mig)
+    counted("nvmlDeviceGetIndex", lambda h: h.index)
+    counted("nvmlDeviceGetUUID", lambda h: f"GPU-{h.index}")
+    counted("nvmlDeviceGetName", lambda h: b"test board")
+    counted("nvmlDeviceGetArchitecture", arch)
+    counted("nvmlDeviceGetTotalEnergyConsumption", energy)
+    counted("nvmlDeviceGetMemoryInfo", lambda h: SimpleNamespace(used=1000 + h.index))
+    counted("nvmlDeviceGetPowerUsage", lambda h: 50_000)
+    counted("nvmlSystemGetDriverVersion", lambda: "580.00")
+    return host
+
+
+def test_nvml_is_initialised_once_per_process(fake_nvml):
+    from llenergymeasure.energy.nvml import driver_info, init_error, memory_used_bytes, visible_gpus
+
+    for _ in range(2):
+        ms = select_meters({"backend": "auto", "cpu_tdp_w": 100}, gpu_count=2)
+        assert [m.device for m in ms.meters if m.method == "nvml_counter"] == ["gpu0", "gpu1"]
+        ms.start()
+        assert [r.energy_j for r in ms.stop() if r.component == "gpu"] == [250.0, 250.0]
+    assert [g["uuid"] for g in visible_gpus()] == ["GPU-0", "GPU-1"]
+    assert memory_used_bytes(2) == 2001
+    assert driver_info()["driver_version"] == "580.00"
+    assert init_error() is None
+    assert fake_nvml.calls["nvmlInit"] == 1
+    assert fake_nvml.calls["nvmlDeviceGetArchitecture"] == 2  # the counter is probed once per device
+
+
+def test_nvml_that_cannot_start_is_tried_once_and_says_why(fake_nvml):
+    import pynvml
+
+    from llenergymeasure.energy.nvml import init_error, memory_used_bytes, visible_gpus
+
+    fake_nvml.init_error = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
+    assert visible_gpus() == [] and memory_used_bytes(1) is None
+    ms = select_meters({"backend": "auto", "cpu_tdp_w": 100}, gpu_count=1)
+    assert {"component": "gpu", "reason": "NVML not available: GPU energy not measured"} in ms.unavailable
+    assert init_error() == (
+        "NVML could not be initialised: the NVIDIA kernel driver is not loaded (NVML_ERROR_DRIVER_NOT_LOADED)"
+    )
+    assert fake_nvml.calls["nvmlInit"] == 1
+
+
+def test_every_nvml_error_code_has_one_message():
+    pynvml = pytest.importorskip("pynvml")
+    from llenergymeasure.energy.nvml import ERROR_MESSAGES, describe_error
+
+    assert len(set(ERROR_MESSAGES.values())) == len(ERROR_MESSAGES)
+    for name, message in ERROR_MESSAGES.items():
+        assert describe_error(pynvml.NVMLError(getattr(pynvml, name))) == f"{message} ({name})"
+    unmapped = pynvml.NVML_ERROR_IN_USE  # a code the map does not name
+    assert describe_error(pynvml.NVMLError(unmapped)) == f"NVML error {unmapped}: {pynvml.NVMLError(unmapped)}"
+    assert describe_error(ValueError("bad")) == "ValueError: bad"
+    assert "not supported" in describe_error(pynvml.NVMLError_NotSupported())
+    assert "no permission" in describe_error(pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION))
+    assert "GPU is lost" in describe_error(pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST))
+
+
+@pytest.mark.parametrize(
+    ("code", "meaning"),
+    [
+        ("NVML_ERROR_GPU_IS_LOST", "the GPU is lost"),
+        ("NVML_ERROR_NO_PERMISSION", "no permission"),
+        ("NVML_ERROR_NOT_SUPPORTED", "not supported by this GPU or its driver"),
+    ],
+)
+def test_a_failed_energy_reading_names_the_gpu_and_the_cause(fake_nvml, code, meaning):
+    import pynvml
+
+    from llenergymeasure.energy.nvml import NvmlError
+    from llenergymeasure.errors import MeasurementError
+
+    ms = select_meters({"backend": "nvml"}, gpu_count=1)
+    ms.start()
+    fake_nvml.gpus[0].error = getattr(pynvml, code)
+    with pytest.raises(MeasurementError) as raised:
+        ms.stop()
+    assert isinstance(raised.value, NvmlError) and raised.value.code == getattr(pynvml, code)
+    assert str(raised.value).startswith(
+        f"gpu0 (test board, GPU-0): nvmlDeviceGetTotalEnergyConsumption: {meaning}"
+    ) and str(raised.value).endswith(f"({code})")
+
+
+def test_a_gpu_without_the_energy_counter_is_reported_as_without_nvml(fake_nvml):
+    import pynvml
+
+    from llenergymeasure.errors import MeasurementError
+
+    fake_nvml.gpus[0].arch = pynvml.NVML_DEVICE_ARCH_PASCAL
+    for _ in range(2):
+        ms = select_meters({"backend": "auto", "cpu_tdp_w": 100}, gpu_count=1)
+        assert not [m for m in ms.meters if m.method == "nvml_counter"]
+    reason = "test board predates Volta (NVML architecture 4): nvmlDeviceGetTotalEnergyConsumption is not supported"
+    assert ms.unavailable[0] == {"component": "gpu", "reason": f"{reason}: GPU energy not measured"}
+    assert fake_nvml.calls["nvmlDeviceGetArchitecture"] == 1
+    assert "nvmlDeviceGetTotalEnergyConsumption" not in fake_nvml.calls  # never read
+    flags: list = []
+    energy_section([], {}, 1.0, ms.unavailable, flags)
+    assert {"code": "gpu_energy_unavailable", "message": f"{reason}: GPU energy not measured"} in [
+        {k: f[k] for k in ("code", "message")} for f in flags
+    ]
+    with pytest.raises(MeasurementError, match=re.escape(f"energy.backend = nvml, but {reason}")):
+        select_meters({"backend": "nvml"}, gpu_count=1)
+    # the other board has the counter: metered as before
+    ms = select_meters({"backend": "auto", "cpu_tdp_w": 100}, gpu_count=2)
+    assert [m.device for m in ms.meters if m.method == "nvml_counter"] == ["gpu1"]
+
+
+def test_the_counter_is_asked_for_where_the_driver_cannot_name_the_architecture(fake_nvml):
+    import pynvml
+
+    from llenergymeasure.energy.nvml import counter_problem, visible_gpus
+
+    for g in fake_nvml.gpus:
+        g.arch_error = pynvml.NVML_ERROR_FUNCTION_NOT_FOUND
+    fake_nvml.gpus[0].error = pynvml.NVML_ERROR_NOT_SUPPORTED
+    first, second = visible_gpus()
+    assert counter_problem(first) == (
+        "test board: nvmlDeviceGetTotalEnergyConsumption: not supported by this GPU or its driver "
+        "(NVML_ERROR_NOT_SUPPORTED)"
+    )
+    assert counter_problem(second) is None
+    fake_nvml.gpus[1].arch_error = pynvml.NVML_ERROR_UNKNOWN  # another failure: left to the meter's own reads
+    assert counter_problem({**second, "uuid": "GPU-other"}) is None
+    assert fake_nvml.calls["nvmlDeviceGetTotalEnergyConsumption"] == 2

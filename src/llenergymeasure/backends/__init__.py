@@ -13,16 +13,22 @@ only there, next to the release facts that drive it:
 - ``gpus(config)``: the physical GPUs one experiment occupies (its energy is read on exactly those);
 - ``nominal_batch(config)``: the batching knob's value and how batches form;
 - ``count_parameters(config, counted, hf_config)``: how the model's parameter count is established;
-- ``implementation(config)``: the class that measures (imported only when a measurement starts).
+- ``implementation(config)``: the class that measures (imported only when a measurement starts), a subclass of
+  :class:`~llenergymeasure.backends.base.Backend`, which holds what every backend shares.
+
+A new backend is one module (its ``RULES`` and its :class:`~llenergymeasure.backends.base.Backend` subclass) and its
+name in :data:`BACKENDS`; the registry refuses a module without ``RULES`` or a measuring class that is not a
+``Backend``, with a message naming what is wrong.
 
 The modules import their engines lazily, inside the methods that use them, so reading rules never needs torch,
 vLLM or TensorRT-LLM. Rules that span backends (a foreign backend's section, output-length bounds, decoder
 presets, the GPU list matching ``gpus(config)``) live in :mod:`llenergymeasure.campaign`. A new rule for one
 backend goes into that backend's ``problems``; nothing else has to change.
 
-Nothing here imports a backend module at import time, and backend modules import only :mod:`.base` (records) and
-this registry's :class:`BackendRules`: there is no import loop between the registry, the records and the
-backends.
+Nothing here imports a backend module at import time (:func:`implementation` imports :mod:`.base` when it checks
+a class), and backend modules import only :mod:`.base` (records and the base class) and this registry's
+:class:`BackendRules`; the base class reads the registry inside its methods: there is no import loop between the
+registry, the records and the backends.
 """
 
 from __future__ import annotations
@@ -64,10 +70,37 @@ class BackendRules:
 
 
 def rules(backend: str) -> BackendRules:
-    """The rules of one backend (ValueError for a name that is not a backend of this version)."""
+    """The rules of one backend (ValueError for a name that is not a backend of this version; TypeError for a
+    backend module whose ``RULES`` is not a :class:`BackendRules` of that name)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (available: {', '.join(BACKENDS)})")
-    return importlib.import_module(f"{__name__}.{backend}").RULES
+    module = importlib.import_module(f"{__name__}.{backend}")
+    found = getattr(module, "RULES", None)
+    if not isinstance(found, BackendRules) or found.name != backend:
+        raise TypeError(
+            f"backend {backend!r}: {module.__name__}.RULES must be a BackendRules named {backend!r} "
+            f"(found {type(found).__name__}{f' named {found.name!r}' if isinstance(found, BackendRules) else ''})"
+        )
+    return found
+
+
+def implementation(config: dict) -> type:
+    """The class that measures ``config``: a :class:`~llenergymeasure.backends.base.Backend` subclass named by the
+    backend's rules (TypeError, naming it, for anything else)."""
+    from .base import Backend
+
+    backend = config["backend"]
+    where = rules(backend).implementation(config)
+    module, _, name = where.partition(":")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(
+            f"backend {backend!r}: {where} must be a subclass of llenergymeasure.backends.base.Backend "
+            f"(found {'nothing' if cls is None else repr(cls)})"
+        )
+    if cls.name != backend:
+        raise TypeError(f"backend {backend!r}: {where} is named {cls.name!r}")
+    return cls
 
 
 def flags(backend: str) -> dict[str, Flag]:
@@ -82,8 +115,7 @@ def every_flag() -> dict[str, Flag]:
 
 def create(config: dict, model_path: str):
     """The backend object that measures ``config`` (its engine is imported lazily, on first use)."""
-    module, _, cls = rules(config["backend"]).implementation(config).partition(":")
-    return getattr(importlib.import_module(module), cls)(config, model_path)
+    return implementation(config)(config, model_path)
 
 
 def checkpoint_config(model: str, filename: str = "config.json") -> dict | None:

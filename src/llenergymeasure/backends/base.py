@@ -18,6 +18,13 @@ A backend is constructed with the resolved experiment config and the model locat
     token_counting: str                      how input and output tokens are counted (recorded beside the counts)
     close()                                  free the engine (GPU memory, worker processes)
 
+Every backend class derives from :class:`Backend`, which holds what they share: the constructor's common state,
+the engine environment variables set for the engine's life and put back at :meth:`Backend.close`, the engine and
+library versions, the lazily read model config, the GPU count from the backend's rules, the refusal of a config
+its rules reject, the warm-up's output lengths and repeated prompts, and the memory report of an engine that
+allocates outside this process's torch allocator. A backend module defines its rules (``RULES``) and one subclass;
+the registry (:mod:`llenergymeasure.backends`) refuses a measuring class that is not a :class:`Backend`.
+
 Engines are imported inside the backend modules only: the package imports with none of them installed. Which class
 measures an experiment, and each backend's engine-free rules, come from the registry in
 :mod:`llenergymeasure.backends`.
@@ -25,14 +32,19 @@ measures an experiment, and each backend's engine-free rules, come from the regi
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
 
 from ..steady import Step
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "Backend",
     "Batch",
     "BatchRecord",
     "ProcessShare",
@@ -278,3 +290,127 @@ def generation_eos(model_path: str):
             return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path)).eos_token_id
         except (OSError, ValueError):
             return None
+
+
+class Backend:
+    """What every backend shares (see the module docstring). A subclass sets :attr:`name` (its registry name) and
+    :attr:`token_counting`, and defines ``load``, ``plan``, ``warmup``, ``run`` and ``validity_flags``; it overrides
+    the defaults below where its engine differs."""
+
+    #: the backend's name in the registry (:data:`llenergymeasure.backends.BACKENDS`)
+    name: str = ""
+    #: how input and output tokens are counted (recorded beside the counts)
+    token_counting: str = ""
+    #: modules whose ``__version__`` :meth:`version` records, in this order (None where one does not import)
+    version_modules: tuple[str, ...] = ("torch", "transformers")
+
+    def __init__(self, config: dict, model_path: str) -> None:
+        self.config = config
+        self.model_path = model_path
+        self.device: str | None = None
+        self.tokenizer = None
+        self.stop_token_ids: list[int] = []
+        self._hf_config = None
+        self._saved_env: dict[str, str | None] = {}
+
+    # ------------------------------------------------------------------------------------------------ rules
+    @property
+    def rules(self):
+        """The backend's engine-free rules (:class:`llenergymeasure.backends.BackendRules`)."""
+        from . import rules
+
+        return rules(self.name)
+
+    def refuse_problems(self, problems: list[str] | None = None) -> None:
+        """Raise the first of ``problems`` (default: what the backend's rules find in the config) as a
+        MeasurementError: a config that did not come through campaign expansion is refused here too."""
+        found = self.rules.problems(self.config) if problems is None else problems
+        if found:
+            from ..errors import MeasurementError
+
+            raise MeasurementError(found[0])
+
+    def gpu_count(self) -> int:
+        """Physical GPUs the experiment occupies: the rules' count (tensor x pipeline ranks for the engines)."""
+        return self.rules.gpus(self.config)
+
+    # ------------------------------------------------------------------------------------------------ versions
+    @classmethod
+    def version(cls) -> dict:
+        """Engine and library versions (``__version__`` of each of :attr:`version_modules`; None where one is not
+        installed or does not import)."""
+        out: dict = {}
+        for module in cls.version_modules:
+            try:
+                out[module] = str(importlib.import_module(module).__version__)
+            except Exception:  # noqa: BLE001 - not installed here, or broken: recorded as unknown
+                out[module] = None
+        return out
+
+    def model_config(self):
+        """The checkpoint's transformers config, read once."""
+        if self._hf_config is None:
+            from transformers import AutoConfig
+
+            self._hf_config = AutoConfig.from_pretrained(self.model_path)
+        return self._hf_config
+
+    # ------------------------------------------------------------------------------------------------ environment
+    def engine_environment(self) -> dict[str, str]:
+        """Environment variables the engine needs set before it starts (name -> value); none by default."""
+        return {}
+
+    def set_environment(self) -> dict[str, str]:
+        """Set :meth:`engine_environment` for the engine's life (put back by :meth:`close`); a different value
+        already in the environment is replaced, with a warning, because the experiment names it. Returns what was
+        set."""
+        wanted = self.engine_environment()
+        for name, value in wanted.items():
+            previous = os.environ.get(name)
+            if previous is not None and previous != value:
+                log.warning(
+                    "%s=%s from the environment replaced by %s (the experiment's setting)", name, previous, value
+                )
+            self._saved_env.setdefault(name, previous)
+            os.environ[name] = value
+        return wanted
+
+    def restore_environment(self) -> None:
+        """Put back every variable :meth:`set_environment` changed (unset where it was unset)."""
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
+
+    def close(self) -> None:
+        """Free the engine; the base puts back the environment variables set for it."""
+        self.restore_environment()
+
+    # ------------------------------------------------------------------------------------------------ warm-up
+    def output_lengths(self) -> tuple[int, int]:
+        """(max, min) new tokens of every request: the window's, which the warm-up runs too."""
+        return self.config["max_output_tokens"], self.config["min_output_tokens"]
+
+    def warmup_indices(self, batches: list[Batch]) -> list[int]:
+        """The prompts the warm-up's CV loop repeats: the first batch's, at most the batching knob's value (one
+        full engine batch for an engine that forms its own batches)."""
+        return batches[0].indices[: self.rules.nominal_batch(self.config)[0]]
+
+    # ------------------------------------------------------------------------------------------------ memory
+    def reset_peak_memory(self) -> None:
+        """Nothing to reset by default: an engine that allocates its own GPU memory, outside torch's allocator."""
+
+    def peak_memory(self) -> dict:
+        """For an engine that allocates outside this process's torch allocator: torch's CUDA peaks are null, and
+        ``gpu_memory_used_bytes`` is NVML's used memory summed over the experiment's GPUs at the end of the window
+        (whole devices, other processes included; null without NVML, and on a CPU, where the process's peak RSS is
+        recorded with every result)."""
+        from ..energy.nvml import memory_used_bytes
+
+        return {
+            "cuda_peak_allocated_bytes": None,
+            "cuda_peak_reserved_bytes": None,
+            "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count()) if self.device != "cpu" else None,
+        }

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from .base import Batch, ProcessShare, RequestTiming, RunOutput, warmup_off
+from .base import Backend, Batch, ProcessShare, RequestTiming, RunOutput, warmup_off
 from .pytorch import PyTorchBackend
 
 log = logging.getLogger(__name__)
@@ -110,23 +110,20 @@ def _timeout():
     return datetime.timedelta(seconds=CONTROL_TIMEOUT_S)
 
 
-class DataParallelPyTorch:
+class DataParallelPyTorch(Backend):
     """The backend contract over N processes (see backends/base.py); process 0 lives in this object."""
 
     name = "pytorch"
     token_counting = PyTorchBackend.token_counting
+    version_modules = PyTorchBackend.version_modules
 
     def __init__(self, config: dict, model_path: str) -> None:
-        self.config = config
-        self.model_path = model_path
+        super().__init__(config, model_path)
         self.n = config["pytorch"]["num_processes"]
         self.workers: list[subprocess.Popen] = []
         self.member: _Member | None = None
-        self.device = None
         self._config_file = None
         self._load: list[dict] = []
-
-    version = staticmethod(PyTorchBackend.version)
 
     def resolve_device(self) -> str:
         return PyTorchBackend(self.config, self.model_path).resolve_device()

@@ -22,7 +22,18 @@ import time
 
 from ..record.flags import BATCH_NOT_SATURATED, Flag
 from . import BackendRules
-from .base import Batch, BatchRecord, RequestTiming, RunOutput, Step, elapsed, shape, stop_token_ids, warm_up
+from .base import (
+    Backend,
+    Batch,
+    BatchRecord,
+    RequestTiming,
+    RunOutput,
+    Step,
+    elapsed,
+    shape,
+    stop_token_ids,
+    warm_up,
+)
 
 __all__ = ["RULES", "Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
 
@@ -226,29 +237,18 @@ def count_new_tokens(rows: list[list[int]], eos_ids: set[int]) -> list[int]:
     return counts
 
 
-class PyTorchBackend:
+class PyTorchBackend(Backend):
     token_counting = "attention_mask for inputs; generated tokens up to and including EOS for outputs"
     name = "pytorch"
 
     def __init__(self, config: dict, model_path: str) -> None:
-        self.config = config
-        self.model_path = model_path
+        super().__init__(config, model_path)
         self.model = None
-        self.tokenizer = None
-        self.device = None
         self._inputs: dict[tuple[int, ...], object] = {}  # planned batch -> its encoded, padded inputs on the device
         self._never_stop = None  # the step clock's constant answer, allocated once per batch size
         self.pad_token_id = None
-        self.stop_token_ids: list[int] = []
 
     # ------------------------------------------------------------------------------------------------ setup
-    @staticmethod
-    def version() -> dict:
-        import torch
-        import transformers
-
-        return {"torch": torch.__version__, "transformers": transformers.__version__}
-
     def resolve_device(self) -> str:
         import torch
 
@@ -262,6 +262,7 @@ class PyTorchBackend:
         return wanted
 
     def gpu_count(self) -> int:
+        """One GPU on CUDA (this process's copy of the model), none on a CPU."""
         return 1 if self.resolve_device() == "cuda" else 0
 
     def model_config(self):
@@ -291,6 +292,7 @@ class PyTorchBackend:
 
     def close(self) -> None:
         self.model = None
+        super().close()
 
     def bnb_kwargs(self) -> dict | None:
         """The ``BitsAndBytesConfig`` arguments from the ``pytorch`` section (dtype by name), or None."""
@@ -319,11 +321,7 @@ class PyTorchBackend:
         return BitsAndBytesConfig(**kwargs)
 
     def load(self) -> dict:
-        problem = RULES.problem(self.config)
-        if problem:  # a config that did not come through campaign expansion
-            from ..errors import MeasurementError
-
-            raise MeasurementError(problem)
+        self.refuse_problems()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -540,7 +538,7 @@ class PyTorchBackend:
 
     def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
         """Generate every batch. ``progress(done_requests, total_requests)`` is called after each batch."""
-        cfg = self.config
+        max_new, min_new = self.output_lengths()
         total_requests = sum(len(b.indices) for b in batches)
         requests: list[RequestTiming] = []
         batch_stats = []
@@ -549,8 +547,8 @@ class PyTorchBackend:
         for b_idx, batch in enumerate(batches):
             start, end, steps, counts, in_tokens = self.generate_batch(
                 self._batch_inputs(prompts, batch),
-                cfg["max_output_tokens"],
-                cfg["min_output_tokens"],
+                max_new,
+                min_new,
                 None if seed is None else seed + b_idx,
             )
             total += end - start
@@ -586,7 +584,7 @@ class PyTorchBackend:
         the window's generate arguments, seeds and output lengths (mode full); then the first planned batch repeated
         until the latency CV over a sliding window (sample standard deviation, ddof 1) is below the threshold, or
         the maximum number of runs."""
-        max_new, min_new = self.config["max_output_tokens"], self.config["min_output_tokens"]
+        max_new, min_new = self.output_lengths()
         seed = self.config["random_seed"]
 
         def full_pass() -> list[dict]:

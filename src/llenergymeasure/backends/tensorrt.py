@@ -35,6 +35,7 @@ from ..errors import MeasurementError
 from ..record.flags import BATCH_NOT_SATURATED
 from . import BackendRules
 from .base import (
+    Backend,
     Batch,
     BatchRecord,
     RequestTiming,
@@ -463,55 +464,26 @@ def _has_tokenizer(path) -> bool:
     return any((Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     token_counting = (
         "submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs, "
         "plus the end token where a request ended on it (generated, but not returned by the engine)"
     )
     name = "tensorrt"
+    version_modules = ("tensorrt_llm", "tensorrt", "torch", "transformers")
 
     def __init__(self, config: dict, model_path: str) -> None:
-        self.config = config
-        self.model_path = model_path
+        super().__init__(config, model_path)
         self.llm = None
-        self.tokenizer = None
         self.engine_dir: Path | None = None
         self.end_id: int | None = None
         self.pad_id: int | None = None
-        self._hf_config = None
         self._engine_config: dict | None = None
         self._encoded: tuple[list[str], list[list[int]]] | None = None
         self._llmapi = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._saved_env: dict[str, str | None] = {}
-        self.stop_token_ids: list[int] = []
 
     # ------------------------------------------------------------------------------------------------ setup
-    @staticmethod
-    def version() -> dict:
-        import torch
-        import transformers
-
-        out = {
-            "tensorrt_llm": None,
-            "tensorrt": None,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        }
-        try:
-            import tensorrt_llm
-
-            out["tensorrt_llm"] = str(tensorrt_llm.__version__)
-        except (ImportError, OSError):
-            pass
-        try:
-            import tensorrt
-
-            out["tensorrt"] = str(tensorrt.__version__)
-        except (ImportError, OSError):
-            pass
-        return out
-
     def resolve_device(self) -> str:
         """Always CUDA. Checks that the engine is importable before the idle baseline is measured, so a job in the
         wrong environment fails in seconds."""
@@ -525,20 +497,12 @@ class TensorRTBackend:
             raise _not_importable("no module named 'tensorrt_llm'")
         return "cuda"
 
-    def gpu_count(self) -> int:
-        return self.config["tensorrt"]["tp_size"] * self.config["tensorrt"]["pp_size"]
-
     def model_config(self):
         """The checkpoint's transformers config; with only an engine folder, a dict built from the engine's
         ``pretrained_config`` (the names the analytic FLOP count reads)."""
-        if self._hf_config is not None:
-            return self._hf_config
-        if self._engine_config is not None:
+        if self._hf_config is None and self._engine_config is not None:
             return self._engine_model_config()
-        from transformers import AutoConfig
-
-        self._hf_config = AutoConfig.from_pretrained(self.model_path)
-        return self._hf_config
+        return super().model_config()
 
     def _engine_model_config(self) -> dict:
         pc = self._engine_config["pretrained_config"]
@@ -586,7 +550,7 @@ class TensorRTBackend:
             if self._loop is not None:
                 self._loop.close()
                 self._loop = None
-            self._restore_environment()
+            super().close()
 
     # ------------------------------------------------------------------------------------------------ engine arguments
     def build_config(self, llmapi):
@@ -673,12 +637,10 @@ class TensorRTBackend:
 
     # ------------------------------------------------------------------------------------------------ load
     def load(self) -> dict:
-        problem = RULES.problem(self.config)
-        if problem:
-            raise MeasurementError(problem)
+        self.refuse_problems()
         trt_llm, LLM, llmapi = _import_engine()
         self._llmapi = llmapi
-        env_set = self._set_environment()
+        env_set = self.set_environment()
         trt = self.config["tensorrt"]
         t0 = time.perf_counter()
         details: dict = {"tensorrt_llm_pinned": PINNED_VERSION, "engine_flow": "tensorrt_llm._tensorrt_engine.LLM"}
@@ -817,27 +779,8 @@ class TensorRTBackend:
             eos = None
         self.stop_token_ids = stop_token_ids(self.end_id, eos)
 
-    def _set_environment(self) -> dict[str, str]:
-        """Set :func:`engine_environment` for the engine's life (put back by :meth:`close`); a different value
-        already in the environment is replaced, with a warning, because the experiment names it."""
-        wanted = engine_environment(self.config)
-        for name, value in wanted.items():
-            previous = os.environ.get(name)
-            if previous is not None and previous != value:
-                log.warning(
-                    "%s=%s from the environment replaced by %s (the experiment's setting)", name, previous, value
-                )
-            self._saved_env.setdefault(name, previous)
-            os.environ[name] = value
-        return wanted
-
-    def _restore_environment(self) -> None:
-        for name, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self._saved_env = {}
+    def engine_environment(self) -> dict[str, str]:
+        return engine_environment(self.config)
 
     # ------------------------------------------------------------------------------------------------ prompts
     def encode(self, prompts: list[str]) -> list[list[int]]:
@@ -968,8 +911,7 @@ class TensorRTBackend:
     def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
         """Submit every request at once and consume all streams concurrently. ``progress(done, total)`` is called
         as requests finish."""
-        cfg = self.config
-        params = self.sampling_params(cfg["max_output_tokens"], cfg["min_output_tokens"], seed)
+        params = self.sampling_params(*self.output_lengths(), seed)
         indices = [i for b in batches for i in b.indices]
         start, end, streams = self._run_streams(prompts, indices, params, progress)
         requests = [self.timing(s) for s in streams]
@@ -1011,9 +953,8 @@ class TensorRTBackend:
         """Before the window: the whole workload once, submitted as the window submits it (mode full); then the
         first ``max_batch_size`` prompts repeated, at the full output length, until the latency CV over the last
         ``window_size`` runs (sample standard deviation, ddof 1) is below ``cv_threshold``, or ``max_prompts`` runs."""
-        params = self.sampling_params(
-            self.config["max_output_tokens"], self.config["min_output_tokens"], self.config["random_seed"]
-        )
+        max_new, min_new = self.output_lengths()
+        params = self.sampling_params(max_new, min_new, self.config["random_seed"])
         everything = [i for b in batches for i in b.indices]
 
         def full_pass() -> list[dict]:
@@ -1027,27 +968,15 @@ class TensorRTBackend:
                 )
             ]
 
-        indices = batches[0].indices[: self.config["tensorrt"]["max_batch_size"]]
+        indices = self.warmup_indices(batches)
         return warm_up(
             cfg,
             full_pass,
             lambda: elapsed(self._run_streams(prompts, indices, params)),
             len(indices),
-            self.config["max_output_tokens"],
+            max_new,
         )
 
     # ------------------------------------------------------------------------------------------------ memory
-    def reset_peak_memory(self) -> None:
-        """Nothing to reset: the runtime allocates its own GPU memory, outside torch's allocator."""
-
-    def peak_memory(self) -> dict:
-        """torch's CUDA peaks do not see the runtime's allocations (null); NVML's memory in use on the experiment's
-        GPUs at the end of the window (``gpu_memory_used_bytes``; null without NVML), which includes the preallocated
-        KV cache."""
-        from ..energy.nvml import memory_used_bytes
-
-        return {
-            "cuda_peak_allocated_bytes": None,
-            "cuda_peak_reserved_bytes": None,
-            "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count()),
-        }
+    # The base's report: the runtime allocates its own GPU memory, outside torch's allocator (nothing to reset, no
+    # CUDA peaks); NVML's used memory at the end of the window includes the preallocated KV cache.

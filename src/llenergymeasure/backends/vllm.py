@@ -51,7 +51,18 @@ from pathlib import Path
 from ..errors import MeasurementError
 from ..record.flags import BATCH_NOT_SATURATED
 from . import BackendRules
-from .base import Batch, BatchRecord, RequestTiming, RunOutput, Step, generation_eos, shape, stop_token_ids, warm_up
+from .base import (
+    Backend,
+    Batch,
+    BatchRecord,
+    RequestTiming,
+    RunOutput,
+    Step,
+    generation_eos,
+    shape,
+    stop_token_ids,
+    warm_up,
+)
 
 log = logging.getLogger(__name__)
 
@@ -648,38 +659,24 @@ def _plain(value):
     return str(value)
 
 
-class VllmBackend:
+class VllmBackend(Backend):
     token_counting = (
         "submitted prompt token ids (after truncation) for inputs; token ids the engine returned for outputs"
     )
     name = "vllm"
+    version_modules = ("vllm", "torch", "transformers")
 
     def __init__(self, config: dict, model_path: str) -> None:
-        self.config = config
-        self.model_path = model_path
+        super().__init__(config, model_path)
         self.llm = None
-        self.tokenizer = None
-        self._hf_config = None
-        self._saved_env: dict[str, str | None] = {}
         self._prompts: list[str] | None = None
         self._token_ids: list[list[int]] = []
         self._lora = None
         self._effective: dict = {}
         self._request_counter = 0
-        self.device: str | None = None
         self.release: Release = engine_release()
 
     # ------------------------------------------------------------------------------------------------ setup
-    @staticmethod
-    def version() -> dict:
-        out: dict = {}
-        for name in ("vllm", "torch", "transformers"):
-            try:
-                out[name] = str(importlib.import_module(name).__version__)
-            except Exception:  # noqa: BLE001 - not installed here, or broken: recorded as unknown
-                out[name] = None
-        return out
-
     def resolve_device(self) -> str:
         """Where the engine runs (:func:`engine_device`): the CPU with vLLM's CPU build, else CUDA. Checks that vLLM
         can be found and is the build the device needs, so a missing or wrong engine fails before the idle baseline
@@ -705,27 +702,11 @@ class VllmBackend:
         self.device = device
         return device
 
-    def gpu_count(self) -> int:
-        v = self.config["vllm"]
-        return v["tensor_parallel_size"] * v["pipeline_parallel_size"]
+    def engine_environment(self) -> dict[str, str]:
+        return engine_environment(self.config, rel=self.release)
 
-    def model_config(self):
-        if self._hf_config is None:
-            from transformers import AutoConfig
-
-            self._hf_config = AutoConfig.from_pretrained(self.model_path)
-        return self._hf_config
-
-    def _set_environment(self) -> dict[str, str]:
-        wanted = engine_environment(self.config, rel=self.release)
-        for name, value in wanted.items():
-            previous = os.environ.get(name)
-            if previous is not None and previous != value:
-                log.warning(
-                    "%s=%s from the environment replaced by %s (the experiment's setting)", name, previous, value
-                )
-            self._saved_env.setdefault(name, previous)
-            os.environ[name] = value
+    def set_environment(self) -> dict[str, str]:
+        wanted = super().set_environment()
         speculative = speculative_config(self.config["vllm"]["speculative"], self.release) is not None
         if (
             speculative
@@ -738,14 +719,6 @@ class VllmBackend:
                 self.release.version,
             )
         return wanted
-
-    def _restore_environment(self) -> None:
-        for name, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        self._saved_env = {}
 
     def load(self) -> dict:
         try:
@@ -764,12 +737,10 @@ class VllmBackend:
             )
         if self.device is None:
             self.resolve_device()
-        found = problems(self.config, version)
-        if found:
-            raise MeasurementError(found[0])
+        self.refuse_problems(problems(self.config, version))
         v = self.config["vllm"]
         kwargs = engine_kwargs(self.config, self.model_path, self.release, self.device)
-        env_set = self._set_environment()
+        env_set = self.set_environment()
         t0 = time.perf_counter()
         self.llm = LLM(**kwargs)
         load_s = time.perf_counter() - t0
@@ -1022,19 +993,13 @@ class VllmBackend:
     def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
         """Submit every prompt at once and stream the engine. ``progress(done, total)`` as requests finish."""
         tokens = self._tokens(prompts)
+        max_new, min_new = self.output_lengths()
         self._reset_prefix_cache()
         requests: list[RequestTiming] = []
         stats = []
         step_log: list[Step] = []
         for batch in batches:
-            reqs, stat, steps = self._stream(
-                batch.indices,
-                tokens,
-                self.config["max_output_tokens"],
-                self.config["min_output_tokens"],
-                seed,
-                progress,
-            )
+            reqs, stat, steps = self._stream(batch.indices, tokens, max_new, min_new, seed, progress)
             requests.extend(reqs)
             stats.append(stat)
             step_log.extend(steps)
@@ -1053,7 +1018,7 @@ class VllmBackend:
         ``window_size`` runs (sample standard deviation, ddof 1) is below ``cv_threshold``, or ``max_prompts`` runs.
         The prefix cache is cleared afterwards, so the window never finds prefixes the warm-up left."""
         tokens = self._tokens(prompts)
-        max_new, min_new = self.config["max_output_tokens"], self.config["min_output_tokens"]
+        max_new, min_new = self.output_lengths()
         seed = self.config["random_seed"]
 
         def full_pass() -> list[dict]:
@@ -1071,7 +1036,7 @@ class VllmBackend:
                 )
             return shapes
 
-        indices = batches[0].indices[: self.config["vllm"]["max_num_seqs"]]
+        indices = self.warmup_indices(batches)
 
         def repeat() -> float:
             self._reset_prefix_cache()  # each run as the window will see it: no prefixes left by the run before
@@ -1095,22 +1060,15 @@ class VllmBackend:
         return flags
 
     # ------------------------------------------------------------------------------------------------ memory
-    def reset_peak_memory(self) -> None:
-        """Nothing to reset: the engine's allocations live in its worker(s), and vLLM reserves its memory up front."""
+    # Nothing to reset: the engine's allocations live in its worker(s), and vLLM reserves its memory up front.
 
     def peak_memory(self) -> dict:
-        """``cuda_peak_*`` are null (this process does not allocate the engine's memory). ``gpu_memory_used_bytes``:
-        NVML's used memory summed over the experiment's GPUs after the run (whole devices, other processes
-        included; vLLM reserves ``gpu_memory_utilization`` of each at load, so this is also its peak), null on a
-        CPU (the process's peak RSS is recorded with every result); ``kv_cache_capacity_tokens``: KV cache blocks x
-        block size, where the engine reports its blocks."""
-        from ..energy.nvml import memory_used_bytes
-
+        """The base's report (vLLM reserves ``gpu_memory_utilization`` of each GPU at load, so NVML's used memory
+        after the run is also its peak) and ``kv_cache_capacity_tokens``: KV cache blocks x block size, where the
+        engine reports its blocks."""
         blocks, size = self._effective.get("num_gpu_blocks"), self._effective.get("block_size")
         return {
-            "cuda_peak_allocated_bytes": None,
-            "cuda_peak_reserved_bytes": None,
-            "gpu_memory_used_bytes": memory_used_bytes(self.gpu_count()) if self.device != "cpu" else None,
+            **super().peak_memory(),
             "kv_cache_capacity_tokens": blocks * size if isinstance(blocks, int) and isinstance(size, int) else None,
         }
 
@@ -1133,4 +1091,4 @@ class VllmBackend:
                 cleanup_dist_env_and_memory(shutdown_ray=ray)
             except Exception as exc:  # noqa: BLE001 - cleanup after a failed start: what it cannot undo is logged
                 log.warning("vLLM cleanup: %s", exc)
-        self._restore_environment()
+        super().close()

@@ -6,7 +6,7 @@ import time
 
 from .base import ComponentEnergy, Meter, MeterSet
 from .cpu import CpuEstimateMeter, RaplMeter, rapl_domains
-from .nvml import NvmlGpuMeter, visible_gpus
+from .nvml import NvmlGpuMeter, counter_problem, visible_gpus
 
 
 class CodeCarbonMeter(Meter):
@@ -90,15 +90,20 @@ def select_meters(energy_cfg: dict, gpu_count: int) -> MeterSet:
     for g in visible_gpus()[:gpu_count] if use_gpu else []:  # the first gpu_count CUDA devices are the experiment's
         if all(g["uuid"] != seen["uuid"] for seen in gpus):  # MIG instances of one board: its counter is read once
             gpus.append(g)
+    no_counter = {g["uuid"]: why for g in gpus if (why := counter_problem(g))}  # no meter: energy unavailable
+    if backend == "nvml" and no_counter:
+        raise MeasurementError(f"energy.backend = nvml, but {next(iter(no_counter.values()))}")
+    gpus = [g for g in gpus if g["uuid"] not in no_counter]
+    unavailable.extend({"component": "gpu", "reason": f"{why}: GPU energy not measured"} for why in no_counter.values())
     if backend == "nvml" and not gpus:
         raise MeasurementError("energy.backend = nvml, but no NVIDIA GPU is visible through NVML")
     if backend in ("auto", "nvml", "rapl", "estimate"):
         meters.extend(NvmlGpuMeter(g) for g in gpus)
-        if use_gpu and not gpus:
+        if use_gpu and not gpus and not no_counter:
             unavailable.append({"component": "gpu", "reason": "NVML not available: GPU energy not measured"})
     if backend == "codecarbon":
         meters.extend(NvmlGpuMeter(g) for g in gpus)
-        if use_gpu and not gpus:
+        if use_gpu and not gpus and not no_counter:
             unavailable.append({"component": "gpu", "reason": "NVML not available: GPU energy not measured"})
         source = "nvml_counter" if gpus else ("unavailable: no NVML" if use_gpu else "none: the experiment uses no GPU")
         meters.append(CodeCarbonMeter(energy_cfg.get("country_iso_code"), source))
