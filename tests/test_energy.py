@@ -538,7 +538,7 @@ def test_a_gpu_without_the_energy_counter_is_reported_as_without_nvml(fake_nvml)
     assert fake_nvml.calls["nvmlDeviceGetArchitecture"] == 1
     assert "nvmlDeviceGetTotalEnergyConsumption" not in fake_nvml.calls  # never read
     flags: list = []
-    energy_section([], {}, 1.0, ms.unavailable, flags)
+    judged_energy([], {}, 1.0, ms.unavailable, flags)
     assert {"code": "gpu_energy_unavailable", "message": f"{reason}: GPU energy not measured"} in [
         {k: f[k] for k in ("code", "message")} for f in flags
     ]
