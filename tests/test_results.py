@@ -135,3 +135,43 @@ def test_two_writers_race_for_one_raw_result(tmp_path, raw):
     assert len(winners) == 1 and len(outcomes) == 8
     assert json.loads(target.read_text())["campaign_name"] == f"writer-{winners[0]}"
     assert os.listdir(tmp_path) == ["cycle_1.json"]  # no temp file left
+
+
+def test_the_typed_records_read_a_raw_result_and_write_its_sections_exactly(raw, tmp_path):
+    """The records are the sections as written: each one's to_dict is the file's section, key for key and in
+    order, so writing through them changes nothing on disk; a result of an earlier version, without the keys added
+    since, reads with None there; a record cannot be changed."""
+    import dataclasses
+
+    from llenergymeasure.record.raw import RawResult
+    from llenergymeasure.results import read_result
+
+    path = tmp_path / "raw" / "r" / "cycle_1.json"
+    write_json_atomic(path, raw, "raw_result")
+    doc = read_result(path, "raw_result")
+    rec = RawResult.from_dict(doc)
+    assert (rec.experiment_id, rec.cycle, rec.backend) == ("r", 1, "pytorch")
+    for section, key in (
+        (rec.timestamps, ("timestamps",)),
+        (rec.tokens, ("tokens",)),
+        (rec.throughput, ("throughput",)),
+        (rec.efficiency, ("efficiency",)),
+        (rec.energy_total, ("energy", "total")),
+        (rec.provenance, ("provenance",)),
+    ):
+        expected = doc
+        for k in key:
+            expected = expected[k]
+        assert list(section.to_dict().items()) == list(expected.items()), key
+    assert [f.to_dict() for f in rec.flags] == doc["flags"] and rec.flag_codes == [f["code"] for f in doc["flags"]]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.tokens.output_tokens = 0
+    with pytest.raises(TypeError):
+        rec.document["cycle"] = 2
+    older = copy.deepcopy(doc)
+    for gone in ("mean_batch_size", "scheduling", "counting"):
+        del older["tokens"][gone]
+    del older["throughput"]["denominator"]
+    old = RawResult.from_dict(older)
+    assert old.tokens.mean_batch_size is None and old.tokens.counting is None and old.throughput.denominator is None
+    assert old.tokens.output_tokens == rec.tokens.output_tokens

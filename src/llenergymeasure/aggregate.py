@@ -9,8 +9,10 @@ from collections import Counter
 from pathlib import Path
 
 from .backends import rules as backend_rules
+from .precision import status
 from .record.layout import cycle_of, experiment_of
 from .record.metrics import CV_METRICS, REGISTRY
+from .record.raw import RawResult
 from .results import (
     AGGREGATED_SCHEMA,
     RAW_SCHEMA,
@@ -46,41 +48,43 @@ def aggregate_experiment(
     is and whether the target was met (``precision``); an experiment stopped by ``max_cycles`` before meeting it is
     flagged ``precision_target_not_met``.
     """
-    raws = []
+    records = []
     for path in raw_paths:
-        r = read_result(path, RAW_SCHEMA)
+        rec = RawResult.from_dict(read_result(path, RAW_SCHEMA))
         expected_cycle = cycle_of(path)
-        if r["cycle"] != expected_cycle:
-            raise AggregationError(f"{path}: holds cycle {r['cycle']}, file name says {expected_cycle}")
-        raws.append(r)
-    if not raws:
+        if rec.cycle != expected_cycle:
+            raise AggregationError(f"{path}: holds cycle {rec.cycle}, file name says {expected_cycle}")
+        records.append(rec)
+    if not records:
         raise AggregationError("no raw results to aggregate")
-    first = raws[0]
-    for r, path in zip(raws, raw_paths, strict=True):
+    for rec, path in zip(records, raw_paths, strict=True):
         for key, get in (
-            ("experiment_id", lambda x: x["experiment_id"]),
-            ("config", lambda x: x["provenance"]["config_sha256"]),
-            ("energy method", lambda x: x["energy"]["total"]["method"]),
+            ("experiment_id", lambda x: x.experiment_id),
+            ("config", lambda x: x.provenance.config_sha256),
+            ("energy method", lambda x: x.energy_total.method),
         ):
-            if get(r) != get(first):
-                raise AggregationError(f"{path}: {key} differs from {raw_paths[0]} ({get(r)!r} vs {get(first)!r})")
-    cycles = [r["cycle"] for r in raws]
+            if get(rec) != get(records[0]):
+                raise AggregationError(
+                    f"{path}: {key} differs from {raw_paths[0]} ({get(rec)!r} vs {get(records[0])!r})"
+                )
+    cycles = [rec.cycle for rec in records]
     if len(set(cycles)) != len(cycles):
         raise AggregationError(f"cycle numbers repeat across {raw_paths}: {sorted(cycles)}")
-    raws.sort(key=lambda r: r["cycle"])
+    records.sort(key=lambda rec: rec.cycle)
+    raws = [rec.document for rec in records]
+    first, head = raws[0], records[0]
+    cycles_sorted = [rec.cycle for rec in records]
     metrics = {m.name: summarise([m.read(r) for r in raws], confidence) for m in REGISTRY}
     cvs = {m: metrics[m]["cv"] for m in CV_METRICS}
     cv_flag = any(v is not None and v > cv_threshold for v in cvs.values())
-    flag_counts = Counter(f["code"] for r in raws for f in r["flags"])
+    flag_counts = Counter(code for rec in records for code in rec.flag_codes)
     if cv_flag:
         flag_counts["high_cv_across_cycles"] = 1
     if planned_cycles and len(raws) < planned_cycles:
         flag_counts["missing_cycles"] = planned_cycles - len(raws)
     precision = None
     if target is not None:
-        from .precision import status
-
-        precision = status(metrics[target.metric]["values"], [r["cycle"] for r in raws], target)
+        precision = status(metrics[target.metric]["values"], cycles_sorted, target)
         if precision["max_cycles_reached"]:
             flag_counts["precision_target_not_met"] = 1
     pooled = {
@@ -89,22 +93,22 @@ def aggregate_experiment(
     cfg = first["config"]
     return {
         "schema_version": SCHEMA_VERSION,
-        "experiment_id": first["experiment_id"],
+        "experiment_id": head.experiment_id,
         "config_name": config_name,
-        "campaign_name": first.get("campaign_name"),
-        "backend": first["backend"],
+        "campaign_name": head.campaign_name,
+        "backend": head.backend,
         "backend_version": first["backend_version"],
-        "model_name": first["model_name"],
+        "model_name": head.model_name,
         "device": first["model"]["device"],
-        "cycles": len(raws),
-        "cycle_numbers": [r["cycle"] for r in raws],
-        "energy_method": first["energy"]["total"]["method"],
+        "cycles": len(records),
+        "cycle_numbers": cycles_sorted,
+        "energy_method": head.energy_total.method,
         "flops_method": f"{first['flops']['method']} ({first['flops']['confidence']} confidence)",
-        "includes_estimate": first["energy"]["total"]["includes_estimate"],
+        "includes_estimate": head.energy_total.includes_estimate,
         "aggregation": {
             "method": "one value per cycle; mean, sample std (ddof 1), CV, Student-t interval of the mean",
             "confidence": confidence,
-            "num_processes": first["num_processes"],
+            "num_processes": head.num_processes,
             "cv_threshold": cv_threshold,
             "cv_metrics": list(CV_METRICS),
         },
@@ -114,18 +118,21 @@ def aggregate_experiment(
         "flags": dict(sorted(flag_counts.items())),
         "per_cycle": [
             {
-                "cycle": r["cycle"],
-                "window_start": r["timestamps"]["window_start"],
-                "window_end": r["timestamps"]["window_end"],
-                **{m.name: m.read(r) for m in REGISTRY},
-                "flags": [f["code"] for f in r["flags"]],
-                "thermal": {"host": r["environment"]["host"], **{k: r["thermal"].get(k) for k in AUDITED_KEYS}},
+                "cycle": rec.cycle,
+                "window_start": rec.timestamps.window_start,
+                "window_end": rec.timestamps.window_end,
+                **{m.name: m.read(rec.document) for m in REGISTRY},
+                "flags": rec.flag_codes,
+                "thermal": {
+                    "host": rec.document["environment"]["host"],
+                    **{k: rec.document["thermal"].get(k) for k in AUDITED_KEYS},
+                },
             }
-            for r in raws
+            for rec in records
         ],
         "time_span": {
-            "first_window_start": raws[0]["timestamps"]["window_start"],
-            "last_window_end": raws[-1]["timestamps"]["window_end"],
+            "first_window_start": records[0].timestamps.window_start,
+            "last_window_end": records[-1].timestamps.window_end,
         },
         "config": cfg,
         "environment": first["environment"],

@@ -40,6 +40,7 @@ from .flops import flops_section, model_dims
 from .paths import utc_now_iso
 from .prompts import load_prompts, prompts_sha256
 from .record.layout import sidecar_of
+from .record.raw import Efficiency, Provenance, Throughput, Timestamps, Tokens
 from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
 from .runtime import JobContext
 from .stats import distribution
@@ -170,44 +171,44 @@ def cross_check_section(w: WindowRecord) -> dict:
     return energy_cross_check(gpu_j, w.power_buffer, (w.e0, w.e1), w.samples, (w.w0, w.w1))
 
 
-def tokens_section(w: WindowRecord, config: dict, counting: str) -> dict:
+def tokens_section(w: WindowRecord, config: dict, counting: str) -> Tokens:
     reqs, batches = w.requests, w.batches
     out_tokens = sum(r.output_tokens for r in reqs)
     in_tokens = sum(r.input_tokens for r in reqs)
-    return {
-        "input_tokens": in_tokens,
-        "output_tokens": out_tokens,
-        "total_tokens": in_tokens + out_tokens,
-        "padded_input_tokens": sum(b.padded_input_tokens for b in batches),
-        "num_requests": len(reqs),
-        "num_batches": len(batches),
-        "mean_batch_size": statistics.fmean(b.size for b in batches),
-        "workload_repetitions": len(w.runs),
-        "scheduling": w.scheduling,
-        "requests_at_max_output_tokens": sum(1 for r in reqs if r.output_tokens >= config["max_output_tokens"]),
-        "counting": counting,
-    }
+    return Tokens(
+        input_tokens=in_tokens,
+        output_tokens=out_tokens,
+        total_tokens=in_tokens + out_tokens,
+        padded_input_tokens=sum(b.padded_input_tokens for b in batches),
+        num_requests=len(reqs),
+        num_batches=len(batches),
+        mean_batch_size=statistics.fmean(b.size for b in batches),
+        workload_repetitions=len(w.runs),
+        scheduling=w.scheduling,
+        requests_at_max_output_tokens=sum(1 for r in reqs if r.output_tokens >= config["max_output_tokens"]),
+        counting=counting,
+    )
 
 
-def throughput_section(w: WindowRecord, tokens: dict) -> dict:
+def throughput_section(w: WindowRecord, tokens: Tokens) -> Throughput:
     window_s = w.duration_s
-    return {
-        "output_tokens_per_s": _per(tokens["output_tokens"], window_s),
-        "total_tokens_per_s": _per(tokens["total_tokens"], window_s),
-        "requests_per_s": _per(tokens["num_requests"], window_s),
-        "generate_time_s": sum(run.generate_s for run in w.runs),
-        "denominator": "measurement window duration",
-    }
+    return Throughput(
+        output_tokens_per_s=_per(tokens.output_tokens, window_s),
+        total_tokens_per_s=_per(tokens.total_tokens, window_s),
+        requests_per_s=_per(tokens.num_requests, window_s),
+        generate_time_s=sum(run.generate_s for run in w.runs),
+        denominator="measurement window duration",
+    )
 
 
-def efficiency_section(total: dict, tokens: dict) -> dict:
-    return {
-        "j_per_output_token": _per(total["gross_energy_j"], tokens["output_tokens"]),
-        "net_j_per_output_token": _per(total["net_energy_j"], tokens["output_tokens"]),
-        "j_per_total_token": _per(total["gross_energy_j"], tokens["total_tokens"]),
-        "j_per_request": _per(total["gross_energy_j"], tokens["num_requests"]),
-        "method": total["method"],
-    }
+def efficiency_section(total: dict, tokens: Tokens) -> Efficiency:
+    return Efficiency(
+        j_per_output_token=_per(total["gross_energy_j"], tokens.output_tokens),
+        net_j_per_output_token=_per(total["net_energy_j"], tokens.output_tokens),
+        j_per_total_token=_per(total["gross_energy_j"], tokens.total_tokens),
+        j_per_request=_per(total["gross_energy_j"], tokens.num_requests),
+        method=total["method"],
+    )
 
 
 def latency_section(w: WindowRecord) -> dict:
@@ -242,7 +243,14 @@ def memory_section(w: WindowRecord, timeline: dict, peaks: dict) -> dict:
 
 
 def findings(
-    w: WindowRecord, config: dict, tokens: dict, energy: dict, timeline: dict, steady: dict, flops: dict, backend_flags
+    w: WindowRecord,
+    config: dict,
+    tokens: Tokens,
+    energy: dict,
+    timeline: dict,
+    steady: dict,
+    flops: dict,
+    backend_flags,
 ) -> list:
     """Every validity rule's verdict on this window (see :mod:`llenergymeasure.validity`), in the order the raw
     result lists them."""
@@ -252,12 +260,12 @@ def findings(
         *validity.short_window(w.duration_s, config["energy"]["min_window_s"]),
         *validity.warmup_not_converged(w.warmup),
         *backend_flags,
-        *validity.no_output_tokens(tokens["output_tokens"]),
+        *validity.no_output_tokens(tokens.output_tokens),
         *validity.output_length_not_reached(
             config["min_output_tokens"],
             config["max_output_tokens"],
-            tokens["requests_at_max_output_tokens"],
-            tokens["num_requests"],
+            tokens.requests_at_max_output_tokens,
+            tokens.num_requests,
         ),
         *validity.power_below_idle(energy["total"]["mean_power_w"], [r["idle_power_w"] for r in energy["components"]]),
         *validity.power_above_limit(w.meters.meters, energy["total"]["mean_power_w"]),
@@ -452,7 +460,7 @@ def build_result(
         model_dims(backend.model_config()),
         [(r.input_tokens, r.output_tokens) for r in w.requests],
         w.duration_s,
-        tokens["output_tokens"],
+        tokens.output_tokens,
     )
     flags: list[dict] = []
     known = backend_flags(config["backend"])
@@ -474,19 +482,13 @@ def build_result(
         "model_name": config["model_name"],
         "num_processes": max(1, len(w.runs[0].processes)),
         "processes": [p.to_result(w.w0) for p in w.runs[0].processes],
-        "timestamps": {
-            "job_start": w.job_start,
-            "window_start": w.window_start,
-            "window_end": w.window_end,
-            "window_duration_s": w.duration_s,
-            "job_end": utc_now_iso(),
-        },
+        "timestamps": Timestamps(w.job_start, w.window_start, w.window_end, w.duration_s, utc_now_iso()).to_dict(),
         "phases_s": dict(w.phases),
         "thermal": {**w.gap, "temperature_start_c": w.temperature_start, "temperature_end_c": w.temperature_end},
-        "tokens": tokens,
+        "tokens": tokens.to_dict(),
         "energy": energy,
-        "throughput": throughput_section(w, tokens),
-        "efficiency": efficiency_section(total, tokens),
+        "throughput": throughput_section(w, tokens).to_dict(),
+        "efficiency": efficiency_section(total, tokens).to_dict(),
         "latency": latency_section(w),
         "flops": flops,
         "warmup": w.warmup,
@@ -500,12 +502,12 @@ def build_result(
         "timeline": timeline,
         "flags": flags,
         "environment": collect(backend.version(), gpus, driver_info() if gpus else {}, ctx.container_uri),
-        "provenance": {
+        "provenance": Provenance(
             **provenance(),
-            "config_sha256": hashlib.sha256(canonical_json(identity_form(config)).encode()).hexdigest(),
-            "prompts_sha256": prompts_sha256(w.prompts),
-            "model_path": model_path,
-        },
+            config_sha256=hashlib.sha256(canonical_json(identity_form(config)).encode()).hexdigest(),
+            prompts_sha256=prompts_sha256(w.prompts),
+            model_path=model_path,
+        ).to_dict(),
         "config": config,
     }
     return result, sidecar

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .record.layout import Layout
 from .record.metrics import METRICS
+from .record.raw import RawResult
 
 KEY = "execution.precision_target"
 
@@ -155,12 +156,12 @@ def read_raws(raw_paths: list[str], experiment_id: str) -> list[dict]:
 
     raws = []
     for expected, path in enumerate(raw_paths, 1):
-        r = read_result(path, RAW_SCHEMA)
-        if r["experiment_id"] != experiment_id or r["cycle"] != expected:
+        rec = RawResult.from_dict(read_result(path, RAW_SCHEMA))
+        if rec.experiment_id != experiment_id or rec.cycle != expected:
             raise DecisionError(
-                f"{path}: holds {r['experiment_id']} cycle {r['cycle']}, expected {experiment_id} cycle {expected}"
+                f"{path}: holds {rec.experiment_id} cycle {rec.cycle}, expected {experiment_id} cycle {expected}"
             )
-        raws.append(r)
+        raws.append(rec.document)
     return raws
 
 
