@@ -16,7 +16,6 @@ from llenergymeasure.aggregate import (
     AggregationError,
     aggregate_experiment,
     read_summary,
-    write_aggregated,
     write_aggregated_all,
 )
 from llenergymeasure.measure import run_experiment
@@ -130,8 +129,9 @@ def test_thermal_audit_flags_short_gaps(tmp_path, template):
         p = tmp_path / f"cycle_{i}.json"
         write_json_atomic(p, r, "raw_result")
         paths.append(str(p))
-    agg = tmp_path / "agg.json"
-    write_aggregated(paths, str(agg), "n", 0.1, 0.95)
+    exp = r1["experiment_id"]
+    write_aggregated_all({exp: paths}, {exp: "n"}, str(tmp_path / "agg"), str(tmp_path / "s.csv"), 0.1, 0.95)
+    agg = tmp_path / "agg" / f"{exp}.json"
     report = thermal_audit([str(agg)], str(tmp_path / "thermal.json"))
     assert report["ok"] is False and "shorter than the 300.0 s" in report["problems"][0]["problem"]
     assert [w["cycle"] for w in report["windows"]] == [1, 2] and report["windows"][1]["gap_kind"] == "cycle"

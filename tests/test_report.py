@@ -28,7 +28,7 @@ def svg_texts(path) -> list[str]:
 def one_run(tiny_model, tmp_path_factory):
     """One real measurement with its timeline saved, and its aggregation (3 copies as cycles)."""
     from conftest import tiny_experiment
-    from llenergymeasure.aggregate import write_aggregated
+    from llenergymeasure.aggregate import write_aggregated_all
     from llenergymeasure.measure import run_experiment
 
     root = tmp_path_factory.mktemp("report")
@@ -43,7 +43,9 @@ def one_run(tiny_model, tmp_path_factory):
         path.write_text(json.dumps(other))
         paths.append(str(path))
     agg = root / "aggregated" / "pytorch-x.json"
-    write_aggregated(paths, str(agg), "only-one", 0.1, 0.95)
+    write_aggregated_all(
+        {"pytorch-x": paths}, {"pytorch-x": "only-one"}, str(agg.parent), str(root / "s.csv"), 0.1, 0.95
+    )
     return root, str(raw), str(agg)
 
 

@@ -141,14 +141,6 @@ def aggregate_experiment(
     }
 
 
-def write_aggregated(
-    raw_paths: list[str], output: str, config_name: str, cv_threshold: float, confidence: float
-) -> dict:
-    result = aggregate_experiment(raw_paths, config_name, cv_threshold, confidence)
-    write_json_atomic(output, result, AGGREGATED_SCHEMA, durable=False)
-    return result
-
-
 def write_aggregated_all(
     raw_paths: dict[str, list[str]],
     names: dict[str, str],
