@@ -194,3 +194,23 @@ def test_every_metric_has_a_unit_a_meaning_and_a_reader_of_raw_results(tmp_path,
         write_cycles(tmp_path, template, [10.0, 12.0]), "name", cv_threshold=0.5, confidence=0.95
     )
     assert list(agg["metrics"]) == names and all(set(c) >= set(names) for c in agg["per_cycle"])
+
+
+def test_the_summary_schema_and_the_aggregated_schema_follow_the_metric_registry():
+    """A metric is added in the registry; its summary columns and its place in the aggregated metrics must then be
+    declared in the schemas too, which this test says exactly."""
+    import json
+    from pathlib import Path
+
+    from llenergymeasure.aggregate import PRECISION_COLUMNS
+    from llenergymeasure.record.metrics import REGISTRY
+
+    schemas = Path(__file__).resolve().parent.parent / "src" / "llenergymeasure" / "schemas"
+    summary = json.loads((schemas / "summary_row.schema.json").read_text())
+    declared = list(summary["properties"])
+    assert declared == SUMMARY_COLUMNS + list(PRECISION_COLUMNS), (
+        f"summary_row.schema.json properties should be, in this order: {SUMMARY_COLUMNS + list(PRECISION_COLUMNS)}"
+    )
+    aggregated = json.loads((schemas / "aggregated_result.schema.json").read_text())
+    required = aggregated["properties"]["metrics"]["required"]
+    assert set(required) <= {m.name for m in REGISTRY}, "aggregated metrics required but not in the registry"

@@ -136,13 +136,17 @@ def test_every_flag_is_declared_once_and_listed_in_the_readme_and_the_schemas():
 
     flags = every_flag()
     root = Path(__file__).resolve().parent.parent
-    assert markdown_table(flags) in (root / "README.md").read_text(encoding="utf-8")
+    table = markdown_table(flags)
+    assert table in (root / "README.md").read_text(encoding="utf-8"), f"README's table of flags should be:\n{table}"
     schemas = root / "src" / "llenergymeasure" / "schemas"
     raw = json.loads((schemas / "raw_result.schema.json").read_text())
     code = raw["properties"]["flags"]["items"]["properties"]["code"]
-    assert code["enum"] == [c for c, f in flags.items() if f.scope == "window"]
+    window = [c for c, f in flags.items() if f.scope == "window"]
+    assert code["enum"] == window, f"raw_result.schema.json flags.items.code.enum should be {json.dumps(window)}"
     agg = json.loads((schemas / "aggregated_result.schema.json").read_text())
-    assert agg["properties"]["flags"]["propertyNames"]["enum"] == list(flags)
+    assert agg["properties"]["flags"]["propertyNames"]["enum"] == list(flags), (
+        f"aggregated_result.schema.json flags.propertyNames.enum should be {json.dumps(list(flags))}"
+    )
     for f in flags.values():  # each names the function that holds its rule
         module, _, name = f.rule.partition(".")
         if module == "validity":
