@@ -14,7 +14,7 @@ if __name__ == "__main__":
         # working directory). Only the standard library, nvidia-ml-py and the engine are needed from the image.
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "src"))
 
-    from llenergymeasure.jobs import measure
+    from llenergymeasure.jobs import end_published_job, measure
 
     measure(
         config=snakemake.params.experiment,
@@ -25,3 +25,4 @@ if __name__ == "__main__":
         log_path=snakemake.log[0],
         runtime=snakemake.config["_lem"],
     )
+    end_published_job()

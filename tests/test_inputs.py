@@ -304,3 +304,61 @@ def test_docs_and_messages_use_snakemakes_current_spelling():
     from llenergymeasure.backends.vllm import missing_engine
 
     assert "snakemake --sdm apptainer" in str(missing_engine())
+
+
+@pytest.mark.parametrize("name", ["small\n", "small\r\n", " small", "small "])
+def test_a_campaign_name_with_a_trailing_newline_or_space_is_refused(tmp_path, name):
+    """The schema's patterns hold to the end of the value: Python's ``$`` alone also matches before a final
+    newline, which would have made ``small\\n`` a results folder name."""
+    with pytest.raises(ConfigError, match=r"key 'campaign_name' = .* is not allowed"):
+        resolve_campaign(
+            {"campaign_name": name, "model": "lem-tiny-llama", "grid": {"backends": ["pytorch"]}},
+            tmp_path,
+            tmp_path,
+            env={},
+        )
+
+
+def test_a_suggestion_never_repeats_the_name_given():
+    from llenergymeasure.errors import did_you_mean
+
+    assert did_you_mean("abc", ["abc", "abd"]) == " (did you mean 'abd'?)"
+    assert did_you_mean("abc", ["abc"]) == ""
+    assert did_you_mean("ABC", ["abc"], ignore_case=True) == " (did you mean 'abc'?)"  # the spelling differs
+
+
+def test_offline_a_known_model_id_missing_from_the_cache_is_a_warning_not_a_near_miss(tmp_path, monkeypatch, capsys):
+    """Offline, whether a real model id exists is something only the network can tell: lem validate warns and
+    suggests nothing (the id is a shipped model's own name); a near miss of one is still refused, with the name
+    it is near."""
+    from llenergymeasure.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    (tmp_path / "e.yaml").write_text("model_name: meta-llama/Llama-3.2-1B\n")
+    assert main(["validate", "e.yaml"]) == 0
+    out = capsys.readouterr()
+    warning = [x for x in out.out.splitlines() if x.startswith("warning: ")]
+    assert len(warning) == 1 and "meta-llama/Llama-3.2-1B" in warning[0] and "did you mean" not in out.out + out.err
+    (tmp_path / "e.yaml").write_text("model_name: meta-llama/Llama-3.2-1b-x\n")
+    assert main(["validate", "e.yaml"]) == 1
+    assert "did you mean 'meta-llama/Llama-3.2-1B'?" in capsys.readouterr().err
+
+
+def test_validate_estimates_past_a_raw_result_that_lacks_keys(tmp_path, monkeypatch, capsys):
+    """A raw result without its job time (hand-edited, or truncated to valid JSON) is left out of lem validate's
+    estimate: no stack, the campaign is still described."""
+    from llenergymeasure.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("campaign_name: t\nmodel: lem-tiny-llama\ngrid: {backends: [pytorch]}\n")
+    assert main(["validate", "c.yaml"]) == 0
+    (exp,) = re.findall(r"pytorch-lem-tiny-llama-\S+", capsys.readouterr().out)
+    raw = tmp_path / "results" / "t" / "raw" / exp
+    raw.mkdir(parents=True)
+    (raw / "cycle_1.json").write_text(json.dumps({"experiment_id": exp, "cycle": 1}))
+    (raw / "cycle_2.json").write_text(json.dumps({"experiment_id": exp, "cycle": 2, "phases_s": None}))
+    assert main(["validate", "c.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 measurements to run" in out and "assumed 60 s per job" in out

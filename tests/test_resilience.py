@@ -182,6 +182,8 @@ def test_results_dir_spellings(workflow_dir, spelling, monkeypatch, tmp_path):
         ("FILE", "is a file, not a folder"),
         (" results", "starts or ends with whitespace"),
         ("res{x}", "which Snakemake reads as wildcards"),
+        ("/", "is the filesystem root; allowed: a folder path below it"),
+        ("//", "is the filesystem root"),
     ],
 )
 def test_results_dir_that_cannot_be_a_folder_stops_before_any_job(workflow_dir, value, expected):
@@ -416,3 +418,150 @@ def test_a_bad_campaign_file_stops_snakemake_in_one_line(workflow_dir, text, exp
     lines = [x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")]
     assert len(lines) == 1 and lines[0].startswith(f"Configuration error: file '{path.name}' ") and expected in lines[0]
     assert keep.read_text() == "{}" and [p for p in (workflow_dir / "results").rglob("*") if p.is_file()] == [keep]
+
+
+def test_a_link_or_a_foreign_file_in_place_of_the_lock_is_refused_and_left_untouched(tmp_path):
+    """The results folder's lock is opened without following a link and written only when it is this tool's own
+    lock file: a link (to a file anywhere), a second name of another file, or another file in its place is refused
+    in one line, and the file behind it keeps every byte."""
+    from llenergymeasure.results import ResultsFolderBusy, hold_results_folder
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+
+    def state(name: str) -> Path:
+        folder = tmp_path / name / ".state"
+        folder.mkdir(parents=True)
+        return folder
+
+    state("link").joinpath("campaign.lock").symlink_to(victim)
+    os.link(victim, state("hardlink") / "campaign.lock")
+    state("foreign").joinpath("campaign.lock").write_text("not a lock\n")
+    os.mkfifo(state("fifo") / "campaign.lock")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked-state").mkdir()
+    (tmp_path / "linked-state" / ".state").symlink_to(tmp_path / "elsewhere")
+    for name, expected in (
+        ("link", "is a symbolic link"),
+        ("hardlink", "is a file with 2 names"),
+        ("foreign", "is not a lock file of this tool"),
+        ("fifo", "is not a regular file"),
+        ("linked-state", ".state is a symbolic link"),
+    ):
+        with pytest.raises(ResultsFolderBusy, match=re.escape(expected)):
+            hold_results_folder(tmp_path / name)
+    assert victim.read_text() == "precious\n" and not list((tmp_path / "elsewhere").iterdir())
+    assert (tmp_path / "foreign" / ".state" / "campaign.lock").read_text() == "not a lock\n"
+    # a fresh folder, and one holding the record of an earlier run, are held
+    hold_results_folder(tmp_path / "fresh")
+    state("earlier").joinpath("campaign.lock").write_text('{"host": "h", "pid": 1, "workdir": "/w", "since": "x"}')
+    hold_results_folder(tmp_path / "earlier")
+    held = json.loads((tmp_path / "earlier" / ".state" / "campaign.lock").read_text())
+    assert held["pid"] == os.getpid()
+
+
+def test_a_campaign_whose_lock_is_a_link_is_refused_before_any_job(workflow_dir, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    write_campaign(workflow_dir / "c.yaml", campaign_name="linked", results_dir=str(tmp_path / "results"))
+    state = tmp_path / "results" / "linked" / ".state"
+    state.mkdir(parents=True)
+    (state / "campaign.lock").symlink_to(victim)
+    run = snakemake(workflow_dir, "--config", "campaign=c.yaml")
+    assert run.returncode == 1
+    refused = [x for x in run.stderr.splitlines() if x.startswith("Refused: ")]
+    assert len(refused) == 1 and "campaign.lock is a symbolic link" in refused[0], run.stderr[-2000:]
+    assert victim.read_text() == "precious\n"
+    assert not list((tmp_path / "results" / "linked").glob("raw/*/*")), "a measurement ran"
+
+
+def test_devices_and_fifos_are_refused_as_input_files_without_reading_or_waiting(workflow_dir, tmp_path, capsys):
+    """A campaign file that is a link to /dev/zero, and a prompt file that is a FIFO, are refused in one line:
+    by lem validate, by Snakemake's dry run, and by the prompt loader (which would otherwise wait for a writer)."""
+    from llenergymeasure.cli import main
+    from llenergymeasure.errors import ConfigError
+    from llenergymeasure.prompts import load_prompts
+
+    (workflow_dir / "zero.yaml").symlink_to("/dev/zero")
+    started = time.monotonic()
+    assert main(["validate", str(workflow_dir / "zero.yaml")]) == 1
+    assert "zero.yaml' is a device, not a regular file" in capsys.readouterr().err
+    run = snakemake(workflow_dir, "-n", "--config", "campaign=zero.yaml")
+    lines = [x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")]
+    assert run.returncode == 1 and len(lines) == 1 and "is a device, not a regular file" in lines[0], run.stderr
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is a FIFO, not a regular file"):
+        load_prompts({"name": str(fifo), "column": None, "split": "train", "config": None}, 2, 0)
+    assert time.monotonic() - started < 120
+
+
+def test_the_raw_result_is_published_after_the_notification_as_the_jobs_last_act(tiny_model, tmp_path):
+    """The completion notification (which may wait up to its webhook's deadline) goes out before the raw result is
+    published, and nothing but the log's last line follows it: a job killed while it notifies leaves no result to
+    delete, and is measured again."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from conftest import tiny_experiment
+    from llenergymeasure.campaign import sparse_config
+    from llenergymeasure.jobs import measure
+
+    out = tmp_path / "raw" / "pytorch-x" / "cycle_1.json"
+    published_when_notified = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            published_when_notified.append(out.exists())
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        runtime = {
+            "results_root": str(tmp_path),
+            "notifications": {"webhook_url": f"http://127.0.0.1:{server.server_address[1]}/h", "on_complete": True},
+        }
+        config = sparse_config(tiny_experiment(warmup={"enabled": False}, num_input_prompts=2))
+        measure(config, "pytorch-x", 1, tiny_model, str(out), str(tmp_path / "m.log"), runtime)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert published_when_notified == [False] and out.exists()
+    lines = (tmp_path / "m.log").read_text().splitlines()
+    assert lines[-1].endswith(f"published {out}") and "completion notification" in lines[-2]
+
+
+def test_the_measure_script_ends_its_process_right_after_publishing(tmp_path):
+    """scripts/measure.py hands over to end_published_job once measure returns: no interpreter teardown (exit
+    handlers never run), exit code 0, worker processes left behind stopped first."""
+    code = """
+import atexit, multiprocessing, sys, time
+sys.path.insert(0, 'src')
+from llenergymeasure.jobs import end_published_job
+atexit.register(lambda: print('teardown ran', flush=True))
+worker = multiprocessing.Process(target=time.sleep, args=(60,))
+worker.start()
+print('worker', worker.pid, flush=True)
+end_published_job()
+"""
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and "teardown ran" not in run.stdout, run.stderr
+    pid = int(run.stdout.split()[1])
+    assert time.monotonic() - started < 30
+    with pytest.raises(ProcessLookupError):  # the worker was terminated, and reaped by its parent's join
+        os.kill(pid, 0)
+    script = (Path(__file__).resolve().parent.parent / "scripts" / "measure.py").read_text()
+    assert script.rstrip().endswith("end_published_job()")

@@ -218,7 +218,8 @@ def _expansion_problems(campaign: dict, base_dir: str | Path, renamed: dict[str,
 def results_dir(value: str, where: str) -> str:
     """``results_dir`` as the workflow uses it: ``~`` expanded, ``./``, doubled and trailing slashes removed
     (Snakemake refuses ``//`` in a path and reads braces as wildcards). Refused in one line: what cannot be a folder
-    (a file, or a path through a file), braces, surrounding whitespace, control characters."""
+    (a file, or a path through a file, or the filesystem root), braces, surrounding whitespace, control
+    characters."""
     allowed = "allowed: a folder path"
     if not value or value != value.strip():
         raise ConfigError(
@@ -233,6 +234,8 @@ def results_dir(value: str, where: str) -> str:
     path = os.path.normpath(os.path.expanduser(value))
     if path.startswith("//"):  # POSIX keeps a leading '//' as it is
         path = "/" + path.lstrip("/")
+    if path == os.sep:  # every campaign folder, the embedded models and their locks would sit in the root
+        raise ConfigError(f"{where} = {value!r} is the filesystem root; {allowed} below it")
     for ancestor in (Path(path), *Path(path).parents):
         if ancestor.exists() or ancestor.is_symlink():
             if not ancestor.is_dir():

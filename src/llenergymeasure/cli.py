@@ -110,12 +110,13 @@ def estimate_duration(p) -> dict:
     known: dict[str, list[float]] = {}
     done = set()
     for path in p.layout.raw_files():
-        try:
+        try:  # a file that cannot say its experiment, cycle and job time counts as not measured
             r = json.loads(path.read_text())
-        except (OSError, ValueError):
+            key, seconds = (r["experiment_id"], r["cycle"]), float(r["phases_s"]["job_total_s"])
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        known.setdefault(r["experiment_id"], []).append(r["phases_s"]["job_total_s"])
-        done.add((r["experiment_id"], r["cycle"]))
+        known.setdefault(key[0], []).append(seconds)
+        done.add(key)
     all_times = [t for ts in known.values() for t in ts]
     fallback = statistics.median(all_times) if all_times else 60.0
     basis = "median of this campaign's finished jobs" if all_times else "assumed 60 s per job (no finished job yet)"

@@ -24,13 +24,16 @@ class ConfigError(ValueError):
 
 def did_you_mean(word: object, choices: Iterable[object], cutoff: float = 0.6, ignore_case: bool = False) -> str:
     """`` (did you mean 'X'?)`` for the choice closest to ``word`` (difflib's ratio at least ``cutoff``), else
-    nothing. With ``ignore_case`` the match ignores case and names the choice as it is spelled."""
+    nothing; never ``word`` itself. With ``ignore_case`` the match ignores case and names the choice as it is
+    spelled."""
     import difflib
 
+    given = str(word)
     spelled = {}
     for choice in choices:
-        spelled[str(choice).lower() if ignore_case else str(choice)] = str(choice)
-    word = str(word).lower() if ignore_case else str(word)
+        if str(choice) != given:  # never suggest what was given: it was refused for another reason
+            spelled[str(choice).lower() if ignore_case else str(choice)] = str(choice)
+    word = given.lower() if ignore_case else given
     match = difflib.get_close_matches(word, list(spelled), n=1, cutoff=cutoff)
     return f" (did you mean '{spelled[match[0]]}'?)" if match else ""
 

@@ -54,8 +54,13 @@ def logging_to(path: str | None, level: str | None = None, notifications: dict |
 
 
 def measure(config: dict, experiment_id: str, cycle: int, model_path: str, output: str, log_path: str, runtime):
-    """Measurement rule: run one cycle, then report it (:func:`report_measured`) or its failure
-    (:func:`report_failure`).
+    """Measurement rule: run one cycle, report it (:func:`report_measured`) and publish its raw result, in that
+    order; or report its failure (:func:`report_failure`).
+
+    Publishing is the job's last act: the completion notification (up to its webhook's deadline) and the log lines
+    come before it, and the measure script ends the process right after it (scripts/measure.py), so that a job
+    killed at any point either leaves no raw result (the measurement is retried) or one Snakemake keeps (it deletes
+    the outputs of a job that fails, and a kill is a failure).
 
     A failure ends the job with exit code 1 (no raw result: a rerun retries it). A raw result that another run wrote
     meanwhile is kept and this job's measurement discarded, saying so: the job then succeeds (were it to fail,
@@ -78,9 +83,15 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
         )
         if gpu_env:
             log.info("GPUs: %s", gpu_env)
+
+        def report(result: dict) -> None:
+            if os.path.lexists(output):  # another run's: kept, and this measurement neither reported nor written
+                raise ResultExistsError(f"{output} already exists: a finished measurement is never replaced")
+            report_measured(facts, experiment_id, cycle, result, output)
+
         try:
-            result = run_experiment(
-                config, experiment_id, cycle, model_path, output, facts.job_context(config["backend"])
+            run_experiment(
+                config, experiment_id, cycle, model_path, output, facts.job_context(config["backend"]), report
             )
         except ResultExistsError as exc:
             log.warning("%s; this measurement was discarded", exc)
@@ -92,7 +103,22 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
         except BaseException:  # interrupted (SIGTERM from Snakemake, Ctrl-C): not a failure of the experiment
             log.error("measurement interrupted:\n%s", traceback.format_exc())
             raise
-        report_measured(facts, experiment_id, cycle, result, output)
+        log.info("published %s", output)
+
+
+def end_published_job() -> None:
+    """End a measurement job's process right after its raw result is published (or found kept), skipping the
+    interpreter's teardown: the engines' and torch's exit handlers take a second or more, and a job killed meanwhile
+    fails in Snakemake's eyes, which then deletes its output, the finished measurement. Worker processes the engine
+    left behind are stopped first (an engine's close normally ends them all), and the console is flushed."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+        child.join(5)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def report_failure(facts: Runtime, experiment_id: str, cycle: int, exc: BaseException, log_path: str) -> None:
@@ -127,8 +153,8 @@ def report_failure(facts: Runtime, experiment_id: str, cycle: int, exc: BaseExce
 
 
 def report_measured(facts: Runtime, experiment_id: str, cycle: int, result: dict, output: str) -> None:
-    """A finished measurement: any failure record of an earlier attempt cleared, a summary line in the log, the
-    completion notification."""
+    """A finished measurement, before its raw result is published: any failure record of an earlier attempt
+    cleared, a summary line in the log, the completion notification."""
     from .failures import clear_record
 
     if facts.results_root:

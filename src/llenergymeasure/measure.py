@@ -22,6 +22,7 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import validity
@@ -308,12 +309,15 @@ def run_experiment(
     model_path: str,
     output: str | None = None,
     context: JobContext | None = None,
+    before_publish: Callable[[dict], None] | None = None,
 ) -> dict:
     """Measure one cycle of one experiment; write the raw result to ``output`` (atomically) and return it.
 
     ``context`` carries campaign-level facts that are not part of the experiment (:class:`JobContext`: names,
     the host's gap and lock state, the gaps, the image); without one, the measurement belongs to no campaign and
-    waits no gap.
+    waits no gap. ``before_publish(result)`` runs after the engine is closed and before the raw result is written
+    (a workflow job's notification and summary line): publishing is the last thing done, so that a job killed
+    after it finds its result kept.
     """
     ctx = context or JobContext()
     t_job = time.perf_counter()
@@ -328,6 +332,8 @@ def run_experiment(
     if output:
         if os.getppid() != parent:
             raise MeasurementError("the workflow that started this measurement is gone; nothing written")
+        if before_publish is not None:
+            before_publish(result)
         if sidecar:
             write_json_atomic(*sidecar)
         write_json_atomic(output, result, RAW_SCHEMA)

@@ -228,9 +228,14 @@ def _known_model_names() -> list[str]:
 
 
 def _did_you_mean(name: str) -> str:
+    """A shipped model's name close to ``name``; nothing when ``name`` is one of them (in any case): it is then a
+    real model id that is only missing from here, not a typo."""
     from .errors import did_you_mean
 
-    return did_you_mean(name, _known_model_names(), cutoff=0.75, ignore_case=True)
+    known = _known_model_names()
+    if name.lower() in {n.lower() for n in known}:
+        return ""
+    return did_you_mean(name, known, cutoff=0.75, ignore_case=True)
 
 
 def model_check(name: str, timeout_s: float = 15.0) -> tuple[str | None, bool]:

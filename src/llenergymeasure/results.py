@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -149,10 +150,51 @@ def read_result(path: str | Path, schema_name: str) -> dict:
 
 
 class ResultsFolderBusy(RuntimeError):
-    """Another campaign run holds the results folder."""
+    """Another campaign run holds the results folder, or its lock file is not one this tool can safely use."""
 
 
 _HELD: dict[str, int] = {}
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file, opened for reading and writing without following a link: created here if absent; an existing
+    one must be a regular file with one name, holding nothing or an owner record of this tool (so that a link, or
+    a file placed there, is never written through). ResultsFolderBusy, naming the file, otherwise."""
+    if path.parent.is_symlink():
+        raise ResultsFolderBusy(
+            f"{path.parent} is a symbolic link: refused (the results folder's state is never written through a link); "
+            "remove it and rerun"
+        )
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)  # ours: created by this call
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        what = "a symbolic link" if os.path.islink(path) else f"not usable ({exc.strerror or exc})"
+        raise ResultsFolderBusy(
+            f"{path} is {what}: refused (the lock is never written through a link); remove it and rerun"
+        ) from None
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "not a regular file"
+    elif st.st_nlink != 1:
+        problem = f"a file with {st.st_nlink} names (a hard link to another file)"
+    else:
+        head = os.pread(fd, 4097, 0)
+        try:
+            owner = json.loads(head) if head.strip() else {}
+        except ValueError:  # a record being written by the run that holds it reads as a part of one
+            owner = {} if head.startswith(b'{"host"') else None
+        if len(head) > 4096 or not isinstance(owner, dict) or not set(owner) <= {"host", "pid", "workdir", "since"}:
+            problem = "not a lock file of this tool (it holds other data)"
+    if problem:
+        os.close(fd)
+        raise ResultsFolderBusy(f"{path} is {problem}: refused, and left as it is; remove it and rerun")
+    return fd
 
 
 def hold_results_folder(root: str | Path) -> None:
@@ -162,7 +204,8 @@ def hold_results_folder(root: str | Path) -> None:
     directories) writing one results folder never see each other's lock; this one lives in the results folder.
     It is a ``flock`` (advisory, released by the kernel when the process ends, however it ends), so a crash leaves
     nothing to unlock. The holder's host, pid, working directory and start time are written into the file for the
-    message the second run gets."""
+    message the second run gets. The file is opened without following links and written only when it is this
+    tool's own lock file (:func:`_open_lock`): a link or another file in its place is refused, never overwritten."""
     import datetime
     import fcntl
     import socket
@@ -172,7 +215,7 @@ def hold_results_folder(root: str | Path) -> None:
         return
     path = Path(Layout(root).lock)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

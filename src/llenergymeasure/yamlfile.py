@@ -10,6 +10,8 @@ one silently), and so is Snakemake's YTE switch ``__use_yte__``, which asks for 
 from __future__ import annotations
 
 import functools
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -128,15 +130,32 @@ def decode(raw: bytes) -> str:
 
 
 def read_bytes(path: str | Path, limit: int = MAX_BYTES, what: str = "file") -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes; ConfigError naming the file otherwise."""
+    """The bytes of a regular file of at most ``limit`` bytes; ConfigError naming the file otherwise. Only a regular
+    file is read (a device such as /dev/zero, a FIFO or a socket, also behind a link, is refused without reading
+    from it or waiting on it), and never more than ``limit`` bytes of it, whatever its size says."""
     path = Path(path)
     try:
         if path.is_dir():
             raise ConfigError(f"{what} '{path}' is a folder, not a file")
-        size = path.stat().st_size
-        if size > limit:
-            raise ConfigError(f"{what} '{path}' is {size / 2**20:.1f} MiB; allowed: at most {limit / 2**20:g} MiB")
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO without a writer: no wait
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = (
+                    "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+                )
+                raise ConfigError(f"{what} '{path}' is {kind}, not a regular file")
+            if st.st_size > limit:
+                raise ConfigError(
+                    f"{what} '{path}' is {st.st_size / 2**20:.1f} MiB; allowed: at most {limit / 2**20:g} MiB"
+                )
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = fh.read(limit + 1)
+        finally:
+            os.close(fd)
+        if len(data) > limit:  # grew while being read
+            raise ConfigError(f"{what} '{path}' is larger than {limit / 2**20:g} MiB, the most allowed")
+        return data
     except FileNotFoundError:
         raise ConfigError(f"{what} '{path}' does not exist") from None
     except OSError as exc:
