@@ -362,3 +362,15 @@ def test_validate_estimates_past_a_raw_result_that_lacks_keys(tmp_path, monkeypa
     assert main(["validate", "c.yaml"]) == 0
     out = capsys.readouterr().out
     assert "3 of 3 measurements to run" in out and "assumed 60 s per job" in out
+
+
+def test_every_anchored_pattern_of_the_campaign_schema_holds_to_the_end_of_the_value():
+    import json
+    from pathlib import Path
+
+    from llenergymeasure.config import END_GUARD
+
+    text = (Path(__file__).resolve().parent.parent / "src/llenergymeasure/schemas/campaign.schema.json").read_text()
+    patterns = re.findall(r'"pattern": ("(?:[^"\\]|\\.)*")', text)
+    anchored = [json.loads(p) for p in patterns if json.loads(p).endswith("$")]
+    assert anchored and all(p.endswith(END_GUARD) for p in anchored), anchored

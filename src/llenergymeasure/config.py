@@ -26,6 +26,9 @@ DECODER_PRESETS: dict[str, dict[str, Any]] = {
     "factual": {"temperature": 0.3, "do_sample": True},
 }
 
+#: how the schema's patterns end: Python's ``$`` alone also matches before a final newline
+END_GUARD = "(?!\\n)$"
+
 
 @functools.cache
 def load_schema(name: str) -> dict:
@@ -198,7 +201,9 @@ def error_lines(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> l
     if kind in bounds:
         return [f"{label} = {short_repr(value)} is out of range; allowed: {bounds[kind]} {err.validator_value}"]
     if kind == "pattern":
-        desc = schema.get("description", f"text matching {err.validator_value}")
+        # shown without the guard that keeps Python's ``$`` from matching before a final newline
+        pattern = str(err.validator_value).replace(END_GUARD, "$")
+        desc = schema.get("description", f"text matching {pattern}")
         return [f"{label} = {short_repr(value)} is not allowed; allowed: {desc}"]
     if kind == "uniqueItems":
         return [f"{label} = {short_repr(value)} is not allowed; allowed: a list without repeated items"]
