@@ -70,7 +70,7 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
     ``config["_lem"]`` (:class:`~llenergymeasure.runtime.Runtime`)."""
     from .campaign import complete_config
     from .measure import run_experiment
-    from .results import ResultExistsError
+    from .results import ResultExistsError, refuse_replacing
 
     die_with_parent()
     facts = Runtime.from_config(runtime)
@@ -85,8 +85,7 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
             log.info("GPUs: %s", gpu_env)
 
         def report(result: dict) -> None:
-            if os.path.lexists(output):  # another run's: kept, and this measurement neither reported nor written
-                raise ResultExistsError(f"{output} already exists: a finished measurement is never replaced")
+            refuse_replacing(output)  # another run's: kept, and this measurement neither reported nor written
             report_measured(facts, experiment_id, cycle, result, output)
 
         try:

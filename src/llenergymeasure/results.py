@@ -72,13 +72,23 @@ def write_text_atomic(path: str | Path, text: str, durable: bool = True, replace
         raise
 
 
+def _exists(path: str | Path) -> ResultExistsError:
+    return ResultExistsError(
+        f"{path} already exists: a finished measurement is never replaced (delete it to measure that cycle again)"
+    )
+
+
+def refuse_replacing(path: str | Path) -> None:
+    """:class:`ResultExistsError` when a finished measurement lies at ``path``: it is never replaced."""
+    if os.path.lexists(path):
+        raise _exists(path)
+
+
 def _link_new(tmp: str, path: Path) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise ResultExistsError(
-            f"{path} already exists: a finished measurement is never replaced (delete it to measure that cycle again)"
-        ) from None
+        raise _exists(path) from None
     except OSError:  # a filesystem without hard links: check, then rename (a narrow race instead of none)
         if os.path.lexists(path):
             raise ResultExistsError(f"{path} already exists: a finished measurement is never replaced") from None
@@ -108,9 +118,7 @@ def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = No
     path = Path(path)
     finished = _finished_measurement(path, schema_name)
     if finished is not None:
-        raise ResultExistsError(
-            f"{finished} already exists: a finished measurement is never replaced (delete it to measure that cycle again)"
-        )
+        raise _exists(finished)
     if schema_name:
         validate_result(data, schema_name, str(path))
     text = json.dumps(data, indent=1 if durable else None, allow_nan=False) + "\n"

@@ -49,7 +49,6 @@ def _per_output_token(value: float | None, r: dict) -> float | None:
     return None if value is None or not n else value / n
 
 
-ALL_STATS = STATISTICS
 INTERVAL = ("mean", "ci_low", "ci_high")
 
 REGISTRY: tuple[Metric, ...] = (
@@ -60,7 +59,7 @@ REGISTRY: tuple[Metric, ...] = (
         lambda r: r["energy"]["total"]["gross_energy_j"],
         "gross energy of every measured device over the window",
         higher_is_better=False,
-        summary=ALL_STATS,
+        summary=STATISTICS,
         cv=True,
         target=True,
         compare=True,
@@ -194,8 +193,3 @@ CV_METRICS = tuple(m.name for m in REGISTRY if m.cv)
 TARGET_METRICS = tuple(m.name for m in REGISTRY if m.target)
 #: metrics ``lem compare`` tests
 COMPARE_METRICS = tuple(m.name for m in REGISTRY if m.compare)
-
-
-def read(name: str, raw: dict) -> float | None:
-    """Metric ``name`` of one raw result."""
-    return METRICS[name].read(raw)
