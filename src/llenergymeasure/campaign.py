@@ -34,6 +34,7 @@ from .errors import ConfigError
 from .legacy import Migrated, annotate, migrate_campaign, migrate_experiment, migrate_user
 from .precision import Target, campaign_problem, target_of
 from .record.layout import Layout
+from .serving import problems as serving_problems
 
 SCHEMA = "campaign"
 RESULTS_DIR_ENV = "LLM_ENERGY_RESULTS_DIR"
@@ -395,6 +396,7 @@ def semantic_problems(config: dict) -> list[str]:
     if config["device"] == "cpu" and config["gpus"] != [0]:
         found.append(f"gpus = {config['gpus']} selects CUDA devices, but device = cpu")
     found.append(measurement_problem(config))
+    found.extend(serving_problems(config))
     needed = rules.gpus(config)
     # device auto is CUDA wherever a GPU is visible: its GPU list is held to the same rule as device cuda's
     if config["device"] != "cpu" and needed != len(config["gpus"]):

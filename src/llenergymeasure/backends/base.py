@@ -11,7 +11,11 @@ A backend is constructed with the resolved experiment config and the model locat
                                              tokenisation happens here, before the window
     warmup(prompts, batches, cfg) -> dict    outside the window: every shape the window will run, then the CV loop
                                              (:func:`warm_up`)
-    reset_peak_memory(); run(prompts, batches, seed, progress) -> RunOutput; peak_memory() -> dict
+    reset_peak_memory(); run(prompts, batches, seed, progress, schedule) -> RunOutput; peak_memory() -> dict
+                                             schedule: None (offline: everything at once) or a
+                                             :class:`llenergymeasure.serving.Schedule` submitted through a
+                                             :class:`llenergymeasure.serving.Dispatcher` (a backend that cannot
+                                             refuses ``load.arrival`` in its rules)
     model_config()                           the HF config object the analytic FLOP count reads
     validity_flags(run_batches) -> list[(code, message)]
     version() -> dict                        engine and library versions, recorded in the raw result
@@ -86,6 +90,10 @@ class RequestTiming:
     e2e_s: float
     itl_s: list[float] = field(default_factory=list)
     process_index: int = 0
+    # under a serving load (:mod:`llenergymeasure.serving`): the planned arrival and the submission, perf_counter
+    # seconds; ``ttft_s`` and ``e2e_s`` then count from the planned arrival
+    planned_t: float | None = None
+    submitted_t: float | None = None
 
 
 def _since(t: float | None, w0: float) -> float | None:

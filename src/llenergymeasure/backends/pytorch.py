@@ -77,6 +77,12 @@ def _problems(config: dict):
     problem = compile_problem(config)
     if problem:
         yield problem
+    arrival = config["load"]["arrival"]
+    if arrival != "offline":
+        yield (
+            f"load.arrival = {arrival} submits requests at their arrival times; backend pytorch runs static batches "
+            "in this version (backend vllm serves them)"
+        )
     budget = pt["max_tokens_per_batch"]
     if budget is None and pt["batching_strategy"] in ("dynamic", "sorted_dynamic"):
         static = pt["batching_strategy"].replace("dynamic", "static")

@@ -110,6 +110,11 @@ def _problems(config: dict):
         yield f"TensorRT-LLM builds float16/bfloat16 engines: fp_precision = {config['fp_precision']} is not supported"
     if config["adapter"]:
         yield "adapter (LoRA) is supported on backend vllm only in this version"
+    if config["load"]["arrival"] != "offline":
+        yield (
+            f"load.arrival = {config['load']['arrival']} submits requests at their arrival times; backend tensorrt "
+            "submits every request at once in this version (backend vllm serves them)"
+        )
     if trt["draft_model"]:
         yield (
             f"tensorrt.draft_model = {trt['draft_model']}: TensorRT-LLM {PINNED_VERSION} runs draft-target speculative decoding on its "

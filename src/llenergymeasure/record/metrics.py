@@ -49,6 +49,15 @@ def _per_output_token(value: float | None, r: dict) -> float | None:
     return None if value is None or not n else value / n
 
 
+def _load(r: dict, key: str):
+    """A value of the serving-load section (None for an offline window, or a result written before it existed)."""
+    return (r.get("load") or {}).get(key)
+
+
+def _slo(r: dict, key: str):
+    return (_load(r, "slo") or {}).get(key)
+
+
 INTERVAL = ("mean", "ci_low", "ci_high")
 
 REGISTRY: tuple[Metric, ...] = (
@@ -152,6 +161,83 @@ REGISTRY: tuple[Metric, ...] = (
         "mean inter-token latency",
         higher_is_better=False,
         summary=(),
+    ),
+    Metric(
+        "j_per_request",
+        "J/request",
+        lambda r: r["efficiency"].get("j_per_request"),
+        "gross energy per request",
+        higher_is_better=False,
+        summary=INTERVAL,
+        compare=True,
+    ),
+    Metric(
+        "ttft_p90_ms",
+        "ms",
+        lambda r: r["latency"]["ttft_ms"]["p90"],
+        "90th percentile of time to first token (from the planned arrival under a serving load)",
+        higher_is_better=False,
+        summary=INTERVAL,
+    ),
+    # serving load (load.arrival other than offline; None for an offline window)
+    Metric(
+        "offered_rate_per_s",
+        "requests/s",
+        lambda r: _load(r, "offered_rate_per_s"),
+        "request rate the schedule offered: (requests - 1) / span of the planned arrivals",
+        summary=INTERVAL,
+    ),
+    Metric(
+        "achieved_rate_per_s",
+        "requests/s",
+        lambda r: _load(r, "achieved_rate_per_s"),
+        "request rate the engine achieved: (requests - 1) / span of the completions",
+        higher_is_better=True,
+        summary=INTERVAL,
+    ),
+    Metric(
+        "mean_in_flight",
+        "requests",
+        lambda r: _load(r, "mean_in_flight"),
+        "mean requests submitted and not finished, over the window",
+        summary=INTERVAL,
+    ),
+    Metric(
+        "idle_share",
+        "1",
+        lambda r: _load(r, "idle_share"),
+        "share of the window with no request in flight",
+        summary=INTERVAL,
+    ),
+    Metric(
+        "queueing_delay_p90_ms",
+        "ms",
+        lambda r: (_load(r, "queueing_delay_ms") or {}).get("p90"),
+        "90th percentile of submission - planned arrival",
+        higher_is_better=False,
+    ),
+    Metric(
+        "goodput_requests_per_s",
+        "requests/s",
+        lambda r: _slo(r, "goodput_requests_per_s"),
+        "requests meeting load.slo per second of window",
+        higher_is_better=True,
+        summary=INTERVAL,
+    ),
+    Metric(
+        "slo_attainment",
+        "1",
+        lambda r: _slo(r, "attainment"),
+        "share of requests meeting load.slo",
+        higher_is_better=True,
+    ),
+    Metric(
+        "j_per_good_request",
+        "J/request",
+        lambda r: _slo(r, "j_per_good_request"),
+        "gross energy per request that met load.slo",
+        higher_is_better=False,
+        summary=INTERVAL,
     ),
     Metric(
         "co2_kg",
