@@ -203,6 +203,7 @@ SUMMARY_HEAD = [
     "batching_strategy",
     "fp_precision",
     "device",
+    "load",
     "cycles",
 ]
 SUMMARY_TAIL = ["energy_method", "includes_estimate", "flops_method", "cv_flag", "flags"]
@@ -242,6 +243,20 @@ PRECISION_COLUMNS = {
 }
 
 
+def load_label(load: dict | None) -> str:
+    """The serving load of an experiment in a few characters: ``offline``, ``poisson 2/s``, ``gamma(0.5) 2/s``,
+    ``closed 4``, ``trace <file>`` (a result of a version without serving loads is offline)."""
+    if not load or load.get("arrival", "offline") == "offline":
+        return "offline"
+    arrival = load["arrival"]
+    if arrival == "closed":
+        return f"closed {load['concurrency']}"
+    if arrival == "trace":
+        return f"trace {os.path.basename(load['trace'])}"
+    shape = f"({load['gamma_shape']:g})" if arrival == "gamma" else ""
+    return f"{arrival}{shape} {load['rate_per_s']:g}/s"
+
+
 def summary_row(agg: dict) -> dict:
     """One CSV row: identity columns, then ``<metric>_<stat>`` columns read from the aggregated metrics."""
     cfg = agg["config"]
@@ -256,6 +271,7 @@ def summary_row(agg: dict) -> dict:
         "batching_strategy": strategy,
         "fp_precision": cfg["fp_precision"],
         "device": agg["device"],
+        "load": load_label(cfg.get("load")),
         "cycles": agg["cycles"],
         **{column: pooled[key][stat] for column, (key, stat) in POOLED_COLUMNS.items()},
         "energy_method": agg["energy_method"],

@@ -44,6 +44,7 @@ from .record.layout import sidecar_of
 from .record.raw import Efficiency, Provenance, Throughput, Timestamps, Tokens
 from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
 from .runtime import JobContext
+from .serving import Schedule, make_schedule, trace_digest, window_section
 from .stats import distribution
 from .steady import steady_state
 from .thermal import host_lock, record_window, wait_gap
@@ -71,6 +72,8 @@ class WindowRecord:
     temperature_start: dict
     temperature_end: dict
     runs: list[RunOutput]
+    schedule: Schedule | None  # a serving load's (None offline)
+    trace_sha256: str | None
     components: list[ComponentEnergy]
     samples: list[TimelineSample]
     power_buffer: dict[str, list[tuple[float, float]]]
@@ -217,9 +220,15 @@ def latency_section(w: WindowRecord) -> dict:
     reqs = w.requests
     ms = 1000.0
     tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) * ms for r in reqs if r.output_tokens > 1]
+    if w.schedule is None:
+        start = "submission of the request's batch to the engine"
+    elif w.schedule.open_loop:
+        start = "the request's planned arrival (serving load)"
+    else:
+        start = "submission of the request, when a slot freed (closed loop)"
     return {
         "method": w.runs[0].latency_method,
-        "request_start": "submission of the request's batch to the engine",
+        "request_start": start,
         "ttft_ms": distribution([r.ttft_s * ms for r in reqs]),
         "e2e_ms": distribution([r.e2e_s * ms for r in reqs]),
         "itl_ms": distribution([x * ms for r in reqs for x in r.itl_s]),
@@ -252,6 +261,7 @@ def findings(
     steady: dict,
     flops: dict,
     backend_flags,
+    load: dict | None = None,
 ) -> list:
     """Every validity rule's verdict on this window (see :mod:`llenergymeasure.validity`), in the order the raw
     result lists them."""
@@ -261,6 +271,7 @@ def findings(
         *validity.short_window(w.duration_s, config["energy"]["min_window_s"]),
         *validity.warmup_not_converged(w.warmup),
         *backend_flags,
+        *validity.load_not_sustained(load),
         *validity.no_output_tokens(tokens.output_tokens),
         *validity.output_length_not_reached(
             config["min_output_tokens"],
@@ -368,6 +379,8 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
         t = time.perf_counter()
         say.info("%s: loading prompts and model %s", label, config["model_name"])
         prompts = load_prompts(config["dataset"], config["num_input_prompts"], config["random_seed"])
+        prompts, schedule = make_schedule(config["load"], prompts)
+        trace_sha256 = trace_digest(config["load"]["trace"]) if config["load"]["trace"] else None
         load_info = backend.load()
         batches = backend.plan(prompts)
         phases["load_s"] = time.perf_counter() - t
@@ -383,7 +396,8 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
         phases["gap_s"] = gap["gap_waited_s"]
 
         t = time.perf_counter()
-        warmup = backend.warmup(prompts, batches, config["warmup"])
+        serve = {} if schedule is None else {"schedule": schedule}
+        warmup = backend.warmup(prompts, batches, config["warmup"], **serve)
         phases["warmup_s"] = time.perf_counter() - t
 
         temp_start = temperatures(meters.meters)
@@ -398,7 +412,7 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
         e0 = time.time()
         w0 = time.perf_counter()
         progress = Progress(label, ctx.progress_every_s)
-        runs = [backend.run(prompts, batches, config["random_seed"], progress)]
+        runs = [backend.run(prompts, batches, config["random_seed"], progress, **serve)]
         while config["energy"]["repeat_to_min_window"] and time.perf_counter() - w0 < config["energy"]["min_window_s"]:
             runs.append(backend.run(prompts, batches, config["random_seed"], progress))
         w1 = time.perf_counter()
@@ -429,6 +443,8 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
         temperature_start=temp_start,
         temperature_end=temp_end,
         runs=runs,
+        schedule=schedule,
+        trace_sha256=trace_sha256,
         components=components,
         samples=samples,
         power_buffer=sampler.power_buffer if sampler else {},
@@ -468,10 +484,17 @@ def build_result(
         w.duration_s,
         tokens.output_tokens,
     )
+    load = (
+        None
+        if w.schedule is None
+        else window_section(
+            config["load"], w.schedule, w.requests, (w.w0, w.w1), total["gross_energy_j"], w.trace_sha256
+        )
+    )
     flags: list[dict] = []
     known = backend_flags(config["backend"])
     for code, message in findings(
-        w, config, tokens, energy, timeline, steady, flops, backend.validity_flags(w.batches)
+        w, config, tokens, energy, timeline, steady, flops, backend.validity_flags(w.batches), load
     ):
         validity.add(flags, code, message, known)
     gpus = [m.gpu for m in w.meters.meters if m.gpu is not None]
@@ -496,6 +519,7 @@ def build_result(
         "throughput": throughput_section(w, tokens).to_dict(),
         "efficiency": efficiency_section(total, tokens).to_dict(),
         "latency": latency_section(w),
+        "load": load,
         "flops": flops,
         "warmup": w.warmup,
         "steady_state": steady,

@@ -74,6 +74,24 @@ def power_above_limit(meters: list, mean_power_w: float | None) -> list[Finding]
     return out
 
 
+def load_not_sustained(load: dict | None) -> list[Finding]:
+    """Under a serving load: the engine completed requests more than 5 % slower than the schedule offered them, so
+    its queue grew through the window and the window measured a backlog, not that load."""
+    from .serving import not_sustained
+
+    found = not_sustained(load)
+    if not found:
+        return []
+    achieved, offered, short = found
+    return [
+        (
+            "load_not_sustained",
+            f"achieved {achieved:.3g} requests/s against {offered:.3g} offered ({short:.0%} short): the engine "
+            "could not keep up and requests queued; lower load.rate_per_s to measure a load it sustains",
+        )
+    ]
+
+
 def cold_start_in_window(steady: dict) -> list[Finding]:
     if steady.get("cold_start_in_window"):
         return [

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..config import canonical_json
 from ..errors import MeasurementError
 from ..record.flags import BATCH_NOT_SATURATED
+from ..serving import Schedule
 from . import BackendRules
 from .base import (
     Backend,
@@ -110,11 +111,6 @@ def _problems(config: dict):
         yield f"TensorRT-LLM builds float16/bfloat16 engines: fp_precision = {config['fp_precision']} is not supported"
     if config["adapter"]:
         yield "adapter (LoRA) is supported on backend vllm only in this version"
-    if config["load"]["arrival"] != "offline":
-        yield (
-            f"load.arrival = {config['load']['arrival']} submits requests at their arrival times; backend tensorrt "
-            "submits every request at once in this version (backend vllm serves them)"
-        )
     if trt["draft_model"]:
         yield (
             f"tensorrt.draft_model = {trt['draft_model']}: TensorRT-LLM {PINNED_VERSION} runs draft-target speculative decoding on its "
@@ -537,7 +533,8 @@ class TensorRTBackend(Backend):
     def validity_flags(self, run_batches: list[BatchRecord]) -> list[tuple[str, str]]:
         limit = self.config["tensorrt"]["max_batch_size"]
         sizes = [b.size for b in run_batches]
-        if sizes and max(sizes) < limit:
+        # under a serving load the batch in flight is what the arrivals make it (not flagged)
+        if sizes and max(sizes) < limit and self.config["load"]["arrival"] == "offline":
             return [
                 (
                     "batch_not_saturated",
@@ -834,8 +831,24 @@ class TensorRTBackend(Backend):
         return kwargs
 
     # ------------------------------------------------------------------------------------------------ generate
-    async def _stream(self, idx: int, ids: list[int], params, on_done) -> dict:
-        """Submit one request and consume its stream. Arrival times are host perf_counter readings."""
+    async def _stream(self, idx: int, ids: list[int], params, on_done, at: float | None = None, slots=None) -> dict:
+        """Submit one request and consume its stream. Arrival times are host perf_counter readings. Under a serving
+        load the request waits for its planned arrival ``at`` (open loop), or for a free slot of ``slots`` (an
+        asyncio semaphore: closed loop) before it is submitted."""
+        if at is not None:
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if slots is not None:
+            await slots.acquire()
+        planned = at if at is not None else time.perf_counter() if slots is not None else None
+        try:
+            return await self._consume(idx, ids, params, on_done, planned)
+        finally:
+            if slots is not None:
+                slots.release()
+
+    async def _consume(self, idx: int, ids: list[int], params, on_done, planned: float | None) -> dict:
         submitted = time.perf_counter()
         result = self.llm.generate_async(ids, sampling_params=params, streaming=True)
         arrivals: list[tuple[float, int]] = []  # (arrival time, tokens that response added)
@@ -861,32 +874,61 @@ class TensorRTBackend(Backend):
             "index": idx,
             "input_tokens": len(ids),
             "output_tokens": seen,
+            "planned": planned,
             "submitted": submitted,
             "arrivals": arrivals,
             "chunks": chunks,
             "end": end,
         }
 
-    async def _generate(self, ids_list: list[list[int]], indices: list[int], params, progress) -> list[dict]:
+    async def _generate(
+        self, ids_list: list[list[int]], indices: list[int], params, progress, schedule: Schedule | None = None
+    ) -> list[dict]:
+        """Every request's stream, consumed concurrently: all submitted at once, or under a serving load each at
+        its planned arrival (open loop) or when one of ``schedule.concurrency`` slots frees (closed loop, in
+        order: asyncio's semaphore wakes its waiters first come, first served). ``params`` is one SamplingParams, or
+        under a load a function of the request giving its own (a trace may force a request's length)."""
         done = [0]
-        total = len(indices)
+        total = len(indices) if schedule is None else len(schedule.requests)
 
         def on_done():
             done[0] += 1
             if progress is not None:
                 progress(done[0], total)
 
-        tasks = [asyncio.ensure_future(self._stream(i, ids_list[i], params, on_done)) for i in indices]
+        if schedule is None:
+            tasks = [asyncio.ensure_future(self._stream(i, ids_list[i], params, on_done)) for i in indices]
+        else:
+            start = time.perf_counter()
+            slots = None if schedule.open_loop else asyncio.Semaphore(schedule.concurrency)
+            tasks = [
+                asyncio.ensure_future(
+                    self._stream(
+                        r.prompt,
+                        ids_list[r.prompt],
+                        params(r),
+                        on_done,
+                        start + r.offset_s if schedule.open_loop else None,
+                        slots,
+                    )
+                )
+                for r in schedule.requests
+            ]
         return list(await asyncio.gather(*tasks))
 
     @staticmethod
     def timing(stream: dict) -> RequestTiming:
-        """TTFT from submission to the first response carrying tokens; ITL from response arrivals. A response
-        carrying k > 1 tokens gives its gap to the first of them and 0 to the other k - 1 (they arrived together),
-        so a request with n tokens has n - 1 gaps; E2E from submission to the last token's arrival."""
-        t0, arrivals = stream["submitted"], stream["arrivals"]
+        """TTFT from submission (under a serving load: from the planned arrival) to the first response carrying
+        tokens; ITL from response arrivals. A response carrying k > 1 tokens gives its gap to the first of them and
+        0 to the other k - 1 (they arrived together), so a request with n tokens has n - 1 gaps; E2E from
+        submission (planned arrival) to the last token's arrival."""
+        planned = stream.get("planned")
+        t0, arrivals = (stream["submitted"] if planned is None else planned), stream["arrivals"]
+        serving = {} if planned is None else {"planned_t": planned, "submitted_t": stream["submitted"]}
         if not arrivals:
-            return RequestTiming(stream["index"], stream["input_tokens"], 0, stream["end"] - t0, stream["end"] - t0, [])
+            return RequestTiming(
+                stream["index"], stream["input_tokens"], 0, stream["end"] - t0, stream["end"] - t0, [], **serving
+            )
         itl: list[float] = [0.0] * (arrivals[0][1] - 1)
         for (prev, _), (now, k) in itertools.pairwise(arrivals):
             itl.append(now - prev)
@@ -898,10 +940,11 @@ class TensorRTBackend(Backend):
             arrivals[0][0] - t0,
             arrivals[-1][0] - t0,
             itl,
+            **serving,
         )
 
     def _run_streams(
-        self, prompts: list[str], indices: list[int], params, progress=None
+        self, prompts: list[str], indices: list[int], params, progress=None, schedule: Schedule | None = None
     ) -> tuple[float, float, list[dict]]:
         ids = self.encode(prompts)
         start = time.perf_counter()
@@ -909,16 +952,40 @@ class TensorRTBackend(Backend):
             # One loop for the backend's life: each result is bound to the loop that submitted it, and reusing one
             # avoids creating and tearing down a loop around every run inside the measurement window.
             self._loop = asyncio.new_event_loop()
-        streams = self._loop.run_until_complete(self._generate(ids, indices, params, progress))
+        streams = self._loop.run_until_complete(self._generate(ids, indices, params, progress, schedule))
         end = time.perf_counter()
         return start, end, streams
 
-    def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
-        """Submit every request at once and consume all streams concurrently. ``progress(done, total)`` is called
-        as requests finish."""
-        params = self.sampling_params(*self.output_lengths(), seed)
-        indices = [i for b in batches for i in b.indices]
-        start, end, streams = self._run_streams(prompts, indices, params, progress)
+    def serving_params(self, schedule: Schedule, seed: int | None):
+        """A request's SamplingParams under a serving load: the experiment's, or with the trace's forced length."""
+        max_new, min_new = self.output_lengths()
+        made: dict[tuple[int, int], object] = {}
+
+        def params(request):
+            lengths = schedule.output_lengths(request, max_new, min_new)
+            if lengths not in made:
+                made[lengths] = self.sampling_params(*lengths, seed)
+            return made[lengths]
+
+        return params
+
+    def run(
+        self,
+        prompts: list[str],
+        batches: list[Batch],
+        seed: int | None,
+        progress=None,
+        schedule: Schedule | None = None,
+    ) -> RunOutput:
+        """Submit every request at once (under a serving load: each at its arrival) and consume all streams
+        concurrently. ``progress(done, total)`` is called as requests finish."""
+        if schedule is None:
+            params = self.sampling_params(*self.output_lengths(), seed)
+            indices = [i for b in batches for i in b.indices]
+        else:
+            params = self.serving_params(schedule, seed)
+            indices = [r.prompt for r in schedule.requests]
+        start, end, streams = self._run_streams(prompts, indices, params, progress, schedule)
         requests = [self.timing(s) for s in streams]
         first = [s["arrivals"][0][0] for s in streams if s["arrivals"]]
         inputs = sum(r.input_tokens for r in requests)
@@ -954,8 +1021,9 @@ class TensorRTBackend(Backend):
                 previous, prefill = arrival, False
         return steps
 
-    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
-        """Before the window: the whole workload once, submitted as the window submits it (mode full); then the
+    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict, schedule: Schedule | None = None) -> dict:
+        """Before the window: the whole workload once, submitted as the window submits it (mode full; under a
+        serving load the schedule is played once, so every in-flight batch size the window will see has run); then the
         first ``max_batch_size`` prompts repeated, at the full output length, until the latency CV over the last
         ``window_size`` runs (sample standard deviation, ddof 1) is below ``cv_threshold``, or ``max_prompts`` runs."""
         max_new, min_new = self.output_lengths()
@@ -963,7 +1031,13 @@ class TensorRTBackend(Backend):
         everything = [i for b in batches for i in b.indices]
 
         def full_pass() -> list[dict]:
-            start, end, streams = self._run_streams(prompts, everything, params)
+            if schedule is None:
+                start, end, streams = self._run_streams(prompts, everything, params)
+            else:
+                seed = self.config["random_seed"]
+                start, end, streams = self._run_streams(
+                    prompts, everything, self.serving_params(schedule, seed), schedule=schedule
+                )
             return [
                 shape(
                     len(everything),

@@ -25,6 +25,11 @@ v1/worker/gpu_model_runner.py:1257-1264, v1/sample/ops/topk_topp_sampler.py:297-
 when ``vllm.seed_per_request`` asks for it (run seed + prompt index: a request's tokens then do not depend on which
 other requests shared its steps).
 
+Under a serving load (``load.arrival`` other than offline, :mod:`llenergymeasure.serving`) the same loop adds each
+request when its arrival has come, checked before every step (so no later than the end of the step during which
+it fell due); while nothing is in flight it sleeps until the next arrival. Its TTFT and E2E then count from the
+planned arrival, and a running batch smaller than ``max_num_seqs`` is the load's doing (not flagged).
+
 The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so each ``step()`` is one scheduler
 iteration; with speculative decoding on 0.11.0 it stays in its own process, because that release's in-process core
 drops the drafter's proposals (vLLM issue #27287: speculation silently never happens; fixed by 0.32.0). Energy,
@@ -50,6 +55,7 @@ from pathlib import Path
 
 from ..errors import MeasurementError
 from ..record.flags import BATCH_NOT_SATURATED
+from ..serving import Dispatcher, Schedule
 from . import BackendRules
 from .base import (
     Backend,
@@ -899,35 +905,68 @@ class VllmBackend(Backend):
         min_tokens: int,
         seed: int | None,
         progress=None,
+        schedule: Schedule | None = None,
     ) -> tuple[list[RequestTiming], BatchRecord, list[Step]]:
         """Submit the requests, step the engine until all are finished, timestamp every token arrival. Returns the
         requests' timings, the batch record and every engine step (a prefill step completes some request's first
-        token)."""
+        token).
+
+        Without a ``schedule`` every request of ``indices`` is added before the first step. With one (a serving
+        load), its requests are added when the :class:`~llenergymeasure.serving.Dispatcher` says they are due,
+        checked before every step; while nothing is in flight the loop sleeps until the next arrival. A request
+        that falls due during a step is added right after it, and its latencies count from its planned arrival."""
         from vllm.inputs import TokensPrompt
 
         engine = self.llm.llm_engine
+        if schedule is not None:
+            indices = [r.prompt for r in schedule.requests]
         n = len(indices)
         slot: dict[str, int] = {}
-        params = [self.sampling_params(max_tokens, min_tokens, self.request_seed(seed, i)) for i in indices]
-        prompts = [TokensPrompt(prompt_token_ids=list(tokens[i])) for i in indices]
         seen = [0] * n
         first: list[float | None] = [None] * n
         last: list[float | None] = [None] * n
         final = [0] * n
         gaps: list[list[float]] = [[] for _ in range(n)]
+        planned: list[float] = [0.0] * n
+        submitted: list[float] = [0.0] * n
         done = 0
         steps = 0
         peak = 0
         decoding_steps: list[int] = []
         step_log: list[Step] = []
-        start = time.perf_counter()
-        for k in range(n):
+
+        def submit(k: int, lengths: tuple[int, int], at: float) -> None:
+            i = indices[k]
+            params = self.sampling_params(*lengths, self.request_seed(seed, i))
             self._request_counter += 1
             rid = f"lem-{self._request_counter}"
             slot[rid] = k
-            engine.add_request(rid, prompts[k], params[k], lora_request=self._lora)
-        previous = time.perf_counter()
-        while engine.has_unfinished_requests():
+            engine.add_request(rid, TokensPrompt(prompt_token_ids=list(tokens[i])), params, lora_request=self._lora)
+            planned[k] = at
+            submitted[k] = time.perf_counter()
+
+        start = time.perf_counter()
+        dispatcher = None
+        in_flight = 0  # submitted and not finished (a closed loop's concurrency)
+        if schedule is None:
+            for k in range(n):
+                submit(k, (max_tokens, min_tokens), start)
+        else:
+            dispatcher = Dispatcher(schedule, start)
+            position = {id(r): k for k, r in enumerate(schedule.requests)}
+        while True:
+            if dispatcher is not None:
+                for request, at in dispatcher.due(time.perf_counter(), in_flight):
+                    submit(position[id(request)], schedule.output_lengths(request, max_tokens, min_tokens), at)
+                    in_flight += 1
+                if not engine.has_unfinished_requests():
+                    if not dispatcher.remaining:
+                        break
+                    dispatcher.wait(0)
+                    continue
+            elif not engine.has_unfinished_requests():
+                break
+            before = time.perf_counter()
             outputs = engine.step()
             now = time.perf_counter()
             steps += 1
@@ -955,18 +994,26 @@ class VllmBackend(Backend):
                     if last[k] is None:  # finished without a token
                         first[k] = last[k] = now
                     finished_now += 1
-            step_log.append(Step(previous, now, prefill))
-            previous = now
+            step_log.append(Step(before, now, prefill))
             if decoding:
                 decoding_steps.append(decoding)
                 peak = max(peak, decoding)
             if finished_now:
                 done += finished_now
+                in_flight -= finished_now
                 if progress is not None:
                     progress(done, n)
         end = time.perf_counter()
         requests = [
-            RequestTiming(idx, len(tokens[idx]), final[k], first[k] - start, last[k] - start, gaps[k])
+            RequestTiming(
+                idx,
+                len(tokens[idx]),
+                final[k],
+                first[k] - planned[k],
+                last[k] - planned[k],
+                gaps[k],
+                **({} if schedule is None else {"planned_t": planned[k], "submitted_t": submitted[k]}),
+            )
             for k, idx in enumerate(indices)
         ]
         input_tokens = sum(len(tokens[i]) for i in indices)
@@ -990,8 +1037,16 @@ class VllmBackend(Backend):
         if self._effective.get("prefix_caching"):
             self.llm.reset_prefix_cache()
 
-    def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
-        """Submit every prompt at once and stream the engine. ``progress(done, total)`` as requests finish."""
+    def run(
+        self,
+        prompts: list[str],
+        batches: list[Batch],
+        seed: int | None,
+        progress=None,
+        schedule: Schedule | None = None,
+    ) -> RunOutput:
+        """Submit every prompt at once (or each at its arrival under a serving load's ``schedule``) and stream the
+        engine. ``progress(done, total)`` as requests finish."""
         tokens = self._tokens(prompts)
         max_new, min_new = self.output_lengths()
         self._reset_prefix_cache()
@@ -999,7 +1054,7 @@ class VllmBackend(Backend):
         stats = []
         step_log: list[Step] = []
         for batch in batches:
-            reqs, stat, steps = self._stream(batch.indices, tokens, max_new, min_new, seed, progress)
+            reqs, stat, steps = self._stream(batch.indices, tokens, max_new, min_new, seed, progress, schedule)
             requests.extend(reqs)
             stats.append(stat)
             step_log.extend(steps)
@@ -1012,8 +1067,9 @@ class VllmBackend(Backend):
             steps=step_log,
         )
 
-    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
-        """Before the window: the whole workload once, exactly as the window submits it (mode full); then the first
+    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict, schedule: Schedule | None = None) -> dict:
+        """Before the window: the whole workload once, exactly as the window submits it (mode full: under a serving
+        load the schedule is played once, so every running-batch size the window will see has run); then the first
         ``max_num_seqs`` prompts repeated, at the full output length, until the latency CV over the last
         ``window_size`` runs (sample standard deviation, ddof 1) is below ``cv_threshold``, or ``max_prompts`` runs.
         The prefix cache is cleared afterwards, so the window never finds prefixes the warm-up left."""
@@ -1025,7 +1081,7 @@ class VllmBackend(Backend):
             shapes = []
             for batch in batches:
                 self._reset_prefix_cache()
-                reqs, stat, _ = self._stream(batch.indices, tokens, max_new, min_new, seed)
+                reqs, stat, _ = self._stream(batch.indices, tokens, max_new, min_new, seed, schedule=schedule)
                 shapes.append(
                     shape(
                         stat.size,
@@ -1051,7 +1107,9 @@ class VllmBackend(Backend):
         flags = []
         limit = self.config["vllm"]["max_num_seqs"]
         peak = max((b.peak_decoding_seqs or 0 for b in run_batches), default=0)
-        if run_batches and peak < limit:
+        # under a serving load the running batch is what the arrivals make it: a smaller one is the load, not a
+        # setting that did not take
+        if run_batches and peak < limit and self.config["load"]["arrival"] == "offline":
             message = (
                 f"at most {peak} sequences got a token in one engine step, below vllm.max_num_seqs = {limit}: "
                 "fewer prompts than max_num_seqs, or the KV cache or token budget kept the running batch smaller"

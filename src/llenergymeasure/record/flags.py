@@ -36,6 +36,7 @@ CORE: tuple[Flag, ...] = (
     _w("cold_start_in_window", "early parts of the window ran slower than its steady pace: one-time costs inside it", "validity.cold_start_in_window"),
     _w("no_output_tokens", "no token was generated", "validity.no_output_tokens"),
     _w("output_length_not_reached", "some requests ended before the forced output length", "validity.output_length_not_reached"),
+    _w("load_not_sustained", "under a serving load, the achieved request rate fell more than 5 % short of the offered rate", "validity.load_not_sustained"),
     _w("flops_low_confidence", "the model's architecture is not modelled exactly: FLOPs are approximate", "validity.flops_confidence"),
     # energy
     _w("energy_unavailable", "a device gave no valid energy reading: the total is withheld", "validity.energy_readings"),
