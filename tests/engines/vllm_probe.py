@@ -82,9 +82,13 @@ def session(config: dict, model: str, prompts: list[str]) -> dict:
             return done
 
         llm.reset_prefix_cache = reset
+        from llenergymeasure.serving import make_schedule
+
+        prompts, schedule = make_schedule(config["load"], prompts)
+        serve = {} if schedule is None else {"schedule": schedule}
         batches = backend.plan(prompts)
         phase["name"] = "warmup"
-        out["warmup"] = backend.warmup(prompts, batches, config["warmup"])
+        out["warmup"] = backend.warmup(prompts, batches, config["warmup"], **serve)
         phase["name"] = "run"
         engine = llm.llm_engine
         add, step = engine.add_request, engine.step
@@ -103,15 +107,21 @@ def session(config: dict, model: str, prompts: list[str]) -> dict:
 
         tokens: dict[str, list[int]] = {}
 
+        step_times: list[list[float]] = []
+
         def stepped():
+            before = time.perf_counter()
             outputs = step()
+            step_times.append([before, time.perf_counter()])
             texts.extend(o.outputs[0].text for o in outputs if o.outputs)
             tokens.update({o.request_id: list(o.outputs[0].token_ids) for o in outputs if o.finished})
             return outputs
 
         engine.add_request, engine.step = add_request, stepped
         t0 = time.perf_counter()
-        run = backend.run(prompts, batches, config["random_seed"], progress=lambda d, t: progress.append([d, t]))
+        run = backend.run(
+            prompts, batches, config["random_seed"], progress=lambda d, t: progress.append([d, t]), **serve
+        )
         out["run_wall_s"] = time.perf_counter() - t0
         engine.add_request, engine.step = add, step
         out["submitted"], out["texts"], out["progress"] = submitted, texts, progress
@@ -127,9 +137,15 @@ def session(config: dict, model: str, prompts: list[str]) -> dict:
                 "ttft_s": r.ttft_s,
                 "e2e_s": r.e2e_s,
                 "itl_s": r.itl_s,
+                # under a serving load: planned arrival and submission, seconds after the run's first arrival
+                "planned_s": None if r.planned_t is None else r.planned_t - run.batches[0].start_t,
+                "submitted_s": None if r.submitted_t is None else r.submitted_t - run.batches[0].start_t,
             }
             for r in run.requests
         ]
+        out["steps_s"] = [[a - run.batches[0].start_t, b - run.batches[0].start_t] for a, b in step_times]
+        if schedule is not None:
+            out["schedule_s"] = [r.offset_s for r in schedule.requests]
         out["batches"] = [plain(b) for b in run.batches]
         out["steps"] = len(run.steps or [])
         out["latency_method"], out["scheduling"] = run.latency_method, run.scheduling

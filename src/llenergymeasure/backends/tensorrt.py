@@ -882,7 +882,13 @@ class TensorRTBackend(Backend):
         }
 
     async def _generate(
-        self, ids_list: list[list[int]], indices: list[int], params, progress, schedule: Schedule | None = None
+        self,
+        ids_list: list[list[int]],
+        indices: list[int],
+        params,
+        progress,
+        schedule: Schedule | None = None,
+        start: float = 0.0,
     ) -> list[dict]:
         """Every request's stream, consumed concurrently: all submitted at once, or under a serving load each at
         its planned arrival (open loop) or when one of ``schedule.concurrency`` slots frees (closed loop, in
@@ -898,8 +904,7 @@ class TensorRTBackend(Backend):
 
         if schedule is None:
             tasks = [asyncio.ensure_future(self._stream(i, ids_list[i], params, on_done)) for i in indices]
-        else:
-            start = time.perf_counter()
+        else:  # the first arrival is the run's start
             slots = None if schedule.open_loop else asyncio.Semaphore(schedule.concurrency)
             tasks = [
                 asyncio.ensure_future(
@@ -952,7 +957,7 @@ class TensorRTBackend(Backend):
             # One loop for the backend's life: each result is bound to the loop that submitted it, and reusing one
             # avoids creating and tearing down a loop around every run inside the measurement window.
             self._loop = asyncio.new_event_loop()
-        streams = self._loop.run_until_complete(self._generate(ids, indices, params, progress, schedule))
+        streams = self._loop.run_until_complete(self._generate(ids, indices, params, progress, schedule, start))
         end = time.perf_counter()
         return start, end, streams
 
