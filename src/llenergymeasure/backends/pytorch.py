@@ -10,6 +10,39 @@ when the batches are planned, before the window; a forced output length (``min_o
 ``max_output_tokens``) switches EOS stopping off instead of adding a logits processor that masks EOS at every step.
 ``pytorch.torch_compile`` compiles the model's forward (compilation happens in the warm-up, which runs every shape
 of the window once); ``pytorch.cache_implementation`` picks generate's KV cache.
+
+Serving load (``load.arrival`` other than offline, see :mod:`llenergymeasure.serving`): the requests go through
+transformers' own continuous batching instead of ``generate`` (``model.init_continuous_batching``, transformers >=
+5.19; earlier releases are refused at campaign expansion). Its manager runs engine steps on a thread of its own; this
+process submits each request (``add_request``, token ids tokenised before the window) when the dispatcher says it is
+due, waiting on the engine's finished outputs until the next arrival, so a request is submitted within milliseconds
+of its planned time, and records its planned and submitted times. Each generated token carries the perf_counter
+stamp the engine took when the token was produced (``record_timestamps``): TTFT and E2E count from the planned
+arrival (open loop) or the submission (closed loop), ITL are the gaps between the stamps. Every engine step is timed
+(the manager's step, wrapped); a step whose stamps include a request's first token is a prefill step. The engine is
+created at load, warmed up and started once (in the warm-up, or at the first request) and stopped at close. What
+each setting means under a load:
+
+- ``pytorch.batch_size``: the most requests one engine step runs (``max_requests_per_batch``); on a CPU the paged KV
+  cache holds ``batch_size`` requests of max_input + max_output tokens, on CUDA transformers sizes it from free memory;
+- ``pytorch.batching_strategy``: static: the step's token budget is batch_size x max_input_tokens; dynamic: it is
+  ``pytorch.max_tokens_per_batch`` (``max_batch_tokens``); the sorted strategies reorder prompts and are refused;
+- ``pytorch.attn_implementation``: used as set (eager runs as transformers' paged eager; no switch to flash);
+- ``pytorch.torch_compile`` / ``torch_compile_backend``: compile continuous batching's step (both its paths) with
+  that mode and backend, in the warm-up; the model's forward is not compiled separately;
+- ``pytorch.use_cache`` false and ``cache_implementation`` static are refused (a paged cache, always); no prefix
+  sharing, so no prefill is served from blocks an earlier request (the warm-up's) left;
+- BitsAndBytes weights are served as loaded; ``num_processes`` > 1 (data parallel) is refused;
+- decoding: do_sample, temperature, top_k, top_p and ``pytorch.min_p`` go into the generation config continuous
+  batching builds its processors from; sampling is seeded once, with ``random_seed``, when the engine starts. The
+  repetition penalty, ``no_repeat_ngram_size``, ``pytorch.extra`` and a minimum output length below the maximum are
+  refused (continuous batching does not support those processors); a forced length (min >= max, or a trace's
+  ``output_tokens``) gives the request no EOS, so it runs to its length; otherwise ``stop_token_ids`` end it.
+
+Warm-up under a load: every prompt through the engine at once at the window's output lengths (mode full), then the
+first ``batch_size`` prompts repeated until the latency CV settles. The window's result is one continuous batch
+(size = requests, start = the first arrival, end = the last completion, steps, peak and mean requests given a token
+per step).
 """
 
 from __future__ import annotations
