@@ -10,10 +10,44 @@ when the batches are planned, before the window; a forced output length (``min_o
 ``max_output_tokens``) switches EOS stopping off instead of adding a logits processor that masks EOS at every step.
 ``pytorch.torch_compile`` compiles the model's forward (compilation happens in the warm-up, which runs every shape
 of the window once); ``pytorch.cache_implementation`` picks generate's KV cache.
+
+Serving load (``load.arrival`` other than offline, see :mod:`llenergymeasure.serving`): the requests go through
+transformers' own continuous batching instead of ``generate`` (``model.init_continuous_batching``, transformers >=
+5.19; earlier releases are refused at campaign expansion). Its manager runs engine steps on a thread of its own; this
+process submits each request (``add_request``, token ids tokenised before the window) when the dispatcher says it is
+due, waiting on the engine's finished outputs until the next arrival, so a request is submitted within milliseconds
+of its planned time, and records its planned and submitted times. Each generated token carries the perf_counter
+stamp the engine took when the token was produced (``record_timestamps``): TTFT and E2E count from the planned
+arrival (open loop) or the submission (closed loop), ITL are the gaps between the stamps. Every engine step is timed
+(the manager's step, wrapped); a step whose stamps include a request's first token is a prefill step. The engine is
+created at load, warmed up and started once (in the warm-up, or at the first request) and stopped at close. What
+each setting means under a load:
+
+- ``pytorch.batch_size``: the most requests one engine step runs (``max_requests_per_batch``); on a CPU the paged KV
+  cache holds ``batch_size`` requests of max_input + max_output tokens, on CUDA transformers sizes it from free memory;
+- ``pytorch.batching_strategy``: static: the step's token budget is batch_size x max_input_tokens; dynamic: it is
+  ``pytorch.max_tokens_per_batch`` (``max_batch_tokens``); the sorted strategies reorder prompts and are refused;
+- ``pytorch.attn_implementation``: used as set (eager runs as transformers' paged eager; no switch to flash);
+- ``pytorch.torch_compile`` / ``torch_compile_backend``: compile continuous batching's step (both its paths) with
+  that mode and backend, in the warm-up; the model's forward is not compiled separately;
+- ``pytorch.use_cache`` false and ``cache_implementation`` static are refused (a paged cache, always); no prefix
+  sharing, so no prefill is served from blocks an earlier request (the warm-up's) left;
+- BitsAndBytes weights are served as loaded; ``num_processes`` > 1 (data parallel) is refused;
+- decoding: do_sample, temperature, top_k, top_p and ``pytorch.min_p`` go into the generation config continuous
+  batching builds its processors from; sampling is seeded once, with ``random_seed``, when the engine starts. The
+  repetition penalty, ``no_repeat_ngram_size``, ``pytorch.extra`` and a minimum output length below the maximum are
+  refused (continuous batching does not support those processors); a forced length (min >= max, or a trace's
+  ``output_tokens``) gives the request no EOS, so it runs to its length; otherwise ``stop_token_ids`` end it.
+
+Warm-up under a load: every prompt through the engine at once at the window's output lengths (mode full), then the
+first ``batch_size`` prompts repeated until the latency CV settles. The window's result is one continuous batch
+(size = requests, start = the first arrival, end = the last completion, steps, peak and mean requests given a token
+per step).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import logging
@@ -33,6 +67,7 @@ from .base import (
     shape,
     stop_token_ids,
     warm_up,
+    warmup_mode,
 )
 
 __all__ = ["RULES", "Batch", "PyTorchBackend", "RequestTiming", "RunOutput", "count_new_tokens", "plan_batches"]
@@ -77,12 +112,7 @@ def _problems(config: dict):
     problem = compile_problem(config)
     if problem:
         yield problem
-    arrival = config["load"]["arrival"]
-    if arrival != "offline":
-        yield (
-            f"load.arrival = {arrival} submits requests at their arrival times; backend pytorch runs static batches "
-            "in this version (backend vllm serves them)"
-        )
+    yield from _load_problems(config)
     budget = pt["max_tokens_per_batch"]
     if budget is None and pt["batching_strategy"] in ("dynamic", "sorted_dynamic"):
         static = pt["batching_strategy"].replace("dynamic", "static")
@@ -100,6 +130,96 @@ def _problems(config: dict):
         yield (
             f"pytorch.max_tokens_per_batch = {budget} is smaller than max_input_tokens = "
             f"{config['max_input_tokens']}: a single prompt might not fit in a batch"
+        )
+
+
+#: the transformers releases whose continuous batching serves a load here. Both were read for what the serving path
+#: uses: ``ContinuousBatchingConfig`` (max_requests_per_batch, max_batch_tokens, num_blocks, seed,
+#: auto_switch_to_flash, drop_unsupported_processors, allow_block_sharing, varlen/decode_compile_config;
+#: generation/configuration_utils.py:1692 in 5.25, :1683 in 5.19), ``add_request`` with a per-request
+#: ``max_new_tokens``, ``eos_token_id`` and ``record_timestamps`` (continuous_batching/continuous_api.py:920 in 5.25,
+#: :905 in 5.19), a negative EOS id meaning none (continuous_batching/requests.py:160-165 in 5.25, :194-199 in 5.19)
+#: and a perf_counter stamp per generated token (requests.py:215 in 5.25, :249 in 5.19). Earlier releases were not
+#: checked (4.x has no ``ContinuousBatchingConfig``), so they are refused.
+CB_MIN_TRANSFORMERS = (5, 19)
+
+
+def transformers_release() -> tuple[int, ...] | None:
+    """The installed transformers release as numbers (None when not installed), read without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("transformers")
+    except PackageNotFoundError:
+        return None
+    parts = []
+    for part in found.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _load_problems(config: dict):
+    """Under a serving load the requests go through transformers' continuous batching (the manager of
+    ``model.init_continuous_batching``); what it cannot honour is refused here."""
+    arrival = config["load"]["arrival"]
+    if arrival == "offline":
+        return
+    pt, dec = config["pytorch"], config["decoder"]
+    where = f"load.arrival = {arrival}"
+    release = transformers_release()
+    if release is None or release[:2] < CB_MIN_TRANSFORMERS:
+        have = "not installed" if release is None else ".".join(map(str, release))
+        yield (
+            f"{where} is served by transformers' continuous batching, checked on transformers >= "
+            f"{'.'.join(map(str, CB_MIN_TRANSFORMERS))}; transformers here is {have}"
+        )
+    if pt["num_processes"] > 1:
+        yield (
+            f"pytorch.num_processes = {pt['num_processes']}: data-parallel processes split a static workload; "
+            f"under {where} one continuous-batching engine serves the requests (use num_processes: 1)"
+        )
+    if pt["batching_strategy"].startswith("sorted"):
+        yield (
+            f"pytorch.batching_strategy = {pt['batching_strategy']} reorders prompts by length; under {where} "
+            "requests run in arrival order (use static, or dynamic with max_tokens_per_batch)"
+        )
+    if not pt["use_cache"]:
+        yield f"pytorch.use_cache = false: continuous batching always keeps a paged KV cache (under {where})"
+    if pt["cache_implementation"] != "dynamic":
+        yield (
+            f"pytorch.cache_implementation = {pt['cache_implementation']} picks generate's KV cache; continuous "
+            f"batching (under {where}) uses its own paged cache"
+        )
+    lo, hi = config["min_output_tokens"], config["max_output_tokens"]
+    if 0 < lo < hi:
+        # MinNewTokensLengthLogitsProcessor.supports_continuous_batching = False (generation/logits_process.py:201
+        # in 5.25 and 5.19): continuous batching would drop or misapply it
+        yield (
+            f"min_output_tokens = {lo} (< max_output_tokens = {hi}) needs a per-step EOS mask, which transformers' "
+            f"continuous batching does not support (under {where}); use 0, or min = max for a forced length"
+        )
+    if dec["repetition_penalty"] != 1.0:
+        # RepetitionPenaltyLogitsProcessor.supports_continuous_batching = False (logits_process.py:356 in 5.25 and
+        # 5.19): it reads each sequence's own tokens, which a continuous batch does not hand it
+        yield (
+            f"decoder.repetition_penalty = {dec['repetition_penalty']}: transformers' continuous batching does not "
+            f"support the repetition penalty (under {where}); use 1.0"
+        )
+    if pt["no_repeat_ngram_size"]:
+        # NoRepeatNGramLogitsProcessor reads each row's token history; continuous batching hands processors one
+        # flattened row of every request's tokens
+        yield (
+            f"pytorch.no_repeat_ngram_size = {pt['no_repeat_ngram_size']} reads each sequence's own tokens, which "
+            f"transformers' continuous batching does not hand it (under {where}); use 0"
+        )
+    if pt["extra"]:
+        key = sorted(pt["extra"])[0]
+        yield (
+            f"pytorch.extra.{key} = {pt['extra'][key]} is a generate() argument; under {where} requests go through "
+            "continuous batching, which takes none of generate's arguments"
         )
 
 
@@ -253,6 +373,13 @@ class PyTorchBackend(Backend):
         self._inputs: dict[tuple[int, ...], object] = {}  # planned batch -> its encoded, padded inputs on the device
         self._never_stop = None  # the step clock's constant answer, allocated once per batch size
         self.pad_token_id = None
+        # under a serving load: transformers' continuous-batching manager, the prompts' token ids, engine steps
+        self.serving = config["load"]["arrival"] != "offline"
+        self._cb = None
+        self._cb_started = False
+        self._token_ids: list[list[int]] = []
+        self._step_log: list[tuple[float, float]] = []
+        self._request_counter = 0
 
     # ------------------------------------------------------------------------------------------------ setup
     def resolve_device(self) -> str:
@@ -277,9 +404,19 @@ class PyTorchBackend(Backend):
     def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
         pt = self.config["pytorch"]
         flags = []
+        if self.serving:
+            peak = max((b.peak_decoding_seqs or 0 for b in run_batches), default=0)
+            if run_batches and any(b.peak_decoding_seqs is not None for b in run_batches) and peak < pt["batch_size"]:
+                flags.append(
+                    (
+                        "batch_not_saturated",
+                        f"at most {peak} requests got a token in one continuous-batching step, below "
+                        f"pytorch.batch_size = {pt['batch_size']}: the load kept fewer requests in flight",
+                    )
+                )
         sizes = [b.size for b in run_batches]
         mean = statistics.fmean(sizes) if sizes else 0.0
-        if mean < pt["batch_size"] and pt["batching_strategy"] in ("static", "sorted_static"):
+        if not self.serving and mean < pt["batch_size"] and pt["batching_strategy"] in ("static", "sorted_static"):
             flags.append(
                 (
                     "batch_not_saturated",
@@ -297,6 +434,11 @@ class PyTorchBackend(Backend):
         return flags
 
     def close(self) -> None:
+        if self._cb is not None:
+            if self._cb_started:
+                self._cb.stop(block=True, timeout=60)
+            self._cb = None
+            self._cb_started = False
         self.model = None
         super().close()
 
@@ -369,8 +511,11 @@ class PyTorchBackend(Backend):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         model.eval()
-        compiled = self._compile(model)
-        self._check_cache_implementation(model)
+        if self.serving:
+            compiled = self._serving_compile()
+        else:
+            compiled = self._compile(model)
+            self._check_cache_implementation(model)
         if self.device == "cuda":
             torch.cuda.synchronize()
         self.model, self.tokenizer = model, tok
@@ -380,6 +525,9 @@ class PyTorchBackend(Backend):
             self.config, sum(p.numel() for p in model.parameters()), model.config
         )
         pt = self.config["pytorch"]
+        serving = None
+        if self.serving:
+            serving = self._init_serving()
         return {
             "load_s": time.perf_counter() - t0,
             "device": self.device,
@@ -389,10 +537,17 @@ class PyTorchBackend(Backend):
             "architecture": getattr(model.config, "model_type", None),
             "weights": weights,
             "output_length_forcing": self.length_forcing(),
-            "cache_implementation": pt["cache_implementation"] if pt["use_cache"] else "none (use_cache = false)",
+            "cache_implementation": (
+                "paged (continuous batching)"
+                if self.serving
+                else pt["cache_implementation"]
+                if pt["use_cache"]
+                else "none (use_cache = false)"
+            ),
             "torch_compile": compiled,
             "parameters_method": params_method,
             "stop_token_ids": self.stop_token_ids,
+            **({"continuous_batching": serving} if serving else {}),
         }
 
     def compile_kwargs(self) -> dict | None:
@@ -457,6 +612,8 @@ class PyTorchBackend(Backend):
         budget = pt["max_tokens_per_batch"] or pt["batch_size"] * self.config["max_input_tokens"]
         batches = plan_batches(self.count_prompt_tokens(prompts), pt["batching_strategy"], pt["batch_size"], budget)
         self._inputs = {tuple(b.indices): self.encode([prompts[i] for i in b.indices]) for b in batches}
+        if self.serving:
+            self._serving_tokens(prompts)
         return batches
 
     def _batch_inputs(self, prompts: list[str], batch: Batch):
@@ -542,8 +699,14 @@ class PyTorchBackend(Backend):
             eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         return start, end, steps, count_new_tokens(new.tolist(), eos_ids), input_tokens
 
-    def run(self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None) -> RunOutput:
-        """Generate every batch. ``progress(done_requests, total_requests)`` is called after each batch."""
+    def run(
+        self, prompts: list[str], batches: list[Batch], seed: int | None, progress=None, schedule=None
+    ) -> RunOutput:
+        """Generate every batch. ``progress(done_requests, total_requests)`` is called after each batch. With a
+        ``schedule`` (a serving load), the requests go through continuous batching at their arrival times instead
+        (:meth:`serve`)."""
+        if schedule is not None:
+            return self.serve(prompts, schedule, progress)
         max_new, min_new = self.output_lengths()
         total_requests = sum(len(b.indices) for b in batches)
         requests: list[RequestTiming] = []
@@ -590,6 +753,8 @@ class PyTorchBackend(Backend):
         the window's generate arguments, seeds and output lengths (mode full); then the first planned batch repeated
         until the latency CV over a sliding window (sample standard deviation, ddof 1) is below the threshold, or
         the maximum number of runs."""
+        if self.serving:
+            return self._serving_warmup(prompts, batches, cfg)
         max_new, min_new = self.output_lengths()
         seed = self.config["random_seed"]
 
@@ -612,6 +777,269 @@ class PyTorchBackend(Backend):
             lambda: elapsed(self.generate_batch(self._batch_inputs(prompts, first), max_new, min_new, seed)),
             len(first.indices),
             max_new,
+        )
+
+    # ------------------------------------------------------------------------------------------------ serving
+    # Under a serving load (load.arrival other than offline) requests go through transformers' continuous batching:
+    # a ContinuousBatchingManager runs engine steps on its own thread; this process submits each request at its
+    # arrival time and reads the finished requests, each with a perf_counter stamp per generated token.
+
+    def cb_config_kwargs(self) -> dict:
+        """The ``ContinuousBatchingConfig`` arguments: what each ``pytorch`` setting means under a load."""
+        pt = self.config["pytorch"]
+        budget = pt["max_tokens_per_batch"] or pt["batch_size"] * self.config["max_input_tokens"]
+        kwargs = {
+            "max_requests_per_batch": pt["batch_size"],  # the most requests one engine step runs
+            "max_batch_tokens": budget,  # tokens (prefill chunks + decodes) one engine step runs
+            "seed": self.config["random_seed"],  # the sampling generator, seeded when the engine starts
+            "auto_switch_to_flash": False,  # pytorch.attn_implementation is used as set
+            "drop_unsupported_processors": False,  # a sampling setting is never dropped silently
+            "allow_block_sharing": False,  # no prefix cache: no prefill is served from the warm-up's blocks
+        }
+        if self.resolve_device() == "cpu":
+            # the KV cache for batch_size requests of max_input + max_output tokens, in whole pages (on a CPU
+            # transformers would otherwise take a share of the host's free memory)
+            page = 256  # ContinuousBatchingConfig.page_size's default
+            need = self.config["max_input_tokens"] + self.config["max_output_tokens"]
+            kwargs["num_blocks"] = pt["batch_size"] * -(-need // page)
+        compile_kwargs = self.compile_kwargs()
+        if compile_kwargs is not None:
+            from transformers.generation.configuration_utils import CompileConfig
+
+            # continuous batching compiles its own step (forward, logits processing, sampling) per path; paged
+            # attention is excluded from the graph, so no fullgraph (continuous_batching/initialization.py:193)
+            for path in ("varlen_compile_config", "decode_compile_config"):
+                kwargs[path] = CompileConfig(fullgraph=False, **compile_kwargs)
+        return kwargs
+
+    def cb_generation_kwargs(self) -> dict:
+        """The ``GenerationConfig`` continuous batching builds its logits processors and sampling from."""
+        dec = self.config["decoder"]
+        pt = self.config["pytorch"]
+        kwargs = {
+            "max_new_tokens": self.config["max_output_tokens"],
+            "do_sample": dec["do_sample"],
+            "eos_token_id": list(self.stop_token_ids) or None,
+            "pad_token_id": self.pad_token_id,
+        }
+        if dec["do_sample"]:
+            kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])
+            if pt["min_p"]:
+                kwargs["min_p"] = pt["min_p"]
+        else:
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        return kwargs
+
+    def _serving_compile(self) -> dict | None:
+        kwargs = self.compile_kwargs()
+        if kwargs is None:
+            return None
+        return {
+            "mode": kwargs["mode"] or "default",
+            "backend": kwargs["backend"],
+            "target": "continuous batching step (varlen and decode paths)",
+            "compiled_during": "warm-up",
+        }
+
+    def _init_serving(self) -> dict:
+        """Create the continuous-batching manager (started at first use); returns what it resolved."""
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        gen = GenerationConfig(**self.cb_generation_kwargs())
+        cb = ContinuousBatchingConfig(**self.cb_config_kwargs())
+        self._cb = self.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+        resolved = self._cb.continuous_batching_config
+        cuda_graph = resolved.use_cuda_graph
+        return {
+            "attn_implementation": self.model.config._attn_implementation,
+            "max_requests_per_batch": resolved.max_requests_per_batch,
+            "max_batch_tokens": resolved.max_batch_tokens,
+            "num_blocks": resolved.num_blocks,
+            "page_size": resolved.page_size,
+            "use_cuda_graph": list(cuda_graph) if isinstance(cuda_graph, tuple) else cuda_graph,
+            "use_async_batching": resolved.use_async_batching,
+            "prefix_sharing": False,
+            "scheduler": resolved.scheduler_type,
+        }
+
+    def _engine(self):
+        """The started manager. Its warm-up (compilation, CUDA graphs where enabled) runs before its thread starts;
+        every engine step is timed (the manager's own step, on its thread)."""
+        if self._cb is None:
+            self._init_serving()
+        if not self._cb_started:
+            self._cb.warmup()
+            step = self._cb._generation_step
+            backend = self
+
+            def timed_step():
+                t0 = time.perf_counter()
+                step()
+                backend._step_log.append((t0, time.perf_counter()))
+
+            self._cb._generation_step = timed_step
+            self._cb.start()
+            self._cb_started = True
+        return self._cb
+
+    def _serving_tokens(self, prompts: list[str]) -> list[list[int]]:
+        if len(self._token_ids) != len(prompts) or getattr(self, "_token_prompts", None) is not prompts:
+            limit = self.config["max_input_tokens"]
+            self._token_ids = [self.tokenizer(p, truncation=True, max_length=limit)["input_ids"] for p in prompts]
+            self._token_prompts = prompts
+        return self._token_ids
+
+    def serve(self, prompts: list[str], schedule, progress=None, start: float | None = None) -> RunOutput:
+        """The requests of ``schedule`` through continuous batching, each submitted when the dispatcher says it is
+        due (the submission loop waits on the engine's outputs until the next arrival, so a request is submitted
+        within a few milliseconds of its time, between or during engine steps). TTFT and E2E count from the planned
+        arrival (open loop) or the submission (closed loop); ITL from the token stamps."""
+        from ..errors import MeasurementError
+        from ..serving import Dispatcher
+
+        engine = self._engine()
+        tokens = self._serving_tokens(prompts)
+        max_new, min_new = self.output_lengths()
+        n = len(schedule.requests)
+        slot: dict[str, int] = {}
+        planned = [0.0] * n
+        submitted = [0.0] * n
+        outputs: list = [None] * n
+        self._step_log = []
+        dispatcher = Dispatcher(schedule, start)
+        in_flight = done = 0
+        while dispatcher.remaining or in_flight:
+            for request, planned_t in dispatcher.due(time.perf_counter(), in_flight):
+                k = len(slot)
+                length, floor = schedule.output_lengths(request, max_new, min_new)
+                self._request_counter += 1
+                rid = f"lem-{self._request_counter}"
+                slot[rid] = k
+                planned[k] = planned_t
+                submitted[k] = time.perf_counter()
+                engine.add_request(
+                    tokens[request.prompt],
+                    request_id=rid,
+                    max_new_tokens=length,
+                    eos_token_id=-1 if floor >= length else list(self.stop_token_ids) or -1,
+                    record_timestamps=True,
+                )
+                in_flight += 1
+            if not in_flight:
+                dispatcher.wait(in_flight)
+                continue
+            t = dispatcher.next_arrival()
+            timeout = 1.0 if t is None else min(1.0, max(0.0, t - time.perf_counter()))
+            out = engine.get_result(timeout=timeout)
+            if out is None:
+                if not engine.is_running() or engine.background_thread_status.fatal_error is not None:
+                    raise MeasurementError(
+                        f"transformers' continuous batching stopped with {in_flight} request(s) in flight: "
+                        f"{engine.background_thread_status.fatal_error}"
+                    )
+                continue
+            k = slot.get(out.request_id)
+            if k is None or not out.is_finished():
+                continue
+            if out.error is not None:
+                raise MeasurementError(f"continuous batching failed request {out.request_id}: {out.error}")
+            outputs[k] = out
+            in_flight -= 1
+            done += 1
+            if progress is not None:
+                progress(done, n)
+        steps_raw = list(self._step_log)
+        requests: list[RequestTiming] = []
+        stamps: list[float] = []
+        firsts: list[float] = []
+        for k, (request, out) in enumerate(zip(schedule.requests, outputs, strict=True)):
+            times = list(out.timestamps or [])
+            count = len(out.generated_tokens)
+            first = times[0] if times else out.lifespan[1]
+            last = times[-1] if times else out.lifespan[1]
+            stamps.extend(times)
+            firsts.append(first)
+            requests.append(
+                RequestTiming(
+                    request.prompt,
+                    len(tokens[request.prompt]),
+                    count,
+                    first - planned[k],
+                    last - planned[k],
+                    [b - a for a, b in itertools.pairwise(times)],
+                    planned_t=planned[k],
+                    submitted_t=submitted[k],
+                )
+            )
+        end = max((r.planned_t + r.e2e_s for r in requests), default=dispatcher.start)
+        step_log, per_step = self._steps(steps_raw, sorted(stamps), sorted(firsts))
+        input_tokens = sum(r.input_tokens for r in requests)
+        batch = BatchRecord(
+            size=n,
+            input_tokens=input_tokens,
+            padded_input_tokens=input_tokens,
+            output_tokens=sum(r.output_tokens for r in requests),
+            steps=len(steps_raw),
+            latency_s=end - dispatcher.start,
+            start_t=dispatcher.start,
+            first_token_t=min(firsts, default=end),
+            end_t=end,
+            peak_decoding_seqs=max(per_step) if per_step else None,
+            mean_decoding_seqs=statistics.fmean(per_step) if per_step else None,
+        )
+        return RunOutput(
+            requests,
+            [batch],
+            end - dispatcher.start,
+            scheduling="continuous",
+            latency_method="continuous_batching_token_timestamps",
+            steps=step_log,
+        )
+
+    def _steps(self, raw: list[tuple[float, float]], stamps: list[float], firsts: list[float]):
+        """Engine steps as :class:`Step` records and the requests given a token in each. A step's tokens are stamped
+        after it, before the next step starts (synchronous batching); with asynchronous batching (CUDA) the stamps
+        of one step land during the next, so no step is attributed and none are returned."""
+        if not raw or self._cb.continuous_batching_config.use_async_batching:
+            return [], []
+        out, per_step = [], []
+        for i, (a, b) in enumerate(raw):
+            until = raw[i + 1][0] if i + 1 < len(raw) else float("inf")
+            tokens = bisect.bisect_left(stamps, until) - bisect.bisect_left(stamps, b)
+            prefill = bisect.bisect_left(firsts, until) > bisect.bisect_left(firsts, b)
+            out.append(Step(a, b, prefill=prefill))
+            if tokens:
+                per_step.append(tokens)
+        return out, per_step
+
+    def _serving_warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
+        """Before the window, through the same continuous-batching engine: every prompt submitted at once, at the
+        window's output lengths (mode full: every prompt length and KV length the window meets); then the first
+        ``batch_size`` prompts repeated until the latency CV is below the threshold (or the maximum number of
+        runs). Starts the engine when it has not started (warm-up off: at the window's first request)."""
+        from ..serving import Request, Schedule
+
+        def closed(indices: list[int]) -> Schedule:
+            return Schedule("closed", tuple(Request(i, None) for i in indices), max(1, len(indices)))
+
+        def full_pass() -> list[dict]:
+            everything = list(range(len(prompts)))
+            out = self.serve(prompts, closed(everything))
+            stat = out.batches[0]
+            return [
+                shape(stat.size, stat.padded_input_tokens, max(r.output_tokens for r in out.requests), stat.latency_s)
+            ]
+
+        indices = self.warmup_indices(batches)
+        if warmup_mode(cfg) != "off":
+            self._engine()
+        return warm_up(
+            cfg,
+            full_pass,
+            lambda: self.serve(prompts, closed(indices)).batches[0].latency_s,
+            len(indices),
+            self.output_lengths()[0],
         )
 
     # ------------------------------------------------------------------------------------------------ memory
