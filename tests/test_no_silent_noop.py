@@ -256,6 +256,31 @@ ALT: dict[str, list[tuple]] = {
     "energy.repeat_to_min_window": [(True, {})],
     "timeline.save": [(True, {}), (True, {"timeline.enabled": False})],
     "timeline.interval_ms": [(200, {}), (200, {"timeline.enabled": False})],
+    # the serving load: each field against a load that uses it, and against offline (where it is refused)
+    "load.arrival": [
+        ("poisson", {}, {"load.rate_per_s": 2}),
+        ("constant", {}, {"load.rate_per_s": 2}),
+        ("gamma", {}, {"load.rate_per_s": 2, "load.gamma_shape": 0.5}),
+        ("closed", {}, {"load.concurrency": 2}),
+        ("trace", {}, {"load.trace": f"{WORK}/trace.jsonl"}),
+        ("constant", {"load.arrival": "poisson", "load.rate_per_s": 2}),
+    ],
+    "load.rate_per_s": [(3, {"load.arrival": "poisson", "load.rate_per_s": 2}), (3, {})],
+    "load.gamma_shape": [
+        (0.5, {"load.arrival": "gamma", "load.rate_per_s": 2, "load.gamma_shape": 2}),
+        (0.5, {"load.arrival": "poisson", "load.rate_per_s": 2}),
+    ],
+    "load.concurrency": [(3, {"load.arrival": "closed", "load.concurrency": 2}), (3, {})],
+    "load.trace": [
+        (f"{WORK}/trace2.jsonl", {"load.arrival": "trace", "load.trace": f"{WORK}/trace.jsonl"}),
+        (f"{WORK}/trace.jsonl", {}),
+    ],
+    "load.seed": [
+        (5, {"load.arrival": "poisson", "load.rate_per_s": 2}),
+        (5, {"load.arrival": "closed", "load.concurrency": 2}),
+    ],
+    "load.slo.ttft_ms": [(100, {"load.arrival": "poisson", "load.rate_per_s": 2}), (100, {})],
+    "load.slo.tpot_ms": [(20, {"load.arrival": "poisson", "load.rate_per_s": 2}), (20, {})],
 }
 
 
@@ -345,6 +370,13 @@ def received(config: dict, model: str, tokenizer, llmapi) -> dict:
     # sections the measurement consumes as they are (test_every_measurement_setting_is_read shows each is read)
     out["measurement"] = {k: config[k] for k in ("warmup", "baseline", "timeline")}
     out["window"] = {k: config["energy"][k] for k in ("min_window_s", "repeat_to_min_window")}
+    # the serving load: when each request is submitted (the schedule), and the objectives its goodput is judged by
+    from llenergymeasure.serving import make_schedule
+
+    out["schedule"] = (
+        _attempt(lambda: repr(make_schedule(config["load"], prompts))) if isinstance(prompts, list) else None
+    )
+    out["window"]["slo"] = config["load"]["slo"]
     gpu_count = rules.gpus(config) if config["device"] != "cpu" else 0
     out["meters"] = {
         host: _on_host(host, lambda: _attempt(lambda: select_meters(config["energy"], gpu_count).describe()))
@@ -419,6 +451,9 @@ def work(tmp_path_factory, tiny_model):
     shutil.copytree(tiny_model, folder / "other-model")
     rows = [{"prompt": "rain " * (6 - i), "text": f"text {i}", "other": f"other column {i}"} for i in range(6)]
     (folder / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, gap in (("trace.jsonl", 0.5), ("trace2.jsonl", 0.25)):
+        arrivals = [{"arrival_s": i * gap, "prompt": i % 3} for i in range(4)]
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in arrivals))
     (folder / "calib").mkdir()
     (folder / "calib" / "train.jsonl").write_text(
         "".join(json.dumps({"text": f"calibration {i}"}) + "\n" for i in range(4))

@@ -56,6 +56,11 @@ NGRAM = cpu_experiment(
         "speculative": {"method": "ngram", "num_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 2},
     },
 )
+#: serving loads: an open loop the engine keeps up with (idle gaps between requests), and a closed loop of 2
+POISSON = cpu_experiment(
+    load={"arrival": "poisson", "rate_per_s": 6, "seed": 1}, vllm={"max_num_seqs": 4, "enforce_eager": True}
+)
+CLOSED = cpu_experiment(load={"arrival": "closed", "concurrency": 2}, vllm={"max_num_seqs": 4, "enforce_eager": True})
 SEEDED = cpu_experiment(decoder=SAMPLING_DECODER, vllm={"seed_per_request": True, "enforce_eager": True})
 REPEATING = ["a b c a b c a b c a b c a b c", "one two one two one two one two"]
 
@@ -128,6 +133,8 @@ def probe(vllm_python, tiny_model, tmp_path_factory):
             "queued": {"config": QUEUED, "prompts": PROMPTS},
             "sampled": {"config": SAMPLED_EXTRAS, "prompts": PROMPTS[:1]},
             "seeded": {"config": SEEDED, "prompts": PROMPTS[:3]},
+            "poisson": {"config": POISSON, "prompts": PROMPTS},
+            "closed": {"config": CLOSED, "prompts": PROMPTS},
             "plain": {"config": plain, "prompts": PROMPTS[:3]},
             "lora": {
                 "config": cpu_experiment(adapter=adapter, vllm={"enforce_eager": True, "lora": {"enabled": True}}),
@@ -315,6 +322,42 @@ def test_later_requests_wait_for_a_free_slot(probe):
     assert all(0 < r["ttft_s"] <= r["e2e_s"] <= queued["generate_s"] for r in requests)
     assert all(g > 0 for r in requests for g in r["itl_s"])  # one token per step without speculation
     assert queued["progress"][-1] == [6, 6] and len(queued["progress"]) >= 3
+
+
+def test_an_open_loop_adds_each_request_no_later_than_the_end_of_the_step_it_fell_due_in(probe):
+    """Poisson arrivals at 6/s: each request is added when its arrival has come, checked before every step; one
+    that falls due during a step is added right after it, and while nothing is in flight the loop sleeps until the
+    next arrival. Latencies count from the planned arrival."""
+    from llenergymeasure.serving import make_schedule
+
+    served = probe["sessions"]["poisson"]
+    planned = [r.offset_s for r in make_schedule(POISSON["load"], PROMPTS)[1].requests]
+    assert served["schedule_s"] == planned  # the same schedule in this environment and the engine's
+    steps = served["steps_s"]
+    for r in sorted(served["requests"], key=lambda r: r["index"]):
+        assert r["planned_s"] == pytest.approx(planned[r["index"]], abs=1e-9)
+        assert r["submitted_s"] >= r["planned_s"]
+        during = [end for start, end in steps if start <= r["planned_s"] < end]
+        # fell due during a step: added once it returned; else (the loop was idle or between steps) at once
+        bound = during[0] if during else r["planned_s"]
+        assert r["submitted_s"] - bound < 0.02, (r, during)
+        assert 0 < r["ttft_s"] <= r["e2e_s"]
+    assert len({r["index"] for r in served["requests"]}) == 6 and served["scheduling"] == "continuous"
+    assert served["flags"] == []  # a partial running batch under a load is not batch_not_saturated
+
+
+def test_a_closed_loop_never_has_more_requests_in_flight_than_its_concurrency(probe):
+    served = probe["sessions"]["closed"]
+    reqs = sorted(served["requests"], key=lambda r: r["submitted_s"])
+    ends = [r["planned_s"] + r["e2e_s"] for r in reqs]
+    in_flight = [
+        sum(1 for o, end in zip(reqs, ends, strict=True) if o["submitted_s"] <= r["submitted_s"] < end) for r in reqs
+    ]
+    assert max(in_flight) == 2  # filled, never exceeded
+    assert [r["index"] for r in reqs] == list(range(6))  # in order
+    # the third is sent only once one of the first two has finished
+    assert reqs[2]["submitted_s"] >= min(ends[:2])
+    assert all(r["ttft_s"] <= r["e2e_s"] for r in reqs)
 
 
 def test_prompts_go_in_as_truncated_token_ids_and_no_text_comes_back(probe):

@@ -748,13 +748,13 @@ class PyTorchBackend(Backend):
                 progress(len(requests), total_requests)
         return RunOutput(requests, batch_stats, total, steps=step_log)
 
-    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
+    def warmup(self, prompts: list[str], batches: list[Batch], cfg: dict, schedule=None) -> dict:
         """Before the window: each distinct batch shape (batch size, padded prompt length) of ``batches`` once, with
         the window's generate arguments, seeds and output lengths (mode full); then the first planned batch repeated
         until the latency CV over a sliding window (sample standard deviation, ddof 1) is below the threshold, or
-        the maximum number of runs."""
+        the maximum number of runs. Under a serving load, through continuous batching (:meth:`_serving_warmup`)."""
         if self.serving:
-            return self._serving_warmup(prompts, batches, cfg)
+            return self._serving_warmup(prompts, batches, cfg, schedule)
         max_new, min_new = self.output_lengths()
         seed = self.config["random_seed"]
 
@@ -1013,9 +1013,10 @@ class PyTorchBackend(Backend):
                 per_step.append(tokens)
         return out, per_step
 
-    def _serving_warmup(self, prompts: list[str], batches: list[Batch], cfg: dict) -> dict:
-        """Before the window, through the same continuous-batching engine: every prompt submitted at once, at the
-        window's output lengths (mode full: every prompt length and KV length the window meets); then the first
+    def _serving_warmup(self, prompts: list[str], batches: list[Batch], cfg: dict, schedule=None) -> dict:
+        """Before the window, through the same continuous-batching engine: the window's schedule played once (mode
+        full: every prompt, output length and running-batch size the window meets; without a schedule, every
+        prompt submitted at once at the window's output lengths); then the first
         ``batch_size`` prompts repeated until the latency CV is below the threshold (or the maximum number of
         runs). Starts the engine when it has not started (warm-up off: at the window's first request)."""
         from ..serving import Request, Schedule
@@ -1025,7 +1026,7 @@ class PyTorchBackend(Backend):
 
         def full_pass() -> list[dict]:
             everything = list(range(len(prompts)))
-            out = self.serve(prompts, closed(everything))
+            out = self.serve(prompts, schedule if schedule is not None else closed(everything))
             stat = out.batches[0]
             return [
                 shape(stat.size, stat.padded_input_tokens, max(r.output_tokens for r in out.requests), stat.latency_s)
