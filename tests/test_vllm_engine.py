@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     ENGINE_PROMPTS,
     SAMPLING_DECODER,
+    SMALL,
     TINY_WORKLOAD,
     VLLM_RELEASE,
     small_experiment,
@@ -308,6 +309,66 @@ def test_a_vllm_campaign_on_the_cpu_runs_through_snakemake_with_the_defaults(vll
         assert all(e["component"] != "gpu" for e in result["energy"]["components"])  # a CPU measurement
     rows = read_summary(str(root / "summary.csv"))
     assert len(rows) == 1 and rows[0]["backend"] == "vllm" and rows[0]["cycles"] == 2
+
+
+def test_a_load_line_on_the_real_engine_runs_through_snakemake(vllm_python, workflow_dir):
+    """Poisson arrivals at two offered rates, two cycles each: one the CPU engine keeps up with (idle gaps inside the
+    window, not flagged) and one far above what it can serve (flagged load_not_sustained). Every cycle and both
+    rates play the schedule the seed makes."""
+    import yaml
+
+    from llenergymeasure.aggregate import read_summary
+    from llenergymeasure.results import read_result
+    from llenergymeasure.serving import make_schedule
+
+    campaign = json.loads(json.dumps(SMALL))
+    shared = {**SMALL["grid"]["shared"], "vllm.enforce_eager": True, "vllm.max_num_seqs": 4}
+    shared.update({"load.arrival": "poisson", "load.rate_per_s": [2, 2000], "load.seed": 3, "load.slo.ttft_ms": 2000})
+    campaign.update(campaign_name="vllm-load", num_samples=6)
+    campaign["grid"] = {"backends": ["vllm"], "shared": shared}
+    cfg = workflow_dir / "load.yaml"
+    cfg.write_text(yaml.safe_dump(campaign, sort_keys=False))
+    run = subprocess.run(
+        [str(vllm_python), "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
+        cwd=workflow_dir,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=vllm_environment(),
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    root = workflow_dir / "results" / "vllm-load"
+    by_rate: dict[float, list[dict]] = {}
+    for path in sorted(root.glob("raw/*/cycle_*.json")):
+        result = read_result(path, "raw_result")
+        by_rate.setdefault(result["config"]["load"]["rate_per_s"], []).append(result)
+    assert sorted(by_rate) == [2, 2000] and all(len(v) == 2 for v in by_rate.values())
+    for rate, results in by_rate.items():
+        planned = [r.offset_s for r in make_schedule(results[0]["config"]["load"], ["p"] * 6)[1].requests]
+        for result in results:
+            load = result["load"]
+            assert load["arrival"] == "poisson" and load["num_requests"] == 6
+            # the window opens at the first arrival: planned offsets are the schedule's, in every cycle
+            assert load["per_request"]["planned_s"] == pytest.approx(planned, abs=0.005)
+            assert min(load["queueing_delay_ms"]["min"], 0) == 0
+            assert result["timestamps"]["window_duration_s"] >= max(load["per_request"]["end_s"]) - 0.005
+            assert result["latency"]["request_start"] == "the request's planned arrival (serving load)"
+            codes = [f["code"] for f in result["flags"]]
+            if rate == 2:
+                # ~2.5 s of arrivals for a few hundred ms of work: most of the window is idle, and it is measured
+                assert load["idle_share"] > 0.3 and result["timestamps"]["window_duration_s"] >= planned[-1]
+                assert "load_not_sustained" not in codes
+                assert load["slo"]["attainment"] == 1.0
+            else:
+                assert "load_not_sustained" in codes and load["achieved_to_offered"] < 0.95
+                assert load["idle_share"] < 0.2
+    rows = {row["load"]: row for row in read_summary(str(root / "summary.csv"))}
+    assert sorted(rows) == ["poisson 2/s", "poisson 2000/s"]
+    slow, fast = rows["poisson 2/s"], rows["poisson 2000/s"]
+    assert slow["offered_rate_per_s_mean"] < fast["offered_rate_per_s_mean"]
+    # at the low rate the engine idles between requests, and that energy is part of each request's cost
+    assert slow["j_per_request_mean"] > fast["j_per_request_mean"]
+    assert slow["goodput_requests_per_s_mean"] > 0 and "load_not_sustained" in fast["flags"]
 
 
 def test_later_requests_wait_for_a_free_slot(probe):
