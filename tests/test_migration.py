@@ -173,6 +173,109 @@ def test_the_docker_block_of_lem_config_is_ignored_with_a_pointer_to_containers(
     ]
 
 
+# ------------------------------------------------------------------------------------------------ traffic simulation
+
+NOT_COMPARABLE = (
+    "'traffic_simulation': lem v3 slept before each batch but the first (the gap drawn for its mode and target_qps, "
+    "inside the energy window) and then ran the batch; here each request is submitted at its own arrival time into a "
+    "running engine, so results measured under lem v3's traffic simulation are not comparable with these"
+)
+
+
+@pytest.mark.parametrize(
+    ("traffic", "load", "read_as", "dropped"),
+    [
+        (
+            {"enabled": True, "mode": "poisson", "target_qps": 4.0, "seed": 7},
+            {"arrival": "poisson", "rate_per_s": 4.0, "seed": 7},
+            "load.arrival = poisson, load.rate_per_s = 4.0, load.seed = 7",
+            [],
+        ),
+        (  # lem's defaults: mode poisson, target_qps 1.0, no seed (this tool's seed 0)
+            {"enabled": True},
+            {"arrival": "poisson", "rate_per_s": 1.0},
+            "load.arrival = poisson, load.rate_per_s = 1.0",
+            [],
+        ),
+        (
+            {"enabled": True, "mode": "constant", "target_qps": 2, "seed": 5},
+            {"arrival": "constant", "rate_per_s": 2},
+            "load.arrival = constant, load.rate_per_s = 2",
+            [
+                "'traffic_simulation.seed' = 5 is dropped: constant arrivals have no random part (load.seed applies "
+                "to poisson and gamma)"
+            ],
+        ),
+    ],
+)
+def test_an_enabled_traffic_simulation_is_read_as_the_load_section(tmp_path, traffic, load, read_as, dropped):
+    """The same experiment (and id) as the load section written out, with a note saying what it is read as and
+    that lem's numbers are not comparable (it slept between batches), and one for a constant seed that goes."""
+    base = {"model_name": "lem-tiny-llama", "backend": "vllm"}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({**base, "traffic_simulation": traffic}))
+    (tmp_path / "new.yaml").write_text(yaml.safe_dump({**base, "load": load}))
+    notes: list[str] = []
+    old = load_experiment(str(tmp_path / "old.yaml"), [], notes)
+    new = load_experiment(str(tmp_path / "new.yaml"), [])
+    assert old == new and sparse_config(old) == sparse_config(new)
+    assert old["load"]["arrival"] == load["arrival"] and old["load"]["rate_per_s"] == load["rate_per_s"]
+    assert old["load"]["seed"] == load.get("seed", 0)
+    where = str(tmp_path / "old.yaml")
+    assert notes == [
+        f"{where}: 'traffic_simulation' (lem v3's traffic simulation) is read as {read_as} (write that instead)",
+        f"{where}: {NOT_COMPARABLE}",
+        *(f"{where}: {line}" for line in dropped),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("traffic", "written", "allowed"),
+    [
+        (
+            {"enabled": True, "mode": "burst", "target_qps": 2},
+            "{enabled: true, mode: burst, target_qps: 2}",
+            "mode poisson | constant, read as load: {arrival: poisson | constant, rate_per_s: N, seed: S} (seed for "
+            "poisson only); for other arrivals write load: {arrival: gamma | closed | trace, ...} (config/README.md, "
+            "Serving load)",
+        ),
+        (
+            {"enabled": True, "target_qps": 2, "burst": 3},
+            "{burst: 3, enabled: true, target_qps: 2}",  # as YAML wrote the file: keys sorted
+            "the keys enabled, mode, target_qps, seed of lem v3's section (not burst), read as load: {arrival: "
+            "poisson | constant, rate_per_s: N, seed: S} (seed for poisson only)",
+        ),
+    ],
+)
+def test_a_traffic_simulation_the_load_section_cannot_represent_is_refused(tmp_path, traffic, written, allowed):
+    """One line naming the key, its value and what is allowed; nothing of it is measured."""
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump({"model_name": "lem-tiny-llama", "traffic_simulation": traffic}))
+    with pytest.raises(ConfigError) as info:
+        load_experiment(str(tmp_path / "e.yaml"), [])
+    assert info.value.problems == [
+        f"{tmp_path / 'e.yaml'}: key 'traffic_simulation' = {written} (lem v3's traffic simulation) has no "
+        f"exact equivalent here; allowed here: {allowed}"
+    ]
+
+
+def test_a_traffic_simulation_switched_off_is_ignored_in_a_file_and_in_a_grid(tmp_path):
+    (tmp_path / "e.yaml").write_text(
+        yaml.safe_dump(
+            {"model_name": "lem-tiny-llama", "traffic_simulation": {"enabled": False, "mode": "constant", "seed": 3}}
+        )
+    )
+    notes: list[str] = []
+    cfg = load_experiment(str(tmp_path / "e.yaml"), [], notes)
+    assert cfg["load"]["arrival"] == "offline"
+    assert notes == [
+        f"{tmp_path / 'e.yaml'}: 'traffic_simulation' is ignored: lem v3's traffic simulation, switched off"
+    ]
+    c = campaign(
+        tmp_path, grid={"backends": ["pytorch"], "shared": {"device": "cpu", "traffic_simulation": {"enabled": False}}}
+    )
+    assert "'grid.shared.traffic_simulation' is ignored: lem v3's traffic simulation, switched off" in c["_notes"]
+    assert [e.config["load"]["arrival"] for e in expand(c).experiments] == ["offline"]
+
+
 # ------------------------------------------------------------------------------------------------ refusals
 
 
@@ -190,8 +293,6 @@ def test_every_problem_of_a_pre_v3_file_is_named_with_its_replacement():
         f"{where}: key 'sharding' = {{strategy: tensor_parallel, num_shards: 4}}: {never} an unsharded model; allowed here: "
         "backend: vllm with vllm: {tensor_parallel_size: 4} or backend: tensorrt with tensorrt: {tp_size: 4}; "
         "PyTorch here runs data parallel only (pytorch.num_processes), one GPU per process",
-        f"{where}: key 'traffic_simulation' = {{enabled: true, mode: constant, target_qps: 4.0}}: lem v3's traffic simulation is "
-        "not offered here; allowed here: leave it out (requests are submitted as fast as the engine takes them)",
         f"{where}: key 'streaming' = true: lem v3's streaming mode is not offered here: latency (TTFT, ITL) is measured in every "
         "run, from token arrivals; allowed here: one request at a time, as lem's streaming mode ran them, is pytorch.batch_size: 1",
         f"{where}: key 'num_cycles' = 5: {never} one cycle; campaigns own repetition; allowed here: execution.cycles in the campaign file",
@@ -362,7 +463,7 @@ def test_lem_run_says_a_campaign_is_not_an_experiment(tmp_path, capsys):
     assert code == 1 and err.count("\n") == 1 and "is a campaign (it has campaign_name), not an experiment" in err
 
 
-@pytest.mark.parametrize(("argv", "problems"), [(["run", "pre_v3.yaml"], 9), (["validate", "campaign_v3.yaml"], 1)])
+@pytest.mark.parametrize(("argv", "problems"), [(["run", "pre_v3.yaml"], 8), (["validate", "campaign_v3.yaml"], 1)])
 def test_no_traceback_for_any_lem_file_and_every_problem_named(argv, problems):
     run = subprocess.run(
         [sys.executable, "-m", "llenergymeasure.cli", *argv], cwd=LEM, capture_output=True, text=True, timeout=120
@@ -394,7 +495,7 @@ def test_snakemake_reads_a_lem_v3_campaign_and_names_every_problem(workflow_dir)
     run = snakemake(workflow_dir, "-n", "--config", "campaign=broken.yaml")
     lines = [x for x in run.stderr.splitlines() if x.strip() and not x.startswith("Using workflow specific profile")]
     assert run.returncode == 1 and "Traceback" not in run.stderr + run.stdout
-    assert len(lines) == 9 and all(
+    assert len(lines) == 8 and all(
         x.startswith("Configuration error: broken.yaml: key 'configs[pre_v3.yaml].") for x in lines
     ), lines
 
@@ -658,7 +759,7 @@ def test_lem_run_dry_run_measures_nothing(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize(
     ("argv", "problems"),
-    [(["validate", "pre_v3.yaml"], 9), (["run", "pre_v3.yaml", "--dry-run"], 9), (["validate", "lem-config.yaml"], 1)],
+    [(["validate", "pre_v3.yaml"], 8), (["run", "pre_v3.yaml", "--dry-run"], 8), (["validate", "lem-config.yaml"], 1)],
 )
 def test_no_traceback_from_the_commands_given_any_lem_file(argv, problems):
     test_no_traceback_for_any_lem_file_and_every_problem_named(argv, problems)

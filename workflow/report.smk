@@ -37,6 +37,11 @@ rule report_plots:
             caption=report_caption("timeline"),
             category="4. Timeline",
         ),
+        load=report(
+            LAYOUT.report("load"),
+            caption=report_caption("load"),
+            category="5. Load line",
+        ),
         captions=report_captions(),
     log:
         LAYOUT.log("report_plots"),

@@ -12,8 +12,9 @@ says what happens to a file that sets it, before the file is validated:
 - ``refuse``: lem silently ignored the key (a file setting it measured something else than it says, so aliasing it
   would change what the file measures), or it asked for a feature this tool does not offer. One problem line names
   the key, its value, what lem did with it, and what to write here instead.
-- ``convert``: one lem setting that maps onto several keys here (``prompts``), or another spelling of a value
-  (``gpus: 0``).
+- ``convert``: one lem setting that maps onto several keys here (``prompts``, ``traffic_simulation``), or another
+  spelling of a value (``gpus: 0``). A value that asks for nothing (``inert``, a section switched off) is ignored
+  with a note; where the keys here measure it differently from lem, further notes say how (``caveats``).
 
 The table is consulted before any fuzzy "did you mean", so a key of lem is answered by what it meant there.
 
@@ -66,6 +67,8 @@ class Rule:
     refused: str = ""  # ... for this reason
     instead: str | Callable[[Any, Where], str] = ""  # what to write here instead of a refused value
     convert: Callable[[Any, dict, Where], dict] | None = None  # convert: {new dotted key: value}, or raises Refusal
+    off: str = ""  # convert: why an inert value (inert above: one that asks for nothing) is ignored
+    caveats: Callable[[Any, str], list[str]] | None = None  # convert: (value, its key's name) -> how it differs here
     former: bool = False  # rename: the key is this tool's own former spelling (and lem's), not lem's alone
 
     def hint(self, value: Any, where: Where) -> str:
@@ -233,6 +236,52 @@ def _gpus(value: Any, data: dict, where: Where) -> dict:
     return {"gpus": value}
 
 
+#: lem's traffic_simulation: its keys, and its modes (the first its default), each a load.arrival here
+TRAFFIC_KEYS = ("enabled", "mode", "target_qps", "seed")
+TRAFFIC_MODES = ("poisson", "constant")
+TRAFFIC_DEFAULTS = {"mode": "poisson", "target_qps": 1.0}
+
+
+def _traffic(value: Any, data: dict, where: Where) -> dict:
+    """lem's traffic simulation (switched on) as the ``load`` section: its mode is the arrival, target_qps the
+    rate, its seed the seed of the random (Poisson) arrivals; constant arrivals have no random part, so there the
+    seed goes (:func:`_traffic_caveats` says so)."""
+    shape = "load: {arrival: poisson | constant, rate_per_s: N, seed: S} (seed for poisson only)"
+    if not isinstance(value, dict):
+        raise Refusal(f"a section {{enabled: true, mode: poisson | constant, target_qps: N, seed: S}}, read as {shape}")
+    unknown = [k for k in value if k not in TRAFFIC_KEYS]
+    if unknown:
+        raise Refusal(
+            f"the keys {', '.join(TRAFFIC_KEYS)} of {LEM}'s section (not {', '.join(map(str, unknown))}), read as {shape}"
+        )
+    mode = value.get("mode", TRAFFIC_DEFAULTS["mode"])
+    if mode not in TRAFFIC_MODES:
+        raise Refusal(
+            f"mode {' | '.join(TRAFFIC_MODES)}, read as {shape}; for other arrivals write load: {{arrival: gamma | "
+            "closed | trace, ...} (config/README.md, Serving load)"
+        )
+    out = {"load.arrival": mode, "load.rate_per_s": value.get("target_qps", TRAFFIC_DEFAULTS["target_qps"])}
+    if mode == "poisson" and value.get("seed") is not None:
+        out["load.seed"] = value["seed"]
+    return out
+
+
+def _traffic_caveats(value: Any, name: str) -> list[str]:
+    """What a migrated traffic simulation measures differently: lem slept between batches, this tool submits each
+    request at its arrival; the seed of constant arrivals goes."""
+    notes = [
+        f"'{name}': {LEM} slept before each batch but the first (the gap drawn for its mode and target_qps, inside "
+        "the energy window) and then ran the batch; here each request is submitted at its own arrival time into a "
+        f"running engine, so results measured under {LEM}'s traffic simulation are not comparable with these"
+    ]
+    if value.get("mode", TRAFFIC_DEFAULTS["mode"]) == "constant" and value.get("seed") is not None:
+        notes.append(
+            f"'{name}.seed' = {flow(value['seed'])} is dropped: constant arrivals have no random part (load.seed "
+            "applies to poisson and gamma)"
+        )
+    return notes
+
+
 # ----------------------------------------------------------------------------------------------- the table
 
 NEVER_READ = f"{LEM} never read it"
@@ -340,11 +389,12 @@ EXPERIMENT: dict[str, Rule] = {
     ),
     "streaming_warmup_requests": Rule("ignore", f"{LEM}'s streaming warm-up; every run here warms up (warmup.*)"),
     "traffic_simulation": Rule(
-        "ignore",
-        f"{LEM}'s traffic simulation, switched off",
+        "convert",
+        f"{LEM}'s traffic simulation",
+        convert=_traffic,
         inert=_off,
-        refused=f"{LEM}'s traffic simulation is not offered here",
-        instead="leave it out (requests are submitted as fast as the engine takes them)",
+        off=f"{LEM}'s traffic simulation, switched off",
+        caveats=_traffic_caveats,
     ),
     "schedule": Rule(
         "ignore",
@@ -504,6 +554,7 @@ _OWN_SECTIONS = (
     "baseline",
     "energy",
     "timeline",
+    "load",
     "extra_metadata",
 )
 
@@ -582,7 +633,7 @@ def _apply(data: dict, table: dict[str, Rule], prefix: str, where: Where, out: M
             notes.append(
                 (key, f"'{name}' is {rule.name_for(new_name)}: read as {new_name} = {flow(value)} (rename it)")
             )
-        elif rule.action == "convert":
+        elif rule.action == "convert" and not (rule.inert and rule.inert(value)):
             try:
                 updates = rule.convert(value, {k: v for k, v in data.items() if k != key}, where)
             except Refusal as exc:
@@ -613,9 +664,10 @@ def _apply(data: dict, table: dict[str, Rule], prefix: str, where: Where, out: M
                 out.renamed.setdefault(new, key)
             shown = ", ".join(f"{_name(prefix, k)} = {flow(v)}" for k, v in updates.items())
             notes.append((key, f"'{name}' ({rule.why}) is read as {shown} (write that instead)"))
-        elif rule.action == "ignore" and (rule.inert is None or rule.inert(value)):
-            _pop(data, key)
-            notes.append((key, f"'{name}' is ignored: {rule.why}"))
+            notes.extend((key, line) for line in (rule.caveats(value, name) if rule.caveats else []))
+        elif rule.action == "convert" or (rule.action == "ignore" and (rule.inert is None or rule.inert(value))):
+            _pop(data, key)  # a convert rule's value here is inert
+            notes.append((key, f"'{name}' is ignored: {rule.off or rule.why}"))
         else:
             problems.append((key, _refusal(rule, name, value, where)))
             _pop(data, key)
@@ -700,8 +752,10 @@ def _migrate_axes(axes: dict, section: str, prefix: str, where: Where, out: Migr
             out.notes.append(
                 f"'{name}' is {rule.name_for(f'{prefix}.{new}')}: read as {prefix}.{new} = {flow(values)} (rename it)"
             )
-        elif rule.action == "ignore" and (rule.inert is None or all(rule.inert(v) for v in items)):
-            out.notes.append(f"'{name}' is ignored: {rule.why}")
+        elif rule.action in ("ignore", "convert") and (
+            (rule.inert is None and rule.action == "ignore") or (rule.inert and all(rule.inert(v) for v in items))
+        ):
+            out.notes.append(f"'{name}' is ignored: {rule.off or rule.why}")
         elif rule.action in ("rename", "convert"):
             out.problems.append(
                 f"key '{name}' = {flow(values)}: {rule.why}; allowed here: {rule.new or 'see config/README.md'}"

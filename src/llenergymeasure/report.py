@@ -1,5 +1,6 @@
 """Plots and captions for ``snakemake --report``: efficiency with intervals and the Pareto front, energy per
-cycle (drift), latency percentiles, and the power/temperature timeline of one run.
+cycle (drift), latency percentiles, the power/temperature timeline of one run, and the load line (J/request and p90
+TTFT against the offered request rate, one line per configuration, for experiments under a rated serving load).
 
 Every caption is written next to its plot from the campaign's own results, so it states the energy method of each
 experiment, whether it is an estimate, the interval method, and the flags raised.
@@ -7,13 +8,16 @@ experiment, whether it is an estimate, the interval method, and the flags raised
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 from .record.layout import sidecar_of
+from .serving import RATED, SUSTAINED_RATIO
 
-#: the plots, each ``<name>.svg`` with its caption ``<name>.rst``, in the report's order
-PLOTS = ("efficiency", "drift", "latency", "timeline")
+#: the plots, each ``<name>.svg`` with its caption ``<name>.rst``, in the report's order (every one is written, so
+#: the report rule can declare them: a plot with nothing to show says so in its text)
+PLOTS = ("efficiency", "drift", "latency", "timeline", "load")
 
 
 def _plt():
@@ -168,6 +172,178 @@ def plot_latency(aggs: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def _rated(agg: dict) -> bool:
+    """Under a rated serving load (a result of a version without serving loads has no ``load``: offline)."""
+    load = agg["config"].get("load") or {}
+    return load.get("arrival", "offline") in RATED and agg["metrics"]["offered_rate_per_s"]["mean"] is not None
+
+
+def configuration(agg: dict) -> str:
+    """What makes experiments one line of the load line: the experiment's config without ``load.rate_per_s`` and
+    ``load.seed`` (the rate is the line's x; the seed only redraws the same kind of schedule)."""
+    cfg = copy.deepcopy(agg["config"])
+    for key in ("rate_per_s", "seed"):
+        (cfg.get("load") or {}).pop(key, None)
+    return json.dumps(cfg, sort_keys=True)
+
+
+def _line_label(agg: dict) -> str:
+    """A configuration in words: backend, model, batch knob, arrival (``vllm tiny-llama max_num_seqs 8 poisson``)."""
+    from .campaign import nominal_batch
+
+    cfg = agg["config"]
+    load = cfg["load"]
+    size, _ = nominal_batch(cfg)
+    knob = {"pytorch": "batch_size", "vllm": "max_num_seqs", "tensorrt": "max_batch_size"}.get(cfg["backend"], "batch")
+    arrival = f"gamma({load['gamma_shape']:g})" if load["arrival"] == "gamma" else load["arrival"]
+    return f"{cfg['backend']} {cfg['model_name']} {knob} {size} {arrival}"
+
+
+def load_lines(aggs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The load line's lines: experiments under a rated serving load grouped by :func:`configuration`, each line's
+    points in rate order, labelled by :func:`_line_label` (with the first point's config_name where two lines
+    would read the same). Other experiments (offline, closed loop, trace) are left out."""
+    groups: dict[str, list[dict]] = {}
+    for agg in aggs:
+        if _rated(agg):
+            groups.setdefault(configuration(agg), []).append(agg)
+    lines = []
+    for members in groups.values():
+        members.sort(key=lambda a: (a["config"]["load"]["rate_per_s"], a["metrics"]["offered_rate_per_s"]["mean"]))
+        lines.append((_line_label(members[0]), members))
+    labels = [label for label, _ in lines]
+    return [
+        (f"{label} ({members[0]['config_name']})" if labels.count(label) > 1 else label, members)
+        for label, members in lines
+    ]
+
+
+def not_sustained(agg: dict) -> bool:
+    """Whether a cycle of the experiment fell short of its offered rate (flag ``load_not_sustained``)."""
+    return bool(agg["flags"].get("load_not_sustained"))
+
+
+def _mean_and_bar(metric: dict) -> tuple[float, tuple[float, float]]:
+    """A metric's mean (nan when missing) and its interval as error-bar lengths below and above (0 without one)."""
+    mean = metric["mean"]
+    if mean is None:
+        return float("nan"), (0.0, 0.0)
+    if metric.get("ci_low") is None or metric.get("ci_high") is None:
+        return mean, (0.0, 0.0)
+    return mean, (mean - metric["ci_low"], metric["ci_high"] - mean)
+
+
+def plot_load(aggs: list[dict], out: Path) -> dict:
+    """The load line: J/request (left) and p90 TTFT (right) against the offered request rate, one line per
+    configuration through its points in rate order, with the intervals of both axes; a hollow marker is a point
+    whose load was not sustained. Without a rated serving load in the campaign the figure says so."""
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    lines = load_lines(aggs)
+    info: dict = {"lines": {}, "not_sustained": []}
+    if not lines:
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        ax.text(
+            0.5,
+            0.5,
+            "no experiment in this campaign has a serving load at a stated rate\n"
+            "(load.arrival poisson, constant or gamma, with load.rate_per_s)",
+            ha="center",
+            va="center",
+        )
+        ax.set_axis_off()
+        fig.tight_layout()
+        fig.savefig(out)
+        plt.close(fig)
+        return info
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+    panels = (
+        ("j_per_request", "J per request, gross (mean, CI)"),
+        ("ttft_p90_ms", "p90 time to first token, ms (mean, CI)"),
+    )
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (label, members) in enumerate(lines):
+        colour = colours[n % len(colours)]
+        xs = [_mean_and_bar(a["metrics"]["offered_rate_per_s"]) for a in members]
+        hollow = [not_sustained(a) for a in members]
+        for ax, (metric, _) in zip(axes, panels, strict=True):
+            ys = [_mean_and_bar(a["metrics"][metric]) for a in members]
+            ax.errorbar(
+                [x for x, _ in xs],
+                [y for y, _ in ys],
+                xerr=[[b[0] for _, b in xs], [b[1] for _, b in xs]],
+                yerr=[[b[0] for _, b in ys], [b[1] for _, b in ys]],
+                fmt="-o",
+                color=colour,
+                capsize=3,
+                label=label,
+            )
+            if any(hollow):  # white inside: the load of that point was not sustained
+                ax.plot(
+                    [x for (x, _), h in zip(xs, hollow, strict=True) if h],
+                    [y for (y, _), h in zip(ys, hollow, strict=True) if h],
+                    "o",
+                    mfc="white",
+                    mec=colour,
+                    ls="none",
+                    zorder=3,  # above errorbar's line (2.1)
+                )
+        info["lines"][label] = [a["metrics"]["offered_rate_per_s"]["mean"] for a in members]
+        info["not_sustained"] += [a["config_name"] for a, h in zip(members, hollow, strict=True) if h]
+    for ax, (_, ylabel) in zip(axes, panels, strict=True):
+        ax.set_xlabel("offered request rate, requests/s (mean, CI)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Energy per request vs offered load")
+    axes[1].set_title("p90 TTFT vs offered load")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if info["not_sustained"]:
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="grey"))
+        labels.append("hollow: load not sustained")
+    axes[0].legend(handles, labels, fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return info
+
+
+def _load_text(aggs: list[dict], info: dict, ci: str) -> str:
+    """The load line's caption: what it shows, how to read it, and its lines."""
+    if not info["lines"]:
+        return (
+            "No experiment in this campaign has a serving load at a stated rate (load.arrival poisson, constant or "
+            "gamma), so there is no load line. A grid axis over load.rate_per_s gives one (config/README.md, "
+            "Serving load)."
+        )
+    left_out = sum(not _rated(a) for a in aggs)
+    hollow = (
+        "Hollow markers: experiments flagged load_not_sustained (in at least one cycle the achieved request rate "
+        f"fell more than {1 - SUSTAINED_RATIO:.0%} below the offered rate, so the engine's queue grew): {', '.join(info['not_sustained'])}."
+        if info["not_sustained"]
+        else "Every point's load was sustained (no load_not_sustained flag)."
+    )
+    lines = "\n".join(
+        f"- **{label}**: offered {', '.join(_num(r) for r in rates)} requests/s"
+        for label, rates in info["lines"].items()
+    )
+    return (
+        "Gross energy per request (left) and the 90th percentile of time to first token, counted from each "
+        "request's planned arrival (right), against the offered request rate, one line per configuration "
+        "(experiments that differ only in load.rate_per_s and load.seed), points joined in rate order. "
+        f"Bars on both axes: {ci[11:]} "
+        "How to read it: at a low rate the engine idles between requests and that idle energy is part of what each "
+        "request costs, so J/request falls as the rate rises; where it levels off and p90 TTFT turns sharply upward, "
+        f"the engine is saturated and requests queue. {hollow}"
+        + (
+            f" Left out: {left_out} experiment(s) without a rated serving load (offline, closed loop or trace)."
+            if left_out
+            else ""
+        )
+        + f"\n\nLines:\n\n{lines}"
+    )
+
+
 def chosen_run(raw_paths: list[str]) -> Path | None:
     """The first raw result (campaign order) whose timeline was saved."""
     for p in raw_paths:
@@ -269,6 +445,7 @@ def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_di
     plot_drift(aggs, out / "drift.svg")
     plot_latency(aggs, out / "latency.svg")
     tl = plot_timeline(raw_paths, out / "timeline.svg")
+    load = plot_load(aggs, out / "load.svg")
     conf = aggs[0]["aggregation"]["confidence"] if aggs else 0.95
     methods = _methods_text(aggs)
     precision = _precision_text(aggs)
@@ -303,6 +480,7 @@ def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_di
             f"{tl['run'] or 'no run (no timeline saved)'}, sampled at ≤ 10 Hz without touching the energy counter; "
             "shaded intervals are prefill." + _phases_text(tl.get("phases"))
         ),
+        "load": _load_text(aggs, load, ci),
     }
     for name in PLOTS:
         (out / f"{name}.rst").write_text(captions[name] + "\n", encoding="utf-8")
