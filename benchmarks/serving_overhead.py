@@ -126,7 +126,7 @@ def main() -> int:
         f"{args.new_tokens} new tokens, {args.reps} interleaved reps"
     )
     print(f"open loop: constant {args.rate:g} requests/s (achieved / offered, median {sorted(sustained)[len(sustained) // 2]:.3f})")
-    print_rows(med_o, {k: 0.0 for k in med_o}, times_o)
+    print_rows(med_o, dict.fromkeys(med_o, 0.0), times_o)
     print(f"closed loop: {args.max_num_seqs} in flight")
     print_rows(med_c, tps_c, times_c)
     print(f"open loop, bare window / ours:            {med_o['open bare'] / med_o['open ours']:.4f}  (target >= 0.98)")

@@ -369,6 +369,11 @@ def test_a_load_line_on_the_real_engine_runs_through_snakemake(vllm_python, work
     # at the low rate the engine idles between requests, and that energy is part of each request's cost
     assert slow["j_per_request_mean"] > fast["j_per_request_mean"]
     assert slow["goodput_requests_per_s_mean"] > 0 and "load_not_sustained" in fast["flags"]
+    # the report's load line: one configuration, two rates, the unsustained one named
+    caption = (root / "report" / "load.rst").read_text()
+    hollow = caption.split("Hollow markers:")[1].split("\n")[0]
+    assert fast["config_name"] in hollow and slow["config_name"] not in hollow
+    assert caption.count("- **vllm") == 1 and (root / "report" / "load.svg").stat().st_size > 1000
 
 
 def test_later_requests_wait_for_a_free_slot(probe):

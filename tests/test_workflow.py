@@ -68,7 +68,7 @@ def test_full_run_then_edit_one_value(workflow_dir):
         assert json.loads((root / "notifications" / "campaign_complete.json").read_text())["delivery"]["sent"] is True
 
         # the report: plots exist, captions carry methods and flags, the HTML renders
-        for name in ("efficiency", "drift", "latency", "timeline"):
+        for name in ("efficiency", "drift", "latency", "timeline", "load"):
             assert (root / "report" / f"{name}.svg").stat().st_size > 1000
         caption = (root / "report" / "efficiency.rst").read_text()
         assert "Student-t" in caption and ("energy cpu:" in caption or "energy gpu:" in caption)

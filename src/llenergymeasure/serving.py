@@ -93,7 +93,7 @@ class Schedule:
 def problems(config: dict) -> list[str]:
     """Why an experiment's ``load`` section cannot run as given: a field the arrival does not use (it would change
     nothing), a missing one it needs, a trace that cannot be read. Engine-free; the backends add what their engine
-    cannot do (see ``BackendRules.load_arrivals``)."""
+    cannot do in their own rules (``problems`` of each backend module)."""
     load = config["load"]
     arrival = load["arrival"]
     found = []
