@@ -86,8 +86,7 @@ def main() -> int:
         while i < n or engine.has_unfinished_requests():
             now = time.perf_counter()
             while i < n and (
-                (offsets is not None and start + offsets[i] <= now)
-                or (offsets is None and in_flight < concurrency)
+                (offsets is not None and start + offsets[i] <= now) or (offsets is None and in_flight < concurrency)
             ):
                 counter[0] += 1
                 engine.add_request(f"bare-{counter[0]}", requests[i], params)
@@ -125,12 +124,16 @@ def main() -> int:
         f"vLLM {vllm.__version__} on {device}, max_num_seqs {args.max_num_seqs}, {args.prompts} prompts x "
         f"{args.new_tokens} new tokens, {args.reps} interleaved reps"
     )
-    print(f"open loop: constant {args.rate:g} requests/s (achieved / offered, median {sorted(sustained)[len(sustained) // 2]:.3f})")
+    print(
+        f"open loop: constant {args.rate:g} requests/s (achieved / offered, median {sorted(sustained)[len(sustained) // 2]:.3f})"
+    )
     print_rows(med_o, dict.fromkeys(med_o, 0.0), times_o)
     print(f"closed loop: {args.max_num_seqs} in flight")
     print_rows(med_c, tps_c, times_c)
     print(f"open loop, bare window / ours:            {med_o['open bare'] / med_o['open ours']:.4f}  (target >= 0.98)")
-    print(f"closed loop, ours / bare output tok/s:    {tps_c['closed ours'] / tps_c['closed bare']:.4f}  (target >= 0.98)")
+    print(
+        f"closed loop, ours / bare output tok/s:    {tps_c['closed ours'] / tps_c['closed bare']:.4f}  (target >= 0.98)"
+    )
     return 0
 
 
