@@ -177,3 +177,55 @@ def test_an_unchecked_transformers_release_is_refused(monkeypatch):
     assert any("transformers >= 5.19" in p and "4.56.0" in p for p in problems())
     monkeypatch.setattr(pytorch, "transformers_release", lambda: None)
     assert any("not installed" in p for p in problems())
+
+
+@pytest.mark.workflow
+def test_a_pytorch_campaign_under_a_load_runs_through_snakemake(workflow_dir):
+    """A closed loop and a constant rate, two cycles each, through Snakemake on the tiny model: every cycle plays
+    the schedule its load makes, the closed loop never has more than its concurrency in flight, and the summary
+    says which load each row is."""
+    import json
+
+    import yaml
+
+    from conftest import SMALL, snakemake
+    from llenergymeasure.aggregate import read_summary
+    from llenergymeasure.results import read_result
+
+    campaign = json.loads(json.dumps(SMALL))
+    campaign.update(campaign_name="pt-load", num_samples=5)
+    campaign["grid"]["backend_overrides"] = {"pytorch": {"batch_size": 2}}
+    campaign["grid"]["shared"].update({"load.arrival": "constant", "load.rate_per_s": [4, 400]})
+    cfg = workflow_dir / "load.yaml"
+    cfg.write_text(yaml.safe_dump(campaign, sort_keys=False))
+    closed = json.loads(json.dumps(campaign))
+    closed.update(campaign_name="pt-closed")
+    closed["grid"]["shared"].pop("load.rate_per_s")
+    closed["grid"]["shared"].update({"load.arrival": "closed", "load.concurrency": 2})
+    cfg_closed = workflow_dir / "closed.yaml"
+    cfg_closed.write_text(yaml.safe_dump(closed, sort_keys=False))
+    for path in (cfg, cfg_closed):
+        run = snakemake(workflow_dir, "--configfile", str(path), timeout=900)
+        assert run.returncode == 0, run.stderr[-4000:]
+
+    rated = [
+        read_result(p, "raw_result") for p in sorted((workflow_dir / "results" / "pt-load").glob("raw/*/cycle_*.json"))
+    ]
+    assert len(rated) == 4
+    for result in rated:
+        load = result["load"]
+        rate = result["config"]["load"]["rate_per_s"]
+        assert load["per_request"]["planned_s"] == pytest.approx([i / rate for i in range(5)], abs=0.005)
+        assert load["queueing_delay_ms"]["min"] >= 0
+        assert result["tokens"]["scheduling"] == "continuous" and result["tokens"]["output_tokens"] == 5 * 6
+        if rate == 4:
+            assert load["idle_share"] > 0.2 and "load_not_sustained" not in [f["code"] for f in result["flags"]]
+    rows = {row["load"]: row for row in read_summary(str(workflow_dir / "results" / "pt-load" / "summary.csv"))}
+    assert sorted(rows) == ["constant 4/s", "constant 400/s"]
+
+    for path in sorted((workflow_dir / "results" / "pt-closed").glob("raw/*/cycle_*.json")):
+        load = read_result(path, "raw_result")["load"]
+        starts, ends = load["per_request"]["submitted_s"], load["per_request"]["end_s"]
+        in_flight = [sum(1 for s, e in zip(starts, ends, strict=True) if s <= t < e) for t in starts]
+        assert max(in_flight) == 2 and load["offered_rate_per_s"] is None
+        assert load["latency_from"] == "submission (when a slot freed)"

@@ -254,7 +254,15 @@ def cmd_results(args) -> int:
     rows = read_summary(str(path))
     known = list(rows[0]) if rows else SUMMARY_COLUMNS  # with a precision target, its columns too
     precision = [c for c in ("precision_achieved_rel_half_width", "precision_target_met") if c in known]
-    columns = args.columns.split(",") if args.columns else RESULT_COLUMNS + precision
+    # a campaign under serving loads: which load each row is, and what a request cost under it
+    served = [c for c in ("load", "j_per_request_mean", "ttft_p90_ms_mean") if c in known]
+    if not any(row.get("load") not in (None, "offline") for row in rows):
+        served = []
+    columns = (
+        args.columns.split(",")
+        if args.columns
+        else RESULT_COLUMNS[:1] + served[:1] + RESULT_COLUMNS[1:] + served[1:] + precision
+    )
     for c in columns + ([args.sort] if args.sort else []):
         if c not in known:
             raise ConfigError(f"column '{c}' is not in summary.csv{did_you_mean(c, known)}")
