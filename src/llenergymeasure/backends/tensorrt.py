@@ -13,7 +13,9 @@ ids, all at once: the runtime's in-flight batching decides which requests run to
 ``max_batch_size``. Latency comes from the engine's own streamed responses: every request is consumed as an
 asyncio stream and each response's arrival on the host is timestamped with ``time.perf_counter``. Requests stop on
 the tokenizer's EOS (``end_id``) and on the generation config's other EOS ids (``stop_token_ids``), the set the other
-backends stop on. A one-GPU engine runs its executor in this process unless ``tensorrt.single_process`` is false
+backends stop on. Under a serving load (``load.arrival`` other than offline) each request's task waits for its
+planned arrival (open loop) or for one of ``load.concurrency`` slots (closed loop, an asyncio semaphore, first come
+first served) and then calls ``generate_async``; its latencies count from the planned arrival. A one-GPU engine runs its executor in this process unless ``tensorrt.single_process`` is false
 (see :func:`engine_environment`).
 """
 
