@@ -39,8 +39,9 @@ each setting means under a load:
   refused (continuous batching does not support those processors); a forced length (min >= max, or a trace's
   ``output_tokens``) gives the request no EOS, so it runs to its length; otherwise ``stop_token_ids`` end it.
 
-Warm-up under a load: every prompt through the engine at once at the window's output lengths (mode full), then the
-first ``batch_size`` prompts repeated until the latency CV settles. The window's result is one continuous batch
+Warm-up under a load: the window's schedule played once through the engine (mode full: every prompt, output length
+and running-batch size the window meets), then the first ``batch_size`` prompts repeated until the latency CV
+settles. The window's result is one continuous batch
 (size = requests, start = the first arrival, end = the last completion, steps, peak and mean requests given a token
 per step).
 """
