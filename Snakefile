@@ -42,12 +42,14 @@ include: "workflow/campaign.smk"
 # Every raw result is an input of the target too: a raw result that is missing while the summary is up to date (a
 # deleted damaged file, say) is then measured again (Snakemake looks for missing files of a job that is not
 # itself rerun only among the inputs of the targets: snakemake/dag.py, update_needrun). With a precision target,
-# so are the raw results beyond the minimum plan that the decisions taken so far have scheduled.
+# so are the raw results beyond the minimum plan that the decisions taken so far have scheduled, and the decisions
+# those raw results call for (one deleted is taken again).
 rule all:
     default_target: True
     input:
         all_raw_results(),
         scheduled_raw_results(),
+        settled_decisions(),
         LAYOUT.summary,
         LAYOUT.thermal_gaps,
         LAYOUT.campaign_notification,

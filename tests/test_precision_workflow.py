@@ -80,7 +80,7 @@ def test_without_a_target_the_workflow_is_unchanged(workflow_dir):
     """A campaign with a fixed number of cycles plans the jobs (rules, files, wildcards, priorities) and params
     recorded in tests/data/fixed_cycles_plan.json, which were recorded from the workflow as it was before precision
     targets: without a target, the workflow must go on planning exactly these (the report_plots job has since
-    declared its captions and the aggregated directory)."""
+    declared its captions, the aggregated directory and the load line)."""
     import llenergymeasure.workflow as lem
 
     recorded = json.loads((REPO / "tests" / "data" / "fixed_cycles_plan.json").read_text())
@@ -355,6 +355,16 @@ def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
     assert [(r["experiment_id"], r["cycle"]) for r in windows_in_time_order(root)] == [
         (e, c) for c in range(1, 5) for e in (a, b)
     ]
+
+    # a decision deleted after the campaign ended (a damaged one, as its error advises) is taken again, and nothing
+    # is measured for it
+    gone = root / "decisions" / a / "after_cycle_3.json"
+    gone.unlink()
+    retaken = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert retaken.returncode == 0, retaken.stderr[-3000:]
+    counts = job_counts(retaken.stdout + retaken.stderr)
+    assert counts.get("decide") == 1 and counts.get("measure") is None, counts
+    assert json.loads(gone.read_text())["decision"] == "continue"
 
     # a raw result of an added cycle deleted after the campaign ended is measured again (and decided on again)
     lost = root / "raw" / a / "cycle_4.json"

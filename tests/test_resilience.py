@@ -565,3 +565,41 @@ end_published_job()
         os.kill(pid, 0)
     script = (Path(__file__).resolve().parent.parent / "scripts" / "measure.py").read_text()
     assert script.rstrip().endswith("end_published_job()")
+
+
+def test_an_aggregation_killed_while_snakemake_holds_its_backup_does_not_block_the_rerun(workflow_dir):
+    """kill -9 while the aggregation runs: Snakemake's copy of the aggregated folder stays in .snakemake/backups,
+    where copying it again would fail on every later run (FileExistsError). The next run puts it away by itself,
+    says so in one line, and aggregates again; no result is lost."""
+    import signal
+
+    cfg = write_campaign(workflow_dir / "c.yaml", execution={**SMALL["execution"], "cycles": 1})
+    first = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert first.returncode == 0, first.stderr[-2000:]
+    root = workflow_dir / "results" / "wf"
+    raws = {p: sha(p) for p in root.glob("raw/*/cycle_*.json")}
+    backup = workflow_dir / ".snakemake" / "backups" / "results" / "wf" / "aggregated"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg), "-R", "aggregate"],
+        cwd=workflow_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while not backup.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the aggregation ended before it was killed"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert backup.is_dir()
+    assert snakemake(workflow_dir, "--configfile", str(cfg), "--unlock").returncode == 0
+    rerun = snakemake(workflow_dir, "--configfile", str(cfg), "--rerun-incomplete")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "FileExistsError" not in rerun.stderr
+    assert "dropped the copy an interrupted run left in .snakemake/backups" in rerun.stderr
+    assert not backup.exists() and job_counts(rerun.stdout + rerun.stderr).get("measure") is None
+    assert {p: sha(p) for p in raws} == raws
+    assert len(read_summary(str(root / "summary.csv"))) == 2

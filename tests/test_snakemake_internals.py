@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -199,3 +200,34 @@ def test_the_runtime_facts_travel_as_plain_data_and_come_back_as_one_type(tmp_pa
     assert Runtime.from_config(None) == Runtime()
     with pytest.raises(TypeError, match="keys this version does not know: stale"):
         Runtime.from_config({**copied, "stale": 1})
+
+
+def test_a_leftover_copy_of_a_directory_output_fails_snakemakes_next_backup_where_the_fix_looks(tmp_path, monkeypatch):
+    """Snakemake backs up an update() output under .snakemake/backups/<path> (an absolute path without its root)
+    with shutil.copytree for a folder, so a copy a killed run left makes the next backup fail: where
+    resolve_stale_backups looks, and why it must."""
+    from snakemake.persistence import FileBackupMixin
+
+    from llenergymeasure.snakemake_internals import backup_of, resolve_stale_backups
+
+    class Backups(FileBackupMixin):
+        path = Path(".snakemake")
+
+    monkeypatch.chdir(tmp_path)
+    backups = Backups()
+    assert backups._get_backup_path(Path("results/c/aggregated")) == Path(backup_of("results/c/aggregated"))
+    assert backups._get_backup_path(Path("/srv/r/c/summary.csv")) == Path(backup_of("/srv/r/c/summary.csv"))
+    out = Path("results/c/aggregated")
+    out.mkdir(parents=True)
+    (out / "e.json").write_text("{}")
+    backups.backup_output(out)
+    with pytest.raises(FileExistsError):
+        backups.backup_output(out)  # what every rerun met before
+    assert resolve_stale_backups([str(out)]) == [
+        "results/c/aggregated: dropped the copy an interrupted run left in .snakemake/backups (the file is kept)"
+    ]
+    backups.backup_output(out)  # the next run's backup goes through
+    # a folder a run holds (its lock) is left alone
+    Path(".snakemake/locks").mkdir()
+    Path(".snakemake/locks/0.output.lock").write_text("")
+    assert resolve_stale_backups([str(out)]) == [] and Path(backup_of(str(out))).is_dir()

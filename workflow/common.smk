@@ -75,6 +75,10 @@ def scheduled_raw_results():
     return lem.scheduled_raw(PLAN)
 
 
+def settled_decisions():
+    return lem.settled_decisions(PLAN)
+
+
 def decision_inputs(wildcards):
     return lem.decision_inputs(PLAN, wildcards.experiment, wildcards.n)
 

@@ -9,6 +9,9 @@ release that changes one fails there, by name, rather than in a campaign.
 - Threads of a local run (:func:`all_cores`): ``workflow.cores``, which raises without ``--cores`` on a cluster.
 - The failed jobs of a run (:func:`failed_measurements`): ``workflow.scheduler.failed``, the jobs the scheduler saw
   fail, killed ones included.
+- Backups of ``update()`` outputs left by a killed run (:func:`resolve_stale_backups`): Snakemake copies such an
+  output to ``.snakemake/backups/<path>`` before its job runs (``FileBackupMixin.backup_output``) and a directory's
+  copy is made with ``shutil.copytree``, which fails when the copy exists; its locks live in ``.snakemake/locks``.
 - The pass over what completed (:func:`aggregate_completed`): a second, local invocation started from ``onerror``
   with the first one's Snakefile, ``--configfile`` files and ``--config`` values
   (``workflow.main_snakefile``, ``overwrite_configfiles``, ``config_settings.config_args``), told by
@@ -178,3 +181,47 @@ def aggregate_completed(workflow, workdir: str) -> int:
         cmd += ["--config", *workflow.config_settings.config_args]
     env = {**os.environ, COMPLETED_ONLY_ENV: "1", "LLM_ENERGY_VERBOSITY": "quiet"}
     return subprocess.run(cmd, env=env, cwd=workdir, check=False).returncode
+
+
+# --------------------------------------------------------------------------------- update() backups
+
+
+def backup_of(path: str, workdir: str = ".") -> str:
+    """Where Snakemake keeps its copy of an ``update()`` output while the job that updates it runs
+    (``FileBackupMixin._get_backup_path``: under ``.snakemake/backups``, an absolute path without its root)."""
+    rel = path.lstrip(os.sep) if os.path.isabs(path) else path
+    return os.path.join(workdir, ".snakemake", "backups", rel)
+
+
+def resolve_stale_backups(outputs: list[str], workdir: str = ".") -> list[str]:
+    """Copies of ``update()`` outputs that a killed run left behind (kill -9, Ctrl-C, a lost node, a read-only
+    folder during the aggregation). Snakemake removes its copy when the job ends and puts it back when the job
+    fails; a run killed meanwhile leaves it, and the next time the job runs, copying a directory output onto it
+    raises FileExistsError, run after run. With no Snakemake holding this folder (no lock in ``.snakemake/locks``),
+    each leftover copy is put back where its output is missing, and dropped where the output exists (every file of
+    the aggregation is written atomically, so what exists is complete). Returns one line per copy handled."""
+    locks = os.path.join(workdir, ".snakemake", "locks")
+    try:
+        if os.listdir(locks):
+            return []  # another run may be updating them now (or a killed one's locks await --unlock)
+    except OSError:
+        pass
+    import shutil
+
+    said = []
+    for path in outputs:
+        copy = backup_of(path, workdir)
+        if not os.path.lexists(copy):
+            continue
+        target = path if os.path.isabs(path) else os.path.join(workdir, path)
+        if os.path.lexists(target):
+            if os.path.isdir(copy) and not os.path.islink(copy):
+                shutil.rmtree(copy)
+            else:
+                os.unlink(copy)
+            said.append(f"{path}: dropped the copy an interrupted run left in .snakemake/backups (the file is kept)")
+        else:
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            shutil.move(copy, target)
+            said.append(f"{path}: put back from the copy an interrupted run left in .snakemake/backups")
+    return said

@@ -42,6 +42,7 @@ from .snakemake_internals import (
     completed_only_requested,
     failed_measurements,
     fixed_signatures,  # noqa: F401 - the workflow's rules call it through this module
+    resolve_stale_backups,
     walk_decisions,
 )
 from .tiny_model import embedded_model_dir, is_embedded
@@ -114,6 +115,9 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
         sys.exit(1)
     config[RUNTIME_KEY] = _read_only(runtime(the_plan, level).as_config())
     if announce:
+        layout = the_plan.layout
+        for line in resolve_stale_backups([layout.aggregated_dir, layout.summary, layout.failures], str(workdir)):
+            print(line, file=sys.stderr)
         describe(the_plan, sys.stderr, level)
     return the_plan
 
@@ -242,6 +246,34 @@ def scheduled_raw(p: Plan) -> list[str]:
         n, _ = decisions_on_disk(p.results_root, e.experiment_id, p.target)
         extra.extend(p.layout.raw(e.experiment_id, c) for c in range(p.target.min_cycles + 1, n + 1))
     return extra
+
+
+def settled_decisions(p: Plan) -> list[str]:
+    """With a precision target, the decisions that the raw results on disk call for: after every cycle from
+    ``min_cycles`` whose raw result exists, up to the first decision on disk that stops the experiment under this
+    target. Rule ``all`` asks for them, so that a decision deleted (a damaged one, as its error says) is taken again
+    even when the aggregation is up to date: Snakemake looks for a missing file of a job that need not run only
+    among the targets' inputs (see :func:`scheduled_raw`)."""
+    if not p.target or p.completed_only:
+        return []
+    from .precision import DecisionError, read_decision
+
+    wanted = p.target.params()
+    out = []
+    for e in p.expansion.experiments:
+        eid = e.experiment_id
+        for c in range(p.target.min_cycles, p.target.max_cycles + 1):
+            if not os.path.exists(p.layout.raw(eid, c)):
+                break
+            path = p.layout.decision(eid, c)
+            out.append(path)
+            try:
+                record = read_decision(path, eid, c)
+            except DecisionError:
+                continue  # missing or damaged: asked for, so it is taken (again)
+            if record["decision"] == "stop" and record.get("target") == wanted:
+                break
+    return out
 
 
 def aggregate_inputs(p: Plan, checkpoints=None) -> list[str]:
