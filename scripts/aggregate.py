@@ -7,7 +7,7 @@ if __name__ == "__main__":
     from llenergymeasure.jobs import aggregate
 
     aggregate(
-        inputs=snakemake.input,
+        inputs=snakemake.input.raw,
         out_dir=snakemake.output.aggregated,
         summary=snakemake.output.summary,
         log_path=snakemake.log[0],

@@ -603,3 +603,71 @@ def test_an_aggregation_killed_while_snakemake_holds_its_backup_does_not_block_t
     assert not backup.exists() and job_counts(rerun.stdout + rerun.stderr).get("measure") is None
     assert {p: sha(p) for p in raws} == raws
     assert len(read_summary(str(root / "summary.csv"))) == 2
+
+
+def _kill_script(workflow_dir: Path, name: str) -> bool:
+    """kill -9 the process of a Snakemake script job (``.snakemake/scripts/tmp*.<name>``) running in this folder."""
+    import signal
+
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            here = os.readlink(entry / "cwd") == str(workflow_dir)
+        except OSError:
+            continue
+        if here and name in cmdline and ".snakemake/scripts" in cmdline:
+            os.kill(int(entry.name), signal.SIGKILL)
+            return True
+    return False
+
+
+def test_an_analysis_change_whose_aggregation_failed_is_aggregated_at_the_next_run(workflow_dir):
+    """Change analysis.confidence, and let the aggregation die (kill -9 of its process): Snakemake puts the previous
+    files back, which were made at the old level, and forgets what they were made with. The next run sees the
+    mismatch and aggregates again; until then lem results says so."""
+    cfg = write_campaign(workflow_dir / "c.yaml", execution={**SMALL["execution"], "cycles": 1})
+    assert snakemake(workflow_dir, "--configfile", str(cfg)).returncode == 0
+    root = workflow_dir / "results" / "wf"
+
+    def confidences() -> set:
+        return {
+            read_result(p, "aggregated_result")["aggregation"]["confidence"] for p in root.glob("aggregated/*.json")
+        }
+
+    assert confidences() == {0.95}
+    changed = write_campaign(
+        workflow_dir / "c90.yaml", execution={**SMALL["execution"], "cycles": 1}, analysis={"confidence": 0.9}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(changed)],
+        cwd=workflow_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not _kill_script(workflow_dir, "aggregate.py"):
+        assert proc.poll() is None and time.monotonic() < deadline, "the aggregation ended before it was killed"
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, err[-2000:]
+    assert confidences() == {0.95}  # the previous files, put back
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "llenergymeasure.cli", "results", str(changed)],
+        cwd=workflow_dir,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "was made with confidence 0.95, cv_threshold 0.1; the campaign states confidence 0.9" in shown.stderr
+
+    rerun = snakemake(workflow_dir, "--configfile", str(changed))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "aggregating again" in rerun.stderr, rerun.stderr[:800]
+    assert job_counts(rerun.stdout + rerun.stderr).get("aggregate") == 1
+    assert confidences() == {0.9}
+    again = snakemake(workflow_dir, "--configfile", str(changed), "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr

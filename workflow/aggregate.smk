@@ -15,7 +15,8 @@
 # decisions (workflow/precision.smk): the job runs once every experiment is stopped, on the cycles they settled on.
 rule aggregate:
     input:
-        aggregate_inputs,
+        raw=aggregate_inputs,
+        analysis=LAYOUT.analysis_stamp,
     output:
         aggregated=update(directory(LAYOUT.aggregated_dir)),
         summary=update(

@@ -252,6 +252,12 @@ def cmd_results(args) -> int:
     if not args.summary and not path.exists():
         raise ConfigError(f"no summary at {path}: run the campaign first (snakemake --cores 1)")
     rows = read_summary(str(path))
+    if not args.summary:
+        from .workflow import stale_analysis
+
+        stale = stale_analysis(_load(args.campaign))
+        if stale:  # the intervals below are at a level the campaign no longer states
+            print(f"Note: {stale}: rerun the campaign to aggregate again", file=sys.stderr)
     known = list(rows[0]) if rows else SUMMARY_COLUMNS  # with a precision target, its columns too
     precision = [c for c in ("precision_achieved_rel_half_width", "precision_target_met") if c in known]
     # a campaign under serving loads: which load each row is, and what a request cost under it

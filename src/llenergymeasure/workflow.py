@@ -118,6 +118,9 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
         layout = the_plan.layout
         for line in resolve_stale_backups([layout.aggregated_dir, layout.summary, layout.failures], str(workdir)):
             print(line, file=sys.stderr)
+        line = stamp_analysis(the_plan)
+        if line:
+            print(line, file=sys.stderr)
         describe(the_plan, sys.stderr, level)
     return the_plan
 
@@ -390,6 +393,65 @@ def priority(p: Plan, experiment_id: str, cycle: str | int) -> int:
 def models_dir(p: Plan) -> str:
     """Where embedded models are built: under ``results_dir``, shared by every campaign there."""
     return f"{p.campaign['results_dir']}/models"
+
+
+def aggregated_with(p: Plan) -> dict | None:
+    """The analysis settings (``confidence``, ``cv_threshold``) the aggregated files on disk were made with: those of
+    the first experiment in campaign order that has one (one job writes them all, and a failed one leaves all of
+    them as they were); None when there is none, or it cannot be read."""
+    import json
+
+    for e in p.expansion.experiments:
+        path = p.layout.aggregated(e.experiment_id)
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                made = json.load(fh)["aggregation"]
+            return {k: made[k] for k in ("confidence", "cv_threshold")}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def stale_analysis(p: Plan) -> str | None:
+    """One line when the aggregated files were made with other analysis settings than the campaign states, else
+    None."""
+    made, wanted = aggregated_with(p), analysis(p)
+    if made is None or all(made[k] == wanted[k] for k in made):
+        return None
+    were = ", ".join(f"{k} {made[k]}" for k in made)
+    now = ", ".join(f"{k} {wanted[k]}" for k in made)
+    return f"{p.layout.aggregated_dir} was made with {were}; the campaign states {now}"
+
+
+def stamp_analysis(p: Plan) -> str | None:
+    """Keep the aggregation's stamp (:attr:`~llenergymeasure.record.layout.Layout.analysis_stamp`, one of its
+    inputs) in step with the campaign: written when missing, and rewritten when the aggregated files on disk were
+    made with other analysis settings than the campaign states, so that Snakemake aggregates again. The params
+    trigger alone does not: a failed aggregation leaves the previous files (and their settings) in place and
+    Snakemake forgets the params they were made with, so its rerun would find nothing to do. Returns the line
+    that says why it aggregates again, or None."""
+    import json
+
+    stamp = p.layout.analysis_stamp
+    stale = stale_analysis(p)
+    if os.path.exists(stamp) and stale is None:
+        return None
+    try:
+        os.makedirs(os.path.dirname(stamp), exist_ok=True)
+        tmp = f"{stamp}.{os.getpid()}.tmp"
+        # with the time written: Snakemake takes an input newer than the outputs as unchanged when its checksum is
+        # one it recorded for them (dag.py, update_needrun: is_same_checksum), which a rewrite with the same
+        # settings as a failed attempt would be
+        from .paths import utc_now_iso
+
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"analysis": analysis(p), "written": utc_now_iso()}, fh, sort_keys=True)
+        os.replace(tmp, stamp)
+    except OSError as exc:
+        return f"{stale or stamp}: cannot write {stamp} ({exc.strerror or exc})"
+    return None if stale is None else f"{stale}: aggregating again"
 
 
 def analysis(p: Plan) -> dict:
