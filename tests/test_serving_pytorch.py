@@ -74,6 +74,8 @@ def test_open_loop_submits_each_request_at_its_time(served):
         assert sum(r.itl_s) == pytest.approx(r.e2e_s - r.ttft_s, abs=1e-9)
         assert r.output_tokens == 4 and len(r.itl_s) == 3  # forced length: EOS never ends a request early
     assert out.batches[0].end_t - start >= 0.3
+    # a running batch below batch_size is the load's doing, not a setting that did not take
+    assert served.validity_flags(out.batches) == []
 
 
 def test_a_trace_length_per_request_is_honoured(served):

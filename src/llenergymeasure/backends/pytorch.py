@@ -405,16 +405,7 @@ class PyTorchBackend(Backend):
     def validity_flags(self, run_batches: list[dict]) -> list[tuple[str, str]]:
         pt = self.config["pytorch"]
         flags = []
-        if self.serving:
-            peak = max((b.peak_decoding_seqs or 0 for b in run_batches), default=0)
-            if run_batches and any(b.peak_decoding_seqs is not None for b in run_batches) and peak < pt["batch_size"]:
-                flags.append(
-                    (
-                        "batch_not_saturated",
-                        f"at most {peak} requests got a token in one continuous-batching step, below "
-                        f"pytorch.batch_size = {pt['batch_size']}: the load kept fewer requests in flight",
-                    )
-                )
+        # under a serving load the running batch is what the arrivals make it (not flagged, as on the engines)
         sizes = [b.size for b in run_batches]
         mean = statistics.fmean(sizes) if sizes else 0.0
         if not self.serving and mean < pt["batch_size"] and pt["batching_strategy"] in ("static", "sorted_static"):
