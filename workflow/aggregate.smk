@@ -16,7 +16,7 @@
 rule aggregate:
     input:
         raw=aggregate_inputs,
-        analysis=LAYOUT.analysis_stamp,
+        analysis=analysis_stamp,
     output:
         aggregated=update(directory(LAYOUT.aggregated_dir)),
         summary=update(

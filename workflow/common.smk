@@ -71,6 +71,10 @@ def aggregate_inputs(wildcards):
     return lem.aggregate_inputs(PLAN, checkpoints)
 
 
+def analysis_stamp(wildcards):
+    return lem.analysis_stamp(PLAN)
+
+
 def scheduled_raw_results():
     return lem.scheduled_raw(PLAN)
 
@@ -99,4 +103,5 @@ lem.fixed_signatures(
     measure_priority,
     decision_inputs,
     aggregate_inputs,
+    analysis_stamp,
 )

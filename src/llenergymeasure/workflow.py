@@ -426,17 +426,18 @@ def stale_analysis(p: Plan) -> str | None:
 
 
 def stamp_analysis(p: Plan) -> str | None:
-    """Keep the aggregation's stamp (:attr:`~llenergymeasure.record.layout.Layout.analysis_stamp`, one of its
-    inputs) in step with the campaign: written when missing, and rewritten when the aggregated files on disk were
-    made with other analysis settings than the campaign states, so that Snakemake aggregates again. The params
-    trigger alone does not: a failed aggregation leaves the previous files (and their settings) in place and
-    Snakemake forgets the params they were made with, so its rerun would find nothing to do. Returns the line
-    that says why it aggregates again, or None."""
+    """Write the aggregation's stamp (:attr:`~llenergymeasure.record.layout.Layout.analysis_stamp`) when the
+    aggregated files on disk were made with other analysis settings than the campaign states: the stamp is then an
+    input of the aggregation (:func:`analysis_stamp`), newer than its outputs, so Snakemake aggregates again. The
+    params trigger alone does not: a failed aggregation leaves the previous files (and their settings) in place and
+    Snakemake forgets the params they were made with, so its rerun would find nothing to do. Nothing is written
+    while the files agree with the campaign (a dry run of a campaign in step writes nothing). Returns the line that
+    says why it aggregates again, or None."""
     import json
 
     stamp = p.layout.analysis_stamp
     stale = stale_analysis(p)
-    if os.path.exists(stamp) and stale is None:
+    if stale is None:
         return None
     try:
         os.makedirs(os.path.dirname(stamp), exist_ok=True)
@@ -450,8 +451,13 @@ def stamp_analysis(p: Plan) -> str | None:
             json.dump({"analysis": analysis(p), "written": utc_now_iso()}, fh, sort_keys=True)
         os.replace(tmp, stamp)
     except OSError as exc:
-        return f"{stale or stamp}: cannot write {stamp} ({exc.strerror or exc})"
-    return None if stale is None else f"{stale}: aggregating again"
+        return f"{stale}: cannot write {stamp} to aggregate again ({exc.strerror or exc})"
+    return f"{stale}: aggregating again"
+
+
+def analysis_stamp(p: Plan) -> list[str]:
+    """The aggregation's stamp as its input, once one has been written (see :func:`stamp_analysis`)."""
+    return [p.layout.analysis_stamp] if os.path.exists(p.layout.analysis_stamp) else []
 
 
 def analysis(p: Plan) -> dict:

@@ -14,8 +14,8 @@ path there names. The workflow's rules take their output patterns from here (a w
     logs/measure/<experiment_id>/cycle_<n>.log, logs/decide/<experiment_id>/after_cycle_<n>.log, logs/<rule>.log
     benchmarks/measure/<experiment_id>/cycle_<n>.tsv Snakemake's timing of the job
     .state/                                          campaign.lock, failures/<experiment_id>/cycle_<n>.json,
-                                                     the thermal gap's last window, analysis.json (the analysis
-                                                     the aggregation is to use)
+                                                     the thermal gap's last window, analysis.json (written when
+                                                     the aggregated files' analysis settings are not the campaign's)
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ class Layout:
 
     @property
     def analysis_stamp(self) -> str:
-        """The campaign's analysis settings, rewritten when the aggregated files were made with others (an input of
-        the aggregation: a newer stamp makes Snakemake aggregate again)."""
+        """The campaign's analysis settings, written when the aggregated files were made with others (an input of
+        the aggregation once written: a newer stamp makes Snakemake aggregate again)."""
         return f"{self.state_dir}/analysis.json"
 
     # reading the folder back
