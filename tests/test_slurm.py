@@ -132,10 +132,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 
 def snakemake_on_slurm(slurm: dict, workflow_dir: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """The campaign in ``c.yaml`` through the Slurm profile as shipped, with job sizes for this small machine (the
-    jobs re-run snakemake from the test's virtual environment)."""
+    """The campaign in ``c.yaml`` through the Slurm profile as shipped and in the form the profile and README give
+    (``--config campaign=FILE``), with job sizes for this small machine (the jobs re-run snakemake from the test's
+    virtual environment)."""
     env = {**slurm, "PATH": f"{Path(sys.executable).parent}:{slurm['PATH']}"}
-    args = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "c.yaml", "--jobs", "2"]
+    args = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--config", "campaign=c.yaml"]
+    args += ["--jobs", "2"]
     args += ["--default-resources", "slurm_partition=debug", "mem_mb=2000", "runtime=30", *extra]
     return subprocess.run(args, cwd=workflow_dir, env=env, capture_output=True, text=True, timeout=timeout)
 
