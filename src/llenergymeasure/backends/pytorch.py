@@ -602,10 +602,13 @@ class PyTorchBackend(Backend):
         """Batches of the workload, each tokenised and moved to the device here, before the window."""
         pt = self.config["pytorch"]
         budget = pt["max_tokens_per_batch"] or pt["batch_size"] * self.config["max_input_tokens"]
-        batches = plan_batches(self.count_prompt_tokens(prompts), pt["batching_strategy"], pt["batch_size"], budget)
-        self._inputs = {tuple(b.indices): self.encode([prompts[i] for i in b.indices]) for b in batches}
-        if self.serving:
-            self._serving_tokens(prompts)
+        if self.serving:  # continuous batching takes each prompt's token ids: tokenised once, nothing padded
+            counts = [len(ids) for ids in self._serving_tokens(prompts)]
+        else:
+            counts = self.count_prompt_tokens(prompts)
+        batches = plan_batches(counts, pt["batching_strategy"], pt["batch_size"], budget)
+        if not self.serving:
+            self._inputs = {tuple(b.indices): self.encode([prompts[i] for i in b.indices]) for b in batches}
         return batches
 
     def _batch_inputs(self, prompts: list[str], batch: Batch):
@@ -613,6 +616,17 @@ class PyTorchBackend(Backend):
         return enc if enc is not None else self.encode([prompts[i] for i in batch.indices])
 
     # ------------------------------------------------------------------------------------------------ generate
+    def _sampling_kwargs(self) -> dict:
+        """The decoder's sampling arguments, as ``generate`` and continuous batching's generation config take them."""
+        dec, pt = self.config["decoder"], self.config["pytorch"]
+        if not dec["do_sample"]:
+            # Greedy: neutral sampling values, so transformers does not warn about unused ones.
+            return {"temperature": None, "top_k": None, "top_p": None}
+        kwargs = {"temperature": dec["temperature"], "top_k": dec["top_k"], "top_p": dec["top_p"]}
+        if pt["min_p"]:
+            kwargs["min_p"] = pt["min_p"]
+        return kwargs
+
     def _generate_kwargs(self, max_new_tokens: int, min_new_tokens: int) -> dict:
         dec = self.config["decoder"]
         pt = self.config["pytorch"]
@@ -636,13 +650,7 @@ class PyTorchBackend(Backend):
         if "disable_compile" in _generation_fields():
             # no compilation but pytorch.torch_compile's (generate would add its own for a static cache)
             kwargs["disable_compile"] = True
-        if dec["do_sample"]:
-            kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])
-            if pt["min_p"]:
-                kwargs["min_p"] = pt["min_p"]
-        else:
-            # Greedy: neutral sampling values, so transformers does not warn about unused ones.
-            kwargs.update(temperature=None, top_k=None, top_p=None)
+        kwargs.update(self._sampling_kwargs())
         if pt["no_repeat_ngram_size"]:
             kwargs["no_repeat_ngram_size"] = pt["no_repeat_ngram_size"]
         kwargs.update(pt.get("extra") or {})
@@ -806,21 +814,13 @@ class PyTorchBackend(Backend):
 
     def cb_generation_kwargs(self) -> dict:
         """The ``GenerationConfig`` continuous batching builds its logits processors and sampling from."""
-        dec = self.config["decoder"]
-        pt = self.config["pytorch"]
-        kwargs = {
+        return {
             "max_new_tokens": self.config["max_output_tokens"],
-            "do_sample": dec["do_sample"],
+            "do_sample": self.config["decoder"]["do_sample"],
             "eos_token_id": list(self.stop_token_ids) or None,
             "pad_token_id": self.pad_token_id,
+            **self._sampling_kwargs(),
         }
-        if dec["do_sample"]:
-            kwargs.update(temperature=dec["temperature"], top_k=dec["top_k"], top_p=dec["top_p"])
-            if pt["min_p"]:
-                kwargs["min_p"] = pt["min_p"]
-        else:
-            kwargs.update(temperature=None, top_k=None, top_p=None)
-        return kwargs
 
     def _serving_compile(self) -> dict | None:
         kwargs = self.compile_kwargs()
