@@ -4,6 +4,7 @@ in tests/test_vllm_engine.py, PyTorch's in tests/test_serving_pytorch.py."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import statistics
@@ -104,6 +105,8 @@ def test_a_trace_is_sorted_shifted_to_zero_and_its_prompts_resolved(tmp_path):
     prompts, schedule = make_schedule(load(arrival="trace", trace=trace), ["zero", "one"])
     assert prompts == ["a text of its own", "one", "zero"]  # arrival order; ties keep the file's order
     assert [r.offset_s for r in schedule.requests] == [0.0, 2.5, 2.5]
+    # the digest of the very bytes the requests came from (recorded in the raw result's load.trace)
+    assert schedule.trace_sha256 == hashlib.sha256((tmp_path / "t.jsonl").read_bytes()).hexdigest()
     assert schedule.output_lengths(schedule.requests[1], 8, 0) == (4, 4)  # the trace's length, forced
     assert schedule.output_lengths(schedule.requests[0], 8, 0) == (8, 0)  # the experiment's
 

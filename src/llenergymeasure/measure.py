@@ -44,7 +44,7 @@ from .record.layout import sidecar_of
 from .record.raw import Efficiency, Provenance, Throughput, Timestamps, Tokens
 from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
 from .runtime import JobContext
-from .serving import Schedule, make_schedule, trace_digest, window_section
+from .serving import Schedule, make_schedule, window_section
 from .stats import distribution
 from .steady import steady_state
 from .thermal import host_lock, record_window, wait_gap
@@ -73,7 +73,6 @@ class WindowRecord:
     temperature_end: dict
     runs: list[RunOutput]
     schedule: Schedule | None  # a serving load's (None offline)
-    trace_sha256: str | None
     components: list[ComponentEnergy]
     samples: list[TimelineSample]
     power_buffer: dict[str, list[tuple[float, float]]]
@@ -380,7 +379,6 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
         say.info("%s: loading prompts and model %s", label, config["model_name"])
         prompts = load_prompts(config["dataset"], config["num_input_prompts"], config["random_seed"])
         prompts, schedule = make_schedule(config["load"], prompts)
-        trace_sha256 = trace_digest(config["load"]["trace"]) if config["load"]["trace"] else None
         load_info = backend.load()
         batches = backend.plan(prompts)
         phases["load_s"] = time.perf_counter() - t
@@ -444,7 +442,6 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
         temperature_end=temp_end,
         runs=runs,
         schedule=schedule,
-        trace_sha256=trace_sha256,
         components=components,
         samples=samples,
         power_buffer=sampler.power_buffer if sampler else {},
@@ -487,9 +484,7 @@ def build_result(
     load = (
         None
         if w.schedule is None
-        else window_section(
-            config["load"], w.schedule, w.requests, (w.w0, w.w1), total["gross_energy_j"], w.trace_sha256
-        )
+        else window_section(config["load"], w.schedule, w.requests, (w.w0, w.w1), total["gross_energy_j"])
     )
     flags: list[dict] = []
     known = backend_flags(config["backend"])

@@ -77,6 +77,7 @@ class Schedule:
     arrival: str
     requests: tuple[Request, ...]
     concurrency: int | None = None  # closed loop only
+    trace_sha256: str | None = None  # trace: the digest of the file the requests were read from
 
     @property
     def open_loop(self) -> bool:
@@ -150,6 +151,11 @@ def _trace_problems(rows: list[dict], config: dict) -> list[str]:
 def read_trace(path: str) -> list[dict]:
     """The rows of a trace file, checked: each a JSON object with ``arrival_s`` (a number >= 0), ``prompt`` (an
     index >= 0 or a non-empty text) and optionally ``output_tokens`` (an integer >= 1), and nothing else."""
+    return _read_trace(path)[0]
+
+
+def _read_trace(path: str) -> tuple[list[dict], str]:
+    """The checked rows of a trace file (see :func:`read_trace`) and the SHA-256 of the bytes they were read from."""
     from .yamlfile import read_bytes
 
     where = f"key 'load.trace' = '{path}'"
@@ -174,7 +180,7 @@ def read_trace(path: str) -> list[dict]:
             raise ConfigError(f"{where}: more than {TRACE_MAX_ROWS:,} requests; allowed: at most {TRACE_MAX_ROWS:,}")
     if not rows:
         raise ConfigError(f"{where}: holds no request; allowed: one JSON object per line")
-    return rows
+    return rows, hashlib.sha256(data).hexdigest()
 
 
 def _row_problem(row) -> str | None:
@@ -198,12 +204,6 @@ def _row_problem(row) -> str | None:
     return None
 
 
-def trace_digest(path: str) -> str:
-    from .yamlfile import read_bytes
-
-    return hashlib.sha256(read_bytes(path, TRACE_MAX_BYTES, what="key 'load.trace': file")).hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------- schedule
 def make_schedule(load: dict, prompts: list[str]) -> tuple[list[str], Schedule | None]:
     """The window's prompts and its schedule (None for ``offline``). For a trace the prompts become the trace's
@@ -216,13 +216,14 @@ def make_schedule(load: dict, prompts: list[str]) -> tuple[list[str], Schedule |
     if arrival == "closed":
         return prompts, Schedule("closed", tuple(Request(i, None) for i in range(n)), load["concurrency"])
     if arrival == "trace":
-        rows = sorted(read_trace(load["trace"]), key=lambda row: row["arrival_s"])  # stable: file order on ties
+        rows, digest = _read_trace(load["trace"])
+        rows = sorted(rows, key=lambda row: row["arrival_s"])  # stable: file order on ties
         first = rows[0]["arrival_s"]
         texts = [prompts[row["prompt"]] if isinstance(row["prompt"], int) else row["prompt"] for row in rows]
         requests = tuple(
             Request(i, float(row["arrival_s"] - first), row.get("output_tokens")) for i, row in enumerate(rows)
         )
-        return texts, Schedule("trace", requests)
+        return texts, Schedule("trace", requests, trace_sha256=digest)
     return prompts, Schedule(arrival, tuple(Request(i, t) for i, t in enumerate(arrival_offsets(load, n))))
 
 
@@ -312,7 +313,6 @@ def window_section(
     requests: list,
     window: tuple[float, float],
     energy_j: float | None,
-    trace_sha256: str | None = None,
 ) -> dict:
     """The raw result's ``load`` section: what the schedule offered and what the window achieved.
 
@@ -337,7 +337,7 @@ def window_section(
         "gamma_shape": load["gamma_shape"],
         "concurrency": load["concurrency"],
         "seed": load["seed"],
-        "trace": None if load["trace"] is None else {"path": load["trace"], "sha256": trace_sha256},
+        "trace": None if load["trace"] is None else {"path": load["trace"], "sha256": schedule.trace_sha256},
         "num_requests": n,
         "offered_rate_per_s": offered,
         "achieved_rate_per_s": achieved,
