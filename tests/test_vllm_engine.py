@@ -266,20 +266,11 @@ def test_greedy_and_sampled_parameters_as_the_engine_holds_them(probe):
 
 
 # ---------------------------------------------------------------------------------------------- a campaign
-def test_a_vllm_campaign_on_the_cpu_runs_through_snakemake_with_the_defaults(vllm_python, workflow_dir):
-    """backend vllm, device cpu, the embedded model and no vLLM setting at all: Snakemake (of the vLLM environment)
-    measures two cycles on the real engine; every raw result names the engine, has the forced lengths and the
-    engine-step latencies, and aggregation, summary and report follow as for any campaign."""
+def run_campaign_on_the_cpu(vllm_python, workflow_dir, campaign: dict) -> None:
+    """``campaign`` through Snakemake in the environment of vLLM's CPU build; it must succeed."""
     import yaml
 
-    from conftest import SMALL
-    from llenergymeasure.aggregate import read_summary
-    from llenergymeasure.results import read_result
-
-    campaign = json.loads(json.dumps(SMALL))
-    campaign["grid"] = {"backends": ["vllm"], "shared": SMALL["grid"]["shared"]}
-    campaign["campaign_name"] = "vllm-cpu"
-    cfg = workflow_dir / "vllm.yaml"
+    cfg = workflow_dir / f"{campaign['campaign_name']}.yaml"
     cfg.write_text(yaml.safe_dump(campaign, sort_keys=False))
     run = subprocess.run(
         [str(vllm_python), "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
@@ -290,6 +281,21 @@ def test_a_vllm_campaign_on_the_cpu_runs_through_snakemake_with_the_defaults(vll
         env=vllm_environment(),
     )
     assert run.returncode == 0, run.stderr[-4000:]
+
+
+def test_a_vllm_campaign_on_the_cpu_runs_through_snakemake_with_the_defaults(vllm_python, workflow_dir):
+    """backend vllm, device cpu, the embedded model and no vLLM setting at all: Snakemake (of the vLLM environment)
+    measures two cycles on the real engine; every raw result names the engine, has the forced lengths and the
+    engine-step latencies, and aggregation, summary and report follow as for any campaign."""
+
+    from conftest import SMALL
+    from llenergymeasure.aggregate import read_summary
+    from llenergymeasure.results import read_result
+
+    campaign = json.loads(json.dumps(SMALL))
+    campaign["grid"] = {"backends": ["vllm"], "shared": SMALL["grid"]["shared"]}
+    campaign["campaign_name"] = "vllm-cpu"
+    run_campaign_on_the_cpu(vllm_python, workflow_dir, campaign)
     root = workflow_dir / "results" / "vllm-cpu"
     raws = sorted(root.glob("raw/*/cycle_*.json"))
     assert len(raws) == 2
@@ -315,7 +321,6 @@ def test_a_load_line_on_the_real_engine_runs_through_snakemake(vllm_python, work
     """Poisson arrivals at two offered rates, two cycles each: one the CPU engine keeps up with (idle gaps inside the
     window, not flagged) and one far above what it can serve (flagged load_not_sustained). Every cycle and both
     rates play the schedule the seed makes."""
-    import yaml
 
     from llenergymeasure.aggregate import read_summary
     from llenergymeasure.results import read_result
@@ -326,17 +331,7 @@ def test_a_load_line_on_the_real_engine_runs_through_snakemake(vllm_python, work
     shared.update({"load.arrival": "poisson", "load.rate_per_s": [2, 2000], "load.seed": 3, "load.slo.ttft_ms": 2000})
     campaign.update(campaign_name="vllm-load", num_samples=6)
     campaign["grid"] = {"backends": ["vllm"], "shared": shared}
-    cfg = workflow_dir / "load.yaml"
-    cfg.write_text(yaml.safe_dump(campaign, sort_keys=False))
-    run = subprocess.run(
-        [str(vllm_python), "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
-        cwd=workflow_dir,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=vllm_environment(),
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    run_campaign_on_the_cpu(vllm_python, workflow_dir, campaign)
     root = workflow_dir / "results" / "vllm-load"
     by_rate: dict[float, list[dict]] = {}
     for path in sorted(root.glob("raw/*/cycle_*.json")):
