@@ -484,7 +484,9 @@ def build_result(
     load = (
         None
         if w.schedule is None
-        else window_section(config["load"], w.schedule, w.requests, (w.w0, w.w1), total["gross_energy_j"])
+        else window_section(
+            config["load"], w.schedule, w.requests, (w.w0, w.w1), total["gross_energy_j"], total["method"]
+        )
     )
     flags: list[dict] = []
     known = backend_flags(config["backend"])

@@ -313,12 +313,13 @@ def window_section(
     requests: list,
     window: tuple[float, float],
     energy_j: float | None,
+    energy_method: str | None = None,
 ) -> dict:
     """The raw result's ``load`` section: what the schedule offered and what the window achieved.
 
     ``requests`` are the window's :class:`~llenergymeasure.backends.base.RequestTiming` records, with planned and
     submitted times (perf_counter seconds) and latencies from the planned arrival; ``window`` its (open, close) in
-    the same clock; ``energy_j`` its gross energy."""
+    the same clock; ``energy_j`` its gross energy, obtained by ``energy_method`` (measured or estimated)."""
     w0, w1 = window
     duration = w1 - w0
     n = len(requests)
@@ -355,11 +356,13 @@ def window_section(
             "end_s": [round(e - w0, 6) for e in ends],
         },
     }
-    section["slo"] = slo_section(load["slo"], requests, duration, energy_j)
+    section["slo"] = slo_section(load["slo"], requests, duration, energy_j, energy_method)
     return section
 
 
-def slo_section(slo: dict, requests: list, duration: float, energy_j: float | None) -> dict | None:
+def slo_section(
+    slo: dict, requests: list, duration: float, energy_j: float | None, energy_method: str | None = None
+) -> dict | None:
     """Goodput under ``load.slo``: requests whose TTFT and TPOT (mean time per output token after the first) both
     meet their objective (an objective left null is not judged; a one-token request has no TPOT and meets it)."""
     ttft_ms, tpot_ms = slo["ttft_ms"], slo["tpot_ms"]
@@ -381,6 +384,7 @@ def slo_section(slo: dict, requests: list, duration: float, energy_j: float | No
         "attainment": _ratio(met, len(requests)),
         "goodput_requests_per_s": _ratio(met, duration),
         "j_per_good_request": None if energy_j is None else _ratio(energy_j, met),
+        "energy_method": energy_method,  # of the gross energy j_per_good_request divides
     }
 
 
