@@ -165,7 +165,9 @@ def test_the_window_section_from_request_times():
     schedule = Schedule("constant", (Request(0, 0.0), Request(1, 4.0)))
     reqs = [timing(0, 10.0, 10.0, 0.2, 1.0), timing(1, 14.0, 14.1, 0.3, 1.0)]
     slo = {"ttft_ms": 250, "tpot_ms": 500}
-    section = window_section(load(arrival="constant", rate_per_s=0.25, slo=slo), schedule, reqs, (10.0, 15.0), 50.0)
+    section = window_section(
+        load(arrival="constant", rate_per_s=0.25, slo=slo), schedule, reqs, (10.0, 15.0), 50.0, "nvml_counter"
+    )
     assert section["offered_rate_per_s"] == pytest.approx(0.25) and section["achieved_rate_per_s"] == pytest.approx(
         0.25
     )
@@ -177,6 +179,7 @@ def test_the_window_section_from_request_times():
     good = section["slo"]
     assert good["requests_met"] == 1 and good["attainment"] == 0.5  # the second's TTFT is 300 ms
     assert good["goodput_requests_per_s"] == pytest.approx(0.2) and good["j_per_good_request"] == 50.0
+    assert good["energy_method"] == "nvml_counter"  # the method beside the energy figure
     assert not_sustained(section) is None and load_not_sustained(section) == []
 
 
@@ -223,6 +226,30 @@ def test_a_trace_is_checked_against_the_prompts_and_the_output_cap_before_any_jo
     trace = write_trace(tmp_path / "u.jsonl", [{"arrival_s": 0, "prompt": 1, "output_tokens": 999}])
     found = semantic_problems(experiment(arrival="trace", trace=trace))
     assert any("asks for 999 output tokens; allowed: at most max_output_tokens" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "values, needle",
+    [
+        (
+            {"arrival": "burst"},
+            "key 'load.arrival' = 'burst' is not allowed; allowed: offline, poisson, constant, gamma",
+        ),
+        ({"arrival": "poisson", "rate_per_s": 0}, "key 'load.rate_per_s' = 0"),
+        ({"arrival": "gamma", "rate_per_s": 1, "gamma_shape": -1}, "key 'load.gamma_shape' = -1"),
+        ({"arrival": "closed", "concurrency": 0}, "key 'load.concurrency' = 0"),
+        ({"seed": -1}, "key 'load.seed' = -1"),
+        ({"slo": {"ttft_ms": 0}}, "key 'load.slo.ttft_ms' = 0"),
+        ({"slo": {"p99_ms": 5}}, "p99_ms"),
+    ],
+)
+def test_a_bad_load_value_is_one_line_naming_key_and_value(values, needle):
+    from llenergymeasure.config import schema_problems
+
+    raw = {"model_name": "lem-tiny-llama", "backend": "vllm", "load": values}
+    found = schema_problems(raw, "campaign", ref="experiment")
+    assert any(needle in p for p in found), found
+    assert all("\n" not in p for p in found)
 
 
 def test_repeating_the_workload_is_refused_under_a_load():
