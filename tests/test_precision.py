@@ -35,15 +35,19 @@ from llenergymeasure.precision import (
 )
 from llenergymeasure.record.layout import Layout
 
-T = Target(relative_half_width=0.5, metric="energy_j", min_cycles=3, max_cycles=5, confidence=0.95)
+T = Target(relative_half_width=1.5, metric="energy_j", min_cycles=3, max_cycles=5, confidence=0.95)
 
 
-def half_width(values, confidence=0.95):
-    from scipy.stats import t
+def half_width(values, confidence=0.95, spread_bound=None):
+    """The Student-t half-width of the mean relative to it; with ``spread_bound``, built on the one-sided upper
+    confidence bound of the standard deviation (chi-squared)."""
+    from scipy.stats import chi2, t
 
     n = len(values)
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    if spread_bound is not None:
+        sd *= math.sqrt((n - 1) / chi2.ppf(1 - spread_bound, n - 1))
     return t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) / abs(mean)
 
 
@@ -51,30 +55,55 @@ def half_width(values, confidence=0.95):
 
 
 def test_the_decision_rule():
-    # [10, 12, 14]: mean 12, sd 2, t(0.975, 2) = 4.303: half-width 4.97, 41.4 % of the mean
-    met = assess([10.0, 12.0, 14.0], T)
-    assert (
-        met["achieved_relative_half_width"]
-        == pytest.approx(half_width([10, 12, 14]))
-        == pytest.approx(0.4141, abs=1e-4)
-    )
+    # [10, 12, 14]: mean 12, sd 2, t(0.975, 2) = 4.303: half-width 4.97, 41.4 % of the mean. The 90 % upper bound
+    # of the spread with 2 degrees of freedom is sd * sqrt(2 / 0.2107) = 3.08 sd: judged half-width 127.6 %
+    plain, judged = half_width([10, 12, 14]), half_width([10, 12, 14], spread_bound=0.9)
+    assert (plain, judged) == (pytest.approx(0.4141, abs=1e-4), pytest.approx(1.2755, abs=1e-4))
+    met = assess([10.0, 12.0, 14.0], T)  # target ±150 %
     assert (met["decision"], met["reason"], met["target_met"]) == ("stop", "target_met", True)
+    # the target was met: the interval reported is the judged one, built on the spread's bound
+    assert met["judged_relative_half_width"] == pytest.approx(judged)
+    assert met["achieved_relative_half_width"] == pytest.approx(judged)
+    assert met["ci_method"] == "student_t_chi2_spread_bound" and met["spread_bound_confidence"] == 0.9
+    assert (met["ci_high"] - met["ci_low"]) / 2 / met["mean"] == pytest.approx(judged)
+    # the observed interval (±41 %) is within ±50 %, its spread's upper bound is not: one more cycle, and the
+    # interval reported so far is the plain one
+    half = Target(0.5, "energy_j", 3, 5, 0.95)
+    more = assess([10.0, 12.0, 14.0], half)
+    assert (more["decision"], more["reason"], more["target_met"]) == ("continue", "target_not_met", False)
+    assert more["achieved_relative_half_width"] == pytest.approx(plain) and more["ci_method"] == "student_t"
+    # the plain rule (the spread itself judged), kept for comparison, stops there
+    assert assess([10.0, 12.0, 14.0], dataclasses.replace(half, spread_bound_confidence=None))["target_met"] is True
     tight = Target(0.4, "energy_j", 3, 5, 0.95)
-    assert (assess([10.0, 12.0, 14.0], tight)["decision"], assess([10.0, 12.0, 14.0], tight)["reason"]) == (
-        "continue",
-        "target_not_met",
-    )
-    last = assess([10.0, 20.0, 10.0, 20.0, 10.0], tight)  # 5 = max_cycles; ±48.6 %
+    last = assess([10.0, 20.0, 10.0, 20.0, 10.0], tight)  # 5 = max_cycles; ±48.6 % observed, ±94.2 % judged
     assert (last["decision"], last["reason"], last["target_met"]) == ("stop", "max_cycles_reached", False)
-    # a 99 % interval is wider: the same values meet 0.5 at 95 % but not at 99 %
-    assert assess([10.0, 12.0, 14.0], Target(0.5, "energy_j", 3, 5, 0.99))["decision"] == "continue"
+    assert last["achieved_relative_half_width"] == pytest.approx(half_width([10, 20, 10, 20, 10]))
+    # a 99 % interval is wider: the same values meet ±150 % at 95 % but not at 99 %
+    assert assess([10.0, 12.0, 14.0], Target(1.5, "energy_j", 3, 5, 0.99))["decision"] == "continue"
     # below the minimum there is no decision to stop, however tight the values
     assert assess([10.0, 10.0], T)["reason"] == "below_min_cycles"
-    # an unavailable value (None) is left out of the interval, a zero mean has no relative width: never "met"
-    assert assess([10.0, None, 12.0], T)["values"] == [10.0, None, 12.0]
+    # an unavailable value (None) is left out of the interval and does not count toward min_cycles: two values
+    # never meet a target, however wide
+    wide = Target(100.0, "energy_j", 3, 5, 0.95)
+    assert assess([10.0, None, 12.0], wide)["values"] == [10.0, None, 12.0]
+    two = assess([10.0, None, 12.0], wide)
+    assert (two["decision"], two["reason"], two["valid_values"]) == ("continue", "too_few_values", 2)
+    assert assess([10.0, None, 12.0, 11.0], wide)["reason"] == "target_met"
+    assert assess([10.0, None, 12.0, None, None], wide)["reason"] == "max_cycles_reached"
+    # a zero mean has no relative width: never "met"
     assert assess([1.0, -1.0, 0.0], T)["achieved_relative_half_width"] is None
     assert assess([None, None, None], T)["decision"] == "continue"
     assert assess([None, None, None, None, None], T)["reason"] == "max_cycles_reached"
+
+
+def test_a_decision_taken_under_another_rule_is_taken_again(tmp_path, template):
+    """Decisions on disk taken by the plain rule (no spread bound) count as not taken under today's target."""
+    layout = Layout(str(tmp_path))
+    raws = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "e")
+    plain = dataclasses.replace(T, spread_bound_confidence=None)
+    decide(raws, "e", 3, plain, layout.decision("e", 3))
+    assert decisions_on_disk(tmp_path, "e", plain) == (3, True)
+    assert decisions_on_disk(tmp_path, "e", T) == (3, False)
 
 
 def test_decisions_are_files_read_back_and_walked(tmp_path):
@@ -285,14 +314,16 @@ def test_no_target_leaves_the_plan_as_it_was(tmp_path):
 
 def test_aggregated_precision_and_summary_columns(tmp_path, template):
     met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
-    maxed = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0, 10.0], "exp-max")
+    maxed = write_cycles(tmp_path, template, [10.0, 40.0, 10.0, 40.0, 10.0], "exp-max")
     agg = aggregate_experiment(met, "met", 0.5, 0.95, target=T)
     p = agg["precision"]
     assert p == {
         "metric": "energy_j",
         "confidence": 0.95,
-        "target_relative_half_width": 0.5,
-        "achieved_relative_half_width": pytest.approx(half_width([10, 12, 14])),
+        "target_relative_half_width": 1.5,
+        "achieved_relative_half_width": pytest.approx(half_width([10, 12, 14], spread_bound=0.9)),
+        "judged_relative_half_width": pytest.approx(half_width([10, 12, 14], spread_bound=0.9)),
+        "spread_bound_confidence": 0.9,
         "target_met": True,
         "max_cycles_reached": False,
         "status": "target_met",
@@ -303,9 +334,14 @@ def test_aggregated_precision_and_summary_columns(tmp_path, template):
     # the achieved width is the one of the interval the result reports
     m = agg["metrics"]["energy_j"]
     assert p["achieved_relative_half_width"] == pytest.approx((m["ci_high"] - m["ci_low"]) / 2 / m["mean"])
+    # the target was met: every metric's interval is built on its spread's upper bound, the spread stays its own
+    assert {s["ci_method"] for s in agg["metrics"].values()} == {"student_t_chi2_spread_bound"}
+    assert m["std"] == pytest.approx(2.0)
     assert "precision_target_not_met" not in agg["flags"]
     agg = aggregate_experiment(maxed, "max", 0.5, 0.95, target=Target(0.1, "energy_j", 3, 5, 0.95))
     assert agg["precision"]["status"] == "max_cycles_reached" and agg["precision"]["max_cycles_reached"] is True
+    # it ran to max_cycles: plain intervals
+    assert {s["ci_method"] for s in agg["metrics"].values()} == {"student_t"}
     assert agg["flags"]["precision_target_not_met"] == 1
     # cycles 1 and 3 only (2 failed): whatever the width, the decisions did not conclude
     agg = aggregate_experiment(
@@ -324,7 +360,7 @@ def test_aggregated_precision_and_summary_columns(tmp_path, template):
         0.5,
         0.95,
         {"exp-met": 3, "exp-max": 5},
-        Target(0.45, "energy_j", 3, 5, 0.95),
+        T,
     )
     header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
     assert header == SUMMARY_COLUMNS + list(PRECISION_COLUMNS)
@@ -347,7 +383,7 @@ def test_status_is_what_the_decisions_reach():
 def test_report_shows_the_precision_beside_each_point(tmp_path, template):
     from llenergymeasure.report import write_report_files
 
-    met = write_cycles(tmp_path, template, [10.0, 12.0, 14.0], "exp-met")
+    met = write_cycles(tmp_path, template, [10.0, 10.5, 11.0], "exp-met")
     maxed = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0, 10.0], "exp-max")
     target = Target(0.45, "energy_j", 3, 5, 0.95)
     write_aggregated_all(
@@ -364,12 +400,12 @@ def test_report_shows_the_precision_beside_each_point(tmp_path, template):
     write_report_files(aggs, met + maxed, str(tmp_path / "report"))
     svg = (tmp_path / "report" / "efficiency.svg").read_text()
     caption = (tmp_path / "report" / "efficiency.rst").read_text()
-    assert "41.4% (3 cycles) ✓" in svg and "(5 cycles) ✗ max" in svg
+    assert "36.4% (3 cycles) ✓" in svg and "(5 cycles) ✗ max" in svg
     assert (
-        "Precision target: cycles continued until the 95% interval of the mean energy_j was within ±45 % of it"
-        in caption
+        "Precision target: cycles continued until the 95% interval of the mean energy_j, judged with the 90% upper "
+        "bound of the spread, was within ±45 % of it" in caption
     )
-    assert "- **met**: 3 cycles, ±41.4 %: target met" in caption and "- **max**: 5 cycles, ±48.6 %" in caption
+    assert "- **met**: 3 cycles, ±36.4 %: target met" in caption and "- **max**: 5 cycles, ±48.6 %" in caption
     assert "max_cycles reached before the target" in caption
 
 
@@ -585,6 +621,6 @@ def test_lem_results_shows_the_precision(tmp_path, template, capsys):
     )
     assert main(["results", "--summary", str(tmp_path / "s.csv")]) == 0
     out = capsys.readouterr().out
-    assert "precision_achieved_rel_half_width" in out.splitlines()[0] and "0.414 " in out
+    assert "precision_achieved_rel_half_width" in out.splitlines()[0] and "1.276 " in out
     assert main(["results", "--summary", str(tmp_path / "s.csv"), "--columns", "config_name,precision_status"]) == 0
     assert "target_met" in capsys.readouterr().out

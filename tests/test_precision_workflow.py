@@ -132,8 +132,8 @@ def test_a_dry_run_shows_the_minimum_plan(workflow_dir):
     }, counts
     assert "Campaign 'pt': 2 experiments x 4-9 cycles, grouped order" in out
     assert (
-        "precision target: cycles continue until the 95% Student-t interval of the mean energy_j is within ±5 % "
-        "of it, 4 to 9 cycles. Scheduled now: the first 4 cycles of every experiment (8 measurements); after each "
+        "precision target: cycles continue until the 95% Student-t interval of the mean energy_j, judged with the "
+        "90% upper bound of the spread, is within ±5 % of it, 4 to 9 cycles. Scheduled now: the first 4 cycles of every experiment (8 measurements); after each "
         "further cycle a decision adds one more to the experiments not yet that precise, so more cycles may follow."
     ) in out
     assert "DAG of jobs will be updated after completion" in out  # Snakemake's own word on its checkpoints

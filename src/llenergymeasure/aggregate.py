@@ -11,7 +11,7 @@ from pathlib import Path
 from .backends import rules as backend_rules
 from .precision import status
 from .record.layout import cycle_of, experiment_of
-from .record.metrics import CV_METRICS, REGISTRY
+from .record.metrics import CV_METRICS, METRICS, REGISTRY
 from .record.raw import RawResult
 from .results import (
     AGGREGATED_SCHEMA,
@@ -74,7 +74,13 @@ def aggregate_experiment(
     raws = [rec.document for rec in records]
     first, head = raws[0], records[0]
     cycles_sorted = [rec.cycle for rec in records]
-    metrics = {m.name: summarise([m.read(r) for r in raws], confidence) for m in REGISTRY}
+    precision = None
+    if target is not None:
+        precision = status([METRICS[target.metric].read(r) for r in raws], cycles_sorted, target)
+    # an experiment stopped because its target was met ran as many cycles as its spread allowed: every interval
+    # of it is built on the spread's upper bound (precision.reported_interval says why)
+    bound = target.spread_bound_confidence if precision is not None and precision["target_met"] else None
+    metrics = {m.name: summarise([m.read(r) for r in raws], confidence, bound) for m in REGISTRY}
     cvs = {m: metrics[m]["cv"] for m in CV_METRICS}
     cv_flag = any(v is not None and v > cv_threshold for v in cvs.values())
     flag_counts = Counter(code for rec in records for code in rec.flag_codes)
@@ -82,11 +88,8 @@ def aggregate_experiment(
         flag_counts["high_cv_across_cycles"] = 1
     if planned_cycles and len(raws) < planned_cycles:
         flag_counts["missing_cycles"] = planned_cycles - len(raws)
-    precision = None
-    if target is not None:
-        precision = status(metrics[target.metric]["values"], cycles_sorted, target)
-        if precision["max_cycles_reached"]:
-            flag_counts["precision_target_not_met"] = 1
+    if precision is not None and precision["max_cycles_reached"]:
+        flag_counts["precision_target_not_met"] = 1
     pooled = {
         key: distribution([x for r in raws for x in r["latency"]["per_request"][key]]) for key in ("ttft_ms", "e2e_ms")
     }
@@ -106,7 +109,10 @@ def aggregate_experiment(
         "flops_method": f"{first['flops']['method']} ({first['flops']['confidence']} confidence)",
         "includes_estimate": head.energy_total.includes_estimate,
         "aggregation": {
-            "method": "one value per cycle; mean, sample std (ddof 1), CV, Student-t interval of the mean",
+            "method": (
+                "one value per cycle; mean, sample std (ddof 1), CV, Student-t interval of the mean"
+                + ("; intervals built on the spread's upper confidence bound (precision target met)" if bound else "")
+            ),
             "confidence": confidence,
             "num_processes": head.num_processes,
             "cv_threshold": cv_threshold,
@@ -237,6 +243,7 @@ PRECISION_COLUMNS = {
     "precision_metric": "metric",
     "precision_target_rel_half_width": "target_relative_half_width",
     "precision_achieved_rel_half_width": "achieved_relative_half_width",
+    "precision_judged_rel_half_width": "judged_relative_half_width",
     "precision_target_met": "target_met",
     "precision_max_cycles_reached": "max_cycles_reached",
     "precision_status": "status",

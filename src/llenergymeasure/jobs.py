@@ -277,14 +277,16 @@ def decide(raw: list[str], experiment_id: str, after_cycle: int, target: dict, o
             "target_met": "target met: stop",
             "max_cycles_reached": "max_cycles reached: stop (target not met)",
             "target_not_met": "one more cycle",
+            "too_few_values": "one more cycle (too few cycles have a value)",
         }.get(record["reason"], record["reason"])
         progress = logging.getLogger("llenergymeasure.progress")
         progress.info(
-            "%s after cycle %d: %s interval ±%s (target ±%s): %s",
+            "%s after cycle %d: %s interval ±%s, ±%s with the spread's upper bound (target ±%s): %s",
             experiment_id,
             after_cycle,
             record["metric"],
             percent(record["achieved_relative_half_width"]),
+            percent(record["judged_relative_half_width"]),
             percent(target["relative_half_width"]),
             verdict,
         )

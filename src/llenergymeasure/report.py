@@ -115,9 +115,11 @@ def _precision_text(aggs: list[dict]) -> str:
     p0 = targeted[0]["precision"]
     lines = [
         f"Precision target: cycles continued until the {p0['confidence']:.0%} interval of the mean "
-        f"{p0['metric']} was within ±{percent(p0['target_relative_half_width'])} of it ({p0['min_cycles']} to "
-        f"{p0['max_cycles']} cycles per experiment). Beside each point: the precision reached, the cycles run, "
-        "and ✓ (target met) or ✗ max (max_cycles reached first, flagged precision_target_not_met).\n"
+        f"{p0['metric']}, judged with the {p0['spread_bound_confidence']:.0%} upper bound of the spread, was within "
+        f"±{percent(p0['target_relative_half_width'])} of it ({p0['min_cycles']} to {p0['max_cycles']} cycles per "
+        "experiment; where it was met, every interval is built on that bound). Beside each point: the precision "
+        "reached, the cycles run, and ✓ (target met) or ✗ max (max_cycles reached first, flagged "
+        "precision_target_not_met).\n"
     ]
     for a in targeted:
         p = a["precision"]

@@ -9,16 +9,28 @@ step, which needs :func:`distribution` alone, runs on the standard library.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 
 
+@functools.lru_cache(maxsize=1024)
 def t_quantile(confidence: float, df: float) -> float:
     """Two-sided Student-t critical value: the ``(1 + confidence) / 2`` quantile with ``df`` degrees of freedom
     (``df`` may be fractional, as Welch's approximation gives it)."""
     from scipy.stats import t
 
     return float(t.ppf(0.5 + confidence / 2, df))
+
+
+@functools.lru_cache(maxsize=1024)
+def chi2_spread_factor(confidence: float, df: int) -> float:
+    """How much larger than a sample standard deviation with ``df`` degrees of freedom its one-sided upper
+    confidence bound is: sqrt(df / q), q the ``1 - confidence`` quantile of chi-squared with ``df`` degrees of
+    freedom (Normal values: the true deviation is below s times this with probability ``confidence``)."""
+    from scipy.stats import chi2
+
+    return math.sqrt(df / float(chi2.ppf(1 - confidence, df)))
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -50,8 +62,13 @@ def distribution(values: list[float]) -> dict:
     }
 
 
-def summarise(values: list[float | None], confidence: float = 0.95) -> dict:
-    """Across-cycle statistics of one metric. ``None`` values (unavailable) are excluded and counted."""
+def summarise(values: list[float | None], confidence: float = 0.95, spread_bound: float | None = None) -> dict:
+    """Across-cycle statistics of one metric. ``None`` values (unavailable) are excluded and counted.
+
+    With ``spread_bound``, the interval is built on the one-sided ``spread_bound`` upper confidence bound of the
+    standard deviation instead of the standard deviation itself (:func:`chi2_spread_factor`; ``ci_method``
+    ``student_t_chi2_spread_bound``): the interval of an experiment whose number of cycles depended on its spread
+    (:mod:`llenergymeasure.precision`). ``std`` and ``cv`` stay the sample's own."""
     xs = [float(v) for v in values if v is not None]
     out = {
         "values": [None if v is None else float(v) for v in values],
@@ -63,9 +80,11 @@ def summarise(values: list[float | None], confidence: float = 0.95) -> dict:
         "ci_low": None,
         "ci_high": None,
         "confidence": confidence,
-        "ci_method": "student_t",
+        "ci_method": "student_t" if spread_bound is None else "student_t_chi2_spread_bound",
         "warning": None,
     }
+    if spread_bound is not None:
+        out["spread_bound_confidence"] = spread_bound
     if not xs:
         out["warning"] = "no values"
         return out
@@ -76,6 +95,8 @@ def summarise(values: list[float | None], confidence: float = 0.95) -> dict:
         return out
     std = statistics.stdev(xs)
     half = t_quantile(confidence, len(xs) - 1) * std / math.sqrt(len(xs))
+    if spread_bound is not None:
+        half *= chi2_spread_factor(spread_bound, len(xs) - 1)
     out.update(std=std, cv=(std / abs(mean)) if mean else None, ci_low=mean - half, ci_high=mean + half)
     if len(xs) < 3:
         out["warning"] = "fewer than 3 values: interval unreliable"
