@@ -176,6 +176,19 @@ def test_fewer_cycles_than_planned_are_flagged(tmp_path, template):
     assert "missing_cycles" not in aggregate_experiment(paths, "name", 0.5, 0.95, planned_cycles=2)["flags"]
 
 
+def test_an_interval_of_a_positive_quantity_below_zero_is_reported_and_flagged(tmp_path, template):
+    """Energy cannot be negative; three cycles of 1, 10 and 1 J give mean 4 J and an interval down to -8.9 J. It is
+    reported as computed, marked, and the experiment flagged, once per such metric."""
+    agg = aggregate_experiment(write_cycles(tmp_path, template, [1.0, 10.0, 1.0]), "wide", 0.5, 0.95)
+    for name in ("energy_j", "j_per_output_token"):
+        assert agg["metrics"][name]["ci_low"] < 0 and agg["metrics"][name]["ci_below_zero"] is True
+    assert agg["metrics"]["energy_j"]["ci_low"] == pytest.approx(4 - 4.303 * 27**0.5 / 3**0.5, abs=0.01)
+    below = [m for m, s in agg["metrics"].items() if s.get("ci_below_zero")]
+    assert agg["flags"]["interval_below_zero"] == len(below) >= 2
+    steady = aggregate_experiment(write_cycles(tmp_path / "s", template, [10.0, 10.5, 11.0]), "steady", 0.5, 0.95)
+    assert not any(s.get("ci_below_zero") for s in steady["metrics"].values())
+
+
 def test_every_metric_has_a_unit_a_meaning_and_a_reader_of_raw_results(tmp_path, template):
     """The metric registry is the one list: the aggregation summarises exactly its metrics, the summary's metric
     columns are its statistics, and each metric reads a number (or None) from a real raw result."""

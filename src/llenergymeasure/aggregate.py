@@ -90,6 +90,11 @@ def aggregate_experiment(
         flag_counts["missing_cycles"] = planned_cycles - len(raws)
     if precision is not None and precision["max_cycles_reached"]:
         flag_counts["precision_target_not_met"] = 1
+    below_zero = [m.name for m in REGISTRY if m.nonnegative and (metrics[m.name]["ci_low"] or 0) < 0]
+    for name in below_zero:
+        metrics[name]["ci_below_zero"] = True
+    if below_zero:
+        flag_counts["interval_below_zero"] = len(below_zero)
     pooled = {
         key: distribution([x for r in raws for x in r["latency"]["per_request"][key]]) for key in ("ttft_ms", "e2e_ms")
     }

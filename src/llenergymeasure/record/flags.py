@@ -65,6 +65,7 @@ CORE: tuple[Flag, ...] = (
     Flag("high_cv_across_cycles", "experiment", "the CV across cycles of a CV metric exceeds analysis.cv_threshold", "aggregate.aggregate_experiment"),
     Flag("missing_cycles", "experiment", "fewer cycles than planned were aggregated (some failed)", "aggregate.aggregate_experiment"),
     Flag("precision_target_not_met", "experiment", "max_cycles was reached before the precision target", "aggregate.aggregate_experiment"),
+    Flag("interval_below_zero", "experiment", "the interval of a quantity that cannot be negative reaches below zero (few cycles, a large spread, or a net value near zero): the value is not told apart from zero; the count is how many metrics, each marked ci_below_zero", "aggregate.aggregate_experiment"),
 )  # fmt: skip
 
 FLAGS: dict[str, Flag] = {f.code: f for f in CORE}

@@ -2,7 +2,7 @@
 
 A metric is one number per raw result (per cycle). The aggregation summarises each across cycles (mean, sample
 std, CV, Student-t interval); the registry also says what it is measured in, which way is better, and where it is
-used: ``cv`` (its CV across cycles decides ``cv_flag``), ``target`` (a precision target may be set on it),
+used: ``cv`` (its CV across cycles decides ``cv_flag``), ``nonnegative`` (an interval below zero is flagged), ``target`` (a precision target may be set on it),
 ``compare`` (``lem compare`` tests it), ``summary`` (the statistics of it that ``summary.csv`` holds). The order
 here is the order of the summary's metric columns and of the aggregated file's ``metrics``.
 
@@ -30,6 +30,9 @@ class Metric:
     cv: bool = False
     target: bool = False
     compare: bool = False
+    #: the quantity cannot be negative (an energy, a rate, a duration, a count): an interval of it that reaches
+    #: below zero is reported as computed and flagged ``interval_below_zero``
+    nonnegative: bool = True
 
     def columns(self) -> list[str]:
         """This metric's columns in summary.csv: ``<name>_<statistic>``."""
