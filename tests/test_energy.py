@@ -277,6 +277,77 @@ def test_baseline_uncertainty_reflects_drift_and_is_carried_into_net_energy():
     assert "idle_power_drifting" in {f["code"] for f in flags}
 
 
+def test_window_edges_carry_their_error_into_gross_and_net_uncertainty():
+    """The window's edges are plain reads of a counter that moves every 100 ms: each lags its moment by a uniform
+    0-100 ms, so window energy errs by P x (lag at the start - lag at the end), standard deviation
+    P x 0.1 s x sqrt(2 / 12). That is the gross value's uncertainty, and it joins the baseline's in net energy."""
+    import random
+
+    rng = random.Random(3)
+    errors, reported = [], set()
+    for _ in range(2000):
+        clock = Clock()
+        m = SteppedCounter(100.0, clock)
+        clock.t = rng.uniform(0.0, 1.0)
+        m.start()
+        clock.sleep(rng.uniform(5.0, 6.0))
+        r = m.stop()
+        errors.append(r.energy_j - 100.0 * r.duration_s)
+        reported.add(r.edge_uncertainty_j)
+    expected = 100.0 * 0.1 * (2 / 12) ** 0.5  # 4.08 J
+    assert all(u == pytest.approx(expected, rel=0.03) for u in reported)  # at the window's measured power
+    sd = (sum(e * e for e in errors) / len(errors)) ** 0.5
+    assert sd == pytest.approx(expected, rel=0.08)  # the stated uncertainty is the error's real spread
+    base = {
+        "method": "nvml_counter",
+        "from_cache": False,
+        "cache_age_s": 0.0,
+        "measured_at": "x",
+        "duration_s": 30.0,
+        "settle": {"settled": True},
+        "flags": [],
+        "power_w": 80.0,
+        "uncertainty_w": 0.3,
+    }
+    row = energy_section([r], {r.device_key: base}, 10.0, [])["components"][0]
+    assert row["gross_energy_uncertainty_j"] == r.edge_uncertainty_j == pytest.approx(expected, rel=0.03)
+    assert row["net_energy_uncertainty_j"] == pytest.approx((3.0**2 + r.edge_uncertainty_j**2) ** 0.5)
+
+
+def test_counter_difference_samples_of_a_baseline_are_each_independent():
+    """A CPU counter has no smoothed power sensor: its baseline samples are counter differences over disjoint
+    100 ms intervals, so the standard error of their mean counts every sample. Idle power fluctuating as white
+    noise (sd 10 W per 100 ms) over a 10 s baseline: the sample term must be close to the real spread of the
+    baseline's mean across repetitions (about 1 W), not sqrt(10) times more."""
+    import random
+
+    class NoisyCounter(SteppedCounter):
+        def __init__(self, clock, rng):
+            super().__init__(50.0, clock, period=0.1, component="cpu", device="noisy")
+            self.edge_resolution_s, self.rng, self.steps = 0.0, rng, [0.0]
+
+        def read_j(self):
+            k = int(self.clock() / self.period + 1e-9)
+            while len(self.steps) <= k:
+                self.steps.append(self.steps[-1] + self.period * self.rng.gauss(50.0, 10.0))
+            return self.steps[k]
+
+        def power_w(self):
+            return None
+
+    rng = random.Random(5)
+    means, terms = [], []
+    for _ in range(60):
+        clock = Clock()
+        m = NoisyCounter(clock, rng)
+        rec = measure_idle([m], 10.0, sleep=clock.sleep)[m.device_key]
+        means.append(rec["power_w"])
+        terms.append(rec["checks"]["uncertainty_parts_w"]["samples"])
+    real = (sum((x - sum(means) / len(means)) ** 2 for x in means) / (len(means) - 1)) ** 0.5
+    stated = sum(terms) / len(terms)
+    assert 0.6 < stated / real < 1.6, (stated, real)
+
+
 def test_net_uncertainty_of_several_devices_adds_in_quadrature():
     base = {
         "method": "nvml_counter",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 
 import pytest
@@ -59,16 +60,20 @@ def test_window_quality_checks_are_recorded(raw):
     s = raw["steady_state"]
     assert s["method"] == "per_batch_step_time" and s["items"] == raw["tokens"]["num_batches"]
     assert 0.0 <= s["cold_excess_share"] <= 1.0 and s["reference_step_s"] > 0
+    assert s["prefill_judged"] is True  # static batches: each batch's prefill is judged too
     assert (
-        (s["cold_items"] > 0)
+        (s["cold_items"] + s["cold_prefill_items"] > 0)
         == s["cold_start_in_window"]
         == any(f["code"] == "cold_start_in_window" for f in raw["flags"])
     )
     assert raw["energy"]["cross_check"]["method"] == "unavailable"  # no GPU here: nothing to cross-check
     total, (cpu,) = raw["energy"]["total"], raw["energy"]["components"]
     assert cpu["idle_power_uncertainty_w"] >= 0
+    assert cpu["gross_energy_uncertainty_j"] > 0  # the window's edges: one clock tick each
     assert total["net_energy_uncertainty_j"] == pytest.approx(
-        cpu["idle_power_uncertainty_w"] * raw["timestamps"]["window_duration_s"]
+        math.hypot(
+            cpu["idle_power_uncertainty_w"] * raw["timestamps"]["window_duration_s"], cpu["gross_energy_uncertainty_j"]
+        )
     )
     assert raw["model"]["details"]["output_length_forcing"] == "eos_stopping_off"
 

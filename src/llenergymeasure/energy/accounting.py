@@ -12,8 +12,11 @@ ESTIMATES = ("estimate_tdp", "codecarbon")
 def energy_section(
     components: list[ComponentEnergy], baselines: dict, window_s: float, unavailable: list[dict]
 ) -> dict:
-    """Per-component gross/idle/net energy and the totals. Net = gross - idle power x window duration; its standard
-    uncertainty is the idle power's x the window duration (components added in quadrature: independent devices)."""
+    """Per-component gross/idle/net energy and the totals. Net = gross - idle power x window duration. Its standard
+    uncertainty combines, in quadrature, the idle power's x the window duration and the window's own edge error:
+    the two counter reads that open and close the window are plain reads, each of which may lag its moment by up
+    to the counter's step (100 ms on an NVML energy counter; ``gross_energy_uncertainty_j``, also the gross
+    value's). Components are added in quadrature (independent devices)."""
     rows = []
     for c in components:
         base = baselines.get(c.device_key)
@@ -21,12 +24,14 @@ def energy_section(
         idle_u = None if base is None else base.get("uncertainty_w")
         idle_j = None if idle_w is None else idle_w * window_s
         net = None if (c.energy_j is None or idle_j is None) else c.energy_j - idle_j
-        net_u = None if net is None or idle_u is None else idle_u * window_s
+        edge_u = c.edge_uncertainty_j or 0.0
+        net_u = None if net is None or idle_u is None else ((idle_u * window_s) ** 2 + edge_u**2) ** 0.5
         row = {
             "component": c.component,
             "device": c.device,
             "method": c.method,
             "gross_energy_j": c.energy_j,
+            "gross_energy_uncertainty_j": c.edge_uncertainty_j,
             "mean_power_w": c.mean_power_w,
             "idle_power_w": idle_w,
             "idle_power_uncertainty_w": idle_u,

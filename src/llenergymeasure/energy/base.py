@@ -7,6 +7,7 @@ the value. An unavailable or untrustworthy value is ``None`` plus a flag, never 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,9 @@ class ComponentEnergy:
     duration_s: float
     flags: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: standard uncertainty of the value from where its two edge readings fall on the counter's steps (None:
+    #: not known for this source)
+    edge_uncertainty_j: float | None = None
 
     @property
     def mean_power_w(self) -> float | None:
@@ -67,6 +71,12 @@ class Meter:
         at most ``edge_resolution_s`` (a uniform lag: resolution / sqrt(12) would be the standard deviation; the
         whole resolution is kept, to err on the side of a wider interval)."""
         return power_w * edge_resolution_s
+
+    def plain_read_sd_j(self, power_w: float) -> float:
+        """Standard deviation of the error of one plain (unsynchronised) read at ``power_w``: its lag, or its
+        rounding to the counter's unit, is uniform within :meth:`read_uncertainty_j` at the counter's step, so
+        that bound / sqrt(12). The edges of a window are such reads."""
+        return self.read_uncertainty_j(power_w, self.edge_resolution_s) / math.sqrt(12)
 
     def utilization_pct(self) -> float | None:
         """How busy the device is now (GPU SM utilisation), or None."""
@@ -133,8 +143,12 @@ class CounterMeter(Meter):
             else:
                 flags.append("counter_reset")
                 delta = None
+        duration = end_t - start_t
+        edge_u = None
+        if delta is not None:  # two plain reads, each lagging its moment by up to the counter's step
+            edge_u = math.sqrt(2) * self.plain_read_sd_j(delta / duration if duration > 0 else 0.0)
         return ComponentEnergy(
-            self.component, self.device, self.device_key, self.method, delta, end_t - start_t, flags, self.details()
+            self.component, self.device, self.device_key, self.method, delta, duration, flags, self.details(), edge_u
         )
 
 

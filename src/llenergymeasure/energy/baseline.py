@@ -11,7 +11,8 @@ How a baseline is taken (:func:`measure_idle`):
    CPU utilisation, to check that the device was idle and that power did not drift;
 4. idle power = counter difference / time between the synchronised edges. Its standard uncertainty combines the
    edge timing, the drift (half the change between the halves of the baseline) and the spread of the power
-   samples (standard error over ~1 s independent intervals), in quadrature; it is recorded and carried into net
+   samples (standard error over ~1 s independent intervals for a smoothed power sensor; over every sample where
+   the samples are counter differences over disjoint intervals), in quadrature; it is recorded and carried into net
    energy (idle-power uncertainty x window duration).
 
 A baseline taken while the device was busy (``baseline_not_idle``) is used, flagged, and never cached. The cache
@@ -49,7 +50,8 @@ DRIFT_MAX = 0.02
 SAMPLES_DISAGREE_MAX = 0.05
 #: Relative standard uncertainty of a measured (not estimated) idle power above which it is flagged.
 UNCERTAINTY_MAX = 0.01
-#: Power readings of NVML are smoothed over about a second: samples closer than that are not independent.
+#: Power readings of NVML are smoothed over about a second: samples closer than that are not independent. Samples
+#: that are counter differences over consecutive, disjoint intervals (CPU meters) are each independent.
 INDEPENDENT_SAMPLE_S = 1.0
 
 
@@ -139,9 +141,12 @@ def idle_power_record(
     series: list[tuple[float, float]],
     utilization: list[float],
     cpu_busy_fraction: float | None,
+    counter_samples: bool = False,
 ) -> dict:
     """Idle power of one device from its synchronised counter difference, checked against the power samples taken
-    meanwhile (``series``: (time s, watts)); returns the power, its standard uncertainty and the checks."""
+    meanwhile (``series``: (time s, watts)); returns the power, its standard uncertainty and the checks.
+    ``counter_samples``: the samples are counter differences over disjoint intervals (no smoothing sensor), so the
+    standard error of their mean counts every sample, not one per ``INDEPENDENT_SAMPLE_S``."""
     power = energy_j / duration_s if duration_s > 0 else None
     flags: list[str] = []
     checks: dict = {"samples": len(series), "edge_resolution_s": edge_resolution_s}
@@ -152,7 +157,11 @@ def idle_power_record(
     u_stat = u_drift = 0.0
     if len(watts) >= 2:
         mean = statistics.fmean(watts)
-        n_independent = max(1.0, duration_s / max(INDEPENDENT_SAMPLE_S, duration_s / len(watts)))
+        n_independent = (
+            float(len(watts))
+            if counter_samples
+            else max(1.0, duration_s / max(INDEPENDENT_SAMPLE_S, duration_s / len(watts)))
+        )
         u_stat = statistics.stdev(watts) / math.sqrt(n_independent)
         checks["samples_mean_power_w"] = mean
         checks["counter_vs_samples_ratio"] = power / mean if mean > 0 else None
@@ -195,6 +204,7 @@ def measure_idle(
     series: dict[str, list[tuple[float, float]]] = {m.device_key: [] for m in meters}
     utilization: dict[str, list[float]] = {m.device_key: [] for m in meters}
     last = {m.device_key: (starts[m.device_key][0], starts[m.device_key][1]) for m in meters}
+    from_counter: set[str] = set()
     while clock() - t_begin < duration_s:
         sleep(min(interval_s, max(0.0, duration_s - (clock() - t_begin))))
         for m in meters:
@@ -206,6 +216,7 @@ def measure_idle(
                 if now > t_last:
                     power = (e_now - e_last) / (now - t_last)
                 last[m.device_key] = (e_now, now)
+                from_counter.add(m.device_key)
             series[m.device_key].append((now, power))
             util = m.utilization_pct()
             if util is not None:
@@ -230,7 +241,14 @@ def measure_idle(
                 flags.append("counter_reset")
         rec = (
             idle_power_record(
-                m, delta, elapsed, max(r0, r1), series[m.device_key], utilization[m.device_key], busy_fraction
+                m,
+                delta,
+                elapsed,
+                max(r0, r1),
+                series[m.device_key],
+                utilization[m.device_key],
+                busy_fraction,
+                counter_samples=m.device_key in from_counter,
             )
             if "counter_reset" not in flags
             else {"power_w": None, "uncertainty_w": None, "checks": {}, "flags": []}
