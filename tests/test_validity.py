@@ -62,8 +62,15 @@ def test_prompt_length_alone_does_not_look_cold():
     batches[0] = dataclasses.replace(
         first, first_token_t=first.first_token_t + 0.3, end_t=first.end_t + 0.3, latency_s=first.latency_s + 0.3
     )
-    # a long first prompt
+    # a long first prompt: 0.35 s of prefill for 7x the padded tokens (0.05 s for 48 elsewhere), the same pace
+    batches[0] = dataclasses.replace(batches[0], input_tokens=280, padded_input_tokens=336)
     assert steady_state("static", batches, [], (0.0, batches[-1].end_t + 0.3))["cold_start_in_window"] is False
+    # the same prefill time for as many tokens as the others: a cold prefill
+    batches[0] = dataclasses.replace(batches[0], input_tokens=40, padded_input_tokens=48)
+    s = steady_state("static", batches, [], (0.0, batches[-1].end_t + 0.3))
+    assert s["cold_start_in_window"] is True and (s["cold_items"], s["cold_prefill_items"]) == (0, 1)
+    ((_, message),) = validity.cold_start_in_window(s)
+    assert "prefill at 0.00 s 7.00x" in message, message
 
 
 def test_continuous_batching_uses_decode_step_blocks():
@@ -161,3 +168,56 @@ def test_a_flag_outside_the_registry_is_refused():
     assert flags == [{"code": "short_window", "message": "x"}]
     with pytest.raises(ValueError, match="'made_up' is not declared in the flag registry"):
         validity.add(flags, "made_up", "y")
+
+
+def test_cold_excess_counts_the_decode_steps_not_the_prefill_steps_between_them():
+    """Under continuous batching a block of decode steps can span prefill steps; its cost beyond the steady pace is
+    its steps' own time beyond it, not its span (which holds the prefills)."""
+    steps, t = [], 0.0
+    for k in range(200):
+        if k == 5:  # a 0.1 s prefill step inside the first (cold) block
+            steps.append(Step(t, t + 0.1, prefill=True))
+            t += 0.1
+        dur = 0.02 if k < 10 else 0.012
+        steps.append(Step(t, t + dur))
+        t += dur
+    s = steady_state("continuous", [], steps, (0.0, t))
+    assert s["cold_start_in_window"] is True and s["reference_step_s"] == pytest.approx(0.012)
+    assert s["cold_excess_s"] == pytest.approx(10 * (0.02 - 0.012))  # 0.08 s, not the 0.18 s the span would give
+    assert s["cold_excess_share"] == pytest.approx(0.08 / t)
+
+
+def test_a_slow_start_under_one_and_a_half_times_is_found_on_a_quiet_host():
+    """The first blocks at 1.25x a steady, quiet pace: below the old 1.5x ratio, well above the noise."""
+    import random
+
+    rng = random.Random(1)
+    steps, t = [], 0.0
+    for k in range(400):
+        dur = rng.gauss(0.012, 0.0001) * (1.25 if k < 40 else 1.0)
+        steps.append(Step(t, t + dur))
+        t += dur
+    s = steady_state("continuous", [], steps, (0.0, t))
+    assert s["cold_start_in_window"] is True and s["cold_items"] == 2
+    assert s["seen"][0]["kind"] == "decode" and s["seen"][0]["pace_ratio"] == pytest.approx(1.25, abs=0.02)
+
+
+def test_a_busy_host_rarely_passes_for_a_cold_start():
+    """Fully warmed windows on a host busy with other work: every step's time varies (lognormal, 15 %) and now and
+    then the scheduler takes the CPU away for a while (a 3x slower block, 2 % of blocks, anywhere). Such slowness is
+    as likely late as early: in 500 such windows fewer than 3 % are flagged."""
+    import math
+    import random
+
+    rng = random.Random(11)
+    flagged = 0
+    for _ in range(500):
+        steps, t = [], 0.0
+        for _block in range(20):
+            slow = 3.0 if rng.random() < 0.02 else 1.0
+            for _ in range(10):
+                dur = 0.012 * math.exp(rng.gauss(0.0, 0.15)) * slow
+                steps.append(Step(t, t + dur))
+                t += dur
+        flagged += steady_state("continuous", [], steps, (0.0, t))["cold_start_in_window"]
+    assert flagged / 500 < 0.03, flagged

@@ -93,16 +93,27 @@ def load_not_sustained(load: dict | None) -> list[Finding]:
 
 
 def cold_start_in_window(steady: dict) -> list[Finding]:
-    if steady.get("cold_start_in_window"):
-        return [
-            (
-                "cold_start_in_window",
-                f"{steady['cold_items']} early part(s) of the window ran slower than "
-                f"{steady['cold_ratio']}x the window's steady pace ({steady['reference_step_s'] * 1000:.2f} ms/step); "
-                f"one-time cost ~{steady['cold_excess_share']:.1%} of the window (warm-up too short, or off)",
-            )
-        ]
-    return []
+    """What the steady-state check saw: the cold parts (where in the window, how much slower than the steady pace),
+    the pace and noise it judged them against, and the one-time cost they add."""
+    if not steady.get("cold_start_in_window"):
+        return []
+    parts = ", ".join(
+        f"{p['kind']} at {p['at_s']:.2f} s {p['pace_ratio']:.2f}x" for p in steady.get("seen", []) if p["pace_ratio"]
+    )
+    count = steady["cold_items"] + steady.get("cold_prefill_items", 0)
+    noise = steady.get("noise_step_s")
+    pace = f"steady decode pace {steady['reference_step_s'] * 1000:.2f} ms/step" + (
+        f" ± {noise * 1000:.2f} ms" if noise is not None else ""
+    )
+    others = steady.get("slow_items_not_cold", 0)
+    busy = f"; {others} other slow part(s) look like a busy host, not a cold start" if others else ""
+    return [
+        (
+            "cold_start_in_window",
+            f"{count} early part(s) of the window ran slower than its {pace}: {parts}; one-time cost "
+            f"~{steady['cold_excess_share']:.1%} of the window (warm-up too short, or off){busy}",
+        )
+    ]
 
 
 def energy_cross_check_mismatch(cross: dict) -> list[Finding]:
