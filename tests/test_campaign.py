@@ -547,9 +547,23 @@ def test_measurement_jobs_declare_gpus_and_their_backends_image(tmp_path):
     p = plan(campaign(tmp_path, grid=grid, containers={"vllm": "docker://example.org/v:1"}))
     by_backend = {e.backend: e.experiment_id for e in p.expansion.experiments}
     assert gpus(p, by_backend["vllm"]) == 2  # vLLM with device auto: CUDA unless its CPU build is what runs
-    assert gpus(p, by_backend["pytorch"]) == 0  # device auto: nothing asked of a scheduler unless device: cuda
+    assert gpus(p, by_backend["pytorch"]) == 2  # device auto: CUDA wherever the node has it, so its GPUs are asked for
     assert container(p, by_backend["vllm"]) == "docker://example.org/v:1"
     assert container(p, by_backend["pytorch"]) == "docker://vllm/vllm-openai:v0.32.0"  # the default
+
+
+def test_pytorch_asks_for_its_gpus_unless_its_device_is_the_cpu(tmp_path):
+    """``device: auto`` runs on CUDA wherever the job's node has it: its job asks for the GPUs it would measure
+    there, as ``device: cuda`` does; only ``device: cpu`` asks for none."""
+    from llenergymeasure.workflow import gpus
+
+    p = plan(campaign(tmp_path, grid={"backends": ["pytorch"], "shared": {"device": ["auto", "cuda", "cpu"]}}))
+    asked = {e.config["device"]: gpus(p, e.experiment_id) for e in p.expansion.experiments}
+    assert asked == {"auto": 1, "cuda": 1, "cpu": 0}
+    grid = {"backends": ["pytorch"], "shared": {"gpus": [2, 3]}, "backend_overrides": {"pytorch": {"num_processes": 2}}}
+    p = plan(campaign(tmp_path, grid=grid))
+    (two,) = p.expansion.experiments
+    assert two.config["device"] == "auto" and gpus(p, two.experiment_id) == 2
 
 
 def test_a_vllm_experiment_on_the_cpu_asks_for_no_gpu(tmp_path):

@@ -28,6 +28,7 @@ from llenergymeasure.results import read_result
 pytestmark = pytest.mark.workflow
 
 CONF = Path("/etc/slurm/slurm.conf")
+GRES = CONF.with_name("gres.conf")
 MARK = "# written by the llenergymeasure test suite\n"
 
 
@@ -41,8 +42,9 @@ def _missing() -> str | None:
         return "snakemake-executor-plugin-slurm not installed"
     if os.geteuid() != 0:
         return "the Slurm daemons need root"
-    if CONF.exists() and MARK not in CONF.read_text():
-        return f"{CONF} belongs to a real Slurm installation: not touching it"
+    for conf in (CONF, GRES):
+        if conf.exists() and MARK not in conf.read_text():
+            return f"{conf} belongs to a real Slurm installation: not touching it"
     return None
 
 
@@ -89,10 +91,19 @@ SelectTypeParameters=CR_Core_Memory
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
+MinJobAge=3600
+GresTypes=gpu
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
     )
+    # The node declares one GPU, as a GPU node does, so that a job asking for one is scheduled here. Slurm 22.05
+    # needs a device file per GPU: a count alone makes slurmd report none (node INVAL), and a plain file is refused
+    # as "not a valid character or block device". /dev/null, a character device, is taken as GPU 0: Slurm assigns
+    # it to a job as CUDA_VISIBLE_DEVICES=0, as on a one-GPU node, while torch here still sees no CUDA. Finished
+    # jobs stay in slurmctld's memory (MinJobAge, seconds) so that `scontrol show job` reads what they asked for
+    # after the run.
+    GRES.write_text(MARK + "Name=gpu File=/dev/null\n")
     started: list[Path] = []
     munge_pid = Path("/run/munge/munged.pid")
     if not _alive(munge_pid):
@@ -127,8 +138,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                     time.sleep(0.1)
             except (OSError, ValueError):
                 pass
-        if CONF.exists() and MARK in CONF.read_text():
-            CONF.unlink()
+        for conf in (CONF, GRES):
+            if conf.exists() and MARK in conf.read_text():
+                conf.unlink()
 
 
 def snakemake_on_slurm(slurm: dict, workflow_dir: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -207,3 +219,46 @@ def test_a_failed_measurement_on_slurm_is_isolated_and_recorded(slurm, workflow_
     dry = snakemake_on_slurm(slurm, workflow_dir, "-n", timeout=300)
     scheduled = re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr)
     assert scheduled == [(failures[0]["experiment_id"], "1")]
+
+
+def slurm_jobs(slurm: dict, job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Slurm's own record of each job (``scontrol show job -o``), as ``key: value`` fields, by job id."""
+    jobs = {}
+    for job_id in job_ids:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, env=slurm)
+        assert out.returncode == 0, out.stderr
+        jobs[job_id] = dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+    return jobs
+
+
+def test_measurement_jobs_ask_slurm_for_their_gpus_unless_on_the_cpu(slurm, workflow_dir):
+    """With the default ``device: auto`` a PyTorch experiment runs on CUDA wherever its node has it, so its job
+    asks Slurm for the GPU it lists; with ``device: cpu`` it asks for none. Read back from slurmctld, as received.
+    On this node (its GPU is no CUDA device) the auto experiment runs on the CPU and its result says so."""
+    import re
+
+    campaign = copy.deepcopy(SMALL)
+    campaign["campaign_name"] = "slurmgpu"
+    campaign["grid"]["shared"]["device"] = ["auto", "cpu"]
+    campaign["grid"]["backend_overrides"] = {"pytorch": {"batch_size": 2}}
+    campaign["execution"] = {"cycles": 1, "config_gap_s": 0, "cycle_gap_s": 0}
+    (workflow_dir / "c.yaml").write_text(yaml.safe_dump(campaign))
+    run = snakemake_on_slurm(slurm, workflow_dir)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    jobs = slurm_jobs(slurm, re.findall(r"has been submitted with SLURM jobid (\d+)", out))
+    asked = {}  # experiment id -> the GPUs its measurement job asked for, in Slurm's words (None: no request)
+    for job in jobs.values():
+        found = re.fullmatch(r"rule_measure_wildcards_(.+)_1", job["Comment"])
+        if found:
+            asked[found.group(1)] = job.get("TresPerJob")
+    root = workflow_dir / "results" / "slurmgpu"
+    devices = {}
+    for p in Layout(root).raw_files():
+        r = read_result(p, "raw_result")
+        devices[r["config"]["device"]] = (r["experiment_id"], r["model"]["device"])
+    (auto_id, auto_ran_on), (cpu_id, cpu_ran_on) = devices["auto"], devices["cpu"]
+    assert asked == {auto_id: "gres:gpu:1", cpu_id: None}, (asked, devices)
+    assert auto_ran_on == cpu_ran_on == "cpu"  # torch sees no CUDA here: auto fell back, and the result says so
+    log = Path(Layout(root).measure_log(auto_id, 1)).read_text()
+    assert "GPUs: assigned by Slurm: CUDA_VISIBLE_DEVICES=0" in log

@@ -230,6 +230,28 @@ def test_default_campaign_dry_run(workflow_dir):
     assert measure_blocks and all("threads: 2" in b for b in measure_blocks)
 
 
+def test_device_auto_jobs_declare_their_gpu_and_still_run_on_a_host_without_one(workflow_dir):
+    """A ``device: auto`` measurement declares the GPU it would use on CUDA (``gpu=1``, Slurm's ``--gpus``); a local
+    Snakemake holds jobs back for a resource only when ``--resources`` sets its limit, so ``snakemake --cores 1`` runs
+    them here, where the experiment falls back to the CPU and its result says so."""
+    import torch
+
+    shared = {**SMALL["grid"]["shared"], "device": "auto"}
+    grid = {"backends": ["pytorch"], "shared": shared, "backend_overrides": {"pytorch": {"batch_size": 2}}}
+    cfg = write_campaign(
+        workflow_dir / "wf.yaml", grid=grid, execution={"cycles": 1, "config_gap_s": 0, "cycle_gap_s": 0}
+    )
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    measure_blocks = [b for b in out.split("rule ")[1:] if b.startswith("measure:")]
+    assert len(measure_blocks) == 1 and "gpu=1" in measure_blocks[0]
+    (raw,) = Layout(workflow_dir / "results" / "wf").raw_files()
+    result = read_result(raw, "raw_result")
+    assert result["config"]["device"] == "auto"
+    assert result["model"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_lint_and_format():
     lint = subprocess.run(
         [sys.executable, "-m", "snakemake", "--lint", "--cores", "1"], cwd=REPO, capture_output=True, text=True

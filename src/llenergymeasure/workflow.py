@@ -347,18 +347,26 @@ def model_input(p: Plan, experiment_id: str) -> dict:
 
 
 def gpus(p: Plan, experiment_id: str) -> int:
-    """GPUs a measurement job asks the scheduler for (the ``gpu`` resource; Slurm: --gpus): every GPU the experiment
-    lists when it runs on CUDA (TensorRT-LLM always does; vLLM unless ``device: cpu``, or ``auto`` where vLLM's CPU
-    build is what is installed; PyTorch with ``device: cuda``), none otherwise. With ``--resources gpu=N`` a local
-    Snakemake never starts measurements needing more GPUs than the host has."""
+    """GPUs a measurement job asks the scheduler for (the ``gpu`` resource): every GPU the experiment lists, unless
+    it is certain to run on the CPU (``device: cpu``; vLLM's ``auto`` where vLLM's CPU build is what is installed).
+    PyTorch's ``auto`` takes CUDA wherever its node has it, so its job asks for the GPUs it would measure there; on a
+    node without CUDA it runs on the CPU and its result says so.
+
+    On Slurm the resource becomes ``sbatch --gpus=N`` (snakemake-executor-plugin-slurm 2.8,
+    snakemake_executor_plugin_slurm/utils.py:403-406, ``set_gres_string``; the job step's ``srun`` gets the same,
+    snakemake_executor_plugin_slurm_jobstep/__init__.py:319-331 in 0.6.1). A local Snakemake counts it only when
+    given ``--resources gpu=N`` (9.27: snakemake/scheduling/job_scheduler.py:101-117 and 617-623 count the resources
+    given there and no other), and then never starts measurements needing more GPUs than the host has; without it
+    the resource holds back nothing, so a CPU-only host runs PyTorch's ``auto`` experiments on its CPU."""
     config = p.by_id[experiment_id].config
+    if config["device"] == "cpu":
+        return 0
     if config["backend"] == "vllm":
         from .backends.vllm import engine_device
 
-        on_gpu = engine_device(config) == "cuda"
-    else:
-        on_gpu = config["device"] == "cuda" or (config["backend"] != "pytorch" and config["device"] != "cpu")
-    return len(config["gpus"]) if on_gpu else 0
+        if engine_device(config) != "cuda":
+            return 0
+    return len(config["gpus"])
 
 
 #: Apptainer's (and Singularity's) variables that put folders first on an image's PATH
