@@ -72,6 +72,7 @@ def test_open_loop_submits_each_request_at_its_time(served):
         # latencies from the planned arrival: first token and completion after it, ITL gaps add up
         assert r.ttft_s > 0 and r.e2e_s >= r.ttft_s
         assert sum(r.itl_s) == pytest.approx(r.e2e_s - r.ttft_s, abs=1e-9)
+        assert r.start_t == r.planned_t
         assert r.output_tokens == 4 and len(r.itl_s) == 3  # forced length: EOS never ends a request early
     assert out.batches[0].end_t - start >= 0.3
     # a running batch below batch_size is the load's doing, not a setting that did not take
