@@ -17,8 +17,8 @@ ratios beside their targets:
 4. at steady state, in one process: the backend's throughput against a bare ``generate`` loop (target >= 0.98) and
    measurement on/off (benchmarks/measurement_overhead.py).
 
-Everything it writes (experiment files, raw results, logs, ``gpu_check_summary.json``) goes into ``--out``, one
-folder without subfolders.
+Everything it writes (experiment files, raw results with their token times, logs, ``gpu_check_summary.json``)
+goes into ``--out``, one folder without subfolders.
 """
 
 from __future__ import annotations

@@ -62,6 +62,9 @@ def test_native_latency_at_batch_size_above_one(backend):
         assert r.e2e_s - r.ttft_s == pytest.approx(sum(r.itl_s))
     first_batch = [r for r in out.requests if r.index in (0, 1)]
     assert first_batch[0].ttft_s == first_batch[1].ttft_s  # same step, same batch
+    # each request's latencies count from its batch's submission
+    starts = sorted({r.start_t for r in out.requests})
+    assert starts == [b.start_t for b in out.batches] and first_batch[0].start_t == out.batches[0].start_t
 
 
 def test_warmup_converges_or_stops_at_max(backend):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from datetime import datetime
@@ -10,6 +11,7 @@ import pytest
 
 from conftest import tiny_experiment
 from llenergymeasure.measure import run_experiment
+from llenergymeasure.record import token_times
 from llenergymeasure.results import validate_result
 from llenergymeasure.runtime import JobContext
 
@@ -19,14 +21,19 @@ def ts(text):
 
 
 @pytest.fixture(scope="module")
-def raw(tiny_model, tmp_path_factory):
+def raw_path(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("raw") / "cycle_1.json"
     state = tmp_path_factory.mktemp("state")
     result = run_experiment(
         tiny_experiment(), "exp-test", 1, tiny_model, str(out), JobContext(state_dir=str(state), campaign_name="t")
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    return result
+    return out
+
+
+@pytest.fixture(scope="module")
+def raw(raw_path):
+    return json.loads(raw_path.read_text())
 
 
 def test_raw_result_validates(raw):
@@ -208,7 +215,13 @@ def test_gpu_check_script_runs_in_cpu_smoke_mode(tmp_path):
     assert "idle baseline" in out and "vs reference" in out
     assert out.count("cold share") == 2 and "power integral / counter n/a" in out  # no GPU: nothing to cross-check
     assert "backend / bare generate throughput" in out and "measurement on / off time" in out
-    assert sorted(p.name for p in tmp_path.glob("raw_*.json")) == ["raw_bs2_cycle1.json", "raw_bs2_cycle2.json"]
+    names = sorted(p.name for p in tmp_path.glob("raw_*.json"))
+    assert names == [
+        "raw_bs2_cycle1.json",
+        "raw_bs2_cycle1.tokens.json",
+        "raw_bs2_cycle2.json",
+        "raw_bs2_cycle2.tokens.json",
+    ]
     assert all(p.is_file() for p in tmp_path.iterdir())  # one folder, no subfolders
     summary = json.loads((tmp_path / "gpu_check_summary.json").read_text())
     assert summary["experiments"][0]["cycles"] == 2 and summary["overhead"]["backend_vs_bare"] > 0
@@ -273,6 +286,38 @@ def test_timeline_can_be_switched_off(tiny_model):
     )
     assert r["timeline"] == {"enabled": False, "summary": None, "sidecar": None}
     assert r["energy"]["phases"]["method"] == "unavailable"
+
+
+def test_itl_percentiles_are_derived_again_from_the_token_times_file(raw, raw_path):
+    """Each request's token arrivals are kept beside the raw result: the ITL distribution derived from the file is
+    the raw result's, exactly; each request's TTFT and E2E agree with its first and last arrival, and its tokens
+    with its count; each request starts in the window at its batch's submission."""
+    lat = raw["latency"]
+    assert lat["token_times_file"] == "cycle_1.tokens.json"
+    side_path = raw_path.with_name("cycle_1.tokens.json")
+    text = side_path.read_text()
+    assert text == json.dumps(json.loads(text), separators=(",", ":")) + "\n"  # compact: no indentation, no spaces
+    side = token_times.read(side_path)
+    assert (side["experiment_id"], side["cycle"], side["num_requests"]) == ("exp-test", 1, 6)
+    assert side["window_start"] == raw["timestamps"]["window_start"] and "microseconds" in side["times"]
+    assert side["request_start"] == lat["request_start"]
+    assert token_times.itl_distribution(side_path) == lat["itl_ms"]  # exactly: the same arrivals, the same sums
+    assert lat["itl_ms"]["n"] == 6 * 7 and {"mean", "p50", "p90", "p95", "p99"} <= set(lat["itl_ms"])
+    cols = side["requests"]
+    per = lat["per_request"]
+    assert set(cols) == {"prompt_index", "start_us", "token_us"}  # no serving load: no planned or submitted times
+    for tokens, ttft, e2e, n in zip(cols["token_us"], per["ttft_ms"], per["e2e_ms"], per["output_tokens"], strict=True):
+        assert len(tokens) == n == 8 and tokens == sorted(tokens)
+        # whole microseconds against 0.1 microsecond: both rounded, each by at most half its step
+        assert abs(tokens[0] / 1000 - ttft) <= 0.00055 and abs(tokens[-1] / 1000 - e2e) <= 0.00055
+    assert sorted(cols["prompt_index"]) == list(range(6))
+    starts = {round(b["start_s"] * 1e6) for b in raw["batches"]}
+    assert set(cols["start_us"]) == starts  # the requests of one batch start together, at its submission
+    window_us = raw["timestamps"]["window_duration_s"] * 1e6
+    assert all(0 <= s + t[-1] <= window_us + 1 for s, t in zip(cols["start_us"], cols["token_us"], strict=True))
+    # derived again by hand, from the file's integers alone
+    gaps = [(b - a) / 1000 for t in cols["token_us"] for a, b in itertools.pairwise(t)]
+    assert sorted(gaps) == sorted(token_times.itl_ms(cols["token_us"])) and min(gaps) >= 0
 
 
 def test_throughput_is_over_the_window_wall_clock(raw):

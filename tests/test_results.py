@@ -89,8 +89,9 @@ def test_atomic_write_leaves_nothing_on_invalid_data(tmp_path, raw):
 
 def test_a_finished_raw_result_is_never_replaced(tmp_path, raw):
     """The writer refuses when the target exists, even when the target is write-protected (a rename would ignore
-    that) and when the new result is valid; the finished file keeps its bytes. Its timeline sidecar is refused too,
-    while a sidecar left without its raw result (an attempt that failed after writing it) is replaced."""
+    that) and when the new result is valid; the finished file keeps its bytes. Its sidecars (timeline, token times)
+    are refused too, while a sidecar left without its raw result (an attempt that failed after writing it) is
+    replaced."""
     target = tmp_path / "raw" / "e" / "cycle_1.json"
     write_json_atomic(target, raw, "raw_result")
     target.chmod(0o444)
@@ -102,12 +103,15 @@ def test_a_finished_raw_result_is_never_replaced(tmp_path, raw):
     ):
         write_json_atomic(target, other, "raw_result")
     assert target.read_bytes() == before and sorted(os.listdir(target.parent)) == ["cycle_1.json"]
-    with pytest.raises(ResultExistsError):
-        write_json_atomic(target.with_name("cycle_1.timeline.json"), {"t_s": []})
-    orphan = target.with_name("cycle_2.timeline.json")
-    orphan.write_text("left over")
-    write_json_atomic(orphan, {"t_s": [1]})
-    assert json.loads(orphan.read_text()) == {"t_s": [1]}
+    for suffix in ("timeline", "tokens"):
+        with pytest.raises(ResultExistsError):
+            write_json_atomic(target.with_name(f"cycle_1.{suffix}.json"), {"t_s": []})
+        orphan = target.with_name(f"cycle_2.{suffix}.json")
+        orphan.write_text("left over")
+        write_json_atomic(orphan, {"t_s": [1]}, compact=suffix == "tokens")
+        assert json.loads(orphan.read_text()) == {"t_s": [1]}
+    assert sorted(os.listdir(target.parent)) == ["cycle_1.json", "cycle_2.timeline.json", "cycle_2.tokens.json"]
+    assert target.with_name("cycle_2.tokens.json").read_text() == '{"t_s":[1]}\n'  # compact: no spaces, no indent
 
 
 def test_two_writers_race_for_one_raw_result(tmp_path, raw):
@@ -175,3 +179,18 @@ def test_the_typed_records_read_a_raw_result_and_write_its_sections_exactly(raw,
     old = RawResult.from_dict(older)
     assert old.tokens.mean_batch_size is None and old.tokens.counting is None and old.throughput.denominator is None
     assert old.tokens.output_tokens == rec.tokens.output_tokens
+
+
+def test_the_token_times_sidecar_has_its_place_in_the_layout(tmp_path):
+    """The token times sidecar lies beside its raw result, is named as one, and is never read as a raw result."""
+    from llenergymeasure.record.layout import Layout, Located, locate, token_times_of
+
+    layout = Layout(tmp_path)
+    raw_path, side = layout.raw("e-1", 3), layout.token_times("e-1", 3)
+    assert side == f"{tmp_path}/raw/e-1/cycle_3.tokens.json" == token_times_of(raw_path)
+    assert locate(side) == Located("token_times", "e-1", 3)
+    assert locate(layout.sidecar("e-1", 3)).kind == "sidecar"
+    for path in (raw_path, side, layout.sidecar("e-1", 3)):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+    assert [str(p) for p in layout.raw_files()] == [raw_path]

@@ -72,6 +72,7 @@ def test_open_loop_submits_each_request_at_its_time(served):
         # latencies from the planned arrival: first token and completion after it, ITL gaps add up
         assert r.ttft_s > 0 and r.e2e_s >= r.ttft_s
         assert sum(r.itl_s) == pytest.approx(r.e2e_s - r.ttft_s, abs=1e-9)
+        assert r.start_t == r.planned_t
         assert r.output_tokens == 4 and len(r.itl_s) == 3  # forced length: EOS never ends a request early
     assert out.batches[0].end_t - start >= 0.3
     # a running batch below batch_size is the load's doing, not a setting that did not take
@@ -231,3 +232,30 @@ def test_a_pytorch_campaign_under_a_load_runs_through_snakemake(workflow_dir):
         in_flight = [sum(1 for s, e in zip(starts, ends, strict=True) if s <= t < e) for t in starts]
         assert max(in_flight) == 2 and load["offered_rate_per_s"] is None
         assert load["latency_from"] == "submission (when a slot freed)"
+
+
+def test_the_token_times_file_keeps_each_requests_planned_and_submitted_times(tiny_model, tmp_path):
+    """Under a serving load the token times sidecar also holds each request's planned arrival and submission (the
+    raw result's load.per_request, to the microsecond); a request starts at its planned arrival; the ITL
+    distribution derived from the file is the raw result's."""
+    import json
+
+    from llenergymeasure.measure import run_experiment
+    from llenergymeasure.record import token_times
+
+    load = {"arrival": "constant", "rate_per_s": 20.0, "seed": 0}
+    out = tmp_path / "cycle_1.json"
+    r = run_experiment(experiment(load, warmup={"enabled": False}), "exp-load", 1, tiny_model, str(out))
+    side = token_times.read(tmp_path / r["latency"]["token_times_file"])
+    assert (
+        json.loads(out.read_text())["latency"]["itl_ms"] == token_times.itl_distribution(side) == r["latency"]["itl_ms"]
+    )
+    cols, per = side["requests"], r["load"]["per_request"]
+    assert cols["start_us"] == cols["planned_us"] and cols["prompt_index"] == per["prompt"]
+    assert [p * 1e6 for p in per["planned_s"]] == pytest.approx(cols["planned_us"], abs=1)
+    assert [s * 1e6 for s in per["submitted_s"]] == pytest.approx(cols["submitted_us"], abs=1)
+    for start, tokens, first, end in zip(
+        cols["start_us"], cols["token_us"], per["first_token_s"], per["end_s"], strict=True
+    ):
+        assert len(tokens) == 4 and (start + tokens[0]) / 1e6 == pytest.approx(first, abs=2e-6)
+        assert (start + tokens[-1]) / 1e6 == pytest.approx(end, abs=2e-6)

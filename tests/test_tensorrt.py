@@ -556,6 +556,7 @@ def test_latency_from_arrivals_splits_multi_token_responses():
     assert (t.index, t.input_tokens, t.output_tokens) == (3, 10, 5)
     assert t.ttft_s == pytest.approx(0.25) and t.e2e_s == pytest.approx(0.75)
     assert t.itl_s == pytest.approx([0.0, 0.25, 0.25, 0.0])  # n - 1 gaps; tokens that arrived together get 0
+    assert t.start_t == 1.0 and t.planned_t is None  # the instant TTFT and E2E count from: the submission
 
 
 def test_warmup_contract(fake_trt, tiny_model, tmp_path):

@@ -16,6 +16,7 @@ import yaml
 
 from conftest import REPO, SMALL, job_counts, sha, snakemake, snakemake_in_background, utc, write_campaign
 from llenergymeasure.aggregate import read_summary
+from llenergymeasure.record import token_times
 from llenergymeasure.record.layout import Layout
 from llenergymeasure.results import read_result
 
@@ -42,6 +43,10 @@ def test_full_run_then_edit_one_value(workflow_dir):
         results = [read_result(p, "raw_result") for p in raws]
         for p in raws:
             assert (p.stat().st_mode & 0o222) == 0, f"{p} is not write-protected"
+        for p, r in zip(raws, results, strict=True):  # every window's token times lie beside its raw result
+            side = Layout(root).token_times(r["experiment_id"], r["cycle"])
+            assert str(p.with_name(r["latency"]["token_times_file"])) == side
+            assert token_times.itl_distribution(side) == r["latency"]["itl_ms"]
         ids = sorted({r["experiment_id"] for r in results})
         for exp_id in ids:
             read_result(root / "aggregated" / f"{exp_id}.json", "aggregated_result")

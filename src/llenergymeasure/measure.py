@@ -40,7 +40,8 @@ from .errors import MeasurementError
 from .flops import flops_section, model_dims
 from .paths import utc_now_iso
 from .prompts import load_prompts, prompts_sha256
-from .record.layout import sidecar_of
+from .record import token_times
+from .record.layout import sidecar_of, token_times_of
 from .record.raw import Efficiency, Provenance, Throughput, Timestamps, Tokens
 from .results import RAW_SCHEMA, SCHEMA_VERSION, write_json_atomic
 from .runtime import JobContext
@@ -214,23 +215,33 @@ def efficiency_section(total: dict, tokens: Tokens) -> Efficiency:
     )
 
 
-def latency_section(w: WindowRecord) -> dict:
-    """TTFT, E2E, ITL and TPOT distributions (ms) from observed token arrivals, and each request's own values."""
+def request_start(w: WindowRecord) -> str:
+    """What a request's start is: the instant its TTFT and E2E count from."""
+    if w.schedule is None:
+        return "submission of the request's batch to the engine"
+    if w.schedule.open_loop:
+        return "the request's planned arrival (serving load)"
+    return "submission of the request, when a slot freed (closed loop)"
+
+
+def latency_section(
+    w: WindowRecord, experiment_id: str, cycle: int, output: str | None
+) -> tuple[dict, tuple[str, dict] | None]:
+    """TTFT, E2E, ITL and TPOT distributions (ms) from observed token arrivals, and each request's own values; and
+    the token times sidecar to write beside the raw result (path and data, when there is an ``output``). ITL comes
+    from the whole-microsecond arrivals the sidecar keeps, so the sidecar gives it back exactly
+    (:mod:`llenergymeasure.record.token_times`)."""
     reqs = w.requests
     ms = 1000.0
     tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) * ms for r in reqs if r.output_tokens > 1]
-    if w.schedule is None:
-        start = "submission of the request's batch to the engine"
-    elif w.schedule.open_loop:
-        start = "the request's planned arrival (serving load)"
-    else:
-        start = "submission of the request, when a slot freed (closed loop)"
-    return {
+    start = request_start(w)
+    path = token_times_of(output) if output else None
+    section = {
         "method": w.runs[0].latency_method,
         "request_start": start,
         "ttft_ms": distribution([r.ttft_s * ms for r in reqs]),
         "e2e_ms": distribution([r.e2e_s * ms for r in reqs]),
-        "itl_ms": distribution([x * ms for r in reqs for x in r.itl_s]),
+        "itl_ms": distribution(token_times.itl_ms([token_times.arrivals_us(r) for r in reqs])),
         "tpot_ms": distribution(tpot),
         "per_request": {
             "ttft_ms": [round(r.ttft_s * ms, 4) for r in reqs],
@@ -238,8 +249,13 @@ def latency_section(w: WindowRecord) -> dict:
             "input_tokens": [r.input_tokens for r in reqs],
             "output_tokens": [r.output_tokens for r in reqs],
         },
+        "token_times_file": path and os.path.basename(path),
         "warmup_excluded": True,
     }
+    if not path:
+        return section, None
+    data = token_times.sidecar(reqs, w.w0, experiment_id, cycle, w.window_start, start)
+    return section, (path, {"schema_version": SCHEMA_VERSION, **data})
 
 
 def memory_section(w: WindowRecord, timeline: dict, peaks: dict) -> dict:
@@ -335,7 +351,7 @@ def run_experiment(
     backend = create_backend(config, model_path)
     try:
         window = run_window(backend, config, experiment_id, cycle, ctx)
-        result, sidecar = build_result(window, backend, config, experiment_id, cycle, model_path, output, ctx)
+        result, sidecars = build_result(window, backend, config, experiment_id, cycle, model_path, output, ctx)
         result["phases_s"]["job_total_s"] = time.perf_counter() - t_job
     finally:
         backend.close()  # engines and data-parallel processes end with the job, also when it fails
@@ -344,8 +360,8 @@ def run_experiment(
             raise MeasurementError("the workflow that started this measurement is gone; nothing written")
         if before_publish is not None:
             before_publish(result)
-        if sidecar:
-            write_json_atomic(*sidecar)
+        for path, data, compact in sidecars:  # each sidecar lands before the raw result that names it
+            write_json_atomic(path, data, durable=True, compact=compact)
         write_json_atomic(output, result, RAW_SCHEMA)
     return result
 
@@ -463,14 +479,16 @@ def build_result(
     model_path: str,
     output: str | None,
     ctx: JobContext,
-) -> tuple[dict, tuple[str, dict] | None]:
-    """The raw result of a window (and its timeline sidecar, when one is to be written)."""
+) -> tuple[dict, list[tuple[str, dict, bool]]]:
+    """The raw result of a window, and the sidecars to write before it: ``(path, data, compact)`` for its token times
+    and its timeline (when ``timeline.save``), none without an ``output``."""
     energy = energy_section(w.components, w.baselines, w.duration_s, w.meters.unavailable)
     total = energy["total"]
     energy["emissions"] = emissions_section(
         total["gross_energy_j"], config["energy"]["country_iso_code"], total["method"]
     )
-    timeline, sidecar = timeline_section(w, config["timeline"], output)
+    timeline, timeline_file = timeline_section(w, config["timeline"], output)
+    latency, tokens_file = latency_section(w, experiment_id, cycle, output)
     energy["phases"] = timeline.pop("phases")
     energy["cross_check"] = cross_check_section(w)
     steady = steady_state(w.scheduling, w.batches, w.steps, (w.w0, w.w1))
@@ -515,7 +533,7 @@ def build_result(
         "energy": energy,
         "throughput": throughput_section(w, tokens).to_dict(),
         "efficiency": efficiency_section(total, tokens).to_dict(),
-        "latency": latency_section(w),
+        "latency": latency,
         "load": load,
         "flops": flops,
         "warmup": w.warmup,
@@ -537,7 +555,10 @@ def build_result(
         ).to_dict(),
         "config": config,
     }
-    return result, sidecar
+    # (path, data, compact): the token times (long number series, compact) and the timeline
+    sidecars = [(*tokens_file, True)] if tokens_file else []
+    sidecars += [(*timeline_file, False)] if timeline_file else []
+    return result, sidecars
 
 
 def _announced_sleep(label: str):

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from .config import schema_problems
-from .record.layout import SIDECAR_NAME, Layout
+from .record.layout import SIDECAR_NAMES, Layout
 
 log = logging.getLogger(__name__)
 
@@ -99,29 +99,36 @@ def _link_new(tmp: str, path: Path) -> None:
 
 def _finished_measurement(path: Path, schema_name: str | None) -> Path | None:
     """The finished raw result that writing ``path`` would overwrite or contradict: the raw result itself, or, for
-    a timeline sidecar, the raw result it belongs to. (A sidecar without its raw result is a left-over of an attempt
-    that failed after writing it, and is replaced.)"""
+    a sidecar (timeline, token times), the raw result it belongs to. (A sidecar without its raw result is a
+    left-over of an attempt that failed after writing it, and is replaced.)"""
     if schema_name == RAW_SCHEMA:
         return path if os.path.lexists(path) else None
-    match = SIDECAR_NAME.match(path.name)
-    if match:
-        raw = path.parent / f"cycle_{match.group(1)}.json"
-        return raw if os.path.lexists(raw) else None
+    for name in SIDECAR_NAMES:
+        match = name.match(path.name)
+        if match:
+            raw = path.parent / f"cycle_{match.group(1)}.json"
+            return raw if os.path.lexists(raw) else None
     return None
 
 
-def write_json_atomic(path: str | Path, data: dict, schema_name: str | None = None, durable: bool = True) -> None:
+def write_json_atomic(
+    path: str | Path, data: dict, schema_name: str | None = None, durable: bool = True, compact: bool = False
+) -> None:
     """Validate, then write atomically (:func:`write_text_atomic`). ``durable`` (measurements) also fsyncs and
     indents for people; derived files skip both (they can be recomputed, and compact JSON is several times faster
-    to write). A raw result is never written over an existing one, nor a timeline sidecar beside a finished raw
-    result (:class:`ResultExistsError`)."""
+    to write). ``compact`` writes without indentation or spaces even when durable (long number series: the token
+    times sidecar). A raw result is never written over an existing one, nor a sidecar beside a finished raw result
+    (:class:`ResultExistsError`)."""
     path = Path(path)
     finished = _finished_measurement(path, schema_name)
     if finished is not None:
         raise _exists(finished)
     if schema_name:
         validate_result(data, schema_name, str(path))
-    text = json.dumps(data, indent=1 if durable else None, allow_nan=False) + "\n"
+    if compact:
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n"
+    else:
+        text = json.dumps(data, indent=1 if durable else None, allow_nan=False) + "\n"
     write_text_atomic(path, text, durable, replace=schema_name != RAW_SCHEMA)
 
 

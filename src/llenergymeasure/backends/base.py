@@ -94,6 +94,9 @@ class RequestTiming:
     # seconds; ``ttft_s`` and ``e2e_s`` then count from the planned arrival
     planned_t: float | None = None
     submitted_t: float | None = None
+    # the instant ``ttft_s`` and ``e2e_s`` count from, perf_counter seconds (the batch's submission, or the planned
+    # arrival under a serving load): places the request's token arrivals in the window (None: not known)
+    start_t: float | None = None
 
 
 def _since(t: float | None, w0: float) -> float | None:

@@ -727,7 +727,7 @@ class PyTorchBackend(Backend):
                 ttft = (times[0] - start) if times else end - start
                 e2e = (times[-1] - start) if times else end - start
                 itl = [b - a for a, b in itertools.pairwise(times)]
-                requests.append(RequestTiming(idx, in_tokens[row], n, ttft, e2e, itl))
+                requests.append(RequestTiming(idx, in_tokens[row], n, ttft, e2e, itl, start_t=start))
             step_log.extend(
                 Step(a, b, prefill=(k == 0)) for k, (a, b) in enumerate(itertools.pairwise([start, *steps]))
             )
@@ -962,6 +962,7 @@ class PyTorchBackend(Backend):
                     [b - a for a, b in itertools.pairwise(times)],
                     planned_t=planned[k],
                     submitted_t=submitted[k],
+                    start_t=planned[k],
                 )
             )
         end = max((r.planned_t + r.e2e_s for r in requests), default=dispatcher.start)

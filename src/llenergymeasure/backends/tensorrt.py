@@ -931,10 +931,12 @@ class TensorRTBackend(Backend):
         submission (planned arrival) to the last token's arrival."""
         planned = stream.get("planned")
         t0, arrivals = (stream["submitted"] if planned is None else planned), stream["arrivals"]
-        serving = {} if planned is None else {"planned_t": planned, "submitted_t": stream["submitted"]}
+        when = {"start_t": t0}
+        if planned is not None:
+            when.update(planned_t=planned, submitted_t=stream["submitted"])
         if not arrivals:
             return RequestTiming(
-                stream["index"], stream["input_tokens"], 0, stream["end"] - t0, stream["end"] - t0, [], **serving
+                stream["index"], stream["input_tokens"], 0, stream["end"] - t0, stream["end"] - t0, [], **when
             )
         itl: list[float] = [0.0] * (arrivals[0][1] - 1)
         for (prev, _), (now, k) in itertools.pairwise(arrivals):
@@ -947,7 +949,7 @@ class TensorRTBackend(Backend):
             arrivals[0][0] - t0,
             arrivals[-1][0] - t0,
             itl,
-            **serving,
+            **when,
         )
 
     def _run_streams(

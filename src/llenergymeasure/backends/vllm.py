@@ -1012,6 +1012,7 @@ class VllmBackend(Backend):
                 first[k] - planned[k],
                 last[k] - planned[k],
                 gaps[k],
+                start_t=planned[k],  # offline: the instant every request was added
                 **({} if schedule is None else {"planned_t": planned[k], "submitted_t": submitted[k]}),
             )
             for k, idx in enumerate(indices)

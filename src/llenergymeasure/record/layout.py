@@ -5,6 +5,7 @@ path there names. The workflow's rules take their output patterns from here (a w
 ::
 
     raw/<experiment_id>/cycle_<n>.json               raw result of one measurement (protected)
+    raw/<experiment_id>/cycle_<n>.tokens.json        its token times sidecar: each request's token arrivals
     raw/<experiment_id>/cycle_<n>.timeline.json      its timeline sidecar (timeline.save)
     decisions/<experiment_id>/after_cycle_<n>.json   precision target: stop or one more cycle
     aggregated/<experiment_id>.json                  one experiment across its cycles
@@ -26,13 +27,18 @@ from pathlib import Path
 
 RAW_NAME = re.compile(r"^cycle_([1-9][0-9]*)\.json$")
 SIDECAR_NAME = re.compile(r"^cycle_([1-9][0-9]*)\.timeline\.json$")
+TOKEN_TIMES_NAME = re.compile(r"^cycle_([1-9][0-9]*)\.tokens\.json$")
 DECISION_NAME = re.compile(r"^after_cycle_([1-9][0-9]*)\.json$")
 SIDECAR_SUFFIX = ".timeline.json"
+TOKEN_TIMES_SUFFIX = ".tokens.json"
+#: the files written beside a raw result, before it (each names its cycle): timeline and token times sidecars
+SIDECAR_NAMES = (SIDECAR_NAME, TOKEN_TIMES_NAME)
 
 
 @dataclass(frozen=True)
 class Located:
-    """What a path under a results folder names: ``kind`` (raw, sidecar, decision, aggregated), its experiment and
+    """What a path under a results folder names: ``kind`` (raw, sidecar (the timeline's), token_times, decision,
+    aggregated), its experiment and
     its cycle (for a decision: the cycle it was taken after; None for an aggregated result)."""
 
     kind: str
@@ -56,6 +62,9 @@ class Layout:
 
     def sidecar(self, experiment_id: str, cycle: int | str) -> str:
         return f"{self.root}/raw/{experiment_id}/cycle_{cycle}{SIDECAR_SUFFIX}"
+
+    def token_times(self, experiment_id: str, cycle: int | str) -> str:
+        return f"{self.root}/raw/{experiment_id}/cycle_{cycle}{TOKEN_TIMES_SUFFIX}"
 
     def measure_log(self, experiment_id: str, cycle: int | str) -> str:
         return f"{self.root}/logs/measure/{experiment_id}/cycle_{cycle}.log"
@@ -125,7 +134,7 @@ class Layout:
 
     # reading the folder back
     def raw_files(self) -> list[Path]:
-        """The raw results on disk (timeline sidecars excluded), sorted."""
+        """The raw results on disk (sidecars excluded), sorted."""
         return sorted(p for p in Path(self.root).glob("raw/*/cycle_*.json") if RAW_NAME.match(p.name))
 
     def aggregated_files(self) -> dict[str, Path]:
@@ -137,7 +146,11 @@ def locate(path: str | Path) -> Located | None:
     """What a path names, from its last parts alone (any results folder), or None when it is none of those files."""
     p = Path(path)
     parent, folder = p.parent.name, p.parent.parent.name
-    for kind, name, where in (("raw", RAW_NAME, "raw"), ("sidecar", SIDECAR_NAME, "raw")):
+    for kind, name, where in (
+        ("raw", RAW_NAME, "raw"),
+        ("sidecar", SIDECAR_NAME, "raw"),
+        ("token_times", TOKEN_TIMES_NAME, "raw"),
+    ):
         match = name.match(p.name)
         if match and folder == where:
             return Located(kind, parent, int(match.group(1)))
@@ -154,6 +167,13 @@ def sidecar_of(raw_path: str | Path) -> str:
     output name gets the suffix appended."""
     text = str(raw_path)
     return (text[: -len(".json")] if text.endswith(".json") else text) + SIDECAR_SUFFIX
+
+
+def token_times_of(raw_path: str | Path) -> str:
+    """The token times sidecar beside a raw result (``cycle_<n>.json`` -> ``cycle_<n>.tokens.json``); any other
+    output name gets the suffix appended."""
+    text = str(raw_path)
+    return (text[: -len(".json")] if text.endswith(".json") else text) + TOKEN_TIMES_SUFFIX
 
 
 def cycle_of(raw_path: str | Path) -> int:
