@@ -435,10 +435,11 @@ def measurement_problem(config: dict) -> str | None:
     energy = config["energy"]
     if energy["backend"] == "nvml" and config["device"] == "cpu":
         return "energy.backend = nvml reads GPU energy counters, but device = cpu"
-    if energy["cpu_tdp_w"] is not None and energy["backend"] in ("rapl", "codecarbon"):
-        return (
-            f"energy.cpu_tdp_w sets the TDP of the CPU estimate, which energy.backend = {energy['backend']} never uses"
-        )
+    for key, what in (("cpu_tdp_w", "the TDP"), ("cpu_part_threads", "the hardware threads per package")):
+        if energy[key] is not None and energy["backend"] in ("rapl", "codecarbon"):
+            return (
+                f"energy.{key} sets {what} of the CPU estimate, which energy.backend = {energy['backend']} never uses"
+            )
     return None
 
 

@@ -174,6 +174,8 @@ def energy_readings(components: list, baselines: dict, rows: list[dict]) -> list
             out.append(("counter_reset", f"{c.device}: energy counter went backwards; value withheld"))
         if c.method in ESTIMATES:
             out.append(("energy_estimated", f"{c.component} energy is an estimate ({c.method}), not a measurement"))
+        if "cpu_tdp_unknown" in c.flags:
+            out.append(("cpu_tdp_unknown", _unknown_part(c)))
         if "mig_parent_gpu_energy" in c.flags:
             out.append(("mig_parent_gpu_energy", f"{c.device} is a MIG instance: energy is the whole parent GPU's"))
         if base is None and c.method != "codecarbon":
@@ -186,6 +188,23 @@ def energy_readings(components: list, baselines: dict, rows: list[dict]) -> list
             )
         out += baseline_quality(c.device, base)
     return out
+
+
+def _unknown_part(c) -> str:
+    d = c.details
+    missing = [
+        (what, setting)
+        for key, what, setting in (
+            ("tdp_w", "TDP", "energy.cpu_tdp_w"),
+            ("part_threads", "hardware threads", "energy.cpu_part_threads"),
+        )
+        if d.get(key) is None
+    ]
+    return (
+        f"{c.device}: {' and '.join(w for w, _ in missing)} of the CPU part {d['cpu_model']!r} unknown: charged "
+        f"{d['watts_per_thread']:.2f} W per busy hardware thread ({d['watts_per_thread_source']}); set "
+        f"{' and '.join(s for _, s in missing)} for this part"
+    )
 
 
 def unmeasured_components(unavailable: list[dict]) -> list[Finding]:

@@ -118,7 +118,7 @@ def select_meters(energy_cfg: dict, gpu_count: int) -> MeterSet:
         if not any(d["name"].startswith("dram") for d in domains):
             unavailable.append({"component": "ram", "reason": "no readable RAPL dram domain"})
     elif backend in ("auto", "estimate", "nvml"):
-        meters.append(CpuEstimateMeter(energy_cfg.get("cpu_tdp_w")))
+        meters.append(CpuEstimateMeter(energy_cfg.get("cpu_tdp_w"), part_threads=energy_cfg.get("cpu_part_threads")))
         unavailable.append({"component": "ram", "reason": "no RAPL dram domain; RAM energy not measured"})
     ms = MeterSet(meters)
     ms.unavailable = unavailable
