@@ -1,23 +1,30 @@
-"""CPU energy: the TDP share of the physical part's hardware threads.
+"""CPU energy: the TDP share of the physical part's hardware threads, and whose CPU time the window's was.
 
-The estimate reads files the kernel writes (``/proc/cpuinfo``, ``/proc/stat``); each test writes them as the kernel
-would for the machine it describes.
+The estimate and the attribution read files the kernel writes (``/proc/cpuinfo``, ``/proc/stat``,
+``/proc/<pid>/stat``); each test writes them as the kernel would for the machine it describes. One test reads the
+real ``/proc`` of this process and a child it starts.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from llenergymeasure import validity
+from llenergymeasure.config import load_schema
 from llenergymeasure.energy.accounting import energy_section
-from llenergymeasure.energy.base import ComponentEnergy
+from llenergymeasure.energy.base import ComponentEnergy, MeterSet
 from llenergymeasure.energy.cpu import (
+    CpuAttribution,
     CpuEstimateMeter,
     fallback_watts_per_thread,
     find_part,
+    process_tree_ticks,
     read_cpuinfo,
 )
 
@@ -146,3 +153,205 @@ def test_cpuinfo_reading(tmp_path):
     assert (info.model, info.sockets, info.siblings, info.hypervisor) == ("AMD EPYC 9654 96-Core Processor", 2, 4, True)
     (tmp_path / "empty").write_text("")
     assert read_cpuinfo(tmp_path / "empty").sockets is None
+
+
+# ------------------------------------------------------------------------------------------------- whose CPU time
+
+
+def fake_proc(tmp_path) -> Path:
+    """A machine whose measuring process (pid 100) has a child (101) with a child (102); 200 is someone else's."""
+    proc = tmp_path / "proc"
+    proc.mkdir(parents=True)
+    write_stat(proc / "stat", 2, busy_ticks=5000)
+    write_process(proc, 1, 0, utime=50)
+    write_process(proc, 100, 1, utime=400, stime=40)
+    write_process(proc, 101, 100, utime=300)
+    write_process(proc, 102, 101, utime=10)
+    write_process(proc, 200, 1, utime=900)
+    (proc / "self").mkdir()  # not a process: skipped
+    return proc
+
+
+def test_process_tree_time_is_the_process_and_its_descendants(tmp_path):
+    proc = fake_proc(tmp_path)
+    assert process_tree_ticks(100, proc) == 400 + 40 + 300 + 10
+    assert process_tree_ticks(101, proc) == 310
+    assert process_tree_ticks(999, proc) is None
+    # the grandchild ends and its parent waits for it: its time moves into the parent's children's time
+    for p in (proc / "102").iterdir():
+        p.unlink()
+    (proc / "102").rmdir()
+    write_process(proc, 101, 100, utime=300, cutime=10)
+    assert process_tree_ticks(100, proc) == 750
+
+
+def test_share_of_the_windows_busy_time_and_cpu_shared(tmp_path):
+    proc = fake_proc(tmp_path)
+    attribution = CpuAttribution("machine", pid=100, proc=proc)
+    attribution.start()
+    write_stat(proc / "stat", 2, busy_ticks=5000 + 1000)  # the machine: 10 busy CPU-seconds at 100 Hz
+    write_process(proc, 100, 1, utime=400 + 300, stime=40 + 50)  # the tree: +600 ticks of the 1000
+    write_process(proc, 101, 100, utime=300 + 200)
+    write_process(proc, 102, 101, utime=10 + 50)
+    write_process(proc, 200, 1, utime=900 + 400)  # another process: +400
+    rapl = ComponentEnergy("cpu", "package-0", "k", "rapl", 100.0, 5.0, [], {"domain": "package-0"})
+    gpu = ComponentEnergy("gpu", "gpu0", "g", "nvml_counter", 300.0, 5.0)
+    cpu, same_gpu = attribution.apply([rapl, gpu])
+    assert same_gpu is gpu
+    a = cpu.details["attribution"]
+    assert a["process_tree_share"] == pytest.approx(0.6) and a["other_processes_share"] == pytest.approx(0.4)
+    assert a["machine_busy_cpu_s"] == pytest.approx(1000 / HZ) and a["process_tree_cpu_s"] == pytest.approx(600 / HZ)
+    assert a["mode"] == "machine" and a["applied_share"] is None and a["pid"] == 100
+    assert cpu.energy_j == 100.0 and cpu.method == "rapl"  # machine: the value stays the machine's
+    assert "cpu_shared" in cpu.flags
+    found = dict(validity.energy_readings([cpu], {}, energy_section([cpu], {}, 5.0, [])["components"]))
+    assert "other processes used 40%" in found["cpu_shared"] and "includes their work" in found["cpu_shared"]
+    assert "energy_estimated" not in found  # RAPL of the machine is still a measurement
+
+
+def test_a_process_that_used_nearly_all_the_busy_time_is_not_flagged(tmp_path):
+    proc = fake_proc(tmp_path)
+    attribution = CpuAttribution("machine", pid=100, proc=proc)
+    attribution.start()
+    write_stat(proc / "stat", 2, busy_ticks=5000 + 1000)
+    write_process(proc, 100, 1, utime=400 + 950, stime=40)
+    (cpu,) = attribution.apply([ComponentEnergy("cpu", "cpu", "k", "estimate_tdp", 10.0, 5.0)])
+    assert cpu.details["attribution"]["process_tree_share"] == pytest.approx(0.95) and "cpu_shared" not in cpu.flags
+
+
+def idle_baseline(power_w: float) -> dict:
+    return {
+        "power_w": power_w,
+        "uncertainty_w": 0.5,
+        "method": "rapl",
+        "from_cache": True,
+        "cache_age_s": 5.0,
+        "measured_at": "2026-01-01T00:00:00Z",
+        "duration_s": 30.0,
+        "settle": {"settled": True},
+        "flags": [],
+    }
+
+
+def test_process_attribution_books_the_trees_share_and_says_it_is_an_estimate(tmp_path):
+    proc = fake_proc(tmp_path)
+    attribution = CpuAttribution("process", pid=100, proc=proc)
+    attribution.start()
+    write_stat(proc / "stat", 2, busy_ticks=5000 + 1000)
+    write_process(proc, 100, 1, utime=400 + 600, stime=40)  # 60 % of the window's busy time
+    rapl = ComponentEnergy("cpu", "package-0", "k", "rapl", 100.0, 5.0)
+    (cpu,) = attribution.apply([rapl])
+    assert cpu.method == "rapl_process_share" and cpu.energy_j == pytest.approx(60.0)
+    a = cpu.details["attribution"]
+    assert a["applied_share"] == pytest.approx(0.6) and a["machine_energy_j"] == 100.0 and a["mode"] == "process"
+    section = energy_section([cpu], {"k": idle_baseline(10.0)}, 5.0, [])
+    row = section["components"][0]
+    # the same share of the machine's idle power: net is the share of the machine's net (100 - 10 W x 5 s)
+    assert row["idle_power_w"] == pytest.approx(6.0) and row["idle_energy_j"] == pytest.approx(30.0)
+    assert row["net_energy_j"] == pytest.approx(0.6 * (100.0 - 50.0))
+    assert row["idle_power_uncertainty_w"] == pytest.approx(0.3)
+    assert section["total"]["includes_estimate"] is True
+    assert section["total"]["method"] == "cpu:rapl_process_share"
+    found = dict(validity.energy_readings([cpu], {"k": idle_baseline(10.0)}, section["components"]))
+    assert "rapl_process_share" in found["energy_estimated"]
+    assert "the measuring process tree's share" in found["cpu_shared"]
+
+
+def test_a_window_the_process_slept_through_books_no_cpu_energy_to_it(tmp_path):
+    """Other processes kept the CPUs busy; machine-wide, the window carries their energy, flagged."""
+    for mode, expected in (("machine", 99.9), ("process", 0.0)):
+        proc = fake_proc(tmp_path / mode)
+        attribution = CpuAttribution(mode, pid=100, proc=proc)
+        attribution.start()
+        write_stat(proc / "stat", 2, busy_ticks=5000 + 999)
+        write_process(proc, 200, 1, utime=900 + 999)  # all of it another process's
+        (cpu,) = attribution.apply([ComponentEnergy("cpu", "cpu", "k", "estimate_tdp", 99.9, 5.0)])
+        assert cpu.energy_j == pytest.approx(expected) and "cpu_shared" in cpu.flags, mode
+        assert cpu.details["attribution"]["process_tree_share"] == 0.0
+
+
+def test_unreadable_process_time_withholds_a_process_attributed_value(tmp_path):
+    proc = fake_proc(tmp_path)
+    attribution = CpuAttribution("process", pid=4242, proc=proc)  # no such process here
+    attribution.start()
+    (cpu,) = attribution.apply([ComponentEnergy("cpu", "cpu", "k", "estimate_tdp", 20.0, 5.0)])
+    assert cpu.energy_j is None and "process_share_unavailable" in cpu.flags
+    assert cpu.method == "estimate_tdp_process_share" and "unreadable" in cpu.details["attribution"]["reason"]
+    found = dict(validity.energy_readings([cpu], {}, energy_section([cpu], {}, 5.0, [])["components"]))
+    assert "process_share_unavailable" in found["energy_unavailable"]
+
+
+def test_a_meter_set_attributes_its_cpu_estimate_over_the_same_edges(tmp_path):
+    """cpu_attribution changes what is recorded: the same window, machine or process."""
+    proc = fake_proc(tmp_path)
+    info = write_cpuinfo(tmp_path / "cpuinfo", "AMD EPYC 7763 64-Core Processor", 1, 2, True)
+    recorded = {}
+    for mode in ("machine", "process"):
+        write_stat(proc / "stat", 2, busy_ticks=5000)
+        write_process(proc, 100, 1, utime=400, stime=40)
+        meters = MeterSet(
+            [CpuEstimateMeter(stat=proc / "stat", cpuinfo=info)], CpuAttribution(mode, pid=100, proc=proc)
+        )
+        meters.start()
+        write_stat(proc / "stat", 2, busy_ticks=5000 + 2 * HZ)  # 2 busy CPU-seconds
+        write_process(proc, 100, 1, utime=400 + HZ // 2, stime=40)  # a quarter of them the measuring process's
+        (recorded[mode],) = meters.stop()
+        assert meters.describe()[-1] == {"component": "cpu", "attribution": mode}
+    machine, process = recorded["machine"], recorded["process"]
+    assert machine.energy_j == pytest.approx(2.0 * 280.0 / 128) and machine.method == "estimate_tdp"
+    assert process.energy_j == pytest.approx(0.25 * machine.energy_j) and process.method == "estimate_tdp_process_share"
+    assert process.details["attribution"]["machine_energy_j"] == pytest.approx(machine.energy_j)
+    schema = load_schema("raw_result")
+    validator = jsonschema.Draft202012Validator({"$ref": "#/$defs/component", "$defs": schema["$defs"]})
+    for c in (machine, process):
+        row = energy_section([c], {}, 2.0, [])["components"][0]
+        assert list(validator.iter_errors(row)) == []
+
+
+def test_the_real_process_tree_includes_a_child_before_and_after_it_ends():
+    """This process and a child that burns 0.3 s of CPU time, read from the real /proc."""
+    burn = "import sys,time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\nprint('done',flush=True)\nsys.stdin.read()"
+    own = process_tree_ticks(os.getpid())
+    assert own is not None
+    attribution = CpuAttribution("process")
+    attribution.start()
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "done\n"
+        live = process_tree_ticks(os.getpid())
+        assert live - own >= 0.15 * HZ  # the live child's time is in the tree
+    finally:
+        child.stdin.close()
+        child.wait()
+    after = process_tree_ticks(os.getpid())
+    assert after >= live  # once waited for, its time is in this process's children's time
+    measured = attribution.stop()
+    assert measured["process_tree_cpu_s"] >= 0.15 and 0.0 <= measured["process_tree_share"] <= 1.0
+
+
+def test_attribution_values_are_checked():
+    with pytest.raises(ValueError, match=r"energy\.cpu_attribution = .everyone.: allowed values are machine, process"):
+        CpuAttribution("everyone")
+
+
+@pytest.mark.parametrize(
+    "energy, expected",
+    [
+        (
+            {"backend": "codecarbon", "cpu_attribution": "process"},
+            "energy.cpu_attribution = process scales the CPU energy of RAPL or the TDP estimate, but "
+            "energy.backend = codecarbon reports CodeCarbon's own machine-wide figure",
+        ),
+        (
+            {"backend": "rapl", "cpu_part_threads": 96},
+            "energy.cpu_part_threads sets the hardware threads per package of the CPU estimate, which "
+            "energy.backend = rapl never uses",
+        ),
+        ({"backend": "estimate", "cpu_attribution": "process", "cpu_part_threads": 96}, None),
+    ],
+)
+def test_cpu_settings_that_would_change_nothing_are_refused_before_any_job(energy, expected):
+    from llenergymeasure.campaign import resolve_experiment, semantic_problem
+
+    config = resolve_experiment({"model_name": "m", "device": "cpu", "fp_precision": "float32", "energy": energy})
+    assert semantic_problem(config) == expected

@@ -440,6 +440,11 @@ def measurement_problem(config: dict) -> str | None:
             return (
                 f"energy.{key} sets {what} of the CPU estimate, which energy.backend = {energy['backend']} never uses"
             )
+    if energy["cpu_attribution"] == "process" and energy["backend"] == "codecarbon":
+        return (
+            "energy.cpu_attribution = process scales the CPU energy of RAPL or the TDP estimate, but "
+            "energy.backend = codecarbon reports CodeCarbon's own machine-wide figure"
+        )
     return None
 
 

@@ -5,20 +5,30 @@ from __future__ import annotations
 
 from .base import ComponentEnergy
 
-#: methods that estimate rather than measure
-ESTIMATES = ("estimate_tdp", "codecarbon")
+#: methods that estimate rather than measure (a share of measured machine energy by busy CPU time is an estimate)
+ESTIMATES = ("estimate_tdp", "codecarbon", "rapl_process_share", "estimate_tdp_process_share")
+
+
+def applied_share(c: ComponentEnergy) -> float:
+    """The share of the machine's value that a component books (1 unless its CPU energy is attributed to the
+    measuring process tree, :class:`llenergymeasure.energy.cpu.CpuAttribution`)."""
+    share = (c.details.get("attribution") or {}).get("applied_share")
+    return 1.0 if share is None else share
 
 
 def energy_section(
     components: list[ComponentEnergy], baselines: dict, window_s: float, unavailable: list[dict]
 ) -> dict:
     """Per-component gross/idle/net energy and the totals. Net = gross - idle power x window duration; its standard
-    uncertainty is the idle power's x the window duration (components added in quadrature: independent devices)."""
+    uncertainty is the idle power's x the window duration (components added in quadrature: independent devices).
+    A CPU value attributed to the measuring process tree books the same share of the machine's idle power, so its
+    net is that share of the machine's net."""
     rows = []
     for c in components:
         base = baselines.get(c.device_key)
-        idle_w = None if base is None else base.get("power_w")
-        idle_u = None if base is None else base.get("uncertainty_w")
+        share = applied_share(c)
+        idle_w = None if base is None or base.get("power_w") is None else base["power_w"] * share
+        idle_u = None if base is None or base.get("uncertainty_w") is None else base["uncertainty_w"] * share
         idle_j = None if idle_w is None else idle_w * window_s
         net = None if (c.energy_j is None or idle_j is None) else c.energy_j - idle_j
         net_u = None if net is None or idle_u is None else idle_u * window_s

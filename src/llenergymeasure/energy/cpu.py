@@ -1,4 +1,5 @@
-"""CPU and DRAM energy: RAPL counters when the OS lets us read them, otherwise a labelled TDP estimate.
+"""CPU and DRAM energy: RAPL counters when the OS lets us read them, otherwise a labelled TDP estimate, and the
+share of either that belongs to the measuring process tree.
 
 RAPL (``/sys/class/powercap/intel-rapl*``, also used by AMD since Linux 5.8) exposes cumulative microjoule
 counters per package and DRAM domain that wrap at ``max_energy_range_uj``. Where they are absent or unreadable
@@ -8,6 +9,12 @@ hardware threads, both from a table of known parts, :data:`PARTS_TABLE`). A VM t
 128 threads is charged 2/128 of its TDP at full load, not the whole TDP. The estimate is labelled
 ``estimate_tdp`` and is never presented as a measurement; a part the table does not know is flagged
 ``cpu_tdp_unknown`` and charged the table's median watts per thread.
+
+Both figures are the machine's: every process's CPU work is in them. :class:`CpuAttribution` reads how much of the
+window's busy CPU time the measuring process and its descendants used (``/proc/stat`` against
+``/proc/<pid>/stat``), records it beside every CPU value, flags ``cpu_shared`` when other processes used more than
+10 % of it, and with ``energy.cpu_attribution: process`` scales the CPU energy by that share (method
+``<method>_process_share``, an estimate).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import re
 import socket
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +37,8 @@ PROC_STAT = PROC / "stat"
 CPUINFO = PROC / "cpuinfo"
 #: known CPU parts: cores, hardware threads and TDP of one package (vendor specifications)
 PARTS_TABLE = Path(__file__).resolve().parent.parent / "data" / "cpu_parts.csv"
+#: other processes' share of the window's busy CPU time above which the window is flagged ``cpu_shared``
+SHARED_MAX = 0.10
 
 
 # ---------------------------------------------------------------------------------------------------------- RAPL
@@ -299,6 +308,42 @@ def machine_threads(stat: Path = PROC_STAT) -> int:
     return n or os.cpu_count() or 1
 
 
+def process_tree_ticks(pid: int, proc: Path = PROC) -> int | None:
+    """CPU time in clock ticks of process ``pid`` and all its live descendants (user + system of every thread, plus
+    the children's time each has waited for), or None when ``pid`` is not readable under ``proc``.
+
+    A descendant that ends is waited for by its parent, whose children's time then holds the descendant's: the sum
+    does not drop when one ends inside the window. One re-parented outside the tree (a daemon) leaves it."""
+    parent_of: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    try:
+        entries = [e for e in Path(proc).iterdir() if e.name.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            text = (entry / "stat").read_text()
+            fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
+            parent_of[int(entry.name)] = int(fields[1])
+            ticks[int(entry.name)] = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        except (OSError, ValueError, IndexError):
+            continue
+    if pid not in ticks:
+        return None
+    children: dict[int, list[int]] = {}
+    for child, parent in parent_of.items():
+        children.setdefault(parent, []).append(child)
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += ticks[p]
+        todo.extend(children.get(p, []))
+    return total
+
+
 # ---------------------------------------------------------------------------------------------------------- estimate
 
 
@@ -347,3 +392,96 @@ class CpuEstimateMeter(CounterMeter):
         if not self.power.known:
             result.flags.append("cpu_tdp_unknown")
         return result
+
+
+# ---------------------------------------------------------------------------------------------------------- whose energy
+
+ATTRIBUTIONS = ("machine", "process")
+#: the CPU methods whose value is the machine's, and so can be attributed
+MACHINE_CPU_METHODS = ("rapl", "estimate_tdp")
+
+
+class CpuAttribution:
+    """Whose CPU energy a window's value is. Reads, at the window's edges, the machine's busy CPU time
+    (``<proc>/stat``) and that of the measuring process and its descendants (``<proc>/<pid>/stat``); their ratio is
+    the process tree's share of the window's busy CPU time, recorded beside every CPU value (``attribution`` in its
+    details), with the flag ``cpu_shared`` when other processes used more than :data:`SHARED_MAX` of it.
+
+    ``mode``: ``machine`` leaves the value the machine's; ``process`` multiplies it by the share (method
+    ``<method>_process_share``: an estimate, since busy time is not energy) and keeps the machine's value beside it.
+    """
+
+    def __init__(self, mode: str = "machine", pid: int | None = None, proc: Path = PROC) -> None:
+        if mode not in ATTRIBUTIONS:
+            raise ValueError(f"energy.cpu_attribution = {mode!r}: allowed values are {', '.join(ATTRIBUTIONS)}")
+        self.mode = mode
+        self.pid = pid or os.getpid()
+        self._proc = Path(proc)
+        self._start: tuple[int, int] | None = None
+
+    def _read(self) -> tuple[int, int] | None:
+        machine = _stat_ticks(self._proc / "stat")
+        tree = process_tree_ticks(self.pid, self._proc)
+        return None if machine is None or tree is None else (machine[0], tree)
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> dict | None:
+        """The window's busy CPU time, the process tree's and its share; None when either edge was unreadable."""
+        start, end = self._start, self._read()
+        self._start = None
+        if start is None or end is None:
+            return None
+        machine = max(0, end[0] - start[0])
+        tree = max(0, end[1] - start[1])  # a descendant re-parented away takes its time with it
+        share = min(1.0, tree / machine) if machine else (1.0 if tree else 0.0)
+        tick = os.sysconf("SC_CLK_TCK")
+        return {
+            "machine_busy_cpu_s": machine / tick,
+            "process_tree_cpu_s": tree / tick,
+            "process_tree_share": share,
+            "other_processes_share": 1.0 - share,
+        }
+
+    def describe(self) -> dict:
+        return {"component": "cpu", "attribution": self.mode}
+
+    def apply(self, components: list) -> list:
+        """The window's components with each machine-wide CPU value attributed (the others as they are)."""
+        measured = self.stop()
+        return [
+            self._attributed(c, measured) if c.component == "cpu" and c.method in MACHINE_CPU_METHODS else c
+            for c in components
+        ]
+
+    def _attributed(self, c, measured: dict | None):
+        flags = list(c.flags)
+        own = c.details.get("scope") == "process"  # an estimate that could count only this process's own time
+        record: dict = {"mode": self.mode, "pid": self.pid, **(measured or {"process_tree_share": None})}
+        if measured is None:
+            record["reason"] = f"{self._proc}/stat or {self._proc}/{self.pid}/stat unreadable"
+        elif measured["other_processes_share"] > SHARED_MAX and not own:
+            flags.append("cpu_shared")
+        if own:
+            record["energy_is"] = "this process's own CPU time only: the machine's busy time was unreadable"
+        if self.mode == "machine":
+            record["applied_share"] = None
+            record.setdefault("energy_is", "the machine's: the CPU work of every process on it")
+            return replace(c, flags=flags, details={**c.details, "attribution": record})
+        share = 1.0 if own else (measured or {}).get("process_tree_share")
+        record["applied_share"] = share
+        record["machine_energy_j"] = None if own else c.energy_j
+        record.setdefault("energy_is", "the measuring process tree's share of the machine's, by busy CPU time")
+        if share is None:
+            flags.append("process_share_unavailable")
+            energy = None
+        else:
+            energy = None if c.energy_j is None else c.energy_j * share
+        return replace(
+            c,
+            method=f"{c.method}_process_share",
+            energy_j=energy,
+            flags=flags,
+            details={**c.details, "attribution": record},
+        )
