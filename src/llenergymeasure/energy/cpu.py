@@ -4,9 +4,10 @@ share of either that belongs to the measuring process tree.
 RAPL (``/sys/class/powercap/intel-rapl*``, also used by AMD since Linux 5.8) exposes cumulative microjoule
 counters per package and DRAM domain that wrap at ``max_energy_range_uj``. Where they are absent or unreadable
 (most VMs, containers without privileges) the CPU energy is *estimated*: the machine's busy CPU-seconds from
-``/proc/stat`` times the TDP of one hardware thread of the physical part (the package's TDP over the package's
-hardware threads, both from a table of known parts, :data:`PARTS_TABLE`). A VM that shows 2 of a 64-core part's
-128 threads is charged 2/128 of its TDP at full load, not the whole TDP. The estimate is labelled
+``/proc/stat`` times the TDP of one hardware thread of the physical part: the package's TDP over the package's
+hardware threads, from the settings, a table of known parts (:data:`PARTS_TABLE`) or, for the threads on bare
+metal, what the OS shows per package (:func:`resolve_thread_power`). A VM that shows 2 of a 64-core part's 128
+threads is charged 2/128 of its TDP at full load, not the whole TDP. The estimate is labelled
 ``estimate_tdp`` and is never presented as a measurement; a part the table does not know is flagged
 ``cpu_tdp_unknown`` and charged the table's median watts per thread.
 
