@@ -497,6 +497,8 @@ def test_local_hf_dataset_folder_loads_through_datasets(tmp_path):
         ("tensorrt.calibration.num_samples", 10, "= 10 is out of range; allowed: >= 64"),
         ("pytorch.bnb_4bit_quant_type", "int4", "= 'int4' is not allowed; allowed: nf4, fp4"),
         ("warmup.mode", "partial", "= 'partial' is not allowed; allowed: full, cv, off"),
+        ("energy.cpu_attribution", "everyone", "= 'everyone' is not allowed; allowed: machine, process"),
+        ("energy.cpu_part_threads", 0, "= 0 is out of range; allowed: >= 1"),
         (
             "pytorch.torch_compile",
             "fast",

@@ -142,9 +142,10 @@ def test_datasets_and_doctor(capsys):
     report = json.loads(out)
     assert code == 0 and report["torch"]["version"] and set(report["engines"]) == {"vllm", "tensorrt_llm"}
     assert report["energy_sources"]["cpu"] in ("rapl", "estimate_tdp (RAPL not readable here)")
+    assert report["cpu"]["estimate"]["watts_per_thread"] > 0 and report["cpu"]["estimate"]["threads_usable"] >= 1
     assert "HF_TOKEN" in report["hub"] and report["hub"]["HF_TOKEN"] in (None, "set")
     code, out, _ = run(capsys, "doctor")
-    assert code == 0 and "energy: CPU" in out
+    assert code == 0 and "energy: CPU" in out and "W per busy hardware thread" in out
 
 
 def test_doctor_reports_runtime_and_pulled_images(tmp_path, monkeypatch, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
@@ -13,7 +12,7 @@ from llenergymeasure import validity
 from llenergymeasure.energy.accounting import energy_section
 from llenergymeasure.energy.base import ComponentEnergy, MeterSet
 from llenergymeasure.energy.baseline import idle_baselines, measure_idle, read_cached
-from llenergymeasure.energy.cpu import CpuEstimateMeter, RaplMeter, rapl_domains
+from llenergymeasure.energy.cpu import RaplMeter, rapl_domains
 from llenergymeasure.energy.meters import select_meters
 from llenergymeasure.thermal import record_window, required_gap, wait_gap
 
@@ -129,20 +128,6 @@ def test_unreadable_rapl_is_ignored(tmp_path):
     d.mkdir()
     (d / "name").write_text("package-0")
     assert rapl_domains(tmp_path) == []
-
-
-def test_cpu_estimate_from_busy_time(tmp_path):
-    stat = tmp_path / "stat"
-    hz = os.sysconf("SC_CLK_TCK")
-    stat.write_text(f"cpu  {hz * 10} 0 {hz * 2} 500 0 0 0 0 0 0\n")
-    m = CpuEstimateMeter(tdp_w=40.0, stat=stat)
-    m.start()
-    stat.write_text(f"cpu  {hz * 13} 0 {hz * 3} 900 0 0 0 0 0 0\n")  # 4 busy CPU-seconds
-    r = m.stop()
-    n = os.cpu_count()
-    assert r.energy_j == pytest.approx(4 * 40.0 / n)
-    assert r.method == "estimate_tdp" and "estimated_not_measured" in r.flags
-    assert r.details["tdp_source"] == "config"
 
 
 def test_select_meters_without_gpu_or_rapl_estimates_and_says_so():

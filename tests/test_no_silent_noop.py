@@ -251,6 +251,9 @@ ALT: dict[str, list[tuple]] = {
     "energy.backend": [("estimate", {}), ("rapl", {}), ("nvml", {}), ("codecarbon", {})],
     # the TDP feeds the CPU estimate, which energy.backend = auto uses only where RAPL is unreadable
     "energy.cpu_tdp_w": [(95.0, {"energy.backend": "estimate"}), (95.0, {"energy.backend": "rapl"})],
+    "energy.cpu_part_threads": [(96, {"energy.backend": "estimate"}), (96, {"energy.backend": "rapl"})],
+    # whose CPU energy: RAPL's or the estimate's, booked to the machine or to the measuring process tree
+    "energy.cpu_attribution": [("process", {}), ("process", {"energy.backend": "codecarbon"})],
     "energy.country_iso_code": [("FRA", {})],
     "energy.min_window_s": [(5.0, {})],
     "energy.repeat_to_min_window": [(True, {})],

@@ -435,9 +435,15 @@ def measurement_problem(config: dict) -> str | None:
     energy = config["energy"]
     if energy["backend"] == "nvml" and config["device"] == "cpu":
         return "energy.backend = nvml reads GPU energy counters, but device = cpu"
-    if energy["cpu_tdp_w"] is not None and energy["backend"] in ("rapl", "codecarbon"):
+    for key, what in (("cpu_tdp_w", "the TDP"), ("cpu_part_threads", "the hardware threads per package")):
+        if energy[key] is not None and energy["backend"] in ("rapl", "codecarbon"):
+            return (
+                f"energy.{key} sets {what} of the CPU estimate, which energy.backend = {energy['backend']} never uses"
+            )
+    if energy["cpu_attribution"] == "process" and energy["backend"] == "codecarbon":
         return (
-            f"energy.cpu_tdp_w sets the TDP of the CPU estimate, which energy.backend = {energy['backend']} never uses"
+            "energy.cpu_attribution = process scales the CPU energy of RAPL or the TDP estimate, but "
+            "energy.backend = codecarbon reports CodeCarbon's own machine-wide figure"
         )
     return None
 

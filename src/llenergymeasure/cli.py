@@ -512,7 +512,7 @@ def diagnose() -> dict:
     import platform
 
     from . import __version__
-    from .energy.cpu import cpu_model_name, rapl_domains
+    from .energy.cpu import cpu_model_name, machine_threads, rapl_domains, read_cpuinfo, resolve_thread_power
     from .energy.nvml import driver_info, visible_gpus
     from .paths import cache_dir
 
@@ -545,6 +545,7 @@ def diagnose() -> dict:
         "model": cpu_model_name(),
         "logical_cpus": os.cpu_count(),
         "rapl_domains": [d["name"] for d in rapl_domains()],
+        "estimate": resolve_thread_power(None, None, read_cpuinfo(), machine_threads()).to_dict(),
     }
     report["energy_sources"] = {
         "gpu": "nvml_counter" if gpus else "none (no NVIDIA GPU visible)",
@@ -627,6 +628,19 @@ def cmd_doctor(args) -> int:
     line("CPU", f"{report['cpu']['model']}, {report['cpu']['logical_cpus']} logical CPUs")
     line("energy: GPU", report["energy_sources"]["gpu"])
     line("energy: CPU", report["energy_sources"]["cpu"])
+    e = report["cpu"]["estimate"]
+    line(
+        "CPU estimate",
+        f"{e['watts_per_thread']:.2f} W per busy hardware thread, {e['full_load_power_w']:.1f} W with all "
+        f"{e['threads_usable']} busy: "
+        + (
+            f"{e['part']}, TDP {e['tdp_w']:g} W ({e['tdp_source']}) over {e['part_threads']} threads "
+            f"({e['part_threads_source']})"
+            if e["tdp_w"] is not None and e["part_threads"] is not None
+            else "part unknown, the parts table's median (flagged cpu_tdp_unknown; set energy.cpu_tdp_w and "
+            "energy.cpu_part_threads)"
+        ),
+    )
     line("container runtime", report["containers"]["runtime"] or "none (apptainer/singularity not on PATH)")
     for backend, image in report["containers"]["images"].items():
         line(f"image ({backend})", f"{image['uri']} ({'pulled' if image['cached'] else 'not pulled yet'})")

@@ -148,7 +148,7 @@ def timeline_section(w: WindowRecord, cfg: dict, output: str | None) -> tuple[di
     gpu = [c for c in w.components if c.component == "gpu"]
     primary = gpu or [c for c in w.components if c.component == "cpu"]
     energy = None if not primary or any(c.energy_j is None for c in primary) else sum(c.energy_j for c in primary)
-    tdp = next((c.details.get("tdp_w") for c in w.components if c.method == "estimate_tdp"), None)
+    tdp = next((c.details.get("full_load_power_w") for c in w.components if c.method.startswith("estimate_tdp")), None)
     phases = phase_split(w.samples, w.batches, (w.w0, w.w1), energy, None if gpu else tdp)
     phases["component"] = primary[0].component if primary else None
     if w.scheduling != "static" and phases["method"] != "unavailable":

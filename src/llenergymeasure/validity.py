@@ -185,6 +185,10 @@ def energy_readings(components: list, baselines: dict, rows: list[dict]) -> list
             out.append(("counter_reset", f"{c.device}: energy counter went backwards; value withheld"))
         if c.method in ESTIMATES:
             out.append(("energy_estimated", f"{c.component} energy is an estimate ({c.method}), not a measurement"))
+        if "cpu_tdp_unknown" in c.flags:
+            out.append(("cpu_tdp_unknown", _unknown_part(c)))
+        if "cpu_shared" in c.flags:
+            out.append(("cpu_shared", _shared_cpu(c)))
         if "mig_parent_gpu_energy" in c.flags:
             out.append(("mig_parent_gpu_energy", f"{c.device} is a MIG instance: energy is the whole parent GPU's"))
         if base is None and c.method != "codecarbon":
@@ -197,6 +201,37 @@ def energy_readings(components: list, baselines: dict, rows: list[dict]) -> list
             )
         out += baseline_quality(c.device, base)
     return out
+
+
+def _unknown_part(c) -> str:
+    d = c.details
+    missing = [
+        (what, setting)
+        for key, what, setting in (
+            ("tdp_w", "TDP", "energy.cpu_tdp_w"),
+            ("part_threads", "hardware threads", "energy.cpu_part_threads"),
+        )
+        if d.get(key) is None
+    ]
+    return (
+        f"{c.device}: {' and '.join(w for w, _ in missing)} of the CPU part {d['cpu_model']!r} unknown: charged "
+        f"{d['watts_per_thread']:.2f} W per busy hardware thread ({d['watts_per_thread_source']}); set "
+        f"{' and '.join(s for _, s in missing)} for this part"
+    )
+
+
+def _shared_cpu(c) -> str:
+    a = c.details["attribution"]
+    whose = (
+        "the CPU energy is the machine's and includes their work (energy.cpu_attribution: process books the "
+        "measuring process tree's share)"
+        if a["mode"] == "machine"
+        else "the CPU energy is the measuring process tree's share of the machine's"
+    )
+    return (
+        f"{c.device}: other processes used {a['other_processes_share']:.0%} of the window's busy CPU time "
+        f"({a['machine_busy_cpu_s']:.2f} CPU-s, the measuring process tree {a['process_tree_cpu_s']:.2f}): {whose}"
+    )
 
 
 def unmeasured_components(unavailable: list[dict]) -> list[Finding]:

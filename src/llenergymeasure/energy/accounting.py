@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from .base import ComponentEnergy
 
-#: methods that estimate rather than measure
-ESTIMATES = ("estimate_tdp", "codecarbon")
+#: methods that estimate rather than measure (a share of measured machine energy by busy CPU time is an estimate)
+ESTIMATES = ("estimate_tdp", "codecarbon", "rapl_process_share", "estimate_tdp_process_share")
+
+
+def applied_share(c: ComponentEnergy) -> float:
+    """The share of the machine's value that a component books (1 unless its CPU energy is attributed to the
+    measuring process tree, :class:`llenergymeasure.energy.cpu.CpuAttribution`)."""
+    share = (c.details.get("attribution") or {}).get("applied_share")
+    return 1.0 if share is None else share
 
 
 def energy_section(
@@ -16,12 +23,15 @@ def energy_section(
     uncertainty combines, in quadrature, the idle power's x the window duration and the window's own edge error:
     the two counter reads that open and close the window are plain reads, each of which may lag its moment by up
     to the counter's step (100 ms on an NVML energy counter; ``gross_energy_uncertainty_j``, also the gross
-    value's). Components are added in quadrature (independent devices)."""
+    value's). Components are added in quadrature (independent devices). A CPU value attributed to the measuring
+    process tree books the same share of the machine's idle power, so its net is that share of the machine's net.
+    """
     rows = []
     for c in components:
         base = baselines.get(c.device_key)
-        idle_w = None if base is None else base.get("power_w")
-        idle_u = None if base is None else base.get("uncertainty_w")
+        share = applied_share(c)
+        idle_w = None if base is None or base.get("power_w") is None else base["power_w"] * share
+        idle_u = None if base is None or base.get("uncertainty_w") is None else base["uncertainty_w"] * share
         idle_j = None if idle_w is None else idle_w * window_s
         net = None if (c.energy_j is None or idle_j is None) else c.energy_j - idle_j
         edge_u = c.edge_uncertainty_j or 0.0

@@ -20,7 +20,7 @@ class ComponentEnergy:
     component: str  # "gpu" | "cpu" | "ram"
     device: str  # e.g. "gpu0", "package-0", "cpu"
     device_key: str  # stable identity of the device on this host (baseline cache key)
-    method: str  # "nvml_counter" | "rapl" | "estimate_tdp" | "codecarbon"
+    method: str  # "nvml_counter" | "rapl" | "estimate_tdp" | "codecarbon" (CPU: "..._process_share" when attributed)
     energy_j: float | None
     duration_s: float
     flags: list[str] = field(default_factory=list)
@@ -153,21 +153,29 @@ class CounterMeter(Meter):
 
 
 class MeterSet:
-    """All meters of one measurement, started and stopped together (GPU counters first: they matter most)."""
+    """All meters of one measurement, started and stopped together (GPU counters first: they matter most).
 
-    def __init__(self, meters: list) -> None:
+    ``cpu_attribution`` (:class:`llenergymeasure.energy.cpu.CpuAttribution`) reads, over the same edges, how much of
+    the machine's busy CPU time was the measuring process tree's, and says whose energy each CPU value is."""
+
+    def __init__(self, meters: list, cpu_attribution=None) -> None:
         self.meters = list(meters)
+        self.cpu_attribution = cpu_attribution
         self.unavailable: list[dict] = []  # sources that were asked for or expected but could not be read
 
     def start(self) -> None:
         for m in self.meters:
             m.start()
+        if self.cpu_attribution is not None:
+            self.cpu_attribution.start()
 
     def stop(self) -> list[ComponentEnergy]:
         out: list[ComponentEnergy] = []
         for m in self.meters:
             r = m.stop()  # a meter covering several components (CodeCarbon) returns a list
             out.extend(r if isinstance(r, list) else [r])
+        if self.cpu_attribution is not None:
+            out = self.cpu_attribution.apply(out)
         methods: dict[str, set[str]] = {}
         for c in out:
             methods.setdefault(c.component, set()).add(c.method)
@@ -177,4 +185,5 @@ class MeterSet:
         return out
 
     def describe(self) -> list[dict]:
-        return [m.describe() for m in self.meters]
+        attribution = [] if self.cpu_attribution is None else [self.cpu_attribution.describe()]
+        return [m.describe() for m in self.meters] + attribution

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .base import ComponentEnergy, Meter, MeterSet
-from .cpu import CpuEstimateMeter, RaplMeter, rapl_domains
+from .cpu import CpuAttribution, CpuEstimateMeter, RaplMeter, rapl_domains
 from .nvml import NvmlGpuMeter, counter_problem, visible_gpus
 
 
@@ -78,11 +78,19 @@ def select_meters(energy_cfg: dict, gpu_count: int) -> MeterSet:
     the number of processes or MIG instances on it.
     auto: NVML for the experiment's GPU(s) when it runs on CUDA; RAPL for CPU/DRAM when readable, else the TDP
     estimate. ``nvml``/``rapl``/``codecarbon`` insist on that source and fail loudly when it is missing, so a
-    campaign never silently falls back to a weaker method than it asked for.
+    campaign never silently falls back to a weaker method than it asked for. The CPU value (RAPL packages or the
+    estimate) is the machine's, with the measuring process tree's share of its busy CPU time beside it;
+    ``cpu_attribution: process`` books that share of it instead.
     """
     from ..errors import MeasurementError
 
     backend = energy_cfg.get("backend", "auto")
+    attribution = energy_cfg.get("cpu_attribution", "machine")
+    if backend == "codecarbon" and attribution != "machine":
+        raise MeasurementError(
+            f"energy.cpu_attribution = {attribution} scales the CPU energy of RAPL or the TDP estimate; "
+            "energy.backend = codecarbon reports CodeCarbon's own machine-wide figure"
+        )
     meters: list = []
     unavailable: list[dict] = []
     use_gpu = gpu_count > 0
@@ -118,9 +126,10 @@ def select_meters(energy_cfg: dict, gpu_count: int) -> MeterSet:
         if not any(d["name"].startswith("dram") for d in domains):
             unavailable.append({"component": "ram", "reason": "no readable RAPL dram domain"})
     elif backend in ("auto", "estimate", "nvml"):
-        meters.append(CpuEstimateMeter(energy_cfg.get("cpu_tdp_w")))
+        meters.append(CpuEstimateMeter(energy_cfg.get("cpu_tdp_w"), part_threads=energy_cfg.get("cpu_part_threads")))
         unavailable.append({"component": "ram", "reason": "no RAPL dram domain; RAM energy not measured"})
-    ms = MeterSet(meters)
+    on_cpu = any(m.component == "cpu" for m in meters)
+    ms = MeterSet(meters, CpuAttribution(attribution) if on_cpu else None)
     ms.unavailable = unavailable
     return ms
 

@@ -43,6 +43,8 @@ CORE: tuple[Flag, ...] = (
     _w("counter_reset", "an energy counter went backwards: its value is withheld", "validity.energy_readings"),
     _w("energy_estimated", "a component's energy is an estimate (TDP share, CodeCarbon), not a measurement", "validity.energy_readings"),
     _w("mig_parent_gpu_energy", "a MIG instance reports its whole parent GPU's energy", "validity.energy_readings"),
+    _w("cpu_tdp_unknown", "the CPU estimate's part (its TDP or hardware threads) is unknown: it charged the parts table's median watts per thread", "validity.energy_readings"),
+    _w("cpu_shared", "other processes used more than 10 % of the window's busy CPU time (see energy.cpu_attribution)", "validity.energy_readings"),
     _w("gpu_energy_unavailable", "GPU energy was not measured (no NVML)", "validity.unmeasured_components"),
     _w("cpu_energy_unavailable", "CPU energy was not measured", "validity.unmeasured_components"),
     _w("ram_energy_unavailable", "RAM energy was not measured (no RAPL dram domain)", "validity.unmeasured_components"),
