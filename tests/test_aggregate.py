@@ -176,6 +176,19 @@ def test_fewer_cycles_than_planned_are_flagged(tmp_path, template):
     assert "missing_cycles" not in aggregate_experiment(paths, "name", 0.5, 0.95, planned_cycles=2)["flags"]
 
 
+def test_raw_results_left_out_are_listed_and_flagged(tmp_path, template):
+    """A raw result on disk that the aggregation leaves out is never left out silently: the aggregated result lists
+    it with why, and is flagged cycles_not_aggregated."""
+    from llenergymeasure.jobs import _left_out
+
+    paths = write_cycles(tmp_path, template, [10.0, 12.0, 14.0])
+    left = _left_out(str(tmp_path), "exp-agg", paths[:2], None, 2)
+    assert left == [{"cycle": 3, "reason": "beyond execution.cycles = 2"}]
+    agg = aggregate_experiment(paths[:2], "n", 0.5, 0.95, left_out=left)
+    assert agg["flags"]["cycles_not_aggregated"] == 1 and agg["cycles_not_aggregated"] == left
+    assert "cycles_not_aggregated" not in aggregate_experiment(paths, "n", 0.5, 0.95)["flags"]
+
+
 def test_every_metric_has_a_unit_a_meaning_and_a_reader_of_raw_results(tmp_path, template):
     """The metric registry is the one list: the aggregation summarises exactly its metrics, the summary's metric
     columns are its statistics, and each metric reads a number (or None) from a real raw result."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from conftest import write_cycles as shared_write_cycles
 from llenergymeasure.aggregate import (
     PRECISION_COLUMNS,
     SUMMARY_COLUMNS,
+    AggregationError,
     aggregate_experiment,
     read_summary,
     write_aggregated_all,
@@ -29,8 +31,10 @@ from llenergymeasure.precision import (
     decide,
     decided_cycles,
     decisions_on_disk,
+    decisions_used,
     planned_windows,
     read_decision,
+    recorded_digests,
     status,
 )
 from llenergymeasure.record.layout import Layout
@@ -135,6 +139,62 @@ def test_decide_reads_the_raw_results_it_is_given(tmp_path, template):
     record = decide(paths, "exp-p", 3, per_token, str(tmp_path / "y.json"))
     n = template["tokens"]["output_tokens"]
     assert record["values"] == pytest.approx([10.0 / n, 12.0 / n, 14.0 / n])
+
+
+def sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def edit_raw(path, energy_j: float) -> None:
+    """A raw result changed by hand: same measurement (window start), another gross energy."""
+    data = json.loads(Path(path).read_text())
+    data["energy"]["total"]["gross_energy_j"] = energy_j
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def test_a_decision_records_the_digest_of_each_raw_result_it_read(tmp_path, template):
+    paths = write_cycles(tmp_path, template, [10.0, 12.0, 14.0])
+    record = decide(paths, "exp-p", 3, T, str(tmp_path / "decisions" / "exp-p" / "after_cycle_3.json"))
+    assert record["raw_sha256"] == [sha256(p) for p in paths]
+    assert recorded_digests(record, 3) == record["raw_sha256"] and recorded_digests(record, 4) is None
+
+
+def test_the_aggregation_checks_the_decisions_against_the_raw_results(tmp_path, template):
+    """A raw result changed after a decision read it is flagged raw_result_changed, naming the cycle, the decision
+    and the digest it recorded; a decision that read the very bytes aggregated but is not the one they give (edited
+    by hand, consistently) stops the aggregation in one line."""
+    paths = write_cycles(tmp_path, template, [10.0, 12.0, 14.0])
+    out = Layout(str(tmp_path)).decision("exp-p", 3)
+    record = decide(paths, "exp-p", 3, T, out)
+    agg = aggregate_experiment(paths, "p", 0.5, 0.95, target=T, decisions=decisions_used(tmp_path, "exp-p", T, 3))
+    assert "raw_result_changed" not in agg["flags"] and [c["raw_sha256"] for c in agg["per_cycle"]] == [
+        sha256(p) for p in paths
+    ]
+    edit_raw(paths[1], 13.0)
+    agg = aggregate_experiment(paths, "p", 0.5, 0.95, target=T, decisions=decisions_used(tmp_path, "exp-p", T, 3))
+    assert agg["flags"]["raw_result_changed"] == 1
+    second = agg["per_cycle"][1]
+    assert second["raw_sha256"] == sha256(paths[1]) != record["raw_sha256"][1]
+    assert (second["raw_sha256_recorded"], second["raw_sha256_recorded_in"]) == (record["raw_sha256"][1], out)
+    assert all("raw_sha256_recorded" not in c for c in (agg["per_cycle"][0], agg["per_cycle"][2]))
+    assert agg["metrics"]["energy_j"]["values"] == [10.0, 13.0, 14.0]  # the numbers are those read, flagged
+
+    # a decision edited to agree with itself, on the bytes it recorded
+    fresh = write_cycles(tmp_path / "b", template, [10.0, 20.0, 10.0])
+    out = Layout(str(tmp_path / "b")).decision("exp-p", 3)
+    tight = Target(0.05, "energy_j", 3, 5, 0.95)
+    taken = decide(fresh, "exp-p", 3, tight, out)
+    Path(out).write_text(json.dumps({**taken, **assess([10.0, 10.0, 10.0], tight)}))
+    with pytest.raises(AggregationError) as exc:
+        aggregate_experiment(
+            fresh, "p", 0.5, 0.95, target=tight, decisions=decisions_used(tmp_path / "b", "exp-p", tight, 3)
+        )
+    assert str(exc.value) == (
+        f"{out} is not the decision its raw results give (it says stop (target_met), its raw results give continue "
+        "(target_not_met); edited by hand?): delete it and rerun, which takes it again from them"
+    )
 
 
 # --------------------------------------------------------------------------------------------- campaign keys

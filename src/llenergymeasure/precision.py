@@ -8,6 +8,9 @@ interval of the mean of ``metric``, at ``analysis.confidence``, is within ± the
 resumed campaign reads the decisions already taken instead of taking them again. The aggregation recomputes the
 same function over the cycles it aggregates, so the status it reports is the one the decisions reached.
 
+A decision records the sha256 of each raw result it read (``raw_sha256``, cycle 1 first); the aggregation compares
+them with the raw results it reads and checks every decision it rests on against them (:func:`decisions_used`).
+
 The interval reported is the ordinary Student-t interval of every cycle run. Stopping once it is narrow enough is a
 sequential rule (a fixed-width interval in the sense of Chow and Robbins, 1965): its coverage tends to the nominal
 level as the target tightens, and can fall somewhat below it when an experiment stops after very few cycles, which
@@ -17,6 +20,7 @@ is why the first decision comes only after at least three cycles.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -150,29 +154,34 @@ class DecisionError(ValueError):
     pass
 
 
-def read_raws(raw_paths: list[str], experiment_id: str) -> list[dict]:
-    """Cycles 1..n of one experiment, checked: each file holds the experiment and the cycle its name says."""
-    from .results import RAW_SCHEMA, read_result
+def read_raws(raw_paths: list[str], experiment_id: str) -> tuple[list[dict], list[str]]:
+    """Cycles 1..n of one experiment, checked: each file holds the experiment and the cycle its name says; and the
+    sha256 of each file's bytes, as read."""
+    from .results import RAW_SCHEMA, read_result_and_digest
 
-    raws = []
+    raws, digests = [], []
     for expected, path in enumerate(raw_paths, 1):
-        rec = RawResult.from_dict(read_result(path, RAW_SCHEMA))
+        data, digest = read_result_and_digest(path, RAW_SCHEMA)
+        rec = RawResult.from_dict(data)
         if rec.experiment_id != experiment_id or rec.cycle != expected:
             raise DecisionError(
                 f"{path}: holds {rec.experiment_id} cycle {rec.cycle}, expected {experiment_id} cycle {expected}"
             )
         raws.append(rec.document)
-    return raws
+        digests.append(digest)
+    return raws, digests
 
 
 def decide(raw_paths: list[str], experiment_id: str, after_cycle: int, target: Target, output: str) -> dict:
-    """Take the decision after cycle ``after_cycle`` (raw results of cycles 1..after_cycle) and write it."""
+    """Take the decision after cycle ``after_cycle`` (raw results of cycles 1..after_cycle) and write it, with the
+    sha256 of each raw result it read (``raw_sha256``, cycle 1 first)."""
     from .paths import utc_now_iso
     from .results import SCHEMA_VERSION, write_json_atomic
 
     if len(raw_paths) != after_cycle:
         raise DecisionError(f"decision after cycle {after_cycle} of {experiment_id} given {len(raw_paths)} raw results")
-    verdict = assess(metric_values(read_raws(raw_paths, experiment_id), target.metric), target)
+    raws, digests = read_raws(raw_paths, experiment_id)
+    verdict = assess(metric_values(raws, target.metric), target)
     record = {
         "schema_version": SCHEMA_VERSION,
         "experiment_id": experiment_id,
@@ -180,6 +189,7 @@ def decide(raw_paths: list[str], experiment_id: str, after_cycle: int, target: T
         **verdict,
         "target": target.params(),
         "raw_results": list(raw_paths),
+        "raw_sha256": digests,
         "decided_at": utc_now_iso(),
     }
     write_json_atomic(output, record, durable=True)
@@ -204,6 +214,50 @@ def read_decision(path: str | Path, experiment_id: str, after_cycle: int) -> dic
             "it and rerun, which takes the decision again from the same raw results"
         )
     return record
+
+
+def unreproduced(record: dict, after_cycle: int, values: list | None = None) -> str | None:
+    """What makes a decision record other than what :func:`assess` gives under the target it records, for the
+    values it records (or for ``values``, read from its raw results): None when it is exactly that."""
+    what = "its values give" if values is None else "its raw results give"
+    try:
+        expected = assess(list(record["values"] if values is None else values), Target(**record["target"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "its target or values cannot be read"
+    if expected["cycles"] != after_cycle:
+        return f"it holds {expected['cycles']} values after cycle {after_cycle}"
+    said = (record.get("decision"), record.get("reason"))
+    if said != (expected["decision"], expected["reason"]):
+        return f"it says {said[0]} ({said[1]}), {what} {expected['decision']} ({expected['reason']})"
+    differ = [key for key, value in expected.items() if record.get(key) != value]
+    return f"its {', '.join(differ)} differ from what {what}" if differ else None
+
+
+def recorded_digests(record: dict, after_cycle: int) -> list[str] | None:
+    """The sha256 of raw results 1..after_cycle that a decision recorded, or None (a decision of a version that
+    recorded none, or a list that is not one digest per cycle)."""
+    digests = record.get("raw_sha256")
+    if isinstance(digests, list) and len(digests) == after_cycle and all(isinstance(d, str) for d in digests):
+        return digests
+    return None
+
+
+def decisions_used(root: str | Path, experiment_id: str, target: Target, last_cycle: int) -> list[tuple[str, dict]]:
+    """The decisions on disk after cycles ``min_cycles``..``last_cycle`` of an experiment taken under this target
+    (path and record): those an aggregation of cycles 1..last_cycle rests on."""
+    layout = Layout(str(root))
+    out = []
+    for n in range(target.min_cycles, min(last_cycle, target.max_cycles) + 1):
+        path = layout.decision(experiment_id, n)
+        if not os.path.exists(path):
+            continue
+        try:
+            record = read_decision(path, experiment_id, n)
+        except DecisionError:
+            continue
+        if record.get("target") == target.params():
+            out.append((path, record))
+    return out
 
 
 def decided_cycles(get_decision, experiment_id: str, target: Target) -> tuple[int, str]:
