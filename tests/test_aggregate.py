@@ -19,7 +19,7 @@ from llenergymeasure.aggregate import (
     write_aggregated_all,
 )
 from llenergymeasure.measure import run_experiment
-from llenergymeasure.results import ResultValidationError, write_json_atomic
+from llenergymeasure.results import ResultValidationError, read_result, write_json_atomic
 from llenergymeasure.thermal import thermal_audit
 
 
@@ -174,6 +174,76 @@ def test_fewer_cycles_than_planned_are_flagged(tmp_path, template):
     agg = aggregate_experiment(paths, "name", cv_threshold=0.5, confidence=0.95, planned_cycles=3)
     assert agg["cycles"] == 2 and agg["flags"]["missing_cycles"] == 1
     assert "missing_cycles" not in aggregate_experiment(paths, "name", 0.5, 0.95, planned_cycles=2)["flags"]
+
+
+def sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def edit_raw(path, energy_j: float, window_start: str | None = None) -> None:
+    """A raw result rewritten: another gross energy; with a ``window_start``, another measurement of the cycle."""
+    data = json.loads(Path(path).read_text())
+    data["energy"]["total"]["gross_energy_j"] = energy_j
+    if window_start:
+        data["timestamps"]["window_start"] = window_start
+    os.chmod(path, 0o644)
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def test_a_raw_result_changed_after_it_was_aggregated_is_flagged_until_measured_again(tmp_path, template, capsys):
+    """The aggregated result records the sha256 of every raw result it read. A raw result changed since (same
+    measurement: same window start) is named by lem results, flagged raw_result_changed by the next aggregation
+    and by every later one (the digest recorded first is kept), until that cycle is measured again."""
+    from llenergymeasure.aggregate import raw_results_since_aggregation
+    from llenergymeasure.cli import main
+
+    paths = write_cycles(tmp_path, template, [10.0, 12.0])
+    out, summary = tmp_path / "aggregated", tmp_path / "summary.csv"
+    original = sha256(paths[1])
+
+    def aggregate() -> tuple[dict, list[str]]:
+        said: list[str] = []
+        write_aggregated_all({"exp-agg": paths}, {}, str(out), str(summary), 0.5, 0.95, said=said)
+        return json.loads((out / "exp-agg.json").read_text()), said
+
+    agg, said = aggregate()
+    assert [c["raw_sha256"] for c in agg["per_cycle"]] == [sha256(p) for p in paths] and said == []
+    assert "raw_result_changed" not in agg["flags"] and raw_results_since_aggregation(tmp_path) == []
+
+    edit_raw(paths[1], 13.0)
+    assert raw_results_since_aggregation(tmp_path) == [
+        f"{tmp_path}/raw/exp-agg/cycle_2.json is not the bytes aggregated in {out / 'exp-agg.json'} (sha256 "
+        f"{original[:12]}..., now {sha256(paths[1])[:12]}...): changed since; a rerun aggregates it again, flagged "
+        "raw_result_changed"
+    ]
+    assert main(["results", "--summary", str(summary)]) == 0
+    assert "Note: " + raw_results_since_aggregation(tmp_path)[0] in capsys.readouterr().err
+    for _ in range(2):  # flagged by this aggregation and the next one, with the digest recorded first
+        agg, said = aggregate()
+        assert agg["flags"]["raw_result_changed"] == 1 and agg["metrics"]["energy_j"]["values"] == [10.0, 13.0]
+        second = agg["per_cycle"][1]
+        assert second["raw_sha256"] == sha256(paths[1])
+        assert (second["raw_sha256_recorded"], second["raw_sha256_recorded_in"]) == (
+            original,
+            str(out / "exp-agg.json"),
+        )
+        assert said == [
+            f"raw_result_changed: exp-agg cycle 2: its raw result is not the bytes {out / 'exp-agg.json'} recorded "
+            f"(sha256 {original[:12]}..., now {sha256(paths[1])[:12]}...)"
+        ]
+    assert raw_results_since_aggregation(tmp_path) == [
+        f"exp-agg cycle 2 is flagged raw_result_changed: {tmp_path}/raw/exp-agg/cycle_2.json is not the bytes "
+        f"{out / 'exp-agg.json'} recorded (sha256 {original[:12]}...)"
+    ]
+    read_result(out / "exp-agg.json", "aggregated_result")  # the schema takes the digests
+
+    # measured again (deleted and measured: another window): another measurement, nothing changed
+    edit_raw(paths[1], 12.5, window_start="2030-01-01T00:00:00.000000Z")
+    agg, said = aggregate()
+    assert "raw_result_changed" not in agg["flags"] and "raw_sha256_recorded" not in agg["per_cycle"][1]
+    assert said == [] and raw_results_since_aggregation(tmp_path) == []
 
 
 def test_raw_results_left_out_are_listed_and_flagged(tmp_path, template):

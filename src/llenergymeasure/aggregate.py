@@ -233,6 +233,46 @@ def raw_result_notes(agg: dict) -> list[str]:
     return lines
 
 
+def raw_results_since_aggregation(root: str | Path, experiment_ids: list[str] | None = None) -> list[str]:
+    """What a reader of a campaign's aggregated results must know about the raw results they were made from, one
+    line each: a raw result whose bytes are no longer those aggregated (its sha256 differs from the one recorded,
+    or it is gone), and a cycle the aggregation flagged ``raw_result_changed``. Aggregated results of a version
+    that recorded no digests, and files that cannot be read, say nothing."""
+    import json
+
+    from .record.layout import Layout
+    from .results import sha256_of
+
+    layout = Layout(str(root))
+    files = layout.aggregated_files()
+    lines = []
+    for eid in experiment_ids if experiment_ids is not None else list(files):
+        path = files.get(eid)
+        if path is None:
+            continue
+        try:
+            per_cycle = json.loads(path.read_text(encoding="utf-8"))["per_cycle"]
+            entries = [(int(e["cycle"]), e) for e in per_cycle if isinstance(e.get("raw_sha256"), str)]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        for cycle, entry in entries:
+            raw = layout.raw(eid, cycle)
+            now = sha256_of(raw)
+            if now is None:
+                lines.append(f"{raw} was aggregated in {path} and is gone (a rerun measures that cycle again)")
+            elif now != entry["raw_sha256"]:
+                lines.append(
+                    f"{raw} is not the bytes aggregated in {path} (sha256 {entry['raw_sha256'][:12]}..., now "
+                    f"{now[:12]}...): changed since; a rerun aggregates it again, flagged raw_result_changed"
+                )
+            if isinstance(entry.get("raw_sha256_recorded"), str):
+                lines.append(
+                    f"{eid} cycle {cycle} is flagged raw_result_changed: {raw} is not the bytes "
+                    f"{entry.get('raw_sha256_recorded_in')} recorded (sha256 {entry['raw_sha256_recorded'][:12]}...)"
+                )
+    return lines
+
+
 def previous_aggregated(path: str | Path) -> dict | None:
     """The aggregated result about to be replaced, as plain JSON with its ``path`` (None when there is none or it
     cannot be read: then only the decisions say what was recorded)."""
