@@ -32,10 +32,13 @@ from llenergymeasure.precision import (
     decided_cycles,
     decisions_on_disk,
     decisions_used,
+    edited_decisions,
     planned_windows,
     read_decision,
     recorded_digests,
+    set_aside_edited_decisions,
     status,
+    unreproduced,
 )
 from llenergymeasure.record.layout import Layout
 
@@ -159,6 +162,39 @@ def test_a_decision_records_the_digest_of_each_raw_result_it_read(tmp_path, temp
     record = decide(paths, "exp-p", 3, T, str(tmp_path / "decisions" / "exp-p" / "after_cycle_3.json"))
     assert record["raw_sha256"] == [sha256(p) for p in paths]
     assert recorded_digests(record, 3) == record["raw_sha256"] and recorded_digests(record, 4) is None
+
+
+def test_an_edited_decision_is_set_aside_and_never_drops_a_measured_cycle(tmp_path, template):
+    """A decision edited by hand is found before a run plans anything, whether its verdict no longer follows from
+    its values or its values were edited too (a stop followed by a measured cycle is checked against the raw
+    results), and moved out of the way so that it is taken again; decisions as taken are left alone."""
+    t = Target(0.05, "energy_j", 3, 4, 0.95)
+    paths = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0])
+    layout = Layout(str(tmp_path))
+    after = {n: layout.decision("exp-p", n) for n in (3, 4)}
+    taken = {n: decide(paths[:n], "exp-p", n, t, after[n]) for n in (3, 4)}
+    assert [taken[n]["decision"] for n in (3, 4)] == ["continue", "stop"]
+    assert edited_decisions(tmp_path, ["exp-p"], t) == []
+
+    # the verdict edited: it no longer follows from the values the decision records
+    Path(after[3]).write_text(json.dumps({**taken[3], "decision": "stop", "reason": "target_met"}))
+    ((path, problem),) = edited_decisions(tmp_path, ["exp-p"], t)
+    assert path == after[3] and problem == "it says stop (target_met), its values give continue (target_not_met)"
+    # the values edited as well, so that the file agrees with itself: cycle 4 was measured, so the raw results
+    # that the stop rests on are read, and they give another decision
+    steady = {**taken[3], **assess([10.0, 10.0, 10.0], t)}
+    Path(after[3]).write_text(json.dumps(steady))
+    assert unreproduced(steady, 3) is None
+    ((path, problem),) = edited_decisions(tmp_path, ["exp-p"], t)
+    assert problem == "it says stop (target_met), its raw results give continue (target_not_met)"
+    (line,) = set_aside_edited_decisions(tmp_path, ["exp-p"], t)
+    (moved,) = (tmp_path / ".state" / "set_aside" / "decisions" / "exp-p").iterdir()
+    assert not Path(after[3]).exists() and json.loads(moved.read_text()) == steady
+    assert line.startswith(f"{after[3]} is not the decision its values and raw results give (it says stop")
+    assert line.endswith(f"edited by hand?): moved to {moved}, taken again from the raw results")
+    # a stop that is what the raw results give stays, measured cycles after it or not
+    decide(paths[:3], "exp-p", 3, Target(0.9, "energy_j", 3, 4, 0.95), after[3])
+    assert edited_decisions(tmp_path, ["exp-p"], Target(0.9, "energy_j", 3, 4, 0.95)) == []
 
 
 def test_the_aggregation_checks_the_decisions_against_the_raw_results(tmp_path, template):

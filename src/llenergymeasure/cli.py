@@ -162,6 +162,14 @@ def cmd_validate(args) -> int:
     notes = said + p.campaign.get("_notes", []) + (p.expansion.notes if not said else [])
     ids = [e.experiment_id for e in p.expansion.experiments]
     notes += raw_results_since_aggregation(p.results_root, ids)  # what the results on disk rest on
+    if p.target:
+        from .precision import edited_decisions
+
+        notes += [
+            f"{path} is not the decision its values and raw results give ({problem}): the next run moves it to "
+            f"{p.layout.state_dir}/set_aside/ and takes it again"
+            for path, problem in edited_decisions(p.results_root, ids, p.target)
+        ]
     warnings = check_sources([e.config for e in p.expansion.experiments], network_optional=True)
     est = estimate_duration(p)
     exps = [

@@ -8,8 +8,11 @@ interval of the mean of ``metric``, at ``analysis.confidence``, is within ± the
 resumed campaign reads the decisions already taken instead of taking them again. The aggregation recomputes the
 same function over the cycles it aggregates, so the status it reports is the one the decisions reached.
 
-A decision records the sha256 of each raw result it read (``raw_sha256``, cycle 1 first); the aggregation compares
-them with the raw results it reads and checks every decision it rests on against them (:func:`decisions_used`).
+A decision records the sha256 of each raw result it read (``raw_sha256``, cycle 1 first). A decision file is only
+ever used as :func:`assess` gives it: before a run plans anything, a decision that is not what :func:`assess`
+gives for its own values, or a ``stop`` followed by a measured cycle that its raw results do not give, is moved
+out of the way and taken again (:func:`set_aside_edited_decisions`); the aggregation checks every decision it uses
+against the raw results (:func:`decisions_used`).
 
 The interval reported is the ordinary Student-t interval of every cycle run. Stopping once it is narrow enough is a
 sequential rule (a fixed-width interval in the sense of Chow and Robbins, 1965): its coverage tends to the nominal
@@ -24,7 +27,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .record.layout import Layout
+from .record.layout import Layout, locate
 from .record.metrics import METRICS
 from .record.raw import RawResult
 
@@ -240,6 +243,81 @@ def recorded_digests(record: dict, after_cycle: int) -> list[str] | None:
     if isinstance(digests, list) and len(digests) == after_cycle and all(isinstance(d, str) for d in digests):
         return digests
     return None
+
+
+def check_against_raws(record: dict, raw_paths: list[str], experiment_id: str) -> str | None:
+    """What makes a decision other than the one its raw results give (None: it is that one, or they are not the
+    bytes it recorded, or cannot be read: the aggregation says so)."""
+    from .results import ResultValidationError
+
+    after_cycle = len(raw_paths)
+    try:
+        raws, digests = read_raws(raw_paths, experiment_id)
+        metric = Target(**record["target"]).metric
+    except (DecisionError, ResultValidationError, KeyError, TypeError):
+        return None
+    recorded = recorded_digests(record, after_cycle)
+    if recorded is not None and recorded != digests:
+        return None  # taken on other bytes: the raw results changed since (flagged raw_result_changed)
+    return unreproduced(record, after_cycle, metric_values(raws, metric))
+
+
+def edited_decisions(root: str | Path, experiment_ids: list[str], target: Target) -> list[tuple[str, str]]:
+    """The decision files on disk that are not what :func:`assess` gives, with why: one that does not follow from
+    the values it records, or (under this target) a ``stop`` while a later cycle's raw result exists, which its
+    raw results do not give. Such a file was edited by hand (or written by another version): used, it would stop an
+    experiment or leave out a measured cycle on grounds no measurement gave. Damaged files are left to the walk's
+    own error. Cheap for a campaign of any size: only a stop followed by a measured cycle reads raw results."""
+    layout = Layout(str(root))
+    wanted = target.params()
+    found = []
+    for eid in experiment_ids:
+        for n in range(target.min_cycles, target.max_cycles + 1):
+            path = layout.decision(eid, n)
+            if not os.path.exists(path):
+                continue
+            try:
+                record = read_decision(path, eid, n)
+            except DecisionError:
+                continue
+            problem = unreproduced(record, n)
+            if (
+                problem is None
+                and record["decision"] == "stop"
+                and record.get("target") == wanted
+                and os.path.exists(layout.raw(eid, n + 1))
+            ):
+                problem = check_against_raws(record, [layout.raw(eid, c) for c in range(1, n + 1)], eid)
+            if problem:
+                found.append((path, problem))
+    return found
+
+
+def set_aside_edited_decisions(root: str | Path, experiment_ids: list[str], target: Target) -> list[str]:
+    """Move every decision :func:`edited_decisions` finds to ``.state/set_aside/decisions/`` (kept, with the time
+    it was moved), so that the run takes it again from the raw results; one line each, saying why and where."""
+    from .paths import utc_now_iso
+
+    layout = Layout(str(root))
+    stamp = utc_now_iso().replace("-", "").replace(":", "")
+    lines = []
+    for path, problem in edited_decisions(root, experiment_ids, target):
+        found = locate(path)
+        dest = Path(layout.set_aside_decision(found.experiment_id, found.cycle, stamp))
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        except OSError as exc:
+            lines.append(
+                f"{path} is not the decision its values and raw results give ({problem}) and cannot be moved "
+                f"({exc.strerror or exc}): delete it and rerun, which takes it again"
+            )
+            continue
+        lines.append(
+            f"{path} is not the decision its values and raw results give ({problem}; edited by hand?): moved to "
+            f"{dest}, taken again from the raw results"
+        )
+    return lines
 
 
 def decisions_used(root: str | Path, experiment_id: str, target: Target, last_cycle: int) -> list[tuple[str, dict]]:
