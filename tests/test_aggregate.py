@@ -19,7 +19,7 @@ from llenergymeasure.aggregate import (
     write_aggregated_all,
 )
 from llenergymeasure.measure import run_experiment
-from llenergymeasure.results import ResultValidationError, write_json_atomic
+from llenergymeasure.results import ResultValidationError, read_result, write_json_atomic
 from llenergymeasure.thermal import thermal_audit
 
 
@@ -187,6 +187,87 @@ def test_an_interval_of_a_positive_quantity_below_zero_is_reported_and_flagged(t
     assert agg["flags"]["interval_below_zero"] == len(below) >= 2
     steady = aggregate_experiment(write_cycles(tmp_path / "s", template, [10.0, 10.5, 11.0]), "steady", 0.5, 0.95)
     assert not any(s.get("ci_below_zero") for s in steady["metrics"].values())
+def sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def edit_raw(path, energy_j: float, window_start: str | None = None) -> None:
+    """A raw result rewritten: another gross energy; with a ``window_start``, another measurement of the cycle."""
+    data = json.loads(Path(path).read_text())
+    data["energy"]["total"]["gross_energy_j"] = energy_j
+    if window_start:
+        data["timestamps"]["window_start"] = window_start
+    os.chmod(path, 0o644)
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def test_a_raw_result_changed_after_it_was_aggregated_is_flagged_until_measured_again(tmp_path, template, capsys):
+    """The aggregated result records the sha256 of every raw result it read. A raw result changed since (same
+    measurement: same window start) is named by lem results, flagged raw_result_changed by the next aggregation
+    and by every later one (the digest recorded first is kept), until that cycle is measured again."""
+    from llenergymeasure.aggregate import raw_results_since_aggregation
+    from llenergymeasure.cli import main
+
+    paths = write_cycles(tmp_path, template, [10.0, 12.0])
+    out, summary = tmp_path / "aggregated", tmp_path / "summary.csv"
+    original = sha256(paths[1])
+
+    def aggregate() -> tuple[dict, list[str]]:
+        said: list[str] = []
+        write_aggregated_all({"exp-agg": paths}, {}, str(out), str(summary), 0.5, 0.95, said=said)
+        return json.loads((out / "exp-agg.json").read_text()), said
+
+    agg, said = aggregate()
+    assert [c["raw_sha256"] for c in agg["per_cycle"]] == [sha256(p) for p in paths] and said == []
+    assert "raw_result_changed" not in agg["flags"] and raw_results_since_aggregation(tmp_path) == []
+
+    edit_raw(paths[1], 13.0)
+    assert raw_results_since_aggregation(tmp_path) == [
+        f"{tmp_path}/raw/exp-agg/cycle_2.json is not the bytes aggregated in {out / 'exp-agg.json'} (sha256 "
+        f"{original[:12]}..., now {sha256(paths[1])[:12]}...): changed since; a rerun aggregates it again, flagged "
+        "raw_result_changed"
+    ]
+    assert main(["results", "--summary", str(summary)]) == 0
+    assert "Note: " + raw_results_since_aggregation(tmp_path)[0] in capsys.readouterr().err
+    for _ in range(2):  # flagged by this aggregation and the next one, with the digest recorded first
+        agg, said = aggregate()
+        assert agg["flags"]["raw_result_changed"] == 1 and agg["metrics"]["energy_j"]["values"] == [10.0, 13.0]
+        second = agg["per_cycle"][1]
+        assert second["raw_sha256"] == sha256(paths[1])
+        assert (second["raw_sha256_recorded"], second["raw_sha256_recorded_in"]) == (
+            original,
+            str(out / "exp-agg.json"),
+        )
+        assert said == [
+            f"raw_result_changed: exp-agg cycle 2: its raw result is not the bytes {out / 'exp-agg.json'} recorded "
+            f"(sha256 {original[:12]}..., now {sha256(paths[1])[:12]}...)"
+        ]
+    assert raw_results_since_aggregation(tmp_path) == [
+        f"exp-agg cycle 2 is flagged raw_result_changed: {tmp_path}/raw/exp-agg/cycle_2.json is not the bytes "
+        f"{out / 'exp-agg.json'} recorded (sha256 {original[:12]}...)"
+    ]
+    read_result(out / "exp-agg.json", "aggregated_result")  # the schema takes the digests
+
+    # measured again (deleted and measured: another window): another measurement, nothing changed
+    edit_raw(paths[1], 12.5, window_start="2030-01-01T00:00:00.000000Z")
+    agg, said = aggregate()
+    assert "raw_result_changed" not in agg["flags"] and "raw_sha256_recorded" not in agg["per_cycle"][1]
+    assert said == [] and raw_results_since_aggregation(tmp_path) == []
+
+
+def test_raw_results_left_out_are_listed_and_flagged(tmp_path, template):
+    """A raw result on disk that the aggregation leaves out is never left out silently: the aggregated result lists
+    it with why, and is flagged cycles_not_aggregated."""
+    from llenergymeasure.jobs import _left_out
+
+    paths = write_cycles(tmp_path, template, [10.0, 12.0, 14.0])
+    left = _left_out(str(tmp_path), "exp-agg", paths[:2], None, 2)
+    assert left == [{"cycle": 3, "reason": "beyond execution.cycles = 2"}]
+    agg = aggregate_experiment(paths[:2], "n", 0.5, 0.95, left_out=left)
+    assert agg["flags"]["cycles_not_aggregated"] == 1 and agg["cycles_not_aggregated"] == left
+    assert "cycles_not_aggregated" not in aggregate_experiment(paths, "n", 0.5, 0.95)["flags"]
 
 
 def test_every_metric_has_a_unit_a_meaning_and_a_reader_of_raw_results(tmp_path, template):

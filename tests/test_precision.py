@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from conftest import write_cycles as shared_write_cycles
 from llenergymeasure.aggregate import (
     PRECISION_COLUMNS,
     SUMMARY_COLUMNS,
+    AggregationError,
     aggregate_experiment,
     read_summary,
     write_aggregated_all,
@@ -29,9 +31,14 @@ from llenergymeasure.precision import (
     decide,
     decided_cycles,
     decisions_on_disk,
+    decisions_used,
+    edited_decisions,
     planned_windows,
     read_decision,
+    recorded_digests,
+    set_aside_edited_decisions,
     status,
+    unreproduced,
 )
 from llenergymeasure.record.layout import Layout
 
@@ -164,6 +171,95 @@ def test_decide_reads_the_raw_results_it_is_given(tmp_path, template):
     record = decide(paths, "exp-p", 3, per_token, str(tmp_path / "y.json"))
     n = template["tokens"]["output_tokens"]
     assert record["values"] == pytest.approx([10.0 / n, 12.0 / n, 14.0 / n])
+
+
+def sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def edit_raw(path, energy_j: float) -> None:
+    """A raw result changed by hand: same measurement (window start), another gross energy."""
+    data = json.loads(Path(path).read_text())
+    data["energy"]["total"]["gross_energy_j"] = energy_j
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def test_a_decision_records_the_digest_of_each_raw_result_it_read(tmp_path, template):
+    paths = write_cycles(tmp_path, template, [10.0, 12.0, 14.0])
+    record = decide(paths, "exp-p", 3, T, str(tmp_path / "decisions" / "exp-p" / "after_cycle_3.json"))
+    assert record["raw_sha256"] == [sha256(p) for p in paths]
+    assert recorded_digests(record, 3) == record["raw_sha256"] and recorded_digests(record, 4) is None
+
+
+def test_an_edited_decision_is_set_aside_and_never_drops_a_measured_cycle(tmp_path, template):
+    """A decision edited by hand is found before a run plans anything, whether its verdict no longer follows from
+    its values or its values were edited too (a stop followed by a measured cycle is checked against the raw
+    results), and moved out of the way so that it is taken again; decisions as taken are left alone."""
+    t = Target(0.05, "energy_j", 3, 4, 0.95)
+    paths = write_cycles(tmp_path, template, [10.0, 20.0, 10.0, 20.0])
+    layout = Layout(str(tmp_path))
+    after = {n: layout.decision("exp-p", n) for n in (3, 4)}
+    taken = {n: decide(paths[:n], "exp-p", n, t, after[n]) for n in (3, 4)}
+    assert [taken[n]["decision"] for n in (3, 4)] == ["continue", "stop"]
+    assert edited_decisions(tmp_path, ["exp-p"], t) == []
+
+    # the verdict edited: it no longer follows from the values the decision records
+    Path(after[3]).write_text(json.dumps({**taken[3], "decision": "stop", "reason": "target_met"}))
+    ((path, problem),) = edited_decisions(tmp_path, ["exp-p"], t)
+    assert path == after[3] and problem == "it says stop (target_met), its values give continue (target_not_met)"
+    # the values edited as well, so that the file agrees with itself: cycle 4 was measured, so the raw results
+    # that the stop rests on are read, and they give another decision
+    steady = {**taken[3], **assess([10.0, 10.0, 10.0], t)}
+    Path(after[3]).write_text(json.dumps(steady))
+    assert unreproduced(steady, 3) is None
+    ((path, problem),) = edited_decisions(tmp_path, ["exp-p"], t)
+    assert problem == "it says stop (target_met), its raw results give continue (target_not_met)"
+    (line,) = set_aside_edited_decisions(tmp_path, ["exp-p"], t)
+    (moved,) = (tmp_path / ".state" / "set_aside" / "decisions" / "exp-p").iterdir()
+    assert not Path(after[3]).exists() and json.loads(moved.read_text()) == steady
+    assert line.startswith(f"{after[3]} is not the decision its values and raw results give (it says stop")
+    assert line.endswith(f"edited by hand?): moved to {moved}, taken again from the raw results")
+    # a stop that is what the raw results give stays, measured cycles after it or not
+    decide(paths[:3], "exp-p", 3, Target(0.9, "energy_j", 3, 4, 0.95), after[3])
+    assert edited_decisions(tmp_path, ["exp-p"], Target(0.9, "energy_j", 3, 4, 0.95)) == []
+
+
+def test_the_aggregation_checks_the_decisions_against_the_raw_results(tmp_path, template):
+    """A raw result changed after a decision read it is flagged raw_result_changed, naming the cycle, the decision
+    and the digest it recorded; a decision that read the very bytes aggregated but is not the one they give (edited
+    by hand, consistently) stops the aggregation in one line."""
+    paths = write_cycles(tmp_path, template, [10.0, 12.0, 14.0])
+    out = Layout(str(tmp_path)).decision("exp-p", 3)
+    record = decide(paths, "exp-p", 3, T, out)
+    agg = aggregate_experiment(paths, "p", 0.5, 0.95, target=T, decisions=decisions_used(tmp_path, "exp-p", T, 3))
+    assert "raw_result_changed" not in agg["flags"] and [c["raw_sha256"] for c in agg["per_cycle"]] == [
+        sha256(p) for p in paths
+    ]
+    edit_raw(paths[1], 13.0)
+    agg = aggregate_experiment(paths, "p", 0.5, 0.95, target=T, decisions=decisions_used(tmp_path, "exp-p", T, 3))
+    assert agg["flags"]["raw_result_changed"] == 1
+    second = agg["per_cycle"][1]
+    assert second["raw_sha256"] == sha256(paths[1]) != record["raw_sha256"][1]
+    assert (second["raw_sha256_recorded"], second["raw_sha256_recorded_in"]) == (record["raw_sha256"][1], out)
+    assert all("raw_sha256_recorded" not in c for c in (agg["per_cycle"][0], agg["per_cycle"][2]))
+    assert agg["metrics"]["energy_j"]["values"] == [10.0, 13.0, 14.0]  # the numbers are those read, flagged
+
+    # a decision edited to agree with itself, on the bytes it recorded
+    fresh = write_cycles(tmp_path / "b", template, [10.0, 20.0, 10.0])
+    out = Layout(str(tmp_path / "b")).decision("exp-p", 3)
+    tight = Target(0.05, "energy_j", 3, 5, 0.95)
+    taken = decide(fresh, "exp-p", 3, tight, out)
+    Path(out).write_text(json.dumps({**taken, **assess([10.0, 10.0, 10.0], tight)}))
+    with pytest.raises(AggregationError) as exc:
+        aggregate_experiment(
+            fresh, "p", 0.5, 0.95, target=tight, decisions=decisions_used(tmp_path / "b", "exp-p", tight, 3)
+        )
+    assert str(exc.value) == (
+        f"{out} is not the decision its raw results give (it says stop (target_met), its raw results give continue "
+        "(target_not_met); edited by hand?): delete it and rerun, which takes it again from them"
+    )
 
 
 # --------------------------------------------------------------------------------------------- campaign keys

@@ -373,3 +373,130 @@ def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
     counts = job_counts(dry.stdout + dry.stderr)
     assert counts.get("measure") == 1 and counts.get("decide") == 1 and counts.get("aggregate") == 1, dry.stdout[-2000:]
     assert re.findall(r"wildcards: experiment=([^,\s]+), cycle=(\d+)", dry.stdout + dry.stderr) == [(a, "4")]
+
+
+def lem_results(workflow_dir: Path, cfg: Path, command: str = "results") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "llenergymeasure.cli", command, str(cfg)],
+        cwd=workflow_dir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def rewrite(path: Path, change, keep_mtime: bool = False) -> None:
+    """A result file edited by hand: made writable, its JSON changed, written back (with its old modification time
+    when ``keep_mtime``, as a copy that preserves times would leave it)."""
+    st = path.stat()
+    path.chmod(0o644)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_edited_decisions_and_raw_results_are_never_used_silently(workflow_dir):
+    """Real runs of a one-experiment campaign (max_cycles 4, a target no experiment meets), then files edited by hand
+    between runs. A decision edited to stop before a measured cycle is set aside (one line) and taken again: the
+    cycle is still aggregated. A raw result edited after the decisions and the aggregation read it is flagged
+    raw_result_changed (naming the cycle), and lem results and lem validate say so, whether or not the edit left a
+    newer modification time. A lower max_cycles leaves the later cycle out, flagged cycles_not_aggregated. A cycle
+    deleted and measured again is a new measurement, not a change."""
+    from llenergymeasure.precision import Target, assess
+
+    target = {"relative_half_width": 1e-9, "metric": "output_tokens_per_s", "min_cycles": 3, "max_cycles": 4}
+    execution = {"structure": "interleaved", "config_gap_s": 0, "cycle_gap_s": 0, "precision_target": target}
+    cfg = write(workflow_dir / "e.yaml", campaign("edits", execution, batch_sizes=(2,), **{"energy.min_window_s": 0}))
+    root = workflow_dir / "results" / "edits"
+    eid = expected_id(workflow_dir, cfg, 2)
+    raw = {c: root / "raw" / eid / f"cycle_{c}.json" for c in range(1, 5)}
+    decision = {n: root / "decisions" / eid / f"after_cycle_{n}.json" for n in (3, 4)}
+    aggregated = root / "aggregated" / f"{eid}.json"
+
+    first = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert first.returncode == 0, first.stderr[-3000:]
+    agg = read_result(aggregated, "aggregated_result")
+    assert agg["cycles"] == 4 and [c["raw_sha256"] for c in agg["per_cycle"]] == [sha(raw[c]) for c in range(1, 5)]
+    taken = {n: json.loads(decision[n].read_text()) for n in (3, 4)}
+    assert [taken[n]["decision"] for n in (3, 4)] == ["continue", "stop"]
+    assert taken[4]["raw_sha256"] == [sha(raw[c]) for c in range(1, 5)]
+    assert "raw_result_changed" not in agg["flags"] and "cycles_not_aggregated" not in agg["flags"]
+
+    # 1. the decision after cycle 3 edited to stop there, its values too (so that it agrees with itself): cycle 4
+    # was measured, so it is checked against the raw results, set aside and taken again; nothing is measured
+    steady = assess([100.0, 100.0, 100.0], Target(**taken[3]["target"]))
+    assert steady["decision"] == "stop"
+    decision[3].write_text(json.dumps({**taken[3], **steady}))
+    shown = lem_results(workflow_dir, cfg, "validate")
+    assert f"note: {decision[3].relative_to(workflow_dir)} is not the decision its values and raw results give" in (
+        shown.stdout
+    ), shown.stdout
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    (moved,) = (root / ".state" / "set_aside" / "decisions" / eid).iterdir()
+    assert (
+        f"{decision[3].relative_to(workflow_dir)} is not the decision its values and raw results give (it says stop "
+        "(target_met), its raw results give continue (target_not_met); edited by hand?): moved to "
+        f"{moved.relative_to(workflow_dir)}, taken again from the raw results"
+    ) in run.stderr
+    counts = job_counts(run.stdout + run.stderr)
+    assert counts.get("decide") == 1 and counts.get("measure") is None, counts
+    assert json.loads(decision[3].read_text())["decision"] == "continue"
+    assert read_result(aggregated, "aggregated_result")["cycle_numbers"] == [1, 2, 3, 4]  # cycle 4 still there
+
+    # 2. a raw result edited by hand (the file made writable, a number changed): the decisions that read it are taken
+    # again, and the aggregation flags the cycle, against the digest its previous result recorded
+    measured_2 = sha(raw[2])
+    rewrite(raw[2], lambda d: d["energy"]["total"].update(gross_energy_j=d["energy"]["total"]["gross_energy_j"] * 2))
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    agg = read_result(aggregated, "aggregated_result")
+    assert agg["flags"]["raw_result_changed"] == 1 and agg["cycles"] == 4
+    second = agg["per_cycle"][1]
+    assert (second["raw_sha256_recorded"], second["raw_sha256"]) == (measured_2, sha(raw[2]))
+    assert f"raw_result_changed: {eid} cycle 2: its raw result is not the bytes " in run.stderr
+    shown = lem_results(workflow_dir, cfg)
+    assert shown.returncode == 0 and f"Note: {eid} cycle 2 is flagged raw_result_changed" in shown.stderr, shown.stderr
+
+    # 3. another one edited, this time keeping its modification time: Snakemake sees nothing to do, lem results says
+    # the numbers were not made from these bytes, and an aggregation forced anyway flags it too
+    rewrite(raw[1], lambda d: d["energy"]["total"].update(gross_energy_j=1.0), keep_mtime=True)
+    dry = snakemake(workflow_dir, "--configfile", str(cfg), "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
+    shown = lem_results(workflow_dir, cfg)
+    assert f"raw/{eid}/cycle_1.json is not the bytes aggregated in" in shown.stderr, shown.stderr
+    shown = lem_results(workflow_dir, cfg, "validate")
+    assert f"note: results/edits/raw/{eid}/cycle_1.json is not the bytes aggregated in" in shown.stdout, shown.stdout
+    run = snakemake(workflow_dir, "--configfile", str(cfg), "-R", "aggregate")
+    assert run.returncode == 0, run.stderr[-3000:]
+    agg = read_result(aggregated, "aggregated_result")
+    assert agg["flags"]["raw_result_changed"] == 2
+    assert agg["per_cycle"][0]["raw_sha256_recorded_in"] == str(aggregated.relative_to(workflow_dir))
+
+    # 4. a lower max_cycles: the decisions are taken again and stop after cycle 3; the measured cycle 4 is left out,
+    # listed and flagged, and the changed cycles stay flagged
+    execution["precision_target"] = {**target, "max_cycles": 3}
+    write(cfg, campaign("edits", execution, batch_sizes=(2,), **{"energy.min_window_s": 0}))
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    agg = read_result(aggregated, "aggregated_result")
+    assert agg["cycle_numbers"] == [1, 2, 3] and agg["flags"]["cycles_not_aggregated"] == 1
+    assert agg["cycles_not_aggregated"] == [
+        {
+            "cycle": 4,
+            "reason": f"measured after {decision[3].relative_to(workflow_dir)}, which stopped the experiment",
+        }
+    ]
+    assert agg["flags"]["raw_result_changed"] == 2
+    assert f"cycles_not_aggregated: {eid} cycle 4: measured after" in run.stderr
+
+    # 5. cycle 2 deleted and measured again: a new measurement, no longer flagged (cycle 1 still is)
+    raw[2].unlink()
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert job_counts(run.stdout + run.stderr).get("measure") == 1
+    agg = read_result(aggregated, "aggregated_result")
+    assert agg["flags"]["raw_result_changed"] == 1 and "raw_sha256_recorded" in agg["per_cycle"][0]
+    assert "raw_sha256_recorded" not in agg["per_cycle"][1] and agg["per_cycle"][1]["raw_sha256"] == sha(raw[2])

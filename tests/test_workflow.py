@@ -122,6 +122,47 @@ def test_grouped_order_is_followed(workflow_dir):
     assert [(r["config"]["pytorch"]["batch_size"], r["cycle"]) for r in windows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
 
+def test_a_raw_result_edited_by_hand_and_cycles_left_out_are_flagged(workflow_dir):
+    """Fixed cycles: a raw result edited by hand after its aggregation (the file made writable, a number changed) is
+    flagged raw_result_changed by the aggregation that follows, naming the cycle; fewer execution.cycles than the
+    raw results on disk leave the last ones out, listed and flagged cycles_not_aggregated, never silently."""
+    grid = json.loads(json.dumps(SMALL["grid"]))
+    grid["backend_overrides"]["pytorch"]["batch_size"] = [1]
+    execution = {"cycles": 2, "structure": "interleaved", "config_gap_s": 0, "cycle_gap_s": 0}
+    cfg = write_campaign(workflow_dir / "e.yaml", campaign_name="edits", grid=grid, execution=execution)
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    root = workflow_dir / "results" / "edits"
+    (first, second) = Layout(root).raw_files()
+    (aggregated,) = (root / "aggregated").glob("*.json")
+    agg = read_result(aggregated, "aggregated_result")
+    assert [c["raw_sha256"] for c in agg["per_cycle"]] == [sha(first), sha(second)]
+    assert not {"raw_result_changed", "cycles_not_aggregated"} & set(agg["flags"])
+
+    measured = sha(first)
+    first.chmod(0o644)
+    data = json.loads(first.read_text())
+    data["energy"]["total"]["gross_energy_j"] *= 0.5
+    first.write_text(json.dumps(data, indent=1) + "\n")
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert job_counts(run.stdout + run.stderr).get("measure") is None
+    agg = read_result(aggregated, "aggregated_result")
+    assert agg["flags"]["raw_result_changed"] == 1
+    assert (agg["per_cycle"][0]["raw_sha256_recorded"], agg["per_cycle"][0]["raw_sha256"]) == (measured, sha(first))
+    assert "raw_sha256_recorded" not in agg["per_cycle"][1]
+    assert f"raw_result_changed: {aggregated.stem} cycle 1: its raw result is not the bytes" in run.stderr
+    assert read_summary(str(root / "summary.csv"))[0]["flags"].split(";").count("raw_result_changed") == 1
+
+    write_campaign(cfg, campaign_name="edits", grid=grid, execution={**execution, "cycles": 1})
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    agg = read_result(aggregated, "aggregated_result")
+    assert agg["cycle_numbers"] == [1] and agg["flags"]["raw_result_changed"] == 1
+    assert agg["cycles_not_aggregated"] == [{"cycle": 2, "reason": "beyond execution.cycles = 1"}]
+    assert agg["flags"]["cycles_not_aggregated"] == 1
+
+
 @pytest.mark.parametrize("victim", ["process group", "snakemake only"])
 def test_kill_and_resume(workflow_dir, victim):
     """A crash kills everything at once; a kill -9 of Snakemake alone leaves its running measurement orphaned,

@@ -18,7 +18,7 @@ from .results import (
     RAW_SCHEMA,
     SCHEMA_VERSION,
     SUMMARY_SCHEMA,
-    read_result,
+    read_result_and_digest,
     validate_result,
     write_json_atomic,
     write_text_atomic,
@@ -38,6 +38,9 @@ def aggregate_experiment(
     confidence: float,
     planned_cycles: int | None = None,
     target=None,
+    decisions: list[tuple[str, dict]] | None = None,
+    previous: dict | None = None,
+    left_out: list[dict] | None = None,
 ) -> dict:
     """Read and validate every cycle of one experiment and summarise them.
 
@@ -47,14 +50,27 @@ def aggregate_experiment(
     target (:class:`llenergymeasure.precision.Target`) the result also says how precise the target metric's mean
     is and whether the target was met (``precision``); an experiment stopped by ``max_cycles`` before meeting it is
     flagged ``precision_target_not_met``.
+
+    Each cycle records the sha256 of the raw result's bytes it was read from (``per_cycle[].raw_sha256``). Those
+    bytes are compared with what was recorded of the same measurement before: by ``decisions`` (path and record of
+    each decision the cycles rest on, :func:`llenergymeasure.precision.decisions_used`) and by ``previous`` (this
+    experiment's aggregated result being replaced, for the cycles whose window start is the same: a cycle measured
+    again is another measurement). A cycle whose bytes differ is flagged ``raw_result_changed`` and keeps the digest
+    recorded first (``raw_sha256_recorded``, and where: ``raw_sha256_recorded_in``), so the flag stays on every
+    later aggregation until that cycle is measured again. A decision whose raw results are the bytes it recorded
+    but which is not what the decision rule gives for them (edited by hand) is refused. ``left_out``: raw results
+    of the experiment on disk that are not aggregated (cycle, reason), listed as ``cycles_not_aggregated`` and
+    flagged so.
     """
-    records = []
+    records, digests = [], {}
     for path in raw_paths:
-        rec = RawResult.from_dict(read_result(path, RAW_SCHEMA))
+        data, digest = read_result_and_digest(path, RAW_SCHEMA)
+        rec = RawResult.from_dict(data)
         expected_cycle = cycle_of(path)
         if rec.cycle != expected_cycle:
             raise AggregationError(f"{path}: holds cycle {rec.cycle}, file name says {expected_cycle}")
         records.append(rec)
+        digests[rec.cycle] = digest
     if not records:
         raise AggregationError("no raw results to aggregate")
     for rec, path in zip(records, raw_paths, strict=True):
@@ -95,6 +111,11 @@ def aggregate_experiment(
         metrics[name]["ci_below_zero"] = True
     if below_zero:
         flag_counts["interval_below_zero"] = len(below_zero)
+    changed = changed_raw_results(records, digests, decisions or [], previous)
+    if changed:
+        flag_counts["raw_result_changed"] = len(changed)
+    if left_out:
+        flag_counts["cycles_not_aggregated"] = len(left_out)
     pooled = {
         key: distribution([x for r in raws for x in r["latency"]["per_request"][key]]) for key in ("ttft_ms", "e2e_ms")
     }
@@ -138,9 +159,12 @@ def aggregate_experiment(
                     "host": rec.document["environment"]["host"],
                     **{k: rec.document["thermal"].get(k) for k in AUDITED_KEYS},
                 },
+                "raw_sha256": digests[rec.cycle],
+                **changed.get(rec.cycle, {}),
             }
             for rec in records
         ],
+        **({"cycles_not_aggregated": list(left_out)} if left_out else {}),
         "time_span": {
             "first_window_start": records[0].timestamps.window_start,
             "last_window_end": records[-1].timestamps.window_end,
@@ -152,6 +176,126 @@ def aggregate_experiment(
     }
 
 
+def changed_raw_results(records: list, digests: dict, decisions: list[tuple[str, dict]], previous: dict | None):
+    """Cycle -> ``raw_sha256_recorded`` and ``raw_sha256_recorded_in`` for every cycle whose raw result's bytes
+    (``digests``) differ from those recorded of the same measurement: first by the aggregated result being replaced
+    (``previous``: its own recorded digest where it flagged the cycle, so a change is never forgotten), then by each
+    decision (path, record) that read the cycle. A decision that read the very bytes aggregated now, and is not the
+    decision they give, is an :class:`AggregationError`."""
+    from .precision import Target, metric_values, recorded_digests, unreproduced
+
+    by_cycle = {rec.cycle: rec for rec in records}
+    refs: dict[int, list[tuple[str, str]]] = {}
+    if previous:
+        where = previous.get("path", "the previous aggregated result")
+        for entry in previous.get("per_cycle") or []:
+            if not isinstance(entry, dict):
+                continue
+            rec = by_cycle.get(entry.get("cycle"))
+            if rec is None or entry.get("window_start") != rec.timestamps.window_start:
+                continue  # not aggregated now, or measured again since
+            if isinstance(entry.get("raw_sha256_recorded"), str):
+                refs.setdefault(rec.cycle, []).append(
+                    (entry["raw_sha256_recorded"], entry.get("raw_sha256_recorded_in") or where)
+                )
+            elif isinstance(entry.get("raw_sha256"), str):
+                refs.setdefault(rec.cycle, []).append((entry["raw_sha256"], where))
+    for path, record in decisions:
+        n = record["after_cycle"]
+        recorded = recorded_digests(record, n)
+        for cycle, digest in enumerate(recorded or [], 1):
+            refs.setdefault(cycle, []).append((digest, path))
+        read = [digests.get(c) for c in range(1, n + 1)]
+        if None in read or (recorded is not None and recorded != read):
+            continue  # cycles missing, or taken on other bytes (those cycles are flagged)
+        try:
+            metric = Target(**record["target"]).metric
+        except TypeError:
+            continue  # not taken under a target of this campaign (decisions_used keeps none such)
+        problem = unreproduced(record, n, metric_values([by_cycle[c].document for c in range(1, n + 1)], metric))
+        if problem:
+            raise AggregationError(
+                f"{path} is not the decision its raw results give ({problem}; edited by hand?): delete it and rerun, "
+                "which takes it again from them"
+            )
+    changed = {}
+    for cycle, found in sorted(refs.items()):
+        for digest, where in found:
+            if digest != digests[cycle]:
+                changed[cycle] = {"raw_sha256_recorded": digest, "raw_sha256_recorded_in": where}
+                break
+    return changed
+
+
+def raw_result_notes(agg: dict) -> list[str]:
+    """One line per cycle of an aggregated result flagged ``raw_result_changed`` and per raw result it left out."""
+    eid = agg["experiment_id"]
+    lines = [
+        f"raw_result_changed: {eid} cycle {entry['cycle']}: its raw result is not the bytes "
+        f"{entry['raw_sha256_recorded_in']} recorded (sha256 {entry['raw_sha256_recorded'][:12]}..., now "
+        f"{entry['raw_sha256'][:12]}...)"
+        for entry in agg["per_cycle"]
+        if "raw_sha256_recorded" in entry
+    ]
+    lines += [
+        f"cycles_not_aggregated: {eid} cycle {entry['cycle']}: {entry['reason']}"
+        for entry in agg.get("cycles_not_aggregated", [])
+    ]
+    return lines
+
+
+def raw_results_since_aggregation(root: str | Path, experiment_ids: list[str] | None = None) -> list[str]:
+    """What a reader of a campaign's aggregated results must know about the raw results they were made from, one
+    line each: a raw result whose bytes are no longer those aggregated (its sha256 differs from the one recorded,
+    or it is gone), and a cycle the aggregation flagged ``raw_result_changed``. Aggregated results of a version
+    that recorded no digests, and files that cannot be read, say nothing."""
+    import json
+
+    from .record.layout import Layout
+    from .results import sha256_of
+
+    layout = Layout(str(root))
+    files = layout.aggregated_files()
+    lines = []
+    for eid in experiment_ids if experiment_ids is not None else list(files):
+        path = files.get(eid)
+        if path is None:
+            continue
+        try:
+            per_cycle = json.loads(path.read_text(encoding="utf-8"))["per_cycle"]
+            entries = [(int(e["cycle"]), e) for e in per_cycle if isinstance(e.get("raw_sha256"), str)]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        for cycle, entry in entries:
+            raw = layout.raw(eid, cycle)
+            now = sha256_of(raw)
+            if now is None:
+                lines.append(f"{raw} was aggregated in {path} and is gone (a rerun measures that cycle again)")
+            elif now != entry["raw_sha256"]:
+                lines.append(
+                    f"{raw} is not the bytes aggregated in {path} (sha256 {entry['raw_sha256'][:12]}..., now "
+                    f"{now[:12]}...): changed since; a rerun aggregates it again, flagged raw_result_changed"
+                )
+            if isinstance(entry.get("raw_sha256_recorded"), str):
+                lines.append(
+                    f"{eid} cycle {cycle} is flagged raw_result_changed: {raw} is not the bytes "
+                    f"{entry.get('raw_sha256_recorded_in')} recorded (sha256 {entry['raw_sha256_recorded'][:12]}...)"
+                )
+    return lines
+
+
+def previous_aggregated(path: str | Path) -> dict | None:
+    """The aggregated result about to be replaced, as plain JSON with its ``path`` (None when there is none or it
+    cannot be read: then only the decisions say what was recorded)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {"path": str(path), "per_cycle": data.get("per_cycle")} if isinstance(data, dict) else None
+
+
 def write_aggregated_all(
     raw_paths: dict[str, list[str]],
     names: dict[str, str],
@@ -161,6 +305,9 @@ def write_aggregated_all(
     confidence: float,
     planned_cycles: int | dict[str, int] | None = None,
     target=None,
+    decisions: dict[str, list[tuple[str, dict]]] | None = None,
+    left_out: dict[str, list[dict]] | None = None,
+    said: list[str] | None = None,
 ) -> list[dict]:
     """Every experiment of a campaign in one pass: ``<out_dir>/<experiment_id>.json`` each, then the summary CSV
     (rows in ``raw_paths`` order). One job for the whole campaign keeps big campaigns fast: the work is a few
@@ -168,7 +315,10 @@ def write_aggregated_all(
 
     Every raw result is read and checked before any derived file is replaced (the new per-experiment files are
     written to a staging folder beside ``out_dir`` first), so that a bad one, named in the error, leaves the previous
-    derived files as they were. Files of experiments that left the campaign are removed last."""
+    derived files as they were. Files of experiments that left the campaign are removed last. Each experiment's
+    raw results are compared with what its ``decisions`` and its aggregated result being replaced recorded of them
+    (:func:`aggregate_experiment`); ``left_out`` lists its raw results on disk that are not aggregated. A line for
+    each changed raw result and each one left out is appended to ``said``."""
     import shutil
     import tempfile
 
@@ -179,8 +329,20 @@ def write_aggregated_all(
         rows = []
         for exp_id, paths in raw_paths.items():
             planned = planned_cycles.get(exp_id) if isinstance(planned_cycles, dict) else planned_cycles
-            agg = aggregate_experiment(paths, names.get(exp_id, exp_id), cv_threshold, confidence, planned, target)
+            agg = aggregate_experiment(
+                paths,
+                names.get(exp_id, exp_id),
+                cv_threshold,
+                confidence,
+                planned,
+                target,
+                (decisions or {}).get(exp_id),
+                previous_aggregated(out / f"{exp_id}.json"),
+                (left_out or {}).get(exp_id),
+            )
             rows.append(summary_row(agg))
+            if said is not None:
+                said.extend(raw_result_notes(agg))
             write_json_atomic(staging / f"{exp_id}.json", agg, AGGREGATED_SCHEMA, durable=False)
         out.mkdir(exist_ok=True)
         for path in staging.iterdir():

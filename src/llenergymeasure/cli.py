@@ -154,11 +154,22 @@ def estimate_duration(p) -> dict:
 
 
 def cmd_validate(args) -> int:
+    from .aggregate import raw_results_since_aggregation
     from .campaign import current_form, nominal_batch
     from .prompts import check_sources
 
     p, said = _load_for_validation(args.campaign)
     notes = said + p.campaign.get("_notes", []) + (p.expansion.notes if not said else [])
+    ids = [e.experiment_id for e in p.expansion.experiments]
+    notes += raw_results_since_aggregation(p.results_root, ids)  # what the results on disk rest on
+    if p.target:
+        from .precision import edited_decisions
+
+        notes += [
+            f"{path} is not the decision its values and raw results give ({problem}): the next run moves it to "
+            f"{p.layout.state_dir}/set_aside/ and takes it again"
+            for path, problem in edited_decisions(p.results_root, ids, p.target)
+        ]
     warnings = check_sources([e.config for e in p.expansion.experiments], network_optional=True)
     est = estimate_duration(p)
     exps = [
@@ -246,12 +257,15 @@ def _summary_path(campaign: str) -> Path:
 
 
 def cmd_results(args) -> int:
-    from .aggregate import SUMMARY_COLUMNS, read_summary
+    from .aggregate import SUMMARY_COLUMNS, raw_results_since_aggregation, read_summary
 
     path = Path(args.summary) if args.summary else _summary_path(args.campaign)
     if not args.summary and not path.exists():
         raise ConfigError(f"no summary at {path}: run the campaign first (snakemake --cores 1)")
     rows = read_summary(str(path))
+    ids = [r["experiment_id"] for r in rows]
+    for line in raw_results_since_aggregation(path.parent, ids):  # numbers below not made from these bytes
+        print(f"Note: {line}", file=sys.stderr)
     if not args.summary:
         from .workflow import stale_analysis
 

@@ -218,10 +218,13 @@ def aggregate(
 
     A raw result that cannot be read ends the job with one line naming it (and what to do); the previous derived
     files stay as they were (nothing is written before every input has been read, and Snakemake restores the
-    outputs it backed up: they are ``update()`` outputs)."""
+    outputs it backed up: they are ``update()`` outputs). Each experiment's raw results are compared with what
+    the decisions it rests on and its previous aggregated result recorded of them (flag ``raw_result_changed``),
+    and its raw results on disk that are not aggregated are listed (flag ``cycles_not_aggregated``): one line each
+    on the console."""
     from .aggregate import AggregationError, group_by_experiment, write_aggregated_all
     from .failures import report
-    from .precision import DecisionError, decisions_on_disk, from_params
+    from .precision import DecisionError, decisions_on_disk, decisions_used, from_params
     from .results import ResultValidationError, write_json_atomic
 
     facts = Runtime.from_config(runtime)
@@ -234,22 +237,64 @@ def aggregate(
             inputs = [p for p in inputs if not _is_decision(p)]
             grouped = group_by_experiment(inputs)
             ordered = {e: grouped[e] for e in names if e in grouped}  # campaign order
-            if target:  # the cycles the decisions taken so far have scheduled
+            decisions = {}
+            if target:  # the cycles the decisions taken so far have scheduled, and the decisions used
                 cycles = {e: decisions_on_disk(root, e, target)[0] for e in names}
+                decisions = {e: decisions_used(root, e, target, max(map(cycle_of, ps))) for e, ps in ordered.items()}
+            left_out = {e: _left_out(root, e, ps, target, cycles) for e, ps in ordered.items()}
+            said: list[str] = []
             rows = write_aggregated_all(
-                ordered, names, out_dir, summary, analysis["cv_threshold"], analysis["confidence"], cycles, target
+                ordered,
+                names,
+                out_dir,
+                summary,
+                analysis["cv_threshold"],
+                analysis["confidence"],
+                cycles,
+                target,
+                decisions,
+                left_out,
+                said,
             )
         except (AggregationError, ResultValidationError, DecisionError) as exc:
             log.error("aggregation failed: %s", exc)
             print(f"Aggregation error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None
         log.info("aggregated %d experiments; summary in %s", len(rows), summary)
+        for line in said:
+            log.warning("%s", line)
+            print(line, file=sys.stderr)
         if failures:
             present = {(experiment_of(p), cycle_of(p)) for p in inputs}
             record = report(root, names, cycles or 0, present)
             write_json_atomic(failures, record, durable=False)
             for f in record["failures"]:
                 log.warning("failed: %s cycle %s: %s (log: %s)", f["experiment_id"], f["cycle"], f["error"], f["log"])
+
+
+def _left_out(root: str, experiment_id: str, aggregated: list[str], target, cycles) -> list[dict]:
+    """The raw results of an experiment on disk that are not among those aggregated, each with why."""
+    layout = Layout(root)
+    taken = {cycle_of(p) for p in aggregated}
+    last = max(taken)
+    on_disk = sorted(cycle_of(p) for p in Path(layout.root, "raw", experiment_id).glob("cycle_*.json") if _is_raw(p))
+    out = []
+    for c in on_disk:
+        if c in taken:
+            continue
+        if target and c > last and os.path.exists(layout.decision(experiment_id, last)):
+            why = f"measured after {layout.decision(experiment_id, last)}, which stopped the experiment"
+        elif not target and isinstance(cycles, int) and c > cycles:
+            why = f"beyond execution.cycles = {cycles}"
+        else:
+            why = "not among the cycles this campaign plans"
+        out.append({"cycle": c, "reason": why})
+    return out
+
+
+def _is_raw(path) -> bool:
+    found = locate(path)
+    return found is not None and found.kind == "raw"
 
 
 def _is_decision(path: str) -> bool:

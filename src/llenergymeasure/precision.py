@@ -8,6 +8,12 @@ interval of the mean of ``metric``, at ``analysis.confidence``, is within ± the
 resumed campaign reads the decisions already taken instead of taking them again. The aggregation recomputes the
 same function over the cycles it aggregates, so the status it reports is the one the decisions reached.
 
+A decision records the sha256 of each raw result it read (``raw_sha256``, cycle 1 first). A decision file is only
+ever used as :func:`assess` gives it: before a run plans anything, a decision that is not what :func:`assess`
+gives for its own values, or a ``stop`` followed by a measured cycle that its raw results do not give, is moved
+out of the way and taken again (:func:`set_aside_edited_decisions`); the aggregation checks every decision it uses
+against the raw results (:func:`decisions_used`).
+
 The stopping rule. Judging the observed interval itself (stop as soon as t * s / sqrt(n) is within the target) makes
 "target met" least trustworthy exactly where it matters: when the per-cycle spread is close to or above what the
 target allows, an experiment stops early precisely when its sample spread came out small by chance, and the intervals
@@ -28,9 +34,9 @@ Normal per-cycle values with CV 1-10 %, targets 2-5 %, 3 to 10 cycles, 95 %):
   1 - confidence of experiments (measured: at most 1.6 %, against up to 8.1 % when judging the spread itself), and
   the intervals of all experiments cover at least at their nominal level less 0.5 point (94.6 % at 95 %).
 - Where the target is within reach (met in most experiments), the intervals of the experiments that met it cover at
-  least at the nominal level (measured: at least 96.9 %). Where it is out of reach within ``max_cycles``, no rule built on the observed spread can
-  make "target met" trustworthy: only lucky experiments meet it. Those are few under this rule, and they are what the
-  false-claim bound counts.
+  least at the nominal level (measured: at least 96.9 %). Where it is out of reach within ``max_cycles``, no rule
+  built on the observed spread can make "target met" trustworthy: only lucky experiments meet it. Those are few
+  under this rule, and they are what the false-claim bound counts.
 - The price is cycles: 0.8 to 2.9 more than judging the spread itself, where the target is within reach.
 
 Only cycles with a value of the metric count: an unavailable value is left out of the interval and does not count
@@ -40,10 +46,11 @@ toward ``min_cycles``, so an experiment never stops "target met" on fewer valid 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .record.layout import Layout
+from .record.layout import Layout, locate
 from .record.metrics import METRICS
 from .record.raw import RawResult
 
@@ -217,29 +224,34 @@ class DecisionError(ValueError):
     pass
 
 
-def read_raws(raw_paths: list[str], experiment_id: str) -> list[dict]:
-    """Cycles 1..n of one experiment, checked: each file holds the experiment and the cycle its name says."""
-    from .results import RAW_SCHEMA, read_result
+def read_raws(raw_paths: list[str], experiment_id: str) -> tuple[list[dict], list[str]]:
+    """Cycles 1..n of one experiment, checked: each file holds the experiment and the cycle its name says; and the
+    sha256 of each file's bytes, as read."""
+    from .results import RAW_SCHEMA, read_result_and_digest
 
-    raws = []
+    raws, digests = [], []
     for expected, path in enumerate(raw_paths, 1):
-        rec = RawResult.from_dict(read_result(path, RAW_SCHEMA))
+        data, digest = read_result_and_digest(path, RAW_SCHEMA)
+        rec = RawResult.from_dict(data)
         if rec.experiment_id != experiment_id or rec.cycle != expected:
             raise DecisionError(
                 f"{path}: holds {rec.experiment_id} cycle {rec.cycle}, expected {experiment_id} cycle {expected}"
             )
         raws.append(rec.document)
-    return raws
+        digests.append(digest)
+    return raws, digests
 
 
 def decide(raw_paths: list[str], experiment_id: str, after_cycle: int, target: Target, output: str) -> dict:
-    """Take the decision after cycle ``after_cycle`` (raw results of cycles 1..after_cycle) and write it."""
+    """Take the decision after cycle ``after_cycle`` (raw results of cycles 1..after_cycle) and write it, with the
+    sha256 of each raw result it read (``raw_sha256``, cycle 1 first)."""
     from .paths import utc_now_iso
     from .results import SCHEMA_VERSION, write_json_atomic
 
     if len(raw_paths) != after_cycle:
         raise DecisionError(f"decision after cycle {after_cycle} of {experiment_id} given {len(raw_paths)} raw results")
-    verdict = assess(metric_values(read_raws(raw_paths, experiment_id), target.metric), target)
+    raws, digests = read_raws(raw_paths, experiment_id)
+    verdict = assess(metric_values(raws, target.metric), target)
     record = {
         "schema_version": SCHEMA_VERSION,
         "experiment_id": experiment_id,
@@ -247,6 +259,7 @@ def decide(raw_paths: list[str], experiment_id: str, after_cycle: int, target: T
         **verdict,
         "target": target.params(),
         "raw_results": list(raw_paths),
+        "raw_sha256": digests,
         "decided_at": utc_now_iso(),
     }
     write_json_atomic(output, record, durable=True)
@@ -271,6 +284,127 @@ def read_decision(path: str | Path, experiment_id: str, after_cycle: int) -> dic
             "it and rerun, which takes the decision again from the same raw results"
         )
     return record
+
+
+def unreproduced(record: dict, after_cycle: int, values: list | None = None) -> str | None:
+    """What makes a decision record other than what :func:`assess` gives under the target it records, for the
+    values it records (or for ``values``, read from its raw results): None when it is exactly that."""
+    what = "its values give" if values is None else "its raw results give"
+    try:
+        # a decision recorded before the spread's bound existed was taken by the plain rule (spread judged itself)
+        target = Target(**{"spread_bound_confidence": None, **record["target"]})
+        expected = assess(list(record["values"] if values is None else values), target)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "its target or values cannot be read"
+    if expected["cycles"] != after_cycle:
+        return f"it holds {expected['cycles']} values after cycle {after_cycle}"
+    said = (record.get("decision"), record.get("reason"))
+    if said != (expected["decision"], expected["reason"]):
+        return f"it says {said[0]} ({said[1]}), {what} {expected['decision']} ({expected['reason']})"
+    differ = [key for key, value in expected.items() if record.get(key) != value]
+    return f"its {', '.join(differ)} differ from what {what}" if differ else None
+
+
+def recorded_digests(record: dict, after_cycle: int) -> list[str] | None:
+    """The sha256 of raw results 1..after_cycle that a decision recorded, or None (a decision of a version that
+    recorded none, or a list that is not one digest per cycle)."""
+    digests = record.get("raw_sha256")
+    if isinstance(digests, list) and len(digests) == after_cycle and all(isinstance(d, str) for d in digests):
+        return digests
+    return None
+
+
+def check_against_raws(record: dict, raw_paths: list[str], experiment_id: str) -> str | None:
+    """What makes a decision other than the one its raw results give (None: it is that one, or they are not the
+    bytes it recorded, or cannot be read: the aggregation says so)."""
+    from .results import ResultValidationError
+
+    after_cycle = len(raw_paths)
+    try:
+        raws, digests = read_raws(raw_paths, experiment_id)
+        metric = Target(**record["target"]).metric
+    except (DecisionError, ResultValidationError, KeyError, TypeError):
+        return None
+    recorded = recorded_digests(record, after_cycle)
+    if recorded is not None and recorded != digests:
+        return None  # taken on other bytes: the raw results changed since (flagged raw_result_changed)
+    return unreproduced(record, after_cycle, metric_values(raws, metric))
+
+
+def edited_decisions(root: str | Path, experiment_ids: list[str], target: Target) -> list[tuple[str, str]]:
+    """The decision files on disk that are not what :func:`assess` gives, with why: one that does not follow from
+    the values it records, or (under this target) a ``stop`` while a later cycle's raw result exists, which its
+    raw results do not give. Such a file was edited by hand (or written by another version): used, it would stop an
+    experiment or leave out a measured cycle on grounds no measurement gave. Damaged files are left to the walk's
+    own error. Cheap for a campaign of any size: only a stop followed by a measured cycle reads raw results."""
+    layout = Layout(str(root))
+    wanted = target.params()
+    found = []
+    for eid in experiment_ids:
+        for n in range(target.min_cycles, target.max_cycles + 1):
+            path = layout.decision(eid, n)
+            if not os.path.exists(path):
+                continue
+            try:
+                record = read_decision(path, eid, n)
+            except DecisionError:
+                continue
+            problem = unreproduced(record, n)
+            if (
+                problem is None
+                and record["decision"] == "stop"
+                and record.get("target") == wanted
+                and os.path.exists(layout.raw(eid, n + 1))
+            ):
+                problem = check_against_raws(record, [layout.raw(eid, c) for c in range(1, n + 1)], eid)
+            if problem:
+                found.append((path, problem))
+    return found
+
+
+def set_aside_edited_decisions(root: str | Path, experiment_ids: list[str], target: Target) -> list[str]:
+    """Move every decision :func:`edited_decisions` finds to ``.state/set_aside/decisions/`` (kept, with the time
+    it was moved), so that the run takes it again from the raw results; one line each, saying why and where."""
+    from .paths import utc_now_iso
+
+    layout = Layout(str(root))
+    stamp = utc_now_iso().replace("-", "").replace(":", "")
+    lines = []
+    for path, problem in edited_decisions(root, experiment_ids, target):
+        found = locate(path)
+        dest = Path(layout.set_aside_decision(found.experiment_id, found.cycle, stamp))
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        except OSError as exc:
+            lines.append(
+                f"{path} is not the decision its values and raw results give ({problem}) and cannot be moved "
+                f"({exc.strerror or exc}): delete it and rerun, which takes it again"
+            )
+            continue
+        lines.append(
+            f"{path} is not the decision its values and raw results give ({problem}; edited by hand?): moved to "
+            f"{dest}, taken again from the raw results"
+        )
+    return lines
+
+
+def decisions_used(root: str | Path, experiment_id: str, target: Target, last_cycle: int) -> list[tuple[str, dict]]:
+    """The decisions on disk after cycles ``min_cycles``..``last_cycle`` of an experiment taken under this target
+    (path and record): those an aggregation of cycles 1..last_cycle rests on."""
+    layout = Layout(str(root))
+    out = []
+    for n in range(target.min_cycles, min(last_cycle, target.max_cycles) + 1):
+        path = layout.decision(experiment_id, n)
+        if not os.path.exists(path):
+            continue
+        try:
+            record = read_decision(path, experiment_id, n)
+        except DecisionError:
+            continue
+        if record.get("target") == target.params():
+            out.append((path, record))
+    return out
 
 
 def decided_cycles(get_decision, experiment_id: str, target: Target) -> tuple[int, str]:

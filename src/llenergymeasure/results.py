@@ -132,9 +132,28 @@ def write_json_atomic(
     write_text_atomic(path, text, durable, replace=schema_name != RAW_SCHEMA)
 
 
+def sha256_of(path: str | Path) -> str | None:
+    """The sha256 of a file's bytes (hex), or None when it cannot be read."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
 def read_result(path: str | Path, schema_name: str) -> dict:
     """A result file, validated against its schema; :class:`ResultValidationError` naming the file (and, for a raw
     result, what to do) when it cannot be read, is not complete JSON, or does not match the schema."""
+    return read_result_and_digest(path, schema_name)[0]
+
+
+def read_result_and_digest(path: str | Path, schema_name: str) -> tuple[dict, str]:
+    """:func:`read_result`, and the sha256 (hex) of the very bytes it parsed: what a decision or an aggregation
+    records of each raw result it used."""
+    import hashlib
+
     fix = "; delete it and rerun the campaign to measure that cycle again" if schema_name == RAW_SCHEMA else ""
     try:
         with open(path, "rb") as fh:
@@ -158,7 +177,7 @@ def read_result(path: str | Path, schema_name: str) -> dict:
         validate_result(data, schema_name, str(path))
     except ResultValidationError as exc:
         raise ResultValidationError(f"{exc} (the file does not match the {schema_name} schema){fix}") from None
-    return data
+    return data, hashlib.sha256(raw).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ results folder

@@ -121,6 +121,8 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
         line = stamp_analysis(the_plan)
         if line:
             print(line, file=sys.stderr)
+        for line in set_aside_edited_decisions(the_plan):
+            print(line, file=sys.stderr)
         describe(the_plan, sys.stderr, level)
     return the_plan
 
@@ -277,6 +279,18 @@ def settled_decisions(p: Plan) -> list[str]:
             if record["decision"] == "stop" and record.get("target") == wanted:
                 break
     return out
+
+
+def set_aside_edited_decisions(p: Plan) -> list[str]:
+    """With a precision target, before the DAG is built: every decision on disk that is not what the decision rule
+    gives (edited by hand) is moved out of the way, so that the run takes it again (rule ``all`` asks for the
+    decisions the raw results call for: :func:`settled_decisions`). One line each. Not in the pass over what
+    completed, which takes no decision."""
+    if not p.target or p.completed_only:
+        return []
+    from .precision import set_aside_edited_decisions as set_aside
+
+    return set_aside(p.results_root, [e.experiment_id for e in p.expansion.experiments], p.target)
 
 
 def aggregate_inputs(p: Plan, checkpoints=None) -> list[str]:

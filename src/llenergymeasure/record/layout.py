@@ -16,7 +16,8 @@ path there names. The workflow's rules take their output patterns from here (a w
     benchmarks/measure/<experiment_id>/cycle_<n>.tsv Snakemake's timing of the job
     .state/                                          campaign.lock, failures/<experiment_id>/cycle_<n>.json,
                                                      the thermal gap's last window, analysis.json (written when
-                                                     the aggregated files' analysis settings are not the campaign's)
+                                                     the aggregated files' analysis settings are not the campaign's),
+                                                     set_aside/decisions/ (decisions edited by hand, moved aside)
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class Layout:
 
     def decide_log(self, experiment_id: str, after_cycle: int | str) -> str:
         return f"{self.root}/logs/decide/{experiment_id}/after_cycle_{after_cycle}.log"
+
+    def set_aside_decision(self, experiment_id: str, after_cycle: int | str, stamp: str) -> str:
+        """Where a decision edited by hand is moved (``stamp``: when), so that it is taken again."""
+        return f"{self.state_dir}/set_aside/decisions/{experiment_id}/after_cycle_{after_cycle}.{stamp}.json"
 
     # derived files
     @property
