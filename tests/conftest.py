@@ -94,6 +94,15 @@ def vllm_environment(**extra: str) -> dict:
     return env
 
 
+@pytest.fixture(autouse=True)
+def separate_campaign_runs():
+    """A workflow parsed inside the test process names its campaign run in the environment (LEM_RUN_ID), which every
+    process started from it inherits: each test starts without one, so separate Snakemake runs stay separate."""
+    os.environ.pop("LEM_RUN_ID", None)
+    yield
+    os.environ.pop("LEM_RUN_ID", None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Idle baselines are cached per device; tests use their own cache so they never read a user's."""

@@ -187,6 +187,8 @@ def test_an_interval_of_a_positive_quantity_below_zero_is_reported_and_flagged(t
     assert agg["flags"]["interval_below_zero"] == len(below) >= 2
     steady = aggregate_experiment(write_cycles(tmp_path / "s", template, [10.0, 10.5, 11.0]), "steady", 0.5, 0.95)
     assert not any(s.get("ci_below_zero") for s in steady["metrics"].values())
+
+
 def sha256(path) -> str:
     import hashlib
 
@@ -308,3 +310,27 @@ def test_the_summary_schema_and_the_aggregated_schema_follow_the_metric_registry
     aggregated = json.loads((schemas / "aggregated_result.schema.json").read_text())
     required = aggregated["properties"]["metrics"]["required"]
     assert set(required) <= {m.name for m in REGISTRY}, "aggregated metrics required but not in the registry"
+
+
+def test_cycles_measured_in_separate_runs_or_settings_are_flagged(tmp_path, template):
+    """Cycles 1-2 from one campaign run, cycle 3 added by a later one: flagged cycles_span_runs, with the cycles of
+    each run. Another host is a separate setting too; one run on one host is not flagged."""
+    paths = write_cycles(tmp_path, template, [10.0, 11.0, 12.0])
+    runs = ("20261201T100000Z-aaaaaa", "20261201T100000Z-aaaaaa", "20261205T090000Z-bbbbbb")
+    for path, run in zip(paths, runs, strict=True):
+        data = json.loads(Path(path).read_text())
+        data["run_id"] = run
+        os.chmod(path, 0o644)
+        Path(path).write_text(json.dumps(data))
+    agg = aggregate_experiment(paths, "runs", 0.5, 0.95)
+    assert agg["flags"]["cycles_span_runs"] == 2
+    assert [(g["run_id"], g["cycles"]) for g in agg["measured_in"]] == [
+        ("20261201T100000Z-aaaaaa", [1, 2]),
+        ("20261205T090000Z-bbbbbb", [3]),
+    ]
+    assert [c["run_id"] for c in agg["per_cycle"]][-1] == "20261205T090000Z-bbbbbb"
+    assert "cycles_span_runs" not in aggregate_experiment(paths[:2], "one", 0.5, 0.95)["flags"]
+    data = json.loads(Path(paths[1]).read_text())
+    data["environment"]["host"] = "another-host"
+    Path(paths[1]).write_text(json.dumps(data))
+    assert aggregate_experiment(paths[:2], "hosts", 0.5, 0.95)["flags"]["cycles_span_runs"] == 2

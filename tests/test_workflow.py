@@ -162,6 +162,17 @@ def test_a_raw_result_edited_by_hand_and_cycles_left_out_are_flagged(workflow_di
     assert agg["cycles_not_aggregated"] == [{"cycle": 2, "reason": "beyond execution.cycles = 1"}]
     assert agg["flags"]["cycles_not_aggregated"] == 1
 
+    # a third cycle, measured by a later run: the cycles pool two campaign runs, flagged and said which
+    runs = {json.loads(p.read_text())["run_id"] for p in (first, second)}
+    assert len(runs) == 1 and None not in runs  # one snakemake invocation: one run id in all its jobs
+    write_campaign(cfg, campaign_name="edits", grid=grid, execution={**execution, "cycles": 3})
+    run = snakemake(workflow_dir, "--configfile", str(cfg))
+    assert run.returncode == 0, run.stderr[-3000:]
+    agg = read_result(aggregated, "aggregated_result")
+    assert agg["cycle_numbers"] == [1, 2, 3] and agg["flags"]["cycles_span_runs"] == 2
+    assert [g["cycles"] for g in agg["measured_in"]] == [[1, 2], [3]]
+    assert agg["measured_in"][0]["run_id"] == runs.pop() != agg["measured_in"][1]["run_id"]
+
 
 @pytest.mark.parametrize("victim", ["process group", "snakemake only"])
 def test_kill_and_resume(workflow_dir, victim):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -29,6 +30,28 @@ from .thermal import AUDITED_KEYS
 
 class AggregationError(ValueError):
     pass
+
+
+def measured_in(raws: list[dict]) -> list[dict]:
+    """The separate settings an experiment's cycles were measured in: one entry per distinct campaign run (run_id),
+    host, software versions and package version, with its cycles, in order of first window. One entry is the normal
+    case; more mean the cycles pool periods measured apart (cycles added by a later run, another host or a changed
+    environment), flagged ``cycles_span_runs``."""
+    groups: dict[str, dict] = {}
+    for r in raws:
+        env = r["environment"]
+        key = {
+            "run_id": r.get("run_id"),
+            "host": env.get("host"),
+            "software": env.get("software"),
+            "package_version": (r.get("provenance") or {}).get("package_version"),
+        }
+        entry = groups.setdefault(json.dumps(key, sort_keys=True), {**key, "cycles": [], "first_window_start": None})
+        entry["cycles"].append(r["cycle"])
+        start = r["timestamps"]["window_start"]
+        if entry["first_window_start"] is None or start < entry["first_window_start"]:
+            entry["first_window_start"] = start
+    return sorted(groups.values(), key=lambda g: g["first_window_start"])
 
 
 def aggregate_experiment(
@@ -111,6 +134,9 @@ def aggregate_experiment(
         metrics[name]["ci_below_zero"] = True
     if below_zero:
         flag_counts["interval_below_zero"] = len(below_zero)
+    sessions = measured_in(raws)
+    if len(sessions) > 1:
+        flag_counts["cycles_span_runs"] = len(sessions)
     changed = changed_raw_results(records, digests, decisions or [], previous)
     if changed:
         flag_counts["raw_result_changed"] = len(changed)
@@ -151,6 +177,7 @@ def aggregate_experiment(
         "per_cycle": [
             {
                 "cycle": rec.cycle,
+                "run_id": rec.document.get("run_id"),
                 "window_start": rec.timestamps.window_start,
                 "window_end": rec.timestamps.window_end,
                 **{m.name: m.read(rec.document) for m in REGISTRY},
@@ -165,6 +192,7 @@ def aggregate_experiment(
             for rec in records
         ],
         **({"cycles_not_aggregated": list(left_out)} if left_out else {}),
+        **({"measured_in": sessions} if len(sessions) > 1 else {}),
         "time_span": {
             "first_window_start": records[0].timestamps.window_start,
             "last_window_end": records[-1].timestamps.window_end,

@@ -521,6 +521,7 @@ def build_result(
         "cycle": cycle,
         "campaign_name": ctx.campaign_name,
         "campaign_id": ctx.campaign_id,
+        "run_id": ctx.run_id,
         "backend": config["backend"],
         "backend_version": backend.version(),
         "model_name": config["model_name"],

@@ -138,18 +138,22 @@ def _precision_text(aggs: list[dict]) -> str:
 def plot_drift(aggs: list[dict], out: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    from datetime import datetime
+
     for agg in aggs:
-        cycles = [c["cycle"] for c in agg["per_cycle"]]
+        # each cycle at the time its window started: cycles measured apart (another run) stand apart
+        when = [datetime.fromisoformat(c["window_start"].replace("Z", "+00:00")) for c in agg["per_cycle"]]
         energy = [c["energy_j"] for c in agg["per_cycle"]]
         if any(e is not None for e in energy):
-            ax.plot(cycles, energy, "o-", label=_label(agg))
-    ax.set_xlabel("cycle")
+            spans = "cycles_span_runs" in agg.get("flags", {})
+            ax.plot(when, energy, "o--" if spans else "o-", label=_label(agg) + (" (several runs)" if spans else ""))
+    ax.set_xlabel("window start (UTC)")
     ax.set_ylabel("window energy, gross (J)")
     ax.set_title("Energy per cycle (drift)")
     ax.grid(alpha=0.3)
     if aggs:
         ax.legend(fontsize=7)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -475,7 +479,7 @@ def write_report_files(aggregated_paths: list[str], raw_paths: list[str], out_di
             + (f"{precision}\n\n" if precision else "")
             + f"Methods and flags:\n\n{methods}"
         ),
-        "drift": f"Gross window energy of every cycle, per experiment: a trend across cycles means drift (thermal state, background load) rather than noise. {ci}\n\n{methods}",
+        "drift": f"Gross window energy of every cycle, per experiment, at the time its window started: a trend over time means drift (thermal state, background load) rather than noise. Dashed lines join cycles measured in more than one campaign run, host or environment (flag cycles_span_runs): their gaps in time are real. {ci}\n\n{methods}",
         "latency": "Time to first token and end-to-end latency percentiles (p50, p90, p99), pooled over all requests of all cycles; request start is the submission of its batch; warm-up excluded; from per-step timestamps.",
         "timeline": (
             "Board power and temperature (GPU) or CPU utilisation (no GPU) during the measurement window of "

@@ -32,6 +32,7 @@ class JobContext:
 
     campaign_name: str | None = None
     campaign_id: str | None = None
+    run_id: str | None = None  # the campaign run (one snakemake invocation) that measures it
     state_dir: str | None = None
     config_gap_s: float = 0.0
     cycle_gap_s: float = 0.0
@@ -45,6 +46,7 @@ class Runtime:
 
     campaign_name: str | None = None
     campaign_id: str | None = None
+    run_id: str | None = None
     results_root: str | None = None
     config_gap_s: float = 0.0
     cycle_gap_s: float = 0.0
@@ -76,6 +78,7 @@ class Runtime:
         return JobContext(
             campaign_name=self.campaign_name,
             campaign_id=self.campaign_id,
+            run_id=self.run_id,
             state_dir=self.state_dir,
             config_gap_s=self.config_gap_s,
             cycle_gap_s=self.cycle_gap_s,

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import os
+import secrets
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +160,25 @@ def _recheck(path) -> dict:
         raise
 
 
+RUN_ID_ENV = "LEM_RUN_ID"
+
+
+def run_id() -> str:
+    """The id of this campaign run: made when the main Snakemake process first parses the workflow (UTC start time
+    and a random part) and kept in the environment, which every job it starts inherits (a local job's process, and a
+    Slurm job through sbatch's exported environment), so all the measurements of one invocation share it."""
+    if not os.environ.get(RUN_ID_ENV):
+        os.environ[RUN_ID_ENV] = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return os.environ[RUN_ID_ENV]
+
+
 def runtime(p: Plan, verbosity: str | None = None) -> Runtime:
     """Campaign-level facts the jobs read from ``config[RUNTIME_KEY]`` (deliberately not params: no rerun trigger)."""
     ex = p.campaign["execution"]
     return Runtime(
         campaign_name=p.name,
         campaign_id=campaign_id(p.name),
+        run_id=run_id(),
         results_root=p.results_root,
         config_gap_s=ex["config_gap_s"],
         cycle_gap_s=ex["cycle_gap_s"],

@@ -67,6 +67,7 @@ CORE: tuple[Flag, ...] = (
     Flag("high_cv_across_cycles", "experiment", "the CV across cycles of a CV metric exceeds analysis.cv_threshold", "aggregate.aggregate_experiment"),
     Flag("missing_cycles", "experiment", "fewer cycles than planned were aggregated (some failed)", "aggregate.aggregate_experiment"),
     Flag("precision_target_not_met", "experiment", "max_cycles was reached before the precision target", "aggregate.aggregate_experiment"),
+    Flag("cycles_span_runs", "experiment", "the cycles were measured in more than one campaign run, on more than one host or with other software: periods apart are pooled (wider intervals, drift that is not noise); measured_in says which cycles came from where", "aggregate.measured_in"),
     Flag("interval_below_zero", "experiment", "the interval of a quantity that cannot be negative reaches below zero (few cycles, a large spread, or a net value near zero): the value is not told apart from zero; the count is how many metrics, each marked ci_below_zero", "aggregate.aggregate_experiment"),
     Flag("raw_result_changed", "experiment", "a raw result is not the bytes a decision or an earlier aggregation recorded of that measurement (changed after it was used): per_cycle names the cycle and the digest recorded", "aggregate.changed_raw_results"),
     Flag("cycles_not_aggregated", "experiment", "raw results of the experiment on disk are left out (measured after the decision that stopped it, or beyond execution.cycles): cycles_not_aggregated lists them", "aggregate.aggregate_experiment"),
