@@ -4,6 +4,9 @@
 # workers by re-running the main file (mpi4py under TensorRT-LLM, multiprocessing's spawn) imports it again under
 # another name: then it must do nothing.
 if __name__ == "__main__":
+    from llenergymeasure.process import interrupt_in_one_line
+
+    interrupt_in_one_line(f"decision of {snakemake.wildcards.experiment} after cycle {snakemake.wildcards.n}")
     from llenergymeasure.jobs import decide
 
     decide(

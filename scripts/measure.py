@@ -14,6 +14,9 @@ if __name__ == "__main__":
         # working directory). Only the standard library, nvidia-ml-py and the engine are needed from the image.
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "src"))
 
+    from llenergymeasure.process import interrupt_in_one_line
+
+    interrupt_in_one_line(f"{snakemake.wildcards.experiment} cycle {snakemake.wildcards.cycle}")
     from llenergymeasure.jobs import end_published_job, measure
 
     measure(

@@ -6,6 +6,9 @@
 if __name__ == "__main__":
     from pathlib import Path
 
+    from llenergymeasure.process import interrupt_in_one_line
+
+    interrupt_in_one_line("report")
     from llenergymeasure.jobs import report_plots
 
     report_plots(

@@ -219,6 +219,41 @@ def test_kill_and_resume(workflow_dir, victim):
     assert len(list(raw_dir.glob("*/cycle_*.json"))) == 4
 
 
+def test_ctrl_c_in_a_measurement_is_one_line(workflow_dir):
+    """Ctrl-C (SIGINT to the foreground process group) during a measurement: the job says in one line what stopped,
+    with no traceback of wherever the interrupt landed; nothing partial is kept."""
+    cfg = write_campaign(workflow_dir / "c.yaml", campaign_name="ctrlc")
+    logs = workflow_dir / "results" / "ctrlc" / "logs" / "measure"
+    out = workflow_dir / "console.txt"
+    with out.open("w") as console:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
+            cwd=workflow_dir,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's foreground job
+        )
+        deadline = time.monotonic() + 300
+        try:
+            while time.monotonic() < deadline:
+                started = list(logs.glob("*/cycle_*.log")) if logs.exists() else []
+                if started and "window open" in started[0].read_text():
+                    break
+                assert proc.poll() is None, "snakemake finished before it could be interrupted"
+                time.sleep(0.05)
+            else:
+                pytest.fail("the campaign never opened a window")
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=120)
+    text = out.read_text()
+    (line,) = [x for x in text.splitlines() if "interrupted (Ctrl-C)" in x]
+    assert line.endswith("cycle 1: interrupted (Ctrl-C); nothing of it is kept, a rerun does it again"), line
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert not list((workflow_dir / "results" / "ctrlc" / "raw").glob("*/cycle_*.json"))
+
+
 @pytest.mark.parametrize(
     "patch, expected",
     [

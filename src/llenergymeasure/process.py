@@ -23,6 +23,18 @@ def die_with_parent() -> None:
         pass  # not Linux: the parent check before writing still applies
 
 
+def interrupt_in_one_line(what: str) -> None:
+    """Ctrl-C in a job: one line saying what stopped and that nothing of it is kept, instead of the traceback of
+    wherever the interrupt landed. The interrupt becomes SystemExit (exit status 1), so cleanup still runs on the
+    way out (temp files, the lock) as it does for SIGTERM."""
+    import signal
+
+    def _stop(signum, frame):
+        raise SystemExit(f"{what}: interrupted (Ctrl-C); nothing of it is kept, a rerun does it again")
+
+    signal.signal(signal.SIGINT, _stop)
+
+
 def select_gpus(config: dict, environ=os.environ) -> str | None:
     """Make the experiment's ``gpus`` the only CUDA devices this job sees (physical indices, NVML order).
 
