@@ -221,3 +221,17 @@ def test_a_busy_host_rarely_passes_for_a_cold_start():
                 t += dur
         flagged += steady_state("continuous", [], steps, (0.0, t))["cold_start_in_window"]
     assert flagged / 500 < 0.03, flagged
+
+
+def test_a_warmup_that_did_not_converge_says_why_and_what_to_change():
+    base = {"enabled": True, "converged": False, "target_cv": 0.05, "iterations_completed": 9, "final_cv": 0.12}
+    faster = {**base, "latencies_ms": [200, 190, 180, 150, 140, 130, 100, 95, 90], "cv_loop_s": 12.0}
+    ((code, message),) = validity.warmup_not_converged(faster, window_s=4.0)
+    assert code == "warmup_not_converged" and "latency CV 0.120 still above 0.05 after 9 runs" in message
+    assert "still getting faster (the last runs 50% quicker than the first), raise warmup.max_prompts" in message
+    assert message.endswith("it took 12.0 s, longer than the 4.0 s window it was for")
+    noisy = {**base, "latencies_ms": [100, 130, 90, 120, 95, 125, 100, 128, 92], "cv_loop_s": 1.0}
+    ((_, message),) = validity.warmup_not_converged(noisy, window_s=4.0)
+    assert "not getting faster, only noisy" in message and "warmup.cv_threshold" in message
+    assert "longer than" not in message
+    assert validity.warmup_not_converged({**base, "converged": True}) == []

@@ -284,7 +284,7 @@ def findings(
         *validity.energy_readings(w.components, w.baselines, energy["components"]),
         *validity.unmeasured_components(energy["unavailable"]),
         *validity.short_window(w.duration_s, config["energy"]["min_window_s"]),
-        *validity.warmup_not_converged(w.warmup),
+        *validity.warmup_not_converged(w.warmup, w.duration_s),
         *backend_flags,
         *validity.load_not_sustained(load),
         *validity.no_output_tokens(tokens.output_tokens),

@@ -7,6 +7,8 @@ to trust it.
 
 from __future__ import annotations
 
+import statistics
+
 from .energy.accounting import ESTIMATES
 from .record.flags import BASELINE_FLAGS, FLAGS
 
@@ -32,16 +34,34 @@ def short_window(window_s: float, min_window_s: float) -> list[Finding]:
     return []
 
 
-def warmup_not_converged(warmup: dict) -> list[Finding]:
-    if warmup["enabled"] and warmup["converged"] is False:
-        return [
-            (
-                "warmup_not_converged",
-                f"latency CV {warmup['final_cv']} still above {warmup['target_cv']} after "
-                f"{warmup['iterations_completed']} runs",
+def warmup_not_converged(warmup: dict, window_s: float | None = None) -> list[Finding]:
+    """The warm-up's CV loop ran out of runs: say why, from its latencies (still getting faster, or only noisy),
+    and what to change; and when it took longer than the window it was for."""
+    if not (warmup["enabled"] and warmup["converged"] is False):
+        return []
+    cv = warmup["final_cv"]
+    message = (
+        f"latency CV {'n/a' if cv is None else f'{cv:.3f}'} still above {warmup['target_cv']} after "
+        f"{warmup['iterations_completed']} runs"
+    )
+    runs = warmup.get("latencies_ms") or []
+    third = len(runs) // 3
+    if third >= 2:
+        first, last = statistics.fmean(runs[:third]), statistics.fmean(runs[-third:])
+        if last < first * (1 - warmup["target_cv"]):
+            message += (
+                f": still getting faster (the last runs {1 - last / first:.0%} quicker than the first), raise "
+                "warmup.max_prompts"
             )
-        ]
-    return []
+        else:
+            message += (
+                ": not getting faster, only noisy (a busy host, or latencies that vary by nature): quieten the host, "
+                "or raise warmup.cv_threshold or warmup.window_size"
+            )
+    spent = warmup.get("cv_loop_s")
+    if spent is not None and window_s and spent > window_s:
+        message += f"; it took {spent:.1f} s, longer than the {window_s:.1f} s window it was for"
+    return [("warmup_not_converged", message)]
 
 
 def no_output_tokens(output_tokens: int) -> list[Finding]:
