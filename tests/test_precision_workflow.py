@@ -18,6 +18,7 @@ import yaml
 
 from conftest import REPO, job_counts, sha, snakemake, snakemake_in_background
 from llenergymeasure.aggregate import read_summary
+from llenergymeasure.record.layout import Layout
 from llenergymeasure.results import read_result
 
 pytestmark = pytest.mark.workflow
@@ -229,7 +230,7 @@ def expected_id(workflow_dir: Path, cfg: Path, batch_size: int) -> str:
 
 
 def windows_in_time_order(root: Path) -> list[dict]:
-    results = [read_result(p, "raw_result") for p in root.glob("raw/*/cycle_*.json")]
+    results = [read_result(p, "raw_result") for p in Layout(root).raw_files()]
     return sorted(results, key=lambda r: r["timestamps"]["window_start"])
 
 
@@ -333,7 +334,7 @@ def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    raws = sorted(root.glob("raw/*/cycle_*.json"))
+    raws = Layout(root).raw_files()
     decisions = sorted(root.glob("decisions/*/after_cycle_*.json"))
     assert len(raws) == 7 and {p.name for p in decisions} >= {"after_cycle_3.json"} and len(decisions) in (2, 3)
     before = {p: (sha(p), p.stat().st_mtime) for p in raws + decisions}

@@ -77,7 +77,7 @@ def test_failed_measurements_are_isolated_recorded_and_retried(workflow_dir, tin
         root = workflow_dir / "results" / "fail"
 
         # everything that could be measured was, and is aggregated
-        good = sorted(root.glob("raw/pytorch-lem-tiny-llama-*/cycle_*.json"))
+        good = [p for p in Layout(root).raw_files() if p.parent.name.startswith("pytorch-lem-tiny-llama-")]
         assert len(good) == 2 and all(read_result(p, "raw_result") for p in good)
         assert not list(root.glob("raw/pytorch-broken-model-*/*"))  # no partial or temp file
         rows = read_summary(str(root / "summary.csv"))
@@ -577,7 +577,7 @@ def test_an_aggregation_killed_while_snakemake_holds_its_backup_does_not_block_t
     first = snakemake(workflow_dir, "--configfile", str(cfg))
     assert first.returncode == 0, first.stderr[-2000:]
     root = workflow_dir / "results" / "wf"
-    raws = {p: sha(p) for p in root.glob("raw/*/cycle_*.json")}
+    raws = {p: sha(p) for p in Layout(root).raw_files()}
     backup = workflow_dir / ".snakemake" / "backups" / "results" / "wf" / "aggregated"
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg), "-R", "aggregate"],

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import TINY_WORKLOAD, small_experiment
 from llenergymeasure.backends.pytorch import RULES, PyTorchBackend
+from llenergymeasure.record.layout import Layout
 from llenergymeasure.serving import Request, Schedule, make_schedule
 
 PROMPTS = ["hello world", "the quick brown fox", "add 17 and 25", "x y z", "tell me why the sky is blue"]
@@ -211,9 +212,7 @@ def test_a_pytorch_campaign_under_a_load_runs_through_snakemake(workflow_dir):
         run = snakemake(workflow_dir, "--configfile", str(path), timeout=900)
         assert run.returncode == 0, run.stderr[-4000:]
 
-    rated = [
-        read_result(p, "raw_result") for p in sorted((workflow_dir / "results" / "pt-load").glob("raw/*/cycle_*.json"))
-    ]
+    rated = [read_result(p, "raw_result") for p in Layout(workflow_dir / "results" / "pt-load").raw_files()]
     assert len(rated) == 4
     for result in rated:
         load = result["load"]
@@ -226,7 +225,7 @@ def test_a_pytorch_campaign_under_a_load_runs_through_snakemake(workflow_dir):
     rows = {row["load"]: row for row in read_summary(str(workflow_dir / "results" / "pt-load" / "summary.csv"))}
     assert sorted(rows) == ["constant 4/s", "constant 400/s"]
 
-    for path in sorted((workflow_dir / "results" / "pt-closed").glob("raw/*/cycle_*.json")):
+    for path in Layout(workflow_dir / "results" / "pt-closed").raw_files():
         load = read_result(path, "raw_result")["load"]
         starts, ends = load["per_request"]["submitted_s"], load["per_request"]["end_s"]
         in_flight = [sum(1 for s, e in zip(starts, ends, strict=True) if s <= t < e) for t in starts]

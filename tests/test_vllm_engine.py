@@ -25,6 +25,7 @@ from conftest import (
 )
 from llenergymeasure.backends.vllm import cpu_kv_cache_bytes
 from llenergymeasure.flops import analytic_parameters
+from llenergymeasure.record.layout import Layout
 
 pytestmark = pytest.mark.workflow
 
@@ -297,7 +298,7 @@ def test_a_vllm_campaign_on_the_cpu_runs_through_snakemake_with_the_defaults(vll
     campaign["campaign_name"] = "vllm-cpu"
     run_campaign_on_the_cpu(vllm_python, workflow_dir, campaign)
     root = workflow_dir / "results" / "vllm-cpu"
-    raws = sorted(root.glob("raw/*/cycle_*.json"))
+    raws = Layout(root).raw_files()
     assert len(raws) == 2
     for path in raws:
         result = read_result(path, "raw_result")
@@ -334,7 +335,7 @@ def test_a_load_line_on_the_real_engine_runs_through_snakemake(vllm_python, work
     run_campaign_on_the_cpu(vllm_python, workflow_dir, campaign)
     root = workflow_dir / "results" / "vllm-load"
     by_rate: dict[float, list[dict]] = {}
-    for path in sorted(root.glob("raw/*/cycle_*.json")):
+    for path in Layout(root).raw_files():
         result = read_result(path, "raw_result")
         by_rate.setdefault(result["config"]["load"]["rate_per_s"], []).append(result)
     assert sorted(by_rate) == [2, 2000] and all(len(v) == 2 for v in by_rate.values())

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,7 +18,7 @@ import yaml
 from conftest import REPO, SMALL, job_counts, sha, snakemake, snakemake_in_background, utc, write_campaign
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.record import token_times
-from llenergymeasure.record.layout import Layout
+from llenergymeasure.record.layout import Layout, token_times_of
 from llenergymeasure.results import read_result
 
 pytestmark = pytest.mark.workflow
@@ -117,7 +118,7 @@ def test_grouped_order_is_followed(workflow_dir):
     )
     run = snakemake(workflow_dir, "--configfile", str(cfg))
     assert run.returncode == 0, run.stderr[-3000:]
-    results = [read_result(p, "raw_result") for p in (workflow_dir / "results" / "grouped").glob("raw/*/cycle_*.json")]
+    results = [read_result(p, "raw_result") for p in Layout(workflow_dir / "results" / "grouped").raw_files()]
     windows = sorted(results, key=lambda r: r["timestamps"]["window_start"])
     assert [(r["config"]["pytorch"]["batch_size"], r["cycle"]) for r in windows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
@@ -186,7 +187,7 @@ def test_kill_and_resume(workflow_dir, victim):
     try:
         # wait until one measurement is finished and the next one has started
         while time.monotonic() < deadline:
-            done = list(raw_dir.glob("*/cycle_*.json"))
+            done = Layout(raw_dir.parent).raw_files()
             started = list(logs.glob("*/cycle_*.log")) if logs.exists() else []
             if len(done) == 1 and len(started) == 2:
                 break
@@ -204,11 +205,14 @@ def test_kill_and_resume(workflow_dir, victim):
         time.sleep(8)  # the orphan would have finished its small window by now
         with pytest.raises(ProcessLookupError):  # ... but it ended with its parent: nothing is left in the group
             os.killpg(proc.pid, 0)
-    finished = list(raw_dir.glob("*/cycle_*.json"))
+    finished = Layout(raw_dir.parent).raw_files()
     assert len(finished) == 1
     kept = finished[0]
     kept_state = (sha(kept), kept.stat().st_mtime)
-    assert not [p for p in raw_dir.rglob("*") if p.is_file() and p not in finished]  # no partial file survives
+    beside = {Path(token_times_of(kept))}  # the finished result's token times, written before it
+    assert not [
+        p for p in raw_dir.rglob("*") if p.is_file() and p not in finished and p not in beside
+    ]  # nothing partial
 
     assert snakemake(workflow_dir, "--configfile", str(cfg), "--unlock").returncode == 0
     resumed = snakemake(workflow_dir, "--configfile", str(cfg), "--rerun-incomplete")
@@ -216,7 +220,7 @@ def test_kill_and_resume(workflow_dir, victim):
     counts = job_counts(resumed.stdout + resumed.stderr)
     assert counts.get("measure") == 3, counts  # only what was missing
     assert (sha(kept), kept.stat().st_mtime) == kept_state
-    assert len(list(raw_dir.glob("*/cycle_*.json"))) == 4
+    assert len(Layout(raw_dir.parent).raw_files()) == 4
 
 
 def test_ctrl_c_in_a_measurement_is_one_line(workflow_dir):
@@ -251,7 +255,7 @@ def test_ctrl_c_in_a_measurement_is_one_line(workflow_dir):
     (line,) = [x for x in text.splitlines() if "interrupted (Ctrl-C)" in x]
     assert line.endswith("cycle 1: interrupted (Ctrl-C); nothing of it is kept, a rerun does it again"), line
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
-    assert not list((workflow_dir / "results" / "ctrlc" / "raw").glob("*/cycle_*.json"))
+    assert not list(Layout(workflow_dir / "results" / "ctrlc").raw_files())
 
 
 @pytest.mark.parametrize(
