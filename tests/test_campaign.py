@@ -305,11 +305,11 @@ def test_keys_of_seconds_in_either_spelling_give_one_experiment_and_the_ids_meas
     cycles measured after."""
     import hashlib
 
-    from conftest import REPO
+    from conftest import DEFAULT_CAMPAIGN
     from llenergymeasure.campaign import complete_config, identity_form, load_campaign, sparse_config
     from llenergymeasure.config import canonical_json
 
-    default = plan(load_campaign(REPO / "config" / "campaign.yaml"))
+    default = plan(load_campaign(DEFAULT_CAMPAIGN))
     assert [e.experiment_id for e in default.expansion.experiments] == [
         "pytorch-lem-tiny-llama-fp32-bs1-a1bc372c72",
         "pytorch-lem-tiny-llama-fp32-bs8-fdfc84ecb7",
