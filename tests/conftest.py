@@ -26,6 +26,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+#: The default campaign as shipped in config/campaign.yaml, for the tests: users edit config/campaign.yaml (the
+#: README's quick start has them do so), and no test may depend on what they wrote there
+DEFAULT_CAMPAIGN = REPO / "tests" / "data" / "default_campaign.yaml"
 #: the test fakes of the engines (importable as ``vllm`` and ``tensorrt_llm`` through the fixtures below)
 FAKES = REPO / "tests" / "fakes" / "engines"
 #: environment variables the engines read while they start (unset for every test that uses a fake)
@@ -187,13 +190,15 @@ def tiny_experiment(**overrides) -> dict:
 
 @pytest.fixture
 def workflow_dir(tmp_path) -> Path:
-    """A copy of the workflow (Snakefile, rules, scripts, envs, default config, profiles) in a temp dir."""
+    """A copy of the workflow (Snakefile, rules, scripts, envs, config, profiles) in a temp dir, its
+    config/campaign.yaml the shipped default (:data:`DEFAULT_CAMPAIGN`) whatever the user's file says."""
     for name in ("Snakefile", "workflow", "scripts", "envs", "config", "profiles"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, tmp_path / name)
         else:
             shutil.copy2(src, tmp_path / name)
+    shutil.copyfile(DEFAULT_CAMPAIGN, tmp_path / "config" / "campaign.yaml")
     (tmp_path / "schemas").symlink_to(REPO / "src" / "llenergymeasure" / "schemas")
     return tmp_path
 

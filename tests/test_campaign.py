@@ -252,6 +252,48 @@ def test_unknown_grid_key_has_hint(tmp_path):
         expand(c)
 
 
+@pytest.mark.parametrize(
+    ("where", "key", "value", "suggested"),
+    [
+        ("pytorch", "batch_sise", [1, 2], "grid.backend_overrides.pytorch.batch_size"),
+        ("pytorch", "pytorch.batch_size", [1, 2], "grid.backend_overrides.pytorch.batch_size"),
+        ("pytorch", "max_output_tokens", 4, "grid.shared.max_output_tokens"),
+        ("pytorch", "enforce_eager", True, "grid.backend_overrides.vllm.enforce_eager"),
+        ("shared", "decoder.temprature", 0.5, "grid.shared.decoder.temperature"),
+    ],
+)
+def test_the_suggested_grid_key_is_accepted_where_it_is_suggested(tmp_path, where, key, value, suggested):
+    """A misspelt or misplaced grid key gets a suggestion that, written as suggested, is accepted: a key of
+    grid.backend_overrides.<backend> is named by its whole path (the experiment's dotted key written there would be
+    the same error again), and a key that belongs elsewhere is named where it belongs."""
+    grid: dict = {"backends": ["pytorch"], "shared": {}, "backend_overrides": {"pytorch": {}}}
+    (grid["shared"] if where == "shared" else grid["backend_overrides"][where])[key] = value
+    with pytest.raises(ConfigError) as err:
+        expand(campaign(tmp_path, grid=grid))
+    (problem,) = err.value.problems
+    shown = re.search(r"did you mean '([^']+)'\?", problem).group(1)
+    # in grid.shared a key is named as written there, in grid.backend_overrides by its whole path
+    assert (f"grid.shared.{shown}" if where == "shared" else shown) == suggested, problem
+    fixed: dict = {"backends": ["pytorch", "vllm"], "shared": {}, "backend_overrides": {}}
+    _, section, rest = suggested.split(".", 2)
+    if section == "shared":
+        fixed["shared"][rest] = value
+    else:
+        backend, name = rest.split(".", 1)
+        fixed["backend_overrides"][backend] = {name: value}
+    assert expand(campaign(tmp_path, grid=fixed)).experiments
+
+
+def test_a_key_like_none_of_its_section_gets_no_suggestion(tmp_path):
+    """Not the section it is in, nor a key of that section that only shares the section's prefix with it."""
+    grid = {"backends": ["pytorch"], "backend_overrides": {"pytorch": {"zzqq": 1}}}
+    with pytest.raises(ConfigError) as err:
+        expand(campaign(tmp_path, grid=grid))
+    assert err.value.problems == [
+        "unknown key 'grid.backend_overrides.pytorch.zzqq'; allowed keys: see config/README.md"
+    ]
+
+
 def test_configs_and_grid_are_combined_and_deduplicated(tmp_path):
     (tmp_path / "a.yaml").write_text(yaml.safe_dump({"config_name": "from-file", "pytorch": {"batch_size": 2}}))
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({"pytorch": {"batch_size": 3}, "fp_precision": "float32"}))
@@ -305,11 +347,11 @@ def test_keys_of_seconds_in_either_spelling_give_one_experiment_and_the_ids_meas
     cycles measured after."""
     import hashlib
 
-    from conftest import REPO
+    from conftest import DEFAULT_CAMPAIGN
     from llenergymeasure.campaign import complete_config, identity_form, load_campaign, sparse_config
     from llenergymeasure.config import canonical_json
 
-    default = plan(load_campaign(REPO / "config" / "campaign.yaml"))
+    default = plan(load_campaign(DEFAULT_CAMPAIGN))
     assert [e.experiment_id for e in default.expansion.experiments] == [
         "pytorch-lem-tiny-llama-fp32-bs1-a1bc372c72",
         "pytorch-lem-tiny-llama-fp32-bs8-fdfc84ecb7",

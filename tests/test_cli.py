@@ -357,3 +357,28 @@ def test_lem_run_reads_a_former_spelling_of_seconds_over_the_files_value(capsys)
         "--set 'baseline.duration_sec' is the former spelling of 'baseline.duration_s'" in n for n in old["notes"]
     )
     assert not any("former spelling" in n for n in new["notes"])
+
+
+@pytest.mark.parametrize("command", [["validate"], ["results"], ["compare", "a", "b"]])
+def test_the_campaign_argument_says_what_it_is(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "campaign the campaign file (default: config/campaign.yaml" in usage
+
+
+@pytest.mark.parametrize("command", [["validate"], ["results"], ["compare", "a", "b"]])
+def test_run_from_a_subdirectory_lem_says_where_to_run(command, monkeypatch, capsys):
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO / "tests" / "data")
+    code, out, err = run(capsys, *command)
+    assert (
+        code == 1
+        and not out
+        and err
+        == (
+            f"lem {command[0]}: no config/campaign.yaml in {REPO / 'tests' / 'data'}: lem runs from the repository "
+            f"root (cd {REPO}), or name the campaign file\n"
+        )
+    )

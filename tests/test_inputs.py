@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -274,22 +275,45 @@ def test_prompt_and_campaign_errors_keep_existing_results(tmp_path):
 
 def test_the_default_campaign_describes_the_backends_as_they_are():
     """Its comment once said vLLM and TensorRT-LLM were dropped; they run (on CUDA GPUs, in their images)."""
-    from conftest import REPO
+    from conftest import DEFAULT_CAMPAIGN
     from llenergymeasure.backends import BACKENDS as IMPLEMENTED_BACKENDS
 
-    text = (REPO / "config" / "campaign.yaml").read_text()
+    text = DEFAULT_CAMPAIGN.read_text()
     line = next(x for x in text.splitlines() if x.strip().startswith("backends:"))
     assert "dropped" not in line and all(b in line for b in IMPLEMENTED_BACKENDS) and "--sdm apptainer" in line
 
 
+def test_the_tests_default_campaign_is_the_shipped_one():
+    """The tests read the default campaign from tests/data/default_campaign.yaml, a copy of config/campaign.yaml as
+    committed: the two change together. A config/campaign.yaml edited in the working tree is the user's own
+    campaign (the README has them edit it): nothing to compare then."""
+    from conftest import DEFAULT_CAMPAIGN, REPO
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+
+    try:
+        committed = git("show", "HEAD:config/campaign.yaml")
+        edited = git("diff", "--quiet", "HEAD", "--", "config/campaign.yaml").returncode != 0
+    except OSError:
+        pytest.skip("git is not installed: no committed config/campaign.yaml to compare with")
+    if committed.returncode != 0:
+        pytest.skip("not a git checkout: no committed config/campaign.yaml to compare with")
+    if edited:
+        pytest.skip("config/campaign.yaml is edited in the working tree: it is the user's campaign now")
+    assert committed.stdout == DEFAULT_CAMPAIGN.read_text(), (
+        "config/campaign.yaml (committed) and tests/data/default_campaign.yaml differ: copy the shipped default there"
+    )
+
+
 def test_docs_and_messages_use_snakemakes_current_spelling():
     """`--sdm apptainer` everywhere; `--use-singularity` only where it is named as the legacy alias."""
-    from conftest import REPO
+    from conftest import DEFAULT_CAMPAIGN, REPO
 
     files = [
         REPO / "README.md",
         REPO / "config" / "README.md",
-        REPO / "config" / "campaign.yaml",
+        DEFAULT_CAMPAIGN,
         REPO / "Snakefile",
         *(REPO / "workflow").glob("*.smk"),
         *(REPO / "src" / "llenergymeasure").rglob("*.py"),

@@ -835,3 +835,26 @@ def test_the_documented_config_override_works(workflow_dir):
     assert "2 experiments x 4 cycles" in run.stderr
     bad = snakemake(workflow_dir, "-n", "--config", "execution={cycles: lots}")
     assert bad.returncode == 1 and "key 'execution.cycles' = 'lots' has the wrong type; allowed: integer" in bad.stderr
+
+
+@pytest.mark.workflow
+def test_a_bad_config_override_is_said_of_config_with_a_hint_that_works(workflow_dir):
+    """A --config value is not the campaign file's: its problem names --config, and its "did you mean" is in the
+    form --config takes (a nested key as KEY={SUBKEY: VALUE}), which then runs."""
+    import re
+
+    for given in ("cycles=4", "execution={cycle: 4}"):
+        bad = snakemake(workflow_dir, "-n", "--config", given)
+        assert bad.returncode == 1, bad.stderr[-2000:]
+        (line,) = [x for x in bad.stderr.splitlines() if x.startswith("Configuration error")]
+        assert line.startswith("Configuration error: --config: unknown key") and "campaign.yaml" not in line, line
+        (hint,) = re.findall(r"did you mean --config '([^']+)'\?", line)
+        assert hint == "execution={cycles: 4}"
+        run = snakemake(workflow_dir, "-n", "--config", hint)
+        assert run.returncode == 0 and "2 experiments x 4 cycles" in run.stderr, run.stderr[-2000:]
+    wrong = snakemake(workflow_dir, "-n", "--config", "execution={cycles: lots}")
+    assert "Configuration error: --config: key 'execution.cycles' = 'lots' has the wrong type" in wrong.stderr
+    mine = workflow_dir / "mine.yaml"
+    mine.write_text((workflow_dir / "config" / "campaign.yaml").read_text().replace("cycles: 3", "cycle: 3"))
+    in_file = snakemake(workflow_dir, "-n", "--configfile", "mine.yaml", "--config", "num_samples=8")
+    assert "mine.yaml: unknown key 'execution.cycle'" in in_file.stderr and "--config" not in in_file.stderr

@@ -541,6 +541,13 @@ def _campaign_defaults(campaign: dict) -> dict:
     return base
 
 
+def _grid_path(key: str) -> str:
+    """Where a dotted experiment key is set in a grid: a key of a backend's section under
+    ``grid.backend_overrides.<backend>``, any other under ``grid.shared``."""
+    section, _, rest = key.partition(".")
+    return f"grid.backend_overrides.{section}.{rest}" if rest and section in BACKENDS else f"grid.shared.{key}"
+
+
 def _grid_candidates(campaign: dict, problems: list[str] | None = None) -> list[tuple[str, dict]]:
     """The grid's combinations as (name, experiment mapping); a value that is wrong in itself is a problem (added to
     ``problems``, or raised when none is given), a combination that cannot run is dropped later."""
@@ -558,7 +565,9 @@ def _grid_candidates(campaign: dict, problems: list[str] | None = None) -> list[
             for value in _axis(values, f"{backend}.{key}"):
                 found += [
                     p
-                    for p in value_problems(value, f"{backend}.{key}", SCHEMA, "experiment", "grid.backend_overrides")
+                    for p in value_problems(
+                        value, f"{backend}.{key}", SCHEMA, "experiment", "grid.backend_overrides", spell=_grid_path
+                    )
                     if p not in found
                 ]
     if found:

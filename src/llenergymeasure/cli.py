@@ -29,6 +29,7 @@ from .record.layout import Layout
 from .record.metrics import COMPARE_METRICS
 
 DEFAULT_CAMPAIGN = "config/campaign.yaml"
+CAMPAIGN_HELP = f"the campaign file (default: {DEFAULT_CAMPAIGN}; lem runs from the repository root)"
 
 
 def _json_wanted(args) -> bool:
@@ -675,18 +676,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="JSON output (also LLM_ENERGY_JSON_OUTPUT=1)")
     sub = ap.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate", help="expansion preview of a campaign (or of one experiment file)")
-    v.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN)
+    v.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN, help=CAMPAIGN_HELP)
     v.add_argument("--verbose", "-v", action="store_true", help="each experiment's resolved non-default values")
     r = sub.add_parser("results", help="summary table of a campaign")
-    r.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN)
+    r.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN, help=CAMPAIGN_HELP)
     r.add_argument("--summary", help="read this summary.csv instead of the campaign's")
     r.add_argument("--sort", help="sort by this column")
     r.add_argument("--desc", action="store_true", help="sort descending")
     r.add_argument("--columns", help="comma-separated columns to show")
     c = sub.add_parser("compare", help="two experiments side by side")
-    c.add_argument("a")
-    c.add_argument("b")
-    c.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN)
+    c.add_argument("a", help="the first experiment: its experiment_id or config_name")
+    c.add_argument("b", help="the second experiment, compared with the first")
+    c.add_argument("campaign", nargs="?", default=DEFAULT_CAMPAIGN, help=CAMPAIGN_HELP)
     sub.add_parser("datasets", help="prompt sources")
     sub.add_parser("doctor", help="environment check")
     run = sub.add_parser("run", help="one experiment without Snakemake", add_help=False)
@@ -694,6 +695,18 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (v, r, c, sub.choices["datasets"], sub.choices["doctor"]):
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
     return ap
+
+
+def _at_the_root() -> None:
+    """Refuses, in one line, a command that would read the default campaign outside the repository root."""
+    if Path(DEFAULT_CAMPAIGN).exists():
+        return
+    here = Path.cwd()
+    root = next((d for d in here.parents if (d / DEFAULT_CAMPAIGN).is_file() and (d / "Snakefile").is_file()), None)
+    where = f"cd {root}" if root else "cd to the folder of the Snakefile"
+    raise ConfigError(
+        f"no {DEFAULT_CAMPAIGN} in {here}: lem runs from the repository root ({where}), or name the campaign file"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -714,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     from .results import ResultValidationError
 
     try:
+        if getattr(args, "campaign", None) == DEFAULT_CAMPAIGN and not getattr(args, "summary", None):
+            _at_the_root()
         return handlers[args.command](args)
     except ConfigError as exc:
         for line in problem_lines(exc, f"lem {args.command}: "):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, closest, did_you_mean
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
@@ -142,16 +142,24 @@ def _join_path(prefix: str, path: Iterable[Any]) -> str:
     return ".".join(parts).replace(".[", "[")
 
 
-def key_hint(key: str, here: Iterable[str], everywhere: Iterable[str] = ()) -> str:
+def key_hint(key: str, here: Iterable[str], everywhere: Iterable[str] = (), spell: Callable[[str], str] = str) -> str:
     """A "did you mean" for an unknown (dotted) key: the same name where it belongs (``cache_implementation`` written
     at the top level is ``pytorch.cache_implementation``), else the closest key allowed at this level (``here``,
-    named as there). Keys of the reference tool are answered before this, from :mod:`llenergymeasure.legacy`."""
-    leaf = str(key).rsplit(".", 1)[-1]
+    named as there). ``spell`` writes a suggested key as the user would write it where the unknown one is. Keys of
+    the reference tool are answered before this, from :mod:`llenergymeasure.legacy`."""
+    key = str(key)
+    section, _, leaf = key.rpartition(".")
     elsewhere = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf and k != key]
     if elsewhere:
-        return " (did you mean " + " or ".join(f"'{k}'" for k in elsewhere[:3]) + "?)"
-    here = list(here)
-    return did_you_mean(key, here) or (did_you_mean(leaf, here) if leaf != key else "")
+        return " (did you mean " + " or ".join(f"'{spell(k)}'" for k in elsewhere[:3]) + "?)"
+    here = [k for k in here if not key.startswith(f"{k}.")]  # never the section the key is in
+    # a key of a section: the closest key of that section (their shared prefix would make any of them look close)
+    siblings = {k.removeprefix(f"{section}."): k for k in here if section and k.startswith(f"{section}.")}
+    if siblings:
+        match = siblings.get(closest(leaf, siblings) or "")
+    else:
+        match = closest(key, here) or (closest(leaf, here) if leaf != key else None)
+    return f" (did you mean '{spell(match)}'?)" if match is not None else ""
 
 
 def error_lines(err: Any, prefix: str = "", everywhere: Iterable[str] = ()) -> list[str]:
@@ -292,19 +300,28 @@ def explaining_validator(schema_name: str, ref: str | None = None):
     return jsonschema.Draft202012Validator(schema)
 
 
-def value_problems(value: Any, dotted: str, schema_name: str, ref: str, prefix: str) -> list[str]:
-    """Every problem of one value against the subschema of a dotted key inside ``$defs/<ref>``."""
+def value_problems(
+    value: Any,
+    dotted: str,
+    schema_name: str,
+    ref: str,
+    prefix: str,
+    spell: Callable[[str], str] = str,
+) -> list[str]:
+    """Every problem of one value against the subschema of a dotted key inside ``$defs/<ref>``; an unknown key's
+    suggestion is written by ``spell`` (a key of ``$defs/<ref>`` as the user would write it where the value is)."""
     import jsonschema
 
     root = load_schema(schema_name)
     sub = property_schema(dotted, root["$defs"][ref], root)
+    name = f"{prefix}.{dotted}"
     if sub is None:
         keys = known_dotted_keys(root["$defs"][ref], root)
-        return [f"unknown key '{prefix}.{dotted}'; allowed keys: see config/README.md{key_hint(dotted, keys, keys)}"]
+        return [f"unknown key '{name}'; allowed keys: see config/README.md{key_hint(dotted, keys, keys, spell)}"]
     validator = jsonschema.Draft202012Validator({**sub, "$defs": root.get("$defs", {})})
     lines: list[str] = []
     for err in validator.iter_errors(value):
-        lines.extend(line for line in error_lines(err, f"{prefix}.{dotted}") if line not in lines)
+        lines.extend(line for line in error_lines(err, name) if line not in lines)
     return lines
 
 

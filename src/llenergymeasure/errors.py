@@ -26,6 +26,12 @@ def did_you_mean(word: object, choices: Iterable[object], cutoff: float = 0.6, i
     """`` (did you mean 'X'?)`` for the choice closest to ``word`` (difflib's ratio at least ``cutoff``), else
     nothing; never ``word`` itself. With ``ignore_case`` the match ignores case and names the choice as it is
     spelled."""
+    match = closest(word, choices, cutoff, ignore_case)
+    return f" (did you mean '{match}'?)" if match is not None else ""
+
+
+def closest(word: object, choices: Iterable[object], cutoff: float = 0.6, ignore_case: bool = False) -> str | None:
+    """The choice of :func:`did_you_mean`, as it is spelled, or None."""
     import difflib
 
     given = str(word)
@@ -35,7 +41,7 @@ def did_you_mean(word: object, choices: Iterable[object], cutoff: float = 0.6, i
             spelled[str(choice).lower() if ignore_case else str(choice)] = str(choice)
     word = given.lower() if ignore_case else given
     match = difflib.get_close_matches(word, list(spelled), n=1, cutoff=cutoff)
-    return f" (did you mean '{spelled[match[0]]}'?)" if match else ""
+    return spelled[match[0]] if match else None
 
 
 def problem_lines(exc: ConfigError, lead: str) -> list[str]:

@@ -80,6 +80,7 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
     of duplicate keys and evaluates YTE templates), else ``config/campaign.yaml``. Other ``--config`` values
     override the file's."""
     where = ""
+    given: dict = {}  # what --config set (other than the campaign file)
     loaded = copy.deepcopy({k: v for k, v in config.items() if k != RUNTIME_KEY})  # as Snakemake loaded it
     try:
         if cli_configfiles:
@@ -91,9 +92,10 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
             for path in cli_configfiles:
                 files = deep_merge(files, _recheck(path))
             raw, base = loaded, Path(cli_configfiles[-1]).parent
-            given = _given_on_command_line(raw, files)
-            if given is not _SAME:  # --config values over the files, as the types their keys take
-                raw = deep_merge(raw, coerce_overrides(given, FORMER_SPELLINGS))
+            on_command_line = _given_on_command_line(raw, files)
+            if on_command_line is not _SAME:  # --config values over the files, as the types their keys take
+                given = coerce_overrides(on_command_line, FORMER_SPELLINGS)
+                raw = deep_merge(raw, given)
             where = ", ".join(str(p) for p in cli_configfiles)
         else:
             overrides = coerce_overrides(loaded, FORMER_SPELLINGS)  # --config values, as the types their keys take
@@ -105,6 +107,7 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
             if not isinstance(raw, dict):
                 raise ConfigError(f"file '{path}': a campaign must be a mapping of keys, got {type(raw).__name__}")
             where = str(path)
+            given = overrides
             raw = deep_merge(raw, overrides)
         resolved = resolve_campaign(raw, base, workdir)
         level = verbosity(workdir)
@@ -112,7 +115,8 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
         if announce:  # the main process only: jobs re-parse the Snakefile and need not load datasets again
             check_sources([e.config for e in the_plan.expansion.experiments])
     except ConfigError as exc:
-        for line in problem_lines(exc.located(where), "Configuration error: "):
+        problems = [_from_command_line(p, given) or ConfigError(p).located(where).problems[0] for p in exc.problems]
+        for line in problem_lines(ConfigError(problems), "Configuration error: "):
             print(line, file=sys.stderr)
         sys.exit(1)
     config[RUNTIME_KEY] = _read_only(runtime(the_plan, level).as_config())
@@ -130,6 +134,43 @@ def load(config: dict, cli_configfiles, workdir: str | Path = ".", announce: boo
 
 
 _SAME = object()
+
+
+def _from_command_line(problem: str, given: dict) -> str | None:
+    """A problem of a key that ``--config`` set (``given``), said of ``--config``, with its "did you mean" in the
+    form ``--config`` takes (a top-level key; a nested one as ``KEY={SUBKEY: VALUE}``); None for any other."""
+    import re
+
+    from .config import dotted_items, flow, load_schema, property_schema
+
+    named = re.search(r"key '([^']+)'", problem)
+    if not named:
+        return None
+    key = named.group(1)
+    value = next(
+        (
+            v
+            for path, v in dotted_items(given)
+            if key == path or key.startswith(f"{path}.") or path.startswith(f"{key}.")
+        ),
+        _SAME,
+    )
+    if value is _SAME:
+        return None
+    hint = re.search(r" \(did you mean '([^']+)'\?\)", problem)
+    if hint:
+        root = load_schema("campaign")
+        parent = key.rpartition(".")[0]
+        known = [k for k in (f"{parent}.{hint.group(1)}" if parent else "", hint.group(1)) if k]
+        full = next((k for k in known if property_schema(k, root, root) is not None), None)
+        if full:
+            top, *inner = full.split(".")
+            for part in reversed(inner):
+                value = {part: value}
+            value = coerce_overrides({top: value}, FORMER_SPELLINGS)[top]  # as the suggested key takes it
+            nested = " --config sets top-level keys: a nested one as KEY={SUBKEY: VALUE}" if inner else ""
+            problem = problem.replace(hint.group(0), f" (did you mean --config '{top}={flow(value)}'?{nested})")
+    return f"--config: {problem}"
 
 
 def _given_on_command_line(config: Any, files: Any) -> Any:
