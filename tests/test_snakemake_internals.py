@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -192,11 +193,13 @@ def test_the_runtime_facts_travel_as_plain_data_and_come_back_as_one_type(tmp_pa
     assert facts.job_context("pytorch") == JobContext(
         campaign_name="c",
         campaign_id=facts.campaign_id,
+        run_id=facts.run_id,
         state_dir=facts.state_dir,
         config_gap_s=p.campaign["execution"]["config_gap_s"],
         cycle_gap_s=2,
         container_uri=p.campaign["containers"]["pytorch"],
     )
+    assert facts.run_id == os.environ["LEM_RUN_ID"]  # kept where every job this process starts inherits it
     assert Runtime.from_config(None) == Runtime()
     with pytest.raises(TypeError, match="keys this version does not know: stale"):
         Runtime.from_config({**copied, "stale": 1})
