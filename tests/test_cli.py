@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from conftest import tiny_experiment
+from conftest import tiny_experiment, write_cycles
 from llenergymeasure.aggregate import write_aggregated_all
 from llenergymeasure.cli import main, welch
 from llenergymeasure.measure import run_experiment
@@ -113,6 +113,112 @@ def test_compare_with_significance(campaign_dir, capsys):
     assert energy["difference"] == pytest.approx(-5.0) and energy["significant"] is True
     code, _, err = run(capsys, "compare", "exp-", "exp-bbb", c)
     assert code == 1 and "experiment 'exp-' is ambiguous: 2 experiments match" in err
+
+
+@pytest.fixture(scope="module")
+def methods_dir(campaign_dir, tmp_path_factory):
+    """Finished results of four experiments (3 cycles each), cloned from a real raw result: two whose CPU energy is
+    the TDP estimate (flagged energy_estimated, cpu_tdp_unknown, ram_energy_unavailable) and two read from a RAPL
+    counter (no flag)."""
+    root = tmp_path_factory.mktemp("methods")
+    campaign = yaml.safe_load((campaign_dir / "c.yaml").read_text())
+    campaign.update(campaign_name="methods", results_dir=str(root / "results"))
+    (root / "c.yaml").write_text(yaml.safe_dump(campaign))
+    template = json.loads((campaign_dir / "results" / "cli" / "raw" / "exp-aaa" / "cycle_1.json").read_text())
+    estimated = copy.deepcopy(template)
+    estimated["energy"]["total"].update(method="cpu:estimate_tdp", includes_estimate=True)
+    estimated["energy"]["components"][0]["method"] = "estimate_tdp"
+    estimated["flags"] = [
+        {"code": "energy_estimated", "message": "cpu energy is an estimate (estimate_tdp), not a measurement"},
+        {"code": "cpu_tdp_unknown", "message": "cpu: TDP of the CPU part unknown"},
+        {"code": "ram_energy_unavailable", "message": "no RAPL dram domain; RAM energy not measured"},
+    ]
+    measured = copy.deepcopy(estimated)
+    measured["energy"]["total"].update(method="cpu:rapl", includes_estimate=False)
+    measured["energy"]["components"][0]["method"] = "rapl"
+    measured["flags"] = []
+    res = root / "results" / "methods"
+    raw, names = {}, {}
+    for exp_id, name, base, energies in (
+        ("exp-est1", "cpu-estimate-1", estimated, [10.0, 10.5, 9.5]),
+        ("exp-est2", "cpu-estimate-2", estimated, [5.0, 5.2, 4.8]),
+        ("exp-rapl1", "cpu-rapl-1", measured, [8.0, 8.2, 7.8]),
+        ("exp-rapl2", "cpu-rapl-2", measured, [6.0, 6.1, 5.9]),
+    ):
+        raw[exp_id], names[exp_id] = write_cycles(res, base, energies, exp_id), name
+    write_aggregated_all(raw, names, str(res / "aggregated"), str(res / "summary.csv"), 0.1, 0.95)
+    return root
+
+
+def test_results_say_whether_energy_is_measured_or_estimated_and_list_the_flags(methods_dir, capsys):
+    c = str(methods_dir / "c.yaml")
+    code, out, _ = run(capsys, "results", c)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[-3:] == ["energy_method", "cv_flag", "flags"]
+    rows = {line.split()[0]: line.rstrip() for line in lines[2:6]}
+    for name in ("cpu-estimate-1", "cpu-estimate-2"):
+        assert "  estimated (cpu:estimate_tdp)  " in rows[name]
+        assert rows[name].endswith("  3: cpu_tdp_unknown, energy_estimated, +1")  # compact: a count, what fits
+    for name in ("cpu-rapl-1", "cpu-rapl-2"):
+        assert "  measured (cpu:rapl)  " in rows[name] and rows[name].endswith("  -")
+    assert lines[6:] == [
+        "energy_method: measured = a device's energy counter; estimated = a model (TDP x busy CPU time, CodeCarbon)",
+        "flags: how many, then the codes (all of them: --columns experiment_id,flags); meanings: README.md, flag table",
+    ]
+    # named columns: every code
+    code, out, _ = run(capsys, "results", c, "--columns", "experiment_id,energy_method,flags")
+    est1 = next(line for line in out.splitlines() if line.startswith("exp-est1 "))
+    assert est1.split(None, 1)[1].rstrip() == (
+        "estimated (cpu:estimate_tdp)  3: cpu_tdp_unknown, energy_estimated, ram_energy_unavailable"
+    )
+    # JSON keeps the summary's own values
+    _, out, _ = run(capsys, "--json", "results", c)
+    data = {r["experiment_id"]: r for r in json.loads(out)}
+    assert data["exp-est1"]["energy_method"] == "cpu:estimate_tdp" and data["exp-est1"]["includes_estimate"] is True
+    assert data["exp-est1"]["flags"] == "cpu_tdp_unknown;energy_estimated;ram_energy_unavailable"
+    # without those columns, no legend
+    _, out, _ = run(capsys, "results", c, "--columns", "experiment_id,energy_j_mean")
+    assert "README" not in out and len(out.splitlines()) == 6
+
+
+def test_flags_cell_counts_the_codes_and_keeps_its_width():
+    from llenergymeasure.cli import FLAGS_CELL_WIDTH, flags_cell
+
+    codes = "cold_start_in_window;cpu_shared;cpu_tdp_unknown;energy_estimated;high_cv_across_cycles"
+    cell = flags_cell(codes)
+    assert cell == "5: cold_start_in_window, cpu_shared, +3" and len(cell) <= FLAGS_CELL_WIDTH
+    assert flags_cell(codes, None) == "5: " + codes.replace(";", ", ")
+    assert flags_cell("") == flags_cell(None) == flags_cell([]) == "-"
+    assert flags_cell(["energy_estimated"]) == "1: energy_estimated"
+
+
+def test_compare_shows_both_energy_methods_and_flags_and_warns_on_estimates(methods_dir, capsys):
+    c = str(methods_dir / "c.yaml")
+    code, out, _ = run(capsys, "compare", "cpu-estimate-1", "cpu-rapl-2", c)
+    lines = out.splitlines()
+    assert code == 0 and lines[:4] == [
+        "A = cpu-estimate-1 (exp-est1, 3 cycles)",
+        "    energy estimated (cpu:estimate_tdp); flags 3: cpu_tdp_unknown, energy_estimated, ram_energy_unavailable",
+        "B = cpu-rapl-2 (exp-rapl2, 3 cycles)",
+        "    energy measured (cpu:rapl); flags -",
+    ]
+    assert [line for line in lines if line.startswith("warning:")] == [
+        "warning: A's energy is estimated (cpu:estimate_tdp) and B's measured (cpu:rapl): an estimate set against "
+        "a measurement, the energy difference is not a measured one"
+    ]
+    _, out, _ = run(capsys, "compare", "cpu-estimate-1", "cpu-estimate-2", c)
+    assert out.splitlines()[-1] == (
+        "warning: the energy of both is estimated (cpu:estimate_tdp), not measured: the energy difference is one "
+        "between estimates"
+    )
+    _, out, _ = run(capsys, "compare", "cpu-rapl-1", "cpu-rapl-2", c)
+    assert "warning" not in out and "    energy measured (cpu:rapl); flags -" in out
+    _, out, _ = run(capsys, "--json", "compare", "exp-est2", "exp-rapl1", c)
+    data = json.loads(out)
+    assert data["a"]["energy"] == "estimated (cpu:estimate_tdp)" and data["a"]["includes_estimate"] is True
+    assert data["a"]["flags"] == {"cpu_tdp_unknown": 3, "energy_estimated": 3, "ram_energy_unavailable": 3}
+    assert data["b"]["energy"] == "measured (cpu:rapl)" and data["b"]["flags"] == {}
+    assert data["warning"].startswith("A's energy is estimated (cpu:estimate_tdp) and B's measured (cpu:rapl)")
 
 
 def test_welch():

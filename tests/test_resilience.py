@@ -82,6 +82,8 @@ def test_failed_measurements_are_isolated_recorded_and_retried(workflow_dir, tin
         assert not list(root.glob("raw/pytorch-broken-model-*/*"))  # no partial or temp file
         rows = read_summary(str(root / "summary.csv"))
         assert [r["config_name"] for r in rows] == ["pytorch-lem-tiny-llama"] and rows[0]["cycles"] == 2
+        kind = "estimated" if rows[0]["includes_estimate"] else "measured"  # how the completed ones were measured
+        assert f"Energy: {kind} in all 1 experiment(s) ({rows[0]['energy_method']})" in run.stderr
         assert [p.name for p in (root / "aggregated").glob("*.json")] == [f"{rows[0]['experiment_id']}.json"]
         assert json.loads((root / "thermal_gaps.json").read_text())["windows"]
         assert (root / "report" / "efficiency.svg").exists()
@@ -124,6 +126,7 @@ def test_failed_measurements_are_isolated_recorded_and_retried(workflow_dir, tin
         assert job_counts(again.stdout + again.stderr)["measure"] == 2
         assert {p: (sha(p), p.stat().st_mtime) for p in good} == before
         assert len(read_summary(str(root / "summary.csv"))) == 2
+        assert "Summary: results/fail/summary.csv (lem results)" in again.stderr  # the end of the completing run
         assert json.loads((root / "failures.json").read_text())["failures"] == []
         assert hook.received[-1]["event_type"] == "campaign_complete"
     finally:

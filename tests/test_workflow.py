@@ -65,6 +65,19 @@ def test_full_run_then_edit_one_value(workflow_dir):
         log = next((root / "logs" / "measure").glob("*/cycle_1.log")).read_text()
         assert "prompts" in log and "ETA" in log  # progress in the job's log
         assert "4/4 prompts" in run.stderr  # ... and on the console
+        # the run ends by saying where the summary and the report are, and how the energy was obtained
+        kinds = {"estimated" if r["includes_estimate"] else "measured" for r in rows}
+        kind = kinds.pop() if len(kinds) == 1 else "mixed"
+        methods = ", ".join({r["energy_method"] for r in rows})
+        tail = run.stderr.splitlines()[-5:]
+        summary_at = next(i for i, line in enumerate(tail) if line.startswith("Summary: "))
+        assert tail[summary_at] == (
+            "Summary: results/wf/summary.csv (lem results); report: results/wf/report/ "
+            "(HTML: snakemake --report report.html)"
+        ), tail
+        energy = tail[summary_at + 1]
+        assert energy.startswith(f"Energy: {kind}") and all(m in energy for m in methods.split(", ")), tail
+        assert all(line.startswith(("Complete log", "Elapsed time")) for line in tail[summary_at + 2 :]), tail
         audit = json.loads((root / "thermal_gaps.json").read_text())
         assert audit["ok"] is True and len(audit["windows"]) == 4
 

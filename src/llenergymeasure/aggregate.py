@@ -459,6 +459,45 @@ def load_label(load: dict | None) -> str:
     return f"{arrival}{shape} {load['rate_per_s']:g}/s"
 
 
+def energy_kind(method: str | None, includes_estimate: bool | None) -> str:
+    """How an experiment's energy was obtained, in one word: ``measured``, ``estimated`` (its total includes an
+    estimate: a TDP share of busy CPU time, CodeCarbon, a share of machine energy) or ``unavailable``."""
+    if not method or method == "unavailable":
+        return "unavailable"
+    return "estimated" if includes_estimate else "measured"
+
+
+def energy_label(method: str | None, includes_estimate: bool | None) -> str:
+    """The energy method as shown beside an energy value: ``measured (gpu:nvml_counter)``,
+    ``estimated (cpu:estimate_tdp)``, ``unavailable``."""
+    kind = energy_kind(method, includes_estimate)
+    return kind if kind == "unavailable" else f"{kind} ({method})"
+
+
+def campaign_energy(rows: list[dict]) -> str:
+    """One line on how the energy of a campaign's summary rows was obtained: ``measured``, ``estimated`` or
+    ``mixed``, with the methods (for the end of a run)."""
+    if not rows:
+        return "Energy: no experiment aggregated"
+    by_kind: dict[str, list[dict]] = {}
+    for row in rows:
+        by_kind.setdefault(energy_kind(row["energy_method"], row["includes_estimate"]), []).append(row)
+
+    def methods(kind_rows):
+        return ", ".join(dict.fromkeys(r["energy_method"] for r in kind_rows if r["energy_method"] != "unavailable"))
+
+    if len(by_kind) == 1:
+        kind, kind_rows = next(iter(by_kind.items()))
+        how = f" ({methods(kind_rows)})" if kind != "unavailable" else ""
+        note = ": a model, not a measurement" if kind == "estimated" else ""
+        return f"Energy: {kind} in all {len(rows)} experiment(s){how}{note}"
+    parts = "; ".join(
+        f"{len(kind_rows)} {kind}" + (f" ({methods(kind_rows)})" if kind != "unavailable" else "")
+        for kind, kind_rows in sorted(by_kind.items())
+    )
+    return f"Energy: mixed: {parts}; lem results shows which experiment is which"
+
+
 def summary_row(agg: dict) -> dict:
     """One CSV row: identity columns, then ``<metric>_<stat>`` columns read from the aggregated metrics."""
     cfg = agg["config"]

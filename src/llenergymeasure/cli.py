@@ -249,7 +249,42 @@ RESULT_COLUMNS = [
     "output_tokens_per_s_mean",
     "energy_method",
     "cv_flag",
+    "flags",
 ]
+#: the widest a flags cell of the results table grows before it shows a count of the codes left out
+FLAGS_CELL_WIDTH = 48
+LEGEND = (
+    "energy_method: measured = a device's energy counter; estimated = a model (TDP x busy CPU time, CodeCarbon)\n"
+    "flags: how many, then the codes (all of them: --columns experiment_id,flags); meanings: README.md, flag table"
+)
+
+
+def flags_cell(flags: str | list | None, width: int | None = FLAGS_CELL_WIDTH) -> str:
+    """Flag codes in a table cell: ``-`` for none, else their number and the codes, comma-separated; given a
+    ``width``, as many as fit in it followed by ``+N`` for the rest (``9: cold_start_in_window, cpu_shared, +7``)."""
+    codes = [c for c in (flags.split(";") if isinstance(flags, str) else flags or []) if c]
+    if not codes:
+        return "-"
+    cell = f"{len(codes)}: {codes[0]}"
+    for i, code in enumerate(codes[1:], 1):
+        left = len(codes) - i - 1
+        more = f", +{left}" if left else ""
+        if width is not None and len(cell) + 2 + len(code) + len(more) > width:
+            return f"{cell}, +{len(codes) - i}"
+        cell += f", {code}"
+    return cell
+
+
+def _shown(row: dict, compact: bool = True) -> dict:
+    """A summary row as the results table shows it: the energy method says measured or estimated; the flags are
+    counted and listed (``compact``: as many as fit in :data:`FLAGS_CELL_WIDTH`)."""
+    from .aggregate import energy_label
+
+    return {
+        **row,
+        "energy_method": energy_label(row.get("energy_method"), row.get("includes_estimate")),
+        "flags": flags_cell(row.get("flags"), FLAGS_CELL_WIDTH if compact else None) if "flags" in row else None,
+    }
 
 
 def _summary_path(campaign: str) -> Path:
@@ -294,7 +329,9 @@ def cmd_results(args) -> int:
     if _json_wanted(args):
         print(json.dumps(rows, indent=1))
     else:
-        print(_table(rows, columns))
+        print(_table([_shown(r, compact=not args.columns) for r in rows], columns))
+        if {"energy_method", "flags"} & set(columns):
+            print(LEGEND)
     return 0
 
 
@@ -403,6 +440,38 @@ def _config_names(root: Path, files: dict[str, Path]) -> dict[str, str]:
     return names
 
 
+def _compared(agg: dict) -> dict:
+    from .aggregate import energy_label
+
+    return {
+        "experiment_id": agg["experiment_id"],
+        "config_name": agg["config_name"],
+        "energy_method": agg["energy_method"],
+        "includes_estimate": agg["includes_estimate"],
+        "energy": energy_label(agg["energy_method"], agg["includes_estimate"]),
+        "flags": agg["flags"],
+    }
+
+
+def energy_warning(a: dict, b: dict) -> str | None:
+    """One line when the energy of either aggregated result is not a measurement, or the two were obtained by
+    different methods (an estimate against a measurement, or two different counters); None otherwise."""
+    from .aggregate import energy_kind, energy_label
+
+    kinds = [energy_kind(x["energy_method"], x["includes_estimate"]) for x in (a, b)]
+    labels = [energy_label(x["energy_method"], x["includes_estimate"]) for x in (a, b)]
+    said = f"A's energy is {labels[0]} and B's {labels[1]}"
+    if "unavailable" in kinds:
+        return f"{said}: no energy difference to tell" if kinds[0] != kinds[1] else "neither has an energy value"
+    if kinds[0] != kinds[1]:
+        return f"{said}: an estimate set against a measurement, the energy difference is not a measured one"
+    if a["energy_method"] != b["energy_method"]:
+        return f"{said}: different methods, compare the energy with care"
+    if kinds[0] == "estimated":
+        return f"the energy of both is {labels[0]}, not measured: the energy difference is one between estimates"
+    return None
+
+
 def cmd_compare(args) -> int:
     p = _load(args.campaign)
     root = Path(p.results_root)
@@ -423,26 +492,20 @@ def cmd_compare(args) -> int:
             }
         )
     out = {
-        "a": {
-            "experiment_id": a["experiment_id"],
-            "config_name": a["config_name"],
-            "energy_method": a["energy_method"],
-        },
-        "b": {
-            "experiment_id": b["experiment_id"],
-            "config_name": b["config_name"],
-            "energy_method": b["energy_method"],
-        },
+        "a": _compared(a),
+        "b": _compared(b),
         "test": "Welch's t-test on per-cycle values",
         "metrics": rows,
     }
-    if a["energy_method"] != b["energy_method"]:
-        out["warning"] = "the two experiments' energy was obtained by different methods: compare with care"
+    warning = energy_warning(a, b)
+    if warning:
+        out["warning"] = warning
     if _json_wanted(args):
         print(json.dumps(out, indent=1))
         return 0
-    print(f"A = {a['config_name']} ({a['experiment_id']}, {a['cycles']} cycles)")
-    print(f"B = {b['config_name']} ({b['experiment_id']}, {b['cycles']} cycles)")
+    for side, agg in (("A", a), ("B", b)):
+        print(f"{side} = {agg['config_name']} ({agg['experiment_id']}, {agg['cycles']} cycles)")
+        print(f"    energy {out[side.lower()]['energy']}; flags {flags_cell(list(agg['flags']), None)}")
 
     def span(m, ci):
         return "-" if m is None else (f"{m:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]" if ci[0] is not None else f"{m:.4g}")

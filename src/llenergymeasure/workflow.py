@@ -570,6 +570,34 @@ def campaign_started(config: dict) -> None:
         sys.exit(1)
 
 
+def where_results_are(layout) -> list[str]:
+    """The last lines of a run: where the summary and the report are, and whether the energy in the summary is
+    measured, estimated or mixed (nothing when there is no readable summary)."""
+    from .aggregate import AggregationError, campaign_energy, read_summary
+    from .results import ResultValidationError
+
+    if not os.path.isfile(layout.summary):
+        return []
+    try:
+        rows = read_summary(layout.summary)
+    except (AggregationError, ResultValidationError, OSError) as exc:
+        return [f"Summary: {layout.summary} (not readable: {exc})"]
+    return [
+        f"Summary: {layout.summary} (lem results); report: {layout.report_dir}/ (HTML: snakemake --report report.html)",
+        campaign_energy(rows),
+    ]
+
+
+def campaign_succeeded(config: dict) -> None:
+    """``onsuccess`` handler: the run ends by saying where its results are and how their energy was obtained."""
+    runtime_ = config.get(RUNTIME_KEY)
+    if not runtime_:
+        return
+    layout = Runtime.from_config(runtime_).layout
+    for line in where_results_are(layout) if layout else []:
+        print(line, file=sys.stderr)
+
+
 def campaign_failed(config: dict, workflow=None) -> None:
     """``onerror`` handler: after failed measurements, aggregate (summary, gap audit, report, campaign notification)
     what completed, in a second invocation whose jobs list the failures (:mod:`.failures`); otherwise (an
@@ -598,6 +626,8 @@ def campaign_failed(config: dict, workflow=None) -> None:
                 f"(error, log) are in {facts.layout.failures}. Rerun to retry exactly those.",
                 file=sys.stderr,
             )
+            for line in where_results_are(facts.layout)[1:] if facts.layout else []:
+                print(line, file=sys.stderr)
             return
     notify_failed(runtime_, {"failed_measurements": [{"experiment_id": e, "cycle": c} for e, c in sorted(failed)]})
 
