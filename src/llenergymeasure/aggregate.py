@@ -117,7 +117,7 @@ def aggregate_experiment(
     if target is not None:
         precision = status([METRICS[target.metric].read(r) for r in raws], cycles_sorted, target)
     # an experiment stopped because its target was met ran as many cycles as its spread allowed: every interval
-    # of it is built on the spread's upper bound (precision.reported_interval says why)
+    # of it is built on the spread's upper bound (precision.assess says why)
     bound = target.spread_bound_confidence if precision is not None and precision["target_met"] else None
     metrics = {m.name: summarise([m.read(r) for r in raws], confidence, bound) for m in REGISTRY}
     cvs = {m: metrics[m]["cv"] for m in CV_METRICS}

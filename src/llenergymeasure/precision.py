@@ -23,7 +23,7 @@ with an upper confidence bound of the spread instead of the spread: with n valid
 deviation s, the bound is s * sqrt((n - 1) / chi2_{1-b}(n - 1)), one-sided at b = ``SPREAD_BOUND_CONFIDENCE``
 (90 %), and the target is met when t * bound / sqrt(n) is within the target of the mean's magnitude
 (``judged_relative_half_width``). Where the target is met, the intervals reported for the experiment are built on
-the same bound (:func:`reported_interval`), so the interval the claim is about is the one judged; where
+the same bound (:func:`assess` says why), so the interval the claim is about is the one judged; where
 ``max_cycles`` came first, they are the ordinary Student-t intervals of every cycle run.
 ``achieved_relative_half_width`` is the relative half-width of the interval reported.
 
@@ -156,17 +156,23 @@ def assess(values: list[float | None], target: Target) -> dict:
     (``max_cycles_reached``), else ``continue`` (``below_min_cycles`` while fewer than ``min_cycles`` cycles have
     run, ``too_few_values`` when they have but some values are unavailable, else ``target_not_met``).
 
-    ``ci_low``/``ci_high`` is the interval reported for the metric over these cycles (:func:`reported_interval`):
-    the judged interval when the target is met, the plain Student-t interval otherwise; ``achieved_relative_half_width``
-    is its half-width relative to the mean. Half-widths are None with fewer than two values or a zero mean."""
+    ``ci_low``/``ci_high`` is the interval reported for the metric over these cycles: the judged interval when the
+    target is met, the plain Student-t interval otherwise; ``achieved_relative_half_width`` is its half-width
+    relative to the mean. Half-widths are None with fewer than two values or a zero mean.
+
+    Why the judged interval is the one reported when the target was met: the number of cycles then depended on how
+    small their spread came out, and the plain Student-t interval of those cycles covers the true mean less often
+    than its confidence level says; the judged one, built on the spread's upper confidence bound, covers. The
+    aggregation applies this to every metric of the experiment, not only the target metric: metrics that move with
+    it (energy with J/token, at a fixed output length) share its selection. An experiment that stopped at
+    ``max_cycles`` ran every cycle it could; its plain interval covers at least at its level (it continued because
+    its spread was large)."""
     from .stats import summarise
 
     n = len(values)
     plain = summarise(values, target.confidence)
-    judged = None
-    if plain["ci_low"] is not None and plain["mean"]:
-        bounded = summarise(values, target.confidence, target.spread_bound_confidence)
-        judged = (bounded["ci_high"] - bounded["ci_low"]) / 2 / abs(bounded["mean"])
+    bounded = summarise(values, target.confidence, target.spread_bound_confidence)
+    judged = _relative_half_width(bounded)
     met = plain["n"] >= target.min_cycles and judged is not None and judged <= target.relative_half_width
     if met:
         decision, reason = "stop", "target_met"
@@ -178,10 +184,8 @@ def assess(values: list[float | None], target: Target) -> dict:
         decision, reason = "continue", "too_few_values"
     else:
         decision, reason = "continue", "target_not_met"
-    s = reported_interval(values, target, met)
-    achieved = None
-    if s["ci_low"] is not None and s["mean"]:
-        achieved = (s["ci_high"] - s["ci_low"]) / 2 / abs(s["mean"])
+    s = bounded if met else plain
+    achieved = _relative_half_width(s)
     return {
         "cycles": n,
         "decision": decision,
@@ -201,18 +205,9 @@ def assess(values: list[float | None], target: Target) -> dict:
     }
 
 
-def reported_interval(values: list[float | None], target: Target, met: bool) -> dict:
-    """Across-cycle statistics of a metric of an experiment run under ``target`` (:func:`stats.summarise`).
-
-    When the target was met, the number of cycles depended on how small their spread came out, and the plain
-    Student-t interval of those cycles covers the true mean less often than its confidence level says. Its interval
-    is then the judged one, built on the spread's upper confidence bound, whose coverage holds. This applies to
-    every metric of the experiment, not only the target metric: metrics that move with it (energy with J/token, at
-    a fixed output length) share its selection. An experiment that stopped at ``max_cycles`` ran every cycle it
-    could; its plain interval covers at least at its level (it continued because its spread was large)."""
-    from .stats import summarise
-
-    return summarise(values, target.confidence, target.spread_bound_confidence if met else None)
+def _relative_half_width(s: dict) -> float | None:
+    """Half the width of a :func:`stats.summarise` interval over the mean's magnitude (None: no interval, zero mean)."""
+    return (s["ci_high"] - s["ci_low"]) / 2 / abs(s["mean"]) if s["ci_low"] is not None and s["mean"] else None
 
 
 def metric_values(raws: list[dict], metric: str) -> list[float | None]:
@@ -331,6 +326,20 @@ def check_against_raws(record: dict, raw_paths: list[str], experiment_id: str) -
     return unreproduced(record, after_cycle, metric_values(raws, metric))
 
 
+def readable_decisions(layout: Layout, experiment_id: str, first: int, last: int):
+    """(n, path, record) of each decision after cycles ``first``..``last`` of an experiment that is on disk and reads
+    as one (:func:`read_decision`); missing and damaged ones are skipped."""
+    for n in range(first, last + 1):
+        path = layout.decision(experiment_id, n)
+        if not os.path.exists(path):
+            continue
+        try:
+            record = read_decision(path, experiment_id, n)
+        except DecisionError:
+            continue
+        yield n, path, record
+
+
 def edited_decisions(root: str | Path, experiment_ids: list[str], target: Target) -> list[tuple[str, str]]:
     """The decision files on disk that are not what :func:`assess` gives, with why: one that does not follow from
     the values it records, or (under this target) a ``stop`` while a later cycle's raw result exists, which its
@@ -341,14 +350,7 @@ def edited_decisions(root: str | Path, experiment_ids: list[str], target: Target
     wanted = target.params()
     found = []
     for eid in experiment_ids:
-        for n in range(target.min_cycles, target.max_cycles + 1):
-            path = layout.decision(eid, n)
-            if not os.path.exists(path):
-                continue
-            try:
-                record = read_decision(path, eid, n)
-            except DecisionError:
-                continue
+        for n, path, record in readable_decisions(layout, eid, target.min_cycles, target.max_cycles):
             problem = unreproduced(record, n)
             if (
                 problem is None
@@ -392,19 +394,12 @@ def set_aside_edited_decisions(root: str | Path, experiment_ids: list[str], targ
 def decisions_used(root: str | Path, experiment_id: str, target: Target, last_cycle: int) -> list[tuple[str, dict]]:
     """The decisions on disk after cycles ``min_cycles``..``last_cycle`` of an experiment taken under this target
     (path and record): those an aggregation of cycles 1..last_cycle rests on."""
-    layout = Layout(str(root))
-    out = []
-    for n in range(target.min_cycles, min(last_cycle, target.max_cycles) + 1):
-        path = layout.decision(experiment_id, n)
-        if not os.path.exists(path):
-            continue
-        try:
-            record = read_decision(path, experiment_id, n)
-        except DecisionError:
-            continue
-        if record.get("target") == target.params():
-            out.append((path, record))
-    return out
+    last = min(last_cycle, target.max_cycles)
+    return [
+        (path, record)
+        for _, path, record in readable_decisions(Layout(str(root)), experiment_id, target.min_cycles, last)
+        if record.get("target") == target.params()
+    ]
 
 
 def decided_cycles(get_decision, experiment_id: str, target: Target) -> tuple[int, str]:
