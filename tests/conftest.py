@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -264,16 +265,30 @@ def snakemake(cwd: Path, *args: str, timeout: int = 600, env: dict | None = None
     )
 
 
-def snakemake_in_background(cwd: Path, cfg: Path) -> subprocess.Popen:
-    """The campaign ``cfg`` run by Snakemake in a session of its own (so that a test can kill its whole process
-    group, as a crash would), output discarded."""
+def snakemake_in_background(cwd: Path, cfg: Path, console=None) -> subprocess.Popen:
+    """The campaign ``cfg`` run by Snakemake in a session of its own (so that a test can kill or interrupt its whole
+    process group, as a crash or a terminal's Ctrl-C would), its output written to ``console`` (an open file), or
+    discarded. SIGINT keeps its default action, as in a terminal's foreground job."""
     return subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
         cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=console or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if console else subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def wait_while_running(proc: subprocess.Popen, ready, timeout_s: float, before: str, never: str) -> None:
+    """Poll ``ready()`` every 50 ms until it holds; fail if ``proc`` ends first ("snakemake finished before
+    <before>") or ``timeout_s`` passes (``never``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        assert proc.poll() is None, f"snakemake finished before {before}"
+        time.sleep(0.05)
+    pytest.fail(never)
 
 
 def write_campaign(path: Path, **changes) -> Path:

@@ -28,6 +28,20 @@ def judged_energy(components, baselines, window_s, unavailable, flags):
     return section
 
 
+def fresh_gpu_baseline(**values) -> dict:
+    """A GPU idle baseline as measure_idle records it, measured now (not cached), with ``values`` added."""
+    return {
+        "method": "nvml_counter",
+        "from_cache": False,
+        "cache_age_s": 0.0,
+        "measured_at": "x",
+        "duration_s": 30.0,
+        "settle": {"settled": True},
+        "flags": [],
+        **values,
+    }
+
+
 class Clock:
     def __init__(self):
         self.t = 0.0
@@ -283,17 +297,7 @@ def test_window_edges_carry_their_error_into_gross_and_net_uncertainty():
     assert all(u == pytest.approx(expected, rel=0.03) for u in reported)  # at the window's measured power
     sd = (sum(e * e for e in errors) / len(errors)) ** 0.5
     assert sd == pytest.approx(expected, rel=0.08)  # the stated uncertainty is the error's real spread
-    base = {
-        "method": "nvml_counter",
-        "from_cache": False,
-        "cache_age_s": 0.0,
-        "measured_at": "x",
-        "duration_s": 30.0,
-        "settle": {"settled": True},
-        "flags": [],
-        "power_w": 80.0,
-        "uncertainty_w": 0.3,
-    }
+    base = fresh_gpu_baseline(power_w=80.0, uncertainty_w=0.3)
     row = energy_section([r], {r.device_key: base}, 10.0, [])["components"][0]
     assert row["gross_energy_uncertainty_j"] == r.edge_uncertainty_j == pytest.approx(expected, rel=0.03)
     assert row["net_energy_uncertainty_j"] == pytest.approx((3.0**2 + r.edge_uncertainty_j**2) ** 0.5)
@@ -334,15 +338,7 @@ def test_counter_difference_samples_of_a_baseline_are_each_independent():
 
 
 def test_net_uncertainty_of_several_devices_adds_in_quadrature():
-    base = {
-        "method": "nvml_counter",
-        "from_cache": False,
-        "cache_age_s": 0.0,
-        "measured_at": "x",
-        "duration_s": 30.0,
-        "settle": {"settled": True},
-        "flags": [],
-    }
+    base = fresh_gpu_baseline()
     rows = [ComponentEnergy("gpu", f"gpu{i}", f"k{i}", "nvml_counter", 1000.0, 10.0) for i in range(2)]
     baselines = {
         "k0": {**base, "power_w": 80.0, "uncertainty_w": 0.3},

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, job_counts, sha, snakemake, snakemake_in_background
+from conftest import REPO, job_counts, sha, snakemake, snakemake_in_background, wait_while_running
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.record.layout import Layout
 from llenergymeasure.results import read_result
@@ -319,18 +319,17 @@ def test_kill_and_resume_keeps_the_decisions_taken(workflow_dir):
     root = workflow_dir / "results" / "resume"
     a, b = expected_id(workflow_dir, cfg, 2), expected_id(workflow_dir, cfg, 4)
     proc = snakemake_in_background(workflow_dir, cfg)
-    deadline = time.monotonic() + 600
     try:
-        # wait for the first added cycle to be done and the second to have started
-        while time.monotonic() < deadline:
-            if (root / "raw" / a / "cycle_4.json").exists() and (
-                root / "logs" / "measure" / b / "cycle_4.log"
-            ).exists():
-                break
-            assert proc.poll() is None, "snakemake finished before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("the campaign never reached its added cycles")
+        wait_while_running(  # the first added cycle done and the second started
+            proc,
+            lambda: (
+                (root / "raw" / a / "cycle_4.json").exists()
+                and (root / "logs" / "measure" / b / "cycle_4.log").exists()
+            ),
+            600,
+            "it could be killed",
+            "the campaign never reached its added cycles",
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SMALL, job_counts, sha, snakemake, snakemake_in_background, utc, write_campaign
+from conftest import (
+    REPO,
+    SMALL,
+    job_counts,
+    sha,
+    snakemake,
+    snakemake_in_background,
+    utc,
+    wait_while_running,
+    write_campaign,
+)
 from llenergymeasure.aggregate import read_summary
 from llenergymeasure.record import token_times
 from llenergymeasure.record.layout import Layout, token_times_of
@@ -196,18 +206,15 @@ def test_kill_and_resume(workflow_dir, victim):
     raw_dir = workflow_dir / "results" / "kill" / "raw"
     proc = snakemake_in_background(workflow_dir, cfg)
     logs = workflow_dir / "results" / "kill" / "logs" / "measure"
-    deadline = time.monotonic() + 300
+
+    def second_started() -> bool:  # one measurement finished and the next one started
+        started = list(logs.glob("*/cycle_*.log")) if logs.exists() else []
+        return len(Layout(raw_dir.parent).raw_files()) == 1 and len(started) == 2
+
     try:
-        # wait until one measurement is finished and the next one has started
-        while time.monotonic() < deadline:
-            done = Layout(raw_dir.parent).raw_files()
-            started = list(logs.glob("*/cycle_*.log")) if logs.exists() else []
-            if len(done) == 1 and len(started) == 2:
-                break
-            assert proc.poll() is None, "snakemake finished before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("the campaign never reached its second measurement")
+        wait_while_running(
+            proc, second_started, 300, "it could be killed", "the campaign never reached its second measurement"
+        )
     finally:
         if victim == "process group":
             os.killpg(proc.pid, signal.SIGKILL)  # like a crash: snakemake and its jobs die at once
@@ -243,24 +250,14 @@ def test_ctrl_c_in_a_measurement_is_one_line(workflow_dir):
     logs = workflow_dir / "results" / "ctrlc" / "logs" / "measure"
     out = workflow_dir / "console.txt"
     with out.open("w") as console:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(cfg)],
-            cwd=workflow_dir,
-            stdout=console,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's foreground job
-        )
-        deadline = time.monotonic() + 300
+        proc = snakemake_in_background(workflow_dir, cfg, console)
+
+        def window_open() -> bool:
+            started = list(logs.glob("*/cycle_*.log")) if logs.exists() else []
+            return bool(started) and "window open" in started[0].read_text()
+
         try:
-            while time.monotonic() < deadline:
-                started = list(logs.glob("*/cycle_*.log")) if logs.exists() else []
-                if started and "window open" in started[0].read_text():
-                    break
-                assert proc.poll() is None, "snakemake finished before it could be interrupted"
-                time.sleep(0.05)
-            else:
-                pytest.fail("the campaign never opened a window")
+            wait_while_running(proc, window_open, 300, "it could be interrupted", "the campaign never opened a window")
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             proc.wait(timeout=120)
