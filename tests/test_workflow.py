@@ -268,6 +268,26 @@ def test_ctrl_c_in_a_measurement_is_one_line(workflow_dir):
     assert not list(Layout(workflow_dir / "results" / "ctrlc").raw_files())
 
 
+def test_a_long_thermal_gap_is_not_silent(workflow_dir):
+    """A measurement job waiting out a thermal gap longer than the heartbeat's quiet span says so on the console
+    while it waits (no line of the job otherwise between announcing the gap and the warm-up)."""
+    cfg = write_campaign(
+        workflow_dir / "g.yaml",
+        campaign_name="gap",
+        execution={"cycles": 1, "structure": "interleaved", "config_gap_s": 20, "cycle_gap_s": 0},
+    )
+    host = {**os.environ, "LLM_ENERGY_CACHE_DIR": str(workflow_dir / "fresh-cache")}  # no earlier window here
+    run = snakemake(workflow_dir, "--configfile", str(cfg), env=host)
+    assert run.returncode == 0, run.stderr[-3000:]
+    console = run.stdout + run.stderr
+    announced = [x for x in console.splitlines() if re.search(r"cycle 1: thermal gap: waiting [\d.]+ s before", x)]
+    beats = [x for x in console.splitlines() if re.search(r"cycle 1: thermal gap, \d+ s so far of \d+ s$", x)]
+    assert len(announced) == 1 and beats, console[-3000:]
+    waited = float(re.search(r"waiting ([\d.]+) s", announced[0]).group(1))
+    assert waited > 8, announced  # longer than the quiet span: the heartbeat had to speak
+    assert beats[0].split(":")[0] == announced[0].split(":")[0]  # the same job
+
+
 @pytest.mark.parametrize(
     "patch, expected",
     [

@@ -19,10 +19,13 @@ log = logging.getLogger("llenergymeasure")
 
 
 @contextlib.contextmanager
-def logging_to(path: str | None, level: str | None = None, notifications: dict | None = None):
+def logging_to(path: str | None, level: str | None = None, notifications: dict | None = None, label: str = "job"):
     """Send the package's logging (and warnings) to the rule's log file for the duration of a job; progress lines
-    also go to the console unless ``LLM_ENERGY_VERBOSITY=quiet`` (verbose: every log line, at DEBUG level). Secret
-    values (the webhook URL's credentials in ``notifications``, ``HF_TOKEN``) are replaced by ``***`` in both."""
+    also go to the console unless ``LLM_ENERGY_VERBOSITY=quiet`` (verbose: every log line, at DEBUG level), and a
+    console that has shown nothing of the job for a while gets a heartbeat line naming ``label`` and what the job is
+    doing (:mod:`.heartbeat`). Secret values (the webhook URL's credentials in ``notifications``, ``HF_TOKEN``) are
+    replaced by ``***`` in both."""
+    from .heartbeat import Heartbeat
     from .redaction import SecretFilter, secrets
 
     hide = SecretFilter(secrets(notifications))
@@ -35,16 +38,20 @@ def logging_to(path: str | None, level: str | None = None, notifications: dict |
     level = level or os.environ.get("LLM_ENERGY_VERBOSITY", "normal")
     root.setLevel(logging.DEBUG if level == "verbose" else logging.INFO)
     console = None
+    beat = contextlib.nullcontext()
     if path and level != "quiet":
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("%(message)s"))
         if level == "normal":
             console.addFilter(lambda record: record.name == "llenergymeasure.progress")
         console.addFilter(hide)
+        beat = Heartbeat(label, logging.getLogger("llenergymeasure.progress").info)
+        console.addFilter(lambda record: beat.saw_line() or True)  # last: only the lines the console shows
         root.addHandler(console)
     logging.captureWarnings(True)
     try:
-        yield
+        with beat:
+            yield
     finally:
         root.removeHandler(handler)
         if console:
@@ -77,7 +84,7 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
     _share_host_cache(facts)
     config = complete_config(config)
     gpu_env = select_gpus(config)
-    with logging_to(log_path, facts.verbosity, facts.notifications):
+    with logging_to(log_path, facts.verbosity, facts.notifications, f"{experiment_id} cycle {cycle}"):
         log.info(
             "experiment %s (%s), cycle %s, model %s", experiment_id, facts.name_of(experiment_id), cycle, model_path
         )
@@ -198,7 +205,7 @@ def _share_host_cache(facts: Runtime) -> None:
 def build_model(output: str, log_path: str) -> None:
     from .tiny_model import build_tiny_llama
 
-    with logging_to(log_path):
+    with logging_to(log_path, label=f"building the embedded model {Path(output).name}"):
         build_tiny_llama(output)
         log.info("built embedded model in %s", output)
 
@@ -231,7 +238,7 @@ def aggregate(
     cycles = facts.cycles
     target = from_params(facts.precision)
     root = facts.results_root or str(Path(summary).parent)
-    with logging_to(log_path):
+    with logging_to(log_path, label="aggregation"):
         try:
             # with a precision target the inputs also hold the decision that stopped each experiment
             inputs = [p for p in inputs if not _is_decision(p)]
@@ -311,7 +318,7 @@ def decide(raw: list[str], experiment_id: str, after_cycle: int, target: dict, o
     from .results import ResultValidationError
 
     raw = [raw] if isinstance(raw, str) else list(raw)
-    with logging_to(log_path):
+    with logging_to(log_path, label=f"{experiment_id} decision after cycle {after_cycle}"):
         try:
             record = take_decision(raw, experiment_id, after_cycle, from_params(target), output)
         except (DecisionError, AggregationError, ResultValidationError) as exc:
@@ -340,7 +347,7 @@ def decide(raw: list[str], experiment_id: str, after_cycle: int, target: dict, o
 def thermal_gaps(aggregated: list[str], output: str, log_path: str) -> None:
     from .thermal import thermal_audit
 
-    with logging_to(log_path):
+    with logging_to(log_path, label="thermal-gap audit"):
         report = thermal_audit(list(aggregated), output)
         for p in report["problems"]:
             log.warning("thermal gap: %s cycle %s: %s", p["experiment_id"], p["cycle"], p["problem"])
@@ -355,7 +362,7 @@ def campaign_complete(summary: str, output: str, log_path: str, runtime) -> None
     from .results import write_json_atomic
 
     facts = Runtime.from_config(runtime)
-    with logging_to(log_path, notifications=facts.notifications):
+    with logging_to(log_path, notifications=facts.notifications, label="campaign notification"):
         rows = read_summary(summary)
         failures_path = Layout(str(Path(summary).parent)).failures
         try:
@@ -410,6 +417,6 @@ def campaign_failed(runtime, data: dict | None = None) -> None:
 def report_plots(aggregated: list[str], raw: list[str], out_dir: str, log_path: str) -> None:
     from .report import write_report_files
 
-    with logging_to(log_path):
+    with logging_to(log_path, label="report plots"):
         info = write_report_files(list(aggregated), list(raw), out_dir)
         log.info("report plots in %s (Pareto front: %s; timeline of %s)", out_dir, info["pareto"], info["timeline_run"])

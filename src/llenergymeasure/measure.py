@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import validity
+from . import heartbeat, validity
 from .backends import create as create_backend
 from .backends import flags as backend_flags
 from .backends.base import RunOutput
@@ -306,7 +306,8 @@ def findings(
 
 class Progress:
     """Logs prompts done/total, elapsed time and ETA to the ``llenergymeasure.progress`` logger, at most every
-    ``every_s`` seconds (and at the end): cheap enough to run inside the window."""
+    ``every_s`` seconds (and at the end), and hands the count to the job's heartbeat (between two lines, a long
+    batch still shows how far the window got): cheap enough to run inside the window."""
 
     def __init__(self, label: str, every_s: float = 10.0) -> None:
         self.label, self.every_s = label, every_s
@@ -316,6 +317,7 @@ class Progress:
 
     def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
+        heartbeat.detail(f"{done}/{total} prompts")
         if done < total and now - self.last < self.every_s:
             return
         self.last = now
@@ -351,15 +353,19 @@ def run_experiment(
     backend = create_backend(config, model_path)
     try:
         window = run_window(backend, config, experiment_id, cycle, ctx)
+        heartbeat.phase("window closed: computing the result")
         result, sidecars = build_result(window, backend, config, experiment_id, cycle, model_path, output, ctx)
         result["phases_s"]["job_total_s"] = time.perf_counter() - t_job
     finally:
+        heartbeat.phase("closing the engine")
         backend.close()  # engines and data-parallel processes end with the job, also when it fails
     if output:
         if os.getppid() != parent:
             raise MeasurementError("the workflow that started this measurement is gone; nothing written")
         if before_publish is not None:
+            heartbeat.phase("reporting the result")
             before_publish(result)
+        heartbeat.phase("writing the result")
         for path, data, compact in sidecars:  # each sidecar lands before the raw result that names it
             write_json_atomic(path, data, durable=True, compact=compact)
         write_json_atomic(output, result, RAW_SCHEMA)
@@ -375,10 +381,12 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
     state_dir = ctx.state_dir
     label = f"{experiment_id} cycle {cycle}"
 
+    heartbeat.phase("waiting for another measurement on this host to finish")
     with host_lock(state_dir) as lock_wait_s:
         phases["lock_wait_s"] = lock_wait_s or 0.0
         if phases["lock_wait_s"] > 1.0:
             say.info("%s: waited %.1f s for another measurement on this host to finish", label, phases["lock_wait_s"])
+        heartbeat.phase("idle baseline")
         t = time.perf_counter()
         baselines = idle_baselines(meters.meters, config["baseline"])
         phases["baseline_s"] = time.perf_counter() - t
@@ -393,6 +401,7 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
 
         t = time.perf_counter()
         say.info("%s: loading prompts and model %s", label, config["model_name"])
+        heartbeat.phase(f"loading prompts and model {config['model_name']}")
         prompts = load_prompts(config["dataset"], config["num_input_prompts"], config["random_seed"])
         prompts, schedule = make_schedule(config["load"], prompts)
         load_info = backend.load()
@@ -409,6 +418,7 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
         gap = wait_gap(state_dir, cycle, ctx.config_gap_s, ctx.cycle_gap_s, sleep=_announced_sleep(label))
         phases["gap_s"] = gap["gap_waited_s"]
 
+        heartbeat.phase("warm-up")
         t = time.perf_counter()
         serve = {} if schedule is None else {"schedule": schedule}
         warmup = backend.warmup(prompts, batches, config["warmup"], **serve)
@@ -421,6 +431,7 @@ def run_window(backend, config: dict, experiment_id: str, cycle: int, ctx: JobCo
         if sampler:
             sampler.start()
         say.info("%s: measuring (window open)", label)
+        heartbeat.phase("measuring (window open)")
         meters.start()
         window_start = utc_now_iso()
         e0 = time.time()
@@ -565,6 +576,7 @@ def build_result(
 def _announced_sleep(label: str):
     def sleep(seconds: float) -> None:
         say.info("%s: thermal gap: waiting %.1f s before the window", label, seconds)
+        heartbeat.phase("thermal gap", total_s=seconds)
         time.sleep(seconds)
 
     return sleep

@@ -43,6 +43,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from .. import heartbeat
 from ..steady import Step
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ def warm_up(cfg: dict, full_pass, repeat, batch_size: int, new_tokens: int) -> d
     shapes: list[dict] = []
     if mode == "full":
         say.info("warm-up: one untimed pass over every batch shape of the window")
+        heartbeat.phase("warm-up: one untimed pass over every batch shape of the window")
         shapes = full_pass()
     full_s = time.perf_counter() - t0
     say.info(
@@ -229,6 +231,7 @@ def warm_up(cfg: dict, full_pass, repeat, batch_size: int, new_tokens: int) -> d
         cfg["cv_threshold"],
         cfg["max_prompts"],
     )
+    heartbeat.phase("warm-up: repeating a batch until its latency is stable")
     record = converge(repeat, cfg, batch_size, new_tokens)
     say.info(
         "warm-up done: %d shape(s), %d CV runs (final CV %s) in %.1f s",
@@ -261,9 +264,11 @@ def converge(repeat, cfg: dict, batch_size: int, new_tokens: int) -> dict:
         if cfg["convergence_detection"] and len(latencies) >= need:
             last = latencies[-window:]
             final_cv = statistics.stdev(last) / statistics.fmean(last)
-            if final_cv < cfg["cv_threshold"]:
-                converged = True
-                break
+        cv = "" if final_cv is None else f", CV of the last {window} {final_cv:.3f}"
+        heartbeat.detail(f"{len(latencies)} of at most {cfg['max_prompts']} runs{cv}")
+        if cfg["convergence_detection"] and len(latencies) >= need and final_cv < cfg["cv_threshold"]:
+            converged = True
+            break
     return {
         "enabled": True,
         "converged": converged if cfg["convergence_detection"] else None,

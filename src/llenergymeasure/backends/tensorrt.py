@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import heartbeat
 from ..config import canonical_json
 from ..errors import MeasurementError
 from ..record.flags import BATCH_NOT_SATURATED
@@ -744,6 +745,7 @@ class TensorRTBackend(Backend):
             **self.quant_args(llmapi),
             **self.runtime_args(llmapi),
         }
+        heartbeat.phase(f"building TensorRT engine {folder.name} (cached for later jobs)")
         t0 = time.perf_counter()
         self.llm = self._construct(LLM, **kwargs)
         build_s = time.perf_counter() - t0

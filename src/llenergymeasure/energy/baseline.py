@@ -31,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+from .. import heartbeat
 from ..paths import cache_dir, utc_now_iso
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,7 @@ def idle_baselines(meters: list, cfg: dict, sleep=time.sleep, clock=None) -> dic
             duration,
             duration,
         )
+        heartbeat.phase(f"measuring the idle baseline of {', '.join(m.device for m in stale)}", total_s=duration)
         interval = cfg.get("sample_interval_ms", 100) / 1000.0
         fresh = measure_idle(stale, duration, interval, sleep=sleep, clock=clock)
         for key, record in fresh.items():
