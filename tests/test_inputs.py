@@ -353,8 +353,8 @@ def test_a_suggestion_never_repeats_the_name_given():
 
 def test_offline_a_known_model_id_missing_from_the_cache_is_a_warning_not_a_near_miss(tmp_path, monkeypatch, capsys):
     """Offline, whether a real model id exists is something only the network can tell: lem validate warns and
-    suggests nothing (the id is a shipped model's own name); a near miss of one is still refused, with the name
-    it is near."""
+    suggests no other name (the id is a shipped model's own name), but points to no_weights, which measures that
+    architecture without the checkpoint; a near miss of one is still refused, with the name it is near."""
     from llenergymeasure.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -365,6 +365,14 @@ def test_offline_a_known_model_id_missing_from_the_cache_is_a_warning_not_a_near
     out = capsys.readouterr()
     warning = [x for x in out.out.splitlines() if x.startswith("warning: ")]
     assert len(warning) == 1 and "meta-llama/Llama-3.2-1B" in warning[0] and "did you mean" not in out.out + out.err
+    # its architecture is shipped: the warning points to measuring it without the checkpoint, and following it works
+    assert "or, without its checkpoint, no_weights: true measures llama-3.2-1b's architecture" in warning[0]
+    (tmp_path / "e.yaml").write_text("model_name: meta-llama/Llama-3.2-1B\nno_weights: true\n")
+    assert main(["validate", "e.yaml"]) == 0
+    assert "warning: " not in capsys.readouterr().out
+    (tmp_path / "e.yaml").write_text("model_name: some-org/some-model\n")  # no shipped architecture: no such hint
+    assert main(["validate", "e.yaml"]) == 0
+    assert "no_weights" not in capsys.readouterr().out
     (tmp_path / "e.yaml").write_text("model_name: meta-llama/Llama-3.2-1b-x\n")
     assert main(["validate", "e.yaml"]) == 1
     assert "did you mean 'meta-llama/Llama-3.2-1B'?" in capsys.readouterr().err

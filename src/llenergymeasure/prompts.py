@@ -227,6 +227,19 @@ def _known_model_names() -> list[str]:
     return names
 
 
+def _shipped_architecture_hint(name: str) -> str:
+    """For the id of a shipped architecture that cannot be had from here: how to measure it without its weights."""
+    from .synthetic import architectures
+
+    for spec in architectures().values():
+        if name.lower() in {n.lower() for n in (spec["name"], *spec.get("aliases", []))}:
+            return (
+                f"; or, without its checkpoint, no_weights: true measures {spec['name']}'s architecture with "
+                "seeded random weights (nothing downloaded; same cost per token, meaningless text)"
+            )
+    return ""
+
+
 def _did_you_mean(name: str) -> str:
     """A shipped model's name close to ``name``; nothing when ``name`` is one of them (in any case): it is then a
     real model id that is only missing from here, not a typo."""
@@ -279,6 +292,7 @@ def model_check(name: str, timeout_s: float = 15.0) -> tuple[str | None, bool]:
         return (
             f"key 'model_name' = '{name}' is not a folder, and no Hugging Face model of that id is in the local "
             f"cache while offline mode is on (HF_HUB_OFFLINE){_did_you_mean(name)}; {allowed}"
+            f"{_shipped_architecture_hint(name)}"
         ), not _did_you_mean(name)
     from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError
 
@@ -298,6 +312,7 @@ def model_check(name: str, timeout_s: float = 15.0) -> tuple[str | None, bool]:
         return (
             f"key 'model_name' = '{name}' is not in the local Hugging Face cache and the hub cannot be reached "
             f"({type(exc).__name__}); download it first (hf download {name}) or fix the network{_did_you_mean(name)}"
+            f"{_shipped_architecture_hint(name)}"
         ), not _did_you_mean(name)
     return None, False
 
