@@ -1,7 +1,8 @@
 """Does measuring disturb what is measured? Two ratios from one run, on the same prompts and batches:
 
-1. measurement on vs off: our backend's run with energy meters read at the window edges, the timeline sampler
-   and per-step timestamps, against the same generate calls with none of them (target: <= 1 % slower);
+1. measurement on vs off: our backend's run with energy meters read at the window edges, the timeline sampler,
+   per-step timestamps, the progress count and a running heartbeat thread (as in a workflow job), against the same
+   generate calls with none of them (target: <= 1 % slower);
 2. our PyTorch backend vs a bare ``generate`` loop written the obvious way (target: throughput ratio >= 0.98).
 
 The variants are interleaved for ``--reps`` repetitions (>= 5) after a shared warm-up, so drift and thermal state
@@ -24,6 +25,8 @@ from interleave import interleaved, print_rows
 from llenergymeasure.backends.pytorch import PyTorchBackend
 from llenergymeasure.campaign import resolve_experiment
 from llenergymeasure.energy.meters import select_meters
+from llenergymeasure.heartbeat import Heartbeat
+from llenergymeasure.measure import Progress
 from llenergymeasure.prompts import load_prompts
 from llenergymeasure.timeline import TimelineSampler
 from llenergymeasure.tiny_model import build_tiny_llama
@@ -76,14 +79,15 @@ def main() -> int:
 
     def measured() -> tuple[float, int]:
         sync()
-        sampler = TimelineSampler(meters.meters)
-        sampler.start()
-        meters.start()
-        t0 = time.perf_counter()
-        out = backend.run(prompts, batches, None)
-        dt = time.perf_counter() - t0
-        meters.stop()
-        sampler.stop()
+        with Heartbeat("bench", lambda line: None):
+            sampler = TimelineSampler(meters.meters)
+            sampler.start()
+            meters.start()
+            t0 = time.perf_counter()
+            out = backend.run(prompts, batches, None, Progress("bench"))
+            dt = time.perf_counter() - t0
+            meters.stop()
+            sampler.stop()
         return dt, sum(r.output_tokens for r in out.requests)
 
     def unmeasured() -> tuple[float, int]:
