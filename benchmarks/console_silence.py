@@ -6,10 +6,10 @@ Target: no span over 10 s.
 
 The campaign is made to hold the long waits of a real one, on the embedded tiny model: an idle baseline measured
 (not taken from the cache) for --baseline-s, thermal gaps of --config-gap-s between experiments and --cycle-gap-s
-between cycles, two batch sizes x two cycles. Each checkout runs it in a copy of its tracked files with its own
-package first on the path and a fresh cache folder (so every run waits the same gaps and measures its baseline).
-Every console line is stamped as it arrives; printed per checkout: the run's time, the longest silences and the
-line each followed.
+between cycles, two batch sizes x two cycles. Each checkout runs it in a copy of its files (those git tracks or
+does not ignore) with its own package first on the path and a fresh cache folder (so every run waits the same gaps
+and measures its baseline). Every console line is stamped as it arrives; printed per checkout: the run's time, the
+longest silences and the line each followed.
 """
 
 from __future__ import annotations
