@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from datetime import datetime
 
 import pytest
@@ -417,3 +418,28 @@ def test_lem_run_gives_the_experiment_its_gpus_in_pci_order(monkeypatch, tmp_pat
     monkeypatch.setattr(measure, "run_experiment", fake_run)
     code = run.main(["--set", f"model_name={tiny_model}", "--set", "device=cuda", "--set", "gpus=[1]", "--quiet"])
     assert code == 1 and seen == {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_lem_run_has_the_heartbeat_of_a_workflow_job(monkeypatch, tiny_model, caplog, quiet):
+    """``lem run`` says what a long phase is doing, as a workflow job does, unless --quiet."""
+    import logging
+    import time
+
+    from llenergymeasure import heartbeat, measure, run
+
+    monkeypatch.setattr(heartbeat, "QUIET_S", 0.1)
+
+    def fake_run(config, exp_id, cycle, model_path, output, context):
+        heartbeat.phase("a long phase")
+        time.sleep(1.0)
+        raise measure.MeasurementError("stop here")
+
+    monkeypatch.setattr(measure, "run_experiment", fake_run)
+    caplog.set_level(logging.INFO, logger="llenergymeasure.progress")
+    args = ["--set", f"model_name={tiny_model}", "--set", "device=cpu", "--cycle", "3"] + (["--quiet"] if quiet else [])
+    assert run.main(args) == 1
+    beats = [r.getMessage() for r in caplog.records if ": a long phase, " in r.getMessage()]
+    assert bool(beats) != quiet, beats
+    assert all(re.fullmatch(r"pytorch-\S+ cycle 3: a long phase, \d+ s so far", b) for b in beats), beats
+    assert heartbeat._active is None

@@ -10,6 +10,7 @@ into the cache folder on first use. Prints a short JSON summary of the measureme
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -126,6 +127,32 @@ def model_path_for(config: dict) -> str:
     return str(target)
 
 
+@contextlib.contextmanager
+def _heartbeat(label: str, quiet: bool):
+    """As in a workflow job (:mod:`.heartbeat`): a line whenever the console has shown nothing for a while, unless
+    ``--quiet``."""
+    from .heartbeat import Heartbeat
+
+    if quiet:
+        yield
+        return
+    beat = Heartbeat(label, logging.getLogger("llenergymeasure.progress").info)
+    handlers = logging.getLogger().handlers
+
+    def seen(record) -> bool:
+        beat.saw_line()
+        return True
+
+    for handler in handlers:
+        handler.addFilter(seen)
+    try:
+        with beat:
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(seen)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llenergymeasure.run", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", nargs="?", help="experiment YAML/JSON file (experiment fields)")
@@ -176,14 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
-        result = run_experiment(
-            config,
-            exp_id,
-            args.cycle,
-            model_path_for(config),
-            args.output,
-            JobContext(state_dir=args.state_dir, config_gap_s=args.config_gap, cycle_gap_s=args.cycle_gap),
-        )
+        with _heartbeat(f"{exp_id} cycle {args.cycle}", args.quiet):
+            result = run_experiment(
+                config,
+                exp_id,
+                args.cycle,
+                model_path_for(config),
+                args.output,
+                JobContext(state_dir=args.state_dir, config_gap_s=args.config_gap, cycle_gap_s=args.cycle_gap),
+            )
     except (MeasurementError, ConfigError, ResultExistsError) as exc:  # a known cause, stated in one line
         print(f"Measurement error: {exc}", file=sys.stderr)
         return 1
