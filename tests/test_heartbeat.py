@@ -69,3 +69,16 @@ def test_a_job_console_gets_heartbeat_lines_unless_quiet(tmp_path, monkeypatch, 
     assert bool(shown) == beats, err
     if beats:  # and the log keeps them, with their time
         assert "exp cycle 1: loading prompts and model m, " in log.read_text()
+
+
+def test_a_measurement_job_console_names_the_job_on_every_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    say = logging.getLogger("llenergymeasure.progress")
+    with logging_to(str(tmp_path / "job.log"), "normal", label="exp cycle 1", labelled=True):
+        say.info("warm-up: one untimed pass")  # shared code that does not know the job
+        say.info("exp cycle 1: measuring (window open)")  # already names it
+    assert capsys.readouterr().err.splitlines() == [
+        "exp cycle 1: warm-up: one untimed pass",
+        "exp cycle 1: measuring (window open)",
+    ]
+    assert "INFO llenergymeasure.progress: warm-up: one untimed pass" in (tmp_path / "job.log").read_text()

@@ -286,6 +286,9 @@ def test_a_long_thermal_gap_is_not_silent(workflow_dir):
     waited = float(re.search(r"waiting ([\d.]+) s", announced[0]).group(1))
     assert waited > 8, announced  # longer than the quiet span: the heartbeat had to speak
     assert beats[0].split(":")[0] == announced[0].split(":")[0]  # the same job
+    # every line of a measurement job names it, those of the shared warm-up and idle-baseline code included
+    shared = [x for x in console.splitlines() if x.split(": ", 1)[-1].startswith(("warm-up", "idle baseline"))]
+    assert len(shared) >= 6 and all(re.match(r"pytorch-\S+ cycle 1: ", x) for x in shared), shared
 
 
 @pytest.mark.parametrize(

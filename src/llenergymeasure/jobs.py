@@ -18,13 +18,32 @@ from .runtime import Runtime
 log = logging.getLogger("llenergymeasure")
 
 
+class _Labelled(logging.Formatter):
+    """A console line that does not begin with the job's label gets it as a prefix: lines of shared code that does
+    not know the job (the warm-up, the idle baseline) still say whose they are where jobs' lines mix."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__("%(message)s")
+        self.label = label
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if text.startswith(self.label) else f"{self.label}: {text}"
+
+
 @contextlib.contextmanager
-def logging_to(path: str | None, level: str | None = None, notifications: dict | None = None, label: str = "job"):
+def logging_to(
+    path: str | None,
+    level: str | None = None,
+    notifications: dict | None = None,
+    label: str = "job",
+    labelled: bool = False,
+):
     """Send the package's logging (and warnings) to the rule's log file for the duration of a job; progress lines
     also go to the console unless ``LLM_ENERGY_VERBOSITY=quiet`` (verbose: every log line, at DEBUG level), and a
     console that has shown nothing of the job for a while gets a heartbeat line naming ``label`` and what the job is
-    doing (:mod:`.heartbeat`). Secret values (the webhook URL's credentials in ``notifications``, ``HF_TOKEN``) are
-    replaced by ``***`` in both."""
+    doing (:mod:`.heartbeat`). With ``labelled``, every console line begins with ``label``. Secret values (the
+    webhook URL's credentials in ``notifications``, ``HF_TOKEN``) are replaced by ``***`` in both."""
     from .heartbeat import Heartbeat
     from .redaction import SecretFilter, secrets
 
@@ -41,7 +60,7 @@ def logging_to(path: str | None, level: str | None = None, notifications: dict |
     beat = contextlib.nullcontext()
     if path and level != "quiet":
         console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter("%(message)s"))
+        console.setFormatter(_Labelled(label) if labelled else logging.Formatter("%(message)s"))
         if level == "normal":
             console.addFilter(lambda record: record.name == "llenergymeasure.progress")
         console.addFilter(hide)
@@ -84,7 +103,7 @@ def measure(config: dict, experiment_id: str, cycle: int, model_path: str, outpu
     _share_host_cache(facts)
     config = complete_config(config)
     gpu_env = select_gpus(config)
-    with logging_to(log_path, facts.verbosity, facts.notifications, f"{experiment_id} cycle {cycle}"):
+    with logging_to(log_path, facts.verbosity, facts.notifications, f"{experiment_id} cycle {cycle}", labelled=True):
         log.info(
             "experiment %s (%s), cycle %s, model %s", experiment_id, facts.name_of(experiment_id), cycle, model_path
         )
