@@ -137,7 +137,7 @@ def _heartbeat(label: str, quiet: bool):
         yield
         return
     beat = Heartbeat(label, logging.getLogger("llenergymeasure.progress").info)
-    handlers = logging.getLogger().handlers
+    handlers = list(logging.getLogger().handlers)
 
     def seen(record) -> bool:
         beat.saw_line()
