@@ -303,7 +303,7 @@ def _left_out(root: str, experiment_id: str, aggregated: list[str], target, cycl
     layout = Layout(root)
     taken = {cycle_of(p) for p in aggregated}
     last = max(taken)
-    on_disk = sorted(cycle_of(p) for p in Path(layout.root, "raw", experiment_id).glob("cycle_*.json") if _is_raw(p))
+    on_disk = sorted(cycle_of(p) for p in layout.raw_files(experiment_id))
     out = []
     for c in on_disk:
         if c in taken:
@@ -316,11 +316,6 @@ def _left_out(root: str, experiment_id: str, aggregated: list[str], target, cycl
             why = "not among the cycles this campaign plans"
         out.append({"cycle": c, "reason": why})
     return out
-
-
-def _is_raw(path) -> bool:
-    found = locate(path)
-    return found is not None and found.kind == "raw"
 
 
 def _is_decision(path: str) -> bool:

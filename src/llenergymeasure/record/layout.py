@@ -138,9 +138,9 @@ class Layout:
         return f"{self.state_dir}/analysis.json"
 
     # reading the folder back
-    def raw_files(self) -> list[Path]:
-        """The raw results on disk (sidecars excluded), sorted."""
-        return sorted(p for p in Path(self.root).glob("raw/*/cycle_*.json") if RAW_NAME.match(p.name))
+    def raw_files(self, experiment_id: str = "*") -> list[Path]:
+        """The raw results on disk (sidecars excluded), sorted: every experiment's, or one experiment's."""
+        return sorted(p for p in Path(self.root).glob(f"raw/{experiment_id}/cycle_*.json") if RAW_NAME.match(p.name))
 
     def aggregated_files(self) -> dict[str, Path]:
         """Experiment id -> its aggregated result on disk, sorted by id."""
