@@ -19,6 +19,7 @@ Only the standard library: the measurement job of a stock engine image imports i
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -43,20 +44,22 @@ def detail(text: str | None) -> None:
 
 
 class Heartbeat:
-    """The job's heartbeat (see the module docstring). ``write(line)`` puts a line on the console; the console
-    calls :meth:`saw_line` for each line it shows, the heartbeat's own included. Used as a context manager, it runs
-    its thread and receives :func:`phase` and :func:`detail` for the duration."""
+    """The job's heartbeat (see the module docstring). ``write(line)`` puts a line on the console (by default the
+    ``llenergymeasure.progress`` logger's, which the console shows); the console tells it of each line it shows,
+    the heartbeat's own included, through :meth:`saw_line` or :meth:`seen` as a logging filter. Used as a context
+    manager, it runs its thread and receives :func:`phase` and :func:`detail` for the duration."""
 
     def __init__(
         self,
         label: str,
-        write: Callable[[str], None],
+        write: Callable[[str], None] | None = None,
         quiet_s: float | None = None,
         tick_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         first_phase: str = "working",
     ) -> None:
-        self.label, self.write, self.tick_s, self.clock = label, write, tick_s, clock
+        self.write = write or logging.getLogger("llenergymeasure.progress").info
+        self.label, self.tick_s, self.clock = label, tick_s, clock
         self.quiet_s = QUIET_S if quiet_s is None else quiet_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -67,6 +70,11 @@ class Heartbeat:
 
     def saw_line(self) -> None:
         self._last_line = self.clock()
+
+    def seen(self, record: logging.LogRecord) -> bool:
+        """A logging filter, last on a console's handler: each record that reaches it is a line shown."""
+        self.saw_line()
+        return True
 
     def phase(self, what: str, total_s: float | None = None) -> None:
         with self._lock:

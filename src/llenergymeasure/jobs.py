@@ -64,8 +64,8 @@ def logging_to(
         if level == "normal":
             console.addFilter(lambda record: record.name == "llenergymeasure.progress")
         console.addFilter(hide)
-        beat = Heartbeat(label, logging.getLogger("llenergymeasure.progress").info)
-        console.addFilter(lambda record: beat.saw_line() or True)  # last: only the lines the console shows
+        beat = Heartbeat(label)
+        console.addFilter(beat.seen)  # last: only the lines the console shows
         root.addHandler(console)
     logging.captureWarnings(True)
     try:

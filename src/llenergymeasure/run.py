@@ -136,21 +136,16 @@ def _heartbeat(label: str, quiet: bool):
     if quiet:
         yield
         return
-    beat = Heartbeat(label, logging.getLogger("llenergymeasure.progress").info)
+    beat = Heartbeat(label)
     handlers = list(logging.getLogger().handlers)
-
-    def seen(record) -> bool:
-        beat.saw_line()
-        return True
-
     for handler in handlers:
-        handler.addFilter(seen)
+        handler.addFilter(beat.seen)
     try:
         with beat:
             yield
     finally:
         for handler in handlers:
-            handler.removeFilter(seen)
+            handler.removeFilter(beat.seen)
 
 
 def main(argv: list[str] | None = None) -> int:
