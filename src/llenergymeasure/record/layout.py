@@ -167,18 +167,20 @@ def locate(path: str | Path) -> Located | None:
     return None
 
 
-def sidecar_of(raw_path: str | Path) -> str:
-    """The timeline sidecar beside a raw result (``cycle_<n>.json`` -> ``cycle_<n>.timeline.json``); any other
-    output name gets the suffix appended."""
+def _beside(raw_path: str | Path, suffix: str) -> str:
+    """``cycle_<n>.json`` -> ``cycle_<n><suffix>``; any other output name gets the suffix appended."""
     text = str(raw_path)
-    return (text[: -len(".json")] if text.endswith(".json") else text) + SIDECAR_SUFFIX
+    return (text[: -len(".json")] if text.endswith(".json") else text) + suffix
+
+
+def sidecar_of(raw_path: str | Path) -> str:
+    """The timeline sidecar beside a raw result (``cycle_<n>.json`` -> ``cycle_<n>.timeline.json``)."""
+    return _beside(raw_path, SIDECAR_SUFFIX)
 
 
 def token_times_of(raw_path: str | Path) -> str:
-    """The token times sidecar beside a raw result (``cycle_<n>.json`` -> ``cycle_<n>.tokens.json``); any other
-    output name gets the suffix appended."""
-    text = str(raw_path)
-    return (text[: -len(".json")] if text.endswith(".json") else text) + TOKEN_TIMES_SUFFIX
+    """The token times sidecar beside a raw result (``cycle_<n>.json`` -> ``cycle_<n>.tokens.json``)."""
+    return _beside(raw_path, TOKEN_TIMES_SUFFIX)
 
 
 def cycle_of(raw_path: str | Path) -> int:
