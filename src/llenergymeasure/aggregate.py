@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .backends import rules as backend_rules
 from .precision import status
-from .record.layout import cycle_of, experiment_of
+from .record.layout import Layout, cycle_of, experiment_of
 from .record.metrics import CV_METRICS, METRICS, REGISTRY
 from .record.raw import RawResult
 from .results import (
@@ -20,6 +20,7 @@ from .results import (
     SCHEMA_VERSION,
     SUMMARY_SCHEMA,
     read_result_and_digest,
+    sha256_of,
     validate_result,
     write_json_atomic,
     write_text_atomic,
@@ -277,11 +278,6 @@ def raw_results_since_aggregation(root: str | Path, experiment_ids: list[str] | 
     line each: a raw result whose bytes are no longer those aggregated (its sha256 differs from the one recorded,
     or it is gone), and a cycle the aggregation flagged ``raw_result_changed``. Aggregated results of a version
     that recorded no digests, and files that cannot be read, say nothing."""
-    import json
-
-    from .record.layout import Layout
-    from .results import sha256_of
-
     layout = Layout(str(root))
     files = layout.aggregated_files()
     lines = []
@@ -315,8 +311,6 @@ def raw_results_since_aggregation(root: str | Path, experiment_ids: list[str] | 
 def previous_aggregated(path: str | Path) -> dict | None:
     """The aggregated result about to be replaced, as plain JSON with its ``path`` (None when there is none or it
     cannot be read: then only the decisions say what was recorded)."""
-    import json
-
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
