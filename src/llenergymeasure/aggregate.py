@@ -211,7 +211,7 @@ def changed_raw_results(records: list, digests: dict, decisions: list[tuple[str,
     (``previous``: its own recorded digest where it flagged the cycle, so a change is never forgotten), then by each
     decision (path, record) that read the cycle. A decision that read the very bytes aggregated now, and is not the
     decision they give, is an :class:`AggregationError`."""
-    from .precision import Target, metric_values, recorded_digests, unreproduced
+    from .precision import against_raws, recorded_digests
 
     by_cycle = {rec.cycle: rec for rec in records}
     refs: dict[int, list[tuple[str, str]]] = {}
@@ -235,13 +235,9 @@ def changed_raw_results(records: list, digests: dict, decisions: list[tuple[str,
         for cycle, digest in enumerate(recorded or [], 1):
             refs.setdefault(cycle, []).append((digest, path))
         read = [digests.get(c) for c in range(1, n + 1)]
-        if None in read or (recorded is not None and recorded != read):
-            continue  # cycles missing, or taken on other bytes (those cycles are flagged)
-        try:
-            metric = Target(**record["target"]).metric
-        except TypeError:
-            continue  # not taken under a target of this campaign (decisions_used keeps none such)
-        problem = unreproduced(record, n, metric_values([by_cycle[c].document for c in range(1, n + 1)], metric))
+        if None in read:
+            continue  # cycles missing
+        problem = against_raws(record, [by_cycle[c].document for c in range(1, n + 1)], read)
         if problem:
             raise AggregationError(
                 f"{path} is not the decision its raw results give ({problem}; edited by hand?): delete it and rerun, "

@@ -309,21 +309,30 @@ def recorded_digests(record: dict, after_cycle: int) -> list[str] | None:
     return None
 
 
+def against_raws(record: dict, raws: list[dict], digests: list[str]) -> str | None:
+    """What makes a decision other than the one raw results 1..n (``raws``, whose bytes had the sha256 ``digests``)
+    give; None when it is that one, when they are not the bytes it recorded (the raw results changed since: flagged
+    ``raw_result_changed``), or when its target cannot be read."""
+    recorded = recorded_digests(record, len(raws))
+    if recorded is not None and recorded != digests:
+        return None
+    try:
+        metric = Target(**record["target"]).metric
+    except (KeyError, TypeError):
+        return None
+    return unreproduced(record, len(raws), metric_values(raws, metric))
+
+
 def check_against_raws(record: dict, raw_paths: list[str], experiment_id: str) -> str | None:
-    """What makes a decision other than the one its raw results give (None: it is that one, or they are not the
-    bytes it recorded, or cannot be read: the aggregation says so)."""
+    """:func:`against_raws` for the raw result files of cycles 1..n (None as well when they cannot be read: the
+    aggregation says so)."""
     from .results import ResultValidationError
 
-    after_cycle = len(raw_paths)
     try:
         raws, digests = read_raws(raw_paths, experiment_id)
-        metric = Target(**record["target"]).metric
-    except (DecisionError, ResultValidationError, KeyError, TypeError):
+    except (DecisionError, ResultValidationError):
         return None
-    recorded = recorded_digests(record, after_cycle)
-    if recorded is not None and recorded != digests:
-        return None  # taken on other bytes: the raw results changed since (flagged raw_result_changed)
-    return unreproduced(record, after_cycle, metric_values(raws, metric))
+    return against_raws(record, raws, digests)
 
 
 def readable_decisions(layout: Layout, experiment_id: str, first: int, last: int):
